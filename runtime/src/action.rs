@@ -1,0 +1,149 @@
+//! Loading an action: read and pin the component, check its imports against
+//! the policy, and prepare it for fast instantiation.
+//!
+//! Everything that can be decided before a request arrives is decided here,
+//! once: an action that loads is one whose every import is granted.
+
+use crate::cache::ArtifactCache;
+use crate::capabilities::{self, Grants};
+use crate::catalog::ImportClass;
+use crate::error::Error;
+use crate::invocation::InvocationState;
+use crate::manifest::Manifest;
+use crate::policy::{ActionPolicy, Digest, GrantOrigin};
+use std::path::Path;
+use wasmtime::Engine;
+use wasmtime::component::{InstancePre, Linker};
+
+/// Largest component file airlock reads. Bounds host memory and compile
+/// time for a hostile file.
+pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+
+/// An action ready to invoke.
+pub struct PreparedAction {
+    pub policy: ActionPolicy,
+    pub manifest: Manifest,
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
+    pub(crate) pre: InstancePre<InvocationState>,
+}
+
+impl std::fmt::Debug for PreparedAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedAction").field("name", &self.policy.name).field("digest", &self.manifest.digest).finish()
+    }
+}
+
+/// Read component bytes, refusing anything that is not a component.
+pub fn read_component(path: &Path) -> Result<Vec<u8>, Error> {
+    let invalid = |reason: String| Error::InvalidComponent { path: path.display().to_string(), reason };
+    let meta = std::fs::metadata(path).map_err(|e| invalid(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
+    if meta.len() > MAX_COMPONENT_BYTES {
+        return Err(invalid(format!("{} bytes exceeds the {} byte limit", meta.len(), MAX_COMPONENT_BYTES)));
+    }
+    let bytes = std::fs::read(path).map_err(|e| invalid(format!("cannot read: {e}")))?;
+    check_header(&bytes).map_err(|r| invalid(r.into()))?;
+    Ok(bytes)
+}
+
+/// The 8-byte preamble tells components from core modules and non-Wasm.
+fn check_header(bytes: &[u8]) -> Result<(), &'static str> {
+    const MAGIC: &[u8; 4] = b"\0asm";
+    if bytes.len() < 8 {
+        return Err("too short to be a WebAssembly component");
+    }
+    if &bytes[..4] != MAGIC {
+        return Err("not a WebAssembly binary (bad magic number)");
+    }
+    match &bytes[6..8] {
+        [1, 0] => Ok(()),
+        [0, 0] => Err("this is a core WebAssembly module, not a component; build for wasm32-wasip2 \
+                       (or wrap it with `wasm-tools component new`)"),
+        _ => Err("unknown WebAssembly binary layer"),
+    }
+}
+
+/// Compile (or load from cache) a component and read its manifest.
+pub fn compile(
+    engine: &Engine,
+    cache: &ArtifactCache,
+    path: &Path,
+) -> Result<(Vec<u8>, wasmtime::component::Component, Manifest, bool), Error> {
+    let bytes = read_component(path)?;
+    let digest = Digest::of(&bytes);
+    let (component, from_cache) = cache.load_or_compile(engine, &digest, &bytes).map_err(|e| Error::InvalidComponent {
+        path: path.display().to_string(),
+        reason: one_line(&format!("{e:#}")),
+    })?;
+    let manifest = Manifest::read(engine, &component, digest, bytes.len() as u64)
+        .map_err(|e| Error::InvalidComponent { path: path.display().to_string(), reason: e.to_string() })?;
+    Ok((bytes, component, manifest, from_cache))
+}
+
+/// Load one action under its policy.
+pub fn prepare(engine: &Engine, cache: &ArtifactCache, policy: ActionPolicy) -> Result<PreparedAction, Error> {
+    let (_bytes, component, manifest, from_cache) = compile(engine, cache, &policy.component)?;
+    if let Some(pin) = policy.digest
+        && pin != manifest.digest
+    {
+        return Err(Error::Refused(format!(
+            "action `{}` refused: component {} has digest {}, but the policy pins {}",
+            policy.name,
+            policy.component.display(),
+            manifest.digest,
+            pin
+        )));
+    }
+    check_imports(&policy, &manifest)?;
+
+    let mut linker = Linker::new(engine);
+    capabilities::link_granted(&mut linker, &policy.grants).map_err(Error::internal)?;
+    let pre = linker.instantiate_pre(&component).map_err(|e| {
+        Error::Refused(format!(
+            "action `{}` refused: an import does not match the interface airlock serves: {}",
+            policy.name,
+            one_line(&format!("{e:#}"))
+        ))
+    })?;
+    Ok(PreparedAction { policy, manifest, from_cache, pre })
+}
+
+/// Refuse the action if any import is unknown or not granted, naming each
+/// one and how it could be granted.
+pub fn check_imports(policy: &ActionPolicy, manifest: &Manifest) -> Result<(), Error> {
+    let mut problems = Vec::new();
+    for import in &manifest.imports {
+        match import.class {
+            ImportClass::Baseline => {}
+            ImportClass::Capability(kind) if policy.grants.holds(kind) => {}
+            ImportClass::Capability(kind) => {
+                let fix = match &policy.origin {
+                    GrantOrigin::Config { path, line } => format!(
+                        "grant it with `{}` under [actions.{}.grants] ({}:{line})",
+                        Grants::how_to_grant(kind, true),
+                        policy.name,
+                        path.display()
+                    ),
+                    GrantOrigin::Flags => format!("grant it with {}", Grants::how_to_grant(kind, false)),
+                };
+                problems.push(format!("ungranted import {} (capability `{kind}`): {fix}", import.name));
+            }
+            ImportClass::Unknown => {
+                problems.push(format!("unknown import {} ({}): it can never be granted", import.name, import.meaning))
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Refused(format!("action `{}` refused: {}", policy.name, problems.join("; "))))
+    }
+}
+
+/// wasmtime errors carry multi-line context; every failure prints one line.
+pub(crate) fn one_line(msg: &str) -> String {
+    msg.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(": ")
+}

@@ -1,0 +1,108 @@
+//! `airlock:cap/log`: structured log lines, captured per invocation.
+//!
+//! Lines are kept up to the action's `max-log-bytes`; later lines are
+//! dropped and counted rather than buffered without bound.
+
+use super::Capability;
+use super::bindings::airlock::cap::log as wit;
+use crate::catalog::CapabilityKind;
+use crate::host_call::{Decision, HostCall};
+use crate::invocation::{InvocationState, StateBuilder};
+use wasmtime::component::{HasSelf, Linker};
+
+/// The `log` grant. It carries no parameters: `log = true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogGrant;
+
+/// Severity of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// One line an action logged.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogLine {
+    pub level: Level,
+    pub message: String,
+    pub fields: Vec<(String, String)>,
+}
+
+impl LogLine {
+    fn size(&self) -> u64 {
+        let fields: usize = self.fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+        (self.message.len() + fields) as u64
+    }
+}
+
+/// Per-invocation log buffer.
+#[derive(Debug, Default)]
+pub struct LogState {
+    pub lines: Vec<LogLine>,
+    pub bytes: u64,
+    pub cap: u64,
+    /// Lines dropped because the cap was reached.
+    pub dropped: u64,
+}
+
+/// The `log` capability.
+pub struct LogCapability;
+
+impl Capability for LogCapability {
+    const KIND: CapabilityKind = CapabilityKind::Log;
+    type Grant = LogGrant;
+    const EXAMPLE_GRANT: &'static str = "log = true";
+    const EXAMPLE_FLAG: &'static str = "--grant-log";
+
+    fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
+        wit::add_to_linker::<InvocationState, HasSelf<InvocationState>>(linker, |s| s)
+    }
+
+    fn prepare(_grant: &LogGrant, state: &mut StateBuilder) -> anyhow::Result<()> {
+        state.log.cap = state.limits.max_log_bytes;
+        Ok(())
+    }
+
+    fn describe(_grant: &LogGrant) -> String {
+        "structured log lines, captured per invocation".into()
+    }
+}
+
+impl wit::Host for InvocationState {
+    fn write(&mut self, level: wit::Level, message: String, fields: Vec<wit::Field>) -> wasmtime::Result<()> {
+        let line = LogLine {
+            level: match level {
+                wit::Level::Trace => Level::Trace,
+                wit::Level::Debug => Level::Debug,
+                wit::Level::Info => Level::Info,
+                wit::Level::Warn => Level::Warn,
+                wit::Level::Error => Level::Error,
+            },
+            message,
+            fields: fields.into_iter().map(|f| (f.key, f.value)).collect(),
+        };
+        let call = HostCall::new("airlock:cap/log", "write").arg("bytes", line.size());
+        self.host_call(
+            call,
+            |_| Decision::allow("grants.log"),
+            |state| {
+                let log = &mut state.log;
+                if log.bytes.saturating_add(line.size()) > log.cap {
+                    log.dropped += 1;
+                    "dropped: log cap reached"
+                } else {
+                    log.bytes += line.size();
+                    log.lines.push(line);
+                    "ok"
+                }
+            },
+        )
+        .map(|_| ())
+        .or_else(|denied| Err(denied.into_trap()))
+    }
+}

@@ -1,0 +1,131 @@
+//! Capabilities: the authority a policy can grant an action.
+//!
+//! Each capability is one module holding its grant (as configured), the
+//! wiring that links its WIT interfaces into an action's linker, and the
+//! per-invocation state its host functions use. The [`Capability`] trait is
+//! that contract; adding a capability means adding one module, one field in
+//! [`Grants`], and one line in [`link_granted`].
+//!
+//! The linker for an action is built from its grants, so an interface that
+//! is not granted is not defined at all: the component cannot reach it by
+//! construction. Host functions still go through
+//! [`crate::host_call`] so every call is decided and recorded in one place.
+
+pub mod baseline;
+pub mod files;
+pub mod log;
+
+use crate::catalog::CapabilityKind;
+use crate::invocation::InvocationState;
+use std::path::Path;
+use wasmtime::component::Linker;
+
+/// Host bindings for the `airlock:cap` WIT package, generated from `wit/`.
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "airlock:cap/capabilities",
+        imports: { default: trappable },
+    });
+}
+
+/// One grantable capability.
+pub trait Capability {
+    /// Which catalog entry this is.
+    const KIND: CapabilityKind;
+    /// The validated grant.
+    type Grant;
+    /// The grant as a config line, for refusals that say how to grant it.
+    const EXAMPLE_GRANT: &'static str;
+    /// The equivalent `airlock invoke` flag for ad hoc invocations.
+    const EXAMPLE_FLAG: &'static str;
+
+    /// Define this capability's interfaces in an action's linker. Called
+    /// only for actions that hold the grant.
+    fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()>;
+
+    /// Install the per-invocation state for one invocation under `grant`.
+    fn prepare(grant: &Self::Grant, state: &mut crate::invocation::StateBuilder) -> anyhow::Result<()>;
+
+    /// A one-line summary of the grant for `airlock check`.
+    fn describe(grant: &Self::Grant) -> String;
+}
+
+/// The grants section of an action as written in a config.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawGrants {
+    #[serde(default)]
+    pub log: bool,
+    pub files: Option<files::RawFilesGrant>,
+}
+
+/// Everything one action is granted, validated.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Grants {
+    pub log: Option<log::LogGrant>,
+    pub files: Option<files::FilesGrant>,
+}
+
+impl Grants {
+    /// Validate a grants section; `resolve` makes config-relative paths absolute.
+    pub fn resolve(raw: &RawGrants, resolve: &dyn Fn(&Path) -> std::path::PathBuf) -> Result<Grants, String> {
+        Ok(Grants {
+            log: raw.log.then_some(log::LogGrant),
+            files: raw.files.as_ref().map(|f| files::FilesGrant::resolve(f, resolve)).transpose()?,
+        })
+    }
+
+    /// Whether the capability of this kind is granted.
+    pub fn holds(&self, kind: CapabilityKind) -> bool {
+        match kind {
+            CapabilityKind::Log => self.log.is_some(),
+            CapabilityKind::Files => self.files.is_some(),
+        }
+    }
+
+    /// How to grant a capability, in config or flag form.
+    pub fn how_to_grant(kind: CapabilityKind, in_config: bool) -> &'static str {
+        match (kind, in_config) {
+            (CapabilityKind::Log, true) => log::LogCapability::EXAMPLE_GRANT,
+            (CapabilityKind::Log, false) => log::LogCapability::EXAMPLE_FLAG,
+            (CapabilityKind::Files, true) => files::FilesCapability::EXAMPLE_GRANT,
+            (CapabilityKind::Files, false) => files::FilesCapability::EXAMPLE_FLAG,
+        }
+    }
+
+    /// One line per granted capability, for `airlock check`.
+    pub fn describe(&self) -> Vec<(CapabilityKind, String)> {
+        let mut out = Vec::new();
+        if let Some(g) = &self.log {
+            out.push((CapabilityKind::Log, log::LogCapability::describe(g)));
+        }
+        if let Some(g) = &self.files {
+            out.push((CapabilityKind::Files, files::FilesCapability::describe(g)));
+        }
+        out
+    }
+}
+
+/// Link the inert baseline and every granted capability, and nothing else.
+pub fn link_granted(linker: &mut Linker<InvocationState>, grants: &Grants) -> wasmtime::Result<()> {
+    baseline::link(linker)?;
+    if grants.log.is_some() {
+        log::LogCapability::link(linker)?;
+    }
+    if grants.files.is_some() {
+        files::FilesCapability::link(linker)?;
+    }
+    Ok(())
+}
+
+/// Install per-invocation state for every granted capability.
+pub fn prepare_granted(grants: &Grants, state: &mut crate::invocation::StateBuilder) -> anyhow::Result<()> {
+    if let Some(g) = &grants.log {
+        log::LogCapability::prepare(g, state)?;
+    }
+    if let Some(g) = &grants.files {
+        files::FilesCapability::prepare(g, state)?;
+    }
+    Ok(())
+}

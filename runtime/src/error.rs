@@ -1,0 +1,106 @@
+//! airlock's error type and its mapping to process exit codes.
+//!
+//! | exit | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | the action returned an error, or panicked |
+//! | 2 | bad input: arguments, function name, component bytes, config |
+//! | 3 | denied by policy: ungranted or unknown import, digest mismatch, denied host call |
+//! | 4 | a limit or trap: timeout, memory, fuel, stack, output or result cap, guest exit |
+//! | 5 | airlock itself failed (for example its data directory is not writable) |
+
+use crate::values::JsonMismatch;
+use std::time::Duration;
+
+/// A resource limit an invocation ran into.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitExceeded {
+    #[error("timed out after {} ms (limit timeout-ms)", .0.as_millis())]
+    Timeout(Duration),
+    #[error("memory limit of {} MiB exceeded (limit memory-mib)", .limit >> 20)]
+    Memory { limit: u64 },
+    #[error("fuel limit of {limit} exhausted (limit fuel)")]
+    Fuel { limit: u64 },
+    #[error("wasm stack overflow")]
+    StackOverflow,
+    #[error("{stream} exceeded {cap} bytes (limit max-output-bytes)")]
+    Output { stream: &'static str, cap: u64 },
+    #[error("result of {size} bytes exceeds {cap} bytes (limit max-result-bytes)")]
+    Result { size: u64, cap: u64 },
+    #[error("too many concurrent invocations (runtime.max-concurrent-instances)")]
+    Concurrency,
+}
+
+/// Everything that can go wrong between a request and its result.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file is unreadable or invalid.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// The component file is unreadable or not a valid component.
+    #[error("invalid component {path}: {reason}")]
+    InvalidComponent { path: String, reason: String },
+    /// No action of that name in the config.
+    #[error("unknown action `{name}` (configured actions: {available})")]
+    UnknownAction { name: String, available: String },
+    /// The component exports no such function.
+    #[error("unknown function `{function}` (exported functions: {available})")]
+    UnknownFunction { function: String, available: String },
+    /// A function whose types have no JSON form.
+    #[error("function `{function}` cannot be invoked with JSON: it uses `{what}` values")]
+    NotInvocable { function: String, what: &'static str },
+    /// The arguments do not fit the function's parameters.
+    #[error("bad arguments: {0}")]
+    Args(#[from] JsonMismatch),
+    /// The `--args` text is not JSON.
+    #[error("bad arguments: not a JSON object: {0}")]
+    ArgsSyntax(String),
+    /// The policy refuses to run the action at all.
+    #[error("{0}")]
+    Refused(String),
+    /// A host call was denied by policy and the interface had no error case
+    /// to report it through.
+    #[error("host call denied: {0}")]
+    HostCallDenied(String),
+    /// A resource limit was hit.
+    #[error("{0}")]
+    Limit(#[from] LimitExceeded),
+    /// The guest called `exit` instead of returning.
+    #[error("action exited with code {0} before returning a result")]
+    Exited(i32),
+    /// The guest trapped (other than by a limit or a panic).
+    #[error("action trapped: {0}")]
+    Trapped(String),
+    /// The guest panicked (trapped on `unreachable`).
+    #[error("action panicked{0}")]
+    Panicked(String),
+    /// The guest's function returned its error case.
+    #[error("action returned an error: {0}")]
+    ActionError(serde_json::Value),
+    /// airlock itself failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::ActionError(_) | Error::Panicked(_) => 1,
+            Error::Config(_)
+            | Error::InvalidComponent { .. }
+            | Error::UnknownAction { .. }
+            | Error::UnknownFunction { .. }
+            | Error::NotInvocable { .. }
+            | Error::Args(_)
+            | Error::ArgsSyntax(_) => 2,
+            Error::Refused(_) | Error::HostCallDenied(_) => 3,
+            Error::Limit(_) | Error::Exited(_) | Error::Trapped(_) => 4,
+            Error::Internal(_) => 5,
+        }
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Error {
+        Error::Internal(e.to_string())
+    }
+}

@@ -1,0 +1,209 @@
+//! Running one invocation: arguments in, fresh instance, call, result out.
+//!
+//! Every invocation gets a new `Store` and instance from the action's
+//! `InstancePre`, its own captured stdout/stderr, and its own limits:
+//! memory (resource limiter), fuel, and wall-clock time (epoch deadline for
+//! running code plus an async timeout for time blocked in host calls).
+//! Failures are classified into [`Error`] variants so callers can tell a
+//! refused request from a misbehaving action.
+
+mod limiter;
+mod output;
+mod state;
+
+pub use limiter::{MAX_TABLE_ELEMENTS, MemoryLimiter};
+pub use output::CapturedOutput;
+pub use state::{InvocationState, StateBuilder};
+
+use crate::action::{PreparedAction, one_line};
+use crate::capabilities;
+use crate::capabilities::log::LogLine;
+use crate::engine;
+use crate::error::{Error, LimitExceeded};
+use crate::host_call::{Denied, HostCallLog};
+use crate::manifest::FunctionSig;
+use crate::values::{self, JsonPath, ValueType};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use wasmtime::component::Val;
+use wasmtime::{Store, Trap};
+
+/// Everything observable about one finished invocation.
+#[derive(Debug)]
+pub struct Report {
+    /// The printed result, or why there is none.
+    pub outcome: Result<Value, Error>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub logs: Vec<LogLine>,
+    pub logs_dropped: u64,
+    pub host_calls: HostCallLog,
+    /// Fuel consumed, when the action is metered.
+    pub fuel_consumed: Option<u64>,
+    /// Largest linear memory size reached, in bytes.
+    pub peak_memory_bytes: u64,
+    pub duration: Duration,
+}
+
+impl Report {
+    fn failed(error: Error, started: Instant) -> Report {
+        Report {
+            outcome: Err(error),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            logs: Vec::new(),
+            logs_dropped: 0,
+            host_calls: HostCallLog::default(),
+            fuel_consumed: None,
+            peak_memory_bytes: 0,
+            duration: started.elapsed(),
+        }
+    }
+}
+
+/// Parse `args` (a JSON object keyed by parameter names) for `function`.
+pub fn parse_args(function: &FunctionSig, args: &Value) -> Result<Vec<Val>, Error> {
+    if let Some(what) = function.unsupported() {
+        return Err(Error::NotInvocable { function: function.name.clone(), what });
+    }
+    let obj = args
+        .as_object()
+        .ok_or_else(|| Error::ArgsSyntax(format!("expected an object keyed by parameter names, found {args}")))?;
+    let fields = values::record_from_json(&function.params, obj, &JsonPath::root("args"))?;
+    Ok(fields.into_iter().map(|(_, v)| v).collect())
+}
+
+impl PreparedAction {
+    /// Invoke `function` with JSON `args` in a fresh instance.
+    pub async fn invoke(&self, function: &str, args: &Value) -> Report {
+        let started = Instant::now();
+        let Some(sig) = self.manifest.function(function) else {
+            let error = Error::UnknownFunction {
+                function: function.to_string(),
+                available: self.manifest.function_names(),
+            };
+            return Report::failed(error, started);
+        };
+        let params = match parse_args(sig, args) {
+            Ok(p) => p,
+            Err(e) => return Report::failed(e, started),
+        };
+        self.run(sig, params, started).await
+    }
+
+    async fn run(&self, sig: &FunctionSig, params: Vec<Val>, started: Instant) -> Report {
+        let limits = &self.policy.limits;
+        let stdout = CapturedOutput::new("stdout", limits.max_output_bytes);
+        let stderr = CapturedOutput::new("stderr", limits.max_output_bytes);
+        let mut builder = StateBuilder::new(limits.clone(), stdout.clone(), stderr.clone());
+        if let Err(e) = capabilities::prepare_granted(&self.policy.grants, &mut builder) {
+            return Report::failed(Error::internal(format!("{e:#}")), started);
+        }
+
+        let mut store = Store::new(self.pre.engine(), builder.build());
+        store.limiter(|s| &mut s.limiter);
+        let fuel = limits.fuel.unwrap_or(u64::MAX);
+        if let Err(e) = store.set_fuel(fuel) {
+            return Report::failed(Error::internal(e), started);
+        }
+        store.set_epoch_deadline(engine::ticks_for(limits.timeout));
+        store.epoch_deadline_trap();
+
+        let call = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            let func = instance
+                .get_func(&mut store, sig.index)
+                .ok_or_else(|| wasmtime::format_err!("export `{}` is not a function", sig.name))?;
+            let mut results = vec![Val::Bool(false); usize::from(sig.result.is_some())];
+            func.call_async(&mut store, &params, &mut results).await?;
+            wasmtime::Result::Ok(results.pop())
+        };
+        let outcome = match tokio::time::timeout(limits.timeout, call).await {
+            Err(_elapsed) => Err(Error::Limit(LimitExceeded::Timeout(limits.timeout))),
+            Ok(Err(e)) => Err(classify(e, limits, &stderr)),
+            Ok(Ok(result)) => print_result(sig.result.as_ref(), result.as_ref(), limits.max_result_bytes),
+        };
+
+        let fuel_consumed = limits.fuel.map(|f| f.saturating_sub(store.get_fuel().unwrap_or(0)));
+        let state = store.into_data();
+        Report {
+            outcome,
+            stdout: stdout.contents(),
+            stderr: stderr.contents(),
+            logs: state.log.lines,
+            logs_dropped: state.log.dropped,
+            host_calls: state.host_calls,
+            fuel_consumed,
+            peak_memory_bytes: state.limiter.peak,
+            duration: started.elapsed(),
+        }
+    }
+}
+
+/// Turn the function's return value into printed JSON. A top-level
+/// `result<T, E>` prints `T`; its `E` becomes [`Error::ActionError`].
+fn print_result(ty: Option<&ValueType>, val: Option<&Val>, cap: u64) -> Result<Value, Error> {
+    let json = match (ty, val) {
+        (None, _) => Value::Null,
+        (Some(ValueType::Result { ok, err }), Some(Val::Result(r))) => match r {
+            Ok(payload) => match (ok, payload) {
+                (Some(t), Some(v)) => values::to_json(t, v).map_err(Error::internal)?,
+                _ => Value::Null,
+            },
+            Err(payload) => {
+                let e = match (err, payload) {
+                    (Some(t), Some(v)) => values::to_json(t, v).map_err(Error::internal)?,
+                    _ => Value::Null,
+                };
+                return Err(Error::ActionError(e));
+            }
+        },
+        (Some(t), Some(v)) => values::to_json(t, v).map_err(Error::internal)?,
+        (Some(_), None) => return Err(Error::internal("the function returned no value")),
+    };
+    let size = serde_json::to_vec(&json).map_or(u64::MAX, |v| v.len() as u64);
+    if size > cap {
+        return Err(Error::Limit(LimitExceeded::Result { size, cap }));
+    }
+    Ok(json)
+}
+
+/// Map a failed instantiation or call to the error that explains it.
+fn classify(e: wasmtime::Error, limits: &crate::policy::Limits, stderr: &CapturedOutput) -> Error {
+    if let Some(limit) = e.downcast_ref::<LimitExceeded>() {
+        return Error::Limit(limit.clone());
+    }
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return Error::Exited(exit.0);
+    }
+    if let Some(denied) = e.downcast_ref::<Denied>() {
+        return Error::HostCallDenied(denied.to_string());
+    }
+    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+        return Error::Limit(LimitExceeded::Concurrency);
+    }
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::Interrupt => Error::Limit(LimitExceeded::Timeout(limits.timeout)),
+            Trap::OutOfFuel => Error::Limit(LimitExceeded::Fuel { limit: limits.fuel.unwrap_or(u64::MAX) }),
+            Trap::StackOverflow => Error::Limit(LimitExceeded::StackOverflow),
+            Trap::UnreachableCodeReached => Error::Panicked(panic_message(stderr)),
+            other => Error::Trapped(other.to_string()),
+        };
+    }
+    Error::Trapped(one_line(&format!("{e:#}")))
+}
+
+/// Rust guests print their panic message to stderr before trapping; quote
+/// its last lines (escaped: it is guest-controlled) in the error.
+fn panic_message(stderr: &CapturedOutput) -> String {
+    let text = String::from_utf8_lossy(&stderr.contents()).into_owned();
+    let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = tail[tail.len().saturating_sub(2)..].join(" ");
+    if tail.is_empty() {
+        String::new()
+    } else {
+        let escaped: String = tail.chars().take(300).flat_map(char::escape_debug).collect();
+        format!(": {escaped}")
+    }
+}

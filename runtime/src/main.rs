@@ -1,0 +1,260 @@
+//! The `airlock` command line: inspect components, check configs, invoke
+//! actions. See the README for exit codes.
+
+use airlock::Error;
+use airlock::capabilities::Grants;
+use airlock::capabilities::files::{FilesGrant, Mode};
+use airlock::capabilities::log::LogGrant;
+use airlock::invocation::Report;
+use airlock::policy::{ActionPolicy, GrantOrigin, LimitOverrides, Policy, RuntimeSettings};
+use airlock::runtime::Runtime;
+use clap::{Parser, Subcommand};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "airlock", version, about = "Run AI agents' actions as governed WebAssembly components")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a component's capability manifest without running it.
+    Inspect {
+        component: PathBuf,
+        /// Print the stable JSON form (format `airlock.manifest/v1`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config and print each action's effective capability set.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Invoke an action (with --config) or a component file (ad hoc).
+    Invoke(InvokeArgs),
+}
+
+#[derive(clap::Args)]
+struct InvokeArgs {
+    /// Config file; TARGET is then an action name.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Action name (with --config) or path to a component.
+    target: String,
+    /// Exported function, as listed by `airlock inspect`.
+    function: String,
+    /// Arguments: a JSON object keyed by the function's parameter names.
+    #[arg(long, default_value = "{}")]
+    args: String,
+    /// Ad hoc only: grant a directory (`PATH` read-write, `PATH:ro` read-only).
+    #[arg(long, value_name = "PATH[:ro]")]
+    grant_dir: Option<String>,
+    /// Ad hoc only: grant the log capability.
+    #[arg(long)]
+    grant_log: bool,
+    /// Ad hoc only: wall-clock limit in milliseconds [default: 10000].
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Ad hoc only: linear memory limit in MiB [default: 64].
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Ad hoc only: fuel limit [default: unmetered].
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Ad hoc only: cap on the result and on each of stdout/stderr, in bytes [default: 1048576].
+    #[arg(long)]
+    max_output_bytes: Option<u64>,
+    /// Where airlock keeps its compile cache [default: the config's data-dir, else ./.airlock].
+    #[arg(long, env = "AIRLOCK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Do not echo the action's log lines and captured stdout/stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("AIRLOCK_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&Error::Internal(format!("cannot start async runtime: {e}"))),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Inspect { component, json } => inspect(component, json),
+            Command::Check { config } => check(config),
+            Command::Invoke(args) => invoke(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &Error) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(e.exit_code() as u8)
+}
+
+fn default_settings(data_dir: Option<PathBuf>) -> RuntimeSettings {
+    RuntimeSettings {
+        data_dir: data_dir.unwrap_or_else(|| PathBuf::from(".airlock")),
+        max_concurrent_instances: 4,
+    }
+}
+
+fn inspect(component: PathBuf, json: bool) -> Result<ExitCode, Error> {
+    let runtime = Runtime::without_cache(&default_settings(None))?;
+    let manifest = runtime.inspect(&component)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&manifest.to_json()).map_err(Error::internal)?);
+    } else {
+        print!("{}", manifest.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(config: PathBuf) -> Result<ExitCode, Error> {
+    let policy = Policy::load(&config)?;
+    let mut runtime = Runtime::new(&policy.runtime)?;
+    let mut worst: Option<Error> = None;
+    println!("config {}: {} action(s)", config.display(), policy.actions.len());
+    for (name, loaded) in runtime.load_all(&policy) {
+        match loaded {
+            Ok(action) => {
+                println!("ok      {name}  {}", action.manifest.digest);
+                let grants = action.policy.grants.describe();
+                if grants.is_empty() {
+                    println!("          capabilities: none (inert baseline only)");
+                }
+                for (kind, what) in grants {
+                    println!("          capability {kind}: {what}");
+                }
+                let l = &action.policy.limits;
+                println!(
+                    "          limits: timeout {} ms, memory {} MiB, fuel {}, result {} B, output {} B, log {} B",
+                    l.timeout.as_millis(),
+                    l.memory_bytes >> 20,
+                    l.fuel.map_or("unmetered".to_string(), |f| f.to_string()),
+                    l.max_result_bytes,
+                    l.max_output_bytes,
+                    l.max_log_bytes
+                );
+                println!("          functions: {}", action.manifest.function_names());
+            }
+            Err(e) => {
+                println!("REFUSED {name}: {e}");
+                if worst.as_ref().is_none_or(|w| e.exit_code() > w.exit_code()) {
+                    worst = Some(e);
+                }
+            }
+        }
+    }
+    match worst {
+        None => Ok(ExitCode::SUCCESS),
+        Some(e) => Err(e),
+    }
+}
+
+async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
+    let args: serde_json::Value = serde_json::from_str(&a.args).map_err(|e| Error::ArgsSyntax(e.to_string()))?;
+    let (mut runtime, policy) = match &a.config {
+        Some(config) => {
+            let adhoc_flags = a.grant_dir.is_some()
+                || a.grant_log
+                || a.timeout_ms.is_some()
+                || a.memory_mib.is_some()
+                || a.fuel.is_some()
+                || a.max_output_bytes.is_some();
+            if adhoc_flags {
+                return Err(Error::Config(
+                    "grant and limit flags apply to ad hoc invocations only; with --config, grants and limits come from the config".into(),
+                ));
+            }
+            let mut policy = Policy::load(config)?;
+            if let Some(dir) = a.data_dir.clone() {
+                policy.runtime.data_dir = dir;
+            }
+            let action = policy.actions.get(&a.target).cloned().ok_or_else(|| Error::UnknownAction {
+                name: a.target.clone(),
+                available: policy.actions.keys().cloned().collect::<Vec<_>>().join(", "),
+            })?;
+            (Runtime::new(&policy.runtime)?, action)
+        }
+        None => {
+            let path = PathBuf::from(&a.target);
+            let files = a.grant_dir.as_deref().map(parse_grant_dir).transpose()?;
+            let limits = LimitOverrides {
+                timeout_ms: a.timeout_ms,
+                memory_mib: a.memory_mib,
+                fuel: a.fuel,
+                max_result_bytes: a.max_output_bytes,
+                max_output_bytes: a.max_output_bytes,
+                max_log_bytes: a.max_output_bytes,
+            }
+            .resolve()
+            .map_err(Error::Config)?;
+            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "adhoc".into());
+            let policy = ActionPolicy {
+                name,
+                description: None,
+                component: path,
+                digest: None,
+                grants: Grants { log: a.grant_log.then_some(LogGrant), files },
+                limits,
+                origin: GrantOrigin::Flags,
+            };
+            (Runtime::new(&default_settings(a.data_dir.clone()))?, policy)
+        }
+    };
+    let action = runtime.prepare(policy)?;
+    let report = action.invoke(&a.function, &args).await;
+    if !a.quiet {
+        echo_observations(&report);
+    }
+    let value = report.outcome?;
+    let text = serde_json::to_string_pretty(&value).map_err(Error::internal)?;
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (e.g. `| head`) is not the action's failure.
+    let _ = writeln!(out, "{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `PATH` (read-write) or `PATH:ro` (read-only).
+fn parse_grant_dir(spec: &str) -> Result<FilesGrant, Error> {
+    let (path, mode) = match spec.strip_suffix(":ro") {
+        Some(p) => (p, Mode::ReadOnly),
+        None => (spec.strip_suffix(":rw").unwrap_or(spec), Mode::ReadWrite),
+    };
+    FilesGrant::new(PathBuf::from(path), mode).map_err(|e| Error::Config(format!("--grant-dir: {e}")))
+}
+
+/// Echo the action's logs and captured output to stderr. Guest-controlled
+/// text is escaped so it cannot drive the terminal.
+fn echo_observations(report: &Report) {
+    let mut err = std::io::stderr().lock();
+    for line in &report.logs {
+        let fields: String = line.fields.iter().map(|(k, v)| format!(" {}={}", escape(k), escape(v))).collect();
+        let _ = writeln!(err, "[log {:?}] {}{}", line.level, escape(&line.message), fields);
+    }
+    if report.logs_dropped > 0 {
+        let _ = writeln!(err, "[log] {} line(s) dropped: max-log-bytes reached", report.logs_dropped);
+    }
+    for (name, bytes) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
+        for line in String::from_utf8_lossy(bytes).lines() {
+            let _ = writeln!(err, "[{name}] {}", escape(line));
+        }
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
+}

@@ -1,0 +1,189 @@
+//! The TOML config file (`airlock.toml`), parsed once into typed policy.
+
+use super::limits::{LimitOverrides, Limits};
+use crate::capabilities::{Grants, RawGrants};
+use crate::error::Error;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Default number of instances that may run at once (pooling allocator size).
+pub const DEFAULT_MAX_CONCURRENT_INSTANCES: u32 = 64;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    #[serde(default)]
+    runtime: RawRuntime,
+    #[serde(default)]
+    actions: BTreeMap<String, toml::Spanned<RawAction>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRuntime {
+    data_dir: Option<PathBuf>,
+    max_concurrent_instances: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAction {
+    component: PathBuf,
+    description: Option<String>,
+    digest: Option<String>,
+    #[serde(default)]
+    grants: RawGrants,
+    #[serde(default)]
+    limits: LimitOverrides,
+}
+
+/// Runtime-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    /// Where airlock keeps its state (compile cache, and later vault and audit).
+    pub data_dir: PathBuf,
+    /// How many instances may be live at once.
+    pub max_concurrent_instances: u32,
+}
+
+/// A blake3 digest of component bytes, written `blake3:<64 hex digits>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest(*blake3::hash(bytes).as_bytes())
+    }
+
+    pub fn hex(&self) -> String {
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+    }
+
+    pub fn parse(s: &str) -> Result<Digest, String> {
+        let hex = s
+            .strip_prefix("blake3:")
+            .ok_or_else(|| format!("digest {s:?} must start with `blake3:`"))?;
+        blake3::Hash::from_hex(hex)
+            .map(|h| Digest(*h.as_bytes()))
+            .map_err(|_| format!("digest {s:?} must be `blake3:` followed by 64 hex digits"))
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "blake3:{}", self.hex())
+    }
+}
+
+/// Where an action's grants came from, so refusals can say how to fix them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantOrigin {
+    /// `[actions.NAME]` in a config file, starting at `line`.
+    Config { path: PathBuf, line: usize },
+    /// Ad hoc invocation: grants come from command-line flags.
+    Flags,
+}
+
+/// One action's policy, validated.
+#[derive(Debug, Clone)]
+pub struct ActionPolicy {
+    pub name: String,
+    pub description: Option<String>,
+    pub component: PathBuf,
+    /// When set, the component's digest must match or the action is refused.
+    pub digest: Option<Digest>,
+    pub grants: Grants,
+    pub limits: Limits,
+    pub origin: GrantOrigin,
+}
+
+/// A whole config, validated.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub path: PathBuf,
+    pub runtime: RuntimeSettings,
+    pub actions: BTreeMap<String, ActionPolicy>,
+}
+
+impl Policy {
+    /// Read and validate a config file. Relative paths in it are resolved
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<Policy, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read config {}: {e}", path.display())))?;
+        Policy::parse(&text, path)
+    }
+
+    /// Validate config text that was read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Policy, Error> {
+        let bad = |msg: String| Error::Config(format!("{}: {msg}", path.display()));
+        let raw: RawConfig = toml::from_str(text).map_err(|e| bad(one_line(&e.to_string())))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+
+        let max_concurrent_instances = raw.runtime.max_concurrent_instances.unwrap_or(DEFAULT_MAX_CONCURRENT_INSTANCES);
+        if !(1..=10_000).contains(&max_concurrent_instances) {
+            return Err(bad("runtime.max-concurrent-instances must be between 1 and 10000".into()));
+        }
+        let runtime = RuntimeSettings {
+            data_dir: raw.runtime.data_dir.as_deref().map_or_else(|| base.join(".airlock"), resolve),
+            max_concurrent_instances,
+        };
+
+        let mut actions = BTreeMap::new();
+        for (name, spanned) in raw.actions {
+            let line = line_of(text, spanned.span().start);
+            let raw = spanned.into_inner();
+            let at = |msg: String| bad(format!("line {line}: action `{name}`: {msg}"));
+            validate_action_name(&name).map_err(&at)?;
+            let digest = raw.digest.as_deref().map(Digest::parse).transpose().map_err(&at)?;
+            let grants = Grants::resolve(&raw.grants, &resolve).map_err(&at)?;
+            let limits = raw.limits.resolve().map_err(|e| at(format!("limits: {e}")))?;
+            actions.insert(
+                name.clone(),
+                ActionPolicy {
+                    name: name.clone(),
+                    description: raw.description,
+                    component: resolve(&raw.component),
+                    digest,
+                    grants,
+                    limits,
+                    origin: GrantOrigin::Config { path: path.to_path_buf(), line },
+                },
+            );
+        }
+        Ok(Policy { path: path.to_path_buf(), runtime, actions })
+    }
+}
+
+/// Action names appear in CLI arguments, logs and (later) URLs.
+fn validate_action_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err("action names are 1-64 characters of a-z, 0-9, `-` and `_`, starting with a letter or digit".into())
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(1, |t| t.matches('\n').count() + 1)
+}
+
+/// toml errors span several lines with a source excerpt; keep the message on
+/// one line so every failure prints one line.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| {
+            let excerpt = l.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start().starts_with('|');
+            !l.is_empty() && !excerpt
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

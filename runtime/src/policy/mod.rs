@@ -1,0 +1,11 @@
+//! Policy: which actions exist, what each may import, and its limits.
+//!
+//! Policy is deny-by-default: an action holds only the capabilities listed
+//! under its `grants`, and an action whose component imports anything else
+//! is refused before it is instantiated.
+
+mod config;
+mod limits;
+
+pub use config::{ActionPolicy, Digest, GrantOrigin, Policy, RuntimeSettings};
+pub use limits::*;
