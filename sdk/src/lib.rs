@@ -1,0 +1,126 @@
+//! Write airlock actions in Rust.
+//!
+//! An action is a WebAssembly component built for `wasm32-wasip2`. It
+//! exports the functions agents may call (declared in the action's own WIT
+//! world) and uses airlock's capabilities through this crate. Each
+//! capability works only if the action's policy grants it; a component that
+//! imports an ungranted capability is refused before it runs, so use only
+//! what the action needs: the functions you call decide the imports.
+//!
+//! ```ignore
+//! // wit/world.wit:
+//! //   package example:greeter;
+//! //   world greeter { export greet: func(name: string) -> string; }
+//! wit_bindgen::generate!({ path: "wit", world: "greeter" });
+//!
+//! struct Greeter;
+//!
+//! impl Guest for Greeter {
+//!     fn greet(name: String) -> String {
+//!         airlock_sdk::log::info("greeting", &[("name", &name)]);
+//!         format!("Hello, {name}!")
+//!     }
+//! }
+//!
+//! export!(Greeter);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2`; the
+//! component is `target/wasm32-wasip2/release/<crate>.wasm`.
+
+/// Raw bindings generated from airlock's WIT (`wit/` in the repository).
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "airlock:cap/capabilities",
+        generate_all,
+    });
+}
+
+pub use wit_bindgen;
+
+/// `airlock:cap/log`: structured log lines (grant: `log = true`).
+pub mod log {
+    use crate::bindings::airlock::cap::log as raw;
+    pub use raw::Level;
+
+    /// Write one line at `level` with key/value fields.
+    pub fn write(level: Level, message: &str, fields: &[(&str, &str)]) {
+        let fields: Vec<raw::Field> =
+            fields.iter().map(|(k, v)| raw::Field { key: (*k).to_string(), value: (*v).to_string() }).collect();
+        raw::write(level, message, &fields);
+    }
+
+    pub fn trace(message: &str, fields: &[(&str, &str)]) {
+        write(Level::Trace, message, fields)
+    }
+
+    pub fn debug(message: &str, fields: &[(&str, &str)]) {
+        write(Level::Debug, message, fields)
+    }
+
+    pub fn info(message: &str, fields: &[(&str, &str)]) {
+        write(Level::Info, message, fields)
+    }
+
+    pub fn warn(message: &str, fields: &[(&str, &str)]) {
+        write(Level::Warn, message, fields)
+    }
+
+    pub fn error(message: &str, fields: &[(&str, &str)]) {
+        write(Level::Error, message, fields)
+    }
+}
+
+/// `airlock:cap/files`: the one directory the policy grants
+/// (grant: `files = { dir = "...", mode = "read-only" | "read-write" }`).
+///
+/// Paths are relative to that directory; absolute paths and `..` are
+/// refused, and nothing outside it is reachable.
+pub mod files {
+    use crate::bindings::airlock::cap::files as raw;
+    pub use raw::{Entry, EntryKind, FileError};
+    use std::fmt;
+
+    /// Read a whole file (at most 16 MiB).
+    pub fn read(path: &str) -> Result<Vec<u8>, FileError> {
+        raw::read(path)
+    }
+
+    /// Read a whole file as UTF-8 text.
+    pub fn read_to_string(path: &str) -> Result<String, FileError> {
+        let bytes = raw::read(path)?;
+        String::from_utf8(bytes).map_err(|_| FileError::Io(format!("{path}: not valid UTF-8")))
+    }
+
+    /// Create or replace a file, creating parent directories as needed.
+    pub fn write(path: &str, contents: impl AsRef<[u8]>) -> Result<(), FileError> {
+        raw::write(path, contents.as_ref())
+    }
+
+    /// List a directory; `"."` is the granted directory itself.
+    pub fn list(path: &str) -> Result<Vec<Entry>, FileError> {
+        raw::list(path)
+    }
+
+    /// Delete a file.
+    pub fn delete(path: &str) -> Result<(), FileError> {
+        raw::delete(path)
+    }
+
+    /// A readable description of a [`FileError`].
+    pub struct Describe<'a>(pub &'a FileError);
+
+    impl fmt::Display for Describe<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self.0 {
+                FileError::NotFound(p) => write!(f, "not found: {p}"),
+                FileError::InvalidPath(m) => write!(f, "invalid path {m}"),
+                FileError::ReadOnly => write!(f, "the files grant is read-only"),
+                FileError::TooLarge(n) => write!(f, "file is larger than {n} bytes"),
+                FileError::WrongKind(m) => write!(f, "wrong kind: {m}"),
+                FileError::Io(m) => write!(f, "I/O error: {m}"),
+            }
+        }
+    }
+}
