@@ -195,15 +195,21 @@ fn classify(e: wasmtime::Error, limits: &crate::policy::Limits, stderr: &Capture
 }
 
 /// Rust guests print their panic message to stderr before trapping; quote
-/// its last lines (escaped: it is guest-controlled) in the error.
+/// it (escaped: it is guest-controlled) in the error.
 fn panic_message(stderr: &CapturedOutput) -> String {
     let text = String::from_utf8_lossy(&stderr.contents()).into_owned();
-    let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = tail[tail.len().saturating_sub(2)..].join(" ");
-    if tail.is_empty() {
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    // Rust prints "thread '..' panicked at FILE:LINE:COL:" then the message,
+    // then a "note: run with RUST_BACKTRACE" hint.
+    let message: Vec<&str> = match lines.iter().rposition(|l| l.contains("panicked at")) {
+        Some(at) => lines[at + 1..].iter().copied().take_while(|l| !l.starts_with("note: ")).collect(),
+        None => lines.last().copied().into_iter().collect(),
+    };
+    let message = message.join(" ");
+    if message.is_empty() {
         String::new()
     } else {
-        let escaped: String = tail.chars().take(300).flat_map(char::escape_debug).collect();
+        let escaped: String = message.chars().take(300).flat_map(char::escape_debug).collect();
         format!(": {escaped}")
     }
 }

@@ -1,0 +1,304 @@
+//! The `airlock` command line against real components: inspect, check,
+//! invoke, refusals and exit codes.
+
+mod support;
+
+use serde_json::json;
+use support::{airlock, component, config, toml_path, wat_component};
+
+/// A component whose imports are exactly these three, written in WAT.
+const THREE_IMPORTS: &str = r#"(component
+    (import "airlock:cap/log@0.1.0" (instance))
+    (import "wasi:sockets/tcp@0.2.0" (instance))
+    (import "evil:net/raw@1.0.0" (instance))
+    (core module $m (func (export "f") (result i32) i32.const 7))
+    (core instance $i (instantiate $m))
+    (func (export "seven") (result u32) (canon lift (core func $i "f")))
+)"#;
+
+#[test]
+fn inspect_lists_exactly_the_imports_with_their_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = wat_component(dir.path(), "three", THREE_IMPORTS);
+    let run = airlock(&["inspect", wasm.to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let manifest = run.json();
+    assert_eq!(manifest["format"], "airlock.manifest/v1");
+    let imports: Vec<(String, String)> = manifest["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap().to_string(), i["class"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        imports,
+        vec![
+            ("airlock:cap/log@0.1.0".to_string(), "capability".to_string()),
+            ("wasi:sockets/tcp@0.2.0".to_string(), "unknown".to_string()),
+            ("evil:net/raw@1.0.0".to_string(), "unknown".to_string()),
+        ]
+    );
+    assert_eq!(manifest["imports"][0]["capability"], "log");
+    let digest = format!("blake3:{}", blake3::hash(&std::fs::read(&wasm).unwrap()).to_hex());
+    assert_eq!(manifest["digest"], digest.as_str());
+    assert_eq!(manifest["functions"][0]["name"], "seven");
+    assert_eq!(manifest["functions"][0]["result"], json!({"type": "integer", "minimum": 0, "maximum": u32::MAX}));
+}
+
+#[test]
+fn inspect_of_a_built_action_shows_capabilities_and_schemas() {
+    let run = airlock(&["inspect", component("report").to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let m = run.json();
+    let caps: Vec<&str> = m["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["class"] == "capability")
+        .map(|i| i["capability"].as_str().unwrap())
+        .collect();
+    assert_eq!(caps, vec!["log", "files"]);
+    assert!(m["imports"].as_array().unwrap().iter().all(|i| i["class"] != "unknown"));
+    let f = &m["functions"][0];
+    assert_eq!(f["name"], "write-report");
+    assert_eq!(f["params"]["required"], json!(["name", "findings"]));
+    assert_eq!(
+        f["params"]["properties"]["findings"]["items"]["properties"]["severity"],
+        json!({"type": "string", "enum": ["low", "medium", "high"]})
+    );
+    assert_eq!(f["error"], json!({"type": "string"}));
+
+    let hello = airlock(&["inspect", component("hello").to_str().unwrap()]);
+    assert_eq!(hello.code, 0, "{hello:?}");
+    assert!(!hello.stdout.contains("capability:"), "hello imports no capability: {}", hello.stdout);
+}
+
+#[test]
+fn check_and_invoke_refuse_an_ungranted_import_naming_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[actions.hello]\ncomponent = {}\n\n[actions.cleanup]\ncomponent = {}\n",
+            toml_path(&component("hello")),
+            toml_path(&component("cleanup"))
+        ),
+    );
+    let cfg_s = cfg.to_str().unwrap();
+    let check = airlock(&["check", "--config", cfg_s]);
+    assert_eq!(check.code, 3, "{check:?}");
+    assert!(check.stdout.contains("ok      hello"), "{check:?}");
+    let err = check.error_line();
+    assert!(err.contains("action `cleanup` refused"), "{err}");
+    assert!(err.contains("ungranted import airlock:cap/files@0.1.0"), "{err}");
+    assert!(err.contains(r#"files = { dir = "PATH", mode = "read-only" }"#), "{err}");
+    assert!(err.contains(&format!("[actions.cleanup.grants] ({cfg_s}:4)")), "{err}");
+
+    let invoke = airlock(&["invoke", "--config", cfg_s, "cleanup", "purge", "--args", r#"{"prefix":"a"}"#]);
+    assert_eq!(invoke.code, 3, "{invoke:?}");
+    assert!(invoke.error_line().contains("ungranted import airlock:cap/files@0.1.0"), "{invoke:?}");
+    assert_eq!(invoke.stdout, "", "nothing ran, nothing printed");
+
+    // Ad hoc: the hint names the flag instead.
+    let adhoc = airlock(&["invoke", component("cleanup").to_str().unwrap(), "purge", "--args", r#"{"prefix":"a"}"#]);
+    assert_eq!(adhoc.code, 3, "{adhoc:?}");
+    assert!(adhoc.error_line().contains("grant it with --grant-dir PATH[:ro]"), "{adhoc:?}");
+}
+
+#[test]
+fn unknown_imports_are_refused_even_when_everything_is_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = wat_component(dir.path(), "three", THREE_IMPORTS);
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[actions.three]\ncomponent = {}\n[actions.three.grants]\nlog = true\nfiles = {{ dir = {} }}\n",
+            toml_path(&wasm),
+            toml_path(dir.path())
+        ),
+    );
+    let run = airlock(&["invoke", "--config", cfg.to_str().unwrap(), "three", "seven"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let err = run.error_line();
+    assert!(err.contains("unknown import wasi:sockets/tcp@0.2.0"), "{err}");
+    assert!(err.contains("unknown import evil:net/raw@1.0.0"), "{err}");
+    assert!(err.contains("can never be granted"), "{err}");
+    assert!(!err.contains("airlock:cap/log"), "log is granted: {err}");
+
+    // There is no config key that grants an unknown interface.
+    let cfg = config(
+        dir.path(),
+        &format!("[actions.three]\ncomponent = {}\n[actions.three.grants]\nsockets = true\n", toml_path(&wasm)),
+    );
+    let run = airlock(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.error_line().contains("unknown field `sockets`"), "{run:?}");
+}
+
+#[test]
+fn invoke_runs_actions_under_the_example_config() {
+    let cfg = support::repo_root().join("examples/airlock.toml");
+    component("hello");
+    let run = airlock(&[
+        "invoke",
+        "--config",
+        cfg.to_str().unwrap(),
+        "hello",
+        "greet",
+        "--args",
+        r#"{"who":{"name":"Ada","title":null,"languages":["de"]}}"#,
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json(), json!({"text": "Hallo, Ada!", "language": "de", "length": 11}));
+}
+
+#[test]
+fn report_writes_through_the_files_capability_and_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[actions.report]\ncomponent = {}\n[actions.report.grants]\nlog = true\nfiles = {{ dir = \".\", mode = \"read-write\" }}\n",
+            toml_path(&component("report"))
+        ),
+    );
+    let args = r#"{"name":"r1","findings":[{"title":"a","severity":"low"}]}"#;
+    let run = airlock(&["invoke", "--config", cfg.to_str().unwrap(), "report", "write-report", "--args", args]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json(), json!({"path": "reports/r1.md", "bytes": 23}));
+    assert_eq!(std::fs::read_to_string(dir.path().join("reports/r1.md")).unwrap(), "# Report r1\n\n- [low] a\n");
+    assert!(run.stderr.contains("[log Info] report written path=reports/r1.md findings=1"), "{run:?}");
+
+    // The action's own error case: exit 1, error on stderr, nothing on stdout.
+    let bad = airlock(&["invoke", "--config", cfg.to_str().unwrap(), "report", "write-report", "--args", r#"{"name":"../x","findings":[]}"#]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.error_line().starts_with("error: action returned an error: \"report name"), "{bad:?}");
+    assert_eq!(bad.stdout, "");
+}
+
+#[test]
+fn digest_pin_mismatch_refuses_the_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!("[actions.hello]\ncomponent = {}\ndigest = \"blake3:{}\"\n", toml_path(&component("hello")), "0".repeat(64)),
+    );
+    let run = airlock(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.error_line().contains("but the policy pins blake3:0000"), "{run:?}");
+
+    let good = format!("blake3:{}", blake3::hash(&std::fs::read(component("hello")).unwrap()).to_hex());
+    let cfg = config(
+        dir.path(),
+        &format!("[actions.hello]\ncomponent = {}\ndigest = \"{good}\"\n", toml_path(&component("hello"))),
+    );
+    assert_eq!(airlock(&["check", "--config", cfg.to_str().unwrap()]).code, 0);
+}
+
+#[test]
+fn garbage_truncated_and_core_module_bytes_exit_2_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let hello = std::fs::read(component("hello")).unwrap();
+    let core = wat::parse_str("(module (func (export \"f\")))").unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", vec![], "too short"),
+        ("garbage", b"this is not wasm at all".to_vec(), "bad magic"),
+        ("core", core, "core WebAssembly module, not a component"),
+        ("truncated", hello[..hello.len() / 2].to_vec(), "invalid component"),
+    ];
+    for (name, bytes, expect) in cases {
+        let path = dir.path().join(format!("{name}.wasm"));
+        std::fs::write(&path, &bytes).unwrap();
+        let p = path.to_str().unwrap();
+        for run in [airlock(&["inspect", p]), airlock(&["invoke", p, "f"])] {
+            run.assert_no_panic();
+            assert_eq!(run.code, 2, "{name}: {run:?}");
+            assert!(run.error_line().contains(expect), "{name}: {run:?}");
+        }
+    }
+    let missing = airlock(&["inspect", "/nonexistent/x.wasm"]);
+    assert_eq!(missing.code, 2, "{missing:?}");
+}
+
+#[test]
+fn bad_arguments_exit_2_with_the_path_of_the_offending_field() {
+    let hello = component("hello");
+    let h = hello.to_str().unwrap();
+    let cases = [
+        (r#"{"who":{"name":7,"languages":[]}}"#, "args.who.name: expected a string, found the number 7"),
+        (r#"{"who":{"name":"a","languages":["en",1]}}"#, "args.who.languages[1]: expected a string"),
+        (r#"{"who":{"name":"a"}}"#, "args.who: missing field `languages`"),
+        (r#"{"who":{"name":"a","languages":[],"age":3}}"#, "args.who: unknown field `age`"),
+        (r#"{}"#, "args: missing field `who`"),
+        (r#"[1]"#, "expected an object keyed by parameter names"),
+        (r#"{"who": "#, "not a JSON object"),
+    ];
+    for (args, expect) in cases {
+        let run = airlock(&["invoke", h, "greet", "--args", args]);
+        assert_eq!(run.code, 2, "{args}: {run:?}");
+        assert!(run.error_line().contains(expect), "{args}: {run:?}");
+    }
+    let run = airlock(&["invoke", h, "nope"]);
+    assert_eq!(run.code, 2);
+    assert!(run.error_line().contains("unknown function `nope` (exported functions: greet)"), "{run:?}");
+}
+
+#[test]
+fn bad_configs_exit_2_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let hello = toml_path(&component("hello"));
+    let cases = [
+        ("[actions.x]\n", "missing field `component`"),
+        (&*format!("[actions.x]\ncomponent = {hello}\n[actions.x.limits]\nmemory-mib = 100000\n"), "memory-mib"),
+        (&*format!("[actions.x]\ncomponent = {hello}\n[actions.x.grants]\nfiles = {{ dir = \"missing\" }}\n"), "create it first"),
+        (&*format!("[actions.\"Bad Name\"]\ncomponent = {hello}\n"), "action names are"),
+        (&*format!("[actions.x]\ncomponent = {hello}\ndigest = \"md5:abc\"\n"), "must start with `blake3:`"),
+        ("this is not toml", "invalid config"),
+    ];
+    for (text, expect) in cases {
+        let cfg = config(dir.path(), text);
+        let run = airlock(&["check", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(run.code, 2, "{text}: {run:?}");
+        assert!(run.error_line().contains(expect), "{text}: {run:?}");
+    }
+}
+
+#[test]
+fn guest_limits_and_exits_map_to_exit_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = component("probe");
+    let p = probe.to_str().unwrap();
+    let grant = dir.path().to_str().unwrap();
+    let base = ["invoke", p];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["spin", "--timeout-ms", "200"], "timed out after 200 ms"),
+        (vec!["allocate-mib", "--args", r#"{"mib":100}"#, "--memory-mib", "16"], "memory limit of 16 MiB exceeded"),
+        (vec!["recurse", "--args", r#"{"depth":100000000}"#], "wasm stack overflow"),
+        (vec!["spin", "--fuel", "100000"], "fuel limit of 100000 exhausted"),
+        (vec!["print", "--args", r#"{"bytes":5000}"#, "--max-output-bytes", "1000"], "stdout exceeded 1000 bytes"),
+        (vec!["big-result", "--args", r#"{"bytes":5000}"#, "--max-output-bytes", "1000"], "exceeds 1000 bytes"),
+        (vec!["exit-with", "--args", r#"{"code":3}"#], "action exited with code"),
+    ];
+    for (args, expect) in cases {
+        let mut full: Vec<&str> = base.to_vec();
+        full.extend(&args);
+        full.extend(["--grant-log", "--grant-dir", grant, "-q"]);
+        let run = airlock(&full);
+        assert_eq!(run.code, 4, "{args:?}: {run:?}");
+        assert!(run.error_line().contains(expect), "{args:?}: {run:?}");
+    }
+    let panic = airlock(&["invoke", p, "panic-with", "--args", r#"{"message":"boom"}"#, "--grant-log", "--grant-dir", grant, "-q"]);
+    assert_eq!(panic.code, 1, "{panic:?}");
+    assert!(panic.error_line().contains("action panicked: boom"), "{panic:?}");
+}
+
+#[test]
+fn guest_output_is_escaped_on_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = component("probe");
+    let msg = "evil\u{1b}[2J\u{7}";
+    let args = serde_json::json!({"message": msg}).to_string();
+    let run = airlock(&["invoke", probe.to_str().unwrap(), "panic-with", "--args", &args, "--grant-log", "--grant-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(run.code, 1);
+    assert!(!run.stderr.contains('\u{1b}'), "raw escape reached the terminal: {run:?}");
+}

@@ -1,0 +1,96 @@
+//! Shared helpers for the integration tests: real components built from
+//! this repository, the real `airlock` binary, and temporary configs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// Build the example actions and test components (once per test binary)
+/// and return the path of the named component.
+pub fn component(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/build-components.sh"))
+            .status()
+            .expect("run scripts/build-components.sh");
+        assert!(status.success(), "building the test components failed");
+    });
+    let path = target_dir().join("wasm32-wasip2/release").join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// Compile WAT text into a component file in `dir`.
+pub fn wat_component(dir: &Path, name: &str, wat: &str) -> PathBuf {
+    let bytes = wat::parse_str(wat).expect("valid WAT");
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, bytes).expect("write component");
+    path
+}
+
+/// What one run of the `airlock` binary produced.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    /// The one `error:` line airlock printed.
+    pub fn error_line(&self) -> &str {
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(lines.len(), 1, "expected exactly one error line: {self:?}");
+        lines[0]
+    }
+
+    pub fn assert_no_panic(&self) {
+        assert!(!self.stderr.contains("panicked at") || self.stderr.contains("[stderr]"), "host panicked: {self:?}");
+        assert!(self.code >= 0 && self.code <= 5, "unexpected exit code: {self:?}");
+    }
+}
+
+/// Run `airlock ARGS...` with a shared compile cache.
+pub fn airlock(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(args)
+        .env("AIRLOCK_DATA_DIR", target_dir().join("test-airlock-data"))
+        .env_remove("AIRLOCK_LOG")
+        .output()
+        .expect("run airlock");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Write `text` as `airlock.toml` in `dir` and return its path.
+pub fn config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("airlock.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// TOML string literal for a path.
+pub fn toml_path(p: &Path) -> String {
+    toml_string(&p.display().to_string())
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
