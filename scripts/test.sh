@@ -4,6 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-components.sh
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --exclude hello --exclude report --exclude cleanup \
-    --exclude probe --exclude types -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 cargo test -p airlock -p airlock-sdk

@@ -28,7 +28,12 @@ fn inspect_lists_exactly_the_imports_with_their_class() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| (i["name"].as_str().unwrap().to_string(), i["class"].as_str().unwrap().to_string()))
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["class"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         imports,
@@ -42,7 +47,10 @@ fn inspect_lists_exactly_the_imports_with_their_class() {
     let digest = format!("blake3:{}", blake3::hash(&std::fs::read(&wasm).unwrap()).to_hex());
     assert_eq!(manifest["digest"], digest.as_str());
     assert_eq!(manifest["functions"][0]["name"], "seven");
-    assert_eq!(manifest["functions"][0]["result"], json!({"type": "integer", "minimum": 0, "maximum": u32::MAX}));
+    assert_eq!(
+        manifest["functions"][0]["result"],
+        json!({"type": "integer", "minimum": 0, "maximum": u32::MAX})
+    );
 }
 
 #[test]
@@ -70,7 +78,11 @@ fn inspect_of_a_built_action_shows_capabilities_and_schemas() {
 
     let hello = airlock(&["inspect", component("hello").to_str().unwrap()]);
     assert_eq!(hello.code, 0, "{hello:?}");
-    assert!(!hello.stdout.contains("capability:"), "hello imports no capability: {}", hello.stdout);
+    assert!(
+        !hello.stdout.contains("capability:"),
+        "hello imports no capability: {}",
+        hello.stdout
+    );
 }
 
 #[test]
@@ -94,15 +106,35 @@ fn check_and_invoke_refuse_an_ungranted_import_naming_the_fix() {
     assert!(err.contains(r#"files = { dir = "PATH", mode = "read-only" }"#), "{err}");
     assert!(err.contains(&format!("[actions.cleanup.grants] ({cfg_s}:4)")), "{err}");
 
-    let invoke = airlock(&["invoke", "--config", cfg_s, "cleanup", "purge", "--args", r#"{"prefix":"a"}"#]);
+    let invoke = airlock(&[
+        "invoke",
+        "--config",
+        cfg_s,
+        "cleanup",
+        "purge",
+        "--args",
+        r#"{"prefix":"a"}"#,
+    ]);
     assert_eq!(invoke.code, 3, "{invoke:?}");
-    assert!(invoke.error_line().contains("ungranted import airlock:cap/files@0.1.0"), "{invoke:?}");
+    assert!(
+        invoke.error_line().contains("ungranted import airlock:cap/files@0.1.0"),
+        "{invoke:?}"
+    );
     assert_eq!(invoke.stdout, "", "nothing ran, nothing printed");
 
     // Ad hoc: the hint names the flag instead.
-    let adhoc = airlock(&["invoke", component("cleanup").to_str().unwrap(), "purge", "--args", r#"{"prefix":"a"}"#]);
+    let adhoc = airlock(&[
+        "invoke",
+        component("cleanup").to_str().unwrap(),
+        "purge",
+        "--args",
+        r#"{"prefix":"a"}"#,
+    ]);
     assert_eq!(adhoc.code, 3, "{adhoc:?}");
-    assert!(adhoc.error_line().contains("grant it with --grant-dir PATH[:ro]"), "{adhoc:?}");
+    assert!(
+        adhoc.error_line().contains("grant it with --grant-dir PATH[:ro]"),
+        "{adhoc:?}"
+    );
 }
 
 #[test]
@@ -128,7 +160,10 @@ fn unknown_imports_are_refused_even_when_everything_is_granted() {
     // There is no config key that grants an unknown interface.
     let cfg = config(
         dir.path(),
-        &format!("[actions.three]\ncomponent = {}\n[actions.three.grants]\nsockets = true\n", toml_path(&wasm)),
+        &format!(
+            "[actions.three]\ncomponent = {}\n[actions.three.grants]\nsockets = true\n",
+            toml_path(&wasm)
+        ),
     );
     let run = airlock(&["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(run.code, 2, "{run:?}");
@@ -149,7 +184,10 @@ fn invoke_runs_actions_under_the_example_config() {
         r#"{"who":{"name":"Ada","title":null,"languages":["de"]}}"#,
     ]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(run.json(), json!({"text": "Hallo, Ada!", "language": "de", "length": 11}));
+    assert_eq!(
+        run.json(),
+        json!({"text": "Hallo, Ada!", "language": "de", "length": 11})
+    );
 }
 
 #[test]
@@ -163,16 +201,43 @@ fn report_writes_through_the_files_capability_and_logs() {
         ),
     );
     let args = r#"{"name":"r1","findings":[{"title":"a","severity":"low"}]}"#;
-    let run = airlock(&["invoke", "--config", cfg.to_str().unwrap(), "report", "write-report", "--args", args]);
+    let run = airlock(&[
+        "invoke",
+        "--config",
+        cfg.to_str().unwrap(),
+        "report",
+        "write-report",
+        "--args",
+        args,
+    ]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json(), json!({"path": "reports/r1.md", "bytes": 23}));
-    assert_eq!(std::fs::read_to_string(dir.path().join("reports/r1.md")).unwrap(), "# Report r1\n\n- [low] a\n");
-    assert!(run.stderr.contains("[log Info] report written path=reports/r1.md findings=1"), "{run:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("reports/r1.md")).unwrap(),
+        "# Report r1\n\n- [low] a\n"
+    );
+    assert!(
+        run.stderr
+            .contains("[log Info] report written path=reports/r1.md findings=1"),
+        "{run:?}"
+    );
 
     // The action's own error case: exit 1, error on stderr, nothing on stdout.
-    let bad = airlock(&["invoke", "--config", cfg.to_str().unwrap(), "report", "write-report", "--args", r#"{"name":"../x","findings":[]}"#]);
+    let bad = airlock(&[
+        "invoke",
+        "--config",
+        cfg.to_str().unwrap(),
+        "report",
+        "write-report",
+        "--args",
+        r#"{"name":"../x","findings":[]}"#,
+    ]);
     assert_eq!(bad.code, 1, "{bad:?}");
-    assert!(bad.error_line().starts_with("error: action returned an error: \"report name"), "{bad:?}");
+    assert!(
+        bad.error_line()
+            .starts_with("error: action returned an error: \"report name"),
+        "{bad:?}"
+    );
     assert_eq!(bad.stdout, "");
 }
 
@@ -181,16 +246,26 @@ fn digest_pin_mismatch_refuses_the_action() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
         dir.path(),
-        &format!("[actions.hello]\ncomponent = {}\ndigest = \"blake3:{}\"\n", toml_path(&component("hello")), "0".repeat(64)),
+        &format!(
+            "[actions.hello]\ncomponent = {}\ndigest = \"blake3:{}\"\n",
+            toml_path(&component("hello")),
+            "0".repeat(64)
+        ),
     );
     let run = airlock(&["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(run.code, 3, "{run:?}");
     assert!(run.error_line().contains("but the policy pins blake3:0000"), "{run:?}");
 
-    let good = format!("blake3:{}", blake3::hash(&std::fs::read(component("hello")).unwrap()).to_hex());
+    let good = format!(
+        "blake3:{}",
+        blake3::hash(&std::fs::read(component("hello")).unwrap()).to_hex()
+    );
     let cfg = config(
         dir.path(),
-        &format!("[actions.hello]\ncomponent = {}\ndigest = \"{good}\"\n", toml_path(&component("hello"))),
+        &format!(
+            "[actions.hello]\ncomponent = {}\ndigest = \"{good}\"\n",
+            toml_path(&component("hello"))
+        ),
     );
     assert_eq!(airlock(&["check", "--config", cfg.to_str().unwrap()]).code, 0);
 }
@@ -225,10 +300,19 @@ fn bad_arguments_exit_2_with_the_path_of_the_offending_field() {
     let hello = component("hello");
     let h = hello.to_str().unwrap();
     let cases = [
-        (r#"{"who":{"name":7,"languages":[]}}"#, "args.who.name: expected a string, found the number 7"),
-        (r#"{"who":{"name":"a","languages":["en",1]}}"#, "args.who.languages[1]: expected a string"),
+        (
+            r#"{"who":{"name":7,"languages":[]}}"#,
+            "args.who.name: expected a string, found the number 7",
+        ),
+        (
+            r#"{"who":{"name":"a","languages":["en",1]}}"#,
+            "args.who.languages[1]: expected a string",
+        ),
         (r#"{"who":{"name":"a"}}"#, "args.who: missing field `languages`"),
-        (r#"{"who":{"name":"a","languages":[],"age":3}}"#, "args.who: unknown field `age`"),
+        (
+            r#"{"who":{"name":"a","languages":[],"age":3}}"#,
+            "args.who: unknown field `age`",
+        ),
         (r#"{}"#, "args: missing field `who`"),
         (r#"[1]"#, "expected an object keyed by parameter names"),
         (r#"{"who": "#, "not a JSON object"),
@@ -240,7 +324,11 @@ fn bad_arguments_exit_2_with_the_path_of_the_offending_field() {
     }
     let run = airlock(&["invoke", h, "nope"]);
     assert_eq!(run.code, 2);
-    assert!(run.error_line().contains("unknown function `nope` (exported functions: greet)"), "{run:?}");
+    assert!(
+        run.error_line()
+            .contains("unknown function `nope` (exported functions: greet)"),
+        "{run:?}"
+    );
 }
 
 #[test]
@@ -249,10 +337,22 @@ fn bad_configs_exit_2_with_one_clear_line() {
     let hello = toml_path(&component("hello"));
     let cases = [
         ("[actions.x]\n", "missing field `component`"),
-        (&*format!("[actions.x]\ncomponent = {hello}\n[actions.x.limits]\nmemory-mib = 100000\n"), "memory-mib"),
-        (&*format!("[actions.x]\ncomponent = {hello}\n[actions.x.grants]\nfiles = {{ dir = \"missing\" }}\n"), "create it first"),
-        (&*format!("[actions.\"Bad Name\"]\ncomponent = {hello}\n"), "action names are"),
-        (&*format!("[actions.x]\ncomponent = {hello}\ndigest = \"md5:abc\"\n"), "must start with `blake3:`"),
+        (
+            &*format!("[actions.x]\ncomponent = {hello}\n[actions.x.limits]\nmemory-mib = 100000\n"),
+            "memory-mib",
+        ),
+        (
+            &*format!("[actions.x]\ncomponent = {hello}\n[actions.x.grants]\nfiles = {{ dir = \"missing\" }}\n"),
+            "create it first",
+        ),
+        (
+            &*format!("[actions.\"Bad Name\"]\ncomponent = {hello}\n"),
+            "action names are",
+        ),
+        (
+            &*format!("[actions.x]\ncomponent = {hello}\ndigest = \"md5:abc\"\n"),
+            "must start with `blake3:`",
+        ),
         ("this is not toml", "invalid config"),
     ];
     for (text, expect) in cases {
@@ -272,11 +372,29 @@ fn guest_limits_and_exits_map_to_exit_4() {
     let base = ["invoke", p];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["spin", "--timeout-ms", "200"], "timed out after 200 ms"),
-        (vec!["allocate-mib", "--args", r#"{"mib":100}"#, "--memory-mib", "16"], "memory limit of 16 MiB exceeded"),
-        (vec!["recurse", "--args", r#"{"depth":100000000}"#], "wasm stack overflow"),
+        (
+            vec!["allocate-mib", "--args", r#"{"mib":100}"#, "--memory-mib", "16"],
+            "memory limit of 16 MiB exceeded",
+        ),
+        (
+            vec!["recurse", "--args", r#"{"depth":100000000}"#],
+            "wasm stack overflow",
+        ),
         (vec!["spin", "--fuel", "100000"], "fuel limit of 100000 exhausted"),
-        (vec!["print", "--args", r#"{"bytes":5000}"#, "--max-output-bytes", "1000"], "stdout exceeded 1000 bytes"),
-        (vec!["big-result", "--args", r#"{"bytes":5000}"#, "--max-output-bytes", "1000"], "exceeds 1000 bytes"),
+        (
+            vec!["print", "--args", r#"{"bytes":5000}"#, "--max-output-bytes", "1000"],
+            "stdout exceeded 1000 bytes",
+        ),
+        (
+            vec![
+                "big-result",
+                "--args",
+                r#"{"bytes":5000}"#,
+                "--max-output-bytes",
+                "1000",
+            ],
+            "exceeds 1000 bytes",
+        ),
         (vec!["exit-with", "--args", r#"{"code":3}"#], "action exited with code"),
     ];
     for (args, expect) in cases {
@@ -287,7 +405,17 @@ fn guest_limits_and_exits_map_to_exit_4() {
         assert_eq!(run.code, 4, "{args:?}: {run:?}");
         assert!(run.error_line().contains(expect), "{args:?}: {run:?}");
     }
-    let panic = airlock(&["invoke", p, "panic-with", "--args", r#"{"message":"boom"}"#, "--grant-log", "--grant-dir", grant, "-q"]);
+    let panic = airlock(&[
+        "invoke",
+        p,
+        "panic-with",
+        "--args",
+        r#"{"message":"boom"}"#,
+        "--grant-log",
+        "--grant-dir",
+        grant,
+        "-q",
+    ]);
     assert_eq!(panic.code, 1, "{panic:?}");
     assert!(panic.error_line().contains("action panicked: boom"), "{panic:?}");
 }
@@ -298,7 +426,19 @@ fn guest_output_is_escaped_on_the_terminal() {
     let probe = component("probe");
     let msg = "evil\u{1b}[2J\u{7}";
     let args = serde_json::json!({"message": msg}).to_string();
-    let run = airlock(&["invoke", probe.to_str().unwrap(), "panic-with", "--args", &args, "--grant-log", "--grant-dir", dir.path().to_str().unwrap()]);
+    let run = airlock(&[
+        "invoke",
+        probe.to_str().unwrap(),
+        "panic-with",
+        "--args",
+        &args,
+        "--grant-log",
+        "--grant-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(run.code, 1);
-    assert!(!run.stderr.contains('\u{1b}'), "raw escape reached the terminal: {run:?}");
+    assert!(
+        !run.stderr.contains('\u{1b}'),
+        "raw escape reached the terminal: {run:?}"
+    );
 }

@@ -42,21 +42,43 @@ fn arb_type() -> impl Strategy<Value = ValueType> {
             proptest::collection::vec(inner.clone(), 1..4).prop_map(ValueType::Tuple),
             (names(), proptest::collection::vec(inner.clone(), 4))
                 .prop_map(|(n, ts)| ValueType::Record(n.into_iter().zip(ts).collect())),
-            (names(), proptest::collection::vec(proptest::option::of(inner.clone()), 4))
+            (
+                names(),
+                proptest::collection::vec(proptest::option::of(inner.clone()), 4)
+            )
                 .prop_map(|(n, ts)| ValueType::Variant(n.into_iter().zip(ts).collect())),
-            (proptest::option::of(inner.clone()), proptest::option::of(inner))
-                .prop_map(|(ok, err)| ValueType::Result { ok: ok.map(Box::new), err: err.map(Box::new) }),
+            (proptest::option::of(inner.clone()), proptest::option::of(inner)).prop_map(|(ok, err)| {
+                ValueType::Result {
+                    ok: ok.map(Box::new),
+                    err: err.map(Box::new),
+                }
+            }),
         ]
     })
 }
 
 fn arb_f32() -> BoxedStrategy<f32> {
-    prop_oneof![any::<f32>(), Just(f32::NAN), Just(f32::INFINITY), Just(f32::NEG_INFINITY), Just(-0.0f32), Just(0.1f32)]
-        .boxed()
+    prop_oneof![
+        any::<f32>(),
+        Just(f32::NAN),
+        Just(f32::INFINITY),
+        Just(f32::NEG_INFINITY),
+        Just(-0.0f32),
+        Just(0.1f32)
+    ]
+    .boxed()
 }
 
 fn arb_f64() -> BoxedStrategy<f64> {
-    prop_oneof![any::<f64>(), Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY), Just(-0.0), Just(0.1)].boxed()
+    prop_oneof![
+        any::<f64>(),
+        Just(f64::NAN),
+        Just(f64::INFINITY),
+        Just(f64::NEG_INFINITY),
+        Just(-0.0),
+        Just(0.1)
+    ]
+    .boxed()
 }
 
 fn arb_val(ty: &ValueType) -> BoxedStrategy<Val> {
@@ -68,14 +90,18 @@ fn arb_val(ty: &ValueType) -> BoxedStrategy<Val> {
         ValueType::U16 => any::<u16>().prop_map(Val::U16).boxed(),
         ValueType::S32 => any::<i32>().prop_map(Val::S32).boxed(),
         ValueType::U32 => any::<u32>().prop_map(Val::U32).boxed(),
-        ValueType::S64 => prop_oneof![any::<i64>(), Just(i64::MIN), Just(i64::MAX)].prop_map(Val::S64).boxed(),
+        ValueType::S64 => prop_oneof![any::<i64>(), Just(i64::MIN), Just(i64::MAX)]
+            .prop_map(Val::S64)
+            .boxed(),
         ValueType::U64 => prop_oneof![any::<u64>(), Just(u64::MAX)].prop_map(Val::U64).boxed(),
         ValueType::F32 => arb_f32().prop_map(Val::Float32).boxed(),
         ValueType::F64 => arb_f64().prop_map(Val::Float64).boxed(),
         ValueType::Char => any::<char>().prop_map(Val::Char).boxed(),
         ValueType::String => any::<String>().prop_map(Val::String).boxed(),
         ValueType::List(t) => proptest::collection::vec(arb_val(&t), 0..4).prop_map(Val::List).boxed(),
-        ValueType::Option(t) => proptest::option::of(arb_val(&t)).prop_map(|v| Val::Option(v.map(Box::new))).boxed(),
+        ValueType::Option(t) => proptest::option::of(arb_val(&t))
+            .prop_map(|v| Val::Option(v.map(Box::new)))
+            .boxed(),
         ValueType::Tuple(ts) => ts.iter().map(arb_val).collect::<Vec<_>>().prop_map(Val::Tuple).boxed(),
         ValueType::Record(fields) => {
             let names: Vec<String> = fields.iter().map(|(n, _)| n.clone()).collect();
@@ -91,7 +117,9 @@ fn arb_val(ty: &ValueType) -> BoxedStrategy<Val> {
                 .into_iter()
                 .map(|(name, payload)| match payload {
                     None => Just(Val::Variant(name, None)).boxed(),
-                    Some(t) => arb_val(&t).prop_map(move |v| Val::Variant(name.clone(), Some(Box::new(v)))).boxed(),
+                    Some(t) => arb_val(&t)
+                        .prop_map(move |v| Val::Variant(name.clone(), Some(Box::new(v))))
+                        .boxed(),
                 })
                 .collect();
             proptest::strategy::Union::new(options).boxed()
@@ -106,7 +134,11 @@ fn arb_val(ty: &ValueType) -> BoxedStrategy<Val> {
                 None => Just(None).boxed(),
                 Some(t) => arb_val(&t).prop_map(|v| Some(Box::new(v))).boxed(),
             };
-            prop_oneof![side(ok).prop_map(|v| Val::Result(Ok(v))), side(err).prop_map(|v| Val::Result(Err(v)))].boxed()
+            prop_oneof![
+                side(ok).prop_map(|v| Val::Result(Ok(v))),
+                side(err).prop_map(|v| Val::Result(Err(v)))
+            ]
+            .boxed()
         }
         ValueType::Unsupported(_) => unreachable!("not generated"),
     }
@@ -168,7 +200,10 @@ fn integers_are_exact_and_range_checked() {
     let p = JsonPath::root("v");
     let max: Value = serde_json::from_str("18446744073709551615").unwrap();
     assert_eq!(from_json(&ValueType::U64, &max, &p).unwrap(), Val::U64(u64::MAX));
-    assert_eq!(to_json(&ValueType::U64, &Val::U64(u64::MAX)).unwrap().to_string(), "18446744073709551615");
+    assert_eq!(
+        to_json(&ValueType::U64, &Val::U64(u64::MAX)).unwrap().to_string(),
+        "18446744073709551615"
+    );
     let min: Value = serde_json::from_str("-9223372036854775808").unwrap();
     assert_eq!(from_json(&ValueType::S64, &min, &p).unwrap(), Val::S64(i64::MIN));
     for (ty, text) in [
@@ -192,17 +227,26 @@ fn nested_options_stay_unambiguous() {
     let ty = ValueType::Option(Box::new(ValueType::Option(Box::new(ValueType::U8))));
     let p = JsonPath::root("v");
     assert_eq!(to_json(&ty, &Val::Option(None)).unwrap(), json!(null));
-    assert_eq!(to_json(&ty, &Val::Option(Some(Box::new(Val::Option(None))))).unwrap(), json!({"some": null}));
+    assert_eq!(
+        to_json(&ty, &Val::Option(Some(Box::new(Val::Option(None))))).unwrap(),
+        json!({"some": null})
+    );
     let some_some = Val::Option(Some(Box::new(Val::Option(Some(Box::new(Val::U8(3)))))));
     assert_eq!(to_json(&ty, &some_some).unwrap(), json!({"some": 3}));
     assert_eq!(from_json(&ty, &json!({"some": 3}), &p).unwrap(), some_some);
-    assert!(from_json(&ty, &json!(3), &p).is_err(), "bare value is ambiguous for option<option<_>>");
+    assert!(
+        from_json(&ty, &json!(3), &p).is_err(),
+        "bare value is ambiguous for option<option<_>>"
+    );
 }
 
 fn types_action() -> (std::sync::Arc<airlock::action::PreparedAction>, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
-    let mut runtime =
-        Runtime::new(&RuntimeSettings { data_dir: data.path().to_path_buf(), max_concurrent_instances: 4 }).unwrap();
+    let mut runtime = Runtime::new(&RuntimeSettings {
+        data_dir: data.path().to_path_buf(),
+        max_concurrent_instances: 4,
+    })
+    .unwrap();
     let action = runtime
         .prepare(ActionPolicy {
             name: "types".into(),
@@ -242,10 +286,16 @@ fn a_real_component_echoes_every_type_through_json() {
         let r = action.invoke("echo-f32", &json!({"v": "-inf"})).await;
         assert_eq!(r.outcome.unwrap(), json!("-inf"));
         let r = action.invoke("echo-char", &json!({"v": "ab"})).await;
-        assert!(matches!(r.outcome, Err(Error::Args(ref e)) if e.path == "args.v"), "{:?}", r.outcome);
+        assert!(
+            matches!(r.outcome, Err(Error::Args(ref e)) if e.path == "args.v"),
+            "{:?}",
+            r.outcome
+        );
         let r = action.invoke("echo-nested", &json!({"v": {"some": 4}})).await;
         assert_eq!(r.outcome.unwrap(), json!({"some": 4}));
-        let r = action.invoke("airlock-tests:types/shapes@0.1.0#area", &json!({"s": "empty"})).await;
+        let r = action
+            .invoke("airlock-tests:types/shapes@0.1.0#area", &json!({"s": "empty"}))
+            .await;
         assert_eq!(r.outcome.unwrap(), json!(0.0));
         let r = action.invoke("nothing", &json!({})).await;
         assert_eq!(r.outcome.unwrap(), json!(null));
@@ -261,7 +311,11 @@ fn a_real_component_echoes_every_type_through_json() {
             other => panic!("{other:?}"),
         }
         let r = action.invoke(ECHO, &json!({"v": {"b": "yes"}})).await;
-        assert!(matches!(r.outcome, Err(Error::Args(ref e)) if e.path == "args.v.b"), "{:?}", r.outcome);
+        assert!(
+            matches!(r.outcome, Err(Error::Args(ref e)) if e.path == "args.v.b"),
+            "{:?}",
+            r.outcome
+        );
     });
 }
 
@@ -286,13 +340,35 @@ fn random_values_round_trip_through_a_real_component() {
 fn manifest_schemas_describe_the_exact_ranges() {
     let (action, _data) = types_action();
     let m = action.manifest.to_json();
-    let echo = m["functions"].as_array().unwrap().iter().find(|f| f["name"] == ECHO).unwrap();
+    let echo = m["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == ECHO)
+        .unwrap();
     let props = &echo["params"]["properties"]["v"]["properties"];
-    assert_eq!(props["v-u64"], json!({"type": "integer", "minimum": 0, "maximum": u64::MAX}));
-    assert_eq!(props["v-s64"], json!({"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX}));
-    assert_eq!(props["color"], json!({"type": "string", "enum": ["red", "green", "blue"]}));
+    assert_eq!(
+        props["v-u64"],
+        json!({"type": "integer", "minimum": 0, "maximum": u64::MAX})
+    );
+    assert_eq!(
+        props["v-s64"],
+        json!({"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX})
+    );
+    assert_eq!(
+        props["color"],
+        json!({"type": "string", "enum": ["red", "green", "blue"]})
+    );
     assert_eq!(props["c"], json!({"type": "string", "minLength": 1, "maxLength": 1}));
-    let div = m["functions"].as_array().unwrap().iter().find(|f| f["name"] == "checked-div").unwrap();
-    assert_eq!(div["result"], json!({"type": "integer", "minimum": i32::MIN, "maximum": i32::MAX}));
+    let div = m["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "checked-div")
+        .unwrap();
+    assert_eq!(
+        div["result"],
+        json!({"type": "integer", "minimum": i32::MIN, "maximum": i32::MAX})
+    );
     assert_eq!(div["error"], json!({"type": "string"}));
 }

@@ -32,9 +32,16 @@ impl Sandbox {
         std::fs::write(root.path().join("granted/inside.txt"), "hello").unwrap();
         std::os::unix::fs::symlink(root.path().join("outside.txt"), root.path().join("granted/link-out")).unwrap();
         std::os::unix::fs::symlink("/etc", root.path().join("granted/etc")).unwrap();
-        let settings = RuntimeSettings { data_dir: data.path().to_path_buf(), max_concurrent_instances: 8 };
+        let settings = RuntimeSettings {
+            data_dir: data.path().to_path_buf(),
+            max_concurrent_instances: 8,
+        };
         let runtime = Runtime::new(&settings).unwrap();
-        Sandbox { _data: data, root, runtime }
+        Sandbox {
+            _data: data,
+            root,
+            runtime,
+        }
     }
 
     fn granted(&self) -> std::path::PathBuf {
@@ -47,7 +54,10 @@ impl Sandbox {
             description: None,
             component: support::component("probe"),
             digest: None,
-            grants: Grants { log: Some(LogGrant), files: Some(FilesGrant::new(self.granted(), mode).unwrap()) },
+            grants: Grants {
+                log: Some(LogGrant),
+                files: Some(FilesGrant::new(self.granted(), mode).unwrap()),
+            },
             limits,
             origin: GrantOrigin::Flags,
         };
@@ -55,14 +65,23 @@ impl Sandbox {
     }
 }
 
+/// Recognizes the error an attack must end with.
+type ExpectedError = fn(&Error) -> bool;
+
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn ok(report: &Report) -> &Value {
     match &report.outcome {
         Ok(v) => v,
-        Err(e) => panic!("expected success, got {e}: stderr {:?}", String::from_utf8_lossy(&report.stderr)),
+        Err(e) => panic!(
+            "expected success, got {e}: stderr {:?}",
+            String::from_utf8_lossy(&report.stderr)
+        ),
     }
 }
 
@@ -74,7 +93,10 @@ fn action_error(report: &Report) -> String {
 }
 
 fn outside_untouched(s: &Sandbox) {
-    assert_eq!(std::fs::read_to_string(s.root.path().join("outside.txt")).unwrap(), "top secret");
+    assert_eq!(
+        std::fs::read_to_string(s.root.path().join("outside.txt")).unwrap(),
+        "top secret"
+    );
     assert!(!s.root.path().join("escaped.txt").exists());
 }
 
@@ -86,7 +108,12 @@ fn files_capability_cannot_escape_its_directory() {
         let r = probe.invoke("read-file", &json!({"path": "inside.txt"})).await;
         assert_eq!(ok(&r), &json!("hello"));
 
-        for path in ["../outside.txt", "a/../../outside.txt", "/etc/passwd", &s.root.path().join("outside.txt").display().to_string()] {
+        for path in [
+            "../outside.txt",
+            "a/../../outside.txt",
+            "/etc/passwd",
+            &s.root.path().join("outside.txt").display().to_string(),
+        ] {
             let r = probe.invoke("read-file", &json!({"path": path})).await;
             let e = action_error(&r);
             assert!(e.starts_with("invalid path"), "{path}: {e}");
@@ -98,10 +125,18 @@ fn files_capability_cannot_escape_its_directory() {
             assert!(e.contains("not reachable inside the granted directory"), "{path}: {e}");
         }
         for path in ["../escaped.txt", "/escaped.txt", "link-out", "etc/escaped"] {
-            let r = probe.invoke("write-file", &json!({"path": path, "data": "pwned"})).await;
-            assert!(matches!(r.outcome, Err(Error::ActionError(_))), "{path}: {:?}", r.outcome);
+            let r = probe
+                .invoke("write-file", &json!({"path": path, "data": "pwned"}))
+                .await;
+            assert!(
+                matches!(r.outcome, Err(Error::ActionError(_))),
+                "{path}: {:?}",
+                r.outcome
+            );
         }
-        let r = probe.invoke("delete-file", &json!({"path": "link-out/../outside.txt"})).await;
+        let r = probe
+            .invoke("delete-file", &json!({"path": "link-out/../outside.txt"}))
+            .await;
         assert!(matches!(r.outcome, Err(Error::ActionError(_))));
         let r = probe.invoke("list-dir", &json!({"path": ".."})).await;
         assert!(action_error(&r).starts_with("invalid path"));
@@ -109,12 +144,17 @@ fn files_capability_cannot_escape_its_directory() {
         assert!(matches!(r.outcome, Err(Error::ActionError(_))), "{:?}", r.outcome);
 
         // Writes inside work, and every call went through the choke point.
-        let r = probe.invoke("write-file", &json!({"path": "sub/dir/new.txt", "data": "ok"})).await;
+        let r = probe
+            .invoke("write-file", &json!({"path": "sub/dir/new.txt", "data": "ok"}))
+            .await;
         ok(&r);
         assert_eq!(r.host_calls.total, 1);
         assert_eq!(r.host_calls.records[0].function, "write");
         assert!(r.host_calls.records[0].decision.allowed);
-        assert_eq!(std::fs::read_to_string(s.granted().join("sub/dir/new.txt")).unwrap(), "ok");
+        assert_eq!(
+            std::fs::read_to_string(s.granted().join("sub/dir/new.txt")).unwrap(),
+            "ok"
+        );
     });
     outside_untouched(&s);
 }
@@ -126,13 +166,29 @@ fn wasi_filesystem_sees_only_the_granted_directory() {
     rt().block_on(async {
         let r = probe.invoke("wasi-read", &json!({"path": "/inside.txt"})).await;
         assert_eq!(ok(&r), &json!("hello"));
-        for path in ["/../outside.txt", "../outside.txt", "/link-out", "/etc/passwd", "/etc/hostname"] {
+        for path in [
+            "/../outside.txt",
+            "../outside.txt",
+            "/link-out",
+            "/etc/passwd",
+            "/etc/hostname",
+        ] {
             let r = probe.invoke("wasi-read", &json!({"path": path})).await;
-            assert!(matches!(r.outcome, Err(Error::ActionError(_))), "{path}: {:?}", r.outcome);
+            assert!(
+                matches!(r.outcome, Err(Error::ActionError(_))),
+                "{path}: {:?}",
+                r.outcome
+            );
         }
         for path in ["/../escaped.txt", "/link-out", "/etc/escaped"] {
-            let r = probe.invoke("wasi-write", &json!({"path": path, "data": "pwned"})).await;
-            assert!(matches!(r.outcome, Err(Error::ActionError(_))), "{path}: {:?}", r.outcome);
+            let r = probe
+                .invoke("wasi-write", &json!({"path": path, "data": "pwned"}))
+                .await;
+            assert!(
+                matches!(r.outcome, Err(Error::ActionError(_))),
+                "{path}: {:?}",
+                r.outcome
+            );
         }
     });
     outside_untouched(&s);
@@ -145,18 +201,25 @@ fn read_only_grant_refuses_writes_and_deletes_on_both_interfaces() {
     rt().block_on(async {
         let r = probe.invoke("read-file", &json!({"path": "inside.txt"})).await;
         assert_eq!(ok(&r), &json!("hello"));
-        let r = probe.invoke("write-file", &json!({"path": "new.txt", "data": "x"})).await;
+        let r = probe
+            .invoke("write-file", &json!({"path": "new.txt", "data": "x"}))
+            .await;
         assert_eq!(action_error(&r), "the files grant is read-only");
         let rec = &r.host_calls.records[0];
         assert!(!rec.decision.allowed);
         assert_eq!(rec.decision.rule, "grants.files (read-only)");
         let r = probe.invoke("delete-file", &json!({"path": "inside.txt"})).await;
         assert_eq!(action_error(&r), "the files grant is read-only");
-        let r = probe.invoke("wasi-write", &json!({"path": "/new.txt", "data": "x"})).await;
+        let r = probe
+            .invoke("wasi-write", &json!({"path": "/new.txt", "data": "x"}))
+            .await;
         assert!(matches!(r.outcome, Err(Error::ActionError(_))), "{:?}", r.outcome);
     });
     assert!(!s.granted().join("new.txt").exists());
-    assert_eq!(std::fs::read_to_string(s.granted().join("inside.txt")).unwrap(), "hello");
+    assert_eq!(
+        std::fs::read_to_string(s.granted().join("inside.txt")).unwrap(),
+        "hello"
+    );
 }
 
 #[test]
@@ -175,7 +238,10 @@ fn baseline_has_no_authority_environment_args_and_stdin_are_empty() {
 #[test]
 fn stdout_is_captured_per_invocation_and_capped() {
     let mut s = Sandbox::new();
-    let limits = Limits { max_output_bytes: 10_000, ..Limits::default() };
+    let limits = Limits {
+        max_output_bytes: 10_000,
+        ..Limits::default()
+    };
     let probe = s.probe(Mode::ReadOnly, limits);
     rt().block_on(async {
         let r = probe.invoke("print", &json!({"bytes": 1500})).await;
@@ -185,7 +251,13 @@ fn stdout_is_captured_per_invocation_and_capped() {
         assert_eq!(r.stdout, vec![b'x'; 10], "no output carries over");
         let r = probe.invoke("print", &json!({"bytes": 50_000})).await;
         assert!(
-            matches!(r.outcome, Err(Error::Limit(LimitExceeded::Output { stream: "stdout", cap: 10_000 }))),
+            matches!(
+                r.outcome,
+                Err(Error::Limit(LimitExceeded::Output {
+                    stream: "stdout",
+                    cap: 10_000
+                }))
+            ),
             "{:?}",
             r.outcome
         );
@@ -196,7 +268,13 @@ fn stdout_is_captured_per_invocation_and_capped() {
 #[test]
 fn log_lines_are_captured_and_capped() {
     let mut s = Sandbox::new();
-    let probe = s.probe(Mode::ReadOnly, Limits { max_log_bytes: 100, ..Limits::default() });
+    let probe = s.probe(
+        Mode::ReadOnly,
+        Limits {
+            max_log_bytes: 100,
+            ..Limits::default()
+        },
+    );
     rt().block_on(async {
         let r = probe.invoke("log-lines", &json!({"n": 50})).await;
         ok(&r);
@@ -219,21 +297,41 @@ fn limits_trap_and_the_same_runtime_serves_the_next_invocation() {
     };
     let probe = s.probe(Mode::ReadWrite, limits);
     rt().block_on(async {
-        let attacks: Vec<(&str, Value, fn(&Error) -> bool)> = vec![
-            ("spin", json!({}), |e| matches!(e, Error::Limit(LimitExceeded::Timeout(_)) | Error::Limit(LimitExceeded::Fuel { .. }))),
-            ("sleep-ms", json!({"ms": 60_000}), |e| matches!(e, Error::Limit(LimitExceeded::Timeout(_)))),
-            ("allocate-mib", json!({"mib": 64}), |e| matches!(e, Error::Limit(LimitExceeded::Memory { limit }) if *limit == 32 << 20)),
-            ("recurse", json!({"depth": 1u64 << 40}), |e| matches!(e, Error::Limit(LimitExceeded::StackOverflow))),
+        let attacks: Vec<(&str, Value, ExpectedError)> = vec![
+            ("spin", json!({}), |e| {
+                matches!(
+                    e,
+                    Error::Limit(LimitExceeded::Timeout(_)) | Error::Limit(LimitExceeded::Fuel { .. })
+                )
+            }),
+            ("sleep-ms", json!({"ms": 60_000}), |e| {
+                matches!(e, Error::Limit(LimitExceeded::Timeout(_)))
+            }),
+            (
+                "allocate-mib",
+                json!({"mib": 64}),
+                |e| matches!(e, Error::Limit(LimitExceeded::Memory { limit }) if *limit == 32 << 20),
+            ),
+            ("recurse", json!({"depth": 1u64 << 40}), |e| {
+                matches!(e, Error::Limit(LimitExceeded::StackOverflow))
+            }),
             ("exit-with", json!({"code": 0}), |e| matches!(e, Error::Exited(0))),
             ("exit-with", json!({"code": 9}), |e| matches!(e, Error::Exited(_))),
-            ("panic-with", json!({"message": "boom"}), |e| matches!(e, Error::Panicked(m) if m.contains("boom"))),
+            (
+                "panic-with",
+                json!({"message": "boom"}),
+                |e| matches!(e, Error::Panicked(m) if m.contains("boom")),
+            ),
         ];
         for (function, args, expected) in attacks {
             let started = std::time::Instant::now();
             let r = probe.invoke(function, &args).await;
             let err = r.outcome.as_ref().expect_err(function);
             assert!(expected(err), "{function}: unexpected {err:?}");
-            assert!(started.elapsed() < Duration::from_secs(5), "{function} was not stopped promptly");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{function} was not stopped promptly"
+            );
             if !matches!(err, Error::Panicked(_)) {
                 assert_eq!(err.exit_code(), 4, "{function}");
             }
@@ -260,7 +358,13 @@ fn no_state_carries_over_between_invocations() {
 #[test]
 fn fuel_is_metered_when_limited() {
     let mut s = Sandbox::new();
-    let probe = s.probe(Mode::ReadOnly, Limits { fuel: Some(10_000_000), ..Limits::default() });
+    let probe = s.probe(
+        Mode::ReadOnly,
+        Limits {
+            fuel: Some(10_000_000),
+            ..Limits::default()
+        },
+    );
     rt().block_on(async {
         let r = probe.invoke("bump-counter", &json!({})).await;
         ok(&r);
@@ -273,7 +377,10 @@ fn fuel_is_metered_when_limited() {
 #[test]
 fn compiled_artifacts_are_cached_on_disk() {
     let data = tempfile::tempdir().unwrap();
-    let settings = RuntimeSettings { data_dir: data.path().to_path_buf(), max_concurrent_instances: 2 };
+    let settings = RuntimeSettings {
+        data_dir: data.path().to_path_buf(),
+        max_concurrent_instances: 2,
+    };
     let policy = |name: &str| ActionPolicy {
         name: name.into(),
         description: None,

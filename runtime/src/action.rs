@@ -30,19 +30,29 @@ pub struct PreparedAction {
 
 impl std::fmt::Debug for PreparedAction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PreparedAction").field("name", &self.policy.name).field("digest", &self.manifest.digest).finish()
+        f.debug_struct("PreparedAction")
+            .field("name", &self.policy.name)
+            .field("digest", &self.manifest.digest)
+            .finish()
     }
 }
 
 /// Read component bytes, refusing anything that is not a component.
 pub fn read_component(path: &Path) -> Result<Vec<u8>, Error> {
-    let invalid = |reason: String| Error::InvalidComponent { path: path.display().to_string(), reason };
+    let invalid = |reason: String| Error::InvalidComponent {
+        path: path.display().to_string(),
+        reason,
+    };
     let meta = std::fs::metadata(path).map_err(|e| invalid(format!("cannot read: {e}")))?;
     if !meta.is_file() {
         return Err(invalid("not a regular file".into()));
     }
     if meta.len() > MAX_COMPONENT_BYTES {
-        return Err(invalid(format!("{} bytes exceeds the {} byte limit", meta.len(), MAX_COMPONENT_BYTES)));
+        return Err(invalid(format!(
+            "{} bytes exceeds the {} byte limit",
+            meta.len(),
+            MAX_COMPONENT_BYTES
+        )));
     }
     let bytes = std::fs::read(path).map_err(|e| invalid(format!("cannot read: {e}")))?;
     check_header(&bytes).map_err(|r| invalid(r.into()))?;
@@ -60,8 +70,10 @@ fn check_header(bytes: &[u8]) -> Result<(), &'static str> {
     }
     match &bytes[6..8] {
         [1, 0] => Ok(()),
-        [0, 0] => Err("this is a core WebAssembly module, not a component; build for wasm32-wasip2 \
-                       (or wrap it with `wasm-tools component new`)"),
+        [0, 0] => Err(
+            "this is a core WebAssembly module, not a component; build for wasm32-wasip2 \
+                       (or wrap it with `wasm-tools component new`)",
+        ),
         _ => Err("unknown WebAssembly binary layer"),
     }
 }
@@ -74,12 +86,18 @@ pub fn compile(
 ) -> Result<(Vec<u8>, wasmtime::component::Component, Manifest, bool), Error> {
     let bytes = read_component(path)?;
     let digest = Digest::of(&bytes);
-    let (component, from_cache) = cache.load_or_compile(engine, &digest, &bytes).map_err(|e| Error::InvalidComponent {
-        path: path.display().to_string(),
-        reason: one_line(&format!("{e:#}")),
-    })?;
-    let manifest = Manifest::read(engine, &component, digest, bytes.len() as u64)
-        .map_err(|e| Error::InvalidComponent { path: path.display().to_string(), reason: e.to_string() })?;
+    let (component, from_cache) =
+        cache
+            .load_or_compile(engine, &digest, &bytes)
+            .map_err(|e| Error::InvalidComponent {
+                path: path.display().to_string(),
+                reason: one_line(&format!("{e:#}")),
+            })?;
+    let manifest =
+        Manifest::read(engine, &component, digest, bytes.len() as u64).map_err(|e| Error::InvalidComponent {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     Ok((bytes, component, manifest, from_cache))
 }
 
@@ -108,7 +126,12 @@ pub fn prepare(engine: &Engine, cache: &ArtifactCache, policy: ActionPolicy) -> 
             one_line(&format!("{e:#}"))
         ))
     })?;
-    Ok(PreparedAction { policy, manifest, from_cache, pre })
+    Ok(PreparedAction {
+        policy,
+        manifest,
+        from_cache,
+        pre,
+    })
 }
 
 /// Refuse the action if any import is unknown or not granted, naming each
@@ -131,19 +154,28 @@ pub fn check_imports(policy: &ActionPolicy, manifest: &Manifest) -> Result<(), E
                 };
                 problems.push(format!("ungranted import {} (capability `{kind}`): {fix}", import.name));
             }
-            ImportClass::Unknown => {
-                problems.push(format!("unknown import {} ({}): it can never be granted", import.name, import.meaning))
-            }
+            ImportClass::Unknown => problems.push(format!(
+                "unknown import {} ({}): it can never be granted",
+                import.name, import.meaning
+            )),
         }
     }
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(Error::Refused(format!("action `{}` refused: {}", policy.name, problems.join("; "))))
+        Err(Error::Refused(format!(
+            "action `{}` refused: {}",
+            policy.name,
+            problems.join("; ")
+        )))
     }
 }
 
 /// wasmtime errors carry multi-line context; every failure prints one line.
 pub(crate) fn one_line(msg: &str) -> String {
-    msg.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(": ")
+    msg.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
 }

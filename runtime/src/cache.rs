@@ -63,7 +63,12 @@ impl ArtifactCache {
     }
 
     /// Load the compiled form of `bytes`, compiling (and storing) it on a miss.
-    pub fn load_or_compile(&self, engine: &Engine, digest: &Digest, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> wasmtime::Result<(Component, bool)> {
         let path = self.path_for(engine, digest);
         if let Some(path) = path.as_ref().filter(|p| p.exists()) {
             // SAFETY: the artifact was written by `store` below into the
@@ -75,10 +80,10 @@ impl ArtifactCache {
             }
         }
         let component = Component::new(engine, bytes)?;
-        if let Some(path) = path {
-            if let Err(e) = store(&component, &path) {
-                tracing::warn!("cannot write compile cache {}: {e}", path.display());
-            }
+        if let Some(path) = path
+            && let Err(e) = store(&component, &path)
+        {
+            tracing::warn!("cannot write compile cache {}: {e}", path.display());
         }
         Ok((component, false))
     }

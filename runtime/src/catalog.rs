@@ -71,36 +71,142 @@ struct Family {
     version_prefix: &'static str,
 }
 
-const WASI_0_2: Family = Family { namespace_package: "wasi:", version_prefix: "0.2." };
-const AIRLOCK_CAP_0_1: Family = Family { namespace_package: "airlock:cap/", version_prefix: "0.1." };
+const WASI_0_2: Family = Family {
+    namespace_package: "wasi:",
+    version_prefix: "0.2.",
+};
+const AIRLOCK_CAP_0_1: Family = Family {
+    namespace_package: "airlock:cap/",
+    version_prefix: "0.1.",
+};
 
 use CapabilityKind::*;
 use ImportClass::*;
 
 /// Every interface airlock can link, with its class and meaning.
 const KNOWN: &[(&Family, &str, ImportClass, &str)] = &[
-    (&AIRLOCK_CAP_0_1, "airlock:cap/log", Capability(Log), "structured log lines, captured per invocation"),
-    (&AIRLOCK_CAP_0_1, "airlock:cap/files", Capability(Files), "read/list (and write/delete if read-write) inside the granted directory"),
-    (&WASI_0_2, "wasi:filesystem/types", Capability(Files), "filesystem access, served only as the granted directory"),
-    (&WASI_0_2, "wasi:filesystem/preopens", Capability(Files), "the granted directory, preopened as `/`"),
-    (&WASI_0_2, "wasi:cli/environment", Baseline, "environment variables and arguments: always empty"),
-    (&WASI_0_2, "wasi:cli/exit", Baseline, "ends the action early; the host keeps running"),
+    (
+        &AIRLOCK_CAP_0_1,
+        "airlock:cap/log",
+        Capability(Log),
+        "structured log lines, captured per invocation",
+    ),
+    (
+        &AIRLOCK_CAP_0_1,
+        "airlock:cap/files",
+        Capability(Files),
+        "read/list (and write/delete if read-write) inside the granted directory",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:filesystem/types",
+        Capability(Files),
+        "filesystem access, served only as the granted directory",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:filesystem/preopens",
+        Capability(Files),
+        "the granted directory, preopened as `/`",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:cli/environment",
+        Baseline,
+        "environment variables and arguments: always empty",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:cli/exit",
+        Baseline,
+        "ends the action early; the host keeps running",
+    ),
     (&WASI_0_2, "wasi:cli/stdin", Baseline, "standard input: always empty"),
-    (&WASI_0_2, "wasi:cli/stdout", Baseline, "standard output: captured per invocation, capped"),
-    (&WASI_0_2, "wasi:cli/stderr", Baseline, "standard error: captured per invocation, capped"),
-    (&WASI_0_2, "wasi:cli/terminal-input", Baseline, "terminal handles: there is never a terminal"),
-    (&WASI_0_2, "wasi:cli/terminal-output", Baseline, "terminal handles: there is never a terminal"),
-    (&WASI_0_2, "wasi:cli/terminal-stdin", Baseline, "terminal query: stdin is never a terminal"),
-    (&WASI_0_2, "wasi:cli/terminal-stdout", Baseline, "terminal query: stdout is never a terminal"),
-    (&WASI_0_2, "wasi:cli/terminal-stderr", Baseline, "terminal query: stderr is never a terminal"),
-    (&WASI_0_2, "wasi:io/error", Baseline, "error values of stream operations"),
-    (&WASI_0_2, "wasi:io/poll", Baseline, "waiting on the component's own streams and timers"),
-    (&WASI_0_2, "wasi:io/streams", Baseline, "byte streams (only those the component was handed)"),
+    (
+        &WASI_0_2,
+        "wasi:cli/stdout",
+        Baseline,
+        "standard output: captured per invocation, capped",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:cli/stderr",
+        Baseline,
+        "standard error: captured per invocation, capped",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:cli/terminal-input",
+        Baseline,
+        "terminal handles: there is never a terminal",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:cli/terminal-output",
+        Baseline,
+        "terminal handles: there is never a terminal",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:cli/terminal-stdin",
+        Baseline,
+        "terminal query: stdin is never a terminal",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:cli/terminal-stdout",
+        Baseline,
+        "terminal query: stdout is never a terminal",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:cli/terminal-stderr",
+        Baseline,
+        "terminal query: stderr is never a terminal",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:io/error",
+        Baseline,
+        "error values of stream operations",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:io/poll",
+        Baseline,
+        "waiting on the component's own streams and timers",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:io/streams",
+        Baseline,
+        "byte streams (only those the component was handed)",
+    ),
     (&WASI_0_2, "wasi:clocks/wall-clock", Baseline, "reads the current time"),
-    (&WASI_0_2, "wasi:clocks/monotonic-clock", Baseline, "reads a monotonic clock; sleeps count against the timeout"),
-    (&WASI_0_2, "wasi:random/random", Baseline, "cryptographically secure random bytes"),
-    (&WASI_0_2, "wasi:random/insecure", Baseline, "fast non-cryptographic random bytes"),
-    (&WASI_0_2, "wasi:random/insecure-seed", Baseline, "a per-instance random seed"),
+    (
+        &WASI_0_2,
+        "wasi:clocks/monotonic-clock",
+        Baseline,
+        "reads a monotonic clock; sleeps count against the timeout",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:random/random",
+        Baseline,
+        "cryptographically secure random bytes",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:random/insecure",
+        Baseline,
+        "fast non-cryptographic random bytes",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:random/insecure-seed",
+        Baseline,
+        "a per-instance random seed",
+    ),
 ];
 
 /// Classify one import name such as `wasi:cli/stdout@0.2.3`.
@@ -139,12 +245,18 @@ pub fn classify(name: &str, is_instance: bool) -> Classified {
     } else {
         "not an interface airlock serves: never linked"
     };
-    Classified { class: Unknown, meaning }
+    Classified {
+        class: Unknown,
+        meaning,
+    }
 }
 
 /// The unversioned interfaces served by a capability, for documentation.
 pub fn interfaces_of(kind: CapabilityKind) -> impl Iterator<Item = &'static str> {
-    KNOWN.iter().filter(move |(_, _, c, _)| *c == Capability(kind)).map(|(_, n, _, _)| *n)
+    KNOWN
+        .iter()
+        .filter(move |(_, _, c, _)| *c == Capability(kind))
+        .map(|(_, n, _, _)| *n)
 }
 
 #[cfg(test)]

@@ -73,5 +73,7 @@ fn start_epoch_ticker(engine: &Engine) {
 /// Epoch ticks that cover `timeout`.
 pub fn ticks_for(timeout: Duration) -> u64 {
     let tick = EPOCH_TICK.as_nanos();
-    u64::try_from(timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).max(1)
+    u64::try_from(timeout.as_nanos().div_ceil(tick))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }

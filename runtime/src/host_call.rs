@@ -27,7 +27,11 @@ pub struct HostCall {
 
 impl HostCall {
     pub fn new(interface: &'static str, function: &'static str) -> HostCall {
-        HostCall { interface, function, args: Vec::new() }
+        HostCall {
+            interface,
+            function,
+            args: Vec::new(),
+        }
     }
 
     /// Add one summarized argument.
@@ -49,11 +53,19 @@ pub struct Decision {
 
 impl Decision {
     pub fn allow(rule: impl Into<String>) -> Decision {
-        Decision { allowed: true, rule: rule.into(), reason: None }
+        Decision {
+            allowed: true,
+            rule: rule.into(),
+            reason: None,
+        }
     }
 
     pub fn deny(rule: impl Into<String>, reason: impl Into<String>) -> Decision {
-        Decision { allowed: false, rule: rule.into(), reason: Some(reason.into()) }
+        Decision {
+            allowed: false,
+            rule: rule.into(),
+            reason: Some(reason.into()),
+        }
     }
 }
 

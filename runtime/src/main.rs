@@ -14,7 +14,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "airlock", version, about = "Run AI agents' actions as governed WebAssembly components")]
+#[command(
+    name = "airlock",
+    version,
+    about = "Run AI agents' actions as governed WebAssembly components"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -115,7 +119,10 @@ fn inspect(component: PathBuf, json: bool) -> Result<ExitCode, Error> {
     let runtime = Runtime::without_cache(&default_settings(None))?;
     let manifest = runtime.inspect(&component)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&manifest.to_json()).map_err(Error::internal)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&manifest.to_json()).map_err(Error::internal)?
+        );
     } else {
         print!("{}", manifest.render());
     }
@@ -183,10 +190,14 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
             if let Some(dir) = a.data_dir.clone() {
                 policy.runtime.data_dir = dir;
             }
-            let action = policy.actions.get(&a.target).cloned().ok_or_else(|| Error::UnknownAction {
-                name: a.target.clone(),
-                available: policy.actions.keys().cloned().collect::<Vec<_>>().join(", "),
-            })?;
+            let action = policy
+                .actions
+                .get(&a.target)
+                .cloned()
+                .ok_or_else(|| Error::UnknownAction {
+                    name: a.target.clone(),
+                    available: policy.actions.keys().cloned().collect::<Vec<_>>().join(", "),
+                })?;
             (Runtime::new(&policy.runtime)?, action)
         }
         None => {
@@ -202,13 +213,19 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
             }
             .resolve()
             .map_err(Error::Config)?;
-            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "adhoc".into());
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "adhoc".into());
             let policy = ActionPolicy {
                 name,
                 description: None,
                 component: path,
                 digest: None,
-                grants: Grants { log: a.grant_log.then_some(LogGrant), files },
+                grants: Grants {
+                    log: a.grant_log.then_some(LogGrant),
+                    files,
+                },
                 limits,
                 origin: GrantOrigin::Flags,
             };
@@ -242,11 +259,19 @@ fn parse_grant_dir(spec: &str) -> Result<FilesGrant, Error> {
 fn echo_observations(report: &Report) {
     let mut err = std::io::stderr().lock();
     for line in &report.logs {
-        let fields: String = line.fields.iter().map(|(k, v)| format!(" {}={}", escape(k), escape(v))).collect();
+        let fields: String = line
+            .fields
+            .iter()
+            .map(|(k, v)| format!(" {}={}", escape(k), escape(v)))
+            .collect();
         let _ = writeln!(err, "[log {:?}] {}{}", line.level, escape(&line.message), fields);
     }
     if report.logs_dropped > 0 {
-        let _ = writeln!(err, "[log] {} line(s) dropped: max-log-bytes reached", report.logs_dropped);
+        let _ = writeln!(
+            err,
+            "[log] {} line(s) dropped: max-log-bytes reached",
+            report.logs_dropped
+        );
     }
     for (name, bytes) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
         for line in String::from_utf8_lossy(bytes).lines() {
@@ -256,5 +281,13 @@ fn echo_observations(report: &Report) {
 }
 
 fn escape(s: &str) -> String {
-    s.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }

@@ -43,7 +43,10 @@ pub struct FunctionSig {
 impl FunctionSig {
     /// Why this function cannot be called with JSON, if it cannot.
     pub fn unsupported(&self) -> Option<&'static str> {
-        self.params.iter().find_map(|(_, t)| t.unsupported()).or_else(|| self.result.as_ref()?.unsupported())
+        self.params
+            .iter()
+            .find_map(|(_, t)| t.unsupported())
+            .or_else(|| self.result.as_ref()?.unsupported())
     }
 
     /// Schema of the printed result: a top-level `result<T, E>` prints `T`
@@ -77,7 +80,11 @@ impl Manifest {
             .imports(engine)
             .map(|(name, ext)| {
                 let c = catalog::classify(name, matches!(ext.ty, ComponentItem::ComponentInstance(_)));
-                ImportEntry { name: name.to_string(), class: c.class, meaning: c.meaning }
+                ImportEntry {
+                    name: name.to_string(),
+                    class: c.class,
+                    meaning: c.meaning,
+                }
             })
             .collect();
         let mut functions = Vec::new();
@@ -89,7 +96,9 @@ impl Manifest {
                     }
                 }
                 ComponentItem::ComponentInstance(inst) => {
-                    let Some(inst_index) = component.get_export_index(None, name) else { continue };
+                    let Some(inst_index) = component.get_export_index(None, name) else {
+                        continue;
+                    };
                     for (fname, fext) in inst.exports(engine) {
                         if let ComponentItem::ComponentFunc(f) = fext.ty
                             && let Some(index) = component.get_export_index(Some(&inst_index), fname)
@@ -101,7 +110,12 @@ impl Manifest {
                 _ => {}
             }
         }
-        Ok(Manifest { digest, size, imports, functions })
+        Ok(Manifest {
+            digest,
+            size,
+            imports,
+            functions,
+        })
     }
 
     pub fn function(&self, name: &str) -> Option<&FunctionSig> {
@@ -113,7 +127,11 @@ impl Manifest {
         if self.functions.is_empty() {
             return "none".into();
         }
-        self.functions.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")
+        self.functions
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The stable `--json` form (format [`MANIFEST_FORMAT`]).
@@ -158,7 +176,11 @@ impl Manifest {
         let _ = writeln!(out, "functions ({})", self.functions.len());
         for f in &self.functions {
             let params: Vec<String> = f.params.iter().map(|(n, t)| format!("{n}: {}", t.wit_name())).collect();
-            let result = f.result.as_ref().map(|t| format!(" -> {}", t.wit_name())).unwrap_or_default();
+            let result = f
+                .result
+                .as_ref()
+                .map(|t| format!(" -> {}", t.wit_name()))
+                .unwrap_or_default();
             let _ = writeln!(out, "  {}({}){}", f.name, params.join(", "), result);
             let (result_schema, _) = f.result_schemas();
             let _ = writeln!(out, "    params schema: {}", values::object_schema(&f.params));
@@ -177,5 +199,10 @@ fn signature(name: String, f: &ComponentFunc, index: ComponentExportIndex) -> Re
         .map(|(n, t)| Ok((n.to_string(), ValueType::from_wasmtime(&t)?)))
         .collect::<Result<_, TypeTooDeep>>()?;
     let result = f.results().next().map(|t| ValueType::from_wasmtime(&t)).transpose()?;
-    Ok(FunctionSig { name, params, result, index })
+    Ok(FunctionSig {
+        name,
+        params,
+        result,
+        index,
+    })
 }

@@ -20,15 +20,25 @@ pub struct Runtime {
 impl Runtime {
     /// Build the engine and open the compile cache in the data directory.
     pub fn new(settings: &RuntimeSettings) -> Result<Runtime, Error> {
-        let engine = crate::engine::build(settings).map_err(|e| Error::internal(format!("cannot build engine: {e}")))?;
+        let engine =
+            crate::engine::build(settings).map_err(|e| Error::internal(format!("cannot build engine: {e}")))?;
         let cache = ArtifactCache::open(&settings.data_dir);
-        Ok(Runtime { engine, cache, actions: BTreeMap::new() })
+        Ok(Runtime {
+            engine,
+            cache,
+            actions: BTreeMap::new(),
+        })
     }
 
     /// Like [`Runtime::new`] but never touching the disk (for `inspect`).
     pub fn without_cache(settings: &RuntimeSettings) -> Result<Runtime, Error> {
-        let engine = crate::engine::build(settings).map_err(|e| Error::internal(format!("cannot build engine: {e}")))?;
-        Ok(Runtime { engine, cache: ArtifactCache::disabled(), actions: BTreeMap::new() })
+        let engine =
+            crate::engine::build(settings).map_err(|e| Error::internal(format!("cannot build engine: {e}")))?;
+        Ok(Runtime {
+            engine,
+            cache: ArtifactCache::disabled(),
+            actions: BTreeMap::new(),
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -51,7 +61,11 @@ impl Runtime {
     /// Load every action of `policy`; each refusal is returned beside the
     /// actions that loaded.
     pub fn load_all(&mut self, policy: &Policy) -> Vec<(String, Result<Arc<PreparedAction>, Error>)> {
-        policy.actions.values().map(|a| (a.name.clone(), self.prepare(a.clone()))).collect()
+        policy
+            .actions
+            .values()
+            .map(|a| (a.name.clone(), self.prepare(a.clone())))
+            .collect()
     }
 
     /// A loaded action by name.

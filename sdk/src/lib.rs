@@ -46,8 +46,13 @@ pub mod log {
 
     /// Write one line at `level` with key/value fields.
     pub fn write(level: Level, message: &str, fields: &[(&str, &str)]) {
-        let fields: Vec<raw::Field> =
-            fields.iter().map(|(k, v)| raw::Field { key: (*k).to_string(), value: (*v).to_string() }).collect();
+        let fields: Vec<raw::Field> = fields
+            .iter()
+            .map(|(k, v)| raw::Field {
+                key: (*k).to_string(),
+                value: (*v).to_string(),
+            })
+            .collect();
         raw::write(level, message, &fields);
     }
 

@@ -11,7 +11,9 @@ pub fn repo_root() -> PathBuf {
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
 }
 
 /// Build the example actions and test components (once per test binary)
@@ -59,7 +61,10 @@ impl Run {
     }
 
     pub fn assert_no_panic(&self) {
-        assert!(!self.stderr.contains("panicked at") || self.stderr.contains("[stderr]"), "host panicked: {self:?}");
+        assert!(
+            !self.stderr.contains("panicked at") || self.stderr.contains("[stderr]"),
+            "host panicked: {self:?}"
+        );
         assert!(self.code >= 0 && self.code <= 5, "unexpected exit code: {self:?}");
     }
 }

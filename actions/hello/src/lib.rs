@@ -22,7 +22,11 @@ impl Guest for Hello {
             None => who.name,
         };
         let text = format!("{word}, {name}!");
-        Greeting { length: text.chars().count() as u32, text, language: language.to_string() }
+        Greeting {
+            length: text.chars().count() as u32,
+            text,
+            language: language.to_string(),
+        }
     }
 }
 

@@ -23,8 +23,14 @@ impl Guest for Report {
         }
         let path = format!("reports/{name}.md");
         files::write(&path, &text).map_err(|e| files::Describe(&e).to_string())?;
-        log::info("report written", &[("path", &path), ("findings", &findings.len().to_string())]);
-        Ok(Written { path, bytes: text.len() as u64 })
+        log::info(
+            "report written",
+            &[("path", &path), ("findings", &findings.len().to_string())],
+        );
+        Ok(Written {
+            path,
+            bytes: text.len() as u64,
+        })
     }
 }
 

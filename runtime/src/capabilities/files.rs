@@ -10,7 +10,7 @@
 use super::Capability;
 use super::bindings::airlock::cap::files as wit;
 use crate::catalog::CapabilityKind;
-use crate::host_call::{Decision, HostCall};
+use crate::host_call::{Decision, Denied, HostCall};
 use crate::invocation::{InvocationState, StateBuilder};
 use anyhow::Context as _;
 use cap_std::ambient_authority;
@@ -130,7 +130,9 @@ impl GuestPath {
             return Err(invalid("contains a NUL byte"));
         }
         if raw.starts_with('/') || raw.starts_with('\\') {
-            return Err(invalid("absolute paths are not allowed; paths are relative to the granted directory"));
+            return Err(invalid(
+                "absolute paths are not allowed; paths are relative to the granted directory",
+            ));
         }
         let mut clean = PathBuf::new();
         for part in raw.split('/') {
@@ -176,7 +178,17 @@ const IFACE: &str = "airlock:cap/files";
 /// The files grant is linked only when held, so a files call without state
 /// is a host bug; fail the call rather than panic.
 fn files_state(state: &InvocationState) -> Result<&FilesState, wit::FileError> {
-    state.files.as_ref().ok_or_else(|| wit::FileError::Io("files capability is not prepared".into()))
+    state
+        .files
+        .as_ref()
+        .ok_or_else(|| wit::FileError::Io("files capability is not prepared".into()))
+}
+
+/// The policy's only refusal for files calls is a write under a read-only
+/// grant; report it through the interface's own error case.
+fn refused(denied: Denied) -> wit::FileError {
+    debug_assert!(denied.rule.contains("read-only"), "unexpected files denial: {denied}");
+    wit::FileError::ReadOnly
 }
 
 fn decide_read(_: &InvocationState) -> Decision {
@@ -199,7 +211,10 @@ impl wit::Host for InvocationState {
             let file = dir.open(&p.0).map_err(|e| io_error(&path, e))?;
             let meta = file.metadata().map_err(|e| io_error(&path, e))?;
             if meta.is_dir() {
-                return Err(wit::FileError::WrongKind(format!("{} is a directory", printable(&path))));
+                return Err(wit::FileError::WrongKind(format!(
+                    "{} is a directory",
+                    printable(&path)
+                )));
             }
             if meta.len() > MAX_READ_BYTES {
                 return Err(wit::FileError::TooLarge(MAX_READ_BYTES));
@@ -207,13 +222,15 @@ impl wit::Host for InvocationState {
             // The file may grow after the size check: read at most one byte
             // past the cap to detect that without unbounded buffering.
             let mut buf = Vec::with_capacity(meta.len() as usize);
-            file.take(MAX_READ_BYTES + 1).read_to_end(&mut buf).map_err(|e| io_error(&path, e))?;
+            file.take(MAX_READ_BYTES + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| io_error(&path, e))?;
             if buf.len() as u64 > MAX_READ_BYTES {
                 return Err(wit::FileError::TooLarge(MAX_READ_BYTES));
             }
             Ok(buf)
         });
-        Ok(result.unwrap_or_else(|_| Err(wit::FileError::ReadOnly)))
+        Ok(result.unwrap_or_else(|denied| Err(refused(denied))))
     }
 
     fn write(&mut self, path: String, contents: Vec<u8>) -> wasmtime::Result<Result<(), wit::FileError>> {
@@ -229,7 +246,7 @@ impl wit::Host for InvocationState {
             }
             dir.write(&p.0, &contents).map_err(|e| io_error(&path, e))
         });
-        Ok(result.unwrap_or_else(|_| Err(wit::FileError::ReadOnly)))
+        Ok(result.unwrap_or_else(|denied| Err(refused(denied))))
     }
 
     fn list(&mut self, path: String) -> wasmtime::Result<Result<Vec<wit::Entry>, wit::FileError>> {
@@ -256,12 +273,16 @@ impl wit::Host for InvocationState {
                 } else {
                     (wit::EntryKind::Other, 0)
                 };
-                entries.push(wit::Entry { name: entry.file_name().to_string_lossy().into_owned(), kind, size });
+                entries.push(wit::Entry {
+                    name: entry.file_name().to_string_lossy().into_owned(),
+                    kind,
+                    size,
+                });
             }
             entries.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(entries)
         });
-        Ok(result.unwrap_or_else(|_| Err(wit::FileError::ReadOnly)))
+        Ok(result.unwrap_or_else(|denied| Err(refused(denied))))
     }
 
     fn delete(&mut self, path: String) -> wasmtime::Result<Result<(), wit::FileError>> {
@@ -271,7 +292,7 @@ impl wit::Host for InvocationState {
             let dir = &files_state(state)?.dir;
             dir.remove_file(&p.0).map_err(|e| io_error(&path, e))
         });
-        Ok(result.unwrap_or_else(|_| Err(wit::FileError::ReadOnly)))
+        Ok(result.unwrap_or_else(|denied| Err(refused(denied))))
     }
 }
 

@@ -6,7 +6,7 @@
 use super::Capability;
 use super::bindings::airlock::cap::log as wit;
 use crate::catalog::CapabilityKind;
-use crate::host_call::{Decision, HostCall};
+use crate::host_call::{Decision, Denied, HostCall};
 use crate::invocation::{InvocationState, StateBuilder};
 use wasmtime::component::{HasSelf, Linker};
 
@@ -103,6 +103,6 @@ impl wit::Host for InvocationState {
             },
         )
         .map(|_| ())
-        .or_else(|denied| Err(denied.into_trap()))
+        .map_err(Denied::into_trap)
     }
 }

@@ -72,7 +72,11 @@ impl Grants {
     pub fn resolve(raw: &RawGrants, resolve: &dyn Fn(&Path) -> std::path::PathBuf) -> Result<Grants, String> {
         Ok(Grants {
             log: raw.log.then_some(log::LogGrant),
-            files: raw.files.as_ref().map(|f| files::FilesGrant::resolve(f, resolve)).transpose()?,
+            files: raw
+                .files
+                .as_ref()
+                .map(|f| files::FilesGrant::resolve(f, resolve))
+                .transpose()?,
         })
     }
 

@@ -64,7 +64,10 @@ impl Report {
 /// Parse `args` (a JSON object keyed by parameter names) for `function`.
 pub fn parse_args(function: &FunctionSig, args: &Value) -> Result<Vec<Val>, Error> {
     if let Some(what) = function.unsupported() {
-        return Err(Error::NotInvocable { function: function.name.clone(), what });
+        return Err(Error::NotInvocable {
+            function: function.name.clone(),
+            what,
+        });
     }
     let obj = args
         .as_object()
@@ -185,7 +188,9 @@ fn classify(e: wasmtime::Error, limits: &crate::policy::Limits, stderr: &Capture
     if let Some(trap) = e.downcast_ref::<Trap>() {
         return match trap {
             Trap::Interrupt => Error::Limit(LimitExceeded::Timeout(limits.timeout)),
-            Trap::OutOfFuel => Error::Limit(LimitExceeded::Fuel { limit: limits.fuel.unwrap_or(u64::MAX) }),
+            Trap::OutOfFuel => Error::Limit(LimitExceeded::Fuel {
+                limit: limits.fuel.unwrap_or(u64::MAX),
+            }),
             Trap::StackOverflow => Error::Limit(LimitExceeded::StackOverflow),
             Trap::UnreachableCodeReached => Error::Panicked(panic_message(stderr)),
             other => Error::Trapped(other.to_string()),
@@ -202,7 +207,11 @@ fn panic_message(stderr: &CapturedOutput) -> String {
     // Rust prints "thread '..' panicked at FILE:LINE:COL:" then the message,
     // then a "note: run with RUST_BACKTRACE" hint.
     let message: Vec<&str> = match lines.iter().rposition(|l| l.contains("panicked at")) {
-        Some(at) => lines[at + 1..].iter().copied().take_while(|l| !l.starts_with("note: ")).collect(),
+        Some(at) => lines[at + 1..]
+            .iter()
+            .copied()
+            .take_while(|l| !l.starts_with("note: "))
+            .collect(),
         None => lines.last().copied().into_iter().collect(),
     };
     let message = message.join(" ");

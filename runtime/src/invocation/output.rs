@@ -26,7 +26,11 @@ pub struct CapturedOutput {
 
 impl CapturedOutput {
     pub fn new(stream: &'static str, cap: u64) -> CapturedOutput {
-        CapturedOutput { stream, cap, buffer: Arc::default() }
+        CapturedOutput {
+            stream,
+            cap,
+            buffer: Arc::default(),
+        }
     }
 
     /// The bytes captured so far.
@@ -37,10 +41,15 @@ impl CapturedOutput {
     /// Append what fits; `Err` once the cap is exceeded.
     fn append(&self, bytes: &[u8]) -> Result<(), LimitExceeded> {
         let mut buf = self.buffer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let room = usize::try_from(self.cap).unwrap_or(usize::MAX).saturating_sub(buf.len());
+        let room = usize::try_from(self.cap)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(buf.len());
         if bytes.len() > room {
             buf.extend_from_slice(&bytes[..room]);
-            return Err(LimitExceeded::Output { stream: self.stream, cap: self.cap });
+            return Err(LimitExceeded::Output {
+                stream: self.stream,
+                cap: self.cap,
+            });
         }
         buf.extend_from_slice(bytes);
         Ok(())
@@ -50,7 +59,8 @@ impl CapturedOutput {
 #[async_trait::async_trait]
 impl OutputStream for CapturedOutput {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        self.append(&bytes).map_err(|e| StreamError::Trap(wasmtime::Error::new(e)))
+        self.append(&bytes)
+            .map_err(|e| StreamError::Trap(wasmtime::Error::new(e)))
     }
 
     fn flush(&mut self) -> Result<(), StreamError> {

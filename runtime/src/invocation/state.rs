@@ -24,7 +24,10 @@ pub struct InvocationState {
 
 impl WasiView for InvocationState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -43,7 +46,12 @@ impl StateBuilder {
     pub fn new(limits: Limits, stdout: CapturedOutput, stderr: CapturedOutput) -> StateBuilder {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(stdout).stderr(stderr);
-        StateBuilder { wasi, log: LogState::default(), files: None, limits }
+        StateBuilder {
+            wasi,
+            log: LogState::default(),
+            files: None,
+            limits,
+        }
     }
 
     pub fn build(mut self) -> InvocationState {

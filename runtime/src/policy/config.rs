@@ -123,12 +123,21 @@ impl Policy {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
 
-        let max_concurrent_instances = raw.runtime.max_concurrent_instances.unwrap_or(DEFAULT_MAX_CONCURRENT_INSTANCES);
+        let max_concurrent_instances = raw
+            .runtime
+            .max_concurrent_instances
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_INSTANCES);
         if !(1..=10_000).contains(&max_concurrent_instances) {
-            return Err(bad("runtime.max-concurrent-instances must be between 1 and 10000".into()));
+            return Err(bad(
+                "runtime.max-concurrent-instances must be between 1 and 10000".into()
+            ));
         }
         let runtime = RuntimeSettings {
-            data_dir: raw.runtime.data_dir.as_deref().map_or_else(|| base.join(".airlock"), resolve),
+            data_dir: raw
+                .runtime
+                .data_dir
+                .as_deref()
+                .map_or_else(|| base.join(".airlock"), resolve),
             max_concurrent_instances,
         };
 
@@ -150,11 +159,18 @@ impl Policy {
                     digest,
                     grants,
                     limits,
-                    origin: GrantOrigin::Config { path: path.to_path_buf(), line },
+                    origin: GrantOrigin::Config {
+                        path: path.to_path_buf(),
+                        line,
+                    },
                 },
             );
         }
-        Ok(Policy { path: path.to_path_buf(), runtime, actions })
+        Ok(Policy {
+            path: path.to_path_buf(),
+            runtime,
+            actions,
+        })
     }
 }
 
@@ -163,7 +179,9 @@ fn validate_action_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
@@ -181,7 +199,10 @@ fn one_line(msg: &str) -> String {
     msg.lines()
         .map(str::trim)
         .filter(|l| {
-            let excerpt = l.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start().starts_with('|');
+            let excerpt = l
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start()
+                .starts_with('|');
             !l.is_empty() && !excerpt
         })
         .collect::<Vec<_>>()

@@ -70,7 +70,10 @@ impl LimitOverrides {
             None => d.timeout,
             Some(0) => return Err("timeout-ms must be at least 1".into()),
             Some(ms) if Duration::from_millis(ms) > MAX_TIMEOUT => {
-                return Err(format!("timeout-ms = {ms} exceeds the maximum of {}", MAX_TIMEOUT.as_millis()));
+                return Err(format!(
+                    "timeout-ms = {ms} exceeds the maximum of {}",
+                    MAX_TIMEOUT.as_millis()
+                ));
             }
             Some(ms) => Duration::from_millis(ms),
         };
@@ -78,7 +81,10 @@ impl LimitOverrides {
             None => d.memory_bytes,
             Some(0) => return Err("memory-mib must be at least 1".into()),
             Some(mib) if mib > MAX_MEMORY_BYTES >> 20 => {
-                return Err(format!("memory-mib = {mib} exceeds the maximum of {}", MAX_MEMORY_BYTES >> 20));
+                return Err(format!(
+                    "memory-mib = {mib} exceeds the maximum of {}",
+                    MAX_MEMORY_BYTES >> 20
+                ));
             }
             Some(mib) => mib << 20,
         };

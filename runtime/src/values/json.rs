@@ -62,7 +62,10 @@ impl JsonPath {
     }
 
     fn mismatch(&self, message: impl Into<String>) -> JsonMismatch {
-        JsonMismatch { path: self.to_string(), message: message.into() }
+        JsonMismatch {
+            path: self.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -100,10 +103,14 @@ fn kind(v: &Value) -> String {
 pub fn from_json(ty: &ValueType, json: &Value, path: &JsonPath) -> Result<Val, JsonMismatch> {
     macro_rules! unsigned {
         ($variant:ident, $t:ty) => {{
-            let n = json
-                .as_u64()
-                .filter(|_| json.is_u64())
-                .ok_or_else(|| path.mismatch(format!("expected {} (an integer 0..={}), found {}", ty.wit_name(), <$t>::MAX, kind(json))))?;
+            let n = json.as_u64().filter(|_| json.is_u64()).ok_or_else(|| {
+                path.mismatch(format!(
+                    "expected {} (an integer 0..={}), found {}",
+                    ty.wit_name(),
+                    <$t>::MAX,
+                    kind(json)
+                ))
+            })?;
             let v = <$t>::try_from(n)
                 .map_err(|_| path.mismatch(format!("{n} is out of range for {} (0..={})", ty.wit_name(), <$t>::MAX)))?;
             Val::$variant(v)
@@ -111,20 +118,37 @@ pub fn from_json(ty: &ValueType, json: &Value, path: &JsonPath) -> Result<Val, J
     }
     macro_rules! signed {
         ($variant:ident, $t:ty) => {{
-            let out_of_range = || path.mismatch(format!("{} is out of range for {} ({}..={})", json, ty.wit_name(), <$t>::MIN, <$t>::MAX));
+            let out_of_range = || {
+                path.mismatch(format!(
+                    "{} is out of range for {} ({}..={})",
+                    json,
+                    ty.wit_name(),
+                    <$t>::MIN,
+                    <$t>::MAX
+                ))
+            };
             let n = if json.is_i64() {
                 json.as_i64().ok_or_else(out_of_range)?
             } else if json.is_u64() {
                 return Err(out_of_range());
             } else {
-                return Err(path.mismatch(format!("expected {} (an integer {}..={}), found {}", ty.wit_name(), <$t>::MIN, <$t>::MAX, kind(json))));
+                return Err(path.mismatch(format!(
+                    "expected {} (an integer {}..={}), found {}",
+                    ty.wit_name(),
+                    <$t>::MIN,
+                    <$t>::MAX,
+                    kind(json)
+                )));
             };
             Val::$variant(<$t>::try_from(n).map_err(|_| out_of_range())?)
         }};
     }
 
     Ok(match ty {
-        ValueType::Bool => Val::Bool(json.as_bool().ok_or_else(|| path.mismatch(format!("expected a boolean, found {}", kind(json))))?),
+        ValueType::Bool => Val::Bool(
+            json.as_bool()
+                .ok_or_else(|| path.mismatch(format!("expected a boolean, found {}", kind(json))))?,
+        ),
         ValueType::U8 => unsigned!(U8, u8),
         ValueType::U16 => unsigned!(U16, u16),
         ValueType::U32 => unsigned!(U32, u32),
@@ -138,57 +162,121 @@ pub fn from_json(ty: &ValueType, json: &Value, path: &JsonPath) -> Result<Val, J
         ValueType::F32 => Val::Float32(float_from_json(json, path, "f32")? as f32),
         ValueType::F64 => Val::Float64(float_from_json(json, path, "f64")?),
         ValueType::Char => {
-            let s = json.as_str().ok_or_else(|| path.mismatch(format!("expected a one-character string, found {}", kind(json))))?;
+            let s = json
+                .as_str()
+                .ok_or_else(|| path.mismatch(format!("expected a one-character string, found {}", kind(json))))?;
             let mut chars = s.chars();
             match (chars.next(), chars.next()) {
                 (Some(c), None) => Val::Char(c),
-                _ => return Err(path.mismatch(format!("expected exactly one character, found a string of {} characters", s.chars().count()))),
+                _ => {
+                    return Err(path.mismatch(format!(
+                        "expected exactly one character, found a string of {} characters",
+                        s.chars().count()
+                    )));
+                }
             }
         }
         ValueType::String => Val::String(
-            json.as_str().ok_or_else(|| path.mismatch(format!("expected a string, found {}", kind(json))))?.to_string(),
+            json.as_str()
+                .ok_or_else(|| path.mismatch(format!("expected a string, found {}", kind(json))))?
+                .to_string(),
         ),
         ValueType::List(elem) => {
-            let items = json.as_array().ok_or_else(|| path.mismatch(format!("expected an array ({}), found {}", ty.wit_name(), kind(json))))?;
-            Val::List(items.iter().enumerate().map(|(i, v)| from_json(elem, v, &path.index(i))).collect::<Result<_, _>>()?)
+            let items = json
+                .as_array()
+                .ok_or_else(|| path.mismatch(format!("expected an array ({}), found {}", ty.wit_name(), kind(json))))?;
+            Val::List(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| from_json(elem, v, &path.index(i)))
+                    .collect::<Result<_, _>>()?,
+            )
         }
         ValueType::Tuple(types) => {
-            let items = json.as_array().ok_or_else(|| path.mismatch(format!("expected an array of {} items ({}), found {}", types.len(), ty.wit_name(), kind(json))))?;
+            let items = json.as_array().ok_or_else(|| {
+                path.mismatch(format!(
+                    "expected an array of {} items ({}), found {}",
+                    types.len(),
+                    ty.wit_name(),
+                    kind(json)
+                ))
+            })?;
             if items.len() != types.len() {
-                return Err(path.mismatch(format!("expected {} items ({}), found {}", types.len(), ty.wit_name(), items.len())));
+                return Err(path.mismatch(format!(
+                    "expected {} items ({}), found {}",
+                    types.len(),
+                    ty.wit_name(),
+                    items.len()
+                )));
             }
-            Val::Tuple(types.iter().zip(items).enumerate().map(|(i, (t, v))| from_json(t, v, &path.index(i))).collect::<Result<_, _>>()?)
+            Val::Tuple(
+                types
+                    .iter()
+                    .zip(items)
+                    .enumerate()
+                    .map(|(i, (t, v))| from_json(t, v, &path.index(i)))
+                    .collect::<Result<_, _>>()?,
+            )
         }
         ValueType::Record(fields) => {
-            let obj = json.as_object().ok_or_else(|| path.mismatch(format!("expected an object, found {}", kind(json))))?;
+            let obj = json
+                .as_object()
+                .ok_or_else(|| path.mismatch(format!("expected an object, found {}", kind(json))))?;
             Val::Record(record_from_json(fields, obj, path)?)
         }
         ValueType::Variant(cases) => {
             let (name, payload) = single_case(json, path, cases.iter().map(|(n, _)| n.as_str()))?;
             let Some((case, payload_ty)) = cases.iter().find(|(n, _)| n == name) else {
-                return Err(path.mismatch(format!("unknown case `{name}` (expected one of: {})", join(cases.iter().map(|(n, _)| n.as_str())))));
+                return Err(path.mismatch(format!(
+                    "unknown case `{name}` (expected one of: {})",
+                    join(cases.iter().map(|(n, _)| n.as_str()))
+                )));
             };
             let payload = match (payload_ty, payload) {
                 (Some(t), Some(v)) => Some(Box::new(from_json(t, v, &path.key(name))?)),
-                (Some(_), None) => return Err(path.mismatch(format!("case `{name}` carries a value: write {{\"{name}\": ...}}"))),
+                (Some(_), None) => {
+                    return Err(path.mismatch(format!("case `{name}` carries a value: write {{\"{name}\": ...}}")));
+                }
                 (None, None | Some(Value::Null)) => None,
-                (None, Some(v)) => return Err(path.key(name).mismatch(format!("case `{name}` carries no value, found {}", kind(v)))),
+                (None, Some(v)) => {
+                    return Err(path
+                        .key(name)
+                        .mismatch(format!("case `{name}` carries no value, found {}", kind(v))));
+                }
             };
             Val::Variant(case.clone(), payload)
         }
         ValueType::Enum(names) => {
-            let s = json.as_str().ok_or_else(|| path.mismatch(format!("expected one of the strings {}, found {}", join_quoted(names), kind(json))))?;
+            let s = json.as_str().ok_or_else(|| {
+                path.mismatch(format!(
+                    "expected one of the strings {}, found {}",
+                    join_quoted(names),
+                    kind(json)
+                ))
+            })?;
             if !names.iter().any(|n| n == s) {
-                return Err(path.mismatch(format!("unknown case {:?} (expected one of: {})", s, join(names.iter().map(String::as_str)))));
+                return Err(path.mismatch(format!(
+                    "unknown case {:?} (expected one of: {})",
+                    s,
+                    join(names.iter().map(String::as_str))
+                )));
             }
             Val::Enum(s.to_string())
         }
         ValueType::Option(inner) => match json {
             Value::Null => Val::Option(None),
             _ if inner.is_nullable() => {
-                let obj = json.as_object().filter(|o| o.len() == 1 && o.contains_key("some")).ok_or_else(|| {
-                    path.mismatch(format!("expected null or {{\"some\": ...}} ({}), found {}", ty.wit_name(), kind(json)))
-                })?;
+                let obj = json
+                    .as_object()
+                    .filter(|o| o.len() == 1 && o.contains_key("some"))
+                    .ok_or_else(|| {
+                        path.mismatch(format!(
+                            "expected null or {{\"some\": ...}} ({}), found {}",
+                            ty.wit_name(),
+                            kind(json)
+                        ))
+                    })?;
                 Val::Option(Some(Box::new(from_json(inner, &obj["some"], &path.key("some"))?)))
             }
             _ => Val::Option(Some(Box::new(from_json(inner, json, path)?))),
@@ -198,24 +286,42 @@ pub fn from_json(ty: &ValueType, json: &Value, path: &JsonPath) -> Result<Val, J
             let payload_ty = match name {
                 "ok" => ok,
                 "err" => err,
-                other => return Err(path.mismatch(format!("expected {{\"ok\": ...}} or {{\"err\": ...}}, found key `{other}`"))),
+                other => {
+                    return Err(path.mismatch(format!(
+                        "expected {{\"ok\": ...}} or {{\"err\": ...}}, found key `{other}`"
+                    )));
+                }
             };
             let payload = match (payload_ty, payload) {
                 (Some(t), Some(v)) => Some(Box::new(from_json(t, v, &path.key(name))?)),
-                (Some(_), None) => return Err(path.mismatch(format!("`{name}` carries a value: write {{\"{name}\": ...}}"))),
+                (Some(_), None) => {
+                    return Err(path.mismatch(format!("`{name}` carries a value: write {{\"{name}\": ...}}")));
+                }
                 (None, None | Some(Value::Null)) => None,
-                (None, Some(v)) => return Err(path.key(name).mismatch(format!("`{name}` carries no value here, found {}", kind(v)))),
+                (None, Some(v)) => {
+                    return Err(path
+                        .key(name)
+                        .mismatch(format!("`{name}` carries no value here, found {}", kind(v))));
+                }
             };
             Val::Result(if name == "ok" { Ok(payload) } else { Err(payload) })
         }
         ValueType::Flags(names) => {
-            let items = json.as_array().ok_or_else(|| path.mismatch(format!("expected an array of flag names, found {}", kind(json))))?;
+            let items = json
+                .as_array()
+                .ok_or_else(|| path.mismatch(format!("expected an array of flag names, found {}", kind(json))))?;
             let mut set: Vec<String> = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
                 let p = path.index(i);
-                let s = item.as_str().ok_or_else(|| p.mismatch(format!("expected a flag name, found {}", kind(item))))?;
+                let s = item
+                    .as_str()
+                    .ok_or_else(|| p.mismatch(format!("expected a flag name, found {}", kind(item))))?;
                 if !names.iter().any(|n| n == s) {
-                    return Err(p.mismatch(format!("unknown flag {:?} (expected one of: {})", s, join(names.iter().map(String::as_str)))));
+                    return Err(p.mismatch(format!(
+                        "unknown flag {:?} (expected one of: {})",
+                        s,
+                        join(names.iter().map(String::as_str))
+                    )));
                 }
                 if set.iter().any(|n| n == s) {
                     return Err(p.mismatch(format!("flag {s:?} is listed twice")));
@@ -226,16 +332,26 @@ pub fn from_json(ty: &ValueType, json: &Value, path: &JsonPath) -> Result<Val, J
             set.sort_by_key(|s| names.iter().position(|n| n == s));
             Val::Flags(set)
         }
-        ValueType::Unsupported(what) => return Err(path.mismatch(format!("values of type `{what}` cannot be passed as JSON"))),
+        ValueType::Unsupported(what) => {
+            return Err(path.mismatch(format!("values of type `{what}` cannot be passed as JSON")));
+        }
     })
 }
 
 /// Parse the fields of a record (or a function's named parameters).
-pub fn record_from_json(fields: &[(String, ValueType)], obj: &Map<String, Value>, path: &JsonPath) -> Result<Vec<(String, Val)>, JsonMismatch> {
+pub fn record_from_json(
+    fields: &[(String, ValueType)],
+    obj: &Map<String, Value>,
+    path: &JsonPath,
+) -> Result<Vec<(String, Val)>, JsonMismatch> {
     if let Some(unknown) = obj.keys().find(|k| !fields.iter().any(|(n, _)| n == *k)) {
         return Err(path.mismatch(format!(
             "unknown field `{unknown}` (expected {})",
-            if fields.is_empty() { "no fields".to_string() } else { format!("one of: {}", join(fields.iter().map(|(n, _)| n.as_str()))) }
+            if fields.is_empty() {
+                "no fields".to_string()
+            } else {
+                format!("one of: {}", join(fields.iter().map(|(n, _)| n.as_str())))
+            }
         )));
     }
     fields
@@ -253,23 +369,36 @@ pub fn record_from_json(fields: &[(String, ValueType)], obj: &Map<String, Value>
 
 fn float_from_json(json: &Value, path: &JsonPath, name: &str) -> Result<f64, JsonMismatch> {
     match json {
-        Value::Number(n) => n.as_f64().ok_or_else(|| path.mismatch(format!("{n} is not representable as {name}"))),
+        Value::Number(n) => n
+            .as_f64()
+            .ok_or_else(|| path.mismatch(format!("{n} is not representable as {name}"))),
         Value::String(s) if s == "NaN" => Ok(f64::NAN),
         Value::String(s) if s == "inf" => Ok(f64::INFINITY),
         Value::String(s) if s == "-inf" => Ok(f64::NEG_INFINITY),
-        other => Err(path.mismatch(format!("expected a number ({name}; or \"NaN\", \"inf\", \"-inf\"), found {}", kind(other)))),
+        other => Err(path.mismatch(format!(
+            "expected a number ({name}; or \"NaN\", \"inf\", \"-inf\"), found {}",
+            kind(other)
+        ))),
     }
 }
 
 /// Accept `"case"` or `{"case": payload}`.
-fn single_case<'a, 'n>(json: &'a Value, path: &JsonPath, names: impl Iterator<Item = &'n str>) -> Result<(&'a str, Option<&'a Value>), JsonMismatch> {
+fn single_case<'a, 'n>(
+    json: &'a Value,
+    path: &JsonPath,
+    names: impl Iterator<Item = &'n str>,
+) -> Result<(&'a str, Option<&'a Value>), JsonMismatch> {
     match json {
         Value::String(s) => Ok((s.as_str(), None)),
         Value::Object(o) if o.len() == 1 => {
             let (k, v) = o.iter().next().expect("object has exactly one entry");
             Ok((k.as_str(), Some(v)))
         }
-        other => Err(path.mismatch(format!("expected {{\"<case>\": ...}} or \"<case>\" with a case among: {}, found {}", join(names), kind(other)))),
+        other => Err(path.mismatch(format!(
+            "expected {{\"<case>\": ...}} or \"<case>\" with a case among: {}, found {}",
+            join(names),
+            kind(other)
+        ))),
     }
 }
 
@@ -292,7 +421,10 @@ pub struct ValueMismatch {
 
 /// Print `val` (of type `ty`) as JSON.
 pub fn to_json(ty: &ValueType, val: &Val) -> Result<Value, ValueMismatch> {
-    let mismatch = || ValueMismatch { expected: ty.wit_name(), found: val_kind(val) };
+    let mismatch = || ValueMismatch {
+        expected: ty.wit_name(),
+        found: val_kind(val),
+    };
     Ok(match (ty, val) {
         (ValueType::Bool, Val::Bool(b)) => Value::Bool(*b),
         (ValueType::S8, Val::S8(n)) => Value::from(*n),
@@ -309,10 +441,15 @@ pub fn to_json(ty: &ValueType, val: &Val) -> Result<Value, ValueMismatch> {
         (ValueType::F64, Val::Float64(x)) => float_to_json(*x),
         (ValueType::Char, Val::Char(c)) => Value::String(c.to_string()),
         (ValueType::String, Val::String(s)) => Value::String(s.clone()),
-        (ValueType::List(t), Val::List(items)) => Value::Array(items.iter().map(|v| to_json(t, v)).collect::<Result<_, _>>()?),
-        (ValueType::Tuple(ts), Val::Tuple(items)) if ts.len() == items.len() => {
-            Value::Array(ts.iter().zip(items).map(|(t, v)| to_json(t, v)).collect::<Result<_, _>>()?)
+        (ValueType::List(t), Val::List(items)) => {
+            Value::Array(items.iter().map(|v| to_json(t, v)).collect::<Result<_, _>>()?)
         }
+        (ValueType::Tuple(ts), Val::Tuple(items)) if ts.len() == items.len() => Value::Array(
+            ts.iter()
+                .zip(items)
+                .map(|(t, v)| to_json(t, v))
+                .collect::<Result<_, _>>()?,
+        ),
         (ValueType::Record(fields), Val::Record(vals)) if fields.len() == vals.len() => {
             let mut obj = Map::new();
             for ((name, t), (_, v)) in fields.iter().zip(vals) {
@@ -330,7 +467,9 @@ pub fn to_json(ty: &ValueType, val: &Val) -> Result<Value, ValueMismatch> {
         }
         (ValueType::Enum(_), Val::Enum(name)) => Value::String(name.clone()),
         (ValueType::Option(_), Val::Option(None)) => Value::Null,
-        (ValueType::Option(inner), Val::Option(Some(v))) if inner.is_nullable() => single_key("some", to_json(inner, v)?),
+        (ValueType::Option(inner), Val::Option(Some(v))) if inner.is_nullable() => {
+            single_key("some", to_json(inner, v)?)
+        }
         (ValueType::Option(inner), Val::Option(Some(v))) => to_json(inner, v)?,
         (ValueType::Result { ok, err }, Val::Result(r)) => {
             let (key, t, payload) = match r {

@@ -60,9 +60,12 @@ pub fn schema(ty: &ValueType) -> Value {
 /// The schema of an object with the given named members (record fields or
 /// function parameters). Members of `option` type may be omitted.
 pub fn object(fields: &[(String, ValueType)]) -> Value {
-    let properties: serde_json::Map<String, Value> =
-        fields.iter().map(|(name, t)| (name.clone(), schema(t))).collect();
-    let required: Vec<&str> = fields.iter().filter(|(_, t)| !t.is_nullable()).map(|(n, _)| n.as_str()).collect();
+    let properties: serde_json::Map<String, Value> = fields.iter().map(|(name, t)| (name.clone(), schema(t))).collect();
+    let required: Vec<&str> = fields
+        .iter()
+        .filter(|(_, t)| !t.is_nullable())
+        .map(|(n, _)| n.as_str())
+        .collect();
     json!({
         "type": "object",
         "properties": properties,

@@ -110,7 +110,9 @@ impl ValueType {
             ValueType::List(t) | ValueType::Option(t) => t.unsupported(),
             ValueType::Record(fields) => fields.iter().find_map(|(_, t)| t.unsupported()),
             ValueType::Tuple(ts) => ts.iter().find_map(ValueType::unsupported),
-            ValueType::Variant(cases) => cases.iter().find_map(|(_, t)| t.as_ref().and_then(ValueType::unsupported)),
+            ValueType::Variant(cases) => cases
+                .iter()
+                .find_map(|(_, t)| t.as_ref().and_then(ValueType::unsupported)),
             ValueType::Result { ok, err } => ok
                 .as_deref()
                 .and_then(ValueType::unsupported)

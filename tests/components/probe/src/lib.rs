@@ -29,7 +29,11 @@ impl Guest for Probe {
     }
 
     fn list_dir(path: String) -> Result<Vec<String>, String> {
-        Ok(files::list(&path).map_err(describe)?.into_iter().map(|e| e.name).collect())
+        Ok(files::list(&path)
+            .map_err(describe)?
+            .into_iter()
+            .map(|e| e.name)
+            .collect())
     }
 
     fn wasi_read(path: String) -> Result<String, String> {
@@ -97,7 +101,11 @@ impl Guest for Probe {
     }
 
     fn recurse(depth: u64) -> u64 {
-        if depth == 0 { 0 } else { std::hint::black_box(Self::recurse(depth - 1)) + 1 }
+        if depth == 0 {
+            0
+        } else {
+            std::hint::black_box(Self::recurse(depth - 1)) + 1
+        }
     }
 
     fn panic_with(message: String) {
