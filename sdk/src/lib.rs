@@ -7,7 +7,7 @@
 //! imports an ungranted capability is refused before it runs, so use only
 //! what the action needs: the functions you call decide the imports.
 //!
-//! ```ignore
+//! ```text
 //! // wit/world.wit:
 //! //   package example:greeter;
 //! //   world greeter { export greet: func(name: string) -> string; }
