@@ -4,7 +4,7 @@
 mod support;
 
 use airlock::capabilities::Grants;
-use airlock::policy::{ActionPolicy, GrantOrigin, Limits, RuntimeSettings};
+use airlock::policy::{ActionPolicy, Limits, RuntimeSettings};
 use airlock::values::{JsonPath, ValueType, from_json, schema, to_json};
 use airlock::{Error, Runtime};
 use proptest::prelude::*;
@@ -248,15 +248,12 @@ fn types_action() -> (std::sync::Arc<airlock::action::PreparedAction>, tempfile:
     })
     .unwrap();
     let action = runtime
-        .prepare(ActionPolicy {
-            name: "types".into(),
-            description: None,
-            component: support::component("types"),
-            digest: None,
-            grants: Grants::default(),
-            limits: Limits::default(),
-            origin: GrantOrigin::Flags,
-        })
+        .prepare(ActionPolicy::ad_hoc(
+            "types",
+            support::component("types"),
+            Grants::default(),
+            Limits::default(),
+        ))
         .unwrap();
     (action, data)
 }

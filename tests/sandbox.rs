@@ -9,7 +9,7 @@ use airlock::capabilities::Grants;
 use airlock::capabilities::files::{FilesGrant, Mode};
 use airlock::capabilities::log::LogGrant;
 use airlock::invocation::Report;
-use airlock::policy::{ActionPolicy, GrantOrigin, Limits, RuntimeSettings};
+use airlock::policy::{ActionPolicy, Limits, RuntimeSettings};
 use airlock::{Error, LimitExceeded, Runtime};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -49,18 +49,11 @@ impl Sandbox {
     }
 
     fn probe(&mut self, mode: Mode, limits: Limits) -> Arc<airlock::action::PreparedAction> {
-        let policy = ActionPolicy {
-            name: "probe".into(),
-            description: None,
-            component: support::component("probe"),
-            digest: None,
-            grants: Grants {
-                log: Some(LogGrant),
-                files: Some(FilesGrant::new(self.granted(), mode).unwrap()),
-            },
-            limits,
-            origin: GrantOrigin::Flags,
+        let grants = Grants {
+            log: Some(LogGrant),
+            files: Some(FilesGrant::new(self.granted(), mode).unwrap()),
         };
+        let policy = ActionPolicy::ad_hoc("probe", support::component("probe"), grants, limits);
         self.runtime.prepare(policy).unwrap()
     }
 }
@@ -381,15 +374,8 @@ fn compiled_artifacts_are_cached_on_disk() {
         data_dir: data.path().to_path_buf(),
         max_concurrent_instances: 2,
     };
-    let policy = |name: &str| ActionPolicy {
-        name: name.into(),
-        description: None,
-        component: support::component("hello"),
-        digest: None,
-        grants: Grants::default(),
-        limits: Limits::default(),
-        origin: GrantOrigin::Flags,
-    };
+    let policy =
+        |name: &str| ActionPolicy::ad_hoc(name, support::component("hello"), Grants::default(), Limits::default());
     let first = Runtime::new(&settings).unwrap().prepare(policy("a")).unwrap();
     assert!(!first.from_cache);
     let cached: Vec<_> = std::fs::read_dir(data.path().join("cache")).unwrap().collect();

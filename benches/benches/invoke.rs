@@ -3,7 +3,7 @@
 //! engine settings (pooling allocator, `InstancePre`, fresh store per call).
 
 use airlock::capabilities::Grants;
-use airlock::policy::{ActionPolicy, GrantOrigin, Limits, RuntimeSettings};
+use airlock::policy::{ActionPolicy, Limits, RuntimeSettings};
 use airlock::runtime::Runtime;
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
@@ -38,15 +38,12 @@ fn invoke(c: &mut Criterion) {
     let mut runtime = Runtime::new(&settings).unwrap();
     let hello = airlock_benches::component("hello");
     let action = runtime
-        .prepare(ActionPolicy {
-            name: "hello".into(),
-            description: None,
-            component: hello.clone(),
-            digest: None,
-            grants: Grants::default(),
-            limits: Limits::default(),
-            origin: GrantOrigin::Flags,
-        })
+        .prepare(ActionPolicy::ad_hoc(
+            "hello",
+            hello.clone(),
+            Grants::default(),
+            Limits::default(),
+        ))
         .unwrap();
     let args = json!({"who": {"name": "Ada", "title": null, "languages": ["fr"]}});
 

@@ -6,7 +6,7 @@ use airlock::capabilities::Grants;
 use airlock::capabilities::files::{FilesGrant, Mode};
 use airlock::capabilities::log::LogGrant;
 use airlock::invocation::Report;
-use airlock::policy::{ActionPolicy, GrantOrigin, LimitOverrides, Policy, RuntimeSettings};
+use airlock::policy::{ActionPolicy, LimitOverrides, Policy, RuntimeSettings};
 use airlock::runtime::Runtime;
 use clap::{Parser, Subcommand};
 use std::io::Write as _;
@@ -217,18 +217,11 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "adhoc".into());
-            let policy = ActionPolicy {
-                name,
-                description: None,
-                component: path,
-                digest: None,
-                grants: Grants {
-                    log: a.grant_log.then_some(LogGrant),
-                    files,
-                },
-                limits,
-                origin: GrantOrigin::Flags,
+            let grants = Grants {
+                log: a.grant_log.then_some(LogGrant),
+                files,
             };
+            let policy = ActionPolicy::ad_hoc(name, path, grants, limits);
             (Runtime::new(&default_settings(a.data_dir.clone()))?, policy)
         }
     };

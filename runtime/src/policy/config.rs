@@ -99,6 +99,22 @@ pub struct ActionPolicy {
     pub origin: GrantOrigin,
 }
 
+impl ActionPolicy {
+    /// A policy for an ad hoc invocation of a component file: exactly the
+    /// given grants (from command-line flags), no digest pin.
+    pub fn ad_hoc(name: impl Into<String>, component: PathBuf, grants: Grants, limits: Limits) -> ActionPolicy {
+        ActionPolicy {
+            name: name.into(),
+            description: None,
+            component,
+            digest: None,
+            grants,
+            limits,
+            origin: GrantOrigin::Flags,
+        }
+    }
+}
+
 /// A whole config, validated.
 #[derive(Debug, Clone)]
 pub struct Policy {
