@@ -251,14 +251,6 @@ pub fn classify(name: &str, is_instance: bool) -> Classified {
     }
 }
 
-/// The unversioned interfaces served by a capability, for documentation.
-pub fn interfaces_of(kind: CapabilityKind) -> impl Iterator<Item = &'static str> {
-    KNOWN
-        .iter()
-        .filter(move |(_, _, c, _)| *c == Capability(kind))
-        .map(|(_, n, _, _)| *n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
