@@ -34,6 +34,10 @@ pub enum LimitExceeded {
 /// Everything that can go wrong between a request and its result.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The command line is wrong in a way clap cannot see (bad names, a
+    /// missing secret).
+    #[error("{0}")]
+    Usage(String),
     /// The config file is unreadable or invalid.
     #[error("invalid config: {0}")]
     Config(String),
@@ -87,7 +91,8 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::ActionError(_) | Error::Panicked(_) => 1,
-            Error::Config(_)
+            Error::Usage(_)
+            | Error::Config(_)
             | Error::InvalidComponent { .. }
             | Error::UnknownAction { .. }
             | Error::UnknownFunction { .. }

@@ -34,6 +34,7 @@ pub mod manifest;
 pub mod policy;
 pub mod runtime;
 pub mod values;
+pub mod vault;
 
 pub use error::{Error, LimitExceeded};
 pub use runtime::Runtime;

@@ -40,6 +40,46 @@ enum Command {
     },
     /// Invoke an action (with --config) or a component file (ad hoc).
     Invoke(InvokeArgs),
+    /// Manage the secrets in the vault (values are read from stdin, never
+    /// from arguments).
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Store a secret. The value is read from stdin (hidden when stdin is a
+    /// terminal); one trailing newline is dropped.
+    Set {
+        name: String,
+        #[command(flatten)]
+        place: VaultPlace,
+    },
+    /// List secret names and metadata (never values).
+    List {
+        #[command(flatten)]
+        place: VaultPlace,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a secret.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        place: VaultPlace,
+    },
+}
+
+/// Which data directory's vault to use.
+#[derive(clap::Args)]
+struct VaultPlace {
+    /// Use the data-dir of this config.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The data directory [default: the config's data-dir, else ./.airlock].
+    #[arg(long, env = "AIRLOCK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -85,7 +125,10 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("AIRLOCK_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&Error::Internal(format!("cannot start async runtime: {e}"))),
@@ -95,12 +138,109 @@ fn main() -> ExitCode {
             Command::Inspect { component, json } => inspect(component, json),
             Command::Check { config } => check(config),
             Command::Invoke(args) => invoke(args).await,
+            Command::Secret(cmd) => secret(cmd),
         }
     });
     match result {
         Ok(code) => code,
         Err(e) => fail(&e),
     }
+}
+
+/// Print a usage error. For `airlock secret`, clap's message would quote
+/// the offending argument, which may be a secret typed by mistake (`secret
+/// set NAME VALUE`), so the arguments are not echoed.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let is_secret = std::env::args().nth(1).as_deref() == Some("secret");
+    if !is_secret || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        e.exit();
+    }
+    eprintln!(
+        "error: invalid `airlock secret` arguments (not repeated here in case one is a secret value)\n\
+         usage: airlock secret set NAME     the value is read from stdin, never from arguments\n\
+         \x20      airlock secret list [--json]\n\
+         \x20      airlock secret rm NAME\n\
+         example: printf %s \"$TOKEN\" | airlock secret set tickets-token"
+    );
+    ExitCode::from(2)
+}
+
+fn secret(cmd: SecretCommand) -> Result<ExitCode, Error> {
+    use airlock::vault::{self, Vault};
+    let data_dir = |place: &VaultPlace| -> Result<PathBuf, Error> {
+        if let Some(dir) = &place.data_dir {
+            return Ok(dir.clone());
+        }
+        match &place.config {
+            Some(config) => Ok(Policy::load(config)?.runtime.data_dir),
+            None => Ok(default_settings(None).data_dir),
+        }
+    };
+    let vault_err = |e: vault::VaultError| match e {
+        vault::VaultError::InvalidName | vault::VaultError::NotFound(_) => Error::Usage(e.to_string()),
+        vault::VaultError::Io { .. } => Error::Internal(e.to_string()),
+        _ => Error::Refused(e.to_string()),
+    };
+    match cmd {
+        SecretCommand::Set { name, place } => {
+            vault::validate_name(&name).map_err(vault_err)?;
+            let dir = data_dir(&place)?;
+            let mut vault = Vault::open_or_create(&dir).map_err(vault_err)?;
+            let value = vault::secret::read_from_stdin(&name).map_err(Error::Usage)?;
+            vault.set(&name, &value).map_err(vault_err)?;
+            eprintln!("stored secret {name} ({} bytes) in {}", value.len(), vault.path().display());
+        }
+        SecretCommand::List { place, json } => {
+            let vault = Vault::open(&data_dir(&place)?).map_err(vault_err)?;
+            let list = vault.list();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list).map_err(Error::internal)?);
+            } else if list.is_empty() {
+                eprintln!("no secrets in {}", vault.path().display());
+            } else {
+                println!("{:<32} {:>7}  {:<20}  {:<20}", "NAME", "BYTES", "CREATED (UTC)", "UPDATED (UTC)");
+                for s in list {
+                    println!(
+                        "{:<32} {:>7}  {:<20}  {:<20}",
+                        s.name,
+                        s.bytes,
+                        utc(s.created),
+                        utc(s.updated)
+                    );
+                }
+            }
+        }
+        SecretCommand::Rm { name, place } => {
+            vault::validate_name(&name).map_err(vault_err)?;
+            let mut vault = Vault::open(&data_dir(&place)?).map_err(vault_err)?;
+            vault.remove(&name).map_err(vault_err)?;
+            eprintln!("removed secret {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC), without a date crate.
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 fn fail(e: &Error) -> ExitCode {
