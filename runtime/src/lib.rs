@@ -33,6 +33,7 @@ pub mod invocation;
 pub mod manifest;
 pub mod policy;
 pub mod runtime;
+pub mod outbound;
 pub mod values;
 pub mod vault;
 
