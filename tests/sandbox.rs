@@ -52,6 +52,7 @@ impl Sandbox {
         let grants = Grants {
             log: Some(LogGrant),
             files: Some(FilesGrant::new(self.granted(), mode).unwrap()),
+            ..Grants::default()
         };
         let policy = ActionPolicy::ad_hoc("probe", support::component("probe"), grants, limits);
         self.runtime.prepare(policy).unwrap()

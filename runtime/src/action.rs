@@ -26,6 +26,8 @@ pub struct PreparedAction {
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
     pub(crate) pre: InstancePre<InvocationState>,
+    /// The vault, for actions with credentials.
+    pub(crate) vault: Option<std::sync::Arc<crate::vault::Vault>>,
 }
 
 impl std::fmt::Debug for PreparedAction {
@@ -102,7 +104,12 @@ pub fn compile(
 }
 
 /// Load one action under its policy.
-pub fn prepare(engine: &Engine, cache: &ArtifactCache, policy: ActionPolicy) -> Result<PreparedAction, Error> {
+pub fn prepare(
+    engine: &Engine,
+    cache: &ArtifactCache,
+    policy: ActionPolicy,
+    vault: Option<std::sync::Arc<crate::vault::Vault>>,
+) -> Result<PreparedAction, Error> {
     let (_bytes, component, manifest, from_cache) = compile(engine, cache, &policy.component)?;
     if let Some(pin) = policy.digest
         && pin != manifest.digest
@@ -131,6 +138,7 @@ pub fn prepare(engine: &Engine, cache: &ArtifactCache, policy: ActionPolicy) -> 
         manifest,
         from_cache,
         pre,
+        vault,
     })
 }
 

@@ -6,7 +6,7 @@
 //! - **Inert baseline**: WASI plumbing that airlock serves with no authority
 //!   (empty environment and arguments, empty stdin, captured stdout/stderr,
 //!   clocks, randomness). Always linked.
-//! - **Unknown**: everything else (`wasi:sockets`, `wasi:http`, other
+//! - **Unknown**: everything else (`wasi:sockets`, incoming `wasi:http`, other
 //!   versions, made-up interfaces). Never linked, never grantable.
 
 use std::fmt;
@@ -19,6 +19,10 @@ pub enum CapabilityKind {
     Log,
     /// `airlock:cap/files` and `wasi:filesystem`, served as the granted directory.
     Files,
+    /// `airlock:cap/credentials`: opaque handles on vault secrets.
+    Credentials,
+    /// `airlock:cap/http` and `wasi:http`: outbound requests to allowed destinations.
+    Http,
 }
 
 impl CapabilityKind {
@@ -27,6 +31,8 @@ impl CapabilityKind {
         match self {
             CapabilityKind::Log => "log",
             CapabilityKind::Files => "files",
+            CapabilityKind::Credentials => "credentials",
+            CapabilityKind::Http => "http",
         }
     }
 }
@@ -96,6 +102,30 @@ const KNOWN: &[(&Family, &str, ImportClass, &str)] = &[
         "airlock:cap/files",
         Capability(Files),
         "read/list (and write/delete if read-write) inside the granted directory",
+    ),
+    (
+        &AIRLOCK_CAP_0_1,
+        "airlock:cap/credentials",
+        Capability(Credentials),
+        "opaque handles on the credentials the policy binds; secrets never enter the sandbox",
+    ),
+    (
+        &AIRLOCK_CAP_0_1,
+        "airlock:cap/http",
+        Capability(Http),
+        "outbound HTTP to allowed destinations, credentials injected by the host",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:http/outgoing-handler",
+        Capability(Http),
+        "outbound HTTP to allowed destinations, under the same rules as airlock:cap/http",
+    ),
+    (
+        &WASI_0_2,
+        "wasi:http/types",
+        Capability(Http),
+        "HTTP request and response types for wasi:http/outgoing-handler",
     ),
     (
         &WASI_0_2,
@@ -237,9 +267,9 @@ pub fn classify(name: &str, is_instance: bool) -> Classified {
         }
     }
     let meaning = if base.starts_with("wasi:sockets/") {
-        "raw network sockets: never linked by airlock"
+        "raw network sockets: never linked by airlock (use the http capability)"
     } else if base.starts_with("wasi:http/") {
-        "outbound HTTP: not served by this version of airlock"
+        "not served: airlock links only wasi:http/outgoing-handler and wasi:http/types"
     } else if !is_instance {
         "a bare function, type or module import: airlock links only interfaces"
     } else {
@@ -263,6 +293,8 @@ mod tests {
         assert_eq!(classify("airlock:cap/files@0.1.0", true).class, Capability(Files));
         assert_eq!(classify("airlock:cap/files@0.2.0", true).class, Unknown);
         assert_eq!(classify("wasi:sockets/tcp@0.2.0", true).class, Unknown);
+        assert_eq!(classify("wasi:http/outgoing-handler@0.2.3", true).class, Capability(Http));
+        assert_eq!(classify("wasi:http/incoming-handler@0.2.3", true).class, Unknown);
         assert_eq!(classify("airlock:cap/log@0.1.0", false).class, Unknown);
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::invocation::InvocationState;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Host-call records kept in memory per invocation; calls past this are
@@ -120,11 +121,82 @@ pub struct HostCallRecord {
 }
 
 /// Every host call of one invocation.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct HostCallLog {
     pub records: Vec<HostCallRecord>,
     pub total: u64,
     pub denied: u64,
+}
+
+/// The invocation's host-call log, shared between the store and host-side
+/// tasks that finish calls after the guest moved on (`wasi:http` responses).
+#[derive(Debug, Default, Clone)]
+pub struct HostCalls(Arc<Mutex<HostCallLog>>);
+
+impl HostCalls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HostCallLog> {
+        // Records are appended whole; a poisoned lock still holds a valid log.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Decide one call and record the decision; returns its sequence number
+    /// and the denial, if any. The status is filled in by [`HostCalls::finish`].
+    pub fn begin(&self, call: HostCall, decision: Decision) -> (u64, Result<(), Denied>) {
+        let outcome = if decision.allowed {
+            Ok(())
+        } else {
+            Err(Denied {
+                interface: call.interface,
+                function: call.function,
+                rule: decision.rule.clone(),
+                reason: decision.reason.clone().unwrap_or_default(),
+            })
+        };
+        let mut log = self.lock();
+        let seq = log.total;
+        tracing::debug!(
+            target: "airlock::host_call",
+            seq,
+            interface = call.interface,
+            function = call.function,
+            allowed = decision.allowed,
+            rule = %decision.rule,
+            "host call"
+        );
+        log.total += 1;
+        if !decision.allowed {
+            log.denied += 1;
+        }
+        if log.records.len() < MAX_HOST_CALL_RECORDS {
+            log.records.push(HostCallRecord {
+                seq,
+                interface: call.interface,
+                function: call.function,
+                args: call.args,
+                status: if decision.allowed { "pending".into() } else { "denied".into() },
+                decision,
+                duration: Duration::ZERO,
+            });
+        }
+        (seq, outcome)
+    }
+
+    /// Record how call `seq` ended and how long it took.
+    pub fn finish(&self, seq: u64, status: String, duration: Duration) {
+        tracing::debug!(target: "airlock::host_call", seq, status = %status, "host call finished");
+        let mut log = self.lock();
+        // Records are pushed in sequence order, so `seq` indexes them until
+        // the itemization cap is reached.
+        if let Some(rec) = usize::try_from(seq).ok().and_then(|i| log.records.get_mut(i)) {
+            rec.status = status;
+            rec.duration = duration;
+        }
+    }
+
+    /// A copy of the log so far.
+    pub fn snapshot(&self) -> HostCallLog {
+        self.lock().clone()
+    }
 }
 
 impl InvocationState {
@@ -139,47 +211,25 @@ impl InvocationState {
         run: impl FnOnce(&mut Self) -> T,
     ) -> Result<T, Denied> {
         let started = Instant::now();
-        let decision = decide(self);
-        let (outcome, status) = if decision.allowed {
-            let out = run(self);
-            let status = out.status();
-            (Ok(out), status)
-        } else {
-            let denied = Denied {
-                interface: call.interface,
-                function: call.function,
-                rule: decision.rule.clone(),
-                reason: decision.reason.clone().unwrap_or_default(),
-            };
-            (Err(denied), "denied".to_string())
-        };
-        let record = HostCallRecord {
-            seq: self.host_calls.total,
-            interface: call.interface,
-            function: call.function,
-            args: call.args,
-            decision,
-            status,
-            duration: started.elapsed(),
-        };
-        tracing::debug!(
-            target: "airlock::host_call",
-            seq = record.seq,
-            interface = record.interface,
-            function = record.function,
-            allowed = record.decision.allowed,
-            rule = %record.decision.rule,
-            status = %record.status,
-            "host call"
-        );
-        let log = &mut self.host_calls;
-        log.total += 1;
-        if !record.decision.allowed {
-            log.denied += 1;
-        }
-        if log.records.len() < MAX_HOST_CALL_RECORDS {
-            log.records.push(record);
-        }
-        outcome
+        let (seq, allowed) = self.host_calls.begin(call, decide(self));
+        allowed?;
+        let out = run(self);
+        self.host_calls.finish(seq, out.status(), started.elapsed());
+        Ok(out)
+    }
+
+    /// [`InvocationState::host_call`] for work that awaits (network I/O).
+    pub async fn host_call_async<T: CallStatus>(
+        &mut self,
+        call: HostCall,
+        decide: impl FnOnce(&Self) -> Decision,
+        run: impl AsyncFnOnce(&mut Self) -> T,
+    ) -> Result<T, Denied> {
+        let started = Instant::now();
+        let (seq, allowed) = self.host_calls.begin(call, decide(self));
+        allowed?;
+        let out = run(self).await;
+        self.host_calls.finish(seq, out.status(), started.elapsed());
+        Ok(out)
     }
 }

@@ -360,6 +360,7 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
             let grants = Grants {
                 log: a.grant_log.then_some(LogGrant),
                 files,
+                ..Grants::default()
             };
             let policy = ActionPolicy::ad_hoc(name, path, grants, limits);
             (Runtime::new(&default_settings(a.data_dir.clone()))?, policy)

@@ -5,6 +5,7 @@ use crate::cache::ArtifactCache;
 use crate::error::Error;
 use crate::manifest::Manifest;
 use crate::policy::{ActionPolicy, Policy, RuntimeSettings};
+use crate::vault::Vault;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +16,9 @@ pub struct Runtime {
     engine: Engine,
     cache: ArtifactCache,
     actions: BTreeMap<String, Arc<PreparedAction>>,
+    data_dir: std::path::PathBuf,
+    /// Opened on first use by an action with credentials.
+    vault: Option<Arc<Vault>>,
 }
 
 impl Runtime {
@@ -27,6 +31,8 @@ impl Runtime {
             engine,
             cache,
             actions: BTreeMap::new(),
+            data_dir: settings.data_dir.clone(),
+            vault: None,
         })
     }
 
@@ -38,6 +44,8 @@ impl Runtime {
             engine,
             cache: ArtifactCache::disabled(),
             actions: BTreeMap::new(),
+            data_dir: settings.data_dir.clone(),
+            vault: None,
         })
     }
 
@@ -53,7 +61,11 @@ impl Runtime {
     /// Load one action, refusing it if its imports exceed its grants.
     pub fn prepare(&mut self, policy: ActionPolicy) -> Result<Arc<PreparedAction>, Error> {
         let name = policy.name.clone();
-        let prepared = Arc::new(action::prepare(&self.engine, &self.cache, policy)?);
+        let vault = match &policy.grants.credentials {
+            Some(grant) if !grant.bindings.is_empty() => Some(self.vault_for(&policy.name, grant)?),
+            _ => None,
+        };
+        let prepared = Arc::new(action::prepare(&self.engine, &self.cache, policy, vault)?);
         self.actions.insert(name, prepared.clone());
         Ok(prepared)
     }
@@ -66,6 +78,36 @@ impl Runtime {
             .values()
             .map(|a| (a.name.clone(), self.prepare(a.clone())))
             .collect()
+    }
+
+    /// The vault, opened once, after checking that every secret `grant`
+    /// names is in it (so a missing secret fails at load, not mid-request).
+    fn vault_for(
+        &mut self,
+        action: &str,
+        grant: &crate::capabilities::credentials::CredentialsGrant,
+    ) -> Result<Arc<Vault>, Error> {
+        let vault = match &self.vault {
+            Some(v) => v.clone(),
+            None => {
+                let v = Arc::new(Vault::open(&self.data_dir).map_err(|e| {
+                    Error::Config(format!("action `{action}` has credentials, but the vault cannot be opened: {e}"))
+                })?);
+                self.vault = Some(v.clone());
+                v
+            }
+        };
+        for (name, binding) in &grant.bindings {
+            if !vault.contains(&binding.secret) {
+                return Err(Error::Config(format!(
+                    "action `{action}`: credential `{name}` uses vault secret `{}`, which is not in {}; add it with `airlock secret set {}`",
+                    binding.secret,
+                    vault.path().display(),
+                    binding.secret
+                )));
+            }
+        }
+        Ok(vault)
     }
 
     /// A loaded action by name.

@@ -12,7 +12,9 @@
 //! [`crate::host_call`] so every call is decided and recorded in one place.
 
 pub mod baseline;
+pub mod credentials;
 pub mod files;
+pub mod http;
 pub mod log;
 
 use crate::catalog::CapabilityKind;
@@ -25,7 +27,13 @@ pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "airlock:cap/capabilities",
-        imports: { default: trappable },
+        imports: {
+            "airlock:cap/http.send": async | trappable,
+            default: trappable,
+        },
+        with: {
+            "airlock:cap/credentials.credential": crate::capabilities::credentials::CredentialHandle,
+        },
     });
 }
 
@@ -58,6 +66,9 @@ pub struct RawGrants {
     #[serde(default)]
     pub log: bool,
     pub files: Option<files::RawFilesGrant>,
+    #[serde(default)]
+    pub credentials: Option<std::collections::BTreeMap<String, credentials::RawCredential>>,
+    pub http: Option<http::RawHttpGrant>,
 }
 
 /// Everything one action is granted, validated.
@@ -65,11 +76,23 @@ pub struct RawGrants {
 pub struct Grants {
     pub log: Option<log::LogGrant>,
     pub files: Option<files::FilesGrant>,
+    pub credentials: Option<credentials::CredentialsGrant>,
+    pub http: Option<http::HttpGrant>,
 }
 
 impl Grants {
     /// Validate a grants section; `resolve` makes config-relative paths absolute.
     pub fn resolve(raw: &RawGrants, resolve: &dyn Fn(&Path) -> std::path::PathBuf) -> Result<Grants, String> {
+        let credentials = raw
+            .credentials
+            .as_ref()
+            .map(credentials::CredentialsGrant::resolve)
+            .transpose()?;
+        let http = raw
+            .http
+            .as_ref()
+            .map(|h| http::HttpGrant::resolve(h, credentials.as_ref()))
+            .transpose()?;
         Ok(Grants {
             log: raw.log.then_some(log::LogGrant),
             files: raw
@@ -77,6 +100,8 @@ impl Grants {
                 .as_ref()
                 .map(|f| files::FilesGrant::resolve(f, resolve))
                 .transpose()?,
+            credentials,
+            http,
         })
     }
 
@@ -85,6 +110,11 @@ impl Grants {
         match kind {
             CapabilityKind::Log => self.log.is_some(),
             CapabilityKind::Files => self.files.is_some(),
+            // `airlock:cap/http` names the credential type, so an http grant
+            // links the interface too (with no credentials bound, `get`
+            // refuses every name).
+            CapabilityKind::Credentials => self.credentials.is_some() || self.http.is_some(),
+            CapabilityKind::Http => self.http.is_some(),
         }
     }
 
@@ -95,6 +125,10 @@ impl Grants {
             (CapabilityKind::Log, false) => log::LogCapability::EXAMPLE_FLAG,
             (CapabilityKind::Files, true) => files::FilesCapability::EXAMPLE_GRANT,
             (CapabilityKind::Files, false) => files::FilesCapability::EXAMPLE_FLAG,
+            (CapabilityKind::Credentials, true) => credentials::CredentialsCapability::EXAMPLE_GRANT,
+            (CapabilityKind::Credentials, false) => credentials::CredentialsCapability::EXAMPLE_FLAG,
+            (CapabilityKind::Http, true) => http::HttpCapability::EXAMPLE_GRANT,
+            (CapabilityKind::Http, false) => http::HttpCapability::EXAMPLE_FLAG,
         }
     }
 
@@ -106,6 +140,12 @@ impl Grants {
         }
         if let Some(g) = &self.files {
             out.push((CapabilityKind::Files, files::FilesCapability::describe(g)));
+        }
+        if let Some(g) = &self.credentials {
+            out.push((CapabilityKind::Credentials, credentials::CredentialsCapability::describe(g)));
+        }
+        if let Some(g) = &self.http {
+            out.push((CapabilityKind::Http, http::HttpCapability::describe(g)));
         }
         out
     }
@@ -120,6 +160,12 @@ pub fn link_granted(linker: &mut Linker<InvocationState>, grants: &Grants) -> wa
     if grants.files.is_some() {
         files::FilesCapability::link(linker)?;
     }
+    if grants.holds(CapabilityKind::Credentials) {
+        credentials::CredentialsCapability::link(linker)?;
+    }
+    if grants.http.is_some() {
+        http::HttpCapability::link(linker)?;
+    }
     Ok(())
 }
 
@@ -130,6 +176,12 @@ pub fn prepare_granted(grants: &Grants, state: &mut crate::invocation::StateBuil
     }
     if let Some(g) = &grants.files {
         files::FilesCapability::prepare(g, state)?;
+    }
+    if let Some(g) = &grants.credentials {
+        credentials::CredentialsCapability::prepare(g, state)?;
+    }
+    if let Some(g) = &grants.http {
+        http::HttpCapability::prepare(g, state)?;
     }
     Ok(())
 }

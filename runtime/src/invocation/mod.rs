@@ -99,6 +99,7 @@ impl PreparedAction {
         let stdout = CapturedOutput::new("stdout", limits.max_output_bytes);
         let stderr = CapturedOutput::new("stderr", limits.max_output_bytes);
         let mut builder = StateBuilder::new(limits.clone(), stdout.clone(), stderr.clone());
+        builder.vault = self.vault.clone();
         if let Err(e) = capabilities::prepare_granted(&self.policy.grants, &mut builder) {
             return Report::failed(Error::internal(format!("{e:#}")), started);
         }
@@ -135,7 +136,7 @@ impl PreparedAction {
             stderr: stderr.contents(),
             logs: state.log.lines,
             logs_dropped: state.log.dropped,
-            host_calls: state.host_calls,
+            host_calls: state.host_calls.snapshot(),
             fuel_consumed,
             peak_memory_bytes: state.limiter.peak,
             duration: started.elapsed(),

@@ -7,7 +7,11 @@ use super::limiter::MemoryLimiter;
 use super::output::CapturedOutput;
 use crate::capabilities::files::FilesState;
 use crate::capabilities::log::LogState;
-use crate::host_call::HostCallLog;
+use crate::capabilities::credentials::CredentialStore;
+use crate::capabilities::http::{HttpState, WasiHttpGate};
+use crate::host_call::HostCalls;
+use crate::vault::Vault;
+use std::sync::Arc;
 use crate::policy::Limits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -19,7 +23,21 @@ pub struct InvocationState {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) log: LogState,
     pub(crate) files: Option<FilesState>,
-    pub(crate) host_calls: HostCallLog,
+    pub(crate) credentials: Arc<CredentialStore>,
+    pub(crate) http: Option<HttpState>,
+    pub(crate) wasi_http: WasiHttpGate,
+    pub(crate) wasi_http_ctx: wasmtime_wasi_http::WasiHttpCtx,
+    pub(crate) host_calls: HostCalls,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for InvocationState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            hooks: &mut self.wasi_http,
+            table: &mut self.table,
+            ctx: &mut self.wasi_http_ctx,
+        }
+    }
 }
 
 impl WasiView for InvocationState {
@@ -37,6 +55,11 @@ pub struct StateBuilder {
     pub wasi: WasiCtxBuilder,
     pub log: LogState,
     pub files: Option<FilesState>,
+    /// The vault, when the action has credentials.
+    pub vault: Option<Arc<Vault>>,
+    pub credentials: Arc<CredentialStore>,
+    pub http: Option<HttpState>,
+    pub host_calls: HostCalls,
     pub limits: Limits,
 }
 
@@ -50,6 +73,10 @@ impl StateBuilder {
             wasi,
             log: LogState::default(),
             files: None,
+            vault: None,
+            credentials: Arc::default(),
+            http: None,
+            host_calls: HostCalls::default(),
             limits,
         }
     }
@@ -61,7 +88,15 @@ impl StateBuilder {
             limiter: MemoryLimiter::new(self.limits.memory_bytes),
             log: self.log,
             files: self.files,
-            host_calls: HostCallLog::default(),
+            wasi_http: WasiHttpGate::new(
+                self.http.as_ref().map(|h| h.grant.clone()),
+                self.credentials.clone(),
+                self.host_calls.clone(),
+            ),
+            wasi_http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
+            credentials: self.credentials,
+            http: self.http,
+            host_calls: self.host_calls,
         }
     }
 }

@@ -1,0 +1,709 @@
+//! `airlock:cap/http` and `wasi:http/outgoing-handler`: governed outbound
+//! HTTP.
+//!
+//! Both interfaces share one grant and one path ([`crate::outbound`]):
+//! the allow rules decide every hop, the client checks resolved addresses,
+//! credentials are injected by the host at send time, and responses are
+//! scrubbed of reflected secrets before the guest sees them.
+//!
+//! - `airlock:cap/http.send` takes an optional credential handle; the host
+//!   follows redirects itself, only to allowed destinations, and drops the
+//!   credential on any hop to another origin.
+//! - `wasi:http` (wasmtime-wasi-http) goes through [`WasiHttpGate`], its
+//!   send hook. Guests written with any toolchain get the same allowlist and
+//!   address checks; credentials are attached by `inject` rules that match
+//!   the destination. wasi:http never follows redirects (the guest sees the
+//!   3xx and makes a new, separately checked request).
+
+use super::Capability;
+use super::bindings::airlock::cap::http as wit;
+use super::credentials::{CredentialHandle, CredentialStore, CredentialsGrant};
+use crate::catalog::CapabilityKind;
+use crate::host_call::{Decision, HostCall, HostCalls};
+use crate::invocation::{InvocationState, StateBuilder};
+use crate::outbound::client::send_once;
+use crate::outbound::policy::*;
+use crate::outbound::{Destination, HttpPolicy, Origin, OutboundError, OutboundRequest, OutboundResponse, Redactor};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use url::Url;
+use wasmtime::component::{HasSelf, Linker, Resource};
+use wasmtime_wasi_http::{WasiBody, WasiHttpHooks};
+
+/// Request headers only the host sets. A guest that sets one through
+/// `airlock:cap/http` gets `invalid-request`; through `wasi:http` they are
+/// removed.
+const HOST_OWNED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "proxy-authorization",
+    "http2-settings",
+];
+
+/// `[actions.NAME.grants.http]` as written.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawHttpGrant {
+    #[serde(default)]
+    pub allow: Vec<RawAllowRule>,
+    pub connect_timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub max_request_bytes: Option<u64>,
+    pub max_response_bytes: Option<u64>,
+    pub max_redirects: Option<u32>,
+    /// Credentials attached to matching `wasi:http` requests.
+    #[serde(default)]
+    pub inject: Vec<RawInjectRule>,
+}
+
+/// `[[actions.NAME.grants.http.inject]]`: attach credential `credential`
+/// to every `wasi:http` request to `destination`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawInjectRule {
+    pub destination: String,
+    pub credential: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectRule {
+    pub destination: Destination,
+    pub credential: String,
+}
+
+/// A validated `http` grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpGrant {
+    pub policy: HttpPolicy,
+    pub inject: Vec<InjectRule>,
+}
+
+impl HttpGrant {
+    /// Validate; `credentials` is the action's credentials grant, which
+    /// every inject rule must name and allow.
+    pub fn resolve(raw: &RawHttpGrant, credentials: Option<&CredentialsGrant>) -> Result<HttpGrant, String> {
+        let allow = raw
+            .allow
+            .iter()
+            .map(AllowRule::resolve)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("grants.http.allow: {e}"))?;
+        let policy = HttpPolicy {
+            allow,
+            connect_timeout: Duration::from_millis(raw.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS)),
+            timeout: Duration::from_millis(raw.timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS)),
+            max_request_bytes: raw.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+            max_response_bytes: raw.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+            max_redirects: raw.max_redirects.unwrap_or(DEFAULT_MAX_REDIRECTS),
+        };
+        policy.validate().map_err(|e| format!("grants.http: {e}"))?;
+        let mut inject = Vec::new();
+        for r in &raw.inject {
+            let at = |e: String| format!("grants.http.inject {}: {e}", r.destination);
+            let destination = Destination::parse(&r.destination).map_err(at)?;
+            let binding = credentials
+                .and_then(|c| c.bindings.get(&r.credential))
+                .ok_or_else(|| at(format!("no credential `{}` under grants.credentials", r.credential)))?;
+            if binding.inject.is_none() {
+                return Err(at(format!("credential `{}` has no `inject` method", r.credential)));
+            }
+            if !binding.destinations.contains(&destination) {
+                return Err(at(format!(
+                    "credential `{}` may not be sent there (its destinations: {})",
+                    r.credential,
+                    binding.destinations.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            if !policy.allow.iter().any(|a| a.destination == destination) {
+                return Err(at("the destination is not in grants.http.allow".into()));
+            }
+            inject.push(InjectRule {
+                destination,
+                credential: r.credential.clone(),
+            });
+        }
+        Ok(HttpGrant { policy, inject })
+    }
+}
+
+/// Per-invocation state of the `http` capability.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    pub grant: Arc<HttpGrant>,
+}
+
+/// The `http` capability.
+pub struct HttpCapability;
+
+impl Capability for HttpCapability {
+    const KIND: CapabilityKind = CapabilityKind::Http;
+    type Grant = HttpGrant;
+    const EXAMPLE_GRANT: &'static str = r#"http = { allow = [{ destination = "https://HOST" }] }"#;
+    const EXAMPLE_FLAG: &'static str = "a config file (http cannot be granted ad hoc)";
+
+    fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
+        wit::add_to_linker::<InvocationState, HasSelf<InvocationState>>(linker, |s| s)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+    }
+
+    fn prepare(grant: &HttpGrant, state: &mut StateBuilder) -> anyhow::Result<()> {
+        state.http = Some(HttpState {
+            grant: Arc::new(grant.clone()),
+        });
+        Ok(())
+    }
+
+    fn describe(grant: &HttpGrant) -> String {
+        let p = &grant.policy;
+        let rules: Vec<String> = p
+            .allow
+            .iter()
+            .map(|r| {
+                let mut s = r.destination.to_string();
+                if let Some(m) = &r.methods {
+                    s.push_str(&format!(" {}", m.join("|")));
+                }
+                if let Some(ps) = &r.path_prefixes {
+                    s.push_str(&format!(" {}", ps.join(",")));
+                }
+                if r.allow_private {
+                    s.push_str(" (private addresses allowed)");
+                }
+                s
+            })
+            .collect();
+        let injects: Vec<String> = grant
+            .inject
+            .iter()
+            .map(|i| format!("{} -> {}", i.credential, i.destination))
+            .collect();
+        format!(
+            "to {}; connect {} ms, total {} ms, request {} B, response {} B, {} redirects{}",
+            if rules.is_empty() { "nowhere".to_string() } else { rules.join(", ") },
+            p.connect_timeout.as_millis(),
+            p.timeout.as_millis(),
+            p.max_request_bytes,
+            p.max_response_bytes,
+            p.max_redirects,
+            if injects.is_empty() { String::new() } else { format!("; wasi:http credentials {}", injects.join(", ")) }
+        )
+    }
+}
+
+/// Why a governed send failed, before it becomes a WIT or wasi:http error.
+#[derive(Debug)]
+enum SendFailure {
+    Denied(String),
+    Credential(String),
+    Outbound(OutboundError),
+}
+
+impl From<OutboundError> for SendFailure {
+    fn from(e: OutboundError) -> Self {
+        SendFailure::Outbound(e)
+    }
+}
+
+impl SendFailure {
+    fn into_wit(self, redactor: &Redactor) -> wit::HttpError {
+        let r = |s: String| redactor.redact_str(&s).into_owned();
+        match self {
+            SendFailure::Denied(m) => wit::HttpError::Denied(r(m)),
+            SendFailure::Credential(m) => wit::HttpError::Credential(r(m)),
+            SendFailure::Outbound(e) => match e {
+                OutboundError::Denied(m) => wit::HttpError::Denied(r(m)),
+                OutboundError::InvalidRequest(m) => wit::HttpError::InvalidRequest(r(m)),
+                OutboundError::Dns(m) => wit::HttpError::Dns(r(m)),
+                OutboundError::Connect(m) => wit::HttpError::Connect(r(m)),
+                OutboundError::Tls(m) => wit::HttpError::Tls(r(m)),
+                OutboundError::Timeout(m) => wit::HttpError::Timeout(r(m)),
+                OutboundError::TooLarge(m) => wit::HttpError::TooLarge(r(m)),
+                OutboundError::Protocol(m) => wit::HttpError::Protocol(r(m)),
+            },
+        }
+    }
+
+    fn into_wasi(self) -> wasmtime_wasi_http::Error {
+        use wasmtime_wasi_http::Error as E;
+        match self {
+            SendFailure::Denied(_) => E::HttpRequestDenied,
+            SendFailure::Credential(m) => E::InternalError(Some(m)),
+            SendFailure::Outbound(e) => match e {
+                OutboundError::Denied(_) => E::DestinationIpProhibited,
+                OutboundError::InvalidRequest(_) => E::HttpRequestUriInvalid,
+                OutboundError::Dns(_) => E::DnsError {
+                    rcode: None,
+                    info_code: None,
+                },
+                OutboundError::Connect(_) => E::ConnectionRefused,
+                OutboundError::Tls(_) => E::TlsProtocolError,
+                OutboundError::Timeout(_) => E::ConnectionTimeout,
+                OutboundError::TooLarge(_) => E::HttpResponseBodySize(None),
+                OutboundError::Protocol(_) => E::HttpProtocolError,
+            },
+        }
+    }
+}
+
+/// A request as the guest asked for it (no credential on it yet).
+struct GuestRequest {
+    method: http::Method,
+    url: Url,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A response after redaction, with where it finally came from.
+struct Delivered {
+    response: OutboundResponse,
+    final_url: Url,
+    redirects: u32,
+}
+
+/// Send `req` under `grant`, injecting `credential` where allowed and
+/// following redirects if `follow`. The response is not yet redacted.
+async fn send_governed(
+    grant: &HttpGrant,
+    creds: &CredentialStore,
+    mut req: GuestRequest,
+    mut credential: Option<String>,
+    follow: bool,
+    redactor: &Redactor,
+) -> Result<Delivered, SendFailure> {
+    let policy = &grant.policy;
+    let deadline = tokio::time::Instant::now() + policy.timeout;
+    if req.body.len() as u64 > policy.max_request_bytes {
+        return Err(OutboundError::TooLarge(format!(
+            "request body of {} bytes exceeds {} bytes (grants.http.max-request-bytes)",
+            req.body.len(),
+            policy.max_request_bytes
+        ))
+        .into());
+    }
+    let mut redirects = 0;
+    loop {
+        let rule = policy.permits(req.method.as_str(), &req.url).map_err(SendFailure::Denied)?;
+        let origin = Origin::of(&req.url).map_err(|e| SendFailure::Outbound(OutboundError::InvalidRequest(e)))?;
+        let mut wire_url = req.url.clone();
+        let mut headers = req.headers.clone();
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        if let Some(name) = &credential {
+            attach_credential(creds, name, &origin, &mut wire_url, &mut headers)?;
+        }
+        let response = send_once(
+            OutboundRequest {
+                method: req.method.clone(),
+                url: wire_url,
+                headers,
+                body: req.body.clone(),
+            },
+            rule,
+            policy,
+            deadline,
+        )
+        .await?;
+
+        let location = response.headers.get(header::LOCATION).map(|v| v.as_bytes().to_vec());
+        let (true, true, Some(location)) = (follow, response.status.is_redirection(), location) else {
+            return Ok(Delivered {
+                response,
+                final_url: req.url,
+                redirects,
+            });
+        };
+        if redirects >= policy.max_redirects {
+            return Err(OutboundError::Protocol(format!(
+                "more than {} redirects (grants.http.max-redirects)",
+                policy.max_redirects
+            ))
+            .into());
+        }
+        if !matches!(redactor.redact(&location), std::borrow::Cow::Borrowed(_)) {
+            return Err(SendFailure::Denied(format!(
+                "the redirect from {origin} carries a credential in its location; not followed"
+            )));
+        }
+        let next = std::str::from_utf8(&location)
+            .ok()
+            .and_then(|l| req.url.join(l).ok())
+            .ok_or_else(|| OutboundError::Protocol(format!("{origin} sent a redirect to an invalid location")))?;
+        let next_origin = Origin::of(&next)
+            .map_err(|e| SendFailure::Denied(format!("redirect from {origin} refused: {e}")))?;
+        let status = response.status.as_u16();
+        if status == 303 && req.method != http::Method::HEAD
+            || (status == 301 || status == 302) && req.method == http::Method::POST
+        {
+            req.method = http::Method::GET;
+            req.body = Bytes::new();
+            req.headers.remove(header::CONTENT_TYPE);
+        }
+        policy
+            .permits(req.method.as_str(), &next)
+            .map_err(|e| SendFailure::Denied(format!("redirect from {origin} to {next_origin} refused: {e}")))?;
+        if next_origin != origin {
+            // Never carry a credential across origins, even to a destination
+            // the credential could be sent to directly.
+            credential = None;
+        }
+        req.url = next;
+        redirects += 1;
+    }
+}
+
+/// Put credential `name` on a request to `origin`, if policy allows it there.
+fn attach_credential(
+    creds: &CredentialStore,
+    name: &str,
+    origin: &Origin,
+    url: &mut Url,
+    headers: &mut HeaderMap,
+) -> Result<(), SendFailure> {
+    let binding = creds
+        .binding(name)
+        .ok_or_else(|| SendFailure::Credential(format!("credential `{name}` is not bound to this action")))?;
+    let inject = binding.inject.as_ref().ok_or_else(|| {
+        SendFailure::Credential(format!("credential `{name}` has no `inject` method in policy; it can only sign"))
+    })?;
+    if !binding.allows(origin) {
+        return Err(SendFailure::Denied(format!(
+            "credential `{name}` may not be sent to {origin} (grants.credentials.{name}.destinations: {})",
+            binding.destinations.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let secret = creds.secret(name).map_err(|e| SendFailure::Credential(format!("{e}")))?;
+    inject
+        .apply(&secret, url, headers)
+        .map(drop)
+        .map_err(|e| SendFailure::Credential(format!("credential `{name}`: {e}")))
+}
+
+/// Scrub a response and refuse encodings the redactor cannot see into.
+fn redact_response(response: &mut OutboundResponse, redactor: &Redactor) -> Result<(), SendFailure> {
+    if redactor.is_empty() {
+        return Ok(());
+    }
+    if let Some(enc) = response.headers.get(header::CONTENT_ENCODING)
+        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        return Err(OutboundError::Protocol(
+            "the response is content-encoded, so airlock cannot check it for reflected secrets; the server ignored `accept-encoding: identity`".into(),
+        )
+        .into());
+    }
+    response.reason = redactor.redact(&response.reason).into_owned();
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    for (name, value) in response.headers.iter() {
+        let clean_name = redactor.redact(name.as_str().as_bytes());
+        let Ok(name) = HeaderName::from_bytes(&clean_name) else {
+            continue; // a header named after a secret: dropped
+        };
+        let clean = redactor.redact(value.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&clean) {
+            headers.append(name, v);
+        }
+    }
+    let body = redactor.redact(&response.body);
+    if let std::borrow::Cow::Owned(body) = body {
+        response.body = Bytes::from(body);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(response.body.len()));
+    }
+    response.headers = headers;
+    Ok(())
+}
+
+/// Validate a guest's `airlock:cap/http` request.
+fn parse_guest_request(req: wit::Request, injected: Option<HeaderName>) -> Result<GuestRequest, wit::HttpError> {
+    let invalid = |m: String| wit::HttpError::InvalidRequest(m);
+    let method = http::Method::from_bytes(req.method.as_bytes())
+        .map_err(|_| invalid(format!("{:?} is not an HTTP method", truncate(&req.method))))?;
+    if method == http::Method::CONNECT {
+        return Err(invalid("CONNECT is not supported".into()));
+    }
+    let url = Url::parse(&req.url).map_err(|e| invalid(format!("{:?} is not a URL: {e}", truncate(&req.url))))?;
+    Origin::of(&url).map_err(invalid)?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in req.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid(format!("{:?} is not a header name", truncate(&name))))?;
+        if HOST_OWNED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-") {
+            return Err(invalid(format!("header {name} is set by the host")));
+        }
+        if injected.as_ref() == Some(&name) {
+            return Err(invalid(format!("header {name} is set by the credential")));
+        }
+        if name == header::ACCEPT_ENCODING {
+            continue; // the host asks for identity so it can scan responses
+        }
+        let value = HeaderValue::from_str(&value).map_err(|_| invalid(format!("header {name} has an invalid value")))?;
+        headers.append(name, value);
+    }
+    Ok(GuestRequest {
+        method,
+        url,
+        headers,
+        body: Bytes::from(req.body),
+    })
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+const IFACE: &str = "airlock:cap/http";
+
+impl wit::Host for InvocationState {
+    async fn send(
+        &mut self,
+        request: wit::Request,
+        credential: Option<Resource<CredentialHandle>>,
+    ) -> wasmtime::Result<Result<wit::Response, wit::HttpError>> {
+        let credential = match credential {
+            Some(handle) => Some(self.table.get(&handle)?.name.clone()),
+            None => None,
+        };
+        let injected = credential
+            .as_deref()
+            .and_then(|c| self.credentials.binding(c))
+            .and_then(|b| b.inject.as_ref())
+            .and_then(|i| i.header_name());
+        let follow = request.follow_redirects;
+        let mut call = HostCall::new(IFACE, "send")
+            .arg("method", truncate(&request.method))
+            .arg("url", redacted_url(&request.url))
+            .arg("body-bytes", request.body.len());
+        if let Some(c) = &credential {
+            call = call.arg("credential", c);
+        }
+        let guest = match parse_guest_request(request, injected) {
+            Ok(g) => g,
+            Err(e) => {
+                let (seq, _) = self.host_calls.begin(call, Decision::allow("grants.http"));
+                self.host_calls.finish(seq, format!("error: {e:?}"), Duration::ZERO);
+                return Ok(Err(e));
+            }
+        };
+        let Some(grant) = self.http.as_ref().map(|h| h.grant.clone()) else {
+            return Ok(Err(wit::HttpError::Denied("no http grant".into())));
+        };
+        let decision = match grant.policy.permits(guest.method.as_str(), &guest.url) {
+            Ok(rule) => Decision::allow(format!("grants.http.allow {}", rule.destination)),
+            Err(why) => Decision::deny("grants.http.allow", why),
+        };
+        let creds = self.credentials.clone();
+        let outcome = self
+            .host_call_async(
+                call,
+                |_| decision,
+                async move |_| {
+                    let redactor = match creds.redactor() {
+                        Ok(r) => r,
+                        Err(e) => return Err(wit::HttpError::Credential(e)),
+                    };
+                    let sent = send_governed(&grant, &creds, guest, credential, follow, &redactor).await;
+                    let delivered = match sent {
+                        Ok(mut d) => match redact_response(&mut d.response, &redactor) {
+                            Ok(()) => d,
+                            Err(e) => return Err(e.into_wit(&redactor)),
+                        },
+                        Err(e) => return Err(e.into_wit(&redactor)),
+                    };
+                    Ok(to_wit_response(delivered, &redactor))
+                },
+            )
+            .await;
+        Ok(match outcome {
+            Ok(result) => result,
+            Err(denied) => Err(wit::HttpError::Denied(denied.reason)),
+        })
+    }
+}
+
+fn to_wit_response(d: Delivered, redactor: &Redactor) -> wit::Response {
+    let r = d.response;
+    wit::Response {
+        status: r.status.as_u16(),
+        reason: String::from_utf8_lossy(&r.reason).into_owned(),
+        headers: r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect(),
+        body: r.body.to_vec(),
+        final_url: redactor.redact_str(d.final_url.as_str()).into_owned(),
+        redirects: d.redirects,
+    }
+}
+
+/// A URL for the host-call record: origin and path only (a query may
+/// carry data the record should not keep).
+fn redacted_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(u) => format!(
+            "{}{}{}",
+            Origin::of(&u).map(|o| o.to_string()).unwrap_or_else(|_| u.scheme().to_string()),
+            u.path(),
+            if u.query().is_some() { "?…" } else { "" }
+        ),
+        Err(_) => "(invalid URL)".into(),
+    }
+}
+
+/// The `wasi:http` send hook: the same policy, applied to requests built by
+/// wasmtime-wasi-http from the guest's `outgoing-request`.
+pub struct WasiHttpGate {
+    grant: Option<Arc<HttpGrant>>,
+    creds: Arc<CredentialStore>,
+    calls: HostCalls,
+}
+
+impl WasiHttpGate {
+    pub fn new(grant: Option<Arc<HttpGrant>>, creds: Arc<CredentialStore>, calls: HostCalls) -> WasiHttpGate {
+        WasiHttpGate { grant, creds, calls }
+    }
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for WasiHttpGate {
+    fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
+        Arc::new(|name| HOST_OWNED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-"))
+    }
+
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        let started = Instant::now();
+        let (parts, body) = request.into_parts();
+        let url = Url::parse(&parts.uri.to_string()).ok();
+        let call = HostCall::new("wasi:http/outgoing-handler", "handle")
+            .arg("method", parts.method.as_str())
+            .arg("url", redacted_url(&parts.uri.to_string()));
+        let decision = match (&self.grant, &url) {
+            (None, _) => Decision::deny("grants.http", "no http grant"),
+            (_, None) => Decision::deny("grants.http", "the request URL is not absolute http(s)"),
+            (Some(g), Some(u)) => match g.policy.permits(parts.method.as_str(), u) {
+                Ok(rule) => Decision::allow(format!("grants.http.allow {}", rule.destination)),
+                Err(why) => Decision::deny("grants.http.allow", why),
+            },
+        };
+        let (seq, allowed) = self.calls.begin(call, decision);
+        let (Ok(()), Some(grant), Some(url)) = (allowed, self.grant.clone(), url) else {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        };
+        let creds = self.creds.clone();
+        let calls = self.calls.clone();
+        Box::new(async move {
+            let result = wasi_send(&grant, &creds, parts, body, url, options).await;
+            let status = match &result {
+                Ok(r) => format!("ok {}", r.status().as_u16()),
+                Err(e) => format!("error: {e}"),
+            };
+            calls.finish(seq, status, started.elapsed());
+            let response = result.map_err(SendFailure::into_wasi)?;
+            Ok((
+                response,
+                Box::new(async { Ok(()) }) as Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            ))
+        })
+    }
+}
+
+impl std::fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendFailure::Denied(m) => write!(f, "denied: {m}"),
+            SendFailure::Credential(m) => write!(f, "credential: {m}"),
+            SendFailure::Outbound(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+async fn wasi_send(
+    grant: &HttpGrant,
+    creds: &CredentialStore,
+    parts: http::request::Parts,
+    body: WasiBody,
+    url: Url,
+    options: Option<wasmtime_wasi_http::RequestOptions>,
+) -> Result<http::Response<WasiBody>, SendFailure> {
+    use http_body_util::BodyExt as _;
+    let cap = grant.policy.max_request_bytes;
+    let body = http_body_util::Limited::new(body, usize::try_from(cap).unwrap_or(usize::MAX))
+        .collect()
+        .await
+        .map_err(|_| {
+            OutboundError::TooLarge(format!(
+                "request body exceeds {cap} bytes (grants.http.max-request-bytes), or the guest failed while writing it"
+            ))
+        })?
+        .to_bytes();
+    let mut headers = parts.headers;
+    for name in HOST_OWNED_HEADERS {
+        headers.remove(*name);
+    }
+    headers.remove(header::ACCEPT_ENCODING);
+    let origin = Origin::of(&url).map_err(|e| SendFailure::Outbound(OutboundError::InvalidRequest(e)))?;
+    let credential = grant
+        .inject
+        .iter()
+        .find(|r| r.destination.matches(&origin))
+        .map(|r| r.credential.clone());
+    if let Some(header) = credential
+        .as_deref()
+        .and_then(|c| creds.binding(c))
+        .and_then(|b| b.inject.as_ref())
+        .and_then(|i| i.header_name())
+    {
+        headers.remove(header); // the rule's credential replaces any guest value
+    }
+    let mut policy = grant.policy.clone();
+    if let Some(t) = options.and_then(|o| o.connect_timeout) {
+        policy.connect_timeout = policy.connect_timeout.min(t);
+    }
+    let grant = HttpGrant {
+        policy,
+        inject: Vec::new(),
+    };
+    let redactor = creds.redactor().map_err(SendFailure::Credential)?;
+    let request = GuestRequest {
+        method: parts.method,
+        url,
+        headers,
+        body,
+    };
+    let mut delivered = send_governed(&grant, creds, request, credential, false, &redactor).await?;
+    redact_response(&mut delivered.response, &redactor)?;
+    let r = delivered.response;
+    let mut builder = http::Response::builder().status(r.status);
+    if let Some(h) = builder.headers_mut() {
+        *h = r.headers;
+        h.remove(header::TRANSFER_ENCODING);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.body.len()));
+    }
+    builder
+        .body(
+            http_body_util::Full::new(r.body)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .map_err(|e| SendFailure::Outbound(OutboundError::Protocol(e.to_string())))
+}
