@@ -129,3 +129,130 @@ pub mod files {
         }
     }
 }
+
+/// `airlock:cap/credentials`: opaque handles on credentials the policy
+/// binds to the action (grant: `[actions.NAME.grants.credentials.CRED]`).
+///
+/// A [`Credential`] carries no secret: pass it to [`crate::http::send`] and
+/// the host injects the secret on the wire, or [`sign`] data with it. No
+/// function returns the secret itself.
+pub mod credentials {
+    use crate::bindings::airlock::cap::credentials as raw;
+    pub use raw::{Credential, CredentialError};
+    use std::fmt;
+
+    /// A handle on the credential `name`; fails with `not-bound` for any
+    /// name the policy does not bind to this action.
+    pub fn get(name: &str) -> Result<Credential, CredentialError> {
+        raw::get(name)
+    }
+
+    /// The HMAC of `data` keyed with the credential (algorithm from policy).
+    pub fn sign(credential: &Credential, data: &[u8]) -> Result<Vec<u8>, CredentialError> {
+        raw::sign(credential, data)
+    }
+
+    /// A readable description of a [`CredentialError`].
+    pub struct Describe<'a>(pub &'a CredentialError);
+
+    impl fmt::Display for Describe<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self.0 {
+                CredentialError::NotBound(m) => write!(f, "not bound: {m}"),
+                CredentialError::NotPermitted(m) => write!(f, "not permitted: {m}"),
+                CredentialError::Unavailable(m) => write!(f, "unavailable: {m}"),
+            }
+        }
+    }
+}
+
+/// `airlock:cap/http`: outbound HTTP to the destinations the policy allows
+/// (grant: `[[actions.NAME.grants.http.allow]]`).
+pub mod http {
+    use crate::bindings::airlock::cap::http as raw;
+    use crate::credentials::Credential;
+    pub use raw::{HttpError, Response};
+    use std::fmt;
+
+    /// An outbound request; build it with [`Request::get`], [`Request::post`]
+    /// or [`Request::new`].
+    #[derive(Debug, Clone)]
+    pub struct Request(raw::Request);
+
+    impl Request {
+        pub fn new(method: &str, url: &str) -> Request {
+            Request(raw::Request {
+                method: method.to_string(),
+                url: url.to_string(),
+                headers: Vec::new(),
+                body: Vec::new(),
+                follow_redirects: true,
+            })
+        }
+
+        pub fn get(url: &str) -> Request {
+            Request::new("GET", url)
+        }
+
+        pub fn post(url: &str) -> Request {
+            Request::new("POST", url)
+        }
+
+        /// Add a header.
+        pub fn header(mut self, name: &str, value: &str) -> Request {
+            self.0.headers.push((name.to_string(), value.to_string()));
+            self
+        }
+
+        /// Set the body.
+        pub fn body(mut self, body: impl Into<Vec<u8>>) -> Request {
+            self.0.body = body.into();
+            self
+        }
+
+        /// Set a JSON body and its content type.
+        pub fn json(self, json: &str) -> Request {
+            self.header("content-type", "application/json").body(json.as_bytes())
+        }
+
+        /// Return 3xx responses instead of following them.
+        pub fn no_redirects(mut self) -> Request {
+            self.0.follow_redirects = false;
+            self
+        }
+
+        /// Send without a credential.
+        pub fn send(&self) -> Result<Response, HttpError> {
+            raw::send(&self.0, None)
+        }
+
+        /// Send with `credential` injected by the host.
+        pub fn send_with(&self, credential: &Credential) -> Result<Response, HttpError> {
+            raw::send(&self.0, Some(credential))
+        }
+    }
+
+    /// The body of a response as (lossy) UTF-8 text.
+    pub fn text(response: &Response) -> String {
+        String::from_utf8_lossy(&response.body).into_owned()
+    }
+
+    /// A readable description of an [`HttpError`].
+    pub struct Describe<'a>(pub &'a HttpError);
+
+    impl fmt::Display for Describe<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self.0 {
+                HttpError::Denied(m) => write!(f, "denied: {m}"),
+                HttpError::InvalidRequest(m) => write!(f, "invalid request: {m}"),
+                HttpError::Credential(m) => write!(f, "credential: {m}"),
+                HttpError::Dns(m) => write!(f, "DNS: {m}"),
+                HttpError::Connect(m) => write!(f, "connect: {m}"),
+                HttpError::Tls(m) => write!(f, "TLS: {m}"),
+                HttpError::Timeout(m) => write!(f, "timeout: {m}"),
+                HttpError::TooLarge(m) => write!(f, "too large: {m}"),
+                HttpError::Protocol(m) => write!(f, "protocol: {m}"),
+            }
+        }
+    }
+}
