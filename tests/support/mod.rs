@@ -2,6 +2,8 @@
 //! this repository, the real `airlock` binary, and temporary configs.
 #![allow(dead_code)]
 
+pub mod echo_server;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -98,4 +100,32 @@ pub fn toml_path(p: &Path) -> String {
 
 fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Run `airlock ARGS...` with `stdin` piped in and extra environment; the
+/// data directory comes from the arguments or the config.
+pub fn airlock_with(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Run {
+    use std::io::Write as _;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_airlock"));
+    cmd.args(args)
+        .env_remove("AIRLOCK_DATA_DIR")
+        .env_remove("AIRLOCK_LOG")
+        .env_remove("AIRLOCK_MASTER_KEY")
+        .env_remove("AIRLOCK_MASTER_KEY_FILE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run airlock");
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin);
+    }
+    let out = child.wait_with_output().expect("wait for airlock");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }

@@ -1,0 +1,206 @@
+//! A real HTTP/1.1 server on loopback for the outbound tests.
+//!
+//! Routes:
+//! - `/echo...`: 200, echoing the request back every way an API might:
+//!   the authorization header in the reason phrase and in a header, and the
+//!   whole request (line, headers, body) in the body raw, base64-encoded,
+//!   percent-encoded and hex-encoded.
+//! - `/redirect?to=URL`: 302 to `URL` (percent-decoded).
+//! - `/tickets`: `POST` with `Authorization: Bearer <token>` → 201 with
+//!   `{"id":N,"url":...}`; anything else → 401.
+//! - `/gzip`: a response claiming `content-encoding: gzip`.
+//!
+//! Every request is recorded so tests can check what actually went out.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct EchoServer {
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// The bearer token `/tickets` accepts.
+    pub token: String,
+}
+
+impl EchoServer {
+    pub fn start(token: &str) -> EchoServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = listener.local_addr().expect("local addr").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let token = token.to_string();
+        let (seen2, token2) = (seen.clone(), token.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (seen, token) = (seen2.clone(), token2.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &seen, &token);
+                });
+            }
+        });
+        EchoServer { port, seen, token }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen lock").clone()
+    }
+}
+
+fn serve(stream: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let request_line = line.trim_end().to_string();
+    let mut parts = request_line.split(' ');
+    let method = parts.next().unwrap_or_default().to_string();
+    let target = parts.next().unwrap_or_default().to_string();
+    let mut headers = Vec::new();
+    let mut head = request_line.clone() + "\r\n";
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        head.push_str(&h);
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body)?;
+    let req = Seen {
+        method,
+        target: target.clone(),
+        headers,
+        body,
+    };
+    seen.lock().expect("seen lock").push(req.clone());
+
+    let auth = req.header("authorization").unwrap_or("none").to_string();
+    let path = target.split('?').next().unwrap_or_default();
+    let (status, extra, body): (String, Vec<(String, String)>, Vec<u8>) = if path.starts_with("/echo") {
+        let mut whole = head.into_bytes();
+        whole.extend_from_slice(&req.body);
+        let mut text = String::from_utf8_lossy(&whole).into_owned();
+        text.push_str("\nbase64: ");
+        text.push_str(&base64(&whole));
+        text.push_str("\npercent: ");
+        text.push_str(&percent(&whole));
+        text.push_str("\nhex: ");
+        text.push_str(&whole.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        (
+            format!("200 OK {auth}"),
+            vec![
+                ("x-echo-auth".into(), auth.clone()),
+                ("x-echo-target".into(), target.clone()),
+            ],
+            text.into_bytes(),
+        )
+    } else if path == "/redirect" {
+        let to = target.split_once("to=").map(|(_, t)| unpercent(t)).unwrap_or_default();
+        ("302 Found".into(), vec![("location".into(), to)], Vec::new())
+    } else if path == "/tickets" {
+        if req.method == "POST" && auth == format!("Bearer {token}") {
+            let n = seen.lock().expect("seen lock").len();
+            (
+                "201 Created".into(),
+                vec![("content-type".into(), "application/json".into())],
+                format!("{{\"id\":{n},\"url\":\"http://tickets.local/t/{n}\"}}").into_bytes(),
+            )
+        } else {
+            ("401 Unauthorized".into(), Vec::new(), b"bad or missing token".to_vec())
+        }
+    } else if path == "/gzip" {
+        (
+            "200 OK".into(),
+            vec![("content-encoding".into(), "gzip".into())],
+            format!("pretend-compressed {auth}").into_bytes(),
+        )
+    } else {
+        ("404 Not Found".into(), Vec::new(), b"no such route".to_vec())
+    };
+    let mut out = stream;
+    let mut response = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
+    for (k, v) in extra {
+        response.push_str(&format!("{k}: {v}\r\n"));
+    }
+    response.push_str("\r\n");
+    out.write_all(response.as_bytes())?;
+    out.write_all(&body)?;
+    out.flush()
+}
+
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+pub fn percent(data: &[u8]) -> String {
+    data.iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn unpercent(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
