@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: build the example actions, check the example config,
-# inspect the components, and invoke the actions under their policy.
+# inspect the components, invoke the actions under their policy, and open a
+# ticket through a local API with a credential the action never sees.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-components.sh
@@ -10,6 +11,13 @@ config=examples/airlock.toml
 wasm=target/wasm32-wasip2/release
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+# The ticket-create action needs its credential in the vault before the
+# config checks out. A fresh random token, piped on stdin (never argv).
+token=$(head -c 24 /dev/urandom | base64 | tr -d '/+=\n')
+step "airlock secret set tickets-token   (value read from stdin)"
+printf '%s' "$token" | "$airlock" secret set tickets-token --config "$config"
+"$airlock" secret list --config "$config"
 
 step "airlock check --config $config   (cleanup is refused: its files import is not granted)"
 "$airlock" check --config "$config" || echo "(exit $? — expected: the config refuses cleanup)"
@@ -37,3 +45,20 @@ fi
 step "airlock invoke hello greet with bad arguments   (exit 2, names the field)"
 "$airlock" invoke --config "$config" hello greet --args '{"who": {"name": 7, "languages": []}}' \
     || echo "(exit $?)"
+
+step "tickets API on 127.0.0.1:8787 (expects the bearer token), then airlock invoke ticket-create create"
+TICKETS_API_TOKEN="$token" python3 examples/tickets_api.py 8787 &
+api=$!
+trap 'kill $api 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+    (exec 3<>/dev/tcp/127.0.0.1/8787) 2>/dev/null && break
+    sleep 0.1
+done
+out=$("$airlock" invoke --config "$config" ticket-create create \
+    --args '{"api": "http://127.0.0.1:8787", "ticket": {"title": "Disk almost full on db-1", "body": "92% used on /var", "priority": "high"}}' 2>&1)
+printf '%s\n' "$out"
+if printf '%s' "$out" | grep -qF "$token"; then
+    echo "FAILED: the token appeared in airlock's output" >&2
+    exit 1
+fi
+echo "(the API accepted the bearer token; the token appears nowhere in the action's result, logs or airlock's output)"
