@@ -643,3 +643,20 @@ allow-private = true
     assert!(String::from_utf8_lossy(&seen[0].body).contains("\"priority\":\"high\""));
     s.assert_no_leak(&[&run]);
 }
+
+#[test]
+fn one_invocation_cannot_send_more_than_max_requests() {
+    let s = Setup::new();
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("timeout-ms = 5000", "timeout-ms = 5000\nmax-requests = 1");
+    std::fs::write(&s.config, text).unwrap();
+    // A same-origin redirect needs two requests; the second is refused.
+    let run = s.send("GET", &s.api.url("/redirect?to=/echo"), Some("api"));
+    assert!(action_error(&run).contains("grants.http.max-requests"), "{run:?}");
+    assert_eq!(s.api.requests().len(), 1);
+    // The budget is per invocation: the next invocation may send again.
+    let next = s.send("GET", &s.api.url("/echo"), Some("api"));
+    assert_eq!(next.code, 0, "{next:?}");
+    s.assert_no_leak(&[&run, &next]);
+}

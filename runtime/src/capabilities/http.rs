@@ -60,6 +60,7 @@ pub struct RawHttpGrant {
     pub max_request_bytes: Option<u64>,
     pub max_response_bytes: Option<u64>,
     pub max_redirects: Option<u32>,
+    pub max_requests: Option<u32>,
     /// Credentials attached to matching `wasi:http` requests.
     #[serde(default)]
     pub inject: Vec<RawInjectRule>,
@@ -104,6 +105,7 @@ impl HttpGrant {
             max_request_bytes: raw.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
             max_response_bytes: raw.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             max_redirects: raw.max_redirects.unwrap_or(DEFAULT_MAX_REDIRECTS),
+            max_requests: raw.max_requests.unwrap_or(DEFAULT_MAX_REQUESTS),
         };
         policy.validate().map_err(|e| format!("grants.http: {e}"))?;
         let mut inject = Vec::new();
@@ -139,6 +141,7 @@ impl HttpGrant {
 #[derive(Debug, Clone)]
 pub struct HttpState {
     pub grant: Arc<HttpGrant>,
+    pub budget: Arc<RequestBudget>,
 }
 
 /// The `http` capability.
@@ -158,6 +161,7 @@ impl Capability for HttpCapability {
     fn prepare(grant: &HttpGrant, state: &mut StateBuilder) -> anyhow::Result<()> {
         state.http = Some(HttpState {
             grant: Arc::new(grant.clone()),
+            budget: Arc::new(RequestBudget::new(grant.policy.max_requests)),
         });
         Ok(())
     }
@@ -187,13 +191,14 @@ impl Capability for HttpCapability {
             .map(|i| format!("{} -> {}", i.credential, i.destination))
             .collect();
         format!(
-            "to {}; connect {} ms, total {} ms, request {} B, response {} B, {} redirects{}",
+            "to {}; connect {} ms, total {} ms, request {} B, response {} B, {} redirects, {} requests{}",
             if rules.is_empty() { "nowhere".to_string() } else { rules.join(", ") },
             p.connect_timeout.as_millis(),
             p.timeout.as_millis(),
             p.max_request_bytes,
             p.max_response_bytes,
             p.max_redirects,
+            p.max_requests,
             if injects.is_empty() { String::new() } else { format!("; wasi:http credentials {}", injects.join(", ")) }
         )
     }
@@ -203,6 +208,8 @@ impl Capability for HttpCapability {
 #[derive(Debug)]
 enum SendFailure {
     Denied(String),
+    /// A streamed `wasi:http` request body passed this many bytes.
+    RequestTooLarge(u64),
     Credential(String),
     Outbound(OutboundError),
 }
@@ -218,6 +225,7 @@ impl SendFailure {
         let r = |s: String| redactor.redact_str(&s).into_owned();
         match self {
             SendFailure::Denied(m) => wit::HttpError::Denied(r(m)),
+            SendFailure::RequestTooLarge(cap) => wit::HttpError::TooLarge(format!("request body exceeds {cap} bytes")),
             SendFailure::Credential(m) => wit::HttpError::Credential(r(m)),
             SendFailure::Outbound(e) => match e {
                 OutboundError::Denied(m) => wit::HttpError::Denied(r(m)),
@@ -236,6 +244,7 @@ impl SendFailure {
         use wasmtime_wasi_http::Error as E;
         match self {
             SendFailure::Denied(_) => E::HttpRequestDenied,
+            SendFailure::RequestTooLarge(cap) => E::HttpRequestBodySize(Some(cap)),
             SendFailure::Credential(m) => E::InternalError(Some(m)),
             SendFailure::Outbound(e) => match e {
                 OutboundError::Denied(_) => E::DestinationIpProhibited,
@@ -273,6 +282,7 @@ struct Delivered {
 /// following redirects if `follow`. The response is not yet redacted.
 async fn send_governed(
     grant: &HttpGrant,
+    budget: &RequestBudget,
     creds: &CredentialStore,
     mut req: GuestRequest,
     mut credential: Option<String>,
@@ -292,6 +302,7 @@ async fn send_governed(
     let mut redirects = 0;
     loop {
         let rule = policy.permits(req.method.as_str(), &req.url).map_err(SendFailure::Denied)?;
+        budget.take().map_err(SendFailure::Denied)?;
         let origin = Origin::of(&req.url).map_err(|e| SendFailure::Outbound(OutboundError::InvalidRequest(e)))?;
         let mut wire_url = req.url.clone();
         let mut headers = req.headers.clone();
@@ -491,7 +502,7 @@ impl wit::Host for InvocationState {
                 return Ok(Err(e));
             }
         };
-        let Some(grant) = self.http.as_ref().map(|h| h.grant.clone()) else {
+        let Some(HttpState { grant, budget }) = self.http.clone() else {
             return Ok(Err(wit::HttpError::Denied("no http grant".into())));
         };
         let decision = match grant.policy.permits(guest.method.as_str(), &guest.url) {
@@ -508,7 +519,7 @@ impl wit::Host for InvocationState {
                         Ok(r) => r,
                         Err(e) => return Err(wit::HttpError::Credential(e)),
                     };
-                    let sent = send_governed(&grant, &creds, guest, credential, follow, &redactor).await;
+                    let sent = send_governed(&grant, &budget, &creds, guest, credential, follow, &redactor).await;
                     let delivered = match sent {
                         Ok(mut d) => match redact_response(&mut d.response, &redactor) {
                             Ok(()) => d,
@@ -560,14 +571,14 @@ fn redacted_url(url: &str) -> String {
 /// The `wasi:http` send hook: the same policy, applied to requests built by
 /// wasmtime-wasi-http from the guest's `outgoing-request`.
 pub struct WasiHttpGate {
-    grant: Option<Arc<HttpGrant>>,
+    http: Option<HttpState>,
     creds: Arc<CredentialStore>,
     calls: HostCalls,
 }
 
 impl WasiHttpGate {
-    pub fn new(grant: Option<Arc<HttpGrant>>, creds: Arc<CredentialStore>, calls: HostCalls) -> WasiHttpGate {
-        WasiHttpGate { grant, creds, calls }
+    pub fn new(http: Option<HttpState>, creds: Arc<CredentialStore>, calls: HostCalls) -> WasiHttpGate {
+        WasiHttpGate { http, creds, calls }
     }
 }
 
@@ -597,22 +608,22 @@ impl WasiHttpHooks for WasiHttpGate {
         let call = HostCall::new("wasi:http/outgoing-handler", "handle")
             .arg("method", parts.method.as_str())
             .arg("url", redacted_url(&parts.uri.to_string()));
-        let decision = match (&self.grant, &url) {
+        let decision = match (&self.http, &url) {
             (None, _) => Decision::deny("grants.http", "no http grant"),
             (_, None) => Decision::deny("grants.http", "the request URL is not absolute http(s)"),
-            (Some(g), Some(u)) => match g.policy.permits(parts.method.as_str(), u) {
+            (Some(h), Some(u)) => match h.grant.policy.permits(parts.method.as_str(), u) {
                 Ok(rule) => Decision::allow(format!("grants.http.allow {}", rule.destination)),
                 Err(why) => Decision::deny("grants.http.allow", why),
             },
         };
         let (seq, allowed) = self.calls.begin(call, decision);
-        let (Ok(()), Some(grant), Some(url)) = (allowed, self.grant.clone(), url) else {
+        let (Ok(()), Some(HttpState { grant, budget }), Some(url)) = (allowed, self.http.clone(), url) else {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         };
         let creds = self.creds.clone();
         let calls = self.calls.clone();
         Box::new(async move {
-            let result = wasi_send(&grant, &creds, parts, body, url, options).await;
+            let result = wasi_send(&grant, &budget, &creds, parts, body, url, options).await;
             let status = match &result {
                 Ok(r) => format!("ok {}", r.status().as_u16()),
                 Err(e) => format!("error: {e}"),
@@ -631,6 +642,7 @@ impl std::fmt::Display for SendFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendFailure::Denied(m) => write!(f, "denied: {m}"),
+            SendFailure::RequestTooLarge(cap) => write!(f, "request body exceeds {cap} bytes (grants.http.max-request-bytes)"),
             SendFailure::Credential(m) => write!(f, "credential: {m}"),
             SendFailure::Outbound(e) => write!(f, "{e}"),
         }
@@ -639,6 +651,7 @@ impl std::fmt::Display for SendFailure {
 
 async fn wasi_send(
     grant: &HttpGrant,
+    budget: &RequestBudget,
     creds: &CredentialStore,
     parts: http::request::Parts,
     body: WasiBody,
@@ -650,11 +663,7 @@ async fn wasi_send(
     let body = http_body_util::Limited::new(body, usize::try_from(cap).unwrap_or(usize::MAX))
         .collect()
         .await
-        .map_err(|_| {
-            OutboundError::TooLarge(format!(
-                "request body exceeds {cap} bytes (grants.http.max-request-bytes), or the guest failed while writing it"
-            ))
-        })?
+        .map_err(|_| SendFailure::RequestTooLarge(cap))?
         .to_bytes();
     let mut headers = parts.headers;
     for name in HOST_OWNED_HEADERS {
@@ -690,7 +699,7 @@ async fn wasi_send(
         headers,
         body,
     };
-    let mut delivered = send_governed(&grant, creds, request, credential, false, &redactor).await?;
+    let mut delivered = send_governed(&grant, budget, creds, request, credential, false, &redactor).await?;
     redact_response(&mut delivered.response, &redactor)?;
     let r = delivered.response;
     let mut builder = http::Response::builder().status(r.status);

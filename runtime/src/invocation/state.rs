@@ -89,7 +89,7 @@ impl StateBuilder {
             log: self.log,
             files: self.files,
             wasi_http: WasiHttpGate::new(
-                self.http.as_ref().map(|h| h.grant.clone()),
+                self.http.clone(),
                 self.credentials.clone(),
                 self.host_calls.clone(),
             ),

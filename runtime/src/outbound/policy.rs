@@ -9,11 +9,13 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1 << 20;
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 4 << 20;
 pub const DEFAULT_MAX_REDIRECTS: u32 = 5;
+pub const DEFAULT_MAX_REQUESTS: u32 = 100;
 /// Upper bounds a config may set, so one action cannot hold a host
 /// connection or buffer for arbitrarily long.
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
 pub const MAX_BODY_BYTES: u64 = 256 << 20;
 pub const MAX_REDIRECTS: u32 = 20;
+pub const MAX_REQUESTS: u32 = 100_000;
 
 /// One `[[actions.NAME.grants.http.allow]]` entry as written.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -108,6 +110,8 @@ pub struct HttpPolicy {
     pub max_request_bytes: u64,
     pub max_response_bytes: u64,
     pub max_redirects: u32,
+    /// Requests (redirect hops included) one invocation may send.
+    pub max_requests: u32,
 }
 
 impl HttpPolicy {
@@ -141,6 +145,40 @@ impl HttpPolicy {
         if self.max_redirects > MAX_REDIRECTS {
             return Err(format!("max-redirects must be at most {MAX_REDIRECTS}"));
         }
+        if !(1..=MAX_REQUESTS).contains(&self.max_requests) {
+            return Err(format!("max-requests must be between 1 and {MAX_REQUESTS}"));
+        }
         Ok(())
+    }
+}
+
+/// How many requests an invocation has left, shared by `airlock:cap/http`
+/// and `wasi:http` so a guest cannot exceed the cap by mixing them.
+#[derive(Debug)]
+pub struct RequestBudget {
+    used: std::sync::atomic::AtomicU32,
+    max: u32,
+}
+
+impl RequestBudget {
+    pub fn new(max: u32) -> RequestBudget {
+        RequestBudget {
+            used: std::sync::atomic::AtomicU32::new(0),
+            max,
+        }
+    }
+
+    /// Take one request from the budget, or say why not.
+    pub fn take(&self) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        let taken = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.max).then_some(n + 1));
+        taken.map(drop).map_err(|_| {
+            format!(
+                "this invocation already sent {} requests (grants.http.max-requests)",
+                self.max
+            )
+        })
     }
 }
