@@ -188,7 +188,7 @@ credential = "api"
     fn send(&self, method: &str, url: &str, credential: Option<&str>) -> Run {
         self.invoke(
             "cap-send",
-            json!({"method": method, "url": url, "credential": credential, "headers": [], "body": "hello", "follow-redirects": true}),
+            json!({"req": {"method": method, "url": url, "credential": credential, "headers": [], "body": "hello", "follow-redirects": true}}),
         )
     }
 
@@ -213,7 +213,10 @@ fn vault_holds_no_plaintext_and_list_shows_only_metadata() {
     }
     let list = airlock_with(&["secret", "list", "--config", s.cfg()], b"", &[]);
     assert_eq!(list.code, 0, "{list:?}");
-    assert!(list.stdout.contains("api-token") && list.stdout.contains("webhook-key"), "{list:?}");
+    assert!(
+        list.stdout.contains("api-token") && list.stdout.contains("webhook-key"),
+        "{list:?}"
+    );
     let json = airlock_with(&["secret", "list", "--json", "--config", s.cfg()], b"", &[]);
     let entries: Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(entries[0]["name"], "api-token");
@@ -251,7 +254,13 @@ fn a_wrong_or_malformed_master_key_is_a_clear_error() {
     // anything runs, with the same explanation.
     let run = airlock_with(
         &[
-            "invoke", "--config", s.cfg(), "exfil", "get-credential", "--args", r#"{"name":"api"}"#,
+            "invoke",
+            "--config",
+            s.cfg(),
+            "exfil",
+            "get-credential",
+            "--args",
+            r#"{"name":"api"}"#,
         ],
         b"",
         &[("AIRLOCK_MASTER_KEY", &other_key)],
@@ -292,7 +301,10 @@ fn a_secret_value_cannot_be_given_in_argv() {
     ] {
         let run = airlock_with(&args, b"", &[]);
         assert_eq!(run.code, 2, "{args:?}: {run:?}");
-        assert!(!run.stderr.contains(SECRET) && !run.stdout.contains(SECRET), "echoed: {run:?}");
+        assert!(
+            !run.stderr.contains(SECRET) && !run.stdout.contains(SECRET),
+            "echoed: {run:?}"
+        );
     }
     // Nothing was stored by any of them.
     let list = airlock_with(&["secret", "list", "--json", "--data-dir", data], b"", &[]);
@@ -311,12 +323,18 @@ fn an_echoing_api_cannot_hand_the_secret_back() {
     // The host did inject the real token...
     let seen = s.api.requests();
     assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].header("authorization"), Some(format!("Bearer {SECRET}").as_str()));
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
     assert_eq!(seen[0].header("accept-encoding"), Some("identity"));
     // ...and every echo of it came back redacted.
     assert_eq!(reply["reason"], "OK Bearer [REDACTED]");
     let body = reply["body"].as_str().unwrap();
-    assert!(body.matches("[REDACTED]").count() >= 4, "raw, base64, percent and hex echoes: {body}");
+    assert!(
+        body.matches("[REDACTED]").count() >= 4,
+        "raw, base64, percent and hex echoes: {body}"
+    );
     let headers = reply["headers"].to_string();
     assert!(headers.contains("Bearer [REDACTED]"), "{headers}");
     // The guest spread what it got over every channel it has.
@@ -336,7 +354,13 @@ fn basic_auth_and_query_credentials_are_redacted_too() {
     let expected_basic = format!("Basic {}", base64(format!("robot:{SECRET}").as_bytes()));
     assert_eq!(seen[0].header("authorization"), Some(expected_basic.as_str()));
     // The guest's own api_key is replaced, not kept beside the real one.
-    assert!(seen[1].target.contains(&format!("api_key={}", percent(SECRET.as_bytes()))), "{:?}", seen[1]);
+    assert!(
+        seen[1]
+            .target
+            .contains(&format!("api_key={}", percent(SECRET.as_bytes()))),
+        "{:?}",
+        seen[1]
+    );
     assert!(!seen[1].target.contains("guest-chosen"), "{:?}", seen[1]);
     assert!(seen[1].header("authorization").is_none());
     // The final URL reported to the guest is the one it asked for.
@@ -347,11 +371,15 @@ fn basic_auth_and_query_credentials_are_redacted_too() {
 #[test]
 fn the_guest_cannot_override_or_add_host_owned_headers() {
     let s = Setup::new();
-    for (name, value) in [("Authorization", "Bearer mine"), ("Host", "evil.example"), ("Content-Length", "0")] {
+    for (name, value) in [
+        ("Authorization", "Bearer mine"),
+        ("Host", "evil.example"),
+        ("Content-Length", "0"),
+    ] {
         let run = s.invoke(
             "cap-send",
-            json!({"method": "GET", "url": s.api.url("/echo"), "credential": "api",
-                   "headers": [[name, value]], "body": "", "follow-redirects": true}),
+            json!({"req": {"method": "GET", "url": s.api.url("/echo"), "credential": "api",
+                   "headers": [[name, value]], "body": "", "follow-redirects": true}}),
         );
         let err = action_error(&run);
         assert!(err.contains("invalid request"), "{err}");
@@ -394,9 +422,15 @@ fn credentials_go_only_to_their_destinations() {
 fn hosts_methods_and_paths_outside_the_allowlist_are_refused() {
     let s = Setup::new();
     let refused = [
-        (format!("http://127.0.0.2:{}/echo", s.api.port), "not an allowed destination"),
+        (
+            format!("http://127.0.0.2:{}/echo", s.api.port),
+            "not an allowed destination",
+        ),
         ("https://example.com/".to_string(), "not an allowed destination"),
-        (format!("https://127.0.0.1:{}/echo", s.api.port), "not an allowed destination"),
+        (
+            format!("https://127.0.0.1:{}/echo", s.api.port),
+            "not an allowed destination",
+        ),
         (s.api.url("/admin"), "is not under"),
         (s.api.url("/echo/../admin"), "is not under"),
         ("ftp://127.0.0.1/".to_string(), "scheme"),
@@ -426,16 +460,28 @@ fn redirects_are_checked_and_drop_credentials_across_origins() {
 
     // Another allowed origin: followed, credential dropped.
     let target = s.other.url("/echo");
-    let cross = s.send("GET", &s.api.url(&format!("/redirect?to={}", percent(target.as_bytes()))), Some("api"));
+    let cross = s.send(
+        "GET",
+        &s.api.url(&format!("/redirect?to={}", percent(target.as_bytes()))),
+        Some("api"),
+    );
     assert_eq!(cross.code, 0, "{cross:?}");
     assert_eq!(cross.json()["final-url"], target);
     let other_seen = s.other.requests();
     assert_eq!(other_seen.len(), 1);
-    assert_eq!(other_seen[0].header("authorization"), None, "credential crossed origins");
+    assert_eq!(
+        other_seen[0].header("authorization"),
+        None,
+        "credential crossed origins"
+    );
 
     // A destination outside the allowlist: not followed.
     let outside = format!("http://127.0.0.3:{}/echo", s.other.port);
-    let denied = s.send("GET", &s.api.url(&format!("/redirect?to={}", percent(outside.as_bytes()))), Some("api"));
+    let denied = s.send(
+        "GET",
+        &s.api.url(&format!("/redirect?to={}", percent(outside.as_bytes()))),
+        Some("api"),
+    );
     let err = action_error(&denied);
     assert!(err.contains("redirect from") && err.contains("refused"), "{err}");
     assert_eq!(s.other.requests().len(), 1);
@@ -477,7 +523,10 @@ fn wasi_http_follows_the_same_rules() {
     );
     assert_eq!(run.code, 0, "{run:?}");
     let seen = s.api.requests();
-    assert_eq!(seen[0].header("authorization"), Some(format!("Bearer {SECRET}").as_str()));
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
     assert_eq!(seen[0].body, b"from wasi");
     let body = run.json()["body"].as_str().unwrap().to_string();
     assert!(body.contains("[REDACTED]") && body.contains("from wasi"), "{body}");
@@ -499,7 +548,10 @@ fn wasi_http_follows_the_same_rules() {
         "wasi-send",
         json!({"method": "GET", "url": format!("http://localhost:{}/echo", s.api.port), "headers": [], "body": ""}),
     );
-    assert!(action_error(&private).contains("DestinationIpProhibited"), "{private:?}");
+    assert!(
+        action_error(&private).contains("DestinationIpProhibited"),
+        "{private:?}"
+    );
     let meta = s.invoke(
         "wasi-send",
         json!({"method": "GET", "url": "http://169.254.169.254/", "headers": [], "body": ""}),
@@ -557,16 +609,18 @@ allow-private = true
         )
     });
     // Rewrite the timeout and the response cap for this test.
-    let text = std::fs::read_to_string(&s.config).unwrap().replace(
-        "timeout-ms = 5000",
-        "timeout-ms = 700\nmax-response-bytes = 64",
-    );
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("timeout-ms = 5000", "timeout-ms = 700\nmax-response-bytes = 64");
     std::fs::write(&s.config, text).unwrap();
     let big = s.send("GET", &s.api.url("/echo"), Some("api"));
     assert!(action_error(&big).contains("too large"), "{big:?}");
     let started = std::time::Instant::now();
     let slow = s.send("GET", &format!("http://127.0.0.1:{silent_port}/"), None);
-    assert!(action_error(&slow).contains("timeout: no complete response"), "{slow:?}");
+    assert!(
+        action_error(&slow).contains("timeout: no complete response"),
+        "{slow:?}"
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(8));
     drop(silent);
     s.assert_no_leak(&[&big, &slow]);
@@ -594,7 +648,10 @@ fn config_mistakes_are_refused_with_the_fix() {
             "set by the host",
         ),
         (
-            base.replace("destination = \"http://169.254.169.254\"", "destination = \"http://*.com\""),
+            base.replace(
+                "destination = \"http://169.254.169.254\"",
+                "destination = \"http://*.com\"",
+            ),
             "wildcard",
         ),
     ];
@@ -631,7 +688,15 @@ allow-private = true
     });
     let args = json!({"api": s.api.url(""), "ticket": {"title": "Disk full", "body": "on db-1", "priority": "high"}});
     let run = airlock_with(
-        &["invoke", "--config", s.cfg(), "ticket-create", "create", "--args", &args.to_string()],
+        &[
+            "invoke",
+            "--config",
+            s.cfg(),
+            "ticket-create",
+            "create",
+            "--args",
+            &args.to_string(),
+        ],
         b"",
         &[],
     );
@@ -639,7 +704,10 @@ allow-private = true
     assert_eq!(run.json()["id"], 1);
     assert!(run.stderr.contains("ticket created"), "{run:?}");
     let seen = s.api.requests();
-    assert_eq!(seen[0].header("authorization"), Some(format!("Bearer {SECRET}").as_str()));
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
     assert!(String::from_utf8_lossy(&seen[0].body).contains("\"priority\":\"high\""));
     s.assert_no_leak(&[&run]);
 }

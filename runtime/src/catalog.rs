@@ -293,7 +293,10 @@ mod tests {
         assert_eq!(classify("airlock:cap/files@0.1.0", true).class, Capability(Files));
         assert_eq!(classify("airlock:cap/files@0.2.0", true).class, Unknown);
         assert_eq!(classify("wasi:sockets/tcp@0.2.0", true).class, Unknown);
-        assert_eq!(classify("wasi:http/outgoing-handler@0.2.3", true).class, Capability(Http));
+        assert_eq!(
+            classify("wasi:http/outgoing-handler@0.2.3", true).class,
+            Capability(Http)
+        );
         assert_eq!(classify("wasi:http/incoming-handler@0.2.3", true).class, Unknown);
         assert_eq!(classify("airlock:cap/log@0.1.0", false).class, Unknown);
     }

@@ -173,7 +173,11 @@ impl HostCalls {
                 interface: call.interface,
                 function: call.function,
                 args: call.args,
-                status: if decision.allowed { "pending".into() } else { "denied".into() },
+                status: if decision.allowed {
+                    "pending".into()
+                } else {
+                    "denied".into()
+                },
                 decision,
                 duration: Duration::ZERO,
             });

@@ -31,9 +31,9 @@ pub mod error;
 pub mod host_call;
 pub mod invocation;
 pub mod manifest;
+pub mod outbound;
 pub mod policy;
 pub mod runtime;
-pub mod outbound;
 pub mod values;
 pub mod vault;
 

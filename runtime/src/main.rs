@@ -153,7 +153,12 @@ fn main() -> ExitCode {
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     let is_secret = std::env::args().nth(1).as_deref() == Some("secret");
-    if !is_secret || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+    if !is_secret
+        || matches!(
+            e.kind(),
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        )
+    {
         e.exit();
     }
     eprintln!(
@@ -189,7 +194,11 @@ fn secret(cmd: SecretCommand) -> Result<ExitCode, Error> {
             let mut vault = Vault::open_or_create(&dir).map_err(vault_err)?;
             let value = vault::secret::read_from_stdin(&name).map_err(Error::Usage)?;
             vault.set(&name, &value).map_err(vault_err)?;
-            eprintln!("stored secret {name} ({} bytes) in {}", value.len(), vault.path().display());
+            eprintln!(
+                "stored secret {name} ({} bytes) in {}",
+                value.len(),
+                vault.path().display()
+            );
         }
         SecretCommand::List { place, json } => {
             let vault = Vault::open(&data_dir(&place)?).map_err(vault_err)?;
@@ -199,7 +208,10 @@ fn secret(cmd: SecretCommand) -> Result<ExitCode, Error> {
             } else if list.is_empty() {
                 eprintln!("no secrets in {}", vault.path().display());
             } else {
-                println!("{:<32} {:>7}  {:<20}  {:<20}", "NAME", "BYTES", "CREATED (UTC)", "UPDATED (UTC)");
+                println!(
+                    "{:<32} {:>7}  {:<20}  {:<20}",
+                    "NAME", "BYTES", "CREATED (UTC)", "UPDATED (UTC)"
+                );
                 for s in list {
                     println!(
                         "{:<32} {:>7}  {:<20}  {:<20}",

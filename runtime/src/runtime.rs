@@ -91,7 +91,9 @@ impl Runtime {
             Some(v) => v.clone(),
             None => {
                 let v = Arc::new(Vault::open(&self.data_dir).map_err(|e| {
-                    Error::Config(format!("action `{action}` has credentials, but the vault cannot be opened: {e}"))
+                    Error::Config(format!(
+                        "action `{action}` has credentials, but the vault cannot be opened: {e}"
+                    ))
                 })?);
                 self.vault = Some(v.clone());
                 v

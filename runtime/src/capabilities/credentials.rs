@@ -77,7 +77,9 @@ impl Injection {
                 let name = http::HeaderName::from_bytes(lower.as_bytes())
                     .map_err(|_| format!("inject.header {name:?} is not a valid header name"))?;
                 if RESERVED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-") {
-                    return Err(format!("inject.header {name} is set by the host and cannot carry a credential"));
+                    return Err(format!(
+                        "inject.header {name} is set by the host and cannot carry a credential"
+                    ));
                 }
                 let template = raw.template.clone().unwrap_or_else(|| "{}".into());
                 if template.matches("{}").count() != 1 {
@@ -100,9 +102,7 @@ impl Injection {
                 }
                 Ok(Injection::Query { param: param.clone() })
             }
-            _ => Err(
-                "inject takes exactly one of `header` (with optional `template`), `basic-user` or `query`".into(),
-            ),
+            _ => Err("inject takes exactly one of `header` (with optional `template`), `basic-user` or `query`".into()),
         }
     }
 
@@ -142,7 +142,11 @@ impl Injection {
                 let mut pair = Zeroizing::new(format!("{user}:").into_bytes());
                 pair.extend_from_slice(secret.expose());
                 let mut wire = Zeroizing::new(b"Basic ".to_vec());
-                wire.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(pair.as_slice()).as_bytes());
+                wire.extend_from_slice(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(pair.as_slice())
+                        .as_bytes(),
+                );
                 headers.insert(http::header::AUTHORIZATION, header_value(&wire)?);
                 Ok(wire)
             }
@@ -223,7 +227,9 @@ impl CredentialsGrant {
                 .map_err(at)?;
             let inject = c.inject.as_ref().map(Injection::resolve).transpose().map_err(at)?;
             if inject.is_some() && destinations.is_empty() {
-                return Err(at("a credential that is injected needs `destinations` where it may be sent".into()));
+                return Err(at(
+                    "a credential that is injected needs `destinations` where it may be sent".into(),
+                ));
             }
             if inject.is_none() && c.sign.is_none() {
                 return Err(at("set `inject` (to send it) and/or `sign` (to sign with it)".into()));
@@ -338,8 +344,7 @@ pub struct CredentialsCapability;
 impl Capability for CredentialsCapability {
     const KIND: CapabilityKind = CapabilityKind::Credentials;
     type Grant = CredentialsGrant;
-    const EXAMPLE_GRANT: &'static str =
-        r#"credentials.NAME = { secret = "VAULT-SECRET", destinations = ["https://HOST"], inject = { header = "authorization", template = "Bearer {}" } }"#;
+    const EXAMPLE_GRANT: &'static str = r#"credentials.NAME = { secret = "VAULT-SECRET", destinations = ["https://HOST"], inject = { header = "authorization", template = "Bearer {}" } }"#;
     const EXAMPLE_FLAG: &'static str = "a config file (credentials cannot be granted ad hoc)";
 
     fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
@@ -391,7 +396,11 @@ impl wit::Host for InvocationState {
                     Decision::deny("grants.credentials", not_bound(&name))
                 }
             },
-            |s| s.table.push(CredentialHandle { name: name.clone() }).map_err(|e| e.to_string()),
+            |s| {
+                s.table
+                    .push(CredentialHandle { name: name.clone() })
+                    .map_err(|e| e.to_string())
+            },
         );
         match decided {
             Ok(Ok(handle)) => Ok(Ok(handle)),
@@ -448,4 +457,3 @@ impl wit::HostCredential for InvocationState {
         Ok(())
     }
 }
-

@@ -122,7 +122,12 @@ impl HttpGrant {
                 return Err(at(format!(
                     "credential `{}` may not be sent there (its destinations: {})",
                     r.credential,
-                    binding.destinations.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                    binding
+                        .destinations
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
             if !policy.allow.iter().any(|a| a.destination == destination) {
@@ -192,14 +197,22 @@ impl Capability for HttpCapability {
             .collect();
         format!(
             "to {}; connect {} ms, total {} ms, request {} B, response {} B, {} redirects, {} requests{}",
-            if rules.is_empty() { "nowhere".to_string() } else { rules.join(", ") },
+            if rules.is_empty() {
+                "nowhere".to_string()
+            } else {
+                rules.join(", ")
+            },
             p.connect_timeout.as_millis(),
             p.timeout.as_millis(),
             p.max_request_bytes,
             p.max_response_bytes,
             p.max_redirects,
             p.max_requests,
-            if injects.is_empty() { String::new() } else { format!("; wasi:http credentials {}", injects.join(", ")) }
+            if injects.is_empty() {
+                String::new()
+            } else {
+                format!("; wasi:http credentials {}", injects.join(", "))
+            }
         )
     }
 }
@@ -301,7 +314,9 @@ async fn send_governed(
     }
     let mut redirects = 0;
     loop {
-        let rule = policy.permits(req.method.as_str(), &req.url).map_err(SendFailure::Denied)?;
+        let rule = policy
+            .permits(req.method.as_str(), &req.url)
+            .map_err(SendFailure::Denied)?;
         budget.take().map_err(SendFailure::Denied)?;
         let origin = Origin::of(&req.url).map_err(|e| SendFailure::Outbound(OutboundError::InvalidRequest(e)))?;
         let mut wire_url = req.url.clone();
@@ -347,8 +362,8 @@ async fn send_governed(
             .ok()
             .and_then(|l| req.url.join(l).ok())
             .ok_or_else(|| OutboundError::Protocol(format!("{origin} sent a redirect to an invalid location")))?;
-        let next_origin = Origin::of(&next)
-            .map_err(|e| SendFailure::Denied(format!("redirect from {origin} refused: {e}")))?;
+        let next_origin =
+            Origin::of(&next).map_err(|e| SendFailure::Denied(format!("redirect from {origin} refused: {e}")))?;
         let status = response.status.as_u16();
         if status == 303 && req.method != http::Method::HEAD
             || (status == 301 || status == 302) && req.method == http::Method::POST
@@ -382,15 +397,24 @@ fn attach_credential(
         .binding(name)
         .ok_or_else(|| SendFailure::Credential(format!("credential `{name}` is not bound to this action")))?;
     let inject = binding.inject.as_ref().ok_or_else(|| {
-        SendFailure::Credential(format!("credential `{name}` has no `inject` method in policy; it can only sign"))
+        SendFailure::Credential(format!(
+            "credential `{name}` has no `inject` method in policy; it can only sign"
+        ))
     })?;
     if !binding.allows(origin) {
         return Err(SendFailure::Denied(format!(
             "credential `{name}` may not be sent to {origin} (grants.credentials.{name}.destinations: {})",
-            binding.destinations.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            binding
+                .destinations
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
-    let secret = creds.secret(name).map_err(|e| SendFailure::Credential(format!("{e}")))?;
+    let secret = creds
+        .secret(name)
+        .map_err(|e| SendFailure::Credential(format!("{e}")))?;
     inject
         .apply(&secret, url, headers)
         .map(drop)
@@ -454,7 +478,8 @@ fn parse_guest_request(req: wit::Request, injected: Option<HeaderName>) -> Resul
         if name == header::ACCEPT_ENCODING {
             continue; // the host asks for identity so it can scan responses
         }
-        let value = HeaderValue::from_str(&value).map_err(|_| invalid(format!("header {name} has an invalid value")))?;
+        let value =
+            HeaderValue::from_str(&value).map_err(|_| invalid(format!("header {name} has an invalid value")))?;
         headers.append(name, value);
     }
     Ok(GuestRequest {
@@ -546,7 +571,12 @@ fn to_wit_response(d: Delivered, redactor: &Redactor) -> wit::Response {
         headers: r
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body: r.body.to_vec(),
         final_url: redactor.redact_str(d.final_url.as_str()).into_owned(),
@@ -560,7 +590,9 @@ fn redacted_url(url: &str) -> String {
     match Url::parse(url) {
         Ok(u) => format!(
             "{}{}{}",
-            Origin::of(&u).map(|o| o.to_string()).unwrap_or_else(|_| u.scheme().to_string()),
+            Origin::of(&u)
+                .map(|o| o.to_string())
+                .unwrap_or_else(|_| u.scheme().to_string()),
             u.path(),
             if u.query().is_some() { "?…" } else { "" }
         ),
@@ -642,7 +674,9 @@ impl std::fmt::Display for SendFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendFailure::Denied(m) => write!(f, "denied: {m}"),
-            SendFailure::RequestTooLarge(cap) => write!(f, "request body exceeds {cap} bytes (grants.http.max-request-bytes)"),
+            SendFailure::RequestTooLarge(cap) => {
+                write!(f, "request body exceeds {cap} bytes (grants.http.max-request-bytes)")
+            }
             SendFailure::Credential(m) => write!(f, "credential: {m}"),
             SendFailure::Outbound(e) => write!(f, "{e}"),
         }

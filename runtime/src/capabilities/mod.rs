@@ -142,7 +142,10 @@ impl Grants {
             out.push((CapabilityKind::Files, files::FilesCapability::describe(g)));
         }
         if let Some(g) = &self.credentials {
-            out.push((CapabilityKind::Credentials, credentials::CredentialsCapability::describe(g)));
+            out.push((
+                CapabilityKind::Credentials,
+                credentials::CredentialsCapability::describe(g),
+            ));
         }
         if let Some(g) = &self.http {
             out.push((CapabilityKind::Http, http::HttpCapability::describe(g)));

@@ -5,14 +5,14 @@
 
 use super::limiter::MemoryLimiter;
 use super::output::CapturedOutput;
-use crate::capabilities::files::FilesState;
-use crate::capabilities::log::LogState;
 use crate::capabilities::credentials::CredentialStore;
+use crate::capabilities::files::FilesState;
 use crate::capabilities::http::{HttpState, WasiHttpGate};
+use crate::capabilities::log::LogState;
 use crate::host_call::HostCalls;
+use crate::policy::Limits;
 use crate::vault::Vault;
 use std::sync::Arc;
-use crate::policy::Limits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -88,11 +88,7 @@ impl StateBuilder {
             limiter: MemoryLimiter::new(self.limits.memory_bytes),
             log: self.log,
             files: self.files,
-            wasi_http: WasiHttpGate::new(
-                self.http.clone(),
-                self.credentials.clone(),
-                self.host_calls.clone(),
-            ),
+            wasi_http: WasiHttpGate::new(self.http.clone(), self.credentials.clone(), self.host_calls.clone()),
             wasi_http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
             credentials: self.credentials,
             http: self.http,

@@ -145,16 +145,15 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
             };
             let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut config = match rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-            {
-                Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
-                // The ring provider supports the default versions; this arm
-                // only keeps a library change from becoming a panic.
-                Err(_) => rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-            };
+            let mut config =
+                match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
+                    Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
+                    // The ring provider supports the default versions; this arm
+                    // only keeps a library change from becoming a panic.
+                    Err(_) => rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                };
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             Arc::new(config)
         })

@@ -95,7 +95,9 @@ impl Destination {
     /// Parse `scheme://host[:port]` (a trailing `/` is allowed; any other
     /// path, query or user info is refused so rules stay unambiguous).
     pub fn parse(text: &str) -> Result<Destination, String> {
-        let bad = |why: &str| format!("destination {text:?}: {why} (expected scheme://host[:port], e.g. https://api.example.com)");
+        let bad = |why: &str| {
+            format!("destination {text:?}: {why} (expected scheme://host[:port], e.g. https://api.example.com)")
+        };
         let (wildcard, parse_text) = match text.split_once("://*.") {
             Some((scheme, rest)) => (true, format!("{scheme}://wildcard.{rest}")),
             None => (false, text.to_string()),
@@ -108,7 +110,9 @@ impl Destination {
         let host = if wildcard {
             let suffix = origin.host.trim_start_matches("wildcard").to_string();
             if suffix.matches('.').count() < 2 || url.host().is_some_and(|h| !matches!(h, url::Host::Domain(_))) {
-                return Err(bad("a wildcard needs a domain of at least two labels, e.g. *.example.com"));
+                return Err(bad(
+                    "a wildcard needs a domain of at least two labels, e.g. *.example.com",
+                ));
             }
             HostPattern::Subdomains(suffix)
         } else {
@@ -157,14 +161,11 @@ mod tests {
     use super::*;
 
     fn origin(u: &str) -> Origin {
-        Url::parse(u)
-            .ok()
-            .and_then(|u| Origin::of(&u).ok())
-            .unwrap_or(Origin {
-                scheme: Scheme::Http,
-                host: "invalid".into(),
-                port: 0,
-            })
+        Url::parse(u).ok().and_then(|u| Origin::of(&u).ok()).unwrap_or(Origin {
+            scheme: Scheme::Http,
+            host: "invalid".into(),
+            port: 0,
+        })
     }
 
     #[test]
@@ -181,7 +182,13 @@ mod tests {
         assert!(!w.matches(&origin("https://badexample.com/")));
         let ip = Destination::parse("http://127.0.0.1:8080")?;
         assert!(ip.matches(&origin("http://2130706433:8080/")), "IP spellings normalize");
-        for bad in ["ftp://x.com", "https://x.com/path", "https://u:p@x.com", "https://*.com", "x.com"] {
+        for bad in [
+            "ftp://x.com",
+            "https://x.com/path",
+            "https://u:p@x.com",
+            "https://*.com",
+            "x.com",
+        ] {
             assert!(Destination::parse(bad).is_err(), "{bad}");
         }
         Ok(())

@@ -65,10 +65,13 @@ impl AllowRule {
             .map(|ps| {
                 ps.iter()
                     .map(|p| {
-                        if p.starts_with('/') && !p.contains(['?', '#']) && !p.split('/').any(|s| s == ".." || s == ".") {
+                        if p.starts_with('/') && !p.contains(['?', '#']) && !p.split('/').any(|s| s == ".." || s == ".")
+                        {
                             Ok(p.clone())
                         } else {
-                            Err(format!("path prefix {p:?} must start with `/` and hold no `?`, `#`, `.` or `..` segment"))
+                            Err(format!(
+                                "path prefix {p:?} must start with `/` and hold no `?`, `#`, `.` or `..` segment"
+                            ))
                         }
                     })
                     .collect::<Result<Vec<_>, _>>()
@@ -136,10 +139,14 @@ impl HttpPolicy {
     /// Bounds-check the numeric settings.
     pub fn validate(&self) -> Result<(), String> {
         let ms = |d: Duration| d.as_millis() as u64;
-        if !(1..=MAX_TIMEOUT_MS).contains(&ms(self.connect_timeout)) || !(1..=MAX_TIMEOUT_MS).contains(&ms(self.timeout)) {
+        if !(1..=MAX_TIMEOUT_MS).contains(&ms(self.connect_timeout))
+            || !(1..=MAX_TIMEOUT_MS).contains(&ms(self.timeout))
+        {
             return Err(format!("http timeouts must be between 1 and {MAX_TIMEOUT_MS} ms"));
         }
-        if !(1..=MAX_BODY_BYTES).contains(&self.max_request_bytes) || !(1..=MAX_BODY_BYTES).contains(&self.max_response_bytes) {
+        if !(1..=MAX_BODY_BYTES).contains(&self.max_request_bytes)
+            || !(1..=MAX_BODY_BYTES).contains(&self.max_response_bytes)
+        {
             return Err(format!("http body caps must be between 1 and {MAX_BODY_BYTES} bytes"));
         }
         if self.max_redirects > MAX_REDIRECTS {
@@ -171,9 +178,9 @@ impl RequestBudget {
     /// Take one request from the budget, or say why not.
     pub fn take(&self) -> Result<(), String> {
         use std::sync::atomic::Ordering;
-        let taken = self
-            .used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.max).then_some(n + 1));
+        let taken = self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < self.max).then_some(n + 1)
+        });
         taken.map(drop).map_err(|_| {
             format!(
                 "this invocation already sent {} requests (grants.http.max-requests)",

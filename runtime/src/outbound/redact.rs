@@ -51,7 +51,10 @@ impl Redactor {
             return;
         }
         for form in encodings(secret) {
-            if !form.is_empty() && (*form == secret || form.len() >= MIN_FRAGMENT) && !self.patterns.iter().any(|p| **p == *form) {
+            if !form.is_empty()
+                && (*form == secret || form.len() >= MIN_FRAGMENT)
+                && !self.patterns.iter().any(|p| **p == *form)
+            {
                 self.patterns.push(form);
             }
         }
@@ -118,7 +121,11 @@ fn base64_core(engine: &base64::engine::GeneralPurpose, secret: &[u8], offset: u
 }
 
 fn percent_encode(bytes: &[u8], upper: bool, plus_for_space: bool) -> Vec<u8> {
-    let digits: &[u8; 16] = if upper { b"0123456789ABCDEF" } else { b"0123456789abcdef" };
+    let digits: &[u8; 16] = if upper {
+        b"0123456789ABCDEF"
+    } else {
+        b"0123456789abcdef"
+    };
     let mut out = Vec::with_capacity(bytes.len() * 3);
     for &b in bytes {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -133,7 +140,11 @@ fn percent_encode(bytes: &[u8], upper: bool, plus_for_space: bool) -> Vec<u8> {
 }
 
 fn hex(bytes: &[u8], upper: bool) -> Vec<u8> {
-    let digits: &[u8; 16] = if upper { b"0123456789ABCDEF" } else { b"0123456789abcdef" };
+    let digits: &[u8; 16] = if upper {
+        b"0123456789ABCDEF"
+    } else {
+        b"0123456789abcdef"
+    };
     bytes
         .iter()
         .flat_map(|&b| [digits[usize::from(b >> 4)], digits[usize::from(b & 15)]])
@@ -156,7 +167,8 @@ mod tests {
         let secret = b"s3cr3t/t0ken+with=odd chars";
         let mut r = Redactor::default();
         r.add(secret);
-        let mut haystacks: Vec<Vec<u8>> = vec![secret.to_vec(), percent_encode(secret, true, false), hex(secret, false)];
+        let mut haystacks: Vec<Vec<u8>> =
+            vec![secret.to_vec(), percent_encode(secret, true, false), hex(secret, false)];
         for prefix in ["", "a", "ab", "Bearer ", "user:"] {
             let mut data = prefix.as_bytes().to_vec();
             data.extend_from_slice(secret);

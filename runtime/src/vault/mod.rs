@@ -40,7 +40,9 @@ const NONCE_LEN: usize = 24;
 pub enum VaultError {
     #[error("{0}")]
     Key(String),
-    #[error("the master key does not open the vault {path} ({source_desc} is not the key it was created with); supply the original key, or move the vault aside to start a new one")]
+    #[error(
+        "the master key does not open the vault {path} ({source_desc} is not the key it was created with); supply the original key, or move the vault aside to start a new one"
+    )]
     WrongKey { path: PathBuf, source_desc: String },
     #[error("no secret named `{0}` in the vault (add it with `airlock secret set {0}`)")]
     NotFound(String),

@@ -72,7 +72,9 @@ pub fn read_from_stdin(name: &str) -> Result<SecretValue, String> {
         bytes.truncate(len - 1);
     }
     if bytes.is_empty() {
-        return Err("the secret value is empty: pipe it on stdin, e.g. `printf %s \"$TOKEN\" | airlock secret set NAME`".into());
+        return Err(
+            "the secret value is empty: pipe it on stdin, e.g. `printf %s \"$TOKEN\" | airlock secret set NAME`".into(),
+        );
     }
     if bytes.len() > MAX_SECRET_BYTES {
         return Err(format!("the secret value is longer than {MAX_SECRET_BYTES} bytes"));

@@ -1,6 +1,9 @@
 //! A hostile action: it wants the secret behind its credentials and uses
 //! every channel it has to get it out. The tests then look for the secret
 //! in everything observable.
+// The export glue wit-bindgen generates takes the flattened core-ABI
+// arguments of `wasi-send`, more than clippy's default limit.
+#![allow(clippy::too_many_arguments)]
 
 use airlock_sdk::{credentials, files, http, log};
 
@@ -19,22 +22,15 @@ fn spread(reply: &Reply) {
 }
 
 impl Guest for Exfil {
-    fn cap_send(
-        method: String,
-        url: String,
-        credential: Option<String>,
-        headers: Vec<(String, String)>,
-        body: String,
-        follow_redirects: bool,
-    ) -> Result<Reply, String> {
-        let mut req = http::Request::new(&method, &url).body(body.into_bytes());
-        for (k, v) in &headers {
+    fn cap_send(out: Outgoing) -> Result<Reply, String> {
+        let mut req = http::Request::new(&out.method, &out.url).body(out.body.into_bytes());
+        for (k, v) in &out.headers {
             req = req.header(k, v);
         }
-        if !follow_redirects {
+        if !out.follow_redirects {
             req = req.no_redirects();
         }
-        let result = match &credential {
+        let result = match &out.credential {
             Some(name) => {
                 let cred = credentials::get(name).map_err(|e| credentials::Describe(&e).to_string())?;
                 // Try to learn anything from the handle itself.
@@ -94,7 +90,7 @@ mod wasi_http {
         let fields = Fields::new();
         for (k, v) in headers {
             fields
-                .append(k, &v.as_bytes().to_vec())
+                .append(k, v.as_bytes())
                 .map_err(|e| format!("header {k}: {e:?}"))?;
         }
         let request = OutgoingRequest::new(fields);
