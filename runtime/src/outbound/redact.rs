@@ -6,14 +6,17 @@
 //! [`MARKER`]: raw bytes, base64 (standard and URL-safe, at every byte
 //! alignment, so the secret is found inside a longer encoded string),
 //! percent-encoding (either hex case, `+` for space), hex, and JSON string
-//! escaping. Injected wire values (a whole `Basic` header, say) are covered
-//! the same way.
+//! escaping. A secret inside a longer encoded value (a `Basic` header,
+//! say) is found through the alignment-independent base64 fragments.
+//!
+//! The patterns are secret-equivalent, so they live only in zeroizing
+//! buffers; the search (memchr's `memmem`) borrows them rather than
+//! compiling them into an automaton that would outlive them unwiped.
 //!
 //! Redaction is a last line of defence against echoing APIs, not against a
 //! destination that transforms the secret on purpose: which destinations
 //! receive a credential is the policy's decision.
 
-use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use std::borrow::Cow;
@@ -31,7 +34,6 @@ const MIN_FRAGMENT: usize = 4;
 pub struct Redactor {
     /// The patterns (zeroized on drop; they are secret-equivalent).
     patterns: Vec<Zeroizing<Vec<u8>>>,
-    matcher: Option<AhoCorasick>,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -58,30 +60,47 @@ impl Redactor {
                 self.patterns.push(form);
             }
         }
-        self.matcher = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(self.patterns.iter().map(|p| p.as_slice()))
-            .ok();
+    }
+
+    /// Every byte range of `bytes` covered by some pattern, merged.
+    fn covered(&self, bytes: &[u8]) -> Vec<(usize, usize)> {
+        let mut ranges: Vec<(usize, usize)> = Vec::new();
+        for p in &self.patterns {
+            ranges.extend(memchr::memmem::find_iter(bytes, p.as_slice()).map(|start| (start, start + p.len())));
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+        for (start, end) in ranges {
+            match merged.last_mut() {
+                // Overlapping or touching matches become one redaction.
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        merged
     }
 
     /// `bytes` with every pattern replaced; borrowed when nothing matched.
     pub fn redact<'a>(&self, bytes: &'a [u8]) -> Cow<'a, [u8]> {
-        let Some(matcher) = &self.matcher else {
-            return Cow::Borrowed(bytes);
-        };
-        if !matcher.is_match(bytes) {
-            return Cow::Borrowed(bytes);
-        }
+        let mut current: Cow<'a, [u8]> = Cow::Borrowed(bytes);
         // Replacing can butt two fragments together into a new match only in
         // contrived cases; a few passes settle it.
-        let mut out = matcher.replace_all_bytes(bytes, &vec![MARKER.as_bytes(); self.patterns.len()]);
-        for _ in 0..3 {
-            if !matcher.is_match(&out) {
+        for _ in 0..4 {
+            let ranges = self.covered(&current);
+            if ranges.is_empty() {
                 break;
             }
-            out = matcher.replace_all_bytes(&out, &vec![MARKER.as_bytes(); self.patterns.len()]);
+            let mut out = Vec::with_capacity(current.len());
+            let mut at = 0;
+            for (start, end) in ranges {
+                out.extend_from_slice(&current[at..start]);
+                out.extend_from_slice(MARKER.as_bytes());
+                at = end;
+            }
+            out.extend_from_slice(&current[at..]);
+            current = Cow::Owned(out);
         }
-        Cow::Owned(out)
+        current
     }
 
     pub fn redact_str<'a>(&self, text: &'a str) -> Cow<'a, str> {
