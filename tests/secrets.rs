@@ -16,32 +16,53 @@ use std::path::{Path, PathBuf};
 use support::echo_server::{EchoServer, base64, percent};
 use support::{Run, airlock_with, component, toml_path};
 
-/// Chosen to differ in every encoding: `/`, `+`, `=` and `:` change under
-/// percent-encoding, and its length is not a multiple of 3.
-const SECRET: &str = "tok_LIVE_9f8e7d6c/5b4a+3=2:1-s3cr3t";
+/// Chosen to differ in every encoding: `/`, `+`, `=`, `:` and space change
+/// under percent-encoding, `~` and `*` differ between percent- and
+/// form-encoding, and its length is not a multiple of 3.
+const SECRET: &str = "tok_LIVE_9f8e7d6c/5b4a+3=2:1-s3cr3t~x*y z";
 const SIGNING_KEY: &str = "whsec_0123456789abcdefABCDEF";
 
-/// Every form of `secret` a leak could take.
-fn leak_forms(secret: &str) -> Vec<String> {
-    let s = secret.as_bytes();
+/// Everything the host logs about requests, at the most verbose level
+/// (compiler internals excluded: they say nothing about requests).
+const HOST_TRACING: &str =
+    "airlock=trace,hyper=trace,hyper_util=trace,rustls=trace,wasmtime_wasi_http=trace,wasmtime_wasi=trace";
+
+/// Every form of `carrier` a leak could take.
+fn leak_forms(carrier: &[u8]) -> Vec<String> {
     let mut forms = vec![
-        secret.to_string(),
-        base64(s),
-        base64(s).trim_end_matches('=').to_string(),
-        percent(s),
-        percent(s).to_lowercase(),
-        s.iter().map(|b| format!("{b:02x}")).collect(),
+        String::from_utf8_lossy(carrier).into_owned(),
+        base64(carrier),
+        base64(carrier).trim_end_matches('=').to_string(),
+        percent(carrier),
+        percent(carrier).to_lowercase(),
+        carrier.iter().map(|b| format!("{b:02x}")).collect(),
     ];
-    // The secret inside a longer base64 string, at each byte alignment.
+    // The carrier inside a longer base64 string, at each byte alignment.
     for offset in 0..3 {
         let mut data = vec![b'x'; offset];
-        data.extend_from_slice(s);
+        data.extend_from_slice(carrier);
         let encoded = base64(&data);
-        let core = &encoded[(offset * 8).div_ceil(6)..((offset + s.len()) * 8) / 6];
+        let core = &encoded[(offset * 8).div_ceil(6)..((offset + carrier.len()) * 8) / 6];
         forms.push(core.to_string());
         forms.push(core.replace('+', "-").replace('/', "_"));
     }
     forms
+}
+
+/// Every value that carries a secret: the secrets themselves and the wire
+/// values they are injected as (a Basic pair and its base64, a
+/// form-encoded query value), so double encodings are caught too.
+fn carriers() -> Vec<Vec<u8>> {
+    let pair = format!("robot:{SECRET}");
+    vec![
+        SECRET.as_bytes().to_vec(),
+        SIGNING_KEY.as_bytes().to_vec(),
+        pair.clone().into_bytes(),
+        base64(pair.as_bytes()).into_bytes(),
+        url::form_urlencoded::byte_serialize(SECRET.as_bytes())
+            .collect::<String>()
+            .into_bytes(),
+    ]
 }
 
 /// Fail if any form of any secret appears in the runs' output or in any file
@@ -66,8 +87,8 @@ fn assert_no_leak(dir: &Path, runs: &[&Run]) {
         }
     }
     assert!(files >= 3, "expected the vault, key and config under {}", dir.display());
-    for secret in [SECRET, SIGNING_KEY] {
-        for form in leak_forms(secret) {
+    for carrier in carriers() {
+        for form in leak_forms(&carrier) {
             for (name, bytes) in &haystacks {
                 assert!(
                     !bytes.windows(form.len()).any(|w| w == form.as_bytes()),
@@ -140,7 +161,7 @@ timeout-ms = 5000
 [[actions.exfil.grants.http.allow]]
 destination = "http://127.0.0.1:{api}"
 methods = ["GET", "POST"]
-path-prefixes = ["/echo", "/redirect", "/reflect-redirect", "/tickets", "/gzip"]
+path-prefixes = ["/echo", "/redirect", "/reflect-redirect", "/tickets", "/gzip", "/gzip2", "/loop", "/chunked"]
 allow-private = true
 [[actions.exfil.grants.http.allow]]
 destination = "http://127.0.0.1:{other}"
@@ -149,6 +170,10 @@ allow-private = true
 destination = "http://localhost:{api}"
 [[actions.exfil.grants.http.allow]]
 destination = "http://169.254.169.254"
+[[actions.exfil.grants.http.allow]]
+destination = "http://[::ffff:a9fe:a9fe]"
+[[actions.exfil.grants.http.allow]]
+destination = "http://[::1]:{api}"
 [[actions.exfil.grants.http.inject]]
 destination = "http://127.0.0.1:{api}"
 credential = "api"
@@ -173,12 +198,14 @@ credential = "api"
         assert_eq!(run.code, 0, "{run:?}");
     }
 
+    /// Invoke the hostile component with the host's own tracing on, so the
+    /// leak scan covers the host's log output as well.
     fn invoke(&self, function: &str, args: Value) -> Run {
         let args = args.to_string();
         let run = airlock_with(
             &["invoke", "--config", self.cfg(), "exfil", function, "--args", &args],
             b"",
-            &[],
+            &[("AIRLOCK_LOG", HOST_TRACING)],
         );
         run.assert_no_panic();
         run
@@ -298,6 +325,9 @@ fn a_secret_value_cannot_be_given_in_argv() {
         vec!["secret", "set", "tok", "--value", SECRET, "--data-dir", data],
         vec!["secret", "set", &format!("tok={SECRET}"), "--data-dir", data],
         vec!["secret", "set", SECRET, "--data-dir", data],
+        // A token that happens to be a valid name: taken as the name, with
+        // the value still required on stdin (empty here, so refused).
+        vec!["secret", "set", "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "--data-dir", data],
     ] {
         let run = airlock_with(&args, b"", &[]);
         assert_eq!(run.code, 2, "{args:?}: {run:?}");
@@ -354,10 +384,9 @@ fn basic_auth_and_query_credentials_are_redacted_too() {
     let expected_basic = format!("Basic {}", base64(format!("robot:{SECRET}").as_bytes()));
     assert_eq!(seen[0].header("authorization"), Some(expected_basic.as_str()));
     // The guest's own api_key is replaced, not kept beside the real one.
+    let form_encoded: String = url::form_urlencoded::byte_serialize(SECRET.as_bytes()).collect();
     assert!(
-        seen[1]
-            .target
-            .contains(&format!("api_key={}", percent(SECRET.as_bytes()))),
+        seen[1].target.contains(&format!("api_key={form_encoded}")),
         "{:?}",
         seen[1]
     );
@@ -498,16 +527,26 @@ fn loopback_and_metadata_addresses_need_an_explicit_allowance() {
     // Allowed destination, but it is the cloud metadata address.
     let meta = s.send("GET", "http://169.254.169.254/latest/meta-data/", None);
     assert!(action_error(&meta).contains("cloud metadata"), "{meta:?}");
-    // Not allowed at all, in several spellings.
+    // Allowed destinations that are internal addresses in other spellings
+    // reach the address check and are refused there, for the right reason.
+    for (url, why) in [
+        ("http://2852039166/".to_string(), "cloud metadata"), // 169.254.169.254 as one number
+        ("http://[::ffff:169.254.169.254]/".to_string(), "cloud metadata"),
+        (format!("http://[::1]:{}/echo", s.api.port), "loopback"),
+    ] {
+        let run = s.send("GET", &url, None);
+        let err = action_error(&run);
+        assert!(err.contains(why) && err.contains("allow-private"), "{url}: {err}");
+    }
+    // Not allowed at all: refused by the allowlist before any lookup.
     for url in [
         "http://169.254.169.254:8080/",
-        "http://[::ffff:169.254.169.254]/",
-        "http://2852039166/",
         "http://127.0.0.1/",
+        "http://[::ffff:7f00:1]/",
     ] {
         let run = s.send("GET", url, Some("api"));
         let err = action_error(&run);
-        assert!(err.contains("denied"), "{url}: {err}");
+        assert!(err.contains("not an allowed destination"), "{url}: {err}");
     }
     assert!(s.api.requests().is_empty());
     s.assert_no_leak(&[&run, &meta]);
@@ -615,6 +654,9 @@ allow-private = true
     std::fs::write(&s.config, text).unwrap();
     let big = s.send("GET", &s.api.url("/echo"), Some("api"));
     assert!(action_error(&big).contains("too large"), "{big:?}");
+    // Without a content-length the cap holds while reading the chunks.
+    let chunked = s.send("GET", &s.api.url("/chunked"), None);
+    assert!(action_error(&chunked).contains("too large"), "{chunked:?}");
     let started = std::time::Instant::now();
     let slow = s.send("GET", &format!("http://127.0.0.1:{silent_port}/"), None);
     assert!(
@@ -756,4 +798,53 @@ fn a_redirect_that_reflects_the_secret_is_not_followed() {
     assert!(location.contains("[REDACTED]"), "{location}");
     assert!(s.other.requests().is_empty());
     s.assert_no_leak(&[&run, &wasi]);
+}
+
+#[test]
+fn encoded_traversal_and_override_headers_cannot_escape_path_rules() {
+    let s = Setup::new();
+    for path in [
+        "/echo/..%2fadmin",
+        "/echo/..%2Fadmin",
+        "/echo/..%5cadmin",
+        "/echo/..;/admin",
+        "/echo/%2e%2e;x/admin",
+    ] {
+        let run = s.send("GET", &s.api.url(path), Some("api"));
+        let err = action_error(&run);
+        assert!(err.contains("denied"), "{path}: {err}");
+    }
+    for (name, value) in [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-Original-URL", "/admin"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("Forwarded", "host=evil.example"),
+    ] {
+        let run = s.invoke(
+            "cap-send",
+            json!({"req": {"method": "GET", "url": s.api.url("/echo"), "credential": null,
+                   "headers": [[name, value]], "body": "", "follow-redirects": true}}),
+        );
+        assert!(action_error(&run).contains("set by the host"), "{name}: {run:?}");
+    }
+    // wasi:http: CONNECT is refused even where a rule lists no methods.
+    let connect = s.invoke(
+        "wasi-send",
+        json!({"method": "CONNECT", "url": s.other.url("/"), "headers": [], "body": ""}),
+    );
+    assert!(action_error(&connect).contains("HttpRequestDenied"), "{connect:?}");
+    assert!(s.api.requests().is_empty() && s.other.requests().is_empty());
+}
+
+#[test]
+fn hidden_compression_and_redirect_loops_are_refused() {
+    let s = Setup::new();
+    // A second content-encoding header behind an innocent first one.
+    let run = s.send("GET", &s.api.url("/gzip2"), Some("api"));
+    assert!(action_error(&run).contains("content-encoded"), "{run:?}");
+    // A redirect loop ends at max-redirects (default 5): six requests.
+    let looped = s.send("GET", &s.api.url("/loop"), None);
+    assert!(action_error(&looped).contains("more than 5 redirects"), "{looped:?}");
+    assert_eq!(s.api.requests().len(), 1 + 6);
+    s.assert_no_leak(&[&run, &looped]);
 }

@@ -152,7 +152,7 @@ fn main() -> ExitCode {
 /// set NAME VALUE`), so the arguments are not echoed.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    let is_secret = std::env::args().nth(1).as_deref() == Some("secret");
+    let is_secret = std::env::args_os().nth(1).is_some_and(|a| a == "secret");
     if !is_secret
         || matches!(
             e.kind(),
@@ -190,6 +190,14 @@ fn secret(cmd: SecretCommand) -> Result<ExitCode, Error> {
     match cmd {
         SecretCommand::Set { name, place } => {
             vault::validate_name(&name).map_err(vault_err)?;
+            if vault::looks_like_a_value(&name) {
+                // The name itself is not repeated: it may be a token typed
+                // where the name belongs.
+                eprintln!(
+                    "warning: this secret name looks like a token; names are stored and listed in plain text. \
+                     If it is a value typed by mistake, press Ctrl-C (or remove it later with `airlock secret rm`)."
+                );
+            }
             let dir = data_dir(&place)?;
             let mut vault = Vault::open_or_create(&dir).map_err(vault_err)?;
             let value = vault::secret::read_from_stdin(&name).map_err(Error::Usage)?;

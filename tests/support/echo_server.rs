@@ -10,7 +10,10 @@
 //!   carrying the request's authorization header in its query.
 //! - `/tickets`: `POST` with `Authorization: Bearer <token>` → 201 with
 //!   `{"id":N,"url":...}`; anything else → 401.
-//! - `/gzip`: a response claiming `content-encoding: gzip`.
+//! - `/gzip`: a response claiming `content-encoding: gzip`; `/gzip2`: the
+//!   same behind a first `content-encoding: identity`.
+//! - `/loop`: redirects to itself forever.
+//! - `/chunked`: a 200-byte body in chunked encoding, no content-length.
 //!
 //! Every request is recorded so tests can check what actually went out.
 
@@ -147,6 +150,31 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> std::io::Re
         } else {
             ("401 Unauthorized".into(), Vec::new(), b"bad or missing token".to_vec())
         }
+    } else if path == "/loop" {
+        (
+            "302 Found".into(),
+            vec![("location".into(), "/loop".into())],
+            Vec::new(),
+        )
+    } else if path == "/chunked" {
+        let mut out = stream;
+        out.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")?;
+        for _ in 0..4 {
+            out.write_all(b"32\r\n")?;
+            out.write_all(&[b'x'; 50])?;
+            out.write_all(b"\r\n")?;
+        }
+        out.write_all(b"0\r\n\r\n")?;
+        return out.flush();
+    } else if path == "/gzip2" {
+        (
+            "200 OK".into(),
+            vec![
+                ("content-encoding".into(), "identity".into()),
+                ("content-encoding".into(), "gzip".into()),
+            ],
+            format!("pretend-compressed {auth}").into_bytes(),
+        )
     } else if path == "/gzip" {
         (
             "200 OK".into(),

@@ -115,7 +115,29 @@ impl Injection {
         }
     }
 
-    /// Put `secret` on a request. Returns the wire value (for redaction).
+    /// The values this injection puts on the wire, beyond the raw secret.
+    pub fn wire_forms(&self, secret: &SecretValue) -> Vec<Zeroizing<Vec<u8>>> {
+        let b64 = |bytes: &[u8]| Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(bytes).into_bytes());
+        match self {
+            // The raw secret sits verbatim in the header value, and the
+            // alignment-independent base64 fragments find it inside any
+            // encoding of the whole value.
+            Injection::Header { .. } => Vec::new(),
+            Injection::Basic { user } => {
+                let mut pair = Zeroizing::new(format!("{user}:").into_bytes());
+                pair.extend_from_slice(secret.expose());
+                let encoded = b64(&pair);
+                vec![pair, encoded]
+            }
+            Injection::Query { .. } => vec![Zeroizing::new(
+                url::form_urlencoded::byte_serialize(secret.expose())
+                    .collect::<String>()
+                    .into_bytes(),
+            )],
+        }
+    }
+
+    /// Put `secret` on a request. Returns the wire value.
     pub fn apply(
         &self,
         secret: &SecretValue,
@@ -326,6 +348,14 @@ impl CredentialStore {
                 | wit::CredentialError::Unavailable(m) => m,
             })?;
             redactor.add(secret.expose());
+            // The secret as it goes on the wire (inside a Basic pair, form-
+            // encoded in a query) is a value of its own that an echo can
+            // re-encode; cover it and its encodings too.
+            if let Some(inject) = self.grant.bindings.get(name).and_then(|b| b.inject.as_ref()) {
+                for wire in inject.wire_forms(&secret) {
+                    redactor.add(&wire);
+                }
+            }
         }
         let redactor = Arc::new(redactor);
         self.opened().redactor = Some(redactor.clone());

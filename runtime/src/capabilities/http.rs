@@ -32,10 +32,23 @@ use url::Url;
 use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime_wasi_http::{WasiBody, WasiHttpHooks};
 
-/// Request headers only the host sets. A guest that sets one through
-/// `airlock:cap/http` gets `invalid-request`; through `wasi:http` they are
-/// removed.
+/// Request headers only the host sets, and headers that common frameworks
+/// honour to override the method, path or host a rule allowed. A guest that
+/// sets one through `airlock:cap/http` gets `invalid-request`; through
+/// `wasi:http` they are removed.
 const HOST_OWNED_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-forwarded-host",
+    "x-forwarded-prefix",
+    "x-forwarded-proto",
+    "x-forwarded-for",
+    "x-host",
+    "forwarded",
     "host",
     "content-length",
     "transfer-encoding",
@@ -147,7 +160,13 @@ impl HttpGrant {
 pub struct HttpState {
     pub grant: Arc<HttpGrant>,
     pub budget: Arc<RequestBudget>,
+    /// `wasi:http` requests run as host tasks while the guest goes on; this
+    /// bounds how many are in flight (and buffered) at once.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// `wasi:http` requests one invocation may have in flight at once.
+pub const MAX_IN_FLIGHT: usize = 8;
 
 /// The `http` capability.
 pub struct HttpCapability;
@@ -167,6 +186,7 @@ impl Capability for HttpCapability {
         state.http = Some(HttpState {
             grant: Arc::new(grant.clone()),
             budget: Arc::new(RequestBudget::new(grant.policy.max_requests)),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         });
         Ok(())
     }
@@ -312,6 +332,9 @@ async fn send_governed(
         ))
         .into());
     }
+    if req.method == http::Method::CONNECT {
+        return Err(SendFailure::Denied("CONNECT is never allowed".into()));
+    }
     let mut redirects = 0;
     loop {
         let rule = policy
@@ -353,15 +376,18 @@ async fn send_governed(
             ))
             .into());
         }
-        if !matches!(redactor.redact(&location), std::borrow::Cow::Borrowed(_)) {
-            return Err(SendFailure::Denied(format!(
-                "the redirect from {origin} carries a credential in its location; not followed"
-            )));
-        }
         let next = std::str::from_utf8(&location)
             .ok()
             .and_then(|l| req.url.join(l).ok())
             .ok_or_else(|| OutboundError::Protocol(format!("{origin} sent a redirect to an invalid location")))?;
+        // Checked before and after parsing: the parser drops tabs and
+        // newlines, which could otherwise split a secret past the first check.
+        let reflects = |bytes: &[u8]| !matches!(redactor.redact(bytes), std::borrow::Cow::Borrowed(_));
+        if reflects(&location) || reflects(next.as_str().as_bytes()) {
+            return Err(SendFailure::Denied(format!(
+                "the redirect from {origin} carries a credential in its location; not followed"
+            )));
+        }
         let next_origin =
             Origin::of(&next).map_err(|e| SendFailure::Denied(format!("redirect from {origin} refused: {e}")))?;
         let status = response.status.as_u16();
@@ -426,9 +452,18 @@ fn redact_response(response: &mut OutboundResponse, redactor: &Redactor) -> Resu
     if redactor.is_empty() {
         return Ok(());
     }
-    if let Some(enc) = response.headers.get(header::CONTENT_ENCODING)
-        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
-    {
+    // Every value and every comma-separated token must be a coding the
+    // redactor can see through (hyper has already removed chunked framing).
+    let opaque = |name: header::HeaderName, allowed: &[&str]| {
+        response.headers.get_all(name).iter().any(|v| {
+            v.to_str().map_or(true, |v| {
+                v.split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .any(|t| !t.is_empty() && !allowed.contains(&t.as_str()))
+            })
+        })
+    };
+    if opaque(header::CONTENT_ENCODING, &["identity"]) || opaque(header::TRANSFER_ENCODING, &["chunked", "identity"]) {
         return Err(OutboundError::Protocol(
             "the response is content-encoded, so airlock cannot check it for reflected secrets; the server ignored `accept-encoding: identity`".into(),
         )
@@ -527,7 +562,7 @@ impl wit::Host for InvocationState {
                 return Ok(Err(e));
             }
         };
-        let Some(HttpState { grant, budget }) = self.http.clone() else {
+        let Some(HttpState { grant, budget, .. }) = self.http.clone() else {
             return Ok(Err(wit::HttpError::Denied("no http grant".into())));
         };
         let decision = match grant.policy.permits(guest.method.as_str(), &guest.url) {
@@ -649,13 +684,37 @@ impl WasiHttpHooks for WasiHttpGate {
             },
         };
         let (seq, allowed) = self.calls.begin(call, decision);
-        let (Ok(()), Some(HttpState { grant, budget }), Some(url)) = (allowed, self.http.clone(), url) else {
+        let (
+            Ok(()),
+            Some(HttpState {
+                grant,
+                budget,
+                in_flight,
+            }),
+            Some(url),
+        ) = (allowed, self.http.clone(), url)
+        else {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         };
         let creds = self.creds.clone();
         let calls = self.calls.clone();
         Box::new(async move {
-            let result = wasi_send(&grant, &budget, &creds, parts, body, url, options).await;
+            // The total timeout covers waiting for a slot and for the guest
+            // to finish streaming the body, not only the exchange.
+            let work = async {
+                let _slot = in_flight
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| SendFailure::Outbound(OutboundError::Protocol("the invocation is ending".into())))?;
+                wasi_send(&grant, &budget, &creds, parts, body, url, options).await
+            };
+            let result = match tokio::time::timeout(grant.policy.timeout, work).await {
+                Ok(r) => r,
+                Err(_) => Err(SendFailure::Outbound(OutboundError::Timeout(format!(
+                    "no complete exchange within {} ms (grants.http.timeout-ms)",
+                    grant.policy.timeout.as_millis()
+                )))),
+            };
             let status = match &result {
                 Ok(r) => format!("ok {}", r.status().as_u16()),
                 Err(e) => format!("error: {e}"),

@@ -14,6 +14,16 @@ const METADATA_V4: [Ipv4Addr; 2] = [
 ];
 const METADATA_V6: [Ipv6Addr; 1] = [Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254)]; // AWS
 
+/// Whether `ip` is a cloud metadata endpoint (in any IPv6 spelling too).
+/// These stay refused even under `allow-private` unless the destination
+/// names the address itself.
+pub fn is_metadata(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => METADATA_V4.contains(&v4),
+        IpAddr::V6(v6) => METADATA_V6.contains(&v6) || embedded_v4(v6).is_some_and(|v4| METADATA_V4.contains(&v4)),
+    }
+}
+
 /// The reason `ip` is not a public unicast address, or `None` if it is.
 ///
 /// Refused classes: cloud metadata, loopback, unspecified, private
@@ -64,10 +74,15 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     if METADATA_V6.contains(&ip) {
         return Some("a cloud metadata address");
     }
+    let seg = ip.segments();
+    if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1 {
+        // Local-use NAT64 (RFC 8215): never globally routed, and where the
+        // IPv4 address sits depends on the local prefix length.
+        return Some("a local-use NAT64 address");
+    }
     if let Some(v4) = embedded_v4(ip) {
         return v4_reason(v4);
     }
-    let seg = ip.segments();
     let reason = if ip.is_loopback() {
         "a loopback address"
     } else if ip.is_unspecified() {
@@ -103,8 +118,8 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if seg[..6].iter().all(|&s| s == 0) && !ip.is_loopback() && !ip.is_unspecified() {
         return Some(tail);
     }
-    // NAT64 well-known prefix 64:ff9b::/96 and local-use 64:ff9b:1::/48.
-    if seg[0] == 0x64 && seg[1] == 0xff9b && (seg[2..6].iter().all(|&s| s == 0) || seg[2] == 1) {
+    // NAT64 well-known prefix 64:ff9b::/96.
+    if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6].iter().all(|&s| s == 0) {
         return Some(tail);
     }
     // 6to4 2002:AABB:CCDD::/48.
@@ -151,6 +166,7 @@ mod tests {
             "::ffff:169.254.169.254",
             "::127.0.0.1",
             "64:ff9b::10.0.0.1",
+            "64:ff9b:1::8.8.8.8",
             "2002:a9fe:a9fe::1",
             "ff02::1",
         ] {

@@ -6,7 +6,7 @@
 //! total deadlines and the response size cap are enforced here; redirects,
 //! credentials and redaction are the callers' business.
 
-use super::address::non_public_reason;
+use super::address::{is_metadata, non_public_reason};
 use super::destination::{Origin, Scheme};
 use super::policy::{AllowRule, HttpPolicy};
 use bytes::Bytes;
@@ -103,7 +103,19 @@ async fn resolve(origin: &Origin, rule: &AllowRule, timeout: Duration) -> Result
         return Err(OutboundError::Dns(format!("{host} has no addresses")));
     }
     if rule.allow_private {
-        return Ok(all);
+        // allow-private opens loopback and private ranges, not metadata
+        // endpoints: those only when the destination is the address itself.
+        let literal = host.parse::<IpAddr>().ok();
+        let (ok, metadata): (Vec<_>, Vec<_>) = all
+            .into_iter()
+            .partition(|a| !is_metadata(a.ip()) || literal == Some(a.ip()));
+        if ok.is_empty() {
+            return Err(OutboundError::Denied(format!(
+                "{origin} resolves to {}, a cloud metadata address; only a destination naming that address can reach it",
+                metadata[0].ip()
+            )));
+        }
+        return Ok(ok);
     }
     let (public, refused): (Vec<_>, Vec<_>) = all.into_iter().partition(|a| non_public_reason(a.ip()).is_none());
     if public.is_empty() {

@@ -94,13 +94,37 @@ impl AllowRule {
         {
             return Err(format!("method {method} is not among {}", ms.join(", ")));
         }
-        if let Some(ps) = &self.path_prefixes
-            && !ps.iter().any(|p| path_within(path, p))
-        {
-            return Err(format!("path {path} is not under {}", ps.join(", ")));
+        if let Some(ps) = &self.path_prefixes {
+            if let Some(why) = ambiguous_path(path) {
+                return Err(format!(
+                    "path {path} {why}, which servers may resolve outside the allowed prefixes"
+                ));
+            }
+            if !ps.iter().any(|p| path_within(path, p)) {
+                return Err(format!("path {path} is not under {}", ps.join(", ")));
+            }
         }
         Ok(())
     }
+}
+
+/// Why `path` cannot be judged by prefix, if it cannot: servers differ on
+/// encoded separators, encoded dot segments and `..;` (Tomcat, Spring), so
+/// a path that only looks under a prefix is refused rather than guessed at.
+/// The `url` crate has already removed plain dot segments.
+fn ambiguous_path(path: &str) -> Option<&'static str> {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+        return Some("holds an encoded `/` or a `\\`");
+    }
+    for segment in path.split('/') {
+        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+        let bare = decoded.split(';').next().unwrap_or_default();
+        if bare == "." || bare == ".." || decoded.contains('\\') {
+            return Some("holds an encoded or parameterized dot segment");
+        }
+    }
+    None
 }
 
 /// The outbound settings of an `http` grant.

@@ -119,7 +119,18 @@ fn encodings(secret: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
         forms.push(Zeroizing::new(percent_encode(secret, upper, true)));
         forms.push(Zeroizing::new(hex(secret, upper)));
     }
-    forms.push(Zeroizing::new(json_escape(secret)));
+    let json = json_escape(secret);
+    // Some JSON encoders (PHP's, for one) also escape `/`.
+    forms.push(Zeroizing::new(
+        String::from_utf8_lossy(&json).replace('/', "\\/").into_bytes(),
+    ));
+    forms.push(Zeroizing::new(json));
+    // application/x-www-form-urlencoded, exactly as query credentials are sent.
+    forms.push(Zeroizing::new(
+        url::form_urlencoded::byte_serialize(secret)
+            .collect::<String>()
+            .into_bytes(),
+    ));
     for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
         for offset in 0..3 {
             forms.push(base64_core(engine, secret, offset));

@@ -62,6 +62,15 @@ pub fn validate_name(name: &str) -> Result<(), VaultError> {
     if ok { Ok(()) } else { Err(VaultError::InvalidName) }
 }
 
+/// Whether a name looks like a credential value rather than a name: long,
+/// with upper case, lower case and digits mixed (`sk_live_4eC39HqLy...`).
+/// Names such as `github-token-prod` or `API_KEY_2` do not.
+pub fn looks_like_a_value(name: &str) -> bool {
+    let has = |f: fn(&u8) -> bool| name.as_bytes().iter().any(f);
+    let digits = name.bytes().filter(u8::is_ascii_digit).count();
+    name.len() >= 20 && has(u8::is_ascii_uppercase) && has(u8::is_ascii_lowercase) && digits >= 3
+}
+
 /// What `airlock secret list` shows about a secret.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SecretInfo {
@@ -387,6 +396,20 @@ mod tests {
         assert!(!on_disk.windows(19).any(|w| w == b"plaintext-token-123"));
         assert!(matches!(reopened.get("other"), Err(VaultError::NotFound(_))));
         Ok(())
+    }
+
+    #[test]
+    fn token_shaped_names_are_noticed() {
+        assert!(looks_like_a_value("sk_live_4eC39HqLyjWDarjtT1zdp7dc"));
+        assert!(looks_like_a_value("ghp_R2d2C3poX9y8Z7w6V5u4"));
+        for name in [
+            "github-token-prod",
+            "API_KEY_2",
+            "tickets-token",
+            "StripeSecretKeyForProd",
+        ] {
+            assert!(!looks_like_a_value(name), "{name}");
+        }
     }
 
     #[test]
