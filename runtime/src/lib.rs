@@ -17,6 +17,10 @@
 //!    the result and captured output in a [`invocation::Report`].
 //! 4. [`host_call`]: the one choke point every capability call passes,
 //!    where it is decided and recorded.
+//! 5. [`outbound`]: the governed path of every HTTP request an action makes
+//!    (`airlock:cap/http` or `wasi:http`): allow rules, address checks,
+//!    credential injection from the [`vault`], and reflected-secret
+//!    redaction before the response reaches the guest.
 //!
 //! [`runtime::Runtime`] ties these together over one wasmtime engine
 //! ([`engine`]) and an on-disk compile [`cache`].

@@ -137,13 +137,8 @@ impl Injection {
         }
     }
 
-    /// Put `secret` on a request. Returns the wire value.
-    pub fn apply(
-        &self,
-        secret: &SecretValue,
-        url: &mut url::Url,
-        headers: &mut http::HeaderMap,
-    ) -> Result<Zeroizing<Vec<u8>>, String> {
+    /// Put `secret` on a request.
+    pub fn apply(&self, secret: &SecretValue, url: &mut url::Url, headers: &mut http::HeaderMap) -> Result<(), String> {
         let header_value = |bytes: &[u8]| {
             let mut v = http::HeaderValue::from_bytes(bytes)
                 .map_err(|_| "the secret contains bytes that cannot appear in a header (e.g. a newline)".to_string())?;
@@ -158,7 +153,7 @@ impl Injection {
                 wire.extend_from_slice(secret.expose());
                 wire.extend_from_slice(after.as_bytes());
                 headers.insert(name.clone(), header_value(&wire)?);
-                Ok(wire)
+                Ok(())
             }
             Injection::Basic { user } => {
                 let mut pair = Zeroizing::new(format!("{user}:").into_bytes());
@@ -170,7 +165,7 @@ impl Injection {
                         .as_bytes(),
                 );
                 headers.insert(http::header::AUTHORIZATION, header_value(&wire)?);
-                Ok(wire)
+                Ok(())
             }
             Injection::Query { param } => {
                 let value = std::str::from_utf8(secret.expose())
@@ -188,7 +183,7 @@ impl Injection {
                     }
                     pairs.append_pair(param, value);
                 }
-                Ok(Zeroizing::new(url.query().unwrap_or("").as_bytes().to_vec()))
+                Ok(())
             }
         }
     }

@@ -254,6 +254,21 @@ impl From<OutboundError> for SendFailure {
 }
 
 impl SendFailure {
+    /// The message of a WIT error, for records.
+    fn describe_wit(e: &wit::HttpError) -> String {
+        match e {
+            wit::HttpError::Denied(m)
+            | wit::HttpError::InvalidRequest(m)
+            | wit::HttpError::Credential(m)
+            | wit::HttpError::Dns(m)
+            | wit::HttpError::Connect(m)
+            | wit::HttpError::Tls(m)
+            | wit::HttpError::Timeout(m)
+            | wit::HttpError::TooLarge(m)
+            | wit::HttpError::Protocol(m) => m.clone(),
+        }
+    }
+
     fn into_wit(self, redactor: &Redactor) -> wit::HttpError {
         let r = |s: String| redactor.redact_str(&s).into_owned();
         match self {
@@ -443,7 +458,6 @@ fn attach_credential(
         .map_err(|e| SendFailure::Credential(format!("{e}")))?;
     inject
         .apply(&secret, url, headers)
-        .map(drop)
         .map_err(|e| SendFailure::Credential(format!("credential `{name}`: {e}")))
 }
 
@@ -554,20 +568,27 @@ impl wit::Host for InvocationState {
         if let Some(c) = &credential {
             call = call.arg("credential", c);
         }
-        let guest = match parse_guest_request(request, injected) {
-            Ok(g) => g,
-            Err(e) => {
-                let (seq, _) = self.host_calls.begin(call, Decision::allow("grants.http"));
-                self.host_calls.finish(seq, format!("error: {e:?}"), Duration::ZERO);
-                return Ok(Err(e));
-            }
+        // A malformed request is recorded as refused like a policy denial:
+        // either way nothing left the host.
+        let parsed = parse_guest_request(request, injected);
+        let http = self.http.clone();
+        let decision = match (&parsed, &http) {
+            (Err(e), _) => Decision::deny("request checks", SendFailure::describe_wit(e)),
+            (Ok(_), None) => Decision::deny("grants.http", "no http grant"),
+            (Ok(g), Some(h)) => match h.grant.policy.permits(g.method.as_str(), &g.url) {
+                Ok(rule) => Decision::allow(format!("grants.http.allow {}", rule.destination)),
+                Err(why) => Decision::deny("grants.http.allow", why),
+            },
         };
-        let Some(HttpState { grant, budget, .. }) = self.http.clone() else {
-            return Ok(Err(wit::HttpError::Denied("no http grant".into())));
-        };
-        let decision = match grant.policy.permits(guest.method.as_str(), &guest.url) {
-            Ok(rule) => Decision::allow(format!("grants.http.allow {}", rule.destination)),
-            Err(why) => Decision::deny("grants.http.allow", why),
+        let (Ok(guest), Some(HttpState { grant, budget, .. })) = (parsed, http) else {
+            let invalid = decision.rule == "request checks";
+            let reason = decision.reason.clone().unwrap_or_default();
+            let _ = self.host_calls.begin(call, decision);
+            return Ok(Err(if invalid {
+                wit::HttpError::InvalidRequest(reason)
+            } else {
+                wit::HttpError::Denied(reason)
+            }));
         };
         let creds = self.credentials.clone();
         let outcome = self

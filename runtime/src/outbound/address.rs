@@ -173,6 +173,20 @@ mod tests {
             assert!(reason(internal).is_some(), "{internal} should be refused");
         }
         assert_eq!(reason("169.254.169.254"), Some("a cloud metadata address"));
+        for meta in [
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "fd00:ec2::254",
+            "100.100.100.200",
+        ] {
+            assert!(
+                is_metadata(meta.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))),
+                "{meta}"
+            );
+        }
+        assert!(!is_metadata(
+            "169.254.1.1".parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        ));
         for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8"] {
             assert_eq!(reason(public), None, "{public} should be allowed");
         }
