@@ -26,6 +26,7 @@
 //! ([`engine`]) and an on-disk compile [`cache`].
 
 pub mod action;
+pub mod audit;
 pub mod cache;
 pub mod capabilities;
 pub mod catalog;
@@ -38,6 +39,7 @@ pub mod manifest;
 pub mod outbound;
 pub mod policy;
 pub mod runtime;
+pub mod time;
 pub mod values;
 pub mod vault;
 

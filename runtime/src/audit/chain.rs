@@ -1,0 +1,125 @@
+//! The on-disk form of the log: one JSON object per line, hash-chained.
+//!
+//! ```text
+//! {"seq":7,"ts":"2026-11-24T09:41:26.123456Z","prev":"<64 hex>","event":{...},"hash":"<64 hex>"}
+//! ```
+//!
+//! `hash` is blake3 over the previous record's hash (32 bytes) followed by
+//! the line's *body*: the exact bytes of the line with the trailing
+//! `,"hash":"…"` removed and `}` restored. The body is what `serde_json`
+//! wrote, so verification hashes the stored bytes themselves, never a
+//! re-serialization. The first record's `prev` is all zeros.
+
+use super::event::Event;
+use serde::{Deserialize, Serialize};
+
+/// `prev` of the first record.
+pub const GENESIS: [u8; 32] = [0; 32];
+/// `,"hash":"` + 64 hex digits + `"}`.
+const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
+
+/// One record as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub seq: u64,
+    pub ts: String,
+    pub prev: String,
+    pub event: Event,
+}
+
+/// A parsed, hash-checked line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub entry: Entry,
+    pub hash: [u8; 32],
+}
+
+/// Serialize `entry` (whose `prev` must be `prev`) into one line with its
+/// hash, newline included.
+pub fn encode(entry: &Entry, prev: &[u8; 32]) -> Result<(Vec<u8>, [u8; 32]), String> {
+    let body = serde_json::to_vec(entry).map_err(|e| format!("cannot serialize an audit record: {e}"))?;
+    let hash = chain_hash(prev, &body);
+    let mut line = body;
+    line.pop(); // the closing `}`
+    line.extend_from_slice(b",\"hash\":\"");
+    line.extend_from_slice(hex(&hash).as_bytes());
+    line.extend_from_slice(b"\"}\n");
+    Ok((line, hash))
+}
+
+pub fn chain_hash(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(prev);
+    h.update(body);
+    *h.finalize().as_bytes()
+}
+
+/// Parse one line (without its newline) and check that its stored hash is
+/// the hash of its body after `prev`. The caller checks sequence and `prev`.
+pub fn decode(line: &[u8], prev: &[u8; 32]) -> Result<Record, String> {
+    if line.len() <= HASH_SUFFIX_LEN {
+        return Err("too short to be a record".into());
+    }
+    let (head, suffix) = line.split_at(line.len() - HASH_SUFFIX_LEN);
+    let hex_hash = suffix
+        .strip_prefix(b",\"hash\":\"")
+        .and_then(|s| s.strip_suffix(b"\"}"))
+        .ok_or("the line does not end with its hash")?;
+    let stored = parse_hex(hex_hash).ok_or("the stored hash is not 64 hex digits")?;
+    let mut body = head.to_vec();
+    body.push(b'}');
+    let entry: Entry = serde_json::from_slice(&body).map_err(|e| format!("not a valid record: {e}"))?;
+    let computed = chain_hash(prev, &body);
+    if computed != stored {
+        return Err("its hash does not match its contents and the previous record".into());
+    }
+    Ok(Record { entry, hash: stored })
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn parse_hex(text: &[u8]) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in text.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::event::Recovered;
+
+    #[test]
+    fn lines_round_trip_and_any_flipped_byte_breaks_them() -> Result<(), String> {
+        let entry = Entry {
+            seq: 0,
+            ts: "2026-11-24T00:00:00.000000Z".into(),
+            prev: hex(&GENESIS),
+            event: Event::Recovered(Recovered {
+                truncated_bytes: 3,
+                last_good_seq: None,
+                reason: "test".into(),
+            }),
+        };
+        let (line, hash) = encode(&entry, &GENESIS)?;
+        let body = &line[..line.len() - 1];
+        let rec = decode(body, &GENESIS)?;
+        assert_eq!(rec.entry, entry);
+        assert_eq!(rec.hash, hash);
+        for i in 0..body.len() {
+            let mut bad = body.to_vec();
+            bad[i] ^= 0x01;
+            assert!(decode(&bad, &GENESIS).is_err(), "flip at {i} undetected");
+        }
+        assert!(decode(body, &[1; 32]).is_err(), "wrong prev undetected");
+        Ok(())
+    }
+}

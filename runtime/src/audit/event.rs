@@ -1,0 +1,124 @@
+//! What the audit log records.
+//!
+//! Events name things (actions, paths, destinations, credential names) and
+//! carry digests and sizes of payloads; they never carry secret values.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One audited event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Event {
+    /// Written (and synced) before the action's instance is created: nothing
+    /// runs without this record on disk.
+    InvocationStarted(InvocationStarted),
+    /// One capability call: its own record, in call order.
+    HostCall(HostCallEvent),
+    /// How the invocation ended; written (and synced) before its result is
+    /// returned.
+    InvocationFinished(InvocationFinished),
+    /// A request refused before anything ran (unknown function, bad
+    /// arguments).
+    InvocationRefused(InvocationRefused),
+    /// The log was found with a torn tail at open and repaired.
+    Recovered(Recovered),
+}
+
+impl Event {
+    /// The invocation this event belongs to, if any.
+    pub fn invocation(&self) -> Option<&str> {
+        match self {
+            Event::InvocationStarted(e) => Some(&e.invocation),
+            Event::HostCall(e) => Some(&e.invocation),
+            Event::InvocationFinished(e) => Some(&e.invocation),
+            Event::InvocationRefused(e) => Some(&e.invocation),
+            Event::Recovered(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct InvocationStarted {
+    pub invocation: String,
+    /// Who asked (the local user until agent identities exist).
+    pub caller: String,
+    pub action: String,
+    /// The identity the action runs under.
+    pub service_identity: String,
+    pub component_digest: String,
+    pub function: String,
+    /// blake3 of the canonical (compact, key-ordered) JSON arguments.
+    pub args_digest: String,
+    /// The arguments, with sensitive fields replaced by their digest;
+    /// `null` when larger than the audit cap (the digest still binds them).
+    pub args: serde_json::Value,
+    pub args_truncated: bool,
+    /// One line per capability in force.
+    pub grants: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HostCallEvent {
+    pub invocation: String,
+    /// Position among the invocation's host calls, from 0.
+    pub call: u64,
+    pub interface: String,
+    pub function: String,
+    /// Summary of the arguments: paths, destinations, sizes, digests.
+    pub args: Vec<(String, String)>,
+    pub allowed: bool,
+    pub rule: String,
+    pub reason: Option<String>,
+    pub status: String,
+    pub duration_us: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct InvocationFinished {
+    pub invocation: String,
+    pub action: String,
+    /// `ok`, or the error class: `action-error`, `panic`, `denied`,
+    /// `limit`, `trap`, `internal`.
+    pub outcome: String,
+    pub exit_code: i32,
+    /// The error line, for failures.
+    pub error: Option<String>,
+    pub duration_us: u64,
+    pub fuel_consumed: Option<u64>,
+    pub peak_memory_bytes: u64,
+    pub result_blake3: Option<String>,
+    pub stdout_bytes: u64,
+    pub stdout_blake3: String,
+    pub stderr_bytes: u64,
+    pub stderr_blake3: String,
+    pub log_lines: u64,
+    pub host_calls: u64,
+    pub host_calls_denied: u64,
+    /// Calls into the inert baseline, per interface.
+    pub baseline_calls: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct InvocationRefused {
+    pub invocation: String,
+    pub caller: String,
+    pub action: String,
+    pub function: String,
+    pub exit_code: i32,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Recovered {
+    /// Bytes of torn tail removed.
+    pub truncated_bytes: u64,
+    /// The last intact record before the tear.
+    pub last_good_seq: Option<u64>,
+    pub reason: String,
+}

@@ -1,0 +1,463 @@
+//! The append-only audit log and its writer thread.
+//!
+//! One thread owns the file. Appends arrive over a channel; the thread
+//! takes everything queued, writes it in one `write`, and issues one
+//! `fdatasync` for the whole group before acknowledging any durable append
+//! in it (group commit: concurrent invocations share fsyncs).
+//!
+//! Fail closed: when a write or sync fails, the partial group is cut off
+//! again (the file is truncated to its last good length), every append in
+//! the group gets the error, and [`AuditLog::is_healthy`] turns false, so
+//! callers refuse new work. The next append tries again, so the log heals
+//! by itself once the disk does.
+
+use super::chain::{self, Entry, GENESIS};
+use super::checkpoint::{Checkpoint, CheckpointKey};
+use super::event::{Event, Recovered};
+use crate::time::{now_micros, rfc3339_micros};
+use std::fs::File;
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+pub const LOG_FILE: &str = "audit.log";
+pub const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
+pub const KEY_FILE: &str = "checkpoint.key";
+/// A signed checkpoint is written after this many records (and at close).
+pub const CHECKPOINT_EVERY: u64 = 1000;
+/// Most appends folded into one group.
+const MAX_GROUP: usize = 4096;
+
+/// Why the audit log could not take a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {path}: {reason}; nothing runs until it can be written again")]
+    Unavailable { path: String, reason: String },
+    #[error("audit log {path}: {reason}")]
+    Open { path: String, reason: String },
+}
+
+enum Request {
+    Append {
+        events: Vec<Event>,
+        ack: Option<mpsc::SyncSender<Result<u64, AuditError>>>,
+    },
+    Checkpoint {
+        ack: mpsc::SyncSender<Result<Option<Checkpoint>, AuditError>>,
+    },
+}
+
+struct Shared {
+    healthy: AtomicBool,
+    /// Test hook: when set, writes fail with this error kind.
+    fault: Mutex<Option<std::io::ErrorKind>>,
+}
+
+/// Handle on the audit log of one data directory. Cloning shares the writer.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+    path: PathBuf,
+    _closer: Arc<Closer>,
+}
+
+/// Writes the closing checkpoint when the last handle goes away.
+struct Closer {
+    tx: mpsc::Sender<Request>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        let (ack, done) = mpsc::sync_channel(1);
+        if self.tx.send(Request::Checkpoint { ack }).is_ok() {
+            let _ = done.recv();
+        }
+        // Dropping our sender is not enough while clones of `tx` live in
+        // handles being dropped right now; the thread ends when all are gone.
+        if let Ok(mut t) = self.thread.lock()
+            && let Some(t) = t.take()
+        {
+            drop(std::mem::replace(&mut self.tx, mpsc::channel().0));
+            let _ = t.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Open (or create) the log in `dir`, repairing a torn tail, and start
+    /// its writer. Holds an exclusive lock on the log while open, so two
+    /// processes never interleave records.
+    pub fn open(dir: &Path) -> Result<AuditLog, AuditError> {
+        let path = dir.join(LOG_FILE);
+        let open_err = |reason: String| AuditError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        crate::data_dir::create_private_dir(dir).map_err(|e| open_err(format!("cannot create its directory: {e}")))?;
+        let key = CheckpointKey::load_or_create(&dir.join(KEY_FILE)).map_err(&open_err)?;
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| open_err(e.to_string()))?
+        };
+        file.lock().map_err(|e| open_err(format!("cannot lock: {e}")))?;
+        let tail = recover_tail(&mut file).map_err(&open_err)?;
+        let shared = Arc::new(Shared {
+            healthy: AtomicBool::new(true),
+            fault: Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel();
+        let mut writer = Writer {
+            file,
+            good_len: tail.good_len,
+            next_seq: tail.next_seq,
+            head: tail.head,
+            last_checkpoint_seq: tail.next_seq.checked_sub(1),
+            key,
+            checkpoints: dir.join(CHECKPOINTS_FILE),
+            path: path.clone(),
+            shared: shared.clone(),
+        };
+        if tail.truncated > 0 {
+            let event = Event::Recovered(Recovered {
+                truncated_bytes: tail.truncated,
+                last_good_seq: tail.next_seq.checked_sub(1),
+                reason: tail.reason,
+            });
+            tracing::warn!(target: "airlock::audit", truncated_bytes = tail.truncated, "audit log had a torn tail; repaired");
+            writer
+                .write_group(&mut [(vec![event], true)])
+                .map_err(|e| open_err(e.to_string()))?;
+        }
+        let thread = std::thread::Builder::new()
+            .name("airlock-audit".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
+        Ok(AuditLog {
+            tx: tx.clone(),
+            shared,
+            path,
+            _closer: Arc::new(Closer {
+                tx,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// False after a failed write, until a write succeeds again.
+    pub fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    fn unavailable(&self, reason: &str) -> AuditError {
+        AuditError::Unavailable {
+            path: self.path.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Append `events` and wait until they are on disk; returns the last
+    /// sequence number.
+    pub fn append_durable(&self, events: Vec<Event>) -> Result<u64, AuditError> {
+        let (ack, done) = mpsc::sync_channel(1);
+        self.tx
+            .send(Request::Append { events, ack: Some(ack) })
+            .map_err(|_| self.unavailable("the writer has stopped"))?;
+        done.recv().map_err(|_| self.unavailable("the writer has stopped"))?
+    }
+
+    /// [`AuditLog::append_durable`] without blocking the async runtime's
+    /// worker thread.
+    pub async fn append_durable_async(&self, events: Vec<Event>) -> Result<u64, AuditError> {
+        let log = self.clone();
+        match tokio::task::spawn_blocking(move || log.append_durable(events)).await {
+            Ok(r) => r,
+            Err(_) => Err(self.unavailable("the append task failed")),
+        }
+    }
+
+    /// Sign a checkpoint of the current head (after everything queued).
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
+        let (ack, done) = mpsc::sync_channel(1);
+        self.tx
+            .send(Request::Checkpoint { ack })
+            .map_err(|_| self.unavailable("the writer has stopped"))?;
+        done.recv().map_err(|_| self.unavailable("the writer has stopped"))?
+    }
+
+    /// Test hook: make every write fail with `kind` (or work again with
+    /// `None`), as a full or failing disk would.
+    #[doc(hidden)]
+    pub fn inject_fault(&self, kind: Option<std::io::ErrorKind>) {
+        if let Ok(mut f) = self.shared.fault.lock() {
+            *f = kind;
+        }
+    }
+}
+
+/// Where the intact log ends.
+struct Tail {
+    good_len: u64,
+    next_seq: u64,
+    head: [u8; 32],
+    truncated: u64,
+    reason: String,
+}
+
+/// Find the last intact record; cut off anything after it (a torn write).
+/// Only the tail is read: records are small, so the last one lies within
+/// the final 1 MiB unless the file is damaged beyond a torn write.
+fn recover_tail(file: &mut File) -> Result<Tail, String> {
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let window = 1 << 20;
+    let start = len.saturating_sub(window);
+    file.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    // Complete lines in the window (skip a partial first line unless the
+    // window is the whole file).
+    let mut lines: Vec<(u64, &[u8])> = Vec::new();
+    let mut pos = 0usize;
+    if start > 0 {
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => pos = i + 1,
+            None => return Err("the last 1 MiB holds no complete record; run `airlock audit verify`".into()),
+        }
+    }
+    while let Some(i) = buf[pos..].iter().position(|&b| b == b'\n') {
+        lines.push((start + pos as u64, &buf[pos..pos + i]));
+        pos += i + 1;
+    }
+    let mut reason = if pos < buf.len() {
+        "the last record was only partly written".to_string()
+    } else {
+        String::new()
+    };
+    // Walk back over lines that do not check out against their own `prev`.
+    while let Some(&(offset, line)) = lines.last() {
+        match self_checked(line) {
+            Ok((seq, hash)) => {
+                let good_len = offset + line.len() as u64 + 1;
+                let truncated = len - good_len;
+                if truncated > 0 {
+                    file.set_len(good_len)
+                        .map_err(|e| format!("cannot cut off the torn tail: {e}"))?;
+                    file.sync_all().map_err(|e| e.to_string())?;
+                }
+                return Ok(Tail {
+                    good_len,
+                    next_seq: seq + 1,
+                    head: hash,
+                    truncated,
+                    reason,
+                });
+            }
+            Err(e) => {
+                reason = format!("the last record was damaged ({e})");
+                lines.pop();
+            }
+        }
+    }
+    if start > 0 {
+        return Err("no intact record in the last 1 MiB; run `airlock audit verify`".into());
+    }
+    if len > 0 {
+        file.set_len(0)
+            .map_err(|e| format!("cannot cut off the torn tail: {e}"))?;
+        file.sync_all().map_err(|e| e.to_string())?;
+    }
+    Ok(Tail {
+        good_len: 0,
+        next_seq: 0,
+        head: GENESIS,
+        truncated: len,
+        reason,
+    })
+}
+
+/// Check a line against the `prev` it names (enough for the tail: the full
+/// chain is `airlock audit verify`'s job).
+fn self_checked(line: &[u8]) -> Result<(u64, [u8; 32]), String> {
+    #[derive(serde::Deserialize)]
+    struct Prev {
+        prev: String,
+    }
+    let body_end = line.len().saturating_sub(75);
+    let mut body = line.get(..body_end).ok_or("too short")?.to_vec();
+    body.push(b'}');
+    let p: Prev = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    let prev = chain::parse_hex(p.prev.as_bytes()).ok_or("bad prev")?;
+    let rec = chain::decode(line, &prev)?;
+    Ok((rec.entry.seq, rec.hash))
+}
+
+struct Writer {
+    file: File,
+    good_len: u64,
+    next_seq: u64,
+    head: [u8; 32],
+    last_checkpoint_seq: Option<u64>,
+    key: CheckpointKey,
+    checkpoints: PathBuf,
+    path: PathBuf,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Request>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
+            }
+            let mut appends = Vec::new();
+            let mut acks = Vec::new();
+            let mut checkpoint_acks = Vec::new();
+            for r in group {
+                match r {
+                    Request::Append { events, ack } => {
+                        appends.push((events, ack.is_some()));
+                        acks.push(ack);
+                    }
+                    Request::Checkpoint { ack } => checkpoint_acks.push(ack),
+                }
+            }
+            let result = self.write_group(&mut appends);
+            match result {
+                Ok(last_seqs) => {
+                    for (ack, seq) in acks.into_iter().zip(last_seqs) {
+                        if let Some(ack) = ack {
+                            let _ = ack.send(Ok(seq));
+                        }
+                    }
+                }
+                Err(e) => {
+                    for ack in acks.into_iter().flatten() {
+                        let _ = ack.send(Err(e.clone()));
+                    }
+                }
+            }
+            let due = self
+                .next_seq
+                .checked_sub(1)
+                .is_some_and(|last| self.last_checkpoint_seq.is_none_or(|c| last >= c + CHECKPOINT_EVERY));
+            if !checkpoint_acks.is_empty() || due {
+                let cp = self.write_checkpoint();
+                for ack in checkpoint_acks {
+                    let _ = ack.send(cp.clone());
+                }
+            }
+        }
+    }
+
+    fn fail(&self, reason: String) -> AuditError {
+        self.shared.healthy.store(false, Ordering::Release);
+        tracing::error!(target: "airlock::audit", path = %self.path.display(), %reason, "audit log write failed");
+        AuditError::Unavailable {
+            path: self.path.display().to_string(),
+            reason,
+        }
+    }
+
+    /// Write every append of a group, syncing once if any asked for
+    /// durability. Returns each append's last sequence number.
+    fn write_group(&mut self, appends: &mut [(Vec<Event>, bool)]) -> Result<Vec<u64>, AuditError> {
+        let (seq0, head0) = (self.next_seq, self.head);
+        let mut buf = Vec::new();
+        let mut last = Vec::with_capacity(appends.len());
+        let mut sync = false;
+        for (events, durable) in appends.iter_mut() {
+            sync |= *durable;
+            for event in events.drain(..) {
+                let entry = Entry {
+                    seq: self.next_seq,
+                    ts: rfc3339_micros(now_micros()),
+                    prev: chain::hex(&self.head),
+                    event,
+                };
+                match chain::encode(&entry, &self.head) {
+                    Ok((line, hash)) => {
+                        buf.extend_from_slice(&line);
+                        self.head = hash;
+                        self.next_seq += 1;
+                    }
+                    Err(e) => {
+                        (self.next_seq, self.head) = (seq0, head0);
+                        return Err(self.fail(e));
+                    }
+                }
+            }
+            last.push(self.next_seq.saturating_sub(1));
+        }
+        if buf.is_empty() {
+            return Ok(last);
+        }
+        let injected = self.shared.fault.lock().ok().and_then(|f| *f);
+        let written = match injected {
+            Some(kind) => Err(std::io::Error::new(kind, "injected fault")),
+            None => self
+                .file
+                .write_all(&buf)
+                .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) }),
+        };
+        match written {
+            Ok(()) => {
+                self.good_len += buf.len() as u64;
+                self.shared.healthy.store(true, Ordering::Release);
+                Ok(last)
+            }
+            Err(e) => {
+                // Cut off whatever part of the group reached the file, so
+                // the chain stays intact for the next attempt.
+                let _ = self.file.set_len(self.good_len);
+                (self.next_seq, self.head) = (seq0, head0);
+                Err(self.fail(e.to_string()))
+            }
+        }
+    }
+
+    fn write_checkpoint(&mut self) -> Result<Option<Checkpoint>, AuditError> {
+        let Some(seq) = self.next_seq.checked_sub(1) else {
+            return Ok(None);
+        };
+        let cp = self.key.sign(seq, &self.head, rfc3339_micros(now_micros()));
+        let mut line = serde_json::to_vec(&cp).map_err(|e| self.fail(e.to_string()))?;
+        line.push(b'\n');
+        let written = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&self.checkpoints)
+                .and_then(|mut f| f.write_all(&line).and_then(|()| f.sync_data()))
+        };
+        written.map_err(|e| self.fail(format!("cannot write checkpoint: {e}")))?;
+        self.last_checkpoint_seq = Some(seq);
+        Ok(Some(cp))
+    }
+}

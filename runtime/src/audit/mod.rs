@@ -1,0 +1,24 @@
+//! The audit trail: every invocation and every host call, hash-chained,
+//! durable before acknowledged, fail-closed.
+//!
+//! - [`event`]: what is recorded (names, digests and sizes; never secrets).
+//! - [`chain`]: the line format and the blake3 hash chain.
+//! - [`log`]: the writer thread with group commit, torn-tail recovery at
+//!   open, and fail-closed health.
+//! - [`checkpoint`]: ed25519-signed (sequence, head hash) statements.
+//! - [`read`]: full verification and the record stream for the CLI.
+
+pub mod chain;
+pub mod checkpoint;
+pub mod event;
+pub mod log;
+pub mod read;
+
+pub use checkpoint::Checkpoint;
+pub use event::Event;
+pub use log::{AuditError, AuditLog};
+
+/// The audit directory inside a data directory.
+pub fn dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("audit")
+}
