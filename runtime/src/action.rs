@@ -28,6 +28,8 @@ pub struct PreparedAction {
     pub(crate) pre: InstancePre<InvocationState>,
     /// The vault, for actions with credentials.
     pub(crate) vault: Option<std::sync::Arc<crate::vault::Vault>>,
+    /// Where every invocation and host call is recorded.
+    pub(crate) audit: crate::audit::AuditLog,
 }
 
 impl std::fmt::Debug for PreparedAction {
@@ -109,6 +111,7 @@ pub fn prepare(
     cache: &ArtifactCache,
     policy: ActionPolicy,
     vault: Option<std::sync::Arc<crate::vault::Vault>>,
+    audit: crate::audit::AuditLog,
 ) -> Result<PreparedAction, Error> {
     let (_bytes, component, manifest, from_cache) = compile(engine, cache, &policy.component)?;
     if let Some(pin) = policy.digest
@@ -139,6 +142,7 @@ pub fn prepare(
         from_cache,
         pre,
         vault,
+        audit,
     })
 }
 

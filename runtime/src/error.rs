@@ -7,7 +7,7 @@
 //! | 2 | bad input: arguments, function name, component bytes, config |
 //! | 3 | denied by policy: ungranted or unknown import, digest mismatch, denied host call |
 //! | 4 | a limit or trap: timeout, memory, fuel, stack, output or result cap, guest exit |
-//! | 5 | airlock itself failed (for example its data directory is not writable) |
+//! | 5 | airlock itself failed (for example its data directory or audit log is not writable) |
 
 use crate::values::JsonMismatch;
 use std::time::Duration;
@@ -84,6 +84,10 @@ pub enum Error {
     /// airlock itself failed.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The audit log cannot be written: nothing runs (or no result is
+    /// acknowledged) until it can.
+    #[error("{0}")]
+    AuditUnavailable(String),
 }
 
 impl Error {
@@ -101,7 +105,7 @@ impl Error {
             | Error::ArgsSyntax(_) => 2,
             Error::Refused(_) | Error::HostCallDenied(_) => 3,
             Error::Limit(_) | Error::Exited(_) | Error::Trapped(_) => 4,
-            Error::Internal(_) => 5,
+            Error::Internal(_) | Error::AuditUnavailable(_) => 5,
         }
     }
 

@@ -6,7 +6,10 @@
 //! Capabilities never record calls themselves, so none can forget to.
 //! Later milestones hook approval gates and the audit trail in here.
 
+use crate::audit::event::HostCallEvent;
+use crate::audit::{AuditError, AuditLog, Event};
 use crate::invocation::InvocationState;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -128,20 +131,71 @@ pub struct HostCallLog {
     pub denied: u64,
 }
 
+/// Host-call audit records are handed to the audit writer in chunks of
+/// this many, so an invocation making millions of calls holds few in memory.
+pub const AUDIT_CHUNK: usize = 256;
+
 /// The invocation's host-call log, shared between the store and host-side
 /// tasks that finish calls after the guest moved on (`wasi:http` responses).
+/// With an audit tap, every call also becomes its own audit record.
 #[derive(Debug, Default, Clone)]
-pub struct HostCalls(Arc<Mutex<HostCallLog>>);
+pub struct HostCalls(Arc<Mutex<Inner>>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    log: HostCallLog,
+    tap: Option<AuditTap>,
+}
+
+/// Streams host-call records to the audit log.
+#[derive(Debug)]
+struct AuditTap {
+    log: AuditLog,
+    invocation: String,
+    /// Finished calls not yet handed to the writer, in completion order.
+    pending: Vec<Event>,
+    /// Allowed calls still running, by call number.
+    in_flight: BTreeMap<u64, HostCallEvent>,
+    /// A chunk could not be written: records are missing, so the
+    /// invocation's result must not be acknowledged.
+    failed: Option<AuditError>,
+}
 
 impl HostCalls {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HostCallLog> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Records are appended whole; a poisoned lock still holds a valid log.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A log whose calls are also audited as invocation `invocation`.
+    pub fn audited(log: AuditLog, invocation: String) -> HostCalls {
+        HostCalls(Arc::new(Mutex::new(Inner {
+            log: HostCallLog::default(),
+            tap: Some(AuditTap {
+                log,
+                invocation,
+                pending: Vec::new(),
+                in_flight: BTreeMap::new(),
+                failed: None,
+            }),
+        })))
+    }
+
     /// Decide one call and record the decision; returns its sequence number
     /// and the denial, if any. The status is filled in by [`HostCalls::finish`].
-    pub fn begin(&self, call: HostCall, decision: Decision) -> (u64, Result<(), Denied>) {
+    ///
+    /// Fail closed: while the audit log cannot be written, every call is
+    /// denied, whatever the policy says.
+    pub fn begin(&self, call: HostCall, mut decision: Decision) -> (u64, Result<(), Denied>) {
+        let mut inner = self.lock();
+        if let Some(tap) = &inner.tap
+            && (tap.failed.is_some() || !tap.log.is_healthy())
+        {
+            decision = Decision::deny(
+                "audit",
+                "the audit log cannot be written; host calls are refused until it can",
+            );
+        }
         let outcome = if decision.allowed {
             Ok(())
         } else {
@@ -152,8 +206,7 @@ impl HostCalls {
                 reason: decision.reason.clone().unwrap_or_default(),
             })
         };
-        let mut log = self.lock();
-        let seq = log.total;
+        let seq = inner.log.total;
         tracing::debug!(
             target: "airlock::host_call",
             seq,
@@ -163,6 +216,30 @@ impl HostCalls {
             rule = %decision.rule,
             "host call"
         );
+        if let Some(tap) = &mut inner.tap {
+            let event = HostCallEvent {
+                invocation: tap.invocation.clone(),
+                call: seq,
+                interface: call.interface.to_string(),
+                function: call.function.to_string(),
+                args: call.args.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect(),
+                allowed: decision.allowed,
+                rule: decision.rule.clone(),
+                reason: decision.reason.clone(),
+                status: if decision.allowed {
+                    "pending".into()
+                } else {
+                    "denied".into()
+                },
+                duration_us: 0,
+            };
+            if decision.allowed {
+                tap.in_flight.insert(seq, event);
+            } else {
+                tap.push(Event::HostCall(event));
+            }
+        }
+        let log = &mut inner.log;
         log.total += 1;
         if !decision.allowed {
             log.denied += 1;
@@ -188,18 +265,57 @@ impl HostCalls {
     /// Record how call `seq` ended and how long it took.
     pub fn finish(&self, seq: u64, status: String, duration: Duration) {
         tracing::debug!(target: "airlock::host_call", seq, status = %status, "host call finished");
-        let mut log = self.lock();
+        let mut inner = self.lock();
+        if let Some(tap) = &mut inner.tap
+            && let Some(mut event) = tap.in_flight.remove(&seq)
+        {
+            event.status = status.clone();
+            event.duration_us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+            tap.push(Event::HostCall(event));
+        }
         // Records are pushed in sequence order, so `seq` indexes them until
         // the itemization cap is reached.
-        if let Some(rec) = usize::try_from(seq).ok().and_then(|i| log.records.get_mut(i)) {
+        if let Some(rec) = usize::try_from(seq).ok().and_then(|i| inner.log.records.get_mut(i)) {
             rec.status = status;
             rec.duration = duration;
         }
     }
 
+    /// End the audit tap: the records not yet written (calls still running
+    /// are marked abandoned), or the error that lost some.
+    pub fn close_audit(&self) -> Result<Vec<Event>, AuditError> {
+        let mut inner = self.lock();
+        let Some(mut tap) = inner.tap.take() else {
+            return Ok(Vec::new());
+        };
+        if let Some(e) = tap.failed.take() {
+            return Err(e);
+        }
+        let mut events = std::mem::take(&mut tap.pending);
+        for (_, mut event) in std::mem::take(&mut tap.in_flight) {
+            event.status = "abandoned: the invocation ended first".into();
+            events.push(Event::HostCall(event));
+        }
+        Ok(events)
+    }
+
     /// A copy of the log so far.
     pub fn snapshot(&self) -> HostCallLog {
-        self.lock().clone()
+        self.lock().log.clone()
+    }
+}
+
+impl AuditTap {
+    /// Queue a finished record; hand a full chunk to the writer (written,
+    /// not yet synced: the invocation's closing record syncs them all).
+    fn push(&mut self, event: Event) {
+        self.pending.push(event);
+        if self.pending.len() >= AUDIT_CHUNK && self.failed.is_none() {
+            let chunk = std::mem::take(&mut self.pending);
+            if let Err(e) = self.log.append_written(chunk) {
+                self.failed = Some(e);
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! [`Runtime`]: the engine, the compile cache, and the loaded actions.
 
 use crate::action::{self, PreparedAction};
+use crate::audit::AuditLog;
 use crate::cache::ArtifactCache;
 use crate::error::Error;
 use crate::manifest::Manifest;
@@ -19,6 +20,8 @@ pub struct Runtime {
     data_dir: std::path::PathBuf,
     /// Opened on first use by an action with credentials.
     vault: Option<Arc<Vault>>,
+    /// Opened on first use by [`Runtime::prepare`].
+    audit: Option<AuditLog>,
 }
 
 impl Runtime {
@@ -33,6 +36,7 @@ impl Runtime {
             actions: BTreeMap::new(),
             data_dir: settings.data_dir.clone(),
             vault: None,
+            audit: None,
         })
     }
 
@@ -46,6 +50,7 @@ impl Runtime {
             actions: BTreeMap::new(),
             data_dir: settings.data_dir.clone(),
             vault: None,
+            audit: None,
         })
     }
 
@@ -65,7 +70,8 @@ impl Runtime {
             Some(grant) if !grant.bindings.is_empty() => Some(self.vault_for(&policy.name, grant)?),
             _ => None,
         };
-        let prepared = Arc::new(action::prepare(&self.engine, &self.cache, policy, vault)?);
+        let audit = self.audit()?;
+        let prepared = Arc::new(action::prepare(&self.engine, &self.cache, policy, vault, audit)?);
         self.actions.insert(name, prepared.clone());
         Ok(prepared)
     }
@@ -78,6 +84,18 @@ impl Runtime {
             .values()
             .map(|a| (a.name.clone(), self.prepare(a.clone())))
             .collect()
+    }
+
+    /// The audit log of the data directory, opened (and locked against
+    /// other processes) on first use.
+    pub fn audit(&mut self) -> Result<AuditLog, Error> {
+        if let Some(log) = &self.audit {
+            return Ok(log.clone());
+        }
+        let log =
+            AuditLog::open(&crate::audit::dir(&self.data_dir)).map_err(|e| Error::AuditUnavailable(e.to_string()))?;
+        self.audit = Some(log.clone());
+        Ok(log)
     }
 
     /// The vault, opened once, after checking that every secret `grant`

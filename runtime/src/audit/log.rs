@@ -42,7 +42,9 @@ pub enum AuditError {
 enum Request {
     Append {
         events: Vec<Event>,
-        ack: Option<mpsc::SyncSender<Result<u64, AuditError>>>,
+        /// Sync before acknowledging (otherwise acknowledge once written).
+        sync: bool,
+        ack: mpsc::SyncSender<Result<u64, AuditError>>,
     },
     Checkpoint {
         ack: mpsc::SyncSender<Result<Option<Checkpoint>, AuditError>>,
@@ -55,42 +57,50 @@ struct Shared {
     fault: Mutex<Option<std::io::ErrorKind>>,
 }
 
-/// Handle on the audit log of one data directory. Cloning shares the writer.
+/// Handle on the audit log of one data directory. Cloning shares the
+/// writer; within a process, every open of the same directory shares it
+/// too. The last handle to go writes a closing checkpoint.
 #[derive(Clone)]
-pub struct AuditLog {
-    tx: mpsc::Sender<Request>,
+pub struct AuditLog(Arc<Inner>);
+
+struct Inner {
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
     shared: Arc<Shared>,
     path: PathBuf,
-    _closer: Arc<Closer>,
-}
-
-/// Writes the closing checkpoint when the last handle goes away.
-struct Closer {
-    tx: mpsc::Sender<Request>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl Drop for Closer {
+impl Drop for Inner {
     fn drop(&mut self) {
-        let (ack, done) = mpsc::sync_channel(1);
-        if self.tx.send(Request::Checkpoint { ack }).is_ok() {
-            let _ = done.recv();
+        let tx = self.tx.lock().ok().and_then(|mut t| t.take());
+        if let Some(tx) = tx {
+            let (ack, done) = mpsc::sync_channel(1);
+            if tx.send(Request::Checkpoint { ack }).is_ok() {
+                let _ = done.recv();
+            }
+            drop(tx); // the writer ends when its channel closes
         }
-        // Dropping our sender is not enough while clones of `tx` live in
-        // handles being dropped right now; the thread ends when all are gone.
-        if let Ok(mut t) = self.thread.lock()
-            && let Some(t) = t.take()
-        {
-            drop(std::mem::replace(&mut self.tx, mpsc::channel().0));
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = t.join();
         }
     }
 }
 
+/// Logs open in this process, so two runtimes on one data directory share
+/// a writer instead of waiting on each other's file lock.
+fn open_logs() -> &'static Mutex<std::collections::HashMap<PathBuf, std::sync::Weak<Inner>>> {
+    static OPEN: std::sync::OnceLock<Mutex<std::collections::HashMap<PathBuf, std::sync::Weak<Inner>>>> =
+        std::sync::OnceLock::new();
+    OPEN.get_or_init(Default::default)
+}
+
+/// How long to wait for another process to release the log.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
-            .field("path", &self.path)
+            .field("path", &self.0.path)
             .finish_non_exhaustive()
     }
 }
@@ -98,7 +108,8 @@ impl std::fmt::Debug for AuditLog {
 impl AuditLog {
     /// Open (or create) the log in `dir`, repairing a torn tail, and start
     /// its writer. Holds an exclusive lock on the log while open, so two
-    /// processes never interleave records.
+    /// processes never interleave records (a second process waits up to a
+    /// minute for the first to finish).
     pub fn open(dir: &Path) -> Result<AuditLog, AuditError> {
         let path = dir.join(LOG_FILE);
         let open_err = |reason: String| AuditError::Open {
@@ -106,6 +117,11 @@ impl AuditLog {
             reason,
         };
         crate::data_dir::create_private_dir(dir).map_err(|e| open_err(format!("cannot create its directory: {e}")))?;
+        let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let mut registry = open_logs().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(inner) = registry.get(&canonical).and_then(std::sync::Weak::upgrade) {
+            return Ok(AuditLog(inner));
+        }
         let key = CheckpointKey::load_or_create(&dir.join(KEY_FILE)).map_err(&open_err)?;
         let mut file = {
             use std::os::unix::fs::OpenOptionsExt as _;
@@ -117,7 +133,22 @@ impl AuditLog {
                 .open(&path)
                 .map_err(|e| open_err(e.to_string()))?
         };
-        file.lock().map_err(|e| open_err(format!("cannot lock: {e}")))?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(open_err(format!(
+                        "another airlock process has held it for {} s; wait for it to finish",
+                        LOCK_WAIT.as_secs()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(open_err(format!("cannot lock: {e}"))),
+            }
+        }
         let tail = recover_tail(&mut file).map_err(&open_err)?;
         let shared = Arc::new(Shared {
             healthy: AtomicBool::new(true),
@@ -150,29 +181,37 @@ impl AuditLog {
             .name("airlock-audit".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
-        Ok(AuditLog {
-            tx: tx.clone(),
+        let inner = Arc::new(Inner {
+            tx: Mutex::new(Some(tx)),
             shared,
             path,
-            _closer: Arc::new(Closer {
-                tx,
-                thread: Mutex::new(Some(thread)),
-            }),
-        })
+            thread: Mutex::new(Some(thread)),
+        });
+        registry.retain(|_, w| w.strong_count() > 0);
+        registry.insert(canonical, Arc::downgrade(&inner));
+        Ok(AuditLog(inner))
+    }
+
+    fn send(&self, request: Request) -> Result<(), AuditError> {
+        let tx = self.0.tx.lock().ok().and_then(|t| t.clone());
+        match tx {
+            Some(tx) => tx.send(request).map_err(|_| self.unavailable("the writer has stopped")),
+            None => Err(self.unavailable("the log is closed")),
+        }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.0.path
     }
 
     /// False after a failed write, until a write succeeds again.
     pub fn is_healthy(&self) -> bool {
-        self.shared.healthy.load(Ordering::Acquire)
+        self.0.shared.healthy.load(Ordering::Acquire)
     }
 
     fn unavailable(&self, reason: &str) -> AuditError {
         AuditError::Unavailable {
-            path: self.path.display().to_string(),
+            path: self.0.path.display().to_string(),
             reason: reason.to_string(),
         }
     }
@@ -180,10 +219,18 @@ impl AuditLog {
     /// Append `events` and wait until they are on disk; returns the last
     /// sequence number.
     pub fn append_durable(&self, events: Vec<Event>) -> Result<u64, AuditError> {
+        self.append(events, true)
+    }
+
+    /// Append `events` and wait until they are written (to the page cache,
+    /// not yet synced); a later durable append syncs them too.
+    pub fn append_written(&self, events: Vec<Event>) -> Result<u64, AuditError> {
+        self.append(events, false)
+    }
+
+    fn append(&self, events: Vec<Event>, sync: bool) -> Result<u64, AuditError> {
         let (ack, done) = mpsc::sync_channel(1);
-        self.tx
-            .send(Request::Append { events, ack: Some(ack) })
-            .map_err(|_| self.unavailable("the writer has stopped"))?;
+        self.send(Request::Append { events, sync, ack })?;
         done.recv().map_err(|_| self.unavailable("the writer has stopped"))?
     }
 
@@ -200,9 +247,7 @@ impl AuditLog {
     /// Sign a checkpoint of the current head (after everything queued).
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
         let (ack, done) = mpsc::sync_channel(1);
-        self.tx
-            .send(Request::Checkpoint { ack })
-            .map_err(|_| self.unavailable("the writer has stopped"))?;
+        self.send(Request::Checkpoint { ack })?;
         done.recv().map_err(|_| self.unavailable("the writer has stopped"))?
     }
 
@@ -210,7 +255,7 @@ impl AuditLog {
     /// `None`), as a full or failing disk would.
     #[doc(hidden)]
     pub fn inject_fault(&self, kind: Option<std::io::ErrorKind>) {
-        if let Ok(mut f) = self.shared.fault.lock() {
+        if let Ok(mut f) = self.0.shared.fault.lock() {
             *f = kind;
         }
     }
@@ -339,8 +384,8 @@ impl Writer {
             let mut checkpoint_acks = Vec::new();
             for r in group {
                 match r {
-                    Request::Append { events, ack } => {
-                        appends.push((events, ack.is_some()));
+                    Request::Append { events, sync, ack } => {
+                        appends.push((events, sync));
                         acks.push(ack);
                     }
                     Request::Checkpoint { ack } => checkpoint_acks.push(ack),
@@ -350,13 +395,11 @@ impl Writer {
             match result {
                 Ok(last_seqs) => {
                     for (ack, seq) in acks.into_iter().zip(last_seqs) {
-                        if let Some(ack) = ack {
-                            let _ = ack.send(Ok(seq));
-                        }
+                        let _ = ack.send(Ok(seq));
                     }
                 }
                 Err(e) => {
-                    for ack in acks.into_iter().flatten() {
+                    for ack in acks {
                         let _ = ack.send(Err(e.clone()));
                     }
                 }

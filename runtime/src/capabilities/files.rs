@@ -88,8 +88,9 @@ impl Capability for FilesCapability {
 
     fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
         wit::add_to_linker::<InvocationState, HasSelf<InvocationState>>(linker, |s| s)?;
-        wasi_fs::types::add_to_linker::<InvocationState, WasiFilesystem>(linker, InvocationState::filesystem)?;
-        wasi_fs::preopens::add_to_linker::<InvocationState, WasiFilesystem>(linker, InvocationState::filesystem)?;
+        // Counted per interface for the audit record (index in baseline::COUNTED).
+        wasi_fs::types::add_to_linker::<InvocationState, WasiFilesystem>(linker, |s| s.counted(18).filesystem())?;
+        wasi_fs::preopens::add_to_linker::<InvocationState, WasiFilesystem>(linker, |s| s.counted(19).filesystem())?;
         Ok(())
     }
 

@@ -7,9 +7,12 @@
 //! Failures are classified into [`Error`] variants so callers can tell a
 //! refused request from a misbehaving action.
 
+mod audit;
 mod limiter;
 mod output;
 mod state;
+
+pub use audit::{canonical, local_caller, new_invocation_id};
 
 pub use limiter::{MAX_TABLE_ELEMENTS, MemoryLimiter};
 pub use output::CapturedOutput;
@@ -20,7 +23,7 @@ use crate::capabilities;
 use crate::capabilities::log::LogLine;
 use crate::engine;
 use crate::error::{Error, LimitExceeded};
-use crate::host_call::{Denied, HostCallLog};
+use crate::host_call::{Denied, HostCallLog, HostCalls};
 use crate::manifest::FunctionSig;
 use crate::values::{self, JsonPath, ValueType};
 use serde_json::Value;
@@ -31,6 +34,8 @@ use wasmtime::{Store, Trap};
 /// Everything observable about one finished invocation.
 #[derive(Debug)]
 pub struct Report {
+    /// The invocation id, as recorded in the audit log.
+    pub invocation: String,
     /// The printed result, or why there is none.
     pub outcome: Result<Value, Error>,
     pub stdout: Vec<u8>,
@@ -43,11 +48,14 @@ pub struct Report {
     /// Largest linear memory size reached, in bytes.
     pub peak_memory_bytes: u64,
     pub duration: Duration,
+    /// Calls into the inert baseline (and `wasi:filesystem`), per interface.
+    pub baseline_calls: std::collections::BTreeMap<String, u64>,
 }
 
 impl Report {
-    fn failed(error: Error, started: Instant) -> Report {
+    fn failed(invocation: &str, error: Error, started: Instant) -> Report {
         Report {
+            invocation: invocation.to_string(),
             outcome: Err(error),
             stdout: Vec::new(),
             stderr: Vec::new(),
@@ -57,6 +65,7 @@ impl Report {
             fuel_consumed: None,
             peak_memory_bytes: 0,
             duration: started.elapsed(),
+            baseline_calls: Default::default(),
         }
     }
 }
@@ -77,38 +86,96 @@ pub fn parse_args(function: &FunctionSig, args: &Value) -> Result<Vec<Val>, Erro
 }
 
 impl PreparedAction {
-    /// Invoke `function` with JSON `args` in a fresh instance.
+    /// Invoke `function` with JSON `args` in a fresh instance, as the local
+    /// user.
     pub async fn invoke(&self, function: &str, args: &Value) -> Report {
-        let started = Instant::now();
-        let Some(sig) = self.manifest.function(function) else {
-            let error = Error::UnknownFunction {
-                function: function.to_string(),
-                available: self.manifest.function_names(),
-            };
-            return Report::failed(error, started);
-        };
-        let params = match parse_args(sig, args) {
-            Ok(p) => p,
-            Err(e) => return Report::failed(e, started),
-        };
-        self.run(sig, params, started).await
+        self.invoke_as(&local_caller(), function, args).await
     }
 
-    async fn run(&self, sig: &FunctionSig, params: Vec<Val>, started: Instant) -> Report {
+    /// Invoke `function` with JSON `args` on behalf of `caller`.
+    ///
+    /// The audit log sees the request before anything runs and the outcome
+    /// before it is returned: a refused request is recorded, the start is
+    /// synced before the instance is created (if it cannot be, nothing
+    /// runs), and the host calls and closing record are synced before the
+    /// report goes back (if they cannot be, the result is withheld).
+    pub async fn invoke_as(&self, caller: &str, function: &str, args: &Value) -> Report {
+        let started = Instant::now();
+        let invocation = new_invocation_id();
+        let prepared = match self.manifest.function(function) {
+            None => Err(Error::UnknownFunction {
+                function: function.to_string(),
+                available: self.manifest.function_names(),
+            }),
+            Some(sig) => parse_args(sig, args).map(|params| (sig, params)),
+        };
+        let (sig, params) = match prepared {
+            Ok(p) => p,
+            Err(error) => {
+                let event = self.refused_event(&invocation, caller, function, &error);
+                let error = match self.audit.append_durable_async(vec![event]).await {
+                    Ok(_) => error,
+                    Err(e) => Error::AuditUnavailable(e.to_string()),
+                };
+                return Report::failed(&invocation, error, started);
+            }
+        };
+        let start = self.started_event(&invocation, caller, function, args);
+        if let Err(e) = self.audit.append_durable_async(vec![start]).await {
+            return Report::failed(&invocation, Error::AuditUnavailable(e.to_string()), started);
+        }
+        let span = tracing::info_span!(
+            "invocation",
+            invocation = %invocation,
+            action = %self.policy.name,
+            function = %function,
+            caller = %caller
+        );
+        let host_calls = HostCalls::audited(self.audit.clone(), invocation.clone());
+        let mut report =
+            tracing::Instrument::instrument(self.run(sig, params, started, &invocation, host_calls.clone()), span)
+                .await;
+        let mut events = match host_calls.close_audit() {
+            Ok(events) => events,
+            Err(e) => {
+                report.outcome = Err(Error::AuditUnavailable(format!(
+                    "the action ran, but some of its host-call records could not be written ({e}); its result is withheld"
+                )));
+                Vec::new()
+            }
+        };
+        events.push(self.finished_event(&report));
+        if let Err(e) = self.audit.append_durable_async(events).await {
+            report.outcome = Err(Error::AuditUnavailable(format!(
+                "the action ran, but its audit records could not be written ({e}); its result is withheld"
+            )));
+        }
+        report
+    }
+
+    async fn run(
+        &self,
+        sig: &FunctionSig,
+        params: Vec<Val>,
+        started: Instant,
+        invocation: &str,
+        host_calls: HostCalls,
+    ) -> Report {
         let limits = &self.policy.limits;
         let stdout = CapturedOutput::new("stdout", limits.max_output_bytes);
         let stderr = CapturedOutput::new("stderr", limits.max_output_bytes);
         let mut builder = StateBuilder::new(limits.clone(), stdout.clone(), stderr.clone());
         builder.vault = self.vault.clone();
+        builder.host_calls = host_calls;
         if let Err(e) = capabilities::prepare_granted(&self.policy.grants, &mut builder) {
-            return Report::failed(Error::internal(format!("{e:#}")), started);
+            return Report::failed(invocation, Error::internal(format!("{e:#}")), started);
         }
 
         let mut store = Store::new(self.pre.engine(), builder.build());
         store.limiter(|s| &mut s.limiter);
         let fuel = limits.fuel.unwrap_or(u64::MAX);
         if let Err(e) = store.set_fuel(fuel) {
-            return Report::failed(Error::internal(e), started);
+            return Report::failed(invocation, Error::internal(e), started);
         }
         store.set_epoch_deadline(engine::ticks_for(limits.timeout));
         store.epoch_deadline_trap();
@@ -131,6 +198,7 @@ impl PreparedAction {
         let fuel_consumed = limits.fuel.map(|f| f.saturating_sub(store.get_fuel().unwrap_or(0)));
         let state = store.into_data();
         Report {
+            invocation: invocation.to_string(),
             outcome,
             stdout: stdout.contents(),
             stderr: stderr.contents(),
@@ -140,6 +208,7 @@ impl PreparedAction {
             fuel_consumed,
             peak_memory_bytes: state.limiter.peak,
             duration: started.elapsed(),
+            baseline_calls: state.baseline.counts(),
         }
     }
 }

@@ -28,6 +28,7 @@ pub struct InvocationState {
     pub(crate) wasi_http: WasiHttpGate,
     pub(crate) wasi_http_ctx: wasmtime_wasi_http::WasiHttpCtx,
     pub(crate) host_calls: HostCalls,
+    pub(crate) baseline: crate::capabilities::baseline::BaselineCounts,
 }
 
 impl wasmtime_wasi_http::WasiHttpView for InvocationState {
@@ -93,6 +94,7 @@ impl StateBuilder {
             credentials: self.credentials,
             http: self.http,
             host_calls: self.host_calls,
+            baseline: Default::default(),
         }
     }
 }

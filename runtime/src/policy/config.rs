@@ -37,6 +37,17 @@ struct RawAction {
     grants: RawGrants,
     #[serde(default)]
     limits: LimitOverrides,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+/// `[actions.NAME.audit]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAudit {
+    /// Argument paths recorded by digest only, e.g. `["password", "ticket.body"]`.
+    #[serde(default)]
+    sensitive_args: Vec<String>,
 }
 
 /// Runtime-wide settings.
@@ -97,6 +108,9 @@ pub struct ActionPolicy {
     pub grants: Grants,
     pub limits: Limits,
     pub origin: GrantOrigin,
+    /// Argument paths (`ticket.body`) recorded in the audit log by digest
+    /// only.
+    pub sensitive_args: Vec<String>,
 }
 
 impl ActionPolicy {
@@ -111,6 +125,7 @@ impl ActionPolicy {
             grants,
             limits,
             origin: GrantOrigin::Flags,
+            sensitive_args: Vec::new(),
         }
     }
 }
@@ -179,6 +194,7 @@ impl Policy {
                         path: path.to_path_buf(),
                         line,
                     },
+                    sensitive_args: raw.audit.sensitive_args,
                 },
             );
         }

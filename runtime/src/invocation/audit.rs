@@ -1,0 +1,163 @@
+//! The audit records of one invocation: what was asked, by whom, under
+//! which grants, and how it ended.
+
+use super::Report;
+use crate::action::PreparedAction;
+use crate::audit::Event;
+use crate::audit::event::{InvocationFinished, InvocationRefused, InvocationStarted};
+use crate::error::Error;
+use serde_json::Value;
+
+/// Largest canonical JSON of arguments kept in a record; larger arguments
+/// are recorded by digest only.
+pub const MAX_AUDIT_ARGS_BYTES: usize = 4096;
+
+/// A new random invocation id (128 bits, hex).
+pub fn new_invocation_id() -> String {
+    let mut bytes = [0u8; 16];
+    // Without randomness the time keeps ids unique within this process.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes[..8].copy_from_slice(&crate::time::now_micros().to_be_bytes());
+    }
+    crate::audit::chain::hex(&bytes)
+}
+
+/// The caller of a local (command-line) invocation: `local:USER`.
+pub fn local_caller() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty() && u.len() <= 64 && u.chars().all(|c| c.is_ascii_graphic()))
+        .or_else(|| {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata("/proc/self").ok().map(|m| format!("uid-{}", m.uid()))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!("local:{user}")
+}
+
+/// `value` with object keys sorted at every level: one byte form per value.
+pub fn canonical(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            Value::Object(keys.into_iter().map(|k| (k.clone(), canonical(&map[k]))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
+fn digest(bytes: &[u8]) -> String {
+    format!("blake3:{}", blake3::hash(bytes).to_hex())
+}
+
+/// Replace the value at each dotted path (`ticket.body`) by its digest.
+fn mask(value: &mut Value, path: &[&str]) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if let Some(v) = value.as_object_mut().and_then(|m| m.get_mut(*first)) {
+        if rest.is_empty() {
+            let bytes = serde_json::to_vec(&canonical(v)).unwrap_or_default();
+            *v = serde_json::json!({ "sensitive": digest(&bytes) });
+        } else {
+            mask(v, rest);
+        }
+    }
+}
+
+impl PreparedAction {
+    /// The record written before the instance is created.
+    pub(crate) fn started_event(&self, invocation: &str, caller: &str, function: &str, args: &Value) -> Event {
+        let canonical_args = canonical(args);
+        let bytes = serde_json::to_vec(&canonical_args).unwrap_or_default();
+        let mut shown = canonical_args;
+        for path in &self.policy.sensitive_args {
+            mask(&mut shown, &path.split('.').collect::<Vec<_>>());
+        }
+        let shown_len = serde_json::to_vec(&shown).map_or(usize::MAX, |v| v.len());
+        let truncated = shown_len > MAX_AUDIT_ARGS_BYTES;
+        Event::InvocationStarted(InvocationStarted {
+            invocation: invocation.to_string(),
+            caller: caller.to_string(),
+            action: self.policy.name.clone(),
+            service_identity: format!("action:{}", self.policy.name),
+            component_digest: self.manifest.digest.to_string(),
+            function: function.to_string(),
+            args_digest: digest(&bytes),
+            args: if truncated { Value::Null } else { shown },
+            args_truncated: truncated,
+            grants: self
+                .policy
+                .grants
+                .describe()
+                .into_iter()
+                .map(|(kind, what)| format!("{kind}: {what}"))
+                .collect(),
+        })
+    }
+
+    pub(crate) fn refused_event(&self, invocation: &str, caller: &str, function: &str, error: &Error) -> Event {
+        Event::InvocationRefused(InvocationRefused {
+            invocation: invocation.to_string(),
+            caller: caller.to_string(),
+            action: self.policy.name.clone(),
+            function: function.chars().take(256).collect(),
+            exit_code: error.exit_code(),
+            error: error.to_string().chars().take(1024).collect(),
+        })
+    }
+
+    pub(crate) fn finished_event(&self, report: &Report) -> Event {
+        let (outcome, exit_code, error, result_blake3) = match &report.outcome {
+            Ok(v) => ("ok", 0, None, Some(digest(&serde_json::to_vec(v).unwrap_or_default()))),
+            Err(e) => (
+                outcome_class(e),
+                e.exit_code(),
+                Some(e.to_string().chars().take(1024).collect()),
+                None,
+            ),
+        };
+        Event::InvocationFinished(InvocationFinished {
+            invocation: report.invocation.clone(),
+            action: self.policy.name.clone(),
+            outcome: outcome.to_string(),
+            exit_code,
+            error,
+            duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
+            fuel_consumed: report.fuel_consumed,
+            peak_memory_bytes: report.peak_memory_bytes,
+            result_blake3,
+            stdout_bytes: report.stdout.len() as u64,
+            stdout_blake3: digest(&report.stdout),
+            stderr_bytes: report.stderr.len() as u64,
+            stderr_blake3: digest(&report.stderr),
+            log_lines: report.logs.len() as u64 + report.logs_dropped,
+            host_calls: report.host_calls.total,
+            host_calls_denied: report.host_calls.denied,
+            baseline_calls: report.baseline_calls.clone(),
+        })
+    }
+}
+
+/// The class of a failed invocation, for the closing record.
+pub fn outcome_class(e: &Error) -> &'static str {
+    match e {
+        Error::ActionError(_) => "action-error",
+        Error::Panicked(_) => "panic",
+        Error::Refused(_) | Error::HostCallDenied(_) => "denied",
+        Error::Limit(_) | Error::Exited(_) => "limit",
+        Error::Trapped(_) => "trap",
+        Error::Internal(_) | Error::AuditUnavailable(_) => "internal",
+        Error::Usage(_)
+        | Error::Config(_)
+        | Error::InvalidComponent { .. }
+        | Error::UnknownAction { .. }
+        | Error::UnknownFunction { .. }
+        | Error::NotInvocable { .. }
+        | Error::Args(_)
+        | Error::ArgsSyntax(_) => "bad-request",
+    }
+}
