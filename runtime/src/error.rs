@@ -8,6 +8,7 @@
 //! | 3 | denied by policy: ungranted or unknown import, digest mismatch, denied host call |
 //! | 4 | a limit or trap: timeout, memory, fuel, stack, output or result cap, guest exit |
 //! | 5 | airlock itself failed (for example its data directory or audit log is not writable) |
+//! | 6 | `airlock audit verify` (or show/export) found the log altered |
 
 use crate::values::JsonMismatch;
 use std::time::Duration;
@@ -88,6 +89,9 @@ pub enum Error {
     /// acknowledged) until it can.
     #[error("{0}")]
     AuditUnavailable(String),
+    /// `airlock audit verify` found a bad record or checkpoint.
+    #[error("{0}")]
+    AuditTampered(String),
 }
 
 impl Error {
@@ -106,6 +110,7 @@ impl Error {
             Error::Refused(_) | Error::HostCallDenied(_) => 3,
             Error::Limit(_) | Error::Exited(_) | Error::Trapped(_) => 4,
             Error::Internal(_) | Error::AuditUnavailable(_) => 5,
+            Error::AuditTampered(_) => 6,
         }
     }
 

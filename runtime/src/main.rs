@@ -44,6 +44,82 @@ enum Command {
     /// from arguments).
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Read, verify and export the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the whole hash chain and every checkpoint; exit 6 naming the
+    /// first bad record.
+    Verify {
+        /// Also check against a checkpoint exported earlier (`audit checkpoint`).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[command(flatten)]
+        place: DataPlace,
+    },
+    /// Print records, optionally filtered.
+    Show {
+        #[command(flatten)]
+        filter: AuditFilter,
+        /// One JSON record per line (as stored).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        place: DataPlace,
+    },
+    /// Print the last records; with -f, keep printing new ones.
+    Tail {
+        /// How many records to print first.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        place: DataPlace,
+    },
+    /// Export verified records for a SIEM.
+    Export {
+        /// Output format (only `jsonl`: one JSON record per line).
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        #[command(flatten)]
+        filter: AuditFilter,
+        #[command(flatten)]
+        place: DataPlace,
+    },
+    /// Write a fresh signed checkpoint of the log's head and print it; keep
+    /// it elsewhere to detect truncation later.
+    Checkpoint {
+        /// Also write it to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        place: DataPlace,
+    },
+}
+
+#[derive(clap::Args)]
+struct AuditFilter {
+    /// Only this invocation id (a prefix is enough).
+    #[arg(long)]
+    invocation: Option<String>,
+    /// Only invocations of this action.
+    #[arg(long)]
+    action: Option<String>,
+    /// Only invocations by this caller (e.g. `local:alice`).
+    #[arg(long)]
+    caller: Option<String>,
+    /// Records at or after this time (Unix seconds or YYYY-MM-DD[THH:MM[:SS]], UTC).
+    #[arg(long)]
+    since: Option<String>,
+    /// Records before this time.
+    #[arg(long)]
+    until: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -53,12 +129,12 @@ enum SecretCommand {
     Set {
         name: String,
         #[command(flatten)]
-        place: VaultPlace,
+        place: DataPlace,
     },
     /// List secret names and metadata (never values).
     List {
         #[command(flatten)]
-        place: VaultPlace,
+        place: DataPlace,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -67,13 +143,13 @@ enum SecretCommand {
     Rm {
         name: String,
         #[command(flatten)]
-        place: VaultPlace,
+        place: DataPlace,
     },
 }
 
-/// Which data directory's vault to use.
+/// Which data directory to use.
 #[derive(clap::Args)]
-struct VaultPlace {
+struct DataPlace {
     /// Use the data-dir of this config.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -118,6 +194,11 @@ struct InvokeArgs {
     /// Do not echo the action's log lines and captured stdout/stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Invoke N times in this process (each in a fresh instance), printing
+    /// one compact JSON line per invocation as soon as it is acknowledged:
+    /// `{"invocation": ID, "result": ...}`. Stops at the first failure.
+    #[arg(long, value_name = "N")]
+    repeat: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -139,6 +220,7 @@ fn main() -> ExitCode {
             Command::Check { config } => check(config),
             Command::Invoke(args) => invoke(args).await,
             Command::Secret(cmd) => secret(cmd),
+            Command::Audit(cmd) => audit_cmd(cmd).await,
         }
     });
     match result {
@@ -171,17 +253,21 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn secret(cmd: SecretCommand) -> Result<ExitCode, Error> {
-    use airlock::vault::{self, Vault};
-    let data_dir = |place: &VaultPlace| -> Result<PathBuf, Error> {
-        if let Some(dir) = &place.data_dir {
+impl DataPlace {
+    fn dir(&self) -> Result<PathBuf, Error> {
+        if let Some(dir) = &self.data_dir {
             return Ok(dir.clone());
         }
-        match &place.config {
+        match &self.config {
             Some(config) => Ok(Policy::load(config)?.runtime.data_dir),
             None => Ok(default_settings(None).data_dir),
         }
-    };
+    }
+}
+
+fn secret(cmd: SecretCommand) -> Result<ExitCode, Error> {
+    use airlock::vault::{self, Vault};
+    let data_dir = |place: &DataPlace| place.dir();
     let vault_err = |e: vault::VaultError| match e {
         vault::VaultError::InvalidName | vault::VaultError::NotFound(_) => Error::Usage(e.to_string()),
         vault::VaultError::Io { .. } => Error::Internal(e.to_string()),
@@ -261,6 +347,251 @@ fn utc(secs: u64) -> String {
         rem / 60 % 60,
         rem % 60
     )
+}
+
+async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
+    use airlock::audit::{self, Checkpoint, read};
+    match cmd {
+        AuditCommand::Verify { checkpoint, place } => {
+            let dir = audit::dir(&place.dir()?);
+            let external = match &checkpoint {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| Error::Usage(format!("cannot read checkpoint {}: {e}", path.display())))?;
+                    let cp: Checkpoint = serde_json::from_str(text.trim())
+                        .map_err(|e| Error::Usage(format!("{} is not a checkpoint: {e}", path.display())))?;
+                    Some((cp, path.display().to_string()))
+                }
+                None => None,
+            };
+            let verified = read::verify(&dir, external.as_ref().map(|(c, s)| (c, s.clone())))
+                .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
+            match verified.head {
+                Some((seq, hash)) => println!(
+                    "ok: {} records, chain intact up to record {seq} (blake3:{}), {} checkpoint(s) match{}",
+                    verified.records,
+                    audit::chain::hex(&hash),
+                    verified.checkpoints,
+                    if verified.in_progress {
+                        "; a record being written was not checked"
+                    } else {
+                        ""
+                    }
+                ),
+                None => println!("ok: the audit log is empty"),
+            }
+        }
+        AuditCommand::Show { filter, json, place } => {
+            let dir = audit::dir(&place.dir()?);
+            let mut matcher = filter.matcher()?;
+            let mut out = std::io::stdout().lock();
+            read::scan(&dir, |record, line| {
+                if matcher.matches(record) {
+                    print_record(&mut out, record, line, json)
+                } else {
+                    true
+                }
+            })
+            .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
+        }
+        AuditCommand::Export { format, filter, place } => {
+            if format != "jsonl" {
+                return Err(Error::Usage(format!(
+                    "unknown export format {format:?}: the only format is jsonl"
+                )));
+            }
+            let dir = audit::dir(&place.dir()?);
+            let mut matcher = filter.matcher()?;
+            let mut out = std::io::stdout().lock();
+            read::scan(&dir, |record, line| {
+                !matcher.matches(record) || print_record(&mut out, record, line, true)
+            })
+            .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
+        }
+        AuditCommand::Tail {
+            lines,
+            follow,
+            json,
+            place,
+        } => {
+            let dir = audit::dir(&place.dir()?);
+            let mut last: std::collections::VecDeque<(airlock::audit::chain::Record, Vec<u8>)> =
+                std::collections::VecDeque::new();
+            let verified = read::scan(&dir, |record, line| {
+                if last.len() == lines {
+                    last.pop_front();
+                }
+                if lines > 0 {
+                    last.push_back((record.clone(), line.to_vec()));
+                }
+                true
+            })
+            .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
+            let mut out = std::io::stdout().lock();
+            for (record, line) in &last {
+                print_record(&mut out, record, line, json);
+            }
+            let mut seen = verified.records;
+            while follow {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                let mut n = 0u64;
+                read::scan(&dir, |record, line| {
+                    n += 1;
+                    n <= seen || print_record(&mut out, record, line, json)
+                })
+                .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
+                seen = seen.max(n);
+            }
+        }
+        AuditCommand::Checkpoint { out, place } => {
+            let data_dir = place.dir()?;
+            let log = airlock::audit::AuditLog::open(&audit::dir(&data_dir))
+                .map_err(|e| Error::AuditUnavailable(e.to_string()))?;
+            let cp = log
+                .checkpoint()
+                .map_err(|e| Error::AuditUnavailable(e.to_string()))?
+                .ok_or_else(|| Error::Usage("the audit log is empty: nothing to checkpoint yet".into()))?;
+            let text = serde_json::to_string(&cp).map_err(Error::internal)?;
+            if let Some(path) = out {
+                std::fs::write(&path, format!("{text}\n"))
+                    .map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
+            }
+            println!("{text}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Which records `audit show`/`export` print. Host-call and closing records
+/// belong to the invocation whose start record matched.
+struct Matcher {
+    invocation: Option<String>,
+    action: Option<String>,
+    caller: Option<String>,
+    since: Option<u64>,
+    until: Option<u64>,
+    matched: std::collections::HashSet<String>,
+}
+
+impl AuditFilter {
+    fn matcher(&self) -> Result<Matcher, Error> {
+        let time = |t: &Option<String>| {
+            t.as_deref()
+                .map(airlock::time::parse_utc)
+                .transpose()
+                .map_err(Error::Usage)
+        };
+        Ok(Matcher {
+            invocation: self.invocation.clone(),
+            action: self.action.clone(),
+            caller: self.caller.clone(),
+            since: time(&self.since)?,
+            until: time(&self.until)?,
+            matched: Default::default(),
+        })
+    }
+}
+
+impl Matcher {
+    fn matches(&mut self, record: &airlock::audit::chain::Record) -> bool {
+        use airlock::audit::Event;
+        let entry = &record.entry;
+        let ts = airlock::time::parse_utc(&entry.ts).unwrap_or(0);
+        if self.since.is_some_and(|s| ts < s) || self.until.is_some_and(|u| ts >= u) {
+            return false;
+        }
+        let invocation = entry.event.invocation();
+        if let Some(want) = &self.invocation
+            && !invocation.is_some_and(|i| i.starts_with(want.as_str()))
+        {
+            return false;
+        }
+        if self.action.is_none() && self.caller.is_none() {
+            return true;
+        }
+        let (action, caller) = match &entry.event {
+            Event::InvocationStarted(e) => (Some(&e.action), Some(&e.caller)),
+            Event::InvocationRefused(e) => (Some(&e.action), Some(&e.caller)),
+            _ => (None, None),
+        };
+        if let (Some(action), Some(caller), Some(id)) = (action, caller, invocation) {
+            let ok =
+                self.action.as_ref().is_none_or(|a| a == action) && self.caller.as_ref().is_none_or(|c| c == caller);
+            if ok {
+                self.matched.insert(id.to_string());
+            }
+            return ok;
+        }
+        invocation.is_some_and(|i| self.matched.contains(i))
+    }
+}
+
+/// Print one record; false when stdout is closed.
+fn print_record(
+    out: &mut impl std::io::Write,
+    record: &airlock::audit::chain::Record,
+    line: &[u8],
+    json: bool,
+) -> bool {
+    use airlock::audit::Event;
+    if json {
+        return out.write_all(line).and_then(|()| out.write_all(b"\n")).is_ok();
+    }
+    let e = &record.entry;
+    let id = |i: &str| i.chars().take(12).collect::<String>();
+    let summary = match &e.event {
+        Event::InvocationStarted(s) => format!(
+            "{} {}#{} by {} args {}",
+            id(&s.invocation),
+            s.action,
+            s.function,
+            s.caller,
+            if s.args_truncated {
+                format!("({})", s.args_digest)
+            } else {
+                s.args.to_string()
+            }
+        ),
+        Event::HostCall(h) => format!(
+            "{} call {} {}#{} {} ({}) {}",
+            id(&h.invocation),
+            h.call,
+            h.interface,
+            h.function,
+            if h.allowed { "allowed" } else { "DENIED" },
+            h.rule,
+            h.status
+        ),
+        Event::InvocationFinished(f) => format!(
+            "{} {} {} exit {} in {} us{}",
+            id(&f.invocation),
+            f.action,
+            f.outcome,
+            f.exit_code,
+            f.duration_us,
+            f.error.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+        ),
+        Event::InvocationRefused(r) => format!(
+            "{} {}#{} by {}: {}",
+            id(&r.invocation),
+            r.action,
+            r.function,
+            r.caller,
+            r.error
+        ),
+        Event::Recovered(r) => format!(
+            "cut {} torn bytes after record {:?}: {}",
+            r.truncated_bytes, r.last_good_seq, r.reason
+        ),
+    };
+    let kind = match &e.event {
+        Event::InvocationStarted(_) => "started",
+        Event::HostCall(_) => "host-call",
+        Event::InvocationFinished(_) => "finished",
+        Event::InvocationRefused(_) => "refused",
+        Event::Recovered(_) => "recovered",
+    };
+    writeln!(out, "{:>7} {} {:<9} {}", e.seq, e.ts, kind, escape(&summary)).is_ok()
 }
 
 fn fail(e: &Error) -> ExitCode {
@@ -387,6 +718,21 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
         }
     };
     let action = runtime.prepare(policy)?;
+    if let Some(n) = a.repeat {
+        for _ in 0..n {
+            let report = action.invoke(&a.function, &args).await;
+            if !a.quiet {
+                echo_observations(&report);
+            }
+            let value = report.outcome?;
+            let line = serde_json::json!({"invocation": report.invocation, "result": value});
+            let mut out = std::io::stdout().lock();
+            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                break; // the reader went away
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = action.invoke(&a.function, &args).await;
     if !a.quiet {
         echo_observations(&report);

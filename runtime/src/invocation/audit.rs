@@ -150,7 +150,7 @@ pub fn outcome_class(e: &Error) -> &'static str {
         Error::Refused(_) | Error::HostCallDenied(_) => "denied",
         Error::Limit(_) | Error::Exited(_) => "limit",
         Error::Trapped(_) => "trap",
-        Error::Internal(_) | Error::AuditUnavailable(_) => "internal",
+        Error::Internal(_) | Error::AuditUnavailable(_) | Error::AuditTampered(_) => "internal",
         Error::Usage(_)
         | Error::Config(_)
         | Error::InvalidComponent { .. }
