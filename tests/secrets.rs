@@ -370,6 +370,13 @@ fn an_echoing_api_cannot_hand_the_secret_back() {
     // The guest spread what it got over every channel it has.
     assert!(run.stderr.contains("[log Warn] loot") && run.stderr.contains("[stdout] loot"));
     assert!(s.dir.path().join("granted/loot").exists());
+    // The audit log (scanned with everything else) recorded the request by
+    // destination and credential name.
+    let audit = std::fs::read_to_string(s.dir.path().join("data/audit/audit.log")).unwrap();
+    assert!(
+        audit.contains("\"airlock:cap/http\"") && audit.contains("\"credential\",\"api\""),
+        "{audit}"
+    );
     s.assert_no_leak(&[&run]);
 }
 

@@ -331,9 +331,11 @@ impl InvocationState {
         run: impl FnOnce(&mut Self) -> T,
     ) -> Result<T, Denied> {
         let started = Instant::now();
+        let (interface, function) = (call.interface, call.function);
         let (seq, allowed) = self.host_calls.begin(call, decide(self));
         allowed?;
-        let out = run(self);
+        let span = tracing::info_span!("host_call", interface, function, call = seq);
+        let out = span.in_scope(|| run(self));
         self.host_calls.finish(seq, out.status(), started.elapsed());
         Ok(out)
     }
@@ -346,9 +348,11 @@ impl InvocationState {
         run: impl AsyncFnOnce(&mut Self) -> T,
     ) -> Result<T, Denied> {
         let started = Instant::now();
+        let (interface, function) = (call.interface, call.function);
         let (seq, allowed) = self.host_calls.begin(call, decide(self));
         allowed?;
-        let out = run(self).await;
+        let span = tracing::info_span!("host_call", interface, function, call = seq);
+        let out = tracing::Instrument::instrument(run(self), span).await;
         self.host_calls.finish(seq, out.status(), started.elapsed());
         Ok(out)
     }

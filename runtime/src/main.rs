@@ -432,7 +432,8 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
                 print_record(&mut out, record, line, json);
             }
             let mut seen = verified.records;
-            while follow {
+            // `-f` runs until interrupted.
+            while follow && out.flush().is_ok() {
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 let mut n = 0u64;
                 read::scan(&dir, |record, line| {

@@ -80,8 +80,10 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Parse 64 lowercase hex digits (the only spelling airlock writes, so a
+/// case change is a change).
 pub fn parse_hex(text: &[u8]) -> Option<[u8; 32]> {
-    if text.len() != 64 {
+    if text.len() != 64 || !text.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)) {
         return None;
     }
     let mut out = [0u8; 32];
