@@ -22,6 +22,10 @@
 //!    credential injection from the [`vault`], and reflected-secret
 //!    redaction before the response reaches the guest.
 //!
+//! 6. [`audit`]: every invocation and host call, hash-chained and synced
+//!    before the result is acknowledged; nothing runs while it cannot be
+//!    written.
+//!
 //! [`runtime::Runtime`] ties these together over one wasmtime engine
 //! ([`engine`]) and an on-disk compile [`cache`].
 

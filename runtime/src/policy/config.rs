@@ -181,6 +181,13 @@ impl Policy {
             let digest = raw.digest.as_deref().map(Digest::parse).transpose().map_err(&at)?;
             let grants = Grants::resolve(&raw.grants, &resolve).map_err(&at)?;
             let limits = raw.limits.resolve().map_err(|e| at(format!("limits: {e}")))?;
+            for p in &raw.audit.sensitive_args {
+                if p.is_empty() || p.len() > 256 || p.split('.').any(str::is_empty) {
+                    return Err(at(format!(
+                        "audit.sensitive-args: {p:?} must be a dotted path of argument and field names, e.g. \"ticket.body\""
+                    )));
+                }
+            }
             actions.insert(
                 name.clone(),
                 ActionPolicy {
