@@ -466,3 +466,114 @@ fn a_full_filesystem_refuses_invocations_until_space_returns() {
     let run = airlock_with(&["audit", "verify", "--data-dir", &data_arg(data.path())], b"", &[]);
     assert_eq!(run.code, 0, "{run:?}");
 }
+
+#[test]
+fn a_failure_during_an_invocation_withholds_its_result() {
+    let data = tempfile::tempdir().unwrap();
+    let granted = data.path().join("granted");
+    std::fs::create_dir(&granted).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut runtime = Runtime::new(&RuntimeSettings {
+        data_dir: data.path().to_path_buf(),
+        max_concurrent_instances: 4,
+    })
+    .unwrap();
+    let grants = Grants {
+        log: Some(LogGrant),
+        files: Some(FilesGrant::new(granted, Mode::ReadWrite).unwrap()),
+        ..Grants::default()
+    };
+    let action = runtime
+        .prepare(ActionPolicy::ad_hoc(
+            "probe",
+            component("probe"),
+            grants,
+            Limits::default(),
+        ))
+        .unwrap();
+    let audit = runtime.audit().unwrap();
+    let slow = {
+        let action = action.clone();
+        rt.spawn(async move { action.invoke("sleep-ms", &json!({"ms": 400})).await })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    audit.inject_fault(Some(std::io::ErrorKind::Other));
+    let report = rt.block_on(slow).unwrap();
+    match &report.outcome {
+        Err(airlock::Error::AuditUnavailable(m)) => assert!(m.contains("withheld"), "{m}"),
+        other => panic!("the result was acknowledged without its records: {other:?}"),
+    }
+    assert!(report.stdout.is_empty() && report.logs.is_empty());
+    audit.inject_fault(None);
+    let next = rt.block_on(action.invoke("log-lines", &json!({"n": 3})));
+    assert!(next.outcome.is_ok(), "{:?}", next.outcome);
+    drop((action, runtime, audit));
+    // The chain is intact, the withheld invocation shows as started only,
+    // and the next one is complete.
+    let recs = records(data.path());
+    let of = |id: &str| recs.iter().filter(|r| r.event.invocation() == Some(id)).count();
+    assert_eq!(of(&report.invocation), 1);
+    assert_eq!(of(&next.invocation), 1 + 3 + 1);
+}
+
+#[test]
+fn sensitive_arguments_are_recorded_by_digest_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[runtime]
+data-dir = "data"
+[actions.hello]
+component = {}
+[actions.hello.audit]
+sensitive-args = ["who.name"]
+"#,
+            support::toml_path(&component("hello"))
+        ),
+    )
+    .unwrap();
+    let run = airlock_with(
+        &[
+            "invoke",
+            "--config",
+            config.to_str().unwrap(),
+            "hello",
+            "greet",
+            "--args",
+            r#"{"who": {"name": "Zelda-Private-Name", "languages": ["en"]}}"#,
+        ],
+        b"",
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let log = std::fs::read_to_string(log_path(&dir.path().join("data"))).unwrap();
+    assert!(!log.contains("Zelda-Private-Name"), "{log}");
+    assert!(log.contains("\"sensitive\":\"blake3:"), "{log}");
+    assert!(
+        log.contains("\"languages\":[\"en\"]"),
+        "other arguments stay readable: {log}"
+    );
+    // A refused request does not quote argument values either.
+    let bad = airlock_with(
+        &[
+            "invoke",
+            "--config",
+            config.to_str().unwrap(),
+            "hello",
+            "greet",
+            "--args",
+            r#"{"who": {"name": 12345678}}"#,
+        ],
+        b"",
+        &[],
+    );
+    assert_eq!(bad.code, 2);
+    let log = std::fs::read_to_string(log_path(&dir.path().join("data"))).unwrap();
+    assert!(!log.contains("12345678"), "{log}");
+}

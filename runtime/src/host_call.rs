@@ -7,7 +7,7 @@
 //! Later milestones hook approval gates and the audit trail in here.
 
 use crate::audit::event::HostCallEvent;
-use crate::audit::{AuditError, AuditLog, Event};
+use crate::audit::{AuditLog, Event};
 use crate::invocation::InvocationState;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 /// still decided and counted, but not itemized. Bounds host memory for a
 /// guest that calls in a loop.
 pub const MAX_HOST_CALL_RECORDS: usize = 10_000;
+
+/// Longest argument summary kept in a record, in bytes.
+pub const MAX_ARG_SUMMARY: usize = 512;
 
 /// One capability call, described by what it touches (never by secret
 /// values or whole payloads).
@@ -38,9 +41,21 @@ impl HostCall {
         }
     }
 
-    /// Add one summarized argument.
+    /// Add one summarized argument. Values longer than
+    /// [`MAX_ARG_SUMMARY`] are cut, with the whole value's digest appended,
+    /// so a guest cannot make records (or host memory) arbitrarily large.
     pub fn arg(mut self, key: &'static str, value: impl fmt::Display) -> HostCall {
-        self.args.push((key, value.to_string()));
+        let mut text = value.to_string();
+        if text.len() > MAX_ARG_SUMMARY {
+            let digest = blake3::hash(text.as_bytes()).to_hex();
+            let mut cut = MAX_ARG_SUMMARY;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str(&format!("… (blake3:{digest})"));
+        }
+        self.args.push((key, text));
         self
     }
 }
@@ -156,9 +171,9 @@ struct AuditTap {
     pending: Vec<Event>,
     /// Allowed calls still running, by call number.
     in_flight: BTreeMap<u64, HostCallEvent>,
-    /// A chunk could not be written: records are missing, so the
-    /// invocation's result must not be acknowledged.
-    failed: Option<AuditError>,
+    /// The log's failure epoch when the invocation started: if it moves,
+    /// queued records may have been cut off and the result is withheld.
+    epoch: u64,
 }
 
 impl HostCalls {
@@ -172,11 +187,11 @@ impl HostCalls {
         HostCalls(Arc::new(Mutex::new(Inner {
             log: HostCallLog::default(),
             tap: Some(AuditTap {
-                log,
                 invocation,
                 pending: Vec::new(),
                 in_flight: BTreeMap::new(),
-                failed: None,
+                epoch: log.epoch(),
+                log,
             }),
         })))
     }
@@ -189,7 +204,7 @@ impl HostCalls {
     pub fn begin(&self, call: HostCall, mut decision: Decision) -> (u64, Result<(), Denied>) {
         let mut inner = self.lock();
         if let Some(tap) = &inner.tap
-            && (tap.failed.is_some() || !tap.log.is_healthy())
+            && (tap.log.epoch() != tap.epoch || !tap.log.is_healthy())
         {
             decision = Decision::deny(
                 "audit",
@@ -281,22 +296,19 @@ impl HostCalls {
         }
     }
 
-    /// End the audit tap: the records not yet written (calls still running
-    /// are marked abandoned), or the error that lost some.
-    pub fn close_audit(&self) -> Result<Vec<Event>, AuditError> {
+    /// End the audit tap: the records not yet queued (calls still running
+    /// are marked abandoned) and the epoch the closing append must match.
+    pub fn close_audit(&self) -> (Vec<Event>, Option<u64>) {
         let mut inner = self.lock();
         let Some(mut tap) = inner.tap.take() else {
-            return Ok(Vec::new());
+            return (Vec::new(), None);
         };
-        if let Some(e) = tap.failed.take() {
-            return Err(e);
-        }
         let mut events = std::mem::take(&mut tap.pending);
         for (_, mut event) in std::mem::take(&mut tap.in_flight) {
             event.status = "abandoned: the invocation ended first".into();
             events.push(Event::HostCall(event));
         }
-        Ok(events)
+        (events, Some(tap.epoch))
     }
 
     /// A copy of the log so far.
@@ -306,15 +318,13 @@ impl HostCalls {
 }
 
 impl AuditTap {
-    /// Queue a finished record; hand a full chunk to the writer (written,
-    /// not yet synced: the invocation's closing record syncs them all).
+    /// Queue a finished record; hand a full chunk to the writer without
+    /// waiting (the invocation's closing record syncs them all, and fails
+    /// if any were lost).
     fn push(&mut self, event: Event) {
         self.pending.push(event);
-        if self.pending.len() >= AUDIT_CHUNK && self.failed.is_none() {
-            let chunk = std::mem::take(&mut self.pending);
-            if let Err(e) = self.log.append_written(chunk) {
-                self.failed = Some(e);
-            }
+        if self.pending.len() >= AUDIT_CHUNK {
+            self.log.append_queued(std::mem::take(&mut self.pending));
         }
     }
 }

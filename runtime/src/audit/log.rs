@@ -42,9 +42,12 @@ pub enum AuditError {
 enum Request {
     Append {
         events: Vec<Event>,
-        /// Sync before acknowledging (otherwise acknowledge once written).
+        /// Sync before acknowledging.
         sync: bool,
-        ack: mpsc::SyncSender<Result<u64, AuditError>>,
+        /// Refuse the append if a write failed since this epoch (records
+        /// it depends on were cut off).
+        expect_epoch: Option<u64>,
+        ack: Option<mpsc::SyncSender<Result<u64, AuditError>>>,
     },
     Checkpoint {
         ack: mpsc::SyncSender<Result<Option<Checkpoint>, AuditError>>,
@@ -53,6 +56,9 @@ enum Request {
 
 struct Shared {
     healthy: AtomicBool,
+    /// Bumped on every failed write: unsynced records written before it
+    /// were cut off, so work that depended on them must not be acknowledged.
+    epoch: std::sync::atomic::AtomicU64,
     /// Test hook: when set, writes fail with this error kind.
     fault: Mutex<Option<std::io::ErrorKind>>,
 }
@@ -149,14 +155,20 @@ impl AuditLog {
                 Err(std::fs::TryLockError::Error(e)) => return Err(open_err(format!("cannot lock: {e}"))),
             }
         }
-        let tail = recover_tail(&mut file).map_err(&open_err)?;
+        let tail = recover_tail(&mut file, dir).map_err(&open_err)?;
         let shared = Arc::new(Shared {
             healthy: AtomicBool::new(true),
+            epoch: std::sync::atomic::AtomicU64::new(0),
             fault: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel();
+        repair_checkpoints(&dir.join(CHECKPOINTS_FILE));
         let mut writer = Writer {
             file,
+            synced_len: tail.good_len,
+            synced_seq: tail.next_seq,
+            synced_head: tail.head,
+            poisoned: false,
             good_len: tail.good_len,
             next_seq: tail.next_seq,
             head: tail.head,
@@ -174,7 +186,10 @@ impl AuditLog {
             });
             tracing::warn!(target: "airlock::audit", truncated_bytes = tail.truncated, "audit log had a torn tail; repaired");
             writer
-                .write_group(&mut [(vec![event], true)])
+                .write_group(&mut [(vec![event], true, None)])
+                .into_iter()
+                .next()
+                .transpose()
                 .map_err(|e| open_err(e.to_string()))?;
         }
         let thread = std::thread::Builder::new()
@@ -219,26 +234,47 @@ impl AuditLog {
     /// Append `events` and wait until they are on disk; returns the last
     /// sequence number.
     pub fn append_durable(&self, events: Vec<Event>) -> Result<u64, AuditError> {
-        self.append(events, true)
+        self.append(events, None)
     }
 
-    /// Append `events` and wait until they are written (to the page cache,
-    /// not yet synced); a later durable append syncs them too.
-    pub fn append_written(&self, events: Vec<Event>) -> Result<u64, AuditError> {
-        self.append(events, false)
+    /// Like [`AuditLog::append_durable`], but refused if any write failed
+    /// since `epoch` (see [`AuditLog::epoch`]): records queued with
+    /// [`AuditLog::append_queued`] since then may have been cut off.
+    pub fn append_durable_since(&self, events: Vec<Event>, epoch: u64) -> Result<u64, AuditError> {
+        self.append(events, Some(epoch))
     }
 
-    fn append(&self, events: Vec<Event>, sync: bool) -> Result<u64, AuditError> {
+    /// Queue `events` without waiting; a later durable append syncs them,
+    /// and [`AuditLog::append_durable_since`] tells whether they survived.
+    pub fn append_queued(&self, events: Vec<Event>) {
+        let _ = self.send(Request::Append {
+            events,
+            sync: false,
+            expect_epoch: None,
+            ack: None,
+        });
+    }
+
+    /// The current failure epoch.
+    pub fn epoch(&self) -> u64 {
+        self.0.shared.epoch.load(Ordering::Acquire)
+    }
+
+    fn append(&self, events: Vec<Event>, expect_epoch: Option<u64>) -> Result<u64, AuditError> {
         let (ack, done) = mpsc::sync_channel(1);
-        self.send(Request::Append { events, sync, ack })?;
+        self.send(Request::Append {
+            events,
+            sync: true,
+            expect_epoch,
+            ack: Some(ack),
+        })?;
         done.recv().map_err(|_| self.unavailable("the writer has stopped"))?
     }
 
-    /// [`AuditLog::append_durable`] without blocking the async runtime's
-    /// worker thread.
-    pub async fn append_durable_async(&self, events: Vec<Event>) -> Result<u64, AuditError> {
+    /// [`AuditLog::append_durable_since`] off the async runtime's workers.
+    pub async fn append_durable_async(&self, events: Vec<Event>, epoch: Option<u64>) -> Result<u64, AuditError> {
         let log = self.clone();
-        match tokio::task::spawn_blocking(move || log.append_durable(events)).await {
+        match tokio::task::spawn_blocking(move || log.append(events, epoch)).await {
             Ok(r) => r,
             Err(_) => Err(self.unavailable("the append task failed")),
         }
@@ -273,13 +309,14 @@ struct Tail {
 /// Find the last intact record; cut off anything after it (a torn write).
 /// Only the tail is read: records are small, so the last one lies within
 /// the final 1 MiB unless the file is damaged beyond a torn write.
-fn recover_tail(file: &mut File) -> Result<Tail, String> {
+fn recover_tail(file: &mut File, dir: &Path) -> Result<Tail, String> {
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     let window = 1 << 20;
     let start = len.saturating_sub(window);
     file.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     file.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let len = start + buf.len() as u64;
     // Complete lines in the window (skip a partial first line unless the
     // window is the whole file).
     let mut lines: Vec<(u64, &[u8])> = Vec::new();
@@ -304,15 +341,17 @@ fn recover_tail(file: &mut File) -> Result<Tail, String> {
         match self_checked(line) {
             Ok((seq, hash)) => {
                 let good_len = offset + line.len() as u64 + 1;
-                let truncated = len - good_len;
+                let truncated = len.saturating_sub(good_len);
+                let next_seq = seq
+                    .checked_add(1)
+                    .ok_or("the last record's sequence number is out of range")?;
                 if truncated > 0 {
-                    file.set_len(good_len)
-                        .map_err(|e| format!("cannot cut off the torn tail: {e}"))?;
-                    file.sync_all().map_err(|e| e.to_string())?;
+                    let cut = buf.get((good_len - start) as usize..).unwrap_or_default();
+                    reason = cut_tail(file, dir, cut, good_len, reason)?;
                 }
                 return Ok(Tail {
                     good_len,
-                    next_seq: seq + 1,
+                    next_seq,
                     head: hash,
                     truncated,
                     reason,
@@ -328,9 +367,7 @@ fn recover_tail(file: &mut File) -> Result<Tail, String> {
         return Err("no intact record in the last 1 MiB; run `airlock audit verify`".into());
     }
     if len > 0 {
-        file.set_len(0)
-            .map_err(|e| format!("cannot cut off the torn tail: {e}"))?;
-        file.sync_all().map_err(|e| e.to_string())?;
+        reason = cut_tail(file, dir, &buf, 0, reason)?;
     }
     Ok(Tail {
         good_len: 0,
@@ -339,6 +376,50 @@ fn recover_tail(file: &mut File) -> Result<Tail, String> {
         truncated: len,
         reason,
     })
+}
+
+/// Move the bytes after `keep` into a quarantine file (so nothing is lost
+/// silently), then cut them off. Returns the reason, naming the file and
+/// the bytes' digest.
+fn cut_tail(file: &mut File, dir: &Path, cut: &[u8], keep: u64, reason: String) -> Result<String, String> {
+    let name = format!("torn-{}.bin", now_micros());
+    let path = dir.join(&name);
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut q = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("cannot save the torn tail to {}: {e}", path.display()))?;
+        q.write_all(cut)
+            .and_then(|()| q.sync_all())
+            .map_err(|e| format!("cannot save the torn tail to {}: {e}", path.display()))?;
+    }
+    file.set_len(keep)
+        .map_err(|e| format!("cannot cut off the torn tail: {e}"))?;
+    file.sync_all().map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{reason}; the {} cut bytes are kept in {name} (blake3:{})",
+        cut.len(),
+        blake3::hash(cut).to_hex()
+    ))
+}
+
+/// Cut a torn last line off the checkpoints file (a crash mid-write), so
+/// the next checkpoint starts on a line of its own.
+fn repair_checkpoints(path: &Path) {
+    let Ok(bytes) = std::fs::read(path) else {
+        return;
+    };
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return;
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
+        let _ = f.set_len(keep as u64).and_then(|()| f.sync_all());
+        tracing::warn!(target: "airlock::audit", path = %path.display(), "cut a torn checkpoint line");
+    }
 }
 
 /// Check a line against the `prev` it names (enough for the tail: the full
@@ -359,6 +440,13 @@ fn self_checked(line: &[u8]) -> Result<(u64, [u8; 32]), String> {
 
 struct Writer {
     file: File,
+    /// State as of the last successful sync: what a failure rolls back to.
+    synced_len: u64,
+    synced_seq: u64,
+    synced_head: [u8; 32],
+    /// The file could not be rolled back after a failure; nothing more is
+    /// written until the log is reopened (which repairs its tail).
+    poisoned: bool,
     good_len: u64,
     next_seq: u64,
     head: [u8; 32],
@@ -384,24 +472,21 @@ impl Writer {
             let mut checkpoint_acks = Vec::new();
             for r in group {
                 match r {
-                    Request::Append { events, sync, ack } => {
-                        appends.push((events, sync));
+                    Request::Append {
+                        events,
+                        sync,
+                        expect_epoch,
+                        ack,
+                    } => {
+                        appends.push((events, sync, expect_epoch));
                         acks.push(ack);
                     }
                     Request::Checkpoint { ack } => checkpoint_acks.push(ack),
                 }
             }
-            let result = self.write_group(&mut appends);
-            match result {
-                Ok(last_seqs) => {
-                    for (ack, seq) in acks.into_iter().zip(last_seqs) {
-                        let _ = ack.send(Ok(seq));
-                    }
-                }
-                Err(e) => {
-                    for ack in acks {
-                        let _ = ack.send(Err(e.clone()));
-                    }
+            for (ack, result) in acks.into_iter().zip(self.write_group(&mut appends)) {
+                if let Some(ack) = ack {
+                    let _ = ack.send(result);
                 }
             }
             let due = self
@@ -427,13 +512,25 @@ impl Writer {
     }
 
     /// Write every append of a group, syncing once if any asked for
-    /// durability. Returns each append's last sequence number.
-    fn write_group(&mut self, appends: &mut [(Vec<Event>, bool)]) -> Result<Vec<u64>, AuditError> {
-        let (seq0, head0) = (self.next_seq, self.head);
+    /// durability. Returns each append's last sequence number, or why it
+    /// failed.
+    fn write_group(&mut self, appends: &mut [(Vec<Event>, bool, Option<u64>)]) -> Vec<Result<u64, AuditError>> {
+        let epoch = self.shared.epoch.load(Ordering::Acquire);
+        let mut results: Vec<Option<Result<u64, AuditError>>> = vec![None; appends.len()];
+        if self.poisoned {
+            let e = self.fail("an earlier failure could not be rolled back; restart airlock to repair the log".into());
+            return vec![Err(e); appends.len()];
+        }
         let mut buf = Vec::new();
-        let mut last = Vec::with_capacity(appends.len());
         let mut sync = false;
-        for (events, durable) in appends.iter_mut() {
+        for (i, (events, durable, expect)) in appends.iter_mut().enumerate() {
+            if expect.is_some_and(|e| e != epoch) {
+                results[i] = Some(Err(AuditError::Unavailable {
+                    path: self.path.display().to_string(),
+                    reason: "a write failed while this invocation ran, and some of its records were lost".into(),
+                }));
+                continue;
+            }
             sync |= *durable;
             for event in events.drain(..) {
                 let entry = Entry {
@@ -449,36 +546,51 @@ impl Writer {
                         self.next_seq += 1;
                     }
                     Err(e) => {
-                        (self.next_seq, self.head) = (seq0, head0);
-                        return Err(self.fail(e));
+                        tracing::error!(target: "airlock::audit", error = %e, "an audit record could not be encoded");
                     }
                 }
             }
-            last.push(self.next_seq.saturating_sub(1));
-        }
-        if buf.is_empty() {
-            return Ok(last);
+            results[i] = Some(Ok(self.next_seq.saturating_sub(1)));
         }
         let injected = self.shared.fault.lock().ok().and_then(|f| *f);
-        let written = match injected {
-            Some(kind) => Err(std::io::Error::new(kind, "injected fault")),
-            None => self
-                .file
-                .write_all(&buf)
-                .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) }),
+        let written = if buf.is_empty() && !sync {
+            Ok(())
+        } else {
+            match injected {
+                Some(kind) => Err(std::io::Error::new(kind, "injected fault")),
+                None => self
+                    .file
+                    .write_all(&buf)
+                    .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) }),
+            }
         };
         match written {
             Ok(()) => {
                 self.good_len += buf.len() as u64;
+                if sync {
+                    (self.synced_len, self.synced_seq, self.synced_head) = (self.good_len, self.next_seq, self.head);
+                }
                 self.shared.healthy.store(true, Ordering::Release);
-                Ok(last)
+                results.into_iter().map(|r| r.unwrap_or(Ok(0))).collect()
             }
             Err(e) => {
-                // Cut off whatever part of the group reached the file, so
-                // the chain stays intact for the next attempt.
-                let _ = self.file.set_len(self.good_len);
-                (self.next_seq, self.head) = (seq0, head0);
-                Err(self.fail(e.to_string()))
+                // Roll back to the last sync: after a failed fsync the
+                // kernel may already have dropped unsynced pages, so nothing
+                // written since is trusted. Work that depended on it sees
+                // the epoch change and is not acknowledged.
+                self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+                if self.file.set_len(self.synced_len).is_err() {
+                    self.poisoned = true;
+                }
+                (self.good_len, self.next_seq, self.head) = (self.synced_len, self.synced_seq, self.synced_head);
+                let err = self.fail(e.to_string());
+                results
+                    .into_iter()
+                    .map(|r| match r {
+                        Some(Err(e)) => Err(e),
+                        _ => Err(err.clone()),
+                    })
+                    .collect()
             }
         }
     }
@@ -488,7 +600,10 @@ impl Writer {
             return Ok(None);
         };
         let cp = self.key.sign(seq, &self.head, rfc3339_micros(now_micros()));
-        let mut line = serde_json::to_vec(&cp).map_err(|e| self.fail(e.to_string()))?;
+        let mut line = serde_json::to_vec(&cp).map_err(|e| AuditError::Unavailable {
+            path: self.checkpoints.display().to_string(),
+            reason: e.to_string(),
+        })?;
         line.push(b'\n');
         let written = {
             use std::os::unix::fs::OpenOptionsExt as _;
@@ -499,8 +614,87 @@ impl Writer {
                 .open(&self.checkpoints)
                 .and_then(|mut f| f.write_all(&line).and_then(|()| f.sync_data()))
         };
-        written.map_err(|e| self.fail(format!("cannot write checkpoint: {e}")))?;
+        if let Err(e) = written {
+            // The log itself is fine; only its signed summary is missing.
+            tracing::warn!(target: "airlock::audit", error = %e, "cannot write an audit checkpoint");
+            return Err(AuditError::Unavailable {
+                path: self.checkpoints.display().to_string(),
+                reason: format!("cannot write checkpoint: {e}"),
+            });
+        }
         self.last_checkpoint_seq = Some(seq);
         Ok(Some(cp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::event::Recovered;
+
+    fn event(n: u64) -> Event {
+        Event::Recovered(Recovered {
+            truncated_bytes: n,
+            last_good_seq: None,
+            reason: "test".into(),
+        })
+    }
+
+    fn lines(dir: &Path) -> Vec<String> {
+        std::fs::read_to_string(dir.join(LOG_FILE))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn torn_and_damaged_tails_are_cut_kept_and_recorded() -> Result<(), AuditError> {
+        let tmp = tempfile::tempdir().map_err(|e| AuditError::Open {
+            path: String::new(),
+            reason: e.to_string(),
+        })?;
+        let dir = tmp.path();
+        {
+            let log = AuditLog::open(dir)?;
+            log.append_durable(vec![event(1), event(2)])?;
+        }
+        // A partly written record (no newline).
+        let path = dir.join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).unwrap_or_default();
+        bytes.extend_from_slice(b"{\"seq\":2,\"ts\":\"20");
+        std::fs::write(&path, &bytes).unwrap_or_default();
+        {
+            let log = AuditLog::open(dir)?;
+            log.append_durable(vec![event(3)])?;
+        }
+        let after = lines(dir);
+        assert_eq!(after.len(), 4, "two records, the recovery, one more: {after:?}");
+        assert!(after[2].contains("\"kind\":\"recovered\"") && after[2].contains("partly written"));
+        // A complete last line that fails its hash (e.g. a page lost in a
+        // crash) is cut too, and kept aside.
+        let mut damaged = after[..3].join("\n");
+        damaged.push('\n');
+        damaged.push_str(&after[3].replace("\"truncated-bytes\":3", "\"truncated-bytes\":4"));
+        damaged.push('\n');
+        std::fs::write(&path, damaged).unwrap_or_default();
+        drop(AuditLog::open(dir)?);
+        let last = lines(dir);
+        assert!(last[3].contains("damaged"), "{last:?}");
+        let kept = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("torn-"))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(kept, 2, "both cut tails are kept");
+        // That record had been synced and checkpointed at close, so cutting
+        // it is loss of history, and verification says so.
+        assert!(matches!(
+            crate::audit::read::verify(dir, None),
+            Err(crate::audit::read::VerifyError::Rewritten { seq: 3, .. })
+        ));
+        Ok(())
     }
 }

@@ -63,6 +63,10 @@ pub fn scan(dir: &Path, mut visit: impl FnMut(&Record, &[u8]) -> bool) -> Result
     // A live writer holds the exclusive lock; then a last line may still be
     // in flight and is not held against the log.
     let live = file.try_lock_shared().is_err();
+    if !live {
+        // Only a probe: holding the lock while reading would stall writers.
+        let _ = file.unlock();
+    }
     let mut reader = BufReader::new(file);
     let mut prev = GENESIS;
     let mut expected = 0u64;
@@ -122,7 +126,18 @@ pub fn scan(dir: &Path, mut visit: impl FnMut(&Record, &[u8]) -> bool) -> Result
 pub fn verify(dir: &Path, external: Option<(&Checkpoint, String)>) -> Result<Verified, VerifyError> {
     let mut checkpoints: Vec<(Checkpoint, String)> = Vec::new();
     let local = dir.join(CHECKPOINTS_FILE);
-    if let Ok(text) = std::fs::read_to_string(&local) {
+    let text = match std::fs::read_to_string(&local) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        // An unreadable checkpoints file must not quietly skip its checks.
+        Err(e) => {
+            return Err(VerifyError::Checkpoint {
+                source_desc: local.display().to_string(),
+                reason: format!("cannot read: {e}"),
+            });
+        }
+    };
+    if let Some(text) = text {
         for (i, line) in text.lines().enumerate() {
             let source_desc = format!("{}:{}", local.display(), i + 1);
             let cp: Checkpoint = serde_json::from_str(line).map_err(|e| VerifyError::Checkpoint {

@@ -53,11 +53,18 @@ fn digest(bytes: &[u8]) -> String {
     format!("blake3:{}", blake3::hash(bytes).to_hex())
 }
 
-/// Replace the value at each dotted path (`ticket.body`) by its digest.
+/// Replace the value at each dotted path (`ticket.body`) by its digest;
+/// a path step through a list applies to every element.
 fn mask(value: &mut Value, path: &[&str]) {
     let Some((first, rest)) = path.split_first() else {
         return;
     };
+    if let Value::Array(items) = value {
+        for item in items {
+            mask(item, path);
+        }
+        return;
+    }
     if let Some(v) = value.as_object_mut().and_then(|m| m.get_mut(*first)) {
         if rest.is_empty() {
             let bytes = serde_json::to_vec(&canonical(v)).unwrap_or_default();
@@ -106,7 +113,13 @@ impl PreparedAction {
             action: self.policy.name.clone(),
             function: function.chars().take(256).collect(),
             exit_code: error.exit_code(),
-            error: error.to_string().chars().take(1024).collect(),
+            // Argument errors quote the offending value, which may be a
+            // sensitive field: record only where the problem is.
+            error: match error {
+                Error::Args(m) => format!("bad arguments at {}", m.path),
+                Error::ArgsSyntax(_) => "bad arguments: not a JSON object keyed by parameter names".into(),
+                other => other.to_string().chars().take(1024).collect(),
+            },
         })
     }
 

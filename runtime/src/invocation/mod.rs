@@ -113,7 +113,7 @@ impl PreparedAction {
             Ok(p) => p,
             Err(error) => {
                 let event = self.refused_event(&invocation, caller, function, &error);
-                let error = match self.audit.append_durable_async(vec![event]).await {
+                let error = match self.audit.append_durable_async(vec![event], None).await {
                     Ok(_) => error,
                     Err(e) => Error::AuditUnavailable(e.to_string()),
                 };
@@ -121,7 +121,7 @@ impl PreparedAction {
             }
         };
         let start = self.started_event(&invocation, caller, function, args);
-        if let Err(e) = self.audit.append_durable_async(vec![start]).await {
+        if let Err(e) = self.audit.append_durable_async(vec![start], None).await {
             return Report::failed(&invocation, Error::AuditUnavailable(e.to_string()), started);
         }
         let span = tracing::info_span!(
@@ -135,20 +135,16 @@ impl PreparedAction {
         let mut report =
             tracing::Instrument::instrument(self.run(sig, params, started, &invocation, host_calls.clone()), span)
                 .await;
-        let mut events = match host_calls.close_audit() {
-            Ok(events) => events,
-            Err(e) => {
-                report.outcome = Err(Error::AuditUnavailable(format!(
-                    "the action ran, but some of its host-call records could not be written ({e}); its result is withheld"
-                )));
-                Vec::new()
-            }
-        };
+        let (mut events, epoch) = host_calls.close_audit();
         events.push(self.finished_event(&report));
-        if let Err(e) = self.audit.append_durable_async(events).await {
+        if let Err(e) = self.audit.append_durable_async(events, epoch).await {
             report.outcome = Err(Error::AuditUnavailable(format!(
                 "the action ran, but its audit records could not be written ({e}); its result is withheld"
             )));
+            // Nothing of a withheld invocation is handed back.
+            report.stdout.clear();
+            report.stderr.clear();
+            report.logs.clear();
         }
         report
     }
