@@ -577,3 +577,51 @@ sensitive-args = ["who.name"]
     let log = std::fs::read_to_string(log_path(&dir.path().join("data"))).unwrap();
     assert!(!log.contains("12345678"), "{log}");
 }
+
+#[test]
+fn concurrent_invocations_share_syncs() {
+    let data = tempfile::tempdir().unwrap();
+    let granted = data.path().join("granted");
+    std::fs::create_dir(&granted).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut runtime = Runtime::new(&RuntimeSettings {
+        data_dir: data.path().to_path_buf(),
+        max_concurrent_instances: 32,
+    })
+    .unwrap();
+    let grants = Grants {
+        log: Some(LogGrant),
+        files: Some(FilesGrant::new(granted, Mode::ReadWrite).unwrap()),
+        ..Grants::default()
+    };
+    let action = runtime
+        .prepare(ActionPolicy::ad_hoc(
+            "probe",
+            component("probe"),
+            grants,
+            Limits::default(),
+        ))
+        .unwrap();
+    let audit = runtime.audit().unwrap();
+    let (syncs_before, appends_before) = audit.sync_stats();
+    let tasks: Vec<_> = (0..24)
+        .map(|_| {
+            let action = action.clone();
+            rt.spawn(async move { action.invoke("sleep-ms", &json!({"ms": 50})).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(rt.block_on(t).unwrap().outcome.is_ok());
+    }
+    let (syncs, appends) = audit.sync_stats();
+    let (syncs, appends) = (syncs - syncs_before, appends - appends_before);
+    assert_eq!(appends, 48, "a start and a finish per invocation");
+    assert!(
+        syncs < appends,
+        "group commit shared no syncs: {syncs} syncs for {appends} appends"
+    );
+    eprintln!("group commit: {syncs} syncs for {appends} durable appends");
+}

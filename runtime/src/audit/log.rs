@@ -59,6 +59,9 @@ struct Shared {
     /// Bumped on every failed write: unsynced records written before it
     /// were cut off, so work that depended on them must not be acknowledged.
     epoch: std::sync::atomic::AtomicU64,
+    /// Syncs issued, and durable appends they covered (group commit).
+    syncs: std::sync::atomic::AtomicU64,
+    durable_appends: std::sync::atomic::AtomicU64,
     /// Test hook: when set, writes fail with this error kind.
     fault: Mutex<Option<std::io::ErrorKind>>,
 }
@@ -159,6 +162,8 @@ impl AuditLog {
         let shared = Arc::new(Shared {
             healthy: AtomicBool::new(true),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            syncs: std::sync::atomic::AtomicU64::new(0),
+            durable_appends: std::sync::atomic::AtomicU64::new(0),
             fault: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel();
@@ -253,6 +258,15 @@ impl AuditLog {
             expect_epoch: None,
             ack: None,
         });
+    }
+
+    /// (syncs issued, durable appends acknowledged) since open: with group
+    /// commit, concurrent invocations need fewer syncs than appends.
+    pub fn sync_stats(&self) -> (u64, u64) {
+        (
+            self.0.shared.syncs.load(Ordering::Acquire),
+            self.0.shared.durable_appends.load(Ordering::Acquire),
+        )
     }
 
     /// The current failure epoch.
@@ -569,6 +583,9 @@ impl Writer {
                 self.good_len += buf.len() as u64;
                 if sync {
                     (self.synced_len, self.synced_seq, self.synced_head) = (self.good_len, self.next_seq, self.head);
+                    let durable = appends.iter().filter(|(_, d, _)| *d).count() as u64;
+                    self.shared.syncs.fetch_add(1, Ordering::AcqRel);
+                    self.shared.durable_appends.fetch_add(durable, Ordering::AcqRel);
                 }
                 self.shared.healthy.store(true, Ordering::Release);
                 results.into_iter().map(|r| r.unwrap_or(Ok(0))).collect()
