@@ -625,3 +625,34 @@ fn concurrent_invocations_share_syncs() {
     );
     eprintln!("group commit: {syncs} syncs for {appends} durable appends");
 }
+
+#[test]
+fn wasi_filesystem_calls_are_each_recorded() {
+    let data = tempfile::tempdir().unwrap();
+    let run = invoke(
+        data.path(),
+        "probe",
+        "wasi-write",
+        json!({"path": "/w.txt", "data": "hello"}),
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let calls: Vec<_> = records(data.path())
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::HostCall(c) if c.interface.starts_with("wasi:filesystem/") => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        calls.iter().any(|c| c.function == "[method]descriptor.open-at"
+            && c.args.iter().any(|(k, v)| k == "path" && v.contains("w.txt"))),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().any(|c| c.interface == "wasi:filesystem/preopens"),
+        "{calls:?}"
+    );
+    // In call order, numbered without gaps among the invocation's calls.
+    assert!(calls.windows(2).all(|w| w[0].call < w[1].call), "{calls:?}");
+}

@@ -24,10 +24,9 @@ impl HasData for IoTable {
     type Data<'a> = &'a mut ResourceTable;
 }
 
-/// Interfaces whose calls are counted per invocation (the baseline, and
-/// `wasi:filesystem`, which the `files` capability serves through
-/// wasmtime-wasi).
-pub const COUNTED: [&str; 20] = [
+/// Baseline interfaces whose calls are counted per invocation (capability
+/// calls, `wasi:filesystem` included, are each their own record instead).
+pub const COUNTED: [&str; 18] = [
     "wasi:io/error",
     "wasi:io/poll",
     "wasi:io/streams",
@@ -46,8 +45,6 @@ pub const COUNTED: [&str; 20] = [
     "wasi:cli/terminal-stdin",
     "wasi:cli/terminal-stdout",
     "wasi:cli/terminal-stderr",
-    "wasi:filesystem/types",
-    "wasi:filesystem/preopens",
 ];
 
 /// Per-interface call counts of one invocation.

@@ -18,8 +18,6 @@ use cap_std::fs::Dir;
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
-use wasmtime_wasi::p2::bindings::filesystem as wasi_fs;
 
 /// Largest file one `read` call returns. Bounds host memory per call.
 pub const MAX_READ_BYTES: u64 = 16 << 20;
@@ -88,9 +86,8 @@ impl Capability for FilesCapability {
 
     fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
         wit::add_to_linker::<InvocationState, HasSelf<InvocationState>>(linker, |s| s)?;
-        // Counted per interface for the audit record (index in baseline::COUNTED).
-        wasi_fs::types::add_to_linker::<InvocationState, WasiFilesystem>(linker, |s| s.counted(18).filesystem())?;
-        wasi_fs::preopens::add_to_linker::<InvocationState, WasiFilesystem>(linker, |s| s.counted(19).filesystem())?;
+        // wasi:filesystem, with every call through the host-call choke point.
+        super::filesystem::link(linker)?;
         Ok(())
     }
 

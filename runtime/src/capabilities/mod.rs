@@ -14,6 +14,7 @@
 pub mod baseline;
 pub mod credentials;
 pub mod files;
+pub mod filesystem;
 pub mod http;
 pub mod log;
 

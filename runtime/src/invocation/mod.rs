@@ -48,7 +48,7 @@ pub struct Report {
     /// Largest linear memory size reached, in bytes.
     pub peak_memory_bytes: u64,
     pub duration: Duration,
-    /// Calls into the inert baseline (and `wasi:filesystem`), per interface.
+    /// Calls into the inert baseline, per interface.
     pub baseline_calls: std::collections::BTreeMap<String, u64>,
 }
 

@@ -1,0 +1,412 @@
+//! `wasi:filesystem`, audited: wasmtime-wasi's implementation behind the
+//! host-call choke point.
+//!
+//! The `files` capability preopens the granted directory for
+//! `wasi:filesystem` users (Rust `std::fs`, other toolchains). Every call
+//! into `wasi:filesystem/types` and `preopens` passes
+//! [`HostCalls::begin`]/[`HostCalls::finish`] here before reaching
+//! wasmtime-wasi, so each is its own audit record (paths and sizes, never
+//! contents) and each is refused while the audit log cannot be written.
+//! Reads and writes through streams opened here (`read-via-stream`, ...)
+//! go through `wasi:io/streams` and are counted per invocation.
+
+use crate::host_call::{Decision, HostCall, HostCalls};
+use crate::invocation::InvocationState;
+use std::time::Instant;
+use wasmtime::component::{HasData, Linker, Resource};
+use wasmtime_wasi::filesystem::{WasiFilesystemCtxView, WasiFilesystemView as _};
+use wasmtime_wasi::p2::bindings::filesystem::types::{ErrorCode, HostDescriptor, HostDirectoryEntryStream};
+use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
+use wasmtime_wasi::p2::{FsError, FsResult};
+
+const TYPES: &str = "wasi:filesystem/types";
+
+/// The accessor data: wasmtime-wasi's view plus the invocation's host calls.
+pub struct AuditedFs<'a> {
+    inner: WasiFilesystemCtxView<'a>,
+    calls: HostCalls,
+}
+
+struct AuditedFilesystem;
+
+impl HasData for AuditedFilesystem {
+    type Data<'a> = AuditedFs<'a>;
+}
+
+/// Link `wasi:filesystem` with every call audited.
+pub fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
+    types::add_to_linker::<InvocationState, AuditedFilesystem>(linker, audited_view)?;
+    preopens::add_to_linker::<InvocationState, AuditedFilesystem>(linker, audited_view)?;
+    Ok(())
+}
+
+fn audited_view(s: &mut InvocationState) -> AuditedFs<'_> {
+    let calls = s.host_calls.clone();
+    AuditedFs {
+        inner: s.filesystem(),
+        calls,
+    }
+}
+
+impl AuditedFs<'_> {
+    /// Open one audited call; `Err` when the audit log refuses it.
+    fn begin(&self, call: HostCall) -> Result<(u64, Instant), FsError> {
+        let (seq, allowed) = self.calls.begin(call, Decision::allow("grants.files"));
+        match allowed {
+            Ok(()) => Ok((seq, Instant::now())),
+            Err(_) => Err(ErrorCode::NotPermitted.into()),
+        }
+    }
+
+    fn finish<T>(&self, (seq, started): (u64, Instant), result: &FsResult<T>) {
+        let status = match result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => match e.downcast_ref() {
+                Some(code) => format!("error: {code:?}"),
+                None => "error: trap".to_string(),
+            },
+        };
+        self.calls.finish(seq, status, started.elapsed());
+    }
+}
+
+/// One audited delegation: describe, begin, run, finish.
+macro_rules! audited {
+    ($self:ident, $function:literal, [$($key:literal => $value:expr),*], $run:expr) => {{
+        let token = $self.begin(HostCall::new(TYPES, $function)$(.arg($key, $value))*)?;
+        let result = $run;
+        $self.finish(token, &result);
+        result
+    }};
+}
+
+impl preopens::Host for AuditedFs<'_> {
+    fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<types::Descriptor>, String)>> {
+        let (seq, allowed) = self.calls.begin(
+            HostCall::new("wasi:filesystem/preopens", "get-directories"),
+            Decision::allow("grants.files"),
+        );
+        if allowed.is_err() {
+            // Without an audit log there is no directory to offer.
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let result = self.inner.get_directories();
+        self.calls.finish(
+            seq,
+            if result.is_ok() { "ok".into() } else { "error".into() },
+            started.elapsed(),
+        );
+        result
+    }
+}
+
+impl types::Host for AuditedFs<'_> {
+    fn convert_error_code(&mut self, err: FsError) -> wasmtime::Result<ErrorCode> {
+        self.inner.convert_error_code(err)
+    }
+
+    fn filesystem_error_code(&mut self, err: Resource<wasmtime::Error>) -> wasmtime::Result<Option<ErrorCode>> {
+        self.inner.filesystem_error_code(err)
+    }
+}
+
+impl HostDescriptor for AuditedFs<'_> {
+    async fn advise(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        offset: types::Filesize,
+        len: types::Filesize,
+        advice: types::Advice,
+    ) -> FsResult<()> {
+        audited!(
+            self,
+            "[method]descriptor.advise",
+            [],
+            self.inner.advise(fd, offset, len, advice).await
+        )
+    }
+
+    async fn sync_data(&mut self, fd: Resource<types::Descriptor>) -> FsResult<()> {
+        audited!(self, "[method]descriptor.sync-data", [], self.inner.sync_data(fd).await)
+    }
+
+    async fn get_flags(&mut self, fd: Resource<types::Descriptor>) -> FsResult<types::DescriptorFlags> {
+        audited!(self, "[method]descriptor.get-flags", [], self.inner.get_flags(fd).await)
+    }
+
+    async fn get_type(&mut self, fd: Resource<types::Descriptor>) -> FsResult<types::DescriptorType> {
+        audited!(self, "[method]descriptor.get-type", [], self.inner.get_type(fd).await)
+    }
+
+    async fn set_size(&mut self, fd: Resource<types::Descriptor>, size: types::Filesize) -> FsResult<()> {
+        audited!(self, "[method]descriptor.set-size", ["size" => size], self.inner.set_size(fd, size).await)
+    }
+
+    async fn set_times(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        atim: types::NewTimestamp,
+        mtim: types::NewTimestamp,
+    ) -> FsResult<()> {
+        audited!(
+            self,
+            "[method]descriptor.set-times",
+            [],
+            self.inner.set_times(fd, atim, mtim).await
+        )
+    }
+
+    async fn read(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        len: types::Filesize,
+        offset: types::Filesize,
+    ) -> FsResult<(Vec<u8>, bool)> {
+        audited!(self, "[method]descriptor.read", ["len" => len, "offset" => offset], self.inner.read(fd, len, offset).await)
+    }
+
+    async fn write(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        buf: Vec<u8>,
+        offset: types::Filesize,
+    ) -> FsResult<types::Filesize> {
+        let bytes = buf.len();
+        let digest = blake3::hash(&buf).to_hex();
+        audited!(
+            self,
+            "[method]descriptor.write",
+            ["bytes" => bytes, "offset" => offset, "blake3" => digest],
+            self.inner.write(fd, buf, offset).await
+        )
+    }
+
+    async fn read_directory(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+    ) -> FsResult<Resource<types::DirectoryEntryStream>> {
+        audited!(
+            self,
+            "[method]descriptor.read-directory",
+            [],
+            self.inner.read_directory(fd).await
+        )
+    }
+
+    async fn sync(&mut self, fd: Resource<types::Descriptor>) -> FsResult<()> {
+        audited!(self, "[method]descriptor.sync", [], self.inner.sync(fd).await)
+    }
+
+    async fn create_directory_at(&mut self, fd: Resource<types::Descriptor>, path: String) -> FsResult<()> {
+        audited!(
+            self,
+            "[method]descriptor.create-directory-at",
+            ["path" => &path],
+            self.inner.create_directory_at(fd, path.clone()).await
+        )
+    }
+
+    async fn stat(&mut self, fd: Resource<types::Descriptor>) -> FsResult<types::DescriptorStat> {
+        audited!(self, "[method]descriptor.stat", [], self.inner.stat(fd).await)
+    }
+
+    async fn stat_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+    ) -> FsResult<types::DescriptorStat> {
+        audited!(
+            self,
+            "[method]descriptor.stat-at",
+            ["path" => &path],
+            self.inner.stat_at(fd, path_flags, path.clone()).await
+        )
+    }
+
+    async fn set_times_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+        atim: types::NewTimestamp,
+        mtim: types::NewTimestamp,
+    ) -> FsResult<()> {
+        audited!(
+            self,
+            "[method]descriptor.set-times-at",
+            ["path" => &path],
+            self.inner.set_times_at(fd, path_flags, path.clone(), atim, mtim).await
+        )
+    }
+
+    async fn link_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        old_path_flags: types::PathFlags,
+        old_path: String,
+        new_descriptor: Resource<types::Descriptor>,
+        new_path: String,
+    ) -> FsResult<()> {
+        audited!(
+            self,
+            "[method]descriptor.link-at",
+            ["old-path" => &old_path, "new-path" => &new_path],
+            self.inner
+                .link_at(fd, old_path_flags, old_path.clone(), new_descriptor, new_path.clone())
+                .await
+        )
+    }
+
+    async fn open_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+        oflags: types::OpenFlags,
+        flags: types::DescriptorFlags,
+    ) -> FsResult<Resource<types::Descriptor>> {
+        audited!(
+            self,
+            "[method]descriptor.open-at",
+            ["path" => &path, "open-flags" => format!("{oflags:?}"), "flags" => format!("{flags:?}")],
+            self.inner.open_at(fd, path_flags, path.clone(), oflags, flags).await
+        )
+    }
+
+    fn drop(&mut self, fd: Resource<types::Descriptor>) -> wasmtime::Result<()> {
+        HostDescriptor::drop(&mut self.inner, fd)
+    }
+
+    async fn readlink_at(&mut self, fd: Resource<types::Descriptor>, path: String) -> FsResult<String> {
+        audited!(
+            self,
+            "[method]descriptor.readlink-at",
+            ["path" => &path],
+            self.inner.readlink_at(fd, path.clone()).await
+        )
+    }
+
+    async fn remove_directory_at(&mut self, fd: Resource<types::Descriptor>, path: String) -> FsResult<()> {
+        audited!(
+            self,
+            "[method]descriptor.remove-directory-at",
+            ["path" => &path],
+            self.inner.remove_directory_at(fd, path.clone()).await
+        )
+    }
+
+    async fn rename_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        old_path: String,
+        new_fd: Resource<types::Descriptor>,
+        new_path: String,
+    ) -> FsResult<()> {
+        audited!(
+            self,
+            "[method]descriptor.rename-at",
+            ["old-path" => &old_path, "new-path" => &new_path],
+            self.inner.rename_at(fd, old_path.clone(), new_fd, new_path.clone()).await
+        )
+    }
+
+    async fn symlink_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        src_path: String,
+        dest_path: String,
+    ) -> FsResult<()> {
+        audited!(
+            self,
+            "[method]descriptor.symlink-at",
+            ["target" => &src_path, "path" => &dest_path],
+            self.inner.symlink_at(fd, src_path.clone(), dest_path.clone()).await
+        )
+    }
+
+    async fn unlink_file_at(&mut self, fd: Resource<types::Descriptor>, path: String) -> FsResult<()> {
+        audited!(
+            self,
+            "[method]descriptor.unlink-file-at",
+            ["path" => &path],
+            self.inner.unlink_file_at(fd, path.clone()).await
+        )
+    }
+
+    fn read_via_stream(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        offset: types::Filesize,
+    ) -> FsResult<Resource<DynInputStream>> {
+        audited!(self, "[method]descriptor.read-via-stream", ["offset" => offset], self.inner.read_via_stream(fd, offset))
+    }
+
+    fn write_via_stream(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        offset: types::Filesize,
+    ) -> FsResult<Resource<DynOutputStream>> {
+        audited!(self, "[method]descriptor.write-via-stream", ["offset" => offset], self.inner.write_via_stream(fd, offset))
+    }
+
+    fn append_via_stream(&mut self, fd: Resource<types::Descriptor>) -> FsResult<Resource<DynOutputStream>> {
+        audited!(
+            self,
+            "[method]descriptor.append-via-stream",
+            [],
+            self.inner.append_via_stream(fd)
+        )
+    }
+
+    async fn is_same_object(
+        &mut self,
+        a: Resource<types::Descriptor>,
+        b: Resource<types::Descriptor>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.is_same_object(a, b).await
+    }
+
+    async fn metadata_hash(&mut self, fd: Resource<types::Descriptor>) -> FsResult<types::MetadataHashValue> {
+        audited!(
+            self,
+            "[method]descriptor.metadata-hash",
+            [],
+            self.inner.metadata_hash(fd).await
+        )
+    }
+
+    async fn metadata_hash_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+    ) -> FsResult<types::MetadataHashValue> {
+        audited!(
+            self,
+            "[method]descriptor.metadata-hash-at",
+            ["path" => &path],
+            self.inner.metadata_hash_at(fd, path_flags, path.clone()).await
+        )
+    }
+}
+
+impl HostDirectoryEntryStream for AuditedFs<'_> {
+    async fn read_directory_entry(
+        &mut self,
+        stream: Resource<types::DirectoryEntryStream>,
+    ) -> FsResult<Option<types::DirectoryEntry>> {
+        audited!(
+            self,
+            "[method]directory-entry-stream.read-directory-entry",
+            [],
+            self.inner.read_directory_entry(stream).await
+        )
+    }
+
+    fn drop(&mut self, stream: Resource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
+        HostDirectoryEntryStream::drop(&mut self.inner, stream)
+    }
+}
