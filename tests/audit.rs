@@ -554,7 +554,7 @@ sensitive-args = ["who.name"]
     assert_eq!(run.code, 0, "{run:?}");
     let log = std::fs::read_to_string(log_path(&dir.path().join("data"))).unwrap();
     assert!(!log.contains("Zelda-Private-Name"), "{log}");
-    assert!(log.contains("\"sensitive\":\"blake3:"), "{log}");
+    assert!(log.contains("\"sensitive\":\"keyed-blake3:"), "{log}");
     assert!(
         log.contains("\"languages\":[\"en\"]"),
         "other arguments stay readable: {log}"

@@ -99,6 +99,16 @@ impl CheckpointKey {
         }
     }
 
+    /// A key for keyed digests of sensitive values, derived from the
+    /// signing key: digests in the log cannot be checked against guesses
+    /// without the data directory's key file.
+    pub fn digest_key(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(
+            "airlock 2026 audit sensitive-value digests v1",
+            self.0.as_bytes(),
+        ))
+    }
+
     pub fn public_hex(&self) -> String {
         hex(self.0.verifying_key().as_bytes())
     }

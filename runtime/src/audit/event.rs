@@ -49,7 +49,8 @@ pub struct InvocationStarted {
     pub service_identity: String,
     pub component_digest: String,
     pub function: String,
-    /// blake3 of the canonical (compact, key-ordered) JSON arguments.
+    /// blake3 of the canonical (compact, key-ordered) JSON arguments (keyed
+    /// with the log's digest key when the action has sensitive arguments).
     pub args_digest: String,
     /// The arguments, with sensitive fields replaced by their digest;
     /// `null` when larger than the audit cap (the digest still binds them).

@@ -74,6 +74,7 @@ pub struct AuditLog(Arc<Inner>);
 
 struct Inner {
     tx: Mutex<Option<mpsc::Sender<Request>>>,
+    digest_key: zeroize::Zeroizing<[u8; 32]>,
     shared: Arc<Shared>,
     path: PathBuf,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -132,6 +133,7 @@ impl AuditLog {
             return Ok(AuditLog(inner));
         }
         let key = CheckpointKey::load_or_create(&dir.join(KEY_FILE)).map_err(&open_err)?;
+        let digest_key = key.digest_key();
         let mut file = {
             use std::os::unix::fs::OpenOptionsExt as _;
             std::fs::OpenOptions::new()
@@ -177,7 +179,7 @@ impl AuditLog {
             good_len: tail.good_len,
             next_seq: tail.next_seq,
             head: tail.head,
-            last_checkpoint_seq: tail.next_seq.checked_sub(1),
+            last_checkpoint_seq: last_checkpoint_seq(&dir.join(CHECKPOINTS_FILE)),
             key,
             checkpoints: dir.join(CHECKPOINTS_FILE),
             path: path.clone(),
@@ -203,6 +205,7 @@ impl AuditLog {
             .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
         let inner = Arc::new(Inner {
             tx: Mutex::new(Some(tx)),
+            digest_key,
             shared,
             path,
             thread: Mutex::new(Some(thread)),
@@ -266,6 +269,15 @@ impl AuditLog {
         (
             self.0.shared.syncs.load(Ordering::Acquire),
             self.0.shared.durable_appends.load(Ordering::Acquire),
+        )
+    }
+
+    /// `keyed-blake3:HEX`: a digest of a sensitive value that only holders
+    /// of this log's key can compare against guesses.
+    pub fn sensitive_digest(&self, bytes: &[u8]) -> String {
+        format!(
+            "keyed-blake3:{}",
+            blake3::keyed_hash(&self.0.digest_key, bytes).to_hex()
         )
     }
 
@@ -418,6 +430,14 @@ fn cut_tail(file: &mut File, dir: &Path, cut: &[u8], keep: u64, reason: String) 
         cut.len(),
         blake3::hash(cut).to_hex()
     ))
+}
+
+/// The sequence number of the newest checkpoint on file, so the periodic
+/// schedule continues across restarts.
+fn last_checkpoint_seq(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let last = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    serde_json::from_str::<Checkpoint>(last).ok().map(|c| c.seq)
 }
 
 /// Cut a torn last line off the checkpoints file (a crash mid-write), so

@@ -53,15 +53,15 @@ fn digest(bytes: &[u8]) -> String {
     format!("blake3:{}", blake3::hash(bytes).to_hex())
 }
 
-/// Replace the value at each dotted path (`ticket.body`) by its digest;
-/// a path step through a list applies to every element.
-fn mask(value: &mut Value, path: &[&str]) {
+/// Replace the value at each dotted path (`ticket.body`) by its keyed
+/// digest; a path step through a list applies to every element.
+fn mask(value: &mut Value, path: &[&str], digest: &dyn Fn(&[u8]) -> String) {
     let Some((first, rest)) = path.split_first() else {
         return;
     };
     if let Value::Array(items) = value {
         for item in items {
-            mask(item, path);
+            mask(item, path, digest);
         }
         return;
     }
@@ -70,7 +70,7 @@ fn mask(value: &mut Value, path: &[&str]) {
             let bytes = serde_json::to_vec(&canonical(v)).unwrap_or_default();
             *v = serde_json::json!({ "sensitive": digest(&bytes) });
         } else {
-            mask(v, rest);
+            mask(v, rest, digest);
         }
     }
 }
@@ -82,7 +82,9 @@ impl PreparedAction {
         let bytes = serde_json::to_vec(&canonical_args).unwrap_or_default();
         let mut shown = canonical_args;
         for path in &self.policy.sensitive_args {
-            mask(&mut shown, &path.split('.').collect::<Vec<_>>());
+            mask(&mut shown, &path.split('.').collect::<Vec<_>>(), &|b| {
+                self.audit.sensitive_digest(b)
+            });
         }
         let shown_len = serde_json::to_vec(&shown).map_or(usize::MAX, |v| v.len());
         let truncated = shown_len > MAX_AUDIT_ARGS_BYTES;
@@ -93,7 +95,13 @@ impl PreparedAction {
             service_identity: format!("action:{}", self.policy.name),
             component_digest: self.manifest.digest.to_string(),
             function: function.to_string(),
-            args_digest: digest(&bytes),
+            // With sensitive fields, a plain digest of all arguments would
+            // let anyone test guesses of them; key it like the fields.
+            args_digest: if self.policy.sensitive_args.is_empty() {
+                digest(&bytes)
+            } else {
+                self.audit.sensitive_digest(&bytes)
+            },
             args: if truncated { Value::Null } else { shown },
             args_truncated: truncated,
             grants: self
