@@ -62,3 +62,9 @@ if printf '%s' "$out" | grep -qF "$token"; then
     exit 1
 fi
 echo "(the API accepted the bearer token; the token appears nowhere in the action's result, logs or airlock's output)"
+
+step "airlock audit show --action ticket-create   (what ran, under which grants, and every host call)"
+"$airlock" audit show --config "$config" --action ticket-create
+
+step "airlock audit verify   (the hash chain and every signed checkpoint)"
+"$airlock" audit verify --config "$config"

@@ -235,6 +235,7 @@ impl HostCalls {
             let event = HostCallEvent {
                 invocation: tap.invocation.clone(),
                 call: seq,
+                at: crate::time::rfc3339_micros(crate::time::now_micros()),
                 interface: call.interface.to_string(),
                 function: call.function.to_string(),
                 args: call.args.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect(),

@@ -66,6 +66,10 @@ pub struct HostCallEvent {
     pub invocation: String,
     /// Position among the invocation's host calls, from 0.
     pub call: u64,
+    /// When the call was made (the record's `ts` is when it was written);
+    /// empty in records written before this field existed.
+    #[serde(default)]
+    pub at: String,
     pub interface: String,
     pub function: String,
     /// Summary of the arguments: paths, destinations, sizes, digests.
