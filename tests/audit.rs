@@ -332,24 +332,25 @@ fn unsafe_kill(pid: u32) {
     assert!(status.success());
 }
 
-#[test]
-fn nothing_runs_while_the_log_cannot_be_written_and_it_heals_by_itself() {
-    let data = tempfile::tempdir().unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let granted = root.path().join("granted");
-    std::fs::create_dir(&granted).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+/// A runtime in this process with the probe granted the log and
+/// `granted` read-write, and its audit log.
+fn in_process_probe(
+    data: &Path,
+    granted: &Path,
+    instances: u32,
+) -> (
+    Runtime,
+    std::sync::Arc<airlock::action::PreparedAction>,
+    airlock::audit::AuditLog,
+) {
     let mut runtime = Runtime::new(&RuntimeSettings {
-        data_dir: data.path().to_path_buf(),
-        max_concurrent_instances: 4,
+        data_dir: data.to_path_buf(),
+        max_concurrent_instances: instances,
     })
     .unwrap();
     let grants = Grants {
         log: Some(LogGrant),
-        files: Some(FilesGrant::new(granted.clone(), Mode::ReadWrite).unwrap()),
+        files: Some(FilesGrant::new(granted.to_path_buf(), Mode::ReadWrite).unwrap()),
         ..Grants::default()
     };
     let action = runtime
@@ -361,6 +362,20 @@ fn nothing_runs_while_the_log_cannot_be_written_and_it_heals_by_itself() {
         ))
         .unwrap();
     let audit = runtime.audit().unwrap();
+    (runtime, action, audit)
+}
+
+#[test]
+fn nothing_runs_while_the_log_cannot_be_written_and_it_heals_by_itself() {
+    let data = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let granted = root.path().join("granted");
+    std::fs::create_dir(&granted).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (runtime, action, audit) = in_process_probe(data.path(), &granted, 4);
     let write = |name: &str| rt.block_on(action.invoke("write-file", &json!({"path": name, "data": "x"})));
 
     audit.inject_fault(Some(std::io::ErrorKind::StorageFull));
@@ -476,25 +491,7 @@ fn a_failure_during_an_invocation_withholds_its_result() {
         .enable_all()
         .build()
         .unwrap();
-    let mut runtime = Runtime::new(&RuntimeSettings {
-        data_dir: data.path().to_path_buf(),
-        max_concurrent_instances: 4,
-    })
-    .unwrap();
-    let grants = Grants {
-        log: Some(LogGrant),
-        files: Some(FilesGrant::new(granted, Mode::ReadWrite).unwrap()),
-        ..Grants::default()
-    };
-    let action = runtime
-        .prepare(ActionPolicy::ad_hoc(
-            "probe",
-            component("probe"),
-            grants,
-            Limits::default(),
-        ))
-        .unwrap();
-    let audit = runtime.audit().unwrap();
+    let (runtime, action, audit) = in_process_probe(data.path(), &granted, 4);
     let slow = {
         let action = action.clone();
         rt.spawn(async move { action.invoke("sleep-ms", &json!({"ms": 400})).await })
@@ -587,25 +584,7 @@ fn concurrent_invocations_share_syncs() {
         .enable_all()
         .build()
         .unwrap();
-    let mut runtime = Runtime::new(&RuntimeSettings {
-        data_dir: data.path().to_path_buf(),
-        max_concurrent_instances: 32,
-    })
-    .unwrap();
-    let grants = Grants {
-        log: Some(LogGrant),
-        files: Some(FilesGrant::new(granted, Mode::ReadWrite).unwrap()),
-        ..Grants::default()
-    };
-    let action = runtime
-        .prepare(ActionPolicy::ad_hoc(
-            "probe",
-            component("probe"),
-            grants,
-            Limits::default(),
-        ))
-        .unwrap();
-    let audit = runtime.audit().unwrap();
+    let (_runtime, action, audit) = in_process_probe(data.path(), &granted, 32);
     let (syncs_before, appends_before) = audit.sync_stats();
     let tasks: Vec<_> = (0..24)
         .map(|_| {

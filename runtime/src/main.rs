@@ -311,8 +311,8 @@ fn secret(cmd: SecretCommand) -> Result<ExitCode, Error> {
                         "{:<32} {:>7}  {:<20}  {:<20}",
                         s.name,
                         s.bytes,
-                        utc(s.created),
-                        utc(s.updated)
+                        airlock::time::display_secs(s.created),
+                        airlock::time::display_secs(s.updated)
                     );
                 }
             }
@@ -325,28 +325,6 @@ fn secret(cmd: SecretCommand) -> Result<ExitCode, Error> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC), without a date crate.
-fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
 }
 
 async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {

@@ -21,20 +21,6 @@ use std::sync::{Arc, Mutex};
 use wasmtime::component::{HasSelf, Linker, Resource};
 use zeroize::Zeroizing;
 
-/// Headers a credential may not be injected into: the host owns them.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-connection",
-    "http2-settings",
-];
-
 /// One `[actions.NAME.grants.credentials.CRED]` table as written.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -76,7 +62,7 @@ impl Injection {
                 let lower = name.to_ascii_lowercase();
                 let name = http::HeaderName::from_bytes(lower.as_bytes())
                     .map_err(|_| format!("inject.header {name:?} is not a valid header name"))?;
-                if RESERVED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-") {
+                if super::http::is_host_owned(&name) {
                     return Err(format!(
                         "inject.header {name} is set by the host and cannot carry a credential"
                     ));
@@ -217,6 +203,15 @@ pub struct CredentialBinding {
 }
 
 impl CredentialBinding {
+    /// The destinations, as written, for messages.
+    pub fn destination_list(&self) -> String {
+        self.destinations
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Whether this credential may be sent to `origin`.
     pub fn allows(&self, origin: &Origin) -> bool {
         self.destinations.iter().any(|d| d.matches(origin))
@@ -393,8 +388,7 @@ impl Capability for CredentialsCapability {
                         Injection::Basic { user } => format!("basic auth as {user}"),
                         Injection::Query { param } => format!("query ?{param}="),
                     };
-                    let dests: Vec<_> = b.destinations.iter().map(|d| d.to_string()).collect();
-                    uses.push(format!("{how} to {}", dests.join(", ")));
+                    uses.push(format!("{how} to {}", b.destination_list()));
                 }
                 if let Some(s) = b.sign {
                     uses.push(format!("sign with {}", s.name()));

@@ -62,6 +62,11 @@ const HOST_OWNED_HEADERS: &[&str] = &[
     "http2-settings",
 ];
 
+/// Whether the host owns header `name` (see [`HOST_OWNED_HEADERS`]).
+pub fn is_host_owned(name: &HeaderName) -> bool {
+    HOST_OWNED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-")
+}
+
 /// `[actions.NAME.grants.http]` as written.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -135,12 +140,7 @@ impl HttpGrant {
                 return Err(at(format!(
                     "credential `{}` may not be sent there (its destinations: {})",
                     r.credential,
-                    binding
-                        .destinations
-                        .iter()
-                        .map(|d| d.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    binding.destination_list()
                 )));
             }
             if !policy.allow.iter().any(|a| a.destination == destination) {
@@ -445,12 +445,7 @@ fn attach_credential(
     if !binding.allows(origin) {
         return Err(SendFailure::Denied(format!(
             "credential `{name}` may not be sent to {origin} (grants.credentials.{name}.destinations: {})",
-            binding
-                .destinations
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            binding.destination_list()
         )));
     }
     let secret = creds
@@ -518,7 +513,7 @@ fn parse_guest_request(req: wit::Request, injected: Option<HeaderName>) -> Resul
     for (name, value) in req.headers {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(format!("{:?} is not a header name", truncate(&name))))?;
-        if HOST_OWNED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-") {
+        if is_host_owned(&name) {
             return Err(invalid(format!("header {name} is set by the host")));
         }
         if injected.as_ref() == Some(&name) {
@@ -681,7 +676,7 @@ type SendFuture = Box<
 
 impl WasiHttpHooks for WasiHttpGate {
     fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
-        Arc::new(|name| HOST_OWNED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-"))
+        Arc::new(is_host_owned)
     }
 
     fn send_request(
