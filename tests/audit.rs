@@ -7,6 +7,7 @@ mod support;
 use airlock::audit::chain::{self, Entry, GENESIS};
 use airlock::audit::{Checkpoint, Event, read};
 use airlock::capabilities::Grants;
+use airlock::capabilities::baseline::FUNCTIONS;
 use airlock::capabilities::files::{FilesGrant, Mode};
 use airlock::capabilities::log::LogGrant;
 use airlock::policy::{ActionPolicy, Limits, RuntimeSettings};
@@ -117,11 +118,37 @@ fn refusals_failures_and_baseline_calls_are_recorded() {
         panic!("{recs:?}")
     };
     assert_eq!(done.stdout_bytes, 100);
+    // Baseline calls are counted per function: `print` gets its stdout
+    // once and writes through it; nothing else is touched.
+    let calls = &done.baseline_calls;
+    assert_eq!(calls.get("wasi:cli/stdout.get-stdout"), Some(&1), "{calls:?}");
+    let writes: u64 = calls
+        .iter()
+        .filter(|(f, _)| f.starts_with("wasi:io/streams.[method]output-stream."))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(writes >= 1, "{calls:?}");
     assert!(
-        done.baseline_calls.get("wasi:cli/stdout").is_some_and(|n| *n >= 1),
-        "{:?}",
-        done.baseline_calls
+        !calls.keys().any(|f| f.starts_with("wasi:cli/environment")),
+        "{calls:?}"
     );
+    for function in calls.keys() {
+        assert!(
+            FUNCTIONS.contains(&function.as_str()),
+            "unknown baseline function {function}"
+        );
+    }
+
+    // Two distinct functions of one interface are told apart.
+    let env = invoke(data.path(), "probe", "env-vars", json!({}), &[]);
+    assert_eq!(env.code, 0, "{env:?}");
+    let recs = records(data.path());
+    let Some(Event::InvocationFinished(done)) = recs.last().map(|r| &r.event) else {
+        panic!("no closing record: {recs:?}");
+    };
+    let calls = &done.baseline_calls;
+    assert_eq!(calls.get("wasi:cli/environment.get-environment"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("wasi:cli/environment.get-arguments"), None, "{calls:?}");
 }
 
 /// A log with a few invocations, for the tampering tests.

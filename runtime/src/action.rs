@@ -30,6 +30,8 @@ pub struct PreparedAction {
     pub(crate) vault: Option<std::sync::Arc<crate::vault::Vault>>,
     /// Where every invocation and host call is recorded.
     pub(crate) audit: crate::audit::AuditLog,
+    /// The approval service, for actions that can need approvals.
+    pub(crate) approvals: Option<crate::approval::Approvals>,
 }
 
 impl std::fmt::Debug for PreparedAction {
@@ -112,6 +114,7 @@ pub fn prepare(
     policy: ActionPolicy,
     vault: Option<std::sync::Arc<crate::vault::Vault>>,
     audit: crate::audit::AuditLog,
+    approvals: Option<crate::approval::Approvals>,
 ) -> Result<PreparedAction, Error> {
     let (_bytes, component, manifest, from_cache) = compile(engine, cache, &policy.component)?;
     if let Some(pin) = policy.digest
@@ -143,6 +146,7 @@ pub fn prepare(
         pre,
         vault,
         audit,
+        approvals,
     })
 }
 
@@ -190,4 +194,62 @@ pub(crate) fn one_line(msg: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+impl PreparedAction {
+    /// The per-invocation approval gate, for actions with host-call gate
+    /// rules or the `approval` grant (and approvals set up).
+    pub(crate) fn gate_for(
+        &self,
+        invocation: &str,
+        caller: &crate::identity::Caller,
+        function: &str,
+        args: &serde_json::Value,
+    ) -> Option<std::sync::Arc<crate::approval::gate::Gate>> {
+        let policy = &self.policy;
+        if policy.approval.host_calls.is_empty() && policy.grants.approval.is_none() {
+            return None;
+        }
+        let approvals = self.approvals.clone()?;
+        let template = self.request_template(invocation, caller, function, args);
+        Some(std::sync::Arc::new(crate::approval::gate::Gate::new(
+            approvals,
+            policy.approval.clone(),
+            template,
+        )))
+    }
+
+    /// An approval request for this action, bound to one invocation; the
+    /// caller sets its kind, rule and subject.
+    pub fn request_template(
+        &self,
+        invocation: &str,
+        caller: &crate::identity::Caller,
+        function: &str,
+        args: &serde_json::Value,
+    ) -> crate::approval::NewRequest {
+        let policy = &self.policy;
+        crate::approval::NewRequest {
+            kind: crate::store::ApprovalKind::Invocation,
+            invocation: invocation.to_string(),
+            action: policy.name.clone(),
+            function: function.to_string(),
+            caller: caller.clone(),
+            service_identity: policy.service_identity.clone(),
+            component_digest: self.manifest.digest.to_string(),
+            args: self.shown_args(args),
+            config_version: policy.config_version.clone(),
+            rule: "approval.invocation".into(),
+            subject: serde_json::Value::Null,
+            capabilities: policy
+                .grants
+                .describe()
+                .into_iter()
+                .map(|(kind, what)| format!("{kind}: {what}"))
+                .collect(),
+            quorum: policy.approval.quorum,
+            approvers: policy.access.approvers_text(),
+            ttl: policy.approval.ttl,
+        }
+    }
 }

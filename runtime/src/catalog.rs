@@ -23,6 +23,8 @@ pub enum CapabilityKind {
     Credentials,
     /// `airlock:cap/http` and `wasi:http`: outbound requests to allowed destinations.
     Http,
+    /// `airlock:cap/approval`: ask for a human decision mid-run.
+    Approval,
 }
 
 impl CapabilityKind {
@@ -33,6 +35,7 @@ impl CapabilityKind {
             CapabilityKind::Files => "files",
             CapabilityKind::Credentials => "credentials",
             CapabilityKind::Http => "http",
+            CapabilityKind::Approval => "approval",
         }
     }
 }
@@ -114,6 +117,12 @@ const KNOWN: &[(&Family, &str, ImportClass, &str)] = &[
         "airlock:cap/http",
         Capability(Http),
         "outbound HTTP to allowed destinations, credentials injected by the host",
+    ),
+    (
+        &AIRLOCK_CAP_0_1,
+        "airlock:cap/approval",
+        Capability(Approval),
+        "ask the action's approvers for a decision mid-run; the call waits for it",
     ),
     (
         &WASI_0_2,

@@ -5,10 +5,11 @@
 //! | 0 | success |
 //! | 1 | the action returned an error, or panicked |
 //! | 2 | bad input: arguments, function name, component bytes, config |
-//! | 3 | denied by policy: ungranted or unknown import, digest mismatch, denied host call |
+//! | 3 | denied: ungranted or unknown import, digest mismatch, denied host call, bad or revoked token, no permission, approval denied or expired |
 //! | 4 | a limit or trap: timeout, memory, fuel, stack, output or result cap, guest exit |
 //! | 5 | airlock itself failed (for example its data directory or audit log is not writable) |
 //! | 6 | `airlock audit verify` (or show/export) found the log altered |
+//! | 7 | the invocation waits for approval: nothing ran yet |
 
 use crate::values::JsonMismatch;
 use std::time::Duration;
@@ -92,6 +93,18 @@ pub enum Error {
     /// `airlock audit verify` found a bad record or checkpoint.
     #[error("{0}")]
     AuditTampered(String),
+    /// No valid, unrevoked token.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller may not do this (invoke the action, approve the request).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The invocation waits for approval; nothing has run yet.
+    #[error("invocation {invocation} waits for approval {approval}: see `airlock approvals show {approval}`")]
+    PendingApproval { approval: String, invocation: String },
+    /// The approval the invocation needed was denied, expired or failed.
+    #[error("{0}")]
+    ApprovalRefused(String),
 }
 
 impl Error {
@@ -107,10 +120,15 @@ impl Error {
             | Error::NotInvocable { .. }
             | Error::Args(_)
             | Error::ArgsSyntax(_) => 2,
-            Error::Refused(_) | Error::HostCallDenied(_) => 3,
+            Error::Refused(_)
+            | Error::HostCallDenied(_)
+            | Error::Unauthenticated(_)
+            | Error::Forbidden(_)
+            | Error::ApprovalRefused(_) => 3,
             Error::Limit(_) | Error::Exited(_) | Error::Trapped(_) => 4,
             Error::Internal(_) | Error::AuditUnavailable(_) => 5,
             Error::AuditTampered(_) => 6,
+            Error::PendingApproval { .. } => 7,
         }
     }
 

@@ -4,8 +4,16 @@
 //! the policy rule that decides it, and hands over the work; this module
 //! makes the decision, runs the work only if allowed, and records the call.
 //! Capabilities never record calls themselves, so none can forget to.
-//! Later milestones hook approval gates and the audit trail in here.
+//!
+//! The steps, in order: the capability's policy decision; the approval
+//! gate ([`HostCalls::admit`]: a call matching an
+//! `[[approval.host-calls]]` rule is suspended until decided); the audit
+//! health check (fail closed); the call itself; its record. A gated call
+//! that reaches [`HostCalls::begin`] without passing the gate is denied,
+//! so a host function that forgets to await the gate fails closed.
 
+use crate::approval::Target;
+use crate::approval::gate::Gate;
 use crate::audit::event::HostCallEvent;
 use crate::audit::{AuditLog, Event};
 use crate::invocation::InvocationState;
@@ -30,6 +38,10 @@ pub struct HostCall {
     pub function: &'static str,
     /// Summary of the arguments: paths, sizes, digests.
     pub args: Vec<(&'static str, String)>,
+    /// What the call does, in the terms approval gates are written in.
+    pub target: Option<Target>,
+    /// The approval that released this call, once the gate has passed it.
+    pub approved: Option<String>,
 }
 
 impl HostCall {
@@ -38,7 +50,15 @@ impl HostCall {
             interface,
             function,
             args: Vec::new(),
+            target: None,
+            approved: None,
         }
+    }
+
+    /// Describe what the call does for the approval gates.
+    pub fn target(mut self, target: Target) -> HostCall {
+        self.target = Some(target);
+        self
     }
 
     /// Add one summarized argument. Values longer than
@@ -160,6 +180,7 @@ pub struct HostCalls(Arc<Mutex<Inner>>);
 struct Inner {
     log: HostCallLog,
     tap: Option<AuditTap>,
+    gate: Option<Arc<Gate>>,
 }
 
 /// Streams host-call records to the audit log.
@@ -193,7 +214,40 @@ impl HostCalls {
                 epoch: log.epoch(),
                 log,
             }),
+            gate: None,
         })))
+    }
+
+    /// Hold calls matching the action's approval rules (and serve guest
+    /// approval requests) through `gate`.
+    pub fn set_gate(&self, gate: Arc<Gate>) {
+        self.lock().gate = Some(gate);
+    }
+
+    pub fn gate(&self) -> Option<Arc<Gate>> {
+        self.lock().gate.clone()
+    }
+
+    /// The approval gate: a call the policy allows and a gate rule matches
+    /// waits here for its decision; the returned decision says whether it
+    /// may proceed. Every host function that can be gated awaits this
+    /// before [`HostCalls::begin`].
+    pub async fn admit(&self, mut call: HostCall, decision: Decision) -> (HostCall, Decision) {
+        if !decision.allowed {
+            return (call, decision);
+        }
+        let (Some(gate), Some(target)) = (self.gate(), call.target.clone()) else {
+            return (call, decision);
+        };
+        match gate.hold(&call, &target).await {
+            None => (call, decision),
+            Some(Ok(approval)) => {
+                let decision = Decision::allow(format!("{}; released by approval {approval}", decision.rule));
+                call.approved = Some(approval);
+                (call, decision)
+            }
+            Some(Err(denied)) => (call, denied),
+        }
     }
 
     /// Decide one call and record the decision; returns its sequence number
@@ -203,6 +257,16 @@ impl HostCalls {
     /// denied, whatever the policy says.
     pub fn begin(&self, call: HostCall, mut decision: Decision) -> (u64, Result<(), Denied>) {
         let mut inner = self.lock();
+        if decision.allowed
+            && call.approved.is_none()
+            && let (Some(gate), Some(target)) = (&inner.gate, &call.target)
+            && let Some(rule) = gate.rule_for(target)
+        {
+            decision = Decision::deny(
+                rule.name.clone(),
+                "this call needs approval, and it was not passed through the approval gate",
+            );
+        }
         if let Some(tap) = &inner.tap
             && (tap.log.epoch() != tap.epoch || !tap.log.is_healthy())
         {
@@ -360,7 +424,8 @@ impl InvocationState {
     ) -> Result<T, Denied> {
         let started = Instant::now();
         let (interface, function) = (call.interface, call.function);
-        let (seq, allowed) = self.host_calls.begin(call, decide(self));
+        let (call, decision) = self.host_calls.admit(call, decide(self)).await;
+        let (seq, allowed) = self.host_calls.begin(call, decision);
         allowed?;
         let span = tracing::info_span!("host_call", interface, function, call = seq);
         let out = tracing::Instrument::instrument(run(self), span).await;

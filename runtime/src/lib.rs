@@ -30,6 +30,7 @@
 //! ([`engine`]) and an on-disk compile [`cache`].
 
 pub mod action;
+pub mod approval;
 pub mod audit;
 pub mod cache;
 pub mod capabilities;
@@ -37,12 +38,15 @@ pub mod catalog;
 pub mod data_dir;
 pub mod engine;
 pub mod error;
+pub mod gateway;
 pub mod host_call;
+pub mod identity;
 pub mod invocation;
 pub mod manifest;
 pub mod outbound;
 pub mod policy;
 pub mod runtime;
+pub mod store;
 pub mod time;
 pub mod values;
 pub mod vault;

@@ -1,6 +1,8 @@
 //! The `airlock` command line: inspect components, check configs, invoke
 //! actions. See the README for exit codes.
 
+mod cli;
+
 use airlock::Error;
 use airlock::capabilities::Grants;
 use airlock::capabilities::files::{FilesGrant, Mode};
@@ -47,6 +49,15 @@ enum Command {
     /// Read, verify and export the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Create, list and revoke identity tokens.
+    #[command(subcommand)]
+    Token(cli::TokenCommand),
+    /// Review approval requests: list, show, approve, deny.
+    #[command(subcommand)]
+    Approvals(cli::ApprovalsCommand),
+    /// Invocations that went through approval: their state and outcome.
+    #[command(subcommand)]
+    Invocations(cli::InvocationsCommand),
 }
 
 #[derive(Subcommand)]
@@ -149,7 +160,7 @@ enum SecretCommand {
 
 /// Which data directory to use.
 #[derive(clap::Args)]
-struct DataPlace {
+pub(crate) struct DataPlace {
     /// Use the data-dir of this config.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -199,6 +210,17 @@ struct InvokeArgs {
     /// `{"invocation": ID, "result": ...}`. Stops at the first failure.
     #[arg(long, value_name = "N")]
     repeat: Option<u64>,
+    #[command(flatten)]
+    auth: cli::Auth,
+    /// With --config, for actions that need approval: wait this long for
+    /// the decision (and run at once if approved in time) before reporting
+    /// the request pending (exit 7).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    wait_secs: u64,
+    /// With --config: run the invocation approval ID released (the request
+    /// must be exactly the approved one).
+    #[arg(long, value_name = "ID")]
+    approval: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -221,6 +243,9 @@ fn main() -> ExitCode {
             Command::Invoke(args) => invoke(args).await,
             Command::Secret(cmd) => secret(cmd),
             Command::Audit(cmd) => audit_cmd(cmd).await,
+            Command::Token(cmd) => cli::token_cmd(cmd),
+            Command::Approvals(cmd) => cli::approvals_cmd(cmd).await,
+            Command::Invocations(cmd) => cli::invocations_cmd(cmd).await,
         }
     });
     match result {
@@ -254,7 +279,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
 }
 
 impl DataPlace {
-    fn dir(&self) -> Result<PathBuf, Error> {
+    pub(crate) fn dir(&self) -> Result<PathBuf, Error> {
         if let Some(dir) = &self.data_dir {
             return Ok(dir.clone());
         }
@@ -491,6 +516,7 @@ impl Matcher {
         let (action, caller) = match &entry.event {
             Event::InvocationStarted(e) => (Some(&e.action), Some(&e.caller)),
             Event::InvocationRefused(e) => (Some(&e.action), Some(&e.caller)),
+            Event::ApprovalRequested(e) => (Some(&e.action), Some(&e.caller)),
             _ => (None, None),
         };
         if let (Some(action), Some(caller), Some(id)) = (action, caller, invocation) {
@@ -562,6 +588,36 @@ fn print_record(
             "cut {} torn bytes after record {:?}: {}",
             r.truncated_bytes, r.last_good_seq, r.reason
         ),
+        Event::ApprovalRequested(a) => format!(
+            "{} approval {} ({}) for {}#{} by {}: {} needs {} ({})",
+            id(&a.invocation),
+            a.approval,
+            a.approval_kind,
+            a.action,
+            a.function,
+            a.caller,
+            a.rule,
+            a.quorum,
+            a.binding
+        ),
+        Event::ApprovalDecision(d) => format!(
+            "{} approval {} {} by {} {} ({}/{}){}",
+            id(&d.invocation),
+            d.approval,
+            d.verdict,
+            d.identity_kind,
+            d.identity,
+            d.approvals,
+            d.quorum,
+            d.reason.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+        ),
+        Event::ApprovalResolved(r) => format!(
+            "{} approval {} {}{}",
+            id(&r.invocation),
+            r.approval,
+            r.state,
+            r.reason.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+        ),
     };
     let kind = match &e.event {
         Event::InvocationStarted(_) => "started",
@@ -569,6 +625,9 @@ fn print_record(
         Event::InvocationFinished(_) => "finished",
         Event::InvocationRefused(_) => "refused",
         Event::Recovered(_) => "recovered",
+        Event::ApprovalRequested(_) => "approval",
+        Event::ApprovalDecision(_) => "decision",
+        Event::ApprovalResolved(_) => "resolved",
     };
     writeln!(out, "{:>7} {} {:<9} {}", e.seq, e.ts, kind, escape(&summary)).is_ok()
 }
@@ -696,10 +755,34 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
             (Runtime::new(&default_settings(a.data_dir.clone()))?, policy)
         }
     };
+    let in_config = a.config.is_some();
+    if !in_config && (a.approval.is_some() || a.wait_secs > 0) {
+        return Err(Error::Usage(
+            "--approval and --wait-secs apply to configured actions (--config)".into(),
+        ));
+    }
     let action = runtime.prepare(policy)?;
+    let caller = if in_config {
+        a.auth.caller(&runtime)?
+    } else {
+        airlock::identity::Caller::local()
+    };
+    // Approved invocations whose approver could not run them run now.
+    runtime.sweep_approvals().await?;
+    let wait = std::time::Duration::from_secs(a.wait_secs);
+    let name = action.policy.name.clone();
+    if let Some(id) = &a.approval {
+        let done = runtime
+            .invoke_approved(&caller, &name, &a.function, &args, id, wait)
+            .await?;
+        return cli::print_submitted(done, a.quiet);
+    }
     if let Some(n) = a.repeat {
         for _ in 0..n {
-            let report = action.invoke(&a.function, &args).await;
+            let report = match runtime.submit(&caller, &name, &a.function, &args, wait).await? {
+                airlock::gateway::Submitted::Ran(report) => report,
+                other => return cli::print_submitted(other, a.quiet),
+            };
             if !a.quiet {
                 echo_observations(&report);
             }
@@ -712,16 +795,8 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let report = action.invoke(&a.function, &args).await;
-    if !a.quiet {
-        echo_observations(&report);
-    }
-    let value = report.outcome?;
-    let text = serde_json::to_string_pretty(&value).map_err(Error::internal)?;
-    let mut out = std::io::stdout().lock();
-    // A closed stdout (e.g. `| head`) is not the action's failure.
-    let _ = writeln!(out, "{text}");
-    Ok(ExitCode::SUCCESS)
+    let submitted = runtime.submit(&caller, &name, &a.function, &args, wait).await?;
+    cli::print_submitted(submitted, a.quiet)
 }
 
 /// `PATH` (read-write) or `PATH:ro` (read-only).
@@ -735,7 +810,7 @@ fn parse_grant_dir(spec: &str) -> Result<FilesGrant, Error> {
 
 /// Echo the action's logs and captured output to stderr. Guest-controlled
 /// text is escaped so it cannot drive the terminal.
-fn echo_observations(report: &Report) {
+pub(crate) fn echo_observations(report: &Report) {
     let mut err = std::io::stderr().lock();
     for line in &report.logs {
         let fields: String = line
@@ -759,7 +834,7 @@ fn echo_observations(report: &Report) {
     }
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
             if c.is_control() {

@@ -1,11 +1,14 @@
 //! [`Runtime`]: the engine, the compile cache, and the loaded actions.
 
 use crate::action::{self, PreparedAction};
+use crate::approval::Approvals;
 use crate::audit::AuditLog;
 use crate::cache::ArtifactCache;
 use crate::error::Error;
 use crate::manifest::Manifest;
 use crate::policy::{ActionPolicy, Policy, RuntimeSettings};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
 use crate::vault::Vault;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,6 +25,8 @@ pub struct Runtime {
     vault: Option<Arc<Vault>>,
     /// Opened on first use by [`Runtime::prepare`].
     audit: Option<AuditLog>,
+    /// Opened on first use by [`Runtime::approvals`].
+    approvals: Option<Approvals>,
 }
 
 impl Runtime {
@@ -37,6 +42,7 @@ impl Runtime {
             data_dir: settings.data_dir.clone(),
             vault: None,
             audit: None,
+            approvals: None,
         })
     }
 
@@ -51,6 +57,7 @@ impl Runtime {
             data_dir: settings.data_dir.clone(),
             vault: None,
             audit: None,
+            approvals: None,
         })
     }
 
@@ -71,7 +78,19 @@ impl Runtime {
             _ => None,
         };
         let audit = self.audit()?;
-        let prepared = Arc::new(action::prepare(&self.engine, &self.cache, policy, vault, audit)?);
+        let approvals = if policy.approval.gates_anything() || policy.grants.approval.is_some() {
+            Some(self.approvals()?)
+        } else {
+            None
+        };
+        let prepared = Arc::new(action::prepare(
+            &self.engine,
+            &self.cache,
+            policy,
+            vault,
+            audit,
+            approvals,
+        )?);
         self.actions.insert(name, prepared.clone());
         Ok(prepared)
     }
@@ -96,6 +115,34 @@ impl Runtime {
             AuditLog::open(&crate::audit::dir(&self.data_dir)).map_err(|e| Error::AuditUnavailable(e.to_string()))?;
         self.audit = Some(log.clone());
         Ok(log)
+    }
+
+    /// The approval service over the data directory's database, opened on
+    /// first use.
+    pub fn approvals(&mut self) -> Result<Approvals, Error> {
+        if let Some(a) = &self.approvals {
+            return Ok(a.clone());
+        }
+        let audit = self.audit()?;
+        let store = self.store()?;
+        let approvals = Approvals::new(store, audit);
+        self.approvals = Some(approvals.clone());
+        Ok(approvals)
+    }
+
+    /// The approval service, if [`Runtime::approvals`] has opened it.
+    pub fn approvals_opened(&self) -> Option<&Approvals> {
+        self.approvals.as_ref()
+    }
+
+    /// The data directory's database (identities, tokens, approvals,
+    /// invocations).
+    pub fn store(&self) -> Result<Arc<dyn Store>, Error> {
+        if let Some(a) = &self.approvals {
+            return Ok(a.store().clone());
+        }
+        let store = SqliteStore::open(&self.data_dir).map_err(|e| Error::Internal(e.0))?;
+        Ok(Arc::new(store))
     }
 
     /// The vault, opened once, after checking that every secret `grant`
@@ -128,6 +175,11 @@ impl Runtime {
             }
         }
         Ok(vault)
+    }
+
+    /// The names of the loaded actions.
+    pub fn action_names(&self) -> Vec<String> {
+        self.actions.keys().cloned().collect()
     }
 
     /// A loaded action by name.

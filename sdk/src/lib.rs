@@ -122,6 +122,7 @@ pub mod files {
                 FileError::NotFound(p) => write!(f, "not found: {p}"),
                 FileError::InvalidPath(m) => write!(f, "invalid path {m}"),
                 FileError::ReadOnly => write!(f, "the files grant is read-only"),
+                FileError::Denied(m) => write!(f, "denied: {m}"),
                 FileError::TooLarge(n) => write!(f, "file is larger than {n} bytes"),
                 FileError::WrongKind(m) => write!(f, "wrong kind: {m}"),
                 FileError::Io(m) => write!(f, "I/O error: {m}"),
@@ -252,6 +253,40 @@ pub mod http {
                 HttpError::Timeout(m) => write!(f, "timeout: {m}"),
                 HttpError::TooLarge(m) => write!(f, "too large: {m}"),
                 HttpError::Protocol(m) => write!(f, "protocol: {m}"),
+            }
+        }
+    }
+}
+
+/// `airlock:cap/approval`: ask the action's approvers for a decision in
+/// the middle of a run (grant: `approval = true`, approvers in
+/// `[actions.NAME.access]`).
+///
+/// The call waits until the request is decided or the action's
+/// `approval.wait-secs` runs out; the wait does not count towards the
+/// invocation's timeout. Do not put secrets in the summary or detail:
+/// reviewers and the audit log see them.
+pub mod approval {
+    use crate::bindings::airlock::cap::approval as raw;
+    use core::fmt;
+    pub use raw::ApprovalError;
+
+    /// Ask for approval of what `summary` (one line, at most 200 bytes)
+    /// and `detail` (at most 8 KiB) describe; `Ok` once approved.
+    pub fn request(summary: &str, detail: &str) -> Result<(), ApprovalError> {
+        raw::request(summary, detail)
+    }
+
+    /// A readable description of an [`ApprovalError`].
+    pub struct Describe<'a>(pub &'a ApprovalError);
+
+    impl fmt::Display for Describe<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self.0 {
+                ApprovalError::Denied(m) => write!(f, "denied: {m}"),
+                ApprovalError::Expired => f.write_str("expired: nobody decided in time"),
+                ApprovalError::Invalid(m) => write!(f, "invalid request: {m}"),
+                ApprovalError::Unavailable(m) => write!(f, "unavailable: {m}"),
             }
         }
     }

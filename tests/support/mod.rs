@@ -112,6 +112,8 @@ pub fn airlock_with(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Run {
         .env_remove("AIRLOCK_LOG")
         .env_remove("AIRLOCK_MASTER_KEY")
         .env_remove("AIRLOCK_MASTER_KEY_FILE")
+        .env_remove("AIRLOCK_TOKEN")
+        .env_remove("AIRLOCK_TOKEN_FILE")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());

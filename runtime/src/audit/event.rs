@@ -23,6 +23,12 @@ pub enum Event {
     InvocationRefused(InvocationRefused),
     /// The log was found with a torn tail at open and repaired.
     Recovered(Recovered),
+    /// An approval was asked for: what it is bound to and who must decide.
+    ApprovalRequested(ApprovalRequested),
+    /// One approver's decision.
+    ApprovalDecision(ApprovalDecision),
+    /// A request reached its end: approved, denied, expired or failed.
+    ApprovalResolved(ApprovalResolved),
 }
 
 impl Event {
@@ -33,6 +39,9 @@ impl Event {
             Event::HostCall(e) => Some(&e.invocation),
             Event::InvocationFinished(e) => Some(&e.invocation),
             Event::InvocationRefused(e) => Some(&e.invocation),
+            Event::ApprovalRequested(e) => Some(&e.invocation),
+            Event::ApprovalDecision(e) => Some(&e.invocation),
+            Event::ApprovalResolved(e) => Some(&e.invocation),
             Event::Recovered(_) => None,
         }
     }
@@ -42,8 +51,14 @@ impl Event {
 #[serde(rename_all = "kebab-case")]
 pub struct InvocationStarted {
     pub invocation: String,
-    /// Who asked (the local user until agent identities exist).
+    /// Who asked: an identity name, or `local:USER` for the local operator.
     pub caller: String,
+    /// `agent` or `human` (absent in records written before identities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_kind: Option<String>,
+    /// The approval that released this invocation, if it needed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
     pub action: String,
     /// The identity the action runs under.
     pub service_identity: String,
@@ -103,7 +118,7 @@ pub struct InvocationFinished {
     pub log_lines: u64,
     pub host_calls: u64,
     pub host_calls_denied: u64,
-    /// Calls into the inert baseline, per interface.
+    /// Calls into the inert baseline, per function (`interface.function`).
     pub baseline_calls: BTreeMap<String, u64>,
 }
 
@@ -126,4 +141,52 @@ pub struct Recovered {
     /// The last intact record before the tear.
     pub last_good_seq: Option<u64>,
     pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ApprovalRequested {
+    pub approval: String,
+    /// `invocation`, `host-call` or `guest`.
+    pub approval_kind: String,
+    pub invocation: String,
+    pub action: String,
+    pub function: String,
+    pub caller: String,
+    /// The digest the decision is bound to.
+    pub binding: String,
+    /// The config rule that demanded approval.
+    pub rule: String,
+    pub quorum: u32,
+    pub expires_at: String,
+    /// The held-back host call or the guest's summary, summarized.
+    pub subject: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ApprovalDecision {
+    pub approval: String,
+    pub invocation: String,
+    pub action: String,
+    /// Who decided, and as what kind of identity.
+    pub identity: String,
+    pub identity_kind: String,
+    /// `approve` or `deny`.
+    pub verdict: String,
+    pub reason: Option<String>,
+    /// Approvals counted so far, of `quorum`.
+    pub approvals: u32,
+    pub quorum: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ApprovalResolved {
+    pub approval: String,
+    pub invocation: String,
+    pub action: String,
+    /// `approved`, `denied`, `expired` or `failed`.
+    pub state: String,
+    pub reason: Option<String>,
 }

@@ -9,6 +9,7 @@
 
 use super::Capability;
 use super::bindings::airlock::cap::files as wit;
+use crate::approval::Target;
 use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, Denied, HostCall};
 use crate::invocation::{InvocationState, StateBuilder};
@@ -182,11 +183,14 @@ fn files_state(state: &InvocationState) -> Result<&FilesState, wit::FileError> {
         .ok_or_else(|| wit::FileError::Io("files capability is not prepared".into()))
 }
 
-/// The policy's only refusal for files calls is a write under a read-only
-/// grant; report it through the interface's own error case.
+/// A write under a read-only grant is `read-only`; anything else (an
+/// approval gate, an unwritable audit log) is `denied` with the reason.
 fn refused(denied: Denied) -> wit::FileError {
-    debug_assert!(denied.rule.contains("read-only"), "unexpected files denial: {denied}");
-    wit::FileError::ReadOnly
+    if denied.rule.contains("read-only") {
+        wit::FileError::ReadOnly
+    } else {
+        wit::FileError::Denied(format!("{} ({})", denied.reason, denied.rule))
+    }
 }
 
 fn decide_read(_: &InvocationState) -> Decision {
@@ -201,95 +205,122 @@ fn decide_write(state: &InvocationState) -> Decision {
 }
 
 impl wit::Host for InvocationState {
-    fn read(&mut self, path: String) -> wasmtime::Result<Result<Vec<u8>, wit::FileError>> {
-        let call = HostCall::new(IFACE, "read").arg("path", printable(&path));
-        let result = self.host_call(call, decide_read, |state| {
-            let p = GuestPath::parse(&path, false)?;
-            let dir = &files_state(state)?.dir;
-            let file = dir.open(&p.0).map_err(|e| io_error(&path, e))?;
-            let meta = file.metadata().map_err(|e| io_error(&path, e))?;
-            if meta.is_dir() {
-                return Err(wit::FileError::WrongKind(format!(
-                    "{} is a directory",
-                    printable(&path)
-                )));
-            }
-            if meta.len() > MAX_READ_BYTES {
-                return Err(wit::FileError::TooLarge(MAX_READ_BYTES));
-            }
-            // The file may grow after the size check: read at most one byte
-            // past the cap to detect that without unbounded buffering.
-            let mut buf = Vec::with_capacity(meta.len() as usize);
-            file.take(MAX_READ_BYTES + 1)
-                .read_to_end(&mut buf)
-                .map_err(|e| io_error(&path, e))?;
-            if buf.len() as u64 > MAX_READ_BYTES {
-                return Err(wit::FileError::TooLarge(MAX_READ_BYTES));
-            }
-            Ok(buf)
-        });
-        Ok(result.unwrap_or_else(|denied| Err(refused(denied))))
-    }
-
-    fn write(&mut self, path: String, contents: Vec<u8>) -> wasmtime::Result<Result<(), wit::FileError>> {
-        let call = HostCall::new(IFACE, "write")
+    async fn read(&mut self, path: String) -> wasmtime::Result<Result<Vec<u8>, wit::FileError>> {
+        let call = HostCall::new(IFACE, "read")
             .arg("path", printable(&path))
-            .arg("bytes", contents.len())
-            .arg("blake3", blake3::hash(&contents).to_hex());
-        let result = self.host_call(call, decide_write, |state| {
-            let p = GuestPath::parse(&path, false)?;
-            let dir = &files_state(state)?.dir;
-            if let Some(parent) = p.0.parent().filter(|p| !p.as_os_str().is_empty()) {
-                dir.create_dir_all(parent).map_err(|e| io_error(&path, e))?;
-            }
-            dir.write(&p.0, &contents).map_err(|e| io_error(&path, e))
-        });
-        Ok(result.unwrap_or_else(|denied| Err(refused(denied))))
-    }
-
-    fn list(&mut self, path: String) -> wasmtime::Result<Result<Vec<wit::Entry>, wit::FileError>> {
-        let call = HostCall::new(IFACE, "list").arg("path", printable(&path));
-        let result = self.host_call(call, decide_read, |state| {
-            let p = GuestPath::parse(&path, true)?;
-            let dir = &files_state(state)?.dir;
-            let mut entries = Vec::new();
-            for entry in dir.read_dir(&p.0).map_err(|e| io_error(&path, e))? {
-                if entries.len() == MAX_LIST_ENTRIES {
-                    return Err(wit::FileError::Io(format!(
-                        "{} has more than {MAX_LIST_ENTRIES} entries",
+            .target(Target::Files {
+                write: false,
+                path: path.clone(),
+            });
+        let result = self
+            .host_call_async(call, decide_read, async |state| {
+                let p = GuestPath::parse(&path, false)?;
+                let dir = &files_state(state)?.dir;
+                let file = dir.open(&p.0).map_err(|e| io_error(&path, e))?;
+                let meta = file.metadata().map_err(|e| io_error(&path, e))?;
+                if meta.is_dir() {
+                    return Err(wit::FileError::WrongKind(format!(
+                        "{} is a directory",
                         printable(&path)
                     )));
                 }
-                let entry = entry.map_err(|e| io_error(&path, e))?;
-                let kind = entry.file_type().map_err(|e| io_error(&path, e))?;
-                let (kind, size) = if kind.is_symlink() {
-                    (wit::EntryKind::Symlink, 0)
-                } else if kind.is_dir() {
-                    (wit::EntryKind::Directory, 0)
-                } else if kind.is_file() {
-                    (wit::EntryKind::File, entry.metadata().map(|m| m.len()).unwrap_or(0))
-                } else {
-                    (wit::EntryKind::Other, 0)
-                };
-                entries.push(wit::Entry {
-                    name: entry.file_name().to_string_lossy().into_owned(),
-                    kind,
-                    size,
-                });
-            }
-            entries.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(entries)
-        });
+                if meta.len() > MAX_READ_BYTES {
+                    return Err(wit::FileError::TooLarge(MAX_READ_BYTES));
+                }
+                // The file may grow after the size check: read at most one byte
+                // past the cap to detect that without unbounded buffering.
+                let mut buf = Vec::with_capacity(meta.len() as usize);
+                file.take(MAX_READ_BYTES + 1)
+                    .read_to_end(&mut buf)
+                    .map_err(|e| io_error(&path, e))?;
+                if buf.len() as u64 > MAX_READ_BYTES {
+                    return Err(wit::FileError::TooLarge(MAX_READ_BYTES));
+                }
+                Ok(buf)
+            })
+            .await;
         Ok(result.unwrap_or_else(|denied| Err(refused(denied))))
     }
 
-    fn delete(&mut self, path: String) -> wasmtime::Result<Result<(), wit::FileError>> {
-        let call = HostCall::new(IFACE, "delete").arg("path", printable(&path));
-        let result = self.host_call(call, decide_write, |state| {
-            let p = GuestPath::parse(&path, false)?;
-            let dir = &files_state(state)?.dir;
-            dir.remove_file(&p.0).map_err(|e| io_error(&path, e))
-        });
+    async fn write(&mut self, path: String, contents: Vec<u8>) -> wasmtime::Result<Result<(), wit::FileError>> {
+        let call = HostCall::new(IFACE, "write")
+            .arg("path", printable(&path))
+            .arg("bytes", contents.len())
+            .arg("blake3", blake3::hash(&contents).to_hex())
+            .target(Target::Files {
+                write: true,
+                path: path.clone(),
+            });
+        let result = self
+            .host_call_async(call, decide_write, async |state| {
+                let p = GuestPath::parse(&path, false)?;
+                let dir = &files_state(state)?.dir;
+                if let Some(parent) = p.0.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    dir.create_dir_all(parent).map_err(|e| io_error(&path, e))?;
+                }
+                dir.write(&p.0, &contents).map_err(|e| io_error(&path, e))
+            })
+            .await;
+        Ok(result.unwrap_or_else(|denied| Err(refused(denied))))
+    }
+
+    async fn list(&mut self, path: String) -> wasmtime::Result<Result<Vec<wit::Entry>, wit::FileError>> {
+        let call = HostCall::new(IFACE, "list")
+            .arg("path", printable(&path))
+            .target(Target::Files {
+                write: false,
+                path: path.clone(),
+            });
+        let result = self
+            .host_call_async(call, decide_read, async |state| {
+                let p = GuestPath::parse(&path, true)?;
+                let dir = &files_state(state)?.dir;
+                let mut entries = Vec::new();
+                for entry in dir.read_dir(&p.0).map_err(|e| io_error(&path, e))? {
+                    if entries.len() == MAX_LIST_ENTRIES {
+                        return Err(wit::FileError::Io(format!(
+                            "{} has more than {MAX_LIST_ENTRIES} entries",
+                            printable(&path)
+                        )));
+                    }
+                    let entry = entry.map_err(|e| io_error(&path, e))?;
+                    let kind = entry.file_type().map_err(|e| io_error(&path, e))?;
+                    let (kind, size) = if kind.is_symlink() {
+                        (wit::EntryKind::Symlink, 0)
+                    } else if kind.is_dir() {
+                        (wit::EntryKind::Directory, 0)
+                    } else if kind.is_file() {
+                        (wit::EntryKind::File, entry.metadata().map(|m| m.len()).unwrap_or(0))
+                    } else {
+                        (wit::EntryKind::Other, 0)
+                    };
+                    entries.push(wit::Entry {
+                        name: entry.file_name().to_string_lossy().into_owned(),
+                        kind,
+                        size,
+                    });
+                }
+                entries.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(entries)
+            })
+            .await;
+        Ok(result.unwrap_or_else(|denied| Err(refused(denied))))
+    }
+
+    async fn delete(&mut self, path: String) -> wasmtime::Result<Result<(), wit::FileError>> {
+        let call = HostCall::new(IFACE, "delete")
+            .arg("path", printable(&path))
+            .target(Target::Files {
+                write: true,
+                path: path.clone(),
+            });
+        let result = self
+            .host_call_async(call, decide_write, async |state| {
+                let p = GuestPath::parse(&path, false)?;
+                let dir = &files_state(state)?.dir;
+                dir.remove_file(&p.0).map_err(|e| io_error(&path, e))
+            })
+            .await;
         Ok(result.unwrap_or_else(|denied| Err(refused(denied))))
     }
 }

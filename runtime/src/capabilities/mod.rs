@@ -11,6 +11,7 @@
 //! construction. Host functions still go through
 //! [`crate::host_call`] so every call is decided and recorded in one place.
 
+pub mod approval;
 pub mod baseline;
 pub mod credentials;
 pub mod files;
@@ -30,6 +31,11 @@ pub(crate) mod bindings {
         world: "airlock:cap/capabilities",
         imports: {
             "airlock:cap/http.send": async | trappable,
+            "airlock:cap/files.read": async | trappable,
+            "airlock:cap/files.write": async | trappable,
+            "airlock:cap/files.list": async | trappable,
+            "airlock:cap/files.delete": async | trappable,
+            "airlock:cap/approval.request": async | trappable,
             default: trappable,
         },
         with: {
@@ -70,6 +76,9 @@ pub struct RawGrants {
     #[serde(default)]
     pub credentials: Option<std::collections::BTreeMap<String, credentials::RawCredential>>,
     pub http: Option<http::RawHttpGrant>,
+    /// `approval = true`: the action may ask for a human check mid-run.
+    #[serde(default)]
+    pub approval: bool,
 }
 
 /// Everything one action is granted, validated.
@@ -79,6 +88,7 @@ pub struct Grants {
     pub files: Option<files::FilesGrant>,
     pub credentials: Option<credentials::CredentialsGrant>,
     pub http: Option<http::HttpGrant>,
+    pub approval: Option<approval::ApprovalGrant>,
 }
 
 impl Grants {
@@ -103,6 +113,7 @@ impl Grants {
                 .transpose()?,
             credentials,
             http,
+            approval: raw.approval.then_some(approval::ApprovalGrant),
         })
     }
 
@@ -116,6 +127,7 @@ impl Grants {
             // refuses every name).
             CapabilityKind::Credentials => self.credentials.is_some() || self.http.is_some(),
             CapabilityKind::Http => self.http.is_some(),
+            CapabilityKind::Approval => self.approval.is_some(),
         }
     }
 
@@ -130,6 +142,8 @@ impl Grants {
             (CapabilityKind::Credentials, false) => credentials::CredentialsCapability::EXAMPLE_FLAG,
             (CapabilityKind::Http, true) => http::HttpCapability::EXAMPLE_GRANT,
             (CapabilityKind::Http, false) => http::HttpCapability::EXAMPLE_FLAG,
+            (CapabilityKind::Approval, true) => approval::ApprovalCapability::EXAMPLE_GRANT,
+            (CapabilityKind::Approval, false) => approval::ApprovalCapability::EXAMPLE_FLAG,
         }
     }
 
@@ -151,6 +165,9 @@ impl Grants {
         if let Some(g) = &self.http {
             out.push((CapabilityKind::Http, http::HttpCapability::describe(g)));
         }
+        if let Some(g) = &self.approval {
+            out.push((CapabilityKind::Approval, approval::ApprovalCapability::describe(g)));
+        }
         out
     }
 }
@@ -170,6 +187,9 @@ pub fn link_granted(linker: &mut Linker<InvocationState>, grants: &Grants) -> wa
     if grants.http.is_some() {
         http::HttpCapability::link(linker)?;
     }
+    if grants.approval.is_some() {
+        approval::ApprovalCapability::link(linker)?;
+    }
     Ok(())
 }
 
@@ -186,6 +206,9 @@ pub fn prepare_granted(grants: &Grants, state: &mut crate::invocation::StateBuil
     }
     if let Some(g) = &grants.http {
         http::HttpCapability::prepare(g, state)?;
+    }
+    if let Some(g) = &grants.approval {
+        approval::ApprovalCapability::prepare(g, state)?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use crate::action::PreparedAction;
 use crate::audit::Event;
 use crate::audit::event::{InvocationFinished, InvocationRefused, InvocationStarted};
 use crate::error::Error;
+use crate::identity::Caller;
 use serde_json::Value;
 
 /// Largest canonical JSON of arguments kept in a record; larger arguments
@@ -76,23 +77,39 @@ fn mask(value: &mut Value, path: &[&str], digest: &dyn Fn(&[u8]) -> String) {
 }
 
 impl PreparedAction {
-    /// The record written before the instance is created.
-    pub(crate) fn started_event(&self, invocation: &str, caller: &str, function: &str, args: &Value) -> Event {
-        let canonical_args = canonical(args);
-        let bytes = serde_json::to_vec(&canonical_args).unwrap_or_default();
-        let mut shown = canonical_args;
+    /// The arguments as records and reviewers see them: canonical, with
+    /// each `sensitive-args` field replaced by its keyed digest (which
+    /// still binds the value without revealing it).
+    pub fn shown_args(&self, args: &Value) -> Value {
+        let mut shown = canonical(args);
         for path in &self.policy.sensitive_args {
             mask(&mut shown, &path.split('.').collect::<Vec<_>>(), &|b| {
                 self.audit.sensitive_digest(b)
             });
         }
+        shown
+    }
+
+    /// The record written before the instance is created.
+    pub(crate) fn started_event(
+        &self,
+        invocation: &str,
+        caller: &Caller,
+        function: &str,
+        args: &Value,
+        approval: Option<&str>,
+    ) -> Event {
+        let bytes = serde_json::to_vec(&canonical(args)).unwrap_or_default();
+        let shown = self.shown_args(args);
         let shown_len = serde_json::to_vec(&shown).map_or(usize::MAX, |v| v.len());
         let truncated = shown_len > MAX_AUDIT_ARGS_BYTES;
         Event::InvocationStarted(InvocationStarted {
             invocation: invocation.to_string(),
-            caller: caller.to_string(),
+            caller: caller.name.clone(),
+            caller_kind: Some(caller.kind.to_string()),
+            approval: approval.map(str::to_string),
             action: self.policy.name.clone(),
-            service_identity: format!("action:{}", self.policy.name),
+            service_identity: self.policy.service_identity.clone(),
             component_digest: self.manifest.digest.to_string(),
             function: function.to_string(),
             // With sensitive fields, a plain digest of all arguments would
@@ -114,10 +131,10 @@ impl PreparedAction {
         })
     }
 
-    pub(crate) fn refused_event(&self, invocation: &str, caller: &str, function: &str, error: &Error) -> Event {
+    pub(crate) fn refused_event(&self, invocation: &str, caller: &Caller, function: &str, error: &Error) -> Event {
         Event::InvocationRefused(InvocationRefused {
             invocation: invocation.to_string(),
-            caller: caller.to_string(),
+            caller: caller.name.clone(),
             action: self.policy.name.clone(),
             function: function.chars().take(256).collect(),
             exit_code: error.exit_code(),
@@ -168,7 +185,12 @@ pub fn outcome_class(e: &Error) -> &'static str {
     match e {
         Error::ActionError(_) => "action-error",
         Error::Panicked(_) => "panic",
-        Error::Refused(_) | Error::HostCallDenied(_) => "denied",
+        Error::Refused(_)
+        | Error::HostCallDenied(_)
+        | Error::Unauthenticated(_)
+        | Error::Forbidden(_)
+        | Error::ApprovalRefused(_) => "denied",
+        Error::PendingApproval { .. } => "pending",
         Error::Limit(_) | Error::Exited(_) => "limit",
         Error::Trapped(_) => "trap",
         Error::Internal(_) | Error::AuditUnavailable(_) | Error::AuditTampered(_) => "internal",

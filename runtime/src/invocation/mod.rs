@@ -24,6 +24,7 @@ use crate::capabilities::log::LogLine;
 use crate::engine;
 use crate::error::{Error, LimitExceeded};
 use crate::host_call::{Denied, HostCallLog, HostCalls};
+use crate::identity::Caller;
 use crate::manifest::FunctionSig;
 use crate::values::{self, JsonPath, ValueType};
 use serde_json::Value;
@@ -48,7 +49,7 @@ pub struct Report {
     /// Largest linear memory size reached, in bytes.
     pub peak_memory_bytes: u64,
     pub duration: Duration,
-    /// Calls into the inert baseline, per interface.
+    /// Calls into the inert baseline, per function (`interface.function`).
     pub baseline_calls: std::collections::BTreeMap<String, u64>,
 }
 
@@ -87,21 +88,61 @@ pub fn parse_args(function: &FunctionSig, args: &Value) -> Result<Vec<Val>, Erro
 
 impl PreparedAction {
     /// Invoke `function` with JSON `args` in a fresh instance, as the local
-    /// user.
+    /// operator.
     pub async fn invoke(&self, function: &str, args: &Value) -> Report {
-        self.invoke_as(&local_caller(), function, args).await
+        self.invoke_as(&Caller::local(), function, args, None).await
     }
 
-    /// Invoke `function` with JSON `args` on behalf of `caller`.
+    /// Check that `function` exists and `args` fit it, without running
+    /// anything.
+    pub fn check_request(&self, function: &str, args: &Value) -> Result<(), Error> {
+        match self.manifest.function(function) {
+            None => Err(Error::UnknownFunction {
+                function: function.to_string(),
+                available: self.manifest.function_names(),
+            }),
+            Some(sig) => parse_args(sig, args).map(|_| ()),
+        }
+    }
+
+    /// Record a request refused before anything ran; returns the error to
+    /// report (the audit failure instead, if the refusal cannot be
+    /// recorded).
+    pub async fn refuse(&self, invocation: &str, caller: &Caller, function: &str, error: Error) -> Error {
+        let event = self.refused_event(invocation, caller, function, &error);
+        match self.audit.append_durable_async(vec![event], None).await {
+            Ok(_) => error,
+            Err(e) => Error::AuditUnavailable(e.to_string()),
+        }
+    }
+
+    /// Invoke `function` with JSON `args` on behalf of `caller`, under the
+    /// action's service identity. `approval` names the approval that
+    /// released it, when the action needs one per invocation (the caller
+    /// checks it; see [`crate::gateway`]).
     ///
     /// The audit log sees the request before anything runs and the outcome
     /// before it is returned: a refused request is recorded, the start is
     /// synced before the instance is created (if it cannot be, nothing
     /// runs), and the host calls and closing record are synced before the
     /// report goes back (if they cannot be, the result is withheld).
-    pub async fn invoke_as(&self, caller: &str, function: &str, args: &Value) -> Report {
+    pub async fn invoke_as(&self, caller: &Caller, function: &str, args: &Value, approval: Option<&str>) -> Report {
+        self.invoke_with_id(&new_invocation_id(), caller, function, args, approval)
+            .await
+    }
+
+    /// [`PreparedAction::invoke_as`] under a given invocation id (one the
+    /// store already knows, for invocations that waited for approval).
+    pub async fn invoke_with_id(
+        &self,
+        invocation: &str,
+        caller: &Caller,
+        function: &str,
+        args: &Value,
+        approval: Option<&str>,
+    ) -> Report {
         let started = Instant::now();
-        let invocation = new_invocation_id();
+        let invocation = invocation.to_string();
         let prepared = match self.manifest.function(function) {
             None => Err(Error::UnknownFunction {
                 function: function.to_string(),
@@ -112,15 +153,11 @@ impl PreparedAction {
         let (sig, params) = match prepared {
             Ok(p) => p,
             Err(error) => {
-                let event = self.refused_event(&invocation, caller, function, &error);
-                let error = match self.audit.append_durable_async(vec![event], None).await {
-                    Ok(_) => error,
-                    Err(e) => Error::AuditUnavailable(e.to_string()),
-                };
+                let error = self.refuse(&invocation, caller, function, error).await;
                 return Report::failed(&invocation, error, started);
             }
         };
-        let start = self.started_event(&invocation, caller, function, args);
+        let start = self.started_event(&invocation, caller, function, args, approval);
         if let Err(e) = self.audit.append_durable_async(vec![start], None).await {
             return Report::failed(&invocation, Error::AuditUnavailable(e.to_string()), started);
         }
@@ -129,9 +166,12 @@ impl PreparedAction {
             invocation = %invocation,
             action = %self.policy.name,
             function = %function,
-            caller = %caller
+            caller = %caller.name
         );
         let host_calls = HostCalls::audited(self.audit.clone(), invocation.clone());
+        if let Some(gate) = self.gate_for(&invocation, caller, function, args) {
+            host_calls.set_gate(gate);
+        }
         let mut report =
             tracing::Instrument::instrument(self.run(sig, params, started, &invocation, host_calls.clone()), span)
                 .await;
@@ -173,8 +213,29 @@ impl PreparedAction {
         if let Err(e) = store.set_fuel(fuel) {
             return Report::failed(invocation, Error::internal(e), started);
         }
+        // The timeout counts time the action spends, not time it waits for
+        // people: the deadline moves by the time spent waiting for approvals.
+        let gate = store.data().host_calls.gate();
+        let deadline = {
+            let gate = gate.clone();
+            let timeout = limits.timeout;
+            let clock_start = Instant::now();
+            move || clock_start + timeout + gate.as_ref().map_or(Duration::ZERO, |g| g.waited())
+        };
         store.set_epoch_deadline(engine::ticks_for(limits.timeout));
-        store.epoch_deadline_trap();
+        if gate.is_some() {
+            let deadline = deadline.clone();
+            store.epoch_deadline_callback(move |_| {
+                let left = deadline().saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    Err(Trap::Interrupt.into())
+                } else {
+                    Ok(wasmtime::UpdateDeadline::Continue(engine::ticks_for(left)))
+                }
+            });
+        } else {
+            store.epoch_deadline_trap();
+        }
 
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
@@ -185,10 +246,25 @@ impl PreparedAction {
             func.call_async(&mut store, &params, &mut results).await?;
             wasmtime::Result::Ok(results.pop())
         };
-        let outcome = match tokio::time::timeout(limits.timeout, call).await {
-            Err(_elapsed) => Err(Error::Limit(LimitExceeded::Timeout(limits.timeout))),
-            Ok(Err(e)) => Err(classify(e, limits, &stderr)),
-            Ok(Ok(result)) => print_result(sig.result.as_ref(), result.as_ref(), limits.max_result_bytes),
+        let finished = {
+            tokio::pin!(call);
+            loop {
+                let until = tokio::time::Instant::from_std(deadline());
+                tokio::select! {
+                    r = &mut call => break Some(r),
+                    () = tokio::time::sleep_until(until) => {
+                        // Time spent waiting for approvals moves the deadline.
+                        if deadline() <= Instant::now() {
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        let outcome = match finished {
+            None => Err(Error::Limit(LimitExceeded::Timeout(limits.timeout))),
+            Some(Err(e)) => Err(classify(e, limits, &stderr)),
+            Some(Ok(result)) => print_result(sig.result.as_ref(), result.as_ref(), limits.max_result_bytes),
         };
 
         let fuel_consumed = limits.fuel.map(|f| f.saturating_sub(store.get_fuel().unwrap_or(0)));

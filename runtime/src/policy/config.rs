@@ -1,6 +1,7 @@
 //! The TOML config file (`airlock.toml`), parsed once into typed policy.
 
 use super::limits::{LimitOverrides, Limits};
+use crate::approval::policy::{AccessPolicy, ApprovalPolicy, RawAccess, RawApproval};
 use crate::capabilities::{Grants, RawGrants};
 use crate::error::Error;
 use serde::Deserialize;
@@ -39,6 +40,12 @@ struct RawAction {
     limits: LimitOverrides,
     #[serde(default)]
     audit: RawAudit,
+    /// The identity the action runs under; `action:NAME` by default.
+    service_identity: Option<String>,
+    #[serde(default)]
+    access: RawAccess,
+    #[serde(default)]
+    approval: RawApproval,
 }
 
 /// `[actions.NAME.audit]`.
@@ -111,14 +118,26 @@ pub struct ActionPolicy {
     /// Argument paths (`ticket.body`) recorded in the audit log by digest
     /// only.
     pub sensitive_args: Vec<String>,
+    /// The identity the action runs under (its grants and credentials are
+    /// this identity's, never the caller's).
+    pub service_identity: String,
+    /// Who may invoke and approve.
+    pub access: AccessPolicy,
+    /// What needs approval.
+    pub approval: ApprovalPolicy,
+    /// blake3 of the config text the policy came from (`ad-hoc` for
+    /// command-line grants); approvals are bound to it.
+    pub config_version: String,
 }
 
 impl ActionPolicy {
     /// A policy for an ad hoc invocation of a component file: exactly the
     /// given grants (from command-line flags), no digest pin.
     pub fn ad_hoc(name: impl Into<String>, component: PathBuf, grants: Grants, limits: Limits) -> ActionPolicy {
+        let name = name.into();
         ActionPolicy {
-            name: name.into(),
+            service_identity: format!("action:{name}"),
+            name,
             description: None,
             component,
             digest: None,
@@ -126,6 +145,9 @@ impl ActionPolicy {
             limits,
             origin: GrantOrigin::Flags,
             sensitive_args: Vec::new(),
+            access: AccessPolicy::default(),
+            approval: ApprovalPolicy::default(),
+            config_version: "ad-hoc".into(),
         }
     }
 }
@@ -136,6 +158,8 @@ pub struct Policy {
     pub path: PathBuf,
     pub runtime: RuntimeSettings,
     pub actions: BTreeMap<String, ActionPolicy>,
+    /// blake3 of the config text, `blake3:<hex>`.
+    pub version: String,
 }
 
 impl Policy {
@@ -172,6 +196,7 @@ impl Policy {
             max_concurrent_instances,
         };
 
+        let version = format!("blake3:{}", blake3::hash(text.as_bytes()).to_hex());
         let mut actions = BTreeMap::new();
         for (name, spanned) in raw.actions {
             let line = line_of(text, spanned.span().start);
@@ -185,6 +210,32 @@ impl Policy {
                 if p.is_empty() || p.len() > 256 || p.split('.').any(str::is_empty) {
                     return Err(at(format!(
                         "audit.sensitive-args: {p:?} must be a dotted path of argument and field names, e.g. \"ticket.body\""
+                    )));
+                }
+            }
+            let service_identity = match raw.service_identity {
+                Some(id) => {
+                    crate::identity::validate_name(&id, "service identity").map_err(&at)?;
+                    id
+                }
+                None => format!("action:{name}"),
+            };
+            let access = AccessPolicy::resolve(&raw.access).map_err(&at)?;
+            let approval = ApprovalPolicy::resolve(&raw.approval).map_err(&at)?;
+            if (approval.gates_anything() || grants.approval.is_some()) && !access.has_approvers() {
+                return Err(at(
+                    "approvals are configured but nobody may approve; add access.approve = [\"role:reviewer\"] (or names)".into(),
+                ));
+            }
+            for rule in &approval.host_calls {
+                let granted = match rule.capability {
+                    crate::approval::policy::GatedCapability::Http => grants.http.is_some(),
+                    crate::approval::policy::GatedCapability::Files => grants.files.is_some(),
+                };
+                if !granted {
+                    return Err(at(format!(
+                        "{} gates a capability the action is not granted, so it could never apply",
+                        rule.name
                     )));
                 }
             }
@@ -202,6 +253,10 @@ impl Policy {
                         line,
                     },
                     sensitive_args: raw.audit.sensitive_args,
+                    service_identity,
+                    access,
+                    approval,
+                    config_version: version.clone(),
                 },
             );
         }
@@ -209,6 +264,7 @@ impl Policy {
             path: path.to_path_buf(),
             runtime,
             actions,
+            version,
         })
     }
 }

@@ -1,0 +1,174 @@
+//! The per-invocation side of approvals: suspending a running instance's
+//! call until people decide, and keeping that wait off the clock.
+
+use super::{ApprovalPolicy, Approvals, CallRule, NewRequest, Target};
+use crate::error::Error;
+use crate::host_call::{Decision, HostCall};
+use crate::store::{ApprovalKind, ApprovalRecord, ApprovalState};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Approvals for one running invocation.
+#[derive(Debug)]
+pub struct Gate {
+    approvals: Approvals,
+    policy: ApprovalPolicy,
+    /// Everything about the invocation a request is bound to; each request
+    /// fills in its kind, rule and subject.
+    template: NewRequest,
+    clock: Mutex<WaitClock>,
+}
+
+/// Time spent waiting for decisions, which the invocation's timeout does
+/// not count. Overlapping waits (concurrent `wasi:http` requests) count
+/// once.
+#[derive(Debug, Default)]
+struct WaitClock {
+    active: usize,
+    since: Option<Instant>,
+    total: Duration,
+}
+
+/// Closes a request if its waiter goes away without an answer (the
+/// invocation was cancelled or trapped mid-wait).
+struct Abandon {
+    approvals: Approvals,
+    id: Option<String>,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let approvals = self.approvals.clone();
+            handle.spawn(async move {
+                let reason = "the invocation waiting on it ended before a decision";
+                if let Err(e) = approvals.close(&id, ApprovalState::Failed, reason).await {
+                    tracing::warn!(approval = %id, "cannot close an abandoned approval request: {e}");
+                }
+            });
+        }
+    }
+}
+
+impl Gate {
+    pub fn new(approvals: Approvals, policy: ApprovalPolicy, template: NewRequest) -> Gate {
+        Gate {
+            approvals,
+            policy,
+            template,
+            clock: Mutex::new(WaitClock::default()),
+        }
+    }
+
+    fn clock(&self) -> std::sync::MutexGuard<'_, WaitClock> {
+        self.clock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The gate rule that holds back a call doing `target`, if any.
+    pub fn rule_for(&self, target: &Target) -> Option<&CallRule> {
+        self.policy.gate_for(target)
+    }
+
+    /// Time spent waiting for decisions so far, including a wait under way.
+    pub fn waited(&self) -> Duration {
+        let clock = self.clock();
+        clock.total
+            + clock
+                .since
+                .filter(|_| clock.active > 0)
+                .map_or(Duration::ZERO, |s| s.elapsed())
+    }
+
+    /// Hold `call` if a rule matches it: `None` when no rule does, else the
+    /// approval id that released it or the denial.
+    pub async fn hold(&self, call: &HostCall, target: &Target) -> Option<Result<String, Decision>> {
+        let rule = self.rule_for(target)?;
+        let args: serde_json::Map<String, Value> = call
+            .args
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), Value::String(v.clone())))
+            .collect();
+        let subject = json!({
+            "interface": call.interface,
+            "function": call.function,
+            "args": args,
+        });
+        Some(match self.ask(ApprovalKind::HostCall, rule.describe(), subject).await {
+            Ok(r) if r.state == ApprovalState::Approved => Ok(r.id),
+            Ok(r) => Err(Decision::deny(
+                rule.name.clone(),
+                format!(
+                    "approval {} {}: {}",
+                    r.id,
+                    r.state,
+                    r.reason.as_deref().unwrap_or("no reason given")
+                ),
+            )),
+            Err(e) => Err(Decision::deny(
+                rule.name.clone(),
+                format!("approval could not be requested: {e}"),
+            )),
+        })
+    }
+
+    /// Open a request and wait for its decision, up to the action's
+    /// `approval.wait-secs`; a request still pending then expires.
+    pub async fn ask(&self, kind: ApprovalKind, rule: String, subject: Value) -> Result<ApprovalRecord, Error> {
+        let mut request = self.template.clone();
+        request.kind = kind;
+        request.rule = rule;
+        request.subject = subject;
+        request.ttl = self.policy.wait;
+        self.start_waiting();
+        let result = self.open_and_wait(request).await;
+        self.stop_waiting();
+        result
+    }
+
+    async fn open_and_wait(&self, request: NewRequest) -> Result<ApprovalRecord, Error> {
+        let record = self.approvals.open(request).await?;
+        let mut guard = Abandon {
+            approvals: self.approvals.clone(),
+            id: Some(record.id.clone()),
+        };
+        let deadline = Instant::now() + self.policy.wait;
+        let record = self.approvals.wait(&record.id, deadline).await?;
+        let record = if record.state == ApprovalState::Pending {
+            let reason = format!(
+                "no decision within {} s (approval.wait-secs); the held call failed",
+                self.policy.wait.as_secs()
+            );
+            self.approvals
+                .close(&record.id, ApprovalState::Expired, &reason)
+                .await?
+        } else {
+            record
+        };
+        guard.id = None;
+        Ok(record)
+    }
+
+    fn start_waiting(&self) {
+        let mut clock = self.clock();
+        if clock.active == 0 {
+            clock.since = Some(Instant::now());
+        }
+        clock.active += 1;
+    }
+
+    fn stop_waiting(&self) {
+        let mut clock = self.clock();
+        clock.active = clock.active.saturating_sub(1);
+        if clock.active == 0
+            && let Some(since) = clock.since.take()
+        {
+            clock.total += since.elapsed();
+        }
+    }
+}
+
+/// Shared handle used by the invocation's timers.
+pub type SharedGate = Arc<Gate>;

@@ -1,0 +1,408 @@
+//! Who may invoke and approve an action, and what needs approval: the
+//! `[actions.NAME.access]` and `[actions.NAME.approval]` config sections.
+
+use crate::identity::{AccessRule, Caller, IdentityKind};
+use crate::outbound::destination::{Destination, Origin, path_within};
+use std::time::Duration;
+
+/// Default time an invocation-level request stays open.
+pub const DEFAULT_TTL_SECS: u64 = 24 * 3600;
+/// Default time a suspended host call or guest request waits.
+pub const DEFAULT_WAIT_SECS: u64 = 300;
+/// Longest a request may stay open (30 days).
+pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
+pub const MAX_QUORUM: u32 = 16;
+
+/// `[actions.NAME.access]` as written.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawAccess {
+    /// Defaults to `["local"]`: the local operator only.
+    pub invoke: Option<Vec<String>>,
+    #[serde(default)]
+    pub approve: Vec<String>,
+    #[serde(default)]
+    pub agent_approvers: Vec<String>,
+}
+
+/// Who may invoke and who may approve one action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessPolicy {
+    /// Deny by default: a token holder may invoke only when named here (by
+    /// identity or role). Without an `invoke` key only the local operator
+    /// may (it already holds every key in the data directory).
+    pub invoke: Vec<AccessRule>,
+    /// Human identities or roles that may approve.
+    pub approve: Vec<AccessRule>,
+    /// Agents that may approve: an agent never approves through `approve`,
+    /// only when the config names it (or a role of it) here.
+    pub agent_approvers: Vec<AccessRule>,
+}
+
+impl Default for AccessPolicy {
+    fn default() -> Self {
+        AccessPolicy {
+            invoke: vec![AccessRule::Local],
+            approve: Vec::new(),
+            agent_approvers: Vec::new(),
+        }
+    }
+}
+
+fn rules(list: &[String], key: &str) -> Result<Vec<AccessRule>, String> {
+    list.iter()
+        .map(|s| AccessRule::parse(s).map_err(|e| format!("access.{key}: {s:?}: {e}")))
+        .collect()
+}
+
+impl AccessPolicy {
+    pub fn resolve(raw: &RawAccess) -> Result<AccessPolicy, String> {
+        let invoke = match &raw.invoke {
+            Some(list) => rules(list, "invoke")?,
+            None => vec![AccessRule::Local],
+        };
+        let approve = rules(&raw.approve, "approve")?;
+        let agent_approvers = rules(&raw.agent_approvers, "agent-approvers")?;
+        if approve.iter().chain(&agent_approvers).any(|r| *r == AccessRule::Local) {
+            return Err("access.approve: `local` cannot approve; reviewers approve with their own token".into());
+        }
+        Ok(AccessPolicy {
+            invoke,
+            approve,
+            agent_approvers,
+        })
+    }
+
+    pub fn may_invoke(&self, caller: &Caller) -> bool {
+        self.invoke.iter().any(|r| caller.matches(r))
+    }
+
+    /// Whether `caller` may approve (before self-approval is considered).
+    pub fn may_approve(&self, caller: &Caller) -> bool {
+        if caller.is_local() {
+            return false;
+        }
+        let list = match caller.kind {
+            IdentityKind::Human => &self.approve,
+            IdentityKind::Agent => &self.agent_approvers,
+        };
+        list.iter().any(|r| caller.matches(r))
+    }
+
+    /// The approver lists as written, for requests and messages.
+    pub fn approvers_text(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.approve.iter().map(ToString::to_string).collect();
+        out.extend(self.agent_approvers.iter().map(|r| format!("{r} (agent)")));
+        out
+    }
+
+    pub fn has_approvers(&self) -> bool {
+        !self.approve.is_empty() || !self.agent_approvers.is_empty()
+    }
+}
+
+/// `[actions.NAME.approval]` as written.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawApproval {
+    /// Every invocation waits for approval before it starts.
+    #[serde(default)]
+    pub invocation: bool,
+    pub quorum: Option<u32>,
+    pub ttl_secs: Option<u64>,
+    pub wait_secs: Option<u64>,
+    #[serde(default)]
+    pub host_calls: Vec<RawCallRule>,
+}
+
+/// One `[[actions.NAME.approval.host-calls]]` rule as written.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawCallRule {
+    /// `http` (both `airlock:cap/http` and `wasi:http`) or `files` (both
+    /// `airlock:cap/files` and `wasi:filesystem`).
+    pub capability: String,
+    /// http: methods that need approval (any, when absent).
+    pub methods: Option<Vec<String>>,
+    /// http: only requests to this destination.
+    pub destination: Option<String>,
+    /// http: URL path prefix; files: path prefix inside the granted
+    /// directory.
+    pub path_prefix: Option<String>,
+    /// files: `write` (writes, creation, deletion, renames) and/or `read`;
+    /// defaults to `["write"]`.
+    pub operations: Option<Vec<String>>,
+}
+
+/// What an action's approvals require.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalPolicy {
+    pub invocation: bool,
+    /// Approvals from distinct identities needed.
+    pub quorum: u32,
+    /// How long an invocation-level request stays open.
+    pub ttl: Duration,
+    /// How long a suspended host call (or guest request) waits before it
+    /// fails; the request expires with it.
+    pub wait: Duration,
+    pub host_calls: Vec<CallRule>,
+}
+
+impl Default for ApprovalPolicy {
+    fn default() -> Self {
+        ApprovalPolicy {
+            invocation: false,
+            quorum: 1,
+            ttl: Duration::from_secs(DEFAULT_TTL_SECS),
+            wait: Duration::from_secs(DEFAULT_WAIT_SECS),
+            host_calls: Vec::new(),
+        }
+    }
+}
+
+impl ApprovalPolicy {
+    pub fn resolve(raw: &RawApproval) -> Result<ApprovalPolicy, String> {
+        let quorum = raw.quorum.unwrap_or(1);
+        if !(1..=MAX_QUORUM).contains(&quorum) {
+            return Err(format!("approval.quorum must be between 1 and {MAX_QUORUM}"));
+        }
+        let ttl = raw.ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
+        if !(1..=MAX_TTL_SECS).contains(&ttl) {
+            return Err(format!("approval.ttl-secs must be between 1 and {MAX_TTL_SECS}"));
+        }
+        let wait = raw.wait_secs.unwrap_or(DEFAULT_WAIT_SECS);
+        if !(1..=MAX_TTL_SECS).contains(&wait) {
+            return Err(format!("approval.wait-secs must be between 1 and {MAX_TTL_SECS}"));
+        }
+        let host_calls = raw
+            .host_calls
+            .iter()
+            .enumerate()
+            .map(|(i, r)| CallRule::resolve(r, i).map_err(|e| format!("approval.host-calls[{i}]: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ApprovalPolicy {
+            invocation: raw.invocation,
+            quorum,
+            ttl: Duration::from_secs(ttl),
+            wait: Duration::from_secs(wait),
+            host_calls,
+        })
+    }
+
+    /// Whether anything of this action can need a decision.
+    pub fn gates_anything(&self) -> bool {
+        self.invocation || !self.host_calls.is_empty()
+    }
+
+    /// The first rule that holds `target` back.
+    pub fn gate_for(&self, target: &Target) -> Option<&CallRule> {
+        self.host_calls.iter().find(|r| r.matches(target))
+    }
+}
+
+/// What a host call does, in the terms gate rules are written in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Http { method: String, url: url::Url },
+    Files { write: bool, path: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatedCapability {
+    Http,
+    Files,
+}
+
+/// One host-call gate rule, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRule {
+    /// `approval.host-calls[N]`, for messages and records.
+    pub name: String,
+    pub capability: GatedCapability,
+    pub methods: Option<Vec<String>>,
+    pub destination: Option<Destination>,
+    pub path_prefix: Option<String>,
+    pub reads: bool,
+    pub writes: bool,
+}
+
+impl CallRule {
+    fn resolve(raw: &RawCallRule, index: usize) -> Result<CallRule, String> {
+        let capability = match raw.capability.as_str() {
+            "http" => GatedCapability::Http,
+            "files" => GatedCapability::Files,
+            other => return Err(format!("capability {other:?}: gates apply to `http` or `files`")),
+        };
+        let mut rule = CallRule {
+            name: format!("approval.host-calls[{index}]"),
+            capability,
+            methods: None,
+            destination: None,
+            path_prefix: raw.path_prefix.clone(),
+            reads: false,
+            writes: true,
+        };
+        match capability {
+            GatedCapability::Http => {
+                if raw.operations.is_some() {
+                    return Err("`operations` applies to files rules; http rules use `methods`".into());
+                }
+                rule.methods = raw
+                    .methods
+                    .as_ref()
+                    .map(|ms| {
+                        ms.iter()
+                            .map(|m| {
+                                let up = m.to_ascii_uppercase();
+                                match http::Method::from_bytes(up.as_bytes()) {
+                                    Ok(_) if !up.is_empty() => Ok(up),
+                                    _ => Err(format!("method {m:?} is not an HTTP method")),
+                                }
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .transpose()?;
+                rule.destination = raw.destination.as_deref().map(Destination::parse).transpose()?;
+                if let Some(p) = &rule.path_prefix
+                    && !p.starts_with('/')
+                {
+                    return Err(format!("path-prefix {p:?} of an http rule must start with `/`"));
+                }
+            }
+            GatedCapability::Files => {
+                if raw.methods.is_some() || raw.destination.is_some() {
+                    return Err("`methods` and `destination` apply to http rules".into());
+                }
+                let ops = raw.operations.clone().unwrap_or_else(|| vec!["write".into()]);
+                if ops.is_empty() {
+                    return Err("operations must name `read` and/or `write`".into());
+                }
+                rule.writes = false;
+                for op in &ops {
+                    match op.as_str() {
+                        "read" => rule.reads = true,
+                        "write" => rule.writes = true,
+                        other => return Err(format!("operation {other:?}: use `read` or `write`")),
+                    }
+                }
+                if let Some(p) = &rule.path_prefix
+                    && (p.starts_with('/') || p.split('/').any(|s| s == ".."))
+                {
+                    return Err(format!(
+                        "path-prefix {p:?} of a files rule is relative to the granted directory, without `..`"
+                    ));
+                }
+            }
+        }
+        Ok(rule)
+    }
+
+    pub fn matches(&self, target: &Target) -> bool {
+        match (self.capability, target) {
+            (GatedCapability::Http, Target::Http { method, url }) => {
+                let method_ok = self.methods.as_ref().is_none_or(|ms| ms.iter().any(|m| m == method));
+                let destination_ok = self
+                    .destination
+                    .as_ref()
+                    .is_none_or(|d| Origin::of(url).is_ok_and(|o| d.matches(&o)));
+                let path_ok = self.path_prefix.as_deref().is_none_or(|p| path_within(url.path(), p));
+                method_ok && destination_ok && path_ok
+            }
+            (GatedCapability::Files, Target::Files { write, path }) => {
+                let op_ok = if *write { self.writes } else { self.reads };
+                op_ok && self.path_prefix.as_deref().is_none_or(|p| files_path_within(path, p))
+            }
+            _ => false,
+        }
+    }
+
+    /// The rule in words, for reviewers.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![self.name.clone()];
+        match self.capability {
+            GatedCapability::Http => {
+                parts.push("http".into());
+                if let Some(ms) = &self.methods {
+                    parts.push(ms.join("|"));
+                }
+                if let Some(d) = &self.destination {
+                    parts.push(d.to_string());
+                }
+            }
+            GatedCapability::Files => {
+                parts.push("files".into());
+                let ops = match (self.reads, self.writes) {
+                    (true, true) => "read|write",
+                    (true, false) => "read",
+                    _ => "write",
+                };
+                parts.push(ops.into());
+            }
+        }
+        if let Some(p) = &self.path_prefix {
+            parts.push(format!("under {p}"));
+        }
+        parts.join(" ")
+    }
+}
+
+/// Segment-wise prefix match on relative paths, ignoring `./` and repeated
+/// or leading slashes, so `gated//x` and `./gated/x` are under `gated`.
+fn files_path_within(path: &str, prefix: &str) -> bool {
+    let segments = |p: &str| -> Vec<String> {
+        p.split('/')
+            .filter(|s| !s.is_empty() && *s != ".")
+            .map(str::to_string)
+            .collect()
+    };
+    let (path, prefix) = (segments(path), segments(prefix));
+    path.len() >= prefix.len() && path[..prefix.len()] == prefix[..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(toml_text: &str) -> Result<CallRule, String> {
+        let raw: RawCallRule = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        CallRule::resolve(&raw, 0)
+    }
+
+    #[test]
+    fn http_rules_match_method_destination_and_path() {
+        let r = rule("capability = \"http\"\nmethods = [\"delete\"]\ndestination = \"https://api.example.com\"\npath-prefix = \"/v1\"").unwrap();
+        let t = |m: &str, u: &str| Target::Http {
+            method: m.into(),
+            url: url::Url::parse(u).unwrap(),
+        };
+        assert!(r.matches(&t("DELETE", "https://api.example.com/v1/x")));
+        assert!(!r.matches(&t("GET", "https://api.example.com/v1/x")));
+        assert!(!r.matches(&t("DELETE", "https://other.example.com/v1/x")));
+        assert!(!r.matches(&t("DELETE", "https://api.example.com/v2/x")));
+    }
+
+    #[test]
+    fn files_rules_match_normalized_paths() {
+        let r = rule("capability = \"files\"\npath-prefix = \"gated\"").unwrap();
+        let w = |p: &str| Target::Files {
+            write: true,
+            path: p.into(),
+        };
+        assert!(r.matches(&w("gated/a")));
+        assert!(r.matches(&w("./gated//a")));
+        assert!(r.matches(&w("gated")));
+        assert!(!r.matches(&w("gatedx/a")));
+        assert!(!r.matches(&Target::Files {
+            write: false,
+            path: "gated/a".into()
+        }));
+    }
+
+    #[test]
+    fn bad_rules_are_refused() {
+        assert!(rule("capability = \"sockets\"").is_err());
+        assert!(rule("capability = \"files\"\nmethods = [\"GET\"]").is_err());
+        assert!(rule("capability = \"files\"\npath-prefix = \"../x\"").is_err());
+        assert!(rule("capability = \"http\"\nmethods = [\"NOT A METHOD\"]").is_err());
+    }
+}

@@ -1,0 +1,124 @@
+//! `airlock:cap/approval`: an action asks people for a decision mid-run.
+//!
+//! The request is bound to the invocation (see [`crate::approval::binding`])
+//! and to the summary and detail the action gives; the call waits for the
+//! decision through the invocation's [`crate::approval::gate::Gate`], off
+//! the invocation's clock, and the request expires when the action's
+//! `approval.wait-secs` runs out.
+
+use super::Capability;
+use super::bindings::airlock::cap::approval as wit;
+use crate::catalog::CapabilityKind;
+use crate::host_call::{Decision, HostCall};
+use crate::invocation::{InvocationState, StateBuilder};
+use crate::store::{ApprovalKind, ApprovalState};
+use wasmtime::component::{HasSelf, Linker};
+
+/// Longest summary, in bytes.
+pub const MAX_SUMMARY_BYTES: usize = 200;
+/// Longest detail, in bytes.
+pub const MAX_DETAIL_BYTES: usize = 8 * 1024;
+
+/// The `approval` grant: `approval = true`. Quorum, wait and approvers come
+/// from the action's `[approval]` and `[access]` sections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovalGrant;
+
+pub struct ApprovalCapability;
+
+impl Capability for ApprovalCapability {
+    const KIND: CapabilityKind = CapabilityKind::Approval;
+    type Grant = ApprovalGrant;
+    const EXAMPLE_GRANT: &'static str = "approval = true (with access.approve naming the approvers)";
+    const EXAMPLE_FLAG: &'static str = "a config file: approvals need approvers, which only a config names";
+
+    fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
+        wit::add_to_linker::<InvocationState, HasSelf<InvocationState>>(linker, |s| s)
+    }
+
+    fn prepare(_grant: &ApprovalGrant, _state: &mut StateBuilder) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn describe(_grant: &ApprovalGrant) -> String {
+        "may ask the action's approvers for a decision mid-run".into()
+    }
+}
+
+/// Why a guest request was not approved, before it becomes the WIT error.
+enum NotApproved {
+    Invalid(String),
+    Unavailable(String),
+    Denied(String),
+    Expired,
+}
+
+impl std::fmt::Display for NotApproved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotApproved::Invalid(m) => write!(f, "invalid: {m}"),
+            NotApproved::Unavailable(m) => write!(f, "unavailable: {m}"),
+            NotApproved::Denied(m) => write!(f, "denied: {m}"),
+            NotApproved::Expired => f.write_str("expired"),
+        }
+    }
+}
+
+impl wit::Host for InvocationState {
+    async fn request(&mut self, summary: String, detail: String) -> wasmtime::Result<Result<(), wit::ApprovalError>> {
+        let call = HostCall::new("airlock:cap/approval", "request")
+            .arg("summary", summary.escape_debug())
+            .arg("detail-bytes", detail.len())
+            .arg("detail-blake3", blake3::hash(detail.as_bytes()).to_hex());
+        let gate = self.host_calls.gate();
+        let outcome = self
+            .host_call_async(
+                call,
+                |_| Decision::allow("grants.approval"),
+                async move |_| -> Result<(), NotApproved> {
+                    if summary.trim().is_empty() || summary.len() > MAX_SUMMARY_BYTES {
+                        return Err(NotApproved::Invalid(format!(
+                            "the summary must be 1-{MAX_SUMMARY_BYTES} bytes"
+                        )));
+                    }
+                    if detail.len() > MAX_DETAIL_BYTES {
+                        return Err(NotApproved::Invalid(format!(
+                            "the detail must be at most {MAX_DETAIL_BYTES} bytes"
+                        )));
+                    }
+                    let Some(gate) = gate else {
+                        return Err(NotApproved::Unavailable(
+                            "approvals are not set up for this invocation".into(),
+                        ));
+                    };
+                    let subject = serde_json::json!({ "summary": summary, "detail": detail });
+                    let record = gate
+                        .ask(
+                            ApprovalKind::Guest,
+                            "grants.approval (requested by the action)".into(),
+                            subject,
+                        )
+                        .await
+                        .map_err(|e| NotApproved::Unavailable(e.to_string()))?;
+                    match record.state {
+                        ApprovalState::Approved => Ok(()),
+                        ApprovalState::Expired => Err(NotApproved::Expired),
+                        _ => Err(NotApproved::Denied(
+                            record
+                                .reason
+                                .unwrap_or_else(|| format!("request {} {}", record.id, record.state)),
+                        )),
+                    }
+                },
+            )
+            .await;
+        Ok(match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(NotApproved::Invalid(m))) => Err(wit::ApprovalError::Invalid(m)),
+            Ok(Err(NotApproved::Unavailable(m))) => Err(wit::ApprovalError::Unavailable(m)),
+            Ok(Err(NotApproved::Denied(m))) => Err(wit::ApprovalError::Denied(m)),
+            Ok(Err(NotApproved::Expired)) => Err(wit::ApprovalError::Expired),
+            Err(denied) => Err(wit::ApprovalError::Unavailable(denied.to_string())),
+        })
+    }
+}

@@ -1,0 +1,402 @@
+//! The path of one request through airlock:
+//! identity → policy → approval → instantiate → host calls → result → audit.
+//!
+//! - identity: the caller arrives authenticated ([`crate::identity`]);
+//! - policy: [`Runtime::submit`] refuses a caller the action's
+//!   `access.invoke` does not name, before anything is instantiated, and
+//!   records the refusal;
+//! - approval: an action with `approval.invocation` does not start until a
+//!   quorum approves. The request and the invocation are stored, so they
+//!   survive a restart; whichever process sees the approval first claims
+//!   the invocation (a compare-and-set in the store) and runs it, exactly
+//!   once. Before it runs, the binding is computed again from what is about
+//!   to run and must equal the approved one;
+//! - instantiate, host calls, result, audit: [`PreparedAction::invoke_as`].
+
+use crate::action::PreparedAction;
+use crate::approval::Approvals;
+use crate::error::Error;
+use crate::identity::{Caller, IdentityKind};
+use crate::invocation::{Report, new_invocation_id};
+use crate::runtime::Runtime;
+use crate::store::{
+    ApprovalKind, ApprovalRecord, ApprovalState, InvocationOutcome, InvocationRecord, InvocationStatus, Verdict,
+};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What became of a submitted request.
+#[derive(Debug)]
+pub enum Submitted {
+    /// It ran in this process.
+    Ran(Report),
+    /// It ran in another process (after an approval); its stored outcome.
+    Done(InvocationRecord),
+    /// It waits for approval: nothing has run.
+    Pending {
+        invocation: String,
+        approval: ApprovalRecord,
+    },
+}
+
+/// A decision and what it set off.
+#[derive(Debug)]
+pub struct Decided {
+    pub approval: ApprovalRecord,
+    /// For an invocation-level request that this decision approved: the
+    /// invocation, run here (or already claimed elsewhere).
+    pub ran: Option<Submitted>,
+}
+
+fn describe(caller: &Caller) -> String {
+    match (caller.is_local(), caller.kind) {
+        (true, _) => format!("the local operator ({})", caller.name),
+        (false, IdentityKind::Agent) => format!("agent `{}`", caller.name),
+        (false, IdentityKind::Human) => format!("`{}`", caller.name),
+    }
+}
+
+/// The stored form of a report's outcome.
+pub fn outcome_of(report: &Report) -> InvocationOutcome {
+    let (exit_code, result, error) = match &report.outcome {
+        Ok(v) => (0, Some(v.clone()), None),
+        Err(Error::ActionError(v)) => (1, None, Some(format!("action returned an error: {v}"))),
+        Err(e) => (e.exit_code(), None, Some(e.to_string())),
+    };
+    InvocationOutcome {
+        exit_code,
+        result,
+        error,
+        finished_at: crate::time::now_micros(),
+    }
+}
+
+impl Runtime {
+    fn loaded(&self, action: &str) -> Result<Arc<PreparedAction>, Error> {
+        self.action(action).cloned().ok_or_else(|| Error::UnknownAction {
+            name: action.to_string(),
+            available: self.action_names().join(", "),
+        })
+    }
+
+    fn approvals_for(&self, action: &str) -> Result<&Approvals, Error> {
+        self.approvals_opened()
+            .ok_or_else(|| Error::internal(format!("action `{action}` needs approvals, but they are not set up")))
+    }
+
+    /// Run `function` of `action` for `caller`: refused unless the policy
+    /// lets the caller invoke it; held for approval when the action needs
+    /// one (waiting up to `wait` for the decision, and running it here if
+    /// it comes in time).
+    pub async fn submit(
+        &self,
+        caller: &Caller,
+        action: &str,
+        function: &str,
+        args: &Value,
+        wait: Duration,
+    ) -> Result<Submitted, Error> {
+        let prepared = self.loaded(action)?;
+        let invocation = new_invocation_id();
+        let access = &prepared.policy.access;
+        if !access.may_invoke(caller) {
+            let allowed: Vec<String> = access.invoke.iter().map(ToString::to_string).collect();
+            let error = Error::Forbidden(format!(
+                "{} may not invoke action `{action}` (access.invoke: {})",
+                describe(caller),
+                if allowed.is_empty() {
+                    "nobody".into()
+                } else {
+                    allowed.join(", ")
+                }
+            ));
+            return Err(prepared.refuse(&invocation, caller, function, error).await);
+        }
+        if !prepared.policy.approval.invocation {
+            return Ok(Submitted::Ran(
+                prepared.invoke_with_id(&invocation, caller, function, args, None).await,
+            ));
+        }
+        // Reviewers are never asked about a request that could not run.
+        if let Err(error) = prepared.check_request(function, args) {
+            return Err(prepared.refuse(&invocation, caller, function, error).await);
+        }
+        let approvals = self.approvals_for(action)?;
+        let request = prepared.request_template(&invocation, caller, function, args);
+        let approval = approvals.open(request).await?;
+        let now = crate::time::now_micros();
+        let record = InvocationRecord {
+            id: invocation.clone(),
+            action: action.to_string(),
+            function: function.to_string(),
+            args: args.clone(),
+            caller: caller.clone(),
+            state: InvocationStatus::AwaitingApproval,
+            approval: Some(approval.id.clone()),
+            created_at: now,
+            updated_at: now,
+            outcome: None,
+        };
+        if let Err(e) = approvals.store().insert_invocation(&record) {
+            let _ = approvals
+                .close(
+                    &approval.id,
+                    ApprovalState::Failed,
+                    "the invocation could not be stored",
+                )
+                .await;
+            return Err(e.into());
+        }
+        self.await_invocation(&invocation, Instant::now() + wait).await
+    }
+
+    /// Follow an invocation that needed approval until it ran (here, or in
+    /// the process that claimed it) or `deadline` passes.
+    pub async fn await_invocation(&self, id: &str, deadline: Instant) -> Result<Submitted, Error> {
+        loop {
+            let record = self.invocation(id)?;
+            if record.state.is_final() {
+                return Ok(Submitted::Done(record));
+            }
+            let approvals = self.approvals_for(&record.action)?;
+            let approval_id = record
+                .approval
+                .clone()
+                .ok_or_else(|| Error::internal(format!("invocation {id} has no approval request")))?;
+            let approval = approvals.get(&approval_id)?;
+            match approval.state {
+                ApprovalState::Pending if Instant::now() >= deadline => {
+                    return Ok(Submitted::Pending {
+                        invocation: id.to_string(),
+                        approval,
+                    });
+                }
+                ApprovalState::Pending => {
+                    approvals.wait(&approval.id, deadline).await?;
+                }
+                ApprovalState::Approved => match self.run_approved(id).await? {
+                    Some(report) => return Ok(Submitted::Ran(report)),
+                    // Another process runs it: wait for its outcome.
+                    None if Instant::now() >= deadline => {
+                        return Ok(Submitted::Done(self.invocation(id)?));
+                    }
+                    None => tokio::time::sleep(crate::approval::POLL_INTERVAL).await,
+                },
+                ApprovalState::Denied | ApprovalState::Expired | ApprovalState::Failed => {
+                    let record = self.settle(&approval)?.unwrap_or(record);
+                    return Ok(Submitted::Done(record));
+                }
+            }
+        }
+    }
+
+    /// An invocation by id.
+    pub fn invocation(&self, id: &str) -> Result<InvocationRecord, Error> {
+        self.store()?
+            .invocation(id)?
+            .ok_or_else(|| Error::Usage(format!("no invocation {id}; see `airlock invocations list`")))
+    }
+
+    /// Record that an invocation-level request ended without approval.
+    fn settle(&self, approval: &ApprovalRecord) -> Result<Option<InvocationRecord>, Error> {
+        let to = match approval.state {
+            ApprovalState::Denied => InvocationStatus::Denied,
+            ApprovalState::Expired => InvocationStatus::Expired,
+            ApprovalState::Failed => InvocationStatus::Failed,
+            ApprovalState::Pending | ApprovalState::Approved => return Ok(None),
+        };
+        let outcome = InvocationOutcome {
+            exit_code: 3,
+            result: None,
+            error: Some(format!(
+                "approval {} {}: {}; nothing ran",
+                approval.id,
+                approval.state,
+                approval.reason.as_deref().unwrap_or("no reason given")
+            )),
+            finished_at: crate::time::now_micros(),
+        };
+        let store = self.store()?;
+        store.transition_invocation(
+            &approval.invocation,
+            &[InvocationStatus::AwaitingApproval, InvocationStatus::Approved],
+            to,
+            Some(&outcome),
+        )?;
+        Ok(store.invocation(&approval.invocation)?)
+    }
+
+    /// Run an approved invocation here, unless another process already
+    /// claimed it (`None`). Refused if what would run now no longer matches
+    /// the approved binding.
+    pub async fn run_approved(&self, id: &str) -> Result<Option<Report>, Error> {
+        let record = self.invocation(id)?;
+        let approvals = self.approvals_for(&record.action)?;
+        let approval_id = record
+            .approval
+            .clone()
+            .ok_or_else(|| Error::internal(format!("invocation {id} has no approval request")))?;
+        let approval = approvals.get(&approval_id)?;
+        if approval.state != ApprovalState::Approved {
+            return Err(Error::ApprovalRefused(format!(
+                "approval {} is {}, not approved",
+                approval.id, approval.state
+            )));
+        }
+        let store = approvals.store().clone();
+        let fail = |why: String| {
+            let outcome = InvocationOutcome {
+                exit_code: 3,
+                result: None,
+                error: Some(why.clone()),
+                finished_at: crate::time::now_micros(),
+            };
+            let _ = store.transition_invocation(
+                id,
+                &[InvocationStatus::AwaitingApproval, InvocationStatus::Approved],
+                InvocationStatus::Failed,
+                Some(&outcome),
+            );
+            Error::ApprovalRefused(why)
+        };
+        let prepared = match self.loaded(&record.action) {
+            Ok(p) => p,
+            Err(e) => return Err(fail(format!("approved, but cannot run: {e}"))),
+        };
+        let binding = prepared
+            .request_template(id, &record.caller, &record.function, &record.args)
+            .binding();
+        if binding != approval.binding {
+            return Err(fail(format!(
+                "approval {} is bound to {}, but what would run now is {binding}: the config, the component or the request changed since it was approved; nothing ran, ask again",
+                approval.id, approval.binding
+            )));
+        }
+        let claimed = store.transition_invocation(
+            id,
+            &[InvocationStatus::AwaitingApproval, InvocationStatus::Approved],
+            InvocationStatus::Running,
+            None,
+        )?;
+        if !claimed {
+            return Ok(None);
+        }
+        let report = prepared
+            .invoke_with_id(id, &record.caller, &record.function, &record.args, Some(&approval.id))
+            .await;
+        let outcome = outcome_of(&report);
+        let to = if report.outcome.is_ok() {
+            InvocationStatus::Succeeded
+        } else {
+            InvocationStatus::Failed
+        };
+        store.transition_invocation(id, &[InvocationStatus::Running], to, Some(&outcome))?;
+        Ok(Some(report))
+    }
+
+    /// Run an invocation-level approval's invocation for its requester,
+    /// given the request again: it must bind to exactly what was approved
+    /// (same action, function, arguments, caller, component, config).
+    pub async fn invoke_approved(
+        &self,
+        caller: &Caller,
+        action: &str,
+        function: &str,
+        args: &Value,
+        approval_id: &str,
+        wait: Duration,
+    ) -> Result<Submitted, Error> {
+        let prepared = self.loaded(action)?;
+        let approvals = self.approvals_for(action)?;
+        let approval = approvals.get(approval_id)?;
+        if approval.kind != ApprovalKind::Invocation {
+            return Err(Error::Usage(format!(
+                "approval {approval_id} is a {} request; only invocation requests can be redeemed",
+                approval.kind
+            )));
+        }
+        let binding = prepared
+            .request_template(&approval.invocation, caller, function, args)
+            .binding();
+        if binding != approval.binding {
+            return Err(Error::ApprovalRefused(format!(
+                "approval {approval_id} does not cover this request: it is bound to {}, this request is {binding} (a decision applies to exactly what was approved: caller, action, function, arguments, component and config)",
+                approval.binding
+            )));
+        }
+        self.await_invocation(&approval.invocation, Instant::now() + wait).await
+    }
+
+    /// Record `who`'s decision on approval `id`, under the access policy
+    /// of its action as configured now. An invocation-level request that
+    /// this decision approves runs here at once (unless another process
+    /// claims it first); one it denies is settled.
+    pub async fn decide(
+        &self,
+        id: &str,
+        who: &Caller,
+        verdict: Verdict,
+        reason: Option<&str>,
+        expect_binding: Option<&str>,
+    ) -> Result<Decided, Error> {
+        let approvals = self
+            .approvals_opened()
+            .ok_or_else(|| Error::Usage("no action in this config needs approvals".into()))?;
+        let current = approvals.get(id)?;
+        let prepared = self.action(&current.action).cloned().ok_or_else(|| {
+            Error::Usage(format!(
+                "request {id} is for action `{}`, which this config does not define; decide it with the config that does",
+                current.action
+            ))
+        })?;
+        let approval = approvals
+            .decide(id, who, verdict, reason, &prepared.policy.access, expect_binding)
+            .await?;
+        let ran = match (approval.kind, approval.state) {
+            (ApprovalKind::Invocation, ApprovalState::Approved) => {
+                Some(self.await_invocation(&approval.invocation, Instant::now()).await?)
+            }
+            (ApprovalKind::Invocation, ApprovalState::Denied) => self.settle(&approval)?.map(Submitted::Done),
+            _ => None,
+        };
+        Ok(Decided { approval, ran })
+    }
+
+    /// Housekeeping at start and before listing: expire overdue requests,
+    /// fail those whose waiting instance died with its process, settle
+    /// their invocations, and run approved invocations nobody ran (their
+    /// approver's process may have died before it could).
+    pub async fn sweep_approvals(&self) -> Result<Vec<Submitted>, Error> {
+        let Some(approvals) = self.approvals_opened() else {
+            return Ok(Vec::new());
+        };
+        approvals.expire_due().await?;
+        approvals.fail_orphans().await?;
+        let store = approvals.store().clone();
+        let mut ran = Vec::new();
+        for state in [InvocationStatus::AwaitingApproval, InvocationStatus::Approved] {
+            for record in store.invocations(Some(state), usize::MAX)? {
+                let Some(approval_id) = &record.approval else { continue };
+                let Some(approval) = store.approval(approval_id)? else {
+                    continue;
+                };
+                match approval.state {
+                    ApprovalState::Pending => {}
+                    ApprovalState::Approved if self.action(&record.action).is_some() => {
+                        match self.run_approved(&record.id).await {
+                            Ok(Some(report)) => ran.push(Submitted::Ran(report)),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(invocation = %record.id, "approved invocation not run: {e}"),
+                        }
+                    }
+                    ApprovalState::Approved => {}
+                    _ => {
+                        self.settle(&approval)?;
+                    }
+                }
+            }
+        }
+        Ok(ran)
+    }
+}

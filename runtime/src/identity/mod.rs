@@ -1,0 +1,226 @@
+//! Who is asking: agents and human reviewers, their roles, and the tokens
+//! that prove them.
+//!
+//! - An [`Identity`] is a name, a kind ([`IdentityKind::Agent`] or
+//!   [`IdentityKind::Human`]) and roles. Identities live in the data
+//!   directory's database and are created with their first token
+//!   (`airlock token create`).
+//! - A token is shown once; only its blake3 hash is stored, so the database
+//!   cannot be used to act as anyone. Every request looks its token up
+//!   again, so a revoked token stops working at once.
+//! - The local operator (no token, the user who owns the data directory) is
+//!   [`Caller::local`]: a person who can already read every key airlock
+//!   has, attributed as `local:USER`.
+
+pub mod token;
+
+use crate::error::Error;
+use crate::store::{Store, TokenRecord};
+use std::fmt;
+
+/// Whether an identity is a program or a person. Agents never approve
+/// unless the config names them in `agent-approvers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentityKind {
+    Agent,
+    Human,
+}
+
+impl IdentityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityKind::Agent => "agent",
+            IdentityKind::Human => "human",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<IdentityKind, String> {
+        match s {
+            "agent" => Ok(IdentityKind::Agent),
+            "human" => Ok(IdentityKind::Human),
+            _ => Err(format!("identity kind must be `agent` or `human`, not {s:?}")),
+        }
+    }
+}
+
+impl fmt::Display for IdentityKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An authenticated requester.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Caller {
+    /// `deploy-bot`, `alice`, or `local:USER` for the local operator.
+    pub name: String,
+    pub kind: IdentityKind,
+    pub roles: Vec<String>,
+    /// The token that authenticated this request (its id, not its value);
+    /// `None` for the local operator.
+    pub token_id: Option<String>,
+}
+
+impl Caller {
+    /// The local operator: a person at the machine, no token, no roles.
+    pub fn local() -> Caller {
+        Caller {
+            name: crate::invocation::local_caller(),
+            kind: IdentityKind::Human,
+            roles: Vec::new(),
+            token_id: None,
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.token_id.is_none()
+    }
+
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// Whether `rule` (`NAME`, `role:ROLE`, or `local`) names this caller.
+    pub fn matches(&self, rule: &AccessRule) -> bool {
+        match rule {
+            AccessRule::Identity(name) => !self.is_local() && self.name == *name,
+            AccessRule::Role(role) => !self.is_local() && self.has_role(role),
+            AccessRule::Local => self.is_local(),
+        }
+    }
+}
+
+/// One entry of an access list in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessRule {
+    /// `deploy-bot`: one identity by name.
+    Identity(String),
+    /// `role:reviewer`: every identity holding the role.
+    Role(String),
+    /// `local`: the local operator (no token).
+    Local,
+}
+
+impl AccessRule {
+    pub fn parse(s: &str) -> Result<AccessRule, String> {
+        if s == "local" {
+            return Ok(AccessRule::Local);
+        }
+        match s.strip_prefix("role:") {
+            Some(role) => validate_name(role, "role").map(|()| AccessRule::Role(role.to_string())),
+            None => validate_name(s, "identity").map(|()| AccessRule::Identity(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for AccessRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccessRule::Identity(name) => f.write_str(name),
+            AccessRule::Role(role) => write!(f, "role:{role}"),
+            AccessRule::Local => f.write_str("local"),
+        }
+    }
+}
+
+/// Identity and role names: 1-64 of `a-z 0-9 - _ .`, starting with a letter
+/// or digit (they appear in audit records, URLs and command lines).
+pub fn validate_name(name: &str, what: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} names are 1-64 characters of a-z, 0-9, `-`, `_` and `.`, starting with a letter or digit"
+        ))
+    }
+}
+
+/// Mint a token for `identity` (created on first use with `kind`) holding
+/// `roles`. The returned value is the only copy of the token.
+pub fn create_token(
+    store: &dyn Store,
+    identity: &str,
+    kind: IdentityKind,
+    roles: &[String],
+) -> Result<(token::NewToken, TokenRecord), Error> {
+    validate_name(identity, "identity").map_err(Error::Usage)?;
+    for role in roles {
+        validate_name(role, "role").map_err(Error::Usage)?;
+    }
+    let minted = token::mint().map_err(Error::internal)?;
+    let mut roles = roles.to_vec();
+    roles.sort();
+    roles.dedup();
+    let record = TokenRecord {
+        id: minted.id.clone(),
+        identity: identity.to_string(),
+        kind,
+        roles,
+        created_at: crate::time::now_micros(),
+        revoked_at: None,
+    };
+    store
+        .add_token(identity, kind, &record, &token::hash(&minted.value))
+        .map_err(|e| Error::Usage(e.0))?;
+    Ok((minted, record))
+}
+
+/// The caller a bearer token proves. Looked up on every request, so a
+/// revoked token stops working at once. Messages never repeat the token.
+pub fn authenticate(store: &dyn Store, bearer: &str) -> Result<Caller, Error> {
+    let id = token::id_of(bearer).map_err(|e| Error::Unauthenticated(e.to_string()))?;
+    let Some(record) = store.token_by_hash(&token::hash(bearer))? else {
+        return Err(Error::Unauthenticated(format!("unknown token {id}")));
+    };
+    if record.revoked_at.is_some() {
+        return Err(Error::Unauthenticated(format!("token {} was revoked", record.id)));
+    }
+    Ok(Caller {
+        name: record.identity,
+        kind: record.kind,
+        roles: record.roles,
+        token_id: Some(record.id),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(name: &str, roles: &[&str]) -> Caller {
+        Caller {
+            name: name.into(),
+            kind: IdentityKind::Agent,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            token_id: Some("t".into()),
+        }
+    }
+
+    #[test]
+    fn rules_match_names_roles_and_local() {
+        let bot = agent("bot", &["deployer"]);
+        assert!(bot.matches(&AccessRule::parse("bot").unwrap()));
+        assert!(bot.matches(&AccessRule::parse("role:deployer").unwrap()));
+        assert!(!bot.matches(&AccessRule::parse("role:reviewer").unwrap()));
+        assert!(!bot.matches(&AccessRule::Local));
+        let local = Caller::local();
+        assert!(local.matches(&AccessRule::Local));
+        assert!(!local.matches(&AccessRule::Identity(local.name.clone())));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(AccessRule::parse("role:").is_err());
+        assert!(AccessRule::parse("Bot").is_err());
+        assert!(AccessRule::parse("a b").is_err());
+        assert!(AccessRule::parse("local:root").is_err());
+    }
+}

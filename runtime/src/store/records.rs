@@ -1,0 +1,208 @@
+//! The rows the store keeps, as typed records.
+
+use crate::identity::{Caller, IdentityKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "kebab-case")]
+        pub enum $name { $($(#[$vmeta])* $variant),* }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),* }
+            }
+
+            pub fn parse(s: &str) -> Option<$name> {
+                match s { $($text => Some($name::$variant),)* _ => None }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// What an approval request holds back.
+    ApprovalKind { Invocation = "invocation", HostCall = "host-call", Guest = "guest" }
+}
+
+text_enum! {
+    /// Where an approval request stands. Only `pending` ever changes.
+    ApprovalState {
+        Pending = "pending",
+        Approved = "approved",
+        Denied = "denied",
+        Expired = "expired",
+        /// The instance waiting on it ended first, or what it was bound
+        /// to changed; `reason` says which.
+        Failed = "failed",
+    }
+}
+
+text_enum! {
+    /// One approver's answer.
+    Verdict { Approve = "approve", Deny = "deny" }
+}
+
+text_enum! {
+    /// An invocation's life.
+    InvocationStatus {
+        /// Waiting for its invocation-level approval.
+        AwaitingApproval = "awaiting-approval",
+        /// Approved, not yet picked up by a runtime.
+        Approved = "approved",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Denied = "denied",
+        Expired = "expired",
+    }
+}
+
+impl InvocationStatus {
+    /// No further transition happens from a final state.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            InvocationStatus::Succeeded
+                | InvocationStatus::Failed
+                | InvocationStatus::Denied
+                | InvocationStatus::Expired
+        )
+    }
+}
+
+/// One approver's decision on one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DecisionRecord {
+    pub identity: String,
+    pub kind: IdentityKind,
+    pub verdict: Verdict,
+    pub reason: Option<String>,
+    /// Unix microseconds.
+    pub at: u64,
+}
+
+/// One approval request: what exactly will happen if it is approved, and
+/// who said what about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ApprovalRecord {
+    pub id: String,
+    pub kind: ApprovalKind,
+    pub state: ApprovalState,
+    pub action: String,
+    pub function: String,
+    /// The requester: it can never approve its own request.
+    pub caller: String,
+    pub caller_kind: IdentityKind,
+    pub service_identity: String,
+    pub component_digest: String,
+    /// The invocation's arguments, canonical JSON (sensitive fields masked).
+    pub args: Value,
+    /// blake3 over everything the decision is bound to (see
+    /// [`crate::approval::binding`]); decisions apply to this digest only.
+    pub binding: String,
+    /// blake3 of the config text the request was made under.
+    pub config_version: String,
+    /// The config rule that demanded approval.
+    pub rule: String,
+    /// For a host-call gate the call itself (interface, function,
+    /// arguments); for a guest request its summary and detail.
+    pub subject: Value,
+    /// The capabilities the action holds.
+    pub capabilities: Vec<String>,
+    /// Approvals needed from distinct identities.
+    pub quorum: u32,
+    /// Who may approve, as written in the config.
+    pub approvers: Vec<String>,
+    /// Unix microseconds.
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub decided_at: Option<u64>,
+    /// Why it was denied, expired or failed.
+    pub reason: Option<String>,
+    /// The invocation this request belongs to.
+    pub invocation: String,
+    /// The runtime process holding the waiting instance (host-call and
+    /// guest requests), `PID:NONCE`.
+    pub owner: Option<String>,
+    pub decisions: Vec<DecisionRecord>,
+}
+
+impl ApprovalRecord {
+    pub fn approvals(&self) -> usize {
+        self.decisions.iter().filter(|d| d.verdict == Verdict::Approve).count()
+    }
+}
+
+/// One bearer token (never its value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TokenRecord {
+    pub id: String,
+    pub identity: String,
+    pub kind: IdentityKind,
+    pub roles: Vec<String>,
+    pub created_at: u64,
+    pub revoked_at: Option<u64>,
+}
+
+/// How an invocation ended, as kept for `invocations show` and the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct InvocationOutcome {
+    /// The process exit code the CLI would use (0 success).
+    pub exit_code: i32,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    /// Unix microseconds.
+    pub finished_at: u64,
+}
+
+/// One invocation request and, once it ran, its outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct InvocationRecord {
+    pub id: String,
+    pub action: String,
+    pub function: String,
+    pub args: Value,
+    pub caller: Caller,
+    pub state: InvocationStatus,
+    pub approval: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub outcome: Option<InvocationOutcome>,
+}
+
+/// Why an approval update was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("request {id} is already {state}; nothing to decide")]
+    NotPending { id: String, state: ApprovalState },
+    #[error("request {0} has expired")]
+    Expired(String),
+    #[error("{0} made this request and cannot approve it")]
+    SelfApproval(String),
+    #[error("{identity} may not approve action `{action}` (approvers: {approvers})")]
+    NotAnApprover {
+        identity: String,
+        action: String,
+        approvers: String,
+    },
+    #[error("{identity} has already decided request {id}; each identity counts once")]
+    AlreadyDecided { identity: String, id: String },
+    #[error("{0}")]
+    Other(String),
+}

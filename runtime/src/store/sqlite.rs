@@ -1,0 +1,447 @@
+//! The embedded backend: one SQLite database file in the data directory.
+//!
+//! - WAL journal with `synchronous=FULL`: a committed decision survives a
+//!   crash or power loss.
+//! - Every read-modify-write runs in a `BEGIN IMMEDIATE` transaction, which
+//!   takes the database's write lock first, so two processes (say two
+//!   reviewers approving at the same instant) are serialized; a busy
+//!   database is waited on for up to [`BUSY_TIMEOUT`].
+//! - Records are stored as indexed columns for the fields queries filter
+//!   on plus the whole record as JSON, so adding a field is not a schema
+//!   migration.
+
+use super::{
+    ApprovalRecord, ApprovalState, DecisionRecord, InvocationOutcome, InvocationRecord, InvocationStatus, Refusal,
+    Store, StoreError, TokenRecord, UpdateError,
+};
+use crate::identity::IdentityKind;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long a write waits for another process holding the database.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The database file's name in the data directory.
+pub const FILE_NAME: &str = "airlock.db";
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS identities (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    identity TEXT NOT NULL REFERENCES identities(name),
+    roles TEXT NOT NULL,
+    hash BLOB NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    action TEXT NOT NULL,
+    caller TEXT NOT NULL,
+    invocation TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals(state, created_at);
+CREATE INDEX IF NOT EXISTS approvals_by_invocation ON approvals(invocation);
+CREATE TABLE IF NOT EXISTS decisions (
+    approval TEXT NOT NULL REFERENCES approvals(id),
+    identity TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (approval, identity)
+);
+CREATE TABLE IF NOT EXISTS invocations (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    action TEXT NOT NULL,
+    caller TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS invocations_by_state ON invocations(state, created_at);
+CREATE INDEX IF NOT EXISTS invocations_by_caller ON invocations(caller, created_at);
+CREATE INDEX IF NOT EXISTS invocations_by_action ON invocations(action, created_at);
+";
+
+/// SQLite behind a mutex: one connection per process, serialized.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError(format!("a stored record does not parse: {e}"))
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) `DATA-DIR/airlock.db`, readable only by
+    /// the current user.
+    pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        crate::data_dir::create_private_dir(data_dir)
+            .map_err(|e| StoreError(format!("cannot create data directory {}: {e}", data_dir.display())))?;
+        let path = data_dir.join(FILE_NAME);
+        let conn = Connection::open(&path).map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError(format!(
+                "{} was written by a newer airlock (schema {version}, this one knows {SCHEMA_VERSION}); upgrade airlock",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| StoreError(format!("cannot create the schema in {}: {e}", path.display())))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(db_err)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic mid-statement leaves SQLite consistent (the transaction
+        // rolls back when dropped), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn load_approval(conn: &Connection, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+    let body: Option<String> = conn
+        .query_row("SELECT body FROM approvals WHERE id = ?1", params![id], |r| r.get(0))
+        .optional()
+        .map_err(db_err)?;
+    let Some(body) = body else { return Ok(None) };
+    let mut record: ApprovalRecord = serde_json::from_str(&body).map_err(json_err)?;
+    let mut stmt = conn
+        .prepare_cached("SELECT body FROM decisions WHERE approval = ?1 ORDER BY seq")
+        .map_err(db_err)?;
+    let rows = stmt.query_map(params![id], |r| r.get::<_, String>(0)).map_err(db_err)?;
+    record.decisions = Vec::new();
+    for row in rows {
+        record
+            .decisions
+            .push(serde_json::from_str::<DecisionRecord>(&row.map_err(db_err)?).map_err(json_err)?);
+    }
+    Ok(Some(record))
+}
+
+/// The approval row's body: the record without its decisions (those are
+/// rows of their own, one per identity).
+fn approval_body(record: &ApprovalRecord) -> Result<String, StoreError> {
+    let mut head = record.clone();
+    head.decisions.clear();
+    serde_json::to_string(&head).map_err(json_err)
+}
+
+fn parse_token(
+    id: String,
+    identity: String,
+    kind: String,
+    roles: String,
+    created_at: i64,
+    revoked_at: Option<i64>,
+) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        id,
+        identity,
+        kind: IdentityKind::parse(&kind).map_err(StoreError)?,
+        roles: serde_json::from_str(&roles).map_err(json_err)?,
+        created_at: u64::try_from(created_at).unwrap_or(0),
+        revoked_at: revoked_at.map(|t| u64::try_from(t).unwrap_or(0)),
+    })
+}
+
+fn micros(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+const TOKEN_COLUMNS: &str = "t.id, t.identity, i.kind, t.roles, t.created_at, t.revoked_at FROM tokens t JOIN identities i ON i.name = t.identity";
+
+type TokenRow = (String, String, String, String, i64, Option<i64>);
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+impl Store for SqliteStore {
+    fn add_token(
+        &self,
+        identity: &str,
+        kind: IdentityKind,
+        token: &TokenRecord,
+        hash: &[u8; 32],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let existing: Option<String> = tx
+            .query_row("SELECT kind FROM identities WHERE name = ?1", params![identity], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db_err)?;
+        match existing {
+            Some(k) if k != kind.as_str() => {
+                return Err(StoreError(format!(
+                    "identity `{identity}` exists as {k}, not {kind}; use another name"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                tx.execute(
+                    "INSERT INTO identities (name, kind, created_at) VALUES (?1, ?2, ?3)",
+                    params![identity, kind.as_str(), micros(token.created_at)],
+                )
+                .map_err(db_err)?;
+            }
+        }
+        let roles = serde_json::to_string(&token.roles).map_err(json_err)?;
+        tx.execute(
+            "INSERT INTO tokens (id, identity, roles, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token.id, identity, roles, &hash[..], micros(token.created_at)],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                &format!("SELECT {TOKEN_COLUMNS} WHERE t.hash = ?1"),
+                params![&hash[..]],
+                token_row,
+            )
+            .optional()
+            .map_err(db_err)?;
+        row.map(|(a, b, c, d, e, f)| parse_token(a, b, c, d, e, f)).transpose()
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {TOKEN_COLUMNS} ORDER BY t.created_at, t.id"))
+            .map_err(db_err)?;
+        let rows = stmt.query_map([], token_row).map_err(db_err)?;
+        rows.map(|r| {
+            let (a, b, c, d, e, f) = r.map_err(db_err)?;
+            parse_token(a, b, c, d, e, f)
+        })
+        .collect()
+    }
+
+    fn revoke_token(&self, id: &str, at_micros: u64) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let exists: bool = conn
+            .query_row("SELECT 1 FROM tokens WHERE id = ?1", params![id], |_| Ok(true))
+            .optional()
+            .map_err(db_err)?
+            .is_some();
+        conn.execute(
+            "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, micros(at_micros)],
+        )
+        .map_err(db_err)?;
+        Ok(exists)
+    }
+
+    fn insert_approval(&self, approval: &ApprovalRecord) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO approvals (id, state, action, caller, invocation, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                approval.id,
+                approval.state.as_str(),
+                approval.action,
+                approval.caller,
+                approval.invocation,
+                micros(approval.created_at),
+                approval_body(approval)?
+            ],
+        )
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn approval(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        load_approval(&self.conn(), id)
+    }
+
+    fn approvals(&self, state: Option<ApprovalState>, limit: usize) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let conn = self.conn();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ids: Vec<String> = {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id FROM approvals WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id LIMIT ?2",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![state.map(ApprovalState::as_str), limit], |r| r.get(0))
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)?
+        };
+        ids.iter()
+            .filter_map(|id| load_approval(&conn, id).transpose())
+            .collect()
+    }
+
+    fn update_approval(
+        &self,
+        id: &str,
+        update: &mut dyn FnMut(&mut ApprovalRecord) -> Result<(), Refusal>,
+    ) -> Result<ApprovalRecord, UpdateError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let Some(before) = load_approval(&tx, id)? else {
+            return Err(UpdateError::NotFound(id.to_string()));
+        };
+        let mut after = before.clone();
+        update(&mut after)?;
+        if after.decisions.len() < before.decisions.len()
+            || after.decisions[..before.decisions.len()] != before.decisions[..]
+        {
+            return Err(StoreError("an update may only add decisions".into()).into());
+        }
+        for (seq, decision) in after.decisions.iter().enumerate().skip(before.decisions.len()) {
+            let body = serde_json::to_string(decision).map_err(json_err)?;
+            tx.execute(
+                "INSERT INTO decisions (approval, identity, seq, body) VALUES (?1, ?2, ?3, ?4)",
+                params![id, decision.identity, i64::try_from(seq).unwrap_or(i64::MAX), body],
+            )
+            .map_err(|e| match e.sqlite_error_code() {
+                // The primary key is the last line of defence against one
+                // identity being counted twice.
+                Some(rusqlite::ErrorCode::ConstraintViolation) => UpdateError::Refused(Refusal::AlreadyDecided {
+                    identity: decision.identity.clone(),
+                    id: id.to_string(),
+                }),
+                _ => UpdateError::Store(db_err(e)),
+            })?;
+        }
+        tx.execute(
+            "UPDATE approvals SET state = ?2, body = ?3 WHERE id = ?1",
+            params![id, after.state.as_str(), approval_body(&after)?],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(after)
+    }
+
+    fn insert_invocation(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                invocation.id,
+                invocation.state.as_str(),
+                invocation.action,
+                invocation.caller.name,
+                micros(invocation.created_at),
+                serde_json::to_string(invocation).map_err(json_err)?
+            ],
+        )
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn invocation(&self, id: &str) -> Result<Option<InvocationRecord>, StoreError> {
+        let conn = self.conn();
+        let body: Option<String> = conn
+            .query_row("SELECT body FROM invocations WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?;
+        body.map(|b| serde_json::from_str(&b).map_err(json_err)).transpose()
+    }
+
+    fn invocations(&self, state: Option<InvocationStatus>, limit: usize) -> Result<Vec<InvocationRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT body FROM invocations WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id LIMIT ?2",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(
+                params![
+                    state.map(InvocationStatus::as_str),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |r| r.get::<_, String>(0),
+            )
+            .map_err(db_err)?;
+        rows.map(|r| serde_json::from_str(&r.map_err(db_err)?).map_err(json_err))
+            .collect()
+    }
+
+    fn transition_invocation(
+        &self,
+        id: &str,
+        from: &[InvocationStatus],
+        to: InvocationStatus,
+        outcome: Option<&InvocationOutcome>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let body: Option<String> = tx
+            .query_row("SELECT body FROM invocations WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?;
+        let Some(body) = body else { return Ok(false) };
+        let mut record: InvocationRecord = serde_json::from_str(&body).map_err(json_err)?;
+        if !from.contains(&record.state) {
+            return Ok(false);
+        }
+        record.state = to;
+        record.updated_at = crate::time::now_micros();
+        if let Some(outcome) = outcome {
+            record.outcome = Some(outcome.clone());
+        }
+        tx.execute(
+            "UPDATE invocations SET state = ?2, body = ?3 WHERE id = ?1",
+            params![id, to.as_str(), serde_json::to_string(&record).map_err(json_err)?],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,731 @@
+//! Identities, permissions and approval gates, end to end through the real
+//! `airlock` binary: tokens, deny-by-default invoke permissions, the three
+//! kinds of gate, quorum, expiry, denial, binding, restarts, races.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{Run, airlock_with, component, toml_path};
+
+/// One test's world: a config with two actions on the `gated` component,
+/// a data directory, a work directory, and tokens.
+struct World {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl World {
+    fn new() -> World {
+        World::with("")
+    }
+
+    /// `extra` is appended to the config (more actions or sections).
+    fn with(extra: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("work")).unwrap();
+        let gated = toml_path(&component("gated"));
+        let text = format!(
+            r#"
+[runtime]
+data-dir = "data"
+
+# Host-call gate on writes under gated/, and guest-initiated approvals.
+[actions.gated]
+component = {gated}
+service-identity = "svc-gated"
+[actions.gated.grants]
+approval = true
+files = {{ dir = "work", mode = "read-write" }}
+[actions.gated.access]
+invoke = ["role:agent", "local"]
+approve = ["role:reviewer"]
+agent-approvers = ["ops-bot"]
+[actions.gated.approval]
+wait-secs = 30
+[[actions.gated.approval.host-calls]]
+capability = "files"
+path-prefix = "gated"
+
+# Invocation-level gate with a quorum of two.
+[actions.deploy]
+component = {gated}
+[actions.deploy.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[actions.deploy.approval]
+invocation = true
+quorum = 2
+ttl-secs = 600
+
+# No approvals; only `bot` may invoke.
+[actions.plain]
+component = {gated}
+[actions.plain.access]
+invoke = ["bot"]
+{extra}
+"#
+        );
+        let config = dir.path().join("airlock.toml");
+        std::fs::write(&config, text).unwrap();
+        World { dir, config }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn config(&self) -> &str {
+        self.config.to_str().unwrap()
+    }
+
+    /// Create a token and return the path of a file holding it.
+    fn token(&self, identity: &str, kind: &str, roles: &[&str]) -> PathBuf {
+        let file = self.path(&format!("{identity}-{}.token", roles.join("-")));
+        let mut args = vec![
+            "token",
+            "create",
+            "--identity",
+            identity,
+            "--kind",
+            kind,
+            "--config",
+            self.config(),
+            "--out",
+            file.to_str().unwrap(),
+        ];
+        for r in roles {
+            args.extend(["--role", r]);
+        }
+        let run = airlock_with(&args, b"", &[]);
+        assert_eq!(run.code, 0, "{run:?}");
+        // The token is shown once, and here it went to the file only.
+        assert!(run.stdout.is_empty(), "{run:?}");
+        file
+    }
+
+    fn run(&self, args: &[&str], token: Option<&Path>) -> Run {
+        let mut all: Vec<&str> = args.to_vec();
+        let token_arg;
+        if let Some(t) = token {
+            token_arg = t.to_str().unwrap().to_string();
+            all.extend(["--token-file", &token_arg]);
+        }
+        all.extend(["--config", self.config()]);
+        airlock_with(&all, b"", &[])
+    }
+
+    fn invoke(&self, action: &str, function: &str, args: Value, token: Option<&Path>, extra: &[&str]) -> Run {
+        let args = args.to_string();
+        let mut all = vec!["invoke", action, function, "--args", &args];
+        all.extend(extra);
+        self.run(&all, token)
+    }
+
+    /// Start an invocation in the background.
+    fn spawn_invoke(&self, action: &str, function: &str, args: Value, token: &Path) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args([
+                "invoke",
+                action,
+                function,
+                "--args",
+                &args.to_string(),
+                "--config",
+                self.config(),
+            ])
+            .args(["--token-file", token.to_str().unwrap()])
+            .env_remove("AIRLOCK_DATA_DIR")
+            .env_remove("AIRLOCK_TOKEN")
+            .env_remove("AIRLOCK_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn approvals(&self, all: bool) -> Vec<Value> {
+        let mut args = vec!["approvals", "list", "--json"];
+        if all {
+            args.push("--all");
+        }
+        let run = self.run(&args, None);
+        assert_eq!(run.code, 0, "{run:?}");
+        run.json().as_array().cloned().unwrap_or_default()
+    }
+
+    fn approval(&self, id: &str) -> Value {
+        let run = self.run(&["approvals", "show", id, "--json"], None);
+        assert_eq!(run.code, 0, "{run:?}");
+        run.json()
+    }
+
+    /// Wait for exactly one pending request and return it.
+    fn pending_one(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let list = self.approvals(false);
+            if let [one] = list.as_slice() {
+                return one.clone();
+            }
+            assert!(list.len() <= 1, "more than one pending request: {list:?}");
+            assert!(Instant::now() < deadline, "no pending request appeared");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn decide(&self, verb: &str, id: &str, token: &Path, extra: &[&str]) -> Run {
+        let mut args = vec!["approvals", verb, id];
+        args.extend(extra);
+        self.run(&args, Some(token))
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        let run = self.run(&["audit", "show", "--json"], None);
+        assert_eq!(run.code, 0, "{run:?}");
+        run.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn audit_kinds(&self) -> Vec<String> {
+        self.audit()
+            .iter()
+            .map(|r| r["event"]["kind"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+fn finish(child: Child) -> Run {
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A pending invocation-level request for `deploy`, made by `agent`.
+fn pending_deploy(w: &World, agent: &Path, value: &str) -> (String, String) {
+    let run = w.invoke("deploy", "echo", json!({ "value": value }), Some(agent), &[]);
+    assert_eq!(run.code, 7, "{run:?}");
+    let pending = run.json();
+    assert_eq!(pending["status"], "pending-approval");
+    (
+        pending["approval"].as_str().unwrap().to_string(),
+        pending["invocation"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn tokens_authenticate_and_a_revoked_token_stops_at_once() {
+    let w = World::new();
+    let bot = w.token("bot", "agent", &[]);
+    let ok = w.invoke("plain", "echo", json!({"value": "hi"}), Some(&bot), &[]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert_eq!(ok.json(), json!("hi"));
+
+    // The database holds no token value, only hashes.
+    let token = std::fs::read_to_string(&bot).unwrap();
+    let db = std::fs::read(w.path("data/airlock.db")).unwrap();
+    assert!(!db.windows(20).any(|win| win == &token.as_bytes()[..20]));
+
+    let list = w.run(&["token", "list", "--json"], None);
+    let id = list.json()[0]["id"].as_str().unwrap().to_string();
+    assert!(!list.stdout.contains(token.trim()));
+    let revoke = w.run(&["token", "revoke", &id], None);
+    assert_eq!(revoke.code, 0, "{revoke:?}");
+    let after = w.invoke("plain", "echo", json!({"value": "hi"}), Some(&bot), &[]);
+    assert_eq!(after.code, 3, "{after:?}");
+    assert!(after.error_line().contains("revoked"), "{after:?}");
+
+    // Garbage and unknown tokens, never echoed.
+    let junk = w.path("junk.token");
+    std::fs::write(
+        &junk,
+        "alk_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n",
+    )
+    .unwrap();
+    let unknown = w.invoke("plain", "echo", json!({"value": "hi"}), Some(&junk), &[]);
+    assert_eq!(unknown.code, 3, "{unknown:?}");
+    assert!(unknown.error_line().contains("unknown token"), "{unknown:?}");
+    assert!(!unknown.stderr.contains("AAAAAAAA"), "{unknown:?}");
+    std::fs::write(&junk, "hunter2-password\n").unwrap();
+    let bad = w.invoke("plain", "echo", json!({"value": "hi"}), Some(&junk), &[]);
+    assert_eq!(bad.code, 3, "{bad:?}");
+    assert!(!bad.stderr.contains("hunter2"), "{bad:?}");
+}
+
+#[test]
+fn an_identity_without_invoke_permission_is_refused_before_anything_runs() {
+    let w = World::new();
+    let stranger = w.token("stranger", "agent", &["agent"]);
+    let run = w.invoke("plain", "echo", json!({"value": "hi"}), Some(&stranger), &[]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.error_line()
+            .contains("agent `stranger` may not invoke action `plain`"),
+        "{run:?}"
+    );
+    // Deny by default: the local operator is not on plain's list either.
+    let local = w.invoke("plain", "echo", json!({"value": "hi"}), None, &[]);
+    assert_eq!(local.code, 3, "{local:?}");
+    // Refused and recorded, never started.
+    let kinds = w.audit_kinds();
+    assert_eq!(kinds, ["invocation-refused", "invocation-refused"], "{kinds:?}");
+    let records = w.audit();
+    assert_eq!(records[0]["event"]["caller"], "stranger");
+    // A gated action is refused the same way: no request is opened for an
+    // identity that may not invoke it, and no file is touched.
+    let nobody = w.token("nobody", "agent", &[]);
+    let run = w.invoke(
+        "gated",
+        "write-between",
+        json!({"path": "gated/x", "data": "y"}),
+        Some(&nobody),
+        &[],
+    );
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(w.approvals(true).is_empty());
+    assert!(!w.path("work/before.txt").exists());
+}
+
+#[test]
+fn an_invocation_gate_needs_a_quorum_of_distinct_approvers_and_runs_after_a_restart() {
+    let w = World::new();
+    let agent = w.token("deploy-bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let bob = w.token("bob", "human", &["reviewer"]);
+
+    // The invoking process ends with the request pending: nothing ran.
+    let (id, invocation) = pending_deploy(&w, &agent, "v1");
+    assert!(!w.audit_kinds().contains(&"invocation-started".to_string()));
+    let shown = w.approval(&id);
+    assert_eq!(shown["state"], "pending");
+    assert_eq!(shown["caller"], "deploy-bot");
+    assert_eq!(shown["action"], "deploy");
+    assert_eq!(shown["function"], "echo");
+    assert_eq!(shown["args"], json!({"value": "v1"}));
+    assert!(shown["component-digest"].as_str().unwrap().starts_with("blake3:"));
+    let text = w.run(&["approvals", "show", &id], None);
+    for part in [
+        "deploy-bot",
+        "deploy",
+        "echo",
+        "\"v1\"",
+        "blake3:",
+        "approval.invocation",
+        "binding",
+    ] {
+        assert!(text.stdout.contains(part), "show lacks {part}: {text:?}");
+    }
+
+    // One approval of two: still pending; the same identity again counts once.
+    let first = w.decide("approve", &id, &alice, &[]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(w.approval(&id)["state"], "pending");
+    let again = w.decide("approve", &id, &alice, &[]);
+    assert_eq!(again.code, 3, "{again:?}");
+    assert!(again.error_line().contains("already decided"), "{again:?}");
+    let status = w.run(&["invocations", "show", &invocation], None);
+    assert_eq!(status.code, 7, "{status:?}");
+
+    // The second distinct approver completes the quorum; the invocation
+    // runs in that process, under its original caller.
+    let second = w.decide("approve", &id, &bob, &[]);
+    assert_eq!(second.code, 0, "{second:?}");
+    assert_eq!(w.approval(&id)["state"], "approved");
+    let done = w.run(&["invocations", "show", &invocation], None);
+    assert_eq!(done.code, 0, "{done:?}");
+    assert_eq!(done.json(), json!("v1"));
+
+    // The audit trail has the request, both decisions, the resolution, and
+    // the run attributed to the caller with the approval that released it.
+    let records = w.audit();
+    let kinds: Vec<&str> = records.iter().map(|r| r["event"]["kind"].as_str().unwrap()).collect();
+    for k in [
+        "approval-requested",
+        "approval-decision",
+        "approval-resolved",
+        "invocation-started",
+        "invocation-finished",
+    ] {
+        assert!(kinds.contains(&k), "{kinds:?}");
+    }
+    let started = records
+        .iter()
+        .find(|r| r["event"]["kind"] == "invocation-started")
+        .unwrap();
+    assert_eq!(started["event"]["caller"], "deploy-bot");
+    assert_eq!(started["event"]["approval"], id.as_str());
+    assert_eq!(started["event"]["invocation"], invocation.as_str());
+    assert_eq!(started["event"]["service-identity"], "action:deploy");
+    let verify = w.run(&["audit", "verify"], None);
+    assert_eq!(verify.code, 0, "{verify:?}");
+
+    // Redeeming the used approval does not run it again.
+    let redeem = w.invoke(
+        "deploy",
+        "echo",
+        json!({"value": "v1"}),
+        Some(&agent),
+        &["--approval", &id],
+    );
+    assert_eq!(redeem.code, 0, "{redeem:?}");
+    let started = w.audit_kinds().iter().filter(|k| *k == "invocation-started").count();
+    assert_eq!(started, 1);
+}
+
+#[test]
+fn nobody_approves_their_own_request_and_agents_need_an_explicit_grant() {
+    let w = World::new();
+    // deploy-bot holds the reviewer role too; it still cannot approve its
+    // own request, and as an agent it cannot approve at all.
+    let agent = w.token("deploy-bot", "agent", &["agent", "reviewer"]);
+    let (id, _) = pending_deploy(&w, &agent, "v1");
+    let own = w.decide("approve", &id, &agent, &[]);
+    assert_eq!(own.code, 3, "{own:?}");
+    assert!(own.error_line().contains("cannot approve"), "{own:?}");
+
+    let other_agent = w.token("helper-bot", "agent", &["reviewer"]);
+    let refused = w.decide("approve", &id, &other_agent, &[]);
+    assert_eq!(refused.code, 3, "{refused:?}");
+    assert!(refused.error_line().contains("may not approve"), "{refused:?}");
+    // A human reviewer requesting cannot approve their own request either.
+    let carol = w.token("carol", "human", &["reviewer", "agent"]);
+    let (own_id, _) = pending_deploy(&w, &carol, "v2");
+    let selfie = w.decide("approve", &own_id, &carol, &[]);
+    assert_eq!(selfie.code, 3, "{selfie:?}");
+    // Without a token nobody approves.
+    let anonymous = w.run(&["approvals", "approve", &id], None);
+    assert_eq!(anonymous.code, 3, "{anonymous:?}");
+    assert_eq!(w.approval(&id)["decisions"], json!([]));
+
+    // `gated` names ops-bot in agent-approvers: that agent may approve.
+    let requester = w.token("runner", "agent", &["agent"]);
+    let ops = w.token("ops-bot", "agent", &[]);
+    let child = w.spawn_invoke(
+        "gated",
+        "ask",
+        json!({"summary": "rotate keys", "detail": "all of them"}),
+        &requester,
+    );
+    let pending = w.pending_one();
+    assert_eq!(pending["kind"], "guest");
+    assert_eq!(pending["subject"]["summary"], "rotate keys");
+    let ok = w.decide("approve", pending["id"].as_str().unwrap(), &ops, &[]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let run = finish(child);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json(), json!("approved"));
+    assert_eq!(
+        std::fs::read_to_string(w.path("work/approved.txt")).unwrap(),
+        "rotate keys"
+    );
+}
+
+#[test]
+fn a_deny_ends_the_request_and_nothing_runs() {
+    let w = World::new();
+    let agent = w.token("deploy-bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let bob = w.token("bob", "human", &["reviewer"]);
+    let (id, invocation) = pending_deploy(&w, &agent, "v1");
+    let approve = w.decide("approve", &id, &alice, &[]);
+    assert_eq!(approve.code, 0, "{approve:?}");
+    let no_reason = w.run(&["approvals", "deny", &id, "--token-file", bob.to_str().unwrap()], None);
+    assert_eq!(no_reason.code, 2, "a deny needs a reason: {no_reason:?}");
+    let deny = w.decide("deny", &id, &bob, &["--reason", "not during the freeze"]);
+    assert_eq!(deny.code, 0, "{deny:?}");
+    let record = w.approval(&id);
+    assert_eq!(record["state"], "denied");
+    assert!(record["reason"].as_str().unwrap().contains("not during the freeze"));
+    let late = w.decide("approve", &id, &bob, &[]);
+    assert_eq!(late.code, 3, "{late:?}");
+    assert!(late.error_line().contains("already denied"), "{late:?}");
+    let status = w.run(&["invocations", "show", &invocation], None);
+    assert_eq!(status.code, 3, "{status:?}");
+    assert!(!w.audit_kinds().contains(&"invocation-started".to_string()));
+}
+
+#[test]
+fn requests_expire() {
+    let w = World::with(
+        r#"
+[actions.quick]
+component = "COMPONENT"
+[actions.quick.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[actions.quick.approval]
+invocation = true
+ttl-secs = 1
+"#
+        .replace("COMPONENT", component("gated").to_str().unwrap())
+        .as_str(),
+    );
+    let agent = w.token("deploy-bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let run = w.invoke("quick", "echo", json!({"value": "x"}), Some(&agent), &[]);
+    assert_eq!(run.code, 7, "{run:?}");
+    let id = run.json()["approval"].as_str().unwrap().to_string();
+    let invocation = run.json()["invocation"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(1500));
+    let late = w.decide("approve", &id, &alice, &[]);
+    assert_eq!(late.code, 3, "{late:?}");
+    assert!(late.error_line().contains("expired"), "{late:?}");
+    assert_eq!(w.approval(&id)["state"], "expired");
+    let status = w.run(&["invocations", "show", &invocation], None);
+    assert_eq!(status.code, 3, "{status:?}");
+    assert!(
+        w.audit()
+            .iter()
+            .any(|r| r["event"]["kind"] == "approval-resolved" && r["event"]["state"] == "expired")
+    );
+}
+
+#[test]
+fn a_decision_cannot_be_replayed_for_other_arguments() {
+    let w = World::new();
+    let agent = w.token("deploy-bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let bob = w.token("bob", "human", &["reviewer"]);
+    let (id, _) = pending_deploy(&w, &agent, "small change");
+    let binding = w.approval(&id)["binding"].as_str().unwrap().to_string();
+
+    // A reviewer can pin the digest they reviewed; a wrong one decides nothing.
+    let wrong = w.decide("approve", &id, &alice, &["--binding", "blake3:0000"]);
+    assert_eq!(wrong.code, 3, "{wrong:?}");
+    assert_eq!(w.approval(&id)["decisions"], json!([]));
+    assert_eq!(w.decide("approve", &id, &alice, &["--binding", &binding]).code, 0);
+
+    // Before the quorum, the approval cannot be used for other arguments,
+    // and after it neither; the approved request runs with its own.
+    for value in ["drop the database", "small change "] {
+        let replay = w.invoke(
+            "deploy",
+            "echo",
+            json!({ "value": value }),
+            Some(&agent),
+            &["--approval", &id],
+        );
+        assert_eq!(replay.code, 3, "{replay:?}");
+        assert!(
+            replay.error_line().contains("does not cover this request"),
+            "{replay:?}"
+        );
+    }
+    // Another caller cannot redeem it either.
+    let other = w.token("other-bot", "agent", &["agent"]);
+    let theirs = w.invoke(
+        "deploy",
+        "echo",
+        json!({"value": "small change"}),
+        Some(&other),
+        &["--approval", &id],
+    );
+    assert_eq!(theirs.code, 3, "{theirs:?}");
+    assert_eq!(w.decide("approve", &id, &bob, &[]).code, 0);
+    let replay = w.invoke(
+        "deploy",
+        "echo",
+        json!({"value": "drop the database"}),
+        Some(&agent),
+        &["--approval", &id],
+    );
+    assert_eq!(replay.code, 3, "{replay:?}");
+    let runs: Vec<Value> = w
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"]["kind"] == "invocation-started")
+        .collect();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["event"]["args"], json!({"value": "small change"}));
+}
+
+#[test]
+fn a_host_call_gate_suspends_the_guest_and_resumes_it_on_approval() {
+    let w = World::new();
+    let agent = w.token("runner", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let child = w.spawn_invoke(
+        "gated",
+        "write-between",
+        json!({"path": "gated/plan.txt", "data": "go"}),
+        &agent,
+    );
+    let pending = w.pending_one();
+    // Suspended mid-run: the write before the gate happened, the gated one
+    // and everything after it did not.
+    assert!(w.path("work/before.txt").exists());
+    assert!(!w.path("work/gated/plan.txt").exists());
+    assert!(!w.path("work/after.txt").exists());
+    assert_eq!(pending["kind"], "host-call");
+    assert_eq!(pending["subject"]["interface"], "airlock:cap/files");
+    assert_eq!(pending["subject"]["function"], "write");
+    assert_eq!(pending["subject"]["args"]["path"], "gated/plan.txt");
+    assert!(pending["rule"].as_str().unwrap().contains("approval.host-calls[0]"));
+    let ok = w.decide("approve", pending["id"].as_str().unwrap(), &alice, &[]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let run = finish(child);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json(), json!("written"));
+    assert_eq!(std::fs::read_to_string(w.path("work/gated/plan.txt")).unwrap(), "go");
+    assert!(w.path("work/after.txt").exists());
+    let call = w
+        .audit()
+        .into_iter()
+        .find(|r| r["event"]["kind"] == "host-call" && r["event"]["args"].to_string().contains("gated/plan.txt"))
+        .unwrap();
+    assert!(
+        call["event"]["rule"].as_str().unwrap().contains("released by approval"),
+        "{call}"
+    );
+    // Writes outside the gated prefix never wait.
+    let free = w.invoke(
+        "gated",
+        "write-between",
+        json!({"path": "free.txt", "data": "x"}),
+        Some(&agent),
+        &[],
+    );
+    assert_eq!(free.code, 0, "{free:?}");
+}
+
+#[test]
+fn a_held_call_fails_cleanly_on_deny_and_on_timeout() {
+    let w = World::with(
+        r#"
+[actions.impatient]
+component = "COMPONENT"
+[actions.impatient.grants]
+files = { dir = "work", mode = "read-write" }
+[actions.impatient.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[actions.impatient.approval]
+wait-secs = 1
+[[actions.impatient.approval.host-calls]]
+capability = "files"
+path-prefix = "gated"
+"#
+        .replace("COMPONENT", component("gated").to_str().unwrap())
+        .as_str(),
+    );
+    let agent = w.token("runner", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+
+    let child = w.spawn_invoke(
+        "gated",
+        "write-between",
+        json!({"path": "gated/a", "data": "x"}),
+        &agent,
+    );
+    let pending = w.pending_one();
+    let deny = w.decide(
+        "deny",
+        pending["id"].as_str().unwrap(),
+        &alice,
+        &["--reason", "wrong file"],
+    );
+    assert_eq!(deny.code, 0, "{deny:?}");
+    let run = finish(child);
+    // The guest got an error from the gated call, carried on, and returned it.
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("wrong file"), "{run:?}");
+    assert!(!w.path("work/gated/a").exists());
+    assert!(w.path("work/after.txt").exists());
+
+    let started = Instant::now();
+    let timeout = w.invoke(
+        "impatient",
+        "write-between",
+        json!({"path": "gated/b", "data": "x"}),
+        Some(&agent),
+        &[],
+    );
+    assert_eq!(timeout.code, 1, "{timeout:?}");
+    assert!(timeout.stderr.contains("no decision within 1 s"), "{timeout:?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(!w.path("work/gated/b").exists());
+    let expired = w
+        .approvals(true)
+        .into_iter()
+        .filter(|a| a["state"] == "expired")
+        .count();
+    assert_eq!(expired, 1);
+}
+
+#[test]
+fn a_request_whose_instance_died_is_marked_failed() {
+    let w = World::new();
+    let agent = w.token("runner", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let mut child = w.spawn_invoke(
+        "gated",
+        "write-between",
+        json!({"path": "gated/a", "data": "x"}),
+        &agent,
+    );
+    let pending = w.pending_one();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let id = pending["id"].as_str().unwrap();
+    // The next runtime to look finds the waiter gone and fails the request.
+    let record = w.approval(id);
+    assert_eq!(record["state"], "failed", "{record}");
+    assert!(record["reason"].as_str().unwrap().contains("is gone"), "{record}");
+    let late = w.decide("approve", id, &alice, &[]);
+    assert_eq!(late.code, 3, "{late:?}");
+    assert!(!w.path("work/gated/a").exists());
+}
+
+#[test]
+fn simultaneous_decisions_are_each_counted_once() {
+    let w = World::new();
+    let agent = w.token("deploy-bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let bob = w.token("bob", "human", &["reviewer"]);
+    let (id, invocation) = pending_deploy(&w, &agent, "v1");
+    // Two approvers at the same moment: both count, the quorum of two is
+    // met, and the invocation runs exactly once.
+    let spawn = |token: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args([
+                "approvals",
+                "approve",
+                &id,
+                "--config",
+                w.config(),
+                "--token-file",
+                token.to_str().unwrap(),
+            ])
+            .env_remove("AIRLOCK_DATA_DIR")
+            .env_remove("AIRLOCK_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(&alice), spawn(&bob));
+    let (a, b) = (finish(a), finish(b));
+    assert_eq!((a.code, b.code), (0, 0), "{a:?} {b:?}");
+    let record = w.approval(&id);
+    assert_eq!(record["state"], "approved");
+    assert_eq!(record["decisions"].as_array().unwrap().len(), 2);
+    let done = w.run(&["invocations", "show", &invocation], None);
+    assert_eq!(done.code, 0, "{done:?}");
+    let started = w.audit_kinds().iter().filter(|k| *k == "invocation-started").count();
+    assert_eq!(started, 1);
+
+    // One approver twice at the same moment counts once.
+    let (id, _) = pending_deploy(&w, &agent, "v2");
+    let (a, b) = (spawn(&alice), spawn(&alice));
+    let (a, b) = (finish(a), finish(b));
+    let mut codes = [a.code, b.code];
+    codes.sort();
+    assert_eq!(codes, [0, 3], "{a:?} {b:?}");
+    let record = w.approval(&id);
+    assert_eq!(record["state"], "pending");
+    assert_eq!(record["decisions"].as_array().unwrap().len(), 1);
+}

@@ -1,0 +1,35 @@
+//! A test component that meets approval gates in the middle of a run.
+
+use airlock_sdk::{approval, files};
+
+wit_bindgen::generate!({ path: "wit", world: "gated" });
+
+struct Gated;
+
+fn describe(e: files::FileError) -> String {
+    files::Describe(&e).to_string()
+}
+
+impl Guest for Gated {
+    fn write_between(path: String, data: String) -> Result<String, String> {
+        files::write("before.txt", "1").map_err(describe)?;
+        let gated = files::write(&path, &data);
+        files::write("after.txt", "1").map_err(describe)?;
+        match gated {
+            Ok(()) => Ok("written".into()),
+            Err(e) => Err(describe(e)),
+        }
+    }
+
+    fn ask(summary: String, detail: String) -> Result<String, String> {
+        approval::request(&summary, &detail).map_err(|e| approval::Describe(&e).to_string())?;
+        files::write("approved.txt", &summary).map_err(describe)?;
+        Ok("approved".into())
+    }
+
+    fn echo(value: String) -> String {
+        value
+    }
+}
+
+export!(Gated);
