@@ -239,6 +239,9 @@ impl HostCalls {
         let (Some(gate), Some(target)) = (self.gate(), call.target.clone()) else {
             return (call, decision);
         };
+        if gate.rule_for(&target).is_some() {
+            self.flush_queued();
+        }
         match gate.hold(&call, &target).await {
             None => (call, decision),
             Some(Ok(approval)) => {
@@ -358,6 +361,17 @@ impl HostCalls {
         if let Some(rec) = usize::try_from(seq).ok().and_then(|i| inner.log.records.get_mut(i)) {
             rec.status = status;
             rec.duration = duration;
+        }
+    }
+
+    /// Hand the records of finished calls to the audit writer now, so they
+    /// precede what is appended next (an approval request).
+    pub fn flush_queued(&self) {
+        let mut inner = self.lock();
+        if let Some(tap) = &mut inner.tap
+            && !tap.pending.is_empty()
+        {
+            tap.log.append_queued(std::mem::take(&mut tap.pending));
         }
     }
 

@@ -83,17 +83,28 @@ impl CheckpointKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut seed = Zeroizing::new([0u8; 32]);
                 getrandom::fill(seed.as_mut()).map_err(|e| format!("cannot get random bytes: {e}"))?;
+                // Written aside and published with a hard link, so a
+                // process opening the log at the same moment sees either
+                // no key or the whole key, and both end up with the same.
+                let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+                let _ = std::fs::remove_file(&tmp);
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(path)
-                    .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+                    .open(&tmp)
+                    .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
                 let text = Zeroizing::new(format!("{}\n", hex(seed.as_ref())));
                 f.write_all(text.as_bytes())
                     .and_then(|()| f.sync_all())
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                Ok(CheckpointKey(SigningKey::from_bytes(&seed)))
+                    .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+                let linked = std::fs::hard_link(&tmp, path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => Ok(CheckpointKey(SigningKey::from_bytes(&seed))),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => CheckpointKey::load_or_create(path),
+                    Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+                }
             }
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         }

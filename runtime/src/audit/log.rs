@@ -10,6 +10,12 @@
 //! the group gets the error, and [`AuditLog::is_healthy`] turns false, so
 //! callers refuse new work. The next append tries again, so the log heals
 //! by itself once the disk does.
+//!
+//! Several processes may append to one log (an agent's invocation waiting
+//! for approval while a reviewer's `airlock approvals approve` records the
+//! decision): each group is written under an exclusive `flock` on the
+//! file, and a writer that finds the file longer than it left it first
+//! reads the new head from the tail, so the chain stays one chain.
 
 use super::chain::{self, Entry, GENESIS};
 use super::checkpoint::{Checkpoint, CheckpointKey};
@@ -107,6 +113,27 @@ fn open_logs() -> &'static Mutex<std::collections::HashMap<PathBuf, std::sync::W
 /// How long to wait for another process to release the log.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Take the exclusive lock on the log file, waiting up to [`LOCK_WAIT`]
+/// for another process to finish its group.
+fn lock_file(file: &File) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(format!(
+                    "another airlock process has held it for {} s; wait for it to finish",
+                    LOCK_WAIT.as_secs()
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(format!("cannot lock: {e}")),
+        }
+    }
+}
+
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
@@ -117,9 +144,8 @@ impl std::fmt::Debug for AuditLog {
 
 impl AuditLog {
     /// Open (or create) the log in `dir`, repairing a torn tail, and start
-    /// its writer. Holds an exclusive lock on the log while open, so two
-    /// processes never interleave records (a second process waits up to a
-    /// minute for the first to finish).
+    /// its writer. Every group of records is written under an exclusive
+    /// lock on the file, so processes never interleave records.
     pub fn open(dir: &Path) -> Result<AuditLog, AuditError> {
         let path = dir.join(LOG_FILE);
         let open_err = |reason: String| AuditError::Open {
@@ -144,23 +170,15 @@ impl AuditLog {
                 .open(&path)
                 .map_err(|e| open_err(e.to_string()))?
         };
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(open_err(format!(
-                        "another airlock process has held it for {} s; wait for it to finish",
-                        LOCK_WAIT.as_secs()
-                    )));
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(open_err(format!("cannot lock: {e}"))),
+        lock_file(&file).map_err(&open_err)?;
+        let tail = recover_tail(&mut file, dir);
+        let tail = match tail {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = file.unlock();
+                return Err(open_err(e));
             }
-        }
-        let tail = recover_tail(&mut file, dir).map_err(&open_err)?;
+        };
         let shared = Arc::new(Shared {
             healthy: AtomicBool::new(true),
             epoch: std::sync::atomic::AtomicU64::new(0),
@@ -182,8 +200,11 @@ impl AuditLog {
             last_checkpoint_seq: last_checkpoint_seq(&dir.join(CHECKPOINTS_FILE)),
             key,
             checkpoints: dir.join(CHECKPOINTS_FILE),
+            dir: dir.to_path_buf(),
             path: path.clone(),
             shared: shared.clone(),
+            locked: true,
+            recovered: None,
         };
         if tail.truncated > 0 {
             let event = Event::Recovered(Recovered {
@@ -192,13 +213,17 @@ impl AuditLog {
                 reason: tail.reason,
             });
             tracing::warn!(target: "airlock::audit", truncated_bytes = tail.truncated, "audit log had a torn tail; repaired");
-            writer
+            let written = writer
                 .write_group(&mut [(vec![event], true, None)])
                 .into_iter()
                 .next()
-                .transpose()
-                .map_err(|e| open_err(e.to_string()))?;
+                .transpose();
+            if let Err(e) = written {
+                let _ = writer.file.unlock();
+                return Err(open_err(e.to_string()));
+            }
         }
+        writer.unlock();
         let thread = std::thread::Builder::new()
             .name("airlock-audit".into())
             .spawn(move || writer.run(rx))
@@ -435,9 +460,13 @@ fn cut_tail(file: &mut File, dir: &Path, cut: &[u8], keep: u64, reason: String) 
 /// The sequence number of the newest checkpoint on file, so the periodic
 /// schedule continues across restarts.
 fn last_checkpoint_seq(path: &Path) -> Option<u64> {
+    last_checkpoint(path).map(|c| c.seq)
+}
+
+fn last_checkpoint(path: &Path) -> Option<Checkpoint> {
     let text = std::fs::read_to_string(path).ok()?;
     let last = text.lines().rev().find(|l| !l.trim().is_empty())?;
-    serde_json::from_str::<Checkpoint>(last).ok().map(|c| c.seq)
+    serde_json::from_str::<Checkpoint>(last).ok()
 }
 
 /// Cut a torn last line off the checkpoints file (a crash mid-write), so
@@ -487,11 +516,49 @@ struct Writer {
     last_checkpoint_seq: Option<u64>,
     key: CheckpointKey,
     checkpoints: PathBuf,
+    dir: PathBuf,
     path: PathBuf,
     shared: Arc<Shared>,
+    /// Whether this writer holds the file lock now.
+    locked: bool,
+    /// A torn tail another process left (found when catching up), to be
+    /// recorded at the head of the next group.
+    recovered: Option<Event>,
 }
 
 impl Writer {
+    fn unlock(&mut self) {
+        if self.locked {
+            let _ = self.file.unlock();
+            self.locked = false;
+        }
+    }
+
+    /// Take the file lock and pick up records other processes appended
+    /// since this writer last wrote (repairing a tail one of them tore).
+    fn lock_and_catch_up(&mut self) -> Result<(), String> {
+        if !self.locked {
+            lock_file(&self.file)?;
+            self.locked = true;
+        }
+        let len = self.file.metadata().map_err(|e| e.to_string())?.len();
+        if len == self.good_len {
+            return Ok(());
+        }
+        let tail = recover_tail(&mut self.file, &self.dir)?;
+        if tail.truncated > 0 {
+            self.recovered = Some(Event::Recovered(Recovered {
+                truncated_bytes: tail.truncated,
+                last_good_seq: tail.next_seq.checked_sub(1),
+                reason: tail.reason,
+            }));
+        }
+        // Others' records are theirs to sync; ours start from here.
+        (self.good_len, self.next_seq, self.head) = (tail.good_len, tail.next_seq, tail.head);
+        (self.synced_len, self.synced_seq, self.synced_head) = (tail.good_len, tail.next_seq, tail.head);
+        Ok(())
+    }
+
     fn run(mut self, rx: mpsc::Receiver<Request>) {
         while let Ok(first) = rx.recv() {
             let mut group = vec![first];
@@ -550,13 +617,43 @@ impl Writer {
     /// failed.
     fn write_group(&mut self, appends: &mut [(Vec<Event>, bool, Option<u64>)]) -> Vec<Result<u64, AuditError>> {
         let epoch = self.shared.epoch.load(Ordering::Acquire);
-        let mut results: Vec<Option<Result<u64, AuditError>>> = vec![None; appends.len()];
+        let results: Vec<Option<Result<u64, AuditError>>> = vec![None; appends.len()];
         if self.poisoned {
             let e = self.fail("an earlier failure could not be rolled back; restart airlock to repair the log".into());
             return vec![Err(e); appends.len()];
         }
+        if let Err(reason) = self.lock_and_catch_up() {
+            self.unlock();
+            let e = self.fail(reason);
+            return vec![Err(e); appends.len()];
+        }
+        let results = self.write_locked(appends, epoch, results);
+        self.unlock();
+        results
+    }
+
+    fn write_locked(
+        &mut self,
+        appends: &mut [(Vec<Event>, bool, Option<u64>)],
+        epoch: u64,
+        mut results: Vec<Option<Result<u64, AuditError>>>,
+    ) -> Vec<Result<u64, AuditError>> {
         let mut buf = Vec::new();
         let mut sync = false;
+        if let Some(event) = self.recovered.take() {
+            let entry = Entry {
+                seq: self.next_seq,
+                ts: rfc3339_micros(now_micros()),
+                prev: chain::hex(&self.head),
+                event,
+            };
+            if let Ok((line, hash)) = chain::encode(&entry, &self.head) {
+                buf.extend_from_slice(&line);
+                self.head = hash;
+                self.next_seq += 1;
+                sync = true;
+            }
+        }
         for (i, (events, durable, expect)) in appends.iter_mut().enumerate() {
             if expect.is_some_and(|e| e != epoch) {
                 results[i] = Some(Err(AuditError::Unavailable {
@@ -633,9 +730,26 @@ impl Writer {
     }
 
     fn write_checkpoint(&mut self) -> Result<Option<Checkpoint>, AuditError> {
+        if let Err(reason) = self.lock_and_catch_up() {
+            self.unlock();
+            return Err(self.fail(reason));
+        }
+        let result = self.write_checkpoint_locked();
+        self.unlock();
+        result
+    }
+
+    fn write_checkpoint_locked(&mut self) -> Result<Option<Checkpoint>, AuditError> {
         let Some(seq) = self.next_seq.checked_sub(1) else {
             return Ok(None);
         };
+        // Another process may have signed this head already.
+        if let Some(cp) = last_checkpoint(&self.checkpoints)
+            && cp.seq == seq
+        {
+            self.last_checkpoint_seq = Some(seq);
+            return Ok(Some(cp));
+        }
         let cp = self.key.sign(seq, &self.head, rfc3339_micros(now_micros()));
         let mut line = serde_json::to_vec(&cp).map_err(|e| AuditError::Unavailable {
             path: self.checkpoints.display().to_string(),

@@ -71,6 +71,7 @@ impl wit::Host for InvocationState {
             .arg("detail-bytes", detail.len())
             .arg("detail-blake3", blake3::hash(detail.as_bytes()).to_hex());
         let gate = self.host_calls.gate();
+        let calls = self.host_calls.clone();
         let outcome = self
             .host_call_async(
                 call,
@@ -92,6 +93,7 @@ impl wit::Host for InvocationState {
                         ));
                     };
                     let subject = serde_json::json!({ "summary": summary, "detail": detail });
+                    calls.flush_queued();
                     let record = gate
                         .ask(
                             ApprovalKind::Guest,
