@@ -752,3 +752,206 @@ fn simultaneous_decisions_are_each_counted_once() {
     assert_eq!(record["state"], "pending");
     assert_eq!(record["decisions"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn wasi_filesystem_writes_and_symlinks_meet_the_same_gate() {
+    let w = World::new();
+    let agent = w.token("runner", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    std::fs::create_dir(w.path("work/gated")).unwrap();
+
+    // Rust std (wasi:filesystem) is held like airlock:cap/files.
+    let child = w.spawn_invoke(
+        "gated",
+        "wasi-write",
+        json!({"path": "gated/std.txt", "data": "s"}),
+        &agent,
+    );
+    let pending = w.pending_one();
+    assert_eq!(pending["subject"]["interface"], "wasi:filesystem/types");
+    assert_eq!(pending["subject"]["function"], "[method]descriptor.open-at");
+    assert!(!w.path("work/gated/std.txt").exists());
+    let deny = w.decide("deny", pending["id"].as_str().unwrap(), &alice, &["--reason", "no"]);
+    assert_eq!(deny.code, 0, "{deny:?}");
+    let run = finish(child);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(!w.path("work/gated/std.txt").exists());
+
+    // A symlink to the gated directory, or `..` detours, are seen through.
+    std::os::unix::fs::symlink("gated", w.path("work/link")).unwrap();
+    for path in [
+        "link/through-link.txt",
+        "free/../gated/dotdot.txt",
+        "./gated//slashes.txt",
+    ] {
+        let child = w.spawn_invoke("gated", "write", json!({"path": path, "data": "x"}), &agent);
+        let pending = w.pending_one();
+        let deny = w.decide("deny", pending["id"].as_str().unwrap(), &alice, &["--reason", "no"]);
+        assert_eq!(deny.code, 0, "{deny:?}");
+        let run = finish(child);
+        assert_eq!(run.code, 1, "{path}: {run:?}");
+    }
+    let written: Vec<_> = std::fs::read_dir(w.path("work/gated")).unwrap().collect();
+    assert!(written.is_empty(), "{written:?}");
+}
+
+#[test]
+fn time_waiting_for_approval_does_not_count_towards_the_timeout() {
+    let w = World::with(
+        r#"
+[actions.brief]
+component = "COMPONENT"
+[actions.brief.grants]
+approval = true
+files = { dir = "work", mode = "read-write" }
+[actions.brief.limits]
+timeout-ms = 1500
+[actions.brief.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[[actions.brief.approval.host-calls]]
+capability = "files"
+path-prefix = "gated"
+"#
+        .replace("COMPONENT", component("gated").to_str().unwrap())
+        .as_str(),
+    );
+    let agent = w.token("runner", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    // Held for longer than the whole timeout, then 400 ms of work: fine.
+    let child = w.spawn_invoke(
+        "brief",
+        "write-then-spin",
+        json!({"path": "gated/a", "ms": 400}),
+        &agent,
+    );
+    let pending = w.pending_one();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        w.decide("approve", pending["id"].as_str().unwrap(), &alice, &[]).code,
+        0
+    );
+    let run = finish(child);
+    assert_eq!(run.code, 0, "{run:?}");
+    // The action's own running time still counts.
+    let child = w.spawn_invoke(
+        "brief",
+        "write-then-spin",
+        json!({"path": "gated/b", "ms": 5000}),
+        &agent,
+    );
+    let pending = w.pending_one();
+    assert_eq!(
+        w.decide("approve", pending["id"].as_str().unwrap(), &alice, &[]).code,
+        0
+    );
+    let run = finish(child);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("timed out"), "{run:?}");
+}
+
+/// The `exfil` component against a loopback server, with DELETEs and
+/// `/echo/admin` held for approval.
+fn http_world(server: &support::echo_server::EchoServer) -> World {
+    let port = server.port;
+    World::with(
+        &r#"
+[actions.web]
+component = "COMPONENT"
+[actions.web.grants]
+log = true
+files = { dir = "work", mode = "read-write" }
+[actions.web.grants.http]
+timeout-ms = 5000
+[[actions.web.grants.http.allow]]
+destination = "http://127.0.0.1:PORT"
+allow-private = true
+[actions.web.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[[actions.web.approval.host-calls]]
+capability = "http"
+methods = ["DELETE"]
+[[actions.web.approval.host-calls]]
+capability = "http"
+destination = "http://127.0.0.1:PORT"
+path-prefix = "/echo/admin"
+"#
+        .replace("COMPONENT", component("exfil").to_str().unwrap())
+        .replace("PORT", &port.to_string()),
+    )
+}
+
+fn outgoing(method: &str, url: &str) -> Value {
+    json!({"req": {"method": method, "url": url, "credential": null, "headers": [], "body": "", "follow-redirects": true}})
+}
+
+#[test]
+fn http_gates_hold_requests_until_approved_and_redirects_cannot_dodge_them() {
+    let server = support::echo_server::EchoServer::start("unused");
+    let w = http_world(&server);
+    let agent = w.token("runner", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+
+    // airlock:cap/http: the DELETE leaves only after approval.
+    let child = w.spawn_invoke(
+        "web",
+        "cap-send",
+        outgoing("DELETE", &server.url("/echo/item/7")),
+        &agent,
+    );
+    let pending = w.pending_one();
+    assert_eq!(pending["subject"]["interface"], "airlock:cap/http");
+    assert_eq!(pending["subject"]["args"]["method"], "DELETE");
+    assert!(server.requests().is_empty(), "sent before approval");
+    assert_eq!(
+        w.decide("approve", pending["id"].as_str().unwrap(), &alice, &[]).code,
+        0
+    );
+    let run = finish(child);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["status"], 200);
+    assert_eq!(server.requests().len(), 1);
+
+    // A GET is not held.
+    let get = w.invoke(
+        "web",
+        "cap-send",
+        outgoing("GET", &server.url("/echo/x")),
+        Some(&agent),
+        &[],
+    );
+    assert_eq!(get.code, 0, "{get:?}");
+    assert_eq!(server.requests().len(), 2);
+
+    // wasi:http: same rule; a deny means nothing is sent.
+    let args = json!({"method": "DELETE", "url": server.url("/echo/item/8"), "headers": [], "body": ""});
+    let child = w.spawn_invoke("web", "wasi-send", args, &agent);
+    let pending = w.pending_one();
+    assert_eq!(pending["subject"]["interface"], "wasi:http/outgoing-handler");
+    let deny = w.decide(
+        "deny",
+        pending["id"].as_str().unwrap(),
+        &alice,
+        &["--reason", "keep item 8"],
+    );
+    assert_eq!(deny.code, 0, "{deny:?}");
+    let run = finish(child);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert_eq!(server.requests().len(), 2);
+
+    // An ungated request redirected to a gated path is not followed.
+    let to = server.url("/echo/admin/drop");
+    let redirect = format!(
+        "{}?to={}",
+        server.url("/redirect"),
+        to.replace(':', "%3A").replace('/', "%2F")
+    );
+    let run = w.invoke("web", "cap-send", outgoing("GET", &redirect), Some(&agent), &[]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("needs approval"), "{run:?}");
+    assert!(
+        !server.requests().iter().any(|r| r.target.starts_with("/echo/admin")),
+        "the gated target was reached"
+    );
+}

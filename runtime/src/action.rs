@@ -216,6 +216,7 @@ impl PreparedAction {
             approvals,
             policy.approval.clone(),
             template,
+            policy.grants.files.as_ref().map(|f| f.dir.clone()),
         )))
     }
 

@@ -38,8 +38,9 @@ pub struct HostCall {
     pub function: &'static str,
     /// Summary of the arguments: paths, sizes, digests.
     pub args: Vec<(&'static str, String)>,
-    /// What the call does, in the terms approval gates are written in.
-    pub target: Option<Target>,
+    /// What the call does, in the terms approval gates are written in
+    /// (a rename touches two paths).
+    pub targets: Vec<Target>,
     /// The approval that released this call, once the gate has passed it.
     pub approved: Option<String>,
 }
@@ -50,14 +51,14 @@ impl HostCall {
             interface,
             function,
             args: Vec::new(),
-            target: None,
+            targets: Vec::new(),
             approved: None,
         }
     }
 
     /// Describe what the call does for the approval gates.
     pub fn target(mut self, target: Target) -> HostCall {
-        self.target = Some(target);
+        self.targets.push(target);
         self
     }
 
@@ -236,13 +237,13 @@ impl HostCalls {
         if !decision.allowed {
             return (call, decision);
         }
-        let (Some(gate), Some(target)) = (self.gate(), call.target.clone()) else {
+        let Some(gate) = self.gate() else {
             return (call, decision);
         };
-        if gate.rule_for(&target).is_some() {
+        if call.targets.iter().any(|t| gate.rule_for(t).is_some()) {
             self.flush_queued();
         }
-        match gate.hold(&call, &target).await {
+        match gate.hold(&call).await {
             None => (call, decision),
             Some(Ok(approval)) => {
                 let decision = Decision::allow(format!("{}; released by approval {approval}", decision.rule));
@@ -262,8 +263,8 @@ impl HostCalls {
         let mut inner = self.lock();
         if decision.allowed
             && call.approved.is_none()
-            && let (Some(gate), Some(target)) = (&inner.gate, &call.target)
-            && let Some(rule) = gate.rule_for(target)
+            && let Some(gate) = &inner.gate
+            && let Some(rule) = call.targets.iter().find_map(|t| gate.rule_for(t))
         {
             decision = Decision::deny(
                 rule.name.clone(),

@@ -17,6 +17,8 @@ pub struct Gate {
     /// Everything about the invocation a request is bound to; each request
     /// fills in its kind, rule and subject.
     template: NewRequest,
+    /// The files grant's directory, for resolving gated paths.
+    files_root: Option<std::path::PathBuf>,
     clock: Mutex<WaitClock>,
 }
 
@@ -54,11 +56,17 @@ impl Drop for Abandon {
 }
 
 impl Gate {
-    pub fn new(approvals: Approvals, policy: ApprovalPolicy, template: NewRequest) -> Gate {
+    pub fn new(
+        approvals: Approvals,
+        policy: ApprovalPolicy,
+        template: NewRequest,
+        files_root: Option<std::path::PathBuf>,
+    ) -> Gate {
         Gate {
             approvals,
             policy,
             template,
+            files_root,
             clock: Mutex::new(WaitClock::default()),
         }
     }
@@ -67,9 +75,26 @@ impl Gate {
         self.clock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The gate rule that holds back a call doing `target`, if any.
+    /// The gate rule that holds back a call doing `target`, if any. File
+    /// paths are resolved through symlinks inside the granted directory
+    /// first, so a link cannot carry a write around a rule.
     pub fn rule_for(&self, target: &Target) -> Option<&CallRule> {
-        self.policy.gate_for(target)
+        match (target, &self.files_root) {
+            (
+                Target::Files {
+                    write,
+                    path: Some(path),
+                },
+                Some(root),
+            ) => {
+                let resolved = Target::Files {
+                    write: *write,
+                    path: Some(super::policy::resolve_in(root, path)),
+                };
+                self.policy.gate_for(&resolved)
+            }
+            _ => self.policy.gate_for(target),
+        }
     }
 
     /// Time spent waiting for decisions so far, including a wait under way.
@@ -82,10 +107,10 @@ impl Gate {
                 .map_or(Duration::ZERO, |s| s.elapsed())
     }
 
-    /// Hold `call` if a rule matches it: `None` when no rule does, else the
-    /// approval id that released it or the denial.
-    pub async fn hold(&self, call: &HostCall, target: &Target) -> Option<Result<String, Decision>> {
-        let rule = self.rule_for(target)?;
+    /// Hold `call` if a rule matches what it does: `None` when no rule
+    /// does, else the approval id that released it or the denial.
+    pub async fn hold(&self, call: &HostCall) -> Option<Result<String, Decision>> {
+        let rule = call.targets.iter().find_map(|t| self.rule_for(t))?;
         let args: serde_json::Map<String, Value> = call
             .args
             .iter()

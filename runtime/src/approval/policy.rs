@@ -203,8 +203,16 @@ impl ApprovalPolicy {
 /// What a host call does, in the terms gate rules are written in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Http { method: String, url: url::Url },
-    Files { write: bool, path: String },
+    Http {
+        method: String,
+        url: url::Url,
+    },
+    /// `path` is relative to the granted directory; `None` when it cannot
+    /// be told (it then matches every files rule: fail closed).
+    Files {
+        write: bool,
+        path: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,7 +318,11 @@ impl CallRule {
             }
             (GatedCapability::Files, Target::Files { write, path }) => {
                 let op_ok = if *write { self.writes } else { self.reads };
-                op_ok && self.path_prefix.as_deref().is_none_or(|p| files_path_within(path, p))
+                op_ok
+                    && match (self.path_prefix.as_deref(), path) {
+                        (None, _) | (Some(_), None) => true,
+                        (Some(prefix), Some(path)) => files_path_within(path, prefix),
+                    }
             }
             _ => false,
         }
@@ -346,17 +358,53 @@ impl CallRule {
     }
 }
 
-/// Segment-wise prefix match on relative paths, ignoring `./` and repeated
-/// or leading slashes, so `gated//x` and `./gated/x` are under `gated`.
+/// The segments of a relative path with `.`, empty segments and `..`
+/// resolved lexically (`..` above the top stays at the top: the call
+/// itself is refused there).
+fn segments(p: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for s in p.split('/') {
+        match s {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    out
+}
+
+/// Segment-wise prefix match on relative paths, so `gated//x`,
+/// `./gated/x` and `other/../gated/x` are all under `gated`.
 fn files_path_within(path: &str, prefix: &str) -> bool {
-    let segments = |p: &str| -> Vec<String> {
-        p.split('/')
-            .filter(|s| !s.is_empty() && *s != ".")
-            .map(str::to_string)
-            .collect()
-    };
     let (path, prefix) = (segments(path), segments(prefix));
     path.len() >= prefix.len() && path[..prefix.len()] == prefix[..]
+}
+
+/// `path` (relative to `root`) with symlinks in its existing part
+/// resolved, relative to `root` again. A path that resolves outside `root`
+/// (which the call itself will be refused for) is returned lexically.
+pub fn resolve_in(root: &std::path::Path, path: &str) -> String {
+    let lexical = segments(path);
+    let Ok(root) = std::fs::canonicalize(root) else {
+        return lexical.join("/");
+    };
+    // The deepest existing ancestor, resolved; the rest appended as is.
+    for keep in (0..=lexical.len()).rev() {
+        let candidate = root.join(lexical[..keep].join("/"));
+        if let Ok(real) = std::fs::canonicalize(&candidate) {
+            return match real.strip_prefix(&root) {
+                Ok(inside) => {
+                    let mut parts: Vec<String> = inside.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+                    parts.extend(lexical[keep..].iter().map(|s| (*s).to_string()));
+                    parts.join("/")
+                }
+                Err(_) => lexical.join("/"),
+            };
+        }
+    }
+    lexical.join("/")
 }
 
 #[cfg(test)]
@@ -386,16 +434,33 @@ mod tests {
         let r = rule("capability = \"files\"\npath-prefix = \"gated\"").unwrap();
         let w = |p: &str| Target::Files {
             write: true,
-            path: p.into(),
+            path: Some(p.into()),
         };
         assert!(r.matches(&w("gated/a")));
         assert!(r.matches(&w("./gated//a")));
         assert!(r.matches(&w("gated")));
         assert!(!r.matches(&w("gatedx/a")));
+        assert!(r.matches(&w("other/../gated/a")));
+        assert!(!r.matches(&w("gated/../other")));
         assert!(!r.matches(&Target::Files {
             write: false,
-            path: "gated/a".into()
+            path: Some("gated/a".into())
         }));
+        // An unknown path is held (fail closed).
+        assert!(r.matches(&Target::Files {
+            write: true,
+            path: None
+        }));
+    }
+
+    #[test]
+    fn symlinks_are_resolved_before_matching() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("gated")).unwrap();
+        std::os::unix::fs::symlink("gated", dir.path().join("link")).unwrap();
+        assert_eq!(resolve_in(dir.path(), "link/new.txt"), "gated/new.txt");
+        assert_eq!(resolve_in(dir.path(), "./free/../link"), "gated");
+        assert_eq!(resolve_in(dir.path(), "plain/x"), "plain/x");
     }
 
     #[test]

@@ -210,7 +210,7 @@ impl wit::Host for InvocationState {
             .arg("path", printable(&path))
             .target(Target::Files {
                 write: false,
-                path: path.clone(),
+                path: Some(path.clone()),
             });
         let result = self
             .host_call_async(call, decide_read, async |state| {
@@ -249,7 +249,7 @@ impl wit::Host for InvocationState {
             .arg("blake3", blake3::hash(&contents).to_hex())
             .target(Target::Files {
                 write: true,
-                path: path.clone(),
+                path: Some(path.clone()),
             });
         let result = self
             .host_call_async(call, decide_write, async |state| {
@@ -269,7 +269,7 @@ impl wit::Host for InvocationState {
             .arg("path", printable(&path))
             .target(Target::Files {
                 write: false,
-                path: path.clone(),
+                path: Some(path.clone()),
             });
         let result = self
             .host_call_async(call, decide_read, async |state| {
@@ -312,7 +312,7 @@ impl wit::Host for InvocationState {
             .arg("path", printable(&path))
             .target(Target::Files {
                 write: true,
-                path: path.clone(),
+                path: Some(path.clone()),
             });
         let result = self
             .host_call_async(call, decide_write, async |state| {

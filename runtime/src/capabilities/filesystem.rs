@@ -10,11 +10,12 @@
 //! Reads and writes through streams opened here (`read-via-stream`, ...)
 //! go through `wasi:io/streams` and are counted per invocation.
 
+use crate::approval::Target;
 use crate::host_call::{Decision, HostCall, HostCalls};
 use crate::invocation::InvocationState;
 use std::time::Instant;
 use wasmtime::component::{HasData, Linker, Resource};
-use wasmtime_wasi::filesystem::{WasiFilesystemCtxView, WasiFilesystemView as _};
+use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi::p2::bindings::filesystem::types::{ErrorCode, HostDescriptor, HostDirectoryEntryStream};
 use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
@@ -26,7 +27,14 @@ const TYPES: &str = "wasi:filesystem/types";
 pub struct AuditedFs<'a> {
     inner: WasiFilesystemCtxView<'a>,
     calls: HostCalls,
+    /// Where each open descriptor points, relative to the granted
+    /// directory, so approval rules on paths apply to `*-at` calls made
+    /// through subdirectory descriptors too.
+    paths: &'a mut DescriptorPaths,
 }
+
+/// Descriptor (table index) to its path relative to the granted directory.
+pub type DescriptorPaths = std::collections::HashMap<u32, String>;
 
 struct AuditedFilesystem;
 
@@ -42,11 +50,25 @@ pub fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
 }
 
 fn audited_view(s: &mut InvocationState) -> AuditedFs<'_> {
-    let calls = s.host_calls.clone();
     AuditedFs {
-        inner: s.filesystem(),
-        calls,
+        calls: s.host_calls.clone(),
+        inner: WasiFilesystemCtxView {
+            ctx: s.wasi.filesystem(),
+            table: &mut s.table,
+        },
+        paths: &mut s.fs_paths,
     }
+}
+
+/// `base/path`, or `None` when the base descriptor's path is unknown.
+fn join(base: Option<&String>, path: &str) -> Option<String> {
+    base.map(|b| {
+        if b.is_empty() {
+            path.to_string()
+        } else {
+            format!("{b}/{path}")
+        }
+    })
 }
 
 impl AuditedFs<'_> {
@@ -56,6 +78,24 @@ impl AuditedFs<'_> {
         match allowed {
             Ok(()) => Ok((seq, Instant::now())),
             Err(_) => Err(ErrorCode::NotPermitted.into()),
+        }
+    }
+
+    /// [`AuditedFs::begin`] for a call an approval gate may hold: `write`
+    /// (or read) of `path` under descriptor `fd`.
+    async fn begin_gated(&mut self, call: HostCall) -> Result<(u64, Instant), FsError> {
+        let (call, decision) = self.calls.admit(call, Decision::allow("grants.files")).await;
+        let (seq, allowed) = self.calls.begin(call, decision);
+        match allowed {
+            Ok(()) => Ok((seq, Instant::now())),
+            Err(_) => Err(ErrorCode::NotPermitted.into()),
+        }
+    }
+
+    fn target(&self, fd: &Resource<types::Descriptor>, path: &str, write: bool) -> Target {
+        Target::Files {
+            write,
+            path: join(self.paths.get(&fd.rep()), path),
         }
     }
 
@@ -71,8 +111,16 @@ impl AuditedFs<'_> {
     }
 }
 
-/// One audited delegation: describe, begin, run, finish.
+/// One audited delegation: describe, begin, run, finish; with `gate:`,
+/// the call first passes the approval gate for the given targets.
 macro_rules! audited {
+    ($self:ident, $function:literal, [$($key:literal => $value:expr),*], gate: [$($target:expr),+], $run:expr) => {{
+        let call = HostCall::new(TYPES, $function)$(.arg($key, $value))*$(.target($target))+;
+        let token = $self.begin_gated(call).await?;
+        let result = $run;
+        $self.finish(token, &result);
+        result
+    }};
     ($self:ident, $function:literal, [$($key:literal => $value:expr),*], $run:expr) => {{
         let token = $self.begin(HostCall::new(TYPES, $function)$(.arg($key, $value))*)?;
         let result = $run;
@@ -93,6 +141,12 @@ impl preopens::Host for AuditedFs<'_> {
         }
         let started = Instant::now();
         let result = self.inner.get_directories();
+        if let Ok(dirs) = &result {
+            for (fd, _) in dirs {
+                // The one preopen is the granted directory itself.
+                self.paths.insert(fd.rep(), String::new());
+            }
+        }
         self.calls.finish(
             seq,
             if result.is_ok() { "ok".into() } else { "error".into() },
@@ -204,6 +258,7 @@ impl HostDescriptor for AuditedFs<'_> {
             self,
             "[method]descriptor.create-directory-at",
             ["path" => &path],
+            gate: [self.target(&fd, &path, true)],
             self.inner.create_directory_at(fd, path.clone()).await
         )
     }
@@ -238,6 +293,7 @@ impl HostDescriptor for AuditedFs<'_> {
             self,
             "[method]descriptor.set-times-at",
             ["path" => &path],
+            gate: [self.target(&fd, &path, true)],
             self.inner.set_times_at(fd, path_flags, path.clone(), atim, mtim).await
         )
     }
@@ -254,6 +310,7 @@ impl HostDescriptor for AuditedFs<'_> {
             self,
             "[method]descriptor.link-at",
             ["old-path" => &old_path, "new-path" => &new_path],
+            gate: [self.target(&fd, &old_path, false), self.target(&new_descriptor, &new_path, true)],
             self.inner
                 .link_at(fd, old_path_flags, old_path.clone(), new_descriptor, new_path.clone())
                 .await
@@ -268,15 +325,28 @@ impl HostDescriptor for AuditedFs<'_> {
         oflags: types::OpenFlags,
         flags: types::DescriptorFlags,
     ) -> FsResult<Resource<types::Descriptor>> {
-        audited!(
+        // Opening for writing (or creating, truncating) is the write as far
+        // as the gates are concerned: what is written through the
+        // descriptor later was approved with it.
+        let write = oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE)
+            || flags.intersects(types::DescriptorFlags::WRITE | types::DescriptorFlags::MUTATE_DIRECTORY);
+        let target = self.target(&fd, &path, write);
+        let opened_path = join(self.paths.get(&fd.rep()), &path);
+        let opened = audited!(
             self,
             "[method]descriptor.open-at",
             ["path" => &path, "open-flags" => format!("{oflags:?}"), "flags" => format!("{flags:?}")],
+            gate: [target],
             self.inner.open_at(fd, path_flags, path.clone(), oflags, flags).await
-        )
+        );
+        if let (Ok(new_fd), Some(p)) = (&opened, opened_path) {
+            self.paths.insert(new_fd.rep(), p);
+        }
+        opened
     }
 
     fn drop(&mut self, fd: Resource<types::Descriptor>) -> wasmtime::Result<()> {
+        self.paths.remove(&fd.rep());
         HostDescriptor::drop(&mut self.inner, fd)
     }
 
@@ -285,6 +355,7 @@ impl HostDescriptor for AuditedFs<'_> {
             self,
             "[method]descriptor.readlink-at",
             ["path" => &path],
+            gate: [self.target(&fd, &path, false)],
             self.inner.readlink_at(fd, path.clone()).await
         )
     }
@@ -294,6 +365,7 @@ impl HostDescriptor for AuditedFs<'_> {
             self,
             "[method]descriptor.remove-directory-at",
             ["path" => &path],
+            gate: [self.target(&fd, &path, true)],
             self.inner.remove_directory_at(fd, path.clone()).await
         )
     }
@@ -309,6 +381,7 @@ impl HostDescriptor for AuditedFs<'_> {
             self,
             "[method]descriptor.rename-at",
             ["old-path" => &old_path, "new-path" => &new_path],
+            gate: [self.target(&fd, &old_path, true), self.target(&new_fd, &new_path, true)],
             self.inner.rename_at(fd, old_path.clone(), new_fd, new_path.clone()).await
         )
     }
@@ -323,6 +396,7 @@ impl HostDescriptor for AuditedFs<'_> {
             self,
             "[method]descriptor.symlink-at",
             ["target" => &src_path, "path" => &dest_path],
+            gate: [self.target(&fd, &dest_path, true)],
             self.inner.symlink_at(fd, src_path.clone(), dest_path.clone()).await
         )
     }
@@ -332,6 +406,7 @@ impl HostDescriptor for AuditedFs<'_> {
             self,
             "[method]descriptor.unlink-file-at",
             ["path" => &path],
+            gate: [self.target(&fd, &path, true)],
             self.inner.unlink_file_at(fd, path.clone()).await
         )
     }

@@ -18,6 +18,7 @@
 use super::Capability;
 use super::bindings::airlock::cap::http as wit;
 use super::credentials::{CredentialHandle, CredentialStore, CredentialsGrant};
+use crate::approval::Target;
 use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, HostCall, HostCalls};
 use crate::invocation::{InvocationState, StateBuilder};
@@ -328,15 +329,31 @@ struct Delivered {
 
 /// Send `req` under `grant`, injecting `credential` where allowed and
 /// following redirects if `follow`. The response is not yet redacted.
+/// Whether redirects are followed, and which targets need approval (a
+/// redirect never carries a call to one).
+#[derive(Clone, Copy)]
+struct Redirects<'a> {
+    follow: bool,
+    gated: &'a (dyn Fn(&str, &Url) -> bool + Send + Sync),
+}
+
+impl Redirects<'_> {
+    const NONE: Redirects<'static> = Redirects {
+        follow: false,
+        gated: &|_, _| false,
+    };
+}
+
 async fn send_governed(
     grant: &HttpGrant,
     budget: &RequestBudget,
     creds: &CredentialStore,
     mut req: GuestRequest,
     mut credential: Option<String>,
-    follow: bool,
+    redirects_allowed: Redirects<'_>,
     redactor: &Redactor,
 ) -> Result<Delivered, SendFailure> {
+    let Redirects { follow, gated } = redirects_allowed;
     let policy = &grant.policy;
     let deadline = tokio::time::Instant::now() + policy.timeout;
     if req.body.len() as u64 > policy.max_request_bytes {
@@ -416,6 +433,14 @@ async fn send_governed(
         policy
             .permits(req.method.as_str(), &next)
             .map_err(|e| SendFailure::Denied(format!("redirect from {origin} to {next_origin} refused: {e}")))?;
+        // Approval was asked for the first request only; a redirect must
+        // not carry the call to a target that needs its own approval.
+        if gated(req.method.as_str(), &next) {
+            return Err(SendFailure::Denied(format!(
+                "the redirect from {origin} leads to {next_origin}{}, which needs approval; not followed",
+                next.path()
+            )));
+        }
         if next_origin != origin {
             // Never carry a credential across origins, even to a destination
             // the credential could be sent to directly.
@@ -566,6 +591,22 @@ impl wit::Host for InvocationState {
         // A malformed request is recorded as refused like a policy denial:
         // either way nothing left the host.
         let parsed = parse_guest_request(request, injected);
+        if let Ok(g) = &parsed {
+            call = call.target(Target::Http {
+                method: g.method.to_string(),
+                url: g.url.clone(),
+            });
+        }
+        let gate = self.host_calls.gate();
+        let gated = move |method: &str, url: &Url| {
+            gate.as_ref().is_some_and(|g| {
+                g.rule_for(&Target::Http {
+                    method: method.to_string(),
+                    url: url.clone(),
+                })
+                .is_some()
+            })
+        };
         let http = self.http.clone();
         let decision = match (&parsed, &http) {
             (Err(e), _) => Decision::deny("request checks", SendFailure::describe_wit(e)),
@@ -595,7 +636,16 @@ impl wit::Host for InvocationState {
                         Ok(r) => r,
                         Err(e) => return Err(wit::HttpError::Credential(e)),
                     };
-                    let sent = send_governed(&grant, &budget, &creds, guest, credential, follow, &redactor).await;
+                    let sent = send_governed(
+                        &grant,
+                        &budget,
+                        &creds,
+                        guest,
+                        credential,
+                        Redirects { follow, gated: &gated },
+                        &redactor,
+                    )
+                    .await;
                     let delivered = match sent {
                         Ok(mut d) => match redact_response(&mut d.response, &redactor) {
                             Ok(()) => d,
@@ -685,12 +735,17 @@ impl WasiHttpHooks for WasiHttpGate {
         options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendFuture {
-        let started = Instant::now();
         let (parts, body) = request.into_parts();
         let url = Url::parse(&parts.uri.to_string()).ok();
-        let call = HostCall::new("wasi:http/outgoing-handler", "handle")
+        let mut call = HostCall::new("wasi:http/outgoing-handler", "handle")
             .arg("method", parts.method.as_str())
             .arg("url", redacted_url(&parts.uri.to_string()));
+        if let Some(u) = &url {
+            call = call.target(Target::Http {
+                method: parts.method.to_string(),
+                url: u.clone(),
+            });
+        }
         let decision = match (&self.http, &url) {
             (None, _) => Decision::deny("grants.http", "no http grant"),
             (_, None) => Decision::deny("grants.http", "the request URL is not absolute http(s)"),
@@ -699,22 +754,27 @@ impl WasiHttpHooks for WasiHttpGate {
                 Err(why) => Decision::deny("grants.http.allow", why),
             },
         };
-        let (seq, allowed) = self.calls.begin(call, decision);
-        let (
-            Ok(()),
-            Some(HttpState {
-                grant,
-                budget,
-                in_flight,
-            }),
-            Some(url),
-        ) = (allowed, self.http.clone(), url)
-        else {
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        };
+        let http = self.http.clone();
         let creds = self.creds.clone();
         let calls = self.calls.clone();
         Box::new(async move {
+            // The guest waits on the response future while a gate holds the
+            // request for approval.
+            let (call, decision) = calls.admit(call, decision).await;
+            let (seq, allowed) = calls.begin(call, decision);
+            let (
+                Ok(()),
+                Some(HttpState {
+                    grant,
+                    budget,
+                    in_flight,
+                }),
+                Some(url),
+            ) = (allowed, http, url)
+            else {
+                return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+            };
+            let started = Instant::now();
             // The total timeout covers waiting for a slot and for the guest
             // to finish streaming the body, not only the exchange.
             let work = async {
@@ -808,7 +868,7 @@ async fn wasi_send(
         headers,
         body,
     };
-    let mut delivered = send_governed(&grant, budget, creds, request, credential, false, &redactor).await?;
+    let mut delivered = send_governed(&grant, budget, creds, request, credential, Redirects::NONE, &redactor).await?;
     redact_response(&mut delivered.response, &redactor)?;
     let r = delivered.response;
     let mut builder = http::Response::builder().status(r.status);

@@ -29,6 +29,7 @@ pub struct InvocationState {
     pub(crate) wasi_http_ctx: wasmtime_wasi_http::WasiHttpCtx,
     pub(crate) host_calls: HostCalls,
     pub(crate) baseline: crate::capabilities::baseline::BaselineCounts,
+    pub(crate) fs_paths: crate::capabilities::filesystem::DescriptorPaths,
 }
 
 impl wasmtime_wasi_http::WasiHttpView for InvocationState {
@@ -95,6 +96,7 @@ impl StateBuilder {
             http: self.http,
             host_calls: self.host_calls,
             baseline: Default::default(),
+            fs_paths: Default::default(),
         }
     }
 }

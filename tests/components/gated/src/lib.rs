@@ -27,6 +27,26 @@ impl Guest for Gated {
         Ok("approved".into())
     }
 
+    fn wasi_write(path: String, data: String) -> Result<String, String> {
+        let gated = std::fs::write(&path, &data);
+        files::write("after.txt", "1").map_err(describe)?;
+        gated.map(|()| "written".into()).map_err(|e| e.to_string())
+    }
+
+    fn write(path: String, data: String) -> Result<String, String> {
+        files::write(&path, &data).map_err(describe)?;
+        Ok("written".into())
+    }
+
+    fn write_then_spin(path: String, ms: u64) -> Result<String, String> {
+        files::write(&path, "x").map_err(describe)?;
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(ms) {
+            std::hint::spin_loop();
+        }
+        Ok("done".into())
+    }
+
     fn echo(value: String) -> String {
         value
     }
