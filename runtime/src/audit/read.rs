@@ -60,13 +60,12 @@ pub fn scan(dir: &Path, mut visit: impl FnMut(&Record, &[u8]) -> bool) -> Result
         }
         Err(e) => return Err(io(e)),
     };
-    // A live writer holds the exclusive lock; then a last line may still be
-    // in flight and is not held against the log.
-    let live = file.try_lock_shared().is_err();
-    if !live {
-        // Only a probe: holding the lock while reading would stall writers.
-        let _ = file.unlock();
-    }
+    // Writers hold the exclusive lock only while they append a group, so
+    // the scan runs unlocked; an incomplete last line is looked at again
+    // under a shared lock (the writer finishes first): complete then, it
+    // was in flight; still incomplete, it is torn.
+    let mut locked = false;
+    let mut live = false;
     let mut reader = BufReader::new(file);
     let mut prev = GENESIS;
     let mut expected = 0u64;
@@ -80,6 +79,14 @@ pub fn scan(dir: &Path, mut visit: impl FnMut(&Record, &[u8]) -> bool) -> Result
             break;
         }
         line_no += 1;
+        if line.last() != Some(&b'\n') && !locked {
+            if lock_shared_briefly(reader.get_ref()) {
+                locked = true;
+                reader.read_until(b'\n', &mut line).map_err(io)?;
+            } else {
+                live = true;
+            }
+        }
         if line.last() != Some(&b'\n') {
             if live {
                 in_progress = true;
@@ -113,12 +120,30 @@ pub fn scan(dir: &Path, mut visit: impl FnMut(&Record, &[u8]) -> bool) -> Result
             break;
         }
     }
+    if locked {
+        let _ = reader.get_ref().unlock();
+    }
     Ok(Verified {
         records: expected,
         head: expected.checked_sub(1).map(|s| (s, prev)),
         checkpoints: 0,
         in_progress,
     })
+}
+
+/// A shared lock on the log, waiting up to a second for a writer to finish
+/// its group; false if it did not (a writer stuck mid-group is live).
+fn lock_shared_briefly(file: &std::fs::File) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match file.try_lock_shared() {
+            Ok(()) => return true,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Verify the whole chain, the log's own checkpoints, and `external` (a
