@@ -63,6 +63,34 @@ if printf '%s' "$out" | grep -qF "$token"; then
 fi
 echo "(the API accepted the bearer token; the token appears nowhere in the action's result, logs or airlock's output)"
 
+step "identities: an agent and a reviewer, each with a token (printed once; only its hash is stored)"
+tokens=$(mktemp -d)
+trap 'kill $api 2>/dev/null || true; rm -rf "$tokens"' EXIT
+"$airlock" token create --identity demo-agent --kind agent --role agent --config "$config" --out "$tokens/agent"
+"$airlock" token create --identity demo-reviewer --kind human --role reviewer --config "$config" --out "$tokens/reviewer"
+
+step "the agent invokes greet-approved   (held for approval: exit 7, nothing runs)"
+pending=$("$airlock" invoke --config "$config" greet-approved greet --token-file "$tokens/agent" \
+    --args '{"who": {"name": "Grace", "languages": ["en"]}}') && {
+    echo "unexpected: greet-approved ran without approval" >&2
+    exit 1
+}
+printf '%s\n' "$pending"
+approval=$(printf '%s' "$pending" | python3 -c 'import json,sys; print(json.load(sys.stdin)["approval"])')
+invocation=$(printf '%s' "$pending" | python3 -c 'import json,sys; print(json.load(sys.stdin)["invocation"])')
+
+step "airlock approvals show $approval   (exactly what would run)"
+"$airlock" approvals show "$approval" --config "$config"
+
+step "the agent cannot approve it; the reviewer does, and it runs"
+"$airlock" approvals approve "$approval" --config "$config" --token-file "$tokens/agent" \
+    || echo "(exit $? — nobody approves their own request, and agents only when the config names them)"
+"$airlock" approvals approve "$approval" --config "$config" --token-file "$tokens/reviewer"
+"$airlock" invocations show "$invocation" --config "$config"
+
+step "airlock audit show --invocation $invocation   (request, decision, run)"
+"$airlock" audit show --config "$config" --invocation "$invocation"
+
 step "airlock audit show --action ticket-create   (what ran, under which grants, and every host call)"
 "$airlock" audit show --config "$config" --action ticket-create
 

@@ -685,6 +685,39 @@ fn check(config: PathBuf) -> Result<ExitCode, Error> {
                     l.max_log_bytes
                 );
                 println!("          functions: {}", action.manifest.function_names());
+                let p = &action.policy;
+                let list = |rules: &[airlock::identity::AccessRule]| {
+                    if rules.is_empty() {
+                        "nobody".to_string()
+                    } else {
+                        rules.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    }
+                };
+                println!("          runs as: {}", p.service_identity);
+                println!("          invoke: {}", list(&p.access.invoke));
+                if p.access.has_approvers() {
+                    println!(
+                        "          approve: {}; agents: {}",
+                        list(&p.access.approve),
+                        list(&p.access.agent_approvers)
+                    );
+                }
+                let a = &p.approval;
+                if a.invocation {
+                    println!(
+                        "          approval: every invocation, quorum {}, open for {} s",
+                        a.quorum,
+                        a.ttl.as_secs()
+                    );
+                }
+                for rule in &a.host_calls {
+                    println!(
+                        "          approval: {} (quorum {}, waits {} s)",
+                        rule.describe(),
+                        a.quorum,
+                        a.wait.as_secs()
+                    );
+                }
             }
             Err(e) => {
                 println!("REFUSED {name}: {e}");

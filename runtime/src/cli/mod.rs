@@ -410,9 +410,13 @@ fn print_approval(a: &ApprovalRecord) {
     println!("function     {}", e(&a.function));
     println!("arguments    {}", e(&a.args.to_string()));
     println!("component    {}", a.component_digest);
-    println!("capabilities");
-    for c in &a.capabilities {
-        println!("  - {}", e(c));
+    if a.capabilities.is_empty() {
+        println!("capabilities none (the inert baseline only)");
+    } else {
+        println!("capabilities");
+        for c in &a.capabilities {
+            println!("  - {}", e(c));
+        }
     }
     println!("rule         {}", e(&a.rule));
     if !a.subject.is_null() {
