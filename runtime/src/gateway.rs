@@ -97,8 +97,30 @@ impl Runtime {
         args: &Value,
         wait: Duration,
     ) -> Result<Submitted, Error> {
-        let prepared = self.loaded(action)?;
+        let prepared = self.admit(caller, action, function, args).await?;
         let invocation = new_invocation_id();
+        if !prepared.policy.approval.invocation {
+            return Ok(Submitted::Ran(
+                prepared.invoke_with_id(&invocation, caller, function, args, None).await,
+            ));
+        }
+        self.hold_for_approval(&prepared, &invocation, caller, function, args)
+            .await?;
+        self.await_invocation(&invocation, Instant::now() + wait).await
+    }
+
+    /// The policy step: refuse a caller the action's `access.invoke` does
+    /// not name, and (for actions that need approval, so reviewers are
+    /// never asked about a request that could not run) an unknown function
+    /// or arguments that do not fit. Refusals are recorded.
+    pub async fn admit(
+        &self,
+        caller: &Caller,
+        action: &str,
+        function: &str,
+        args: &Value,
+    ) -> Result<Arc<PreparedAction>, Error> {
+        let prepared = self.loaded(action)?;
         let access = &prepared.policy.access;
         if !access.may_invoke(caller) {
             let allowed: Vec<String> = access.invoke.iter().map(ToString::to_string).collect();
@@ -111,17 +133,66 @@ impl Runtime {
                     allowed.join(", ")
                 }
             ));
-            return Err(prepared.refuse(&invocation, caller, function, error).await);
+            return Err(prepared.refuse(&new_invocation_id(), caller, function, error).await);
         }
-        if !prepared.policy.approval.invocation {
-            return Ok(Submitted::Ran(
-                prepared.invoke_with_id(&invocation, caller, function, args, None).await,
-            ));
-        }
-        // Reviewers are never asked about a request that could not run.
         if let Err(error) = prepared.check_request(function, args) {
-            return Err(prepared.refuse(&invocation, caller, function, error).await);
+            return Err(prepared.refuse(&new_invocation_id(), caller, function, error).await);
         }
+        Ok(prepared)
+    }
+
+    /// Run an admitted request under `invocation`, stored so its status can
+    /// be fetched while and after it runs: at once, or (for actions that
+    /// need approval) once approved.
+    pub async fn run_stored(
+        &self,
+        invocation: &str,
+        caller: &Caller,
+        action: &str,
+        function: &str,
+        args: &Value,
+    ) -> Result<Submitted, Error> {
+        let prepared = self.loaded(action)?;
+        if prepared.policy.approval.invocation {
+            self.hold_for_approval(&prepared, invocation, caller, function, args)
+                .await?;
+            return self.await_invocation(invocation, Instant::now()).await;
+        }
+        let store = self.store()?;
+        let now = crate::time::now_micros();
+        store.insert_invocation(&InvocationRecord {
+            id: invocation.to_string(),
+            action: action.to_string(),
+            function: function.to_string(),
+            args: args.clone(),
+            caller: caller.clone(),
+            state: InvocationStatus::Running,
+            approval: None,
+            created_at: now,
+            updated_at: now,
+            outcome: None,
+        })?;
+        let report = prepared.invoke_with_id(invocation, caller, function, args, None).await;
+        let to = if report.outcome.is_ok() {
+            InvocationStatus::Succeeded
+        } else {
+            InvocationStatus::Failed
+        };
+        store.transition_invocation(invocation, &[InvocationStatus::Running], to, Some(&outcome_of(&report)))?;
+        Ok(Submitted::Ran(report))
+    }
+
+    /// Open the invocation-level request and store the waiting invocation.
+    async fn hold_for_approval(
+        &self,
+        prepared: &PreparedAction,
+        invocation: &str,
+        caller: &Caller,
+        function: &str,
+        args: &Value,
+    ) -> Result<(), Error> {
+        let action = prepared.policy.name.as_str();
+        let invocation = invocation.to_string();
         let approvals = self.approvals_for(action)?;
         let request = prepared.request_template(&invocation, caller, function, args);
         let approval = approvals.open(request).await?;
@@ -148,7 +219,7 @@ impl Runtime {
                 .await;
             return Err(e.into());
         }
-        self.await_invocation(&invocation, Instant::now() + wait).await
+        Ok(())
     }
 
     /// Follow an invocation that needed approval until it ran (here, or in
@@ -340,6 +411,27 @@ impl Runtime {
         reason: Option<&str>,
         expect_binding: Option<&str>,
     ) -> Result<Decided, Error> {
+        let approval = self.record_decision(id, who, verdict, reason, expect_binding).await?;
+        let ran = match (approval.kind, approval.state) {
+            (ApprovalKind::Invocation, ApprovalState::Approved) => {
+                Some(self.await_invocation(&approval.invocation, Instant::now()).await?)
+            }
+            (ApprovalKind::Invocation, ApprovalState::Denied) => self.settle(&approval)?.map(Submitted::Done),
+            _ => None,
+        };
+        Ok(Decided { approval, ran })
+    }
+
+    /// Record `who`'s decision on approval `id` under the access policy of
+    /// its action as configured now, without running anything.
+    pub async fn record_decision(
+        &self,
+        id: &str,
+        who: &Caller,
+        verdict: Verdict,
+        reason: Option<&str>,
+        expect_binding: Option<&str>,
+    ) -> Result<ApprovalRecord, Error> {
         let approvals = self
             .approvals_opened()
             .ok_or_else(|| Error::Usage("no action in this config needs approvals".into()))?;
@@ -350,17 +442,9 @@ impl Runtime {
                 current.action
             ))
         })?;
-        let approval = approvals
+        approvals
             .decide(id, who, verdict, reason, &prepared.policy.access, expect_binding)
-            .await?;
-        let ran = match (approval.kind, approval.state) {
-            (ApprovalKind::Invocation, ApprovalState::Approved) => {
-                Some(self.await_invocation(&approval.invocation, Instant::now()).await?)
-            }
-            (ApprovalKind::Invocation, ApprovalState::Denied) => self.settle(&approval)?.map(Submitted::Done),
-            _ => None,
-        };
-        Ok(Decided { approval, ran })
+            .await
     }
 
     /// Housekeeping at start and before listing: expire overdue requests,

@@ -46,6 +46,7 @@ pub mod manifest;
 pub mod outbound;
 pub mod policy;
 pub mod runtime;
+pub mod service;
 pub mod store;
 pub mod time;
 pub mod values;

@@ -58,6 +58,16 @@ enum Command {
     /// Invocations that went through approval: their state and outcome.
     #[command(subcommand)]
     Invocations(cli::InvocationsCommand),
+    /// Run the service: the HTTP API on loopback (see `[service]`).
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen here instead of `service.listen` (IP:PORT; port 0 picks one).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        #[arg(long, env = "AIRLOCK_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -246,6 +256,11 @@ fn main() -> ExitCode {
             Command::Token(cmd) => cli::token_cmd(cmd),
             Command::Approvals(cmd) => cli::approvals_cmd(cmd).await,
             Command::Invocations(cmd) => cli::invocations_cmd(cmd).await,
+            Command::Serve {
+                config,
+                listen,
+                data_dir,
+            } => cli::serve(config, listen, data_dir).await,
         }
     });
     match result {
@@ -466,68 +481,22 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Which records `audit show`/`export` print. Host-call and closing records
-/// belong to the invocation whose start record matched.
-struct Matcher {
-    invocation: Option<String>,
-    action: Option<String>,
-    caller: Option<String>,
-    since: Option<u64>,
-    until: Option<u64>,
-    matched: std::collections::HashSet<String>,
-}
-
 impl AuditFilter {
-    fn matcher(&self) -> Result<Matcher, Error> {
+    fn matcher(&self) -> Result<airlock::audit::query::Matcher, Error> {
         let time = |t: &Option<String>| {
             t.as_deref()
                 .map(airlock::time::parse_utc)
                 .transpose()
                 .map_err(Error::Usage)
         };
-        Ok(Matcher {
+        Ok(airlock::audit::query::Filter {
             invocation: self.invocation.clone(),
             action: self.action.clone(),
             caller: self.caller.clone(),
             since: time(&self.since)?,
             until: time(&self.until)?,
-            matched: Default::default(),
-        })
-    }
-}
-
-impl Matcher {
-    fn matches(&mut self, record: &airlock::audit::chain::Record) -> bool {
-        use airlock::audit::Event;
-        let entry = &record.entry;
-        let ts = airlock::time::parse_utc(&entry.ts).unwrap_or(0);
-        if self.since.is_some_and(|s| ts < s) || self.until.is_some_and(|u| ts >= u) {
-            return false;
         }
-        let invocation = entry.event.invocation();
-        if let Some(want) = &self.invocation
-            && !invocation.is_some_and(|i| i.starts_with(want.as_str()))
-        {
-            return false;
-        }
-        if self.action.is_none() && self.caller.is_none() {
-            return true;
-        }
-        let (action, caller) = match &entry.event {
-            Event::InvocationStarted(e) => (Some(&e.action), Some(&e.caller)),
-            Event::InvocationRefused(e) => (Some(&e.action), Some(&e.caller)),
-            Event::ApprovalRequested(e) => (Some(&e.action), Some(&e.caller)),
-            _ => (None, None),
-        };
-        if let (Some(action), Some(caller), Some(id)) = (action, caller, invocation) {
-            let ok =
-                self.action.as_ref().is_none_or(|a| a == action) && self.caller.as_ref().is_none_or(|c| c == caller);
-            if ok {
-                self.matched.insert(id.to_string());
-            }
-            return ok;
-        }
-        invocation.is_some_and(|i| self.matched.contains(i))
+        .matcher())
     }
 }
 

@@ -130,6 +130,11 @@ impl Runtime {
         Ok(approvals)
     }
 
+    /// The audit log, if [`Runtime::audit`] has opened it.
+    pub fn audit_opened(&self) -> Option<&AuditLog> {
+        self.audit.as_ref()
+    }
+
     /// The approval service, if [`Runtime::approvals`] has opened it.
     pub fn approvals_opened(&self) -> Option<&Approvals> {
         self.approvals.as_ref()

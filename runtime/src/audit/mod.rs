@@ -7,11 +7,13 @@
 //!   open, and fail-closed health.
 //! - [`checkpoint`]: ed25519-signed (sequence, head hash) statements.
 //! - [`read`]: full verification and the record stream for the CLI.
+//! - [`query`]: filters by invocation, action, caller and time.
 
 pub mod chain;
 pub mod checkpoint;
 pub mod event;
 pub mod log;
+pub mod query;
 pub mod read;
 
 pub use checkpoint::Checkpoint;

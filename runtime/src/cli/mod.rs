@@ -547,3 +547,51 @@ pub fn print_submitted(submitted: Submitted, quiet: bool) -> Result<ExitCode, Er
         }
     }
 }
+
+/// `airlock serve`: load every action, listen, and serve until Ctrl-C or
+/// SIGTERM. Prints `listening on ADDR` on stdout once ready.
+pub async fn serve(
+    config: PathBuf,
+    listen: Option<std::net::SocketAddr>,
+    data_dir: Option<PathBuf>,
+) -> Result<ExitCode, Error> {
+    let mut policy = Policy::load(&config)?;
+    if let Some(dir) = data_dir {
+        policy.runtime.data_dir = dir;
+    }
+    if let Some(addr) = listen {
+        policy.service.listen = addr;
+    }
+    let addr = policy.service.listen;
+    let service = std::sync::Arc::new(airlock::service::Service::load(policy)?);
+    service.runtime.sweep_approvals().await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Usage(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener.local_addr().map_err(Error::internal)?;
+    if !local.ip().is_loopback() {
+        eprintln!("warning: listening on {local}, which is not loopback; put TLS in front of it");
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on http://{local}");
+        let _ = out.flush();
+    }
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    };
+    airlock::service::serve(service, listener, shutdown).await?;
+    eprintln!("airlock serve: stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -19,6 +19,8 @@ struct RawConfig {
     runtime: RawRuntime,
     #[serde(default)]
     actions: BTreeMap<String, toml::Spanned<RawAction>>,
+    #[serde(default)]
+    service: crate::service::RawServiceSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +162,8 @@ pub struct Policy {
     pub actions: BTreeMap<String, ActionPolicy>,
     /// blake3 of the config text, `blake3:<hex>`.
     pub version: String,
+    /// `[service]`: how `airlock serve` listens and limits.
+    pub service: crate::service::ServiceSettings,
 }
 
 impl Policy {
@@ -265,6 +269,7 @@ impl Policy {
             runtime,
             actions,
             version,
+            service: crate::service::ServiceSettings::resolve(&raw.service).map_err(bad)?,
         })
     }
 }

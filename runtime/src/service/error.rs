@@ -1,0 +1,82 @@
+//! Structured JSON errors: every failure is
+//! `{"error": {"code": "...", "message": "..."}}` with a fitting status.
+
+use crate::error::Error;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// An API failure.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable, machine-readable: `unauthenticated`, `forbidden`, ...
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not-found", message)
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad-request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"airlock\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        let (status, code) = match &e {
+            Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::UnknownAction { .. } => (StatusCode::NOT_FOUND, "unknown-action"),
+            Error::UnknownFunction { .. } => (StatusCode::NOT_FOUND, "unknown-function"),
+            Error::Args(_) | Error::ArgsSyntax(_) | Error::NotInvocable { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "bad-arguments")
+            }
+            Error::Usage(_) | Error::Config(_) | Error::InvalidComponent { .. } => {
+                (StatusCode::BAD_REQUEST, "bad-request")
+            }
+            Error::Refused(_) | Error::ApprovalRefused(_) => (StatusCode::CONFLICT, "refused"),
+            Error::PendingApproval { .. } => (StatusCode::ACCEPTED, "pending-approval"),
+            Error::AuditUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable"),
+            Error::AuditTampered(_) => (StatusCode::INTERNAL_SERVER_ERROR, "audit-tampered"),
+            Error::Limit(_) => (StatusCode::UNPROCESSABLE_ENTITY, "limit"),
+            Error::HostCallDenied(_)
+            | Error::Exited(_)
+            | Error::Trapped(_)
+            | Error::Panicked(_)
+            | Error::ActionError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "action-failed"),
+            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        ApiError::from(Error::from(e))
+    }
+}

@@ -1,0 +1,176 @@
+//! `airlock serve`: the long-running service. An HTTP API (axum) for agents
+//! and reviewers, bearer-token authenticated, over the same request path as
+//! the command line: identity → policy → approval → run → audit.
+//!
+//! - Listens on loopback unless `[service] listen` says otherwise.
+//! - Request bodies are capped (`max-body-bytes`), each identity is rate
+//!   limited (`rate-limit`), every error is structured JSON.
+//! - Invocations can wait for their result (up to `wait-ms`) or be
+//!   submitted and fetched later; either way they are stored, so their
+//!   status survives the request that made them.
+//! - A sweeper expires overdue approval requests and runs invocations
+//!   approved from another process (the CLI).
+
+pub mod api;
+pub mod error;
+pub mod openapi;
+pub mod ratelimit;
+
+use crate::error::Error;
+use crate::identity::{AccessRule, Caller};
+use crate::policy::Policy;
+use crate::runtime::Runtime;
+use ratelimit::{RateLimit, RateLimiter};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default listening address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
+/// Largest request body accepted by default.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// How long a synchronous invocation waits for its result by default.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// Longest wait a request may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// `[service]` in the config.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawServiceSettings {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub rate_limit: Option<RawRateLimit>,
+    /// Who may read and verify the audit trail; default `["role:auditor"]`.
+    pub audit_readers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+/// The service settings, validated.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub rate_limit: RateLimit,
+    pub audit_readers: Vec<AccessRule>,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8420))),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            rate_limit: RateLimit::default(),
+            audit_readers: vec![AccessRule::Role("auditor".into())],
+        }
+    }
+}
+
+impl ServiceSettings {
+    pub fn resolve(raw: &RawServiceSettings) -> Result<ServiceSettings, String> {
+        let mut s = ServiceSettings::default();
+        if let Some(listen) = &raw.listen {
+            s.listen = listen
+                .parse()
+                .map_err(|_| format!("service.listen {listen:?} must be IP:PORT, e.g. 127.0.0.1:8420"))?;
+        }
+        if let Some(n) = raw.max_body_bytes {
+            if !(1024..=64 << 20).contains(&n) {
+                return Err("service.max-body-bytes must be between 1024 and 67108864".into());
+            }
+            s.max_body_bytes = n;
+        }
+        if let Some(r) = &raw.rate_limit {
+            if !(r.per_second > 0.0 && r.per_second.is_finite() && r.burst >= 1.0 && r.burst.is_finite()) {
+                return Err("service.rate-limit needs per-second > 0 and burst >= 1".into());
+            }
+            s.rate_limit = RateLimit {
+                per_second: r.per_second,
+                burst: r.burst,
+            };
+        }
+        if let Some(list) = &raw.audit_readers {
+            s.audit_readers = list
+                .iter()
+                .map(|r| AccessRule::parse(r).map_err(|e| format!("service.audit-readers: {r:?}: {e}")))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(s)
+    }
+}
+
+/// The running service: the runtime with every action loaded, and the
+/// request-level machinery around it.
+pub struct Service {
+    pub runtime: Runtime,
+    pub policy: Policy,
+    pub settings: ServiceSettings,
+    pub limiter: RateLimiter,
+}
+
+impl Service {
+    /// Load every action of `policy` (refusals are logged and the action is
+    /// left out) and open the audit log and the database.
+    pub fn load(policy: Policy) -> Result<Service, Error> {
+        let settings = policy.service.clone();
+        let mut runtime = Runtime::new(&policy.runtime)?;
+        runtime.audit()?;
+        runtime.approvals()?;
+        for (name, loaded) in runtime.load_all(&policy) {
+            match loaded {
+                Ok(a) => tracing::info!(action = %name, digest = %a.manifest.digest, "action loaded"),
+                Err(e) => tracing::warn!(action = %name, "action refused: {e}"),
+            }
+        }
+        Ok(Service {
+            limiter: RateLimiter::new(settings.rate_limit),
+            runtime,
+            policy,
+            settings,
+        })
+    }
+
+    /// Who `bearer` is; every request looks the token up again, so a
+    /// revoked token stops working at once.
+    pub fn authenticate(&self, bearer: &str) -> Result<Caller, Error> {
+        crate::identity::authenticate(self.runtime.store()?.as_ref(), bearer)
+    }
+
+    pub fn may_read_audit(&self, caller: &Caller) -> bool {
+        self.settings.audit_readers.iter().any(|r| caller.matches(r))
+    }
+}
+
+/// Run the service until `shutdown` resolves.
+pub async fn serve(
+    service: Arc<Service>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let sweeper = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Err(e) = service.runtime.sweep_approvals().await {
+                    tracing::warn!("approval sweep failed: {e}");
+                }
+            }
+        })
+    };
+    let app = api::router(service);
+    let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::Internal(format!("the HTTP server failed: {e}")));
+    sweeper.abort();
+    result
+}
