@@ -1,0 +1,381 @@
+//! `airlock serve`: the HTTP API against a real server process, with real
+//! tokens, the real `gated` component, and hostile clients.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::io::Write as _;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use support::http::{Server, request};
+use support::{airlock_with, component, toml_path};
+
+struct World {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("work")).unwrap();
+        let gated = toml_path(&component("gated"));
+        let text = format!(
+            r#"
+[runtime]
+data-dir = "data"
+
+[service]
+max-body-bytes = 65536
+rate-limit = {{ per-second = 1000, burst = 1000 }}
+audit-readers = ["role:auditor"]
+
+[actions.echo]
+component = {gated}
+[actions.echo.grants]
+approval = true
+files = {{ dir = "work", mode = "read-write" }}
+[actions.echo.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+
+[actions.deploy]
+component = {gated}
+[actions.deploy.grants]
+approval = true
+files = {{ dir = "work", mode = "read-write" }}
+[actions.deploy.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[actions.deploy.approval]
+invocation = true
+
+[actions.secret-ops]
+component = {gated}
+[actions.secret-ops.grants]
+approval = true
+files = {{ dir = "work", mode = "read-write" }}
+[actions.secret-ops.access]
+invoke = ["ops-bot"]
+approve = ["role:reviewer"]
+"#
+        );
+        let config = dir.path().join("airlock.toml");
+        std::fs::write(&config, text).unwrap();
+        World { dir, config }
+    }
+
+    fn token(&self, identity: &str, kind: &str, roles: &[&str]) -> String {
+        let mut args = vec![
+            "token",
+            "create",
+            "--identity",
+            identity,
+            "--kind",
+            kind,
+            "--config",
+            self.config.to_str().unwrap(),
+        ];
+        for r in roles {
+            args.extend(["--role", r]);
+        }
+        let run = airlock_with(&args, b"", &[]);
+        assert_eq!(run.code, 0, "{run:?}");
+        run.stdout.trim().to_string()
+    }
+
+    fn revoke(&self, token: &str) {
+        let id = &token[4..20];
+        let run = airlock_with(
+            &["token", "revoke", id, "--config", self.config.to_str().unwrap()],
+            b"",
+            &[],
+        );
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+}
+
+fn invoke_body(action: &str, function: &str, args: Value) -> Value {
+    json!({"action": action, "function": function, "args": args})
+}
+
+#[test]
+fn authentication_missing_wrong_and_revoked_tokens() {
+    let w = World::new();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let server = Server::start(&w.config);
+    assert_eq!(server.get("/v1/health", None).status, 200);
+
+    let missing = server.get("/v1/actions", None);
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.json()["error"]["code"], "unauthenticated");
+    assert!(missing.header("www-authenticate").is_some());
+
+    let wrong = server.get(
+        "/v1/actions",
+        Some("alk_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+    );
+    assert_eq!(wrong.status, 401);
+    assert!(!String::from_utf8_lossy(&wrong.body).contains("AAAAAAAA"));
+    let garbage = server.get("/v1/actions", Some("not a token"));
+    assert_eq!(garbage.status, 401);
+
+    let ok = server.get("/v1/actions", Some(&agent));
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let listed = ok.json();
+    let names: Vec<&str> = listed["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    // Only what this identity may invoke or approve is listed.
+    assert_eq!(names, ["deploy", "echo"]);
+    let echo = &ok.json()["actions"][1];
+    assert!(
+        echo["manifest"]["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "echo")
+    );
+    assert!(echo["manifest"]["digest"].as_str().unwrap().starts_with("blake3:"));
+
+    // Revocation takes effect on the very next request.
+    w.revoke(&agent);
+    let revoked = server.get("/v1/actions", Some(&agent));
+    assert_eq!(revoked.status, 401, "{revoked:?}");
+    assert!(revoked.json()["error"]["message"].as_str().unwrap().contains("revoked"));
+}
+
+#[test]
+fn permissions_sync_and_async_invocations() {
+    let w = World::new();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let server = Server::start(&w.config);
+
+    // Permission denial, before anything runs.
+    let denied = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &invoke_body("secret-ops", "echo", json!({"value": "x"})),
+    );
+    assert_eq!(denied.status, 403, "{denied:?}");
+    assert_eq!(denied.json()["error"]["code"], "forbidden");
+
+    // Synchronous: the result in the response.
+    let sync = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &invoke_body("echo", "echo", json!({"value": "hi"})),
+    );
+    assert_eq!(sync.status, 200, "{sync:?}");
+    assert_eq!(sync.json()["status"], "succeeded");
+    assert_eq!(sync.json()["result"], "hi");
+    let id = sync.json()["invocation"].as_str().unwrap().to_string();
+    let fetched = server.get(&format!("/v1/invocations/{id}"), Some(&agent));
+    assert_eq!(fetched.json()["result"], "hi", "{fetched:?}");
+
+    // Asynchronous: an id at once, the result later.
+    let mut body = invoke_body("echo", "echo", json!({"value": "later"}));
+    body["wait-ms"] = json!(0);
+    let submitted = server.post("/v1/invocations", Some(&agent), &body);
+    assert!(submitted.status == 202 || submitted.status == 200, "{submitted:?}");
+    let id = submitted.json()["invocation"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = server.get(&format!("/v1/invocations/{id}"), Some(&agent));
+        assert_eq!(r.status, 200, "{r:?}");
+        if r.json()["status"] == "succeeded" {
+            assert_eq!(r.json()["result"], "later");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Someone else's invocation is not found.
+    let other = w.token("other", "agent", &["agent"]);
+    assert_eq!(server.get(&format!("/v1/invocations/{id}"), Some(&other)).status, 404);
+
+    // Bad requests are structured.
+    let bad_args = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &invoke_body("echo", "echo", json!({"value": 7})),
+    );
+    assert_eq!(bad_args.status, 422, "{bad_args:?}");
+    let unknown = server.post("/v1/invocations", Some(&agent), &invoke_body("nope", "echo", json!({})));
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    let extra = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &json!({"action": "echo", "function": "echo", "bogus": 1}),
+    );
+    assert_eq!(extra.status, 400, "{extra:?}");
+}
+
+#[test]
+fn approvals_over_the_api() {
+    let w = World::new();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let server = Server::start(&w.config);
+
+    let pending = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &invoke_body("deploy", "echo", json!({"value": "v1"})),
+    );
+    assert_eq!(pending.status, 202, "{pending:?}");
+    assert_eq!(pending.json()["status"], "awaiting-approval");
+    let id = pending.json()["approval"].as_str().unwrap().to_string();
+    let invocation = pending.json()["invocation"].as_str().unwrap().to_string();
+
+    // The reviewer sees exactly what would run.
+    let list = server.get("/v1/approvals", Some(&alice));
+    assert_eq!(list.json()["approvals"].as_array().unwrap().len(), 1, "{list:?}");
+    let shown = server.get(&format!("/v1/approvals/{id}"), Some(&alice)).json();
+    assert_eq!(shown["caller"], "bot");
+    assert_eq!(shown["args"], json!({"value": "v1"}));
+    assert_eq!(shown["function"], "echo");
+    assert!(shown["component-digest"].as_str().unwrap().starts_with("blake3:"));
+
+    // The requester cannot approve; a deny needs a reason.
+    let own = server.post(&format!("/v1/approvals/{id}/approve"), Some(&agent), &json!({}));
+    assert!(own.status == 404 || own.status == 409, "{own:?}");
+    let no_reason = server.post(&format!("/v1/approvals/{id}/deny"), Some(&alice), &json!({}));
+    assert_eq!(no_reason.status, 400, "{no_reason:?}");
+
+    let approved = server.post(
+        &format!("/v1/approvals/{id}/approve"),
+        Some(&alice),
+        &json!({"reason": "ok"}),
+    );
+    assert_eq!(approved.status, 200, "{approved:?}");
+    assert_eq!(approved.json()["approval"]["state"], "approved");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = server.get(&format!("/v1/invocations/{invocation}"), Some(&agent));
+        if r.json()["status"] == "succeeded" {
+            assert_eq!(r.json()["result"], "v1");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let again = server.post(&format!("/v1/approvals/{id}/approve"), Some(&alice), &json!({}));
+    assert_eq!(again.status, 409, "{again:?}");
+}
+
+#[test]
+fn audit_query_and_verify() {
+    let w = World::new();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let auditor = w.token("audrey", "human", &["auditor"]);
+    let server = Server::start(&w.config);
+    for v in ["a", "b"] {
+        let r = server.post(
+            "/v1/invocations",
+            Some(&agent),
+            &invoke_body("echo", "echo", json!({ "value": v })),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(server.get("/v1/audit", Some(&agent)).status, 403);
+    let records = server.get("/v1/audit?action=echo&caller=bot", Some(&auditor));
+    assert_eq!(records.status, 200, "{records:?}");
+    let records = records.json()["records"].as_array().unwrap().clone();
+    let started: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"]["kind"] == "invocation-started")
+        .collect();
+    assert_eq!(started.len(), 2);
+    assert!(records.iter().any(|r| r["event"]["kind"] == "invocation-finished"));
+    let one = started[0]["event"]["invocation"].as_str().unwrap();
+    let only = server
+        .get(&format!("/v1/audit?invocation={one}"), Some(&auditor))
+        .json();
+    assert!(
+        only["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["event"]["invocation"] == one)
+    );
+    let verify = server.get("/v1/audit/verify", Some(&auditor));
+    assert_eq!(verify.json()["intact"], true, "{verify:?}");
+    let openapi = server.get("/v1/openapi.json", None).json();
+    assert_eq!(openapi["openapi"], "3.1.0");
+    assert!(openapi["paths"]["/v1/invocations"]["post"].is_object());
+}
+
+#[test]
+fn hostile_clients_oversized_malformed_slow_and_many() {
+    let w = World::new();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let server = Server::start(&w.config);
+    let auth = format!("Bearer {agent}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+
+    // Oversized body: refused with a structured 413.
+    let big = format!(
+        "{{\"action\":\"echo\",\"function\":\"echo\",\"args\":{{\"value\":\"{}\"}}}}",
+        "x".repeat(200_000)
+    );
+    let r = request(&server.addr, "POST", "/v1/invocations", &headers, big.as_bytes());
+    assert_eq!(r.status, 413, "{r:?}");
+    assert!(r.json()["error"]["code"].is_string());
+
+    // Malformed JSON of several kinds.
+    for bad in [
+        "{",
+        "[]",
+        "null",
+        "{\"action\": 5}",
+        "\u{0}\u{1}",
+        "{\"action\":\"echo\",\"function\":\"echo\",\"args\":[1,2]}",
+    ] {
+        let r = request(&server.addr, "POST", "/v1/invocations", &headers, bad.as_bytes());
+        assert!((400..500).contains(&r.status), "{bad:?}: {r:?}");
+        assert!(r.json()["error"]["message"].is_string(), "{bad:?}: {r:?}");
+    }
+
+    // Slow clients holding half-sent requests do not stop others.
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(&server.addr).unwrap();
+        s.write_all(b"POST /v1/invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n")
+            .unwrap();
+        slow.push(s);
+    }
+    let ok = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &invoke_body("echo", "echo", json!({"value": "still here"})),
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+
+    // Many concurrent connections, all answered.
+    let addr = server.addr.clone();
+    let threads: Vec<_> = (0..64)
+        .map(|i| {
+            let addr = addr.clone();
+            let auth = auth.clone();
+            std::thread::spawn(move || {
+                let body =
+                    json!({"action": "echo", "function": "echo", "args": {"value": format!("n{i}")}}).to_string();
+                let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+                request(&addr, "POST", "/v1/invocations", &headers, body.as_bytes())
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["result"], format!("n{i}"));
+    }
+    drop(slow);
+    assert_eq!(server.get("/v1/health", None).status, 200);
+}
