@@ -12,7 +12,8 @@ use support::http::{Server, request};
 use support::{airlock_with, component, toml_path};
 
 struct World {
-    dir: tempfile::TempDir,
+    /// Kept for its lifetime: the directory goes when the test ends.
+    _dir: tempfile::TempDir,
     config: PathBuf,
 }
 
@@ -63,7 +64,7 @@ approve = ["role:reviewer"]
         );
         let config = dir.path().join("airlock.toml");
         std::fs::write(&config, text).unwrap();
-        World { dir, config }
+        World { _dir: dir, config }
     }
 
     fn token(&self, identity: &str, kind: &str, roles: &[&str]) -> String {
