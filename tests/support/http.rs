@@ -84,6 +84,14 @@ fn read_response(stream: TcpStream) -> Response {
             reader.read_exact(&mut chunk).unwrap();
             body.extend_from_slice(&chunk[..n]);
         }
+    } else if let Some(len) = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        // Exactly the body: some servers keep the connection open.
+        body.resize(len, 0);
+        reader.read_exact(&mut body).unwrap();
     } else {
         let _ = reader.read_to_end(&mut body);
     }

@@ -4,6 +4,7 @@
 
 pub mod echo_server;
 pub mod http;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

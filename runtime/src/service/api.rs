@@ -43,6 +43,7 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/approvals/{id}/deny", post(deny))
         .route("/v1/audit", get(audit))
         .route("/v1/audit/verify", get(audit_verify))
+        .merge(super::console::router())
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(service)

@@ -12,6 +12,7 @@
 //!   approved from another process (the CLI).
 
 pub mod api;
+pub mod console;
 pub mod error;
 pub mod openapi;
 pub mod ratelimit;
@@ -114,6 +115,8 @@ pub struct Service {
     pub policy: Policy,
     pub settings: ServiceSettings,
     pub limiter: RateLimiter,
+    /// Reviewer console sessions.
+    pub sessions: console::Sessions,
 }
 
 impl Service {
@@ -135,6 +138,7 @@ impl Service {
             runtime,
             policy,
             settings,
+            sessions: console::Sessions::default(),
         })
     }
 
