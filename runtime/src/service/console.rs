@@ -197,8 +197,8 @@ fn error_page(status: StatusCode, message: &str) -> Response {
 
 /// The signed-in caller and the session's CSRF token, or a redirect to
 /// sign in.
-fn signed_in(service: &Service, headers: &HeaderMap) -> Result<(Caller, Session), Response> {
-    let to_login = || Redirect::to("/console/login").into_response();
+fn signed_in(service: &Service, headers: &HeaderMap) -> Result<(Caller, Session), Box<Response>> {
+    let to_login = || Box::new(Redirect::to("/console/login").into_response());
     let id = cookie(headers, SESSION_COOKIE).ok_or_else(to_login)?;
     let session = service.sessions.get(id).ok_or_else(to_login)?;
     let store = service
@@ -291,7 +291,7 @@ pub struct CsrfForm {
 async fn logout(State(service): State<Shared>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
     let (_, session) = match signed_in(&service, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if form.csrf.as_deref() != Some(session.csrf.as_str()) {
         return error_page(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
@@ -326,7 +326,7 @@ fn may_see_invocation(service: &Service, caller: &Caller, i: &InvocationRecord) 
 async fn home(State(service): State<Shared>, headers: HeaderMap) -> Response {
     let (caller, session) = match signed_in(&service, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(e) = service.runtime.sweep_approvals().await {
         tracing::warn!("approval sweep failed: {e}");
@@ -375,7 +375,7 @@ fn json_block(v: &serde_json::Value) -> String {
 async fn approval_page(State(service): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let (caller, session) = match signed_in(&service, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let approval = match service.runtime.store().and_then(|s| Ok(s.approval(&id)?)) {
         Ok(Some(a)) if may_see_approval(&service, &caller, &a) => a,
@@ -485,7 +485,7 @@ async fn decide(
 ) -> Response {
     let (caller, session) = match signed_in(&service, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if form.csrf.as_deref() != Some(session.csrf.as_str()) {
         return error_page(
@@ -526,7 +526,7 @@ async fn decide(
 async fn invocations_page(State(service): State<Shared>, headers: HeaderMap) -> Response {
     let (caller, session) = match signed_in(&service, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let list = match service.runtime.store().and_then(|s| Ok(s.invocations(None, 500)?)) {
         Ok(l) => l,
@@ -554,7 +554,7 @@ async fn invocations_page(State(service): State<Shared>, headers: HeaderMap) -> 
 async fn invocation_page(State(service): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let (caller, session) = match signed_in(&service, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let record = match service.runtime.store().and_then(|s| Ok(s.invocation(&id)?)) {
         Ok(Some(i)) if may_see_invocation(&service, &caller, &i) => i,
@@ -596,7 +596,7 @@ async fn invocation_page(State(service): State<Shared>, headers: HeaderMap, Path
 async fn audit_page(State(service): State<Shared>, headers: HeaderMap) -> Response {
     let (caller, session) = match signed_in(&service, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !service.may_read_audit(&caller) {
         return error_page(
@@ -657,7 +657,7 @@ async fn audit_page(State(service): State<Shared>, headers: HeaderMap) -> Respon
 async fn actions_page(State(service): State<Shared>, headers: HeaderMap) -> Response {
     let (caller, session) = match signed_in(&service, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut body = String::new();
     for name in service.runtime.action_names() {
