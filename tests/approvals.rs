@@ -532,6 +532,28 @@ fn a_decision_cannot_be_replayed_for_other_arguments() {
             "{replay:?}"
         );
     }
+    // A reviewer working from another config (here: the same one with a
+    // comment added) cannot decide it: approvers are those of the config
+    // the request was made under.
+    let other_config = w.path("other.toml");
+    let mut text = std::fs::read_to_string(&w.config).unwrap();
+    text.push_str("\n# edited\n");
+    std::fs::write(&other_config, text).unwrap();
+    let elsewhere = airlock_with(
+        &[
+            "approvals",
+            "approve",
+            &id,
+            "--config",
+            other_config.to_str().unwrap(),
+            "--token-file",
+            bob.to_str().unwrap(),
+        ],
+        b"",
+        &[],
+    );
+    assert_eq!(elsewhere.code, 3, "{elsewhere:?}");
+    assert!(elsewhere.error_line().contains("made under config"), "{elsewhere:?}");
     // Another caller cannot redeem it either.
     let other = w.token("other-bot", "agent", &["agent"]);
     let theirs = w.invoke(
@@ -777,9 +799,13 @@ fn wasi_filesystem_writes_and_symlinks_meet_the_same_gate() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(!w.path("work/gated/std.txt").exists());
 
-    // A symlink to the gated directory, or `..` detours, are seen through.
+    // A symlink to the gated directory, a dangling link into it, or `..`
+    // detours, are all seen through.
     std::os::unix::fs::symlink("gated", w.path("work/link")).unwrap();
+    std::fs::create_dir(w.path("work/free")).unwrap();
+    std::os::unix::fs::symlink("../gated/dangling.txt", w.path("work/free/dangling")).unwrap();
     for path in [
+        "free/dangling",
         "link/through-link.txt",
         "free/../gated/dotdot.txt",
         "./gated//slashes.txt",
@@ -911,6 +937,19 @@ fn http_gates_hold_requests_until_approved_and_redirects_cannot_dodge_them() {
     let run = finish(child);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["status"], 200);
+    assert_eq!(server.requests().len(), 1);
+
+    // Method case does not matter.
+    let child = w.spawn_invoke(
+        "web",
+        "cap-send",
+        outgoing("delete", &server.url("/echo/item/9")),
+        &agent,
+    );
+    let pending = w.pending_one();
+    let deny = w.decide("deny", pending["id"].as_str().unwrap(), &alice, &["--reason", "no"]);
+    assert_eq!(deny.code, 0, "{deny:?}");
+    assert_ne!(finish(child).code, 0);
     assert_eq!(server.requests().len(), 1);
 
     // A GET is not held.

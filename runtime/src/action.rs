@@ -129,6 +129,14 @@ pub fn prepare(
         )));
     }
     check_imports(&policy, &manifest)?;
+    // Fail closed: gates without an approval service would be gates nobody
+    // can pass, or (worse) gates silently skipped.
+    if (policy.approval.gates_anything() || policy.grants.approval.is_some()) && approvals.is_none() {
+        return Err(Error::internal(format!(
+            "action `{}` has approval rules, but no approval service was set up to enforce them",
+            policy.name
+        )));
+    }
 
     let mut linker = Linker::new(engine);
     capabilities::link_granted(&mut linker, &policy.grants).map_err(Error::internal)?;

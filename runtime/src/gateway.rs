@@ -333,15 +333,39 @@ impl Runtime {
         };
         let prepared = match self.loaded(&record.action) {
             Ok(p) => p,
-            Err(e) => return Err(fail(format!("approved, but cannot run: {e}"))),
+            Err(e) => return Err(Error::ApprovalRefused(format!("approved, but not runnable here: {e}"))),
         };
         let binding = prepared
             .request_template(id, &record.caller, &record.function, &record.args)
             .binding();
         if binding != approval.binding {
-            return Err(fail(format!(
-                "approval {} is bound to {}, but what would run now is {binding}: the config, the component or the request changed since it was approved; nothing ran, ask again",
+            // Another config or component is loaded here; a process with
+            // the approved one may still run it, until the request expires.
+            return Err(Error::ApprovalRefused(format!(
+                "approval {} is bound to {}, but what would run here is {binding}: the config, the component or the request differs; nothing ran",
                 approval.id, approval.binding
+            )));
+        }
+        if crate::time::now_micros() >= approval.expires_at {
+            return Err(fail(format!(
+                "approval {} was given, but the invocation did not start before the request expired; nothing ran",
+                approval.id
+            )));
+        }
+        // The requester must still be who it was, and still allowed.
+        if let Some(token) = &record.caller.token_id {
+            let live = store.tokens()?.iter().any(|t| t.id == *token && t.revoked_at.is_none());
+            if !live {
+                return Err(fail(format!(
+                    "the requester's token {token} was revoked after the request; nothing ran"
+                )));
+            }
+        }
+        if !prepared.policy.access.may_invoke(&record.caller) {
+            return Err(fail(format!(
+                "{} may no longer invoke action `{}`; nothing ran",
+                describe(&record.caller),
+                record.action
             )));
         }
         let claimed = store.transition_invocation(
@@ -443,20 +467,60 @@ impl Runtime {
             ))
         })?;
         approvals
-            .decide(id, who, verdict, reason, &prepared.policy.access, expect_binding)
+            .decide(
+                id,
+                who,
+                verdict,
+                reason,
+                &prepared.policy.access,
+                &prepared.policy.config_version,
+                expect_binding,
+            )
             .await
     }
 
-    /// Housekeeping at start and before listing: expire overdue requests,
-    /// fail those whose waiting instance died with its process, settle
-    /// their invocations, and run approved invocations nobody ran (their
-    /// approver's process may have died before it could).
-    pub async fn sweep_approvals(&self) -> Result<Vec<Submitted>, Error> {
+    /// Housekeeping before listing: expire overdue requests, fail those
+    /// whose waiting instance died with its process, and settle the
+    /// invocations of requests that ended without approval (or were
+    /// approved but not started before they expired). Runs nothing.
+    pub async fn sweep_approvals(&self) -> Result<(), Error> {
         let Some(approvals) = self.approvals_opened() else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         approvals.expire_due().await?;
         approvals.fail_orphans().await?;
+        let store = approvals.store().clone();
+        let now = crate::time::now_micros();
+        for state in [InvocationStatus::AwaitingApproval, InvocationStatus::Approved] {
+            for record in store.invocations(Some(state), usize::MAX)? {
+                let Some(approval_id) = &record.approval else { continue };
+                let Some(mut approval) = store.approval(approval_id)? else {
+                    continue;
+                };
+                match approval.state {
+                    ApprovalState::Pending => {}
+                    ApprovalState::Approved if now < approval.expires_at => {}
+                    ApprovalState::Approved => {
+                        approval.state = ApprovalState::Expired;
+                        approval.reason = Some("approved, but not started before the request expired".into());
+                        self.settle(&approval)?;
+                    }
+                    _ => {
+                        self.settle(&approval)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Run approved invocations nobody has started (their approver's
+    /// process may have died, or the approval came from another process):
+    /// those this runtime can run exactly as approved.
+    pub async fn run_released(&self) -> Result<Vec<Submitted>, Error> {
+        let Some(approvals) = self.approvals_opened() else {
+            return Ok(Vec::new());
+        };
         let store = approvals.store().clone();
         let mut ran = Vec::new();
         for state in [InvocationStatus::AwaitingApproval, InvocationStatus::Approved] {
@@ -465,19 +529,17 @@ impl Runtime {
                 let Some(approval) = store.approval(approval_id)? else {
                     continue;
                 };
-                match approval.state {
-                    ApprovalState::Pending => {}
-                    ApprovalState::Approved if self.action(&record.action).is_some() => {
-                        match self.run_approved(&record.id).await {
-                            Ok(Some(report)) => ran.push(Submitted::Ran(report)),
-                            Ok(None) => {}
-                            Err(e) => tracing::warn!(invocation = %record.id, "approved invocation not run: {e}"),
-                        }
-                    }
-                    ApprovalState::Approved => {}
-                    _ => {
-                        self.settle(&approval)?;
-                    }
+                let runnable = approval.state == ApprovalState::Approved
+                    && self
+                        .action(&record.action)
+                        .is_some_and(|a| a.policy.config_version == approval.config_version);
+                if !runnable {
+                    continue;
+                }
+                match self.run_approved(&record.id).await {
+                    Ok(Some(report)) => ran.push(Submitted::Ran(report)),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(invocation = %record.id, "approved invocation not run: {e}"),
                 }
             }
         }

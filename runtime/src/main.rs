@@ -771,6 +771,7 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
     };
     // Approved invocations whose approver could not run them run now.
     runtime.sweep_approvals().await?;
+    runtime.run_released().await?;
     let wait = std::time::Duration::from_secs(a.wait_secs);
     let name = action.policy.name.clone();
     if let Some(id) = &a.approval {

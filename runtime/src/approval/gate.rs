@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::host_call::{Decision, HostCall};
 use crate::store::{ApprovalKind, ApprovalRecord, ApprovalState};
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Approvals for one running invocation.
@@ -20,6 +20,7 @@ pub struct Gate {
     /// The files grant's directory, for resolving gated paths.
     files_root: Option<std::path::PathBuf>,
     clock: Mutex<WaitClock>,
+    guest_requests: std::sync::atomic::AtomicU32,
 }
 
 /// Time spent waiting for decisions, which the invocation's timeout does
@@ -68,6 +69,7 @@ impl Gate {
             template,
             files_root,
             clock: Mutex::new(WaitClock::default()),
+            guest_requests: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -89,11 +91,20 @@ impl Gate {
             ) => {
                 let resolved = Target::Files {
                     write: *write,
-                    path: Some(super::policy::resolve_in(root, path)),
+                    path: super::policy::resolve_in(root, path),
                 };
                 self.policy.gate_for(&resolved)
             }
             _ => self.policy.gate_for(target),
+        }
+    }
+
+    /// Where a files path really leads (see [`super::policy::resolve_in`]);
+    /// the path itself when there is no files grant to resolve it in.
+    pub fn resolve(&self, path: &str) -> Option<String> {
+        match &self.files_root {
+            Some(root) => super::policy::resolve_in(root, path),
+            None => Some(path.to_string()),
         }
     }
 
@@ -121,36 +132,75 @@ impl Gate {
             "function": call.function,
             "args": args,
         });
-        Some(match self.ask(ApprovalKind::HostCall, rule.describe(), subject).await {
-            Ok(r) if r.state == ApprovalState::Approved => Ok(r.id),
-            Ok(r) => Err(Decision::deny(
-                rule.name.clone(),
-                format!(
-                    "approval {} {}: {}",
-                    r.id,
-                    r.state,
-                    r.reason.as_deref().unwrap_or("no reason given")
-                ),
-            )),
-            Err(e) => Err(Decision::deny(
-                rule.name.clone(),
-                format!("approval could not be requested: {e}"),
-            )),
-        })
+        // A held wasi:http request does not stop the guest (it polls the
+        // response future and may keep computing), so that wait stays on
+        // the invocation's clock; held airlock:cap and wasi:filesystem
+        // calls suspend the guest and do not.
+        let suspends = call.interface != "wasi:http/outgoing-handler";
+        Some(
+            match self
+                .ask_with(ApprovalKind::HostCall, rule.describe(), subject, suspends)
+                .await
+            {
+                Ok(r) if r.state == ApprovalState::Approved => Ok(r.id),
+                Ok(r) => Err(Decision::deny(
+                    rule.name.clone(),
+                    format!(
+                        "approval {} {}: {}",
+                        r.id,
+                        r.state,
+                        r.reason.as_deref().unwrap_or("no reason given")
+                    ),
+                )),
+                Err(e) => Err(Decision::deny(
+                    rule.name.clone(),
+                    format!("approval could not be requested: {e}"),
+                )),
+            },
+        )
     }
 
     /// Open a request and wait for its decision, up to the action's
     /// `approval.wait-secs`; a request still pending then expires.
     pub async fn ask(&self, kind: ApprovalKind, rule: String, subject: Value) -> Result<ApprovalRecord, Error> {
+        self.ask_with(kind, rule, subject, true).await
+    }
+
+    /// A guest's own request (`airlock:cap/approval`): at most
+    /// [`MAX_GUEST_REQUESTS`] per invocation, so a guest cannot keep
+    /// itself off the clock.
+    pub async fn ask_for_guest(&self, subject: Value) -> Result<ApprovalRecord, Error> {
+        let asked = self.guest_requests.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if asked >= MAX_GUEST_REQUESTS {
+            return Err(Error::Refused(format!(
+                "an invocation may ask for approval at most {MAX_GUEST_REQUESTS} times"
+            )));
+        }
+        self.ask_with(
+            ApprovalKind::Guest,
+            "grants.approval (requested by the action)".into(),
+            subject,
+            true,
+        )
+        .await
+    }
+
+    async fn ask_with(
+        &self,
+        kind: ApprovalKind,
+        rule: String,
+        subject: Value,
+        suspends: bool,
+    ) -> Result<ApprovalRecord, Error> {
         let mut request = self.template.clone();
         request.kind = kind;
         request.rule = rule;
         request.subject = subject;
         request.ttl = self.policy.wait;
-        self.start_waiting();
-        let result = self.open_and_wait(request).await;
-        self.stop_waiting();
-        result
+        // Off the clock while suspended; the guard ends that even if the
+        // wait is cancelled.
+        let _off_clock = suspends.then(|| OffClock::start(self));
+        self.open_and_wait(request).await
     }
 
     async fn open_and_wait(&self, request: NewRequest) -> Result<ApprovalRecord, Error> {
@@ -195,5 +245,21 @@ impl Gate {
     }
 }
 
-/// Shared handle used by the invocation's timers.
-pub type SharedGate = Arc<Gate>;
+/// Most `airlock:cap/approval` requests one invocation may make.
+pub const MAX_GUEST_REQUESTS: u32 = 16;
+
+/// Time off the invocation's clock, for as long as it lives.
+struct OffClock<'a>(&'a Gate);
+
+impl<'a> OffClock<'a> {
+    fn start(gate: &'a Gate) -> OffClock<'a> {
+        gate.start_waiting();
+        OffClock(gate)
+    }
+}
+
+impl Drop for OffClock<'_> {
+    fn drop(&mut self) {
+        self.0.stop_waiting();
+    }
+}

@@ -192,8 +192,15 @@ impl Approvals {
     }
 
     /// Record `who`'s verdict on request `id`. `access` is the action's
-    /// access policy as configured now; `expect_binding`, when given, must
-    /// equal the request's binding (the reviewer approves what they saw).
+    /// access policy under config `config_version`, which must be the
+    /// config the request was made under; `expect_binding`, when given,
+    /// must equal the request's binding (the reviewer approves what they
+    /// saw).
+    ///
+    /// The decision and its audit records are one step: the records are
+    /// appended (and synced) inside the store transaction, which commits
+    /// only if they were; a decision the log does not hold never counts.
+    #[allow(clippy::too_many_arguments)]
     pub async fn decide(
         &self,
         id: &str,
@@ -201,13 +208,45 @@ impl Approvals {
         verdict: Verdict,
         reason: Option<&str>,
         access: &AccessPolicy,
+        config_version: &str,
         expect_binding: Option<&str>,
     ) -> Result<ApprovalRecord, Error> {
         // Expired requests are closed first, so a late decision is refused
         // as expired and the expiry is on record.
         self.expire_due().await?;
-        let now = crate::time::now_micros();
+        let this = self.clone();
+        let (id, who, access) = (id.to_string(), who.clone(), access.clone());
+        let (config_version, expect_binding) = (config_version.to_string(), expect_binding.map(str::to_string));
         let reason = reason.map(cut);
+        let record = tokio::task::spawn_blocking(move || {
+            this.decide_blocking(
+                &id,
+                &who,
+                verdict,
+                reason,
+                &access,
+                &config_version,
+                expect_binding.as_deref(),
+            )
+        })
+        .await
+        .map_err(|e| Error::internal(format!("the decision task failed: {e}")))??;
+        self.changed.notify_waiters();
+        Ok(record)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide_blocking(
+        &self,
+        id: &str,
+        who: &Caller,
+        verdict: Verdict,
+        reason: Option<String>,
+        access: &AccessPolicy,
+        config_version: &str,
+        expect_binding: Option<&str>,
+    ) -> Result<ApprovalRecord, Error> {
+        let now = crate::time::now_micros();
         let mut update = |r: &mut ApprovalRecord| -> Result<(), Refusal> {
             if r.state != ApprovalState::Pending {
                 return Err(Refusal::NotPending {
@@ -217,6 +256,12 @@ impl Approvals {
             }
             if now >= r.expires_at {
                 return Err(Refusal::Expired(r.id.clone()));
+            }
+            if r.config_version != config_version {
+                return Err(Refusal::Other(format!(
+                    "request {} was made under config {}, and this is {config_version}: decide it with the config it was made under",
+                    r.id, r.config_version
+                )));
             }
             if let Some(want) = expect_binding
                 && want != r.binding
@@ -272,62 +317,57 @@ impl Approvals {
                 }
                 Verdict::Approve => {}
             }
-            Ok(())
-        };
-        let record = match self.store.update_approval(id, &mut update) {
-            Ok(r) => r,
-            Err(UpdateError::NotFound(id)) => {
-                return Err(Error::Usage(format!(
-                    "no approval request {id}; see `airlock approvals list`"
-                )));
+            let mut events = vec![Event::ApprovalDecision(ApprovalDecision {
+                approval: r.id.clone(),
+                invocation: r.invocation.clone(),
+                action: r.action.clone(),
+                identity: who.name.clone(),
+                identity_kind: who.kind.to_string(),
+                verdict: verdict.to_string(),
+                reason: reason.clone(),
+                approvals: u32::try_from(r.approvals()).unwrap_or(u32::MAX),
+                quorum: r.quorum,
+            })];
+            if r.state != ApprovalState::Pending {
+                events.push(resolved_event(r));
             }
-            Err(UpdateError::Refused(r)) => return Err(Error::Refused(r.to_string())),
-            Err(UpdateError::Store(e)) => return Err(e.into()),
+            self.audit
+                .append_durable(events)
+                .map(|_| ())
+                .map_err(|e| Refusal::AuditUnavailable(e.to_string()))
         };
-        let mut events = vec![Event::ApprovalDecision(ApprovalDecision {
-            approval: record.id.clone(),
-            invocation: record.invocation.clone(),
-            action: record.action.clone(),
-            identity: who.name.clone(),
-            identity_kind: who.kind.to_string(),
-            verdict: verdict.to_string(),
-            reason,
-            approvals: u32::try_from(record.approvals()).unwrap_or(u32::MAX),
-            quorum: record.quorum,
-        })];
-        if record.state != ApprovalState::Pending {
-            events.push(resolved_event(&record));
-        }
-        // The decision is committed; if the log cannot take it the caller
-        // hears so (and the runtime refuses to run anything until it can).
-        let audited = self.record(events).await;
-        self.changed.notify_waiters();
+        let record = self.store.update_approval(id, &mut update).map_err(update_error)?;
         tracing::info!(approval = %record.id, identity = %who.name, %verdict, state = %record.state, "approval decision");
-        audited.map(|()| record)
+        Ok(record)
     }
 
     /// Close request `id` as `state` (expired or failed) if it is still
-    /// pending; returns the record as it ends up.
+    /// pending; returns the record as it ends up. Audited in the same
+    /// transaction, like a decision.
     pub async fn close(&self, id: &str, state: ApprovalState, reason: &str) -> Result<ApprovalRecord, Error> {
-        let now = crate::time::now_micros();
-        let mut changed = false;
-        let mut update = |r: &mut ApprovalRecord| -> Result<(), Refusal> {
-            if r.state == ApprovalState::Pending {
-                r.state = state;
-                r.reason = Some(cut(reason));
-                r.decided_at = Some(now);
-                changed = true;
-            }
-            Ok(())
-        };
-        let record = match self.store.update_approval(id, &mut update) {
-            Ok(r) => r,
-            Err(UpdateError::NotFound(id)) => return Err(Error::internal(format!("approval {id} vanished"))),
-            Err(UpdateError::Refused(r)) => return Err(Error::Refused(r.to_string())),
-            Err(UpdateError::Store(e)) => return Err(e.into()),
-        };
+        let this = self.clone();
+        let (id, reason) = (id.to_string(), cut(reason));
+        let (record, changed) = tokio::task::spawn_blocking(move || {
+            let now = crate::time::now_micros();
+            let mut changed = false;
+            let mut update = |r: &mut ApprovalRecord| -> Result<(), Refusal> {
+                if r.state == ApprovalState::Pending {
+                    r.state = state;
+                    r.reason = Some(reason.clone());
+                    r.decided_at = Some(now);
+                    this.audit
+                        .append_durable(vec![resolved_event(r)])
+                        .map_err(|e| Refusal::AuditUnavailable(e.to_string()))?;
+                    changed = true;
+                }
+                Ok(())
+            };
+            let record = this.store.update_approval(&id, &mut update).map_err(update_error)?;
+            Ok::<_, Error>((record, changed))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("the close task failed: {e}")))??;
         if changed {
-            self.record(vec![resolved_event(&record)]).await?;
             self.changed.notify_waiters();
         }
         Ok(record)
@@ -388,6 +428,17 @@ impl Approvals {
             let nap = POLL_INTERVAL.min(deadline - now);
             let _ = tokio::time::timeout(nap, notified).await;
         }
+    }
+}
+
+fn update_error(e: UpdateError) -> Error {
+    match e {
+        UpdateError::NotFound(id) => Error::Usage(format!("no approval request {id}; see `airlock approvals list`")),
+        UpdateError::Refused(Refusal::AuditUnavailable(m)) => Error::AuditUnavailable(format!(
+            "the decision could not be recorded in the audit log ({m}); nothing was decided"
+        )),
+        UpdateError::Refused(r) => Error::Refused(r.to_string()),
+        UpdateError::Store(e) => e.into(),
     }
 }
 

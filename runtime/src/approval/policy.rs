@@ -308,12 +308,19 @@ impl CallRule {
     pub fn matches(&self, target: &Target) -> bool {
         match (self.capability, target) {
             (GatedCapability::Http, Target::Http { method, url }) => {
-                let method_ok = self.methods.as_ref().is_none_or(|ms| ms.iter().any(|m| m == method));
+                let method = method.to_ascii_uppercase();
+                let method_ok = self.methods.as_ref().is_none_or(|ms| ms.iter().any(|m| *m == method));
                 let destination_ok = self
                     .destination
                     .as_ref()
                     .is_none_or(|d| Origin::of(url).is_ok_and(|o| d.matches(&o)));
-                let path_ok = self.path_prefix.as_deref().is_none_or(|p| path_within(url.path(), p));
+                // A path a server could read as under the prefix is held:
+                // decoded, `//` collapsed, `;params` dropped, and anything
+                // ambiguous (encoded separators or dot segments) held outright.
+                let path_ok = self.path_prefix.as_deref().is_none_or(|p| {
+                    crate::outbound::policy::ambiguous_path(url.path()).is_some()
+                        || path_within(&normalized_http_path(url.path()), p)
+                });
                 method_ok && destination_ok && path_ok
             }
             (GatedCapability::Files, Target::Files { write, path }) => {
@@ -321,7 +328,11 @@ impl CallRule {
                 op_ok
                     && match (self.path_prefix.as_deref(), path) {
                         (None, _) | (Some(_), None) => true,
-                        (Some(prefix), Some(path)) => files_path_within(path, prefix),
+                        // Renaming or removing a parent of the prefix moves
+                        // what the rule protects: a write there is held too.
+                        (Some(prefix), Some(path)) => {
+                            files_path_within(path, prefix) || (*write && files_ancestor_of(path, prefix))
+                        }
                     }
             }
             _ => false,
@@ -382,29 +393,74 @@ fn files_path_within(path: &str, prefix: &str) -> bool {
     path.len() >= prefix.len() && path[..prefix.len()] == prefix[..]
 }
 
-/// `path` (relative to `root`) with symlinks in its existing part
-/// resolved, relative to `root` again. A path that resolves outside `root`
-/// (which the call itself will be refused for) is returned lexically.
-pub fn resolve_in(root: &std::path::Path, path: &str) -> String {
-    let lexical = segments(path);
-    let Ok(root) = std::fs::canonicalize(root) else {
-        return lexical.join("/");
-    };
-    // The deepest existing ancestor, resolved; the rest appended as is.
-    for keep in (0..=lexical.len()).rev() {
-        let candidate = root.join(lexical[..keep].join("/"));
-        if let Ok(real) = std::fs::canonicalize(&candidate) {
-            return match real.strip_prefix(&root) {
-                Ok(inside) => {
-                    let mut parts: Vec<String> = inside.iter().map(|c| c.to_string_lossy().into_owned()).collect();
-                    parts.extend(lexical[keep..].iter().map(|s| (*s).to_string()));
-                    parts.join("/")
-                }
-                Err(_) => lexical.join("/"),
-            };
+/// Whether `path` is a proper parent directory of `prefix`.
+fn files_ancestor_of(path: &str, prefix: &str) -> bool {
+    let (path, prefix) = (segments(path), segments(prefix));
+    !path.is_empty() && path.len() < prefix.len() && prefix[..path.len()] == path[..]
+}
+
+/// An HTTP path as a lenient server may read it: percent-decoded, with
+/// repeated slashes collapsed and `;params` dropped from each segment.
+fn normalized_http_path(path: &str) -> String {
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let mut out = String::new();
+    for segment in decoded.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        out.push_str(segment.split(';').next().unwrap_or_default());
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Most symlinks followed while resolving one path (as the kernel's 40).
+const MAX_LINK_HOPS: usize = 40;
+
+/// Where `path` (relative to `root`) really leads, relative to `root`:
+/// resolved one component at a time, following each symlink (dangling ones
+/// too: a create through a link makes its target) and applying `..` to
+/// where a link actually led. `None` when that cannot be told: a loop, a
+/// link out of `root`, an unreadable link; callers hold such paths.
+pub fn resolve_in(root: &std::path::Path, path: &str) -> Option<String> {
+    let root = std::fs::canonicalize(root).ok()?;
+    let mut pending: std::collections::VecDeque<String> = path.split('/').map(str::to_string).collect();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(component) = pending.pop_front() {
+        match component.as_str() {
+            "" | "." => continue,
+            ".." => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let here = root.join(resolved.join("/")).join(&component);
+        let is_link = std::fs::symlink_metadata(&here).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            resolved.push(component);
+            continue;
+        }
+        hops += 1;
+        if hops > MAX_LINK_HOPS {
+            return None;
+        }
+        let target = std::fs::read_link(&here).ok()?;
+        let target = target.to_str()?.to_string();
+        let next: Vec<String> = if target.starts_with('/') {
+            // Absolute: meaningful only inside the granted directory.
+            let rel = std::path::Path::new(&target).strip_prefix(&root).ok()?;
+            resolved.clear();
+            rel.iter().map(|c| c.to_string_lossy().into_owned()).collect()
+        } else {
+            target.split('/').map(str::to_string).collect()
+        };
+        for (i, c) in next.into_iter().enumerate() {
+            pending.insert(i, c);
         }
     }
-    lexical.join("/")
+    Some(resolved.join("/"))
 }
 
 #[cfg(test)]
@@ -427,6 +483,14 @@ mod tests {
         assert!(!r.matches(&t("GET", "https://api.example.com/v1/x")));
         assert!(!r.matches(&t("DELETE", "https://other.example.com/v1/x")));
         assert!(!r.matches(&t("DELETE", "https://api.example.com/v2/x")));
+        assert!(r.matches(&t("delete", "https://api.example.com/v1/x")));
+        for sneaky in [
+            "https://api.example.com//v1/x",
+            "https://api.example.com/%76%31/x",
+            "https://api.example.com/v1;a=b/x",
+        ] {
+            assert!(r.matches(&t("DELETE", sneaky)), "{sneaky}");
+        }
     }
 
     #[test]
@@ -458,9 +522,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("gated")).unwrap();
         std::os::unix::fs::symlink("gated", dir.path().join("link")).unwrap();
-        assert_eq!(resolve_in(dir.path(), "link/new.txt"), "gated/new.txt");
-        assert_eq!(resolve_in(dir.path(), "./free/../link"), "gated");
-        assert_eq!(resolve_in(dir.path(), "plain/x"), "plain/x");
+        let r = |p: &str| resolve_in(dir.path(), p);
+        assert_eq!(r("link/new.txt").as_deref(), Some("gated/new.txt"));
+        assert_eq!(r("./free/../link").as_deref(), Some("gated"));
+        assert_eq!(r("plain/x").as_deref(), Some("plain/x"));
+        // `..` after a link applies to where the link led.
+        std::fs::create_dir_all(dir.path().join("gated/sub")).unwrap();
+        std::fs::create_dir(dir.path().join("free")).unwrap();
+        std::os::unix::fs::symlink("../gated/sub", dir.path().join("free/l")).unwrap();
+        assert_eq!(r("free/l/../x").as_deref(), Some("gated/x"));
+        // A dangling link resolves to where a create would land.
+        std::os::unix::fs::symlink("../gated/new", dir.path().join("free/f")).unwrap();
+        assert_eq!(r("free/f").as_deref(), Some("gated/new"));
+        // Loops and links out of the directory cannot be told: held.
+        std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
+        assert_eq!(r("loop/x"), None);
+        std::os::unix::fs::symlink("/etc", dir.path().join("out")).unwrap();
+        assert_eq!(r("out/passwd"), None);
     }
 
     #[test]

@@ -640,7 +640,9 @@ impl Writer {
     ) -> Vec<Result<u64, AuditError>> {
         let mut buf = Vec::new();
         let mut sync = false;
-        if let Some(event) = self.recovered.take() {
+        // Taken for good only once written: a failed group keeps it for the
+        // next one.
+        if let Some(event) = self.recovered.clone() {
             let entry = Entry {
                 seq: self.next_seq,
                 ts: rfc3339_micros(now_micros()),
@@ -662,7 +664,9 @@ impl Writer {
                 }));
                 continue;
             }
-            sync |= *durable;
+            // All of an append's records, or none of them.
+            let (mark_len, mark_seq, mark_head) = (buf.len(), self.next_seq, self.head);
+            let mut failed = None;
             for event in events.drain(..) {
                 let entry = Entry {
                     seq: self.next_seq,
@@ -678,9 +682,21 @@ impl Writer {
                     }
                     Err(e) => {
                         tracing::error!(target: "airlock::audit", error = %e, "an audit record could not be encoded");
+                        failed = Some(e.to_string());
+                        break;
                     }
                 }
             }
+            if let Some(reason) = failed {
+                buf.truncate(mark_len);
+                (self.next_seq, self.head) = (mark_seq, mark_head);
+                results[i] = Some(Err(AuditError::Unavailable {
+                    path: self.path.display().to_string(),
+                    reason: format!("a record could not be encoded: {reason}"),
+                }));
+                continue;
+            }
+            sync |= *durable;
             results[i] = Some(Ok(self.next_seq.saturating_sub(1)));
         }
         let injected = self.shared.fault.lock().ok().and_then(|f| *f);
@@ -697,6 +713,7 @@ impl Writer {
         };
         match written {
             Ok(()) => {
+                self.recovered = None;
                 self.good_len += buf.len() as u64;
                 if sync {
                     (self.synced_len, self.synced_seq, self.synced_head) = (self.good_len, self.next_seq, self.head);

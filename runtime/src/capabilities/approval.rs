@@ -11,7 +11,7 @@ use super::bindings::airlock::cap::approval as wit;
 use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, HostCall};
 use crate::invocation::{InvocationState, StateBuilder};
-use crate::store::{ApprovalKind, ApprovalState};
+use crate::store::ApprovalState;
 use wasmtime::component::{HasSelf, Linker};
 
 /// Longest summary, in bytes.
@@ -95,11 +95,7 @@ impl wit::Host for InvocationState {
                     let subject = serde_json::json!({ "summary": summary, "detail": detail });
                     calls.flush_queued();
                     let record = gate
-                        .ask(
-                            ApprovalKind::Guest,
-                            "grants.approval (requested by the action)".into(),
-                            subject,
-                        )
+                        .ask_for_guest(subject)
                         .await
                         .map_err(|e| NotApproved::Unavailable(e.to_string()))?;
                     match record.state {

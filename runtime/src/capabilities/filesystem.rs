@@ -99,6 +99,19 @@ impl AuditedFs<'_> {
         }
     }
 
+    /// Where a symlink at `dest` (under `fd`) holding `src` points.
+    fn link_target(&self, fd: &Resource<types::Descriptor>, dest: &str, src: &str) -> Target {
+        let path = if src.starts_with('/') {
+            None
+        } else {
+            join(self.paths.get(&fd.rep()), dest).map(|d| match d.rsplit_once('/') {
+                Some((dir, _)) => format!("{dir}/{src}"),
+                None => src.to_string(),
+            })
+        };
+        Target::Files { write: true, path }
+    }
+
     fn finish<T>(&self, (seq, started): (u64, Instant), result: &FsResult<T>) {
         let status = match result {
             Ok(_) => "ok".to_string(),
@@ -310,7 +323,9 @@ impl HostDescriptor for AuditedFs<'_> {
             self,
             "[method]descriptor.link-at",
             ["old-path" => &old_path, "new-path" => &new_path],
-            gate: [self.target(&fd, &old_path, false), self.target(&new_descriptor, &new_path, true)],
+            // A hard link is a second way to write the source: both ends
+            // are writes as far as the gates go.
+            gate: [self.target(&fd, &old_path, true), self.target(&new_descriptor, &new_path, true)],
             self.inner
                 .link_at(fd, old_path_flags, old_path.clone(), new_descriptor, new_path.clone())
                 .await
@@ -339,7 +354,13 @@ impl HostDescriptor for AuditedFs<'_> {
             gate: [target],
             self.inner.open_at(fd, path_flags, path.clone(), oflags, flags).await
         );
-        if let (Ok(new_fd), Some(p)) = (&opened, opened_path) {
+        // Remember where the descriptor really points now, so re-pointing a
+        // symlink later cannot move what it refers to for the gates.
+        let resolved = opened_path.and_then(|p| match self.calls.gate() {
+            Some(gate) => gate.resolve(&p),
+            None => Some(p),
+        });
+        if let (Ok(new_fd), Some(p)) = (&opened, resolved) {
             self.paths.insert(new_fd.rep(), p);
         }
         opened
@@ -396,7 +417,8 @@ impl HostDescriptor for AuditedFs<'_> {
             self,
             "[method]descriptor.symlink-at",
             ["target" => &src_path, "path" => &dest_path],
-            gate: [self.target(&fd, &dest_path, true)],
+            // Gated where the link is made and where it points.
+            gate: [self.target(&fd, &dest_path, true), self.link_target(&fd, &dest_path, &src_path)],
             self.inner.symlink_at(fd, src_path.clone(), dest_path.clone()).await
         )
     }

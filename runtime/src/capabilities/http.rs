@@ -581,10 +581,15 @@ impl wit::Host for InvocationState {
             .and_then(|b| b.inject.as_ref())
             .and_then(|i| i.header_name());
         let follow = request.follow_redirects;
+        // The URL is recorded without its query (it may carry secrets);
+        // the digests bind the whole URL and body, so an approval for a
+        // held request covers exactly this request.
         let mut call = HostCall::new(IFACE, "send")
             .arg("method", truncate(&request.method))
             .arg("url", redacted_url(&request.url))
-            .arg("body-bytes", request.body.len());
+            .arg("url-blake3", blake3::hash(request.url.as_bytes()).to_hex())
+            .arg("body-bytes", request.body.len())
+            .arg("body-blake3", blake3::hash(&request.body).to_hex());
         if let Some(c) = &credential {
             call = call.arg("credential", c);
         }
@@ -739,7 +744,8 @@ impl WasiHttpHooks for WasiHttpGate {
         let url = Url::parse(&parts.uri.to_string()).ok();
         let mut call = HostCall::new("wasi:http/outgoing-handler", "handle")
             .arg("method", parts.method.as_str())
-            .arg("url", redacted_url(&parts.uri.to_string()));
+            .arg("url", redacted_url(&parts.uri.to_string()))
+            .arg("url-blake3", blake3::hash(parts.uri.to_string().as_bytes()).to_hex());
         if let Some(u) = &url {
             call = call.target(Target::Http {
                 method: parts.method.to_string(),

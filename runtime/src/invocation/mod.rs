@@ -143,6 +143,14 @@ impl PreparedAction {
     ) -> Report {
         let started = Instant::now();
         let invocation = invocation.to_string();
+        if self.policy.approval.invocation && approval.is_none() {
+            let error = Error::Refused(format!(
+                "action `{}` runs only once approved; submit it through the gateway (`airlock invoke --config`, the API or MCP)",
+                self.policy.name
+            ));
+            let error = self.refuse(&invocation, caller, function, error).await;
+            return Report::failed(&invocation, error, started);
+        }
         let prepared = match self.manifest.function(function) {
             None => Err(Error::UnknownFunction {
                 function: function.to_string(),

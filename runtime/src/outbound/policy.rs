@@ -112,7 +112,7 @@ impl AllowRule {
 /// encoded separators, encoded dot segments and `..;` (Tomcat, Spring), so
 /// a path that only looks under a prefix is refused rather than guessed at.
 /// The `url` crate has already removed plain dot segments.
-fn ambiguous_path(path: &str) -> Option<&'static str> {
+pub(crate) fn ambiguous_path(path: &str) -> Option<&'static str> {
     let lower = path.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
         return Some("holds an encoded `/` or a `\\`");

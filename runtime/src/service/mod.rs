@@ -167,6 +167,9 @@ pub async fn serve(
                 if let Err(e) = service.runtime.sweep_approvals().await {
                     tracing::warn!("approval sweep failed: {e}");
                 }
+                if let Err(e) = service.runtime.run_released().await {
+                    tracing::warn!("running approved invocations failed: {e}");
+                }
             }
         })
     };

@@ -203,6 +203,8 @@ pub enum Refusal {
     },
     #[error("{identity} has already decided request {id}; each identity counts once")]
     AlreadyDecided { identity: String, id: String },
+    #[error("the audit log cannot be written: {0}")]
+    AuditUnavailable(String),
     #[error("{0}")]
     Other(String),
 }
