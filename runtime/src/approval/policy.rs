@@ -309,7 +309,7 @@ impl CallRule {
         match (self.capability, target) {
             (GatedCapability::Http, Target::Http { method, url }) => {
                 let method = method.to_ascii_uppercase();
-                let method_ok = self.methods.as_ref().is_none_or(|ms| ms.iter().any(|m| *m == method));
+                let method_ok = self.methods.as_ref().is_none_or(|ms| ms.contains(&method));
                 let destination_ok = self
                     .destination
                     .as_ref()
