@@ -58,6 +58,16 @@ enum Command {
     /// Invocations that went through approval: their state and outcome.
     #[command(subcommand)]
     Invocations(cli::InvocationsCommand),
+    /// Serve MCP over stdio for one agent (its token from --token-file or
+    /// AIRLOCK_TOKEN_FILE / AIRLOCK_TOKEN).
+    Mcp {
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        auth: cli::Auth,
+        #[arg(long, env = "AIRLOCK_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Run the service: the HTTP API on loopback (see `[service]`).
     Serve {
         #[arg(long)]
@@ -261,6 +271,7 @@ fn main() -> ExitCode {
                 listen,
                 data_dir,
             } => cli::serve(config, listen, data_dir).await,
+            Command::Mcp { config, auth, data_dir } => cli::mcp(config, auth, data_dir).await,
         }
     });
     match result {

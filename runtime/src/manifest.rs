@@ -49,6 +49,11 @@ impl FunctionSig {
             .or_else(|| self.result.as_ref()?.unsupported())
     }
 
+    /// JSON Schema of the arguments object (keyed by parameter names).
+    pub fn params_schema(&self) -> Value {
+        values::object_schema(&self.params)
+    }
+
     /// Schema of the printed result: a top-level `result<T, E>` prints `T`
     /// and turns `E` into an error, so the two are described separately.
     pub fn result_schemas(&self) -> (Value, Value) {

@@ -47,6 +47,11 @@ pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], b
     read_response(stream)
 }
 
+/// Read one whole response from `stream`.
+pub fn read(stream: TcpStream) -> Response {
+    read_response(stream)
+}
+
 fn read_response(stream: TcpStream) -> Response {
     let mut reader = BufReader::new(stream);
     let mut status_line = String::new();

@@ -43,6 +43,15 @@ impl Auth {
         }
     }
 
+    /// The token itself, for a long session (MCP over stdio).
+    pub fn required_bearer(&self) -> Result<Zeroizing<String>, Error> {
+        self.bearer()?.ok_or_else(|| {
+            Error::Unauthenticated(
+                "an agent token is required: pass --token-file FILE (or set AIRLOCK_TOKEN_FILE / AIRLOCK_TOKEN)".into(),
+            )
+        })
+    }
+
     /// The authenticated caller; a token is required.
     fn token_caller(&self, runtime: &Runtime, what: &str) -> Result<Caller, Error> {
         match self.bearer()? {
@@ -593,5 +602,21 @@ pub async fn serve(
     };
     airlock::service::serve(service, listener, shutdown).await?;
     eprintln!("airlock serve: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `airlock mcp`: MCP over stdio for one agent. Logs go to stderr; stdout
+/// carries only the protocol.
+pub async fn mcp(config: PathBuf, auth: Auth, data_dir: Option<PathBuf>) -> Result<ExitCode, Error> {
+    let mut policy = Policy::load(&config)?;
+    if let Some(dir) = data_dir {
+        policy.runtime.data_dir = dir;
+    }
+    let token = auth.required_bearer()?;
+    let service = std::sync::Arc::new(airlock::service::Service::load(policy)?);
+    let sweeper = airlock::service::spawn_sweeper(service.clone());
+    let served = airlock::service::mcp::serve_stdio(service, token).await;
+    sweeper.abort();
+    served?;
     Ok(ExitCode::SUCCESS)
 }

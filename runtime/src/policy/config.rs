@@ -48,6 +48,18 @@ struct RawAction {
     access: RawAccess,
     #[serde(default)]
     approval: RawApproval,
+    #[serde(default)]
+    mcp: McpHints,
+}
+
+/// `[actions.NAME.mcp]`: hints for MCP clients about the action's tools.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct McpHints {
+    /// The tools only read (MCP `readOnlyHint`).
+    pub read_only: Option<bool>,
+    /// The tools may destroy or overwrite (MCP `destructiveHint`).
+    pub destructive: Option<bool>,
 }
 
 /// `[actions.NAME.audit]`.
@@ -130,6 +142,8 @@ pub struct ActionPolicy {
     /// blake3 of the config text the policy came from (`ad-hoc` for
     /// command-line grants); approvals are bound to it.
     pub config_version: String,
+    /// Hints for MCP clients.
+    pub mcp: McpHints,
 }
 
 impl ActionPolicy {
@@ -150,6 +164,7 @@ impl ActionPolicy {
             access: AccessPolicy::default(),
             approval: ApprovalPolicy::default(),
             config_version: "ad-hoc".into(),
+            mcp: McpHints::default(),
         }
     }
 }
@@ -261,6 +276,7 @@ impl Policy {
                     access,
                     approval,
                     config_version: version.clone(),
+                    mcp: raw.mcp,
                 },
             );
         }

@@ -44,6 +44,11 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/audit/verify", get(audit_verify))
         .merge(super::console::router())
+        .merge(
+            Router::new()
+                .nest_service("/mcp", super::mcp::http_service(service.clone()))
+                .layer(axum::middleware::from_fn_with_state(service.clone(), require_token)),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(service)
@@ -79,6 +84,19 @@ fn authenticate(service: &Service, headers: &HeaderMap) -> Result<Caller, ApiErr
         ));
     }
     Ok(caller)
+}
+
+/// `/mcp` speaks to authenticated callers only: no session starts without
+/// a valid token (each MCP request is authenticated again by the handler).
+async fn require_token(
+    State(service): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authenticate(&service, request.headers()) {
+        Ok(_) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// A JSON body, or a structured 400 saying what is wrong with it.

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod console;
 pub mod error;
+pub mod mcp;
 pub mod openapi;
 pub mod ratelimit;
 
@@ -44,6 +45,14 @@ pub struct RawServiceSettings {
     pub rate_limit: Option<RawRateLimit>,
     /// Who may read and verify the audit trail; default `["role:auditor"]`.
     pub audit_readers: Option<Vec<String>>,
+    /// How long an MCP tool call waits for an approval before it returns a
+    /// pending result.
+    pub mcp_wait_ms: Option<u64>,
+    /// Browser origins allowed to reach `/mcp` (requests without an
+    /// `Origin` header, i.e. not from a browser, are unaffected).
+    pub allowed_origins: Option<Vec<String>>,
+    /// Host names `/mcp` answers to besides loopback and the listen address.
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -60,7 +69,13 @@ pub struct ServiceSettings {
     pub max_body_bytes: usize,
     pub rate_limit: RateLimit,
     pub audit_readers: Vec<AccessRule>,
+    pub mcp_wait: Duration,
+    pub allowed_origins: Vec<String>,
+    pub allowed_hosts: Vec<String>,
 }
+
+/// Default wait of an MCP call for an approval.
+pub const DEFAULT_MCP_WAIT: Duration = Duration::from_secs(30);
 
 impl Default for ServiceSettings {
     fn default() -> Self {
@@ -71,6 +86,9 @@ impl Default for ServiceSettings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             rate_limit: RateLimit::default(),
             audit_readers: vec![AccessRule::Role("auditor".into())],
+            mcp_wait: DEFAULT_MCP_WAIT,
+            allowed_origins: vec!["http://localhost:*".into(), "http://127.0.0.1:*".into()],
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -97,6 +115,18 @@ impl ServiceSettings {
                 per_second: r.per_second,
                 burst: r.burst,
             };
+        }
+        if let Some(ms) = raw.mcp_wait_ms {
+            if ms > MAX_WAIT.as_millis() as u64 {
+                return Err(format!("service.mcp-wait-ms must be at most {}", MAX_WAIT.as_millis()));
+            }
+            s.mcp_wait = Duration::from_millis(ms);
+        }
+        if let Some(origins) = &raw.allowed_origins {
+            s.allowed_origins = origins.clone();
+        }
+        if let Some(hosts) = &raw.allowed_hosts {
+            s.allowed_hosts = hosts.clone();
         }
         if let Some(list) = &raw.audit_readers {
             s.audit_readers = list
@@ -154,25 +184,28 @@ impl Service {
 }
 
 /// Run the service until `shutdown` resolves.
+/// Expire overdue requests and run invocations approved elsewhere, every
+/// half second, for as long as the returned task lives.
+pub fn spawn_sweeper(service: Arc<Service>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Err(e) = service.runtime.sweep_approvals().await {
+                tracing::warn!("approval sweep failed: {e}");
+            }
+            if let Err(e) = service.runtime.run_released().await {
+                tracing::warn!("running approved invocations failed: {e}");
+            }
+        }
+    })
+}
+
 pub async fn serve(
     service: Arc<Service>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let sweeper = {
-        let service = service.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if let Err(e) = service.runtime.sweep_approvals().await {
-                    tracing::warn!("approval sweep failed: {e}");
-                }
-                if let Err(e) = service.runtime.run_released().await {
-                    tracing::warn!("running approved invocations failed: {e}");
-                }
-            }
-        })
-    };
+    let sweeper = spawn_sweeper(service.clone());
     let app = api::router(service);
     let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)

@@ -1,0 +1,370 @@
+//! The MCP server for agents (rmcp): every action function the caller may
+//! invoke is a tool; calls run as that caller through the whole request
+//! path (identity → policy → approval → run → audit).
+//!
+//! - Transports: stdio (`airlock mcp --config FILE --token-file FILE`, for
+//!   desktop agents) and streamable HTTP at `/mcp` on `airlock serve`,
+//!   where each request carries its own bearer token. rmcp checks the
+//!   `Host` header against loopback names, and `Origin` (when a browser
+//!   sends one) against `service.allowed-origins`: DNS-rebinding pages
+//!   cannot reach it.
+//! - Tools the caller may not invoke are not listed, and calling one is
+//!   refused like an unknown tool (and the refusal is audited).
+//! - A call that needs approval sends progress notifications while it
+//!   waits; if no decision comes within `service.mcp-wait-ms` it returns a
+//!   structured pending result with the invocation id, and the
+//!   `airlock_status` tool returns the outcome later.
+
+use super::Service;
+use crate::error::Error;
+use crate::gateway::Submitted;
+use crate::identity::Caller;
+use crate::store::InvocationRecord;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject, ListToolsResult,
+    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// The tool that reports on an earlier call.
+pub const STATUS_TOOL: &str = "airlock_status";
+
+/// How progress is reported while a call waits.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Who the MCP caller is.
+#[derive(Clone)]
+enum Identity {
+    /// stdio: one token for the whole session, looked up on every call.
+    Token(Arc<Zeroizing<String>>),
+    /// HTTP: the bearer token of each request.
+    PerRequest,
+}
+
+/// The MCP handler over one service.
+#[derive(Clone)]
+pub struct AirlockMcp {
+    service: Arc<Service>,
+    identity: Identity,
+}
+
+impl AirlockMcp {
+    /// For stdio: every call is made with `token`.
+    pub fn with_token(service: Arc<Service>, token: Zeroizing<String>) -> AirlockMcp {
+        AirlockMcp {
+            service,
+            identity: Identity::Token(Arc::new(token)),
+        }
+    }
+
+    /// For streamable HTTP: each request's `Authorization: Bearer`.
+    pub fn per_request(service: Arc<Service>) -> AirlockMcp {
+        AirlockMcp {
+            service,
+            identity: Identity::PerRequest,
+        }
+    }
+
+    fn caller(&self, ctx: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
+        let bearer: String = match &self.identity {
+            Identity::Token(t) => t.as_str().to_string(),
+            Identity::PerRequest => ctx
+                .extensions
+                .get::<axum::http::request::Parts>()
+                .and_then(|p| p.headers.get(axum::http::header::AUTHORIZATION))
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_string())
+                .ok_or_else(|| ErrorData::invalid_request("send Authorization: Bearer TOKEN", None))?,
+        };
+        let bearer = Zeroizing::new(bearer);
+        self.service
+            .authenticate(&bearer)
+            .map_err(|e| ErrorData::invalid_request(e.to_string(), None))
+    }
+
+    /// Every (tool, action, function) the caller may invoke.
+    fn tools_for(&self, caller: &Caller) -> Vec<(Tool, String, String)> {
+        let runtime = &self.service.runtime;
+        let mut out = Vec::new();
+        for name in runtime.action_names() {
+            let Some(action) = runtime.action(&name) else { continue };
+            let policy = &action.policy;
+            if !policy.access.may_invoke(caller) {
+                continue;
+            }
+            for f in &action.manifest.functions {
+                if f.unsupported().is_some() {
+                    continue;
+                }
+                let tool_name = tool_name(&name, &f.name);
+                let Ok(schema) = serde_json::from_value::<JsonObject>(f.params_schema()) else {
+                    continue;
+                };
+                let mut description = policy.description.clone().unwrap_or_else(|| format!("Action {name}"));
+                description.push_str(&format!(" (function `{}`", f.name));
+                if policy.approval.invocation {
+                    description.push_str("; every call waits for a reviewer's approval");
+                }
+                description.push(')');
+                let mut annotations = ToolAnnotations::new();
+                if let Some(ro) = policy.mcp.read_only {
+                    annotations = annotations.read_only(ro);
+                }
+                if let Some(d) = policy.mcp.destructive {
+                    annotations = annotations.destructive(d);
+                }
+                let tool = Tool::new(tool_name, description, Arc::new(schema)).with_annotations(annotations);
+                out.push((tool, name.clone(), f.name.clone()));
+            }
+        }
+        out
+    }
+
+    fn status_tool() -> Tool {
+        let schema: JsonObject = serde_json::from_value(json!({
+            "type": "object",
+            "properties": {"invocation": {"type": "string", "description": "the id a pending call returned"}},
+            "required": ["invocation"],
+            "additionalProperties": false
+        }))
+        .unwrap_or_default();
+        Tool::new(
+            STATUS_TOOL,
+            "The status and, once it ran, the result of an earlier call (for calls that were pending approval)",
+            Arc::new(schema),
+        )
+        .with_annotations(ToolAnnotations::new().read_only(true).destructive(false))
+    }
+
+    async fn status(&self, caller: &Caller, args: &Value) -> CallToolResult {
+        let Some(id) = args.get("invocation").and_then(Value::as_str) else {
+            return CallToolResult::error(vec![ContentBlock::text("`invocation` (a string) is required")]);
+        };
+        let record = self.service.runtime.store().and_then(|s| Ok(s.invocation(id)?));
+        match record {
+            Ok(Some(r)) if r.caller.name == caller.name => record_result(&r),
+            Ok(_) => CallToolResult::error(vec![ContentBlock::text(format!("no invocation {id}"))]),
+            Err(e) => CallToolResult::error(vec![ContentBlock::text(e.to_string())]),
+        }
+    }
+}
+
+/// `action__function`, with characters MCP clients reject replaced.
+pub fn tool_name(action: &str, function: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let mut name = format!("{}__{}", clean(action), clean(function));
+    name.truncate(128);
+    name
+}
+
+fn record_result(r: &InvocationRecord) -> CallToolResult {
+    let outcome = r.outcome.as_ref();
+    let body = json!({
+        "invocation": r.id,
+        "status": r.state,
+        "approval": r.approval,
+        "result": outcome.and_then(|o| o.result.clone()),
+        "error": outcome.and_then(|o| o.error.clone()),
+    });
+    if outcome.is_some_and(|o| o.exit_code != 0) {
+        CallToolResult::structured_error(body)
+    } else {
+        CallToolResult::structured(body)
+    }
+}
+
+async fn progress(ctx: &RequestContext<RoleServer>, step: f64, message: String) {
+    if let Some(token) = ctx.meta.get_progress_token() {
+        let _ = ctx
+            .peer
+            .notify_progress(ProgressNotificationParam::new(token, step).with_message(message))
+            .await;
+    }
+}
+
+impl ServerHandler for AirlockMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("airlock", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Each tool runs one action function under airlock's governance. Calls may wait for a \
+                 reviewer's approval; a pending call returns an invocation id: ask airlock_status for it later.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let caller = self.caller(&ctx)?;
+        let mut tools: Vec<Tool> = self.tools_for(&caller).into_iter().map(|(t, _, _)| t).collect();
+        tools.push(AirlockMcp::status_tool());
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let caller = self.caller(&ctx)?;
+        let args = Value::Object(request.arguments.clone().unwrap_or_default());
+        if request.name == STATUS_TOOL {
+            return Ok(self.status(&caller, &args).await.into());
+        }
+        let tools = self.tools_for(&caller);
+        let Some((_, action, function)) = tools.iter().find(|(t, _, _)| t.name == request.name) else {
+            // Not listed for this caller: refused like an unknown tool. If
+            // it names a real action, the refusal is on record.
+            let runtime = &self.service.runtime;
+            for name in runtime.action_names() {
+                if let Some(a) = runtime.action(&name) {
+                    for f in &a.manifest.functions {
+                        if tool_name(&name, &f.name) == request.name {
+                            let _ = runtime.admit(&caller, &name, &f.name, &args).await;
+                        }
+                    }
+                }
+            }
+            return Err(ErrorData::invalid_params(
+                format!("no tool {} for {}", request.name, caller.name),
+                None,
+            ));
+        };
+        let runtime = &self.service.runtime;
+        if let Err(e) = runtime.admit(&caller, action, function, &args).await {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into());
+        }
+        let invocation = crate::invocation::new_invocation_id();
+        let task = {
+            let service = self.service.clone();
+            let (invocation, caller, action, function, args) = (
+                invocation.clone(),
+                caller.clone(),
+                action.clone(),
+                function.clone(),
+                args.clone(),
+            );
+            tokio::spawn(async move {
+                service
+                    .runtime
+                    .run_stored(&invocation, &caller, &action, &function, &args)
+                    .await
+            })
+        };
+        let submitted = match task.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into()),
+            Err(e) => {
+                return Err(ErrorData::internal_error(
+                    format!("the invocation task failed: {e}"),
+                    None,
+                ));
+            }
+        };
+        let approval = match submitted {
+            Submitted::Ran(report) => {
+                let outcome = crate::gateway::outcome_of(&report);
+                let body = json!({
+                    "invocation": report.invocation,
+                    "status": if report.outcome.is_ok() { "succeeded" } else { "failed" },
+                    "result": outcome.result,
+                    "error": outcome.error,
+                });
+                return Ok(if report.outcome.is_ok() {
+                    CallToolResult::structured(body)
+                } else {
+                    CallToolResult::structured_error(body)
+                }
+                .into());
+            }
+            Submitted::Done(record) => return Ok(record_result(&record).into()),
+            Submitted::Pending { approval, .. } => approval,
+        };
+        // Held for approval: report progress while waiting for a decision.
+        let wait = self.service.settings.mcp_wait;
+        let deadline = Instant::now() + wait;
+        let mut step = 0.0;
+        loop {
+            step += 1.0;
+            progress(
+                &ctx,
+                step,
+                format!(
+                    "waiting for approval {} (`airlock approvals show {}`)",
+                    approval.id, approval.id
+                ),
+            )
+            .await;
+            let record = runtime.store().and_then(|s| Ok(s.invocation(&invocation)?));
+            match record {
+                Ok(Some(r)) if r.state.is_final() => return Ok(record_result(&r).into()),
+                Ok(_) => {}
+                Err(e) => return Err(ErrorData::internal_error(e.to_string(), None)),
+            }
+            if Instant::now() >= deadline || ctx.ct.is_cancelled() {
+                let body = json!({
+                    "invocation": invocation,
+                    "status": "awaiting-approval",
+                    "approval": approval.id,
+                    "binding": approval.binding,
+                    "expires-at": crate::time::rfc3339_micros(approval.expires_at),
+                    "next": format!("call {STATUS_TOOL} with this invocation id for the outcome"),
+                });
+                return Ok(CallToolResult::structured(body).into());
+            }
+            tokio::time::sleep(PROGRESS_EVERY.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+}
+
+/// Serve MCP over stdio until the client disconnects.
+pub async fn serve_stdio(service: Arc<Service>, token: Zeroizing<String>) -> Result<(), Error> {
+    use rmcp::ServiceExt as _;
+    // Verify the token before speaking the protocol, with a clear error.
+    service.authenticate(&token)?;
+    let running = AirlockMcp::with_token(service, token)
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| Error::Internal(format!("MCP over stdio failed to start: {e}")))?;
+    running
+        .waiting()
+        .await
+        .map_err(|e| Error::Internal(format!("MCP over stdio failed: {e}")))?;
+    Ok(())
+}
+
+/// The streamable HTTP MCP endpoint, to mount at `/mcp`.
+pub fn http_service(
+    service: Arc<Service>,
+) -> rmcp::transport::streamable_http_server::StreamableHttpService<
+    AirlockMcp,
+    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+> {
+    use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    hosts.push(service.settings.listen.ip().to_string());
+    hosts.extend(service.settings.allowed_hosts.iter().cloned());
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_allowed_origins(service.settings.allowed_origins.clone());
+    let handler = AirlockMcp::per_request(service);
+    StreamableHttpService::new(move || Ok(handler.clone()), Arc::new(Default::default()), config)
+}

@@ -1,0 +1,302 @@
+//! MCP with a real third-party client: the official Python `mcp` package
+//! (installed into a virtual environment by `scripts/python-env.sh`)
+//! connects over stdio and over streamable HTTP, lists tools, calls one,
+//! is refused a forbidden one, and gets a pending result for a gated one.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::Command;
+use support::http::{Server, request};
+use support::{airlock_with, component, toml_path};
+
+fn python() -> PathBuf {
+    let path = std::env::var_os("AIRLOCK_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| support::repo_root().join("target/py-mcp/bin/python"));
+    assert!(
+        path.exists(),
+        "the MCP tests need the Python client: run `bash scripts/python-env.sh` (scripts/test.sh does)"
+    );
+    path
+}
+
+fn client(args: &[&str]) -> Value {
+    let out = Command::new(python())
+        .arg(support::repo_root().join("tests/mcp_client.py"))
+        .args(args)
+        .env_remove("AIRLOCK_DATA_DIR")
+        .env_remove("AIRLOCK_TOKEN")
+        .output()
+        .expect("run the Python MCP client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "MCP client failed: {stderr}\n{stdout}");
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("client output is not JSON ({e}): {stdout}\n{stderr}"))
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("work")).unwrap();
+        let gated = toml_path(&component("gated"));
+        let grants = "[actions.NAME.grants]\napproval = true\nfiles = { dir = \"work\", mode = \"read-write\" }\n";
+        let text = format!(
+            r#"
+[runtime]
+data-dir = "data"
+[service]
+mcp-wait-ms = 1500
+
+[actions.echo]
+description = "Echoes a value"
+component = {gated}
+{echo_grants}
+[actions.echo.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[actions.echo.mcp]
+read-only = true
+destructive = false
+
+[actions.deploy]
+description = "Deploys"
+component = {gated}
+{deploy_grants}
+[actions.deploy.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[actions.deploy.approval]
+invocation = true
+[actions.deploy.mcp]
+destructive = true
+
+[actions.secret-ops]
+component = {gated}
+{ops_grants}
+[actions.secret-ops.access]
+invoke = ["ops-bot"]
+approve = ["role:reviewer"]
+"#,
+            echo_grants = grants.replace("NAME", "echo"),
+            deploy_grants = grants.replace("NAME", "deploy"),
+            ops_grants = grants.replace("NAME", "secret-ops"),
+        );
+        let config = dir.path().join("airlock.toml");
+        std::fs::write(&config, text).unwrap();
+        World { dir, config }
+    }
+
+    fn token(&self, identity: &str, kind: &str, role: &str) -> (String, PathBuf) {
+        let file = self.dir.path().join(format!("{identity}.token"));
+        let run = airlock_with(
+            &[
+                "token",
+                "create",
+                "--identity",
+                identity,
+                "--kind",
+                kind,
+                "--role",
+                role,
+                "--config",
+                self.cfg(),
+                "--out",
+                file.to_str().unwrap(),
+            ],
+            b"",
+            &[],
+        );
+        assert_eq!(run.code, 0, "{run:?}");
+        (std::fs::read_to_string(&file).unwrap().trim().to_string(), file)
+    }
+
+    fn cfg(&self) -> &str {
+        self.config.to_str().unwrap()
+    }
+}
+
+/// What every scenario must have seen, over either transport.
+fn check_scenario(seen: &Value) -> String {
+    let tools: Vec<&str> = seen["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(
+        tools.contains(&"echo__echo") && tools.contains(&"deploy__echo") && tools.contains(&"airlock_status"),
+        "{tools:?}"
+    );
+    assert!(
+        !tools.iter().any(|t| t.starts_with("secret-ops")),
+        "a forbidden tool is listed: {tools:?}"
+    );
+    assert_eq!(seen["annotations"]["echo__echo"]["read_only"], true, "{seen}");
+    assert_eq!(seen["annotations"]["deploy__echo"]["destructive"], true, "{seen}");
+    assert_eq!(seen["echo_schema"]["properties"]["value"]["type"], "string", "{seen}");
+
+    assert_eq!(seen["allowed"]["is_error"], false, "{seen}");
+    assert_eq!(seen["allowed"]["structured"]["result"], "hi from python", "{seen}");
+    assert_eq!(seen["allowed"]["structured"]["status"], "succeeded", "{seen}");
+    assert_eq!(seen["bad_args"]["is_error"], true, "{seen}");
+
+    let forbidden = &seen["forbidden"];
+    assert!(forbidden["raised"] == true || forbidden["is_error"] == true, "{seen}");
+
+    let pending = &seen["pending"]["structured"];
+    assert_eq!(pending["status"], "awaiting-approval", "{seen}");
+    assert!(pending["approval"].is_string(), "{seen}");
+    assert!(
+        !seen["progress"].as_array().unwrap().is_empty(),
+        "no progress notifications: {seen}"
+    );
+    assert!(
+        seen["progress"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for approval"),
+        "{seen}"
+    );
+    pending["invocation"].as_str().unwrap().to_string()
+}
+
+fn approval_of(w: &World, invocation: &str) -> String {
+    let run = airlock_with(
+        &["invocations", "show", invocation, "--json", "--config", w.cfg()],
+        b"",
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    run.json()["approval"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn python_client_over_stdio() {
+    let w = World::new();
+    let (_, agent_file) = w.token("bot", "agent", "agent");
+    let (_, reviewer_file) = w.token("alice", "human", "reviewer");
+    let airlock = env!("CARGO_BIN_EXE_airlock");
+    let seen = client(&["stdio", airlock, w.cfg(), agent_file.to_str().unwrap(), "scenario"]);
+    let invocation = check_scenario(&seen);
+
+    // A reviewer approves; the approving process runs it; the agent's next
+    // session asks airlock_status for the outcome.
+    let approval = approval_of(&w, &invocation);
+    let approve = airlock_with(
+        &[
+            "approvals",
+            "approve",
+            &approval,
+            "--config",
+            w.cfg(),
+            "--token-file",
+            reviewer_file.to_str().unwrap(),
+        ],
+        b"",
+        &[],
+    );
+    assert_eq!(approve.code, 0, "{approve:?}");
+    let status = client(&[
+        "stdio",
+        airlock,
+        w.cfg(),
+        agent_file.to_str().unwrap(),
+        "status",
+        &invocation,
+    ]);
+    assert_eq!(status["status"]["structured"]["status"], "succeeded", "{status}");
+    assert_eq!(status["status"]["structured"]["result"], "gated", "{status}");
+
+    // A bad token never gets a session.
+    let bogus = w.dir.path().join("bogus.token");
+    std::fs::write(
+        &bogus,
+        "alk_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n",
+    )
+    .unwrap();
+    let run = airlock_with(
+        &["mcp", "--config", w.cfg(), "--token-file", bogus.to_str().unwrap()],
+        b"",
+        &[],
+    );
+    assert_eq!(run.code, 3, "{run:?}");
+}
+
+#[test]
+fn python_client_over_streamable_http() {
+    let w = World::new();
+    let (agent, _) = w.token("bot", "agent", "agent");
+    let (reviewer, _) = w.token("alice", "human", "reviewer");
+    let server = Server::start(&w.config);
+    let url = format!("http://{}/mcp", server.addr);
+    let seen = client(&["http", &url, &agent, "scenario"]);
+    let invocation = check_scenario(&seen);
+
+    let approval = approval_of(&w, &invocation);
+    let approved = server.post(
+        &format!("/v1/approvals/{approval}/approve"),
+        Some(&reviewer),
+        &json!({}),
+    );
+    assert_eq!(approved.status, 200, "{approved:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = client(&["http", &url, &agent, "status", &invocation]);
+        if status["status"]["structured"]["status"] == "succeeded" {
+            assert_eq!(status["status"]["structured"]["result"], "gated", "{status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // DNS rebinding: a foreign Host, or a browser page from a foreign
+    // Origin, is refused before any MCP handling.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    .to_string();
+    let auth = format!("Bearer {agent}");
+    let base = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    let mut evil_host = base.to_vec();
+    evil_host.push(("Host", "attacker.example"));
+    let r = request_with_host(&server.addr, &evil_host, init.as_bytes());
+    assert_eq!(r.status, 403, "{r:?}");
+    let mut evil_origin = base.to_vec();
+    evil_origin.push(("Origin", "http://attacker.example"));
+    let r = request(&server.addr, "POST", "/mcp", &evil_origin, init.as_bytes());
+    assert_eq!(r.status, 403, "{r:?}");
+    // Without a token, or with a revoked one: no session at all.
+    let r = request(&server.addr, "POST", "/mcp", &base[1..], init.as_bytes());
+    assert_eq!(r.status, 401, "{r:?}");
+    let id = &agent[4..20];
+    let revoke = airlock_with(&["token", "revoke", id, "--config", w.cfg()], b"", &[]);
+    assert_eq!(revoke.code, 0, "{revoke:?}");
+    let r = request(&server.addr, "POST", "/mcp", &base, init.as_bytes());
+    assert_eq!(r.status, 401, "{r:?}");
+}
+
+/// A request whose Host header is `headers`' (the client's own is not sent).
+fn request_with_host(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> support::http::Response {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut head = "POST /mcp HTTP/1.1\r\nConnection: close\r\n".to_string();
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    support::http::read(stream)
+}

@@ -1,0 +1,93 @@
+"""A real third-party MCP client (the `mcp` package from PyPI) against airlock.
+
+Usage:
+  mcp_client.py stdio AIRLOCK CONFIG TOKEN_FILE scenario|status INVOCATION
+  mcp_client.py http URL TOKEN scenario|status INVOCATION
+
+`scenario` lists the tools, calls an allowed one, a forbidden one and a
+gated one (collecting progress notifications), and prints one JSON object
+with everything it saw. `status` asks airlock_status about an invocation.
+"""
+
+import json
+import sys
+
+import anyio
+from mcp import ClientSession
+
+
+def content_text(result):
+    return [c.text for c in result.content if getattr(c, "type", "") == "text"]
+
+
+async def run(session, mode, arg):
+    await session.initialize()
+    if mode == "status":
+        res = await session.call_tool("airlock_status", {"invocation": arg})
+        return {"status": {"is_error": bool(res.is_error), "structured": res.structured_content}}
+    tools = await session.list_tools()
+    out = {"tools": sorted(t.name for t in tools.tools)}
+    annotations = {}
+    for t in tools.tools:
+        a = t.annotations
+        annotations[t.name] = None if a is None else {
+            "read_only": getattr(a, "read_only_hint", None),
+            "destructive": getattr(a, "destructive_hint", None),
+        }
+    out["annotations"] = annotations
+    schema = next(t.input_schema for t in tools.tools if t.name == "echo__echo")
+    out["echo_schema"] = schema
+
+    res = await session.call_tool("echo__echo", {"value": "hi from python"})
+    out["allowed"] = {"is_error": bool(res.is_error), "structured": res.structured_content, "text": content_text(res)}
+
+    res = await session.call_tool("echo__echo", {"value": 7})
+    out["bad_args"] = {"is_error": bool(res.is_error), "text": content_text(res)}
+
+    try:
+        res = await session.call_tool("secret-ops__echo", {"value": "x"})
+        out["forbidden"] = {"raised": False, "is_error": bool(res.is_error), "text": content_text(res)}
+    except Exception as e:  # the server answers with a protocol error
+        out["forbidden"] = {"raised": True, "error": str(e)}
+
+    progress = []
+
+    async def on_progress(p, total, message):
+        progress.append({"progress": p, "message": message})
+
+    res = await session.call_tool("deploy__echo", {"value": "gated"}, progress_callback=on_progress)
+    out["pending"] = {"is_error": bool(res.is_error), "structured": res.structured_content}
+    out["progress"] = progress
+    return out
+
+
+async def main():
+    transport = sys.argv[1]
+    if transport == "stdio":
+        from mcp import StdioServerParameters
+        from mcp.client.stdio import stdio_client
+
+        airlock, config, token_file, mode = sys.argv[2:6]
+        arg = sys.argv[6] if len(sys.argv) > 6 else None
+        params = StdioServerParameters(
+            command=airlock,
+            args=["mcp", "--config", config, "--token-file", token_file],
+        )
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write) as session:
+                result = await run(session, mode, arg)
+    else:
+        import httpx2
+        from mcp.client.streamable_http import streamable_http_client
+
+        url, token, mode = sys.argv[2:5]
+        arg = sys.argv[5] if len(sys.argv) > 5 else None
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=120)) as http:
+            async with streamable_http_client(url, http_client=http) as (read, write):
+                async with ClientSession(read, write) as session:
+                    result = await run(session, mode, arg)
+    print(json.dumps(result))
+
+
+anyio.run(main)
