@@ -69,24 +69,50 @@ trap 'kill $api 2>/dev/null || true; rm -rf "$tokens"' EXIT
 "$airlock" token create --identity demo-agent --kind agent --role agent --config "$config" --out "$tokens/agent"
 "$airlock" token create --identity demo-reviewer --kind human --role reviewer --config "$config" --out "$tokens/reviewer"
 
-step "the agent invokes greet-approved   (held for approval: exit 7, nothing runs)"
-pending=$("$airlock" invoke --config "$config" greet-approved greet --token-file "$tokens/agent" \
-    --args '{"who": {"name": "Grace", "languages": ["en"]}}') && {
-    echo "unexpected: greet-approved ran without approval" >&2
+step "airlock serve   (HTTP API, MCP at /mcp, reviewer console at /console; loopback, any free port)"
+serve_out="$tokens/serve.out"
+"$airlock" serve --config "$config" --listen 127.0.0.1:0 >"$serve_out" 2>"$tokens/serve.err" &
+service=$!
+trap 'kill $api $service 2>/dev/null || true; rm -rf "$tokens"' EXIT
+for _ in $(seq 100); do
+    grep -q '^listening on ' "$serve_out" 2>/dev/null && break
+    sleep 0.1
+done
+url=$(sed -n 's/^listening on //p' "$serve_out")
+if [ -z "$url" ]; then
+    echo "airlock serve did not start:" >&2
+    cat "$tokens/serve.err" >&2
     exit 1
-}
+fi
+echo "service at $url"
+python=$(bash scripts/python-env.sh)
+
+step "an agent calls greet-approved over MCP   (it waits for a reviewer: progress, then a pending result)"
+pending=$("$python" examples/mcp_agent.py "$url/mcp" "$tokens/agent" call greet-approved__greet \
+    '{"who": {"name": "Grace", "languages": ["en"]}}')
 printf '%s\n' "$pending"
 approval=$(printf '%s' "$pending" | python3 -c 'import json,sys; print(json.load(sys.stdin)["approval"])')
 invocation=$(printf '%s' "$pending" | python3 -c 'import json,sys; print(json.load(sys.stdin)["invocation"])')
+echo "a reviewer can decide it at $url/console (sign in with a reviewer token), or from the command line:"
 
 step "airlock approvals show $approval   (exactly what would run)"
 "$airlock" approvals show "$approval" --config "$config"
 
-step "the agent cannot approve it; the reviewer does, and it runs"
+step "the agent cannot approve its own request; the reviewer approves, and it runs"
 "$airlock" approvals approve "$approval" --config "$config" --token-file "$tokens/agent" \
     || echo "(exit $? — nobody approves their own request, and agents only when the config names them)"
 "$airlock" approvals approve "$approval" --config "$config" --token-file "$tokens/reviewer"
-"$airlock" invocations show "$invocation" --config "$config"
+
+step "the agent asks airlock_status over MCP for the result"
+"$python" examples/mcp_agent.py "$url/mcp" "$tokens/agent" status "$invocation"
+
+step "the audit trail over the API   (GET /v1/audit/verify as a reviewer)"
+python3 - "$url" "$tokens/reviewer" <<'PY'
+import json, sys, urllib.request
+url, token = sys.argv[1], open(sys.argv[2]).read().strip()
+req = urllib.request.Request(url + "/v1/audit/verify", headers={"Authorization": "Bearer " + token})
+print(json.dumps(json.load(urllib.request.urlopen(req))))
+PY
 
 step "airlock audit show --invocation $invocation   (request, decision, run)"
 "$airlock" audit show --config "$config" --invocation "$invocation"

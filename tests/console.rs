@@ -8,27 +8,10 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use support::http::{Server, request};
 use support::webdriver::Browser;
-use support::{airlock_with, component, toml_path};
+use support::{component, toml_path};
 
 fn token(config: &std::path::Path, identity: &str, kind: &str, role: &str) -> String {
-    let run = airlock_with(
-        &[
-            "token",
-            "create",
-            "--identity",
-            identity,
-            "--kind",
-            kind,
-            "--role",
-            role,
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        b"",
-        &[],
-    );
-    assert_eq!(run.code, 0, "{run:?}");
-    run.stdout.trim().to_string()
+    support::create_token(config, identity, kind, &[role])
 }
 
 #[test]

@@ -33,6 +33,12 @@ fn client(args: &[&str]) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "MCP client failed: {stderr}\n{stdout}");
+    // The client ends its HTTP session with DELETE and warns unless the
+    // server confirms it (200/204).
+    assert!(
+        !stderr.contains("Session termination failed"),
+        "the session was not closed cleanly: {stderr}"
+    );
     serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("client output is not JSON ({e}): {stdout}\n{stderr}"))
 }
@@ -94,28 +100,12 @@ approve = ["role:reviewer"]
         World { dir, config }
     }
 
+    /// A token, and a file holding it (for `--token-file`).
     fn token(&self, identity: &str, kind: &str, role: &str) -> (String, PathBuf) {
+        let token = support::create_token(&self.config, identity, kind, &[role]);
         let file = self.dir.path().join(format!("{identity}.token"));
-        let run = airlock_with(
-            &[
-                "token",
-                "create",
-                "--identity",
-                identity,
-                "--kind",
-                kind,
-                "--role",
-                role,
-                "--config",
-                self.cfg(),
-                "--out",
-                file.to_str().unwrap(),
-            ],
-            b"",
-            &[],
-        );
-        assert_eq!(run.code, 0, "{run:?}");
-        (std::fs::read_to_string(&file).unwrap().trim().to_string(), file)
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        (token, file)
     }
 
     fn cfg(&self) -> &str {

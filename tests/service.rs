@@ -68,22 +68,7 @@ approve = ["role:reviewer"]
     }
 
     fn token(&self, identity: &str, kind: &str, roles: &[&str]) -> String {
-        let mut args = vec![
-            "token",
-            "create",
-            "--identity",
-            identity,
-            "--kind",
-            kind,
-            "--config",
-            self.config.to_str().unwrap(),
-        ];
-        for r in roles {
-            args.extend(["--role", r]);
-        }
-        let run = airlock_with(&args, b"", &[]);
-        assert_eq!(run.code, 0, "{run:?}");
-        run.stdout.trim().to_string()
+        support::create_token(&self.config, identity, kind, roles)
     }
 
     fn revoke(&self, token: &str) {
@@ -379,4 +364,26 @@ fn hostile_clients_oversized_malformed_slow_and_many() {
     }
     drop(slow);
     assert_eq!(server.get("/v1/health", None).status, 200);
+}
+
+#[test]
+fn each_identity_is_rate_limited_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        "[runtime]\ndata-dir = \"data\"\n[service]\nrate-limit = { per-second = 0.2, burst = 3 }\n",
+    )
+    .unwrap();
+    let a = support::create_token(&config, "bot-a", "agent", &[]);
+    let b = support::create_token(&config, "bot-b", "agent", &[]);
+    let server = Server::start(&config);
+    for _ in 0..3 {
+        assert_eq!(server.get("/v1/actions", Some(&a)).status, 200);
+    }
+    let limited = server.get("/v1/actions", Some(&a));
+    assert_eq!(limited.status, 429, "{limited:?}");
+    assert_eq!(limited.json()["error"]["code"], "rate-limited");
+    // Another identity has its own budget.
+    assert_eq!(server.get("/v1/actions", Some(&b)).status, 200);
 }

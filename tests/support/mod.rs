@@ -133,3 +133,25 @@ pub fn airlock_with(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// `airlock token create` for an identity of `kind` with `roles`, under
+/// `config`'s data directory; returns the token (printed once on stdout).
+pub fn create_token(config: &Path, identity: &str, kind: &str, roles: &[&str]) -> String {
+    let config = config.to_str().expect("a UTF-8 config path");
+    let mut args = vec![
+        "token",
+        "create",
+        "--identity",
+        identity,
+        "--kind",
+        kind,
+        "--config",
+        config,
+    ];
+    for r in roles {
+        args.extend(["--role", r]);
+    }
+    let run = airlock_with(&args, b"", &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    run.stdout.trim().to_string()
+}

@@ -257,18 +257,8 @@ impl CallRule {
                 }
                 rule.methods = raw
                     .methods
-                    .as_ref()
-                    .map(|ms| {
-                        ms.iter()
-                            .map(|m| {
-                                let up = m.to_ascii_uppercase();
-                                match http::Method::from_bytes(up.as_bytes()) {
-                                    Ok(_) if !up.is_empty() => Ok(up),
-                                    _ => Err(format!("method {m:?} is not an HTTP method")),
-                                }
-                            })
-                            .collect::<Result<Vec<_>, _>>()
-                    })
+                    .as_deref()
+                    .map(crate::outbound::policy::rule_methods)
                     .transpose()?;
                 rule.destination = raw.destination.as_deref().map(Destination::parse).transpose()?;
                 if let Some(p) = &rule.path_prefix

@@ -44,21 +44,7 @@ pub struct AllowRule {
 impl AllowRule {
     pub fn resolve(raw: &RawAllowRule) -> Result<AllowRule, String> {
         let destination = Destination::parse(&raw.destination)?;
-        let methods = raw
-            .methods
-            .as_ref()
-            .map(|ms| {
-                ms.iter()
-                    .map(|m| {
-                        let up = m.to_ascii_uppercase();
-                        match http::Method::from_bytes(up.as_bytes()) {
-                            Ok(_) if !up.is_empty() && up != "CONNECT" => Ok(up),
-                            _ => Err(format!("method {m:?} is not allowed in a rule")),
-                        }
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?;
+        let methods = raw.methods.as_deref().map(rule_methods).transpose()?;
         let path_prefixes = raw
             .path_prefixes
             .as_ref()
@@ -125,6 +111,21 @@ pub(crate) fn ambiguous_path(path: &str) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// HTTP methods as written in a rule, upper-cased; `CONNECT` (a tunnel no
+/// rule can see into) is refused.
+pub fn rule_methods(methods: &[String]) -> Result<Vec<String>, String> {
+    methods
+        .iter()
+        .map(|m| {
+            let up = m.to_ascii_uppercase();
+            match http::Method::from_bytes(up.as_bytes()) {
+                Ok(_) if !up.is_empty() && up != "CONNECT" => Ok(up),
+                _ => Err(format!("method {m:?} is not allowed in a rule")),
+            }
+        })
+        .collect()
 }
 
 /// The outbound settings of an `http` grant.

@@ -93,10 +93,18 @@ async fn require_token(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match authenticate(&service, request.headers()) {
-        Ok(_) => next.run(request).await,
-        Err(e) => e.into_response(),
+    if let Err(e) = authenticate(&service, request.headers()) {
+        return e.into_response();
     }
+    let is_delete = request.method() == axum::http::Method::DELETE;
+    let mut response = next.run(request).await;
+    // rmcp answers a session DELETE with 202, which clients read as a failed
+    // termination (the spec's examples, and the Python SDK, expect 200/204).
+    // The session is closed by then, so say so plainly.
+    if is_delete && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    response
 }
 
 /// A JSON body, or a structured 400 saying what is wrong with it.
@@ -365,8 +373,7 @@ async fn decide(
         return Err(ApiError::bad_request("a deny needs a reason"));
     }
     let approval = service
-        .runtime
-        .record_decision(
+        .decide(
             &id,
             &caller,
             verdict,
@@ -374,17 +381,6 @@ async fn decide(
             decision.binding.as_deref(),
         )
         .await?;
-    // An approved invocation runs in the background; its status is at
-    // /v1/invocations/{id}.
-    if approval.kind == crate::store::ApprovalKind::Invocation && approval.state == ApprovalState::Approved {
-        let service = service.clone();
-        let invocation = approval.invocation.clone();
-        tokio::spawn(async move {
-            if let Err(e) = service.runtime.run_approved(&invocation).await {
-                tracing::warn!(%invocation, "approved invocation did not run: {e}");
-            }
-        });
-    }
     Ok(Json(json!({ "approval": approval })))
 }
 

@@ -503,22 +503,10 @@ async fn decide(
         return error_page(StatusCode::BAD_REQUEST, "a deny needs a reason");
     }
     let decided = service
-        .runtime
-        .record_decision(&id, &caller, verdict, reason, form.binding.as_deref())
+        .decide(&id, &caller, verdict, reason, form.binding.as_deref())
         .await;
     match decided {
-        Ok(approval) => {
-            if approval.kind == crate::store::ApprovalKind::Invocation && approval.state == ApprovalState::Approved {
-                let service = service.clone();
-                let invocation = approval.invocation.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = service.runtime.run_approved(&invocation).await {
-                        tracing::warn!(%invocation, "approved invocation did not run: {e}");
-                    }
-                });
-            }
-            Redirect::to(&format!("/console/approvals/{}", approval.id)).into_response()
-        }
+        Ok(approval) => Redirect::to(&format!("/console/approvals/{}", approval.id)).into_response(),
         Err(e) => error_page(StatusCode::CONFLICT, &e.to_string()),
     }
 }

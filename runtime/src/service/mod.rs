@@ -178,6 +178,34 @@ impl Service {
         crate::identity::authenticate(self.runtime.store()?.as_ref(), bearer)
     }
 
+    /// Record a reviewer's decision; an invocation it approves starts in
+    /// the background (its status is at `/v1/invocations/{id}` and in the
+    /// console), so the reviewer's request does not wait for the action.
+    pub async fn decide(
+        self: &Arc<Self>,
+        id: &str,
+        caller: &Caller,
+        verdict: crate::store::Verdict,
+        reason: Option<&str>,
+        binding: Option<&str>,
+    ) -> Result<crate::store::ApprovalRecord, Error> {
+        use crate::store::{ApprovalKind, ApprovalState};
+        let approval = self
+            .runtime
+            .record_decision(id, caller, verdict, reason, binding)
+            .await?;
+        if approval.kind == ApprovalKind::Invocation && approval.state == ApprovalState::Approved {
+            let service = self.clone();
+            let invocation = approval.invocation.clone();
+            tokio::spawn(async move {
+                if let Err(e) = service.runtime.run_approved(&invocation).await {
+                    tracing::warn!(%invocation, "approved invocation did not run: {e}");
+                }
+            });
+        }
+        Ok(approval)
+    }
+
     pub fn may_read_audit(&self, caller: &Caller) -> bool {
         self.settings.audit_readers.iter().any(|r| caller.matches(r))
     }
