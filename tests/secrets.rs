@@ -855,3 +855,49 @@ fn hidden_compression_and_redirect_loops_are_refused() {
     assert_eq!(s.api.requests().len(), 1 + 6);
     s.assert_no_leak(&[&run, &looped]);
 }
+
+#[test]
+fn a_running_service_uses_a_rotated_secret_at_its_next_invocation() {
+    let s = Setup::with(|_| "\n[actions.exfil.access]\ninvoke = [\"bot\"]\n".into());
+    let token = support::create_token(&s.config, "bot", "agent", &["agent"]);
+    let server = support::http::Server::start(&s.config);
+    let data = b"payload to sign".to_vec();
+    let hmac_of = |key: &str| {
+        json!(
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes())
+                .unwrap()
+                .chain_update(&data)
+                .finalize()
+                .into_bytes()
+                .to_vec()
+        )
+    };
+    let sign = || {
+        let body = json!({"action": "exfil", "function": "sign", "args": {"credential": "webhook", "data": data}});
+        let r = server.post("/v1/invocations", Some(&token), &body);
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()["result"].clone()
+    };
+    assert_eq!(sign(), hmac_of(SIGNING_KEY));
+
+    // Rotated from another process while the service runs.
+    let rotated = "rotated-signing-key-0f3a9c";
+    s.store("webhook-key", rotated);
+    assert_eq!(sign(), hmac_of(rotated));
+
+    // A vault the service can no longer read fails the call; it does not
+    // fall back to the value it had.
+    let vault = s.dir.path().join("data/vault.json");
+    let saved = std::fs::read_to_string(&vault).unwrap();
+    std::fs::write(&vault, "{ damaged").unwrap();
+    let body = json!({"action": "exfil", "function": "sign", "args": {"credential": "webhook", "data": data}});
+    let r = server.post("/v1/invocations", Some(&token), &body);
+    assert_ne!(r.json()["result"], hmac_of(rotated), "{r:?}");
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(
+        text.contains("is unavailable on the host") && text.contains("damaged"),
+        "{text}"
+    );
+    std::fs::write(&vault, saved).unwrap();
+    assert_eq!(sign(), hmac_of(rotated));
+}

@@ -387,3 +387,95 @@ fn each_identity_is_rate_limited_on_its_own() {
     // Another identity has its own budget.
     assert_eq!(server.get("/v1/actions", Some(&b)).status, 200);
 }
+
+/// How long until the server closes `stream` (read returns end of file or
+/// a reset), or `None` if it is still open after `limit`.
+fn closed_after(mut stream: TcpStream, limit: Duration) -> Option<Duration> {
+    use std::io::Read as _;
+    let start = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut sink = Vec::new();
+    match stream.read_to_end(&mut sink) {
+        Ok(_) => Some(start.elapsed()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some(start.elapsed()),
+        Err(_) => None,
+    }
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_connections_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        "[runtime]\ndata-dir = \"data\"\n[service]\nheader-timeout-ms = 1500\nbody-timeout-ms = 1500\n\
+         max-connections = 4\nmax-body-bytes = 4096\n",
+    )
+    .unwrap();
+    let server = Server::start(&config);
+    let limit = Duration::from_secs(20);
+
+    // A connection that never sends a byte, one stuck in its request head,
+    // and a keep-alive connection idle after its first response: all closed
+    // by the header timeout.
+    let silent = TcpStream::connect(&server.addr).unwrap();
+    let waited = closed_after(silent, limit).expect("a silent connection is closed");
+    assert!(waited >= Duration::from_millis(1000), "closed too early: {waited:?}");
+    let mut partial = TcpStream::connect(&server.addr).unwrap();
+    partial.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    closed_after(partial, limit).expect("a half-sent head is cut off");
+    let mut idle = TcpStream::connect(&server.addr).unwrap();
+    idle.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    closed_after(idle, limit).expect("an idle keep-alive connection is closed");
+
+    // A body that trickles: 408 once the body timeout passes, and the
+    // connection is not reused.
+    let mut trickle = TcpStream::connect(&server.addr).unwrap();
+    trickle
+        .write_all(b"POST /v1/invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"act")
+        .unwrap();
+    trickle.set_read_timeout(Some(limit)).unwrap();
+    let r = support::http::read(trickle);
+    assert_eq!(r.status, 408, "{r:?}");
+    assert_eq!(r.json()["error"]["code"], "body-timeout", "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+
+    // Oversized bodies are refused on every route, /mcp included, from the
+    // declared length and from what actually arrives (chunked).
+    let big = vec![b'x'; 10_000];
+    for path in ["/v1/invocations", "/mcp"] {
+        let r = request(
+            &server.addr,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            &big,
+        );
+        assert_eq!(r.status, 413, "{path}: {r:?}");
+    }
+    let mut chunked = TcpStream::connect(&server.addr).unwrap();
+    chunked
+        .write_all(b"POST /mcp HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    for _ in 0..3 {
+        let _ = chunked.write_all(format!("{:x}\r\n{}\r\n", 2000, "y".repeat(2000)).as_bytes());
+    }
+    let _ = chunked.write_all(b"0\r\n\r\n");
+    chunked.set_read_timeout(Some(limit)).unwrap();
+    assert_eq!(support::http::read(chunked).status, 413);
+
+    // The connection cap: four idle connections fill every slot, so a fifth
+    // client is served only once the header timeout has freed one.
+    let holders: Vec<_> = (0..4).map(|_| TcpStream::connect(&server.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let held_at = Instant::now();
+    let r = server.get("/v1/health", None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let waited = held_at.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "served after {waited:?}, while every slot was taken"
+    );
+    drop(holders);
+    assert_eq!(server.get("/v1/health", None).status, 200);
+}

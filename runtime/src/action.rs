@@ -27,7 +27,7 @@ pub struct PreparedAction {
     pub from_cache: bool,
     pub(crate) pre: InstancePre<InvocationState>,
     /// The vault, for actions with credentials.
-    pub(crate) vault: Option<std::sync::Arc<crate::vault::Vault>>,
+    pub(crate) vault: Option<std::sync::Arc<crate::vault::LiveVault>>,
     /// Where every invocation and host call is recorded.
     pub(crate) audit: crate::audit::AuditLog,
     /// The approval service, for actions that can need approvals.
@@ -112,7 +112,7 @@ pub fn prepare(
     engine: &Engine,
     cache: &ArtifactCache,
     policy: ActionPolicy,
-    vault: Option<std::sync::Arc<crate::vault::Vault>>,
+    vault: Option<std::sync::Arc<crate::vault::LiveVault>>,
     audit: crate::audit::AuditLog,
     approvals: Option<crate::approval::Approvals>,
 ) -> Result<PreparedAction, Error> {

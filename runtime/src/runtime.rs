@@ -9,7 +9,7 @@ use crate::manifest::Manifest;
 use crate::policy::{ActionPolicy, Policy, RuntimeSettings};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
-use crate::vault::Vault;
+use crate::vault::LiveVault;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub struct Runtime {
     actions: BTreeMap<String, Arc<PreparedAction>>,
     data_dir: std::path::PathBuf,
     /// Opened on first use by an action with credentials.
-    vault: Option<Arc<Vault>>,
+    vault: Option<Arc<LiveVault>>,
     /// Opened on first use by [`Runtime::prepare`].
     audit: Option<AuditLog>,
     /// Opened on first use by [`Runtime::approvals`].
@@ -150,17 +150,18 @@ impl Runtime {
         Ok(Arc::new(store))
     }
 
-    /// The vault, opened once, after checking that every secret `grant`
-    /// names is in it (so a missing secret fails at load, not mid-request).
+    /// The vault, opened once (it follows later changes to its file), after
+    /// checking that every secret `grant` names is in it (so a missing
+    /// secret fails at load, not mid-request).
     fn vault_for(
         &mut self,
         action: &str,
         grant: &crate::capabilities::credentials::CredentialsGrant,
-    ) -> Result<Arc<Vault>, Error> {
+    ) -> Result<Arc<LiveVault>, Error> {
         let vault = match &self.vault {
             Some(v) => v.clone(),
             None => {
-                let v = Arc::new(Vault::open(&self.data_dir).map_err(|e| {
+                let v = Arc::new(LiveVault::open(&self.data_dir).map_err(|e| {
                     Error::Config(format!(
                         "action `{action}` has credentials, but the vault cannot be opened: {e}"
                     ))
@@ -170,7 +171,12 @@ impl Runtime {
             }
         };
         for (name, binding) in &grant.bindings {
-            if !vault.contains(&binding.secret) {
+            let present = vault.contains(&binding.secret).map_err(|e| {
+                Error::Config(format!(
+                    "action `{action}` has credentials, but the vault cannot be read: {e}"
+                ))
+            })?;
+            if !present {
                 return Err(Error::Config(format!(
                     "action `{action}`: credential `{name}` uses vault secret `{}`, which is not in {}; add it with `airlock secret set {}`",
                     binding.secret,

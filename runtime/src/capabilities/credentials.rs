@@ -13,7 +13,7 @@ use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, HostCall};
 use crate::invocation::{InvocationState, StateBuilder};
 use crate::outbound::{Destination, Origin, Redactor};
-use crate::vault::{SecretValue, Vault};
+use crate::vault::{LiveVault, SecretValue};
 use base64::Engine as _;
 use hmac::Mac as _;
 use std::collections::BTreeMap;
@@ -270,7 +270,7 @@ pub struct CredentialHandle {
 #[derive(Debug, Default)]
 pub struct CredentialStore {
     grant: CredentialsGrant,
-    vault: Option<Arc<Vault>>,
+    vault: Option<Arc<LiveVault>>,
     inner: Mutex<Opened>,
 }
 
@@ -282,7 +282,7 @@ struct Opened {
 }
 
 impl CredentialStore {
-    pub fn new(grant: CredentialsGrant, vault: Option<Arc<Vault>>) -> CredentialStore {
+    pub fn new(grant: CredentialsGrant, vault: Option<Arc<LiveVault>>) -> CredentialStore {
         CredentialStore {
             grant,
             vault,

@@ -11,7 +11,7 @@ use crate::capabilities::http::{HttpState, WasiHttpGate};
 use crate::capabilities::log::LogState;
 use crate::host_call::HostCalls;
 use crate::policy::Limits;
-use crate::vault::Vault;
+use crate::vault::LiveVault;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -58,7 +58,7 @@ pub struct StateBuilder {
     pub log: LogState,
     pub files: Option<FilesState>,
     /// The vault, when the action has credentials.
-    pub vault: Option<Arc<Vault>>,
+    pub vault: Option<Arc<LiveVault>>,
     pub credentials: Arc<CredentialStore>,
     pub http: Option<HttpState>,
     pub host_calls: HostCalls,

@@ -51,7 +51,73 @@ pub fn router(service: Shared) -> Router {
         )
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(service.clone(), read_body))
         .with_state(service)
+}
+
+/// Every request body is read in full, within `body-timeout-ms` and
+/// `max-body-bytes`, before any handler (or the MCP transport, which reads
+/// bodies itself) sees it: a client trickling a body is answered 408 and
+/// cannot hold a handler, an oversized one 413.
+async fn read_body(
+    State(service): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = service.settings.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!("request bodies are limited to {limit} bytes (service.max-body-bytes)"),
+        )
+        .into_response()
+    };
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    let timeout = service.settings.body_timeout;
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                return too_large();
+            }
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad-body",
+                format!("reading the request body failed: {e}"),
+            )
+            .into_response();
+        }
+        Err(_) => {
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                format!(
+                    "the request body did not arrive within {} ms (service.body-timeout-ms)",
+                    timeout.as_millis()
+                ),
+            )
+            .into_response();
+            // The rest of the body may still be on its way: do not read it
+            // as the next request.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return response;
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 /// The caller behind the `Authorization: Bearer` header, rate limited.

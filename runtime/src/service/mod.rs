@@ -3,7 +3,9 @@
 //! the command line: identity → policy → approval → run → audit.
 //!
 //! - Listens on loopback unless `[service] listen` says otherwise.
-//! - Request bodies are capped (`max-body-bytes`), each identity is rate
+//! - Request bodies are capped (`max-body-bytes`) and must arrive in time
+//!   (`body-timeout-ms`), request heads too (`header-timeout-ms`), open
+//!   connections are capped (`max-connections`), each identity is rate
 //!   limited (`rate-limit`), every error is structured JSON.
 //! - Invocations can wait for their result (up to `wait-ms`) or be
 //!   submitted and fetched later; either way they are stored, so their
@@ -12,6 +14,7 @@
 //!   approved from another process (the CLI).
 
 pub mod api;
+pub mod connections;
 pub mod console;
 pub mod error;
 pub mod mcp;
@@ -35,6 +38,12 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// Longest wait a request may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
+/// Time a connection has to deliver a request head by default.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a request has to deliver its body by default.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// `[service]` in the config.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -42,6 +51,12 @@ pub const MAX_WAIT: Duration = Duration::from_secs(300);
 pub struct RawServiceSettings {
     pub listen: Option<String>,
     pub max_body_bytes: Option<usize>,
+    /// Time to deliver a request head (also the keep-alive idle limit).
+    pub header_timeout_ms: Option<u64>,
+    /// Time to deliver a request body.
+    pub body_timeout_ms: Option<u64>,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: Option<usize>,
     pub rate_limit: Option<RawRateLimit>,
     /// Who may read and verify the audit trail; default `["role:auditor"]`.
     pub audit_readers: Option<Vec<String>>,
@@ -67,6 +82,9 @@ pub struct RawRateLimit {
 pub struct ServiceSettings {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
     pub rate_limit: RateLimit,
     pub audit_readers: Vec<AccessRule>,
     pub mcp_wait: Duration,
@@ -84,6 +102,9 @@ impl Default for ServiceSettings {
                 .parse()
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8420))),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             rate_limit: RateLimit::default(),
             audit_readers: vec![AccessRule::Role("auditor".into())],
             mcp_wait: DEFAULT_MCP_WAIT,
@@ -106,6 +127,19 @@ impl ServiceSettings {
                 return Err("service.max-body-bytes must be between 1024 and 67108864".into());
             }
             s.max_body_bytes = n;
+        }
+        let timeout = |key: &str, ms: Option<u64>, default: Duration| match ms {
+            None => Ok(default),
+            Some(ms) if (100..=600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+            Some(_) => Err(format!("service.{key} must be between 100 and 600000 (ms)")),
+        };
+        s.header_timeout = timeout("header-timeout-ms", raw.header_timeout_ms, s.header_timeout)?;
+        s.body_timeout = timeout("body-timeout-ms", raw.body_timeout_ms, s.body_timeout)?;
+        if let Some(n) = raw.max_connections {
+            if !(1..=65_536).contains(&n) {
+                return Err("service.max-connections must be between 1 and 65536".into());
+            }
+            s.max_connections = n;
         }
         if let Some(r) = &raw.rate_limit {
             if !(r.per_second > 0.0 && r.per_second.is_finite() && r.burst >= 1.0 && r.burst.is_finite()) {
@@ -234,11 +268,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let sweeper = spawn_sweeper(service.clone());
+    let limits = connections::ConnectionLimits {
+        header_timeout: service.settings.header_timeout,
+        max_connections: service.settings.max_connections,
+    };
     let app = api::router(service);
-    let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("the HTTP server failed: {e}")));
+    let result = connections::serve(listener, app, limits, shutdown).await;
     sweeper.abort();
     result
 }

@@ -14,9 +14,11 @@
 //!   torn vault.
 
 pub mod key;
+pub mod live;
 pub mod secret;
 
 pub use key::{KeySource, MasterKey};
+pub use live::LiveVault;
 pub use secret::SecretValue;
 
 use base64::Engine as _;
