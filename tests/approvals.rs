@@ -92,22 +92,7 @@ approve = ["role:reviewer"]
     /// Create a token and return the path of a file holding it.
     fn token(&self, identity: &str, kind: &str, roles: &[&str]) -> PathBuf {
         let file = self.path(&format!("{identity}-{}.token", roles.join("-")));
-        let mut args = vec![
-            "token",
-            "create",
-            "--identity",
-            identity,
-            "--kind",
-            kind,
-            "--config",
-            self.config(),
-            "--out",
-            file.to_str().unwrap(),
-        ];
-        for r in roles {
-            args.extend(["--role", r]);
-        }
-        let run = airlock_with(&args, b"", &[]);
+        let run = support::token_create(&self.config, identity, kind, roles, Some(&file));
         assert_eq!(run.code, 0, "{run:?}");
         // The token is shown once, and here it went to the file only.
         assert!(run.stdout.is_empty(), "{run:?}");

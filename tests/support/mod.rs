@@ -137,6 +137,13 @@ pub fn airlock_with(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Run {
 /// `airlock token create` for an identity of `kind` with `roles`, under
 /// `config`'s data directory; returns the token (printed once on stdout).
 pub fn create_token(config: &Path, identity: &str, kind: &str, roles: &[&str]) -> String {
+    let run = token_create(config, identity, kind, roles, None);
+    assert_eq!(run.code, 0, "{run:?}");
+    run.stdout.trim().to_string()
+}
+
+/// Run `airlock token create`, writing the token to `out` if given.
+pub fn token_create(config: &Path, identity: &str, kind: &str, roles: &[&str], out: Option<&Path>) -> Run {
     let config = config.to_str().expect("a UTF-8 config path");
     let mut args = vec![
         "token",
@@ -148,10 +155,11 @@ pub fn create_token(config: &Path, identity: &str, kind: &str, roles: &[&str]) -
         "--config",
         config,
     ];
+    if let Some(out) = out {
+        args.extend(["--out", out.to_str().expect("a UTF-8 token path")]);
+    }
     for r in roles {
         args.extend(["--role", r]);
     }
-    let run = airlock_with(&args, b"", &[]);
-    assert_eq!(run.code, 0, "{run:?}");
-    run.stdout.trim().to_string()
+    airlock_with(&args, b"", &[])
 }
