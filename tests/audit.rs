@@ -662,3 +662,77 @@ fn wasi_filesystem_calls_are_each_recorded() {
     // In call order, numbered without gaps among the invocation's calls.
     assert!(calls.windows(2).all(|w| w[0].call < w[1].call), "{calls:?}");
 }
+
+#[test]
+fn a_pure_action_costs_one_sync_and_a_lost_start_withholds_its_result() {
+    let data = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut runtime = Runtime::new(&RuntimeSettings {
+        data_dir: data.path().to_path_buf(),
+        max_concurrent_instances: 4,
+    })
+    .unwrap();
+    // `hello` holds no capability: nothing it does is visible outside until
+    // its result is returned.
+    let action = runtime
+        .prepare(ActionPolicy::ad_hoc(
+            "hello",
+            component("hello"),
+            Grants::default(),
+            Limits::default(),
+        ))
+        .unwrap();
+    let audit = runtime.audit().unwrap();
+    let greet = || rt.block_on(action.invoke("greet", &json!({"who": {"name": "Ada", "languages": []}})));
+
+    let (syncs_before, _) = audit.sync_stats();
+    let ok: Vec<_> = (0..5).map(|_| greet()).collect();
+    let (syncs, _) = audit.sync_stats();
+    assert!(ok.iter().all(|r| r.outcome.is_ok()));
+    assert_eq!(syncs - syncs_before, 5, "one sync per sequential pure invocation");
+
+    // The start of a pure invocation is written without waiting; if that
+    // write fails, the invocation's result is withheld, never returned
+    // unrecorded.
+    audit.inject_fault(Some(std::io::ErrorKind::StorageFull));
+    let lost = greet();
+    assert!(
+        matches!(&lost.outcome, Err(airlock::Error::AuditUnavailable(m)) if m.contains("withheld")),
+        "{:?}",
+        lost.outcome
+    );
+    assert!(!audit.is_healthy());
+    // Known to be failing: the next one is refused before it runs.
+    let refused = greet();
+    assert!(
+        matches!(&refused.outcome, Err(airlock::Error::AuditUnavailable(m)) if m.contains("nothing runs")),
+        "{:?}",
+        refused.outcome
+    );
+    audit.inject_fault(None);
+    let healed = greet();
+    assert!(healed.outcome.is_ok(), "{:?}", healed.outcome);
+    drop(action);
+    drop(runtime);
+    drop(audit);
+
+    let recs = records(data.path());
+    for r in ok.iter().chain([&healed]) {
+        let kinds: Vec<_> = recs
+            .iter()
+            .filter(|e| e.event.invocation() == Some(r.invocation.as_str()))
+            .map(|e| match &e.event {
+                Event::InvocationStarted(_) => "started",
+                Event::InvocationFinished(_) => "finished",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["started", "finished"], "{}", r.invocation);
+    }
+    for r in [&lost, &refused] {
+        assert!(recs.iter().all(|e| e.event.invocation() != Some(r.invocation.as_str())));
+    }
+}

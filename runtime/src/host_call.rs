@@ -204,15 +204,16 @@ impl HostCalls {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A log whose calls are also audited as invocation `invocation`.
-    pub fn audited(log: AuditLog, invocation: String) -> HostCalls {
+    /// A log whose calls are also audited as invocation `invocation`, whose
+    /// records are good as long as the log's failure epoch stays `epoch`.
+    pub fn audited(log: AuditLog, invocation: String, epoch: u64) -> HostCalls {
         HostCalls(Arc::new(Mutex::new(Inner {
             log: HostCallLog::default(),
             tap: Some(AuditTap {
                 invocation,
                 pending: Vec::new(),
                 in_flight: BTreeMap::new(),
-                epoch: log.epoch(),
+                epoch,
                 log,
             }),
             gate: None,

@@ -10,8 +10,11 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Event {
-    /// Written (and synced) before the action's instance is created: nothing
-    /// runs without this record on disk.
+    /// Written before the action's instance is created. For an action
+    /// holding any capability that reaches outside its sandbox it is synced
+    /// first (nothing with an effect runs without this record on disk); a
+    /// pure action's is synced with its closing record, before the result
+    /// is returned.
     InvocationStarted(InvocationStarted),
     /// One capability call: its own record, in call order.
     HostCall(HostCallEvent),

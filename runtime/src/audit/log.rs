@@ -700,7 +700,10 @@ impl Writer {
             results[i] = Some(Ok(self.next_seq.saturating_sub(1)));
         }
         let injected = self.shared.fault.lock().ok().and_then(|f| *f);
-        let written = if buf.is_empty() && !sync {
+        // A group whose appends were all refused writes nothing, and so
+        // proves nothing about the log's health.
+        let attempted = !buf.is_empty() || sync;
+        let written = if !attempted {
             Ok(())
         } else {
             match injected {
@@ -721,7 +724,9 @@ impl Writer {
                     self.shared.syncs.fetch_add(1, Ordering::AcqRel);
                     self.shared.durable_appends.fetch_add(durable, Ordering::AcqRel);
                 }
-                self.shared.healthy.store(true, Ordering::Release);
+                if attempted {
+                    self.shared.healthy.store(true, Ordering::Release);
+                }
                 results.into_iter().map(|r| r.unwrap_or(Ok(0))).collect()
             }
             Err(e) => {

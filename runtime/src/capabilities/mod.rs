@@ -117,6 +117,14 @@ impl Grants {
         })
     }
 
+    /// Whether an action holding these grants can do anything visible
+    /// outside its sandbox while it runs: every capability but `log` can
+    /// (files, the network, the vault, approval requests). A pure action's
+    /// only output is its result.
+    pub fn reach_outside(&self) -> bool {
+        self.files.is_some() || self.credentials.is_some() || self.http.is_some() || self.approval.is_some()
+    }
+
     /// Whether the capability of this kind is granted.
     pub fn holds(&self, kind: CapabilityKind) -> bool {
         match kind {

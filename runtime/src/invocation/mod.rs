@@ -122,9 +122,11 @@ impl PreparedAction {
     /// checks it; see [`crate::gateway`]).
     ///
     /// The audit log sees the request before anything runs and the outcome
-    /// before it is returned: a refused request is recorded, the start is
+    /// before it is returned: a refused request is recorded; for an action
+    /// holding any capability that reaches outside its sandbox, the start is
     /// synced before the instance is created (if it cannot be, nothing
-    /// runs), and the host calls and closing record are synced before the
+    /// runs); a pure action's start is written first and synced with its
+    /// close; the host calls and closing record are synced before the
     /// report goes back (if they cannot be, the result is withheld).
     pub async fn invoke_as(&self, caller: &Caller, function: &str, args: &Value, approval: Option<&str>) -> Report {
         self.invoke_with_id(&new_invocation_id(), caller, function, args, approval)
@@ -166,9 +168,24 @@ impl PreparedAction {
             }
         };
         let start = self.started_event(&invocation, caller, function, args, approval);
-        if let Err(e) = self.audit.append_durable_async(vec![start], None).await {
-            return Report::failed(&invocation, Error::AuditUnavailable(e.to_string()), started);
-        }
+        let epoch = if self.policy.grants.reach_outside() || !self.audit.is_healthy() {
+            // Durable before the action can touch anything outside. (A log
+            // known to be failing also takes this path: the write retries
+            // it, refuses the run if it still fails, heals it if not.)
+            if let Err(e) = self.audit.append_durable_async(vec![start], None).await {
+                return Report::failed(&invocation, Error::AuditUnavailable(e.to_string()), started);
+            }
+            self.audit.epoch()
+        } else {
+            // A pure action: nothing it does is visible until its result is
+            // returned, and that waits for the closing append, which syncs
+            // the start with it: one sync per invocation instead of two. The
+            // epoch is read first, so a failure writing the start withholds
+            // the result.
+            let epoch = self.audit.epoch();
+            self.audit.append_queued(vec![start]);
+            epoch
+        };
         let span = tracing::info_span!(
             "invocation",
             invocation = %invocation,
@@ -176,7 +193,7 @@ impl PreparedAction {
             function = %function,
             caller = %caller.name
         );
-        let host_calls = HostCalls::audited(self.audit.clone(), invocation.clone());
+        let host_calls = HostCalls::audited(self.audit.clone(), invocation.clone(), epoch);
         if let Some(gate) = self.gate_for(&invocation, caller, function, args) {
             host_calls.set_gate(gate);
         }
