@@ -6,13 +6,18 @@
 //!   wasmtime (`InstancePre`, fresh `Store` and instance per call), and bare
 //!   wasmtime plus one `fdatasync` of a small append in the same directory
 //!   as airlock's audit log (the M6 target is at most that + 50 µs).
-//! - `invoke-noop/concurrent-16`: batches of 16 concurrent `noop()`s on a
-//!   multi-threaded tokio runtime; throughput in invocations per second.
+//! - `invoke-noop/concurrent-16`: 16 concurrent loops of `noop()` on a
+//!   multi-threaded tokio runtime (always 16 in flight); throughput in
+//!   invocations per second.
 //! - `host-call/log-N`: `log-lines(n)` with n = 0 and 1000, against a bare
 //!   host whose `airlock:cap/log.write` does nothing (no policy, no record);
 //!   one call costs (t(1000) - t(0)) / 1000.
 //! - `invoke-hello/latency`: the M1 figure, `hello.greet` with a record
 //!   argument and result (JSON in and out for airlock).
+
+// The allocator the `airlock` binary uses (baselines run under it too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use airlock::action::PreparedAction;
 use airlock::capabilities::Grants;
@@ -145,21 +150,29 @@ fn invoke_ok(action: &PreparedAction, rt: &tokio::runtime::Runtime, function: &s
     }
 }
 
-/// Time `iters` batches of `batch` concurrent calls of `one`.
-fn concurrent<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, batch: usize, one: F) -> Duration
+/// Time `workers` concurrent loops, each making `iters` calls of `one`
+/// back to back (a closed loop: always `workers` invocations in flight).
+fn concurrent<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, workers: usize, one: F) -> Duration
 where
-    F: Fn() -> Fut,
+    F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let start = Instant::now();
-    for _ in 0..iters {
-        rt.block_on(async {
-            let tasks: Vec<_> = (0..batch).map(|_| tokio::spawn(one())).collect();
-            for t in tasks {
-                t.await.unwrap();
-            }
-        });
-    }
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                let one = one.clone();
+                tokio::spawn(async move {
+                    for _ in 0..iters {
+                        one().await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
     start.elapsed()
 }
 
@@ -212,9 +225,11 @@ fn benches(c: &mut Criterion) {
     let batch = 16;
     let mut group = c.benchmark_group("invoke-noop/concurrent-16");
     group.throughput(Throughput::Elements(batch as u64));
+    let bare = Arc::new(bare);
     group.bench_function("bare-wasmtime", |b| {
         b.iter_custom(|iters| {
-            concurrent(&rt, iters, batch, || {
+            let bare = bare.clone();
+            concurrent(&rt, iters, batch, move || {
                 let bare = bare.clone();
                 async move {
                     bare.call(noop, &[], 0).await;
@@ -222,10 +237,12 @@ fn benches(c: &mut Criterion) {
             })
         });
     });
+    let action = bench.action.clone();
     group.bench_function("airlock", |b| {
         b.iter_custom(|iters| {
-            concurrent(&rt, iters, batch, || {
-                let action = bench.action.clone();
+            let action = action.clone();
+            concurrent(&rt, iters, batch, move || {
+                let action = action.clone();
                 async move {
                     let report = action.invoke("noop", &json!({})).await;
                     assert!(report.outcome.is_ok());

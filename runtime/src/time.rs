@@ -34,18 +34,30 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// `2026-11-24T09:41:26.123456Z`.
+/// `2026-11-24T09:41:26.123456Z`. Written digit by digit: every audit
+/// record carries one, so this is on the host-call path.
 pub fn rfc3339_micros(micros: u64) -> String {
     let secs = micros / 1_000_000;
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        micros % 1_000_000
-    )
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, value: u64| {
+        let mut v = value;
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    // Years past 9999 (or before 0) do not occur in a clock reading; clamp
+    // rather than print a malformed stamp.
+    put(0, 4, y.clamp(0, 9999) as u64);
+    put(5, 2, m as u64);
+    put(8, 2, d as u64);
+    put(11, 2, rem / 3600);
+    put(14, 2, rem / 60 % 60);
+    put(17, 2, rem % 60);
+    put(20, 6, micros % 1_000_000);
+    out.iter().map(|&b| char::from(b)).collect()
 }
 
 /// `2026-11-24 09:41:26` (seconds precision, for tables).
@@ -114,6 +126,14 @@ mod tests {
         assert_eq!(parse_utc("2026-11-24 08:58"), Ok(1_795_510_680_000_000));
         for bad in ["", "yesterday", "2026-13-01", "2026-11-24T25:00", "2026-11"] {
             assert!(parse_utc(bad).is_err(), "{bad}");
+        }
+        assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339_micros(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(rfc3339_micros(253_402_300_799_999_999), "9999-12-31T23:59:59.999999Z");
+        // Every day across four years (a leap year included), one odd time.
+        for day in 20_000..21_500u64 {
+            let t = day * 86_400_000_000 + 45_296_789_012;
+            assert_eq!(parse_utc(&rfc3339_micros(t)), Ok(t));
         }
     }
 }

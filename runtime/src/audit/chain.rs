@@ -37,14 +37,25 @@ pub struct Record {
 /// Serialize `entry` (whose `prev` must be `prev`) into one line with its
 /// hash, newline included.
 pub fn encode(entry: &Entry, prev: &[u8; 32]) -> Result<(Vec<u8>, [u8; 32]), String> {
-    let body = serde_json::to_vec(entry).map_err(|e| format!("cannot serialize an audit record: {e}"))?;
-    let hash = chain_hash(prev, &body);
-    let mut line = body;
-    line.pop(); // the closing `}`
-    line.extend_from_slice(b",\"hash\":\"");
-    line.extend_from_slice(hex(&hash).as_bytes());
-    line.extend_from_slice(b"\"}\n");
+    let mut line = Vec::new();
+    let hash = encode_into(&mut line, entry, prev)?;
     Ok((line, hash))
+}
+
+/// [`encode`], appending the line to `buf` (the writer's group buffer:
+/// no allocation per record). On error `buf` is left as it was.
+pub fn encode_into(buf: &mut Vec<u8>, entry: &Entry, prev: &[u8; 32]) -> Result<[u8; 32], String> {
+    let start = buf.len();
+    if let Err(e) = serde_json::to_writer(&mut *buf, entry) {
+        buf.truncate(start);
+        return Err(format!("cannot serialize an audit record: {e}"));
+    }
+    let hash = chain_hash(prev, &buf[start..]);
+    buf.pop(); // the closing `}`
+    buf.extend_from_slice(b",\"hash\":\"");
+    buf.extend_from_slice(hex(&hash).as_bytes());
+    buf.extend_from_slice(b"\"}\n");
+    Ok(hash)
 }
 
 pub fn chain_hash(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
@@ -76,8 +87,16 @@ pub fn decode(line: &[u8], prev: &[u8; 32]) -> Result<Record, String> {
     Ok(Record { entry, hash: stored })
 }
 
+/// Lowercase hex. On the path of every audit record (twice), so no
+/// formatting machinery.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// Parse 64 lowercase hex digits (the only spelling airlock writes, so a
@@ -86,10 +105,10 @@ pub fn parse_hex(text: &[u8]) -> Option<[u8; 32]> {
     if text.len() != 64 || !text.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)) {
         return None;
     }
+    let nibble = |c: u8| if c.is_ascii_digit() { c - b'0' } else { c - b'a' + 10 };
     let mut out = [0u8; 32];
-    for (i, pair) in text.chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(s, 16).ok()?;
+    for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *o = nibble(pair[0]) << 4 | nibble(pair[1]);
     }
     Some(out)
 }
@@ -123,5 +142,16 @@ mod tests {
         }
         assert!(decode(body, &[1; 32]).is_err(), "wrong prev undetected");
         Ok(())
+    }
+
+    #[test]
+    fn hex_round_trips_and_only_lowercase_parses() {
+        let bytes: [u8; 32] = std::array::from_fn(|i| (i * 37 + 11) as u8);
+        let text = hex(&bytes);
+        assert_eq!(text.len(), 64);
+        assert_eq!(&text[..6], "0b3055");
+        assert_eq!(parse_hex(text.as_bytes()), Some(bytes));
+        assert_eq!(parse_hex(text.to_uppercase().as_bytes()), None);
+        assert_eq!(parse_hex(&text.as_bytes()[..62]), None);
     }
 }

@@ -45,6 +45,27 @@ pub enum AuditError {
     Open { path: String, reason: String },
 }
 
+/// Where an append's outcome goes: a blocked thread, or an awaiting task
+/// (woken directly by the writer, with no blocking thread in between: each
+/// hand-off between threads costs a wake-up on the invocation's path).
+enum Ack {
+    Thread(mpsc::SyncSender<Result<u64, AuditError>>),
+    Task(tokio::sync::oneshot::Sender<Result<u64, AuditError>>),
+}
+
+impl Ack {
+    fn send(self, result: Result<u64, AuditError>) {
+        match self {
+            Ack::Thread(tx) => {
+                let _ = tx.send(result);
+            }
+            Ack::Task(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
 enum Request {
     Append {
         events: Vec<Event>,
@@ -53,7 +74,7 @@ enum Request {
         /// Refuse the append if a write failed since this epoch (records
         /// it depends on were cut off).
         expect_epoch: Option<u64>,
-        ack: Option<mpsc::SyncSender<Result<u64, AuditError>>>,
+        ack: Option<Ack>,
     },
     Checkpoint {
         ack: mpsc::SyncSender<Result<Option<Checkpoint>, AuditError>>,
@@ -317,18 +338,23 @@ impl AuditLog {
             events,
             sync: true,
             expect_epoch,
-            ack: Some(ack),
+            ack: Some(Ack::Thread(ack)),
         })?;
         done.recv().map_err(|_| self.unavailable("the writer has stopped"))?
     }
 
-    /// [`AuditLog::append_durable_since`] off the async runtime's workers.
+    /// [`AuditLog::append_durable_since`] for async callers: the task waits
+    /// without holding a thread, and the writer wakes it when the group is
+    /// synced.
     pub async fn append_durable_async(&self, events: Vec<Event>, epoch: Option<u64>) -> Result<u64, AuditError> {
-        let log = self.clone();
-        match tokio::task::spawn_blocking(move || log.append(events, epoch)).await {
-            Ok(r) => r,
-            Err(_) => Err(self.unavailable("the append task failed")),
-        }
+        let (ack, done) = tokio::sync::oneshot::channel();
+        self.send(Request::Append {
+            events,
+            sync: true,
+            expect_epoch: epoch,
+            ack: Some(Ack::Task(ack)),
+        })?;
+        done.await.map_err(|_| self.unavailable("the writer has stopped"))?
     }
 
     /// Sign a checkpoint of the current head (after everything queued).
@@ -587,7 +613,7 @@ impl Writer {
             }
             for (ack, result) in acks.into_iter().zip(self.write_group(&mut appends)) {
                 if let Some(ack) = ack {
-                    let _ = ack.send(result);
+                    ack.send(result);
                 }
             }
             let due = self
@@ -649,8 +675,7 @@ impl Writer {
                 prev: chain::hex(&self.head),
                 event,
             };
-            if let Ok((line, hash)) = chain::encode(&entry, &self.head) {
-                buf.extend_from_slice(&line);
+            if let Ok(hash) = chain::encode_into(&mut buf, &entry, &self.head) {
                 self.head = hash;
                 self.next_seq += 1;
                 sync = true;
@@ -674,9 +699,8 @@ impl Writer {
                     prev: chain::hex(&self.head),
                     event,
                 };
-                match chain::encode(&entry, &self.head) {
-                    Ok((line, hash)) => {
-                        buf.extend_from_slice(&line);
+                match chain::encode_into(&mut buf, &entry, &self.head) {
+                    Ok(hash) => {
                         self.head = hash;
                         self.next_seq += 1;
                     }
