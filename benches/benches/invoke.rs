@@ -24,98 +24,13 @@ use airlock::capabilities::Grants;
 use airlock::capabilities::log::LogGrant;
 use airlock::policy::{ActionPolicy, Limits, RuntimeSettings};
 use airlock::runtime::Runtime;
+use airlock_benches::bare::BareHost;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, ComponentExportIndex, HasSelf, InstancePre, Linker, ResourceTable, Val};
-use wasmtime::{Engine, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-
-/// The unaudited log host function of the bare baseline.
-mod bare_log {
-    wasmtime::component::bindgen!({
-        inline: "
-            package airlock:cap@0.1.0;
-            interface log {
-                enum level { trace, debug, info, warn, error }
-                record field { key: string, value: string }
-                write: func(level: level, message: string, fields: list<field>);
-            }
-            world bare { import log; }
-        ",
-    });
-}
-
-struct Bare {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    lines: u64,
-}
-
-impl WasiView for Bare {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl bare_log::airlock::cap::log::Host for Bare {
-    fn write(
-        &mut self,
-        _level: bare_log::airlock::cap::log::Level,
-        _message: String,
-        _fields: Vec<bare_log::airlock::cap::log::Field>,
-    ) {
-        self.lines += 1;
-    }
-}
-
-/// Bare wasmtime: the component pre-instantiated on airlock's engine
-/// settings, nothing else.
-#[derive(Clone)]
-struct BareHost {
-    engine: Engine,
-    pre: InstancePre<Bare>,
-    component: Component,
-}
-
-impl BareHost {
-    fn new(settings: &RuntimeSettings, path: &std::path::Path) -> BareHost {
-        let engine = airlock::engine::build(settings).unwrap();
-        let component = Component::from_file(&engine, path).unwrap();
-        let mut linker = Linker::<Bare>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-        bare_log::airlock::cap::log::add_to_linker::<Bare, HasSelf<Bare>>(&mut linker, |s| s).unwrap();
-        let pre = linker.instantiate_pre(&component).unwrap();
-        BareHost { engine, pre, component }
-    }
-
-    fn export(&self, name: &str) -> ComponentExportIndex {
-        self.component.get_export_index(None, name).unwrap()
-    }
-
-    async fn call(&self, export: ComponentExportIndex, params: &[Val], results: usize) -> Vec<Val> {
-        let mut store = Store::new(
-            &self.engine,
-            Bare {
-                wasi: WasiCtx::builder().build(),
-                table: ResourceTable::new(),
-                lines: 0,
-            },
-        );
-        store.set_fuel(u64::MAX).unwrap();
-        store.set_epoch_deadline(1000);
-        let instance = self.pre.instantiate_async(&mut store).await.unwrap();
-        let func = instance.get_func(&mut store, export).unwrap();
-        let mut out = vec![Val::Bool(false); results];
-        func.call_async(&mut store, params, &mut out).await.unwrap();
-        out
-    }
-}
+use wasmtime::component::Val;
 
 struct Airlock {
     /// Kept for the life of the benchmark: it owns the audit log.
@@ -191,15 +106,15 @@ fn benches(c: &mut Criterion) {
         ..Grants::default()
     };
     let bench = airlock(&settings, "bench_component", log_grant);
-    let bare = BareHost::new(&settings, &airlock_benches::component("bench_component"));
-    let noop = bare.export("noop");
-    let log_lines = bare.export("log-lines");
+    let bare = BareHost::new(&settings, &airlock_benches::component("bench_component")).unwrap();
+    let noop = bare.export("noop").unwrap();
+    let log_lines = bare.export("log-lines").unwrap();
     let no_args = json!({});
 
     // 1. One invocation at a time.
     let mut group = c.benchmark_group("invoke-noop/latency");
     group.bench_function("bare-wasmtime", |b| {
-        b.iter(|| rt.block_on(bare.call(noop, &[], 0)));
+        b.iter(|| rt.block_on(bare.call(noop, &[], 0)).unwrap());
     });
     // The same, plus what durability costs at least: one small append and
     // fdatasync on the disk the audit log is on.
@@ -211,7 +126,7 @@ fn benches(c: &mut Criterion) {
     let record = [b'x'; 400];
     group.bench_function("bare-wasmtime+fdatasync", |b| {
         b.iter(|| {
-            rt.block_on(bare.call(noop, &[], 0));
+            rt.block_on(bare.call(noop, &[], 0)).unwrap();
             sync_file.write_all(&record).unwrap();
             sync_file.sync_data().unwrap();
         });
@@ -232,7 +147,7 @@ fn benches(c: &mut Criterion) {
             concurrent(&rt, iters, batch, move || {
                 let bare = bare.clone();
                 async move {
-                    bare.call(noop, &[], 0).await;
+                    bare.call(noop, &[], 0).await.unwrap();
                 }
             })
         });
@@ -257,7 +172,7 @@ fn benches(c: &mut Criterion) {
     for n in [0u32, 1000] {
         let args = json!({"n": n});
         group.bench_with_input(BenchmarkId::new("bare-unaudited", format!("log-{n}")), &n, |b, &n| {
-            b.iter(|| rt.block_on(bare.call(log_lines, &[Val::U32(n)], 0)));
+            b.iter(|| rt.block_on(bare.call(log_lines, &[Val::U32(n)], 0)).unwrap());
         });
         group.bench_with_input(BenchmarkId::new("airlock", format!("log-{n}")), &n, |b, _| {
             b.iter(|| invoke_ok(&bench.action, &rt, "log-lines", &args));
@@ -267,15 +182,8 @@ fn benches(c: &mut Criterion) {
 
     // 4. The M1 figure: a record in, a record out.
     let hello = airlock(&settings, "hello", Grants::default());
-    let bare_hello = {
-        let engine = airlock::engine::build(&settings).unwrap();
-        let component = Component::from_file(&engine, airlock_benches::component("hello")).unwrap();
-        let mut linker = Linker::<Bare>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-        let pre = linker.instantiate_pre(&component).unwrap();
-        BareHost { engine, pre, component }
-    };
-    let greet = bare_hello.export("greet");
+    let bare_hello = BareHost::new(&settings, &airlock_benches::component("hello")).unwrap();
+    let greet = bare_hello.export("greet").unwrap();
     let who = Val::Record(vec![
         ("name".into(), Val::String("Ada".into())),
         ("title".into(), Val::Option(None)),
@@ -284,7 +192,7 @@ fn benches(c: &mut Criterion) {
     let args = json!({"who": {"name": "Ada", "title": null, "languages": ["fr"]}});
     let mut group = c.benchmark_group("invoke-hello/latency");
     group.bench_function("bare-wasmtime", |b| {
-        b.iter(|| rt.block_on(bare_hello.call(greet, std::slice::from_ref(&who), 1)));
+        b.iter(|| rt.block_on(bare_hello.call(greet, std::slice::from_ref(&who), 1)).unwrap());
     });
     group.bench_function("airlock", |b| {
         b.iter(|| invoke_ok(&hello.action, &rt, "greet", &args));
