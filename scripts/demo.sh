@@ -96,7 +96,7 @@ invocation=$(printf '%s' "$pending" | python3 -c 'import json,sys; print(json.lo
 echo "a reviewer can decide it at $url/console (sign in with a reviewer token), or from the command line:"
 
 step "airlock approvals show $approval   (exactly what would run)"
-"$airlock" approvals show "$approval" --config "$config"
+"$airlock" approvals show "$approval" --config "$config" --token-file "$tokens/reviewer"
 
 step "the agent cannot approve its own request; the reviewer approves, and it runs"
 "$airlock" approvals approve "$approval" --config "$config" --token-file "$tokens/agent" \

@@ -4,9 +4,16 @@
 
 mod support;
 
+use airlock::approval::Approvals;
+use airlock::gateway::Submitted;
+use airlock::identity::Caller;
+use airlock::runtime::Runtime;
+use airlock::store::sqlite::SqliteStore;
+use airlock::store::{ApprovalRecord, ApprovalState, InvocationStatus, Verdict};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{Run, airlock_with, component, toml_path};
 
@@ -139,18 +146,29 @@ approve = ["role:reviewer"]
             .unwrap()
     }
 
+    /// A reviewer's token for looking at requests (`approvals list | show`
+    /// need one). Made on first use, so a test that looks at no request
+    /// has no extra identity.
+    fn viewer(&self) -> PathBuf {
+        let file = self.path("auditor-reviewer.token");
+        if file.exists() {
+            return file;
+        }
+        self.token("auditor", "human", &["reviewer"])
+    }
+
     fn approvals(&self, all: bool) -> Vec<Value> {
         let mut args = vec!["approvals", "list", "--json"];
         if all {
             args.push("--all");
         }
-        let run = self.run(&args, None);
+        let run = self.run(&args, Some(&self.viewer()));
         assert_eq!(run.code, 0, "{run:?}");
         run.json().as_array().cloned().unwrap_or_default()
     }
 
     fn approval(&self, id: &str) -> Value {
-        let run = self.run(&["approvals", "show", id, "--json"], None);
+        let run = self.run(&["approvals", "show", id, "--json"], Some(&self.viewer()));
         assert_eq!(run.code, 0, "{run:?}");
         run.json()
     }
@@ -193,6 +211,67 @@ approve = ["role:reviewer"]
             .map(|r| r["event"]["kind"].as_str().unwrap_or("").to_string())
             .collect()
     }
+
+    /// The audit records of one invocation (`audit show --invocation`).
+    fn audit_of(&self, invocation: &str) -> Vec<Value> {
+        let run = self.run(&["audit", "show", "--invocation", invocation, "--json"], None);
+        assert_eq!(run.code, 0, "{run:?}");
+        run.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// A runtime in this process over the same config and data directory,
+    /// with every action loaded and approvals open.
+    fn in_process(&self) -> Runtime {
+        let policy = airlock::policy::Policy::load(&self.config).unwrap();
+        let mut runtime = Runtime::new(&policy.runtime).unwrap();
+        runtime.approvals().unwrap();
+        for (name, loaded) in runtime.load_all(&policy) {
+            if let Err(e) = loaded {
+                panic!("action {name} does not load: {e}");
+            }
+        }
+        runtime
+    }
+}
+
+/// Who the token in `file` authenticates as.
+fn caller_of(runtime: &Runtime, file: &Path) -> Caller {
+    let bearer = std::fs::read_to_string(file).unwrap();
+    airlock::identity::authenticate(runtime.store().unwrap().as_ref(), bearer.trim()).unwrap()
+}
+
+fn async_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Ask for `function` of invocation-gated `action` in this process; returns
+/// (approval, invocation) of the pending request.
+fn submit_pending(
+    rt: &tokio::runtime::Runtime,
+    runtime: &Runtime,
+    caller: &Caller,
+    action: &str,
+    value: &str,
+) -> (ApprovalRecord, String) {
+    let submitted = rt
+        .block_on(runtime.submit(caller, action, "echo", &json!({ "value": value }), Duration::ZERO))
+        .unwrap();
+    match submitted {
+        Submitted::Pending { invocation, approval } => (approval, invocation),
+        other => panic!("not held for approval: {other:?}"),
+    }
+}
+
+/// The events of `kind` among `records`.
+fn events_of<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| r["event"]["kind"] == kind)
+        .map(|r| &r["event"])
+        .collect()
 }
 
 fn finish(child: Child) -> Run {
@@ -230,7 +309,16 @@ fn tokens_authenticate_and_a_revoked_token_stops_at_once() {
     assert!(!db.windows(20).any(|win| win == &token.as_bytes()[..20]));
 
     let list = w.run(&["token", "list", "--json"], None);
-    let id = list.json()[0]["id"].as_str().unwrap().to_string();
+    let id = list
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["identity"] == "bot")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(!list.stdout.contains(token.trim()));
     let revoke = w.run(&["token", "revoke", &id], None);
     assert_eq!(revoke.code, 0, "{revoke:?}");
@@ -274,6 +362,7 @@ fn an_identity_without_invoke_permission_is_refused_before_anything_runs() {
     assert_eq!(kinds, ["invocation-refused", "invocation-refused"], "{kinds:?}");
     let records = w.audit();
     assert_eq!(records[0]["event"]["caller"], "stranger");
+    assert_eq!(records[0]["event"]["service-identity"], "action:plain");
     // A gated action is refused the same way: no request is opened for an
     // identity that may not invoke it, and no file is touched.
     let nobody = w.token("nobody", "agent", &[]);
@@ -285,6 +374,11 @@ fn an_identity_without_invoke_permission_is_refused_before_anything_runs() {
         &[],
     );
     assert_eq!(run.code, 3, "{run:?}");
+    let refused = w.audit();
+    let last = &refused[refused.len() - 1]["event"];
+    assert_eq!(last["kind"], "invocation-refused");
+    assert_eq!(last["caller"], "nobody");
+    assert_eq!(last["service-identity"], "svc-gated");
     assert!(w.approvals(true).is_empty());
     assert!(!w.path("work/before.txt").exists());
 }
@@ -306,7 +400,7 @@ fn an_invocation_gate_needs_a_quorum_of_distinct_approvers_and_runs_after_a_rest
     assert_eq!(shown["function"], "echo");
     assert_eq!(shown["args"], json!({"value": "v1"}));
     assert!(shown["component-digest"].as_str().unwrap().starts_with("blake3:"));
-    let text = w.run(&["approvals", "show", &id], None);
+    let text = w.run(&["approvals", "show", &id], Some(&w.viewer()));
     for part in [
         "deploy-bot",
         "deploy",
@@ -326,6 +420,16 @@ fn an_invocation_gate_needs_a_quorum_of_distinct_approvers_and_runs_after_a_rest
     let again = w.decide("approve", &id, &alice, &[]);
     assert_eq!(again.code, 3, "{again:?}");
     assert!(again.error_line().contains("already decided"), "{again:?}");
+    // Another token of the same identity is still the same approver.
+    let alice_again = w.token("alice", "human", &["reviewer", "laptop"]);
+    let twin = w.decide("approve", &id, &alice_again, &[]);
+    assert_eq!(twin.code, 3, "{twin:?}");
+    assert!(
+        twin.error_line().contains("alice has already decided request"),
+        "{twin:?}"
+    );
+    assert_eq!(w.approval(&id)["decisions"].as_array().unwrap().len(), 1);
+    assert_eq!(w.approval(&id)["state"], "pending");
     let status = w.run(&["invocations", "show", &invocation], None);
     assert_eq!(status.code, 7, "{status:?}");
 
@@ -384,20 +488,40 @@ fn nobody_approves_their_own_request_and_agents_need_an_explicit_grant() {
     let (id, _) = pending_deploy(&w, &agent, "v1");
     let own = w.decide("approve", &id, &agent, &[]);
     assert_eq!(own.code, 3, "{own:?}");
-    assert!(own.error_line().contains("cannot approve"), "{own:?}");
+    assert!(
+        own.error_line()
+            .contains("deploy-bot made this request and cannot approve it"),
+        "{own:?}"
+    );
 
     let other_agent = w.token("helper-bot", "agent", &["reviewer"]);
     let refused = w.decide("approve", &id, &other_agent, &[]);
     assert_eq!(refused.code, 3, "{refused:?}");
-    assert!(refused.error_line().contains("may not approve"), "{refused:?}");
+    assert!(
+        refused
+            .error_line()
+            .contains("agent helper-bot may not approve action `deploy`"),
+        "{refused:?}"
+    );
     // A human reviewer requesting cannot approve their own request either.
     let carol = w.token("carol", "human", &["reviewer", "agent"]);
     let (own_id, _) = pending_deploy(&w, &carol, "v2");
     let selfie = w.decide("approve", &own_id, &carol, &[]);
     assert_eq!(selfie.code, 3, "{selfie:?}");
+    assert!(
+        selfie
+            .error_line()
+            .contains("carol made this request and cannot approve it"),
+        "{selfie:?}"
+    );
+    assert_eq!(w.approval(&own_id)["decisions"], json!([]));
     // Without a token nobody approves.
     let anonymous = w.run(&["approvals", "approve", &id], None);
     assert_eq!(anonymous.code, 3, "{anonymous:?}");
+    assert!(
+        anonymous.error_line().contains("approving needs a reviewer token"),
+        "{anonymous:?}"
+    );
     assert_eq!(w.approval(&id)["decisions"], json!([]));
 
     // `gated` names ops-bot in agent-approvers: that agent may approve.
@@ -484,6 +608,14 @@ ttl-secs = 1
             .iter()
             .any(|r| r["event"]["kind"] == "approval-resolved" && r["event"]["state"] == "expired")
     );
+    // The invocation's end is on record once, under its own id.
+    let records = w.audit_of(&invocation);
+    let ended = events_of(&records, "invocation-refused");
+    assert_eq!(ended.len(), 1, "{records:?}");
+    assert_eq!(ended[0]["state"], "expired");
+    assert_eq!(ended[0]["approval"], id.as_str());
+    assert_eq!(ended[0]["service-identity"], "action:quick");
+    assert!(events_of(&records, "invocation-started").is_empty());
 }
 
 #[test]
@@ -978,4 +1110,385 @@ fn http_gates_hold_requests_until_approved_and_redirects_cannot_dodge_them() {
         !server.requests().iter().any(|r| r.target.starts_with("/echo/admin")),
         "the gated target was reached"
     );
+}
+
+#[test]
+fn approvals_list_and_show_need_a_token_and_show_only_what_it_may_see() {
+    let w = World::new();
+    let agent = w.token("deploy-bot", "agent", &["agent"]);
+    let other = w.token("other-bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let (id, _) = pending_deploy(&w, &agent, "v1");
+
+    // No token, no view.
+    for args in [
+        vec!["approvals", "list", "--json"],
+        vec!["approvals", "show", id.as_str(), "--json"],
+    ] {
+        let anonymous = w.run(&args, None);
+        assert_eq!(anonymous.code, 3, "{anonymous:?}");
+        assert!(
+            anonymous.error_line().contains("needs a reviewer token"),
+            "{anonymous:?}"
+        );
+        assert!(!anonymous.stdout.contains(&id), "{anonymous:?}");
+    }
+
+    // An approver of the action and the requester see it; anyone else
+    // sees nothing, and cannot tell it exists.
+    let listed = |token: &Path| -> Vec<String> {
+        let run = w.run(&["approvals", "list", "--all", "--json"], Some(token));
+        assert_eq!(run.code, 0, "{run:?}");
+        run.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(listed(&alice), vec![id.to_string()]);
+    assert_eq!(listed(&agent), vec![id.to_string()]);
+    assert!(listed(&other).is_empty());
+    for token in [&alice, &agent] {
+        let shown = w.run(&["approvals", "show", &id, "--json"], Some(token));
+        assert_eq!(shown.code, 0, "{shown:?}");
+        assert_eq!(shown.json()["id"], id.as_str());
+    }
+    let hidden = w.run(&["approvals", "show", &id, "--json"], Some(&other));
+    assert_ne!(hidden.code, 0, "{hidden:?}");
+    assert!(hidden.error_line().contains("that other-bot may see"), "{hidden:?}");
+    assert!(!hidden.stdout.contains("v1"), "{hidden:?}");
+    let unknown = w.run(&["approvals", "show", "000000000000", "--json"], Some(&other));
+    assert_eq!(unknown.code, hidden.code, "{unknown:?}");
+}
+
+#[test]
+fn every_end_of_a_waiting_invocation_is_audited() {
+    let w = World::new();
+    let agent = w.token("deploy-bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let bob = w.token("bob", "human", &["reviewer"]);
+
+    // Denied.
+    let (denied, denied_invocation) = pending_deploy(&w, &agent, "v1");
+    let deny = w.decide("deny", &denied, &alice, &["--reason", "not today"]);
+    assert_eq!(deny.code, 0, "{deny:?}");
+
+    // Approved, but the requester's token was revoked meanwhile: refused
+    // at the start, and that ending is recorded too.
+    let (revoked, revoked_invocation) = pending_deploy(&w, &agent, "v2");
+    let tokens = w.run(&["token", "list", "--json"], None);
+    let token_id = tokens
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["identity"] == "deploy-bot")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(w.run(&["token", "revoke", &token_id], None).code, 0);
+    assert_eq!(w.decide("approve", &revoked, &alice, &[]).code, 0);
+    let last = w.decide("approve", &revoked, &bob, &[]);
+    assert_eq!(last.code, 3, "{last:?}");
+    assert!(last.error_line().contains("was revoked"), "{last:?}");
+
+    for (invocation, approval, state, why) in [
+        (&denied_invocation, &denied, "denied", "denied by alice: not today"),
+        (&revoked_invocation, &revoked, "failed", "was revoked"),
+    ] {
+        let records = w.audit_of(invocation);
+        let ended = events_of(&records, "invocation-refused");
+        assert_eq!(ended.len(), 1, "{records:?}");
+        let e = ended[0];
+        assert_eq!(e["state"], state, "{e}");
+        assert_eq!(e["approval"], approval.as_str(), "{e}");
+        assert_eq!(e["caller"], "deploy-bot", "{e}");
+        assert_eq!(e["service-identity"], "action:deploy", "{e}");
+        assert_eq!(e["exit-code"], 3, "{e}");
+        assert!(e["error"].as_str().unwrap().contains(why), "{e}");
+        assert!(events_of(&records, "invocation-started").is_empty(), "{records:?}");
+        let shown = w.run(&["invocations", "show", invocation], None);
+        assert_eq!(shown.code, 3, "{shown:?}");
+    }
+    let verify = w.run(&["audit", "verify"], None);
+    assert_eq!(verify.code, 0, "{verify:?}");
+}
+
+#[test]
+fn an_approved_invocation_not_started_in_time_expires_on_record() {
+    let w = World::with(
+        r#"
+[actions.quick]
+component = "COMPONENT"
+[actions.quick.grants]
+approval = true
+files = { dir = "work", mode = "read-write" }
+[actions.quick.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[actions.quick.approval]
+invocation = true
+ttl-secs = 2
+"#
+        .replace("COMPONENT", component("gated").to_str().unwrap())
+        .as_str(),
+    );
+    let agent = w.token("deploy-bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let rt = async_runtime();
+    let runtime = w.in_process();
+    let bot = caller_of(&runtime, &agent);
+    let reviewer = caller_of(&runtime, &alice);
+
+    let (approval, invocation) = submit_pending(&rt, &runtime, &bot, "quick", "x");
+    // Approved without running it, as when the approver's process dies
+    // before it starts the invocation.
+    let approved = rt
+        .block_on(runtime.record_decision(&approval.id, &reviewer, Verdict::Approve, None, None))
+        .unwrap();
+    assert_eq!(approved.state, ApprovalState::Approved);
+    std::thread::sleep(Duration::from_millis(2300));
+    rt.block_on(runtime.sweep_approvals()).unwrap();
+
+    // Stored as expired, not left approved...
+    let store = runtime.store().unwrap();
+    let stored = store.approval(&approval.id).unwrap().unwrap();
+    assert_eq!(stored.state, ApprovalState::Expired);
+    assert!(
+        stored.reason.as_deref().unwrap().contains("did not start"),
+        "{stored:?}"
+    );
+    let ended = store.invocation(&invocation).unwrap().unwrap();
+    assert_eq!(ended.state, InvocationStatus::Expired);
+    // ...and on record, both the request and the invocation, once.
+    let records = w.audit_of(&invocation);
+    let resolved = events_of(&records, "approval-resolved");
+    let states: Vec<&str> = resolved.iter().map(|e| e["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["approved", "expired"], "{records:?}");
+    let refused = events_of(&records, "invocation-refused");
+    assert_eq!(refused.len(), 1, "{records:?}");
+    assert_eq!(refused[0]["state"], "expired");
+    assert_eq!(refused[0]["approval"], approval.id.as_str());
+    assert!(events_of(&records, "invocation-started").is_empty());
+
+    // Nothing runs it later, and sweeping again adds nothing.
+    assert!(rt.block_on(runtime.run_approved(&invocation)).is_err());
+    rt.block_on(runtime.sweep_approvals()).unwrap();
+    assert_eq!(w.audit_of(&invocation).len(), records.len());
+}
+
+#[test]
+fn a_decision_that_was_not_stored_is_not_in_the_audit_log() {
+    let w = World::new();
+    let agent = w.token("deploy-bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let (id, invocation) = pending_deploy(&w, &agent, "v1");
+    let decisions = || events_of(&w.audit_of(&invocation), "approval-decision").len();
+
+    // The database refuses to store the decision (as a failing disk would,
+    // after the decision itself was checked): nothing was decided, and the
+    // log says nothing was.
+    let db = rusqlite::Connection::open(w.path("data/airlock.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_updates BEFORE UPDATE ON approvals BEGIN SELECT RAISE(ABORT, 'the disk is failing'); END;",
+    )
+    .unwrap();
+    let failed = w.decide("approve", &id, &alice, &[]);
+    assert_eq!(failed.code, 5, "{failed:?}");
+    assert_eq!(w.approval(&id)["decisions"], json!([]));
+    assert_eq!(decisions(), 0);
+
+    db.execute_batch("DROP TRIGGER refuse_updates;").unwrap();
+    let stored = w.decide("approve", &id, &alice, &[]);
+    assert_eq!(stored.code, 0, "{stored:?}");
+    assert_eq!(decisions(), 1);
+}
+
+#[test]
+fn a_decision_is_confirmed_only_once_logged_and_logged_before_what_it_releases_runs() {
+    let w = World::new();
+    let agent = w.token("deploy-bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let bob = w.token("bob", "human", &["reviewer"]);
+    let rt = async_runtime();
+    let runtime = w.in_process();
+    let (bot, a, b) = (
+        caller_of(&runtime, &agent),
+        caller_of(&runtime, &alice),
+        caller_of(&runtime, &bob),
+    );
+    let (approval, invocation) = submit_pending(&rt, &runtime, &bot, "deploy", "v1");
+    let audit = runtime.audit_opened().unwrap().clone();
+
+    // The log cannot be written: alice's approval is stored, but she is
+    // told it is not confirmed.
+    audit.inject_fault(Some(std::io::ErrorKind::StorageFull));
+    let unconfirmed = rt.block_on(runtime.decide(&approval.id, &a, Verdict::Approve, None, None));
+    match unconfirmed {
+        Err(airlock::Error::AuditUnavailable(m)) => assert!(m.contains("not confirmed"), "{m}"),
+        other => panic!("confirmed without its record: {other:?}"),
+    }
+    audit.inject_fault(None);
+    assert!(events_of(&w.audit_of(&invocation), "approval-decision").is_empty());
+
+    // Once the log heals, bob's approval completes the quorum, and alice's
+    // record reaches the log before his and before the invocation starts.
+    let decided = rt
+        .block_on(runtime.decide(&approval.id, &b, Verdict::Approve, None, None))
+        .unwrap();
+    assert_eq!(decided.approval.state, ApprovalState::Approved);
+    assert!(matches!(decided.ran, Some(Submitted::Ran(_))), "{:?}", decided.ran);
+    let records = w.audit_of(&invocation);
+    let kinds: Vec<&str> = records.iter().map(|r| r["event"]["kind"].as_str().unwrap()).collect();
+    let who: Vec<&str> = events_of(&records, "approval-decision")
+        .iter()
+        .map(|e| e["identity"].as_str().unwrap())
+        .collect();
+    assert_eq!(who, ["alice", "bob"], "{kinds:?}");
+    let started = kinds.iter().position(|k| *k == "invocation-started").unwrap();
+    let last_decision = kinds.iter().rposition(|k| *k == "approval-decision").unwrap();
+    let resolved = kinds.iter().position(|k| *k == "approval-resolved").unwrap();
+    assert!(last_decision < resolved && resolved < started, "{kinds:?}");
+    let verify = w.run(&["audit", "verify"], None);
+    assert_eq!(verify.code, 0, "{verify:?}");
+}
+
+#[test]
+fn decisions_made_at_the_same_instant_are_each_counted_once() {
+    let w = World::new();
+    let agent = w.token("deploy-bot", "agent", &["agent"]);
+    let tokens = [
+        w.token("alice", "human", &["reviewer"]),
+        w.token("alice", "human", &["reviewer", "laptop"]),
+        w.token("bob", "human", &["reviewer"]),
+        w.token("carol", "human", &["reviewer"]),
+        w.token("dave", "human", &["reviewer"]),
+    ];
+    let rt = async_runtime();
+    let runtime = w.in_process();
+    let bot = caller_of(&runtime, &agent);
+    let callers: Vec<Caller> = tokens.iter().map(|t| caller_of(&runtime, t)).collect();
+    let (alice, alice_again, others) = (&callers[0], &callers[1], &callers[2..]);
+    let audit = runtime.audit_opened().unwrap().clone();
+    let deploy = runtime.action("deploy").unwrap().clone();
+    let (access, version) = (&deploy.policy.access, &deploy.policy.config_version);
+    let data = w.path("data");
+
+    // Every decider has a connection of its own, as separate processes
+    // do, and all of them decide when the barrier opens.
+    let at_once = |id: &str, who: &[&Caller]| -> Vec<Result<ApprovalRecord, airlock::Error>> {
+        let barrier = std::sync::Barrier::new(who.len());
+        std::thread::scope(|s| {
+            let deciders: Vec<_> = who
+                .iter()
+                .map(|caller| {
+                    let (barrier, audit, data) = (&barrier, &audit, &data);
+                    s.spawn(move || {
+                        let approvals = Approvals::new(Arc::new(SqliteStore::open(data).unwrap()), audit.clone());
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap();
+                        barrier.wait();
+                        rt.block_on(approvals.decide(id, caller, Verdict::Approve, None, access, version, None))
+                    })
+                })
+                .collect();
+            deciders.into_iter().map(|d| d.join().unwrap()).collect()
+        })
+    };
+
+    for round in 0..3 {
+        let (approval, invocation) = submit_pending(&rt, &runtime, &bot, "deploy", &format!("v{round}"));
+        // Two tokens of one identity at once: one decision.
+        let first = at_once(&approval.id, &[alice, alice_again]);
+        assert_eq!(first.iter().filter(|r| r.is_ok()).count(), 1, "{first:?}");
+        for refused in first.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(refused.to_string().contains("alice has already decided"), "{refused}");
+        }
+        let stored = runtime.store().unwrap().approval(&approval.id).unwrap().unwrap();
+        assert_eq!((stored.state, stored.decisions.len()), (ApprovalState::Pending, 1));
+
+        // Four more at once, alice again among them: exactly one more
+        // counts, which makes the quorum of two; the rest are refused.
+        let mut who: Vec<&Caller> = others.iter().collect();
+        who.push(alice_again);
+        let second = at_once(&approval.id, &who);
+        assert_eq!(second.iter().filter(|r| r.is_ok()).count(), 1, "{second:?}");
+        for refused in second.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(matches!(refused, airlock::Error::Refused(_)), "{refused:?}");
+        }
+        let stored = runtime.store().unwrap().approval(&approval.id).unwrap().unwrap();
+        assert_eq!(stored.state, ApprovalState::Approved);
+        let mut deciders: Vec<&str> = stored.decisions.iter().map(|d| d.identity.as_str()).collect();
+        assert_eq!(deciders.len(), 2, "{deciders:?}");
+        assert_eq!(deciders[0], "alice");
+        assert_ne!(deciders[1], "alice");
+
+        // The log holds exactly the decisions that counted.
+        let records = w.audit_of(&invocation);
+        let mut logged: Vec<&str> = events_of(&records, "approval-decision")
+            .iter()
+            .map(|e| e["identity"].as_str().unwrap())
+            .collect();
+        logged.sort_unstable();
+        deciders.sort_unstable();
+        assert_eq!(logged, deciders, "{records:?}");
+        assert_eq!(events_of(&records, "approval-resolved").len(), 1, "{records:?}");
+    }
+}
+
+#[test]
+fn a_held_http_request_is_bound_to_its_headers_and_body() {
+    let server = support::echo_server::EchoServer::start("unused");
+    let w = http_world(&server);
+    let agent = w.token("runner", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let body = "remove item 1 and all its history";
+    // Hold one request, look at it, deny it.
+    let held = |function: &str, args: Value| -> Value {
+        let child = w.spawn_invoke("web", function, args, &agent);
+        let pending = w.pending_one();
+        let deny = w.decide(
+            "deny",
+            pending["id"].as_str().unwrap(),
+            &alice,
+            &["--reason", "checking the binding"],
+        );
+        assert_eq!(deny.code, 0, "{deny:?}");
+        assert_ne!(finish(child).code, 0);
+        pending
+    };
+    for function in ["cap-send", "wasi-send"] {
+        let url = server.url("/echo/item/1");
+        let request = |value: &str| match function {
+            "cap-send" => json!({"req": {
+                "method": "DELETE", "url": url, "credential": null,
+                "headers": [["x-change-ticket", value]], "body": body, "follow-redirects": true
+            }}),
+            _ => json!({"method": "DELETE", "url": url, "headers": [["x-change-ticket", value]], "body": body}),
+        };
+        let first = held(function, request("ticket-secret-1"));
+        let second = held(function, request("ticket-secret-2"));
+        let (a, b) = (&first["subject"]["args"], &second["subject"]["args"]);
+        // Names are shown, values only bound by digest; the body is bound
+        // by its digest and size.
+        assert_eq!(a["headers"], "x-change-ticket", "{function}: {first}");
+        assert_eq!(a["headers-blake3"].as_str().unwrap().len(), 64, "{function}: {first}");
+        assert_ne!(a["headers-blake3"], b["headers-blake3"], "{function}");
+        assert_eq!(
+            a["body-blake3"],
+            blake3::hash(body.as_bytes()).to_hex().as_str(),
+            "{function}: {first}"
+        );
+        assert_eq!(a["body-bytes"], body.len().to_string(), "{function}: {first}");
+        assert_eq!(a["body-blake3"], b["body-blake3"], "{function}");
+        assert_ne!(first["subject"], second["subject"], "{function}");
+        for p in [&first, &second] {
+            assert!(!p["subject"].to_string().contains("ticket-secret"), "{function}: {p}");
+        }
+    }
+    assert!(server.requests().is_empty(), "a held request was sent");
 }

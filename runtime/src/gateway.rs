@@ -10,7 +10,9 @@
 //!   survive a restart; whichever process sees the approval first claims
 //!   the invocation (a compare-and-set in the store) and runs it, exactly
 //!   once. Before it runs, the binding is computed again from what is about
-//!   to run and must equal the approved one;
+//!   to run and must equal the approved one. An invocation that ends
+//!   without running (denied, expired, or refused after approval) is
+//!   audited as it ends, in the same store transaction;
 //! - instantiate, host calls, result, audit: [`PreparedAction::invoke_as`].
 
 use crate::action::PreparedAction;
@@ -56,6 +58,10 @@ fn describe(caller: &Caller) -> String {
         (false, IdentityKind::Human) => format!("`{}`", caller.name),
     }
 }
+
+/// Why an approved request is expired when its invocation did not start in
+/// time.
+const NOT_STARTED: &str = "approved, but the invocation did not start before the request expired";
 
 /// The stored form of a report's outcome.
 pub fn outcome_of(report: &Report) -> InvocationOutcome {
@@ -255,7 +261,7 @@ impl Runtime {
                     None => tokio::time::sleep(crate::approval::POLL_INTERVAL).await,
                 },
                 ApprovalState::Denied | ApprovalState::Expired | ApprovalState::Failed => {
-                    let record = self.settle(&approval)?.unwrap_or(record);
+                    let record = self.settle(&approval).await?.unwrap_or(record);
                     return Ok(Submitted::Done(record));
                 }
             }
@@ -269,33 +275,74 @@ impl Runtime {
             .ok_or_else(|| Error::Usage(format!("no invocation {id}; see `airlock invocations list`")))
     }
 
-    /// Record that an invocation-level request ended without approval.
-    fn settle(&self, approval: &ApprovalRecord) -> Result<Option<InvocationRecord>, Error> {
+    /// Record that an invocation-level request ended without approval: its
+    /// invocation ends denied, expired or failed, and that is audited.
+    async fn settle(&self, approval: &ApprovalRecord) -> Result<Option<InvocationRecord>, Error> {
         let to = match approval.state {
             ApprovalState::Denied => InvocationStatus::Denied,
             ApprovalState::Expired => InvocationStatus::Expired,
             ApprovalState::Failed => InvocationStatus::Failed,
             ApprovalState::Pending | ApprovalState::Approved => return Ok(None),
         };
-        let outcome = InvocationOutcome {
-            exit_code: 3,
-            result: None,
-            error: Some(format!(
-                "approval {} {}: {}; nothing ran",
-                approval.id,
-                approval.state,
-                approval.reason.as_deref().unwrap_or("no reason given")
-            )),
-            finished_at: crate::time::now_micros(),
+        let approvals = self.approvals_for(&approval.action)?;
+        let store = approvals.store().clone();
+        let Some(record) = store.invocation(&approval.invocation)? else {
+            return Ok(None);
         };
-        let store = self.store()?;
-        store.transition_invocation(
-            &approval.invocation,
-            &[InvocationStatus::AwaitingApproval, InvocationStatus::Approved],
-            to,
-            Some(&outcome),
-        )?;
+        let why = format!(
+            "approval {} {}: {}; nothing ran",
+            approval.id,
+            approval.state,
+            approval.reason.as_deref().unwrap_or("no reason given")
+        );
+        approvals.end_invocation(&record, approval, to, &why, None).await?;
         Ok(store.invocation(&approval.invocation)?)
+    }
+
+    /// End an approved invocation that did not start before its request
+    /// expired: the invocation and the request both end expired, audited;
+    /// returns the refusal to report. Nothing changes if someone claimed
+    /// the invocation first.
+    async fn expire_unstarted(
+        &self,
+        approvals: &Approvals,
+        record: &InvocationRecord,
+        approval: &ApprovalRecord,
+    ) -> Result<Error, Error> {
+        let why = format!(
+            "approval {} was given, but the invocation did not start before the request expired; nothing ran",
+            approval.id
+        );
+        let ended = approvals
+            .end_invocation(record, approval, InvocationStatus::Expired, &why, Some(NOT_STARTED))
+            .await?;
+        Ok(Error::ApprovalRefused(if ended {
+            why
+        } else {
+            format!(
+                "approval {} has expired; invocation {} was claimed or ended before it could expire with it",
+                approval.id, record.id
+            )
+        }))
+    }
+
+    /// End an approved invocation that may not run after all (its
+    /// requester lost the right to), audited; returns the refusal to
+    /// report (the audit failure instead, if the ending cannot be recorded).
+    async fn refuse_approved(
+        &self,
+        approvals: &Approvals,
+        record: &InvocationRecord,
+        approval: &ApprovalRecord,
+        why: String,
+    ) -> Error {
+        match approvals
+            .end_invocation(record, approval, InvocationStatus::Failed, &why, None)
+            .await
+        {
+            Ok(_) => Error::ApprovalRefused(why),
+            Err(e) => e,
+        }
     }
 
     /// Run an approved invocation here, unless another process already
@@ -316,21 +363,6 @@ impl Runtime {
             )));
         }
         let store = approvals.store().clone();
-        let fail = |why: String| {
-            let outcome = InvocationOutcome {
-                exit_code: 3,
-                result: None,
-                error: Some(why.clone()),
-                finished_at: crate::time::now_micros(),
-            };
-            let _ = store.transition_invocation(
-                id,
-                &[InvocationStatus::AwaitingApproval, InvocationStatus::Approved],
-                InvocationStatus::Failed,
-                Some(&outcome),
-            );
-            Error::ApprovalRefused(why)
-        };
         let prepared = match self.loaded(&record.action) {
             Ok(p) => p,
             Err(e) => return Err(Error::ApprovalRefused(format!("approved, but not runnable here: {e}"))),
@@ -347,27 +379,26 @@ impl Runtime {
             )));
         }
         if crate::time::now_micros() >= approval.expires_at {
-            return Err(fail(format!(
-                "approval {} was given, but the invocation did not start before the request expired; nothing ran",
-                approval.id
-            )));
+            return Err(self.expire_unstarted(approvals, &record, &approval).await?);
         }
         // The requester must still be who it was, and still allowed.
         if let Some(token) = &record.caller.token_id {
             let live = store.tokens()?.iter().any(|t| t.id == *token && t.revoked_at.is_none());
             if !live {
-                return Err(fail(format!(
-                    "the requester's token {token} was revoked after the request; nothing ran"
-                )));
+                let why = format!("the requester's token {token} was revoked after the request; nothing ran");
+                return Err(self.refuse_approved(approvals, &record, &approval, why).await);
             }
         }
         if !prepared.policy.access.may_invoke(&record.caller) {
-            return Err(fail(format!(
+            let why = format!(
                 "{} may no longer invoke action `{}`; nothing ran",
                 describe(&record.caller),
                 record.action
-            )));
+            );
+            return Err(self.refuse_approved(approvals, &record, &approval, why).await);
         }
+        // The decisions that released it are in the log before it starts.
+        approvals.flush_audit().await?;
         let claimed = store.transition_invocation(
             id,
             &[InvocationStatus::AwaitingApproval, InvocationStatus::Approved],
@@ -440,7 +471,7 @@ impl Runtime {
             (ApprovalKind::Invocation, ApprovalState::Approved) => {
                 Some(self.await_invocation(&approval.invocation, Instant::now()).await?)
             }
-            (ApprovalKind::Invocation, ApprovalState::Denied) => self.settle(&approval)?.map(Submitted::Done),
+            (ApprovalKind::Invocation, ApprovalState::Denied) => self.settle(&approval).await?.map(Submitted::Done),
             _ => None,
         };
         Ok(Decided { approval, ran })
@@ -494,24 +525,33 @@ impl Runtime {
         for state in [InvocationStatus::AwaitingApproval, InvocationStatus::Approved] {
             for record in store.invocations(Some(state), usize::MAX)? {
                 let Some(approval_id) = &record.approval else { continue };
-                let Some(mut approval) = store.approval(approval_id)? else {
+                let Some(approval) = store.approval(approval_id)? else {
                     continue;
                 };
                 match approval.state {
                     ApprovalState::Pending => {}
                     ApprovalState::Approved if now < approval.expires_at => {}
                     ApprovalState::Approved => {
-                        approval.state = ApprovalState::Expired;
-                        approval.reason = Some("approved, but not started before the request expired".into());
-                        self.settle(&approval)?;
+                        self.expire_unstarted(approvals, &record, &approval).await?;
                     }
                     _ => {
-                        self.settle(&approval)?;
+                        self.settle(&approval).await?;
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Whether `caller` may see request `approval`: its requester, and
+    /// whoever the access policy of its action (as configured now) lets
+    /// approve it. `airlock approvals list | show` and the HTTP API show
+    /// requests by this rule.
+    pub fn may_see_approval(&self, caller: &Caller, approval: &ApprovalRecord) -> bool {
+        approval.caller == caller.name
+            || self
+                .action(&approval.action)
+                .is_some_and(|a| a.policy.access.may_approve(caller))
     }
 
     /// Run approved invocations nobody has started (their approver's

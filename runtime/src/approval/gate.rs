@@ -154,7 +154,7 @@ impl Gate {
                 )),
                 Err(e) => Err(Decision::deny(
                     rule.name.clone(),
-                    format!("approval could not be requested: {e}"),
+                    format!("approval could not be obtained: {e}"),
                 )),
             },
         )

@@ -13,7 +13,13 @@
 //! - each identity counts once; any deny ends the request.
 //!
 //! Every request, decision and resolution is appended to the audit log and
-//! synced before it is acknowledged.
+//! synced before it is acknowledged. A request is recorded before it is
+//! stored (nobody can see one the log does not hold); a decision or
+//! resolution is stored first, with its record in the store's audit outbox,
+//! and appended after the commit (the log never shows one that did not
+//! count). Nothing acts on a decision before the log holds it: whoever
+//! would run what it released drains the outbox first ([`Approvals::wait`],
+//! [`crate::gateway`]).
 
 pub mod binding;
 pub mod gate;
@@ -22,11 +28,14 @@ pub mod policy;
 pub use binding::Binding;
 pub use policy::{AccessPolicy, ApprovalPolicy, CallRule, Target};
 
-use crate::audit::event::{ApprovalDecision, ApprovalRequested, ApprovalResolved};
+use crate::audit::event::{ApprovalDecision, ApprovalRequested, ApprovalResolved, InvocationRefused};
 use crate::audit::{AuditLog, Event};
 use crate::error::Error;
 use crate::identity::Caller;
-use crate::store::{ApprovalKind, ApprovalRecord, ApprovalState, DecisionRecord, Refusal, Store, UpdateError, Verdict};
+use crate::store::{
+    ApprovalKind, ApprovalRecord, ApprovalState, DecisionRecord, InvocationEnding, InvocationOutcome, InvocationRecord,
+    InvocationStatus, Refusal, Store, UpdateError, Verdict,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -180,7 +189,14 @@ impl Approvals {
             subject: record.subject.clone(),
         })])
         .await?;
-        self.store.insert_approval(&record)?;
+        if let Err(e) = self.store.insert_approval(&record) {
+            // The log holds the request: say that it never became one.
+            let mut lost = record.clone();
+            lost.state = ApprovalState::Failed;
+            lost.reason = Some(cut(&format!("the request could not be stored: {e}")));
+            let _ = self.record(vec![resolved_event(&lost)]).await;
+            return Err(e.into());
+        }
         tracing::info!(approval = %record.id, kind = %record.kind, action = %record.action, "approval requested");
         Ok(record)
     }
@@ -197,9 +213,19 @@ impl Approvals {
     /// must equal the request's binding (the reviewer approves what they
     /// saw).
     ///
-    /// The decision and its audit records are one step: the records are
-    /// appended (and synced) inside the store transaction, which commits
-    /// only if they were; a decision the log does not hold never counts.
+    /// The decision is committed first, with its audit records in the
+    /// store's outbox, and the records are appended (and synced) after the
+    /// commit, so the log shows only decisions that counted. If they cannot
+    /// be appended, the decision is stored but not acknowledged: the
+    /// reviewer gets an error, and the records stay owed until a later
+    /// drain (from any process) appends them. Appending before the commit
+    /// would show a decision that never counted whenever the commit fails;
+    /// withdrawing the decision after a failed append would race with
+    /// processes that already read it. What a decision releases waits for
+    /// its records instead: every path that acts on one ([`Approvals::wait`],
+    /// the gateway before it runs an approved invocation) drains the outbox
+    /// first and stops if it cannot, so nothing runs on a decision the log
+    /// does not hold.
     #[allow(clippy::too_many_arguments)]
     pub async fn decide(
         &self,
@@ -247,7 +273,7 @@ impl Approvals {
         expect_binding: Option<&str>,
     ) -> Result<ApprovalRecord, Error> {
         let now = crate::time::now_micros();
-        let mut update = |r: &mut ApprovalRecord| -> Result<(), Refusal> {
+        let mut update = |r: &mut ApprovalRecord| -> Result<Option<String>, Refusal> {
             if r.state != ApprovalState::Pending {
                 return Err(Refusal::NotPending {
                     id: r.id.clone(),
@@ -331,38 +357,139 @@ impl Approvals {
             if r.state != ApprovalState::Pending {
                 events.push(resolved_event(r));
             }
-            self.audit
+            owe(&events).map(Some)
+        };
+        let record = self.store.update_approval(id, &mut update).map_err(update_error)?;
+        tracing::info!(approval = %record.id, identity = %who.name, %verdict, state = %record.state, "approval decision");
+        if let Err(e) = self.drain_blocking() {
+            self.changed.notify_waiters();
+            return Err(match e {
+                Error::AuditUnavailable(m) => Error::AuditUnavailable(format!(
+                    "the decision of {} ({verdict}) on request {} is stored, but the audit log cannot be written ({m}); it is not confirmed, and nothing it releases runs until the log holds it",
+                    who.name, record.id
+                )),
+                other => other,
+            });
+        }
+        Ok(record)
+    }
+
+    /// Append the audit records that committed changes owe the log (see
+    /// [`crate::store`]), from whichever process made them. On failure they
+    /// stay owed and the next drain tries again.
+    fn drain_blocking(&self) -> Result<(), Error> {
+        let audit = self.audit.clone();
+        let mut append = move |bodies: Vec<String>| -> Result<(), Refusal> {
+            let mut events = Vec::new();
+            for body in &bodies {
+                let group: Vec<Event> = serde_json::from_str(body).map_err(|e| {
+                    Refusal::AuditUnavailable(format!(
+                        "an audit record the database holds for the log does not parse ({e})"
+                    ))
+                })?;
+                events.extend(group);
+            }
+            if events.is_empty() {
+                return Ok(());
+            }
+            audit
                 .append_durable(events)
                 .map(|_| ())
                 .map_err(|e| Refusal::AuditUnavailable(e.to_string()))
         };
-        let record = self.store.update_approval(id, &mut update).map_err(update_error)?;
-        tracing::info!(approval = %record.id, identity = %who.name, %verdict, state = %record.state, "approval decision");
-        Ok(record)
+        match self.store.drain_audit_outbox(&mut append) {
+            Ok(_) => Ok(()),
+            Err(UpdateError::Refused(Refusal::AuditUnavailable(m))) => Err(Error::AuditUnavailable(m)),
+            Err(e) => Err(update_error(e)),
+        }
+    }
+
+    /// [`Approvals::drain_blocking`] for async callers: call it before
+    /// acting on a decision.
+    pub async fn flush_audit(&self) -> Result<(), Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.drain_blocking())
+            .await
+            .map_err(|e| Error::internal(format!("the audit flush task failed: {e}")))?
+    }
+
+    /// End `record`, an invocation waiting on the invocation-level request
+    /// `approval`, as `to` (denied, expired or failed) without running it,
+    /// with the error `why`; the ending is audited like a refusal. With
+    /// `expire_approval`, the approved request expires with it (reason
+    /// given): it was not started in time. `false` when someone claimed or
+    /// ended the invocation first, and nothing changed.
+    pub async fn end_invocation(
+        &self,
+        record: &InvocationRecord,
+        approval: &ApprovalRecord,
+        to: InvocationStatus,
+        why: &str,
+        expire_approval: Option<&str>,
+    ) -> Result<bool, Error> {
+        let outcome = InvocationOutcome {
+            exit_code: 3,
+            result: None,
+            error: Some(why.to_string()),
+            finished_at: crate::time::now_micros(),
+        };
+        let mut events = Vec::new();
+        if let Some(reason) = expire_approval {
+            let mut expired = approval.clone();
+            expired.state = ApprovalState::Expired;
+            expired.reason = Some(reason.to_string());
+            events.push(resolved_event(&expired));
+        }
+        events.push(Event::InvocationRefused(InvocationRefused {
+            invocation: record.id.clone(),
+            caller: record.caller.name.clone(),
+            action: record.action.clone(),
+            service_identity: Some(approval.service_identity.clone()),
+            function: record.function.clone(),
+            exit_code: outcome.exit_code,
+            error: cut(why),
+            approval: Some(approval.id.clone()),
+            state: Some(to.to_string()),
+        }));
+        let audit = owe(&events).map_err(|r| Error::AuditUnavailable(r.to_string()))?;
+        let ended = self.store.end_invocation(&InvocationEnding {
+            invocation: &record.id,
+            from: &[InvocationStatus::AwaitingApproval, InvocationStatus::Approved],
+            to,
+            outcome: &outcome,
+            expire_approval: expire_approval.map(|reason| (approval.id.as_str(), reason)),
+            audit: &audit,
+        })?;
+        if ended {
+            self.changed.notify_waiters();
+            self.flush_audit().await?;
+        }
+        Ok(ended)
     }
 
     /// Close request `id` as `state` (expired or failed) if it is still
-    /// pending; returns the record as it ends up. Audited in the same
-    /// transaction, like a decision.
+    /// pending; returns the record as it ends up. Audited like a decision:
+    /// stored with its record owed, then appended.
     pub async fn close(&self, id: &str, state: ApprovalState, reason: &str) -> Result<ApprovalRecord, Error> {
         let this = self.clone();
         let (id, reason) = (id.to_string(), cut(reason));
         let (record, changed) = tokio::task::spawn_blocking(move || {
             let now = crate::time::now_micros();
             let mut changed = false;
-            let mut update = |r: &mut ApprovalRecord| -> Result<(), Refusal> {
-                if r.state == ApprovalState::Pending {
-                    r.state = state;
-                    r.reason = Some(reason.clone());
-                    r.decided_at = Some(now);
-                    this.audit
-                        .append_durable(vec![resolved_event(r)])
-                        .map_err(|e| Refusal::AuditUnavailable(e.to_string()))?;
-                    changed = true;
+            let mut update = |r: &mut ApprovalRecord| -> Result<Option<String>, Refusal> {
+                if r.state != ApprovalState::Pending {
+                    return Ok(None);
                 }
-                Ok(())
+                r.state = state;
+                r.reason = Some(reason.clone());
+                r.decided_at = Some(now);
+                changed = true;
+                owe(&[resolved_event(r)]).map(Some)
             };
             let record = this.store.update_approval(&id, &mut update).map_err(update_error)?;
+            if changed {
+                this.drain_blocking()?;
+            }
             Ok::<_, Error>((record, changed))
         })
         .await
@@ -415,6 +542,8 @@ impl Approvals {
             let notified = self.changed.notified();
             let record = self.get(id)?;
             if record.state != ApprovalState::Pending {
+                // What the decision releases waits until the log holds it.
+                self.flush_audit().await?;
                 return Ok(record);
             }
             if crate::time::now_micros() >= record.expires_at {
@@ -440,6 +569,12 @@ fn update_error(e: UpdateError) -> Error {
         UpdateError::Refused(r) => Error::Refused(r.to_string()),
         UpdateError::Store(e) => e.into(),
     }
+}
+
+/// Audit records in the form the store keeps them in its outbox.
+fn owe(events: &[Event]) -> Result<String, Refusal> {
+    serde_json::to_string(events)
+        .map_err(|e| Refusal::AuditUnavailable(format!("cannot serialize an audit record: {e}")))
 }
 
 fn resolved_event(record: &ApprovalRecord) -> Event {

@@ -21,8 +21,10 @@ pub enum Event {
     /// How the invocation ended; written (and synced) before its result is
     /// returned.
     InvocationFinished(InvocationFinished),
-    /// A request refused before anything ran (unknown function, bad
-    /// arguments).
+    /// A request refused before anything ran (no permission, unknown
+    /// function, bad arguments), or an invocation that waited for approval
+    /// and ended without running: denied, expired, or failed (`state` says
+    /// which, `approval` names the request).
     InvocationRefused(InvocationRefused),
     /// The log was found with a torn tail at open and repaired.
     Recovered(Recovered),
@@ -131,9 +133,20 @@ pub struct InvocationRefused {
     pub invocation: String,
     pub caller: String,
     pub action: String,
+    /// The identity the action would have run under (absent in records
+    /// written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_identity: Option<String>,
     pub function: String,
     pub exit_code: i32,
     pub error: String,
+    /// For an invocation that waited for approval: the request it waited on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+    /// For an invocation that waited for approval: how it ended (`denied`,
+    /// `expired` or `failed`); nothing ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

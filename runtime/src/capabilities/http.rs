@@ -563,6 +563,34 @@ fn truncate(s: &str) -> String {
     s.chars().take(200).collect()
 }
 
+/// blake3 over request headers (name and value, each length-prefixed, in
+/// the order given), for host-call records and approval bindings: a
+/// decision covers exactly these headers, while the record shows only their
+/// names (a value may be something the guest should not have shown). A
+/// credential the host injects is added after this and is never part of it.
+fn headers_digest<'a>(headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for (name, value) in headers {
+        for part in [name, value] {
+            hasher.update(&u64::try_from(part.len()).unwrap_or(u64::MAX).to_le_bytes());
+            hasher.update(part);
+        }
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+/// The headers of a guest's `wasi:http` request that will be sent, sorted
+/// by name (each name's values in order): wasmtime adds `host`, and the
+/// host removes what it owns before sending.
+fn sent_guest_headers(headers: &HeaderMap) -> Vec<(&HeaderName, &HeaderValue)> {
+    let mut sent: Vec<(&HeaderName, &HeaderValue)> = headers
+        .iter()
+        .filter(|(name, _)| !is_host_owned(name) && **name != header::ACCEPT_ENCODING)
+        .collect();
+    sent.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    sent
+}
+
 const IFACE: &str = "airlock:cap/http";
 
 impl wit::Host for InvocationState {
@@ -581,13 +609,25 @@ impl wit::Host for InvocationState {
             .and_then(|b| b.inject.as_ref())
             .and_then(|i| i.header_name());
         let follow = request.follow_redirects;
-        // The URL is recorded without its query (it may carry secrets);
-        // the digests bind the whole URL and body, so an approval for a
-        // held request covers exactly this request.
+        // The URL is recorded without its query (it may carry secrets) and
+        // the headers by name; the digests bind the whole URL, the guest's
+        // headers and the body, so an approval for a held request covers
+        // exactly this request.
+        let header_names: Vec<&str> = request.headers.iter().map(|(name, _)| name.as_str()).collect();
         let mut call = HostCall::new(IFACE, "send")
             .arg("method", truncate(&request.method))
             .arg("url", redacted_url(&request.url))
             .arg("url-blake3", blake3::hash(request.url.as_bytes()).to_hex())
+            .arg("headers", header_names.join(", "))
+            .arg(
+                "headers-blake3",
+                headers_digest(
+                    request
+                        .headers
+                        .iter()
+                        .map(|(name, value)| (name.as_bytes(), value.as_bytes())),
+                ),
+            )
             .arg("body-bytes", request.body.len())
             .arg("body-blake3", blake3::hash(&request.body).to_hex());
         if let Some(c) = &credential {
@@ -742,10 +782,18 @@ impl WasiHttpHooks for WasiHttpGate {
     ) -> SendFuture {
         let (parts, body) = request.into_parts();
         let url = Url::parse(&parts.uri.to_string()).ok();
+        let sent = sent_guest_headers(&parts.headers);
+        let header_names: Vec<&str> = sent.iter().map(|(name, _)| name.as_str()).collect();
+        let headers_blake3 = headers_digest(
+            sent.iter()
+                .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
+        );
         let mut call = HostCall::new("wasi:http/outgoing-handler", "handle")
             .arg("method", parts.method.as_str())
             .arg("url", redacted_url(&parts.uri.to_string()))
-            .arg("url-blake3", blake3::hash(parts.uri.to_string().as_bytes()).to_hex());
+            .arg("url-blake3", blake3::hash(parts.uri.to_string().as_bytes()).to_hex())
+            .arg("headers", header_names.join(", "))
+            .arg("headers-blake3", headers_blake3);
         if let Some(u) = &url {
             call = call.target(Target::Http {
                 method: parts.method.to_string(),
@@ -763,7 +811,48 @@ impl WasiHttpHooks for WasiHttpGate {
         let http = self.http.clone();
         let creds = self.creds.clone();
         let calls = self.calls.clone();
+        let gated = decision.allowed
+            && calls
+                .gate()
+                .is_some_and(|g| call.targets.iter().any(|t| g.rule_for(t).is_some()));
         Box::new(async move {
+            let mut call = call;
+            // The guest streams the body after `handle`. A request a gate
+            // holds is bound to its body too, so its body is read first (in
+            // full, up to max-request-bytes, within the request timeout) and
+            // its digest is part of what reviewers decide; the bytes sent
+            // are exactly those. Its in-flight slot is taken first and kept
+            // while it waits, so bodies waiting for a decision stay bounded
+            // (MAX_IN_FLIGHT of them). Requests no gate holds stream as they
+            // are sent, and their records carry no body digest.
+            let body = if gated && let Some(h) = &http {
+                let early = async {
+                    let slot = h.in_flight.clone().acquire_owned().await.map_err(|_| ending())?;
+                    let bytes = read_body(&h.grant, body).await?;
+                    Ok::<_, SendFailure>((slot, bytes))
+                };
+                let read = match tokio::time::timeout(h.grant.policy.timeout, early).await {
+                    Ok(r) => r,
+                    Err(_) => Err(SendFailure::Outbound(OutboundError::Timeout(format!(
+                        "the request body was not complete within {} ms (grants.http.timeout-ms)",
+                        h.grant.policy.timeout.as_millis()
+                    )))),
+                };
+                match read {
+                    Ok((slot, bytes)) => {
+                        call = call
+                            .arg("body-bytes", bytes.len())
+                            .arg("body-blake3", blake3::hash(&bytes).to_hex());
+                        RequestBody::Read(slot, bytes)
+                    }
+                    Err(failure) => {
+                        let _ = calls.begin(call, Decision::deny("grants.http", failure.to_string()));
+                        return Err(failure.into_wasi());
+                    }
+                }
+            } else {
+                RequestBody::Streaming(body)
+            };
             // The guest waits on the response future while a gate holds the
             // request for approval.
             let (call, decision) = calls.admit(call, decision).await;
@@ -782,12 +871,17 @@ impl WasiHttpHooks for WasiHttpGate {
             };
             let started = Instant::now();
             // The total timeout covers waiting for a slot and for the guest
-            // to finish streaming the body, not only the exchange.
+            // to finish streaming the body, not only the exchange (for a held
+            // request, both happened before the gate, under a timeout of
+            // their own).
             let work = async {
-                let _slot = in_flight
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| SendFailure::Outbound(OutboundError::Protocol("the invocation is ending".into())))?;
+                let (_slot, body) = match body {
+                    RequestBody::Read(slot, bytes) => (slot, bytes),
+                    RequestBody::Streaming(stream) => {
+                        let slot = in_flight.acquire_owned().await.map_err(|_| ending())?;
+                        (slot, read_body(&grant, stream).await?)
+                    }
+                };
                 wasi_send(&grant, &budget, &creds, parts, body, url, options).await
             };
             let result = match tokio::time::timeout(grant.policy.timeout, work).await {
@@ -824,22 +918,44 @@ impl std::fmt::Display for SendFailure {
     }
 }
 
+/// A `wasi:http` request body, as the send hook holds it.
+enum RequestBody {
+    /// Still streaming from the guest: read when the request is sent.
+    Streaming(WasiBody),
+    /// Read before the approval gate (a held request is bound to its
+    /// bytes), with the in-flight slot taken for it.
+    Read(tokio::sync::OwnedSemaphorePermit, Bytes),
+}
+
+/// The invocation ended while a `wasi:http` request waited for a slot.
+fn ending() -> SendFailure {
+    SendFailure::Outbound(OutboundError::Protocol("the invocation is ending".into()))
+}
+
+/// Read a guest's streamed `wasi:http` request body, up to the grant's
+/// max-request-bytes.
+async fn read_body(grant: &HttpGrant, body: WasiBody) -> Result<Bytes, SendFailure> {
+    use http_body_util::BodyExt as _;
+    let cap = grant.policy.max_request_bytes;
+    Ok(
+        http_body_util::Limited::new(body, usize::try_from(cap).unwrap_or(usize::MAX))
+            .collect()
+            .await
+            .map_err(|_| SendFailure::RequestTooLarge(cap))?
+            .to_bytes(),
+    )
+}
+
 async fn wasi_send(
     grant: &HttpGrant,
     budget: &RequestBudget,
     creds: &CredentialStore,
     parts: http::request::Parts,
-    body: WasiBody,
+    body: Bytes,
     url: Url,
     options: Option<wasmtime_wasi_http::RequestOptions>,
 ) -> Result<http::Response<WasiBody>, SendFailure> {
     use http_body_util::BodyExt as _;
-    let cap = grant.policy.max_request_bytes;
-    let body = http_body_util::Limited::new(body, usize::try_from(cap).unwrap_or(usize::MAX))
-        .collect()
-        .await
-        .map_err(|_| SendFailure::RequestTooLarge(cap))?
-        .to_bytes();
     let mut headers = parts.headers;
     for name in HOST_OWNED_HEADERS {
         headers.remove(*name);

@@ -184,7 +184,8 @@ fn write_private(path: &Path, text: &str) -> Result<(), Error> {
 
 #[derive(Subcommand)]
 pub enum ApprovalsCommand {
-    /// List approval requests (pending ones unless --all).
+    /// List the approval requests your token may see: those you may
+    /// approve and those you made (pending ones unless --all).
     List {
         #[arg(long)]
         all: bool,
@@ -193,7 +194,8 @@ pub enum ApprovalsCommand {
         #[command(flatten)]
         ctx: ConfigAuth,
     },
-    /// Show exactly what a request would release.
+    /// Show exactly what a request would release (to its approvers and its
+    /// requester).
     Show {
         id: String,
         #[arg(long)]
@@ -290,14 +292,22 @@ pub async fn approvals_cmd(cmd: ApprovalsCommand) -> Result<ExitCode, Error> {
     match cmd {
         ApprovalsCommand::List { all, json, ctx } => {
             let runtime = ctx.runtime(None)?;
-            ctx.auth.caller(&runtime)?;
+            let who = ctx.auth.token_caller(&runtime, "listing approval requests")?;
             runtime.sweep_approvals().await?;
             let store = runtime.store()?;
-            let list = store.approvals((!all).then_some(ApprovalState::Pending), 1000)?;
+            let list: Vec<ApprovalRecord> = store
+                .approvals((!all).then_some(ApprovalState::Pending), 1000)?
+                .into_iter()
+                .filter(|a| runtime.may_see_approval(&who, a))
+                .collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&list).map_err(Error::internal)?);
             } else if list.is_empty() {
-                eprintln!("no {}approval requests", if all { "" } else { "pending " });
+                eprintln!(
+                    "no {}approval requests that {} may see",
+                    if all { "" } else { "pending " },
+                    super::escape(&who.name)
+                );
             } else {
                 println!(
                     "{:<12}  {:<10} {:<9} {:<20} {:<24} {:<20} {:>6}",
@@ -319,12 +329,21 @@ pub async fn approvals_cmd(cmd: ApprovalsCommand) -> Result<ExitCode, Error> {
         }
         ApprovalsCommand::Show { id, json, ctx } => {
             let runtime = ctx.runtime(None)?;
-            ctx.auth.caller(&runtime)?;
+            let who = ctx.auth.token_caller(&runtime, "showing an approval request")?;
             runtime.sweep_approvals().await?;
+            // Like the HTTP API, a request the token may not see is not
+            // told apart from one that does not exist.
             let approval = runtime
                 .store()?
                 .approval(&id)?
-                .ok_or_else(|| Error::Usage(format!("no approval request {id}; see `airlock approvals list`")))?;
+                .filter(|a| runtime.may_see_approval(&who, a))
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "no approval request {} that {} may see (a request is shown to its requester and to those who may approve it); see `airlock approvals list`",
+                        super::escape(&id),
+                        super::escape(&who.name)
+                    ))
+                })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&approval).map_err(Error::internal)?);
             } else {

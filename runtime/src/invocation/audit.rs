@@ -137,6 +137,9 @@ impl PreparedAction {
             caller: caller.name.clone(),
             action: self.policy.name.clone(),
             function: function.chars().take(256).collect(),
+            service_identity: Some(self.policy.service_identity.clone()),
+            approval: None,
+            state: None,
             exit_code: error.exit_code(),
             // Argument errors quote the offending value, which may be a
             // sensitive field: record only where the problem is.

@@ -3,10 +3,19 @@
 //! [`Store`] is the whole contract between the logic (who may do what,
 //! quorum, expiry: [`crate::approval`], [`crate::identity`]) and the
 //! database. It is a handful of plain reads and writes plus one atomic
-//! read-modify-write ([`Store::update_approval`]) and one compare-and-set
-//! ([`Store::transition_invocation`]), so a PostgreSQL backend is a second
-//! implementation of this trait, not a rewrite of the rules. The embedded
-//! default is SQLite in the data directory ([`sqlite::SqliteStore`]).
+//! read-modify-write ([`Store::update_approval`]), compare-and-sets
+//! ([`Store::transition_invocation`], [`Store::end_invocation`]) and an
+//! audit outbox ([`Store::drain_audit_outbox`]), so a PostgreSQL backend is
+//! a second implementation of this trait, not a rewrite of the rules. The
+//! embedded default is SQLite in the data directory ([`sqlite::SqliteStore`]).
+//!
+//! The outbox is how a change and its audit record stay together: a change
+//! that owes the log a record (a decision, a resolution, an invocation that
+//! ended without running) stores that record in the same transaction, and
+//! the record is appended to the audit log only after the commit. So the log
+//! never shows a change that did not commit, and a committed change whose
+//! record is not yet appended (the log was unwritable, or the process died
+//! in between) is appended by the next drain, from any process.
 
 pub mod records;
 pub mod sqlite;
@@ -60,11 +69,12 @@ pub trait Store: Send + Sync {
     /// Atomically load approval `id`, let `update` change it (add a
     /// decision, move its state), and write the change back. Concurrent
     /// updates of one request are serialized, so each decision is counted
-    /// exactly once.
+    /// exactly once. `update` returns the audit record the change owes the
+    /// log, if any, which is put in the outbox in the same transaction.
     fn update_approval(
         &self,
         id: &str,
-        update: &mut dyn FnMut(&mut ApprovalRecord) -> Result<(), Refusal>,
+        update: &mut dyn FnMut(&mut ApprovalRecord) -> Result<Option<String>, Refusal>,
     ) -> Result<ApprovalRecord, UpdateError>;
 
     fn insert_invocation(&self, invocation: &InvocationRecord) -> Result<(), StoreError>;
@@ -81,6 +91,41 @@ pub trait Store: Send + Sync {
         to: InvocationStatus,
         outcome: Option<&InvocationOutcome>,
     ) -> Result<bool, StoreError>;
+    /// End an invocation that waited for approval without running it (see
+    /// [`InvocationEnding`]), its audit record put in the outbox in the same
+    /// transaction; `false` when nothing changed (it was claimed or ended
+    /// first, or the request it would expire is no longer approved).
+    fn end_invocation(&self, ending: &InvocationEnding<'_>) -> Result<bool, StoreError>;
+
+    /// Hand every audit record in the outbox, oldest first, to `append`, and
+    /// remove them once it succeeded; returns how many there were. Runs
+    /// under the database's write lock, so two processes never append the
+    /// same records. If the removal does not commit after a successful
+    /// append (a crash in between), the next drain appends them again: a
+    /// record may repeat, but none is lost.
+    fn drain_audit_outbox(
+        &self,
+        append: &mut dyn FnMut(Vec<String>) -> Result<(), Refusal>,
+    ) -> Result<usize, UpdateError>;
+}
+
+/// An invocation that waited for approval ending without running, and the
+/// audit record that ending owes the log.
+#[derive(Debug, Clone, Copy)]
+pub struct InvocationEnding<'a> {
+    pub invocation: &'a str,
+    /// It ends only from one of these states; from any other (someone
+    /// claimed or ended it first) nothing changes.
+    pub from: &'a [InvocationStatus],
+    pub to: InvocationStatus,
+    pub outcome: &'a InvocationOutcome,
+    /// `(request id, reason)`: an approved request that expires with the
+    /// invocation, because it was not started in time. It moves from
+    /// `approved` to `expired` in the same transaction; if it is no longer
+    /// `approved`, nothing changes.
+    pub expire_approval: Option<(&'a str, &'a str)>,
+    /// The audit record owed, opaque to the store.
+    pub audit: &'a str,
 }
 
 use crate::identity::IdentityKind;

@@ -9,10 +9,12 @@
 //! - Records are stored as indexed columns for the fields queries filter
 //!   on plus the whole record as JSON, so adding a field is not a schema
 //!   migration.
+//! - Audit records owed by committed changes wait in `audit_outbox` until
+//!   they are appended to the log (see [`super`]).
 
 use super::{
-    ApprovalRecord, ApprovalState, DecisionRecord, InvocationOutcome, InvocationRecord, InvocationStatus, Refusal,
-    Store, StoreError, TokenRecord, UpdateError,
+    ApprovalRecord, ApprovalState, DecisionRecord, InvocationEnding, InvocationOutcome, InvocationRecord,
+    InvocationStatus, Refusal, Store, StoreError, TokenRecord, UpdateError,
 };
 use crate::identity::IdentityKind;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -26,7 +28,9 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The database file's name in the data directory.
 pub const FILE_NAME: &str = "airlock.db";
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2 added `audit_outbox`: an older airlock would leave its records there
+/// unappended, so it must not open a database that has one.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS identities (
@@ -71,6 +75,10 @@ CREATE TABLE IF NOT EXISTS invocations (
 CREATE INDEX IF NOT EXISTS invocations_by_state ON invocations(state, created_at);
 CREATE INDEX IF NOT EXISTS invocations_by_caller ON invocations(caller, created_at);
 CREATE INDEX IF NOT EXISTS invocations_by_action ON invocations(action, created_at);
+CREATE TABLE IF NOT EXISTS audit_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL
+);
 ";
 
 /// SQLite behind a mutex: one connection per process, serialized.
@@ -187,6 +195,44 @@ fn parse_token(
 
 fn micros(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+/// Queue an audit record in the outbox, inside the caller's transaction.
+fn owe(conn: &Connection, audit: &str) -> Result<(), StoreError> {
+    conn.execute("INSERT INTO audit_outbox (body) VALUES (?1)", params![audit])
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Move invocation `id` to `to` if it is in one of `from`, inside the
+/// caller's transaction; `false` when it is elsewhere or unknown.
+fn move_invocation(
+    conn: &Connection,
+    id: &str,
+    from: &[InvocationStatus],
+    to: InvocationStatus,
+    outcome: Option<&InvocationOutcome>,
+) -> Result<bool, StoreError> {
+    let body: Option<String> = conn
+        .query_row("SELECT body FROM invocations WHERE id = ?1", params![id], |r| r.get(0))
+        .optional()
+        .map_err(db_err)?;
+    let Some(body) = body else { return Ok(false) };
+    let mut record: InvocationRecord = serde_json::from_str(&body).map_err(json_err)?;
+    if !from.contains(&record.state) {
+        return Ok(false);
+    }
+    record.state = to;
+    record.updated_at = crate::time::now_micros();
+    if let Some(outcome) = outcome {
+        record.outcome = Some(outcome.clone());
+    }
+    conn.execute(
+        "UPDATE invocations SET state = ?2, body = ?3 WHERE id = ?1",
+        params![id, to.as_str(), serde_json::to_string(&record).map_err(json_err)?],
+    )
+    .map_err(db_err)?;
+    Ok(true)
 }
 
 const TOKEN_COLUMNS: &str = "t.id, t.identity, i.kind, t.roles, t.created_at, t.revoked_at FROM tokens t JOIN identities i ON i.name = t.identity";
@@ -324,7 +370,7 @@ impl Store for SqliteStore {
     fn update_approval(
         &self,
         id: &str,
-        update: &mut dyn FnMut(&mut ApprovalRecord) -> Result<(), Refusal>,
+        update: &mut dyn FnMut(&mut ApprovalRecord) -> Result<Option<String>, Refusal>,
     ) -> Result<ApprovalRecord, UpdateError> {
         let mut conn = self.conn();
         let tx = conn
@@ -334,7 +380,7 @@ impl Store for SqliteStore {
             return Err(UpdateError::NotFound(id.to_string()));
         };
         let mut after = before.clone();
-        update(&mut after)?;
+        let audit = update(&mut after)?;
         if after.decisions.len() < before.decisions.len()
             || after.decisions[..before.decisions.len()] != before.decisions[..]
         {
@@ -361,6 +407,9 @@ impl Store for SqliteStore {
             params![id, after.state.as_str(), approval_body(&after)?],
         )
         .map_err(db_err)?;
+        if let Some(audit) = &audit {
+            owe(&tx, audit)?;
+        }
         tx.commit().map_err(db_err)?;
         Ok(after)
     }
@@ -422,26 +471,76 @@ impl Store for SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        let body: Option<String> = tx
-            .query_row("SELECT body FROM invocations WHERE id = ?1", params![id], |r| r.get(0))
-            .optional()
-            .map_err(db_err)?;
-        let Some(body) = body else { return Ok(false) };
-        let mut record: InvocationRecord = serde_json::from_str(&body).map_err(json_err)?;
-        if !from.contains(&record.state) {
+        if !move_invocation(&tx, id, from, to, outcome)? {
             return Ok(false);
         }
-        record.state = to;
-        record.updated_at = crate::time::now_micros();
-        if let Some(outcome) = outcome {
-            record.outcome = Some(outcome.clone());
-        }
-        tx.execute(
-            "UPDATE invocations SET state = ?2, body = ?3 WHERE id = ?1",
-            params![id, to.as_str(), serde_json::to_string(&record).map_err(json_err)?],
-        )
-        .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(true)
+    }
+
+    fn end_invocation(&self, ending: &InvocationEnding<'_>) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        if let Some((approval, reason)) = ending.expire_approval {
+            let Some(mut record) = load_approval(&tx, approval)? else {
+                return Ok(false);
+            };
+            if record.state != ApprovalState::Approved {
+                return Ok(false);
+            }
+            record.state = ApprovalState::Expired;
+            record.reason = Some(reason.to_string());
+            tx.execute(
+                "UPDATE approvals SET state = ?2, body = ?3 WHERE id = ?1",
+                params![approval, record.state.as_str(), approval_body(&record)?],
+            )
+            .map_err(db_err)?;
+        }
+        // Dropping the transaction without a commit also undoes the
+        // request's expiry above.
+        if !move_invocation(&tx, ending.invocation, ending.from, ending.to, Some(ending.outcome))? {
+            return Ok(false);
+        }
+        owe(&tx, ending.audit)?;
+        tx.commit().map_err(db_err)?;
+        Ok(true)
+    }
+
+    fn drain_audit_outbox(
+        &self,
+        append: &mut dyn FnMut(Vec<String>) -> Result<(), Refusal>,
+    ) -> Result<usize, UpdateError> {
+        let mut conn = self.conn();
+        // Nearly always nothing is owed: look without taking the write lock.
+        let any: Option<i64> = conn
+            .query_row("SELECT seq FROM audit_outbox LIMIT 1", [], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?;
+        if any.is_none() {
+            return Ok(0);
+        }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let rows: Vec<(i64, String)> = {
+            let mut stmt = tx
+                .prepare_cached("SELECT seq, body FROM audit_outbox ORDER BY seq")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)?
+        };
+        let Some(last) = rows.last().map(|(seq, _)| *seq) else {
+            return Ok(0);
+        };
+        let count = rows.len();
+        append(rows.into_iter().map(|(_, body)| body).collect())?;
+        tx.execute("DELETE FROM audit_outbox WHERE seq <= ?1", params![last])
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(count)
     }
 }
