@@ -52,7 +52,7 @@ invocation = true
     let first = server.post(
         "/v1/invocations",
         Some(&agent),
-        &json!({"action": "deploy", "function": "echo", "args": {"value": "release 42"}}),
+        &json!({"action": "deploy", "function": "echo", "args": {"value": "release 42"}, "wait-ms": 0}),
     );
     assert_eq!(first.status, 202, "{first:?}");
     let approval = first.json()["approval"].as_str().unwrap().to_string();
@@ -60,7 +60,7 @@ invocation = true
     let second = server.post(
         "/v1/invocations",
         Some(&agent),
-        &json!({"action": "deploy", "function": "echo", "args": {"value": "<script>alert(1)</script>"}}),
+        &json!({"action": "deploy", "function": "echo", "args": {"value": "<script>alert(1)</script>"}, "wait-ms": 0}),
     );
     assert_eq!(second.status, 202, "{second:?}");
     let other = second.json()["approval"].as_str().unwrap().to_string();
@@ -157,4 +157,83 @@ invocation = true
     assert!(browser.text("#chain").contains("Chain intact"), "{}", browser.source());
     browser.goto(&format!("{base}/console/actions"));
     assert!(browser.source().contains("Deploys &lt;b&gt;carefully&lt;/b&gt;"));
+}
+
+/// Sign in over plain HTTP, the way the form does: fetch the sign-in page
+/// for its CSRF cookie, post the token with it. Returns the session's
+/// `Set-Cookie` header.
+fn sign_in(server: &Server, token: &str) -> String {
+    let page = server.get("/console/login", None);
+    assert_eq!(page.status, 200, "{page:?}");
+    let login_cookie = page
+        .header("set-cookie")
+        .expect("the sign-in page sets its CSRF cookie");
+    let nonce = login_cookie
+        .split(';')
+        .next()
+        .and_then(|kv| kv.trim().strip_prefix("airlock_login="))
+        .expect("airlock_login=NONCE")
+        .to_string();
+    let cookie = format!("airlock_login={nonce}");
+    let signed_in = request(
+        &server.addr,
+        "POST",
+        "/console/login",
+        &[
+            ("Cookie", cookie.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        format!("token={token}&csrf={nonce}").as_bytes(),
+    );
+    assert_eq!(signed_in.status, 303, "{signed_in:?}");
+    signed_in.header("set-cookie").expect("a session cookie").to_string()
+}
+
+#[test]
+fn the_session_cookie_is_http_only_and_the_catalog_lists_only_the_callers_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("work")).unwrap();
+    let config = dir.path().join("airlock.toml");
+    let gated = toml_path(&component("gated"));
+    let action = |name: &str, invoke: &str, approve: &str| {
+        format!(
+            "[actions.{name}]\ncomponent = {gated}\n[actions.{name}.grants]\napproval = true\n\
+             files = {{ dir = \"work\", mode = \"read-write\" }}\n[actions.{name}.access]\n\
+             invoke = [{invoke}]\napprove = [{approve}]\n"
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\ndata-dir = \"data\"\n{}{}{}",
+            action("deploy", "\"role:agent\"", "\"role:reviewer\""),
+            action("reports", "\"role:reviewer\"", "\"role:admin\""),
+            action("payroll", "\"payroll-bot\"", "\"role:admin\""),
+        ),
+    )
+    .unwrap();
+    let reviewer = token(&config, "alice", "human", "reviewer");
+    let server = Server::start(&config);
+
+    // The session cookie is out of reach of scripts, and of other sites.
+    let set_cookie = sign_in(&server, &reviewer);
+    let attributes: Vec<&str> = set_cookie.split(';').map(str::trim).collect();
+    assert!(attributes[0].starts_with("airlock_session="), "{set_cookie}");
+    assert!(
+        attributes.iter().any(|a| a.eq_ignore_ascii_case("HttpOnly")),
+        "{set_cookie}"
+    );
+    assert!(
+        attributes.iter().any(|a| a.eq_ignore_ascii_case("SameSite=Strict")),
+        "{set_cookie}"
+    );
+
+    // The catalog shows what this reviewer may approve or invoke, nothing else.
+    let cookie = attributes[0];
+    let catalog = request(&server.addr, "GET", "/console/actions", &[("Cookie", cookie)], b"");
+    assert_eq!(catalog.status, 200, "{catalog:?}");
+    let html = String::from_utf8_lossy(&catalog.body);
+    assert!(html.contains("<h2>deploy</h2>"), "{html}");
+    assert!(html.contains("<h2>reports</h2>"), "{html}");
+    assert!(!html.contains("payroll"), "{html}");
 }

@@ -1,7 +1,8 @@
 //! MCP with a real third-party client: the official Python `mcp` package
 //! (installed into a virtual environment by `scripts/python-env.sh`)
 //! connects over stdio and over streamable HTTP, lists tools, calls one,
-//! is refused a forbidden one, and gets a pending result for a gated one.
+//! is refused a forbidden one, and gets a pending result for a gated one:
+//! held before it starts, or held at a host call in the middle of its run.
 
 mod support;
 
@@ -23,11 +24,17 @@ fn python() -> PathBuf {
 }
 
 fn client(args: &[&str]) -> Value {
+    client_with(args, &[])
+}
+
+/// The client with extra environment variables.
+fn client_with(args: &[&str], env: &[(&str, &str)]) -> Value {
     let out = Command::new(python())
         .arg(support::repo_root().join("tests/mcp_client.py"))
         .args(args)
         .env_remove("AIRLOCK_DATA_DIR")
         .env_remove("AIRLOCK_TOKEN")
+        .envs(env.iter().copied())
         .output()
         .expect("run the Python MCP client");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -90,10 +97,24 @@ component = {gated}
 [actions.secret-ops.access]
 invoke = ["ops-bot"]
 approve = ["role:reviewer"]
+
+# Runs at once; writes under gated/ wait for a reviewer mid-run.
+[actions.gated]
+component = {gated}
+{gated_grants}
+[actions.gated.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[actions.gated.approval]
+wait-secs = 120
+[[actions.gated.approval.host-calls]]
+capability = "files"
+path-prefix = "gated"
 "#,
             echo_grants = grants.replace("NAME", "echo"),
             deploy_grants = grants.replace("NAME", "deploy"),
             ops_grants = grants.replace("NAME", "secret-ops"),
+            gated_grants = grants.replace("NAME", "gated"),
         );
         let config = dir.path().join("airlock.toml");
         std::fs::write(&config, text).unwrap();
@@ -138,8 +159,18 @@ fn check_scenario(seen: &Value) -> String {
     assert_eq!(seen["allowed"]["structured"]["status"], "succeeded", "{seen}");
     assert_eq!(seen["bad_args"]["is_error"], true, "{seen}");
 
+    // Refused as a protocol error (invalid params), like a tool that does
+    // not exist: not a result, and not some other failure.
     let forbidden = &seen["forbidden"];
-    assert!(forbidden["raised"] == true || forbidden["is_error"] == true, "{seen}");
+    assert_eq!(forbidden["raised"], true, "{seen}");
+    assert_eq!(forbidden["code"], -32602, "{seen}");
+    assert!(
+        forbidden["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no tool secret-ops__echo for bot"),
+        "{seen}"
+    );
 
     let pending = &seen["pending"]["structured"];
     assert_eq!(pending["status"], "awaiting-approval", "{seen}");
@@ -230,6 +261,27 @@ fn python_client_over_streamable_http() {
     let seen = client(&["http", &url, &agent, "scenario"]);
     let invocation = check_scenario(&seen);
 
+    // The forbidden call was refused for want of permission, and that is
+    // on record.
+    let (auditor, _) = w.token("audrey", "human", "auditor");
+    let refused = server
+        .get("/v1/audit?action=secret-ops&caller=bot", Some(&auditor))
+        .json();
+    let refusals: Vec<&Value> = refused["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["event"]["kind"] == "invocation-refused")
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refused}");
+    assert!(
+        refusals[0]["event"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("may not invoke"),
+        "{refused}"
+    );
+
     let approval = approval_of(&w, &invocation);
     let approved = server.post(
         &format!("/v1/approvals/{approval}/approve"),
@@ -289,4 +341,83 @@ fn request_with_host(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> suppo
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(body).unwrap();
     support::http::read(stream)
+}
+
+#[test]
+fn a_call_held_at_a_host_call_gate_returns_pending_and_its_outcome_comes_later() {
+    let w = World::new();
+    let (agent, _) = w.token("bot", "agent", "agent");
+    let (reviewer, _) = w.token("alice", "human", "reviewer");
+    let server = Server::start(&w.config);
+    let url = format!("http://{}/mcp", server.addr);
+    let seen = client(&["http", &url, &agent, "hostcall"]);
+
+    // The instance is suspended inside its gated write: the call reported
+    // progress and, after mcp-wait-ms, returned what it waits for.
+    let pending = &seen["pending"]["structured"];
+    assert_eq!(seen["pending"]["is_error"], false, "{seen}");
+    assert_eq!(pending["status"], "awaiting-approval", "{seen}");
+    assert_eq!(pending["approval-kind"], "host-call", "{seen}");
+    assert!(
+        pending["rule"].as_str().unwrap().contains("approval.host-calls[0]"),
+        "{seen}"
+    );
+    let invocation = pending["invocation"].as_str().unwrap().to_string();
+    let approval = pending["approval"].as_str().unwrap().to_string();
+    let progress = seen["progress"].as_array().unwrap();
+    assert!(!progress.is_empty(), "no progress notifications: {seen}");
+    assert!(
+        progress.iter().any(|p| p["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("waiting for approval {approval}"))),
+        "{seen}"
+    );
+    assert!(w.dir.path().join("work/before.txt").exists());
+    assert!(!w.dir.path().join("work/gated/plan.txt").exists());
+
+    // The reviewer sees the held call of that invocation.
+    let shown = server.get(&format!("/v1/approvals/{approval}"), Some(&reviewer)).json();
+    assert_eq!(shown["kind"], "host-call", "{shown}");
+    assert_eq!(shown["invocation"], invocation, "{shown}");
+    assert_eq!(shown["state"], "pending", "{shown}");
+
+    // Asked before the decision, airlock_status says what it waits for
+    // (over a lowercase `bearer` scheme, which is the same credential).
+    let lowercase = [("AIRLOCK_TEST_AUTH_SCHEME", "bearer")];
+    let before = client_with(&["http", &url, &agent, "status", &invocation], &lowercase);
+    assert_eq!(
+        before["status"]["structured"]["status"], "awaiting-approval",
+        "{before}"
+    );
+    assert_eq!(before["status"]["structured"]["approval"], approval, "{before}");
+
+    // Approved: the held write goes through, the run resumes in the
+    // background, and airlock_status returns its outcome.
+    let approved = server.post(
+        &format!("/v1/approvals/{approval}/approve"),
+        Some(&reviewer),
+        &json!({}),
+    );
+    assert_eq!(approved.status, 200, "{approved:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = client_with(&["http", &url, &agent, "status", &invocation], &lowercase);
+        let s = &status["status"]["structured"];
+        if s["status"] == "succeeded" {
+            assert_eq!(s["result"], "written", "{status}");
+            break;
+        }
+        assert!(
+            s["status"] == "running" || s["status"] == "awaiting-approval",
+            "{status}"
+        );
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        std::fs::read_to_string(w.dir.path().join("work/gated/plan.txt")).unwrap(),
+        "go"
+    );
+    assert!(w.dir.path().join("work/after.txt").exists());
 }

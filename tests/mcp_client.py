@@ -1,19 +1,25 @@
 """A real third-party MCP client (the `mcp` package from PyPI) against airlock.
 
 Usage:
-  mcp_client.py stdio AIRLOCK CONFIG TOKEN_FILE scenario|status INVOCATION
-  mcp_client.py http URL TOKEN scenario|status INVOCATION
+  mcp_client.py stdio AIRLOCK CONFIG TOKEN_FILE scenario|hostcall|status INVOCATION
+  mcp_client.py http URL TOKEN scenario|hostcall|status INVOCATION
 
 `scenario` lists the tools, calls an allowed one, a forbidden one and a
 gated one (collecting progress notifications), and prints one JSON object
-with everything it saw. `status` asks airlock_status about an invocation.
+with everything it saw. `hostcall` calls a tool whose run is held at a
+gated host call, collecting progress. `status` asks airlock_status about
+an invocation.
+
+Over HTTP the `Authorization` header uses the scheme in
+AIRLOCK_TEST_AUTH_SCHEME (default `Bearer`).
 """
 
 import json
+import os
 import sys
 
 import anyio
-from mcp import ClientSession
+from mcp import ClientSession, MCPError
 
 
 def content_text(result):
@@ -25,6 +31,16 @@ async def run(session, mode, arg):
     if mode == "status":
         res = await session.call_tool("airlock_status", {"invocation": arg})
         return {"status": {"is_error": bool(res.is_error), "structured": res.structured_content}}
+    progress = []
+
+    async def on_progress(p, total, message):
+        progress.append({"progress": p, "message": message})
+
+    if mode == "hostcall":
+        res = await session.call_tool(
+            "gated__write-between", {"path": "gated/plan.txt", "data": "go"}, progress_callback=on_progress
+        )
+        return {"pending": {"is_error": bool(res.is_error), "structured": res.structured_content}, "progress": progress}
     tools = await session.list_tools()
     out = {"tools": sorted(t.name for t in tools.tools)}
     annotations = {}
@@ -44,16 +60,13 @@ async def run(session, mode, arg):
     res = await session.call_tool("echo__echo", {"value": 7})
     out["bad_args"] = {"is_error": bool(res.is_error), "text": content_text(res)}
 
+    # The server refuses with a JSON-RPC error; anything else (a result, or
+    # another exception, which ends this script) is not the refusal.
     try:
         res = await session.call_tool("secret-ops__echo", {"value": "x"})
         out["forbidden"] = {"raised": False, "is_error": bool(res.is_error), "text": content_text(res)}
-    except Exception as e:  # the server answers with a protocol error
-        out["forbidden"] = {"raised": True, "error": str(e)}
-
-    progress = []
-
-    async def on_progress(p, total, message):
-        progress.append({"progress": p, "message": message})
+    except MCPError as e:
+        out["forbidden"] = {"raised": True, "code": e.code, "message": e.message}
 
     res = await session.call_tool("deploy__echo", {"value": "gated"}, progress_callback=on_progress)
     out["pending"] = {"is_error": bool(res.is_error), "structured": res.structured_content}
@@ -82,7 +95,8 @@ async def main():
 
         url, token, mode = sys.argv[2:5]
         arg = sys.argv[5] if len(sys.argv) > 5 else None
-        headers = {"Authorization": f"Bearer {token}"}
+        scheme = os.environ.get("AIRLOCK_TEST_AUTH_SCHEME", "Bearer")
+        headers = {"Authorization": f"{scheme} {token}"}
         async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=120)) as http:
             async with streamable_http_client(url, http_client=http) as (read, write):
                 async with ClientSession(read, write) as session:

@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::http::{Server, request};
+use support::http::{Response, Server, request};
 use support::{airlock_with, component, toml_path};
 
 struct World {
@@ -104,6 +104,13 @@ fn authentication_missing_wrong_and_revoked_tokens() {
     );
     assert_eq!(wrong.status, 401);
     assert!(!String::from_utf8_lossy(&wrong.body).contains("AAAAAAAA"));
+    // A real token's id with a wrong secret is no token at all.
+    let forged = format!("alk_{}_{}", &agent[4..20], "B".repeat(43));
+    assert_ne!(forged, agent);
+    let wrong_secret = server.get("/v1/actions", Some(&forged));
+    assert_eq!(wrong_secret.status, 401, "{wrong_secret:?}");
+    assert_eq!(wrong_secret.json()["error"]["code"], "unauthenticated");
+    assert!(!String::from_utf8_lossy(&wrong_secret.body).contains("BBBBBBBB"));
     let garbage = server.get("/v1/actions", Some("not a token"));
     assert_eq!(garbage.status, 401);
 
@@ -167,7 +174,7 @@ fn permissions_sync_and_async_invocations() {
     let mut body = invoke_body("echo", "echo", json!({"value": "later"}));
     body["wait-ms"] = json!(0);
     let submitted = server.post("/v1/invocations", Some(&agent), &body);
-    assert!(submitted.status == 202 || submitted.status == 200, "{submitted:?}");
+    assert_eq!(submitted.status, 202, "{submitted:?}");
     let id = submitted.json()["invocation"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -209,13 +216,12 @@ fn approvals_over_the_api() {
     let alice = w.token("alice", "human", &["reviewer"]);
     let server = Server::start(&w.config);
 
-    let pending = server.post(
-        "/v1/invocations",
-        Some(&agent),
-        &invoke_body("deploy", "echo", json!({"value": "v1"})),
-    );
+    let mut body = invoke_body("deploy", "echo", json!({"value": "v1"}));
+    body["wait-ms"] = json!(0);
+    let pending = server.post("/v1/invocations", Some(&agent), &body);
     assert_eq!(pending.status, 202, "{pending:?}");
     assert_eq!(pending.json()["status"], "awaiting-approval");
+    assert_eq!(pending.json()["approval-kind"], "invocation");
     let id = pending.json()["approval"].as_str().unwrap().to_string();
     let invocation = pending.json()["invocation"].as_str().unwrap().to_string();
 
@@ -253,6 +259,281 @@ fn approvals_over_the_api() {
     }
     let again = server.post(&format!("/v1/approvals/{id}/approve"), Some(&alice), &json!({}));
     assert_eq!(again.status, 409, "{again:?}");
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    let w = World::new();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let server = Server::start(&w.config);
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let auth = format!("{scheme} {agent}");
+        let r = request(
+            &server.addr,
+            "GET",
+            "/v1/actions",
+            &[("Authorization", auth.as_str())],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{scheme}: {r:?}");
+    }
+    // Another scheme does not carry a bearer token.
+    let basic = format!("Basic {agent}");
+    let r = request(
+        &server.addr,
+        "GET",
+        "/v1/actions",
+        &[("Authorization", basic.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+}
+
+#[test]
+fn readiness_reports_the_audit_log_and_the_loaded_actions() {
+    let w = World::new();
+    let server = Server::start(&w.config);
+    let r = server.get("/v1/ready", None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let ready = r.json();
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["audit"], "ok", "{ready}");
+    let mut actions: Vec<&str> = ready["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    actions.sort_unstable();
+    assert_eq!(actions, ["deploy", "echo", "secret-ops"], "{ready}");
+}
+
+#[test]
+fn a_call_that_outlasts_its_wait_is_answered_202_and_finishes_in_the_background() {
+    let w = World::new();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let server = Server::start(&w.config);
+    let mut body = invoke_body("echo", "write-then-spin", json!({"path": "spin.txt", "ms": 3000}));
+    body["wait-ms"] = json!(300);
+    let r = server.post("/v1/invocations", Some(&agent), &body);
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.json()["status"], "running", "{r:?}");
+    let id = r.json()["invocation"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = server.get(&format!("/v1/invocations/{id}"), Some(&agent));
+        assert_eq!(r.status, 200, "{r:?}");
+        if r.json()["status"] == "succeeded" {
+            assert_eq!(r.json()["result"], "done", "{r:?}");
+            break;
+        }
+        assert_eq!(r.json()["status"], "running", "{r:?}");
+        assert!(Instant::now() < deadline, "{r:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_sync_invocation_waits_for_its_approval_up_to_wait_ms() {
+    let w = World::new();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let server = Server::start(&w.config);
+
+    // A short wait without a decision: 202 with the request, after the wait.
+    let mut body = invoke_body("deploy", "echo", json!({"value": "soon"}));
+    body["wait-ms"] = json!(300);
+    let started = Instant::now();
+    let short = server.post("/v1/invocations", Some(&agent), &body);
+    assert_eq!(short.status, 202, "{short:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(short.json()["status"], "awaiting-approval", "{short:?}");
+    assert!(short.json()["approval"].is_string(), "{short:?}");
+
+    // A long wait: a reviewer approves meanwhile, and the waiting request
+    // is answered with the result.
+    let addr = server.addr.clone();
+    let auth = format!("Bearer {agent}");
+    let waiting = std::thread::spawn(move || {
+        let body = json!({"action": "deploy", "function": "echo", "args": {"value": "v2"}, "wait-ms": 30000});
+        request(
+            &addr,
+            "POST",
+            "/v1/invocations",
+            &[("Authorization", auth.as_str()), ("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let list = server.get("/v1/approvals", Some(&alice)).json();
+        let found = list["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["args"]["value"] == "v2")
+            .map(|a| a["id"].as_str().unwrap().to_string());
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no request for the waiting call: {list}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!waiting.is_finished(), "answered before the decision");
+    // Approved with no body at all.
+    let auth = format!("Bearer {alice}");
+    let approved = request(
+        &server.addr,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        &[("Authorization", auth.as_str())],
+        b"",
+    );
+    assert_eq!(approved.status, 200, "{approved:?}");
+    let answered = waiting.join().unwrap();
+    assert_eq!(answered.status, 200, "{answered:?}");
+    assert_eq!(answered.json()["status"], "succeeded", "{answered:?}");
+    assert_eq!(answered.json()["result"], "v2", "{answered:?}");
+}
+
+#[test]
+fn a_deny_over_the_api_ends_the_invocation_as_denied() {
+    let w = World::new();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let server = Server::start(&w.config);
+    let mut body = invoke_body("deploy", "echo", json!({"value": "risky"}));
+    body["wait-ms"] = json!(0);
+    let pending = server.post("/v1/invocations", Some(&agent), &body);
+    assert_eq!(pending.status, 202, "{pending:?}");
+    let id = pending.json()["approval"].as_str().unwrap().to_string();
+    let invocation = pending.json()["invocation"].as_str().unwrap().to_string();
+
+    let denied = server.post(
+        &format!("/v1/approvals/{id}/deny"),
+        Some(&alice),
+        &json!({"reason": "not today"}),
+    );
+    assert_eq!(denied.status, 200, "{denied:?}");
+    assert_eq!(denied.json()["approval"]["state"], "denied", "{denied:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = server.get(&format!("/v1/invocations/{invocation}"), Some(&agent));
+        assert_eq!(r.status, 200, "{r:?}");
+        if r.json()["status"] == "denied" {
+            assert_eq!(r.json()["result"], Value::Null, "{r:?}");
+            let error = r.json()["error"].as_str().unwrap().to_string();
+            assert!(error.contains("not today") && error.contains("nothing ran"), "{error}");
+            break;
+        }
+        assert_eq!(r.json()["status"], "awaiting-approval", "{r:?}");
+        assert!(Instant::now() < deadline, "{r:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nothing of it ran.
+    let auditor = w.token("audrey", "human", &["auditor"]);
+    let records = server
+        .get(&format!("/v1/audit?invocation={invocation}"), Some(&auditor))
+        .json();
+    assert!(
+        !records["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["event"]["kind"] == "invocation-started"),
+        "{records}"
+    );
+}
+
+fn assert_json_error(r: &Response, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{r:?}"
+    );
+    assert_eq!(r.json()["error"]["code"], code, "{r:?}");
+    assert!(r.json()["error"]["message"].is_string(), "{r:?}");
+}
+
+#[test]
+fn malformed_queries_paths_and_decision_bodies_get_json_errors() {
+    let w = World::new();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let auditor = w.token("audrey", "human", &["auditor"]);
+    let server = Server::start(&w.config);
+
+    for path in ["/v1/approvals?limit=x", "/v1/approvals?bogus=1"] {
+        assert_json_error(&server.get(path, Some(&alice)), 400, "bad-query");
+    }
+    for path in ["/v1/audit?limit=x", "/v1/audit?limit=-1", "/v1/audit?bogus=1"] {
+        assert_json_error(&server.get(path, Some(&auditor)), 400, "bad-query");
+    }
+    // Who asks is settled first.
+    assert_json_error(&server.get("/v1/approvals?limit=x", None), 401, "unauthenticated");
+    assert_json_error(&server.get("/v1/invocations/%FF", Some(&agent)), 400, "bad-path");
+    assert_json_error(&server.get("/v1/invocations", Some(&agent)), 405, "method-not-allowed");
+
+    let mut body = invoke_body("deploy", "echo", json!({"value": "v1"}));
+    body["wait-ms"] = json!(0);
+    let pending = server.post("/v1/invocations", Some(&agent), &body);
+    assert_eq!(pending.status, 202, "{pending:?}");
+    let id = pending.json()["approval"].as_str().unwrap().to_string();
+    let auth = format!("Bearer {alice}");
+    for (content_type, bad) in [
+        ("application/json", "{"),
+        ("application/json", "{\"reason\": 5}"),
+        ("application/json", "{\"bogus\": 1}"),
+        ("text/plain", "reason"),
+    ] {
+        for verdict in ["approve", "deny"] {
+            let r = request(
+                &server.addr,
+                "POST",
+                &format!("/v1/approvals/{id}/{verdict}"),
+                &[("Authorization", auth.as_str()), ("Content-Type", content_type)],
+                bad.as_bytes(),
+            );
+            assert_json_error(&r, 400, "bad-json");
+        }
+    }
+    let still = server.get(&format!("/v1/approvals/{id}"), Some(&alice)).json();
+    assert_eq!(still["state"], "pending", "{still}");
+    assert_eq!(still["decisions"], json!([]), "{still}");
+}
+
+#[test]
+fn a_callers_own_requests_are_listed_however_many_newer_ones_others_made() {
+    let w = World::new();
+    let bot = w.token("bot", "agent", &["agent"]);
+    let other = w.token("other", "agent", &["agent"]);
+    let server = Server::start(&w.config);
+    let submit = |token: &str, value: &str| {
+        let mut body = invoke_body("deploy", "echo", json!({ "value": value }));
+        body["wait-ms"] = json!(0);
+        let r = server.post("/v1/invocations", Some(token), &body);
+        assert_eq!(r.status, 202, "{r:?}");
+        r.json()["approval"].as_str().unwrap().to_string()
+    };
+    let own = submit(bot.as_str(), "mine");
+    for i in 0..3 {
+        submit(other.as_str(), format!("theirs {i}").as_str());
+    }
+    // The newest request this caller may see, not the newest of all.
+    let listed = server.get("/v1/approvals?limit=1", Some(&bot)).json();
+    let ids: Vec<&str> = listed["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [own.as_str()], "{listed}");
 }
 
 #[test]

@@ -10,13 +10,18 @@
 //! | GET | `/v1/approvals`, `/v1/approvals/{id}` | approvers of the action, or the requester |
 //! | POST | `/v1/approvals/{id}/approve`, `/deny` | approvers of the action |
 //! | GET | `/v1/audit`, `/v1/audit/verify` | `service.audit-readers` |
+//!
+//! `POST /v1/invocations` waits up to `wait-ms` for the outcome, the
+//! decision of an invocation-level gate included: 200 when it ends in time,
+//! otherwise 202 with how it stands and the approval request it waits for.
+//! Every failure, a request axum rejects included, is a JSON error.
 
 use super::Service;
 use super::error::ApiError;
 use crate::gateway::Submitted;
 use crate::identity::Caller;
-use crate::store::{ApprovalRecord, ApprovalState, InvocationRecord, Verdict};
-use axum::extract::rejection::JsonRejection;
+use crate::store::{ApprovalRecord, ApprovalState, InvocationRecord, InvocationStatus, Store, StoreError, Verdict};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,9 +29,19 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type Shared = Arc<Service>;
+
+/// How long a request that stopped waiting gives its invocation to be
+/// stored, so the id it answers with can be fetched at once (with a
+/// `wait-ms` of 0 the answer may come before the invocation's task starts).
+const STORED_WITHIN: Duration = Duration::from_secs(2);
+/// How often the store is read meanwhile.
+const STORED_POLL: Duration = Duration::from_millis(2);
+/// Approval requests listed by default, and at most.
+const DEFAULT_LIST: usize = 1000;
+const MAX_LIST: usize = 10_000;
 
 pub fn router(service: Shared) -> Router {
     let limit = service.settings.max_body_bytes;
@@ -49,6 +64,13 @@ pub fn router(service: Shared) -> Router {
                 .nest_service("/mcp", super::mcp::http_service(service.clone()))
                 .layer(axum::middleware::from_fn_with_state(service.clone(), require_token)),
         )
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "this endpoint does not take that method; see /v1/openapi.json",
+            )
+        })
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(service.clone(), read_body))
@@ -120,6 +142,15 @@ async fn read_body(
         .await
 }
 
+/// The token of an `Authorization` header value `Bearer TOKEN`. The scheme
+/// is matched case-insensitively, as RFC 7235 (section 2.1) says, so
+/// `bearer TOKEN` is the same credential.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The caller behind the `Authorization: Bearer` header, rate limited.
 fn authenticate(service: &Service, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let header = headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
@@ -129,18 +160,13 @@ fn authenticate(service: &Service, headers: &HeaderMap) -> Result<Caller, ApiErr
             "send Authorization: Bearer TOKEN",
         )
     })?;
-    let bearer = header
-        .to_str()
-        .ok()
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "the Authorization header must be `Bearer TOKEN`",
-            )
-        })?;
+    let bearer = header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "the Authorization header must be `Bearer TOKEN`",
+        )
+    })?;
     let caller = service.authenticate(bearer)?;
     if let Err(wait) = service.limiter.take(&caller.name) {
         return Err(ApiError::new(
@@ -171,14 +197,6 @@ async fn require_token(
         *response.status_mut() = StatusCode::NO_CONTENT;
     }
     response
-}
-
-/// A JSON body, or a structured 400 saying what is wrong with it.
-fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    parsed.map(|Json(v)| v).map_err(|e| match e {
-        JsonRejection::BytesRejection(b) => ApiError::new(b.status(), "bad-body", b.body_text()),
-        other => ApiError::new(StatusCode::BAD_REQUEST, "bad-json", other.body_text()),
-    })
 }
 
 async fn health() -> Json<Value> {
@@ -274,21 +292,84 @@ fn record_view(record: &InvocationRecord) -> Value {
     })
 }
 
-fn submitted_response(submitted: Submitted) -> Response {
+/// What an invocation held for its invocation-level `approval` shows.
+fn awaiting_view(invocation: &str, approval: &ApprovalRecord) -> Value {
+    json!({
+        "invocation": invocation,
+        "status": "awaiting-approval",
+        "approval": approval.id,
+        "approval-kind": approval.kind,
+        "binding": approval.binding,
+        "expires-at": crate::time::rfc3339_micros(approval.expires_at),
+    })
+}
+
+/// The approval request an unfinished invocation waits for now, if any:
+/// its invocation-level request while that is pending, or a pending request
+/// its running instance made (a held host call, or the guest's own).
+pub(super) fn awaited_approval(
+    store: &dyn Store,
+    record: &InvocationRecord,
+) -> Result<Option<ApprovalRecord>, StoreError> {
+    if let Some(id) = &record.approval
+        && let Some(a) = store.approval(id)?.filter(|a| a.state == ApprovalState::Pending)
+    {
+        return Ok(Some(a));
+    }
+    if record.state != InvocationStatus::Running {
+        return Ok(None);
+    }
+    // The store cannot look requests up by invocation. Pending ones are few
+    // (each is an instance or a request waiting for a reviewer), so a scan
+    // of them is cheap.
+    Ok(store
+        .approvals(Some(ApprovalState::Pending), usize::MAX)?
+        .into_iter()
+        .find(|a| a.invocation == record.id))
+}
+
+/// 202 for an invocation the request stopped waiting for: how it stands
+/// (which may be final by now), with the request it waits for, if any.
+fn unfinished_response(service: &Service, record: &InvocationRecord) -> Result<Response, ApiError> {
+    let mut view = record_view(record);
+    if !record.state.is_final()
+        && let Some(a) = awaited_approval(service.runtime.store()?.as_ref(), record)?
+    {
+        view["approval"] = json!(a.id);
+        view["approval-kind"] = json!(a.kind);
+        view["binding"] = json!(a.binding);
+        view["expires-at"] = json!(crate::time::rfc3339_micros(a.expires_at));
+    }
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+fn submitted_response(service: &Service, submitted: Submitted) -> Result<Response, ApiError> {
     match submitted {
-        Submitted::Ran(report) => (StatusCode::OK, Json(ran_view(&report))).into_response(),
-        Submitted::Done(record) => (StatusCode::OK, Json(record_view(&record))).into_response(),
-        Submitted::Pending { invocation, approval } => (
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "invocation": invocation,
-                "status": "awaiting-approval",
-                "approval": approval.id,
-                "binding": approval.binding,
-                "expires-at": crate::time::rfc3339_micros(approval.expires_at),
-            })),
-        )
-            .into_response(),
+        Submitted::Ran(report) => Ok((StatusCode::OK, Json(ran_view(&report))).into_response()),
+        Submitted::Done(record) if record.state.is_final() => {
+            Ok((StatusCode::OK, Json(record_view(&record))).into_response())
+        }
+        // Approved and claimed by another runtime, which has not finished.
+        Submitted::Done(record) => unfinished_response(service, &record),
+        Submitted::Pending { invocation, approval } => {
+            Ok((StatusCode::ACCEPTED, Json(awaiting_view(&invocation, &approval))).into_response())
+        }
+    }
+}
+
+/// The answer for an invocation task that ended.
+fn joined_response(
+    service: &Service,
+    joined: Result<Result<Submitted, crate::error::Error>, tokio::task::JoinError>,
+) -> Result<Response, ApiError> {
+    match joined {
+        Ok(Ok(submitted)) => submitted_response(service, submitted),
+        Ok(Err(e)) => Err(e.into()),
+        Err(join) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the invocation task failed: {join}"),
+        )),
     }
 }
 
@@ -298,11 +379,14 @@ async fn invoke(
     request: Result<Json<InvokeRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&service, &headers)?;
-    let request = body(request)?;
+    let Json(request) = request?;
     let wait = request
         .wait_ms
         .map_or(super::DEFAULT_WAIT, Duration::from_millis)
         .min(super::MAX_WAIT);
+    // Everything counts towards the wait: admission, running, and the
+    // decision of an invocation-level gate.
+    let deadline = Instant::now() + wait;
     // Refusals (permission, unknown function, bad arguments) are answered
     // here, before anything is stored or started.
     service
@@ -310,40 +394,59 @@ async fn invoke(
         .admit(&caller, &request.action, &request.function, &request.args)
         .await?;
     let invocation = crate::invocation::new_invocation_id();
-    let task = {
+    // A task of its own, so the invocation goes on (stored, its status at
+    // /v1/invocations/{id}) when this request stops waiting, or its client
+    // goes away.
+    let mut task = {
         let service = service.clone();
         let invocation = invocation.clone();
         tokio::spawn(async move {
-            service
-                .runtime
+            let runtime = &service.runtime;
+            let submitted = runtime
                 .run_stored(&invocation, &caller, &request.action, &request.function, &request.args)
-                .await
+                .await;
+            match submitted {
+                // Held for approval: follow the request until the deadline.
+                // A decision in time settles it, and an approval runs it
+                // (here, unless another process claims it first).
+                Ok(Submitted::Pending { invocation, .. }) => runtime.await_invocation(&invocation, deadline).await,
+                other => other,
+            }
         })
     };
-    let mut task = task;
-    match tokio::time::timeout(wait, &mut task).await {
-        Ok(Ok(Ok(submitted))) => Ok(submitted_response(submitted)),
-        Ok(Ok(Err(e))) => Err(e.into()),
-        Ok(Err(join)) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("the invocation task failed: {join}"),
-        )),
-        // Still running: it is stored, so the caller can fetch it later.
-        Err(_) => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"invocation": invocation, "status": "running"})),
-        )
-            .into_response()),
+    if let Ok(joined) = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), &mut task).await {
+        return joined_response(&service, joined);
+    }
+    // Still running or waiting for a decision: answer with how it stands,
+    // once it is stored.
+    let store = service.runtime.store()?;
+    let stored_by = Instant::now() + STORED_WITHIN;
+    loop {
+        if let Some(record) = store.invocation(&invocation)? {
+            return unfinished_response(&service, &record);
+        }
+        if task.is_finished() {
+            // It ended without being stored: it failed before it could be.
+            return joined_response(&service, task.await);
+        }
+        if Instant::now() >= stored_by {
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"invocation": invocation, "status": "running"})),
+            )
+                .into_response());
+        }
+        tokio::time::sleep(STORED_POLL).await;
     }
 }
 
 async fn invocation(
     State(service): State<Shared>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = authenticate(&service, &headers)?;
+    let Path(id) = id?;
     let record = service
         .runtime
         .store()?
@@ -368,18 +471,42 @@ fn visible(service: &Service, caller: &Caller, approval: &ApprovalRecord) -> boo
             .is_some_and(|a| a.policy.access.may_approve(caller))
 }
 
+/// The first `want` records `fetch` reads (newest first) that `keep`
+/// accepts. The store filters by state only, so one read of a fixed size,
+/// filtered afterwards, could be filled with records of other callers and
+/// hide the caller's own: read ever longer prefixes until `want` are kept
+/// or the store has no more.
+pub(super) fn first_visible<T>(
+    want: usize,
+    fetch: impl Fn(usize) -> Result<Vec<T>, StoreError>,
+    keep: impl Fn(&T) -> bool,
+) -> Result<Vec<T>, StoreError> {
+    let mut limit = want.max(64);
+    loop {
+        let batch = fetch(limit)?;
+        let exhausted = batch.len() < limit;
+        let kept: Vec<T> = batch.into_iter().filter(&keep).take(want).collect();
+        if kept.len() >= want || exhausted {
+            return Ok(kept);
+        }
+        limit = limit.saturating_mul(4);
+    }
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ApprovalsQuery {
     state: Option<String>,
+    limit: Option<usize>,
 }
 
 async fn approvals(
     State(service): State<Shared>,
     headers: HeaderMap,
-    Query(query): Query<ApprovalsQuery>,
+    query: Result<Query<ApprovalsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = authenticate(&service, &headers)?;
+    let Query(query) = query?;
     let state = match query.state.as_deref() {
         None => Some(ApprovalState::Pending),
         Some("all") => None,
@@ -389,13 +516,10 @@ async fn approvals(
             ))
         })?),
     };
-    let list: Vec<ApprovalRecord> = service
-        .runtime
-        .store()?
-        .approvals(state, 1000)?
-        .into_iter()
-        .filter(|a| visible(&service, &caller, a))
-        .collect();
+    let limit = query.limit.unwrap_or(DEFAULT_LIST).min(MAX_LIST);
+    let store = service.runtime.store()?;
+    let list: Vec<ApprovalRecord> =
+        first_visible(limit, |n| store.approvals(state, n), |a| visible(&service, &caller, a))?;
     Ok(Json(json!({ "approvals": list })))
 }
 
@@ -412,9 +536,10 @@ fn visible_approval(service: &Service, caller: &Caller, id: &str) -> Result<Appr
 async fn approval(
     State(service): State<Shared>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ApprovalRecord>, ApiError> {
     let caller = authenticate(&service, &headers)?;
+    let Path(id) = id?;
     Ok(Json(visible_approval(&service, &caller, &id)?))
 }
 
@@ -426,14 +551,18 @@ struct DecisionBody {
     binding: Option<String>,
 }
 
+/// A decision, once the caller is known: what is wrong with the request
+/// (its path or body) is answered only to an authenticated caller.
 async fn decide(
     service: Shared,
     headers: HeaderMap,
-    id: String,
+    id: Result<Path<String>, PathRejection>,
     verdict: Verdict,
-    decision: DecisionBody,
+    decision: Result<DecisionBody, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = authenticate(&service, &headers)?;
+    let Path(id) = id?;
+    let decision = decision?;
     visible_approval(&service, &caller, &id)?;
     if verdict == Verdict::Deny && decision.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
         return Err(ApiError::bad_request("a deny needs a reason"));
@@ -450,29 +579,27 @@ async fn decide(
     Ok(Json(json!({ "approval": approval })))
 }
 
+/// The body is optional: none (no `Content-Type`) approves without a reason.
 async fn approve(
     State(service): State<Shared>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    decision: Option<Json<DecisionBody>>,
+    id: Result<Path<String>, PathRejection>,
+    decision: Result<Option<Json<DecisionBody>>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    decide(
-        service,
-        headers,
-        id,
-        Verdict::Approve,
-        decision.map(|Json(d)| d).unwrap_or_default(),
-    )
-    .await
+    let decision = decision
+        .map(|d| d.map(|Json(d)| d).unwrap_or_default())
+        .map_err(ApiError::from);
+    decide(service, headers, id, Verdict::Approve, decision).await
 }
 
 async fn deny(
     State(service): State<Shared>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     decision: Result<Json<DecisionBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    decide(service, headers, id, Verdict::Deny, body(decision)?).await
+    let decision = decision.map(|Json(d)| d).map_err(ApiError::from);
+    decide(service, headers, id, Verdict::Deny, decision).await
 }
 
 #[derive(serde::Deserialize)]
@@ -489,7 +616,7 @@ struct AuditQuery {
 async fn audit(
     State(service): State<Shared>,
     headers: HeaderMap,
-    Query(query): Query<AuditQuery>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = authenticate(&service, &headers)?;
     if !service.may_read_audit(&caller) {
@@ -499,6 +626,7 @@ async fn audit(
             "reading the audit trail needs a role in service.audit-readers",
         ));
     }
+    let Query(query) = query?;
     let time = |t: &Option<String>| {
         t.as_deref()
             .map(crate::time::parse_utc)

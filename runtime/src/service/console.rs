@@ -28,6 +28,8 @@ const LOGIN_COOKIE: &str = "airlock_login";
 /// A session ends after this long idle.
 const SESSION_IDLE: Duration = Duration::from_secs(3600);
 const MAX_SESSIONS: usize = 10_000;
+/// Rows shown on the pending and history pages.
+const LIST_LENGTH: usize = 500;
 
 type Shared = Arc<Service>;
 
@@ -331,11 +333,16 @@ async fn home(State(service): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(e) = service.runtime.sweep_approvals().await {
         tracing::warn!("approval sweep failed: {e}");
     }
-    let list = match service
-        .runtime
-        .store()
-        .and_then(|s| Ok(s.approvals(Some(ApprovalState::Pending), 500)?))
-    {
+    // Only what this caller may see, read until enough are found: other
+    // callers' requests cannot push its own off the page.
+    let list = service.runtime.store().and_then(|s| {
+        Ok(super::api::first_visible(
+            LIST_LENGTH,
+            |n| s.approvals(Some(ApprovalState::Pending), n),
+            |a| may_see_approval(&service, &caller, a),
+        )?)
+    });
+    let list = match list {
         Ok(l) => l,
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
@@ -343,7 +350,7 @@ async fn home(State(service): State<Shared>, headers: HeaderMap) -> Response {
         "<table id=\"pending\"><tr><th>Request</th><th>Kind</th><th>Action</th><th>Caller</th><th>Votes</th><th>Expires (UTC)</th></tr>",
     );
     let mut n = 0;
-    for a in list.iter().filter(|a| may_see_approval(&service, &caller, a)) {
+    for a in &list {
         n += 1;
         let _ = write!(
             body,
@@ -516,14 +523,21 @@ async fn invocations_page(State(service): State<Shared>, headers: HeaderMap) -> 
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let list = match service.runtime.store().and_then(|s| Ok(s.invocations(None, 500)?)) {
+    let list = service.runtime.store().and_then(|s| {
+        Ok(super::api::first_visible(
+            LIST_LENGTH,
+            |n| s.invocations(None, n),
+            |i| may_see_invocation(&service, &caller, i),
+        )?)
+    });
+    let list = match list {
         Ok(l) => l,
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
     let mut body = String::from(
         "<table id=\"invocations\"><tr><th>Invocation</th><th>State</th><th>Action</th><th>Caller</th><th>Created (UTC)</th></tr>",
     );
-    for i in list.iter().filter(|i| may_see_invocation(&service, &caller, i)) {
+    for i in &list {
         let _ = write!(
             body,
             "<tr><td><a href=\"/console/invocations/{id}\">{id}</a></td><td>{}</td><td>{}#{}</td><td>{}</td><td>{}</td></tr>",
@@ -653,6 +667,10 @@ async fn actions_page(State(service): State<Shared>, headers: HeaderMap) -> Resp
             continue;
         };
         let p = &action.policy;
+        // As in /v1/actions: only what the caller may invoke or approve.
+        if !p.access.may_invoke(&caller) && !p.access.may_approve(&caller) {
+            continue;
+        }
         let _ = write!(
             body,
             "<section class=\"action\"><h2>{}</h2><p>{}</p><p>Runs as {}. Component {}.</p><h3>Capabilities</h3><ul>",

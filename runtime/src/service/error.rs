@@ -1,7 +1,10 @@
 //! Structured JSON errors: every failure is
-//! `{"error": {"code": "...", "message": "..."}}` with a fitting status.
+//! `{"error": {"code": "...", "message": "..."}}` with a fitting status,
+//! including requests axum's extractors reject (a malformed body, query
+//! string or path), which would otherwise be answered in plain text.
 
 use crate::error::Error;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -78,5 +81,34 @@ impl From<Error> for ApiError {
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
         ApiError::from(Error::from(e))
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> ApiError {
+        match e {
+            JsonRejection::BytesRejection(b) => ApiError::new(b.status(), "bad-body", b.body_text()),
+            other => ApiError::new(StatusCode::BAD_REQUEST, "bad-json", other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad-query", e.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> ApiError {
+        let status = e.status();
+        // A path that matched a route but lacks its parameters is our bug,
+        // not the client's.
+        let code = if status.is_server_error() {
+            "internal"
+        } else {
+            "bad-path"
+        };
+        ApiError::new(status, code, e.body_text())
     }
 }

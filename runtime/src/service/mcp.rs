@@ -10,16 +10,19 @@
 //!   cannot reach it.
 //! - Tools the caller may not invoke are not listed, and calling one is
 //!   refused like an unknown tool (and the refusal is audited).
-//! - A call that needs approval sends progress notifications while it
-//!   waits; if no decision comes within `service.mcp-wait-ms` it returns a
-//!   structured pending result with the invocation id, and the
+//! - A call that needs approval (of the invocation, or of a host call its
+//!   running instance is held at) sends progress notifications while it
+//!   waits; if it has not finished within `service.mcp-wait-ms` it returns
+//!   a structured pending result with the invocation id and the approval
+//!   request it waits for. The invocation goes on in the background (over
+//!   stdio, for as long as the `airlock mcp` process runs), and the
 //!   `airlock_status` tool returns the outcome later.
 
 use super::Service;
 use crate::error::Error;
 use crate::gateway::Submitted;
 use crate::identity::Caller;
-use crate::store::InvocationRecord;
+use crate::store::{ApprovalKind, ApprovalRecord, InvocationRecord};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject, ListToolsResult,
     PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
@@ -78,8 +81,8 @@ impl AirlockMcp {
                 .get::<axum::http::request::Parts>()
                 .and_then(|p| p.headers.get(axum::http::header::AUTHORIZATION))
                 .and_then(|h| h.to_str().ok())
-                .and_then(|h| h.strip_prefix("Bearer "))
-                .map(|t| t.trim().to_string())
+                .and_then(super::api::bearer_token)
+                .map(str::to_string)
                 .ok_or_else(|| ErrorData::invalid_request("send Authorization: Bearer TOKEN", None))?,
         };
         let bearer = Zeroizing::new(bearer);
@@ -146,12 +149,38 @@ impl AirlockMcp {
         let Some(id) = args.get("invocation").and_then(Value::as_str) else {
             return CallToolResult::error(vec![ContentBlock::text("`invocation` (a string) is required")]);
         };
-        let record = self.service.runtime.store().and_then(|s| Ok(s.invocation(id)?));
-        match record {
-            Ok(Some(r)) if r.caller.name == caller.name => record_result(&r),
-            Ok(_) => CallToolResult::error(vec![ContentBlock::text(format!("no invocation {id}"))]),
-            Err(e) => CallToolResult::error(vec![ContentBlock::text(e.to_string())]),
+        let failed = |e: Error| CallToolResult::error(vec![ContentBlock::text(e.to_string())]);
+        let store = match self.service.runtime.store() {
+            Ok(s) => s,
+            Err(e) => return failed(e),
+        };
+        let record = match store.invocation(id) {
+            Ok(Some(r)) if r.caller.name == caller.name => r,
+            Ok(_) => return CallToolResult::error(vec![ContentBlock::text(format!("no invocation {id}"))]),
+            Err(e) => return failed(e.into()),
+        };
+        if record.state.is_final() {
+            return record_result(&record);
         }
+        match super::api::awaited_approval(store.as_ref(), &record) {
+            Ok(approval) => CallToolResult::structured(pending_body(id, Some(&record), approval.as_ref())),
+            Err(e) => failed(e.into()),
+        }
+    }
+
+    /// Invocation `id` as stored (`None` just after it started) and the
+    /// approval request it waits for, if any.
+    fn standing(&self, id: &str) -> Result<(Option<InvocationRecord>, Option<ApprovalRecord>), Error> {
+        let store = self.service.runtime.store()?;
+        let Some(record) = store.invocation(id)? else {
+            return Ok((None, None));
+        };
+        let approval = if record.state.is_final() {
+            None
+        } else {
+            super::api::awaited_approval(store.as_ref(), &record)?
+        };
+        Ok((Some(record), approval))
     }
 }
 
@@ -187,6 +216,59 @@ fn record_result(r: &InvocationRecord) -> CallToolResult {
     } else {
         CallToolResult::structured(body)
     }
+}
+
+fn ran_result(report: &crate::invocation::Report) -> CallToolResult {
+    let outcome = crate::gateway::outcome_of(report);
+    let body = json!({
+        "invocation": report.invocation,
+        "status": if report.outcome.is_ok() { "succeeded" } else { "failed" },
+        "result": outcome.result,
+        "error": outcome.error,
+    });
+    if report.outcome.is_ok() {
+        CallToolResult::structured(body)
+    } else {
+        CallToolResult::structured_error(body)
+    }
+}
+
+/// The result of a call that did not finish within the wait: the id to ask
+/// `airlock_status` about, and what it waits for.
+fn pending_body(invocation: &str, record: Option<&InvocationRecord>, approval: Option<&ApprovalRecord>) -> Value {
+    let status = match (approval, record) {
+        (Some(_), _) => "awaiting-approval",
+        (None, Some(r)) => r.state.as_str(),
+        (None, None) => "running",
+    };
+    let mut body = json!({
+        "invocation": invocation,
+        "status": status,
+        "next": format!("call {STATUS_TOOL} with this invocation id for the outcome"),
+    });
+    if let Some(a) = approval {
+        body["approval"] = json!(a.id);
+        body["approval-kind"] = json!(a.kind);
+        body["rule"] = json!(a.rule);
+        body["binding"] = json!(a.binding);
+        body["expires-at"] = json!(crate::time::rfc3339_micros(a.expires_at));
+    }
+    body
+}
+
+fn waiting_message(invocation: &str, approval: Option<&ApprovalRecord>) -> String {
+    let Some(a) = approval else {
+        return format!("invocation {invocation} is running");
+    };
+    let what = match a.kind {
+        ApprovalKind::Invocation => "the invocation",
+        ApprovalKind::HostCall => "a host call",
+        ApprovalKind::Guest => "the action's own request",
+    };
+    format!(
+        "waiting for approval {} of {what} (`airlock approvals show {}`)",
+        a.id, a.id
+    )
 }
 
 async fn progress(ctx: &RequestContext<RoleServer>, step: f64, message: String) {
@@ -253,6 +335,8 @@ impl ServerHandler for AirlockMcp {
             return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into());
         }
         let invocation = crate::invocation::new_invocation_id();
+        // A task of its own: the invocation is stored and goes on (running,
+        // or held by a gate) after this call returns a pending result.
         let task = {
             let service = self.service.clone();
             let (invocation, caller, action, function, args) = (
@@ -269,68 +353,55 @@ impl ServerHandler for AirlockMcp {
                     .await
             })
         };
-        let submitted = match task.await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into()),
-            Err(e) => {
-                return Err(ErrorData::internal_error(
-                    format!("the invocation task failed: {e}"),
-                    None,
-                ));
-            }
-        };
-        let approval = match submitted {
-            Submitted::Ran(report) => {
-                let outcome = crate::gateway::outcome_of(&report);
-                let body = json!({
-                    "invocation": report.invocation,
-                    "status": if report.outcome.is_ok() { "succeeded" } else { "failed" },
-                    "result": outcome.result,
-                    "error": outcome.error,
-                });
-                return Ok(if report.outcome.is_ok() {
-                    CallToolResult::structured(body)
-                } else {
-                    CallToolResult::structured_error(body)
-                }
-                .into());
-            }
-            Submitted::Done(record) => return Ok(record_result(&record).into()),
-            Submitted::Pending { approval, .. } => approval,
-        };
-        // Held for approval: report progress while waiting for a decision.
-        let wait = self.service.settings.mcp_wait;
-        let deadline = Instant::now() + wait;
+        let deadline = Instant::now() + self.service.settings.mcp_wait;
+        let mut running = Some(task);
         let mut step = 0.0;
         loop {
-            step += 1.0;
-            progress(
-                &ctx,
-                step,
-                format!(
-                    "waiting for approval {} (`airlock approvals show {}`)",
-                    approval.id, approval.id
-                ),
-            )
-            .await;
-            let record = runtime.store().and_then(|s| Ok(s.invocation(&invocation)?));
-            match record {
-                Ok(Some(r)) if r.state.is_final() => return Ok(record_result(&r).into()),
-                Ok(_) => {}
-                Err(e) => return Err(ErrorData::internal_error(e.to_string(), None)),
+            let tick = tokio::time::Instant::from_std((Instant::now() + PROGRESS_EVERY).min(deadline));
+            let joined = match running.as_mut() {
+                // Running, perhaps held inside a host call: wait for it
+                // until the next report is due.
+                Some(task) => tokio::time::timeout_at(tick, task).await.ok(),
+                // Nothing runs here until a decision; whoever runs it
+                // afterwards records the outcome in the store.
+                None => {
+                    tokio::time::sleep_until(tick).await;
+                    None
+                }
+            };
+            if let Some(joined) = joined {
+                running = None;
+                match joined {
+                    Ok(Ok(Submitted::Ran(report))) => return Ok(ran_result(&report).into()),
+                    Ok(Ok(Submitted::Done(record))) if record.state.is_final() => {
+                        return Ok(record_result(&record).into());
+                    }
+                    // Held by an invocation-level gate (reported at once,
+                    // below), or approved and claimed by another runtime.
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into());
+                    }
+                    Err(e) => {
+                        return Err(ErrorData::internal_error(
+                            format!("the invocation task failed: {e}"),
+                            None,
+                        ));
+                    }
+                }
+            }
+            let (record, approval) = self
+                .standing(&invocation)
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+            if let Some(r) = record.as_ref().filter(|r| r.state.is_final()) {
+                return Ok(record_result(r).into());
             }
             if Instant::now() >= deadline || ctx.ct.is_cancelled() {
-                let body = json!({
-                    "invocation": invocation,
-                    "status": "awaiting-approval",
-                    "approval": approval.id,
-                    "binding": approval.binding,
-                    "expires-at": crate::time::rfc3339_micros(approval.expires_at),
-                    "next": format!("call {STATUS_TOOL} with this invocation id for the outcome"),
-                });
+                let body = pending_body(&invocation, record.as_ref(), approval.as_ref());
                 return Ok(CallToolResult::structured(body).into());
             }
-            tokio::time::sleep(PROGRESS_EVERY.min(deadline.saturating_duration_since(Instant::now()))).await;
+            step += 1.0;
+            progress(&ctx, step, waiting_message(&invocation, approval.as_ref())).await;
         }
     }
 }

@@ -20,6 +20,7 @@ pub fn document() -> Value {
     let errors = json!({
         "401": error_response("missing, unknown or revoked token"),
         "403": error_response("the identity may not do this"),
+        "400": error_response("malformed request: body, query string or path (codes bad-json, bad-body, bad-query, bad-path, bad-request)"),
         "429": error_response("rate limited (per identity)"),
     });
     let with_errors = |mut responses: Value| {
@@ -56,7 +57,8 @@ pub fn document() -> Value {
                         "result": {},
                         "error": {"type": ["string", "null"]},
                         "exit-code": {"type": ["integer", "null"]},
-                        "approval": {"type": ["string", "null"]}
+                        "approval": {"type": ["string", "null"]},
+                        "approval-kind": {"enum": ["invocation", "host-call", "guest"], "description": "what the pending request `approval` holds back"}
                     }
                 },
                 "Approval": {"type": "object", "description": "An approval request: what exactly would run (caller, action, function, args, component-digest, capabilities, rule, binding) and its decisions."}
@@ -69,7 +71,7 @@ pub fn document() -> Value {
             "/v1/actions": {"get": {"summary": "Actions the identity may invoke or approve, with function schemas and capability manifests",
                 "security": secured, "responses": with_errors(json!({"200": ok("actions", json!({"type": "object"}))}))}},
             "/v1/invocations": {"post": {
-                "summary": "Invoke an action. Waits up to wait-ms (default 30000, max 300000) for the result; 0 submits and returns at once",
+                "summary": "Invoke an action. Waits up to wait-ms (default 30000, max 300000) for the result, a reviewer's decision on an invocation-level gate included; 0 submits and returns at once",
                 "security": secured,
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["action", "function"], "additionalProperties": false,
@@ -78,8 +80,7 @@ pub fn document() -> Value {
                         "wait-ms": {"type": "integer", "minimum": 0}}}}}},
                 "responses": with_errors(json!({
                     "200": ok("finished (status succeeded or failed)", json!({"$ref": "#/components/schemas/Invocation"})),
-                    "202": ok("still running, or awaiting approval", json!({"$ref": "#/components/schemas/Invocation"})),
-                    "400": error_response("malformed request"),
+                    "202": ok("not finished within wait-ms: still running, or awaiting approval (approval, approval-kind, binding, expires-at name the request it waits for)", json!({"$ref": "#/components/schemas/Invocation"})),
                     "404": error_response("unknown action or function"),
                     "408": error_response("the body did not arrive within service.body-timeout-ms"),
                     "413": error_response("body too large (service.max-body-bytes)"),
@@ -87,8 +88,12 @@ pub fn document() -> Value {
             "/v1/invocations/{id}": {"get": {"summary": "An invocation's status and result (its caller, or an approver of its action)",
                 "security": secured, "parameters": id_param,
                 "responses": with_errors(json!({"200": ok("the invocation", json!({"$ref": "#/components/schemas/Invocation"})), "404": error_response("no such invocation")}))}},
-            "/v1/approvals": {"get": {"summary": "Approval requests visible to the identity (pending unless ?state=...|all)",
-                "security": secured, "responses": with_errors(json!({"200": ok("requests", json!({"type": "object"}))}))}},
+            "/v1/approvals": {"get": {"summary": "Approval requests visible to the identity (pending unless ?state=...|all), newest `limit` (default 1000, max 10000)",
+                "security": secured,
+                "parameters": [
+                    {"name": "state", "in": "query", "schema": {"enum": ["pending", "approved", "denied", "expired", "failed", "all"]}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
+                "responses": with_errors(json!({"200": ok("requests", json!({"type": "object"}))}))}},
             "/v1/approvals/{id}": {"get": {"summary": "One request: exactly what would run", "security": secured, "parameters": id_param,
                 "responses": with_errors(json!({"200": ok("the request", json!({"$ref": "#/components/schemas/Approval"})), "404": error_response("no such request")}))}},
             "/v1/approvals/{id}/approve": {"post": {"summary": "Approve (optionally pinned to the binding reviewed)", "security": secured, "parameters": id_param,
