@@ -661,6 +661,32 @@ fn wasi_filesystem_calls_are_each_recorded() {
     );
     // In call order, numbered without gaps among the invocation's calls.
     assert!(calls.windows(2).all(|w| w[0].call < w[1].call), "{calls:?}");
+    // The stream the write went through is metered: its record says how
+    // many bytes were written, and what (blake3), though the bytes went
+    // through wasi:io/streams.
+    let digest = blake3::hash(b"hello").to_hex().to_string();
+    let write = calls
+        .iter()
+        .find(|c| c.function == "[method]descriptor.write-via-stream")
+        .unwrap_or_else(|| panic!("no write-via-stream record: {calls:?}"));
+    assert_eq!(
+        write.status,
+        format!("ok: 5 bytes written (blake3:{digest})"),
+        "{write:?}"
+    );
+
+    // And a read through a stream says how much was read.
+    let run = invoke(data.path(), "probe", "wasi-read", json!({"path": "/w.txt"}), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let read = records(data.path())
+        .into_iter()
+        .rev()
+        .find_map(|r| match r.event {
+            Event::HostCall(c) if c.function == "[method]descriptor.read-via-stream" => Some(c),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(read.status, "ok: 5 bytes read", "{read:?}");
 }
 
 #[test]
@@ -735,4 +761,114 @@ fn a_pure_action_costs_one_sync_and_a_lost_start_withholds_its_result() {
     for r in [&lost, &refused] {
         assert!(recs.iter().all(|e| e.event.invocation() != Some(r.invocation.as_str())));
     }
+}
+
+/// `airlock audit show --json` with `filter` flags, as (exit code, lines).
+fn show(data: &Path, filter: &[&str]) -> (i32, Vec<String>) {
+    let data = data_arg(data);
+    let mut argv = vec!["audit", "show", "--json", "--data-dir", &data];
+    argv.extend_from_slice(filter);
+    let run = airlock_with(&argv, b"", &[]);
+    (run.code, run.stdout.lines().map(str::to_string).collect())
+}
+
+/// The raw lines of the log whose records belong to an invocation `keep`
+/// accepts (by its start record), in order: what a query must return.
+fn expected(data: &Path, keep: impl Fn(&Event) -> bool) -> Vec<String> {
+    let mut owners = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    read::scan(&airlock::audit::dir(data), |r, line| {
+        let id = r.entry.event.invocation().map(str::to_string);
+        if matches!(r.entry.event, Event::InvocationStarted(_)) && keep(&r.entry.event) {
+            owners.extend(id.clone());
+        }
+        if id.is_some_and(|i| owners.contains(&i)) {
+            out.push(String::from_utf8_lossy(line).into_owned());
+        }
+        true
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn queries_are_answered_by_the_index_and_follow_the_log() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    for n in [2, 1] {
+        assert_eq!(invoke(d, "probe", "log-lines", json!({ "n": n }), &[]).code, 0);
+    }
+    let who = json!({"who": {"name": "Ada", "title": null, "languages": ["fr"]}});
+    assert_eq!(invoke(d, "hello", "greet", who.clone(), &[]).code, 0);
+    let probe = |e: &Event| matches!(e, Event::InvocationStarted(s) if s.action == "probe");
+    let hello = |e: &Event| matches!(e, Event::InvocationStarted(s) if s.action == "hello");
+
+    // By action: exactly that action's records, in order, via the index.
+    let (code, got) = show(d, &["--action", "probe"]);
+    assert_eq!(code, 0);
+    assert_eq!(got, expected(d, probe));
+    assert_eq!(got.len(), 2 + 2 + 2 + 1, "two invocations: starts, closes, three calls");
+    assert!(airlock::audit::dir(d).join(airlock::audit::index::INDEX_FILE).exists());
+
+    // Records appended later are picked up by the next query.
+    assert_eq!(invoke(d, "hello", "greet", who, &[]).code, 0);
+    let (_, got) = show(d, &["--action", "hello"]);
+    assert_eq!(got, expected(d, hello));
+    assert_eq!(got.len(), 4, "two hello invocations, start and close each");
+
+    // By caller, and by invocation id prefix.
+    let start = records(d)
+        .into_iter()
+        .find_map(|e| match e.event {
+            Event::InvocationStarted(s) if s.action == "hello" => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    let (_, by_caller) = show(d, &["--caller", &start.caller]);
+    assert_eq!(
+        by_caller,
+        expected(d, |_| true),
+        "one local caller made every invocation"
+    );
+    let (_, by_id) = show(d, &["--invocation", &start.invocation[..10]]);
+    assert_eq!(
+        by_id,
+        expected(
+            d,
+            |e| matches!(e, Event::InvocationStarted(s) if s.invocation == start.invocation)
+        )
+    );
+
+    // A time range that starts after an invocation began still finds its
+    // later records when filtered by action too.
+    let all = records(d);
+    let finish_ts = all
+        .iter()
+        .find(|e| matches!(&e.event, Event::InvocationFinished(f) if f.invocation == start.invocation))
+        .map(|e| e.ts.clone())
+        .unwrap();
+    let (_, late) = show(d, &["--action", "hello", "--since", &finish_ts]);
+    assert!(
+        late.iter()
+            .any(|l| l.contains("invocation-finished") && l.contains(&start.invocation)),
+        "{late:?}"
+    );
+
+    // The log cut back to an earlier, intact prefix: the index notices it no
+    // longer continues and rebuilds, so nothing it remembers is returned.
+    let kept = lines(d)[..7].to_vec();
+    write_lines(d, &kept);
+    let (code, got) = show(d, &["--action", "hello"]);
+    assert_eq!(code, 0);
+    assert!(got.is_empty(), "{got:?}");
+    let (_, got) = show(d, &["--action", "probe"]);
+    assert_eq!(got, expected(d, probe));
+
+    // A record a query returns is checked against its own hash.
+    let mut tampered = lines(d);
+    let at = tampered[1].iter().position(|&b| b == b'1').unwrap();
+    tampered[1][at] = b'2';
+    write_lines(d, &tampered);
+    let (code, _) = show(d, &["--action", "probe"]);
+    assert_eq!(code, 6, "a tampered record is refused, not shown");
 }

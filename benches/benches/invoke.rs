@@ -192,7 +192,10 @@ fn benches(c: &mut Criterion) {
     let args = json!({"who": {"name": "Ada", "title": null, "languages": ["fr"]}});
     let mut group = c.benchmark_group("invoke-hello/latency");
     group.bench_function("bare-wasmtime", |b| {
-        b.iter(|| rt.block_on(bare_hello.call(greet, std::slice::from_ref(&who), 1)).unwrap());
+        b.iter(|| {
+            rt.block_on(bare_hello.call(greet, std::slice::from_ref(&who), 1))
+                .unwrap()
+        });
     });
     group.bench_function("airlock", |b| {
         b.iter(|| invoke_ok(&hello.action, &rt, "greet", &args));

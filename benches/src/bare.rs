@@ -78,7 +78,12 @@ impl BareHost {
     }
 
     /// Call `export` in a fresh instance; `results` is how many it returns.
-    pub async fn call(&self, export: ComponentExportIndex, params: &[Val], results: usize) -> wasmtime::Result<Vec<Val>> {
+    pub async fn call(
+        &self,
+        export: ComponentExportIndex,
+        params: &[Val],
+        results: usize,
+    ) -> wasmtime::Result<Vec<Val>> {
         let mut store = Store::new(
             &self.engine,
             Bare {

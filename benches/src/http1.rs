@@ -79,7 +79,10 @@ impl Conn {
         let mut chunk = [0u8; 16384];
         let n = self.stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ));
         }
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
@@ -89,7 +92,11 @@ impl Conn {
     /// position.
     async fn line_end(&mut self, from: usize) -> io::Result<usize> {
         loop {
-            if let Some(i) = self.buf.get(from..).and_then(|b| b.windows(2).position(|w| w == b"\r\n")) {
+            if let Some(i) = self
+                .buf
+                .get(from..)
+                .and_then(|b| b.windows(2).position(|w| w == b"\r\n"))
+            {
                 return Ok(from + i);
             }
             self.fill().await?;

@@ -20,9 +20,7 @@ pub fn target_dir() -> PathBuf {
 
 /// Path of a component built by `scripts/build-components.sh`.
 pub fn component(name: &str) -> PathBuf {
-    let path = target_dir()
-        .join("wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
+    let path = target_dir().join("wasm32-wasip2/release").join(format!("{name}.wasm"));
     assert!(
         path.exists(),
         "{} is missing: run scripts/build-components.sh first",

@@ -182,6 +182,9 @@ struct Inner {
     log: HostCallLog,
     tap: Option<AuditTap>,
     gate: Option<Arc<Gate>>,
+    /// The tracing span of each call still running (only while a
+    /// subscriber wants `host_call` spans), closed by [`HostCalls::finish`].
+    spans: BTreeMap<u64, tracing::Span>,
 }
 
 /// Streams host-call records to the audit log.
@@ -217,6 +220,7 @@ impl HostCalls {
                 log,
             }),
             gate: None,
+            spans: BTreeMap::new(),
         })))
     }
 
@@ -291,15 +295,26 @@ impl HostCalls {
             })
         };
         let seq = inner.log.total;
-        tracing::debug!(
+        // One span per call, opened here and closed when the call finishes,
+        // whichever capability made it: the choke point is also where
+        // tracing (and an OpenTelemetry collector behind it) sees calls.
+        let span = tracing::info_span!(
             target: "airlock::host_call",
-            seq,
+            "host_call",
+            call = seq,
             interface = call.interface,
             function = call.function,
             allowed = decision.allowed,
             rule = %decision.rule,
-            "host call"
+            status = tracing::field::Empty,
         );
+        if decision.allowed {
+            if !span.is_disabled() {
+                inner.spans.insert(seq, span);
+            }
+        } else {
+            span.record("status", "denied");
+        }
         if let Some(tap) = &mut inner.tap {
             let event = HostCallEvent {
                 invocation: tap.invocation.clone(),
@@ -349,8 +364,10 @@ impl HostCalls {
 
     /// Record how call `seq` ended and how long it took.
     pub fn finish(&self, seq: u64, status: String, duration: Duration) {
-        tracing::debug!(target: "airlock::host_call", seq, status = %status, "host call finished");
         let mut inner = self.lock();
+        if let Some(span) = inner.spans.remove(&seq) {
+            span.record("status", status.as_str());
+        }
         if let Some(tap) = &mut inner.tap
             && let Some(mut event) = tap.in_flight.remove(&seq)
         {
@@ -364,6 +381,12 @@ impl HostCalls {
             rec.status = status;
             rec.duration = duration;
         }
+    }
+
+    /// The tracing span of call `seq` while it runs (disabled when no
+    /// subscriber wants it), for the host function's own work to run in.
+    pub fn span(&self, seq: u64) -> tracing::Span {
+        self.lock().spans.get(&seq).cloned().unwrap_or_else(tracing::Span::none)
     }
 
     /// Hand the records of finished calls to the audit writer now, so they
@@ -384,9 +407,12 @@ impl HostCalls {
         let Some(mut tap) = inner.tap.take() else {
             return (Vec::new(), None);
         };
+        for (_, span) in std::mem::take(&mut inner.spans) {
+            span.record("status", "abandoned");
+        }
         let mut events = std::mem::take(&mut tap.pending);
         for (_, mut event) in std::mem::take(&mut tap.in_flight) {
-            event.status = "abandoned: the invocation ended first".into();
+            event.status = "abandoned: still running (or a stream still open) when the invocation ended".into();
             events.push(Event::HostCall(event));
         }
         (events, Some(tap.epoch))
@@ -422,11 +448,9 @@ impl InvocationState {
         run: impl FnOnce(&mut Self) -> T,
     ) -> Result<T, Denied> {
         let started = Instant::now();
-        let (interface, function) = (call.interface, call.function);
         let (seq, allowed) = self.host_calls.begin(call, decide(self));
         allowed?;
-        let span = tracing::info_span!("host_call", interface, function, call = seq);
-        let out = span.in_scope(|| run(self));
+        let out = self.host_calls.span(seq).in_scope(|| run(self));
         self.host_calls.finish(seq, out.status(), started.elapsed());
         Ok(out)
     }
@@ -439,11 +463,10 @@ impl InvocationState {
         run: impl AsyncFnOnce(&mut Self) -> T,
     ) -> Result<T, Denied> {
         let started = Instant::now();
-        let (interface, function) = (call.interface, call.function);
         let (call, decision) = self.host_calls.admit(call, decide(self)).await;
         let (seq, allowed) = self.host_calls.begin(call, decision);
         allowed?;
-        let span = tracing::info_span!("host_call", interface, function, call = seq);
+        let span = self.host_calls.span(seq);
         let out = tracing::Instrument::instrument(run(self), span).await;
         self.host_calls.finish(seq, out.status(), started.elapsed());
         Ok(out)

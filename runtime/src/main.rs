@@ -249,11 +249,34 @@ struct InvokeArgs {
     approval: Option<String>,
 }
 
+/// Diagnostics on stderr, filtered by `AIRLOCK_LOG` (e.g. `airlock=info`).
+/// `AIRLOCK_LOG_FORMAT=json` writes one JSON object per line instead, with a
+/// line for every closed span (`invocation`, `host_call`) carrying its fields
+/// and timings: the form log shippers and OpenTelemetry collectors (their
+/// file-log receivers) ingest.
+fn init_tracing() {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let filter = tracing_subscriber::EnvFilter::from_env("AIRLOCK_LOG");
+    let json = std::env::var("AIRLOCK_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_span_list(true)
+            .with_current_span(true)
+            .with_span_events(FmtSpan::CLOSE)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("AIRLOCK_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
+    init_tracing();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -418,14 +441,10 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
         }
         AuditCommand::Show { filter, json, place } => {
             let dir = audit::dir(&place.dir()?);
-            let mut matcher = filter.matcher()?;
+            let filter = filter.filter()?;
             let mut out = std::io::stdout().lock();
-            read::scan(&dir, |record, line| {
-                if matcher.matches(record) {
-                    print_record(&mut out, record, line, json)
-                } else {
-                    true
-                }
+            audit::index::select(&dir, &filter, None, |record, line| {
+                print_record(&mut out, record, line, json)
             })
             .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
         }
@@ -436,10 +455,10 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
                 )));
             }
             let dir = audit::dir(&place.dir()?);
-            let mut matcher = filter.matcher()?;
+            let filter = filter.filter()?;
             let mut out = std::io::stdout().lock();
-            read::scan(&dir, |record, line| {
-                !matcher.matches(record) || print_record(&mut out, record, line, true)
+            audit::index::select(&dir, &filter, None, |record, line| {
+                print_record(&mut out, record, line, true)
             })
             .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
         }
@@ -499,7 +518,7 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
 }
 
 impl AuditFilter {
-    fn matcher(&self) -> Result<airlock::audit::query::Matcher, Error> {
+    fn filter(&self) -> Result<airlock::audit::query::Filter, Error> {
         let time = |t: &Option<String>| {
             t.as_deref()
                 .map(airlock::time::parse_utc)
@@ -512,8 +531,7 @@ impl AuditFilter {
             caller: self.caller.clone(),
             since: time(&self.since)?,
             until: time(&self.until)?,
-        }
-        .matcher())
+        })
     }
 }
 

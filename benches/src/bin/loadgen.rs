@@ -23,6 +23,10 @@
 //!   components in this process.
 //! - `memory`: the service's resident set while 1,000 invocations are
 //!   suspended on host-call approvals, against the same process idle.
+//! - `audit`: the audit log grown to `--records` (default 10 million)
+//!   records in steps of ten: verification speed, the index catching up,
+//!   and queries by invocation, action and caller through the index,
+//!   against a full scan of the same log (the baseline).
 //!
 //! Request loops are bounded in time and count, and every address is on
 //! loopback.
@@ -45,10 +49,11 @@ struct Options {
     actions: usize,
     runs: usize,
     suspended: usize,
+    records: u64,
 }
 
 const USAGE: &str = "usage: loadgen api|mcp|startup|memory|all [--seconds S] [--warmup S] \
-[--concurrency 1,2,4,...] [--actions N] [--runs N] [--suspended N] [--airlock PATH]";
+[--concurrency 1,2,4,...] [--actions N] [--runs N] [--suspended N] [--records N] [--airlock PATH]";
 
 fn parse_options(args: &[String]) -> Result<Options> {
     let mut o = Options {
@@ -59,6 +64,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         actions: 20,
         runs: 5,
         suspended: 1000,
+        records: 10_000_000,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -76,6 +82,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--actions" => o.actions = value()?.parse().context("--actions")?,
             "--runs" => o.runs = value()?.parse().context("--runs")?,
             "--suspended" => o.suspended = value()?.parse().context("--suspended")?,
+            "--records" => o.records = value()?.parse().context("--records")?,
             other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
@@ -87,6 +94,9 @@ fn parse_options(args: &[String]) -> Result<Options> {
     }
     if !(1..=1000).contains(&o.actions) || !(1..=100).contains(&o.runs) || !(1..=5000).contains(&o.suspended) {
         bail!("--actions must be 1..1000, --runs 1..100, --suspended 1..5000");
+    }
+    if !(1000..=100_000_000).contains(&o.records) {
+        bail!("--records must be 1000..100000000");
     }
     if !o.airlock.exists() {
         bail!(
@@ -109,11 +119,13 @@ fn main() -> Result<()> {
         "mcp" => api(&options, "mcp")?,
         "startup" => startup(&options)?,
         "memory" => memory(&options)?,
+        "audit" => audit_growth(&options)?,
         "all" => {
             api(&options, "api")?;
             api(&options, "mcp")?;
             startup(&options)?;
             memory(&options)?;
+            audit_growth(&options)?;
         }
         other => bail!("unknown scenario {other}\n{USAGE}"),
     }
@@ -131,7 +143,10 @@ fn cores() -> usize {
 
 /// TOML string literal for a path.
 fn toml_path(p: &Path) -> String {
-    format!("\"{}\"", p.display().to_string().replace('\\', "\\\\").replace('"', "\\\""))
+    format!(
+        "\"{}\"",
+        p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
+    )
 }
 
 /// A data directory, a config, tokens, and (once started) a running
@@ -173,12 +188,22 @@ impl World {
         let out = self.dir.path().join(format!("{identity}.token"));
         let status = self
             .airlock()
-            .args(["token", "create", "--identity", identity, "--kind", kind, "--role", role])
+            .args([
+                "token",
+                "create",
+                "--identity",
+                identity,
+                "--kind",
+                kind,
+                "--role",
+                role,
+            ])
             .arg("--config")
             .arg(&self.config)
             .arg("--out")
             .arg(&out)
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status()?;
         if !status.success() {
             bail!("airlock token create failed ({status})");
@@ -198,18 +223,20 @@ impl World {
             .arg(&self.config)
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("serve.stderr"))?)
             .spawn()
             .context("start airlock serve")?;
         let stdout = child.stdout.take().context("serve's stdout")?;
         let mut line = String::new();
         std::io::BufReader::new(stdout).read_line(&mut line)?;
         self.server = Some(child);
-        self.addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .ok_or_else(|| anyhow!("unexpected first line from airlock serve: {line:?}"))?
-            .to_string();
+        self.addr = match line.trim().strip_prefix("listening on http://") {
+            Some(addr) => addr.to_string(),
+            None => {
+                let stderr = std::fs::read_to_string(self.dir.path().join("serve.stderr")).unwrap_or_default();
+                bail!("airlock serve did not start: {}", stderr.trim());
+            }
+        };
         let deadline = started + Duration::from_secs(120);
         loop {
             if let Ok(mut s) = std::net::TcpStream::connect(&self.addr) {
@@ -391,7 +418,11 @@ impl McpClient {
         });
         let r = client.post(&init).await?;
         if r.status != 200 {
-            bail!("MCP initialize: status {}: {}", r.status, String::from_utf8_lossy(&r.body));
+            bail!(
+                "MCP initialize: status {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
         }
         client.session = r
             .header("mcp-session-id")
@@ -471,7 +502,9 @@ fn print_header(what: &str) {
     println!();
     println!("## {what}");
     println!();
-    println!("| concurrency | baseline req/s | airlock req/s | ratio | baseline p50 / p99 ms | airlock p50 / p90 / p99 ms | errors |");
+    println!(
+        "| concurrency | baseline req/s | airlock req/s | ratio | baseline p50 / p99 ms | airlock p50 / p90 / p99 ms | errors |"
+    );
     println!("|---|---|---|---|---|---|---|");
 }
 
@@ -587,7 +620,16 @@ fn ms(d: Duration) -> f64 {
 
 fn startup(options: &Options) -> Result<()> {
     // Components of every shape the repository builds, round robin.
-    let sources = ["bench_component", "hello", "report", "ticket_create", "gated", "probe", "types"];
+    // (ticket-create and exfil are left out: they need vault secrets.)
+    let sources = [
+        "bench_component",
+        "hello",
+        "report",
+        "gated",
+        "probe",
+        "types",
+        "cleanup",
+    ];
     let dir = tempfile::tempdir()?;
     let mut config = String::from("[runtime]\ndata-dir = \"data\"\n");
     let mut copies = Vec::new();
@@ -601,15 +643,9 @@ fn startup(options: &Options) -> Result<()> {
         // Grants for every capability these components import.
         config.push_str(&format!(
             "\n[actions.a{i}]\ncomponent = {}\n[actions.a{i}.grants]\nlog = true\napproval = true\n\
-             files = {{ dir = \"work\", mode = \"read-write\" }}\n[actions.a{i}.access]\ninvoke = [\"role:agent\"]\n",
+             files = {{ dir = \"work\", mode = \"read-write\" }}\n[actions.a{i}.access]\ninvoke = [\"role:agent\"]\napprove = [\"role:reviewer\"]\n",
             toml_path(&path)
         ));
-        if source == "ticket_create" {
-            // Its credential and destination are granted but the secret is
-            // looked up only when the action runs... unless the vault check
-            // refuses it at load: leave ticket-create's imports to the
-            // refusal path, which is part of start-up too.
-        }
     }
     let mut world = World::new(options, &config)?;
     let cold: Vec<Duration> = (0..options.runs.min(3))
@@ -625,7 +661,13 @@ fn startup(options: &Options) -> Result<()> {
         w.start()?;
         let mut s = std::net::TcpStream::connect(&w.addr)?;
         use std::io::{Read as _, Write as _};
-        s.write_all(&http1::request("GET", "/v1/ready", &w.addr, &[("Connection", "close")], b""))?;
+        s.write_all(&http1::request(
+            "GET",
+            "/v1/ready",
+            &w.addr,
+            &[("Connection", "close")],
+            b"",
+        ))?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
@@ -814,6 +856,182 @@ path-prefix = "gated"
     );
     if pending < n {
         bail!("only {pending} of {n} invocations reached their approval within 300 s");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Audit growth: verification and indexed queries as the log grows.
+
+/// Synthetic invocations: start, three host calls, close (five records),
+/// shaped like the records airlock writes. One invocation in
+/// [`RARE_EVERY`] is of action `rare` by caller `rare-caller`; the rest
+/// spread over one bulk action and 100 callers.
+struct Synthetic {
+    next: u64,
+}
+
+const RARE_EVERY: u64 = 10_000;
+
+impl Synthetic {
+    fn invocation_id(n: u64) -> String {
+        format!(
+            "{:032x}",
+            (n as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+        )
+    }
+
+    fn events(&mut self) -> Result<Vec<airlock::audit::Event>> {
+        let n = self.next;
+        self.next += 1;
+        let id = Self::invocation_id(n);
+        let rare = n % RARE_EVERY == RARE_EVERY / 2;
+        let (action, caller) = if rare {
+            ("rare".to_string(), "rare-caller".to_string())
+        } else {
+            ("bulk".to_string(), format!("agent-{}", n % 100))
+        };
+        let digest = "blake3:".to_string() + &"ab".repeat(32);
+        let mut out = vec![serde_json::json!({
+            "kind": "invocation-started", "invocation": id, "caller": caller, "caller-kind": "agent",
+            "action": action, "service-identity": format!("action:{action}"), "component-digest": digest,
+            "function": "run", "args-digest": digest, "args": {"ticket": n, "note": "synthetic"},
+            "args-truncated": false, "grants": ["log", "files ./work (read-write)"]
+        })];
+        for call in 0..3u64 {
+            out.push(serde_json::json!({
+                "kind": "host-call", "invocation": id, "call": call, "at": "2026-12-01T00:00:00.000000Z",
+                "interface": "airlock:cap/files", "function": "write",
+                "args": [["path", format!("reports/{n}-{call}.md")], ["bytes", "1024"], ["blake3", digest]],
+                "allowed": true, "rule": "grants.files (read-write)", "reason": null,
+                "status": "ok", "duration-us": 41
+            }));
+        }
+        out.push(serde_json::json!({
+            "kind": "invocation-finished", "invocation": id, "action": action, "outcome": "ok",
+            "exit-code": 0, "error": null, "duration-us": 312, "fuel-consumed": 91234,
+            "peak-memory-bytes": 1_179_648, "result-blake3": digest, "stdout-bytes": 0,
+            "stdout-blake3": digest, "stderr-bytes": 0, "stderr-blake3": digest, "log-lines": 0,
+            "host-calls": 3, "host-calls-denied": 0,
+            "baseline-calls": {"wasi:cli/environment.get-environment": 1}
+        }));
+        out.into_iter()
+            .map(|v| serde_json::from_value(v).context("a synthetic record"))
+            .collect()
+    }
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
+    let t = Instant::now();
+    let out = f()?;
+    Ok((out, t.elapsed()))
+}
+
+fn audit_growth(options: &Options) -> Result<()> {
+    use airlock::audit::index;
+    use airlock::audit::query::Filter;
+    let dir = tempfile::tempdir()?;
+    let audit_dir = dir.path().join("audit");
+    let log = airlock::audit::AuditLog::open(&audit_dir).map_err(|e| anyhow!("{e}"))?;
+    let mut synthetic = Synthetic { next: 0 };
+    let mut sizes = Vec::new();
+    let mut size = 100_000u64;
+    while size < options.records {
+        sizes.push(size);
+        size *= 10;
+    }
+    sizes.push(options.records);
+    println!();
+    println!("## Audit growth: verification and queries as the log grows (5 records per invocation)");
+    println!();
+    println!(
+        "| records | log size | verify | index catch-up | by invocation | by action `rare` | by caller `rare-caller` | full scan (baseline) | scan / indexed query |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut written = 0u64;
+    for &target in &sizes {
+        // Grow the log: queued appends in batches, a durable one now and
+        // then so the writer's queue stays short.
+        let mut batches = 0u64;
+        while written < target {
+            let mut events = Vec::with_capacity(5000);
+            while events.len() < 5000 && written + (events.len() as u64) < target {
+                events.extend(synthetic.events()?);
+            }
+            written += events.len() as u64;
+            batches += 1;
+            if batches.is_multiple_of(20) {
+                log.append_durable(events).map_err(|e| anyhow!("{e}"))?;
+            } else {
+                log.append_queued(events);
+            }
+        }
+        log.append_durable(Vec::new()).map_err(|e| anyhow!("{e}"))?;
+        let log_bytes = std::fs::metadata(audit_dir.join("audit.log"))?.len();
+        let (verified, verify_time) =
+            timed(|| airlock::audit::read::verify(&audit_dir, None).map_err(|e| anyhow!("{e}")))?;
+        let (caught, catch_up_time) = timed(|| {
+            let mut ix = index::Index::open(&audit_dir).map_err(|e| anyhow!("{e}"))?;
+            ix.catch_up().map_err(|e| anyhow!("{e}"))
+        })?;
+        // Queries through `select`, as `airlock audit show` runs them (each
+        // opens the index and catches up on nothing new).
+        let query = |filter: &Filter| -> Result<(u64, Duration)> {
+            let mut times = Vec::new();
+            let mut n = 0;
+            for _ in 0..9 {
+                let t = Instant::now();
+                n = index::select(&audit_dir, filter, None, |_, _| true).map_err(|e| anyhow!("{e}"))?;
+                times.push(t.elapsed());
+            }
+            Ok((n, median(times)))
+        };
+        let rare_invocation = Synthetic::invocation_id(RARE_EVERY / 2);
+        let (by_id_n, by_id) = query(&Filter {
+            invocation: Some(rare_invocation),
+            ..Filter::default()
+        })?;
+        let (by_action_n, by_action) = query(&Filter {
+            action: Some("rare".into()),
+            ..Filter::default()
+        })?;
+        let (by_caller_n, by_caller) = query(&Filter {
+            caller: Some("rare-caller".into()),
+            ..Filter::default()
+        })?;
+        // Baseline: the same action query by scanning every record.
+        let ((), scan) = timed(|| {
+            let mut matcher = Filter {
+                action: Some("rare".into()),
+                ..Filter::default()
+            }
+            .matcher();
+            let mut n = 0u64;
+            airlock::audit::read::scan(&audit_dir, |r, _| {
+                n += u64::from(matcher.matches(r));
+                true
+            })
+            .map_err(|e| anyhow!("{e}"))?;
+            if n != by_action_n {
+                bail!("the scan found {n} records of `rare`, the index {by_action_n}");
+            }
+            Ok(())
+        })?;
+        println!(
+            "| {} | {:.0} MiB | {:.2} s ({:.0} k records/s) | {:.2} s for {} new{} | {:.2} ms ({by_id_n}) | {:.2} ms ({by_action_n}) | {:.2} ms ({by_caller_n}) | {:.2} s | {:.0} |",
+            verified.records,
+            log_bytes as f64 / (1 << 20) as f64,
+            verify_time.as_secs_f64(),
+            verified.records as f64 / verify_time.as_secs_f64() / 1000.0,
+            catch_up_time.as_secs_f64(),
+            caught.added,
+            if caught.rebuilt { " (rebuilt)" } else { "" },
+            ms(by_id),
+            ms(by_action),
+            ms(by_caller),
+            scan.as_secs_f64(),
+            scan.as_secs_f64() / by_action.as_secs_f64(),
+        );
     }
     Ok(())
 }

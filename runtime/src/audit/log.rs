@@ -33,6 +33,10 @@ pub const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
 pub const KEY_FILE: &str = "checkpoint.key";
 /// A signed checkpoint is written after this many records (and at close).
 pub const CHECKPOINT_EVERY: u64 = 1000;
+/// A quiet log still gets a checkpoint of its newest records after this
+/// long, so a crash of an idle service loses no more than this much of the
+/// signed history (the records themselves are on disk either way).
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most appends folded into one group.
 const MAX_GROUP: usize = 4096;
 
@@ -168,6 +172,12 @@ impl AuditLog {
     /// its writer. Every group of records is written under an exclusive
     /// lock on the file, so processes never interleave records.
     pub fn open(dir: &Path) -> Result<AuditLog, AuditError> {
+        Self::open_with_interval(dir, CHECKPOINT_INTERVAL)
+    }
+
+    /// [`AuditLog::open`] with a checkpoint interval of its own (tests).
+    #[doc(hidden)]
+    pub fn open_with_interval(dir: &Path, checkpoint_interval: std::time::Duration) -> Result<AuditLog, AuditError> {
         let path = dir.join(LOG_FILE);
         let open_err = |reason: String| AuditError::Open {
             path: path.display().to_string(),
@@ -219,6 +229,8 @@ impl AuditLog {
             next_seq: tail.next_seq,
             head: tail.head,
             last_checkpoint_seq: last_checkpoint_seq(&dir.join(CHECKPOINTS_FILE)),
+            checkpoint_interval,
+            last_checkpoint_at: std::time::Instant::now(),
             key,
             checkpoints: dir.join(CHECKPOINTS_FILE),
             dir: dir.to_path_buf(),
@@ -540,6 +552,10 @@ struct Writer {
     next_seq: u64,
     head: [u8; 32],
     last_checkpoint_seq: Option<u64>,
+    /// Longest a new record waits for a checkpoint while the log is quiet.
+    checkpoint_interval: std::time::Duration,
+    /// When the last checkpoint was written (or the log opened).
+    last_checkpoint_at: std::time::Instant,
     key: CheckpointKey,
     checkpoints: PathBuf,
     dir: PathBuf,
@@ -585,8 +601,33 @@ impl Writer {
         Ok(())
     }
 
+    /// Whether records exist that no checkpoint covers yet.
+    fn unsigned_records(&self) -> bool {
+        self.next_seq
+            .checked_sub(1)
+            .is_some_and(|last| self.last_checkpoint_seq.is_none_or(|c| last > c))
+    }
+
     fn run(mut self, rx: mpsc::Receiver<Request>) {
-        while let Ok(first) = rx.recv() {
+        loop {
+            // Sleep until the oldest unsigned record is an interval old.
+            let wait = if self.unsigned_records() {
+                self.checkpoint_interval
+                    .saturating_sub(self.last_checkpoint_at.elapsed())
+            } else {
+                std::time::Duration::from_secs(3600)
+            };
+            let first = match rx.recv_timeout(wait) {
+                Ok(r) => r,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Quiet for a whole interval: sign what is new.
+                    if self.unsigned_records() {
+                        let _ = self.write_checkpoint();
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -619,7 +660,8 @@ impl Writer {
             let due = self
                 .next_seq
                 .checked_sub(1)
-                .is_some_and(|last| self.last_checkpoint_seq.is_none_or(|c| last >= c + CHECKPOINT_EVERY));
+                .is_some_and(|last| self.last_checkpoint_seq.is_none_or(|c| last >= c + CHECKPOINT_EVERY))
+                || (self.unsigned_records() && self.last_checkpoint_at.elapsed() >= self.checkpoint_interval);
             if !checkpoint_acks.is_empty() || due {
                 let cp = self.write_checkpoint();
                 for ack in checkpoint_acks {
@@ -794,6 +836,7 @@ impl Writer {
             && cp.seq == seq
         {
             self.last_checkpoint_seq = Some(seq);
+            self.last_checkpoint_at = std::time::Instant::now();
             return Ok(Some(cp));
         }
         let cp = self.key.sign(seq, &self.head, rfc3339_micros(now_micros()));
@@ -820,6 +863,7 @@ impl Writer {
             });
         }
         self.last_checkpoint_seq = Some(seq);
+        self.last_checkpoint_at = std::time::Instant::now();
         Ok(Some(cp))
     }
 }
@@ -843,6 +887,34 @@ mod tests {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+
+    #[test]
+    fn a_quiet_log_is_checkpointed_after_the_interval() -> Result<(), AuditError> {
+        let tmp = tempfile::tempdir().map_err(|e| AuditError::Open {
+            path: String::new(),
+            reason: e.to_string(),
+        })?;
+        let dir = tmp.path();
+        let log = AuditLog::open_with_interval(dir, std::time::Duration::from_millis(100))?;
+        log.append_durable(vec![event(1), event(2)])?;
+        // Still open, no 1000 records, no close: only the interval signs it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let signed = loop {
+            let last = last_checkpoint(&dir.join(CHECKPOINTS_FILE));
+            if last.as_ref().is_some_and(|c| c.seq == 1) || std::time::Instant::now() > deadline {
+                break last;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let signed = signed.map(|c| c.seq);
+        assert_eq!(signed, Some(1), "a checkpoint of the head while the log stays open");
+        // Nothing new: no further checkpoint is written.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let lines = std::fs::read_to_string(dir.join(CHECKPOINTS_FILE)).unwrap_or_default();
+        assert_eq!(lines.lines().count(), 1, "{lines}");
+        drop(log);
+        Ok(())
     }
 
     #[test]

@@ -8,10 +8,13 @@
 //! - [`checkpoint`]: ed25519-signed (sequence, head hash) statements.
 //! - [`read`]: full verification and the record stream for the CLI.
 //! - [`query`]: filters by invocation, action, caller and time.
+//! - [`index`]: the index that answers those filters without reading the
+//!   whole log (derived, caught up by readers, checked against the log).
 
 pub mod chain;
 pub mod checkpoint;
 pub mod event;
+pub mod index;
 pub mod log;
 pub mod query;
 pub mod read;

@@ -27,6 +27,15 @@ pub struct Matcher {
 }
 
 impl Filter {
+    /// Whether the filter keeps every record.
+    pub fn is_empty(&self) -> bool {
+        self.invocation.is_none()
+            && self.action.is_none()
+            && self.caller.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
+
     pub fn matcher(self) -> Matcher {
         Matcher {
             filter: self,
@@ -37,12 +46,21 @@ impl Filter {
 
 impl Matcher {
     pub fn matches(&mut self, record: &Record) -> bool {
+        // Membership first, time last: an invocation that started before
+        // `since` still owns its later records.
+        let belongs = self.belongs(record);
+        let f = &self.filter;
+        if f.since.is_none() && f.until.is_none() {
+            return belongs;
+        }
+        let ts = crate::time::parse_utc(&record.entry.ts).unwrap_or(0);
+        belongs && !(f.since.is_some_and(|s| ts < s) || f.until.is_some_and(|u| ts >= u))
+    }
+
+    /// Whether `record` passes the invocation, action and caller filters.
+    fn belongs(&mut self, record: &Record) -> bool {
         let f = &self.filter;
         let entry = &record.entry;
-        let ts = crate::time::parse_utc(&entry.ts).unwrap_or(0);
-        if f.since.is_some_and(|s| ts < s) || f.until.is_some_and(|u| ts >= u) {
-            return false;
-        }
         let invocation = entry.event.invocation();
         if let Some(want) = &f.invocation
             && !invocation.is_some_and(|i| i.starts_with(want.as_str()))

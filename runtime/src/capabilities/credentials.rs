@@ -468,7 +468,13 @@ impl wit::Host for InvocationState {
 
 impl wit::HostCredential for InvocationState {
     fn name(&mut self, credential: Resource<CredentialHandle>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&credential)?.name.clone())
+        let name = self.table.get(&credential)?.name.clone();
+        // Only a handle the guest was already given can be asked, but the
+        // call is still a capability call: recorded like every other.
+        let call = HostCall::new(IFACE, "[method]credential.name").arg("name", &name);
+        self.host_call(call, |_| Decision::allow("grants.credentials"), |_| "ok")
+            .map_err(crate::host_call::Denied::into_trap)?;
+        Ok(name)
     }
 
     fn drop(&mut self, credential: Resource<CredentialHandle>) -> wasmtime::Result<()> {

@@ -7,8 +7,13 @@
 //! [`HostCalls::begin`]/[`HostCalls::finish`] here before reaching
 //! wasmtime-wasi, so each is its own audit record (paths and sizes, never
 //! contents) and each is refused while the audit log cannot be written.
-//! Reads and writes through streams opened here (`read-via-stream`, ...)
-//! go through `wasi:io/streams` and are counted per invocation.
+//! A stream opened here (`read-via-stream`, `write-via-stream`,
+//! `append-via-stream`) is metered: its record stays open while the stream
+//! lives and closes with the bytes that went through it (and, for writes,
+//! their blake3), so a file written with `std::fs::write` is one record
+//! saying how much was written and what. The stream calls themselves go
+//! through `wasi:io/streams` and are counted per function like the rest of
+//! the baseline.
 
 use crate::approval::Target;
 use crate::host_call::{Decision, HostCall, HostCalls};
@@ -18,7 +23,7 @@ use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi::p2::bindings::filesystem::types::{ErrorCode, HostDescriptor, HostDirectoryEntryStream};
 use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, InputStream, OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::p2::{FsError, FsResult};
 
 const TYPES: &str = "wasi:filesystem/types";
@@ -110,6 +115,42 @@ impl AuditedFs<'_> {
             })
         };
         Target::Files { write: true, path }
+    }
+
+    /// Put a stream just opened behind its meter, which closes the call's
+    /// record when the stream is dropped; a failed open closes it now.
+    fn metered<S: ?Sized + Send + 'static>(
+        &mut self,
+        token: (u64, Instant),
+        opened: FsResult<Resource<Box<S>>>,
+        wrap: impl FnOnce(Box<S>, Meter) -> Box<S>,
+    ) -> FsResult<Resource<Box<S>>> {
+        let stream = match opened {
+            Ok(stream) => stream,
+            Err(e) => {
+                let failed = Err(e);
+                self.finish(token, &failed);
+                return failed;
+            }
+        };
+        let inner = match self.inner.table.delete(stream) {
+            Ok(inner) => inner,
+            Err(e) => {
+                self.calls.finish(token.0, "error: trap".into(), token.1.elapsed());
+                return Err(FsError::trap(e));
+            }
+        };
+        let meter = Meter {
+            calls: self.calls.clone(),
+            seq: token.0,
+            started: token.1,
+            bytes: 0,
+            digest: blake3::Hasher::new(),
+        };
+        match self.inner.table.push(wrap(inner, meter)) {
+            Ok(r) => Ok(r),
+            Err(e) => Err(FsError::trap(e)),
+        }
     }
 
     fn finish<T>(&self, (seq, started): (u64, Instant), result: &FsResult<T>) {
@@ -438,7 +479,10 @@ impl HostDescriptor for AuditedFs<'_> {
         fd: Resource<types::Descriptor>,
         offset: types::Filesize,
     ) -> FsResult<Resource<DynInputStream>> {
-        audited!(self, "[method]descriptor.read-via-stream", ["offset" => offset], self.inner.read_via_stream(fd, offset))
+        let call = HostCall::new(TYPES, "[method]descriptor.read-via-stream").arg("offset", offset);
+        let token = self.begin(call)?;
+        let opened = self.inner.read_via_stream(fd, offset);
+        self.metered(token, opened, |inner, meter| Box::new(MeteredInput { inner, meter }))
     }
 
     fn write_via_stream(
@@ -446,16 +490,16 @@ impl HostDescriptor for AuditedFs<'_> {
         fd: Resource<types::Descriptor>,
         offset: types::Filesize,
     ) -> FsResult<Resource<DynOutputStream>> {
-        audited!(self, "[method]descriptor.write-via-stream", ["offset" => offset], self.inner.write_via_stream(fd, offset))
+        let call = HostCall::new(TYPES, "[method]descriptor.write-via-stream").arg("offset", offset);
+        let token = self.begin(call)?;
+        let opened = self.inner.write_via_stream(fd, offset);
+        self.metered(token, opened, |inner, meter| Box::new(MeteredOutput { inner, meter }))
     }
 
     fn append_via_stream(&mut self, fd: Resource<types::Descriptor>) -> FsResult<Resource<DynOutputStream>> {
-        audited!(
-            self,
-            "[method]descriptor.append-via-stream",
-            [],
-            self.inner.append_via_stream(fd)
-        )
+        let token = self.begin(HostCall::new(TYPES, "[method]descriptor.append-via-stream"))?;
+        let opened = self.inner.append_via_stream(fd);
+        self.metered(token, opened, |inner, meter| Box::new(MeteredOutput { inner, meter }))
     }
 
     async fn is_same_object(
@@ -463,7 +507,18 @@ impl HostDescriptor for AuditedFs<'_> {
         a: Resource<types::Descriptor>,
         b: Resource<types::Descriptor>,
     ) -> wasmtime::Result<bool> {
-        self.inner.is_same_object(a, b).await
+        // No error case in its WIT: a refusal (audit log unwritable) traps.
+        let call = HostCall::new(TYPES, "[method]descriptor.is-same-object");
+        let (seq, allowed) = self.calls.begin(call, Decision::allow("grants.files"));
+        allowed.map_err(crate::host_call::Denied::into_trap)?;
+        let started = Instant::now();
+        let result = self.inner.is_same_object(a, b).await;
+        let status = match &result {
+            Ok(same) => format!("ok: {same}"),
+            Err(_) => "error: trap".to_string(),
+        };
+        self.calls.finish(seq, status, started.elapsed());
+        result
     }
 
     async fn metadata_hash(&mut self, fd: Resource<types::Descriptor>) -> FsResult<types::MetadataHashValue> {
@@ -505,5 +560,135 @@ impl HostDirectoryEntryStream for AuditedFs<'_> {
 
     fn drop(&mut self, stream: Resource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
         HostDirectoryEntryStream::drop(&mut self.inner, stream)
+    }
+}
+
+/// The tally of one metered stream; closes its host-call record when the
+/// stream goes.
+struct Meter {
+    calls: HostCalls,
+    seq: u64,
+    started: Instant,
+    bytes: u64,
+    digest: blake3::Hasher,
+}
+
+impl Meter {
+    fn count(&mut self, bytes: &[u8]) {
+        self.bytes += bytes.len() as u64;
+        self.digest.update(bytes);
+    }
+}
+
+/// Reads are counted (their contents came from the granted directory, so
+/// a digest would say nothing new); writes are counted and hashed.
+struct MeteredInput {
+    inner: DynInputStream,
+    meter: Meter,
+}
+
+struct MeteredOutput {
+    inner: DynOutputStream,
+    meter: Meter,
+}
+
+impl Drop for MeteredInput {
+    fn drop(&mut self) {
+        let m = &self.meter;
+        m.calls
+            .finish(m.seq, format!("ok: {} bytes read", m.bytes), m.started.elapsed());
+    }
+}
+
+impl Drop for MeteredOutput {
+    fn drop(&mut self) {
+        let m = &self.meter;
+        let status = format!(
+            "ok: {} bytes written (blake3:{})",
+            m.bytes,
+            m.digest.finalize().to_hex()
+        );
+        m.calls.finish(m.seq, status, m.started.elapsed());
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for MeteredInput {
+    async fn ready(&mut self) {
+        self.inner.ready().await;
+    }
+}
+
+#[async_trait::async_trait]
+impl InputStream for MeteredInput {
+    fn read(&mut self, size: usize) -> StreamResult<bytes::Bytes> {
+        let data = self.inner.read(size)?;
+        self.meter.bytes += data.len() as u64;
+        Ok(data)
+    }
+
+    async fn blocking_read(&mut self, size: usize) -> StreamResult<bytes::Bytes> {
+        let data = self.inner.blocking_read(size).await?;
+        self.meter.bytes += data.len() as u64;
+        Ok(data)
+    }
+
+    fn skip(&mut self, n: usize) -> StreamResult<usize> {
+        self.inner.skip(n)
+    }
+
+    async fn blocking_skip(&mut self, n: usize) -> StreamResult<usize> {
+        self.inner.blocking_skip(n).await
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await;
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for MeteredOutput {
+    async fn ready(&mut self) {
+        self.inner.ready().await;
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputStream for MeteredOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.meter.count(&bytes);
+        self.inner.write(bytes)
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        self.inner.flush()
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        self.inner.check_write()
+    }
+
+    async fn blocking_write_and_flush(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.meter.count(&bytes);
+        self.inner.blocking_write_and_flush(bytes).await
+    }
+
+    fn write_zeroes(&mut self, n: usize) -> StreamResult<()> {
+        const ZEROES: [u8; 4096] = [0; 4096];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(ZEROES.len());
+            self.meter.count(&ZEROES[..k]);
+            left -= k;
+        }
+        self.inner.write_zeroes(n)
+    }
+
+    async fn write_ready(&mut self) -> StreamResult<usize> {
+        self.inner.write_ready().await
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await;
     }
 }

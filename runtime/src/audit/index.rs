@@ -1,0 +1,547 @@
+//! An index of the audit log, so that queries by invocation, action, caller
+//! or time read only the records they return, however long the log grows.
+//!
+//! The index is derived data: a SQLite file (`index.db`) beside the log,
+//! mapping each record's sequence number to its byte offset, time and
+//! invocation, and each invocation to its action and caller. It is brought
+//! up to date by whoever queries (it reads only the bytes appended since
+//! the last query), never by the writer, so it costs the invocation path
+//! nothing. The log stays the only source of truth:
+//!
+//! - catching up checks the hash chain of every record it adds, starting
+//!   from the head the index last saw; a log that no longer continues
+//!   that head (truncated, rewritten) makes the index rebuild itself;
+//! - every record a query returns is read back from the log and checked
+//!   against its own hash and `prev` (the full chain is `verify`'s job);
+//! - a missing, damaged or unwritable index is rebuilt or bypassed (the
+//!   caller falls back to a full scan), never trusted.
+
+use super::chain::{self, GENESIS, Record};
+use super::event::Event;
+use super::log::LOG_FILE;
+use super::query::Filter;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom};
+use std::path::Path;
+
+/// The index file in the audit directory.
+pub const INDEX_FILE: &str = "index.db";
+
+/// Records indexed per transaction while catching up (bounds the memory a
+/// long catch-up holds).
+const BATCH: usize = 50_000;
+
+/// Bumped when the schema changes: an index of another version is rebuilt.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS invocations (
+    id TEXT NOT NULL UNIQUE,
+    action TEXT,
+    caller TEXT
+);
+CREATE INDEX IF NOT EXISTS invocations_by_action ON invocations(action);
+CREATE INDEX IF NOT EXISTS invocations_by_caller ON invocations(caller);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    offset INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    inv INTEGER
+);
+CREATE INDEX IF NOT EXISTS records_by_invocation ON records(inv, seq);
+CREATE INDEX IF NOT EXISTS records_by_time ON records(ts);
+";
+
+/// Why the index could not answer (the caller scans the log instead).
+#[derive(Debug, thiserror::Error)]
+#[error("audit index {path}: {reason}")]
+pub struct IndexError {
+    pub path: String,
+    pub reason: String,
+}
+
+/// What the index has seen of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Position {
+    /// Bytes of the log indexed.
+    len: u64,
+    /// The next sequence number expected.
+    next_seq: u64,
+    /// Hash of the last indexed record.
+    head: [u8; 32],
+}
+
+impl Position {
+    const START: Position = Position {
+        len: 0,
+        next_seq: 0,
+        head: GENESIS,
+    };
+}
+
+/// An open index of one audit directory.
+pub struct Index {
+    conn: Connection,
+    dir: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+/// What a catch-up did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaughtUp {
+    /// Records added to the index.
+    pub added: u64,
+    /// Whether the index was rebuilt from the start of the log.
+    pub rebuilt: bool,
+    /// Records in the index afterwards.
+    pub records: u64,
+}
+
+impl Index {
+    /// Open (or create) the index of the log in `dir`.
+    pub fn open(dir: &Path) -> Result<Index, IndexError> {
+        let path = dir.join(INDEX_FILE);
+        let err = |e: rusqlite::Error| IndexError {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let conn = Connection::open(&path).map_err(err)?;
+        restrict_mode(&path);
+        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(err)?;
+        // Derived data: losing the last transactions in a crash only means
+        // re-reading those records, so no fsync per batch.
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;")
+            .map_err(err)?;
+        let index = Index {
+            conn,
+            dir: dir.to_path_buf(),
+        };
+        let version: Option<i64> = index
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        if version != Some(SCHEMA_VERSION) {
+            index.reset().map_err(err)?;
+        }
+        Ok(index)
+    }
+
+    fn error(&self, reason: impl std::fmt::Display) -> IndexError {
+        index_error(&self.dir, reason)
+    }
+
+    /// Drop everything and start again from the first record.
+    fn reset(&self) -> rusqlite::Result<()> {
+        self.conn.execute_batch(
+            "DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS invocations; DROP TABLE IF EXISTS records;",
+        )?;
+        self.conn.execute_batch(SCHEMA)?;
+        self.conn
+            .execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
+    }
+
+    fn position(conn: &Connection) -> rusqlite::Result<Position> {
+        let get = |key: &str| -> rusqlite::Result<Option<String>> {
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+        };
+        let (Some(len), Some(next_seq), Some(head)) = (get("len")?, get("next-seq")?, get("head")?) else {
+            return Ok(Position::START);
+        };
+        Ok(
+            match (len.parse(), next_seq.parse(), chain::parse_hex(head.as_bytes())) {
+                (Ok(len), Ok(next_seq), Some(head)) => Position { len, next_seq, head },
+                _ => Position::START,
+            },
+        )
+    }
+
+    fn set_position(conn: &Connection, p: &Position) -> rusqlite::Result<()> {
+        let mut put = conn.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
+        put.execute(params!["len", p.len.to_string()])?;
+        put.execute(params!["next-seq", p.next_seq.to_string()])?;
+        put.execute(params!["head", chain::hex(&p.head)])?;
+        Ok(())
+    }
+
+    /// Index the records appended since the last catch-up (all of them the
+    /// first time), checking their chain as they are read. Stops before a
+    /// record that does not check out: queries then answer from the intact
+    /// part, and `airlock audit verify` names the bad record.
+    pub fn catch_up(&mut self) -> Result<CaughtUp, IndexError> {
+        let dir = self.dir.clone();
+        let path = dir.join(LOG_FILE);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(index_error(&dir, format!("cannot read {}: {e}", path.display()))),
+        };
+        let log_len = match &file {
+            Some(f) => f.metadata().map_err(|e| index_error(&dir, e))?.len(),
+            None => 0,
+        };
+        let mut done = CaughtUp::default();
+        let mut position = Self::position(&self.conn).map_err(|e| index_error(&dir, e))?;
+        // The log must still continue the head the index saw; anything
+        // else (shorter log, other bytes at the seam) means rebuild.
+        if position != Position::START
+            && !file
+                .as_ref()
+                .is_some_and(|f| log_len >= position.len && continues(f, &position))
+        {
+            self.reset().map_err(|e| index_error(&dir, e))?;
+            position = Position::START;
+            done.rebuilt = true;
+        }
+        let Some(file) = file else {
+            return Ok(done);
+        };
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        reader
+            .seek(SeekFrom::Start(position.len))
+            .map_err(|e| index_error(&dir, e))?;
+        let mut line = Vec::new();
+        loop {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| index_error(&dir, e))?;
+            // Another reader may have caught up meanwhile.
+            let current = Self::position(&tx).map_err(|e| index_error(&dir, e))?;
+            if current != position {
+                drop(tx);
+                return self.catch_up().map(|again| CaughtUp {
+                    rebuilt: again.rebuilt || done.rebuilt,
+                    added: again.added + done.added,
+                    records: again.records,
+                });
+            }
+            let mut batch = Batch::new(&tx).map_err(|e| index_error(&dir, e))?;
+            let mut added = 0usize;
+            let mut stop = false;
+            while added < BATCH {
+                line.clear();
+                let n = reader.read_until(b'\n', &mut line).map_err(|e| index_error(&dir, e))?;
+                if n == 0 || line.last() != Some(&b'\n') {
+                    // End of the log, or a record still being written.
+                    stop = true;
+                    break;
+                }
+                line.pop();
+                let record = match chain::decode(&line, &position.head) {
+                    Ok(r) if r.entry.seq == position.next_seq && r.entry.prev == chain::hex(&position.head) => r,
+                    _ => {
+                        tracing::warn!(
+                            target: "airlock::audit",
+                            seq = position.next_seq,
+                            "the audit index stops before a record that does not check out; run `airlock audit verify`"
+                        );
+                        stop = true;
+                        break;
+                    }
+                };
+                batch.add(&record, position.len).map_err(|e| index_error(&dir, e))?;
+                position = Position {
+                    len: position.len + n as u64,
+                    next_seq: position.next_seq + 1,
+                    head: record.hash,
+                };
+                added += 1;
+            }
+            drop(batch);
+            Self::set_position(&tx, &position).map_err(|e| index_error(&dir, e))?;
+            tx.commit().map_err(|e| index_error(&dir, e))?;
+            done.added += added as u64;
+            if stop {
+                break;
+            }
+        }
+        done.records = position.next_seq;
+        Ok(done)
+    }
+
+    /// Visit every indexed record matching `filter` in log order (only the
+    /// newest `newest` of them, if given); `visit` returns false to stop.
+    /// Each record is read back from the log and checked against its own
+    /// hash. Returns how many were visited.
+    pub fn select(
+        &self,
+        filter: &Filter,
+        newest: Option<usize>,
+        mut visit: impl FnMut(&Record, &[u8]) -> bool,
+    ) -> Result<u64, IndexError> {
+        let mut sql = String::from("SELECT r.offset FROM records r");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut clauses: Vec<String> = Vec::new();
+        if filter.invocation.is_some() || filter.action.is_some() || filter.caller.is_some() {
+            sql.push_str(" JOIN invocations i ON i.rowid = r.inv");
+        }
+        let mut arg = |clause: &str, value: rusqlite::types::Value| {
+            args.push(value);
+            clauses.push(clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(prefix) = &filter.invocation {
+            // A prefix as a range, so the unique index on ids serves it.
+            arg("i.id >= ?", prefix.clone().into());
+            arg("i.id < ?", format!("{prefix}\u{10FFFF}").into());
+        }
+        if let Some(action) = &filter.action {
+            arg("i.action = ?", action.clone().into());
+        }
+        if let Some(caller) = &filter.caller {
+            arg("i.caller = ?", caller.clone().into());
+        }
+        if let Some(since) = filter.since {
+            arg("r.ts >= ?", i64::try_from(since).unwrap_or(i64::MAX).into());
+        }
+        if let Some(until) = filter.until {
+            arg("r.ts < ?", i64::try_from(until).unwrap_or(i64::MAX).into());
+        }
+        if !clauses.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&clauses.join(" AND "));
+        }
+        let offsets: Vec<i64> = match newest {
+            Some(n) => {
+                sql.push_str(&format!(" ORDER BY r.seq DESC LIMIT {n}"));
+                let mut v = self.offsets(&sql, &args)?;
+                v.reverse();
+                v
+            }
+            None => {
+                sql.push_str(" ORDER BY r.seq");
+                self.offsets(&sql, &args)?
+            }
+        };
+        let path = self.dir.join(LOG_FILE);
+        let file =
+            std::fs::File::open(&path).map_err(|e| self.error(format!("cannot read {}: {e}", path.display())))?;
+        let mut reader = BufReader::with_capacity(64 << 10, file);
+        let mut line = Vec::new();
+        let mut visited = 0u64;
+        for offset in offsets {
+            let offset = u64::try_from(offset).map_err(|_| self.error("a negative offset"))?;
+            reader.seek(SeekFrom::Start(offset)).map_err(|e| self.error(e))?;
+            line.clear();
+            reader.read_until(b'\n', &mut line).map_err(|e| self.error(e))?;
+            if line.pop() != Some(b'\n') {
+                return Err(self.error(format!("the log has no complete record at byte {offset}: reindex")));
+            }
+            let record = self_checked(&line).map_err(|e| {
+                self.error(format!(
+                    "the record at byte {offset} does not check out ({e}); run `airlock audit verify`"
+                ))
+            })?;
+            visited += 1;
+            if !visit(&record, &line) {
+                break;
+            }
+        }
+        Ok(visited)
+    }
+
+    fn offsets(&self, sql: &str, args: &[rusqlite::types::Value]) -> Result<Vec<i64>, IndexError> {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.error(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get::<_, i64>(0))
+            .map_err(|e| self.error(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.error(e))
+    }
+}
+
+fn index_error(dir: &Path, reason: impl std::fmt::Display) -> IndexError {
+    IndexError {
+        path: dir.join(INDEX_FILE).display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Whether the log still holds, just before `p.len`, the record the index
+/// last saw (its hash is `p.head`).
+fn continues(file: &std::fs::File, p: &Position) -> bool {
+    if p.len == 0 {
+        return true;
+    }
+    // The last indexed line ends at p.len; read back far enough to find
+    // its start.
+    let mut window = 64 << 10;
+    loop {
+        let start = p.len.saturating_sub(window);
+        let mut buf = vec![0u8; (p.len - start) as usize];
+        let mut f = file;
+        if f.seek(SeekFrom::Start(start)).is_err() || f.read_exact(&mut buf).is_err() {
+            return false;
+        }
+        if buf.last() != Some(&b'\n') {
+            return false;
+        }
+        let body = &buf[..buf.len() - 1];
+        match body.iter().rposition(|&b| b == b'\n') {
+            Some(i) => return self_checked(&body[i + 1..]).is_ok_and(|r| r.hash == p.head),
+            None if start == 0 => return self_checked(body).is_ok_and(|r| r.hash == p.head),
+            None if window >= 16 << 20 => return false,
+            None => window *= 4,
+        }
+    }
+}
+
+/// Decode a line against the `prev` it names itself.
+fn self_checked(line: &[u8]) -> Result<Record, String> {
+    #[derive(serde::Deserialize)]
+    struct Prev {
+        prev: String,
+    }
+    // `prev` is the third field of every line the writer produces; parse
+    // the line's prefix up to it rather than the whole record twice.
+    let end = line.windows(8).position(|w| w == b",\"event\"").ok_or("not a record")?;
+    let mut head = line[..end].to_vec();
+    head.push(b'}');
+    let p: Prev = serde_json::from_slice(&head).map_err(|e| e.to_string())?;
+    let prev = chain::parse_hex(p.prev.as_bytes()).ok_or("bad prev")?;
+    chain::decode(line, &prev)
+}
+
+/// The `(action, caller)` an invocation's opening record names.
+fn subject(event: &Event) -> Option<(&str, &str)> {
+    match event {
+        Event::InvocationStarted(e) => Some((&e.action, &e.caller)),
+        Event::InvocationRefused(e) => Some((&e.action, &e.caller)),
+        Event::ApprovalRequested(e) => Some((&e.action, &e.caller)),
+        _ => None,
+    }
+}
+
+/// Inserts of one catch-up transaction.
+struct Batch<'c> {
+    record: rusqlite::CachedStatement<'c>,
+    invocation: rusqlite::CachedStatement<'c>,
+    subject: rusqlite::CachedStatement<'c>,
+    lookup: rusqlite::CachedStatement<'c>,
+    /// Invocation ids to rowids, for this batch.
+    ids: HashMap<String, i64>,
+}
+
+impl<'c> Batch<'c> {
+    fn new(conn: &'c Connection) -> rusqlite::Result<Batch<'c>> {
+        Ok(Batch {
+            record: conn
+                .prepare_cached("INSERT OR REPLACE INTO records (seq, offset, ts, inv) VALUES (?1, ?2, ?3, ?4)")?,
+            invocation: conn.prepare_cached("INSERT OR IGNORE INTO invocations (id) VALUES (?1)")?,
+            subject: conn.prepare_cached(
+                "UPDATE invocations SET action = coalesce(action, ?2), caller = coalesce(caller, ?3) WHERE rowid = ?1",
+            )?,
+            lookup: conn.prepare_cached("SELECT rowid FROM invocations WHERE id = ?1")?,
+            ids: HashMap::new(),
+        })
+    }
+
+    fn add(&mut self, record: &Record, offset: u64) -> rusqlite::Result<()> {
+        let entry = &record.entry;
+        let inv = match entry.event.invocation() {
+            Some(id) => Some(match self.ids.get(id) {
+                Some(&rowid) => rowid,
+                None => {
+                    self.invocation.execute([id])?;
+                    let rowid: i64 = self.lookup.query_row([id], |r| r.get(0))?;
+                    self.ids.insert(id.to_string(), rowid);
+                    rowid
+                }
+            }),
+            None => None,
+        };
+        if let (Some(rowid), Some((action, caller))) = (inv, subject(&entry.event)) {
+            self.subject.execute(params![rowid, action, caller])?;
+        }
+        let ts = crate::time::parse_utc(&entry.ts).unwrap_or(0);
+        self.record.execute(params![
+            i64::try_from(entry.seq).unwrap_or(i64::MAX),
+            i64::try_from(offset).unwrap_or(i64::MAX),
+            i64::try_from(ts).unwrap_or(i64::MAX),
+            inv
+        ])?;
+        Ok(())
+    }
+}
+
+/// Owner-only, like the rest of the audit directory.
+fn restrict_mode(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+/// Every record matching `filter`, in log order (the newest `newest` only,
+/// if given), through the index when it can answer, else by scanning (and
+/// verifying) the whole log. `visit` returns false to stop.
+pub fn select(
+    dir: &Path,
+    filter: &Filter,
+    newest: Option<usize>,
+    mut visit: impl FnMut(&Record, &[u8]) -> bool,
+) -> Result<u64, super::read::VerifyError> {
+    if !filter.is_empty() {
+        let mut seen = 0u64;
+        let indexed = Index::open(dir).and_then(|mut index| {
+            index.catch_up()?;
+            index.select(filter, newest, |record, line| {
+                seen += 1;
+                visit(record, line)
+            })
+        });
+        match indexed {
+            Ok(n) => return Ok(n),
+            // Nothing handed out yet: the scan can answer instead.
+            Err(e) if seen == 0 => tracing::warn!(target: "airlock::audit", "{e}; scanning the whole log instead"),
+            Err(e) => {
+                return Err(super::read::VerifyError::Io {
+                    path: e.path,
+                    reason: e.reason,
+                });
+            }
+        }
+    }
+    let mut matcher = filter.clone().matcher();
+    match newest {
+        None => {
+            let mut n = 0;
+            super::read::scan(dir, |record, line| {
+                if matcher.matches(record) {
+                    n += 1;
+                    visit(record, line)
+                } else {
+                    true
+                }
+            })?;
+            Ok(n)
+        }
+        Some(limit) => {
+            let mut last: std::collections::VecDeque<(Record, Vec<u8>)> = std::collections::VecDeque::new();
+            super::read::scan(dir, |record, line| {
+                if matcher.matches(record) {
+                    if last.len() == limit {
+                        last.pop_front();
+                    }
+                    if limit > 0 {
+                        last.push_back((record.clone(), line.to_vec()));
+                    }
+                }
+                true
+            })?;
+            let mut n = 0;
+            for (record, line) in &last {
+                n += 1;
+                if !visit(record, line) {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+    }
+}
