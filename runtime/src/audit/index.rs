@@ -486,7 +486,9 @@ pub fn select(
     newest: Option<usize>,
     mut visit: impl FnMut(&Record, &[u8]) -> bool,
 ) -> Result<u64, super::read::VerifyError> {
-    if !filter.is_empty() {
+    // An unfiltered query reads the log itself (verifying it on the way),
+    // unless only its newest records are wanted.
+    if !filter.is_empty() || newest.is_some() {
         let mut seen = 0u64;
         let indexed = Index::open(dir).and_then(|mut index| {
             index.catch_up()?;

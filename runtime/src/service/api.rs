@@ -633,27 +633,21 @@ async fn audit(
             .transpose()
             .map_err(ApiError::bad_request)
     };
-    let mut matcher = crate::audit::query::Filter {
+    let filter = crate::audit::query::Filter {
         invocation: query.invocation,
         action: query.action,
         caller: query.caller,
         since: time(&query.since)?,
         until: time(&query.until)?,
-    }
-    .matcher();
+    };
     let limit = query.limit.unwrap_or(1000).min(10_000);
     let dir = crate::audit::dir(&service.policy.runtime.data_dir);
     let records = tokio::task::spawn_blocking(move || {
-        let mut out: std::collections::VecDeque<Value> = std::collections::VecDeque::new();
-        let scanned = crate::audit::read::scan(&dir, |record, line| {
-            if matcher.matches(record) {
-                if let Ok(v) = serde_json::from_slice::<Value>(line) {
-                    out.push_back(v);
-                }
-                // Keep the newest `limit`.
-                if out.len() > limit {
-                    out.pop_front();
-                }
+        // The newest `limit` matches, through the index when filtered.
+        let mut out = Vec::new();
+        let scanned = crate::audit::index::select(&dir, &filter, Some(limit), |_, line| {
+            if let Ok(v) = serde_json::from_slice::<Value>(line) {
+                out.push(v);
             }
             true
         });
