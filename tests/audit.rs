@@ -934,7 +934,9 @@ fn every_host_call_is_a_tracing_span_with_its_decision_and_status() {
     // Host calls are nested in their invocation's span.
     assert!(closed.iter().any(|v| v["span"]["name"] == "invocation"));
     assert!(
-        spans.iter().all(|s| s["spans"].as_array().is_some_and(|a| a.iter().any(|p| p["name"] == "invocation"))),
+        spans.iter().all(|s| s["spans"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["name"] == "invocation"))),
         "{spans:?}"
     );
 }

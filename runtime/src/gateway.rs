@@ -166,7 +166,7 @@ impl Runtime {
         }
         let store = self.store()?;
         let now = crate::time::now_micros();
-        store.insert_invocation(&InvocationRecord {
+        let mut record = InvocationRecord {
             id: invocation.to_string(),
             action: action.to_string(),
             function: function.to_string(),
@@ -177,14 +177,19 @@ impl Runtime {
             created_at: now,
             updated_at: now,
             outcome: None,
-        })?;
+        };
+        // Status rows, not the record of what ran (that is the audit log's,
+        // synced before the result returns): no disk sync of their own.
+        store.record_run(&record)?;
         let report = prepared.invoke_with_id(invocation, caller, function, args, None).await;
-        let to = if report.outcome.is_ok() {
+        record.state = if report.outcome.is_ok() {
             InvocationStatus::Succeeded
         } else {
             InvocationStatus::Failed
         };
-        store.transition_invocation(invocation, &[InvocationStatus::Running], to, Some(&outcome_of(&report)))?;
+        record.updated_at = crate::time::now_micros();
+        record.outcome = Some(outcome_of(&report));
+        store.record_run(&record)?;
         Ok(Submitted::Ran(report))
     }
 

@@ -114,12 +114,27 @@ impl Browser {
         }
     }
 
+    /// The text of the first element matching `css`, looked up again if
+    /// the page was replaced between finding it and reading it (a form
+    /// post's redirect landing): a stale element is retried, not an error.
     pub fn text(&self, css: &str) -> String {
-        let e = self.find(css);
-        self.call("GET", &self.session_path(&format!("/element/{e}/text")), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let e = self.find(css);
+            let path = self.session_path(&format!("/element/{e}/text"));
+            let r = request(&self.addr, "GET", &path, &[("Content-Type", "application/json")], b"");
+            let v = r.json();
+            if r.status < 400 {
+                return v["value"].as_str().unwrap_or_default().to_string();
+            }
+            let stale = v["value"]["error"] == "stale element reference";
+            assert!(
+                stale && Instant::now() < deadline,
+                "webdriver GET {path}: {} {v}",
+                r.status
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn type_into(&self, css: &str, text: &str) {

@@ -78,6 +78,13 @@ pub trait Store: Send + Sync {
     ) -> Result<ApprovalRecord, UpdateError>;
 
     fn insert_invocation(&self, invocation: &InvocationRecord) -> Result<(), StoreError>;
+    /// Store (or replace) the status row of an invocation that runs at
+    /// once, without waiting for the disk: the audit log, synced before the
+    /// result is returned, is the durable record of what ran, and this row
+    /// is its status for the API. Survives a crash of the process; a power
+    /// failure may lose the newest rows. Never for invocations waiting on
+    /// an approval, whose rows must survive anything.
+    fn record_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError>;
     fn invocation(&self, id: &str) -> Result<Option<InvocationRecord>, StoreError>;
     /// Invocations, newest first, optionally only those in `state`.
     fn invocations(&self, state: Option<InvocationStatus>, limit: usize) -> Result<Vec<InvocationRecord>, StoreError>;

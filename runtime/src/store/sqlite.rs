@@ -19,7 +19,7 @@ use super::{
 use crate::identity::IdentityKind;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long a write waits for another process holding the database.
@@ -81,10 +81,116 @@ CREATE TABLE IF NOT EXISTS audit_outbox (
 );
 ";
 
-/// SQLite behind a mutex: one connection per process, serialized.
+/// SQLite behind a mutex: one connection per process, serialized; and a
+/// second one for the status rows of invocations that run at once
+/// ([`Store::record_run`]), which commits without waiting for the disk.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    runs: Arc<RunWriter>,
+    flusher: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
+}
+
+/// Status rows of runs waiting to be written, and the connection that
+/// writes them: a background thread commits whatever has queued in one
+/// transaction (while it commits, the next batch gathers), and every read
+/// of the invocations table writes the queue out first, so readers never
+/// see a stale row.
+struct RunWriter {
+    pending: Mutex<Vec<InvocationRecord>>,
+    wake: std::sync::Condvar,
+    conn: Mutex<Connection>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+/// How long queued status rows gather before they are written together.
+const RUN_BATCH_WINDOW: Duration = Duration::from_millis(2);
+
+/// Rows queued at most; past this, [`Store::record_run`] writes itself
+/// (back pressure instead of unbounded memory).
+const MAX_PENDING_RUNS: usize = 4096;
+
+impl RunWriter {
+    /// Write out everything queued; rows that fail stay queued for the
+    /// next attempt.
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let written = write_runs(&mut conn, &batch);
+        if written.is_err() {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let newer = std::mem::replace(&mut *pending, batch);
+            pending.extend(newer);
+        }
+        written
+    }
+
+    fn run(&self) {
+        while !self.stop.load(std::sync::atomic::Ordering::Acquire) {
+            {
+                let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                if pending.is_empty() {
+                    // Woken by the first queued row (or to stop).
+                    drop(
+                        self.wake
+                            .wait_timeout(pending, Duration::from_millis(200))
+                            .map(|(guard, _)| guard)
+                            .unwrap_or_else(|p| p.into_inner().0),
+                    );
+                    continue;
+                }
+            }
+            // Let a batch gather: nobody waits for these rows (a reader
+            // writes the queue out itself), and one transaction for many
+            // rows writes each page once.
+            std::thread::sleep(RUN_BATCH_WINDOW);
+            if let Err(e) = self.flush() {
+                tracing::warn!("cannot store invocation status rows (will retry): {}", e.0);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let _ = self.flush();
+    }
+}
+
+fn write_runs(conn: &mut Connection, rows: &[InvocationRecord]) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO invocations (id, state, action, caller, created_at, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db_err)?;
+        for r in rows {
+            stmt.execute(params![
+                r.id,
+                r.state.as_str(),
+                r.action,
+                r.caller.name,
+                micros(r.created_at),
+                serde_json::to_string(r).map_err(json_err)?
+            ])
+            .map_err(db_err)?;
+        }
+    }
+    tx.commit().map_err(db_err)
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.runs.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.runs.wake.notify_all();
+        if let Some(t) = self.flusher.take() {
+            let _ = t.join();
+        }
+        let _ = self.runs.flush();
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -130,8 +236,31 @@ impl SqliteStore {
             .map_err(|e| StoreError(format!("cannot create the schema in {}: {e}", path.display())))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(db_err)?;
+        // `synchronous=NORMAL` in WAL mode: a commit is in the log file (so
+        // it survives the process) but not yet synced (so a power failure
+        // may lose the newest ones; the database stays consistent). Only
+        // the status rows of runs go this way: what ran is in the audit
+        // log, synced before any result is returned.
+        let runs = Connection::open(&path).map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        runs.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+        runs.pragma_update(None, "synchronous", "NORMAL").map_err(db_err)?;
+        let writer = Arc::new(RunWriter {
+            pending: Mutex::new(Vec::new()),
+            wake: std::sync::Condvar::new(),
+            conn: Mutex::new(runs),
+            stop: std::sync::atomic::AtomicBool::new(false),
+        });
+        let flusher = {
+            let writer = writer.clone();
+            std::thread::Builder::new()
+                .name("airlock-runs".into())
+                .spawn(move || writer.run())
+                .map_err(|e| StoreError(format!("cannot start the status writer thread: {e}")))?
+        };
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            runs: writer,
+            flusher: Some(flusher),
             path,
         })
     }
@@ -287,13 +416,10 @@ impl Store for SqliteStore {
 
     fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
         let conn = self.conn();
+        // On the path of every request: the statement is prepared once.
         let row = conn
-            .query_row(
-                &format!("SELECT {TOKEN_COLUMNS} WHERE t.hash = ?1"),
-                params![&hash[..]],
-                token_row,
-            )
-            .optional()
+            .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} WHERE t.hash = ?1"))
+            .and_then(|mut stmt| stmt.query_row(params![&hash[..]], token_row).optional())
             .map_err(db_err)?;
         row.map(|(a, b, c, d, e, f)| parse_token(a, b, c, d, e, f)).transpose()
     }
@@ -414,7 +540,21 @@ impl Store for SqliteStore {
         Ok(after)
     }
 
+    fn record_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
+        let full = {
+            let mut pending = self.runs.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.push(invocation.clone());
+            pending.len() >= MAX_PENDING_RUNS
+        };
+        if full {
+            return self.runs.flush();
+        }
+        self.runs.wake.notify_one();
+        Ok(())
+    }
+
     fn insert_invocation(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
+        self.runs.flush()?;
         let conn = self.conn();
         conn.execute(
             "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -432,6 +572,7 @@ impl Store for SqliteStore {
     }
 
     fn invocation(&self, id: &str) -> Result<Option<InvocationRecord>, StoreError> {
+        self.runs.flush()?;
         let conn = self.conn();
         let body: Option<String> = conn
             .query_row("SELECT body FROM invocations WHERE id = ?1", params![id], |r| r.get(0))
@@ -441,6 +582,7 @@ impl Store for SqliteStore {
     }
 
     fn invocations(&self, state: Option<InvocationStatus>, limit: usize) -> Result<Vec<InvocationRecord>, StoreError> {
+        self.runs.flush()?;
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
@@ -467,6 +609,7 @@ impl Store for SqliteStore {
         to: InvocationStatus,
         outcome: Option<&InvocationOutcome>,
     ) -> Result<bool, StoreError> {
+        self.runs.flush()?;
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -479,6 +622,7 @@ impl Store for SqliteStore {
     }
 
     fn end_invocation(&self, ending: &InvocationEnding<'_>) -> Result<bool, StoreError> {
+        self.runs.flush()?;
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -542,5 +686,54 @@ impl Store for SqliteStore {
             .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str, state: InvocationStatus) -> InvocationRecord {
+        InvocationRecord {
+            id: id.into(),
+            action: "a".into(),
+            function: "f".into(),
+            args: serde_json::json!({}),
+            caller: crate::identity::Caller {
+                name: "bot".into(),
+                kind: IdentityKind::Agent,
+                roles: vec![],
+                token_id: None,
+            },
+            state,
+            approval: None,
+            created_at: 1,
+            updated_at: 1,
+            outcome: None,
+        }
+    }
+
+    #[test]
+    fn queued_status_rows_are_seen_by_readers_at_once_and_kept_on_close() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(db_err)?;
+        {
+            let store = SqliteStore::open(dir.path())?;
+            store.record_run(&run("r1", InvocationStatus::Running))?;
+            // Read straight after queueing: the read writes the queue first.
+            let seen = store.invocation("r1")?.map(|r| r.state);
+            assert_eq!(seen, Some(InvocationStatus::Running));
+            store.record_run(&run("r1", InvocationStatus::Succeeded))?;
+            for i in 0..100 {
+                store.record_run(&run(&format!("bulk-{i}"), InvocationStatus::Succeeded))?;
+            }
+        }
+        // Dropping the store writes what was still queued.
+        let store = SqliteStore::open(dir.path())?;
+        assert_eq!(
+            store.invocation("r1")?.map(|r| r.state),
+            Some(InvocationStatus::Succeeded)
+        );
+        assert_eq!(store.invocations(None, 1000)?.len(), 101);
+        Ok(())
     }
 }
