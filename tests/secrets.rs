@@ -377,6 +377,12 @@ fn an_echoing_api_cannot_hand_the_secret_back() {
         audit.contains("\"airlock:cap/http\"") && audit.contains("\"credential\",\"api\""),
         "{audit}"
     );
+    // Its status names the response code and what the guest received.
+    let send = audit
+        .lines()
+        .find(|l| l.contains("\"airlock:cap/http\"") && l.contains("\"function\":\"send\""))
+        .unwrap();
+    assert!(send.contains("\"status\":\"ok 200; received "), "{send}");
     s.assert_no_leak(&[&run]);
 }
 
@@ -576,6 +582,18 @@ fn wasi_http_follows_the_same_rules() {
     assert_eq!(seen[0].body, b"from wasi");
     let body = run.json()["body"].as_str().unwrap().to_string();
     assert!(body.contains("[REDACTED]") && body.contains("from wasi"), "{body}");
+    // The record names the injected credential and what was sent.
+    let audit = std::fs::read_to_string(s.dir.path().join("data/audit/audit.log")).unwrap();
+    let handle = audit
+        .lines()
+        .find(|l| l.contains("\"wasi:http/outgoing-handler\""))
+        .unwrap();
+    let digest = blake3::hash(b"from wasi").to_hex().to_string();
+    assert!(handle.contains("[\"credential\",\"api\"]"), "{handle}");
+    assert!(
+        handle.contains(&format!("; sent 9 body bytes (blake3:{digest})")),
+        "{handle}"
+    );
 
     // No inject rule for the other origin: no credential there.
     let other = s.invoke(

@@ -676,37 +676,67 @@ impl wit::Host for InvocationState {
             .host_call_async(
                 call,
                 |_| decision,
-                async move |_| {
-                    let redactor = match creds.redactor() {
-                        Ok(r) => r,
-                        Err(e) => return Err(wit::HttpError::Credential(e)),
-                    };
-                    let sent = send_governed(
-                        &grant,
-                        &budget,
-                        &creds,
-                        guest,
-                        credential,
-                        Redirects { follow, gated: &gated },
-                        &redactor,
-                    )
-                    .await;
-                    let delivered = match sent {
-                        Ok(mut d) => match redact_response(&mut d.response, &redactor) {
-                            Ok(()) => d,
-                            Err(e) => return Err(e.into_wit(&redactor)),
-                        },
-                        Err(e) => return Err(e.into_wit(&redactor)),
-                    };
-                    Ok(to_wit_response(delivered, &redactor))
-                },
+                async move |_| SendOutcome(send_one(grant, budget, creds, guest, credential, follow, &gated).await),
             )
             .await;
         Ok(match outcome {
-            Ok(result) => result,
+            Ok(SendOutcome(result)) => result,
             Err(denied) => Err(wit::HttpError::Denied(denied.reason)),
         })
     }
+}
+
+/// `send`'s outcome as its record states it: the status code, and the size
+/// and digest of the (redacted) body the guest receives.
+struct SendOutcome(Result<wit::Response, wit::HttpError>);
+
+impl crate::host_call::CallStatus for SendOutcome {
+    fn status(&self) -> String {
+        match &self.0 {
+            Ok(r) => format!(
+                "ok {}; received {} body bytes (blake3:{})",
+                r.status,
+                r.body.len(),
+                blake3::hash(&r.body).to_hex()
+            ),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+}
+
+/// One allowed `airlock:cap/http` request: sent, redirects followed as the
+/// policy allows, the response redacted.
+async fn send_one(
+    grant: Arc<HttpGrant>,
+    budget: Arc<RequestBudget>,
+    creds: Arc<CredentialStore>,
+    guest: GuestRequest,
+    credential: Option<String>,
+    follow: bool,
+    gated: &(dyn Fn(&str, &Url) -> bool + Send + Sync),
+) -> Result<wit::Response, wit::HttpError> {
+    let redactor = match creds.redactor() {
+        Ok(r) => r,
+        Err(e) => return Err(wit::HttpError::Credential(e)),
+    };
+    let sent = send_governed(
+        &grant,
+        &budget,
+        &creds,
+        guest,
+        credential,
+        Redirects { follow, gated: &gated },
+        &redactor,
+    )
+    .await;
+    let delivered = match sent {
+        Ok(mut d) => match redact_response(&mut d.response, &redactor) {
+            Ok(()) => d,
+            Err(e) => return Err(e.into_wit(&redactor)),
+        },
+        Err(e) => return Err(e.into_wit(&redactor)),
+    };
+    Ok(to_wit_response(delivered, &redactor))
 }
 
 fn to_wit_response(d: Delivered, redactor: &Redactor) -> wit::Response {
@@ -808,6 +838,17 @@ impl WasiHttpHooks for WasiHttpGate {
                 Err(why) => Decision::deny("grants.http.allow", why),
             },
         };
+        // The credential an inject rule adds at send time, by name only.
+        let injected = match (&self.http, &url) {
+            (Some(h), Some(u)) if decision.allowed => Origin::of(u)
+                .ok()
+                .and_then(|o| h.grant.inject.iter().find(|r| r.destination.matches(&o)))
+                .map(|r| r.credential.clone()),
+            _ => None,
+        };
+        if let Some(name) = &injected {
+            call = call.arg("credential", name);
+        }
         let http = self.http.clone();
         let creds = self.creds.clone();
         let calls = self.calls.clone();
@@ -874,6 +915,8 @@ impl WasiHttpHooks for WasiHttpGate {
             // to finish streaming the body, not only the exchange (for a held
             // request, both happened before the gate, under a timeout of
             // their own).
+            // What was sent, for the record (the body is complete only now).
+            let sent = std::sync::Mutex::new(None::<String>);
             let work = async {
                 let (_slot, body) = match body {
                     RequestBody::Read(slot, bytes) => (slot, bytes),
@@ -882,6 +925,13 @@ impl WasiHttpHooks for WasiHttpGate {
                         (slot, read_body(&grant, stream).await?)
                     }
                 };
+                if let Ok(mut s) = sent.lock() {
+                    *s = Some(format!(
+                        "{} body bytes (blake3:{})",
+                        body.len(),
+                        blake3::hash(&body).to_hex()
+                    ));
+                }
                 wasi_send(&grant, &budget, &creds, parts, body, url, options).await
             };
             let result = match tokio::time::timeout(grant.policy.timeout, work).await {
@@ -891,10 +941,14 @@ impl WasiHttpHooks for WasiHttpGate {
                     grant.policy.timeout.as_millis()
                 )))),
             };
-            let status = match &result {
+            let mut status = match &result {
                 Ok(r) => format!("ok {}", r.status().as_u16()),
                 Err(e) => format!("error: {e}"),
             };
+            if let Some(sent) = sent.lock().ok().and_then(|s| s.clone()) {
+                status.push_str("; sent ");
+                status.push_str(&sent);
+            }
             calls.finish(seq, status, started.elapsed());
             let response = result.map_err(SendFailure::into_wasi)?;
             Ok((
