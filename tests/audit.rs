@@ -940,3 +940,114 @@ fn every_host_call_is_a_tracing_span_with_its_decision_and_status() {
         "{spans:?}"
     );
 }
+
+#[test]
+fn an_error_quoting_a_sensitive_argument_is_recorded_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("work")).unwrap();
+    let config = support::config(
+        dir.path(),
+        &format!(
+            r#"
+[runtime]
+data-dir = "data"
+[actions.probe]
+component = {}
+[actions.probe.grants]
+log = true
+files = {{ dir = "work", mode = "read-write" }}
+[actions.probe.audit]
+sensitive-args = ["message"]
+"#,
+            support::toml_path(&component("probe"))
+        ),
+    );
+    // The guest panics with its (sensitive) argument as the message.
+    let run = airlock_with(
+        &[
+            "invoke",
+            "--config",
+            config.to_str().unwrap(),
+            "probe",
+            "panic-with",
+            "--args",
+            r#"{"message": "Hunter2-Private-Phrase"}"#,
+        ],
+        b"",
+        &[],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let log = std::fs::read_to_string(log_path(&dir.path().join("data"))).unwrap();
+    assert!(!log.contains("Hunter2-Private-Phrase"), "{log}");
+    let finished = records(&dir.path().join("data"))
+        .into_iter()
+        .find_map(|r| match r.event {
+            Event::InvocationFinished(f) => Some(f),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        finished.error.as_deref().is_some_and(|e| e.contains("[sensitive]")),
+        "the error is kept, the value masked: {finished:?}"
+    );
+}
+
+#[test]
+fn export_and_tail_print_verified_records_and_follow_new_ones() {
+    let data = sample_log();
+    let d = data_arg(data.path());
+    // Export: every record, one JSON object per line, exactly as stored.
+    let export = airlock_with(&["audit", "export", "--format", "jsonl", "--data-dir", &d], b"", &[]);
+    assert_eq!(export.code, 0, "{export:?}");
+    let stored: Vec<String> = lines(data.path())
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).trim_end().to_string())
+        .collect();
+    let exported: Vec<&str> = export.stdout.lines().collect();
+    assert_eq!(exported, stored);
+    let unknown = airlock_with(&["audit", "export", "--format", "csv", "--data-dir", &d], b"", &[]);
+    assert_eq!(unknown.code, 2, "{unknown:?}");
+    assert!(unknown.error_line().contains("jsonl"), "{unknown:?}");
+
+    // Tail -n: the newest N.
+    let tail = airlock_with(&["audit", "tail", "-n", "2", "--json", "--data-dir", &d], b"", &[]);
+    assert_eq!(tail.stdout.lines().collect::<Vec<_>>(), stored[stored.len() - 2..]);
+
+    // Tail -f: prints what is appended while it runs.
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["audit", "tail", "-n", "0", "-f", "--json", "--data-dir", &d])
+        .env_remove("AIRLOCK_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(invoke(data.path(), "probe", "log-lines", json!({"n": 1}), &[]).code, 0);
+    let mut followed = Vec::new();
+    while followed.len() < 3 {
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(line) => followed.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let now: Vec<String> = lines(data.path())
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).trim_end().to_string())
+        .collect();
+    assert_eq!(
+        followed,
+        now[stored.len()..],
+        "start, one call, finish of the new invocation"
+    );
+}

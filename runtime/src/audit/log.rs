@@ -135,6 +135,11 @@ fn open_logs() -> &'static Mutex<std::collections::HashMap<PathBuf, std::sync::W
     OPEN.get_or_init(Default::default)
 }
 
+/// fsync a directory, so names created in it are durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// How long to wait for another process to release the log.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -191,6 +196,7 @@ impl AuditLog {
         }
         let key = CheckpointKey::load_or_create(&dir.join(KEY_FILE)).map_err(&open_err)?;
         let digest_key = key.digest_key();
+        let existed = path.exists();
         let mut file = {
             use std::os::unix::fs::OpenOptionsExt as _;
             std::fs::OpenOptions::new()
@@ -201,6 +207,11 @@ impl AuditLog {
                 .open(&path)
                 .map_err(|e| open_err(e.to_string()))?
         };
+        if !existed {
+            // The new file's name must survive a crash too, not only what
+            // is written into it.
+            sync_dir(dir).map_err(|e| open_err(format!("cannot sync its directory: {e}")))?;
+        }
         lock_file(&file).map_err(&open_err)?;
         let tail = recover_tail(&mut file, dir);
         let tail = match tail {
@@ -847,12 +858,14 @@ impl Writer {
         line.push(b'\n');
         let written = {
             use std::os::unix::fs::OpenOptionsExt as _;
+            let existed = self.checkpoints.exists();
             std::fs::OpenOptions::new()
                 .append(true)
                 .create(true)
                 .mode(0o600)
                 .open(&self.checkpoints)
                 .and_then(|mut f| f.write_all(&line).and_then(|()| f.sync_data()))
+                .and_then(|()| if existed { Ok(()) } else { sync_dir(&self.dir) })
         };
         if let Err(e) = written {
             // The log itself is fine; only its signed summary is missing.

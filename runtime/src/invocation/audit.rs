@@ -76,7 +76,49 @@ fn mask(value: &mut Value, path: &[&str], digest: &dyn Fn(&[u8]) -> String) {
     }
 }
 
+/// Every scalar at `path` in `value` (through lists, like [`mask`]), as
+/// the text an error message could quote it in.
+fn scalars_at(value: &Value, path: &[&str], out: &mut Vec<String>) {
+    match (value, path.split_first()) {
+        (Value::Array(items), Some(_)) => items.iter().for_each(|i| scalars_at(i, path, out)),
+        (Value::Object(map), Some((first, rest))) => {
+            if let Some(v) = map.get(*first) {
+                scalars_at(v, rest, out);
+            }
+        }
+        (v, None) => leaves(v, out),
+        _ => {}
+    }
+}
+
+fn leaves(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|i| leaves(i, out)),
+        Value::Object(map) => map.values().for_each(|v| leaves(v, out)),
+        Value::Null => {}
+        other => out.push(other.to_string()),
+    }
+}
+
 impl PreparedAction {
+    /// `text` with every value of a `sensitive-args` field in `args`
+    /// replaced by `[sensitive]`: an action's error may quote its input, and
+    /// the closing record must not reveal what the opening one masked.
+    pub fn without_sensitive(&self, args: &Value, text: &str) -> String {
+        let mut values = Vec::new();
+        for path in &self.policy.sensitive_args {
+            scalars_at(args, &path.split('.').collect::<Vec<_>>(), &mut values);
+        }
+        // Longest first, so a value containing another is replaced whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        let mut out = text.to_string();
+        for v in values.iter().filter(|v| v.len() >= 3) {
+            out = out.replace(v.as_str(), "[sensitive]");
+        }
+        out
+    }
+
     /// The arguments as records and reviewers see them: canonical, with
     /// each `sensitive-args` field replaced by its keyed digest (which
     /// still binds the value without revealing it).
@@ -151,13 +193,18 @@ impl PreparedAction {
         })
     }
 
-    pub(crate) fn finished_event(&self, report: &Report) -> Event {
+    pub(crate) fn finished_event(&self, report: &Report, args: &Value) -> Event {
         let (outcome, exit_code, error, result_blake3) = match &report.outcome {
             Ok(v) => ("ok", 0, None, Some(digest(&serde_json::to_vec(v).unwrap_or_default()))),
             Err(e) => (
                 outcome_class(e),
                 e.exit_code(),
-                Some(e.to_string().chars().take(1024).collect()),
+                Some(
+                    self.without_sensitive(args, &e.to_string())
+                        .chars()
+                        .take(1024)
+                        .collect(),
+                ),
                 None,
             ),
         };

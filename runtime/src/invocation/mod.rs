@@ -201,7 +201,7 @@ impl PreparedAction {
             tracing::Instrument::instrument(self.run(sig, params, started, &invocation, host_calls.clone()), span)
                 .await;
         let (mut events, epoch) = host_calls.close_audit();
-        events.push(self.finished_event(&report));
+        events.push(self.finished_event(&report, args));
         if let Err(e) = self.audit.append_durable_async(events, epoch).await {
             report.outcome = Err(Error::AuditUnavailable(format!(
                 "the action ran, but its audit records could not be written ({e}); its result is withheld"

@@ -160,26 +160,31 @@ fn write_runs(conn: &mut Connection, rows: &[InvocationRecord]) -> Result<(), St
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
-    {
-        let mut stmt = tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO invocations (id, state, action, caller, created_at, body) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(db_err)?;
-        for r in rows {
-            stmt.execute(params![
-                r.id,
-                r.state.as_str(),
-                r.action,
-                r.caller.name,
-                micros(r.created_at),
-                serde_json::to_string(r).map_err(json_err)?
-            ])
-            .map_err(db_err)?;
-        }
+    for r in rows {
+        put_invocation(&tx, r, true)?;
     }
     tx.commit().map_err(db_err)
+}
+
+/// Store an invocation's row: a new one, or (`replace`) over an older one.
+fn put_invocation(conn: &Connection, r: &InvocationRecord, replace: bool) -> Result<(), StoreError> {
+    let sql = if replace {
+        "INSERT OR REPLACE INTO invocations (id, state, action, caller, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+    } else {
+        "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+    };
+    conn.prepare_cached(sql)
+        .map_err(db_err)?
+        .execute(params![
+            r.id,
+            r.state.as_str(),
+            r.action,
+            r.caller.name,
+            micros(r.created_at),
+            serde_json::to_string(r).map_err(json_err)?
+        ])
+        .map_err(db_err)?;
+    Ok(())
 }
 
 impl Drop for SqliteStore {
@@ -555,20 +560,7 @@ impl Store for SqliteStore {
 
     fn insert_invocation(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
         self.runs.flush()?;
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                invocation.id,
-                invocation.state.as_str(),
-                invocation.action,
-                invocation.caller.name,
-                micros(invocation.created_at),
-                serde_json::to_string(invocation).map_err(json_err)?
-            ],
-        )
-        .map_err(db_err)?;
-        Ok(())
+        put_invocation(&self.conn(), invocation, false)
     }
 
     fn invocation(&self, id: &str) -> Result<Option<InvocationRecord>, StoreError> {
