@@ -1,9 +1,14 @@
 //! The append-only audit log and its writer thread.
 //!
-//! One thread owns the file. Appends arrive over a channel; the thread
-//! takes everything queued, writes it in one `write`, and issues one
-//! `fdatasync` for the whole group before acknowledging any durable append
-//! in it (group commit: concurrent invocations share fsyncs).
+//! Appends join one queue. Whoever holds the writer commits everything
+//! queued in one `write` and one `fdatasync` before acknowledging any
+//! durable append in it (group commit: concurrent invocations share
+//! fsyncs). A durable append that finds the writer free commits the queue
+//! itself, on its own thread (no hand-off to another thread and back: a
+//! lone invocation pays its sync and little else); otherwise it waits in
+//! the queue for the writer thread, which commits whatever gathered while
+//! the writer was busy, and which also writes queued (non-durable) records
+//! and the periodic checkpoints.
 //!
 //! Fail closed: when a write or sync fails, the partial group is cut off
 //! again (the file is truncated to its last good length), every append in
@@ -37,8 +42,6 @@ pub const CHECKPOINT_EVERY: u64 = 1000;
 /// long, so a crash of an idle service loses no more than this much of the
 /// signed history (the records themselves are on disk either way).
 pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
-/// Most appends folded into one group.
-const MAX_GROUP: usize = 4096;
 
 /// Why the audit log could not take a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,26 +107,120 @@ struct Shared {
 pub struct AuditLog(Arc<Inner>);
 
 struct Inner {
-    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    pipeline: Arc<Pipeline>,
     digest_key: zeroize::Zeroizing<[u8; 32]>,
     shared: Arc<Shared>,
     path: PathBuf,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// The queue of requests and the writer that commits them. Lock order:
+/// `writer` before `queue`, so whoever holds the writer takes the queue in
+/// arrival order and nothing queued is written out of order.
+struct Pipeline {
+    queue: Mutex<Queue>,
+    /// Signalled when a request is queued (or the log closes).
+    ready: std::sync::Condvar,
+    writer: Mutex<Writer>,
+}
+
+#[derive(Default)]
+struct Queue {
+    requests: Vec<Request>,
+    /// Someone waits for the queue to be committed (a durable append or a
+    /// checkpoint): the writer thread takes it at once. Records queued
+    /// without waiting wait up to [`LAZY_COMMIT`] for a durable append to
+    /// take them along, so a lone invocation's records go out in one write.
+    urgent: bool,
+    closed: bool,
+}
+
+/// Longest time a record queued without waiting stays in memory before the
+/// writer thread writes it (unsynced) on its own.
+const LAZY_COMMIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+impl Pipeline {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // Requests are pushed whole; a poisoned lock still holds a valid queue.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The writer thread: commit whatever is queued whenever the writer is
+    /// free, and sign checkpoints when they are due.
+    fn run(&self) {
+        loop {
+            // Sleep until work arrives, or the oldest unsigned record is an
+            // interval old.
+            let wait = self.writer().checkpoint_wait();
+            {
+                let mut queue = self.queue();
+                loop {
+                    if queue.closed && queue.requests.is_empty() {
+                        return;
+                    }
+                    if queue.urgent || queue.closed {
+                        break;
+                    }
+                    let timeout = if queue.requests.is_empty() { wait } else { LAZY_COMMIT };
+                    let (q, waited) = self
+                        .ready
+                        .wait_timeout(queue, timeout)
+                        .unwrap_or_else(|p| p.into_inner());
+                    queue = q;
+                    if waited.timed_out() {
+                        break;
+                    }
+                }
+            }
+            let mut writer = self.writer();
+            let group = {
+                let mut queue = self.queue();
+                queue.urgent = false;
+                std::mem::take(&mut queue.requests)
+            };
+            if group.is_empty() {
+                // Woken by time, or a committer took the queue first.
+                writer.checkpoint_if_due();
+                continue;
+            }
+            writer.commit(group);
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        let tx = self.tx.lock().ok().and_then(|mut t| t.take());
-        if let Some(tx) = tx {
-            let (ack, done) = mpsc::sync_channel(1);
-            if tx.send(Request::Checkpoint { ack }).is_ok() {
-                let _ = done.recv();
-            }
-            drop(tx); // the writer ends when its channel closes
+        // The closing checkpoint, then the thread ends.
+        let (ack, done) = mpsc::sync_channel(1);
+        if self.push(Request::Checkpoint { ack }, true).is_ok() {
+            let _ = done.recv();
         }
+        self.pipeline.queue().closed = true;
+        self.pipeline.ready.notify_all();
         if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = t.join();
         }
+    }
+}
+
+impl Inner {
+    /// Queue `request`; an `urgent` one wakes the writer thread at once.
+    fn push(&self, request: Request, urgent: bool) -> Result<(), ()> {
+        let mut queue = self.pipeline.queue();
+        if queue.closed {
+            return Err(());
+        }
+        queue.requests.push(request);
+        if urgent && !queue.urgent {
+            queue.urgent = true;
+            drop(queue);
+            self.pipeline.ready.notify_one();
+        }
+        Ok(())
     }
 }
 
@@ -228,7 +325,6 @@ impl AuditLog {
             durable_appends: std::sync::atomic::AtomicU64::new(0),
             fault: Mutex::new(None),
         });
-        let (tx, rx) = mpsc::channel();
         repair_checkpoints(&dir.join(CHECKPOINTS_FILE));
         let mut writer = Writer {
             file,
@@ -268,12 +364,20 @@ impl AuditLog {
             }
         }
         writer.unlock();
-        let thread = std::thread::Builder::new()
-            .name("airlock-audit".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
+        let pipeline = Arc::new(Pipeline {
+            queue: Mutex::new(Queue::default()),
+            ready: std::sync::Condvar::new(),
+            writer: Mutex::new(writer),
+        });
+        let thread = {
+            let pipeline = pipeline.clone();
+            std::thread::Builder::new()
+                .name("airlock-audit".into())
+                .spawn(move || pipeline.run())
+                .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?
+        };
         let inner = Arc::new(Inner {
-            tx: Mutex::new(Some(tx)),
+            pipeline,
             digest_key,
             shared,
             path,
@@ -284,12 +388,39 @@ impl AuditLog {
         Ok(AuditLog(inner))
     }
 
-    fn send(&self, request: Request) -> Result<(), AuditError> {
-        let tx = self.0.tx.lock().ok().and_then(|t| t.clone());
-        match tx {
-            Some(tx) => tx.send(request).map_err(|_| self.unavailable("the writer has stopped")),
-            None => Err(self.unavailable("the log is closed")),
-        }
+    /// Queue `request` for the writer thread; `urgent` when someone waits
+    /// for it.
+    fn send(&self, request: Request, urgent: bool) -> Result<(), AuditError> {
+        self.0
+            .push(request, urgent)
+            .map_err(|()| self.unavailable("the log is closed"))
+    }
+
+    /// Commit `events` (and everything queued before them) on this thread,
+    /// if the writer is free; hands `events` back if it is not.
+    fn commit_here(&self, events: Vec<Event>, epoch: Option<u64>) -> Result<Result<u64, AuditError>, Vec<Event>> {
+        let pipeline = &self.0.pipeline;
+        let mut writer = match pipeline.writer.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(events),
+        };
+        let mut group = {
+            let mut queue = pipeline.queue();
+            if queue.closed {
+                return Ok(Err(self.unavailable("the log is closed")));
+            }
+            queue.urgent = false;
+            std::mem::take(&mut queue.requests)
+        };
+        group.push(Request::Append {
+            events,
+            sync: true,
+            expect_epoch: epoch,
+            ack: None,
+        });
+        let ours = writer.commit(group).pop().flatten();
+        Ok(ours.unwrap_or_else(|| Err(self.unavailable("the append was not committed"))))
     }
 
     pub fn path(&self) -> &Path {
@@ -324,12 +455,15 @@ impl AuditLog {
     /// Queue `events` without waiting; a later durable append syncs them,
     /// and [`AuditLog::append_durable_since`] tells whether they survived.
     pub fn append_queued(&self, events: Vec<Event>) {
-        let _ = self.send(Request::Append {
-            events,
-            sync: false,
-            expect_epoch: None,
-            ack: None,
-        });
+        let _ = self.send(
+            Request::Append {
+                events,
+                sync: false,
+                expect_epoch: None,
+                ack: None,
+            },
+            false,
+        );
     }
 
     /// (syncs issued, durable appends acknowledged) since open: with group
@@ -356,13 +490,20 @@ impl AuditLog {
     }
 
     fn append(&self, events: Vec<Event>, expect_epoch: Option<u64>) -> Result<u64, AuditError> {
+        let events = match self.commit_here(events, expect_epoch) {
+            Ok(result) => return result,
+            Err(events) => events,
+        };
         let (ack, done) = mpsc::sync_channel(1);
-        self.send(Request::Append {
-            events,
-            sync: true,
-            expect_epoch,
-            ack: Some(Ack::Thread(ack)),
-        })?;
+        self.send(
+            Request::Append {
+                events,
+                sync: true,
+                expect_epoch,
+                ack: Some(Ack::Thread(ack)),
+            },
+            true,
+        )?;
         done.recv().map_err(|_| self.unavailable("the writer has stopped"))?
     }
 
@@ -370,20 +511,30 @@ impl AuditLog {
     /// without holding a thread, and the writer wakes it when the group is
     /// synced.
     pub async fn append_durable_async(&self, events: Vec<Event>, epoch: Option<u64>) -> Result<u64, AuditError> {
+        // With the writer free, this task commits itself: it holds its
+        // thread for one write and sync, which costs less than handing the
+        // group to the writer thread and being woken by it.
+        let events = match self.commit_here(events, epoch) {
+            Ok(result) => return result,
+            Err(events) => events,
+        };
         let (ack, done) = tokio::sync::oneshot::channel();
-        self.send(Request::Append {
-            events,
-            sync: true,
-            expect_epoch: epoch,
-            ack: Some(Ack::Task(ack)),
-        })?;
+        self.send(
+            Request::Append {
+                events,
+                sync: true,
+                expect_epoch: epoch,
+                ack: Some(Ack::Task(ack)),
+            },
+            true,
+        )?;
         done.await.map_err(|_| self.unavailable("the writer has stopped"))?
     }
 
     /// Sign a checkpoint of the current head (after everything queued).
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
         let (ack, done) = mpsc::sync_channel(1);
-        self.send(Request::Checkpoint { ack })?;
+        self.send(Request::Checkpoint { ack }, true)?;
         done.recv().map_err(|_| self.unavailable("the writer has stopped"))?
     }
 
@@ -619,67 +770,74 @@ impl Writer {
             .is_some_and(|last| self.last_checkpoint_seq.is_none_or(|c| last > c))
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Request>) {
-        loop {
-            // Sleep until the oldest unsigned record is an interval old.
-            let wait = if self.unsigned_records() {
-                self.checkpoint_interval
-                    .saturating_sub(self.last_checkpoint_at.elapsed())
-            } else {
-                std::time::Duration::from_secs(3600)
-            };
-            let first = match rx.recv_timeout(wait) {
-                Ok(r) => r,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    // Quiet for a whole interval: sign what is new.
-                    if self.unsigned_records() {
-                        let _ = self.write_checkpoint();
-                    }
-                    continue;
+    /// How long the writer thread may sleep before a checkpoint is due.
+    fn checkpoint_wait(&self) -> std::time::Duration {
+        if self.unsigned_records() {
+            self.checkpoint_interval
+                .saturating_sub(self.last_checkpoint_at.elapsed())
+        } else {
+            std::time::Duration::from_secs(3600)
+        }
+    }
+
+    /// Sign a checkpoint if 1000 records or the interval passed since the
+    /// last one.
+    fn checkpoint_if_due(&mut self) {
+        let due = self
+            .next_seq
+            .checked_sub(1)
+            .is_some_and(|last| self.last_checkpoint_seq.is_none_or(|c| last >= c + CHECKPOINT_EVERY))
+            || (self.unsigned_records() && self.last_checkpoint_at.elapsed() >= self.checkpoint_interval);
+        if due {
+            let _ = self.write_checkpoint();
+        }
+    }
+
+    /// Commit one group of requests: every append written, one sync, then
+    /// the acknowledgements; checkpoints asked for (or due) after it.
+    /// Returns each request's result, in order (`None` for checkpoints and
+    /// for appends whose result went to their acknowledgement).
+    fn commit(&mut self, group: Vec<Request>) -> Vec<Option<Result<u64, AuditError>>> {
+        let mut appends = Vec::new();
+        let mut acks = Vec::new();
+        let mut positions = Vec::new();
+        let mut checkpoint_acks = Vec::new();
+        let mut out: Vec<Option<Result<u64, AuditError>>> = Vec::with_capacity(group.len());
+        for r in group {
+            match r {
+                Request::Append {
+                    events,
+                    sync,
+                    expect_epoch,
+                    ack,
+                } => {
+                    appends.push((events, sync, expect_epoch));
+                    acks.push(ack);
+                    positions.push(out.len());
+                    out.push(None);
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(r) => group.push(r),
-                    Err(_) => break,
-                }
-            }
-            let mut appends = Vec::new();
-            let mut acks = Vec::new();
-            let mut checkpoint_acks = Vec::new();
-            for r in group {
-                match r {
-                    Request::Append {
-                        events,
-                        sync,
-                        expect_epoch,
-                        ack,
-                    } => {
-                        appends.push((events, sync, expect_epoch));
-                        acks.push(ack);
-                    }
-                    Request::Checkpoint { ack } => checkpoint_acks.push(ack),
-                }
-            }
-            for (ack, result) in acks.into_iter().zip(self.write_group(&mut appends)) {
-                if let Some(ack) = ack {
-                    ack.send(result);
-                }
-            }
-            let due = self
-                .next_seq
-                .checked_sub(1)
-                .is_some_and(|last| self.last_checkpoint_seq.is_none_or(|c| last >= c + CHECKPOINT_EVERY))
-                || (self.unsigned_records() && self.last_checkpoint_at.elapsed() >= self.checkpoint_interval);
-            if !checkpoint_acks.is_empty() || due {
-                let cp = self.write_checkpoint();
-                for ack in checkpoint_acks {
-                    let _ = ack.send(cp.clone());
+                Request::Checkpoint { ack } => {
+                    checkpoint_acks.push(ack);
+                    out.push(None);
                 }
             }
         }
+        let results = self.write_group(&mut appends);
+        for ((ack, result), at) in acks.into_iter().zip(results).zip(positions) {
+            match ack {
+                Some(ack) => ack.send(result),
+                None => out[at] = Some(result),
+            }
+        }
+        if checkpoint_acks.is_empty() {
+            self.checkpoint_if_due();
+        } else {
+            let cp = self.write_checkpoint();
+            for ack in checkpoint_acks {
+                let _ = ack.send(cp.clone());
+            }
+        }
+        out
     }
 
     fn fail(&self, reason: String) -> AuditError {
@@ -900,6 +1058,59 @@ mod tests {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+
+    #[test]
+    fn queued_records_are_written_soon_and_in_order_with_durable_ones() -> Result<(), AuditError> {
+        let tmp = tempfile::tempdir().map_err(|e| AuditError::Open {
+            path: String::new(),
+            reason: e.to_string(),
+        })?;
+        let dir = tmp.path();
+        let log = AuditLog::open(dir)?;
+        // Queued alone: the writer thread writes it within LAZY_COMMIT.
+        log.append_queued(vec![event(1)]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while lines(dir).len() < 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(
+            lines(dir).len(),
+            1,
+            "a queued record reaches the file without a durable append"
+        );
+        // Queued, then durable: the durable append commits both, in order,
+        // with one sync, on this thread.
+        let (syncs, _) = log.sync_stats();
+        log.append_queued(vec![event(2)]);
+        let seq = log.append_durable(vec![event(3)])?;
+        assert_eq!(seq, 2);
+        assert_eq!(log.sync_stats().0, syncs + 1);
+        let all = lines(dir);
+        assert!(
+            all[1].contains("\"truncated-bytes\":2") && all[2].contains("\"truncated-bytes\":3"),
+            "{all:?}"
+        );
+        // Many threads at once: every append is committed exactly once, and
+        // they share syncs.
+        let (syncs, appends) = log.sync_stats();
+        std::thread::scope(|scope| {
+            for t in 0..8u64 {
+                let log = log.clone();
+                scope.spawn(move || {
+                    for i in 0..25 {
+                        let _ = log.append_durable(vec![event(100 + t * 100 + i)]);
+                    }
+                });
+            }
+        });
+        let (syncs_after, appends_after) = log.sync_stats();
+        assert_eq!(appends_after - appends, 200);
+        assert!(syncs_after - syncs <= 200, "{} syncs", syncs_after - syncs);
+        assert_eq!(lines(dir).len(), 3 + 200);
+        drop(log);
+        assert!(crate::audit::read::verify(dir, None).is_ok());
+        Ok(())
     }
 
     #[test]
