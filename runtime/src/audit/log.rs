@@ -1071,7 +1071,7 @@ mod tests {
         // Queued alone: the writer thread writes it within LAZY_COMMIT.
         log.append_queued(vec![event(1)]);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while lines(dir).len() < 1 && std::time::Instant::now() < deadline {
+        while lines(dir).is_empty() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert_eq!(
