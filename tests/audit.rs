@@ -870,6 +870,16 @@ fn queries_are_answered_by_the_index_and_follow_the_log() {
     let (_, got) = show(d, &["--action", "probe"]);
     assert_eq!(got, expected(d, probe));
 
+    // A damaged index is thrown away and rebuilt, not trusted.
+    let index_file = airlock::audit::dir(d).join(airlock::audit::index::INDEX_FILE);
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", index_file.display()));
+    }
+    std::fs::write(&index_file, vec![0x5a; 8192]).unwrap();
+    let (code, got) = show(d, &["--action", "probe"]);
+    assert_eq!(code, 0);
+    assert_eq!(got, expected(d, probe));
+
     // A record a query returns is checked against its own hash.
     let mut tampered = lines(d);
     let at = tampered[1].iter().position(|&b| b == b'1').unwrap();

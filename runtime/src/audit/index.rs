@@ -33,7 +33,7 @@ pub const INDEX_FILE: &str = "index.db";
 const BATCH: usize = 50_000;
 
 /// Bumped when the schema changes: an index of another version is rebuilt.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY,
     offset INTEGER NOT NULL,
     ts INTEGER NOT NULL,
-    inv INTEGER
+    inv INTEGER,
+    hash BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_by_invocation ON records(inv, seq);
 CREATE INDEX IF NOT EXISTS records_by_time ON records(ts);
@@ -112,25 +113,39 @@ impl Index {
             path: path.display().to_string(),
             reason: e.to_string(),
         };
-        let conn = Connection::open(&path).map_err(err)?;
-        restrict_mode(&path);
-        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(err)?;
-        // Derived data: losing the last transactions in a crash only means
-        // re-reading those records, so no fsync per batch.
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;")
-            .map_err(err)?;
+        match Self::open_file(dir, &path) {
+            Ok(index) => Ok(index),
+            // Derived data: a damaged index is thrown away and rebuilt.
+            Err(e) if is_damage(&e) => {
+                tracing::warn!(target: "airlock::audit", path = %path.display(), "the audit index is damaged; rebuilding it");
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                Self::open_file(dir, &path).map_err(err)
+            }
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    fn open_file(dir: &Path, path: &Path) -> rusqlite::Result<Index> {
+        let conn = Connection::open(path)?;
+        restrict_mode(path);
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        // WAL with NORMAL: a crash loses at most the last batches (which
+        // are read again), never the database's consistency.
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")?;
         let index = Index {
             conn,
             dir: dir.to_path_buf(),
         };
-        let version: Option<i64> = index
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .optional()
-            .map_err(err)?;
-        if version != Some(SCHEMA_VERSION) {
-            index.reset().map_err(err)?;
+        let version: i64 = index.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version != SCHEMA_VERSION {
+            index.reset()?;
         }
+        // Reading the tables once finds a damaged file now, not mid-query.
+        index
+            .conn
+            .query_row("SELECT count(*) FROM meta", [], |r| r.get::<_, i64>(0))?;
         Ok(index)
     }
 
@@ -140,12 +155,12 @@ impl Index {
 
     /// Drop everything and start again from the first record.
     fn reset(&self) -> rusqlite::Result<()> {
-        self.conn.execute_batch(
-            "DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS invocations; DROP TABLE IF EXISTS records;",
-        )?;
-        self.conn.execute_batch(SCHEMA)?;
-        self.conn
-            .execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
+        // One transaction: a crash leaves the old index or the new one.
+        self.conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; \
+             DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS invocations; DROP TABLE IF EXISTS records; \
+             {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))
     }
 
     fn position(conn: &Connection) -> rusqlite::Result<Position> {
@@ -190,6 +205,18 @@ impl Index {
         };
         let mut done = CaughtUp::default();
         let mut position = Self::position(&self.conn).map_err(|e| index_error(&dir, e))?;
+        // No (or unreadable) position but rows: nothing says which log they
+        // came from, so start over.
+        if position == Position::START {
+            let rows: i64 = self
+                .conn
+                .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+                .map_err(|e| index_error(&dir, e))?;
+            if rows > 0 {
+                self.reset().map_err(|e| index_error(&dir, e))?;
+                done.rebuilt = true;
+            }
+        }
         // The log must still continue the head the index saw; anything
         // else (shorter log, other bytes at the seam) means rebuild.
         if position != Position::START
@@ -278,7 +305,7 @@ impl Index {
         newest: Option<usize>,
         mut visit: impl FnMut(&Record, &[u8]) -> bool,
     ) -> Result<u64, IndexError> {
-        let mut sql = String::from("SELECT r.offset FROM records r");
+        let mut sql = String::from("SELECT r.offset, r.hash FROM records r");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut clauses: Vec<String> = Vec::new();
         if filter.invocation.is_some() || filter.action.is_some() || filter.caller.is_some() {
@@ -309,7 +336,7 @@ impl Index {
             sql.push_str(" WHERE ");
             sql.push_str(&clauses.join(" AND "));
         }
-        let offsets: Vec<i64> = match newest {
+        let offsets: Vec<(i64, Vec<u8>)> = match newest {
             Some(n) => {
                 sql.push_str(&format!(" ORDER BY r.seq DESC LIMIT {n}"));
                 let mut v = self.offsets(&sql, &args)?;
@@ -327,7 +354,7 @@ impl Index {
         let mut reader = BufReader::with_capacity(64 << 10, file);
         let mut line = Vec::new();
         let mut visited = 0u64;
-        for offset in offsets {
+        for (offset, hash) in offsets {
             let offset = u64::try_from(offset).map_err(|_| self.error("a negative offset"))?;
             reader.seek(SeekFrom::Start(offset)).map_err(|e| self.error(e))?;
             line.clear();
@@ -340,6 +367,13 @@ impl Index {
                     "the record at byte {offset} does not check out ({e}); run `airlock audit verify`"
                 ))
             })?;
+            // The record at that offset must be the one indexed there (a log
+            // rolled back after a failed sync reuses offsets).
+            if record.hash[..] != hash[..] {
+                return Err(self.error(format!(
+                    "the log at byte {offset} is not what was indexed: the index is rebuilt on the next query"
+                )));
+            }
             visited += 1;
             if !visit(&record, &line) {
                 break;
@@ -348,13 +382,24 @@ impl Index {
         Ok(visited)
     }
 
-    fn offsets(&self, sql: &str, args: &[rusqlite::types::Value]) -> Result<Vec<i64>, IndexError> {
+    fn offsets(&self, sql: &str, args: &[rusqlite::types::Value]) -> Result<Vec<(i64, Vec<u8>)>, IndexError> {
         let mut stmt = self.conn.prepare(sql).map_err(|e| self.error(e))?;
         let rows = stmt
-            .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get::<_, i64>(0))
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
             .map_err(|e| self.error(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.error(e))
     }
+}
+
+/// Whether `e` says the index file itself is damaged (so rebuilding it is
+/// the cure).
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
 }
 
 fn index_error(dir: &Path, reason: impl std::fmt::Display) -> IndexError {
@@ -432,8 +477,9 @@ struct Batch<'c> {
 impl<'c> Batch<'c> {
     fn new(conn: &'c Connection) -> rusqlite::Result<Batch<'c>> {
         Ok(Batch {
-            record: conn
-                .prepare_cached("INSERT OR REPLACE INTO records (seq, offset, ts, inv) VALUES (?1, ?2, ?3, ?4)")?,
+            record: conn.prepare_cached(
+                "INSERT OR REPLACE INTO records (seq, offset, ts, inv, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?,
             invocation: conn.prepare_cached("INSERT OR IGNORE INTO invocations (id) VALUES (?1)")?,
             subject: conn.prepare_cached(
                 "UPDATE invocations SET action = coalesce(action, ?2), caller = coalesce(caller, ?3) WHERE rowid = ?1",
@@ -465,7 +511,8 @@ impl<'c> Batch<'c> {
             i64::try_from(entry.seq).unwrap_or(i64::MAX),
             i64::try_from(offset).unwrap_or(i64::MAX),
             i64::try_from(ts).unwrap_or(i64::MAX),
-            inv
+            inv,
+            &record.hash[..]
         ])?;
         Ok(())
     }

@@ -135,6 +135,9 @@ struct Queue {
     closed: bool,
 }
 
+/// How long after a failed checkpoint the next attempt waits.
+const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Longest time a record queued without waiting stays in memory before the
 /// writer thread writes it (unsynced) on its own.
 const LAZY_COMMIT: std::time::Duration = std::time::Duration::from_millis(2);
@@ -152,6 +155,18 @@ impl Pipeline {
     /// The writer thread: commit whatever is queued whenever the writer is
     /// free, and sign checkpoints when they are due.
     fn run(&self) {
+        // However the thread ends (a panic included), the log is closed
+        // for appends and waiting requests get "the writer has stopped"
+        // (their acknowledgements are dropped), instead of waiting forever.
+        struct CloseOnExit<'a>(&'a Pipeline);
+        impl Drop for CloseOnExit<'_> {
+            fn drop(&mut self) {
+                let mut queue = self.0.queue();
+                queue.closed = true;
+                queue.requests.clear();
+            }
+        }
+        let _close = CloseOnExit(self);
         loop {
             // Sleep until work arrives, or the oldest unsigned record is an
             // interval old.
@@ -214,10 +229,15 @@ impl Inner {
         if queue.closed {
             return Err(());
         }
+        let was_empty = queue.requests.is_empty();
         queue.requests.push(request);
-        if urgent && !queue.urgent {
-            queue.urgent = true;
-            drop(queue);
+        // The thread sleeps until the checkpoint is due while the queue is
+        // empty: the first request wakes it (to wait LAZY_COMMIT for
+        // company, or to commit at once if urgent).
+        let wake = (urgent && !queue.urgent) || was_empty;
+        queue.urgent |= urgent;
+        drop(queue);
+        if wake {
             self.pipeline.ready.notify_one();
         }
         Ok(())
@@ -338,6 +358,7 @@ impl AuditLog {
             last_checkpoint_seq: last_checkpoint_seq(&dir.join(CHECKPOINTS_FILE)),
             checkpoint_interval,
             last_checkpoint_at: std::time::Instant::now(),
+            checkpoint_failed_at: None,
             key,
             checkpoints: dir.join(CHECKPOINTS_FILE),
             dir: dir.to_path_buf(),
@@ -718,6 +739,8 @@ struct Writer {
     checkpoint_interval: std::time::Duration,
     /// When the last checkpoint was written (or the log opened).
     last_checkpoint_at: std::time::Instant,
+    /// When the last attempt to write one failed, if it did.
+    checkpoint_failed_at: Option<std::time::Instant>,
     key: CheckpointKey,
     checkpoints: PathBuf,
     dir: PathBuf,
@@ -776,13 +799,23 @@ impl Writer {
             self.checkpoint_interval
                 .saturating_sub(self.last_checkpoint_at.elapsed())
         } else {
-            std::time::Duration::from_secs(3600)
+            // Records committed by other threads meanwhile do not wake the
+            // writer thread: it looks again within one interval.
+            self.checkpoint_interval
         }
     }
 
     /// Sign a checkpoint if 1000 records or the interval passed since the
     /// last one.
     fn checkpoint_if_due(&mut self) {
+        // After a failed attempt, wait before the next one (no busy loop
+        // while the disk is full).
+        if self
+            .checkpoint_failed_at
+            .is_some_and(|t| t.elapsed() < CHECKPOINT_RETRY)
+        {
+            return;
+        }
         let due = self
             .next_seq
             .checked_sub(1)
@@ -791,6 +824,18 @@ impl Writer {
         if due {
             let _ = self.write_checkpoint();
         }
+    }
+
+    /// [`Writer::write_checkpoint_locked`] under the file lock, noting a
+    /// failure so the next attempt waits [`CHECKPOINT_RETRY`].
+    fn write_checkpoint(&mut self) -> Result<Option<Checkpoint>, AuditError> {
+        let result = match self.lock_and_catch_up() {
+            Ok(()) => self.write_checkpoint_locked(),
+            Err(reason) => Err(self.fail(reason)),
+        };
+        self.unlock();
+        self.checkpoint_failed_at = result.is_err().then(std::time::Instant::now);
+        result
     }
 
     /// Commit one group of requests: every append written, one sync, then
@@ -984,16 +1029,6 @@ impl Writer {
                     .collect()
             }
         }
-    }
-
-    fn write_checkpoint(&mut self) -> Result<Option<Checkpoint>, AuditError> {
-        if let Err(reason) = self.lock_and_catch_up() {
-            self.unlock();
-            return Err(self.fail(reason));
-        }
-        let result = self.write_checkpoint_locked();
-        self.unlock();
-        result
     }
 
     fn write_checkpoint_locked(&mut self) -> Result<Option<Checkpoint>, AuditError> {

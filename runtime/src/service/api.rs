@@ -414,7 +414,11 @@ async fn invoke(
             }
         })
     };
-    if let Ok(joined) = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), &mut task).await {
+    // `wait-ms: 0` submits: the answer is 202 and the id, even when the
+    // invocation is quick enough to have finished already.
+    if !wait.is_zero()
+        && let Ok(joined) = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), &mut task).await
+    {
         return joined_response(&service, joined);
     }
     // Still running or waiting for a decision: answer with how it stands,
@@ -426,6 +430,10 @@ async fn invoke(
             return unfinished_response(&service, &record);
         }
         if task.is_finished() {
+            // It may have been stored (and finished) since the look above.
+            if let Some(record) = store.invocation(&invocation)? {
+                return unfinished_response(&service, &record);
+            }
             // It ended without being stored: it failed before it could be.
             return joined_response(&service, task.await);
         }
