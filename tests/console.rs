@@ -137,7 +137,7 @@ invocation = true
     browser.goto(&format!("{base}/console/approvals/{approval}"));
     browser.type_into("#approve-form input[name=reason]", "looks right");
     browser.click("#approve");
-    assert_eq!(browser.text("#state"), "approved");
+    assert_eq!(browser.wait_for_text("#state", "approved"), "approved");
     browser.click("#invocation");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

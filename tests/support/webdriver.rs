@@ -137,6 +137,20 @@ impl Browser {
         }
     }
 
+    /// Wait (up to 10 s) until the element matching `css` reads `want`:
+    /// after a click that posts a form, the old page may still be shown
+    /// for a moment. Returns what it read last.
+    pub fn wait_for_text(&self, css: &str, want: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.text(css);
+            if got == want || Instant::now() >= deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css);
         self.call(
