@@ -126,7 +126,7 @@ impl AirlockMcp {
                 out.push((tool, name.clone(), f.name.clone()));
             }
         }
-        out
+        unambiguous(out)
     }
 
     fn status_tool() -> Tool {
@@ -185,6 +185,26 @@ impl AirlockMcp {
 }
 
 /// `action__function`, with characters MCP clients reject replaced.
+/// `tools` without any whose name another one shares (possible only when
+/// long names are cut to 128 characters): a call by that name could mean
+/// either, so neither is offered, and calls by it are refused.
+fn unambiguous(tools: Vec<(Tool, String, String)>) -> Vec<(Tool, String, String)> {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (t, _, _) in &tools {
+        *seen.entry(t.name.to_string()).or_default() += 1;
+    }
+    tools
+        .into_iter()
+        .filter(|(t, action, function)| {
+            let unique = seen.get(t.name.as_ref()).is_some_and(|n| *n == 1);
+            if !unique {
+                tracing::warn!(%action, %function, tool = %t.name, "MCP tool name shared by several functions; not offered");
+            }
+            unique
+        })
+        .collect()
+}
+
 pub fn tool_name(action: &str, function: &str) -> String {
     let clean = |s: &str| -> String {
         s.chars()
@@ -438,4 +458,32 @@ pub fn http_service(
         .with_allowed_origins(service.settings.allowed_origins.clone());
     let handler = AirlockMcp::per_request(service);
     StreamableHttpService::new(move || Ok(handler.clone()), Arc::new(Default::default()), config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(name: &str, action: &str, function: &str) -> (Tool, String, String) {
+        (
+            Tool::new(name.to_string(), "d", Arc::new(JsonObject::new())),
+            action.into(),
+            function.into(),
+        )
+    }
+
+    #[test]
+    fn a_tool_name_two_functions_share_is_offered_for_neither() {
+        let long = "f".repeat(200);
+        let a = tool_name("deploy", &format!("{long}-a"));
+        let b = tool_name("deploy", &format!("{long}-b"));
+        assert_eq!(a, b, "cut to 128 characters, the names collide");
+        let kept = unambiguous(vec![
+            tool(&a, "deploy", "x"),
+            tool(&b, "deploy", "y"),
+            tool("other__run", "other", "run"),
+        ]);
+        let names: Vec<String> = kept.iter().map(|(t, _, _)| t.name.to_string()).collect();
+        assert_eq!(names, ["other__run"]);
+    }
 }
