@@ -571,10 +571,11 @@ fn a_deny_ends_the_request_and_nothing_runs() {
     assert!(!w.audit_kinds().contains(&"invocation-started".to_string()));
 }
 
-#[test]
-fn requests_expire() {
-    let w = World::with(
-        r#"
+/// A world with action `quick`: every invocation waits for a reviewer, and
+/// its request lives `ttl` seconds.
+fn quick_world(ttl: u32) -> World {
+    World::with(
+        &r#"
 [actions.quick]
 component = "COMPONENT"
 [actions.quick.grants]
@@ -585,11 +586,16 @@ invoke = ["role:agent"]
 approve = ["role:reviewer"]
 [actions.quick.approval]
 invocation = true
-ttl-secs = 1
+ttl-secs = TTL
 "#
         .replace("COMPONENT", component("gated").to_str().unwrap())
-        .as_str(),
-    );
+        .replace("TTL", &ttl.to_string()),
+    )
+}
+
+#[test]
+fn requests_expire() {
+    let w = quick_world(1);
     let agent = w.token("deploy-bot", "agent", &["agent"]);
     let alice = w.token("alice", "human", &["reviewer"]);
     let run = w.invoke("quick", "echo", json!({"value": "x"}), Some(&agent), &[]);
@@ -1218,23 +1224,7 @@ fn every_end_of_a_waiting_invocation_is_audited() {
 
 #[test]
 fn an_approved_invocation_not_started_in_time_expires_on_record() {
-    let w = World::with(
-        r#"
-[actions.quick]
-component = "COMPONENT"
-[actions.quick.grants]
-approval = true
-files = { dir = "work", mode = "read-write" }
-[actions.quick.access]
-invoke = ["role:agent"]
-approve = ["role:reviewer"]
-[actions.quick.approval]
-invocation = true
-ttl-secs = 2
-"#
-        .replace("COMPONENT", component("gated").to_str().unwrap())
-        .as_str(),
-    );
+    let w = quick_world(2);
     let agent = w.token("deploy-bot", "agent", &["agent"]);
     let alice = w.token("alice", "human", &["reviewer"]);
     let rt = async_runtime();

@@ -1087,6 +1087,13 @@ mod tests {
         })
     }
 
+    fn tempdir() -> Result<tempfile::TempDir, AuditError> {
+        tempfile::tempdir().map_err(|e| AuditError::Open {
+            path: String::new(),
+            reason: e.to_string(),
+        })
+    }
+
     fn lines(dir: &Path) -> Vec<String> {
         std::fs::read_to_string(dir.join(LOG_FILE))
             .unwrap_or_default()
@@ -1097,10 +1104,7 @@ mod tests {
 
     #[test]
     fn queued_records_are_written_soon_and_in_order_with_durable_ones() -> Result<(), AuditError> {
-        let tmp = tempfile::tempdir().map_err(|e| AuditError::Open {
-            path: String::new(),
-            reason: e.to_string(),
-        })?;
+        let tmp = tempdir()?;
         let dir = tmp.path();
         let log = AuditLog::open(dir)?;
         // Queued alone: the writer thread writes it within LAZY_COMMIT.
@@ -1150,10 +1154,7 @@ mod tests {
 
     #[test]
     fn a_quiet_log_is_checkpointed_after_the_interval() -> Result<(), AuditError> {
-        let tmp = tempfile::tempdir().map_err(|e| AuditError::Open {
-            path: String::new(),
-            reason: e.to_string(),
-        })?;
+        let tmp = tempdir()?;
         let dir = tmp.path();
         let log = AuditLog::open_with_interval(dir, std::time::Duration::from_millis(100))?;
         log.append_durable(vec![event(1), event(2)])?;
@@ -1178,10 +1179,7 @@ mod tests {
 
     #[test]
     fn torn_and_damaged_tails_are_cut_kept_and_recorded() -> Result<(), AuditError> {
-        let tmp = tempfile::tempdir().map_err(|e| AuditError::Open {
-            path: String::new(),
-            reason: e.to_string(),
-        })?;
+        let tmp = tempdir()?;
         let dir = tmp.path();
         {
             let log = AuditLog::open(dir)?;
