@@ -86,11 +86,11 @@ fn every_host_call_is_one_record_in_order() {
         };
         assert_eq!(call.call, i as u64);
         assert_eq!(
-            (call.interface.as_str(), call.function.as_str()),
+            (&*call.interface, &*call.function),
             ("airlock:cap/log", "write")
         );
         assert!(call.allowed);
-        assert_eq!(call.invocation, start.invocation);
+        assert_eq!(*call.invocation, start.invocation);
     }
     let Event::InvocationFinished(done) = &recs[601].event else {
         panic!("last record is {:?}", recs[601].event)
@@ -936,10 +936,10 @@ fn every_host_call_is_a_tracing_span_with_its_decision_and_status() {
             .iter()
             .find(|s| s["span"]["call"] == call.call)
             .unwrap_or_else(|| panic!("no span for call {}: {spans:?}", call.call));
-        assert_eq!(span["span"]["function"], call.function.as_str());
-        assert_eq!(span["span"]["interface"], call.interface.as_str());
+        assert_eq!(span["span"]["function"], &*call.function);
+        assert_eq!(span["span"]["interface"], &*call.interface);
         assert_eq!(span["span"]["allowed"], call.allowed);
-        assert_eq!(span["span"]["status"], call.status.as_str(), "{span}");
+        assert_eq!(span["span"]["status"], &*call.status, "{span}");
     }
     // Host calls are nested in their invocation's span.
     assert!(closed.iter().any(|v| v["span"]["name"] == "invocation"));

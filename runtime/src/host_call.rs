@@ -17,15 +17,11 @@ use crate::approval::gate::Gate;
 use crate::audit::event::HostCallEvent;
 use crate::audit::{AuditLog, Event};
 use crate::invocation::InvocationState;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Host-call records kept in memory per invocation; calls past this are
-/// still decided and counted, but not itemized. Bounds host memory for a
-/// guest that calls in a loop.
-pub const MAX_HOST_CALL_RECORDS: usize = 10_000;
 
 /// Longest argument summary kept in a record, in bytes.
 pub const MAX_ARG_SUMMARY: usize = 512;
@@ -36,8 +32,9 @@ pub const MAX_ARG_SUMMARY: usize = 512;
 pub struct HostCall {
     pub interface: &'static str,
     pub function: &'static str,
-    /// Summary of the arguments: paths, sizes, digests.
-    pub args: Vec<(&'static str, String)>,
+    /// Summary of the arguments: paths, sizes, digests. Keys are the
+    /// host's own names; they become the record's without a copy.
+    pub args: Vec<(Cow<'static, str>, String)>,
     /// What the call does, in the terms approval gates are written in
     /// (a rename touches two paths).
     pub targets: Vec<Target>,
@@ -76,7 +73,7 @@ impl HostCall {
             text.truncate(cut);
             text.push_str(&format!("… (blake3:{digest})"));
         }
-        self.args.push((key, text));
+        self.args.push((Cow::Borrowed(key), text));
         self
     }
 }
@@ -86,13 +83,13 @@ impl HostCall {
 pub struct Decision {
     pub allowed: bool,
     /// The policy rule, e.g. `grants.files (read-only)`.
-    pub rule: String,
+    pub rule: Cow<'static, str>,
     /// Why the call was denied.
-    pub reason: Option<String>,
+    pub reason: Option<Cow<'static, str>>,
 }
 
 impl Decision {
-    pub fn allow(rule: impl Into<String>) -> Decision {
+    pub fn allow(rule: impl Into<Cow<'static, str>>) -> Decision {
         Decision {
             allowed: true,
             rule: rule.into(),
@@ -100,7 +97,7 @@ impl Decision {
         }
     }
 
-    pub fn deny(rule: impl Into<String>, reason: impl Into<String>) -> Decision {
+    pub fn deny(rule: impl Into<Cow<'static, str>>, reason: impl Into<Cow<'static, str>>) -> Decision {
         Decision {
             allowed: false,
             rule: rule.into(),
@@ -128,41 +125,28 @@ impl Denied {
 
 /// How a call ended, in a few words for the record.
 pub trait CallStatus {
-    fn status(&self) -> String;
+    fn status(&self) -> Cow<'static, str>;
 }
 
 impl CallStatus for &'static str {
-    fn status(&self) -> String {
-        (*self).to_string()
+    fn status(&self) -> Cow<'static, str> {
+        Cow::Borrowed(self)
     }
 }
 
 impl<T, E: fmt::Display> CallStatus for Result<T, E> {
-    fn status(&self) -> String {
+    fn status(&self) -> Cow<'static, str> {
         match self {
-            Ok(_) => "ok".into(),
-            Err(e) => format!("error: {e}"),
+            Ok(_) => Cow::Borrowed("ok"),
+            Err(e) => Cow::Owned(format!("error: {e}")),
         }
     }
 }
 
-/// The record of one host call.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct HostCallRecord {
-    /// Position among this invocation's host calls, from 0.
-    pub seq: u64,
-    pub interface: &'static str,
-    pub function: &'static str,
-    pub args: Vec<(&'static str, String)>,
-    pub decision: Decision,
-    pub status: String,
-    pub duration: Duration,
-}
-
-/// Every host call of one invocation.
-#[derive(Debug, Default, Clone)]
-pub struct HostCallLog {
-    pub records: Vec<HostCallRecord>,
+/// How many host calls an invocation made, and how many were denied.
+/// The calls themselves are in the audit log, one record each.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HostCallCounts {
     pub total: u64,
     pub denied: u64,
 }
@@ -171,19 +155,20 @@ pub struct HostCallLog {
 /// this many, so an invocation making millions of calls holds few in memory.
 pub const AUDIT_CHUNK: usize = 256;
 
-/// The invocation's host-call log, shared between the store and host-side
+/// The invocation's host calls, shared between the store and host-side
 /// tasks that finish calls after the guest moved on (`wasi:http` responses).
-/// With an audit tap, every call also becomes its own audit record.
+/// With an audit tap, every call becomes its own audit record.
 #[derive(Debug, Default, Clone)]
 pub struct HostCalls(Arc<Mutex<Inner>>);
 
 #[derive(Debug, Default)]
 struct Inner {
-    log: HostCallLog,
+    counts: HostCallCounts,
     tap: Option<AuditTap>,
     gate: Option<Arc<Gate>>,
-    /// The tracing span of each call still running (only while a
-    /// subscriber wants `host_call` spans), closed by [`HostCalls::finish`].
+    /// The tracing span of each asynchronous call still running (only
+    /// while a subscriber wants `host_call` spans), closed by
+    /// [`HostCalls::finish`].
     spans: BTreeMap<u64, tracing::Span>,
 }
 
@@ -191,14 +176,25 @@ struct Inner {
 #[derive(Debug)]
 struct AuditTap {
     log: AuditLog,
-    invocation: String,
+    /// Shared by every record of the invocation (no copy per call).
+    invocation: Arc<str>,
     /// Finished calls not yet handed to the writer, in completion order.
     pending: Vec<Event>,
-    /// Allowed calls still running, by call number.
+    /// Allowed calls begun with [`HostCalls::begin`] and still running, by
+    /// call number; whatever is left when the invocation ends is recorded
+    /// as abandoned.
     in_flight: BTreeMap<u64, HostCallEvent>,
     /// The log's failure epoch when the invocation started: if it moves,
     /// queued records may have been cut off and the result is withheld.
     epoch: u64,
+}
+
+/// A decided call, allowed, not yet finished.
+struct Opened {
+    seq: u64,
+    /// The record to complete (none without an audit tap).
+    event: Option<HostCallEvent>,
+    span: tracing::Span,
 }
 
 impl HostCalls {
@@ -209,11 +205,11 @@ impl HostCalls {
 
     /// A log whose calls are also audited as invocation `invocation`, whose
     /// records are good as long as the log's failure epoch stays `epoch`.
-    pub fn audited(log: AuditLog, invocation: String, epoch: u64) -> HostCalls {
+    pub fn audited(log: AuditLog, invocation: &str, epoch: u64) -> HostCalls {
         HostCalls(Arc::new(Mutex::new(Inner {
-            log: HostCallLog::default(),
+            counts: HostCallCounts::default(),
             tap: Some(AuditTap {
-                invocation,
+                invocation: Arc::from(invocation),
                 pending: Vec::new(),
                 in_flight: BTreeMap::new(),
                 epoch,
@@ -260,126 +256,42 @@ impl HostCalls {
     }
 
     /// Decide one call and record the decision; returns its sequence number
-    /// and the denial, if any. The status is filled in by [`HostCalls::finish`].
+    /// and the denial, if any. The status is filled in by
+    /// [`HostCalls::finish`]; a call still unfinished when the invocation
+    /// ends is recorded as abandoned.
     ///
     /// Fail closed: while the audit log cannot be written, every call is
     /// denied, whatever the policy says.
-    pub fn begin(&self, call: HostCall, mut decision: Decision) -> (u64, Result<(), Denied>) {
+    pub fn begin(&self, call: HostCall, decision: Decision) -> (u64, Result<(), Denied>) {
         let mut inner = self.lock();
-        if decision.allowed
-            && call.approved.is_none()
-            && let Some(gate) = &inner.gate
-            && let Some(rule) = call.targets.iter().find_map(|t| gate.rule_for(t))
-        {
-            decision = Decision::deny(
-                rule.name.clone(),
-                "this call needs approval, and it was not passed through the approval gate",
-            );
-        }
-        if let Some(tap) = &inner.tap
-            && (tap.log.epoch() != tap.epoch || !tap.log.is_healthy())
-        {
-            decision = Decision::deny(
-                "audit",
-                "the audit log cannot be written; host calls are refused until it can",
-            );
-        }
-        let outcome = if decision.allowed {
-            Ok(())
-        } else {
-            Err(Denied {
-                interface: call.interface,
-                function: call.function,
-                rule: decision.rule.clone(),
-                reason: decision.reason.clone().unwrap_or_default(),
-            })
-        };
-        let seq = inner.log.total;
-        // One span per call, opened here and closed when the call finishes,
-        // whichever capability made it: the choke point is also where
-        // tracing (and an OpenTelemetry collector behind it) sees calls.
-        let span = tracing::info_span!(
-            target: "airlock::host_call",
-            "host_call",
-            call = seq,
-            interface = call.interface,
-            function = call.function,
-            allowed = decision.allowed,
-            rule = %decision.rule,
-            status = tracing::field::Empty,
-        );
-        if decision.allowed {
-            if !span.is_disabled() {
-                inner.spans.insert(seq, span);
+        match inner.open(call, decision) {
+            Ok(opened) => {
+                if !opened.span.is_disabled() {
+                    inner.spans.insert(opened.seq, opened.span);
+                }
+                if let (Some(tap), Some(event)) = (&mut inner.tap, opened.event) {
+                    tap.in_flight.insert(opened.seq, event);
+                }
+                (opened.seq, Ok(()))
             }
-        } else {
-            span.record("status", "denied");
+            Err((seq, denied)) => (seq, Err(denied)),
         }
-        if let Some(tap) = &mut inner.tap {
-            let event = HostCallEvent {
-                invocation: tap.invocation.clone(),
-                call: seq,
-                at: crate::time::rfc3339_micros(crate::time::now_micros()),
-                interface: call.interface.to_string(),
-                function: call.function.to_string(),
-                args: call.args.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect(),
-                allowed: decision.allowed,
-                rule: decision.rule.clone(),
-                reason: decision.reason.clone(),
-                status: if decision.allowed {
-                    "pending".into()
-                } else {
-                    "denied".into()
-                },
-                duration_us: 0,
-            };
-            if decision.allowed {
-                tap.in_flight.insert(seq, event);
-            } else {
-                tap.push(Event::HostCall(event));
-            }
-        }
-        let log = &mut inner.log;
-        log.total += 1;
-        if !decision.allowed {
-            log.denied += 1;
-        }
-        if log.records.len() < MAX_HOST_CALL_RECORDS {
-            log.records.push(HostCallRecord {
-                seq,
-                interface: call.interface,
-                function: call.function,
-                args: call.args,
-                status: if decision.allowed {
-                    "pending".into()
-                } else {
-                    "denied".into()
-                },
-                decision,
-                duration: Duration::ZERO,
-            });
-        }
-        (seq, outcome)
     }
 
-    /// Record how call `seq` ended and how long it took.
-    pub fn finish(&self, seq: u64, status: String, duration: Duration) {
+    /// Record how call `seq` (begun with [`HostCalls::begin`]) ended and
+    /// how long it took.
+    pub fn finish(&self, seq: u64, status: impl Into<Cow<'static, str>>, duration: Duration) {
+        let status = status.into();
         let mut inner = self.lock();
         if let Some(span) = inner.spans.remove(&seq) {
-            span.record("status", status.as_str());
+            span.record("status", &*status);
         }
         if let Some(tap) = &mut inner.tap
             && let Some(mut event) = tap.in_flight.remove(&seq)
         {
-            event.status = status.clone();
-            event.duration_us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+            event.status = status;
+            event.duration_us = micros(duration);
             tap.push(Event::HostCall(event));
-        }
-        // Records are pushed in sequence order, so `seq` indexes them until
-        // the itemization cap is reached.
-        if let Some(rec) = usize::try_from(seq).ok().and_then(|i| inner.log.records.get_mut(i)) {
-            rec.status = status;
-            rec.duration = duration;
         }
     }
 
@@ -418,9 +330,81 @@ impl HostCalls {
         (events, Some(tap.epoch))
     }
 
-    /// A copy of the log so far.
-    pub fn snapshot(&self) -> HostCallLog {
-        self.lock().log.clone()
+    /// The counts so far.
+    pub fn counts(&self) -> HostCallCounts {
+        self.lock().counts
+    }
+}
+
+impl Inner {
+    /// The choke point's decision for one call: the policy's, overruled by
+    /// a gate the call did not pass and by an audit log that cannot be
+    /// written. Counts the call, opens its span, and records a denial at
+    /// once; an allowed call's record is returned for its caller to finish.
+    fn open(&mut self, call: HostCall, mut decision: Decision) -> Result<Opened, (u64, Denied)> {
+        if decision.allowed
+            && call.approved.is_none()
+            && let Some(gate) = &self.gate
+            && let Some(rule) = call.targets.iter().find_map(|t| gate.rule_for(t))
+        {
+            decision = Decision::deny(
+                rule.name.clone(),
+                "this call needs approval, and it was not passed through the approval gate",
+            );
+        }
+        if let Some(tap) = &self.tap
+            && (tap.log.epoch() != tap.epoch || !tap.log.is_healthy())
+        {
+            decision = Decision::deny(
+                "audit",
+                "the audit log cannot be written; host calls are refused until it can",
+            );
+        }
+        let seq = self.counts.total;
+        self.counts.total += 1;
+        // One span per call, opened here and closed when the call finishes,
+        // whichever capability made it: the choke point is also where
+        // tracing (and an OpenTelemetry collector behind it) sees calls.
+        let span = tracing::info_span!(
+            target: "airlock::host_call",
+            "host_call",
+            call = seq,
+            interface = call.interface,
+            function = call.function,
+            allowed = decision.allowed,
+            rule = %decision.rule,
+            status = tracing::field::Empty,
+        );
+        let denied = (!decision.allowed).then(|| Denied {
+            interface: call.interface,
+            function: call.function,
+            rule: decision.rule.to_string(),
+            reason: decision.reason.as_deref().unwrap_or_default().to_string(),
+        });
+        let event = self.tap.as_ref().map(|tap| HostCallEvent {
+            invocation: tap.invocation.clone(),
+            call: seq,
+            at: crate::time::now_micros(),
+            interface: Cow::Borrowed(call.interface),
+            function: Cow::Borrowed(call.function),
+            args: call.args,
+            allowed: decision.allowed,
+            rule: decision.rule,
+            reason: decision.reason,
+            status: Cow::Borrowed(if denied.is_some() { "denied" } else { "pending" }),
+            duration_us: 0,
+        });
+        match denied {
+            None => Ok(Opened { seq, event, span }),
+            Some(denied) => {
+                span.record("status", "denied");
+                self.counts.denied += 1;
+                if let (Some(tap), Some(event)) = (&mut self.tap, event) {
+                    tap.push(Event::HostCall(event));
+                }
+                Err((seq, denied))
+            }
+        }
     }
 }
 
@@ -431,16 +415,23 @@ impl AuditTap {
     fn push(&mut self, event: Event) {
         self.pending.push(event);
         if self.pending.len() >= AUDIT_CHUNK {
-            self.log.append_queued(std::mem::take(&mut self.pending));
+            self.log.append_queued(std::mem::replace(&mut self.pending, Vec::with_capacity(AUDIT_CHUNK)));
         }
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl InvocationState {
     /// Decide, run and record one capability call.
     ///
     /// `decide` sees the invocation state (grants, paths) and returns the
-    /// policy decision; `run` executes only if the call is allowed.
+    /// policy decision; `run` executes only if the call is allowed. The
+    /// call's record stays on this stack frame until it is finished (a
+    /// synchronous call cannot outlive the frame), so this path touches the
+    /// shared log twice: once to decide, once to queue the record.
     pub fn host_call<T: CallStatus>(
         &mut self,
         call: HostCall,
@@ -448,10 +439,21 @@ impl InvocationState {
         run: impl FnOnce(&mut Self) -> T,
     ) -> Result<T, Denied> {
         let started = Instant::now();
-        let (seq, allowed) = self.host_calls.begin(call, decide(self));
-        allowed?;
-        let out = self.host_calls.span(seq).in_scope(|| run(self));
-        self.host_calls.finish(seq, out.status(), started.elapsed());
+        let decision = decide(self);
+        let opened = self.host_calls.lock().open(call, decision).map_err(|(_, denied)| denied)?;
+        let out = opened.span.in_scope(|| run(self));
+        let status = out.status();
+        if !opened.span.is_disabled() {
+            opened.span.record("status", &*status);
+        }
+        if let Some(mut event) = opened.event {
+            event.status = status;
+            event.duration_us = micros(started.elapsed());
+            let mut inner = self.host_calls.lock();
+            if let Some(tap) = &mut inner.tap {
+                tap.push(Event::HostCall(event));
+            }
+        }
         Ok(out)
     }
 

@@ -34,30 +34,101 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Length of [`rfc3339_micros`]' text.
+pub const STAMP_LEN: usize = 27;
+
 /// `2026-11-24T09:41:26.123456Z`. Written digit by digit: every audit
 /// record carries one, so this is on the host-call path.
 pub fn rfc3339_micros(micros: u64) -> String {
-    let secs = micros / 1_000_000;
+    let stamp = stamp(micros);
+    stamp.iter().map(|&b| char::from(b)).collect()
+}
+
+/// [`rfc3339_micros`] as bytes, without allocating.
+pub fn stamp(micros: u64) -> [u8; STAMP_LEN] {
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    write_date_time(&mut out, micros / 1_000_000);
+    write_micros(&mut out, micros);
+    out
+}
+
+/// Formats stamps, reusing the date and time of day while the second stays
+/// the same (consecutive audit records almost always share it).
+#[derive(Debug, Clone)]
+pub struct StampCache {
+    secs: u64,
+    text: [u8; STAMP_LEN],
+}
+
+impl Default for StampCache {
+    fn default() -> StampCache {
+        StampCache {
+            secs: 0,
+            text: stamp(0),
+        }
+    }
+}
+
+impl StampCache {
+    /// [`stamp`] of `micros`.
+    pub fn format(&mut self, micros: u64) -> &[u8; STAMP_LEN] {
+        let secs = micros / 1_000_000;
+        if secs != self.secs {
+            write_date_time(&mut self.text, secs);
+            self.secs = secs;
+        }
+        write_micros(&mut self.text, micros);
+        &self.text
+    }
+}
+
+fn put(out: &mut [u8; STAMP_LEN], at: usize, width: usize, value: u64) {
+    let mut v = value;
+    for i in (at..at + width).rev() {
+        out[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+fn write_date_time(out: &mut [u8; STAMP_LEN], secs: u64) {
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    let mut out = *b"0000-00-00T00:00:00.000000Z";
-    let mut put = |at: usize, width: usize, value: u64| {
-        let mut v = value;
-        for i in (at..at + width).rev() {
-            out[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
     // Years past 9999 (or before 0) do not occur in a clock reading; clamp
     // rather than print a malformed stamp.
-    put(0, 4, y.clamp(0, 9999) as u64);
-    put(5, 2, m as u64);
-    put(8, 2, d as u64);
-    put(11, 2, rem / 3600);
-    put(14, 2, rem / 60 % 60);
-    put(17, 2, rem % 60);
-    put(20, 6, micros % 1_000_000);
-    out.iter().map(|&b| char::from(b)).collect()
+    put(out, 0, 4, y.clamp(0, 9999) as u64);
+    put(out, 5, 2, m as u64);
+    put(out, 8, 2, d as u64);
+    put(out, 11, 2, rem / 3600);
+    put(out, 14, 2, rem / 60 % 60);
+    put(out, 17, 2, rem % 60);
+}
+
+fn write_micros(out: &mut [u8; STAMP_LEN], micros: u64) {
+    put(out, 20, 6, micros % 1_000_000);
+}
+
+/// Serde for a time kept as Unix microseconds and written as
+/// [`rfc3339_micros`] text; 0 is written (and read back) as empty text,
+/// for records from before a field existed.
+pub mod rfc3339_text {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(micros: &u64, s: S) -> Result<S::Ok, S::Error> {
+        if *micros == 0 {
+            return s.serialize_str("");
+        }
+        let stamp = super::stamp(*micros);
+        // Digits and ASCII punctuation only.
+        s.serialize_str(std::str::from_utf8(&stamp).unwrap_or_default())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(0);
+        }
+        super::parse_utc(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// `2026-11-24 09:41:26` (seconds precision, for tables).

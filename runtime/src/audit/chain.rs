@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 /// `prev` of the first record.
 pub const GENESIS: [u8; 32] = [0; 32];
-/// `,"hash":"` + 64 hex digits + `"}`.
-const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
+/// What follows a record's body: `,"hash":"`, 64 hex digits, `"}`.
+pub(crate) const HASH_SUFFIX: &[u8] = b",\"hash\":\"";
+const HASH_SUFFIX_LEN: usize = HASH_SUFFIX.len() + 64 + 2;
 
 /// One record as written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,20 +43,16 @@ pub fn encode(entry: &Entry, prev: &[u8; 32]) -> Result<(Vec<u8>, [u8; 32]), Str
     Ok((line, hash))
 }
 
-/// [`encode`], appending the line to `buf` (the writer's group buffer:
-/// no allocation per record). On error `buf` is left as it was.
+/// [`encode`], appending the line to `buf`. On error `buf` is left as it
+/// was. The writer uses [`super::encode::LineEncoder`], which writes the
+/// same bytes without going through `serde_json` for host calls.
 pub fn encode_into(buf: &mut Vec<u8>, entry: &Entry, prev: &[u8; 32]) -> Result<[u8; 32], String> {
     let start = buf.len();
     if let Err(e) = serde_json::to_writer(&mut *buf, entry) {
         buf.truncate(start);
         return Err(format!("cannot serialize an audit record: {e}"));
     }
-    let hash = chain_hash(prev, &buf[start..]);
-    buf.pop(); // the closing `}`
-    buf.extend_from_slice(b",\"hash\":\"");
-    buf.extend_from_slice(hex(&hash).as_bytes());
-    buf.extend_from_slice(b"\"}\n");
-    Ok(hash)
+    Ok(super::encode::seal(buf, start, prev))
 }
 
 pub fn chain_hash(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
@@ -87,16 +84,11 @@ pub fn decode(line: &[u8], prev: &[u8; 32]) -> Result<Record, String> {
     Ok(Record { entry, hash: stored })
 }
 
-/// Lowercase hex. On the path of every audit record (twice), so no
-/// formatting machinery.
+/// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    super::encode::hex_into(&mut out, bytes);
+    out.into_iter().map(char::from).collect()
 }
 
 /// Parse 64 lowercase hex digits (the only spelling airlock writes, so a

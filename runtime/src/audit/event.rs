@@ -4,7 +4,9 @@
 //! carry digests and sizes of payloads; they never carry secret values.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One audited event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +43,7 @@ impl Event {
     pub fn invocation(&self) -> Option<&str> {
         match self {
             Event::InvocationStarted(e) => Some(&e.invocation),
-            Event::HostCall(e) => Some(&e.invocation),
+            Event::HostCall(e) => Some(&*e.invocation),
             Event::InvocationFinished(e) => Some(&e.invocation),
             Event::InvocationRefused(e) => Some(&e.invocation),
             Event::ApprovalRequested(e) => Some(&e.invocation),
@@ -80,24 +82,29 @@ pub struct InvocationStarted {
     pub grants: Vec<String>,
 }
 
+/// One host call. Built on every call, so it borrows what it can: the
+/// invocation id is shared, names and rules are the host's own strings,
+/// and the time is kept as a number until the record is written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct HostCallEvent {
-    pub invocation: String,
+    pub invocation: Arc<str>,
     /// Position among the invocation's host calls, from 0.
     pub call: u64,
-    /// When the call was made (the record's `ts` is when it was written);
-    /// empty in records written before this field existed.
-    #[serde(default)]
-    pub at: String,
-    pub interface: String,
-    pub function: String,
+    /// When the call was made, in microseconds since the Unix epoch,
+    /// written as RFC 3339 text (the record's `ts` is when it was
+    /// written); 0, written as empty text, in records from before this
+    /// field existed.
+    #[serde(default, with = "crate::time::rfc3339_text")]
+    pub at: u64,
+    pub interface: Cow<'static, str>,
+    pub function: Cow<'static, str>,
     /// Summary of the arguments: paths, destinations, sizes, digests.
-    pub args: Vec<(String, String)>,
+    pub args: Vec<(Cow<'static, str>, String)>,
     pub allowed: bool,
-    pub rule: String,
-    pub reason: Option<String>,
-    pub status: String,
+    pub rule: Cow<'static, str>,
+    pub reason: Option<Cow<'static, str>>,
+    pub status: Cow<'static, str>,
     pub duration_us: u64,
 }
 

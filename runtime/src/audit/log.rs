@@ -22,10 +22,11 @@
 //! file, and a writer that finds the file longer than it left it first
 //! reads the new head from the tail, so the chain stays one chain.
 
-use super::chain::{self, Entry, GENESIS};
+use super::chain::{self, GENESIS};
 use super::checkpoint::{Checkpoint, CheckpointKey};
+use super::encode::LineEncoder;
 use super::event::{Event, Recovered};
-use crate::time::{now_micros, rfc3339_micros};
+use crate::time::{now_micros, stamp};
 use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
@@ -135,6 +136,10 @@ struct Queue {
     closed: bool,
 }
 
+/// The group buffer is kept for the next group up to this capacity (a
+/// larger one, after an unusually large group, is freed).
+const KEPT_BUFFER: usize = 4 << 20;
+
 /// How long after a failed checkpoint the next attempt waits.
 const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -202,9 +207,17 @@ impl Pipeline {
                 writer.checkpoint_if_due();
                 continue;
             }
-            writer.commit(group);
+            writer.commit(group, Committer::WriterThread);
         }
     }
+}
+
+/// Who commits a group: the writer thread also signs checkpoints that are
+/// due; an appender committing on its own thread leaves them to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committer {
+    WriterThread,
+    Appender,
 }
 
 impl Drop for Inner {
@@ -366,6 +379,8 @@ impl AuditLog {
             shared: shared.clone(),
             locked: true,
             recovered: None,
+            encoder: LineEncoder::default(),
+            buf: Vec::new(),
         };
         if tail.truncated > 0 {
             let event = Event::Recovered(Recovered {
@@ -440,7 +455,14 @@ impl AuditLog {
             expect_epoch: epoch,
             ack: None,
         });
-        let ours = writer.commit(group).pop().flatten();
+        let ours = writer.commit(group, Committer::Appender).pop().flatten();
+        // A checkpoint that fell due is the writer thread's to sign: this
+        // thread has an invocation waiting for its result.
+        if writer.checkpoint_due() {
+            drop(writer);
+            pipeline.queue().urgent = true;
+            pipeline.ready.notify_one();
+        }
         Ok(ours.unwrap_or_else(|| Err(self.unavailable("the append was not committed"))))
     }
 
@@ -684,10 +706,28 @@ fn last_checkpoint_seq(path: &Path) -> Option<u64> {
     last_checkpoint(path).map(|c| c.seq)
 }
 
+/// The newest checkpoint in the file, read from its end (the file grows by
+/// a line every 1000 records; reading all of it at every checkpoint would
+/// make signing slower as the log grows).
 fn last_checkpoint(path: &Path) -> Option<Checkpoint> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let last = text.lines().rev().find(|l| !l.trim().is_empty())?;
-    serde_json::from_str::<Checkpoint>(last).ok()
+    let mut file = File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let mut window: u64 = 4096;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start)).ok()?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).ok()?;
+        let text = String::from_utf8_lossy(&tail);
+        let mut lines = text.lines().rev().filter(|l| !l.trim().is_empty());
+        let last = lines.next()?;
+        // The last line is whole if something precedes it in the window,
+        // or the window is the whole file.
+        if start == 0 || lines.next().is_some() {
+            return serde_json::from_str::<Checkpoint>(last).ok();
+        }
+        window = window.checked_mul(4)?;
+    }
 }
 
 /// Cut a torn last line off the checkpoints file (a crash mid-write), so
@@ -751,6 +791,9 @@ struct Writer {
     /// A torn tail another process left (found when catching up), to be
     /// recorded at the head of the next group.
     recovered: Option<Event>,
+    encoder: LineEncoder,
+    /// The group buffer, kept between groups so its pages stay mapped.
+    buf: Vec<u8>,
 }
 
 impl Writer {
@@ -805,23 +848,25 @@ impl Writer {
         }
     }
 
-    /// Sign a checkpoint if 1000 records or the interval passed since the
-    /// last one.
-    fn checkpoint_if_due(&mut self) {
-        // After a failed attempt, wait before the next one (no busy loop
-        // while the disk is full).
+    /// Whether 1000 records or the interval passed since the last
+    /// checkpoint (and no failed attempt is still waiting out its retry
+    /// delay: no busy loop while the disk is full).
+    fn checkpoint_due(&self) -> bool {
         if self
             .checkpoint_failed_at
             .is_some_and(|t| t.elapsed() < CHECKPOINT_RETRY)
         {
-            return;
+            return false;
         }
-        let due = self
-            .next_seq
+        self.next_seq
             .checked_sub(1)
             .is_some_and(|last| self.last_checkpoint_seq.is_none_or(|c| last >= c + CHECKPOINT_EVERY))
-            || (self.unsigned_records() && self.last_checkpoint_at.elapsed() >= self.checkpoint_interval);
-        if due {
+            || (self.unsigned_records() && self.last_checkpoint_at.elapsed() >= self.checkpoint_interval)
+    }
+
+    /// Sign a checkpoint if one is due.
+    fn checkpoint_if_due(&mut self) {
+        if self.checkpoint_due() {
             let _ = self.write_checkpoint();
         }
     }
@@ -842,7 +887,7 @@ impl Writer {
     /// the acknowledgements; checkpoints asked for (or due) after it.
     /// Returns each request's result, in order (`None` for checkpoints and
     /// for appends whose result went to their acknowledgement).
-    fn commit(&mut self, group: Vec<Request>) -> Vec<Option<Result<u64, AuditError>>> {
+    fn commit(&mut self, group: Vec<Request>, by: Committer) -> Vec<Option<Result<u64, AuditError>>> {
         let mut appends = Vec::new();
         let mut acks = Vec::new();
         let mut positions = Vec::new();
@@ -875,7 +920,9 @@ impl Writer {
             }
         }
         if checkpoint_acks.is_empty() {
-            self.checkpoint_if_due();
+            if by == Committer::WriterThread {
+                self.checkpoint_if_due();
+            }
         } else {
             let cp = self.write_checkpoint();
             for ack in checkpoint_acks {
@@ -920,22 +967,20 @@ impl Writer {
         epoch: u64,
         mut results: Vec<Option<Result<u64, AuditError>>>,
     ) -> Vec<Result<u64, AuditError>> {
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
         let mut sync = false;
+        // Every record of a group is handed to the kernel in one write, so
+        // they share the time they were written.
+        let ts = stamp(now_micros());
         // Taken for good only once written: a failed group keeps it for the
         // next one.
-        if let Some(event) = self.recovered.clone() {
-            let entry = Entry {
-                seq: self.next_seq,
-                ts: rfc3339_micros(now_micros()),
-                prev: chain::hex(&self.head),
-                event,
-            };
-            if let Ok(hash) = chain::encode_into(&mut buf, &entry, &self.head) {
-                self.head = hash;
-                self.next_seq += 1;
-                sync = true;
-            }
+        if let Some(event) = &self.recovered
+            && let Ok(hash) = self.encoder.append(&mut buf, self.next_seq, &ts, &self.head, event)
+        {
+            self.head = hash;
+            self.next_seq += 1;
+            sync = true;
         }
         for (i, (events, durable, expect)) in appends.iter_mut().enumerate() {
             if expect.is_some_and(|e| e != epoch) {
@@ -949,20 +994,14 @@ impl Writer {
             let (mark_len, mark_seq, mark_head) = (buf.len(), self.next_seq, self.head);
             let mut failed = None;
             for event in events.drain(..) {
-                let entry = Entry {
-                    seq: self.next_seq,
-                    ts: rfc3339_micros(now_micros()),
-                    prev: chain::hex(&self.head),
-                    event,
-                };
-                match chain::encode_into(&mut buf, &entry, &self.head) {
+                match self.encoder.append(&mut buf, self.next_seq, &ts, &self.head, &event) {
                     Ok(hash) => {
                         self.head = hash;
                         self.next_seq += 1;
                     }
                     Err(e) => {
                         tracing::error!(target: "airlock::audit", error = %e, "an audit record could not be encoded");
-                        failed = Some(e.to_string());
+                        failed = Some(e);
                         break;
                     }
                 }
@@ -994,10 +1033,14 @@ impl Writer {
                     .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) }),
             }
         };
+        let written_len = buf.len() as u64;
+        if buf.capacity() <= KEPT_BUFFER {
+            self.buf = buf;
+        }
         match written {
             Ok(()) => {
                 self.recovered = None;
-                self.good_len += buf.len() as u64;
+                self.good_len += written_len;
                 if sync {
                     (self.synced_len, self.synced_seq, self.synced_head) = (self.good_len, self.next_seq, self.head);
                     let durable = appends.iter().filter(|(_, d, _)| *d).count() as u64;
@@ -1043,7 +1086,7 @@ impl Writer {
             self.last_checkpoint_at = std::time::Instant::now();
             return Ok(Some(cp));
         }
-        let cp = self.key.sign(seq, &self.head, rfc3339_micros(now_micros()));
+        let cp = self.key.sign(seq, &self.head, crate::time::rfc3339_micros(now_micros()));
         let mut line = serde_json::to_vec(&cp).map_err(|e| AuditError::Unavailable {
             path: self.checkpoints.display().to_string(),
             reason: e.to_string(),
@@ -1173,6 +1216,63 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(300));
         let lines = std::fs::read_to_string(dir.join(CHECKPOINTS_FILE)).unwrap_or_default();
         assert_eq!(lines.lines().count(), 1, "{lines}");
+        drop(log);
+        Ok(())
+    }
+
+    #[test]
+    fn the_newest_checkpoint_is_read_from_the_end_of_a_long_file() -> Result<(), AuditError> {
+        let tmp = tempdir()?;
+        let path = tmp.path().join(CHECKPOINTS_FILE);
+        let key = CheckpointKey::load_or_create(&tmp.path().join(KEY_FILE)).map_err(|reason| AuditError::Open {
+            path: "key".into(),
+            reason,
+        })?;
+        let line = |seq: u64| {
+            let cp = key.sign(seq, &[seq as u8; 32], crate::time::rfc3339_micros(seq));
+            format!("{}\n", serde_json::to_string(&cp).unwrap_or_default())
+        };
+        assert!(last_checkpoint(&path).is_none(), "no file, no checkpoint");
+        std::fs::write(&path, line(7)).map_err(|e| AuditError::Open {
+            path: "cp".into(),
+            reason: e.to_string(),
+        })?;
+        assert_eq!(last_checkpoint(&path).map(|c| c.seq), Some(7), "a file of one line");
+        // Ten thousand lines (a 10-million-record log): the last one, whose
+        // start the first 4 KiB window may cut into.
+        let text: String = (0..10_000).map(|i| line(i * 1000 + 999)).collect();
+        for cut in [0, 1, 17, 150] {
+            std::fs::write(&path, format!("{}{}", &text[cut..], line(10_000_999))).map_err(|e| AuditError::Open {
+                path: "cp".into(),
+                reason: e.to_string(),
+            })?;
+            assert_eq!(last_checkpoint(&path).map(|c| c.seq), Some(10_000_999));
+        }
+        // One line longer than the first window.
+        let long = line(5).replace("\"ts\":\"", &format!("\"ts\":\"{}", "x".repeat(9000)));
+        std::fs::write(&path, format!("{}{long}", line(4))).map_err(|e| AuditError::Open {
+            path: "cp".into(),
+            reason: e.to_string(),
+        })?;
+        assert_eq!(last_checkpoint(&path).map(|c| c.seq), Some(5));
+        Ok(())
+    }
+
+    #[test]
+    fn a_checkpoint_due_after_an_appenders_own_commit_is_signed_by_the_writer_thread() -> Result<(), AuditError> {
+        let tmp = tempdir()?;
+        let dir = tmp.path();
+        let log = AuditLog::open(dir)?;
+        let events: Vec<Event> = (0..CHECKPOINT_EVERY).map(event).collect();
+        // Committed on this thread (the writer is free): the 1000th record
+        // makes a checkpoint due, which this append does not wait for.
+        let seq = log.append_durable(events)?;
+        assert_eq!(seq, CHECKPOINT_EVERY - 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while last_checkpoint(&dir.join(CHECKPOINTS_FILE)).is_none_or(|c| c.seq != seq) {
+            assert!(std::time::Instant::now() < deadline, "the writer thread signed no checkpoint");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         drop(log);
         Ok(())
     }

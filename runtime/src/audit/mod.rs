@@ -3,6 +3,7 @@
 //!
 //! - [`event`]: what is recorded (names, digests and sizes; never secrets).
 //! - [`chain`]: the line format and the blake3 hash chain.
+//! - [`encode`]: the writer's encoder (the same bytes, fast for host calls).
 //! - [`log`]: the writer thread with group commit, torn-tail recovery at
 //!   open, and fail-closed health.
 //! - [`checkpoint`]: ed25519-signed (sequence, head hash) statements.
@@ -12,6 +13,7 @@
 //!   whole log (derived, caught up by readers, checked against the log).
 
 pub mod chain;
+pub mod encode;
 pub mod checkpoint;
 pub mod event;
 pub mod index;

@@ -136,7 +136,7 @@ impl AuditedFs<'_> {
         let inner = match self.inner.table.delete(stream) {
             Ok(inner) => inner,
             Err(e) => {
-                self.calls.finish(token.0, "error: trap".into(), token.1.elapsed());
+                self.calls.finish(token.0, "error: trap", token.1.elapsed());
                 return Err(FsError::trap(e));
             }
         };
@@ -203,7 +203,7 @@ impl preopens::Host for AuditedFs<'_> {
         }
         self.calls.finish(
             seq,
-            if result.is_ok() { "ok".into() } else { "error".into() },
+            if result.is_ok() { "ok" } else { "error" },
             started.elapsed(),
         );
         result

@@ -663,7 +663,7 @@ impl wit::Host for InvocationState {
         };
         let (Ok(guest), Some(HttpState { grant, budget, .. })) = (parsed, http) else {
             let invalid = decision.rule == "request checks";
-            let reason = decision.reason.clone().unwrap_or_default();
+            let reason = decision.reason.as_deref().unwrap_or_default().to_string();
             let _ = self.host_calls.begin(call, decision);
             return Ok(Err(if invalid {
                 wit::HttpError::InvalidRequest(reason)
@@ -691,8 +691,8 @@ impl wit::Host for InvocationState {
 struct SendOutcome(Result<wit::Response, wit::HttpError>);
 
 impl crate::host_call::CallStatus for SendOutcome {
-    fn status(&self) -> String {
-        match &self.0 {
+    fn status(&self) -> std::borrow::Cow<'static, str> {
+        let text = match &self.0 {
             Ok(r) => format!(
                 "ok {}; received {} body bytes (blake3:{})",
                 r.status,
@@ -700,7 +700,8 @@ impl crate::host_call::CallStatus for SendOutcome {
                 blake3::hash(&r.body).to_hex()
             ),
             Err(e) => format!("error: {e}"),
-        }
+        };
+        text.into()
     }
 }
 

@@ -23,7 +23,7 @@ use crate::capabilities;
 use crate::capabilities::log::LogLine;
 use crate::engine;
 use crate::error::{Error, LimitExceeded};
-use crate::host_call::{Denied, HostCallLog, HostCalls};
+use crate::host_call::{Denied, HostCallCounts, HostCalls};
 use crate::identity::Caller;
 use crate::manifest::FunctionSig;
 use crate::values::{self, JsonPath, ValueType};
@@ -43,7 +43,8 @@ pub struct Report {
     pub stderr: Vec<u8>,
     pub logs: Vec<LogLine>,
     pub logs_dropped: u64,
-    pub host_calls: HostCallLog,
+    /// How many host calls were made and denied (each is in the audit log).
+    pub host_calls: HostCallCounts,
     /// Fuel consumed, when the action is metered.
     pub fuel_consumed: Option<u64>,
     /// Largest linear memory size reached, in bytes.
@@ -62,7 +63,7 @@ impl Report {
             stderr: Vec::new(),
             logs: Vec::new(),
             logs_dropped: 0,
-            host_calls: HostCallLog::default(),
+            host_calls: HostCallCounts::default(),
             fuel_consumed: None,
             peak_memory_bytes: 0,
             duration: started.elapsed(),
@@ -193,7 +194,7 @@ impl PreparedAction {
             function = %function,
             caller = %caller.name
         );
-        let host_calls = HostCalls::audited(self.audit.clone(), invocation.clone(), epoch);
+        let host_calls = HostCalls::audited(self.audit.clone(), &invocation, epoch);
         if let Some(gate) = self.gate_for(&invocation, caller, function, args) {
             host_calls.set_gate(gate);
         }
@@ -301,7 +302,7 @@ impl PreparedAction {
             stderr: stderr.contents(),
             logs: state.log.lines,
             logs_dropped: state.log.dropped,
-            host_calls: state.host_calls.snapshot(),
+            host_calls: state.host_calls.counts(),
             fuel_consumed,
             peak_memory_bytes: state.limiter.peak,
             duration: started.elapsed(),
