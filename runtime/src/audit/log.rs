@@ -37,8 +37,13 @@ use std::sync::{Arc, Mutex};
 pub const LOG_FILE: &str = "audit.log";
 pub const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
 pub const KEY_FILE: &str = "checkpoint.key";
-/// A signed checkpoint is written after this many records (and at close).
+/// A signed checkpoint is written after this many records (and at close),
+/// at most one per [`CHECKPOINT_MIN_GAP`].
 pub const CHECKPOINT_EVERY: u64 = 1000;
+/// Shortest time between two checkpoints signed for [`CHECKPOINT_EVERY`]:
+/// a busy log signs (and syncs) one a second, not one per thousand records,
+/// so signing costs time rather than a share of every record.
+pub const CHECKPOINT_MIN_GAP: std::time::Duration = std::time::Duration::from_secs(1);
 /// A quiet log still gets a checkpoint of its newest records after this
 /// long, so a crash of an idle service loses no more than this much of the
 /// signed history (the records themselves are on disk either way).
@@ -139,6 +144,10 @@ struct Queue {
 /// The group buffer is kept for the next group up to this capacity (a
 /// larger one, after an unusually large group, is freed).
 const KEPT_BUFFER: usize = 4 << 20;
+
+/// Queued batches at least this large are written by the writer thread
+/// without waiting for company (see [`AuditLog::append_queued`]).
+pub const EAGER_BATCH: usize = 64;
 
 /// How long after a failed checkpoint the next attempt waits.
 const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -497,7 +506,13 @@ impl AuditLog {
 
     /// Queue `events` without waiting; a later durable append syncs them,
     /// and [`AuditLog::append_durable_since`] tells whether they survived.
+    ///
+    /// A few records wait (up to [`LAZY_COMMIT`]) to ride along with the
+    /// next durable append; a batch of [`EAGER_BATCH`] or more is a group
+    /// of its own, so the writer thread takes it at once and encodes,
+    /// hashes and writes it while the invocation that made it goes on.
     pub fn append_queued(&self, events: Vec<Event>) {
+        let eager = events.len() >= EAGER_BATCH;
         let _ = self.send(
             Request::Append {
                 events,
@@ -505,7 +520,7 @@ impl AuditLog {
                 expect_epoch: None,
                 ack: None,
             },
-            false,
+            eager,
         );
     }
 
@@ -836,11 +851,20 @@ impl Writer {
             .is_some_and(|last| self.last_checkpoint_seq.is_none_or(|c| last > c))
     }
 
+    /// Whether [`CHECKPOINT_EVERY`] records or more are unsigned.
+    fn many_unsigned(&self) -> bool {
+        self.next_seq
+            .checked_sub(1)
+            .is_some_and(|last| self.last_checkpoint_seq.is_none_or(|c| last >= c + CHECKPOINT_EVERY))
+    }
+
     /// How long the writer thread may sleep before a checkpoint is due.
     fn checkpoint_wait(&self) -> std::time::Duration {
-        if self.unsigned_records() {
-            self.checkpoint_interval
-                .saturating_sub(self.last_checkpoint_at.elapsed())
+        let since = self.last_checkpoint_at.elapsed();
+        if self.many_unsigned() {
+            CHECKPOINT_MIN_GAP.saturating_sub(since)
+        } else if self.unsigned_records() {
+            self.checkpoint_interval.saturating_sub(since)
         } else {
             // Records committed by other threads meanwhile do not wake the
             // writer thread: it looks again within one interval.
@@ -848,9 +872,10 @@ impl Writer {
         }
     }
 
-    /// Whether 1000 records or the interval passed since the last
-    /// checkpoint (and no failed attempt is still waiting out its retry
-    /// delay: no busy loop while the disk is full).
+    /// Whether a checkpoint is due: [`CHECKPOINT_EVERY`] records unsigned
+    /// and [`CHECKPOINT_MIN_GAP`] since the last one, or any unsigned and
+    /// the interval since the last one (and no failed attempt is still
+    /// waiting out its retry delay: no busy loop while the disk is full).
     fn checkpoint_due(&self) -> bool {
         if self
             .checkpoint_failed_at
@@ -858,10 +883,9 @@ impl Writer {
         {
             return false;
         }
-        self.next_seq
-            .checked_sub(1)
-            .is_some_and(|last| self.last_checkpoint_seq.is_none_or(|c| last >= c + CHECKPOINT_EVERY))
-            || (self.unsigned_records() && self.last_checkpoint_at.elapsed() >= self.checkpoint_interval)
+        let since = self.last_checkpoint_at.elapsed();
+        (self.many_unsigned() && since >= CHECKPOINT_MIN_GAP)
+            || (self.unsigned_records() && since >= self.checkpoint_interval)
     }
 
     /// Sign a checkpoint if one is due.
@@ -1075,9 +1099,24 @@ impl Writer {
     }
 
     fn write_checkpoint_locked(&mut self) -> Result<Option<Checkpoint>, AuditError> {
-        let Some(seq) = self.next_seq.checked_sub(1) else {
+        // Sign only what is on disk: a checkpoint that outlived the records
+        // it names (power lost between the two writes) would read as a
+        // truncated log.
+        if self.good_len > self.synced_len {
+            match self.file.sync_data() {
+                Ok(()) => {
+                    (self.synced_len, self.synced_seq, self.synced_head) = (self.good_len, self.next_seq, self.head);
+                    self.shared.syncs.fetch_add(1, Ordering::AcqRel);
+                }
+                Err(e) => {
+                    tracing::warn!(target: "airlock::audit", error = %e, "cannot sync the audit log for a checkpoint");
+                }
+            }
+        }
+        let Some(seq) = self.synced_seq.checked_sub(1) else {
             return Ok(None);
         };
+        let head = self.synced_head;
         // Another process may have signed this head already.
         if let Some(cp) = last_checkpoint(&self.checkpoints)
             && cp.seq == seq
@@ -1086,7 +1125,7 @@ impl Writer {
             self.last_checkpoint_at = std::time::Instant::now();
             return Ok(Some(cp));
         }
-        let cp = self.key.sign(seq, &self.head, crate::time::rfc3339_micros(now_micros()));
+        let cp = self.key.sign(seq, &head, crate::time::rfc3339_micros(now_micros()));
         let mut line = serde_json::to_vec(&cp).map_err(|e| AuditError::Unavailable {
             path: self.checkpoints.display().to_string(),
             reason: e.to_string(),
@@ -1273,6 +1312,27 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the writer thread signed no checkpoint");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        drop(log);
+        Ok(())
+    }
+
+    #[test]
+    fn a_checkpoint_names_only_synced_records() -> Result<(), AuditError> {
+        let tmp = tempdir()?;
+        let dir = tmp.path();
+        let log = AuditLog::open(dir)?;
+        log.append_durable(vec![event(0)])?;
+        // A batch big enough to be written at once, without a sync.
+        log.append_queued((1..=EAGER_BATCH as u64).map(event).collect());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while lines(dir).len() < 1 + EAGER_BATCH {
+            assert!(std::time::Instant::now() < deadline, "the batch was not written");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let (syncs, _) = log.sync_stats();
+        let cp = log.checkpoint()?.ok_or_else(|| log.unavailable("no checkpoint"))?;
+        assert_eq!(cp.seq, EAGER_BATCH as u64, "the checkpoint covers the batch");
+        assert_eq!(log.sync_stats().0, syncs + 1, "the batch was synced before it was signed");
         drop(log);
         Ok(())
     }
