@@ -85,10 +85,7 @@ fn every_host_call_is_one_record_in_order() {
             panic!("record {} is {:?}", i + 1, rec.event)
         };
         assert_eq!(call.call, i as u64);
-        assert_eq!(
-            (&*call.interface, &*call.function),
-            ("airlock:cap/log", "write")
-        );
+        assert_eq!((&*call.interface, &*call.function), ("airlock:cap/log", "write"));
         assert!(call.allowed);
         assert_eq!(*call.invocation, start.invocation);
     }

@@ -5,11 +5,11 @@
 
 mod support;
 
+use airlock::audit::Event;
+use airlock::audit::event::HostCallEvent;
 use airlock::capabilities::Grants;
 use airlock::capabilities::files::{FilesGrant, Mode};
 use airlock::capabilities::log::LogGrant;
-use airlock::audit::Event;
-use airlock::audit::event::HostCallEvent;
 use airlock::invocation::Report;
 use airlock::policy::{ActionPolicy, Limits, RuntimeSettings};
 use airlock::{Error, LimitExceeded, Runtime};

@@ -14,8 +14,10 @@
 
 use crate::approval::Target;
 use crate::approval::gate::Gate;
+use crate::audit::AuditLog;
+use crate::audit::encode::EncodedCalls;
 use crate::audit::event::HostCallEvent;
-use crate::audit::{AuditLog, Event};
+use crate::audit::log::Records;
 use crate::invocation::InvocationState;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -178,8 +180,9 @@ struct AuditTap {
     log: AuditLog,
     /// Shared by every record of the invocation (no copy per call).
     invocation: Arc<str>,
-    /// Finished calls not yet handed to the writer, in completion order.
-    pending: Vec<Event>,
+    /// Finished calls not yet handed to the writer, in completion order,
+    /// already encoded (the call's own strings are freed on its thread).
+    pending: EncodedCalls,
     /// Allowed calls begun with [`HostCalls::begin`] and still running, by
     /// call number; whatever is left when the invocation ends is recorded
     /// as abandoned.
@@ -210,7 +213,7 @@ impl HostCalls {
             counts: HostCallCounts::default(),
             tap: Some(AuditTap {
                 invocation: Arc::from(invocation),
-                pending: Vec::new(),
+                pending: EncodedCalls::default(),
                 in_flight: BTreeMap::new(),
                 epoch,
                 log,
@@ -291,7 +294,7 @@ impl HostCalls {
         {
             event.status = status;
             event.duration_us = micros(duration);
-            tap.push(Event::HostCall(event));
+            tap.push(&event);
         }
     }
 
@@ -308,26 +311,25 @@ impl HostCalls {
         if let Some(tap) = &mut inner.tap
             && !tap.pending.is_empty()
         {
-            tap.log.append_queued(std::mem::take(&mut tap.pending));
+            tap.log.append_queued(tap.pending.take());
         }
     }
 
     /// End the audit tap: the records not yet queued (calls still running
     /// are marked abandoned) and the epoch the closing append must match.
-    pub fn close_audit(&self) -> (Vec<Event>, Option<u64>) {
+    pub fn close_audit(&self) -> (Records, Option<u64>) {
         let mut inner = self.lock();
         let Some(mut tap) = inner.tap.take() else {
-            return (Vec::new(), None);
+            return (Records::default(), None);
         };
         for (_, span) in std::mem::take(&mut inner.spans) {
             span.record("status", "abandoned");
         }
-        let mut events = std::mem::take(&mut tap.pending);
         for (_, mut event) in std::mem::take(&mut tap.in_flight) {
             event.status = "abandoned: still running (or a stream still open) when the invocation ended".into();
-            events.push(Event::HostCall(event));
+            tap.pending.push(&event);
         }
-        (events, Some(tap.epoch))
+        (tap.pending.into(), Some(tap.epoch))
     }
 
     /// The counts so far.
@@ -400,7 +402,7 @@ impl Inner {
                 span.record("status", "denied");
                 self.counts.denied += 1;
                 if let (Some(tap), Some(event)) = (&mut self.tap, event) {
-                    tap.push(Event::HostCall(event));
+                    tap.push(&event);
                 }
                 Err((seq, denied))
             }
@@ -412,10 +414,10 @@ impl AuditTap {
     /// Queue a finished record; hand a full chunk to the writer without
     /// waiting (the invocation's closing record syncs them all, and fails
     /// if any were lost).
-    fn push(&mut self, event: Event) {
+    fn push(&mut self, event: &HostCallEvent) {
         self.pending.push(event);
         if self.pending.len() >= AUDIT_CHUNK {
-            self.log.append_queued(std::mem::replace(&mut self.pending, Vec::with_capacity(AUDIT_CHUNK)));
+            self.log.append_queued(self.pending.take());
         }
     }
 }
@@ -440,7 +442,11 @@ impl InvocationState {
     ) -> Result<T, Denied> {
         let started = Instant::now();
         let decision = decide(self);
-        let opened = self.host_calls.lock().open(call, decision).map_err(|(_, denied)| denied)?;
+        let opened = self
+            .host_calls
+            .lock()
+            .open(call, decision)
+            .map_err(|(_, denied)| denied)?;
         let out = opened.span.in_scope(|| run(self));
         let status = out.status();
         if !opened.span.is_disabled() {
@@ -451,7 +457,7 @@ impl InvocationState {
             event.duration_us = micros(started.elapsed());
             let mut inner = self.host_calls.lock();
             if let Some(tap) = &mut inner.tap {
-                tap.push(Event::HostCall(event));
+                tap.push(&event);
             }
         }
         Ok(out)

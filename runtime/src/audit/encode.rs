@@ -1,20 +1,68 @@
-//! The writer's encoder: record lines written straight into the group
-//! buffer, byte for byte what `serde_json` writes for the same
-//! [`Entry`](super::chain::Entry) (a test holds the two to that).
+//! Record lines written straight into a buffer, byte for byte what
+//! `serde_json` writes for the same [`Entry`](super::chain::Entry) (a test
+//! holds the two to that).
 //!
-//! Host-call records are the bulk of any log and are written on every
-//! call's account, so they get a hand-written encoder: no intermediate
-//! strings, no formatter, and a time stamp that reuses the date while the
-//! second stays the same. Every other event goes through `serde_json`.
+//! Host-call records are the bulk of any log, one per call, so they get a
+//! hand-written encoder: no intermediate strings, no formatter, and a time
+//! stamp that reuses the date while the second stays the same. The thread
+//! that makes a call encodes its event ([`EncodedCalls`]) and frees what
+//! the call allocated itself; the writer only frames each event with its
+//! sequence number, time and chain hash ([`LineEncoder`]). Every other
+//! event goes through `serde_json` on the writer.
 
 use super::chain::{HASH_SUFFIX, chain_hash};
 use super::event::{Event, HostCallEvent};
 use crate::time::{STAMP_LEN, StampCache};
 
-/// Appends record lines to a buffer; keeps the stamp cache between them.
+/// Host-call events encoded ahead of the writer: each event's JSON object,
+/// one after another, in the order they were pushed.
+#[derive(Debug, Default)]
+pub struct EncodedCalls {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    stamps: StampCache,
+}
+
+impl EncodedCalls {
+    pub fn push(&mut self, call: &HostCallEvent) {
+        host_call(&mut self.bytes, call, &mut self.stamps);
+        self.ends.push(self.bytes.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The events so far, leaving this empty with as much room as they
+    /// took (a caller that filled one batch is likely to fill another; one
+    /// that made few calls never allocates much). The stamp cache stays.
+    pub fn take(&mut self) -> EncodedCalls {
+        let (bytes, ends) = (self.bytes.capacity(), self.ends.capacity());
+        EncodedCalls {
+            bytes: std::mem::replace(&mut self.bytes, Vec::with_capacity(bytes)),
+            ends: std::mem::replace(&mut self.ends, Vec::with_capacity(ends)),
+            stamps: self.stamps.clone(),
+        }
+    }
+
+    /// Each event's JSON, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(start, &end)| &self.bytes[start..end])
+    }
+}
+
+/// Frames events as record lines in the writer's group buffer; keeps a
+/// stamp cache, and the hex of the last hash it wrote (the next record's
+/// `prev`).
 #[derive(Debug, Default)]
 pub struct LineEncoder {
     stamps: StampCache,
+    last: Option<([u8; 32], [u8; 64])>,
 }
 
 impl LineEncoder {
@@ -29,15 +77,9 @@ impl LineEncoder {
         event: &Event,
     ) -> Result<[u8; 32], String> {
         let start = buf.len();
-        buf.extend_from_slice(b"{\"seq\":");
-        buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-        buf.extend_from_slice(b",\"ts\":\"");
-        buf.extend_from_slice(ts);
-        buf.extend_from_slice(b"\",\"prev\":\"");
-        hex_into(buf, prev);
-        buf.extend_from_slice(b"\",\"event\":");
+        self.header(buf, seq, ts, prev);
         match event {
-            Event::HostCall(call) => self.host_call(buf, call),
+            Event::HostCall(call) => host_call(buf, call, &mut self.stamps),
             other => {
                 if let Err(e) = serde_json::to_writer(&mut *buf, other) {
                     buf.truncate(start);
@@ -45,51 +87,92 @@ impl LineEncoder {
                 }
             }
         }
-        buf.push(b'}');
-        Ok(seal(buf, start, prev))
+        Ok(self.end(buf, start, prev))
     }
 
-    fn host_call(&mut self, buf: &mut Vec<u8>, call: &HostCallEvent) {
-        buf.extend_from_slice(b"{\"kind\":\"host-call\",\"invocation\":");
-        string(buf, &call.invocation);
-        buf.extend_from_slice(b",\"call\":");
-        buf.extend_from_slice(itoa::Buffer::new().format(call.call).as_bytes());
-        buf.extend_from_slice(b",\"at\":\"");
-        if call.at != 0 {
-            buf.extend_from_slice(self.stamps.format(call.at));
-        }
-        buf.extend_from_slice(b"\",\"interface\":");
-        string(buf, &call.interface);
-        buf.extend_from_slice(b",\"function\":");
-        string(buf, &call.function);
-        buf.extend_from_slice(b",\"args\":[");
-        for (i, (key, value)) in call.args.iter().enumerate() {
-            if i > 0 {
-                buf.push(b',');
-            }
-            buf.push(b'[');
-            string(buf, key);
-            buf.push(b',');
-            string(buf, value);
-            buf.push(b']');
-        }
-        buf.extend_from_slice(if call.allowed {
-            b"],\"allowed\":true,\"rule\":"
-        } else {
-            b"],\"allowed\":false,\"rule\":"
-        });
-        string(buf, &call.rule);
-        buf.extend_from_slice(b",\"reason\":");
-        match &call.reason {
-            Some(reason) => string(buf, reason),
-            None => buf.extend_from_slice(b"null"),
-        }
-        buf.extend_from_slice(b",\"status\":");
-        string(buf, &call.status);
-        buf.extend_from_slice(b",\"duration-us\":");
-        buf.extend_from_slice(itoa::Buffer::new().format(call.duration_us).as_bytes());
-        buf.push(b'}');
+    /// [`LineEncoder::append`] for an event encoded ahead
+    /// ([`EncodedCalls`]).
+    pub fn append_encoded(
+        &mut self,
+        buf: &mut Vec<u8>,
+        seq: u64,
+        ts: &[u8; STAMP_LEN],
+        prev: &[u8; 32],
+        event: &[u8],
+    ) -> [u8; 32] {
+        let start = buf.len();
+        self.header(buf, seq, ts, prev);
+        buf.extend_from_slice(event);
+        self.end(buf, start, prev)
     }
+
+    fn header(&mut self, buf: &mut Vec<u8>, seq: u64, ts: &[u8; STAMP_LEN], prev: &[u8; 32]) {
+        buf.extend_from_slice(b"{\"seq\":");
+        buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        buf.extend_from_slice(b",\"ts\":\"");
+        buf.extend_from_slice(ts);
+        buf.extend_from_slice(b"\",\"prev\":\"");
+        match &self.last {
+            Some((hash, hex)) if hash == prev => buf.extend_from_slice(hex),
+            _ => buf.extend_from_slice(&hex64(prev)),
+        }
+        buf.extend_from_slice(b"\",\"event\":");
+    }
+
+    fn end(&mut self, buf: &mut Vec<u8>, start: usize, prev: &[u8; 32]) -> [u8; 32] {
+        buf.push(b'}');
+        let hash = seal(buf, start, prev);
+        // `seal` ended the line with the hash's hex: keep it for the next
+        // record's `prev`.
+        let hex_at = buf.len() - 3 - 64;
+        let mut hex = [0u8; 64];
+        hex.copy_from_slice(&buf[hex_at..hex_at + 64]);
+        self.last = Some((hash, hex));
+        hash
+    }
+}
+
+/// A host-call event's JSON object, as `serde_json` writes it.
+fn host_call(buf: &mut Vec<u8>, call: &HostCallEvent, stamps: &mut StampCache) {
+    buf.extend_from_slice(b"{\"kind\":\"host-call\",\"invocation\":");
+    string(buf, &call.invocation);
+    buf.extend_from_slice(b",\"call\":");
+    buf.extend_from_slice(itoa::Buffer::new().format(call.call).as_bytes());
+    buf.extend_from_slice(b",\"at\":\"");
+    if call.at != 0 {
+        buf.extend_from_slice(stamps.format(call.at));
+    }
+    buf.extend_from_slice(b"\",\"interface\":");
+    string(buf, &call.interface);
+    buf.extend_from_slice(b",\"function\":");
+    string(buf, &call.function);
+    buf.extend_from_slice(b",\"args\":[");
+    for (i, (key, value)) in call.args.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.push(b'[');
+        string(buf, key);
+        buf.push(b',');
+        string(buf, value);
+        buf.push(b']');
+    }
+    buf.extend_from_slice(if call.allowed {
+        b"],\"allowed\":true,\"rule\":"
+    } else {
+        b"],\"allowed\":false,\"rule\":"
+    });
+    string(buf, &call.rule);
+    buf.extend_from_slice(b",\"reason\":");
+    match &call.reason {
+        Some(reason) => string(buf, reason),
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"status\":");
+    string(buf, &call.status);
+    buf.extend_from_slice(b",\"duration-us\":");
+    buf.extend_from_slice(itoa::Buffer::new().format(call.duration_us).as_bytes());
+    buf.push(b'}');
 }
 
 /// Hash the body `buf[start..]` (a complete JSON object) after `prev` and
@@ -98,14 +181,25 @@ pub fn seal(buf: &mut Vec<u8>, start: usize, prev: &[u8; 32]) -> [u8; 32] {
     let hash = chain_hash(prev, &buf[start..]);
     buf.pop();
     buf.extend_from_slice(HASH_SUFFIX);
-    hex_into(buf, &hash);
+    buf.extend_from_slice(&hex64(&hash));
     buf.extend_from_slice(b"\"}\n");
     hash
 }
 
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Lowercase hex of a hash.
+fn hex64(bytes: &[u8; 32]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
+    }
+    out
+}
+
 /// Lowercase hex of `bytes`, appended.
 pub fn hex_into(buf: &mut Vec<u8>, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     buf.reserve(bytes.len() * 2);
     for &b in bytes {
         buf.push(DIGITS[usize::from(b >> 4)]);
@@ -117,8 +211,20 @@ pub fn hex_into(buf: &mut Vec<u8>, bytes: &[u8]) {
 /// control characters below U+0020 (the short forms where JSON has them,
 /// else `\u00XX` with lowercase hex); everything else as it is.
 fn string(buf: &mut Vec<u8>, text: &str) {
-    buf.push(b'"');
     let bytes = text.as_bytes();
+    // Nearly every string needs no escape: one branch-free pass (which the
+    // compiler vectorizes) finds out, and the string is copied whole.
+    let needs_escape = bytes
+        .iter()
+        .fold(false, |acc, &b| acc | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if !needs_escape {
+        buf.reserve(bytes.len() + 2);
+        buf.push(b'"');
+        buf.extend_from_slice(bytes);
+        buf.push(b'"');
+        return;
+    }
+    buf.push(b'"');
     let mut plain = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if b >= 0x20 && b != b'"' && b != b'\\' {
@@ -156,10 +262,16 @@ mod tests {
         Event::HostCall(HostCallEvent {
             invocation: text.into(),
             call: n,
-            at: if n % 3 == 0 { 0 } else { 1_795_510_709_123_456 + n % 1_000_000 * 7_777_777 },
+            at: if n.is_multiple_of(3) {
+                0
+            } else {
+                1_795_510_709_123_456 + n % 1_000_000 * 7_777_777
+            },
             interface: Cow::Owned(format!("{text}/if")),
             function: Cow::Borrowed("write"),
-            args: (0..n % 4).map(|i| (Cow::Owned(format!("k{i}{text}")), format!("{text}{i}"))).collect(),
+            args: (0..n % 4)
+                .map(|i| (Cow::Owned(format!("k{i}{text}")), format!("{text}{i}")))
+                .collect(),
             allowed,
             rule: Cow::Owned(text.to_string()),
             reason: reason.map(|r| Cow::Owned(r.to_string())),
@@ -185,6 +297,19 @@ mod tests {
         };
         let (slow, slow_hash) = chain::encode(&entry, &prev).unwrap();
         let fast = &fast[b"earlier records\n".len()..];
+        // A host call encoded ahead by its own thread and framed by the
+        // writer: the same line again.
+        if let Event::HostCall(call) = &entry.event {
+            let mut ahead = EncodedCalls::default();
+            ahead.push(call);
+            ahead.push(call);
+            let events: Vec<&[u8]> = ahead.iter().collect();
+            assert_eq!(events.len(), 2);
+            let mut framed = Vec::new();
+            let framed_hash = LineEncoder::default().append_encoded(&mut framed, seq, &ts, &prev, events[1]);
+            assert_eq!(String::from_utf8_lossy(&framed), String::from_utf8_lossy(fast));
+            assert_eq!(framed_hash, hash);
+        }
         assert_eq!(
             String::from_utf8_lossy(fast),
             String::from_utf8_lossy(&slow),
@@ -243,7 +368,7 @@ mod tests {
     }
 
     #[test]
-    fn stamps_of_consecutive_records_in_other_seconds_and_days() {
+    fn consecutive_records_chain_and_carry_their_own_stamps() {
         let mut enc = LineEncoder::default();
         let mut prev = [0u8; 32];
         let mut buf = Vec::new();
@@ -259,9 +384,14 @@ mod tests {
             };
             call.at = at;
             buf.clear();
+            let before = prev;
             prev = enc
                 .append(&mut buf, 0, &crate::time::stamp(0), &prev, &Event::HostCall(call))
                 .unwrap();
+            // `prev` comes from the encoder's copy of the last hash it wrote.
+            let decoded = chain::decode(&buf[..buf.len() - 1], &before).unwrap();
+            assert_eq!(decoded.entry.prev, chain::hex(&before));
+            assert_eq!(decoded.hash, prev);
             let text = String::from_utf8(buf.clone()).unwrap();
             assert!(
                 text.contains(&format!("\"at\":\"{}\"", crate::time::rfc3339_micros(at))),

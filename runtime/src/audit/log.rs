@@ -24,7 +24,7 @@
 
 use super::chain::{self, GENESIS};
 use super::checkpoint::{Checkpoint, CheckpointKey};
-use super::encode::LineEncoder;
+use super::encode::{EncodedCalls, LineEncoder};
 use super::event::{Event, Recovered};
 use crate::time::{now_micros, stamp};
 use std::fs::File;
@@ -79,9 +79,45 @@ impl Ack {
     }
 }
 
+/// What one append writes, all or nothing, in order: host-call records
+/// encoded ahead by the invocation that made them, then events.
+#[derive(Debug, Default)]
+pub struct Records {
+    pub calls: EncodedCalls,
+    pub events: Vec<Event>,
+}
+
+impl Records {
+    pub fn len(&self) -> usize {
+        self.calls.len() + self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<Event>> for Records {
+    fn from(events: Vec<Event>) -> Records {
+        Records {
+            calls: EncodedCalls::default(),
+            events,
+        }
+    }
+}
+
+impl From<EncodedCalls> for Records {
+    fn from(calls: EncodedCalls) -> Records {
+        Records {
+            calls,
+            events: Vec::new(),
+        }
+    }
+}
+
 enum Request {
     Append {
-        events: Vec<Event>,
+        events: Records,
         /// Sync before acknowledging.
         sync: bool,
         /// Refuse the append if a write failed since this epoch (records
@@ -399,7 +435,7 @@ impl AuditLog {
             });
             tracing::warn!(target: "airlock::audit", truncated_bytes = tail.truncated, "audit log had a torn tail; repaired");
             let written = writer
-                .write_group(&mut [(vec![event], true, None)])
+                .write_group(&mut [(vec![event].into(), true, None)])
                 .into_iter()
                 .next()
                 .transpose();
@@ -443,7 +479,7 @@ impl AuditLog {
 
     /// Commit `events` (and everything queued before them) on this thread,
     /// if the writer is free; hands `events` back if it is not.
-    fn commit_here(&self, events: Vec<Event>, epoch: Option<u64>) -> Result<Result<u64, AuditError>, Vec<Event>> {
+    fn commit_here(&self, events: Records, epoch: Option<u64>) -> Result<Result<u64, AuditError>, Records> {
         let pipeline = &self.0.pipeline;
         let mut writer = match pipeline.writer.try_lock() {
             Ok(w) => w,
@@ -493,15 +529,15 @@ impl AuditLog {
 
     /// Append `events` and wait until they are on disk; returns the last
     /// sequence number.
-    pub fn append_durable(&self, events: Vec<Event>) -> Result<u64, AuditError> {
-        self.append(events, None)
+    pub fn append_durable(&self, events: impl Into<Records>) -> Result<u64, AuditError> {
+        self.append(events.into(), None)
     }
 
     /// Like [`AuditLog::append_durable`], but refused if any write failed
     /// since `epoch` (see [`AuditLog::epoch`]): records queued with
     /// [`AuditLog::append_queued`] since then may have been cut off.
-    pub fn append_durable_since(&self, events: Vec<Event>, epoch: u64) -> Result<u64, AuditError> {
-        self.append(events, Some(epoch))
+    pub fn append_durable_since(&self, events: impl Into<Records>, epoch: u64) -> Result<u64, AuditError> {
+        self.append(events.into(), Some(epoch))
     }
 
     /// Queue `events` without waiting; a later durable append syncs them,
@@ -511,7 +547,8 @@ impl AuditLog {
     /// next durable append; a batch of [`EAGER_BATCH`] or more is a group
     /// of its own, so the writer thread takes it at once and encodes,
     /// hashes and writes it while the invocation that made it goes on.
-    pub fn append_queued(&self, events: Vec<Event>) {
+    pub fn append_queued(&self, events: impl Into<Records>) {
+        let events = events.into();
         let eager = events.len() >= EAGER_BATCH;
         let _ = self.send(
             Request::Append {
@@ -547,7 +584,7 @@ impl AuditLog {
         self.0.shared.epoch.load(Ordering::Acquire)
     }
 
-    fn append(&self, events: Vec<Event>, expect_epoch: Option<u64>) -> Result<u64, AuditError> {
+    fn append(&self, events: Records, expect_epoch: Option<u64>) -> Result<u64, AuditError> {
         let events = match self.commit_here(events, expect_epoch) {
             Ok(result) => return result,
             Err(events) => events,
@@ -568,7 +605,12 @@ impl AuditLog {
     /// [`AuditLog::append_durable_since`] for async callers: the task waits
     /// without holding a thread, and the writer wakes it when the group is
     /// synced.
-    pub async fn append_durable_async(&self, events: Vec<Event>, epoch: Option<u64>) -> Result<u64, AuditError> {
+    pub async fn append_durable_async(
+        &self,
+        events: impl Into<Records>,
+        epoch: Option<u64>,
+    ) -> Result<u64, AuditError> {
+        let events = events.into();
         // With the writer free, this task commits itself: it holds its
         // thread for one write and sync, which costs less than handing the
         // group to the writer thread and being woken by it.
@@ -968,7 +1010,7 @@ impl Writer {
     /// Write every append of a group, syncing once if any asked for
     /// durability. Returns each append's last sequence number, or why it
     /// failed.
-    fn write_group(&mut self, appends: &mut [(Vec<Event>, bool, Option<u64>)]) -> Vec<Result<u64, AuditError>> {
+    fn write_group(&mut self, appends: &mut [(Records, bool, Option<u64>)]) -> Vec<Result<u64, AuditError>> {
         let epoch = self.shared.epoch.load(Ordering::Acquire);
         let results: Vec<Option<Result<u64, AuditError>>> = vec![None; appends.len()];
         if self.poisoned {
@@ -987,7 +1029,7 @@ impl Writer {
 
     fn write_locked(
         &mut self,
-        appends: &mut [(Vec<Event>, bool, Option<u64>)],
+        appends: &mut [(Records, bool, Option<u64>)],
         epoch: u64,
         mut results: Vec<Option<Result<u64, AuditError>>>,
     ) -> Vec<Result<u64, AuditError>> {
@@ -1017,7 +1059,13 @@ impl Writer {
             // All of an append's records, or none of them.
             let (mark_len, mark_seq, mark_head) = (buf.len(), self.next_seq, self.head);
             let mut failed = None;
-            for event in events.drain(..) {
+            for call in events.calls.iter() {
+                self.head = self
+                    .encoder
+                    .append_encoded(&mut buf, self.next_seq, &ts, &self.head, call);
+                self.next_seq += 1;
+            }
+            for event in events.events.drain(..) {
                 match self.encoder.append(&mut buf, self.next_seq, &ts, &self.head, &event) {
                     Ok(hash) => {
                         self.head = hash;
@@ -1309,7 +1357,10 @@ mod tests {
         assert_eq!(seq, CHECKPOINT_EVERY - 1);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while last_checkpoint(&dir.join(CHECKPOINTS_FILE)).is_none_or(|c| c.seq != seq) {
-            assert!(std::time::Instant::now() < deadline, "the writer thread signed no checkpoint");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer thread signed no checkpoint"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         drop(log);
@@ -1323,7 +1374,7 @@ mod tests {
         let log = AuditLog::open(dir)?;
         log.append_durable(vec![event(0)])?;
         // A batch big enough to be written at once, without a sync.
-        log.append_queued((1..=EAGER_BATCH as u64).map(event).collect());
+        log.append_queued((1..=EAGER_BATCH as u64).map(event).collect::<Vec<_>>());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while lines(dir).len() < 1 + EAGER_BATCH {
             assert!(std::time::Instant::now() < deadline, "the batch was not written");
@@ -1332,7 +1383,11 @@ mod tests {
         let (syncs, _) = log.sync_stats();
         let cp = log.checkpoint()?.ok_or_else(|| log.unavailable("no checkpoint"))?;
         assert_eq!(cp.seq, EAGER_BATCH as u64, "the checkpoint covers the batch");
-        assert_eq!(log.sync_stats().0, syncs + 1, "the batch was synced before it was signed");
+        assert_eq!(
+            log.sync_stats().0,
+            syncs + 1,
+            "the batch was synced before it was signed"
+        );
         drop(log);
         Ok(())
     }

@@ -13,8 +13,8 @@
 //!   whole log (derived, caught up by readers, checked against the log).
 
 pub mod chain;
-pub mod encode;
 pub mod checkpoint;
+pub mod encode;
 pub mod event;
 pub mod index;
 pub mod log;

@@ -201,11 +201,8 @@ impl preopens::Host for AuditedFs<'_> {
                 self.paths.insert(fd.rep(), String::new());
             }
         }
-        self.calls.finish(
-            seq,
-            if result.is_ok() { "ok" } else { "error" },
-            started.elapsed(),
-        );
+        self.calls
+            .finish(seq, if result.is_ok() { "ok" } else { "error" }, started.elapsed());
         result
     }
 }

@@ -201,9 +201,9 @@ impl PreparedAction {
         let mut report =
             tracing::Instrument::instrument(self.run(sig, params, started, &invocation, host_calls.clone()), span)
                 .await;
-        let (mut events, epoch) = host_calls.close_audit();
-        events.push(self.finished_event(&report, args));
-        if let Err(e) = self.audit.append_durable_async(events, epoch).await {
+        let (mut records, epoch) = host_calls.close_audit();
+        records.events.push(self.finished_event(&report, args));
+        if let Err(e) = self.audit.append_durable_async(records, epoch).await {
             report.outcome = Err(Error::AuditUnavailable(format!(
                 "the action ran, but its audit records could not be written ({e}); its result is withheld"
             )));
