@@ -190,7 +190,7 @@ const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Longest time a record queued without waiting stays in memory before the
 /// writer thread writes it (unsynced) on its own.
-const LAZY_COMMIT: std::time::Duration = std::time::Duration::from_millis(2);
+pub const LAZY_COMMIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Pipeline {
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -283,6 +283,10 @@ impl Drop for Inner {
 impl Inner {
     /// Queue `request`; an `urgent` one wakes the writer thread at once.
     fn push(&self, request: Request, urgent: bool) -> Result<(), ()> {
+        self.push_as(request, if urgent { Wake::Now } else { Wake::Soon })
+    }
+
+    fn push_as(&self, request: Request, wake: Wake) -> Result<(), ()> {
         let mut queue = self.pipeline.queue();
         if queue.closed {
             return Err(());
@@ -291,8 +295,10 @@ impl Inner {
         queue.requests.push(request);
         // The thread sleeps until the checkpoint is due while the queue is
         // empty: the first request wakes it (to wait LAZY_COMMIT for
-        // company, or to commit at once if urgent).
-        let wake = (urgent && !queue.urgent) || was_empty;
+        // company, or to commit at once if urgent), unless its caller
+        // takes care of that itself.
+        let urgent = wake == Wake::Now;
+        let wake = (urgent && !queue.urgent) || (was_empty && wake == Wake::Soon);
         queue.urgent |= urgent;
         drop(queue);
         if wake {
@@ -300,6 +306,18 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// How a queued request wakes the writer thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// Commit at once: someone waits.
+    Now,
+    /// Within [`LAZY_COMMIT`], unless a durable append takes it first.
+    Soon,
+    /// Not at all: the caller follows with a durable append, or calls
+    /// [`AuditLog::write_queued`].
+    Caller,
 }
 
 /// Logs open in this process, so two runtimes on one data directory share
@@ -559,6 +577,38 @@ impl AuditLog {
             },
             eager,
         );
+    }
+
+    /// Queue `events` to ride along with the caller's next durable append,
+    /// without waking the writer thread: on the path of every invocation,
+    /// that wake-up costs a futex call, and the woken thread on the other
+    /// core makes every TLB shootdown of the invocation an interrupt to
+    /// it. A caller that may not append again soon calls
+    /// [`AuditLog::write_queued`].
+    pub fn append_deferred(&self, events: impl Into<Records>) {
+        let _ = self.0.push_as(
+            Request::Append {
+                events: events.into(),
+                sync: false,
+                expect_epoch: None,
+                ack: None,
+            },
+            Wake::Caller,
+        );
+    }
+
+    /// Have the writer thread write what is queued now (without syncing
+    /// it), for records queued with [`AuditLog::append_deferred`] that
+    /// have waited long enough.
+    pub fn write_queued(&self) {
+        let pipeline = &self.0.pipeline;
+        let mut queue = pipeline.queue();
+        if queue.requests.is_empty() || queue.urgent {
+            return;
+        }
+        queue.urgent = true;
+        drop(queue);
+        pipeline.ready.notify_one();
     }
 
     /// (syncs issued, durable appends acknowledged) since open: with group

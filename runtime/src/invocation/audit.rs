@@ -25,6 +25,13 @@ pub fn new_invocation_id() -> String {
 
 /// The caller of a local (command-line) invocation: `local:USER`.
 pub fn local_caller() -> String {
+    // The operator does not change while the process runs; looked up once
+    // (it is on every local invocation's path).
+    static LOCAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LOCAL.get_or_init(lookup_local_caller).clone()
+}
+
+fn lookup_local_caller() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .ok()

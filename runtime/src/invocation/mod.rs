@@ -169,7 +169,8 @@ impl PreparedAction {
             }
         };
         let start = self.started_event(&invocation, caller, function, args, approval);
-        let epoch = if self.policy.grants.reach_outside() || !self.audit.is_healthy() {
+        let deferred = !(self.policy.grants.reach_outside() || !self.audit.is_healthy());
+        let epoch = if !deferred {
             // Durable before the action can touch anything outside. (A log
             // known to be failing also takes this path: the write retries
             // it, refuses the run if it still fails, heals it if not.)
@@ -182,9 +183,11 @@ impl PreparedAction {
             // returned, and that waits for the closing append, which syncs
             // the start with it: one sync per invocation instead of two. The
             // epoch is read first, so a failure writing the start withholds
-            // the result.
+            // the result. The writer thread is not woken for it: a short
+            // run's closing append takes it along, and a longer run has it
+            // written after LAZY_COMMIT (below).
             let epoch = self.audit.epoch();
-            self.audit.append_queued(vec![start]);
+            self.audit.append_deferred(vec![start]);
             epoch
         };
         let span = tracing::info_span!(
@@ -198,9 +201,20 @@ impl PreparedAction {
         if let Some(gate) = self.gate_for(&invocation, caller, function, args) {
             host_calls.set_gate(gate);
         }
-        let mut report =
-            tracing::Instrument::instrument(self.run(sig, params, started, &invocation, host_calls.clone()), span)
-                .await;
+        let run = tracing::Instrument::instrument(self.run(sig, params, started, &invocation, host_calls.clone()), span);
+        let mut report = if deferred {
+            let mut run = std::pin::pin!(run);
+            tokio::select! {
+                biased;
+                report = &mut run => report,
+                () = tokio::time::sleep(crate::audit::log::LAZY_COMMIT) => {
+                    self.audit.write_queued();
+                    run.await
+                }
+            }
+        } else {
+            run.await
+        };
         let (mut records, epoch) = host_calls.close_audit();
         records.events.push(self.finished_event(&report, args));
         if let Err(e) = self.audit.append_durable_async(records, epoch).await {
