@@ -55,10 +55,7 @@ fn quantile(values: &mut [f64], q: f64) -> f64 {
 }
 
 fn main() {
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(2000);
+    let rounds: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

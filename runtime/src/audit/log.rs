@@ -160,6 +160,9 @@ struct Inner {
 /// `writer` before `queue`, so whoever holds the writer takes the queue in
 /// arrival order and nothing queued is written out of order.
 struct Pipeline {
+    /// Rounds of the writer thread's loop (for tests: an idle writer
+    /// thread sleeps).
+    wakeups: std::sync::atomic::AtomicU64,
     queue: Mutex<Queue>,
     /// Signalled when a request is queued (or the log closes).
     ready: std::sync::Condvar,
@@ -221,6 +224,7 @@ impl Pipeline {
             // Sleep until work arrives, or the oldest unsigned record is an
             // interval old.
             let wait = self.writer().checkpoint_wait();
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
             {
                 let mut queue = self.queue();
                 loop {
@@ -464,6 +468,7 @@ impl AuditLog {
         }
         writer.unlock();
         let pipeline = Arc::new(Pipeline {
+            wakeups: std::sync::atomic::AtomicU64::new(0),
             queue: Mutex::new(Queue::default()),
             ready: std::sync::Condvar::new(),
             writer: Mutex::new(writer),
@@ -953,7 +958,7 @@ impl Writer {
     /// How long the writer thread may sleep before a checkpoint is due.
     fn checkpoint_wait(&self) -> std::time::Duration {
         let since = self.last_checkpoint_at.elapsed();
-        if self.many_unsigned() {
+        let wait = if self.many_unsigned() {
             CHECKPOINT_MIN_GAP.saturating_sub(since)
         } else if self.unsigned_records() {
             self.checkpoint_interval.saturating_sub(since)
@@ -961,6 +966,13 @@ impl Writer {
             // Records committed by other threads meanwhile do not wake the
             // writer thread: it looks again within one interval.
             self.checkpoint_interval
+        };
+        // A checkpoint that cannot be written (disk full, directory gone)
+        // is tried again after CHECKPOINT_RETRY; until then the thread
+        // sleeps instead of waking to find it may not try yet.
+        match self.checkpoint_failed_at {
+            Some(failed) => wait.max(CHECKPOINT_RETRY.saturating_sub(failed.elapsed())),
+            None => wait,
         }
     }
 
@@ -1207,7 +1219,13 @@ impl Writer {
                     self.shared.syncs.fetch_add(1, Ordering::AcqRel);
                 }
                 Err(e) => {
+                    // The next durable append syncs again and deals with
+                    // the failure; the checkpoint waits for it.
                     tracing::warn!(target: "airlock::audit", error = %e, "cannot sync the audit log for a checkpoint");
+                    return Err(AuditError::Unavailable {
+                        path: self.path.display().to_string(),
+                        reason: format!("cannot sync the log for a checkpoint: {e}"),
+                    });
                 }
             }
         }
@@ -1439,6 +1457,26 @@ mod tests {
             "the batch was synced before it was signed"
         );
         drop(log);
+        Ok(())
+    }
+
+    #[test]
+    fn a_checkpoint_that_cannot_be_written_does_not_keep_the_writer_awake() -> Result<(), AuditError> {
+        let tmp = tempdir()?;
+        let dir = tmp.path();
+        let log = AuditLog::open(dir)?;
+        // The checkpoints file cannot be opened for appending: every
+        // checkpoint fails (as on a full disk, or a deleted directory).
+        std::fs::create_dir(dir.join(CHECKPOINTS_FILE)).map_err(|e| log.unavailable(&e.to_string()))?;
+        log.append_durable((0..CHECKPOINT_EVERY + 1).map(event).collect::<Vec<_>>())?;
+        std::thread::sleep(CHECKPOINT_MIN_GAP);
+        let before = log.0.pipeline.wakeups.load(Ordering::Relaxed);
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let woken = log.0.pipeline.wakeups.load(Ordering::Relaxed) - before;
+        // One attempt per CHECKPOINT_RETRY, not a busy loop.
+        assert!(woken <= 6, "the writer thread woke {woken} times in 2 s");
+        assert!(log.is_healthy(), "a missing checkpoint does not stop the log");
+        log.append_durable(vec![event(7)])?;
         Ok(())
     }
 

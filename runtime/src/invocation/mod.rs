@@ -201,7 +201,8 @@ impl PreparedAction {
         if let Some(gate) = self.gate_for(&invocation, caller, function, args) {
             host_calls.set_gate(gate);
         }
-        let run = tracing::Instrument::instrument(self.run(sig, params, started, &invocation, host_calls.clone()), span);
+        let run =
+            tracing::Instrument::instrument(self.run(sig, params, started, &invocation, host_calls.clone()), span);
         let mut report = if deferred {
             let mut run = std::pin::pin!(run);
             tokio::select! {
