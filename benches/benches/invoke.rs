@@ -20,10 +20,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use airlock::action::PreparedAction;
-use airlock::capabilities::Grants;
-use airlock::capabilities::log::LogGrant;
-use airlock::policy::{ActionPolicy, Limits, RuntimeSettings};
-use airlock::runtime::Runtime;
+use airlock::policy::RuntimeSettings;
 use airlock_benches::bare::BareHost;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
@@ -31,32 +28,6 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::Val;
-
-struct Airlock {
-    /// Kept for the life of the benchmark: it owns the audit log.
-    _runtime: Runtime,
-    action: Arc<PreparedAction>,
-}
-
-fn airlock(settings: &RuntimeSettings, name: &str, grants: Grants) -> Airlock {
-    let mut runtime = Runtime::new(settings).unwrap();
-    let limits = Limits {
-        max_log_bytes: 1 << 30,
-        ..Limits::default()
-    };
-    let action = runtime
-        .prepare(ActionPolicy::ad_hoc(
-            name,
-            airlock_benches::component(name),
-            grants,
-            limits,
-        ))
-        .unwrap();
-    Airlock {
-        _runtime: runtime,
-        action,
-    }
-}
 
 fn invoke_ok(action: &PreparedAction, rt: &tokio::runtime::Runtime, function: &str, args: &Value) {
     let report = rt.block_on(action.invoke(function, args));
@@ -101,11 +72,7 @@ fn benches(c: &mut Criterion) {
         data_dir: data.path().to_path_buf(),
         max_concurrent_instances: 32,
     };
-    let log_grant = Grants {
-        log: Some(LogGrant),
-        ..Grants::default()
-    };
-    let bench = airlock(&settings, "bench_component", log_grant);
+    let bench = airlock_benches::airlock_bench_action(&settings);
     let bare = BareHost::new(&settings, &airlock_benches::component("bench_component")).unwrap();
     let noop = bare.export("noop").unwrap();
     let log_lines = bare.export("log-lines").unwrap();

@@ -20,10 +20,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use airlock::capabilities::Grants;
-use airlock::capabilities::log::LogGrant;
-use airlock::policy::{ActionPolicy, Limits, RuntimeSettings};
-use airlock::runtime::Runtime;
+use airlock::policy::RuntimeSettings;
 use airlock_benches::bare::BareHost;
 use serde_json::json;
 use std::io::Write as _;
@@ -65,21 +62,8 @@ fn main() {
         data_dir: data.path().to_path_buf(),
         max_concurrent_instances: 32,
     };
-    let mut runtime = Runtime::new(&settings).unwrap();
-    let action = runtime
-        .prepare(ActionPolicy::ad_hoc(
-            "bench_component",
-            airlock_benches::component("bench_component"),
-            Grants {
-                log: Some(LogGrant),
-                ..Grants::default()
-            },
-            Limits {
-                max_log_bytes: 1 << 30,
-                ..Limits::default()
-            },
-        ))
-        .unwrap();
+    let airlock = airlock_benches::airlock_bench_action(&settings);
+    let action = &airlock.action;
     let bare = BareHost::new(&settings, &airlock_benches::component("bench_component")).unwrap();
     let noop = bare.export("noop").unwrap();
     let log_lines = bare.export("log-lines").unwrap();
@@ -175,5 +159,5 @@ fn main() {
         per_call(ours_cpu),
         per_call(ours_cpu) - per_call(bare_cpu)
     );
-    drop(runtime);
+    drop(airlock);
 }

@@ -6,7 +6,13 @@
 //!   airlock's engine settings.
 //! - [`http1`]: the load generator's keep-alive HTTP/1.1 client.
 
+use airlock::action::PreparedAction;
+use airlock::capabilities::Grants;
+use airlock::capabilities::log::LogGrant;
+use airlock::policy::{ActionPolicy, Limits, RuntimeSettings};
+use airlock::runtime::Runtime;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub mod bare;
 pub mod http1;
@@ -27,4 +33,30 @@ pub fn component(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// An action prepared by a runtime of its own.
+pub struct Airlock {
+    /// Kept for the life of the benchmark: it owns the audit log.
+    pub runtime: Runtime,
+    pub action: Arc<PreparedAction>,
+}
+
+/// The bench component as airlock runs it in the benchmarks: `log`
+/// granted, a log cap no benchmark reaches, in a fresh data directory.
+pub fn airlock_bench_action(settings: &RuntimeSettings) -> Airlock {
+    let mut runtime = Runtime::new(settings).expect("a runtime on the benchmark's data directory");
+    let grants = Grants {
+        log: Some(LogGrant),
+        ..Grants::default()
+    };
+    let limits = Limits {
+        max_log_bytes: 1 << 30,
+        ..Limits::default()
+    };
+    let name = "bench_component";
+    let action = runtime
+        .prepare(ActionPolicy::ad_hoc(name, component(name), grants, limits))
+        .expect("the bench component prepares");
+    Airlock { runtime, action }
 }

@@ -223,7 +223,12 @@ impl Pipeline {
         loop {
             // Sleep until work arrives, or the oldest unsigned record is an
             // interval old.
-            let wait = self.writer().checkpoint_wait();
+            let wait = {
+                let mut writer = self.writer();
+                let wait = writer.checkpoint_wait();
+                writer.sleeps_until = Some(std::time::Instant::now() + wait);
+                wait
+            };
             self.wakeups.fetch_add(1, Ordering::Relaxed);
             {
                 let mut queue = self.queue();
@@ -246,6 +251,7 @@ impl Pipeline {
                 }
             }
             let mut writer = self.writer();
+            writer.sleeps_until = None;
             let group = {
                 let mut queue = self.queue();
                 queue.urgent = false;
@@ -448,6 +454,7 @@ impl AuditLog {
             recovered: None,
             encoder: LineEncoder::default(),
             buf: Vec::new(),
+            sleeps_until: None,
         };
         if tail.truncated > 0 {
             let event = Event::Recovered(Recovered {
@@ -525,8 +532,14 @@ impl AuditLog {
         });
         let ours = writer.commit(group, Committer::Appender).pop().flatten();
         // A checkpoint that fell due is the writer thread's to sign: this
-        // thread has an invocation waiting for its result.
-        if writer.checkpoint_due() {
+        // thread has an invocation waiting for its result. The thread is
+        // also woken if it sleeps past the moment one falls due (it chose
+        // its sleep before these records).
+        let due_before_it_wakes = writer
+            .checkpoint_due_at()
+            .is_some_and(|due| writer.sleeps_until.is_some_and(|wakes| wakes > due + LAZY_COMMIT));
+        if writer.checkpoint_due() || due_before_it_wakes {
+            writer.sleeps_until = None;
             drop(writer);
             pipeline.queue().urgent = true;
             pipeline.ready.notify_one();
@@ -906,6 +919,8 @@ struct Writer {
     encoder: LineEncoder,
     /// The group buffer, kept between groups so its pages stay mapped.
     buf: Vec<u8>,
+    /// When the writer thread, asleep, wakes by itself.
+    sleeps_until: Option<std::time::Instant>,
 }
 
 impl Writer {
@@ -973,6 +988,17 @@ impl Writer {
         match self.checkpoint_failed_at {
             Some(failed) => wait.max(CHECKPOINT_RETRY.saturating_sub(failed.elapsed())),
             None => wait,
+        }
+    }
+
+    /// When a checkpoint falls due with no further records, if any is to.
+    fn checkpoint_due_at(&self) -> Option<std::time::Instant> {
+        if self.many_unsigned() {
+            Some(self.last_checkpoint_at + CHECKPOINT_MIN_GAP)
+        } else if self.unsigned_records() {
+            Some(self.last_checkpoint_at + self.checkpoint_interval)
+        } else {
+            None
         }
     }
 
@@ -1292,6 +1318,15 @@ mod tests {
         })
     }
 
+    /// Wait up to 10 s for `done`, failing with `what` if it never holds.
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     fn lines(dir: &Path) -> Vec<String> {
         std::fs::read_to_string(dir.join(LOG_FILE))
             .unwrap_or_default()
@@ -1423,14 +1458,9 @@ mod tests {
         // makes a checkpoint due, which this append does not wait for.
         let seq = log.append_durable(events)?;
         assert_eq!(seq, CHECKPOINT_EVERY - 1);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while last_checkpoint(&dir.join(CHECKPOINTS_FILE)).is_none_or(|c| c.seq != seq) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the writer thread signed no checkpoint"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_until("the writer thread signed no checkpoint", || {
+            last_checkpoint(&dir.join(CHECKPOINTS_FILE)).is_some_and(|c| c.seq == seq)
+        });
         drop(log);
         Ok(())
     }
@@ -1443,11 +1473,7 @@ mod tests {
         log.append_durable(vec![event(0)])?;
         // A batch big enough to be written at once, without a sync.
         log.append_queued((1..=EAGER_BATCH as u64).map(event).collect::<Vec<_>>());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while lines(dir).len() < 1 + EAGER_BATCH {
-            assert!(std::time::Instant::now() < deadline, "the batch was not written");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_until("the batch was not written", || lines(dir).len() > EAGER_BATCH);
         let (syncs, _) = log.sync_stats();
         let cp = log.checkpoint()?.ok_or_else(|| log.unavailable("no checkpoint"))?;
         assert_eq!(cp.seq, EAGER_BATCH as u64, "the checkpoint covers the batch");
