@@ -148,7 +148,7 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     // 4. The M1 figure: a record in, a record out.
-    let hello = airlock(&settings, "hello", Grants::default());
+    let hello = airlock_benches::airlock_action(&settings, "hello", Default::default());
     let bare_hello = BareHost::new(&settings, &airlock_benches::component("hello")).unwrap();
     let greet = bare_hello.export("greet").unwrap();
     let who = Val::Record(vec![

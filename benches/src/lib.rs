@@ -43,20 +43,25 @@ pub struct Airlock {
 }
 
 /// The bench component as airlock runs it in the benchmarks: `log`
-/// granted, a log cap no benchmark reaches, in a fresh data directory.
+/// granted, in a fresh data directory.
 pub fn airlock_bench_action(settings: &RuntimeSettings) -> Airlock {
-    let mut runtime = Runtime::new(settings).expect("a runtime on the benchmark's data directory");
     let grants = Grants {
         log: Some(LogGrant),
         ..Grants::default()
     };
+    airlock_action(settings, "bench_component", grants)
+}
+
+/// Component `name` prepared by a runtime of its own with `grants` and a
+/// log cap no benchmark reaches.
+pub fn airlock_action(settings: &RuntimeSettings, name: &str, grants: Grants) -> Airlock {
+    let mut runtime = Runtime::new(settings).expect("a runtime on the benchmark's data directory");
     let limits = Limits {
         max_log_bytes: 1 << 30,
         ..Limits::default()
     };
-    let name = "bench_component";
     let action = runtime
         .prepare(ActionPolicy::ad_hoc(name, component(name), grants, limits))
-        .expect("the bench component prepares");
+        .expect("the component prepares");
     Airlock { runtime, action }
 }
