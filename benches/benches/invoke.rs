@@ -20,11 +20,9 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use airlock::action::PreparedAction;
-use airlock::policy::RuntimeSettings;
 use airlock_benches::bare::BareHost;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::Val;
@@ -63,17 +61,13 @@ where
 }
 
 fn benches(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let settings = RuntimeSettings {
-        data_dir: data.path().to_path_buf(),
-        max_concurrent_instances: 32,
-    };
-    let bench = airlock_benches::airlock_bench_action(&settings);
-    let bare = BareHost::new(&settings, &airlock_benches::component("bench_component")).unwrap();
+    let airlock_benches::InProcess {
+        rt,
+        data,
+        settings,
+        airlock: bench,
+        bare,
+    } = airlock_benches::InProcess::new();
     let noop = bare.export("noop").unwrap();
     let log_lines = bare.export("log-lines").unwrap();
     let no_args = json!({});
@@ -85,17 +79,11 @@ fn benches(c: &mut Criterion) {
     });
     // The same, plus what durability costs at least: one small append and
     // fdatasync on the disk the audit log is on.
-    let mut sync_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data.path().join("fsync-baseline"))
-        .unwrap();
-    let record = [b'x'; 400];
+    let mut append_and_sync = airlock_benches::fsync_baseline(data.path());
     group.bench_function("bare-wasmtime+fdatasync", |b| {
         b.iter(|| {
             rt.block_on(bare.call(noop, &[], 0)).unwrap();
-            sync_file.write_all(&record).unwrap();
-            sync_file.sync_data().unwrap();
+            append_and_sync();
         });
     });
     group.bench_function("airlock", |b| {

@@ -20,10 +20,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use airlock::policy::RuntimeSettings;
-use airlock_benches::bare::BareHost;
 use serde_json::json;
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 use wasmtime::component::Val;
 
@@ -53,26 +50,17 @@ fn quantile(values: &mut [f64], q: f64) -> f64 {
 
 fn main() {
     let rounds: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let settings = RuntimeSettings {
-        data_dir: data.path().to_path_buf(),
-        max_concurrent_instances: 32,
-    };
-    let airlock = airlock_benches::airlock_bench_action(&settings);
+    let airlock_benches::InProcess {
+        rt,
+        data,
+        airlock,
+        bare,
+        ..
+    } = airlock_benches::InProcess::new();
     let action = &airlock.action;
-    let bare = BareHost::new(&settings, &airlock_benches::component("bench_component")).unwrap();
     let noop = bare.export("noop").unwrap();
     let log_lines = bare.export("log-lines").unwrap();
-    let mut sync_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data.path().join("fsync-baseline"))
-        .unwrap();
-    let record = [b'x'; 400];
+    let mut append_and_sync = airlock_benches::fsync_baseline(data.path());
 
     let airlock_call = |function: &str, args: &serde_json::Value| {
         let report = rt.block_on(action.invoke(function, args));
@@ -80,8 +68,7 @@ fn main() {
     };
     let mut baseline_noop = || {
         rt.block_on(bare.call(noop, &[], 0)).unwrap();
-        sync_file.write_all(&record).unwrap();
-        sync_file.sync_data().unwrap();
+        append_and_sync();
     };
     let time = |f: &mut dyn FnMut()| {
         let start = Instant::now();

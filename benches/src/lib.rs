@@ -11,7 +11,8 @@ use airlock::capabilities::Grants;
 use airlock::capabilities::log::LogGrant;
 use airlock::policy::{ActionPolicy, Limits, RuntimeSettings};
 use airlock::runtime::Runtime;
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod bare;
@@ -64,4 +65,60 @@ pub fn airlock_action(settings: &RuntimeSettings, name: &str, grants: Grants) ->
         .prepare(ActionPolicy::ad_hoc(name, component(name), grants, limits))
         .expect("the component prepares");
     Airlock { runtime, action }
+}
+
+/// What the in-process benchmarks share: a multi-threaded tokio runtime, a
+/// fresh data directory, airlock's bench action and bare wasmtime on the
+/// same component and engine settings.
+pub struct InProcess {
+    pub rt: tokio::runtime::Runtime,
+    pub data: tempfile::TempDir,
+    pub settings: RuntimeSettings,
+    pub airlock: Airlock,
+    pub bare: bare::BareHost,
+}
+
+impl InProcess {
+    pub fn new() -> InProcess {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let data = tempfile::tempdir().expect("a temporary data directory");
+        let settings = RuntimeSettings {
+            data_dir: data.path().to_path_buf(),
+            max_concurrent_instances: 32,
+        };
+        let airlock = airlock_bench_action(&settings);
+        let bare = bare::BareHost::new(&settings, &component("bench_component")).expect("bare wasmtime");
+        InProcess {
+            rt,
+            data,
+            settings,
+            airlock,
+            bare,
+        }
+    }
+}
+
+impl Default for InProcess {
+    fn default() -> InProcess {
+        InProcess::new()
+    }
+}
+
+/// The least that durability costs: one 400-byte append and `fdatasync`
+/// of a file in `dir` (the audit log's directory, so the same disk), each
+/// time the returned function is called.
+pub fn fsync_baseline(dir: &Path) -> impl FnMut() {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("fsync-baseline"))
+        .expect("the fsync baseline's file");
+    let record = [b'x'; 400];
+    move || {
+        file.write_all(&record).expect("append");
+        file.sync_data().expect("fdatasync");
+    }
 }
