@@ -311,7 +311,7 @@ impl HostCalls {
         if let Some(tap) = &mut inner.tap
             && !tap.pending.is_empty()
         {
-            tap.log.append_queued(tap.pending.take());
+            tap.log.append_queued_since(tap.pending.take(), tap.epoch);
         }
     }
 
@@ -417,7 +417,7 @@ impl AuditTap {
     fn push(&mut self, event: &HostCallEvent) {
         self.pending.push(event);
         if self.pending.len() >= AUDIT_CHUNK {
-            self.log.append_queued(self.pending.take());
+            self.log.append_queued_since(self.pending.take(), self.epoch);
         }
     }
 }

@@ -184,8 +184,10 @@ impl PreparedAction {
             // the start with it: one sync per invocation instead of two. The
             // epoch is read first, so a failure writing the start withholds
             // the result. The writer thread is not woken for it: a short
-            // run's closing append takes it along, and a longer run has it
-            // written after LAZY_COMMIT (below).
+            // run's closing append takes it along, and a run still going
+            // after LAZY_COMMIT has it written at its next await (a guest
+            // that computes without host calls gets it written with its
+            // first chunk of host-call records or its close).
             let epoch = self.audit.epoch();
             self.audit.append_deferred(vec![start]);
             epoch
