@@ -191,8 +191,9 @@ pub const EAGER_BATCH: usize = 64;
 /// How long after a failed checkpoint the next attempt waits.
 const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Longest time a record queued without waiting stays in memory before the
-/// writer thread writes it (unsynced) on its own.
+/// Longest time a record queued with [`AuditLog::append_queued`] stays in
+/// memory before the writer thread writes it (unsynced) on its own; records
+/// queued with [`AuditLog::append_deferred`] wait for their caller instead.
 pub const LAZY_COMMIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Pipeline {
