@@ -288,11 +288,13 @@ impl SqliteStore {
 ///
 /// Two statements, not one with `?1 IS NULL OR state = ?1`: SQLite cannot
 /// use an index for that condition, so every call scanned and sorted the
-/// whole table, under the store's lock. The approval sweeper lists by
-/// state four times a second, so the service stalled longer the more
-/// invocations it had run (p99 at 64 clients grew from 25 ms to over
-/// 100 ms within 15 s). Each statement here is served by an index
-/// (`*_by_state`, `*_by_time`) and stops after `limit` rows.
+/// whole table, under the store's lock. The approval sweeper, twice a
+/// second, lists invocations in two states twice over, so the service
+/// stalled longer the more invocations it had run (p99 at 64 clients grew
+/// from 25 ms to over 100 ms within 15 s). Each statement here reads its
+/// rows through an index (`*_by_state`, `*_by_time`) in `created_at`
+/// order and stops after `limit` rows (rows with equal `created_at` are
+/// still sorted by `id` among themselves).
 struct Newest {
     all: &'static str,
     in_state: &'static str,
@@ -761,6 +763,35 @@ mod tests {
         Ok(())
     }
 
+    fn approval(id: &str, state: ApprovalState, created_at: u64) -> ApprovalRecord {
+        ApprovalRecord {
+            id: id.into(),
+            kind: crate::store::ApprovalKind::Invocation,
+            state,
+            action: "a".into(),
+            function: "f".into(),
+            caller: "bot".into(),
+            caller_kind: IdentityKind::Agent,
+            service_identity: "svc".into(),
+            component_digest: "d".into(),
+            args: serde_json::json!({}),
+            binding: "b".into(),
+            config_version: "v".into(),
+            rule: "r".into(),
+            subject: serde_json::json!({}),
+            capabilities: vec![],
+            quorum: 1,
+            approvers: vec![],
+            created_at,
+            expires_at: created_at + 1,
+            decided_at: None,
+            reason: None,
+            invocation: format!("inv-of-{id}"),
+            owner: None,
+            decisions: vec![],
+        }
+    }
+
     /// The `detail` column of an `EXPLAIN QUERY PLAN` row.
     fn plan_detail(row: &rusqlite::Row<'_>) -> rusqlite::Result<String> {
         row.get(3)
@@ -820,6 +851,26 @@ mod tests {
         assert_eq!(
             ids(store.invocations(Some(InvocationStatus::Running), 10)?),
             Vec::<String>::new()
+        );
+        // Equal times: by id.
+        for id in ["tie-b", "tie-a"] {
+            let mut row = run(id, InvocationStatus::Succeeded);
+            row.created_at = 200;
+            store.record_run(&row)?;
+        }
+        assert_eq!(ids(store.invocations(None, 3)?), ["tie-a", "tie-b", "inv-9"]);
+
+        for (i, state) in [ApprovalState::Pending, ApprovalState::Denied, ApprovalState::Pending]
+            .into_iter()
+            .enumerate()
+        {
+            store.insert_approval(&approval(&format!("ap-{i}"), state, 10 + i as u64))?;
+        }
+        let ids = |rows: Vec<ApprovalRecord>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.approvals(None, 2)?), ["ap-2", "ap-1"]);
+        assert_eq!(
+            ids(store.approvals(Some(ApprovalState::Pending), 10)?),
+            ["ap-2", "ap-0"]
         );
         Ok(())
     }
