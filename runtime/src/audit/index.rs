@@ -20,7 +20,7 @@ use super::chain::{self, GENESIS, Record};
 use super::event::Event;
 use super::log::LOG_FILE;
 use super::query::Filter;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom};
 use std::path::Path;
@@ -164,11 +164,17 @@ impl Index {
     }
 
     fn position(conn: &Connection) -> rusqlite::Result<Position> {
-        let get = |key: &str| -> rusqlite::Result<Option<String>> {
-            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-                .optional()
-        };
-        let (Some(len), Some(next_seq), Some(head)) = (get("len")?, get("next-seq")?, get("head")?) else {
+        // One statement, so one snapshot: read key by key, another
+        // process's catch-up could commit in between, and a position mixed
+        // from two would not match the log and make this one rebuild.
+        let (len, next_seq, head): (Option<String>, Option<String>, Option<String>) = conn.query_row(
+            "SELECT (SELECT value FROM meta WHERE key = 'len'), \
+                    (SELECT value FROM meta WHERE key = 'next-seq'), \
+                    (SELECT value FROM meta WHERE key = 'head')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let (Some(len), Some(next_seq), Some(head)) = (len, next_seq, head) else {
             return Ok(Position::START);
         };
         Ok(

@@ -300,6 +300,12 @@ struct Newest {
     in_state: &'static str,
 }
 
+impl Newest {
+    fn sql(&self, by_state: bool) -> &'static str {
+        if by_state { self.in_state } else { self.all }
+    }
+}
+
 const NEWEST_APPROVALS: Newest = Newest {
     all: "SELECT id FROM approvals ORDER BY created_at DESC, id LIMIT ?1",
     in_state: "SELECT id FROM approvals WHERE state = ?1 ORDER BY created_at DESC, id LIMIT ?2",
@@ -310,14 +316,9 @@ const NEWEST_INVOCATIONS: Newest = Newest {
     in_state: "SELECT body FROM invocations WHERE state = ?1 ORDER BY created_at DESC, id LIMIT ?2",
 };
 
+/// A row's first column, for `query_map`.
 fn first_column<T: rusqlite::types::FromSql>(row: &rusqlite::Row<'_>) -> rusqlite::Result<T> {
     row.get(0)
-}
-
-impl Newest {
-    fn sql(&self, by_state: bool) -> &'static str {
-        if by_state { self.in_state } else { self.all }
-    }
 }
 
 fn load_approval(conn: &Connection, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
