@@ -13,6 +13,10 @@ use hmac::Mac as _;
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use airlock::outbound::Redactor;
+use airlock::outbound::redact::MARKER;
+use std::sync::{Arc, Mutex};
+use support::carriers::{CARRIERS, Carrier, Choices, encode_layers, reveals};
 use support::echo_server::{EchoServer, base64, percent};
 use support::{Run, airlock_with, component, toml_path};
 
@@ -161,7 +165,7 @@ timeout-ms = 5000
 [[actions.exfil.grants.http.allow]]
 destination = "http://127.0.0.1:{api}"
 methods = ["GET", "POST"]
-path-prefixes = ["/echo", "/redirect", "/reflect-redirect", "/tickets", "/gzip", "/gzip2", "/loop", "/chunked"]
+path-prefixes = ["/echo", "/reflect", "/redirect", "/reflect-redirect", "/tickets", "/gzip", "/gzip2", "/loop", "/chunked"]
 allow-private = true
 [[actions.exfil.grants.http.allow]]
 destination = "http://127.0.0.1:{other}"
@@ -918,4 +922,118 @@ fn a_running_service_uses_a_rotated_secret_at_its_next_invocation() {
     );
     std::fs::write(&vault, saved).unwrap();
     assert_eq!(sign(), hmac_of(rotated));
+}
+
+/// Secrets made of the characters every carrier treats differently: those
+/// JSON, HTML, URLs and quoted-printable escape, non-ASCII, and characters
+/// outside the BMP (JSON writes them as surrogate pairs).
+fn random_secret(c: &mut Choices, header_safe: bool) -> String {
+    let mut alphabet: Vec<char> = "aZ09_-.~/\\\"'&<>%+=:;#?*".chars().chain('a'..='z').collect();
+    if !header_safe {
+        alphabet.extend(" \té中😀🔑".chars());
+    }
+    let len = 6 + c.next(30) as usize;
+    // Starts and ends with a letter: a header value's edges are trimmed.
+    let inner: String = (0..len)
+        .map(|_| alphabet[c.next(alphabet.len() as u64) as usize])
+        .collect();
+    format!("k{inner}z")
+}
+
+fn random_filler(c: &mut Choices) -> String {
+    let alphabet: Vec<char> = "abc xyz 123 {}[]\":,&<>%+=/\\é😀\n".chars().collect();
+    (0..c.next(40)).map(|_| alphabet[c.next(alphabet.len() as u64) as usize]).collect()
+}
+
+/// One carrier or one inside another.
+fn random_layers(c: &mut Choices) -> Vec<Carrier> {
+    let mut layers = vec![CARRIERS[c.next(CARRIERS.len() as u64) as usize]];
+    if c.next(2) == 0 {
+        layers.push(CARRIERS[c.next(CARRIERS.len() as u64) as usize]);
+    }
+    layers
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+    /// Any subset of a secret's characters escaped, in any hex case, by one
+    /// carrier or one inside another, anywhere in a body: the redactor
+    /// leaves nothing a reference decoder could read the secret back from.
+    #[test]
+    fn a_secret_spelled_by_any_covered_carrier_is_redacted(seed in proptest::prelude::any::<u64>()) {
+        let mut c = Choices::new(seed);
+        let secret = random_secret(&mut c, false);
+        let mut redactor = Redactor::default();
+        redactor.add(secret.as_bytes());
+        let layers = random_layers(&mut c);
+        let text = format!("{}{secret}{}", random_filler(&mut c), random_filler(&mut c));
+        let body = encode_layers(&text, &layers, &mut c);
+        proptest::prop_assert!(reveals(&body, &layers, &secret));
+        let out = String::from_utf8(redactor.redact(body.as_bytes()).into_owned()).unwrap();
+        proptest::prop_assert!(out.contains(MARKER), "{secret:?} not found in {body:?} ({layers:?})");
+        proptest::prop_assert!(!reveals(&out, &layers, &secret), "{secret:?} survives {layers:?} in {out:?}");
+    }
+}
+
+/// The same, end to end: a real API echoes the credential it received,
+/// spelled by random carriers at random places in its body, to the real
+/// `airlock:cap/http` and `wasi:http` paths; the guest (which spreads what
+/// it gets over every channel) never holds a spelling that decodes to the
+/// secret.
+#[test]
+fn an_api_echoing_the_credential_in_any_covered_spelling_is_redacted_on_both_http_paths() {
+    const SEPARATOR: &str = "\n~~~~\n";
+    const PIECES: usize = 16;
+    let mut c = Choices::new(0x5EC2E7_u64 ^ std::process::id() as u64);
+    for round in 0..6 {
+        let s = Setup::new();
+        let secret = random_secret(&mut c, true);
+        s.store("api-token", &secret);
+        // The spellings the API sends back, as (layers, piece) per request.
+        let sent: Arc<Mutex<Vec<Vec<(Vec<Carrier>, String)>>>> = Arc::default();
+        let (sent2, seed) = (sent.clone(), c.next(u64::MAX));
+        s.api.reflect_with(move |req| {
+            let mut c = Choices::new(seed);
+            let token = req.header("authorization").and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("none");
+            let pieces: Vec<(Vec<Carrier>, String)> = (0..PIECES)
+                .map(|_| {
+                    let layers = random_layers(&mut c);
+                    let text = format!("{}{token}{}", random_filler(&mut c), random_filler(&mut c));
+                    let piece = encode_layers(&text, &layers, &mut c);
+                    (layers, piece)
+                })
+                .collect();
+            let body = pieces.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>().join(SEPARATOR);
+            sent2.lock().unwrap().push(pieces);
+            body.into_bytes()
+        });
+        let url = s.api.url("/reflect");
+        let runs = [
+            s.send("GET", &url, Some("api")),
+            s.invoke("wasi-send", json!({"method": "GET", "url": url, "headers": [], "body": ""})),
+        ];
+        let sent = sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 2, "round {round}: both paths reached the API");
+        for (run, pieces) in runs.iter().zip(&sent) {
+            assert_eq!(run.code, 0, "round {round}: {run:?}");
+            let body = run.json()["body"].as_str().unwrap().to_string();
+            let received: Vec<&str> = body.split(SEPARATOR).collect();
+            assert_eq!(received.len(), PIECES, "round {round}: {body}");
+            for ((layers, piece), got) in pieces.iter().zip(received) {
+                assert!(reveals(piece, layers, &secret), "the API did echo the secret: {piece}");
+                assert!(
+                    !reveals(got, layers, &secret),
+                    "round {round}: {secret:?} survives {layers:?}: sent {piece:?}, guest got {got:?}"
+                );
+                // Nothing the guest spread holds the spelling it was sent.
+                for out in [&run.stdout, &run.stderr] {
+                    assert!(!out.contains(piece.as_str()), "round {round}: {piece:?} leaked");
+                }
+            }
+            for out in [&run.stdout, &run.stderr] {
+                assert!(!out.contains(&secret), "round {round}: raw secret leaked");
+            }
+        }
+    }
 }

@@ -14,6 +14,9 @@
 //!   same behind a first `content-encoding: identity`.
 //! - `/loop`: redirects to itself forever.
 //! - `/chunked`: a 200-byte body in chunked encoding, no content-length.
+//! - `/reflect`: 200 with the body the test's [`EchoServer::reflect_with`]
+//!   function makes of the request (how a hostile or careless API would
+//!   hand back what it received).
 //!
 //! Every request is recorded so tests can check what actually went out.
 
@@ -37,11 +40,15 @@ impl Seen {
     }
 }
 
+/// What `/reflect` answers, made from the request.
+pub type Reflector = Box<dyn Fn(&Seen) -> Vec<u8> + Send + Sync>;
+
 pub struct EchoServer {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// The bearer token `/tickets` accepts.
     pub token: String,
+    reflect: Arc<Mutex<Option<Reflector>>>,
 }
 
 impl EchoServer {
@@ -50,16 +57,27 @@ impl EchoServer {
         let port = listener.local_addr().expect("local addr").port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let token = token.to_string();
-        let (seen2, token2) = (seen.clone(), token.clone());
+        let reflect: Arc<Mutex<Option<Reflector>>> = Arc::new(Mutex::new(None));
+        let (seen2, token2, reflect2) = (seen.clone(), token.clone(), reflect.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (seen, token) = (seen2.clone(), token2.clone());
+                let (seen, token, reflect) = (seen2.clone(), token2.clone(), reflect2.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &seen, &token);
+                    let _ = serve(stream, &seen, &token, &reflect);
                 });
             }
         });
-        EchoServer { port, seen, token }
+        EchoServer {
+            port,
+            seen,
+            token,
+            reflect,
+        }
+    }
+
+    /// Make `/reflect` answer with `f(request)`.
+    pub fn reflect_with(&self, f: impl Fn(&Seen) -> Vec<u8> + Send + Sync + 'static) {
+        *self.reflect.lock().expect("reflect lock") = Some(Box::new(f));
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -71,7 +89,12 @@ impl EchoServer {
     }
 }
 
-fn serve(stream: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> std::io::Result<()> {
+fn serve(
+    stream: TcpStream,
+    seen: &Mutex<Vec<Seen>>,
+    token: &str,
+    reflect: &Mutex<Option<Reflector>>,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
@@ -128,6 +151,16 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<Seen>>, token: &str) -> std::io::Re
                 ("x-echo-target".into(), target.clone()),
             ],
             text.into_bytes(),
+        )
+    } else if path == "/reflect" {
+        let body = match reflect.lock().expect("reflect lock").as_ref() {
+            Some(f) => f(&req),
+            None => b"no reflector set".to_vec(),
+        };
+        (
+            "200 OK".into(),
+            vec![("content-type".into(), "application/json".into())],
+            body,
         )
     } else if path == "/redirect" {
         let to = target.split_once("to=").map(|(_, t)| unpercent(t)).unwrap_or_default();
