@@ -1482,3 +1482,135 @@ fn a_held_http_request_is_bound_to_its_headers_and_body() {
     }
     assert!(server.requests().is_empty(), "a held request was sent");
 }
+
+/// The id of `identity`'s token created with exactly `roles`.
+fn token_id(w: &World, identity: &str, roles: &[&str]) -> String {
+    let list = w.run(&["token", "list", "--json"], None);
+    assert_eq!(list.code, 0, "{list:?}");
+    list.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["identity"] == identity && t["roles"] == json!(roles))
+        .unwrap_or_else(|| panic!("no token of {identity} with {roles:?}: {list:?}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_vote_counts_only_while_its_identity_holds_a_live_approving_token() {
+    let w = World::new();
+    let agent = w.token("deploy-bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let bob = w.token("bob", "human", &["reviewer"]);
+    let carol = w.token("carol", "human", &["reviewer"]);
+
+    // alice approves, then her only token is revoked before the quorum of
+    // two completes: bob's vote does not complete it.
+    let (id, invocation) = pending_deploy(&w, &agent, "v1");
+    assert_eq!(w.decide("approve", &id, &alice, &[]).code, 0);
+    let revoke = w.run(&["token", "revoke", &token_id(&w, "alice", &["reviewer"])], None);
+    assert_eq!(revoke.code, 0, "{revoke:?}");
+    let bob_vote = w.decide("approve", &id, &bob, &[]);
+    assert_eq!(bob_vote.code, 0, "{bob_vote:?}");
+    assert_eq!(w.approval(&id)["state"], "pending", "a revoked approver's vote counted");
+    let status = w.run(&["invocations", "show", &invocation], None);
+    assert_eq!(status.code, 7, "nothing ran: {status:?}");
+    let decision = w
+        .audit()
+        .into_iter()
+        .rfind(|r| r["event"]["kind"] == "approval-decision")
+        .unwrap();
+    assert_eq!(decision["event"]["identity"], "bob");
+    assert_eq!(decision["event"]["approvals"], 1, "{decision}");
+    assert_eq!(decision["event"]["uncounted"], json!(["alice"]), "{decision}");
+    // The revoked token itself can no longer vote on anything.
+    let revoked = w.decide("approve", &id, &alice, &[]);
+    assert_eq!(revoked.code, 3, "{revoked:?}");
+    // A third live approver completes the quorum with bob; it runs.
+    assert_eq!(w.decide("approve", &id, &carol, &[]).code, 0);
+    assert_eq!(w.approval(&id)["state"], "approved");
+    let done = w.run(&["invocations", "show", &invocation], None);
+    assert_eq!(done.code, 0, "{done:?}");
+
+    // An identity keeps its vote while another of its tokens may approve,
+    // and loses it when what is left cannot (no reviewer role).
+    let dave = w.token("dave", "human", &["reviewer"]);
+    let _dave_spare = w.token("dave", "human", &["reviewer", "laptop"]);
+    let erin = w.token("erin", "human", &["reviewer"]);
+    let _erin_plain = w.token("erin", "human", &["observer"]);
+    let (kept, _) = pending_deploy(&w, &agent, "v2");
+    assert_eq!(w.decide("approve", &kept, &dave, &[]).code, 0);
+    assert_eq!(
+        w.run(&["token", "revoke", &token_id(&w, "dave", &["reviewer"])], None).code,
+        0
+    );
+    assert_eq!(w.decide("approve", &kept, &bob, &[]).code, 0);
+    assert_eq!(w.approval(&kept)["state"], "approved", "dave still holds a reviewer token");
+
+    let (lost, _) = pending_deploy(&w, &agent, "v3");
+    assert_eq!(w.decide("approve", &lost, &erin, &[]).code, 0);
+    assert_eq!(
+        w.run(&["token", "revoke", &token_id(&w, "erin", &["reviewer"])], None).code,
+        0
+    );
+    assert_eq!(w.decide("approve", &lost, &bob, &[]).code, 0);
+    assert_eq!(w.approval(&lost)["state"], "pending", "erin's remaining token may not approve");
+}
+
+#[test]
+fn an_approval_that_cannot_apply_here_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let swapped = dir.path().join("swapped.wasm");
+    let original = std::fs::read(component("gated")).unwrap();
+    std::fs::write(&swapped, &original).unwrap();
+    let w = World::with(&format!(
+        r#"
+[actions.swap]
+component = {swapped}
+[actions.swap.grants]
+approval = true
+files = {{ dir = "work", mode = "read-write" }}
+[actions.swap.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[actions.swap.approval]
+invocation = true
+"#,
+        swapped = toml_path(&swapped)
+    ));
+    let agent = w.token("deploy-bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let run = w.invoke("swap", "echo", json!({"value": "v1"}), Some(&agent), &[]);
+    assert_eq!(run.code, 7, "{run:?}");
+    let pending = run.json();
+    let id = pending["approval"].as_str().unwrap().to_string();
+    let invocation = pending["invocation"].as_str().unwrap().to_string();
+
+    // The component on disk changes (one custom section more): what the
+    // approver's process would run is no longer what was requested.
+    let mut changed = original.clone();
+    changed.extend_from_slice(&[0, 6, 4, b't', b'e', b's', b't', b'x']);
+    std::fs::write(&swapped, &changed).unwrap();
+    let refused = w.decide("approve", &id, &alice, &[]);
+    assert_eq!(refused.code, 3, "{refused:?}");
+    assert!(refused.error_line().contains("nothing was decided"), "{refused:?}");
+    let shown = w.approval(&id);
+    assert_eq!(shown["state"], "pending", "{shown}");
+    assert_eq!(shown["decisions"], json!([]), "{shown}");
+    let status = w.run(&["invocations", "show", &invocation, "--json"], None);
+    assert!(status.stdout.contains("awaiting-approval"), "{status:?}");
+    assert!(
+        !w.audit_kinds().contains(&"approval-decision".to_string()),
+        "a refused decision is not on record"
+    );
+
+    // With the requested component back, the same approval applies and runs.
+    std::fs::write(&swapped, &original).unwrap();
+    let approved = w.decide("approve", &id, &alice, &[]);
+    assert_eq!(approved.code, 0, "{approved:?}");
+    let done = w.run(&["invocations", "show", &invocation], None);
+    assert_eq!(done.code, 0, "{done:?}");
+    assert_eq!(done.json(), json!("v1"));
+}

@@ -502,6 +502,30 @@ impl Runtime {
                 current.action
             ))
         })?;
+        // An approval this process could not apply must not be recorded:
+        // the request would stay approved while its invocation could never
+        // run here. A deny always applies. (Under another config the store
+        // refuses the decision with that reason.)
+        if verdict == Verdict::Approve
+            && current.kind == ApprovalKind::Invocation
+            && prepared.policy.config_version == current.config_version
+        {
+            let record = approvals.store().invocation(&current.invocation)?.ok_or_else(|| {
+                Error::internal(format!(
+                    "request {id} is for invocation {}, which the store does not hold",
+                    current.invocation
+                ))
+            })?;
+            let binding = prepared
+                .request_template(&record.id, &record.caller, &record.function, &record.args)
+                .binding();
+            if binding != current.binding {
+                return Err(Error::ApprovalRefused(format!(
+                    "request {id} is bound to {}, but what would run here is {binding}: the config, the component or the request differs; nothing was decided (approve it where the approved component and config are loaded)",
+                    current.binding
+                )));
+            }
+        }
         approvals
             .decide(
                 id,

@@ -10,7 +10,13 @@
 //! - the requester never approves its own request;
 //! - humans approve through `access.approve`, agents only through
 //!   `access.agent-approvers`; the local operator never approves;
-//! - each identity counts once; any deny ends the request.
+//! - each identity counts once; any deny ends the request;
+//! - an approval counts only while its identity holds a live token that
+//!   may approve: when a vote would complete the quorum, every earlier vote
+//!   is re-checked against the tokens live at that moment (in the same
+//!   transaction), and a vote whose identity's tokens were all revoked (or
+//!   no longer carry the approving role) does not count, as a requester's
+//!   revoked token stops its approved invocation from running.
 //!
 //! Every request, decision and resolution is appended to the audit log and
 //! synced before it is acknowledged. A request is recorded before it is
@@ -34,7 +40,7 @@ use crate::error::Error;
 use crate::identity::Caller;
 use crate::store::{
     ApprovalKind, ApprovalRecord, ApprovalState, DecisionRecord, InvocationEnding, InvocationOutcome, InvocationRecord,
-    InvocationStatus, Refusal, Store, UpdateError, Verdict,
+    InvocationStatus, Refusal, Store, TokenRecord, UpdateError, Verdict,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -273,7 +279,7 @@ impl Approvals {
         expect_binding: Option<&str>,
     ) -> Result<ApprovalRecord, Error> {
         let now = crate::time::now_micros();
-        let mut update = |r: &mut ApprovalRecord| -> Result<Option<String>, Refusal> {
+        let mut update = |r: &mut ApprovalRecord, live: &[TokenRecord]| -> Result<Option<String>, Refusal> {
             if r.state != ApprovalState::Pending {
                 return Err(Refusal::NotPending {
                     id: r.id.clone(),
@@ -321,6 +327,16 @@ impl Approvals {
                     id: r.id.clone(),
                 });
             }
+            // The voter's own token may have been revoked since it
+            // authenticated this request.
+            if let Some(token) = &who.token_id
+                && !live.iter().any(|t| t.id == *token)
+            {
+                return Err(Refusal::Other(format!(
+                    "token {token} was revoked; nothing was decided on request {}",
+                    r.id
+                )));
+            }
             r.decisions.push(DecisionRecord {
                 identity: who.name.clone(),
                 kind: who.kind,
@@ -337,11 +353,12 @@ impl Approvals {
                     });
                     r.decided_at = Some(now);
                 }
-                Verdict::Approve if r.approvals() >= r.quorum as usize => {
-                    r.state = ApprovalState::Approved;
-                    r.decided_at = Some(now);
-                }
                 Verdict::Approve => {}
+            }
+            let (counted, uncounted) = counted_approvals(r, live, access);
+            if verdict == Verdict::Approve && counted >= r.quorum as usize {
+                r.state = ApprovalState::Approved;
+                r.decided_at = Some(now);
             }
             let mut events = vec![Event::ApprovalDecision(ApprovalDecision {
                 approval: r.id.clone(),
@@ -351,8 +368,9 @@ impl Approvals {
                 identity_kind: who.kind.to_string(),
                 verdict: verdict.to_string(),
                 reason: reason.clone(),
-                approvals: u32::try_from(r.approvals()).unwrap_or(u32::MAX),
+                approvals: u32::try_from(counted).unwrap_or(u32::MAX),
                 quorum: r.quorum,
+                uncounted,
             })];
             if r.state != ApprovalState::Pending {
                 events.push(resolved_event(r));
@@ -476,7 +494,7 @@ impl Approvals {
         let (record, changed) = tokio::task::spawn_blocking(move || {
             let now = crate::time::now_micros();
             let mut changed = false;
-            let mut update = |r: &mut ApprovalRecord| -> Result<Option<String>, Refusal> {
+            let mut update = |r: &mut ApprovalRecord, _: &[TokenRecord]| -> Result<Option<String>, Refusal> {
                 if r.state != ApprovalState::Pending {
                     return Ok(None);
                 }
@@ -558,6 +576,31 @@ impl Approvals {
             let _ = tokio::time::timeout(nap, notified).await;
         }
     }
+}
+
+/// The approvals on `r` that count now, and the identities whose approvals
+/// no longer do: a vote counts while its identity holds a live token
+/// (`live`, read in the deciding transaction) with which it may approve.
+fn counted_approvals(r: &ApprovalRecord, live: &[TokenRecord], access: &AccessPolicy) -> (usize, Vec<String>) {
+    let mut counted = 0;
+    let mut uncounted = Vec::new();
+    for d in r.decisions.iter().filter(|d| d.verdict == Verdict::Approve) {
+        let holds = live.iter().any(|t| {
+            t.identity == d.identity
+                && access.may_approve(&Caller {
+                    name: t.identity.clone(),
+                    kind: t.kind,
+                    roles: t.roles.clone(),
+                    token_id: Some(t.id.clone()),
+                })
+        });
+        if holds {
+            counted += 1;
+        } else {
+            uncounted.push(d.identity.clone());
+        }
+    }
+    (counted, uncounted)
 }
 
 fn update_error(e: UpdateError) -> Error {

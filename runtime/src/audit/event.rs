@@ -198,9 +198,14 @@ pub struct ApprovalDecision {
     /// `approve` or `deny`.
     pub verdict: String,
     pub reason: Option<String>,
-    /// Approvals counted so far, of `quorum`.
+    /// Approvals counted so far, of `quorum`: only votes whose identity
+    /// still holds a live token with the approving role count.
     pub approvals: u32,
     pub quorum: u32,
+    /// Identities whose earlier approvals no longer count (every token
+    /// they approved with was revoked, or lost the approving role).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uncounted: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

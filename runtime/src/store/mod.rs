@@ -46,6 +46,11 @@ pub enum UpdateError {
 }
 
 /// The storage backend.
+/// A change to one approval request, given the live tokens as of the same
+/// transaction (see [`Store::update_approval`]).
+pub type ApprovalUpdate<'a> =
+    dyn FnMut(&mut ApprovalRecord, &[TokenRecord]) -> Result<Option<String>, Refusal> + 'a;
+
 pub trait Store: Send + Sync {
     /// Create `identity` if it is new (an existing one must have the same
     /// kind) and store a token for it: its id, roles and hash.
@@ -69,13 +74,13 @@ pub trait Store: Send + Sync {
     /// Atomically load approval `id`, let `update` change it (add a
     /// decision, move its state), and write the change back. Concurrent
     /// updates of one request are serialized, so each decision is counted
-    /// exactly once. `update` returns the audit record the change owes the
-    /// log, if any, which is put in the outbox in the same transaction.
-    fn update_approval(
-        &self,
-        id: &str,
-        update: &mut dyn FnMut(&mut ApprovalRecord) -> Result<Option<String>, Refusal>,
-    ) -> Result<ApprovalRecord, UpdateError>;
+    /// exactly once. `update` also gets every live (unrevoked) token as of
+    /// the same transaction, so whether a vote's identity still holds an
+    /// approving token is decided atomically with the vote: a revocation
+    /// commits either before the update (and is seen) or after it. `update`
+    /// returns the audit record the change owes the log, if any, which is
+    /// put in the outbox in the same transaction.
+    fn update_approval(&self, id: &str, update: &mut ApprovalUpdate<'_>) -> Result<ApprovalRecord, UpdateError>;
 
     fn insert_invocation(&self, invocation: &InvocationRecord) -> Result<(), StoreError>;
     /// Store (or replace) the status row of an invocation that runs at

@@ -14,7 +14,7 @@
 
 use super::{
     ApprovalRecord, ApprovalState, DecisionRecord, InvocationEnding, InvocationOutcome, InvocationRecord,
-    InvocationStatus, Refusal, Store, StoreError, TokenRecord, UpdateError,
+    ApprovalUpdate, InvocationStatus, Refusal, Store, StoreError, TokenRecord, UpdateError,
 };
 use crate::identity::IdentityKind;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -413,6 +413,24 @@ const TOKEN_COLUMNS: &str = "t.id, t.identity, i.kind, t.roles, t.created_at, t.
 
 type TokenRow = (String, String, String, String, i64, Option<i64>);
 
+/// Tokens selected by `tail` (a `WHERE`/`ORDER BY` clause).
+fn token_list(conn: &Connection, tail: &str) -> Result<Vec<TokenRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} {tail}"))
+        .map_err(db_err)?;
+    let rows = stmt.query_map([], token_row).map_err(db_err)?;
+    rows.map(|r| {
+        let (a, b, c, d, e, f) = r.map_err(db_err)?;
+        parse_token(a, b, c, d, e, f)
+    })
+    .collect()
+}
+
+/// Every token not revoked, read inside the caller's transaction.
+fn live_tokens(conn: &Connection) -> Result<Vec<TokenRecord>, StoreError> {
+    token_list(conn, "WHERE t.revoked_at IS NULL ORDER BY t.created_at, t.id")
+}
+
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
 }
@@ -470,16 +488,7 @@ impl Store for SqliteStore {
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(&format!("SELECT {TOKEN_COLUMNS} ORDER BY t.created_at, t.id"))
-            .map_err(db_err)?;
-        let rows = stmt.query_map([], token_row).map_err(db_err)?;
-        rows.map(|r| {
-            let (a, b, c, d, e, f) = r.map_err(db_err)?;
-            parse_token(a, b, c, d, e, f)
-        })
-        .collect()
+        token_list(&self.conn(), "ORDER BY t.created_at, t.id")
     }
 
     fn revoke_token(&self, id: &str, at_micros: u64) -> Result<bool, StoreError> {
@@ -538,11 +547,7 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    fn update_approval(
-        &self,
-        id: &str,
-        update: &mut dyn FnMut(&mut ApprovalRecord) -> Result<Option<String>, Refusal>,
-    ) -> Result<ApprovalRecord, UpdateError> {
+    fn update_approval(&self, id: &str, update: &mut ApprovalUpdate<'_>) -> Result<ApprovalRecord, UpdateError> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -550,8 +555,9 @@ impl Store for SqliteStore {
         let Some(before) = load_approval(&tx, id)? else {
             return Err(UpdateError::NotFound(id.to_string()));
         };
+        let live = live_tokens(&tx)?;
         let mut after = before.clone();
-        let audit = update(&mut after)?;
+        let audit = update(&mut after, &live)?;
         if after.decisions.len() < before.decisions.len()
             || after.decisions[..before.decisions.len()] != before.decisions[..]
         {
