@@ -84,7 +84,10 @@ impl Redactor {
     fn covered(&self, bytes: &[u8]) -> Vec<(usize, usize)> {
         let mut ranges: Vec<(usize, usize)> = Vec::new();
         self.find(bytes, None, &mut ranges);
-        self.find_decoded(bytes, None, 1, &mut ranges);
+        // One reusable view per layer: a layer's views are decoded one after
+        // another, each while the view it comes from is kept.
+        let mut scratch: Vec<View> = (0..MAX_LAYERS).map(|_| View::default()).collect();
+        self.find_decoded(bytes, None, &mut scratch, &mut ranges);
         ranges.sort_unstable();
         let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
         for (start, end) in ranges {
@@ -97,20 +100,17 @@ impl Redactor {
         merged
     }
 
-    /// Search every view decoded from `bytes` (itself `outer`'s bytes, or
-    /// the original when `outer` is `None`), `layer` carriers deep.
-    fn find_decoded(&self, bytes: &[u8], outer: Option<&View>, layer: usize, ranges: &mut Vec<(usize, usize)>) {
+    /// Search every view decoded from `bytes` (`outer`'s bytes, or the
+    /// original when `outer` is `None`), one more carrier deep for each
+    /// view left in `scratch`.
+    fn find_decoded(&self, bytes: &[u8], outer: Option<&View>, scratch: &mut [View], ranges: &mut Vec<(usize, usize)>) {
+        let Some((view, deeper)) = scratch.split_first_mut() else {
+            return;
+        };
         for decoder in Decoder::ALL {
-            let Some(view) = decoder.decode(bytes) else {
-                continue;
-            };
-            let view = match outer {
-                Some(outer) => view.through(outer),
-                None => view,
-            };
-            self.find(&view.bytes, Some(&view), ranges);
-            if layer < MAX_LAYERS {
-                self.find_decoded(&view.bytes, Some(&view), layer + 1, ranges);
+            if decoder.decode(bytes, outer, view) {
+                self.find(&view.bytes, Some(view), ranges);
+                self.find_decoded(&view.bytes, Some(view), deeper, ranges);
             }
         }
     }

@@ -52,28 +52,48 @@ impl Decoder {
         Decoder::Unfold,
     ];
 
-    /// Whether `input` holds a byte that could start one of this carrier's
-    /// escapes; without one, decoding would change nothing.
-    fn could_change(self, input: &[u8]) -> bool {
-        match self {
-            Decoder::Json => memchr::memchr(b'\\', input).is_some(),
-            Decoder::Html => memchr::memchr(b'&', input).is_some(),
-            Decoder::Percent => memchr::memchr(b'%', input).is_some(),
-            Decoder::Form => memchr::memchr2(b'%', b'+', input).is_some(),
-            Decoder::QuotedPrintable => memchr::memchr(b'=', input).is_some(),
-            Decoder::Unfold => memchr::memchr2(b'\r', b'\n', input).is_some(),
-        }
+    /// Where the next byte that could start one of this carrier's escapes
+    /// is, at or after `from`.
+    fn next_trigger(self, input: &[u8], from: usize) -> Option<usize> {
+        let rest = input.get(from..)?;
+        let found = match self {
+            Decoder::Json => memchr::memchr(b'\\', rest),
+            Decoder::Html => memchr::memchr(b'&', rest),
+            Decoder::Percent => memchr::memchr(b'%', rest),
+            Decoder::Form => memchr::memchr2(b'%', b'+', rest),
+            Decoder::QuotedPrintable => memchr::memchr(b'=', rest),
+            Decoder::Unfold => memchr::memchr2(b'\r', b'\n', rest),
+        };
+        found.map(|at| from + at)
     }
 
     /// `input` decoded, or `None` when no escape was found (the view would
-    /// equal its input).
-    pub fn decode(self, input: &[u8]) -> Option<View> {
-        if !self.could_change(input) || u32::try_from(input.len()).is_err() {
-            return None;
+    /// equal its input). When `input` is itself a view's bytes, `outer` is
+    /// that view, and the spans of the result are in the coordinates of
+    /// `outer`'s input, so a view decoded two carriers deep maps straight
+    /// back to the original bytes.
+    ///
+    /// The view is written into `view`, whose buffers are reused (a
+    /// response of a few MiB is decoded dozens of times, and fresh buffers
+    /// each time cost more in page faults than the decoding itself).
+    /// Returns whether anything was decoded; when not, `view` holds nothing
+    /// meaningful.
+    pub fn decode(self, input: &[u8], outer: Option<&View>, view: &mut View) -> bool {
+        let Some(mut next) = self.next_trigger(input, 0) else {
+            return false;
+        };
+        if u32::try_from(input.len()).is_err() {
+            return false;
         }
-        let mut out = Builder::with_capacity(input.len());
+        let mut out = Builder::new(view, outer);
         let mut i = 0;
-        while i < input.len() {
+        loop {
+            // Bytes up to the next possible escape are copied as a run.
+            out.copy(input, i, next);
+            i = next;
+            if i >= input.len() {
+                break;
+            }
             let step = match self {
                 Decoder::Json => json_escape(input, i, &mut out),
                 Decoder::Html => html_reference(input, i, &mut out),
@@ -85,25 +105,26 @@ impl Decoder {
                 }
                 Decoder::Form => percent_escape(input, i, b'%', &mut out),
                 Decoder::QuotedPrintable => quoted_printable(input, i, &mut out),
-                Decoder::Unfold if matches!(input[i], b'\r' | b'\n') => {
+                Decoder::Unfold => {
                     out.changed = true;
                     Some(1)
                 }
-                Decoder::Unfold => None,
             };
             match step {
                 Some(n) => i += n,
                 None => {
-                    out.push(input[i], i, i + 1);
+                    out.copy(input, i, i + 1);
                     i += 1;
                 }
             }
+            next = self.next_trigger(input, i).unwrap_or(input.len());
         }
-        out.changed.then(|| out.finish())
+        out.changed
     }
 }
 
 /// Decoded bytes and, for each, the span of input bytes it came from.
+#[derive(Default)]
 pub struct View {
     /// Zeroized on drop: a decoded view may hold a secret in the clear.
     pub bytes: Zeroizing<Vec<u8>>,
@@ -116,45 +137,53 @@ impl View {
     pub fn source(&self, start: usize, end: usize) -> (usize, usize) {
         (self.starts[start] as usize, self.ends[end - 1] as usize)
     }
-
-    /// This view's spans expressed in the coordinates of `outer`, the view
-    /// it was decoded from, so a composed view maps straight to the
-    /// original bytes.
-    pub fn through(mut self, outer: &View) -> View {
-        for (s, e) in self.starts.iter_mut().zip(self.ends.iter_mut()) {
-            let (os, oe) = outer.source(*s as usize, *e as usize);
-            // Both fit: they are offsets into `outer`'s input, whose length
-            // `decode` checked.
-            *s = os as u32;
-            *e = oe as u32;
-        }
-        self
-    }
 }
 
-struct Builder {
-    bytes: Zeroizing<Vec<u8>>,
-    starts: Vec<u32>,
-    ends: Vec<u32>,
+struct Builder<'a> {
+    view: &'a mut View,
+    /// The view the input was decoded from, if it is one.
+    outer: Option<&'a View>,
     changed: bool,
 }
 
-impl Builder {
-    fn with_capacity(n: usize) -> Builder {
+impl<'a> Builder<'a> {
+    fn new(view: &'a mut View, outer: Option<&'a View>) -> Builder<'a> {
+        view.bytes.clear();
+        view.starts.clear();
+        view.ends.clear();
         Builder {
-            bytes: Zeroizing::new(Vec::with_capacity(n)),
-            starts: Vec::with_capacity(n),
-            ends: Vec::with_capacity(n),
+            view,
+            outer,
             changed: false,
         }
     }
 
-    /// One decoded byte from input `start..end`. Callers only pass offsets
-    /// within an input whose length fits in `u32` (checked in `decode`).
+    /// Input bytes `from..to`, unchanged. Callers only pass offsets within
+    /// an input whose length fits in `u32` (checked in `decode`).
+    fn copy(&mut self, input: &[u8], from: usize, to: usize) {
+        let view = &mut *self.view;
+        view.bytes.extend_from_slice(&input[from..to]);
+        match self.outer {
+            Some(outer) => {
+                view.starts.extend_from_slice(&outer.starts[from..to]);
+                view.ends.extend_from_slice(&outer.ends[from..to]);
+            }
+            None => {
+                view.starts.extend(from as u32..to as u32);
+                view.ends.extend(from as u32 + 1..to as u32 + 1);
+            }
+        }
+    }
+
+    /// One decoded byte from input `start..end`.
     fn push(&mut self, byte: u8, start: usize, end: usize) {
-        self.bytes.push(byte);
-        self.starts.push(start as u32);
-        self.ends.push(end as u32);
+        let (start, end) = match self.outer {
+            Some(outer) => outer.source(start, end),
+            None => (start, end),
+        };
+        self.view.bytes.push(byte);
+        self.view.starts.push(start as u32);
+        self.view.ends.push(end as u32);
     }
 
     /// A decoded code point from input `start..end`, as UTF-8.
@@ -164,14 +193,6 @@ impl Builder {
             self.push(b, start, end);
         }
         self.changed = true;
-    }
-
-    fn finish(self) -> View {
-        View {
-            bytes: self.bytes,
-            starts: self.starts,
-            ends: self.ends,
-        }
     }
 }
 
@@ -321,7 +342,11 @@ mod tests {
     use super::*;
 
     fn decoded(d: Decoder, input: &str) -> String {
-        let view = d.decode(input.as_bytes()).expect("changed");
+        let mut view = View::default();
+        assert!(
+            d.decode(input.as_bytes(), None, &mut view),
+            "{d:?} changed nothing in {input:?}"
+        );
         String::from_utf8(view.bytes.to_vec()).expect("utf-8")
     }
 
@@ -332,7 +357,10 @@ mod tests {
             "a&b<>/\"\\\n😀😀"
         );
         assert_eq!(
-            decoded(Decoder::Html, "&#x41;&#X6a;&#0065;&#97&amp;&LT;&gt&quot;&apos;&#x1F600;"),
+            decoded(
+                Decoder::Html,
+                "&#x41;&#X6a;&#0065;&#97&amp;&LT;&gt&quot;&apos;&#x1F600;"
+            ),
             "AjAa&<>\"'😀"
         );
         assert_eq!(decoded(Decoder::Percent, "%41%6a%4A+%2b"), "AjJ++");
@@ -349,17 +377,20 @@ mod tests {
             (Decoder::Percent, "%4 %zz %"),
             (Decoder::QuotedPrintable, "=4 =zz ="),
         ] {
-            let changed = d.decode(input.as_bytes());
-            assert!(changed.is_none(), "{d:?} changed {input:?}");
+            assert!(
+                !d.decode(input.as_bytes(), None, &mut View::default()),
+                "{d:?} changed {input:?}"
+            );
         }
     }
 
     #[test]
     fn spans_map_back_to_the_escapes_through_two_layers() {
         let input = br#"x%5Cu0041y"#;
-        let pct = Decoder::Percent.decode(input).unwrap();
+        let (mut pct, mut json) = (View::default(), View::default());
+        assert!(Decoder::Percent.decode(input, None, &mut pct));
         assert_eq!(pct.bytes.as_slice(), br"x\u0041y");
-        let json = Decoder::Json.decode(&pct.bytes).unwrap().through(&pct);
+        assert!(Decoder::Json.decode(&pct.bytes, Some(&pct), &mut json));
         assert_eq!(json.bytes.as_slice(), b"xAy");
         assert_eq!(json.source(1, 2), (1, 9), "`A` came from `%5Cu0041`");
         assert_eq!(json.source(0, 3), (0, 10));
@@ -370,6 +401,6 @@ mod tests {
         let input = format!("&#{}65;&#x{}41;", "0".repeat(10_000), "0".repeat(100));
         assert_eq!(decoded(Decoder::Html, &input), "AA");
         // Too many significant digits name no code point: left alone.
-        assert!(Decoder::Html.decode(b"&#123456789012;").is_none());
+        assert!(!Decoder::Html.decode(b"&#123456789012;", None, &mut View::default()));
     }
 }
