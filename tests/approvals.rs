@@ -1543,20 +1543,30 @@ fn a_vote_counts_only_while_its_identity_holds_a_live_approving_token() {
     let (kept, _) = pending_deploy(&w, &agent, "v2");
     assert_eq!(w.decide("approve", &kept, &dave, &[]).code, 0);
     assert_eq!(
-        w.run(&["token", "revoke", &token_id(&w, "dave", &["reviewer"])], None).code,
+        w.run(&["token", "revoke", &token_id(&w, "dave", &["reviewer"])], None)
+            .code,
         0
     );
     assert_eq!(w.decide("approve", &kept, &bob, &[]).code, 0);
-    assert_eq!(w.approval(&kept)["state"], "approved", "dave still holds a reviewer token");
+    assert_eq!(
+        w.approval(&kept)["state"],
+        "approved",
+        "dave still holds a reviewer token"
+    );
 
     let (lost, _) = pending_deploy(&w, &agent, "v3");
     assert_eq!(w.decide("approve", &lost, &erin, &[]).code, 0);
     assert_eq!(
-        w.run(&["token", "revoke", &token_id(&w, "erin", &["reviewer"])], None).code,
+        w.run(&["token", "revoke", &token_id(&w, "erin", &["reviewer"])], None)
+            .code,
         0
     );
     assert_eq!(w.decide("approve", &lost, &bob, &[]).code, 0);
-    assert_eq!(w.approval(&lost)["state"], "pending", "erin's remaining token may not approve");
+    assert_eq!(
+        w.approval(&lost)["state"],
+        "pending",
+        "erin's remaining token may not approve"
+    );
 }
 
 #[test]

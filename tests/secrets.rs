@@ -9,12 +9,12 @@
 
 mod support;
 
+use airlock::outbound::Redactor;
+use airlock::outbound::redact::MARKER;
 use hmac::Mac as _;
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use airlock::outbound::Redactor;
-use airlock::outbound::redact::MARKER;
 use std::sync::{Arc, Mutex};
 use support::carriers::{CARRIERS, Carrier, Choices, encode_layers, reveals};
 use support::echo_server::{EchoServer, base64, percent};
@@ -942,8 +942,13 @@ fn random_secret(c: &mut Choices, header_safe: bool) -> String {
 
 fn random_filler(c: &mut Choices) -> String {
     let alphabet: Vec<char> = "abc xyz 123 {}[]\":,&<>%+=/\\é😀\n".chars().collect();
-    (0..c.next(40)).map(|_| alphabet[c.next(alphabet.len() as u64) as usize]).collect()
+    (0..c.next(40))
+        .map(|_| alphabet[c.next(alphabet.len() as u64) as usize])
+        .collect()
 }
+
+/// A secret's spelling: the carriers it went through, and the text.
+type Spelling = (Vec<Carrier>, String);
 
 /// One carrier or one inside another.
 fn random_layers(c: &mut Choices) -> Vec<Carrier> {
@@ -990,13 +995,16 @@ fn an_api_echoing_the_credential_in_any_covered_spelling_is_redacted_on_both_htt
         let s = Setup::new();
         let secret = random_secret(&mut c, true);
         s.store("api-token", &secret);
-        // The spellings the API sends back, as (layers, piece) per request.
-        let sent: Arc<Mutex<Vec<Vec<(Vec<Carrier>, String)>>>> = Arc::default();
+        // The spellings the API sends back, per request.
+        let sent: Arc<Mutex<Vec<Vec<Spelling>>>> = Arc::default();
         let (sent2, seed) = (sent.clone(), c.next(u64::MAX));
         s.api.reflect_with(move |req| {
             let mut c = Choices::new(seed);
-            let token = req.header("authorization").and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("none");
-            let pieces: Vec<(Vec<Carrier>, String)> = (0..PIECES)
+            let token = req
+                .header("authorization")
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .unwrap_or("none");
+            let pieces: Vec<Spelling> = (0..PIECES)
                 .map(|_| {
                     let layers = random_layers(&mut c);
                     let text = format!("{}{token}{}", random_filler(&mut c), random_filler(&mut c));
@@ -1004,14 +1012,21 @@ fn an_api_echoing_the_credential_in_any_covered_spelling_is_redacted_on_both_htt
                     (layers, piece)
                 })
                 .collect();
-            let body = pieces.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>().join(SEPARATOR);
+            let body = pieces
+                .iter()
+                .map(|(_, p)| p.as_str())
+                .collect::<Vec<_>>()
+                .join(SEPARATOR);
             sent2.lock().unwrap().push(pieces);
             body.into_bytes()
         });
         let url = s.api.url("/reflect");
         let runs = [
             s.send("GET", &url, Some("api")),
-            s.invoke("wasi-send", json!({"method": "GET", "url": url, "headers": [], "body": ""})),
+            s.invoke(
+                "wasi-send",
+                json!({"method": "GET", "url": url, "headers": [], "body": ""}),
+            ),
         ];
         let sent = sent.lock().unwrap().clone();
         assert_eq!(sent.len(), 2, "round {round}: both paths reached the API");

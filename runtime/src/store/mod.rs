@@ -48,8 +48,7 @@ pub enum UpdateError {
 /// The storage backend.
 /// A change to one approval request, given the live tokens as of the same
 /// transaction (see [`Store::update_approval`]).
-pub type ApprovalUpdate<'a> =
-    dyn FnMut(&mut ApprovalRecord, &[TokenRecord]) -> Result<Option<String>, Refusal> + 'a;
+pub type ApprovalUpdate<'a> = dyn FnMut(&mut ApprovalRecord, &[TokenRecord]) -> Result<Option<String>, Refusal> + 'a;
 
 pub trait Store: Send + Sync {
     /// Create `identity` if it is new (an existing one must have the same

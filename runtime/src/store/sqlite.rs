@@ -13,8 +13,8 @@
 //!   they are appended to the log (see [`super`]).
 
 use super::{
-    ApprovalRecord, ApprovalState, DecisionRecord, InvocationEnding, InvocationOutcome, InvocationRecord,
-    ApprovalUpdate, InvocationStatus, Refusal, Store, StoreError, TokenRecord, UpdateError,
+    ApprovalRecord, ApprovalState, ApprovalUpdate, DecisionRecord, InvocationEnding, InvocationOutcome,
+    InvocationRecord, InvocationStatus, Refusal, Store, StoreError, TokenRecord, UpdateError,
 };
 use crate::identity::IdentityKind;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
