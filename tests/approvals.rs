@@ -1514,7 +1514,10 @@ fn a_vote_counts_only_while_its_identity_holds_a_live_approving_token() {
     assert_eq!(revoke.code, 0, "{revoke:?}");
     let bob_vote = w.decide("approve", &id, &bob, &[]);
     assert_eq!(bob_vote.code, 0, "{bob_vote:?}");
-    assert_eq!(w.approval(&id)["state"], "pending", "a revoked approver's vote counted");
+    assert!(bob_vote.stderr.contains("is pending (1/2 approvals)"), "{bob_vote:?}");
+    let shown = w.approval(&id);
+    assert_eq!(shown["state"], "pending", "a revoked approver's vote counted");
+    assert_eq!(shown["uncounted"], json!(["alice"]), "{shown}");
     let status = w.run(&["invocations", "show", &invocation], None);
     assert_eq!(status.code, 7, "nothing ran: {status:?}");
     let decision = w

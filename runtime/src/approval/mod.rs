@@ -180,6 +180,7 @@ impl Approvals {
             invocation: request.invocation,
             owner: (request.kind != ApprovalKind::Invocation).then(|| self.owner.clone()),
             decisions: Vec::new(),
+            uncounted: Vec::new(),
         };
         self.record(vec![Event::ApprovalRequested(ApprovalRequested {
             approval: record.id.clone(),
@@ -356,6 +357,7 @@ impl Approvals {
                 Verdict::Approve => {}
             }
             let (counted, uncounted) = counted_approvals(r, live, access);
+            r.uncounted = uncounted.clone();
             if verdict == Verdict::Approve && counted >= r.quorum as usize {
                 r.state = ApprovalState::Approved;
                 r.decided_at = Some(now);

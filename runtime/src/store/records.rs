@@ -138,11 +138,19 @@ pub struct ApprovalRecord {
     /// guest requests), `PID:NONCE`.
     pub owner: Option<String>,
     pub decisions: Vec<DecisionRecord>,
+    /// Identities whose approvals no longer counted at the last decision:
+    /// every token they could approve with had been revoked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uncounted: Vec<String>,
 }
 
 impl ApprovalRecord {
+    /// Approvals that counted at the last decision.
     pub fn approvals(&self) -> usize {
-        self.decisions.iter().filter(|d| d.verdict == Verdict::Approve).count()
+        self.decisions
+            .iter()
+            .filter(|d| d.verdict == Verdict::Approve && !self.uncounted.contains(&d.identity))
+            .count()
     }
 }
 

@@ -796,6 +796,7 @@ mod tests {
             invocation: format!("inv-of-{id}"),
             owner: None,
             decisions: vec![],
+            uncounted: vec![],
         }
     }
 
