@@ -1099,7 +1099,7 @@ async fn flood_clients(addr: &str, token: &str, clients: usize, seconds: f64, fr
         .map(|_| {
             let (addr, request) = (addr.to_string(), request.clone());
             tokio::spawn(async move {
-                let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                let (mut latencies, mut errors, mut first_error) = (Vec::new(), 0u64, None::<String>);
                 let mut conn: Option<Conn> = None;
                 while Instant::now() < end {
                     let t0 = Instant::now();
@@ -1115,17 +1115,22 @@ async fn flood_clients(addr: &str, token: &str, clients: usize, seconds: f64, fr
                         anyhow::Ok(r.status)
                     })
                     .await;
-                    match one {
-                        Ok(Ok(200)) => latencies.push(t0.elapsed().as_micros() as u64),
-                        _ => {
-                            errors += 1;
-                            conn = None;
-                            // A refused connection would spin.
-                            tokio::time::sleep(Duration::from_millis(10)).await;
+                    let failed = match one {
+                        Ok(Ok(200)) => {
+                            latencies.push(t0.elapsed().as_micros() as u64);
+                            continue;
                         }
-                    }
+                        Ok(Ok(status)) => format!("status {status}"),
+                        Ok(Err(e)) => format!("{e:#}"),
+                        Err(_) => format!("no answer within {} s", FLOOD_REQUEST_TIMEOUT.as_secs()),
+                    };
+                    errors += 1;
+                    first_error.get_or_insert(failed);
+                    conn = None;
+                    // A refused connection would spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                (latencies, errors)
+                (latencies, errors, first_error)
             })
         })
         .collect();
@@ -1135,9 +1140,12 @@ async fn flood_clients(addr: &str, token: &str, clients: usize, seconds: f64, fr
         errors: 0,
     };
     for w in workers {
-        if let Ok((latencies, errors)) = w.await {
+        if let Ok((latencies, errors, first_error)) = w.await {
             stats.latencies_us.extend(latencies);
             stats.errors += errors;
+            if let Some(e) = first_error {
+                eprintln!("  a client request failed: {e}");
+            }
         }
     }
     stats.latencies_us.sort_unstable();

@@ -30,7 +30,7 @@
 //!
 //! [`unauthenticated`]: super::unauthenticated
 
-use super::unauthenticated::{Caps, Pool, Ticket};
+use super::unauthenticated::{Caps, FIRST_BYTES_GRACE, Pool, Ticket};
 use crate::error::Error;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -174,6 +174,7 @@ pub async fn serve(
     let pool = Pool::new(Caps {
         total: limits.max_unauthenticated,
         per_source: limits.max_unauthenticated_per_source,
+        grace: FIRST_BYTES_GRACE,
     });
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -278,6 +279,7 @@ async fn serve_one(
     let served = tokio::select! {
         served = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => Some(served),
         () = ticket.evicted() => None,
+        () = ticket.enforce_caps() => None,
         // The guard `wait_for` returns is not Send: drop it at once.
         _ = async { stopping.wait_for(|stop| *stop).await.is_ok() } => {
             std::pin::Pin::new(&mut connection).graceful_shutdown();

@@ -14,11 +14,13 @@
 //! of all) that the server is *waiting for* is closed to make room: one
 //! whose request head (or sign-in form) has not arrived, and which has
 //! nothing unread. A connection whose bytes the server has not read yet,
-//! or whose request is being handled, is never closed for room: a client
-//! that sends its request at once is read, authenticated and out of the
-//! pool before it could be chosen, however many connections it opens at
-//! once. A client that holds a connection open without authenticating (a
-//! request head or a sign-in form trickled a byte at a time, an idle
+//! whose request is being handled, or that connected less than
+//! [`FIRST_BYTES_GRACE`] ago and has sent nothing yet (its first bytes may
+//! be on their way), is never closed for room: a client that sends its
+//! request at once is read, authenticated and out of the pool before it
+//! could be chosen, however many connections it opens at once. A client
+//! that holds a connection open without authenticating (a request head or
+//! a sign-in form trickled a byte at a time, a silent socket, an idle
 //! keep-alive connection) is what gets closed. So a flood of slow
 //! connections, from one address or many, cannot keep an authenticated
 //! client from connecting.
@@ -27,7 +29,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+
+/// How long a new connection that has sent nothing is spared: a client's
+/// first bytes leave right after its side of the handshake, so they come
+/// within a round trip of the connection being accepted.
+pub const FIRST_BYTES_GRACE: Duration = Duration::from_millis(250);
 
 /// Who a connection counts against: an IPv4 address, or an IPv6 /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,26 +54,42 @@ impl Source {
     }
 }
 
-/// The caps (`[service]` settings).
+/// The caps (`[service]` settings), and how long a silent new connection
+/// is spared ([`FIRST_BYTES_GRACE`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Caps {
     pub total: usize,
     pub per_source: usize,
+    pub grace: Duration,
 }
 
 /// What the server is doing with a connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
+    accepted: Instant,
     /// Its last read found nothing to read: the server waits for it.
     waiting: AtomicBool,
+    /// Some read of it found bytes (or its end).
+    heard: AtomicBool,
     /// A request of it is being handled.
     in_request: AtomicBool,
 }
 
 impl State {
+    fn new() -> State {
+        State {
+            accepted: Instant::now(),
+            waiting: AtomicBool::new(false),
+            heard: AtomicBool::new(false),
+            in_request: AtomicBool::new(false),
+        }
+    }
+
     /// May it be closed to make room?
-    fn closable(&self) -> bool {
-        self.waiting.load(Ordering::Acquire) && !self.in_request.load(Ordering::Acquire)
+    fn closable(&self, grace: Duration) -> bool {
+        self.waiting.load(Ordering::Acquire)
+            && !self.in_request.load(Ordering::Acquire)
+            && (self.heard.load(Ordering::Acquire) || self.accepted.elapsed() >= grace)
     }
 }
 
@@ -97,13 +121,13 @@ impl Inner {
         Some(entry)
     }
 
-    fn closable(&self, id: u64) -> bool {
-        self.entries.get(&id).is_some_and(|e| e.state.closable())
+    fn closable(&self, id: u64, grace: Duration) -> bool {
+        self.entries.get(&id).is_some_and(|e| e.state.closable(grace))
     }
 
     /// Close the oldest closable connection of `ids`; false if none is.
-    fn evict_first(&mut self, ids: impl IntoIterator<Item = u64>) -> bool {
-        let Some(id) = ids.into_iter().find(|&id| self.closable(id)) else {
+    fn evict_first(&mut self, ids: impl IntoIterator<Item = u64>, grace: Duration) -> bool {
+        let Some(id) = ids.into_iter().find(|&id| self.closable(id, grace)) else {
             return false;
         };
         if let Some(entry) = self.remove(id) {
@@ -127,6 +151,7 @@ impl Pool {
             caps: Caps {
                 total: caps.total.max(1),
                 per_source: caps.per_source.max(1),
+                grace: caps.grace,
             },
             inner: Mutex::new(Inner::default()),
         })
@@ -141,7 +166,7 @@ impl Pool {
     pub fn admit(self: &Arc<Pool>, ip: IpAddr) -> Ticket {
         let source = Source::of(ip);
         let evict = Arc::new(Notify::new());
-        let state = Arc::new(State::default());
+        let state = Arc::new(State::new());
         let id = {
             let mut inner = self.lock();
             let id = inner.next;
@@ -172,19 +197,20 @@ impl Pool {
     /// when the server starts waiting for one, so a connection over a cap
     /// is closed as soon as it may be.
     pub fn trim(&self, source: Source) {
+        let grace = self.caps.grace;
         let mut inner = self.lock();
         loop {
             let ids: Vec<u64> = match inner.by_source.get(&source) {
                 Some(ids) if ids.len() > self.caps.per_source => ids.iter().copied().collect(),
                 _ => break,
             };
-            if !inner.evict_first(ids) {
+            if !inner.evict_first(ids, grace) {
                 break;
             }
         }
         while inner.entries.len() > self.caps.total {
             let ids: Vec<u64> = inner.entries.keys().copied().collect();
-            if !inner.evict_first(ids) {
+            if !inner.evict_first(ids, grace) {
                 break;
             }
         }
@@ -195,7 +221,7 @@ impl Pool {
     pub fn evict_oldest(&self) -> bool {
         let mut inner = self.lock();
         let ids: Vec<u64> = inner.entries.keys().copied().collect();
-        inner.evict_first(ids)
+        inner.evict_first(ids, self.caps.grace)
     }
 
     /// Connections in the pool now.
@@ -239,10 +265,24 @@ impl Ticket {
     /// A read of the connection found nothing (`waiting`), or something:
     /// the server waits for the client, or has input to handle.
     pub fn read(&self, waiting: bool) {
+        if !waiting {
+            self.state.heard.store(true, Ordering::Release);
+        }
         let was = self.state.waiting.swap(waiting, Ordering::AcqRel);
         if waiting && !was && !self.state.in_request.load(Ordering::Acquire) {
             self.pool.trim(self.source);
         }
+    }
+
+    /// Once the grace of a silent new connection is over, apply the caps
+    /// again (and never resolve): a connection that has sent nothing by
+    /// then is closed if it is over a cap, not only when the next one
+    /// arrives.
+    pub async fn enforce_caps(&self) {
+        let left = self.pool.caps.grace.saturating_sub(self.state.accepted.elapsed());
+        tokio::time::sleep(left).await;
+        self.pool.trim(self.source);
+        std::future::pending::<()>().await
     }
 
     /// A request of this connection is being handled (`true`), or is done.
@@ -285,6 +325,7 @@ mod tests {
         let pool = Pool::new(Caps {
             total: 100,
             per_source: 2,
+            grace: Duration::ZERO,
         });
         let a1 = waiting(&pool, v4(1));
         let b1 = waiting(&pool, v4(2));
@@ -302,6 +343,7 @@ mod tests {
         let pool = Pool::new(Caps {
             total: 2,
             per_source: 10,
+            grace: Duration::ZERO,
         });
         let a = waiting(&pool, v4(1));
         let b = waiting(&pool, v4(2));
@@ -316,6 +358,7 @@ mod tests {
         let pool = Pool::new(Caps {
             total: 100,
             per_source: 2,
+            grace: Duration::ZERO,
         });
         // A burst of five from one source, none read yet: all kept.
         let burst: Vec<Ticket> = (0..5).map(|_| pool.admit(v4(1))).collect();
@@ -358,10 +401,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_silent_new_connection_is_spared_for_its_grace_then_capped() {
+        let grace = Duration::from_millis(100);
+        let pool = Pool::new(Caps {
+            total: 100,
+            per_source: 1,
+            grace,
+        });
+        // Two silent connections: the server waits for both, neither has
+        // sent a byte. Within the grace both are kept, over the cap.
+        let first = waiting(&pool, v4(1));
+        let second = waiting(&pool, v4(1));
+        assert!(!pool.evict_oldest());
+        assert!(!is_evicted(&first).await);
+        // One that has sent something (a head that stopped) is not spared.
+        let talker = pool.admit(v4(2));
+        talker.read(false);
+        talker.read(true);
+        assert!(pool.evict_oldest(), "a connection that has spoken is closable at once");
+        assert!(is_evicted(&talker).await);
+        // After the grace the cap holds, without another arrival.
+        let _ = tokio::time::timeout(grace * 3, first.enforce_caps()).await;
+        assert!(is_evicted(&first).await);
+        assert!(!is_evicted(&second).await);
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[tokio::test]
     async fn authenticated_and_closed_connections_leave_and_are_never_evicted() {
         let pool = Pool::new(Caps {
             total: 1,
             per_source: 1,
+            grace: Duration::ZERO,
         });
         let a = waiting(&pool, v4(1));
         a.authenticated();
