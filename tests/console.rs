@@ -133,6 +133,30 @@ invocation = true
     assert_eq!(still["state"], "pending");
     assert_eq!(still["decisions"], json!([]));
 
+    // A page of another site (another loopback port: the same site to the
+    // browser, so even a SameSite=Strict cookie goes along) posts a form to
+    // the console with the session's CSRF token, as if it had leaked: the
+    // browser marks the post as not same-origin, and it is refused.
+    browser.goto(&format!("{base}/console/approvals/{other}"));
+    let csrf = browser
+        .source()
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page's CSRF field")
+        .to_string();
+    let evil = serve_page(format!(
+        "<!doctype html><form method=\"post\" action=\"{base}/console/approvals/{other}/decide\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"verdict\" value=\"approve\">\
+         <input type=\"hidden\" name=\"reason\" value=\"forged\"><button id=\"go\">Win a prize</button></form>"
+    ));
+    browser.goto(&format!("http://{evil}/"));
+    browser.click("#go");
+    assert!(browser.text("#error").contains("another site"), "{}", browser.source());
+    let still = server.get(&format!("/v1/approvals/{other}"), Some(&reviewer)).json();
+    assert_eq!(still["state"], "pending", "{still}");
+    assert_eq!(still["decisions"], json!([]), "{still}");
+
     // Approve in the browser; the invocation runs and completes.
     browser.goto(&format!("{base}/console/approvals/{approval}"));
     browser.type_into("#approve-form input[name=reason]", "looks right");
@@ -157,6 +181,33 @@ invocation = true
     assert!(browser.text("#chain").contains("Chain intact"), "{}", browser.source());
     browser.goto(&format!("{base}/console/actions"));
     assert!(browser.source().contains("Deploys &lt;b&gt;carefully&lt;/b&gt;"));
+}
+
+/// Serve `html` to every request on a loopback port of its own, for the
+/// rest of the test; returns `127.0.0.1:PORT`.
+fn serve_page(html: String) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                    html.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    addr
 }
 
 /// Sign in over plain HTTP, the way the form does: fetch the sign-in page
