@@ -291,6 +291,9 @@ async fn serve_one(
     };
     match served {
         Some(Ok(())) => {
+            // Lingering, the server only waits for the client: an
+            // unauthenticated connection may be closed for room meanwhile.
+            ticket.read(true);
             let stream = connection.into_parts().io.io.into_inner();
             tokio::select! {
                 () = linger(stream) => {}

@@ -210,14 +210,28 @@ fn same_origin(origin: &str, host: Option<&str>) -> bool {
     !authority.is_empty() && !authority.contains(['/', '@']) && bare(authority) == bare(host)
 }
 
-/// Read the whole body within `limit` bytes and `timeout`, and put it back
-/// as a buffered body; or the error to answer.
-async fn read_body(request: Request, limit: usize, timeout: Duration, face: Face) -> Result<Request, Response> {
+/// How much body a request may send, and how slowly.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimits {
+    bytes: usize,
+    timeout: Duration,
+    /// Where the limits come from, for the error messages.
+    from: (&'static str, &'static str),
+}
+
+/// Read the whole body within `limits`, and put it back as a buffered
+/// body; or the error to answer.
+async fn read_body(request: Request, limits: BodyLimits, face: Face) -> Result<Request, Response> {
+    let BodyLimits {
+        bytes: limit,
+        timeout,
+        from: (size_rule, time_rule),
+    } = limits;
     let too_large = || {
         closing(face.error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body-too-large",
-            format!("request bodies here are limited to {limit} bytes (service.max-body-bytes)"),
+            format!("this request's body is limited to {limit} bytes ({size_rule})"),
         ))
     };
     let declared = request
@@ -248,7 +262,7 @@ async fn read_body(request: Request, limit: usize, timeout: Duration, face: Face
             StatusCode::REQUEST_TIMEOUT,
             "body-timeout",
             format!(
-                "the request body did not arrive within {} ms (service.body-timeout-ms)",
+                "the request body did not arrive within {} ms ({time_rule})",
                 timeout.as_millis()
             ),
         ))),
@@ -284,7 +298,12 @@ pub async fn gate(State(service): State<Arc<Service>>, mut request: Request, nex
             ),
         ));
     }
-    let (limit, timeout) = match scheme {
+    let limits = BodyLimits {
+        bytes: settings.max_body_bytes,
+        timeout: settings.body_timeout,
+        from: ("service.max-body-bytes", "service.body-timeout-ms"),
+    };
+    match scheme {
         Scheme::Public | Scheme::OptionalBearer => {
             if scheme == Scheme::OptionalBearer && request.headers().contains_key(header::AUTHORIZATION) {
                 match super::api::authenticate(&service, request.headers()) {
@@ -304,7 +323,6 @@ pub async fn gate(State(service): State<Arc<Service>>, mut request: Request, nex
             Ok(caller) => {
                 authenticated();
                 request.extensions_mut().insert(caller);
-                (settings.max_body_bytes, settings.body_timeout)
             }
             Err(e) => return refuse(e.into_response()),
         },
@@ -312,7 +330,6 @@ pub async fn gate(State(service): State<Arc<Service>>, mut request: Request, nex
             Ok(signed_in) => {
                 authenticated();
                 request.extensions_mut().insert(signed_in);
-                (settings.max_body_bytes, settings.body_timeout)
             }
             Err(response) => return refuse(*response),
         },
@@ -331,24 +348,22 @@ pub async fn gate(State(service): State<Arc<Service>>, mut request: Request, nex
             }
             // Reading it, the server waits for a client that has shown no
             // credential yet: its connection may be closed for room.
-            let _unshielded = peer.as_ref().map(Peer::unshielded);
-            return match read_body(
-                request,
-                SIGN_IN_MAX_BODY,
-                SIGN_IN_BODY_TIMEOUT.min(settings.body_timeout),
-                face,
-            )
-            .await
-            {
+            let unshielded = peer.as_ref().map(Peer::unshielded);
+            let limits = BodyLimits {
+                bytes: SIGN_IN_MAX_BODY,
+                timeout: SIGN_IN_BODY_TIMEOUT.min(settings.body_timeout),
+                from: ("the console sign-in form's limit", "the console sign-in form's limit"),
+            };
+            return match read_body(request, limits, face).await {
                 Ok(request) => {
-                    drop(_unshielded);
+                    drop(unshielded);
                     next.run(request).await
                 }
                 Err(response) => response,
             };
         }
-    };
-    match read_body(request, limit, timeout, face).await {
+    }
+    match read_body(request, limits, face).await {
         Ok(request) => next.run(request).await,
         Err(response) => response,
     }
