@@ -133,6 +133,30 @@ invocation = true
     assert_eq!(still["state"], "pending");
     assert_eq!(still["decisions"], json!([]));
 
+    // A page of another site (another loopback port: the same site to the
+    // browser, so even a SameSite=Strict cookie goes along) posts a form to
+    // the console with the session's CSRF token, as if it had leaked: the
+    // browser marks the post as not same-origin, and it is refused.
+    browser.goto(&format!("{base}/console/approvals/{other}"));
+    let csrf = browser
+        .source()
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page's CSRF field")
+        .to_string();
+    let evil = serve_page(format!(
+        "<!doctype html><form method=\"post\" action=\"{base}/console/approvals/{other}/decide\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"verdict\" value=\"approve\">\
+         <input type=\"hidden\" name=\"reason\" value=\"forged\"><button id=\"go\">Win a prize</button></form>"
+    ));
+    browser.goto(&format!("http://{evil}/"));
+    browser.click("#go");
+    assert!(browser.text("#error").contains("another site"), "{}", browser.source());
+    let still = server.get(&format!("/v1/approvals/{other}"), Some(&reviewer)).json();
+    assert_eq!(still["state"], "pending", "{still}");
+    assert_eq!(still["decisions"], json!([]), "{still}");
+
     // Approve in the browser; the invocation runs and completes.
     browser.goto(&format!("{base}/console/approvals/{approval}"));
     browser.type_into("#approve-form input[name=reason]", "looks right");
@@ -157,6 +181,33 @@ invocation = true
     assert!(browser.text("#chain").contains("Chain intact"), "{}", browser.source());
     browser.goto(&format!("{base}/console/actions"));
     assert!(browser.source().contains("Deploys &lt;b&gt;carefully&lt;/b&gt;"));
+}
+
+/// Serve `html` to every request on a loopback port of its own, for the
+/// rest of the test; returns `127.0.0.1:PORT`.
+fn serve_page(html: String) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                    html.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    addr
 }
 
 /// Sign in over plain HTTP, the way the form does: fetch the sign-in page
@@ -236,4 +287,177 @@ fn the_session_cookie_is_http_only_and_the_catalog_lists_only_the_callers_action
     assert!(html.contains("<h2>deploy</h2>"), "{html}");
     assert!(html.contains("<h2>reports</h2>"), "{html}");
     assert!(!html.contains("payroll"), "{html}");
+}
+
+/// The CSRF token of the signed-in session, from a console page.
+fn csrf_of(server: &Server, cookie: &str) -> String {
+    let page = request(&server.addr, "GET", "/console", &[("Cookie", cookie)], b"");
+    assert_eq!(page.status, 200, "{page:?}");
+    let html = String::from_utf8_lossy(&page.body).into_owned();
+    html.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF field")
+        .to_string()
+}
+
+#[test]
+fn cross_site_posts_and_ambiguous_session_cookies_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("work")).unwrap();
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[runtime]
+data-dir = "data"
+[service]
+console-origins = ["https://airlock.example"]
+[actions.deploy]
+component = {}
+[actions.deploy.grants]
+approval = true
+files = {{ dir = "work", mode = "read-write" }}
+[actions.deploy.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[actions.deploy.approval]
+invocation = true
+"#,
+            toml_path(&component("gated"))
+        ),
+    )
+    .unwrap();
+    let agent = token(&config, "deploy-bot", "agent", "agent");
+    let reviewer = token(&config, "alice", "human", "reviewer");
+    let server = Server::start(&config);
+    let pending = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &json!({"action": "deploy", "function": "echo", "args": {"value": "v1"}, "wait-ms": 0}),
+    );
+    assert_eq!(pending.status, 202, "{pending:?}");
+    let approval = pending.json()["approval"].as_str().unwrap().to_string();
+    let set_cookie = sign_in(&server, &reviewer);
+    let session = set_cookie.split(';').next().unwrap().to_string();
+    let csrf = csrf_of(&server, &session);
+    let own_origin = format!("http://{}", server.addr);
+    let decide = |extra: &[(&str, &str)]| {
+        let mut headers = vec![
+            ("Cookie", session.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        headers.extend_from_slice(extra);
+        request(
+            &server.addr,
+            "POST",
+            &format!("/console/approvals/{approval}/decide"),
+            &headers,
+            format!("csrf={csrf}&verdict=approve&reason=looks+fine").as_bytes(),
+        )
+    };
+    let still_pending = || {
+        let a = server.get(&format!("/v1/approvals/{approval}"), Some(&reviewer)).json();
+        assert_eq!(a["state"], "pending", "{a}");
+        assert_eq!(a["decisions"], json!([]), "{a}");
+    };
+
+    // A post from another site, with a valid session and CSRF token (a
+    // page that somehow learned it), is refused whatever else it carries.
+    for extra in [
+        vec![("Origin", "http://evil.example")],
+        vec![("Origin", "null")],
+        vec![("Origin", "http://localhost:1")],
+        vec![("Origin", "https://airlock.example.evil")],
+        vec![("Origin", own_origin.as_str()), ("Origin", "http://evil.example")],
+        vec![("Sec-Fetch-Site", "cross-site")],
+        vec![("Sec-Fetch-Site", "same-site")],
+        vec![("Origin", own_origin.as_str()), ("Sec-Fetch-Site", "cross-site")],
+    ] {
+        let r = decide(&extra);
+        assert_eq!(r.status, 403, "{extra:?}: {r:?}");
+        let html = String::from_utf8_lossy(&r.body);
+        assert!(html.contains("another site"), "{extra:?}: {html}");
+        still_pending();
+    }
+    // Sign-in and sign-out from another site are refused too.
+    let page = server.get("/console/login", None);
+    let nonce = page
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .and_then(|kv| kv.strip_prefix("airlock_login="))
+        .unwrap()
+        .to_string();
+    let login_cookie = format!("airlock_login={nonce}");
+    let sign_in_from = |origin: &str| {
+        request(
+            &server.addr,
+            "POST",
+            "/console/login",
+            &[
+                ("Cookie", login_cookie.as_str()),
+                ("Origin", origin),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            format!("token={reviewer}&csrf={nonce}").as_bytes(),
+        )
+    };
+    let r = sign_in_from("http://evil.example");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.header("set-cookie").is_none(), "{r:?}");
+    // The console's public origin behind a proxy (service.console-origins).
+    let r = sign_in_from("https://airlock.example");
+    assert_eq!(r.status, 303, "{r:?}");
+    let r = request(
+        &server.addr,
+        "POST",
+        "/console/logout",
+        &[
+            ("Cookie", session.as_str()),
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        format!("csrf={csrf}").as_bytes(),
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(
+        csrf_of(&server, &session),
+        csrf,
+        "the session outlived the forged sign-out"
+    );
+
+    // Two session cookies, in one header or two, the same session twice
+    // included: refused, never a guess at which is meant.
+    let other = sign_in(&server, &reviewer);
+    let other = other.split(';').next().unwrap();
+    let both = format!("{session}; {other}");
+    let twice = format!("{session}; {session}");
+    for headers in [
+        vec![("Cookie", both.as_str())],
+        vec![("Cookie", twice.as_str())],
+        vec![("Cookie", session.as_str()), ("Cookie", other)],
+    ] {
+        let r = request(&server.addr, "GET", "/console", &headers, b"");
+        assert_eq!(r.status, 400, "{headers:?}: {r:?}");
+        assert!(String::from_utf8_lossy(&r.body).contains("more than one airlock_session cookie"));
+        let mut post = headers.clone();
+        post.push(("Content-Type", "application/x-www-form-urlencoded"));
+        let r = request(
+            &server.addr,
+            "POST",
+            &format!("/console/approvals/{approval}/decide"),
+            &post,
+            format!("csrf={csrf}&verdict=approve").as_bytes(),
+        );
+        assert_eq!(r.status, 400, "{r:?}");
+        still_pending();
+    }
+
+    // From the console's own page (the browser says so), or from a client
+    // that is no browser (no Origin) with the CSRF token: decided.
+    let r = decide(&[("Origin", own_origin.as_str()), ("Sec-Fetch-Site", "same-origin")]);
+    assert_eq!(r.status, 303, "{r:?}");
+    let a = server.get(&format!("/v1/approvals/{approval}"), Some(&reviewer)).json();
+    assert_eq!(a["state"], "approved", "{a}");
 }

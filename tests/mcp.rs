@@ -421,3 +421,168 @@ fn a_call_held_at_a_host_call_gate_returns_pending_and_its_outcome_comes_later()
     );
     assert!(w.dir.path().join("work/after.txt").exists());
 }
+
+/// POST `body` to `/mcp` with `headers` besides the usual ones.
+fn mcp_post(
+    server: &Server,
+    auth: &[&str],
+    content_type: &str,
+    session: Option<&str>,
+    body: &[u8],
+) -> support::http::Response {
+    let auth: Vec<String> = auth.iter().map(|t| format!("Bearer {t}")).collect();
+    let mut headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    headers.push(("Content-Type", content_type));
+    headers.push(("Accept", "application/json, text/event-stream"));
+    if let Some(s) = session {
+        headers.push(("Mcp-Session-Id", s));
+        headers.push(("Mcp-Protocol-Version", "2025-06-18"));
+    }
+    request(&server.addr, "POST", "/mcp", &headers, body)
+}
+
+/// The JSON-RPC messages of an answer: a JSON body, or an event stream's
+/// `data:` lines.
+fn messages(r: &support::http::Response) -> Vec<Value> {
+    let text = String::from_utf8_lossy(&r.body);
+    if let Ok(v) = serde_json::from_str::<Value>(&text) {
+        return vec![v];
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect()
+}
+
+#[test]
+fn unreadable_bodies_get_json_rpc_errors_and_valid_ones_still_work() {
+    let w = World::new();
+    let (agent, _) = w.token("bot", "agent", "agent");
+    let server = Server::start(&w.config);
+    let json_rpc_error = |r: &support::http::Response, status: u16, code: i64, id: Value| {
+        assert_eq!(r.status, status, "{r:?}");
+        assert!(
+            r.header("content-type")
+                .is_some_and(|c| c.starts_with("application/json")),
+            "{r:?}"
+        );
+        let answer = r.json();
+        assert_eq!(answer["jsonrpc"], "2.0", "{r:?}");
+        assert_eq!(answer["id"], id, "{r:?}");
+        assert_eq!(answer["error"]["code"], code, "{r:?}");
+        assert!(answer["error"]["message"].is_string(), "{r:?}");
+    };
+
+    // Nested past any parser's patience, as arrays and as objects: a
+    // parse error, never a crash, a hang or a plain-text 415.
+    let arrays = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
+    let objects = format!("{}1{}", r#"{"a":"#.repeat(5_000), "}".repeat(5_000));
+    let call_deep = format!(
+        r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"echo__echo","arguments":{{"value":{}"x"{}}}}}}}"#,
+        "[".repeat(1000),
+        "]".repeat(1000)
+    );
+    for body in [
+        arrays.as_str(),
+        objects.as_str(),
+        call_deep.as_str(),
+        "{",
+        "",
+        "not json",
+        "\u{0}\u{1}",
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize""#,
+    ] {
+        let r = mcp_post(&server, &[&agent], "application/json", None, body.as_bytes());
+        json_rpc_error(&r, 400, -32700, Value::Null);
+    }
+    let invalid_utf8 = [b'{', 0xff, 0xfe, b'}'];
+    json_rpc_error(
+        &mcp_post(&server, &[&agent], "application/json", None, &invalid_utf8),
+        400,
+        -32700,
+        Value::Null,
+    );
+    // JSON, but not a JSON-RPC message: invalid request, with its id when
+    // it has one.
+    for (body, id) in [
+        ("{}", Value::Null),
+        ("[]", Value::Null),
+        ("42", Value::Null),
+        (r#"{"jsonrpc":"2.0","id":3,"method":7}"#, json!(3)),
+        (r#"{"jsonrpc":"1.0","id":"a","method":"ping"}"#, json!("a")),
+    ] {
+        let r = mcp_post(&server, &[&agent], "application/json", None, body.as_bytes());
+        json_rpc_error(&r, 400, -32600, id);
+    }
+    // Not JSON at all by its content type: 415, still a JSON-RPC error.
+    let r = mcp_post(&server, &[&agent], "text/plain", None, b"{}");
+    json_rpc_error(&r, 415, -32600, Value::Null);
+
+    // Two Authorization headers: refused, whichever is valid.
+    let bogus = "alk_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let ping = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    for pair in [
+        [agent.as_str(), agent.as_str()],
+        [bogus, agent.as_str()],
+        [agent.as_str(), bogus],
+    ] {
+        let r = mcp_post(&server, &pair, "application/json", None, ping);
+        assert_eq!(r.status, 400, "{r:?}");
+        assert_eq!(r.json()["error"]["code"], "ambiguous-credentials", "{r:?}");
+    }
+
+    // The server still speaks MCP: a session, its tools, a call.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let r = mcp_post(
+        &server,
+        &[&agent],
+        "application/json",
+        None,
+        init.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let session = r.header("mcp-session-id").expect("a session").to_string();
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let r = mcp_post(
+        &server,
+        &[&agent],
+        "application/json",
+        Some(&session),
+        note.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let r = mcp_post(
+        &server,
+        &[&agent],
+        "application/json",
+        Some(&session),
+        list.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let tools = messages(&r);
+    assert!(
+        tools.iter().any(|m| m["id"] == 2
+            && m["result"]["tools"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["name"] == "echo__echo"))),
+        "{tools:?}"
+    );
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "echo__echo", "arguments": {"value": "still here"}}});
+    let r = mcp_post(
+        &server,
+        &[&agent],
+        "application/json",
+        Some(&session),
+        call.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        messages(&r)
+            .iter()
+            .any(|m| m["id"] == 3 && m["result"]["structuredContent"]["result"] == "still here"),
+        "{r:?}"
+    );
+}

@@ -290,22 +290,174 @@ fn the_bearer_scheme_is_case_insensitive() {
 }
 
 #[test]
-fn readiness_reports_the_audit_log_and_the_loaded_actions() {
+fn readiness_names_actions_only_to_an_identity_and_only_its_own() {
     let w = World::new();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let nobody = w.token("stranger", "agent", &[]);
     let server = Server::start(&w.config);
+    let names = |r: &Response| -> Vec<String> {
+        let mut names: Vec<String> = r.json()["actions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no action list: {r:?}"))
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        names.sort_unstable();
+        names
+    };
+
+    // Anyone learns whether the service is ready, and nothing else.
     let r = server.get("/v1/ready", None);
     assert_eq!(r.status, 200, "{r:?}");
     let ready = r.json();
     assert_eq!(ready["ready"], true, "{ready}");
     assert_eq!(ready["audit"], "ok", "{ready}");
-    let mut actions: Vec<&str> = ready["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    actions.sort_unstable();
-    assert_eq!(actions, ["deploy", "echo", "secret-ops"], "{ready}");
+    assert!(
+        ready.get("actions").is_none(),
+        "action names without credentials: {ready}"
+    );
+    for name in ["echo", "deploy", "secret-ops"] {
+        assert!(!String::from_utf8_lossy(&r.body).contains(name), "{ready}");
+    }
+
+    // An identity sees what it may invoke or approve.
+    assert_eq!(names(&server.get("/v1/ready", Some(&agent))), ["deploy", "echo"]);
+    assert_eq!(
+        names(&server.get("/v1/ready", Some(&alice))),
+        ["deploy", "echo", "secret-ops"]
+    );
+    assert!(names(&server.get("/v1/ready", Some(&nobody))).is_empty());
+    // A bad token is refused, not treated as no token.
+    let bad = server.get(
+        "/v1/ready",
+        Some("alk_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+    );
+    assert_eq!(bad.status, 401, "{bad:?}");
+}
+
+#[test]
+fn refusals_name_only_what_the_caller_may_see() {
+    let w = World::new();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let nobody = w.token("stranger", "agent", &[]);
+    let server = Server::start(&w.config);
+    let message = |r: &Response| r.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+
+    // An unknown action: the caller's own actions are offered, no others.
+    for action in ["nope", "", "../deploy", "secret-ops "] {
+        let r = server.post("/v1/invocations", Some(&agent), &invoke_body(action, "echo", json!({})));
+        assert_eq!(r.status, 404, "{action:?}: {r:?}");
+        assert_eq!(r.json()["error"]["code"], "unknown-action", "{r:?}");
+        let m = message(&r);
+        assert!(m.contains("deploy") && m.contains("echo"), "{m}");
+        assert!(!m.contains("secret-ops") || action.contains("secret-ops"), "{m}");
+    }
+    let r = server.post("/v1/invocations", Some(&agent), &invoke_body("nope", "echo", json!({})));
+    assert!(!message(&r).contains("secret-ops"), "{r:?}");
+    let r = server.post(
+        "/v1/invocations",
+        Some(&nobody),
+        &invoke_body("nope", "echo", json!({})),
+    );
+    assert_eq!(r.status, 404, "{r:?}");
+    let m = message(&r);
+    assert!(m.contains("none"), "{m}");
+    for name in ["echo", "deploy", "secret-ops"] {
+        assert!(!m.contains(name), "{m}");
+    }
+
+    // A forbidden action is refused without the rule's identities and
+    // roles; the audit record keeps them for the operator.
+    let r = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &invoke_body("secret-ops", "echo", json!({"value": "x"})),
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    let m = message(&r);
+    assert!(m.contains("may not invoke action `secret-ops`"), "{m}");
+    assert!(!m.contains("ops-bot") && !m.contains("access.invoke"), "{m}");
+    let auditor = w.token("audrey", "human", &["auditor"]);
+    let records = server
+        .get("/v1/audit?action=secret-ops&caller=bot", Some(&auditor))
+        .json();
+    assert!(
+        records["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["event"]["error"].as_str().is_some_and(|e| e.contains("ops-bot"))),
+        "{records}"
+    );
+}
+
+/// Send one request with exactly `headers` (none added but Host and the
+/// body's length) and read the answer.
+fn raw(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    support::http::read(stream)
+}
+
+#[test]
+fn two_authorization_headers_are_refused_on_every_route() {
+    let w = World::new();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let server = Server::start(&w.config);
+    let (a, b) = (format!("Bearer {agent}"), format!("Bearer {alice}"));
+    let bogus = "Bearer alk_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string();
+    let body = invoke_body("echo", "echo", json!({"value": "twice"})).to_string();
+    // Two identities, the same one twice, a valid one after an invalid one
+    // and the other way round: never a guess at which counts.
+    for (first, second) in [(&a, &b), (&a, &a), (&bogus, &a), (&a, &bogus)] {
+        for (method, path, body) in [
+            ("GET", "/v1/actions", ""),
+            ("GET", "/v1/ready", ""),
+            ("GET", "/v1/health", ""),
+            ("POST", "/v1/invocations", body.as_str()),
+            ("POST", "/v1/approvals/x/approve", "{}"),
+            ("GET", "/v1/audit", ""),
+        ] {
+            let r = raw(
+                &server.addr,
+                method,
+                path,
+                &[
+                    ("Authorization", first.as_str()),
+                    ("Authorization", second.as_str()),
+                    ("Content-Type", "application/json"),
+                ],
+                body.as_bytes(),
+            );
+            assert_json_error(&r, 400, "ambiguous-credentials");
+            assert!(
+                r.json()["error"]["message"].as_str().unwrap().contains("Authorization"),
+                "{r:?}"
+            );
+        }
+    }
+    // Nothing ran.
+    let auditor = w.token("audrey", "human", &["auditor"]);
+    let records = server.get("/v1/audit?action=echo", Some(&auditor)).json();
+    assert_eq!(records["records"], json!([]), "{records}");
+    // One header is fine.
+    let r = raw(
+        &server.addr,
+        "GET",
+        "/v1/actions",
+        &[("Authorization", a.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
 }
 
 #[test]
@@ -689,10 +841,12 @@ fn slow_clients_are_cut_off_and_connections_are_capped() {
     let config = dir.path().join("airlock.toml");
     std::fs::write(
         &config,
-        "[runtime]\ndata-dir = \"data\"\n[service]\nheader-timeout-ms = 1500\nbody-timeout-ms = 1500\n\
+        "[runtime]\ndata-dir = \"data\"\n[service]\nheader-timeout-ms = 3000\nbody-timeout-ms = 1500\n\
          max-connections = 4\nmax-body-bytes = 4096\n",
     )
     .unwrap();
+    let token = support::create_token(&config, "bot", "agent", &[]);
+    let auth = format!("Bearer {token}");
     let server = Server::start(&config);
     let limit = Duration::from_secs(20);
 
@@ -709,11 +863,17 @@ fn slow_clients_are_cut_off_and_connections_are_capped() {
     idle.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     closed_after(idle, limit).expect("an idle keep-alive connection is closed");
 
-    // A body that trickles: 408 once the body timeout passes, and the
-    // connection is not reused.
+    // An authenticated body that trickles: 408 once the body timeout
+    // passes, and the connection is not reused.
     let mut trickle = TcpStream::connect(&server.addr).unwrap();
     trickle
-        .write_all(b"POST /v1/invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"act")
+        .write_all(
+            format!(
+                "POST /v1/invocations HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"act"
+            )
+            .as_bytes(),
+        )
         .unwrap();
     trickle.set_read_timeout(Some(limit)).unwrap();
     let r = support::http::read(trickle);
@@ -721,22 +881,29 @@ fn slow_clients_are_cut_off_and_connections_are_capped() {
     assert_eq!(r.json()["error"]["code"], "body-timeout", "{r:?}");
     assert_eq!(r.header("connection"), Some("close"), "{r:?}");
 
-    // Oversized bodies are refused on every route, /mcp included, from the
-    // declared length and from what actually arrives (chunked).
+    // Oversized bodies of authenticated callers are refused on every
+    // route, /mcp included, from the declared length and from what
+    // actually arrives (chunked).
     let big = vec![b'x'; 10_000];
     for path in ["/v1/invocations", "/mcp"] {
         let r = request(
             &server.addr,
             "POST",
             path,
-            &[("Content-Type", "application/json")],
+            &[("Authorization", auth.as_str()), ("Content-Type", "application/json")],
             &big,
         );
         assert_eq!(r.status, 413, "{path}: {r:?}");
     }
     let mut chunked = TcpStream::connect(&server.addr).unwrap();
     chunked
-        .write_all(b"POST /mcp HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .write_all(
+            format!(
+                "POST /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .as_bytes(),
+        )
         .unwrap();
     for _ in 0..3 {
         let _ = chunked.write_all(format!("{:x}\r\n{}\r\n", 2000, "y".repeat(2000)).as_bytes());
@@ -745,17 +912,46 @@ fn slow_clients_are_cut_off_and_connections_are_capped() {
     chunked.set_read_timeout(Some(limit)).unwrap();
     assert_eq!(support::http::read(chunked).status, 413);
 
-    // The connection cap: four idle connections fill every slot, so a fifth
-    // client is served only once the header timeout has freed one.
+    // Idle connections that never authenticated cannot take the slots:
+    // four of them, and a fifth client is served at once, its room made
+    // by closing the oldest of them, long before the header timeout.
     let holders: Vec<_> = (0..4).map(|_| TcpStream::connect(&server.addr).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(100));
+    let held_at = Instant::now();
+    let r = server.get("/v1/actions", Some(&token));
+    assert_eq!(r.status, 200, "{r:?}");
+    let closed = holders
+        .into_iter()
+        .filter_map(|h| closed_after(h, Duration::from_millis(200)))
+        .count();
+    assert!(closed >= 2, "{closed} idle unauthenticated connection(s) closed");
+    assert!(
+        held_at.elapsed() < Duration::from_millis(2500),
+        "the idle connections were not closed to make room, only timed out: {:?}",
+        held_at.elapsed()
+    );
+
+    // Authenticated keep-alive connections do hold their slots: four of
+    // them, idle after a request each, and a fifth client is served only
+    // once the header timeout has freed one.
+    let holders: Vec<_> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(&server.addr).unwrap();
+            s.write_all(format!("GET /v1/actions HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n").as_bytes())
+                .unwrap();
+            let mut first = [0u8; 12];
+            std::io::Read::read_exact(&mut s, &mut first).unwrap();
+            assert_eq!(&first, b"HTTP/1.1 200");
+            s
+        })
+        .collect();
     let held_at = Instant::now();
     let r = server.get("/v1/health", None);
     assert_eq!(r.status, 200, "{r:?}");
     let waited = held_at.elapsed();
     assert!(
         waited >= Duration::from_millis(1000),
-        "served after {waited:?}, while every slot was taken"
+        "served after {waited:?}, while authenticated connections held every slot"
     );
     drop(holders);
     assert_eq!(server.get("/v1/health", None).status, 200);

@@ -5,6 +5,7 @@
 //! - [`bare`]: the baseline every figure is a ratio to, bare wasmtime on
 //!   airlock's engine settings.
 //! - [`http1`]: the load generator's keep-alive HTTP/1.1 client.
+//! - [`flood`]: slow-client floods for `loadgen flood`.
 
 use airlock::action::PreparedAction;
 use airlock::capabilities::Grants;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod bare;
+pub mod flood;
 pub mod http1;
 
 /// The target directory (`CARGO_TARGET_DIR`, else the workspace's).

@@ -46,8 +46,9 @@ pub enum Error {
     /// The component file is unreadable or not a valid component.
     #[error("invalid component {path}: {reason}")]
     InvalidComponent { path: String, reason: String },
-    /// No action of that name in the config.
-    #[error("unknown action `{name}` (configured actions: {available})")]
+    /// No action of that name in the config. `available` names only what
+    /// the caller may see: the actions it may invoke.
+    #[error("unknown action `{name}` (actions available to you: {available})")]
     UnknownAction { name: String, available: String },
     /// The component exports no such function.
     #[error("unknown function `{function}` (exported functions: {available})")]

@@ -79,10 +79,24 @@ pub fn outcome_of(report: &Report) -> InvocationOutcome {
 }
 
 impl Runtime {
-    fn loaded(&self, action: &str) -> Result<Arc<PreparedAction>, Error> {
-        self.action(action).cloned().ok_or_else(|| Error::UnknownAction {
-            name: action.to_string(),
-            available: self.action_names().join(", "),
+    /// The loaded action `action`, for `caller`. An unknown name is answered
+    /// with the actions this caller may invoke, never with every action
+    /// configured: the names of others' actions are not the caller's to see.
+    fn loaded(&self, action: &str, caller: &Caller) -> Result<Arc<PreparedAction>, Error> {
+        self.action(action).cloned().ok_or_else(|| {
+            let mine: Vec<String> = self
+                .action_names()
+                .into_iter()
+                .filter(|name| self.action(name).is_some_and(|a| a.policy.access.may_invoke(caller)))
+                .collect();
+            Error::UnknownAction {
+                name: action.to_string(),
+                available: if mine.is_empty() {
+                    "none".into()
+                } else {
+                    mine.join(", ")
+                },
+            }
         })
     }
 
@@ -126,20 +140,29 @@ impl Runtime {
         function: &str,
         args: &Value,
     ) -> Result<Arc<PreparedAction>, Error> {
-        let prepared = self.loaded(action)?;
+        let prepared = self.loaded(action, caller)?;
         let access = &prepared.policy.access;
         if !access.may_invoke(caller) {
             let allowed: Vec<String> = access.invoke.iter().map(ToString::to_string).collect();
-            let error = Error::Forbidden(format!(
-                "{} may not invoke action `{action}` (access.invoke: {})",
-                describe(caller),
+            let refused = format!("{} may not invoke action `{action}`", describe(caller));
+            // The record names who may; the caller is told only when it is
+            // the local operator, who can read the config anyway: the rule
+            // lists identities and roles that are not a remote caller's
+            // business.
+            let recorded = Error::Forbidden(format!(
+                "{refused} (access.invoke: {})",
                 if allowed.is_empty() {
                     "nobody".into()
                 } else {
                     allowed.join(", ")
                 }
             ));
-            return Err(prepared.refuse(&new_invocation_id(), caller, function, error).await);
+            return Err(
+                match prepared.refuse(&new_invocation_id(), caller, function, recorded).await {
+                    Error::Forbidden(_) if !caller.is_local() => Error::Forbidden(refused),
+                    other => other,
+                },
+            );
         }
         if let Err(error) = prepared.check_request(function, args) {
             return Err(prepared.refuse(&new_invocation_id(), caller, function, error).await);
@@ -158,7 +181,7 @@ impl Runtime {
         function: &str,
         args: &Value,
     ) -> Result<Submitted, Error> {
-        let prepared = self.loaded(action)?;
+        let prepared = self.loaded(action, caller)?;
         if prepared.policy.approval.invocation {
             self.hold_for_approval(&prepared, invocation, caller, function, args)
                 .await?;
@@ -368,7 +391,7 @@ impl Runtime {
             )));
         }
         let store = approvals.store().clone();
-        let prepared = match self.loaded(&record.action) {
+        let prepared = match self.loaded(&record.action, &record.caller) {
             Ok(p) => p,
             Err(e) => return Err(Error::ApprovalRefused(format!("approved, but not runnable here: {e}"))),
         };
@@ -438,7 +461,7 @@ impl Runtime {
         approval_id: &str,
         wait: Duration,
     ) -> Result<Submitted, Error> {
-        let prepared = self.loaded(action)?;
+        let prepared = self.loaded(action, caller)?;
         let approvals = self.approvals_for(action)?;
         let approval = approvals.get(approval_id)?;
         if approval.kind != ApprovalKind::Invocation {

@@ -27,6 +27,12 @@
 //!   records in steps of ten: verification speed, the index catching up,
 //!   and queries by invocation, action and caller through the index,
 //!   against a full scan of the same log (the baseline).
+//! - `flood`: authenticated `POST /v1/invocations` of `bench.noop` from
+//!   `--clients` workers (default 8) while `--attackers` (default 1,100)
+//!   unauthenticated loopback connections trickle a body (`slow-body`) or
+//!   a request head (`slow-head`) one byte a second; each worker on a fresh
+//!   connection per request, then on one keep-alive connection. Baseline:
+//!   the same clients on the same server without a flood.
 //!
 //! Request loops are bounded in time and count, and every address is on
 //! loopback.
@@ -50,10 +56,15 @@ struct Options {
     runs: usize,
     suspended: usize,
     records: u64,
+    attackers: usize,
+    clients: usize,
+    sources: u8,
+    floods: Vec<airlock_benches::flood::Mode>,
 }
 
-const USAGE: &str = "usage: loadgen api|mcp|startup|memory|all [--seconds S] [--warmup S] \
-[--concurrency 1,2,4,...] [--actions N] [--runs N] [--suspended N] [--records N] [--airlock PATH]";
+const USAGE: &str = "usage: loadgen api|mcp|startup|memory|audit|flood|all [--seconds S] [--warmup S] \
+[--concurrency 1,2,4,...] [--actions N] [--runs N] [--suspended N] [--records N] [--attackers N] [--clients N] \
+[--sources N] [--flood body|head|both] [--airlock PATH]";
 
 fn parse_options(args: &[String]) -> Result<Options> {
     let mut o = Options {
@@ -65,6 +76,10 @@ fn parse_options(args: &[String]) -> Result<Options> {
         runs: 5,
         suspended: 1000,
         records: 10_000_000,
+        attackers: 1100,
+        clients: 8,
+        sources: 1,
+        floods: vec![airlock_benches::flood::Mode::Body, airlock_benches::flood::Mode::Head],
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -83,6 +98,18 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--runs" => o.runs = value()?.parse().context("--runs")?,
             "--suspended" => o.suspended = value()?.parse().context("--suspended")?,
             "--records" => o.records = value()?.parse().context("--records")?,
+            "--attackers" => o.attackers = value()?.parse().context("--attackers")?,
+            "--clients" => o.clients = value()?.parse().context("--clients")?,
+            "--sources" => o.sources = value()?.parse().context("--sources")?,
+            "--flood" => {
+                use airlock_benches::flood::Mode;
+                o.floods = match value()?.as_str() {
+                    "body" => vec![Mode::Body],
+                    "head" => vec![Mode::Head],
+                    "both" => vec![Mode::Body, Mode::Head],
+                    other => bail!("--flood {other}: use body, head or both"),
+                }
+            }
             other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
@@ -97,6 +124,9 @@ fn parse_options(args: &[String]) -> Result<Options> {
     }
     if !(1000..=100_000_000).contains(&o.records) {
         bail!("--records must be 1000..100000000");
+    }
+    if !(1..=10_000).contains(&o.attackers) || !(1..=256).contains(&o.clients) || !(1..=250).contains(&o.sources) {
+        bail!("--attackers must be 1..10000, --clients 1..256, --sources 1..250");
     }
     if !o.airlock.exists() {
         bail!(
@@ -120,12 +150,14 @@ fn main() -> Result<()> {
         "startup" => startup(&options)?,
         "memory" => memory(&options)?,
         "audit" => audit_growth(&options)?,
+        "flood" => flood(&options)?,
         "all" => {
             api(&options, "api")?;
             api(&options, "mcp")?;
             startup(&options)?;
             memory(&options)?;
             audit_growth(&options)?;
+            flood(&options)?;
         }
         other => bail!("unknown scenario {other}\n{USAGE}"),
     }
@@ -658,6 +690,8 @@ fn startup(options: &Options) -> Result<()> {
     world.stop();
     let loaded = {
         let mut w = World::new(options, &config)?;
+        // Readiness names the loaded actions to an identity only.
+        let auth = format!("Bearer {}", w.token("loadgen", "agent", "agent")?);
         w.start()?;
         let mut s = std::net::TcpStream::connect(&w.addr)?;
         use std::io::{Read as _, Write as _};
@@ -665,7 +699,7 @@ fn startup(options: &Options) -> Result<()> {
             "GET",
             "/v1/ready",
             &w.addr,
-            &[("Connection", "close")],
+            &[("Connection", "close"), ("Authorization", &auth)],
             b"",
         ))?;
         let mut out = String::new();
@@ -1032,6 +1066,165 @@ fn audit_growth(options: &Options) -> Result<()> {
             scan.as_secs_f64(),
             scan.as_secs_f64() / by_action.as_secs_f64(),
         );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Slow-client floods.
+
+/// How long a client request may take before it counts as failed.
+const FLOOD_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Latencies of authenticated `POST /v1/invocations` from `clients`
+/// workers for `seconds`: on a fresh connection per request (`fresh`), or
+/// on one keep-alive connection each, opened again after a failure. A
+/// request unanswered after [`FLOOD_REQUEST_TIMEOUT`], refused, or answered
+/// other than 200 counts as an error, and the worker goes on.
+async fn flood_clients(addr: &str, token: &str, clients: usize, seconds: f64, fresh: bool) -> Stats {
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    if fresh {
+        headers.push(("Connection", "close"));
+    }
+    let request = http1::request(
+        "POST",
+        "/v1/invocations",
+        addr,
+        &headers,
+        br#"{"action":"bench","function":"noop","args":{}}"#,
+    );
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let (addr, request) = (addr.to_string(), request.clone());
+            tokio::spawn(async move {
+                let (mut latencies, mut errors, mut first_error) = (Vec::new(), 0u64, None::<String>);
+                let mut conn: Option<Conn> = None;
+                while Instant::now() < end {
+                    let t0 = Instant::now();
+                    let one = tokio::time::timeout(FLOOD_REQUEST_TIMEOUT, async {
+                        let mut c = match conn.take() {
+                            Some(c) => c,
+                            None => Conn::connect(&addr).await?,
+                        };
+                        let r = c.send(&request).await?;
+                        if !fresh {
+                            conn = Some(c);
+                        }
+                        anyhow::Ok(r.status)
+                    })
+                    .await;
+                    let failed = match one {
+                        Ok(Ok(200)) => {
+                            latencies.push(t0.elapsed().as_micros() as u64);
+                            continue;
+                        }
+                        Ok(Ok(status)) => format!("status {status}"),
+                        Ok(Err(e)) => format!("{e:#}"),
+                        Err(_) => format!("no answer within {} s", FLOOD_REQUEST_TIMEOUT.as_secs()),
+                    };
+                    errors += 1;
+                    first_error.get_or_insert(failed);
+                    conn = None;
+                    // A refused connection would spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                (latencies, errors, first_error)
+            })
+        })
+        .collect();
+    let mut stats = Stats {
+        latencies_us: Vec::new(),
+        seconds,
+        errors: 0,
+    };
+    for w in workers {
+        if let Ok((latencies, errors, first_error)) = w.await {
+            stats.latencies_us.extend(latencies);
+            stats.errors += errors;
+            if let Some(e) = first_error {
+                eprintln!("  a client request failed: {e}");
+            }
+        }
+    }
+    stats.latencies_us.sort_unstable();
+    stats
+}
+
+fn flood(options: &Options) -> Result<()> {
+    use airlock_benches::flood::Flood;
+    use std::sync::atomic::Ordering;
+    let component = airlock_benches::component("bench_component");
+    // The clients are one identity at full speed (`bench_config`); every
+    // connection limit is the default an operator gets.
+    let mut world = World::new(options, &bench_config(&component))?;
+    let token = world.token("loadgen", "agent", "agent")?;
+    world.start()?;
+    let addr: std::net::SocketAddr = world.addr.parse().context("the server's address")?;
+    let rt = client_runtime()?;
+    println!();
+    println!(
+        "## Authenticated POST /v1/invocations (bench.noop) under a slow-client flood: {} clients, {} attackers \
+         from {} loopback source address(es), {} s per row",
+        options.clients, options.attackers, options.sources, options.seconds
+    );
+    println!();
+    println!(
+        "| flood | client connections | requests | p50 / p90 / p99 / max ms | errors | attacker connections open (at end / peak) | attackers answered 401 / 408 / other, closed silently | attacker connections opened |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let row = |flood: &str, fresh: bool, stats: &Stats, attackers: &str| {
+        let max = stats.latencies_us.last().map_or(f64::NAN, |&us| us as f64 / 1000.0);
+        println!(
+            "| {flood} | {} | {} | {:.2} / {:.2} / {:.2} / {:.1} | {} | {attackers} |",
+            if fresh { "fresh per request" } else { "keep-alive" },
+            stats.latencies_us.len(),
+            stats.percentile(0.5),
+            stats.percentile(0.9),
+            stats.percentile(0.99),
+            max,
+            stats.errors,
+        );
+    };
+    for fresh in [true, false] {
+        let stats = rt.block_on(flood_clients(
+            &world.addr,
+            &token,
+            options.clients,
+            options.seconds,
+            fresh,
+        ));
+        row("none (baseline)", fresh, &stats, "- | - | -");
+    }
+    for &mode in &options.floods {
+        let mut flood = Flood::start(addr, mode, options.attackers, options.sources)?;
+        // Let every attacker connect and start trickling.
+        std::thread::sleep(Duration::from_secs(3));
+        for fresh in [true, false] {
+            let stats = rt.block_on(flood_clients(
+                &world.addr,
+                &token,
+                options.clients,
+                options.seconds,
+                fresh,
+            ));
+            let c = &flood.counters;
+            let attackers = format!(
+                "{} / {} | {} / {} / {}, {} | {}",
+                c.open.load(Ordering::Relaxed),
+                c.peak_open.load(Ordering::Relaxed),
+                c.answered_401.load(Ordering::Relaxed),
+                c.answered_408.load(Ordering::Relaxed),
+                c.answered_other.load(Ordering::Relaxed),
+                c.closed_silently.load(Ordering::Relaxed),
+                c.connects.load(Ordering::Relaxed),
+            );
+            row(mode.name(), fresh, &stats, &attackers);
+        }
+        flood.stop();
+        // Let the server see the attackers' sockets close.
+        std::thread::sleep(Duration::from_secs(2));
     }
     Ok(())
 }

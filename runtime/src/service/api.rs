@@ -2,7 +2,7 @@
 //!
 //! | method | path | who |
 //! |---|---|---|
-//! | GET | `/v1/health`, `/v1/ready` | anyone |
+//! | GET | `/v1/health`, `/v1/ready` | anyone (readiness names actions only to an identity) |
 //! | GET | `/v1/openapi.json` | anyone |
 //! | GET | `/v1/actions` | any identity: the actions it may invoke or approve |
 //! | POST | `/v1/invocations` | identities the action's `access.invoke` names |
@@ -15,6 +15,8 @@
 //! decision of an invocation-level gate included: 200 when it ends in time,
 //! otherwise 202 with how it stands and the approval request it waits for.
 //! Every failure, a request axum rejects included, is a JSON error.
+//! Every request passes the gate (`super::gate`) first: it is
+//! authenticated on its head, and its body is read only afterwards.
 
 use super::Service;
 use super::error::ApiError;
@@ -62,7 +64,7 @@ pub fn router(service: Shared) -> Router {
         .merge(
             Router::new()
                 .nest_service("/mcp", super::mcp::http_service(service.clone()))
-                .layer(axum::middleware::from_fn_with_state(service.clone(), require_token)),
+                .layer(axum::middleware::from_fn(super::mcp::guard)),
         )
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -73,73 +75,10 @@ pub fn router(service: Shared) -> Router {
         })
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(service.clone(), read_body))
+        // Outermost: every request is authenticated on its head before its
+        // body is read (see `gate`).
+        .layer(axum::middleware::from_fn_with_state(service.clone(), super::gate::gate))
         .with_state(service)
-}
-
-/// Every request body is read in full, within `body-timeout-ms` and
-/// `max-body-bytes`, before any handler (or the MCP transport, which reads
-/// bodies itself) sees it: a client trickling a body is answered 408 and
-/// cannot hold a handler, an oversized one 413.
-async fn read_body(
-    State(service): State<Shared>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let limit = service.settings.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            format!("request bodies are limited to {limit} bytes (service.max-body-bytes)"),
-        )
-        .into_response()
-    };
-    let declared = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return too_large();
-    }
-    let (parts, body) = request.into_parts();
-    let timeout = service.settings.body_timeout;
-    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => {
-            let e = e.into_inner();
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                return too_large();
-            }
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad-body",
-                format!("reading the request body failed: {e}"),
-            )
-            .into_response();
-        }
-        Err(_) => {
-            let mut response = ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body-timeout",
-                format!(
-                    "the request body did not arrive within {} ms (service.body-timeout-ms)",
-                    timeout.as_millis()
-                ),
-            )
-            .into_response();
-            // The rest of the body may still be on its way: do not read it
-            // as the next request.
-            response.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-            return response;
-        }
-    };
-    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await
 }
 
 /// The token of an `Authorization` header value `Bearer TOKEN`. The scheme
@@ -152,14 +91,22 @@ pub fn bearer_token(header: &str) -> Option<&str> {
 }
 
 /// The caller behind the `Authorization: Bearer` header, rate limited.
-fn authenticate(service: &Service, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let header = headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
+pub(super) fn authenticate(service: &Service, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let mut headers = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let header = headers.next().ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "send Authorization: Bearer TOKEN",
         )
     })?;
+    if headers.next().is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "ambiguous-credentials",
+            "the request carries more than one Authorization header: send exactly one",
+        ));
+    }
     let bearer = header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -178,35 +125,35 @@ fn authenticate(service: &Service, headers: &HeaderMap) -> Result<Caller, ApiErr
     Ok(caller)
 }
 
-/// `/mcp` speaks to authenticated callers only: no session starts without
-/// a valid token (each MCP request is authenticated again by the handler).
-async fn require_token(
-    State(service): State<Shared>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if let Err(e) = authenticate(&service, request.headers()) {
-        return e.into_response();
+/// The authenticated caller of a request: the one the gate authenticated
+/// (see `gate`), or, for a request that reached a handler some other way,
+/// authenticated here, so no handler can run for nobody.
+pub struct Authenticated(pub Caller);
+
+impl axum::extract::FromRequestParts<Shared> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, service: &Shared) -> Result<Self, ApiError> {
+        match parts.extensions.get::<Caller>() {
+            Some(caller) => Ok(Authenticated(caller.clone())),
+            None => authenticate(service, &parts.headers).map(Authenticated),
+        }
     }
-    let is_delete = request.method() == axum::http::Method::DELETE;
-    let mut response = next.run(request).await;
-    // rmcp answers a session DELETE with 202, which clients read as a failed
-    // termination (the spec's examples, and the Python SDK, expect 200/204).
-    // The session is closed by then, so say so plainly.
-    if is_delete && response.status() == StatusCode::ACCEPTED {
-        *response.status_mut() = StatusCode::NO_CONTENT;
-    }
-    response
 }
 
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn ready(State(service): State<Shared>) -> Response {
+/// Readiness: whether the audit log is writable. The loaded actions are
+/// named only to an authenticated caller, and only those it may invoke or
+/// approve (as in `/v1/actions`).
+async fn ready(State(service): State<Shared>, caller: Option<axum::Extension<Caller>>) -> Response {
     let audit_ok = service.runtime.audit_opened().is_some_and(|a| a.is_healthy());
-    let actions = service.runtime.action_names();
-    let body = json!({"ready": audit_ok, "audit": if audit_ok {"ok"} else {"unavailable"}, "actions": actions});
+    let mut body = json!({"ready": audit_ok, "audit": if audit_ok {"ok"} else {"unavailable"}});
+    if let Some(axum::Extension(caller)) = caller {
+        body["actions"] = json!(visible_actions(&service, &caller));
+    }
     let status = if audit_ok {
         StatusCode::OK
     } else {
@@ -215,12 +162,26 @@ async fn ready(State(service): State<Shared>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The names of the loaded actions `caller` may invoke or approve.
+fn visible_actions(service: &Service, caller: &Caller) -> Vec<String> {
+    service
+        .runtime
+        .action_names()
+        .into_iter()
+        .filter(|name| {
+            service.runtime.action(name).is_some_and(|a| {
+                let access = &a.policy.access;
+                access.may_invoke(caller) || access.may_approve(caller)
+            })
+        })
+        .collect()
+}
+
 async fn openapi() -> Json<Value> {
     Json(super::openapi::document())
 }
 
-async fn actions(State(service): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&service, &headers)?;
+async fn actions(State(service): State<Shared>, Authenticated(caller): Authenticated) -> Result<Json<Value>, ApiError> {
     let mut out = Vec::new();
     for name in service.runtime.action_names() {
         let Some(action) = service.runtime.action(&name) else {
@@ -375,10 +336,9 @@ fn joined_response(
 
 async fn invoke(
     State(service): State<Shared>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     request: Result<Json<InvokeRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&service, &headers)?;
     let Json(request) = request?;
     let wait = request
         .wait_ms
@@ -450,10 +410,9 @@ async fn invoke(
 
 async fn invocation(
     State(service): State<Shared>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&service, &headers)?;
     let Path(id) = id?;
     let record = service
         .runtime
@@ -510,10 +469,9 @@ struct ApprovalsQuery {
 
 async fn approvals(
     State(service): State<Shared>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     query: Result<Query<ApprovalsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&service, &headers)?;
     let Query(query) = query?;
     let state = match query.state.as_deref() {
         None => Some(ApprovalState::Pending),
@@ -543,10 +501,9 @@ fn visible_approval(service: &Service, caller: &Caller, id: &str) -> Result<Appr
 
 async fn approval(
     State(service): State<Shared>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ApprovalRecord>, ApiError> {
-    let caller = authenticate(&service, &headers)?;
     let Path(id) = id?;
     Ok(Json(visible_approval(&service, &caller, &id)?))
 }
@@ -559,16 +516,16 @@ struct DecisionBody {
     binding: Option<String>,
 }
 
-/// A decision, once the caller is known: what is wrong with the request
-/// (its path or body) is answered only to an authenticated caller.
+/// A decision, once the caller is known (the gate authenticates before the
+/// body is read): what is wrong with the request (its path or body) is
+/// answered only to an authenticated caller.
 async fn decide(
     service: Shared,
-    headers: HeaderMap,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
     verdict: Verdict,
     decision: Result<DecisionBody, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&service, &headers)?;
     let Path(id) = id?;
     let decision = decision?;
     visible_approval(&service, &caller, &id)?;
@@ -590,24 +547,24 @@ async fn decide(
 /// The body is optional: none (no `Content-Type`) approves without a reason.
 async fn approve(
     State(service): State<Shared>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     id: Result<Path<String>, PathRejection>,
     decision: Result<Option<Json<DecisionBody>>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let decision = decision
         .map(|d| d.map(|Json(d)| d).unwrap_or_default())
         .map_err(ApiError::from);
-    decide(service, headers, id, Verdict::Approve, decision).await
+    decide(service, caller, id, Verdict::Approve, decision).await
 }
 
 async fn deny(
     State(service): State<Shared>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     id: Result<Path<String>, PathRejection>,
     decision: Result<Json<DecisionBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let decision = decision.map(|Json(d)| d).map_err(ApiError::from);
-    decide(service, headers, id, Verdict::Deny, decision).await
+    decide(service, caller, id, Verdict::Deny, decision).await
 }
 
 #[derive(serde::Deserialize)]
@@ -623,10 +580,9 @@ struct AuditQuery {
 
 async fn audit(
     State(service): State<Shared>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&service, &headers)?;
     if !service.may_read_audit(&caller) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -667,8 +623,10 @@ async fn audit(
     Ok(Json(json!({ "records": records })))
 }
 
-async fn audit_verify(State(service): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let caller = authenticate(&service, &headers)?;
+async fn audit_verify(
+    State(service): State<Shared>,
+    Authenticated(caller): Authenticated,
+) -> Result<Response, ApiError> {
     if !service.may_read_audit(&caller) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

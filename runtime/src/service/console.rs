@@ -5,7 +5,9 @@
 //!   cookie and is checked against the token store on every request, so a
 //!   revoked token ends its sessions at once.
 //! - Every form carries the session's CSRF token (sign-in uses a
-//!   double-submit cookie); a post without it is refused.
+//!   double-submit cookie); a post without it is refused. Before that, the
+//!   gate (`super::gate`) refuses a post a browser sent from another site
+//!   (`Sec-Fetch-Site`, `Origin`), and a request with two session cookies.
 //! - Everything shown that came from a request, a guest or the audit log
 //!   is HTML-escaped; the pages load no scripts (`Content-Security-Policy:
 //!   default-src 'none'`).
@@ -23,8 +25,8 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const SESSION_COOKIE: &str = "airlock_session";
-const LOGIN_COOKIE: &str = "airlock_login";
+pub(super) const SESSION_COOKIE: &str = "airlock_session";
+pub(super) const LOGIN_COOKIE: &str = "airlock_login";
 /// A session ends after this long idle.
 const SESSION_IDLE: Duration = Duration::from_secs(3600);
 const MAX_SESSIONS: usize = 10_000;
@@ -126,7 +128,12 @@ pub fn esc(s: &str) -> String {
     out
 }
 
+/// The value of cookie `name`, if the request carries exactly one of that
+/// name: of two, neither is taken (the gate refuses such requests first).
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    if super::gate::cookie_count(headers, name) != 1 {
+        return None;
+    }
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -144,7 +151,10 @@ fn secure_headers(mut response: Response) -> Response {
         HeaderValue::from_static("default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // `same-origin`, not `no-referrer`: no other site learns a console URL,
+    // and the console's own form posts carry their real `Origin` (under
+    // `no-referrer` browsers send `Origin: null`, which the gate refuses).
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     response
@@ -187,7 +197,7 @@ fn page(title: &str, who: Option<(&Caller, &str)>, body: &str) -> Response {
     )
 }
 
-fn error_page(status: StatusCode, message: &str) -> Response {
+pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
     let mut r = page(
         "Error",
         None,
@@ -197,9 +207,29 @@ fn error_page(status: StatusCode, message: &str) -> Response {
     r
 }
 
+/// A signed-in reviewer: the caller and the session (for its CSRF token).
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    caller: Caller,
+    session: Session,
+}
+
+impl axum::extract::FromRequestParts<Shared> for SignedIn {
+    type Rejection = Response;
+
+    /// The session the gate checked, or, for a request that reached a
+    /// handler some other way, checked here: no page renders for nobody.
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, service: &Shared) -> Result<Self, Response> {
+        match parts.extensions.get::<SignedIn>() {
+            Some(signed_in) => Ok(signed_in.clone()),
+            None => signed_in(service, &parts.headers).map_err(|r| *r),
+        }
+    }
+}
+
 /// The signed-in caller and the session's CSRF token, or a redirect to
 /// sign in.
-fn signed_in(service: &Service, headers: &HeaderMap) -> Result<(Caller, Session), Box<Response>> {
+pub(super) fn signed_in(service: &Service, headers: &HeaderMap) -> Result<SignedIn, Box<Response>> {
     let to_login = || Box::new(Redirect::to("/console/login").into_response());
     let id = cookie(headers, SESSION_COOKIE).ok_or_else(to_login)?;
     let session = service.sessions.get(id).ok_or_else(to_login)?;
@@ -211,20 +241,28 @@ fn signed_in(service: &Service, headers: &HeaderMap) -> Result<(Caller, Session)
         .token_by_hash(&session.token_hash)
         .map_err(|e| error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
     match record {
-        Some(t) if t.revoked_at.is_none() => Ok((
-            Caller {
+        Some(t) if t.revoked_at.is_none() => Ok(SignedIn {
+            caller: Caller {
                 name: t.identity,
                 kind: t.kind,
                 roles: t.roles,
                 token_id: Some(t.id),
             },
             session,
-        )),
+        }),
         _ => {
             service.sessions.remove(id);
             Err(to_login())
         }
     }
+}
+
+/// The answer to a sign-in post without the sign-in page's CSRF cookie.
+pub(super) fn stale_sign_in() -> Response {
+    error_page(
+        StatusCode::FORBIDDEN,
+        "the sign-in form is stale or was not sent from this console; reload it",
+    )
 }
 
 async fn style() -> Response {
@@ -259,13 +297,15 @@ pub struct LoginForm {
     csrf: Option<String>,
 }
 
-async fn login(State(service): State<Shared>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(service): State<Shared>,
+    peer: Option<axum::Extension<super::connections::Peer>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let expected = cookie(&headers, LOGIN_COOKIE);
     if expected.is_none() || form.csrf.as_deref() != expected {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "the sign-in form is stale or was not sent from this console; reload it",
-        );
+        return stale_sign_in();
     }
     let token = form.token.trim();
     let caller = match service.authenticate(token) {
@@ -276,6 +316,9 @@ async fn login(State(service): State<Shared>, headers: HeaderMap, Form(form): Fo
         return error_page(StatusCode::SERVICE_UNAVAILABLE, "cannot create a session now");
     };
     tracing::info!(identity = %caller.name, "console sign-in");
+    if let Some(axum::Extension(peer)) = peer {
+        peer.authenticated();
+    }
     let mut r = Redirect::to("/console").into_response();
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/console"
@@ -290,11 +333,12 @@ pub struct CsrfForm {
     csrf: Option<String>,
 }
 
-async fn logout(State(service): State<Shared>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
-    let (_, session) = match signed_in(&service, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+async fn logout(
+    State(service): State<Shared>,
+    SignedIn { session, .. }: SignedIn,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
     if form.csrf.as_deref() != Some(session.csrf.as_str()) {
         return error_page(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
     }
@@ -325,11 +369,7 @@ fn may_see_invocation(service: &Service, caller: &Caller, i: &InvocationRecord) 
             .is_some_and(|p| p.policy.access.may_approve(caller))
 }
 
-async fn home(State(service): State<Shared>, headers: HeaderMap) -> Response {
-    let (caller, session) = match signed_in(&service, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+async fn home(State(service): State<Shared>, SignedIn { caller, session }: SignedIn) -> Response {
     if let Err(e) = service.runtime.sweep_approvals().await {
         tracing::warn!("approval sweep failed: {e}");
     }
@@ -379,11 +419,11 @@ fn json_block(v: &serde_json::Value) -> String {
     )
 }
 
-async fn approval_page(State(service): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let (caller, session) = match signed_in(&service, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+async fn approval_page(
+    State(service): State<Shared>,
+    SignedIn { caller, session }: SignedIn,
+    Path(id): Path<String>,
+) -> Response {
     let approval = match service.runtime.store().and_then(|s| Ok(s.approval(&id)?)) {
         Ok(Some(a)) if may_see_approval(&service, &caller, &a) => a,
         Ok(_) => return error_page(StatusCode::NOT_FOUND, &format!("no approval request {id}")),
@@ -486,14 +526,10 @@ pub struct DecideForm {
 
 async fn decide(
     State(service): State<Shared>,
-    headers: HeaderMap,
+    SignedIn { caller, session }: SignedIn,
     Path(id): Path<String>,
     Form(form): Form<DecideForm>,
 ) -> Response {
-    let (caller, session) = match signed_in(&service, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
     if form.csrf.as_deref() != Some(session.csrf.as_str()) {
         return error_page(
             StatusCode::FORBIDDEN,
@@ -518,11 +554,7 @@ async fn decide(
     }
 }
 
-async fn invocations_page(State(service): State<Shared>, headers: HeaderMap) -> Response {
-    let (caller, session) = match signed_in(&service, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+async fn invocations_page(State(service): State<Shared>, SignedIn { caller, session }: SignedIn) -> Response {
     let list = service.runtime.store().and_then(|s| {
         Ok(super::api::first_visible(
             LIST_LENGTH,
@@ -553,11 +585,11 @@ async fn invocations_page(State(service): State<Shared>, headers: HeaderMap) -> 
     page("Invocations", Some((&caller, &session.csrf)), &body)
 }
 
-async fn invocation_page(State(service): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let (caller, session) = match signed_in(&service, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+async fn invocation_page(
+    State(service): State<Shared>,
+    SignedIn { caller, session }: SignedIn,
+    Path(id): Path<String>,
+) -> Response {
     let record = match service.runtime.store().and_then(|s| Ok(s.invocation(&id)?)) {
         Ok(Some(i)) if may_see_invocation(&service, &caller, &i) => i,
         Ok(_) => return error_page(StatusCode::NOT_FOUND, &format!("no invocation {id}")),
@@ -595,11 +627,7 @@ async fn invocation_page(State(service): State<Shared>, headers: HeaderMap, Path
     )
 }
 
-async fn audit_page(State(service): State<Shared>, headers: HeaderMap) -> Response {
-    let (caller, session) = match signed_in(&service, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+async fn audit_page(State(service): State<Shared>, SignedIn { caller, session }: SignedIn) -> Response {
     if !service.may_read_audit(&caller) {
         return error_page(
             StatusCode::FORBIDDEN,
@@ -656,11 +684,7 @@ async fn audit_page(State(service): State<Shared>, headers: HeaderMap) -> Respon
     page("Audit trail", Some((&caller, &session.csrf)), &body)
 }
 
-async fn actions_page(State(service): State<Shared>, headers: HeaderMap) -> Response {
-    let (caller, session) = match signed_in(&service, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+async fn actions_page(State(service): State<Shared>, SignedIn { caller, session }: SignedIn) -> Response {
     let mut body = String::new();
     for name in service.runtime.action_names() {
         let Some(action) = service.runtime.action(&name) else {

@@ -442,6 +442,104 @@ pub async fn serve_stdio(service: Arc<Service>, token: Zeroizing<String>) -> Res
     Ok(())
 }
 
+/// A JSON-RPC 2.0 error response (HTTP `status`, JSON body): what `/mcp`
+/// answers to a POST that is not a message it can read.
+fn jsonrpc_error(status: axum::http::StatusCode, id: Value, code: i32, message: String) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// Why a POSTed body is not an MCP message, as the JSON-RPC error to
+/// answer: a parse error (-32700) for anything that is not JSON (nesting
+/// past serde_json's depth limit of 128 included, which is refused, not
+/// recursed into), an invalid request (-32600) for JSON that is not a
+/// JSON-RPC message a client sends.
+fn unreadable(body: &[u8]) -> Option<axum::response::Response> {
+    use serde::Deserialize as _;
+    let bad = axum::http::StatusCode::BAD_REQUEST;
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Some(jsonrpc_error(
+                bad,
+                Value::Null,
+                -32700,
+                format!("parse error: the request body is not JSON ({e})"),
+            ));
+        }
+    };
+    if let Err(e) = rmcp::model::ClientJsonRpcMessage::deserialize(&value) {
+        let id = value
+            .get("id")
+            .filter(|id| id.is_string() || id.is_number())
+            .cloned()
+            .unwrap_or(Value::Null);
+        return Some(jsonrpc_error(
+            bad,
+            id,
+            -32600,
+            format!("invalid request: the body is JSON but not a JSON-RPC 2.0 request, notification or response ({e})"),
+        ));
+    }
+    None
+}
+
+/// In front of the MCP transport, after the gate authenticated the request
+/// and read its body:
+///
+/// - a POST whose body is not an MCP message is answered with a JSON-RPC
+///   error and a JSON body (see [`unreadable`]); one that is not
+///   `Content-Type: application/json` with 415 and a JSON-RPC error too
+///   (rmcp answers all of these 415 in plain text);
+/// - a session DELETE rmcp answers 202 is answered 204: clients read 202
+///   as a failed termination (the spec's examples, and the Python SDK,
+///   expect 200/204), and the session is closed by then.
+pub async fn guard(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::http::{Method, StatusCode, header};
+    let method = request.method().clone();
+    let request = if method == Method::POST {
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return jsonrpc_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Value::Null,
+                -32600,
+                "invalid request: MCP messages are POSTed as Content-Type: application/json".into(),
+            );
+        }
+        let (parts, body) = request.into_parts();
+        // Read in full by the gate already: this takes the buffer back.
+        let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return jsonrpc_error(
+                    StatusCode::BAD_REQUEST,
+                    Value::Null,
+                    -32700,
+                    format!("parse error: the request body could not be read ({e})"),
+                );
+            }
+        };
+        if let Some(response) = unreadable(&bytes) {
+            return response;
+        }
+        axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))
+    } else {
+        request
+    };
+    let mut response = next.run(request).await;
+    if method == Method::DELETE && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    response
+}
+
 /// The streamable HTTP MCP endpoint, to mount at `/mcp`.
 pub fn http_service(
     service: Arc<Service>,
@@ -470,6 +568,33 @@ mod tests {
             action.into(),
             function.into(),
         )
+    }
+
+    #[tokio::test]
+    async fn unreadable_bodies_are_json_rpc_parse_or_invalid_request_errors() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep_object = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+        for (body, code, id) in [
+            (deep.as_str(), -32700, Value::Null),
+            (deep_object.as_str(), -32700, Value::Null),
+            ("{", -32700, Value::Null),
+            ("", -32700, Value::Null),
+            ("\u{0}", -32700, Value::Null),
+            ("{}", -32600, Value::Null),
+            ("[]", -32600, Value::Null),
+            (r#"{"jsonrpc":"2.0","id":7,"method":5}"#, -32600, json!(7)),
+        ] {
+            let response = unreadable(body.as_bytes()).expect("refused");
+            assert_eq!(response.status(), axum::http::StatusCode::BAD_REQUEST, "{body:.40}");
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            let answer: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(answer["jsonrpc"], "2.0", "{answer}");
+            assert_eq!(answer["id"], id, "{answer}");
+            assert_eq!(answer["error"]["code"], code, "{body:.40}: {answer}");
+            assert!(answer["error"]["message"].is_string(), "{answer}");
+        }
+        let ok = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+        assert!(unreadable(ok.as_bytes()).is_none());
     }
 
     #[test]

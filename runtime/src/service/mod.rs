@@ -3,10 +3,13 @@
 //! the command line: identity → policy → approval → run → audit.
 //!
 //! - Listens on loopback unless `[service] listen` says otherwise.
-//! - Request bodies are capped (`max-body-bytes`) and must arrive in time
-//!   (`body-timeout-ms`), request heads too (`header-timeout-ms`), open
-//!   connections are capped (`max-connections`), each identity is rate
-//!   limited (`rate-limit`), every error is structured JSON.
+//! - Every request is authenticated on its head before its body is read
+//!   ([`gate`]); request bodies are capped (`max-body-bytes`) and must
+//!   arrive in time (`body-timeout-ms`), request heads too
+//!   (`header-timeout-ms`), open connections are capped
+//!   (`max-connections`), connections that have not authenticated more
+//!   tightly, per source address and in all ([`unauthenticated`]), each
+//!   identity is rate limited (`rate-limit`), every error is structured.
 //! - Invocations can wait for their result (up to `wait-ms`) or be
 //!   submitted and fetched later; either way they are stored, so their
 //!   status survives the request that made them.
@@ -17,9 +20,11 @@ pub mod api;
 pub mod connections;
 pub mod console;
 pub mod error;
+pub mod gate;
 pub mod mcp;
 pub mod openapi;
 pub mod ratelimit;
+pub mod unauthenticated;
 
 use crate::error::Error;
 use crate::identity::{AccessRule, Caller};
@@ -44,6 +49,8 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Unauthenticated connections from one source address by default.
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE: usize = 32;
 
 /// `[service]` in the config.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -57,6 +64,11 @@ pub struct RawServiceSettings {
     pub body_timeout_ms: Option<u64>,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: Option<usize>,
+    /// Connections open at once that have not authenticated; default half
+    /// of `max-connections`.
+    pub max_unauthenticated: Option<usize>,
+    /// Of those, from one source address (IPv4, or IPv6 /64).
+    pub max_unauthenticated_per_source: Option<usize>,
     pub rate_limit: Option<RawRateLimit>,
     /// Who may read and verify the audit trail; default `["role:auditor"]`.
     pub audit_readers: Option<Vec<String>>,
@@ -68,6 +80,9 @@ pub struct RawServiceSettings {
     pub allowed_origins: Option<Vec<String>>,
     /// Host names `/mcp` answers to besides loopback and the listen address.
     pub allowed_hosts: Option<Vec<String>>,
+    /// Origins (`https://airlock.example`) the console takes form posts
+    /// from besides its own `Host`: for a proxy that rewrites `Host`.
+    pub console_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -85,11 +100,14 @@ pub struct ServiceSettings {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
+    pub max_unauthenticated: usize,
+    pub max_unauthenticated_per_source: usize,
     pub rate_limit: RateLimit,
     pub audit_readers: Vec<AccessRule>,
     pub mcp_wait: Duration,
     pub allowed_origins: Vec<String>,
     pub allowed_hosts: Vec<String>,
+    pub console_origins: Vec<String>,
 }
 
 /// Default wait of an MCP call for an approval.
@@ -105,11 +123,14 @@ impl Default for ServiceSettings {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_unauthenticated: DEFAULT_MAX_CONNECTIONS / 2,
+            max_unauthenticated_per_source: DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE,
             rate_limit: RateLimit::default(),
             audit_readers: vec![AccessRule::Role("auditor".into())],
             mcp_wait: DEFAULT_MCP_WAIT,
             allowed_origins: vec!["http://localhost:*".into(), "http://127.0.0.1:*".into()],
             allowed_hosts: Vec::new(),
+            console_origins: Vec::new(),
         }
     }
 }
@@ -141,6 +162,28 @@ impl ServiceSettings {
             }
             s.max_connections = n;
         }
+        // Half the slots by default: the other half is always there for
+        // authenticated clients.
+        s.max_unauthenticated = (s.max_connections / 2).max(1);
+        if let Some(n) = raw.max_unauthenticated {
+            if !(1..=s.max_connections).contains(&n) {
+                return Err(format!(
+                    "service.max-unauthenticated must be between 1 and max-connections ({})",
+                    s.max_connections
+                ));
+            }
+            s.max_unauthenticated = n;
+        }
+        s.max_unauthenticated_per_source = s.max_unauthenticated_per_source.min(s.max_unauthenticated);
+        if let Some(n) = raw.max_unauthenticated_per_source {
+            if !(1..=s.max_unauthenticated).contains(&n) {
+                return Err(format!(
+                    "service.max-unauthenticated-per-source must be between 1 and max-unauthenticated ({})",
+                    s.max_unauthenticated
+                ));
+            }
+            s.max_unauthenticated_per_source = n;
+        }
         if let Some(r) = &raw.rate_limit {
             if !(r.per_second > 0.0 && r.per_second.is_finite() && r.burst >= 1.0 && r.burst.is_finite()) {
                 return Err("service.rate-limit needs per-second > 0 and burst >= 1".into());
@@ -162,6 +205,20 @@ impl ServiceSettings {
         if let Some(hosts) = &raw.allowed_hosts {
             s.allowed_hosts = hosts.clone();
         }
+        if let Some(origins) = &raw.console_origins {
+            for o in origins {
+                let well_formed = o.split_once("://").is_some_and(|(scheme, rest)| {
+                    matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains(['/', '@', '*'])
+                });
+                if !well_formed {
+                    return Err(format!(
+                        "service.console-origins: {o:?} must be an origin, scheme://host[:port] (http or https, no path), \
+                         e.g. \"https://airlock.example\""
+                    ));
+                }
+            }
+            s.console_origins = origins.clone();
+        }
         if let Some(list) = &raw.audit_readers {
             s.audit_readers = list
                 .iter()
@@ -181,6 +238,8 @@ pub struct Service {
     pub limiter: RateLimiter,
     /// Reviewer console sessions.
     pub sessions: console::Sessions,
+    /// Console sign-in attempts, per source address.
+    pub sign_in_limiter: RateLimiter,
 }
 
 impl Service {
@@ -203,6 +262,7 @@ impl Service {
             policy,
             settings,
             sessions: console::Sessions::default(),
+            sign_in_limiter: RateLimiter::new(gate::SIGN_IN_RATE),
         })
     }
 
@@ -271,6 +331,8 @@ pub async fn serve(
     let limits = connections::ConnectionLimits {
         header_timeout: service.settings.header_timeout,
         max_connections: service.settings.max_connections,
+        max_unauthenticated: service.settings.max_unauthenticated,
+        max_unauthenticated_per_source: service.settings.max_unauthenticated_per_source,
     };
     let app = api::router(service);
     let result = connections::serve(listener, app, limits, shutdown).await;

@@ -20,7 +20,7 @@ pub fn document() -> Value {
     let errors = json!({
         "401": error_response("missing, unknown or revoked token"),
         "403": error_response("the identity may not do this"),
-        "400": error_response("malformed request: body, query string or path (codes bad-json, bad-body, bad-query, bad-path, bad-request)"),
+        "400": error_response("malformed request: body, query string or path (codes bad-json, bad-body, bad-query, bad-path, bad-request), or more than one Authorization header (ambiguous-credentials)"),
         "429": error_response("rate limited (per identity)"),
     });
     let with_errors = |mut responses: Value| {
@@ -37,7 +37,7 @@ pub fn document() -> Value {
         "info": {
             "title": "airlock",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Governed execution of WebAssembly actions for AI agents. Every request is attributed to the identity of its bearer token; errors are {\"error\": {\"code\", \"message\"}}."
+            "description": "Governed execution of WebAssembly actions for AI agents. Every request is attributed to the identity of its bearer token, checked on the request head before any body is read (a request without a valid token is answered 401 at once, its body unread, and its connection closed); errors are {\"error\": {\"code\", \"message\"}}."
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -66,8 +66,10 @@ pub fn document() -> Value {
         },
         "paths": {
             "/v1/health": {"get": {"summary": "Liveness", "responses": {"200": ok("alive", json!({"type": "object"}))}}},
-            "/v1/ready": {"get": {"summary": "Readiness: the audit log is writable", "responses": {
-                "200": ok("ready", json!({"type": "object"})), "503": ok("not ready", json!({"type": "object"}))}}},
+            "/v1/ready": {"get": {"summary": "Readiness: the audit log is writable. With a bearer token (optional), also `actions`: the loaded actions that identity may invoke or approve",
+                "security": [{}, {"bearer": []}], "responses": {
+                "200": ok("ready", json!({"type": "object"})), "503": ok("not ready", json!({"type": "object"})),
+                "401": error_response("a token was sent and is unknown or revoked")}}},
             "/v1/actions": {"get": {"summary": "Actions the identity may invoke or approve, with function schemas and capability manifests",
                 "security": secured, "responses": with_errors(json!({"200": ok("actions", json!({"type": "object"}))}))}},
             "/v1/invocations": {"post": {
