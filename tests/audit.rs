@@ -1058,3 +1058,185 @@ fn export_and_tail_print_verified_records_and_follow_new_ones() {
         "start, one call, finish of the new invocation"
     );
 }
+
+/// Every query `audit show` can make of `d`'s log, with what the log says it
+/// must return: by action, invocation, caller and time.
+fn queries(d: &Path) -> Vec<(Vec<String>, Vec<String>)> {
+    let all = records(d);
+    let first_probe = all
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::InvocationStarted(s) if s.action == "probe" => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let probe = |e: &Event| matches!(e, Event::InvocationStarted(s) if s.action == "probe");
+    let one = first_probe.invocation.clone();
+    let mut out = vec![
+        (vec!["--action".into(), "probe".into()], expected(d, probe)),
+        (vec!["--invocation".into(), one[..12].to_string()], {
+            expected(d, |e| matches!(e, Event::InvocationStarted(s) if s.invocation == one))
+        }),
+        (vec!["--caller".into(), first_probe.caller.clone()], expected(d, |_| true)),
+    ];
+    // A window holding every record from the first probe's start on.
+    let start_ts = all
+        .iter()
+        .find(|e| matches!(&e.event, Event::InvocationStarted(s) if s.invocation == one))
+        .map(|e| e.ts.clone())
+        .unwrap();
+    let since = airlock::time::parse_utc(&start_ts).unwrap();
+    let in_window: Vec<String> = lines(d)
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).trim_end_matches('\n').to_string())
+        .filter(|l| {
+            let e: Entry = serde_json::from_str(l).unwrap();
+            airlock::time::parse_utc(&e.ts).unwrap() >= since
+        })
+        .collect();
+    out.push((vec!["--since".into(), start_ts], in_window));
+    out
+}
+
+#[test]
+fn an_edited_index_never_changes_what_a_query_returns_and_verify_reports_it() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    for n in [2, 1, 3] {
+        assert_eq!(invoke(d, "probe", "log-lines", json!({ "n": n }), &[]).code, 0);
+    }
+    let who = json!({"who": {"name": "Ada", "title": null, "languages": ["fr"]}});
+    assert_eq!(invoke(d, "hello", "greet", who, &[]).code, 0);
+    let queries = queries(d);
+    // A good index, kept to restore before each edit.
+    for (filter, want) in &queries {
+        let argv: Vec<&str> = filter.iter().map(String::as_str).collect();
+        assert_eq!(show(d, &argv), (0, want.clone()), "untouched index, {filter:?}");
+    }
+    let audit = airlock::audit::dir(d);
+    let index_file = audit.join(airlock::audit::index::INDEX_FILE);
+    let db = |sql: &str| {
+        let conn = rusqlite::Connection::open(&index_file).unwrap();
+        conn.execute_batch(sql).unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    };
+    db("");
+    let good = std::fs::read(&index_file).unwrap();
+    let restore = || {
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", index_file.display()));
+        }
+        std::fs::write(&index_file, &good).unwrap();
+    };
+    let all = records(d);
+    let seq_of = |keep: &dyn Fn(&Event) -> bool| all.iter().find(|e| keep(&e.event)).unwrap().seq;
+    let probe_ids: Vec<String> = all
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::InvocationStarted(s) if s.action == "probe" => Some(s.invocation.clone()),
+            _ => None,
+        })
+        .collect();
+    let (p1, p2) = (&probe_ids[0], &probe_ids[1]);
+    let call = seq_of(&|e| matches!(e, Event::HostCall(c) if *c.invocation == **p1 && c.call == 1));
+    let finish = seq_of(&|e| matches!(e, Event::InvocationFinished(f) if f.invocation == *p1));
+    let hello = seq_of(&|e| matches!(e, Event::InvocationStarted(s) if s.action == "hello"));
+    let inv = |id: &str| format!("(SELECT rowid FROM invocations WHERE id = '{id}')");
+    let edits = [
+        ("a host call's row deleted", format!("DELETE FROM records WHERE seq = {call}")),
+        ("an invocation's rows deleted", format!("DELETE FROM records WHERE inv = {}", inv(p1))),
+        (
+            "a closing record re-pointed to another invocation",
+            format!("UPDATE records SET inv = {} WHERE seq = {finish}", inv(p2)),
+        ),
+        ("a closing record made nobody's", format!("UPDATE records SET inv = NULL WHERE seq = {finish}")),
+        (
+            "a row pointed at another record",
+            format!(
+                "UPDATE records SET offset = (SELECT offset FROM records WHERE seq = {hello}), \
+                 hash = (SELECT hash FROM records WHERE seq = {hello}) WHERE seq = {call}"
+            ),
+        ),
+        ("an invocation relabelled", format!("UPDATE invocations SET action = 'hello' WHERE id = '{p1}'")),
+        ("an invocation's caller changed", format!("UPDATE invocations SET caller = 'mallory' WHERE id = '{p2}'")),
+        ("an invocation renamed", format!("UPDATE invocations SET id = 'zz{p1}' WHERE id = '{p1}'")),
+        ("an invocation's row deleted", format!("DELETE FROM invocations WHERE id = '{p1}'")),
+        ("a record's time moved", format!("UPDATE records SET ts = 0 WHERE seq = {call}")),
+        ("a bogus row", "INSERT INTO records (seq, offset, ts, inv, hash) VALUES (9999, 0, 0, NULL, x'00')".into()),
+        ("the tables emptied", "DELETE FROM records; DELETE FROM invocations;".into()),
+    ];
+    let data_dir = data_arg(d);
+    for (what, sql) in &edits {
+        for (filter, want) in &queries {
+            restore();
+            db(sql);
+            let argv: Vec<&str> = filter.iter().map(String::as_str).collect();
+            assert_eq!(show(d, &argv), (0, want.clone()), "{what}: {filter:?}");
+        }
+        // The newest records, as `GET /v1/audit` asks for them.
+        restore();
+        db(sql);
+        let mut newest = Vec::new();
+        let filter = airlock::audit::query::Filter {
+            action: Some("probe".into()),
+            ..Default::default()
+        };
+        airlock::audit::index::select(&audit, &filter, Some(3), |_, line| {
+            newest.push(String::from_utf8_lossy(line).into_owned());
+            true
+        })
+        .unwrap();
+        let want = &queries[0].1;
+        assert_eq!(newest, want[want.len() - 3..], "{what}: newest");
+        // `audit verify` compares every row, says so, and rebuilds.
+        restore();
+        db(sql);
+        let verify = airlock_with(&["audit", "verify", "--data-dir", &data_dir], b"", &[]);
+        assert_eq!(verify.code, 6, "{what}: {verify:?}");
+        assert!(
+            verify.error_line().contains("is intact, but its index did not match it"),
+            "{what}: {verify:?}"
+        );
+        let again = airlock_with(&["audit", "verify", "--data-dir", &data_dir], b"", &[]);
+        assert_eq!(again.code, 0, "{what}: {again:?}");
+        assert!(again.stdout.contains("the index matches the log"), "{what}: {again:?}");
+    }
+}
+
+#[test]
+fn verify_says_how_many_records_no_signature_covers_yet() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    for n in [1, 2] {
+        assert_eq!(invoke(d, "probe", "log-lines", json!({ "n": n }), &[]).code, 0);
+    }
+    let data_dir = data_arg(d);
+    let total = records(d).len();
+    let checkpoints = airlock::audit::dir(d).join(airlock::audit::log::CHECKPOINTS_FILE);
+    let text = std::fs::read_to_string(&checkpoints).unwrap();
+    // Keep only the first checkpoint: the records after it are unsigned.
+    let first: Checkpoint = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    std::fs::write(&checkpoints, format!("{}\n", text.lines().next().unwrap())).unwrap();
+    let run = airlock_with(&["audit", "verify", "--data-dir", &data_dir], b"", &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let unsigned = total as u64 - 1 - first.seq;
+    assert!(unsigned > 0, "the first checkpoint signs everything: {text}");
+    assert!(
+        run.stdout.contains(&format!(
+            "note: {unsigned} record(s) after record {}, the last one a checkpoint signs",
+            first.seq
+        )),
+        "{run:?}"
+    );
+    std::fs::write(&checkpoints, "").unwrap();
+    let run = airlock_with(&["audit", "verify", "--data-dir", &data_dir], b"", &[]);
+    assert!(
+        run.stdout.contains(&format!("no checkpoint signs this log: its {total} record(s)")),
+        "{run:?}"
+    );
+    // Signing the head covers everything again.
+    let sign = airlock_with(&["audit", "checkpoint", "--data-dir", &data_dir], b"", &[]);
+    assert_eq!(sign.code, 0, "{sign:?}");
+    let run = airlock_with(&["audit", "verify", "--data-dir", &data_dir], b"", &[]);
+    assert!(!run.stdout.contains("note:"), "{run:?}");
+}

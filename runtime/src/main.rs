@@ -438,6 +438,35 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
                 ),
                 None => println!("ok: the audit log is empty"),
             }
+            match (verified.unsigned(), verified.signed_through) {
+                (0, _) => {}
+                (n, Some(signed)) => println!(
+                    "note: {n} record(s) after record {signed}, the last one a checkpoint signs, are covered by the hash chain only, not yet by a signature (`airlock audit checkpoint` signs the head)"
+                ),
+                (n, None) => println!(
+                    "note: no checkpoint signs this log: its {n} record(s) are covered by the hash chain only (`airlock audit checkpoint` signs the head)"
+                ),
+            }
+            // The index is derived data: one that cannot be read or written
+            // (a full disk) is no finding about the log; one that differs
+            // from it was edited.
+            let index = match audit::index::compare_with_log(&dir) {
+                Ok(index) => index,
+                Err(e) => {
+                    println!("note: the index could not be compared with the log ({e}); queries scan the log instead");
+                    return Ok(ExitCode::SUCCESS);
+                }
+            };
+            if index.mismatches > 0 {
+                return Err(Error::AuditTampered(format!(
+                    "the audit log {} is intact, but its index did not match it: {} row(s) differed (first: {}); the index was {}",
+                    dir.display(),
+                    index.mismatches,
+                    index.first.as_deref().unwrap_or("?"),
+                    if index.rebuilt { "rebuilt from the log" } else { "not rebuilt" }
+                )));
+            }
+            println!("ok: the index matches the log ({} records)", index.records);
         }
         AuditCommand::Show { filter, json, place } => {
             let dir = audit::dir(&place.dir()?);

@@ -21,7 +21,7 @@ use super::event::Event;
 use super::log::LOG_FILE;
 use super::query::Filter;
 use rusqlite::{Connection, TransactionBehavior, params};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom};
 use std::path::Path;
 
@@ -311,17 +311,13 @@ impl Index {
         Ok(done)
     }
 
-    /// Visit every indexed record matching `filter` in log order (only the
-    /// newest `newest` of them, if given); `visit` returns false to stop.
-    /// Each record is read back from the log and checked against its own
-    /// hash. Returns how many were visited.
-    pub fn select(
-        &self,
-        filter: &Filter,
-        newest: Option<usize>,
-        mut visit: impl FnMut(&Record, &[u8]) -> bool,
-    ) -> Result<u64, IndexError> {
-        let mut sql = String::from("SELECT r.offset, r.hash FROM records r");
+    /// Every indexed record matching `filter` in log order (only the
+    /// newest `newest` of them, if given), each read back from the log and
+    /// checked against its own hash and the sequence number indexed for it.
+    /// What the index claims matches is not trusted: [`super::trust`]
+    /// checks the answer against the log before anyone sees it.
+    pub fn select(&self, filter: &Filter, newest: Option<usize>) -> Result<Vec<Hit>, IndexError> {
+        let mut sql = String::from("SELECT r.seq, r.offset, r.hash FROM records r");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut clauses: Vec<String> = Vec::new();
         if filter.invocation.is_some() || filter.action.is_some() || filter.caller.is_some() {
@@ -352,61 +348,220 @@ impl Index {
             sql.push_str(" WHERE ");
             sql.push_str(&clauses.join(" AND "));
         }
-        let offsets: Vec<(i64, Vec<u8>)> = match newest {
+        let rows = match newest {
             Some(n) => {
                 sql.push_str(&format!(" ORDER BY r.seq DESC LIMIT {n}"));
-                let mut v = self.offsets(&sql, &args)?;
+                let mut v = self.rows(&sql, &args)?;
                 v.reverse();
                 v
             }
             None => {
                 sql.push_str(" ORDER BY r.seq");
-                self.offsets(&sql, &args)?
+                self.rows(&sql, &args)?
             }
         };
+        let mut reader = self.reader()?;
+        rows.into_iter()
+            .map(|(seq, offset, hash)| self.read_hit(&mut reader, seq, offset, &hash))
+            .collect()
+    }
+
+    /// The log, for reading records at indexed offsets.
+    pub(crate) fn reader(&self) -> Result<BufReader<std::fs::File>, IndexError> {
         let path = self.dir.join(LOG_FILE);
         let file =
             std::fs::File::open(&path).map_err(|e| self.error(format!("cannot read {}: {e}", path.display())))?;
-        let mut reader = BufReader::with_capacity(64 << 10, file);
-        let mut line = Vec::new();
-        let mut visited = 0u64;
-        for (offset, hash) in offsets {
-            let offset = u64::try_from(offset).map_err(|_| self.error("a negative offset"))?;
-            reader.seek(SeekFrom::Start(offset)).map_err(|e| self.error(e))?;
-            line.clear();
-            reader.read_until(b'\n', &mut line).map_err(|e| self.error(e))?;
-            if line.pop() != Some(b'\n') {
-                return Err(self.error(format!("the log has no complete record at byte {offset}: reindex")));
-            }
-            let record = self_checked(&line).map_err(|e| {
-                self.error(format!(
-                    "the record at byte {offset} does not check out ({e}); run `airlock audit verify`"
-                ))
-            })?;
-            // The record at that offset must be the one indexed there (a log
-            // rolled back after a failed sync reuses offsets).
-            if record.hash[..] != hash[..] {
-                return Err(self.error(format!(
-                    "the log at byte {offset} is not what was indexed: the index is rebuilt on the next query"
-                )));
-            }
-            visited += 1;
-            if !visit(&record, &line) {
-                break;
-            }
-        }
-        Ok(visited)
+        Ok(BufReader::with_capacity(64 << 10, file))
     }
 
-    fn offsets(&self, sql: &str, args: &[rusqlite::types::Value]) -> Result<Vec<(i64, Vec<u8>)>, IndexError> {
-        let mut stmt = self.conn.prepare(sql).map_err(|e| self.error(e))?;
+    /// The record indexed as `seq` at `offset` with `hash`, read back and
+    /// checked: it must be a whole line that checks against its own hash,
+    /// carry that sequence number, and have that hash (a log rolled back
+    /// after a failed sync reuses offsets).
+    fn read_hit(
+        &self,
+        reader: &mut BufReader<std::fs::File>,
+        seq: i64,
+        offset: i64,
+        hash: &[u8],
+    ) -> Result<Hit, IndexError> {
+        let offset = u64::try_from(offset).map_err(|_| self.error("a negative offset"))?;
+        reader.seek(SeekFrom::Start(offset)).map_err(|e| self.error(e))?;
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line).map_err(|e| self.error(e))?;
+        let len = line.len() as u64;
+        if line.pop() != Some(b'\n') {
+            return Err(self.error(format!("the log has no complete record at byte {offset}: reindex")));
+        }
+        let record = self_checked(&line).map_err(|e| {
+            self.error(format!(
+                "the record at byte {offset} does not check out ({e}); run `airlock audit verify`"
+            ))
+        })?;
+        if record.hash[..] != hash[..] || i64::try_from(record.entry.seq).ok() != Some(seq) {
+            return Err(self.error(format!(
+                "the log at byte {offset} is not the record indexed there (record {seq}): the index does not match the log"
+            )));
+        }
+        Ok(Hit {
+            offset,
+            len,
+            record,
+            line,
+        })
+    }
+
+    /// The indexed record `seq`, read back and checked, if indexed.
+    pub(crate) fn record_at(
+        &self,
+        reader: &mut BufReader<std::fs::File>,
+        seq: u64,
+    ) -> Result<Option<Hit>, IndexError> {
+        let row = self
+            .rows(
+                "SELECT seq, offset, hash FROM records WHERE seq = ?1",
+                &[i64::try_from(seq).unwrap_or(i64::MAX).into()],
+            )?
+            .into_iter()
+            .next();
+        row.map(|(seq, offset, hash)| self.read_hit(reader, seq, offset, &hash))
+            .transpose()
+    }
+
+    /// The first `limit` records indexed as invocation `id`'s, read back.
+    pub(crate) fn first_of(
+        &self,
+        reader: &mut BufReader<std::fs::File>,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<Hit>, IndexError> {
+        let rows = self.rows(
+            &format!(
+                "SELECT r.seq, r.offset, r.hash FROM records r JOIN invocations i ON i.rowid = r.inv \
+                 WHERE i.id = ?1 ORDER BY r.seq LIMIT {limit}"
+            ),
+            &[id.to_string().into()],
+        )?;
+        rows.into_iter()
+            .map(|(seq, offset, hash)| self.read_hit(reader, seq, offset, &hash))
+            .collect()
+    }
+
+    /// Every invocation row: its id, the action and caller indexed for it,
+    /// and its first record's row.
+    pub(crate) fn invocation_rows(&self) -> Result<Vec<InvocationRow>, IndexError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT i.id, i.action, i.caller, r.seq, r.offset, r.hash FROM invocations i \
+                 LEFT JOIN records r ON r.seq = (SELECT min(seq) FROM records WHERE inv = i.rowid)",
+            )
+            .map_err(|e| self.error(e))?;
         let rows = stmt
-            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            .query_map([], |r| {
+                Ok(InvocationRow {
+                    id: r.get(0)?,
+                    action: r.get(1)?,
+                    caller: r.get(2)?,
+                    first: match (r.get::<_, Option<i64>>(3)?, r.get(4)?, r.get(5)?) {
+                        (Some(seq), Some(offset), Some(hash)) => Some((seq, offset, hash)),
+                        _ => None,
+                    },
+                })
             })
             .map_err(|e| self.error(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.error(e))
     }
+
+    /// Read back the first record of an invocation row.
+    pub(crate) fn first_record(
+        &self,
+        reader: &mut BufReader<std::fs::File>,
+        row: &InvocationRow,
+    ) -> Result<Option<Hit>, IndexError> {
+        row.first
+            .as_ref()
+            .map(|(seq, offset, hash)| self.read_hit(reader, *seq, *offset, hash))
+            .transpose()
+    }
+
+    /// The shape every honest index has, checked in a few cheap
+    /// statements: one row for every record up to the indexed position and
+    /// none beyond, no row pointing at an invocation that is not there, and
+    /// every record indexed without an invocation really has none.
+    pub(crate) fn check_shape(&self, reader: &mut BufReader<std::fs::File>) -> Result<(), String> {
+        let position = Self::position(&self.conn).map_err(|e| e.to_string())?;
+        let (count, max): (i64, Option<i64>) = self
+            .conn
+            .query_row("SELECT count(*), max(seq) FROM records", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| e.to_string())?;
+        let want = i64::try_from(position.next_seq).unwrap_or(i64::MAX);
+        if count != want || max.map_or(0, |m| m + 1) != want {
+            return Err(format!(
+                "it holds {count} rows up to record {} for {want} records",
+                max.map_or("(none)".into(), |m| m.to_string())
+            ));
+        }
+        let dangling: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM records WHERE inv IS NOT NULL AND inv NOT IN (SELECT rowid FROM invocations)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| e.to_string())?;
+        if dangling > 0 {
+            return Err(format!("{dangling} rows point at invocations it does not hold"));
+        }
+        let unowned = self
+            .rows("SELECT seq, offset, hash FROM records WHERE inv IS NULL", &[])
+            .map_err(|e| e.reason)?;
+        for (seq, offset, hash) in unowned {
+            let hit = self.read_hit(reader, seq, offset, &hash).map_err(|e| e.reason)?;
+            if let Some(id) = hit.record.entry.event.invocation() {
+                return Err(format!("record {seq} of invocation {id} is indexed as no invocation's"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop the index and read it again from the whole log.
+    pub fn rebuild(&mut self) -> Result<CaughtUp, IndexError> {
+        self.reset().map_err(|e| self.error(e))?;
+        let mut done = self.catch_up()?;
+        done.rebuilt = true;
+        Ok(done)
+    }
+
+    fn rows(&self, sql: &str, args: &[rusqlite::types::Value]) -> Result<Vec<(i64, i64, Vec<u8>)>, IndexError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.error(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
+            })
+            .map_err(|e| self.error(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.error(e))
+    }
+}
+
+/// One record a query returned, read back from the log.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// Where its line starts in the log, and its length with the newline.
+    pub offset: u64,
+    pub len: u64,
+    pub record: Record,
+    /// The line without its newline.
+    pub line: Vec<u8>,
+}
+
+/// An invocation as the index holds it (see [`Index::invocation_rows`]).
+pub(crate) struct InvocationRow {
+    pub id: String,
+    pub action: Option<String>,
+    pub caller: Option<String>,
+    /// `(seq, offset, hash)` of its first record's row.
+    pub first: Option<(i64, i64, Vec<u8>)>,
 }
 
 /// Whether `e` says the index file itself is damaged (so rebuilding it is
@@ -534,6 +689,165 @@ impl<'c> Batch<'c> {
     }
 }
 
+/// The index's answer to a query, once it has checked out against the log;
+/// `None` when it found nothing (the caller scans to be sure). An answer
+/// that does not check out rebuilds the index and is an error.
+fn indexed(dir: &Path, filter: &Filter, newest: Option<usize>) -> Result<Option<Vec<Hit>>, IndexError> {
+    let mut index = Index::open(dir)?;
+    index.catch_up()?;
+    let answer = index
+        .select(filter, newest)
+        .map_err(|e| e.reason)
+        .and_then(|hits| super::trust::check(&index, filter, newest, &hits).map(|()| hits));
+    match answer {
+        Ok(hits) if hits.is_empty() => Ok(None),
+        Ok(hits) => Ok(Some(hits)),
+        Err(reason) => {
+            tracing::warn!(
+                target: "airlock::audit",
+                "the audit index does not match the log ({reason}); rebuilding it from the log"
+            );
+            let rebuilt = index.rebuild();
+            Err(index.error(format!(
+                "it did not match the log ({reason}); {}",
+                match rebuilt {
+                    Ok(_) => "it was rebuilt from the log".to_string(),
+                    Err(e) => format!("rebuilding it failed: {}", e.reason),
+                }
+            )))
+        }
+    }
+}
+
+/// How the index compared with the log (`airlock audit verify`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct IndexCheck {
+    /// Records compared.
+    pub records: u64,
+    /// Rows (records or invocations) that differ from what the log says.
+    pub mismatches: u64,
+    /// The first difference, described.
+    pub first: Option<String>,
+    /// Whether the index was rebuilt from the log because of them.
+    pub rebuilt: bool,
+}
+
+/// Compare every row of the index with the log it claims to index: each
+/// record's offset, time, invocation and hash, and each invocation's action
+/// and caller. An index that differs is rebuilt from the log; the report
+/// says how it differed.
+pub fn compare_with_log(dir: &Path) -> Result<IndexCheck, IndexError> {
+    let mut index = Index::open(dir)?;
+    index.catch_up()?;
+    let mut check = IndexCheck::default();
+    let differ = |check: &mut IndexCheck, what: String| {
+        check.mismatches += 1;
+        if check.first.is_none() {
+            check.first = Some(what);
+        }
+    };
+    // What the log says, record by record, and who each invocation is.
+    type Expected = (u64, u64, i64, Option<String>, [u8; 32]);
+    let mut expected: Vec<Expected> = Vec::new();
+    let mut owners: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+    let mut offset = 0u64;
+    super::read::scan(dir, |record, line| {
+        let entry = &record.entry;
+        let ts = i64::try_from(crate::time::parse_utc(&entry.ts).unwrap_or(0)).unwrap_or(i64::MAX);
+        let inv = entry.event.invocation().map(str::to_string);
+        if let Some(id) = &inv {
+            let owner = owners.entry(id.clone()).or_default();
+            if let Some((action, caller)) = subject(&entry.event) {
+                owner.0.get_or_insert_with(|| action.to_string());
+                owner.1.get_or_insert_with(|| caller.to_string());
+            }
+        }
+        expected.push((entry.seq, offset, ts, inv, record.hash));
+        offset += line.len() as u64 + 1;
+        true
+    })
+    .map_err(|e| index.error(format!("the log cannot be read to compare: {e}")))?;
+    let position = Index::position(&index.conn).map_err(|e| index.error(e))?;
+    type Row = (i64, i64, i64, Option<String>, Vec<u8>);
+    let rows: Vec<Row> = {
+        let mut stmt = index
+            .conn
+            .prepare(
+                "SELECT r.seq, r.offset, r.ts, i.id, r.hash FROM records r \
+                 LEFT JOIN invocations i ON i.rowid = r.inv ORDER BY r.seq",
+            )
+            .map_err(|e| index.error(e))?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| index.error(e))?
+    };
+    let indexed = usize::try_from(position.next_seq).unwrap_or(usize::MAX).min(expected.len());
+    let mut by_seq: HashMap<i64, &Row> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        if by_seq.insert(row.0, row).is_some() {
+            differ(&mut check, format!("record {} has two rows", row.0));
+        }
+    }
+    for (seq, offset, ts, inv, hash) in &expected[..indexed] {
+        check.records += 1;
+        let Some((_, r_offset, r_ts, r_inv, r_hash)) = i64::try_from(*seq).ok().and_then(|s| by_seq.remove(&s)) else {
+            differ(&mut check, format!("record {seq} has no row"));
+            continue;
+        };
+        let what = if i64::try_from(*offset).ok() != Some(*r_offset) {
+            "its offset"
+        } else if ts != r_ts {
+            "its time"
+        } else if inv != r_inv {
+            "its invocation"
+        } else if r_hash[..] != hash[..] {
+            "its hash"
+        } else {
+            continue;
+        };
+        differ(&mut check, format!("record {seq}'s row differs from the log in {what}"));
+    }
+    for seq in by_seq.keys() {
+        differ(&mut check, format!("a row for record {seq}, which the log does not hold there"));
+    }
+    let mut indexed_owners: HashMap<String, (Option<String>, Option<String>)> = {
+        let mut stmt = index
+            .conn
+            .prepare("SELECT id, action, caller FROM invocations")
+            .map_err(|e| index.error(e))?;
+        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?))))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| index.error(e))?
+    };
+    let live: HashSet<&str> = expected[..indexed].iter().filter_map(|e| e.3.as_deref()).collect();
+    for (id, owner) in &owners {
+        if !live.contains(id.as_str()) {
+            continue;
+        }
+        match indexed_owners.remove(id) {
+            None => differ(&mut check, format!("invocation {id} has no row")),
+            Some(row) if row != *owner => {
+                differ(&mut check, format!("invocation {id}'s action or caller differs from its records"))
+            }
+            Some(_) => {}
+        }
+    }
+    for id in indexed_owners.keys() {
+        differ(&mut check, format!("a row for invocation {id}, which the log does not hold"));
+    }
+    if check.mismatches > 0 {
+        tracing::warn!(
+            target: "airlock::audit",
+            "the audit index differs from the log in {} rows; rebuilding it",
+            check.mismatches
+        );
+        index.rebuild()?;
+        check.rebuilt = true;
+    }
+    Ok(check)
+}
+
 /// Owner-only, like the rest of the audit directory.
 fn restrict_mode(path: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
@@ -541,8 +855,10 @@ fn restrict_mode(path: &Path) {
 }
 
 /// Every record matching `filter`, in log order (the newest `newest` only,
-/// if given), through the index when it can answer, else by scanning (and
-/// verifying) the whole log. `visit` returns false to stop.
+/// if given), through the index when its answer checks out against the log
+/// ([`super::trust`]), else by scanning (and verifying) the whole log; an
+/// index whose answer did not check out is rebuilt from the log first.
+/// `visit` returns false to stop.
 pub fn select(
     dir: &Path,
     filter: &Filter,
@@ -552,24 +868,20 @@ pub fn select(
     // An unfiltered query reads the log itself (verifying it on the way),
     // unless only its newest records are wanted.
     if !filter.is_empty() || newest.is_some() {
-        let mut seen = 0u64;
-        let indexed = Index::open(dir).and_then(|mut index| {
-            index.catch_up()?;
-            index.select(filter, newest, |record, line| {
-                seen += 1;
-                visit(record, line)
-            })
-        });
-        match indexed {
-            Ok(n) => return Ok(n),
-            // Nothing handed out yet: the scan can answer instead.
-            Err(e) if seen == 0 => tracing::warn!(target: "airlock::audit", "{e}; scanning the whole log instead"),
-            Err(e) => {
-                return Err(super::read::VerifyError::Io {
-                    path: e.path,
-                    reason: e.reason,
-                });
+        match indexed(dir, filter, newest) {
+            Ok(Some(hits)) => {
+                let mut n = 0;
+                for hit in &hits {
+                    n += 1;
+                    if !visit(&hit.record, &hit.line) {
+                        break;
+                    }
+                }
+                return Ok(n);
             }
+            // Nothing matched: only the whole log can say that for sure.
+            Ok(None) => {}
+            Err(e) => tracing::warn!(target: "airlock::audit", "{e}; scanning the whole log instead"),
         }
     }
     let mut matcher = filter.clone().matcher();

@@ -10,7 +10,9 @@
 //! - [`read`]: full verification and the record stream for the CLI.
 //! - [`query`]: filters by invocation, action, caller and time.
 //! - [`index`]: the index that answers those filters without reading the
-//!   whole log (derived, caught up by readers, checked against the log).
+//!   whole log (derived, caught up by readers).
+//! - [`trust`]: every answer of the index checked against the log before
+//!   it is used (the index is never trusted for which records match).
 
 pub mod chain;
 pub mod checkpoint;
@@ -20,6 +22,7 @@ pub mod index;
 pub mod log;
 pub mod query;
 pub mod read;
+pub mod trust;
 
 pub use checkpoint::Checkpoint;
 pub use event::Event;

@@ -36,8 +36,22 @@ pub struct Verified {
     pub records: u64,
     pub head: Option<(u64, [u8; 32])>,
     pub checkpoints: usize,
+    /// The last record a verified checkpoint signs; records after it are
+    /// covered by the hash chain only, not yet by a signature.
+    pub signed_through: Option<u64>,
     /// A final line still being written by a live writer (not counted).
     pub in_progress: bool,
+}
+
+impl Verified {
+    /// Records after the last signed checkpoint (all of them without one).
+    pub fn unsigned(&self) -> u64 {
+        match (self.head, self.signed_through) {
+            (Some((head, _)), Some(signed)) => head.saturating_sub(signed),
+            (Some(_), None) => self.records,
+            (None, _) => 0,
+        }
+    }
 }
 
 /// Read every record in order, checking the chain as it goes; `visit` sees
@@ -55,6 +69,7 @@ pub fn scan(dir: &Path, mut visit: impl FnMut(&Record, &[u8]) -> bool) -> Result
                 records: 0,
                 head: None,
                 checkpoints: 0,
+                signed_through: None,
                 in_progress: false,
             });
         }
@@ -127,6 +142,7 @@ pub fn scan(dir: &Path, mut visit: impl FnMut(&Record, &[u8]) -> bool) -> Result
         records: expected,
         head: expected.checked_sub(1).map(|s| (s, prev)),
         checkpoints: 0,
+        signed_through: None,
         in_progress,
     })
 }
@@ -224,5 +240,6 @@ pub fn verify(dir: &Path, external: Option<(&Checkpoint, String)>) -> Result<Ver
         });
     }
     verified.checkpoints = checkpoints.len();
+    verified.signed_through = checkpoints.iter().map(|(cp, _)| cp.seq).max();
     Ok(verified)
 }

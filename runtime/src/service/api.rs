@@ -635,15 +635,23 @@ async fn audit_verify(
         ));
     }
     let dir = crate::audit::dir(&service.policy.runtime.data_dir);
-    let verified = tokio::task::spawn_blocking(move || crate::audit::read::verify(&dir, None))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let verified = tokio::task::spawn_blocking(move || {
+        crate::audit::read::verify(&dir, None).map(|v| (v, crate::audit::index::compare_with_log(&dir)))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(match verified {
-        Ok(v) => Json(json!({
+        Ok((v, index)) => Json(json!({
             "intact": true,
             "records": v.records,
             "head": v.head.map(|(seq, hash)| json!({"seq": seq, "hash": crate::audit::chain::hex(&hash)})),
             "checkpoints": v.checkpoints,
+            "signed-through": v.signed_through,
+            "unsigned-records": v.unsigned(),
+            "index": match index {
+                Ok(check) => json!(check),
+                Err(e) => json!({"error": e.to_string()}),
+            },
         }))
         .into_response(),
         Err(e) => (StatusCode::OK, Json(json!({"intact": false, "error": e.to_string()}))).into_response(),
