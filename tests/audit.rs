@@ -1077,7 +1077,10 @@ fn queries(d: &Path) -> Vec<(Vec<String>, Vec<String>)> {
         (vec!["--invocation".into(), one[..12].to_string()], {
             expected(d, |e| matches!(e, Event::InvocationStarted(s) if s.invocation == one))
         }),
-        (vec!["--caller".into(), first_probe.caller.clone()], expected(d, |_| true)),
+        (
+            vec!["--caller".into(), first_probe.caller.clone()],
+            expected(d, |_| true),
+        ),
     ];
     // A window holding every record from the first probe's start on.
     let start_ts = all
@@ -1143,13 +1146,22 @@ fn an_edited_index_never_changes_what_a_query_returns_and_verify_reports_it() {
     let hello = seq_of(&|e| matches!(e, Event::InvocationStarted(s) if s.action == "hello"));
     let inv = |id: &str| format!("(SELECT rowid FROM invocations WHERE id = '{id}')");
     let edits = [
-        ("a host call's row deleted", format!("DELETE FROM records WHERE seq = {call}")),
-        ("an invocation's rows deleted", format!("DELETE FROM records WHERE inv = {}", inv(p1))),
+        (
+            "a host call's row deleted",
+            format!("DELETE FROM records WHERE seq = {call}"),
+        ),
+        (
+            "an invocation's rows deleted",
+            format!("DELETE FROM records WHERE inv = {}", inv(p1)),
+        ),
         (
             "a closing record re-pointed to another invocation",
             format!("UPDATE records SET inv = {} WHERE seq = {finish}", inv(p2)),
         ),
-        ("a closing record made nobody's", format!("UPDATE records SET inv = NULL WHERE seq = {finish}")),
+        (
+            "a closing record made nobody's",
+            format!("UPDATE records SET inv = NULL WHERE seq = {finish}"),
+        ),
         (
             "a row pointed at another record",
             format!(
@@ -1157,13 +1169,34 @@ fn an_edited_index_never_changes_what_a_query_returns_and_verify_reports_it() {
                  hash = (SELECT hash FROM records WHERE seq = {hello}) WHERE seq = {call}"
             ),
         ),
-        ("an invocation relabelled", format!("UPDATE invocations SET action = 'hello' WHERE id = '{p1}'")),
-        ("an invocation's caller changed", format!("UPDATE invocations SET caller = 'mallory' WHERE id = '{p2}'")),
-        ("an invocation renamed", format!("UPDATE invocations SET id = 'zz{p1}' WHERE id = '{p1}'")),
-        ("an invocation's row deleted", format!("DELETE FROM invocations WHERE id = '{p1}'")),
-        ("a record's time moved", format!("UPDATE records SET ts = 0 WHERE seq = {call}")),
-        ("a bogus row", "INSERT INTO records (seq, offset, ts, inv, hash) VALUES (9999, 0, 0, NULL, x'00')".into()),
-        ("the tables emptied", "DELETE FROM records; DELETE FROM invocations;".into()),
+        (
+            "an invocation relabelled",
+            format!("UPDATE invocations SET action = 'hello' WHERE id = '{p1}'"),
+        ),
+        (
+            "an invocation's caller changed",
+            format!("UPDATE invocations SET caller = 'mallory' WHERE id = '{p2}'"),
+        ),
+        (
+            "an invocation renamed",
+            format!("UPDATE invocations SET id = 'zz{p1}' WHERE id = '{p1}'"),
+        ),
+        (
+            "an invocation's row deleted",
+            format!("DELETE FROM invocations WHERE id = '{p1}'"),
+        ),
+        (
+            "a record's time moved",
+            format!("UPDATE records SET ts = 0 WHERE seq = {call}"),
+        ),
+        (
+            "a bogus row",
+            "INSERT INTO records (seq, offset, ts, inv, hash) VALUES (9999, 0, 0, NULL, x'00')".into(),
+        ),
+        (
+            "the tables emptied",
+            "DELETE FROM records; DELETE FROM invocations;".into(),
+        ),
     ];
     let data_dir = data_arg(d);
     for (what, sql) in &edits {
@@ -1194,7 +1227,9 @@ fn an_edited_index_never_changes_what_a_query_returns_and_verify_reports_it() {
         let verify = airlock_with(&["audit", "verify", "--data-dir", &data_dir], b"", &[]);
         assert_eq!(verify.code, 6, "{what}: {verify:?}");
         assert!(
-            verify.error_line().contains("is intact, but its index did not match it"),
+            verify
+                .error_line()
+                .contains("is intact, but its index did not match it"),
             "{what}: {verify:?}"
         );
         let again = airlock_with(&["audit", "verify", "--data-dir", &data_dir], b"", &[]);
@@ -1231,7 +1266,8 @@ fn verify_says_how_many_records_no_signature_covers_yet() {
     std::fs::write(&checkpoints, "").unwrap();
     let run = airlock_with(&["audit", "verify", "--data-dir", &data_dir], b"", &[]);
     assert!(
-        run.stdout.contains(&format!("no checkpoint signs this log: its {total} record(s)")),
+        run.stdout
+            .contains(&format!("no checkpoint signs this log: its {total} record(s)")),
         "{run:?}"
     );
     // Signing the head covers everything again.

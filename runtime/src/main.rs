@@ -463,7 +463,11 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
                     dir.display(),
                     index.mismatches,
                     index.first.as_deref().unwrap_or("?"),
-                    if index.rebuilt { "rebuilt from the log" } else { "not rebuilt" }
+                    if index.rebuilt {
+                        "rebuilt from the log"
+                    } else {
+                        "not rebuilt"
+                    }
                 )));
             }
             println!("ok: the index matches the log ({} records)", index.records);

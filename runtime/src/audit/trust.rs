@@ -7,9 +7,9 @@
 //! query's records are handed out, [`check`] proves from the records
 //! themselves that the answer is the log's:
 //!
-//! - **shape**: one row per record up to the indexed position, no row
-//!   pointing at a missing invocation, no record of an invocation indexed
-//!   as nobody's;
+//! - **shape**: no row past the indexed position, no record of an
+//!   invocation indexed as nobody's; for action and caller queries also one
+//!   row per record and no row pointing at a missing invocation;
 //! - **each record returned matches the query**, judged from its own
 //!   content: its invocation id, its own time, and the action and caller
 //!   named by its invocation's opening record (started, refused or
@@ -55,8 +55,8 @@ fn closes(event: &Event) -> bool {
 /// the matches, if given), against the log. `Err` says what did not hold.
 pub(crate) fn check(index: &Index, filter: &Filter, newest: Option<usize>, hits: &[Hit]) -> Result<(), String> {
     let mut reader = index.reader().map_err(|e| e.reason)?;
-    index.check_shape(&mut reader)?;
     let by_owner = filter.action.is_some() || filter.caller.is_some();
+    index.check_shape(&mut reader, by_owner)?;
     if by_owner {
         check_invocation_rows(index, &mut reader)?;
     }
@@ -243,7 +243,10 @@ impl Judge<'_> {
             let record = chain::decode(&line, &prev)
                 .map_err(|e| format!("record {expected} does not check out ({e}); run `airlock audit verify`"))?;
             if record.entry.seq != expected {
-                return Err(format!("the log holds record {} where {expected} belongs", record.entry.seq));
+                return Err(format!(
+                    "the log holds record {} where {expected} belongs",
+                    record.entry.seq
+                ));
             }
             self.learn(&record);
             if let Stop::Until(last) = stop
@@ -275,9 +278,7 @@ fn check_invocation_rows(index: &Index, reader: &mut BufReader<std::fs::File>) -
             .ok_or_else(|| format!("invocation {} has no records", row.id))?;
         match opening(&first.record.entry.event) {
             Some((id, action, caller))
-                if id == row.id
-                    && row.action.as_deref() == Some(action)
-                    && row.caller.as_deref() == Some(caller) => {}
+                if id == row.id && row.action.as_deref() == Some(action) && row.caller.as_deref() == Some(caller) => {}
             Some((id, action, caller)) if id == row.id => {
                 return Err(format!(
                     "invocation {id} is indexed as action {:?} by {:?}, but its record {} says action {action} by {caller}",
