@@ -70,7 +70,9 @@ component = {probe}
 log = true
 files = {{ dir = "work", mode = "read-write" }}
 [actions.files.access]
-invoke = ["role:agent"]
+invoke = ["role:agent", "local"]
+[actions.files.limits]
+timeout-ms = 60000
 "#
         );
         let config = dir.path().join("airlock.toml");
@@ -373,4 +375,188 @@ fn sigkill_under_load_leaves_every_status_row_agreeing_with_the_audit_log() {
         acknowledged.len(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The log's records as JSON, in order.
+fn log_records(data: &Path) -> Vec<Value> {
+    std::fs::read_to_string(data.join("audit/audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a log line does not parse ({e}): {l}")))
+        .collect()
+}
+
+/// Wait up to `within` for `found` to find something in the log.
+fn wait_for_record<T>(data: &Path, within: Duration, what: &str, mut found: impl FnMut(&[Value]) -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(t) = found(&log_records(data)) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kind(record: &Value) -> &str {
+    record["event"]["kind"].as_str().unwrap_or_default()
+}
+
+fn of(record: &Value) -> &str {
+    record["event"]["invocation"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn a_killed_command_line_run_is_closed_while_the_live_service_keeps_its_own() {
+    let world = World::new();
+    let data = world.data();
+    let server = Server::start(&world.config);
+    // The service runs a slow invocation.
+    let body = json!({"action": "files", "function": "sleep-ms", "args": {"ms": 15000}, "wait-ms": 0});
+    let (status, answer) = try_request(
+        &server.addr,
+        "POST",
+        "/v1/invocations",
+        &world.token,
+        body.to_string().as_bytes(),
+    )
+    .expect("the service answers");
+    assert_eq!(status, 202, "{answer}");
+    let served = answer["invocation"].as_str().expect("an invocation id").to_string();
+    wait_for_record(&data, Duration::from_secs(20), "the service's start record", |log| {
+        log.iter()
+            .find(|r| kind(r) == "invocation-started" && of(r) == served)
+            .map(|_| ())
+    });
+    // A command-line run on the same data directory, killed mid-run.
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args([
+            "invoke",
+            "files",
+            "sleep-ms",
+            "--args",
+            r#"{"ms":30000}"#,
+            "-q",
+            "--config",
+        ])
+        .arg(&world.config)
+        .env_remove("AIRLOCK_DATA_DIR")
+        .env_remove("AIRLOCK_TOKEN")
+        .env_remove("AIRLOCK_TOKEN_FILE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run airlock invoke");
+    let (killed, killed_seq, killed_runner) = wait_for_record(
+        &data,
+        Duration::from_secs(30),
+        "the command line's start record",
+        |log| {
+            log.iter()
+                .find(|r| {
+                    kind(r) == "invocation-started"
+                        && r["event"]["caller"].as_str().is_some_and(|c| c.starts_with("local:"))
+                })
+                .map(|r| {
+                    (
+                        of(r).to_string(),
+                        r["seq"].as_u64().expect("a sequence number"),
+                        r["event"]["runner"].as_str().expect("a runner").to_string(),
+                    )
+                })
+        },
+    );
+    let service_runner = log_records(&data)
+        .iter()
+        .find(|r| kind(r) == "invocation-started" && of(r) == served)
+        .and_then(|r| r["event"]["runner"].as_str().map(str::to_string))
+        .expect("the service's start names its runner");
+    assert_ne!(killed_runner, service_runner);
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    // The service looks every few seconds: the dead run is closed, with a
+    // record naming its runner and its start.
+    let cut = wait_for_record(&data, Duration::from_secs(15), "closing the killed run", |log| {
+        log.iter()
+            .find(|r| kind(r) == "invocation-cut-off" && of(r) == killed)
+            .cloned()
+    });
+    assert_eq!(cut["event"]["runner"].as_str(), Some(killed_runner.as_str()), "{cut}");
+    assert_eq!(cut["event"]["started-seq"].as_u64(), Some(killed_seq), "{cut}");
+    assert_eq!(cut["event"]["outcome"].as_str(), Some("cut-off"), "{cut}");
+    assert!(
+        cut["event"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("crash or kill")),
+        "{cut}"
+    );
+    let leases = data.join("audit/runners");
+    assert!(
+        !leases.join(format!("{killed_runner}.lease")).exists(),
+        "the dead run's lease is gone once it is settled"
+    );
+    assert!(leases.join(format!("{service_runner}.lease")).exists());
+    // Another command-line process, recovering as it starts, leaves the
+    // service's invocation alone too.
+    let quick = support::airlock_with(
+        &[
+            "invoke",
+            "files",
+            "log-lines",
+            "--args",
+            r#"{"n":1}"#,
+            "-q",
+            "--config",
+            world.config.to_str().unwrap(),
+        ],
+        b"",
+        &[],
+    );
+    assert_eq!(quick.code, 0, "{quick:?}");
+    let closings = |log: &[Value], id: &str| {
+        log.iter()
+            .filter(|r| of(r) == id && matches!(kind(r), "invocation-finished" | "invocation-cut-off"))
+            .count()
+    };
+    assert_eq!(
+        closings(&log_records(&data), &served),
+        0,
+        "the live service's run was closed"
+    );
+    let (_, now) = try_request(
+        &server.addr,
+        "GET",
+        &format!("/v1/invocations/{served}"),
+        &world.token,
+        b"",
+    )
+    .unwrap();
+    assert_eq!(now["status"].as_str(), Some("running"), "{now}");
+    // It ends as it should, once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let (_, now) = try_request(
+            &server.addr,
+            "GET",
+            &format!("/v1/invocations/{served}"),
+            &world.token,
+            b"",
+        )
+        .unwrap();
+        if now["status"] != "running" {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "the service's run never ended: {now}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(done["status"].as_str(), Some("succeeded"), "{done}");
+    let log = log_records(&data);
+    assert_eq!(closings(&log, &served), 1);
+    assert!(
+        log.iter()
+            .any(|r| kind(r) == "invocation-finished" && of(r) == served && r["event"]["outcome"] == "ok")
+    );
+    assert_eq!(closings(&log, &killed), 1);
+    drop(server);
+    verify(&world);
 }

@@ -483,9 +483,14 @@ impl AuditLog {
             }
         }
         writer.unlock();
+        // Without a lease nothing may start: no one could close what this
+        // process left open if it died. (A full disk lands here.)
         let lease = File::open(&path)
             .and_then(|log| Lease::acquire(dir, log))
-            .map_err(|e| open_err(format!("cannot take a runner lease in {}: {e}", dir.display())))?;
+            .map_err(|e| AuditError::Unavailable {
+                path: path.display().to_string(),
+                reason: format!("cannot take a runner lease in {}: {e}", dir.display()),
+            })?;
         let pipeline = Arc::new(Pipeline {
             wakeups: std::sync::atomic::AtomicU64::new(0),
             queue: Mutex::new(Queue::default()),

@@ -418,3 +418,271 @@ fn decode(line: &[u8], prev: Option<([u8; 32], u64)>) -> Result<Record, String> 
     }
     Ok(record)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::event::{InvocationFinished, InvocationStarted};
+    use crate::audit::lease::Lease;
+    use crate::identity::{Caller, IdentityKind};
+    use crate::store::sqlite::SqliteStore;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn started(id: &str, runner: Option<&str>) -> Event {
+        Event::InvocationStarted(InvocationStarted {
+            invocation: id.into(),
+            caller: "bot".into(),
+            caller_kind: Some("agent".into()),
+            approval: None,
+            action: "act".into(),
+            service_identity: "action:act".into(),
+            component_digest: "blake3:00".into(),
+            function: "f".into(),
+            args_digest: "blake3:00".into(),
+            args: serde_json::json!({}),
+            args_truncated: false,
+            grants: vec![],
+            runner: runner.map(str::to_string),
+        })
+    }
+
+    fn finished(id: &str, error: Option<&str>) -> Event {
+        Event::InvocationFinished(InvocationFinished {
+            invocation: id.into(),
+            action: "act".into(),
+            outcome: if error.is_some() { "action-error" } else { "ok" }.into(),
+            exit_code: i32::from(error.is_some()),
+            error: error.map(str::to_string),
+            duration_us: 1,
+            fuel_consumed: None,
+            peak_memory_bytes: 0,
+            result_blake3: None,
+            stdout_bytes: 0,
+            stdout_blake3: String::new(),
+            stderr_bytes: 0,
+            stderr_blake3: String::new(),
+            log_lines: 0,
+            host_calls: 0,
+            host_calls_denied: 0,
+            baseline_calls: Default::default(),
+        })
+    }
+
+    fn running(id: &str, runner: Option<&str>) -> InvocationRecord {
+        InvocationRecord {
+            id: id.into(),
+            action: "act".into(),
+            function: "f".into(),
+            args: serde_json::json!({}),
+            caller: Caller {
+                name: "bot".into(),
+                kind: IdentityKind::Agent,
+                roles: vec![],
+                token_id: None,
+            },
+            state: InvocationStatus::Running,
+            approval: None,
+            created_at: 1,
+            updated_at: 1,
+            outcome: None,
+            runner: runner.map(str::to_string),
+        }
+    }
+
+    /// A lease whose process "ends": taken, an invocation left unsettled,
+    /// the handle gone (its lock with it), the file left behind.
+    fn ended_lease(log: &AuditLog) -> Result<Arc<Lease>, Box<dyn std::error::Error>> {
+        Ok(Lease::acquire(log.dir(), File::open(log.path())?)?)
+    }
+
+    fn end(lease: Arc<Lease>) {
+        drop(lease.track());
+        lease.release();
+    }
+
+    fn state(store: &dyn Store, id: &str) -> Option<InvocationRecord> {
+        store.invocation(id).ok().flatten()
+    }
+
+    /// The cut-off records in the log, in order.
+    fn cut_offs(log: &AuditLog) -> Vec<InvocationCutOff> {
+        let mut out = Vec::new();
+        let _ = crate::audit::read::scan(log.dir(), |r, _| {
+            if let Event::InvocationCutOff(c) = &r.entry.event {
+                out.push(c.clone());
+            }
+            true
+        });
+        out
+    }
+
+    #[test]
+    fn an_ended_process_is_closed_in_the_log_and_its_rows_end_as_the_log_did() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let data = tmp.path();
+        let log = AuditLog::open(&crate::audit::dir(data))?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(data)?);
+        let rows = || -> Result<Option<Arc<dyn Store>>, String> { Ok(Some(store.clone())) };
+        log.append_durable(vec![started("before", None), finished("before", None)])?;
+        let dead = ended_lease(&log)?;
+        let live = ended_lease(&log)?;
+        let (d, l, own) = (dead.id().to_string(), live.id().to_string(), log.runner().to_string());
+        log.append_durable(vec![
+            started("a", Some(&d)),
+            started("b", Some(&d)),
+            started("c", Some(&d)),
+            started("e", Some(&d)),
+            started("f", Some(&l)),
+            started("g", Some(&own)),
+            finished("a", None),
+            finished("b", Some("boom")),
+        ])?;
+        // a, b: finished in the log, the rows never updated; c: started,
+        // never finished; d: a row whose start never reached the log; e: a
+        // command-line run without a row; f, g: running in live processes.
+        for (id, runner) in [("a", &d), ("b", &d), ("c", &d), ("d", &d), ("f", &l), ("g", &own)] {
+            store.record_run(&running(id, Some(runner)))?;
+        }
+        end(dead);
+        let done = recover(&log, &rows, true)?;
+        assert_eq!(done.leases, [d.clone()]);
+        assert_eq!(
+            done.cut_off,
+            ["c", "e", "d"],
+            "in the order they started, rows without a start last"
+        );
+        let cut = cut_offs(&log);
+        assert_eq!(cut.len(), 3);
+        assert_eq!(
+            (cut[0].started_seq, cut[2].started_seq, cut[0].runner.as_deref()),
+            (Some(4), None, Some(d.as_str()))
+        );
+        assert!(cut.iter().all(|c| c.reason == CUT_OFF_REASON && c.outcome == "cut-off"));
+        let row = |id| state(store.as_ref(), id);
+        assert_eq!(row("a").map(|r| r.state), Some(InvocationStatus::Succeeded));
+        let b = row("b").ok_or("no row b")?;
+        assert_eq!(b.state, InvocationStatus::Failed);
+        assert_eq!(b.outcome.and_then(|o| o.error).as_deref(), Some("boom"));
+        for id in ["c", "d"] {
+            let r = row(id).ok_or("no row")?;
+            assert_eq!(r.state, InvocationStatus::Failed, "{id}");
+            assert!(
+                r.outcome
+                    .and_then(|o| o.error)
+                    .is_some_and(|e| e.contains(CUT_OFF_REASON))
+            );
+        }
+        // Live processes' invocations are untouched, in the log and rows.
+        assert!(cut.iter().all(|c| c.invocation != "f" && c.invocation != "g"));
+        assert_eq!(row("f").map(|r| r.state), Some(InvocationStatus::Running));
+        assert_eq!(row("g").map(|r| r.state), Some(InvocationStatus::Running));
+        assert!(!lease::path_of(log.dir(), &d).exists());
+        // Nothing is done twice.
+        assert!(recover(&log, &rows, true)?.is_empty());
+        assert_eq!(cut_offs(&log).len(), 3);
+        // Once the live process ends too, its invocation is closed.
+        end(live);
+        let done = recover(&log, &rows, true)?;
+        assert_eq!(
+            (done.cut_off, done.rows),
+            (vec!["f".to_string()], vec![("f".to_string(), InvocationStatus::Failed)])
+        );
+        drop(log);
+        // The closing records are ordinary records: the chain and the
+        // checkpoints verify.
+        crate::audit::read::verify(&crate::audit::dir(data), None)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_recovery_cut_short_is_finished_without_closing_anything_twice() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let data = tmp.path();
+        let log = AuditLog::open(&crate::audit::dir(data))?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(data)?);
+        let rows = || -> Result<Option<Arc<dyn Store>>, String> { Ok(Some(store.clone())) };
+        let dead = ended_lease(&log)?;
+        let d = dead.id().to_string();
+        log.append_durable(vec![started("x", Some(&d))])?;
+        store.record_run(&running("x", Some(&d)))?;
+        end(dead);
+        // An earlier recovery wrote the closing record, then died before
+        // the row and the lease.
+        log.append_durable(vec![Event::InvocationCutOff(InvocationCutOff {
+            invocation: "x".into(),
+            action: Some("act".into()),
+            runner: Some(d.clone()),
+            started_seq: Some(0),
+            outcome: "cut-off".into(),
+            reason: CUT_OFF_REASON.into(),
+        })])?;
+        let done = recover(&log, &rows, true)?;
+        assert!(done.cut_off.is_empty(), "{done:?}");
+        assert_eq!(done.rows, [("x".to_string(), InvocationStatus::Failed)]);
+        assert_eq!(cut_offs(&log).len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn rows_and_records_without_a_runner_are_closed_only_when_no_other_process_runs() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let data = tmp.path();
+        let log = AuditLog::open(&crate::audit::dir(data))?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(data)?);
+        let rows = || -> Result<Option<Arc<dyn Store>>, String> { Ok(Some(store.clone())) };
+        // Written before leases existed: no runner anywhere; and a row
+        // whose runner's lease file is gone.
+        log.append_durable(vec![started("old", None), started("lost", Some("1-000000000000"))])?;
+        store.record_run(&running("old", None))?;
+        store.record_run(&running("lost", Some("1-000000000000")))?;
+        let other = ended_lease(&log)?;
+        let done = recover(&log, &rows, true)?;
+        assert_eq!(done.rows, [("lost".to_string(), InvocationStatus::Failed)], "{done:?}");
+        assert_eq!(done.cut_off, ["lost"]);
+        assert_eq!(
+            state(store.as_ref(), "old").map(|r| r.state),
+            Some(InvocationStatus::Running),
+            "another process runs: an invocation without a runner may be its"
+        );
+        end(other);
+        let done = recover(&log, &rows, true)?;
+        assert_eq!(done.cut_off, ["old"]);
+        assert_eq!(done.rows, [("old".to_string(), InvocationStatus::Failed)]);
+        Ok(())
+    }
+
+    #[test]
+    fn the_scan_starts_mid_log_and_refuses_a_damaged_record() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let audit = tmp.path().join("audit");
+        {
+            let log = AuditLog::open(&audit)?;
+            log.append_durable(vec![started("a", None), started("b", None), started("c", None)])?;
+        }
+        let path = audit.join(LOG_FILE);
+        let text = std::fs::read(&path)?;
+        let second = text.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1) as u64;
+        let ids = |from: u64| -> Result<Vec<String>, String> {
+            let mut out = Vec::new();
+            scan(&path, from, |_, e| out.extend(e.invocation().map(str::to_string)))?;
+            Ok(out)
+        };
+        assert_eq!(ids(0)?, ["a", "b", "c"]);
+        assert_eq!(ids(second)?, ["b", "c"], "from a record's first byte");
+        assert_eq!(ids(second - 5)?, ["b", "c"], "from inside a record: the next one");
+        assert_eq!(ids(text.len() as u64 + 100)?, ["a", "b", "c"], "a floor past the end");
+        // A changed byte in a record that is not the first one read.
+        let mut bad = text.clone();
+        let at = text.len() - 100;
+        bad[at] ^= 1;
+        std::fs::write(&path, &bad)?;
+        assert!(ids(0).is_err_and(|e| e.contains("audit verify")));
+        // A last line still being written is left alone.
+        let mut partial = text.clone();
+        partial.extend_from_slice(b"{\"seq\":3,\"ts\":");
+        std::fs::write(&path, &partial)?;
+        assert_eq!(ids(0)?, ["a", "b", "c"]);
+        Ok(())
+    }
+}
