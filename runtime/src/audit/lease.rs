@@ -60,7 +60,7 @@ struct State {
     /// Floors of unsettled invocations (a multiset: floor → count).
     open: BTreeMap<u64, usize>,
     /// An invocation was dropped unsettled: recovery must look at it once
-    /// this process is gone.
+    /// this process is gone (its floor stays in `open`).
     abandoned: bool,
     written: u64,
     written_at: Option<Instant>,
@@ -238,6 +238,13 @@ impl Drop for Tracked {
 
 impl Lease {
     fn untrack(&self, floor: u64, settled: bool) {
+        if !settled {
+            // Its start may be in the log with no close, and only recovery
+            // after this process ends can close it: it keeps holding the
+            // floor down, so that recovery reads from before it.
+            self.state().abandoned = true;
+            return;
+        }
         {
             let mut state = self.state();
             if let Some(n) = state.open.get_mut(&floor) {
@@ -246,11 +253,8 @@ impl Lease {
                     state.open.remove(&floor);
                 }
             }
-            state.abandoned |= !settled;
         }
-        if settled {
-            self.refresh(false);
-        }
+        self.refresh(false);
     }
 }
 
@@ -423,6 +427,18 @@ mod tests {
         second.settle();
         lease.refresh(true);
         assert_eq!(floor()?, Some(900), "nothing unsettled: the end of the log");
+        // One dropped unsettled holds the floor for good: recovery must
+        // read from before it once this process is gone.
+        let dropped = lease.track();
+        log_file(dir, 1200);
+        drop(dropped);
+        lease.refresh(true);
+        assert_eq!(floor()?, Some(900));
+        lease.release();
+        assert!(
+            path_of(dir, lease.id()).exists(),
+            "a lease with an unsettled invocation stays"
+        );
         // A half-made lease of an ended process is cleared away.
         let half = dir.join(RUNNERS_DIR).join(".1-abc.new");
         std::fs::write(&half, b"")?;

@@ -546,7 +546,7 @@ mod tests {
         }
         end(dead);
         let done = recover(&log, &rows, true)?;
-        assert_eq!(done.leases, [d.clone()]);
+        assert_eq!(done.leases, std::slice::from_ref(&d));
         assert_eq!(
             done.cut_off,
             ["c", "e", "d"],
