@@ -189,6 +189,9 @@ impl Runtime {
         }
         let store = self.store()?;
         let now = crate::time::now_micros();
+        // Unsettled until its final row is committed: if this process dies
+        // first, recovery ends the row the way the log ended the run.
+        let tracked = prepared.audit.track();
         let mut record = InvocationRecord {
             id: invocation.to_string(),
             action: action.to_string(),
@@ -200,6 +203,7 @@ impl Runtime {
             created_at: now,
             updated_at: now,
             outcome: None,
+            runner: Some(prepared.audit.runner().to_string()),
         };
         // Status rows, not the record of what ran (that is the audit log's,
         // synced before the result returns): no disk sync of their own.
@@ -212,7 +216,13 @@ impl Runtime {
         };
         record.updated_at = crate::time::now_micros();
         record.outcome = Some(outcome_of(&report));
-        store.record_run(&record)?;
+        record.runner = None;
+        // Committed before the result is handed back: a row only queued
+        // here was lost with the process if it was killed within the next
+        // few milliseconds, and an acknowledged invocation read `running`
+        // forever.
+        store.commit_run(&record).await?;
+        tracked.settle();
         Ok(Submitted::Ran(report))
     }
 
@@ -242,6 +252,7 @@ impl Runtime {
             created_at: now,
             updated_at: now,
             outcome: None,
+            runner: None,
         };
         if let Err(e) = approvals.store().insert_invocation(&record) {
             let _ = approvals
@@ -427,13 +438,16 @@ impl Runtime {
         }
         // The decisions that released it are in the log before it starts.
         approvals.flush_audit().await?;
-        let claimed = store.transition_invocation(
+        // Unsettled from the claim until its final row is committed (see
+        // `run_stored`).
+        let tracked = prepared.audit.track();
+        let claimed = store.claim_invocation(
             id,
             &[InvocationStatus::AwaitingApproval, InvocationStatus::Approved],
-            InvocationStatus::Running,
-            None,
+            prepared.audit.runner(),
         )?;
         if !claimed {
+            tracked.settle();
             return Ok(None);
         }
         let report = prepared
@@ -446,6 +460,7 @@ impl Runtime {
             InvocationStatus::Failed
         };
         store.transition_invocation(id, &[InvocationStatus::Running], to, Some(&outcome))?;
+        tracked.settle();
         Ok(Some(report))
     }
 

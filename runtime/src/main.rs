@@ -621,6 +621,15 @@ fn print_record(
             r.caller,
             r.error
         ),
+        Event::InvocationCutOff(c) => format!(
+            "{} {} cut off{}: {}",
+            id(&c.invocation),
+            c.action.as_deref().unwrap_or("?"),
+            c.started_seq
+                .map(|s| format!(" (started at record {s})"))
+                .unwrap_or_default(),
+            c.reason
+        ),
         Event::Recovered(r) => format!(
             "cut {} torn bytes after record {:?}: {}",
             r.truncated_bytes, r.last_good_seq, r.reason
@@ -661,6 +670,7 @@ fn print_record(
         Event::HostCall(_) => "host-call",
         Event::InvocationFinished(_) => "finished",
         Event::InvocationRefused(_) => "refused",
+        Event::InvocationCutOff(_) => "cut-off",
         Event::Recovered(_) => "recovered",
         Event::ApprovalRequested(_) => "approval",
         Event::ApprovalDecision(_) => "decision",

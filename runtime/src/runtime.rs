@@ -3,6 +3,7 @@
 use crate::action::{self, PreparedAction};
 use crate::approval::Approvals;
 use crate::audit::AuditLog;
+use crate::audit::recovery::Recovered;
 use crate::cache::ArtifactCache;
 use crate::error::Error;
 use crate::manifest::Manifest;
@@ -106,7 +107,8 @@ impl Runtime {
     }
 
     /// The audit log of the data directory, opened (and locked against
-    /// other processes) on first use.
+    /// other processes) on first use. Before anything else is written to
+    /// it, what ended processes left open is closed ([`Runtime::recover`]).
     pub fn audit(&mut self) -> Result<AuditLog, Error> {
         if let Some(log) = &self.audit {
             return Ok(log.clone());
@@ -114,11 +116,12 @@ impl Runtime {
         let log =
             AuditLog::open(&crate::audit::dir(&self.data_dir)).map_err(|e| Error::AuditUnavailable(e.to_string()))?;
         self.audit = Some(log.clone());
+        self.recover_now();
         Ok(log)
     }
 
     /// The approval service over the data directory's database, opened on
-    /// first use.
+    /// first use; `running` rows no live process runs are ended then.
     pub fn approvals(&mut self) -> Result<Approvals, Error> {
         if let Some(a) = &self.approvals {
             return Ok(a.clone());
@@ -127,7 +130,51 @@ impl Runtime {
         let store = self.store()?;
         let approvals = Approvals::new(store, audit);
         self.approvals = Some(approvals.clone());
+        self.recover_now();
         Ok(approvals)
+    }
+
+    /// Close what airlock processes that ended mid-invocation left open:
+    /// a closing `invocation-cut-off` record for each invocation they
+    /// started and never closed, and each of their `running` status rows
+    /// moved to what the log says (see [`crate::audit::recovery`]). Cheap
+    /// when there is nothing to do (a look at the runner leases, and, once
+    /// the database is open, at the `running` rows); the service calls it
+    /// every few seconds. Also brings this process's own lease floor up to
+    /// date.
+    pub fn recover(&self) -> Result<Recovered, Error> {
+        let Some(log) = &self.audit else {
+            return Ok(Recovered::default());
+        };
+        log.lease().refresh(false);
+        let open_rows = || -> Result<Option<Arc<dyn Store>>, String> {
+            if let Some(a) = &self.approvals {
+                return Ok(Some(a.store().clone()));
+            }
+            // No database, no rows (and none is created for this).
+            if !self.data_dir.join(crate::store::sqlite::FILE_NAME).exists() {
+                return Ok(None);
+            }
+            Ok(Some(self.store().map_err(|e| e.to_string())?))
+        };
+        crate::audit::recovery::recover(log, &open_rows, self.approvals.is_some())
+            .map_err(|e| Error::AuditUnavailable(e.to_string()))
+    }
+
+    /// [`Runtime::recover`] as part of opening: a failure is reported, not
+    /// returned (the leases stay, so the next process or the service's
+    /// next round tries again).
+    fn recover_now(&self) {
+        match self.recover() {
+            Ok(done) if !done.is_empty() => tracing::warn!(
+                leases = ?done.leases,
+                cut_off = done.cut_off.len(),
+                rows = done.rows.len(),
+                "recovered what ended airlock processes left open"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
     }
 
     /// The audit log, if [`Runtime::audit`] has opened it.

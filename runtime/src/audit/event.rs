@@ -28,6 +28,12 @@ pub enum Event {
     /// and ended without running: denied, expired, or failed (`state` says
     /// which, `approval` names the request).
     InvocationRefused(InvocationRefused),
+    /// An invocation whose process ended (crash, SIGKILL, power loss)
+    /// before it finished: written by the next airlock process that found
+    /// it, so every invocation that started ends in the log. Only ever
+    /// written once the process that ran it is provably gone (see
+    /// [`crate::audit::lease`]).
+    InvocationCutOff(InvocationCutOff),
     /// The log was found with a torn tail at open and repaired.
     Recovered(Recovered),
     /// An approval was asked for: what it is bound to and who must decide.
@@ -46,6 +52,7 @@ impl Event {
             Event::HostCall(e) => Some(&*e.invocation),
             Event::InvocationFinished(e) => Some(&e.invocation),
             Event::InvocationRefused(e) => Some(&e.invocation),
+            Event::InvocationCutOff(e) => Some(&e.invocation),
             Event::ApprovalRequested(e) => Some(&e.invocation),
             Event::ApprovalDecision(e) => Some(&e.invocation),
             Event::ApprovalResolved(e) => Some(&e.invocation),
@@ -80,6 +87,11 @@ pub struct InvocationStarted {
     pub args_truncated: bool,
     /// One line per capability in force.
     pub grants: Vec<String>,
+    /// The lease of the process that runs it (see
+    /// [`crate::audit::lease`]): if that process ends before the closing
+    /// record, recovery closes it; absent in records written before leases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
 }
 
 /// One host call. Built on every call, so it borrows what it can: the
@@ -154,6 +166,26 @@ pub struct InvocationRefused {
     /// `expired` or `failed`); nothing ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+}
+
+/// Why an invocation was cut off, as recorded.
+pub const CUT_OFF_REASON: &str = "the process ended before the invocation finished (crash or kill)";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct InvocationCutOff {
+    pub invocation: String,
+    /// From its start record or status row; absent if neither names it.
+    pub action: Option<String>,
+    /// The lease of the process that ran it, when known.
+    pub runner: Option<String>,
+    /// Its `invocation-started` record; absent when the process ended
+    /// before writing it (only its status row said it was running).
+    pub started_seq: Option<u64>,
+    /// Always `cut-off`: read beside `invocation-finished` outcomes.
+    pub outcome: String,
+    /// [`CUT_OFF_REASON`], or why the closing record is missing.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

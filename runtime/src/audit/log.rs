@@ -21,11 +21,16 @@
 //! decision): each group is written under an exclusive `flock` on the
 //! file, and a writer that finds the file longer than it left it first
 //! reads the new head from the tail, so the chain stays one chain.
+//!
+//! Each process with the log open holds a runner lease on it
+//! ([`super::lease`]): its start records name the lease, and once the
+//! process is gone, recovery ([`super::recovery`]) closes what it left open.
 
 use super::chain::{self, GENESIS};
 use super::checkpoint::{Checkpoint, CheckpointKey};
 use super::encode::{EncodedCalls, LineEncoder};
 use super::event::{Event, Recovered};
+use super::lease::{Lease, Tracked};
 use crate::time::{now_micros, stamp};
 use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
@@ -154,6 +159,8 @@ struct Inner {
     shared: Arc<Shared>,
     path: PathBuf,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// This process's runner lease on the log.
+    lease: Arc<Lease>,
 }
 
 /// The queue of requests and the writer that commits them. Lock order:
@@ -288,6 +295,7 @@ impl Drop for Inner {
         if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = t.join();
         }
+        self.lease.release();
     }
 }
 
@@ -475,6 +483,14 @@ impl AuditLog {
             }
         }
         writer.unlock();
+        // Without a lease nothing may start: no one could close what this
+        // process left open if it died. (A full disk lands here.)
+        let lease = File::open(&path)
+            .and_then(|log| Lease::acquire(dir, log))
+            .map_err(|e| AuditError::Unavailable {
+                path: path.display().to_string(),
+                reason: format!("cannot take a runner lease in {}: {e}", dir.display()),
+            })?;
         let pipeline = Arc::new(Pipeline {
             wakeups: std::sync::atomic::AtomicU64::new(0),
             queue: Mutex::new(Queue::default()),
@@ -494,6 +510,7 @@ impl AuditLog {
             shared,
             path,
             thread: Mutex::new(Some(thread)),
+            lease,
         });
         registry.retain(|_, w| w.strong_count() > 0);
         registry.insert(canonical, Arc::downgrade(&inner));
@@ -550,6 +567,29 @@ impl AuditLog {
 
     pub fn path(&self) -> &Path {
         &self.0.path
+    }
+
+    /// The audit directory.
+    pub fn dir(&self) -> &Path {
+        self.0.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// The id of this process's runner lease (see [`super::lease`]), named
+    /// by start records and status rows.
+    pub fn runner(&self) -> &str {
+        self.0.lease.id()
+    }
+
+    /// Note an invocation about to write its first record: until it is
+    /// settled, recovery reads the log from before it if this process
+    /// dies (see [`super::lease`]).
+    pub fn track(&self) -> Tracked {
+        self.0.lease.track()
+    }
+
+    /// This process's lease.
+    pub fn lease(&self) -> &Arc<Lease> {
+        &self.0.lease
     }
 
     /// False after a failed write, until a write succeeds again.

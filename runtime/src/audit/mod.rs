@@ -7,6 +7,9 @@
 //! - [`log`]: the writer thread with group commit, torn-tail recovery at
 //!   open, and fail-closed health.
 //! - [`checkpoint`]: ed25519-signed (sequence, head hash) statements.
+//! - [`lease`]: which process runs which invocation, and whether it lives.
+//! - [`recovery`]: what a process that ended mid-invocation left open is
+//!   closed, in the log and in the status rows.
 //! - [`read`]: full verification and the record stream for the CLI.
 //! - [`query`]: filters by invocation, action, caller and time.
 //! - [`index`]: the index that answers those filters without reading the
@@ -19,9 +22,11 @@ pub mod checkpoint;
 pub mod encode;
 pub mod event;
 pub mod index;
+pub mod lease;
 pub mod log;
 pub mod query;
 pub mod read;
+pub mod recovery;
 pub mod trust;
 
 pub use checkpoint::Checkpoint;

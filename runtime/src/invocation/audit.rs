@@ -177,6 +177,7 @@ impl PreparedAction {
                 .into_iter()
                 .map(|(kind, what)| format!("{kind}: {what}"))
                 .collect(),
+            runner: Some(self.audit.runner().to_string()),
         })
     }
 

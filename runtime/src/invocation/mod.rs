@@ -170,11 +170,18 @@ impl PreparedAction {
         };
         let start = self.started_event(&invocation, caller, function, args, approval);
         let deferred = !self.policy.grants.reach_outside() && self.audit.is_healthy();
+        // Unsettled from before its start record until its closing record
+        // is durable: if this process ends in between (a crash, SIGKILL, a
+        // task dropped at shutdown), the next airlock process closes it in
+        // the log with an `invocation-cut-off` record.
+        let tracked = self.audit.track();
         let epoch = if !deferred {
             // Durable before the action can touch anything outside. (A log
             // known to be failing also takes this path: the write retries
             // it, refuses the run if it still fails, heals it if not.)
             if let Err(e) = self.audit.append_durable_async(vec![start], None).await {
+                // Nothing of it is in the log: nothing to close.
+                tracked.settle();
                 return Report::failed(&invocation, Error::AuditUnavailable(e.to_string()), started);
             }
             self.audit.epoch()
@@ -220,14 +227,20 @@ impl PreparedAction {
         };
         let (mut records, epoch) = host_calls.close_audit();
         records.events.push(self.finished_event(&report, args));
-        if let Err(e) = self.audit.append_durable_async(records, epoch).await {
-            report.outcome = Err(Error::AuditUnavailable(format!(
-                "the action ran, but its audit records could not be written ({e}); its result is withheld"
-            )));
-            // Nothing of a withheld invocation is handed back.
-            report.stdout.clear();
-            report.stderr.clear();
-            report.logs.clear();
+        match self.audit.append_durable_async(records, epoch).await {
+            Ok(_) => tracked.settle(),
+            Err(e) => {
+                report.outcome = Err(Error::AuditUnavailable(format!(
+                    "the action ran, but its audit records could not be written ({e}); its result is withheld"
+                )));
+                // Nothing of a withheld invocation is handed back.
+                report.stdout.clear();
+                report.stderr.clear();
+                report.logs.clear();
+                // Its start may be in the log without a close: left
+                // unsettled, so recovery closes it once this process ends.
+                drop(tracked);
+            }
         }
         report
     }

@@ -305,13 +305,36 @@ impl Service {
     }
 }
 
+/// How often the service looks for airlock processes that ended
+/// mid-invocation (see [`Runtime::recover`]), and waits after a failed try.
+const RECOVER_EVERY: Duration = Duration::from_secs(2);
+const RECOVER_RETRY: Duration = Duration::from_secs(30);
+
 /// Run the service until `shutdown` resolves.
 /// Expire overdue requests and run invocations approved elsewhere, every
-/// half second, for as long as the returned task lives.
+/// half second, and close what ended processes left open, every
+/// [`RECOVER_EVERY`], for as long as the returned task lives.
 pub fn spawn_sweeper(service: Arc<Service>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut recover_at = tokio::time::Instant::now() + RECOVER_EVERY;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
+            if tokio::time::Instant::now() >= recover_at {
+                let s = service.clone();
+                let recovered = tokio::task::spawn_blocking(move || s.runtime.recover()).await;
+                recover_at = tokio::time::Instant::now()
+                    + match recovered {
+                        Ok(Ok(_)) => RECOVER_EVERY,
+                        Ok(Err(e)) => {
+                            tracing::warn!("{e}");
+                            RECOVER_RETRY
+                        }
+                        Err(e) => {
+                            tracing::warn!("recovery failed: {e}");
+                            RECOVER_RETRY
+                        }
+                    };
+            }
             if let Err(e) = service.runtime.sweep_approvals().await {
                 tracing::warn!("approval sweep failed: {e}");
             }

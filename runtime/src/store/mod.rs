@@ -89,6 +89,13 @@ pub trait Store: Send + Sync {
     /// failure may lose the newest rows. Never for invocations waiting on
     /// an approval, whose rows must survive anything.
     fn record_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError>;
+    /// [`Store::record_run`], resolved once the row (and every row stored
+    /// before it) is committed: from then on a crash of the process cannot
+    /// lose it. A run's final row goes this way before its result is
+    /// acknowledged, so no acknowledged invocation is left `running`.
+    /// Concurrent callers share commits (whoever finds the database free
+    /// writes everything queued).
+    fn commit_run<'a>(&'a self, invocation: &InvocationRecord) -> RunCommit<'a>;
     fn invocation(&self, id: &str) -> Result<Option<InvocationRecord>, StoreError>;
     /// Invocations, newest first, optionally only those in `state`.
     fn invocations(&self, state: Option<InvocationStatus>, limit: usize) -> Result<Vec<InvocationRecord>, StoreError>;
@@ -102,6 +109,11 @@ pub trait Store: Send + Sync {
         to: InvocationStatus,
         outcome: Option<&InvocationOutcome>,
     ) -> Result<bool, StoreError>;
+    /// Claim invocation `id` for this process: move it from one of `from`
+    /// to `running`, naming `runner` (the process's lease, see
+    /// [`crate::audit::lease`]) in the row; `false` when it was not in
+    /// `from` (someone else claimed it first).
+    fn claim_invocation(&self, id: &str, from: &[InvocationStatus], runner: &str) -> Result<bool, StoreError>;
     /// End an invocation that waited for approval without running it (see
     /// [`InvocationEnding`]), its audit record put in the outbox in the same
     /// transaction; `false` when nothing changed (it was claimed or ended
@@ -119,6 +131,9 @@ pub trait Store: Send + Sync {
         append: &mut dyn FnMut(Vec<String>) -> Result<(), Refusal>,
     ) -> Result<usize, UpdateError>;
 }
+
+/// What [`Store::commit_run`] returns: resolved once the row is committed.
+pub type RunCommit<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'a>>;
 
 /// An invocation that waited for approval ending without running, and the
 /// audit record that ending owes the log.

@@ -192,6 +192,12 @@ pub struct InvocationRecord {
     pub created_at: u64,
     pub updated_at: u64,
     pub outcome: Option<InvocationOutcome>,
+    /// While `running`: the runner lease of the process that runs it (see
+    /// [`crate::audit::lease`]), so that once that process is gone,
+    /// recovery can end the row the way the audit log ended the
+    /// invocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
 }
 
 /// Why an approval update was refused.

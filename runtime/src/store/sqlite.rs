@@ -14,7 +14,7 @@
 
 use super::{
     ApprovalRecord, ApprovalState, ApprovalUpdate, DecisionRecord, InvocationEnding, InvocationOutcome,
-    InvocationRecord, InvocationStatus, Refusal, Store, StoreError, TokenRecord, UpdateError,
+    InvocationRecord, InvocationStatus, Refusal, RunCommit, Store, StoreError, TokenRecord, UpdateError,
 };
 use crate::identity::IdentityKind;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -95,14 +95,27 @@ pub struct SqliteStore {
 
 /// Status rows of runs waiting to be written, and the connection that
 /// writes them: a background thread commits whatever has queued in one
-/// transaction (while it commits, the next batch gathers), and every read
-/// of the invocations table writes the queue out first, so readers never
-/// see a stale row.
+/// transaction (while it commits, the next batch gathers), every read of
+/// the invocations table writes the queue out first, so readers never see
+/// a stale row, and [`Store::commit_run`] writes it out itself when the
+/// connection is free (or waits for whoever holds it to commit).
 struct RunWriter {
-    pending: Mutex<Vec<InvocationRecord>>,
+    pending: Mutex<Pending>,
     wake: std::sync::Condvar,
     conn: Mutex<Connection>,
     stop: std::sync::atomic::AtomicBool,
+    /// Every row whose ticket is below this is committed.
+    written: std::sync::atomic::AtomicU64,
+    /// Woken after every commit of queued rows.
+    committed: tokio::sync::Notify,
+}
+
+/// Queued rows, in the order they were stored, and the ticket the next one
+/// gets (tickets count rows: a row is committed once `written` passes it).
+#[derive(Default)]
+struct Pending {
+    rows: Vec<InvocationRecord>,
+    next: u64,
 }
 
 /// How long queued status rows gather before they are written together.
@@ -117,15 +130,59 @@ impl RunWriter {
     /// next attempt.
     fn flush(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        self.flush_locked(&mut conn)
+    }
+
+    /// [`RunWriter::flush`] if no one holds the connection; `None` if
+    /// someone does (and will commit, or is reading after a commit).
+    fn try_flush(&self) -> Option<Result<(), StoreError>> {
+        let mut conn = match self.conn.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(self.flush_locked(&mut conn))
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Rows are pushed whole; a poisoned lock still holds a valid queue.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue `row`; returns its ticket and whether the queue is full.
+    fn push(&self, row: InvocationRecord) -> (u64, bool) {
+        let mut pending = self.pending();
+        let ticket = pending.next;
+        pending.next += 1;
+        pending.rows.push(row);
+        (ticket, pending.rows.len() >= MAX_PENDING_RUNS)
+    }
+
+    fn is_written(&self, ticket: u64) -> bool {
+        self.written.load(std::sync::atomic::Ordering::Acquire) > ticket
+    }
+
+    /// Under the connection's lock (so batches commit in ticket order).
+    fn flush_locked(&self, conn: &mut Connection) -> Result<(), StoreError> {
+        let (batch, upto) = {
+            let mut pending = self.pending();
+            (std::mem::take(&mut pending.rows), pending.next)
+        };
         if batch.is_empty() {
             return Ok(());
         }
-        let written = write_runs(&mut conn, &batch);
-        if written.is_err() {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let newer = std::mem::replace(&mut *pending, batch);
-            pending.extend(newer);
+        let written = write_runs(conn, &batch);
+        match &written {
+            Ok(()) => {
+                self.written.fetch_max(upto, std::sync::atomic::Ordering::AcqRel);
+                self.committed.notify_waiters();
+            }
+            Err(_) => {
+                // Back in front of anything queued since, in order.
+                let mut pending = self.pending();
+                let newer = std::mem::replace(&mut pending.rows, batch);
+                pending.rows.extend(newer);
+            }
         }
         written
     }
@@ -133,8 +190,8 @@ impl RunWriter {
     fn run(&self) {
         while !self.stop.load(std::sync::atomic::Ordering::Acquire) {
             {
-                let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                if pending.is_empty() {
+                let pending = self.pending();
+                if pending.rows.is_empty() {
                     // Woken by the first queued row (or to stop).
                     drop(
                         self.wake
@@ -252,10 +309,12 @@ impl SqliteStore {
         runs.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
         runs.pragma_update(None, "synchronous", "NORMAL").map_err(db_err)?;
         let writer = Arc::new(RunWriter {
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending::default()),
             wake: std::sync::Condvar::new(),
             conn: Mutex::new(runs),
             stop: std::sync::atomic::AtomicBool::new(false),
+            written: std::sync::atomic::AtomicU64::new(0),
+            committed: tokio::sync::Notify::new(),
         });
         let flusher = {
             let writer = writer.clone();
@@ -387,6 +446,19 @@ fn move_invocation(
     to: InvocationStatus,
     outcome: Option<&InvocationOutcome>,
 ) -> Result<bool, StoreError> {
+    move_invocation_by(conn, id, from, to, outcome, None)
+}
+
+/// [`move_invocation`], naming the `runner` that now runs it (a row that
+/// leaves `running` names none).
+fn move_invocation_by(
+    conn: &Connection,
+    id: &str,
+    from: &[InvocationStatus],
+    to: InvocationStatus,
+    outcome: Option<&InvocationOutcome>,
+    runner: Option<&str>,
+) -> Result<bool, StoreError> {
     let body: Option<String> = conn
         .query_row("SELECT body FROM invocations WHERE id = ?1", params![id], |r| r.get(0))
         .optional()
@@ -397,6 +469,7 @@ fn move_invocation(
         return Ok(false);
     }
     record.state = to;
+    record.runner = runner.map(str::to_string);
     record.updated_at = crate::time::now_micros();
     if let Some(outcome) = outcome {
         record.outcome = Some(outcome.clone());
@@ -592,16 +665,52 @@ impl Store for SqliteStore {
     }
 
     fn record_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
-        let full = {
-            let mut pending = self.runs.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.push(invocation.clone());
-            pending.len() >= MAX_PENDING_RUNS
-        };
+        let (_, full) = self.runs.push(invocation.clone());
         if full {
             return self.runs.flush();
         }
         self.runs.wake.notify_one();
         Ok(())
+    }
+
+    fn commit_run<'a>(&'a self, invocation: &InvocationRecord) -> RunCommit<'a> {
+        let (ticket, _) = self.runs.push(invocation.clone());
+        let runs = &self.runs;
+        Box::pin(async move {
+            loop {
+                let committed = runs.committed.notified();
+                tokio::pin!(committed);
+                // Registered before looking, so a commit in between wakes it.
+                committed.as_mut().enable();
+                if runs.is_written(ticket) {
+                    return Ok(());
+                }
+                // The connection is free: commit everything queued here (a
+                // write to the WAL, no sync of its own), without a hand-off
+                // to the background thread and back.
+                if let Some(result) = runs.try_flush() {
+                    result?;
+                    continue;
+                }
+                // Whoever holds it commits the queue (or read after a
+                // commit): wait for that, and look again now and then in
+                // case it was a reader that had nothing to write.
+                let _ = tokio::time::timeout(Duration::from_millis(5), committed).await;
+            }
+        })
+    }
+
+    fn claim_invocation(&self, id: &str, from: &[InvocationStatus], runner: &str) -> Result<bool, StoreError> {
+        self.runs.flush()?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        if !move_invocation_by(&tx, id, from, InvocationStatus::Running, None, Some(runner))? {
+            return Ok(false);
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(true)
     }
 
     fn insert_invocation(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
@@ -743,6 +852,7 @@ mod tests {
             created_at: 1,
             updated_at: 1,
             outcome: None,
+            runner: None,
         }
     }
 
