@@ -402,7 +402,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_silent_new_connection_is_spared_for_its_grace_then_capped() {
-        let grace = Duration::from_millis(100);
+        // Long enough that a loaded machine cannot run past it between two
+        // lines of this test (with 100 ms it did, and evicted the wrong one).
+        let grace = Duration::from_secs(1);
         let pool = Pool::new(Caps {
             total: 100,
             per_source: 1,
