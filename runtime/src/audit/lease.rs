@@ -285,6 +285,10 @@ pub struct Census {
     pub alive: Vec<String>,
 }
 
+/// How old a half-made lease file must be before another process removes
+/// it; making one takes microseconds.
+const HALF_MADE_STALE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Look at every lease but `own`: each one whose lock can be taken belongs
 /// to a process that has ended. Half-made leases of ended processes are
 /// removed on the way.
@@ -327,9 +331,20 @@ pub fn census(audit_dir: &Path, own: &str) -> std::io::Result<Census> {
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
         if half_made {
-            // Its process ended before the lease was in place: nothing can
-            // name it.
-            let _ = std::fs::remove_file(&path);
+            // A process that is making its lease holds no lock between
+            // creating the file and locking it: only one left half-made
+            // for a while belongs to a process that ended before the lease
+            // was in place (and nothing can name it). Removing a fresh one
+            // made another process's lease fail at its rename.
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= HALF_MADE_STALE);
+            if stale {
+                let _ = std::fs::remove_file(&path);
+            }
             continue;
         }
         let mut text = String::new();
@@ -439,9 +454,16 @@ mod tests {
             path_of(dir, lease.id()).exists(),
             "a lease with an unsettled invocation stays"
         );
-        // A half-made lease of an ended process is cleared away.
+        // A half-made lease is left alone while it may still be in the
+        // making (its process locks it only after creating it), and cleared
+        // away once it is stale.
         let half = dir.join(RUNNERS_DIR).join(".1-abc.new");
         std::fs::write(&half, b"")?;
+        let seen = census(dir, lease.id())?;
+        assert!(seen.dead.is_empty() && seen.alive.is_empty(), "{seen:?}");
+        assert!(half.exists(), "a fresh half-made lease was removed");
+        let old = std::time::SystemTime::now() - HALF_MADE_STALE * 2;
+        std::fs::File::options().write(true).open(&half)?.set_modified(old)?;
         let seen = census(dir, lease.id())?;
         assert!(seen.dead.is_empty() && seen.alive.is_empty(), "{seen:?}");
         assert!(!half.exists());
