@@ -548,12 +548,26 @@ impl Runtime {
             && current.kind == ApprovalKind::Invocation
             && prepared.policy.config_version == current.config_version
         {
+            // The request is stored a moment before its invocation: an
+            // approval in between has nothing to apply to yet.
             let record = approvals.store().invocation(&current.invocation)?.ok_or_else(|| {
-                Error::internal(format!(
-                    "request {id} is for invocation {}, which the store does not hold",
+                Error::ApprovalRefused(format!(
+                    "request {id} is for invocation {}, which is not stored (yet): nothing was decided; try again in a moment",
                     current.invocation
                 ))
             })?;
+            // A requester whose token was revoked can no longer have it run.
+            if let Some(token) = &record.caller.token_id
+                && !approvals
+                    .store()
+                    .tokens()?
+                    .iter()
+                    .any(|t| t.id == *token && t.revoked_at.is_none())
+            {
+                return Err(Error::ApprovalRefused(format!(
+                    "the requester's token {token} was revoked after request {id}: it can no longer run, so nothing was decided"
+                )));
+            }
             let binding = prepared
                 .request_template(&record.id, &record.caller, &record.function, &record.args)
                 .binding();

@@ -490,13 +490,16 @@ impl Index {
     pub(crate) fn check_shape(&self, reader: &mut BufReader<std::fs::File>, thorough: bool) -> Result<(), String> {
         let position = Self::position(&self.conn).map_err(|e| e.to_string())?;
         let want = i64::try_from(position.next_seq).unwrap_or(i64::MAX);
-        let max: Option<i64> = self
+        let (min, max): (Option<i64>, Option<i64>) = self
             .conn
-            .query_row("SELECT max(seq) FROM records", [], |r| r.get(0))
+            .query_row("SELECT min(seq), max(seq) FROM records", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .map_err(|e| e.to_string())?;
-        if max.map_or(0, |m| m + 1) != want {
+        if max.map_or(0, |m| m + 1) != want || min.is_some_and(|m| m != 0) {
             return Err(format!(
-                "its last row is record {} for {want} records",
+                "its rows run from record {} to {} for {want} records",
+                min.map_or("(none)".into(), |m| m.to_string()),
                 max.map_or("(none)".into(), |m| m.to_string())
             ));
         }
@@ -530,6 +533,13 @@ impl Index {
             }
         }
         Ok(())
+    }
+
+    /// How many records the index covers (as of the current transaction).
+    pub(crate) fn indexed_records(&self) -> Result<u64, String> {
+        Self::position(&self.conn)
+            .map(|p| p.next_seq)
+            .map_err(|e| e.to_string())
     }
 
     /// Drop the index and read it again from the whole log.
@@ -702,12 +712,20 @@ impl<'c> Batch<'c> {
 fn indexed(dir: &Path, filter: &Filter, newest: Option<usize>) -> Result<Option<Vec<Hit>>, IndexError> {
     let mut index = Index::open(dir)?;
     index.catch_up()?;
+    // One read transaction: the answer and every check see one snapshot,
+    // so another reader's catch-up in between cannot look like a record
+    // left out.
+    index.conn.execute_batch("BEGIN").map_err(|e| index.error(e))?;
     let answer = index
         .select(filter, newest)
         .map_err(|e| e.reason)
         .and_then(|hits| super::trust::check(&index, filter, newest, &hits).map(|()| hits));
+    let _ = index.conn.execute_batch("COMMIT");
     match answer {
         Ok(hits) if hits.is_empty() => Ok(None),
+        // Fewer than asked for: every match in the log, which only a scan
+        // of the whole log can confirm.
+        Ok(hits) if newest.is_some_and(|n| hits.len() < n) => Ok(None),
         Ok(hits) => Ok(Some(hits)),
         Err(reason) => {
             tracing::warn!(
@@ -775,6 +793,9 @@ pub fn compare_with_log(dir: &Path) -> Result<IndexCheck, IndexError> {
         true
     })
     .map_err(|e| index.error(format!("the log cannot be read to compare: {e}")))?;
+    // One snapshot of the index; rows another reader adds meanwhile (past
+    // this position) are not compared.
+    index.conn.execute_batch("BEGIN").map_err(|e| index.error(e))?;
     let position = Index::position(&index.conn).map_err(|e| index.error(e))?;
     type Row = (i64, i64, i64, Option<String>, Vec<u8>);
     let rows: Vec<Row> = {
@@ -817,7 +838,13 @@ pub fn compare_with_log(dir: &Path) -> Result<IndexCheck, IndexError> {
         };
         differ(&mut check, format!("record {seq}'s row differs from the log in {what}"));
     }
-    for seq in by_seq.keys() {
+    // Rows for records the log gained after it was scanned (another
+    // reader's catch-up) are not judged; every other one must have matched.
+    let (known, next) = (
+        i64::try_from(indexed).unwrap_or(i64::MAX),
+        i64::try_from(position.next_seq).unwrap_or(i64::MAX),
+    );
+    for seq in by_seq.keys().filter(|&&s| s < known || s >= next) {
         differ(
             &mut check,
             format!("a row for record {seq}, which the log does not hold there"),
@@ -832,7 +859,11 @@ pub fn compare_with_log(dir: &Path) -> Result<IndexCheck, IndexError> {
             .and_then(|rows| rows.collect())
             .map_err(|e| index.error(e))?
     };
+    let _ = index.conn.execute_batch("COMMIT");
     let live: HashSet<&str> = expected[..indexed].iter().filter_map(|e| e.3.as_deref()).collect();
+    // Invocations that appear only past what was compared are not judged.
+    let later: HashSet<&str> = expected[indexed..].iter().filter_map(|e| e.3.as_deref()).collect();
+    indexed_owners.retain(|id, _| live.contains(id.as_str()) || !later.contains(id.as_str()));
     for (id, owner) in &owners {
         if !live.contains(id.as_str()) {
             continue;

@@ -46,6 +46,16 @@ pub(crate) fn opening(event: &Event) -> Option<(&str, &str, &str)> {
     }
 }
 
+/// Invocation ids are 32 hex digits.
+const INVOCATION_ID_LEN: usize = 32;
+
+/// Whether a record can be an invocation's first: an opening record, or
+/// the cut-off record recovery writes for one whose start never reached
+/// the log.
+fn starts(event: &Event) -> bool {
+    opening(event).is_some() || matches!(event, Event::InvocationCutOff(c) if c.started_seq.is_none())
+}
+
 /// Whether a record ends its invocation.
 fn closes(event: &Event) -> bool {
     matches!(
@@ -60,9 +70,14 @@ pub(crate) fn check(index: &Index, filter: &Filter, newest: Option<usize>, hits:
     let mut reader = index.reader().map_err(|e| e.reason)?;
     let by_owner = filter.action.is_some() || filter.caller.is_some();
     index.check_shape(&mut reader, by_owner)?;
-    if by_owner {
+    // An invocation renamed in the index would hide from a prefix that
+    // matches others too (a whole id that finds nothing is confirmed by a
+    // scan instead).
+    let by_prefix = filter.invocation.as_ref().is_some_and(|p| p.len() < INVOCATION_ID_LEN);
+    if by_owner || by_prefix {
         check_invocation_rows(index, &mut reader)?;
     }
+    let indexed = index.indexed_records()?;
     let (Some(first), Some(last)) = (hits.first(), hits.last()) else {
         return Ok(());
     };
@@ -70,6 +85,7 @@ pub(crate) fn check(index: &Index, filter: &Filter, newest: Option<usize>, hits:
         filter,
         index,
         owners: HashMap::new(),
+        indexed,
     };
     for hit in hits {
         judge.learn(&hit.record);
@@ -89,7 +105,7 @@ pub(crate) fn check(index: &Index, filter: &Filter, newest: Option<usize>, hits:
         let mut seen = HashSet::new();
         for hit in hits {
             let id = hit.record.entry.event.invocation().unwrap_or_default();
-            if seen.insert(id.to_string()) && opening(&hit.record.entry.event).is_none() {
+            if seen.insert(id.to_string()) && !starts(&hit.record.entry.event) {
                 return Err(format!(
                     "invocation {id}'s first record returned ({}) is not its opening record",
                     hit.record.entry.seq
@@ -97,7 +113,10 @@ pub(crate) fn check(index: &Index, filter: &Filter, newest: Option<usize>, hits:
             }
         }
     }
-    if filter.since.is_some() {
+    // Records before the first one returned: with `since`, those inside
+    // the window; for a query bounded by time alone, all of them (the
+    // first match is normally the log's first record).
+    if filter.since.is_some() || (!scoped && newest.is_none()) {
         judge.check_before(first.record.entry.seq, &mut reader)?;
     }
     let closed: HashSet<&str> = hits
@@ -135,8 +154,13 @@ enum Stop {
 struct Judge<'a> {
     filter: &'a Filter,
     index: &'a Index,
-    /// Invocation id → (action, caller), from opening records.
-    owners: HashMap<String, (String, String)>,
+    /// Invocation id → (action, caller), from opening records; `None` for
+    /// one whose start never reached the log (nobody's: it matches no
+    /// action or caller).
+    owners: HashMap<String, Option<(String, String)>>,
+    /// Records the index covers in this snapshot: the checks read no
+    /// further (what was appended since is the next query's).
+    indexed: u64,
 }
 
 impl Judge<'_> {
@@ -144,7 +168,7 @@ impl Judge<'_> {
         if let Some((id, action, caller)) = opening(&record.entry.event) {
             self.owners
                 .entry(id.to_string())
-                .or_insert_with(|| (action.to_string(), caller.to_string()));
+                .or_insert_with(|| Some((action.to_string(), caller.to_string())));
         }
     }
 
@@ -152,18 +176,19 @@ impl Judge<'_> {
     /// one seen already, or the first of its indexed records that opens
     /// it (read back and checked; a record that names another invocation
     /// is no evidence).
-    fn owner(&mut self, id: &str, reader: &mut BufReader<std::fs::File>) -> Result<(String, String), String> {
+    fn owner(&mut self, id: &str, reader: &mut BufReader<std::fs::File>) -> Result<Option<(String, String)>, String> {
         if let Some(owner) = self.owners.get(id) {
             return Ok(owner.clone());
         }
         for hit in self.index.first_of(reader, id, 8).map_err(|e| e.reason)? {
-            if let Some((named, action, caller)) = opening(&hit.record.entry.event)
-                && named == id
-            {
-                let owner = (action.to_string(), caller.to_string());
-                self.owners.insert(id.to_string(), owner.clone());
-                return Ok(owner);
-            }
+            let event = &hit.record.entry.event;
+            let owner = match opening(event) {
+                Some((named, action, caller)) if named == id => Some((action.to_string(), caller.to_string())),
+                _ if starts(event) && event.invocation() == Some(id) => None,
+                _ => continue,
+            };
+            self.owners.insert(id.to_string(), owner.clone());
+            return Ok(owner);
         }
         Err(format!("no opening record of invocation {id} is indexed as its own"))
     }
@@ -186,14 +211,16 @@ impl Judge<'_> {
             return Ok(true);
         }
         let Some(id) = invocation else { return Ok(false) };
-        let (action, caller) = self.owner(id, reader)?;
+        let Some((action, caller)) = self.owner(id, reader)? else {
+            return Ok(false);
+        };
         Ok(f.action.as_ref().is_none_or(|a| *a == action) && f.caller.as_ref().is_none_or(|c| *c == caller))
     }
 
-    /// With `since`: the records before `first` (walking back while they
-    /// are inside the time window) must not match, or they were left out.
+    /// The records before `first` must not match, or they were left out:
+    /// walking back while they are inside the time window (with `since`),
+    /// or to the start of the log.
     fn check_before(&mut self, first: u64, reader: &mut BufReader<std::fs::File>) -> Result<(), String> {
-        let since = self.filter.since.unwrap_or(0);
         let mut seq = first;
         while let Some(prev) = seq.checked_sub(1) {
             let hit = self
@@ -201,7 +228,9 @@ impl Judge<'_> {
                 .record_at(reader, prev)
                 .map_err(|e| e.reason)?
                 .ok_or_else(|| format!("record {prev} is not indexed"))?;
-            if crate::time::parse_utc(&hit.record.entry.ts).unwrap_or(0) < since {
+            if let Some(since) = self.filter.since
+                && crate::time::parse_utc(&hit.record.entry.ts).unwrap_or(0) < since
+            {
                 return Ok(());
             }
             if self.matches(&hit.record, reader)? {
@@ -232,6 +261,13 @@ impl Judge<'_> {
                 && expected > last
             {
                 return Ok(());
+            }
+            if expected >= self.indexed {
+                // Appended after this snapshot was indexed.
+                return match stop {
+                    Stop::After(last) => Err(format!("the index ends before record {last}")),
+                    _ => Ok(()),
+                };
             }
             line.clear();
             let n = log.read_until(b'\n', &mut line).map_err(|e| e.to_string())?;

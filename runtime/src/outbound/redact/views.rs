@@ -37,8 +37,9 @@ pub enum Decoder {
     /// MIME quoted-printable: `=HH` in either hex case, and soft line breaks
     /// (`=` before a line end, with any trailing blanks) removed.
     QuotedPrintable,
-    /// Line breaks (CR, LF) removed, as MIME, PEM and many encoders wrap
-    /// long base64 or hex values.
+    /// Line breaks (CR, LF) removed with the blanks (spaces, tabs) that
+    /// indent the next line, as MIME, PEM, YAML block scalars and many
+    /// encoders wrap long base64 or hex values.
     Unfold,
 }
 
@@ -107,7 +108,11 @@ impl Decoder {
                 Decoder::QuotedPrintable => quoted_printable(input, i, &mut out),
                 Decoder::Unfold => {
                     out.changed = true;
-                    Some(1)
+                    let blanks = input[i + 1..]
+                        .iter()
+                        .take_while(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+                        .count();
+                    Some(1 + blanks)
                 }
             };
             match step {
@@ -366,7 +371,7 @@ mod tests {
         assert_eq!(decoded(Decoder::Percent, "%41%6a%4A+%2b"), "AjJ++");
         assert_eq!(decoded(Decoder::Form, "%41+%2B"), "A +");
         assert_eq!(decoded(Decoder::QuotedPrintable, "a=3Db=3d=\r\nc= \t\nd"), "a=b=cd");
-        assert_eq!(decoded(Decoder::Unfold, "ab\r\ncd\nef"), "abcdef");
+        assert_eq!(decoded(Decoder::Unfold, "ab\r\ncd\nef\n  gh\r\n\tij"), "abcdefghij");
     }
 
     #[test]
