@@ -556,18 +556,6 @@ impl Runtime {
                     current.invocation
                 ))
             })?;
-            // A requester whose token was revoked can no longer have it run.
-            if let Some(token) = &record.caller.token_id
-                && !approvals
-                    .store()
-                    .tokens()?
-                    .iter()
-                    .any(|t| t.id == *token && t.revoked_at.is_none())
-            {
-                return Err(Error::ApprovalRefused(format!(
-                    "the requester's token {token} was revoked after request {id}: it can no longer run, so nothing was decided"
-                )));
-            }
             let binding = prepared
                 .request_template(&record.id, &record.caller, &record.function, &record.args)
                 .binding();
