@@ -194,11 +194,11 @@ impl Runtime {
         record.updated_at = crate::time::now_micros();
         record.outcome = Some(outcome_of(&report));
         record.runner = None;
-        // Committed before the result is handed back: a row only queued
-        // here was lost with the process if it was killed within the next
-        // few milliseconds, and an acknowledged invocation read `running`
-        // forever.
-        store.commit_run(&record).await?;
+        // Safe from a crash of the process before the result is handed
+        // back: a row only queued here was lost with the process if it was
+        // killed within the next few milliseconds, and an acknowledged
+        // invocation read `running` forever.
+        store.finish_run(&record)?;
         tracked.settle();
         Ok(Submitted::Ran(report))
     }

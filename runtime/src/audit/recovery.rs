@@ -195,6 +195,9 @@ pub fn recover(log: &AuditLog, open_rows: OpenRows<'_>, check_rows: bool) -> Res
     let mut rows: Vec<InvocationRecord> = Vec::new();
     let mut floor: Option<u64> = dead.values().map(|f| f.unwrap_or(0)).min();
     if let Some(store) = &store {
+        // Final rows an ended process stored but never committed first:
+        // they are what its clients were told.
+        store.adopt_orphaned_runs().map_err(|e| fail(e.to_string()))?;
         let running = store
             .invocations(Some(InvocationStatus::Running), usize::MAX)
             .map_err(|e| fail(e.to_string()))?;
