@@ -82,9 +82,12 @@ pub trait Store: Send + Sync {
     /// Store (or replace) the status row of an invocation that runs at
     /// once, without waiting for the disk: the audit log, synced before the
     /// result is returned, is the durable record of what ran, and this row
-    /// is its status for the API. Survives a crash of the process; a power
-    /// failure may lose the newest rows. Never for invocations waiting on
-    /// an approval, whose rows must survive anything.
+    /// is its status for the API. Queued and written in a batch within
+    /// milliseconds (readers in this process see it at once): a crash of
+    /// the process before then loses it, which for a `running` row is
+    /// harmless (recovery ends it the way the log did). Final rows go
+    /// through [`Store::finish_run`]. Never for invocations waiting on an
+    /// approval, whose rows must survive anything.
     fn record_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError>;
     /// [`Store::record_run`] for a run's final row, stored before its
     /// result is acknowledged: when this returns, a crash of the process
