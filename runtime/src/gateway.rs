@@ -166,7 +166,7 @@ impl Runtime {
         }
         let store = self.store()?;
         let now = crate::time::now_micros();
-        // Unsettled until its final row is committed: if this process dies
+        // Unsettled until its final row is stored: if this process dies
         // first, recovery ends the row the way the log ended the run.
         let tracked = prepared.audit.track();
         let mut record = InvocationRecord {
@@ -415,7 +415,7 @@ impl Runtime {
         }
         // The decisions that released it are in the log before it starts.
         approvals.flush_audit().await?;
-        // Unsettled from the claim until its final row is committed (see
+        // Unsettled from the claim until its final row is stored (see
         // `run_stored`).
         let tracked = prepared.audit.track();
         let claimed = store.claim_invocation(
