@@ -26,7 +26,7 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use support::http::Server;
 use support::{component, toml_path};
@@ -160,15 +160,28 @@ fn random_request(rng: &mut Rng, client: usize, n: u64) -> Value {
     }
 }
 
-/// Invocations the clients were told had finished: id → status.
-type Acknowledged = HashMap<String, String>;
+/// What a client was told of a finished invocation.
+#[derive(Debug, Clone)]
+struct Told {
+    status: String,
+    result: Value,
+}
+
+/// Invocations the clients were told had finished, by id.
+type Acknowledged = HashMap<String, Told>;
 
 /// Run `CLIENTS` clients against `addr` until the server stops answering;
 /// returns what was acknowledged.
-fn load(addr: &str, token: &str, rng: &Rng, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Acknowledged>> {
+fn load(
+    addr: &str,
+    token: &str,
+    rng: &Rng,
+    stop: &Arc<AtomicBool>,
+    acks: &Arc<AtomicUsize>,
+) -> Vec<std::thread::JoinHandle<Acknowledged>> {
     (0..CLIENTS)
         .map(|client| {
-            let (addr, token, stop) = (addr.to_string(), token.to_string(), stop.clone());
+            let (addr, token, stop, acks) = (addr.to_string(), token.to_string(), stop.clone(), acks.clone());
             let mut rng = Rng((rng.0 ^ (client as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
             std::thread::spawn(move || {
                 let mut seen = Acknowledged::new();
@@ -182,9 +195,11 @@ fn load(addr: &str, token: &str, rng: &Rng, stop: &Arc<AtomicBool>) -> Vec<std::
                     };
                     if status == 200 {
                         let id = answer["invocation"].as_str().unwrap_or_default().to_string();
-                        let outcome = answer["status"].as_str().unwrap_or_default().to_string();
+                        let status = answer["status"].as_str().unwrap_or_default().to_string();
                         assert!(!id.is_empty(), "an acknowledgement without an id: {answer}");
-                        seen.insert(id, outcome);
+                        let result = answer["result"].clone();
+                        seen.insert(id, Told { status, result });
+                        acks.fetch_add(1, Ordering::AcqRel);
                     }
                 }
                 seen
@@ -257,11 +272,13 @@ fn verify(world: &World) {
     assert_eq!(run.code, 0, "the chain or a checkpoint does not verify: {run:?}");
 }
 
-/// Everything that must hold after a restart; returns (acknowledged
-/// checked, invocations cut off so far).
-fn check(world: &World, server: &Server, acknowledged: &Acknowledged, round: usize) -> usize {
+/// Everything that must hold after a restart, for every invocation so
+/// far (`fresh`: those acknowledged in this round, also asked of the
+/// restarted service); returns how many invocations were cut off so far.
+fn check(world: &World, server: &Server, acknowledged: &Acknowledged, fresh: &Acknowledged, round: usize) -> usize {
     let data = world.data();
     let log = log_by_invocation(&data);
+    let rows: HashMap<String, InvocationRecord> = rows(&data).into_iter().map(|r| (r.id.clone(), r)).collect();
     for (id, told) in acknowledged {
         let seen = log
             .get(id)
@@ -273,16 +290,34 @@ fn check(world: &World, server: &Server, acknowledged: &Acknowledged, round: usi
         );
         assert_eq!(
             status_for(seen).as_str(),
-            told,
-            "round {round}: {id} was acknowledged as {told}, the log says {seen:?}"
+            told.status,
+            "round {round}: {id} was acknowledged as {told:?}, the log says {seen:?}"
         );
+        // The row the service itself wrote, result and all: one rebuilt
+        // from the log after a crash would have the status but not the
+        // result (the log keeps only its digest).
+        let row = rows
+            .get(id)
+            .unwrap_or_else(|| panic!("round {round}: acknowledged invocation {id} has no status row"));
+        let result = row
+            .outcome
+            .as_ref()
+            .and_then(|o| o.result.clone())
+            .unwrap_or(Value::Null);
+        assert_eq!(
+            (row.state.as_str(), &result),
+            (told.status.as_str(), &told.result),
+            "round {round}: {id} was acknowledged as {told:?}; its row: {row:?}"
+        );
+    }
+    for (id, told) in fresh {
         let (status, answer) = try_request(&server.addr, "GET", &format!("/v1/invocations/{id}"), &world.token, b"")
             .unwrap_or_else(|| panic!("round {round}: the restarted service does not answer"));
         assert_eq!(status, 200, "round {round}: GET {id}: {answer}");
         assert_eq!(
-            answer["status"].as_str(),
-            Some(told.as_str()),
-            "round {round}: {id} was acknowledged as {told}; its status now: {answer}"
+            (answer["status"].as_str(), &answer["result"]),
+            (Some(told.status.as_str()), &told.result),
+            "round {round}: {id} was acknowledged as {told:?}; it reads now: {answer}"
         );
     }
     // Every started invocation ends in the log, exactly once.
@@ -297,7 +332,7 @@ fn check(world: &World, server: &Server, acknowledged: &Acknowledged, round: usi
     }
     // Every row is final (the restarted service runs nothing), and says
     // what the log says.
-    for row in rows(&data) {
+    for row in rows.values() {
         assert!(
             row.state.is_final(),
             "round {round}: invocation {} is still {} after the restart",
@@ -346,23 +381,30 @@ fn sigkill_under_load_leaves_every_status_row_agreeing_with_the_audit_log() {
     let mut cut_off = 0;
     for round in 0..ROUNDS {
         let stop = Arc::new(AtomicBool::new(false));
-        let clients = load(&server.addr, &world.token, &rng, &stop);
+        let acks = Arc::new(AtomicUsize::new(0));
+        let clients = load(&server.addr, &world.token, &rng, &stop, &acks);
         rng.next();
-        // Let the load build up, then kill at a random moment.
-        std::thread::sleep(Duration::from_millis(300 + rng.below(1200)));
+        // Once the service answers, let the load run a random while, then
+        // kill it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acks.load(Ordering::Acquire) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: nothing was acknowledged in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(1500)));
         server.child.kill().unwrap();
         server.child.wait().unwrap();
         stop.store(true, Ordering::Release);
-        let before = acknowledged.len();
+        let mut fresh = Acknowledged::new();
         for c in clients {
-            acknowledged.extend(c.join().unwrap());
+            fresh.extend(c.join().unwrap());
         }
-        assert!(
-            acknowledged.len() > before,
-            "round {round}: no invocation was acknowledged before the kill"
-        );
+        acknowledged.extend(fresh.iter().map(|(k, v)| (k.clone(), v.clone())));
         server = Server::start(&world.config);
-        cut_off = check(&world, &server, &acknowledged, round);
+        cut_off = check(&world, &server, &acknowledged, &fresh, round);
     }
     drop(server);
     // The kills did land mid-invocation: recovery closed some.
@@ -412,7 +454,7 @@ fn a_killed_command_line_run_is_closed_while_the_live_service_keeps_its_own() {
     let data = world.data();
     let server = Server::start(&world.config);
     // The service runs a slow invocation.
-    let body = json!({"action": "files", "function": "sleep-ms", "args": {"ms": 15000}, "wait-ms": 0});
+    let body = json!({"action": "files", "function": "sleep-ms", "args": {"ms": 25000}, "wait-ms": 0});
     let (status, answer) = try_request(
         &server.addr,
         "POST",
@@ -491,10 +533,14 @@ fn a_killed_command_line_run_is_closed_while_the_live_service_keeps_its_own() {
         "{cut}"
     );
     let leases = data.join("audit/runners");
-    assert!(
-        !leases.join(format!("{killed_runner}.lease")).exists(),
-        "the dead run's lease is gone once it is settled"
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leases.join(format!("{killed_runner}.lease")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the dead run's lease is still there 10 s after it was closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(leases.join(format!("{service_runner}.lease")).exists());
     // Another command-line process, recovering as it starts, leaves the
     // service's invocation alone too.

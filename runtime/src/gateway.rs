@@ -189,7 +189,7 @@ impl Runtime {
         }
         let store = self.store()?;
         let now = crate::time::now_micros();
-        // Unsettled until its final row is committed: if this process dies
+        // Unsettled until its final row is stored: if this process dies
         // first, recovery ends the row the way the log ended the run.
         let tracked = prepared.audit.track();
         let mut record = InvocationRecord {
@@ -217,11 +217,11 @@ impl Runtime {
         record.updated_at = crate::time::now_micros();
         record.outcome = Some(outcome_of(&report));
         record.runner = None;
-        // Committed before the result is handed back: a row only queued
-        // here was lost with the process if it was killed within the next
-        // few milliseconds, and an acknowledged invocation read `running`
-        // forever.
-        store.commit_run(&record).await?;
+        // Safe from a crash of the process before the result is handed
+        // back: a row only queued here was lost with the process if it was
+        // killed within the next few milliseconds, and an acknowledged
+        // invocation read `running` forever.
+        store.finish_run(&record)?;
         tracked.settle();
         Ok(Submitted::Ran(report))
     }
@@ -438,7 +438,7 @@ impl Runtime {
         }
         // The decisions that released it are in the log before it starts.
         approvals.flush_audit().await?;
-        // Unsettled from the claim until its final row is committed (see
+        // Unsettled from the claim until its final row is stored (see
         // `run_stored`).
         let tracked = prepared.audit.track();
         let claimed = store.claim_invocation(

@@ -14,10 +14,12 @@
 //!   and checkpointed like any other) for every invocation that process
 //!   started and never closed, and for every `running` row of it whose
 //!   start never reached the log;
-//! - moves each of its `running` status rows to what the log says: the
-//!   outcome of its `invocation-finished` record (succeeded or failed; the
-//!   result itself is not in the log, only its digest), or failed with the
-//!   cut-off reason;
+//! - brings in the final status rows it had journaled but not committed
+//!   ([`crate::store::journal`]), then moves each of its rows still
+//!   `running` to what the log says: the outcome of its
+//!   `invocation-finished` record (succeeded or failed; the result itself
+//!   is not in the log, only its digest), or failed with the cut-off
+//!   reason;
 //! - removes the lease, once all of that is written.
 //!
 //! Invocations of live processes are never touched: their leases are
@@ -195,6 +197,9 @@ pub fn recover(log: &AuditLog, open_rows: OpenRows<'_>, check_rows: bool) -> Res
     let mut rows: Vec<InvocationRecord> = Vec::new();
     let mut floor: Option<u64> = dead.values().map(|f| f.unwrap_or(0)).min();
     if let Some(store) = &store {
+        // Final rows an ended process stored but never committed first:
+        // they are what its clients were told.
+        store.adopt_orphaned_runs().map_err(|e| fail(e.to_string()))?;
         let running = store
             .invocations(Some(InvocationStatus::Running), usize::MAX)
             .map_err(|e| fail(e.to_string()))?;

@@ -17,6 +17,7 @@
 //! record is not yet appended (the log was unwritable, or the process died
 //! in between) is appended by the next drain, from any process.
 
+pub mod journal;
 pub mod records;
 pub mod sqlite;
 
@@ -85,17 +86,25 @@ pub trait Store: Send + Sync {
     /// Store (or replace) the status row of an invocation that runs at
     /// once, without waiting for the disk: the audit log, synced before the
     /// result is returned, is the durable record of what ran, and this row
-    /// is its status for the API. Survives a crash of the process; a power
-    /// failure may lose the newest rows. Never for invocations waiting on
-    /// an approval, whose rows must survive anything.
+    /// is its status for the API. Queued and written in a batch within
+    /// milliseconds (readers in this process see it at once): a crash of
+    /// the process before then loses it, which for a `running` row is
+    /// harmless (recovery ends it the way the log did). Final rows go
+    /// through [`Store::finish_run`]. Never for invocations waiting on an
+    /// approval, whose rows must survive anything.
     fn record_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError>;
-    /// [`Store::record_run`], resolved once the row (and every row stored
-    /// before it) is committed: from then on a crash of the process cannot
-    /// lose it. A run's final row goes this way before its result is
-    /// acknowledged, so no acknowledged invocation is left `running`.
-    /// Concurrent callers share commits (whoever finds the database free
-    /// writes everything queued).
-    fn commit_run<'a>(&'a self, invocation: &InvocationRecord) -> RunCommit<'a>;
+    /// [`Store::record_run`] for a run's final row, stored before its
+    /// result is acknowledged: when this returns, a crash of the process
+    /// can no longer lose the row (the SQLite store appends it to its
+    /// journal, [`journal`], and commits it in a batch later). A row only
+    /// queued in memory was lost by a SIGKILL within milliseconds of the
+    /// answer, and the acknowledged invocation read `running` forever.
+    fn finish_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError>;
+    /// Bring in the final rows of stores that ended before committing them
+    /// (see [`Store::finish_run`]); returns how many there were. Opening a
+    /// store does this too; recovery does it before it reads `running`
+    /// rows.
+    fn adopt_orphaned_runs(&self) -> Result<usize, StoreError>;
     fn invocation(&self, id: &str) -> Result<Option<InvocationRecord>, StoreError>;
     /// Invocations, newest first, optionally only those in `state`.
     fn invocations(&self, state: Option<InvocationStatus>, limit: usize) -> Result<Vec<InvocationRecord>, StoreError>;
@@ -131,9 +140,6 @@ pub trait Store: Send + Sync {
         append: &mut dyn FnMut(Vec<String>) -> Result<(), Refusal>,
     ) -> Result<usize, UpdateError>;
 }
-
-/// What [`Store::commit_run`] returns: resolved once the row is committed.
-pub type RunCommit<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'a>>;
 
 /// An invocation that waited for approval ending without running, and the
 /// audit record that ending owes the log.

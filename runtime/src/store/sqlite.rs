@@ -12,9 +12,10 @@
 //! - Audit records owed by committed changes wait in `audit_outbox` until
 //!   they are appended to the log (see [`super`]).
 
+use super::journal::{self, Journal};
 use super::{
     ApprovalRecord, ApprovalState, ApprovalUpdate, DecisionRecord, InvocationEnding, InvocationOutcome,
-    InvocationRecord, InvocationStatus, Refusal, RunCommit, Store, StoreError, TokenRecord, UpdateError,
+    InvocationRecord, InvocationStatus, Refusal, Store, StoreError, TokenRecord, UpdateError,
 };
 use crate::identity::IdentityKind;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -95,27 +96,35 @@ pub struct SqliteStore {
 
 /// Status rows of runs waiting to be written, and the connection that
 /// writes them: a background thread commits whatever has queued in one
-/// transaction (while it commits, the next batch gathers), every read of
-/// the invocations table writes the queue out first, so readers never see
-/// a stale row, and [`Store::commit_run`] writes it out itself when the
-/// connection is free (or waits for whoever holds it to commit).
+/// transaction (while it commits, the next batch gathers), and every read
+/// of the invocations table writes the queue out first, so readers never
+/// see a stale row. Final rows ([`Store::finish_run`]) are in the journal
+/// ([`super::journal`]) from before they are queued until they are
+/// committed, so a crash of the process in between loses none.
 struct RunWriter {
     pending: Mutex<Pending>,
     wake: std::sync::Condvar,
     conn: Mutex<Connection>,
     stop: std::sync::atomic::AtomicBool,
-    /// Every row whose ticket is below this is committed.
-    written: std::sync::atomic::AtomicU64,
-    /// Woken after every commit of queued rows.
-    committed: tokio::sync::Notify,
+    data_dir: PathBuf,
 }
 
-/// Queued rows, in the order they were stored, and the ticket the next one
-/// gets (tickets count rows: a row is committed once `written` passes it).
+/// Queued rows, in the order they were stored, and this store's journal.
 #[derive(Default)]
 struct Pending {
     rows: Vec<InvocationRecord>,
+    /// Tickets count rows stored: the next row's.
     next: u64,
+    /// Every row with a lower ticket is committed.
+    written: u64,
+    /// Created with the first final row (most stores never hold one);
+    /// if it cannot be, final rows are committed before
+    /// [`Store::finish_run`] returns instead (slower, as safe).
+    journal: Option<Journal>,
+    journal_failed: bool,
+    /// The ticket after the last row journaled: once `written` reaches it,
+    /// the journal holds nothing the database lacks.
+    journaled: u64,
 }
 
 /// How long queued status rows gather before they are written together.
@@ -130,40 +139,6 @@ impl RunWriter {
     /// next attempt.
     fn flush(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        self.flush_locked(&mut conn)
-    }
-
-    /// [`RunWriter::flush`] if no one holds the connection; `None` if
-    /// someone does (and will commit, or is reading after a commit).
-    fn try_flush(&self) -> Option<Result<(), StoreError>> {
-        let mut conn = match self.conn.try_lock() {
-            Ok(c) => c,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        Some(self.flush_locked(&mut conn))
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        // Rows are pushed whole; a poisoned lock still holds a valid queue.
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queue `row`; returns its ticket and whether the queue is full.
-    fn push(&self, row: InvocationRecord) -> (u64, bool) {
-        let mut pending = self.pending();
-        let ticket = pending.next;
-        pending.next += 1;
-        pending.rows.push(row);
-        (ticket, pending.rows.len() >= MAX_PENDING_RUNS)
-    }
-
-    fn is_written(&self, ticket: u64) -> bool {
-        self.written.load(std::sync::atomic::Ordering::Acquire) > ticket
-    }
-
-    /// Under the connection's lock (so batches commit in ticket order).
-    fn flush_locked(&self, conn: &mut Connection) -> Result<(), StoreError> {
         let (batch, upto) = {
             let mut pending = self.pending();
             (std::mem::take(&mut pending.rows), pending.next)
@@ -171,20 +146,62 @@ impl RunWriter {
         if batch.is_empty() {
             return Ok(());
         }
-        let written = write_runs(conn, &batch);
+        let written = write_runs(&mut conn, &batch);
+        let mut pending = self.pending();
         match &written {
             Ok(()) => {
-                self.written.fetch_max(upto, std::sync::atomic::Ordering::AcqRel);
-                self.committed.notify_waiters();
+                pending.written = upto;
+                if pending.written >= pending.journaled
+                    && let Some(journal) = &mut pending.journal
+                    && let Err(e) = journal.clear()
+                {
+                    // Its rows are committed: replaying them is harmless.
+                    tracing::warn!("cannot empty the status journal: {e}");
+                }
             }
             Err(_) => {
                 // Back in front of anything queued since, in order.
-                let mut pending = self.pending();
                 let newer = std::mem::replace(&mut pending.rows, batch);
                 pending.rows.extend(newer);
             }
         }
         written
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Rows are pushed whole; a poisoned lock still holds a valid queue.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue `row` (journaled first if `journal`); returns whether it is
+    /// safe from a crash of the process without a commit now, and whether
+    /// the queue is full.
+    fn push(&self, row: &InvocationRecord, journal: bool) -> (bool, bool) {
+        let mut pending = self.pending();
+        if journal && pending.journal.is_none() && !pending.journal_failed {
+            match Journal::create(&self.data_dir) {
+                Ok(j) => pending.journal = Some(j),
+                Err(e) => {
+                    tracing::warn!("cannot create a status journal in {}: {e}", self.data_dir.display());
+                    pending.journal_failed = true;
+                }
+            }
+        }
+        let journaled = journal
+            && match pending.journal.as_mut().map(|j| j.append(row)) {
+                Some(Ok(())) => true,
+                Some(Err(e)) => {
+                    tracing::warn!("cannot append to the status journal (committing instead): {e}");
+                    false
+                }
+                None => false,
+            };
+        pending.next += 1;
+        if journaled {
+            pending.journaled = pending.next;
+        }
+        pending.rows.push(row.clone());
+        (journaled, pending.rows.len() >= MAX_PENDING_RUNS)
     }
 
     fn run(&self) {
@@ -215,34 +232,74 @@ impl RunWriter {
     }
 }
 
+/// Write the rows in the journals of stores that ended into the database,
+/// then remove those journals; returns how many rows there were.
+fn adopt_orphans(runs: &RunWriter, data_dir: &Path) -> Result<usize, StoreError> {
+    let orphans =
+        journal::orphans(data_dir).map_err(|e| StoreError(format!("cannot read the status journals: {e}")))?;
+    let mut count = 0;
+    for mut orphan in orphans {
+        let rows = orphan
+            .rows()
+            .map_err(|e| StoreError(format!("cannot read a status journal: {e}")))?;
+        if !rows.is_empty() {
+            let mut conn = runs.conn.lock().unwrap_or_else(|p| p.into_inner());
+            write_runs(&mut conn, &rows)?;
+        }
+        count += rows.len();
+        orphan
+            .remove()
+            .map_err(|e| StoreError(format!("cannot remove a status journal: {e}")))?;
+    }
+    Ok(count)
+}
+
 fn write_runs(conn: &mut Connection, rows: &[InvocationRecord]) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
     for r in rows {
-        put_invocation(&tx, r, true)?;
+        upsert_run(&tx, r)?;
     }
     tx.commit().map_err(db_err)
 }
 
-/// Store an invocation's row: a new one, or (`replace`) over an older one.
-fn put_invocation(conn: &Connection, r: &InvocationRecord, replace: bool) -> Result<(), StoreError> {
-    let sql = if replace {
-        "INSERT OR REPLACE INTO invocations (id, state, action, caller, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
-    } else {
-        "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
-    };
-    conn.prepare_cached(sql)
-        .map_err(db_err)?
-        .execute(params![
-            r.id,
-            r.state.as_str(),
-            r.action,
-            r.caller.name,
-            micros(r.created_at),
-            serde_json::to_string(r).map_err(json_err)?
-        ])
-        .map_err(db_err)?;
+/// Store a run's row, new or over its earlier state: an existing row is
+/// updated in place, so only its state index changes (a replace deletes
+/// and inserts it, in the table and in all four indexes).
+fn upsert_run(conn: &Connection, r: &InvocationRecord) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT(id) DO UPDATE SET state = excluded.state, body = excluded.body",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        r.id,
+        r.state.as_str(),
+        r.action,
+        r.caller.name,
+        micros(r.created_at),
+        serde_json::to_string(r).map_err(json_err)?
+    ])
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Store a new invocation's row.
+fn put_invocation(conn: &Connection, r: &InvocationRecord) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        r.id,
+        r.state.as_str(),
+        r.action,
+        r.caller.name,
+        micros(r.created_at),
+        serde_json::to_string(r).map_err(json_err)?
+    ])
+    .map_err(db_err)?;
     Ok(())
 }
 
@@ -253,7 +310,16 @@ impl Drop for SqliteStore {
         if let Some(t) = self.flusher.take() {
             let _ = t.join();
         }
-        let _ = self.runs.flush();
+        // Everything in the database: the journal goes. Otherwise it stays
+        // (its lock goes with this handle) for the next store to adopt.
+        if self.runs.flush().is_ok() {
+            let mut pending = self.runs.pending();
+            if pending.rows.is_empty()
+                && let Some(journal) = pending.journal.take()
+            {
+                let _ = journal.remove();
+            }
+        }
     }
 }
 
@@ -313,9 +379,10 @@ impl SqliteStore {
             wake: std::sync::Condvar::new(),
             conn: Mutex::new(runs),
             stop: std::sync::atomic::AtomicBool::new(false),
-            written: std::sync::atomic::AtomicU64::new(0),
-            committed: tokio::sync::Notify::new(),
+            data_dir: data_dir.to_path_buf(),
         });
+        // Rows of stores that ended before writing them out.
+        adopt_orphans(&writer, data_dir)?;
         let flusher = {
             let writer = writer.clone();
             std::thread::Builder::new()
@@ -665,7 +732,7 @@ impl Store for SqliteStore {
     }
 
     fn record_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
-        let (_, full) = self.runs.push(invocation.clone());
+        let (_, full) = self.runs.push(invocation, false);
         if full {
             return self.runs.flush();
         }
@@ -673,31 +740,17 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn commit_run<'a>(&'a self, invocation: &InvocationRecord) -> RunCommit<'a> {
-        let (ticket, _) = self.runs.push(invocation.clone());
-        let runs = &self.runs;
-        Box::pin(async move {
-            loop {
-                let committed = runs.committed.notified();
-                tokio::pin!(committed);
-                // Registered before looking, so a commit in between wakes it.
-                committed.as_mut().enable();
-                if runs.is_written(ticket) {
-                    return Ok(());
-                }
-                // The connection is free: commit everything queued here (a
-                // write to the WAL, no sync of its own), without a hand-off
-                // to the background thread and back.
-                if let Some(result) = runs.try_flush() {
-                    result?;
-                    continue;
-                }
-                // Whoever holds it commits the queue (or read after a
-                // commit): wait for that, and look again now and then in
-                // case it was a reader that had nothing to write.
-                let _ = tokio::time::timeout(Duration::from_millis(5), committed).await;
-            }
-        })
+    fn finish_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
+        let (journaled, full) = self.runs.push(invocation, true);
+        if full || !journaled {
+            return self.runs.flush();
+        }
+        self.runs.wake.notify_one();
+        Ok(())
+    }
+
+    fn adopt_orphaned_runs(&self) -> Result<usize, StoreError> {
+        adopt_orphans(&self.runs, &self.runs.data_dir)
     }
 
     fn claim_invocation(&self, id: &str, from: &[InvocationStatus], runner: &str) -> Result<bool, StoreError> {
@@ -715,7 +768,7 @@ impl Store for SqliteStore {
 
     fn insert_invocation(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
         self.runs.flush()?;
-        put_invocation(&self.conn(), invocation, false)
+        put_invocation(&self.conn(), invocation)
     }
 
     fn invocation(&self, id: &str) -> Result<Option<InvocationRecord>, StoreError> {
@@ -854,6 +907,83 @@ mod tests {
             outcome: None,
             runner: None,
         }
+    }
+
+    /// The row as another process sees it: its own connection, which knows
+    /// nothing of rows still queued in memory here.
+    fn seen_elsewhere(dir: &Path, id: &str) -> Result<Option<InvocationStatus>, StoreError> {
+        let conn = Connection::open(dir.join(FILE_NAME)).map_err(db_err)?;
+        let state: Option<String> = conn
+            .query_row("SELECT state FROM invocations WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?;
+        Ok(state.and_then(|s| InvocationStatus::parse(&s)))
+    }
+
+    /// The rows in the journals on disk.
+    fn journaled(dir: &Path) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        let Ok(entries) = std::fs::read_dir(dir.join(journal::DIR)) else {
+            return Ok(ids);
+        };
+        for e in entries {
+            let text = std::fs::read_to_string(e.map_err(db_err)?.path()).map_err(db_err)?;
+            for line in text.lines() {
+                ids.push(serde_json::from_str::<InvocationRecord>(line).map_err(json_err)?.id);
+            }
+        }
+        Ok(ids)
+    }
+
+    #[test]
+    fn a_final_row_is_on_disk_when_stored_and_an_ended_stores_rows_are_adopted() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(db_err)?;
+        let store = SqliteStore::open(dir.path())?;
+        store.record_run(&run("r", InvocationStatus::Running))?;
+        store.finish_run(&run("r", InvocationStatus::Succeeded))?;
+        // In the journal at once (the database gets it in the next batch):
+        // a kill of the process now cannot lose it.
+        let on_disk = journaled(dir.path())?;
+        assert!(
+            on_disk == ["r"] || seen_elsewhere(dir.path(), "r")? == Some(InvocationStatus::Succeeded),
+            "{on_disk:?}"
+        );
+        // Once committed, the journal is emptied; a clean close removes it.
+        assert_eq!(
+            store.invocation("r")?.map(|r| r.state),
+            Some(InvocationStatus::Succeeded)
+        );
+        assert!(journaled(dir.path())?.is_empty());
+        drop(store);
+        let left = std::fs::read_dir(dir.path().join(journal::DIR))
+            .map_err(db_err)?
+            .count();
+        assert_eq!(left, 0, "a store closed cleanly leaves no journal");
+
+        // A store that ended (killed) with rows only in its journal: the
+        // next store to open brings them in, then removes the journal.
+        let mut dead = Journal::create(dir.path()).map_err(db_err)?;
+        for id in ["d1", "d2"] {
+            dead.append(&run(id, InvocationStatus::Failed)).map_err(db_err)?;
+        }
+        drop(dead);
+        let live = SqliteStore::open(dir.path())?;
+        live.finish_run(&run("live", InvocationStatus::Succeeded))?;
+        let store = SqliteStore::open(dir.path())?;
+        for id in ["d1", "d2"] {
+            assert_eq!(seen_elsewhere(dir.path(), id)?, Some(InvocationStatus::Failed), "{id}");
+        }
+        assert!(
+            journaled(dir.path())?.iter().all(|id| id == "live"),
+            "a live store's journal is not adopted"
+        );
+        assert_eq!(store.adopt_orphaned_runs()?, 0);
+        drop(live);
+        assert_eq!(
+            store.invocation("live")?.map(|r| r.state),
+            Some(InvocationStatus::Succeeded)
+        );
+        Ok(())
     }
 
     #[test]
