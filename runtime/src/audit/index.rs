@@ -644,12 +644,7 @@ fn self_checked(line: &[u8]) -> Result<Record, String> {
 
 /// The `(action, caller)` an invocation's opening record names.
 fn subject(event: &Event) -> Option<(&str, &str)> {
-    match event {
-        Event::InvocationStarted(e) => Some((&e.action, &e.caller)),
-        Event::InvocationRefused(e) => Some((&e.action, &e.caller)),
-        Event::ApprovalRequested(e) => Some((&e.action, &e.caller)),
-        _ => None,
-    }
+    super::trust::opening(event).map(|(_, action, caller)| (action, caller))
 }
 
 /// Inserts of one catch-up transaction.
