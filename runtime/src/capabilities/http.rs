@@ -481,6 +481,41 @@ fn attach_credential(
         .map_err(|e| SendFailure::Credential(format!("credential `{name}`: {e}")))
 }
 
+/// Bodies up to this size are redacted on the invocation's own task; larger
+/// ones on a blocking thread, so scanning a body of several MiB (tens of
+/// milliseconds when it is dense with escapes) never stalls an async worker.
+const REDACT_INLINE_BYTES: usize = 64 << 10;
+
+/// [`redact_response`], off the async workers for a large body.
+async fn redact_response_async(
+    response: &mut OutboundResponse,
+    redactor: &std::sync::Arc<Redactor>,
+) -> Result<(), SendFailure> {
+    if redactor.is_empty() || response.body.len() <= REDACT_INLINE_BYTES {
+        return redact_response(response, redactor);
+    }
+    let redactor = redactor.clone();
+    let mut taken = std::mem::replace(response, empty_response());
+    let (back, result) = tokio::task::spawn_blocking(move || {
+        let result = redact_response(&mut taken, &redactor);
+        (taken, result)
+    })
+    .await
+    .map_err(|e| SendFailure::Outbound(OutboundError::Protocol(format!("the redaction task failed: {e}"))))?;
+    *response = back;
+    result
+}
+
+/// A placeholder while a response is away being redacted.
+fn empty_response() -> OutboundResponse {
+    OutboundResponse {
+        status: http::StatusCode::OK,
+        reason: Vec::new(),
+        headers: HeaderMap::new(),
+        body: Bytes::new(),
+    }
+}
+
 /// Scrub a response and refuse encodings the redactor cannot see into.
 fn redact_response(response: &mut OutboundResponse, redactor: &Redactor) -> Result<(), SendFailure> {
     if redactor.is_empty() {
@@ -731,7 +766,7 @@ async fn send_one(
     )
     .await;
     let delivered = match sent {
-        Ok(mut d) => match redact_response(&mut d.response, &redactor) {
+        Ok(mut d) => match redact_response_async(&mut d.response, &redactor).await {
             Ok(()) => d,
             Err(e) => return Err(e.into_wit(&redactor)),
         },
@@ -1046,7 +1081,7 @@ async fn wasi_send(
         body,
     };
     let mut delivered = send_governed(&grant, budget, creds, request, credential, Redirects::NONE, &redactor).await?;
-    redact_response(&mut delivered.response, &redactor)?;
+    redact_response_async(&mut delivered.response, &redactor).await?;
     let r = delivered.response;
     let mut builder = http::Response::builder().status(r.status);
     if let Some(h) = builder.headers_mut() {
