@@ -268,28 +268,23 @@ fn write_runs(conn: &mut Connection, rows: &[InvocationRecord]) -> Result<(), St
 /// updated in place, so only its state index changes (a replace deletes
 /// and inserts it, in the table and in all four indexes).
 fn upsert_run(conn: &Connection, r: &InvocationRecord) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-         ON CONFLICT(id) DO UPDATE SET state = excluded.state, body = excluded.body",
+    write_invocation(
+        conn,
+        r,
+        " ON CONFLICT(id) DO UPDATE SET state = excluded.state, body = excluded.body",
     )
-    .map_err(db_err)?
-    .execute(params![
-        r.id,
-        r.state.as_str(),
-        r.action,
-        r.caller.name,
-        micros(r.created_at),
-        serde_json::to_string(r).map_err(json_err)?
-    ])
-    .map_err(db_err)?;
-    Ok(())
 }
 
 /// Store a new invocation's row.
 fn put_invocation(conn: &Connection, r: &InvocationRecord) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
+    write_invocation(conn, r, "")
+}
+
+/// Insert an invocation's row; `on_conflict` says what an existing one gets.
+fn write_invocation(conn: &Connection, r: &InvocationRecord, on_conflict: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6){on_conflict}"
+    ))
     .map_err(db_err)?
     .execute(params![
         r.id,
