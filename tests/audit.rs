@@ -370,6 +370,7 @@ fn in_process_probe(
     let mut runtime = Runtime::new(&RuntimeSettings {
         data_dir: data.to_path_buf(),
         max_concurrent_instances: instances,
+        store: Default::default(),
     })
     .unwrap();
     let grants = Grants {
@@ -702,6 +703,7 @@ fn a_pure_action_costs_one_sync_and_a_lost_start_withholds_its_result() {
     let mut runtime = Runtime::new(&RuntimeSettings {
         data_dir: data.path().to_path_buf(),
         max_concurrent_instances: 4,
+        store: Default::default(),
     })
     .unwrap();
     // `hello` holds no capability: nothing it does is visible outside until

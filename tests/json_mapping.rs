@@ -245,6 +245,7 @@ fn types_action() -> (std::sync::Arc<airlock::action::PreparedAction>, tempfile:
     let mut runtime = Runtime::new(&RuntimeSettings {
         data_dir: data.path().to_path_buf(),
         max_concurrent_instances: 4,
+        store: Default::default(),
     })
     .unwrap();
     let action = runtime

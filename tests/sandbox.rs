@@ -37,6 +37,7 @@ impl Sandbox {
         let settings = RuntimeSettings {
             data_dir: data.path().to_path_buf(),
             max_concurrent_instances: 8,
+            store: Default::default(),
         };
         let runtime = Runtime::new(&settings).unwrap();
         Sandbox {
@@ -393,6 +394,7 @@ fn compiled_artifacts_are_cached_on_disk() {
     let settings = RuntimeSettings {
         data_dir: data.path().to_path_buf(),
         max_concurrent_instances: 2,
+        store: Default::default(),
     };
     let policy =
         |name: &str| ActionPolicy::ad_hoc(name, support::component("hello"), Grants::default(), Limits::default());

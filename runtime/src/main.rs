@@ -64,6 +64,9 @@ enum Command {
     /// Invocations that went through approval: their state and outcome.
     #[command(subcommand)]
     Invocations(cli::InvocationsCommand),
+    /// The shared PostgreSQL database's schema: `migrate`, `status`.
+    #[command(subcommand)]
+    Db(cli::DbCommand),
     /// Serve MCP over stdio for one agent (its token from --token-file or
     /// AIRLOCK_TOKEN_FILE / AIRLOCK_TOKEN).
     Mcp {
@@ -293,6 +296,7 @@ fn main() -> ExitCode {
             Command::Secret(cmd) => secret(cmd),
             Command::Audit(cmd) => audit_cmd(cmd).await,
             Command::Token(cmd) => cli::token_cmd(cmd),
+            Command::Db(cmd) => cli::db_cmd(cmd),
             Command::Approvals(cmd) => cli::approvals_cmd(cmd).await,
             Command::Invocations(cmd) => cli::invocations_cmd(cmd).await,
             Command::Serve {
@@ -342,6 +346,15 @@ impl DataPlace {
             Some(config) => Ok(Policy::load(config)?.runtime.data_dir),
             None => Ok(default_settings(None).data_dir),
         }
+    }
+
+    /// The store the config names (`[store]`), or SQLite in [`Self::dir`].
+    pub(crate) fn store(&self) -> Result<std::sync::Arc<dyn airlock::store::Store>, Error> {
+        let settings = match &self.config {
+            Some(config) => Policy::load(config)?.runtime.store,
+            None => Default::default(),
+        };
+        airlock::store::open(&settings, &self.dir()?).map_err(|e| Error::Internal(e.0))
     }
 }
 
@@ -688,6 +701,7 @@ fn default_settings(data_dir: Option<PathBuf>) -> RuntimeSettings {
     RuntimeSettings {
         data_dir: data_dir.unwrap_or_else(|| PathBuf::from(".airlock")),
         max_concurrent_instances: 4,
+        store: Default::default(),
     }
 }
 

@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::manifest::Manifest;
 use crate::policy::{ActionPolicy, Policy, RuntimeSettings};
 use crate::store::Store;
-use crate::store::sqlite::SqliteStore;
+use crate::store::settings::StoreSettings;
 use crate::vault::LiveVault;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,6 +28,9 @@ pub struct Runtime {
     audit: Option<AuditLog>,
     /// Opened on first use by [`Runtime::approvals`].
     approvals: Option<Approvals>,
+    store_settings: StoreSettings,
+    /// Opened on first use by [`Runtime::store`] (one pool per process).
+    store: std::sync::OnceLock<Arc<dyn Store>>,
 }
 
 impl Runtime {
@@ -44,6 +47,8 @@ impl Runtime {
             vault: None,
             audit: None,
             approvals: None,
+            store_settings: settings.store.clone(),
+            store: std::sync::OnceLock::new(),
         })
     }
 
@@ -59,6 +64,8 @@ impl Runtime {
             vault: None,
             audit: None,
             approvals: None,
+            store_settings: settings.store.clone(),
+            store: std::sync::OnceLock::new(),
         })
     }
 
@@ -152,7 +159,10 @@ impl Runtime {
                 return Ok(Some(a.store().clone()));
             }
             // No database, no rows (and none is created for this).
-            if !self.data_dir.join(crate::store::sqlite::FILE_NAME).exists() {
+            if self.store_settings.postgres.is_none()
+                && self.store.get().is_none()
+                && !self.data_dir.join(crate::store::sqlite::FILE_NAME).exists()
+            {
                 return Ok(None);
             }
             Ok(Some(self.store().map_err(|e| e.to_string())?))
@@ -187,14 +197,23 @@ impl Runtime {
         self.approvals.as_ref()
     }
 
-    /// The data directory's database (identities, tokens, approvals,
-    /// invocations).
+    /// The database (identities, tokens, approvals, invocations): the one
+    /// `[store]` names, or SQLite in the data directory. Opened once.
     pub fn store(&self) -> Result<Arc<dyn Store>, Error> {
         if let Some(a) = &self.approvals {
             return Ok(a.store().clone());
         }
-        let store = SqliteStore::open(&self.data_dir).map_err(|e| Error::Internal(e.0))?;
-        Ok(Arc::new(store))
+        if let Some(store) = self.store.get() {
+            return Ok(store.clone());
+        }
+        let store = crate::store::open(&self.store_settings, &self.data_dir).map_err(|e| Error::Internal(e.0))?;
+        // Two threads opening at once: the first one stored wins.
+        Ok(self.store.get_or_init(|| store).clone())
+    }
+
+    /// Where the store is (`[store]`).
+    pub fn store_settings(&self) -> &StoreSettings {
+        &self.store_settings
     }
 
     /// The vault, opened once (it follows later changes to its file), after

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use zeroize::Zeroizing;
 
+mod db;
+pub use db::{DbCommand, db_cmd};
+
 /// Who is calling: `--token-file FILE`, else `AIRLOCK_TOKEN`, else the
 /// local operator. Tokens never come from argv, where any user of the
 /// machine can read them.
@@ -99,9 +102,7 @@ pub enum TokenCommand {
 }
 
 fn store_at(place: &super::DataPlace) -> Result<std::sync::Arc<dyn airlock::store::Store>, Error> {
-    let dir = place.dir()?;
-    let store = airlock::store::sqlite::SqliteStore::open(&dir).map_err(|e| Error::Internal(e.0))?;
-    Ok(std::sync::Arc::new(store))
+    place.store()
 }
 
 pub fn token_cmd(cmd: TokenCommand) -> Result<ExitCode, Error> {
@@ -383,8 +384,7 @@ fn approval_action(ctx: &ConfigAuth, id: &str) -> Result<String, Error> {
         policy.runtime.data_dir = dir.clone();
     }
     let store =
-        airlock::store::sqlite::SqliteStore::open(&policy.runtime.data_dir).map_err(|e| Error::Internal(e.0))?;
-    use airlock::store::Store as _;
+        airlock::store::open(&policy.runtime.store, &policy.runtime.data_dir).map_err(|e| Error::Internal(e.0))?;
     store
         .approval(id)?
         .map(|a| a.action)

@@ -21,6 +21,8 @@ struct RawConfig {
     actions: BTreeMap<String, toml::Spanned<RawAction>>,
     #[serde(default)]
     service: crate::service::RawServiceSettings,
+    #[serde(default)]
+    store: crate::store::settings::RawStoreSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +80,8 @@ pub struct RuntimeSettings {
     pub data_dir: PathBuf,
     /// How many instances may be live at once.
     pub max_concurrent_instances: u32,
+    /// `[store]`: where identities, approvals and invocations live.
+    pub store: crate::store::settings::StoreSettings,
 }
 
 /// A blake3 digest of component bytes, written `blake3:<64 hex digits>`.
@@ -213,6 +217,7 @@ impl Policy {
                 .as_deref()
                 .map_or_else(|| base.join(".airlock"), resolve),
             max_concurrent_instances,
+            store: crate::store::settings::StoreSettings::resolve(&raw.store, &resolve).map_err(bad)?,
         };
 
         let version = format!("blake3:{}", blake3::hash(text.as_bytes()).to_hex());

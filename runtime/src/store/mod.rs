@@ -7,7 +7,9 @@
 //! ([`Store::transition_invocation`], [`Store::end_invocation`]) and an
 //! audit outbox ([`Store::drain_audit_outbox`]), so a PostgreSQL backend is
 //! a second implementation of this trait, not a rewrite of the rules. The
-//! embedded default is SQLite in the data directory ([`sqlite::SqliteStore`]).
+//! embedded default is SQLite in the data directory ([`sqlite::SqliteStore`]);
+//! several nodes share PostgreSQL ([`postgres::PgStore`]), chosen by
+//! `[store]` ([`settings`]).
 //!
 //! The outbox is how a change and its audit record stay together: a change
 //! that owes the log a record (a decision, a resolution, an invocation that
@@ -18,10 +20,25 @@
 //! in between) is appended by the next drain, from any process.
 
 pub mod journal;
+pub mod migrations;
+pub mod postgres;
 pub mod records;
+pub mod settings;
 pub mod sqlite;
 
 pub use records::*;
+
+use std::path::Path;
+use std::sync::Arc;
+
+/// Open the store `settings` name: PostgreSQL (missing migrations
+/// applied), or SQLite in `data_dir`.
+pub fn open(settings: &settings::StoreSettings, data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &settings.postgres {
+        Some(pg) => Arc::new(postgres::PgStore::open(pg, postgres::Migrate::Apply)?),
+        None => Arc::new(sqlite::SqliteStore::open(data_dir)?),
+    })
+}
 
 /// A database failure (not a policy refusal).
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,152 @@
+//! The PostgreSQL schema, as an ordered list of migrations.
+//!
+//! - Each migration runs in its own transaction (PostgreSQL's DDL is
+//!   transactional), together with its row in `airlock_migrations`, so a
+//!   migration is applied whole or not at all.
+//! - Migrations are serialized across nodes by a transaction-level
+//!   advisory lock: nodes starting at once apply each migration once.
+//! - A migration's text is fingerprinted (blake3); a database whose applied
+//!   migration differs from this airlock's is refused, never "fixed".
+//! - Migrations only add (tables, columns, indexes), so a node of the
+//!   previous version keeps working on a migrated database while the
+//!   nodes are upgraded one by one. A database that has migrations this
+//!   airlock does not know (a newer airlock migrated it) is used as it is.
+
+use std::fmt;
+
+/// One schema change.
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+impl Migration {
+    /// `blake3:<hex>` of the migration's text.
+    pub fn checksum(&self) -> String {
+        format!("blake3:{}", blake3::hash(self.sql.as_bytes()).to_hex())
+    }
+}
+
+impl fmt::Debug for Migration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.version, self.name)
+    }
+}
+
+/// The key of the advisory lock that serializes migrations ("airlock" in
+/// ASCII, so it is recognizable in `pg_locks`).
+pub const LOCK_KEY: i64 = 0x6169_726c_6f63_6b;
+
+/// The table that records applied migrations.
+pub const TABLE: &str = "
+CREATE TABLE IF NOT EXISTS airlock_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    applied_by TEXT NOT NULL
+)";
+
+/// Every migration, oldest first. Never edit one that has shipped: add a
+/// new one.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "identities, tokens, approvals, invocations, audit outbox",
+        sql: "
+CREATE TABLE identities (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    identity TEXT NOT NULL REFERENCES identities(name),
+    roles TEXT NOT NULL,
+    hash BYTEA NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+CREATE TABLE approvals (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    action TEXT NOT NULL,
+    caller TEXT NOT NULL,
+    invocation TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX approvals_by_state ON approvals(state, created_at DESC, id);
+CREATE INDEX approvals_by_invocation ON approvals(invocation);
+CREATE INDEX approvals_by_time ON approvals(created_at DESC, id);
+CREATE TABLE decisions (
+    approval TEXT NOT NULL REFERENCES approvals(id),
+    identity TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (approval, identity)
+);
+CREATE TABLE invocations (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    action TEXT NOT NULL,
+    caller TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX invocations_by_state ON invocations(state, created_at DESC, id);
+CREATE INDEX invocations_by_caller ON invocations(caller, created_at);
+CREATE INDEX invocations_by_action ON invocations(action, created_at);
+CREATE INDEX invocations_by_time ON invocations(created_at DESC, id);
+CREATE TABLE audit_outbox (
+    seq BIGSERIAL PRIMARY KEY,
+    body TEXT NOT NULL
+);
+",
+    },
+    Migration {
+        version: 2,
+        name: "nodes and their processes, console sessions",
+        sql: "
+CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    address TEXT,
+    started_at BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL
+);
+CREATE TABLE processes (
+    id TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    last_seen BIGINT NOT NULL
+);
+CREATE INDEX processes_by_node ON processes(node);
+CREATE TABLE console_sessions (
+    id_hash BYTEA PRIMARY KEY,
+    token_hash BYTEA NOT NULL,
+    csrf TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL
+);
+CREATE INDEX console_sessions_by_last_seen ON console_sessions(last_seen);
+",
+    },
+];
+
+/// The newest migration this airlock knows.
+pub fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_count_up_from_one_without_gaps() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(usize::try_from(m.version).ok(), Some(i + 1), "{m:?}");
+        }
+    }
+}

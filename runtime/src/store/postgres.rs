@@ -1,0 +1,1097 @@
+//! The shared backend: PostgreSQL, for several `airlock serve` nodes on
+//! one database.
+//!
+//! - Every guarantee of the [`Store`] contract holds across nodes, not
+//!   only across the threads of one: each read-modify-write runs in one
+//!   transaction that first locks the rows it changes (`SELECT … FOR
+//!   UPDATE`), so two nodes deciding one request, or claiming one
+//!   invocation, are serialized by the database and exactly one wins.
+//! - A vote locks the live tokens it is counted against (`FOR SHARE`), so
+//!   a revocation on any node commits either before the vote (and is
+//!   seen) or after it, as on SQLite.
+//! - Commits are synchronous (`synchronous_commit` as the server sets it,
+//!   `on` by default), except for the status rows of runs in progress
+//!   ([`Store::record_run`]), which are batched and committed without
+//!   waiting for the server's disk, as on SQLite: the audit log is the
+//!   durable record of what ran.
+//! - The driver is `tokio-postgres` with a `deadpool-postgres` pool. The
+//!   [`Store`] trait is synchronous (the rules call it from everywhere),
+//!   so each call drives its future to completion on the calling thread,
+//!   while the connections' I/O runs on a small runtime of the store's
+//!   own. A connection whose transaction did not finish is closed, never
+//!   returned to the pool.
+//! - The schema is versioned ([`super::migrations`]); opening applies what
+//!   is missing unless told not to.
+
+use super::migrations::{self, MIGRATIONS, Migration};
+use super::settings::{PasswordSource, PgSettings, TlsMode};
+use super::{
+    ApprovalRecord, ApprovalState, ApprovalUpdate, DecisionRecord, InvocationEnding, InvocationOutcome,
+    InvocationRecord, InvocationStatus, Refusal, Store, StoreError, TokenRecord, UpdateError,
+};
+use crate::identity::IdentityKind;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::future::Future;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+
+/// A connection, as the queries below use it.
+type Conn = tokio_postgres::Client;
+
+/// How long queued status rows gather before they are written together.
+const RUN_BATCH_WINDOW: Duration = Duration::from_millis(2);
+/// Rows queued at most; past this, [`Store::record_run`] writes itself.
+const MAX_PENDING_RUNS: usize = 4096;
+/// How long a call waits for a free connection before it fails.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether opening the store applies missing migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrate {
+    /// Apply what is missing (the default for every command).
+    Apply,
+    /// Refuse a database that lacks migrations.
+    Check,
+    /// Neither: `airlock db` reports and applies them itself.
+    Skip,
+}
+
+/// One applied or pending migration, for `airlock db status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MigrationStatus {
+    pub version: i32,
+    pub name: String,
+    /// `None`: not applied yet.
+    pub applied_at: Option<String>,
+    pub applied_by: Option<String>,
+    /// Applied by a newer airlock that this one does not know.
+    pub unknown: bool,
+}
+
+/// PostgreSQL through a pool, with a batch writer for status rows.
+pub struct PgStore {
+    inner: Arc<Inner>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Inner {
+    pool: Pool,
+    /// Drives the connections' I/O. Taken (and shut down in the
+    /// background) on drop, which may happen inside another runtime.
+    rt: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    url: String,
+    runs: Runs,
+}
+
+/// Status rows of runs waiting to be written (see [`Store::record_run`]).
+#[derive(Default)]
+struct Runs {
+    pending: Mutex<Vec<InvocationRecord>>,
+    /// Held while a batch is written, so batches commit in order.
+    writing: Mutex<()>,
+    wake: Condvar,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("url", &self.inner.url).finish()
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    // `Display` of a server error is only its severity and message; the
+    // detail says which constraint or row, and holds no secret of ours.
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => StoreError(format!("PostgreSQL: {}: {detail}", db.message())),
+            None => StoreError(format!("PostgreSQL: {}", db.message())),
+        },
+        None => StoreError(format!("PostgreSQL: {e}")),
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_err(e),
+        deadpool_postgres::PoolError::Timeout(_) => StoreError(
+            "PostgreSQL: no connection available in time (is the database reachable? is store.pool-size too small?)"
+                .into(),
+        ),
+        other => StoreError(format!("PostgreSQL connection pool: {other}")),
+    }
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError(format!("stored record is damaged: {e}"))
+}
+
+fn micros(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+fn unmicros(t: i64) -> u64 {
+    u64::try_from(t).unwrap_or(0)
+}
+
+/// The database password, read now from where the settings say.
+fn password(source: &PasswordSource) -> Result<Option<String>, StoreError> {
+    match source {
+        PasswordSource::None => Ok(None),
+        PasswordSource::Env(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(Some(v)),
+            _ => Err(StoreError(format!(
+                "store.password-env names ${var}, which is not set (or empty); export it before starting airlock"
+            ))),
+        },
+        PasswordSource::File(path) => {
+            use std::os::unix::fs::MetadataExt as _;
+            let meta = std::fs::metadata(path)
+                .map_err(|e| StoreError(format!("cannot read store.password-file {}: {e}", path.display())))?;
+            if meta.mode() & 0o077 != 0 {
+                return Err(StoreError(format!(
+                    "store.password-file {} is readable by others (mode {:o}); `chmod 600` it",
+                    path.display(),
+                    meta.mode() & 0o777
+                )));
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| StoreError(format!("cannot read store.password-file {}: {e}", path.display())))?;
+            let pw = text.trim_end_matches(['\r', '\n']).to_string();
+            if pw.is_empty() {
+                return Err(StoreError(format!("store.password-file {} is empty", path.display())));
+            }
+            Ok(Some(pw))
+        }
+    }
+}
+
+/// The TLS connector for `verify-full`: the server's certificate must
+/// chain to `ca_file`'s roots (or the web roots) and name the host.
+fn tls_connector(settings: &PgSettings) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    match &settings.ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| StoreError(format!("cannot read store.ca-file {}: {e}", path.display())))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| StoreError(format!("store.ca-file {} is not PEM: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| StoreError(format!("store.ca-file {}: {e}", path.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(StoreError(format!(
+                    "store.ca-file {} holds no certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(db_err)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+impl PgStore {
+    /// Connect, check the schema, and apply missing migrations if
+    /// `migrate` says so.
+    pub fn open(settings: &PgSettings, migrate: Migrate) -> Result<PgStore, StoreError> {
+        let mut config: tokio_postgres::Config = settings
+            .url
+            .parse()
+            .map_err(|e| StoreError(format!("store.url is not a PostgreSQL URL: {e}")))?;
+        if let Some(pw) = password(&settings.password)? {
+            config.password(pw);
+        }
+        config.connect_timeout(settings.connect_timeout);
+        config.application_name("airlock");
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("airlock-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError(format!("cannot start the database I/O threads: {e}")))?;
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match settings.tls {
+            TlsMode::Disable => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+            }
+            TlsMode::VerifyFull => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Manager::from_config(config, tls_connector(settings)?, manager_config)
+            }
+        };
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(settings.connect_timeout))
+            .recycle_timeout(Some(settings.connect_timeout))
+            .build()
+            .map_err(|e| StoreError(format!("cannot make the connection pool: {e}")))?;
+        let handle = rt.handle().clone();
+        let inner = Arc::new(Inner {
+            pool,
+            rt: Mutex::new(Some(rt)),
+            handle,
+            url: settings.url.clone(),
+            runs: Runs::default(),
+        });
+        let fail = |e: StoreError| StoreError(format!("{}: {}", settings.url, e.0));
+        match migrate {
+            Migrate::Apply => {
+                inner.migrate(None).map_err(fail)?;
+            }
+            Migrate::Check => {
+                let missing: Vec<i32> = inner
+                    .migration_status()
+                    .map_err(fail)?
+                    .iter()
+                    .filter(|m| m.applied_at.is_none())
+                    .map(|m| m.version)
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(fail(StoreError(format!(
+                        "the schema lacks migrations {missing:?}; run `airlock db migrate`"
+                    ))));
+                }
+            }
+            Migrate::Skip => {}
+        }
+        let flusher = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("airlock-pg-runs".into())
+                .spawn(move || inner.run_flusher())
+                .map_err(|e| StoreError(format!("cannot start the status writer thread: {e}")))?
+        };
+        Ok(PgStore {
+            inner,
+            flusher: Some(flusher),
+        })
+    }
+
+    /// Apply migrations up to `target` (all when `None`); returns those
+    /// applied now.
+    pub fn migrate(&self, target: Option<i32>) -> Result<Vec<i32>, StoreError> {
+        self.inner.migrate(target)
+    }
+
+    /// Every migration this airlock knows or the database has.
+    pub fn migration_status(&self) -> Result<Vec<MigrationStatus>, StoreError> {
+        self.inner.migration_status()
+    }
+
+    /// The server's version string.
+    pub fn server_version(&self) -> Result<String, StoreError> {
+        self.inner.block(async {
+            let client = self.inner.client().await?;
+            let row = client.query_one("SHOW server_version", &[]).await.map_err(pg_err)?;
+            Ok(row.get::<_, String>(0))
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.inner.runs.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.inner.runs.wake.notify_all();
+        if let Some(f) = self.flusher.take() {
+            let _ = f.join();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let rt = self.rt.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(rt) = rt {
+            // Safe inside another runtime, unlike dropping it.
+            rt.shutdown_background();
+        }
+    }
+}
+
+type Client = deadpool_postgres::Object;
+
+/// A transaction on a pooled connection. Dropped without [`Tx::commit`]
+/// (an error, a refusal), its connection is closed rather than returned
+/// to the pool, which rolls the transaction back on the server.
+struct Tx {
+    client: Option<Client>,
+}
+
+impl Tx {
+    fn c(&self) -> &Conn {
+        // Only `commit` takes it, consuming the Tx.
+        self.client.as_ref().expect("a live transaction has its connection")
+    }
+
+    async fn commit(mut self) -> Result<(), StoreError> {
+        let client = self.client.take().expect("a live transaction has its connection");
+        match client.batch_execute("COMMIT").await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(pg_err(e))
+            }
+        }
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Detach and close: the server rolls back what was begun.
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+impl Inner {
+    /// Drive `future` to completion on this thread, its I/O on the store's
+    /// runtime. Works from any thread, inside another runtime or not.
+    fn block<T>(&self, future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let _context = self.handle.enter();
+        futures_executor::block_on(future)
+    }
+
+    async fn client(&self) -> Result<Client, StoreError> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    async fn begin(&self) -> Result<Tx, StoreError> {
+        let client = self.client().await?;
+        let tx = Tx { client: Some(client) };
+        tx.c().batch_execute("BEGIN").await.map_err(pg_err)?;
+        Ok(tx)
+    }
+
+    fn migrate(&self, target: Option<i32>) -> Result<Vec<i32>, StoreError> {
+        self.block(async {
+            let target = target.unwrap_or_else(migrations::latest);
+            let mut applied_now = Vec::new();
+            let client = self.client().await?;
+            client.batch_execute(migrations::TABLE).await.map_err(pg_err)?;
+            for m in MIGRATIONS.iter().filter(|m| m.version <= target) {
+                let tx = Tx { client: Some(self.client().await?) };
+                tx.c().batch_execute("BEGIN").await.map_err(pg_err)?;
+                tx.c()
+                    .execute("SELECT pg_advisory_xact_lock($1)", &[&migrations::LOCK_KEY])
+                    .await
+                    .map_err(pg_err)?;
+                let existing = tx
+                    .c()
+                    .query_opt(
+                        "SELECT checksum FROM airlock_migrations WHERE version = $1",
+                        &[&m.version],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                match existing {
+                    Some(row) => {
+                        check_checksum(m, &row.get::<_, String>(0))?;
+                        continue;
+                    }
+                    None => {
+                        tx.c().batch_execute(m.sql).await.map_err(|e| {
+                            StoreError(format!("migration {} ({}) failed: {}", m.version, m.name, pg_err(e).0))
+                        })?;
+                        tx.c()
+                            .execute(
+                                "INSERT INTO airlock_migrations (version, name, checksum, applied_by) VALUES ($1, $2, $3, $4)",
+                                &[&m.version, &m.name, &m.checksum(), &format!("airlock {}", env!("CARGO_PKG_VERSION"))],
+                            )
+                            .await
+                            .map_err(pg_err)?;
+                    }
+                }
+                tx.commit().await?;
+                applied_now.push(m.version);
+            }
+            Ok(applied_now)
+        })
+    }
+
+    fn migration_status(&self) -> Result<Vec<MigrationStatus>, StoreError> {
+        self.block(async {
+            let client = self.client().await?;
+            let exists: bool = client
+                .query_one("SELECT to_regclass('airlock_migrations') IS NOT NULL", &[])
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            let rows = if exists {
+                client
+                    .query(
+                        "SELECT version, name, checksum, to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), applied_by FROM airlock_migrations ORDER BY version",
+                        &[],
+                    )
+                    .await
+                    .map_err(pg_err)?
+            } else {
+                Vec::new()
+            };
+            let mut out: Vec<MigrationStatus> = Vec::new();
+            for m in MIGRATIONS {
+                let row = rows.iter().find(|r| r.get::<_, i32>(0) == m.version);
+                if let Some(row) = row {
+                    check_checksum(m, &row.get::<_, String>(2))?;
+                }
+                out.push(MigrationStatus {
+                    version: m.version,
+                    name: m.name.to_string(),
+                    applied_at: row.map(|r| r.get(3)),
+                    applied_by: row.map(|r| r.get(4)),
+                    unknown: false,
+                });
+            }
+            for row in rows.iter().filter(|r| r.get::<_, i32>(0) > migrations::latest()) {
+                out.push(MigrationStatus {
+                    version: row.get(0),
+                    name: row.get(1),
+                    applied_at: Some(row.get(3)),
+                    applied_by: Some(row.get(4)),
+                    unknown: true,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Write out everything queued, in one transaction; rows that fail
+    /// stay queued, in front of newer ones.
+    fn flush(&self) -> Result<(), StoreError> {
+        let _writing = self.runs.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let batch = std::mem::take(&mut *self.runs.pending());
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let written = self.block(async {
+            let tx = self.begin().await?;
+            if !batch.iter().any(|r| r.state.is_final()) {
+                // Rows of runs still in progress: like SQLite's
+                // `synchronous=NORMAL` (see `Store::record_run`).
+                tx.c()
+                    .batch_execute("SET LOCAL synchronous_commit TO OFF")
+                    .await
+                    .map_err(pg_err)?;
+            }
+            for r in &batch {
+                upsert_run(tx.c(), r).await?;
+            }
+            tx.commit().await
+        });
+        if written.is_err() {
+            let mut pending = self.runs.pending();
+            let newer = std::mem::replace(&mut *pending, batch);
+            pending.extend(newer);
+        }
+        written
+    }
+
+    fn run_flusher(&self) {
+        use std::sync::atomic::Ordering;
+        while !self.runs.stop.load(Ordering::Acquire) {
+            {
+                let pending = self.runs.pending();
+                if pending.is_empty() {
+                    drop(
+                        self.runs
+                            .wake
+                            .wait_timeout(pending, Duration::from_millis(200))
+                            .map(|(guard, _)| guard)
+                            .unwrap_or_else(|p| p.into_inner().0),
+                    );
+                    continue;
+                }
+            }
+            std::thread::sleep(RUN_BATCH_WINDOW);
+            if let Err(e) = self.flush() {
+                tracing::warn!("cannot store invocation status rows (will retry): {}", e.0);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if let Err(e) = self.flush() {
+            tracing::warn!("status rows not stored at close: {}", e.0);
+        }
+    }
+}
+
+impl Runs {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<InvocationRecord>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn check_checksum(m: &Migration, stored: &str) -> Result<(), StoreError> {
+    if stored == m.checksum() {
+        return Ok(());
+    }
+    Err(StoreError(format!(
+        "migration {} ({}) in the database differs from this airlock's (checksum {stored}, expected {}); the schema was changed by hand or by another build: restore it, or use the airlock build that migrated it",
+        m.version,
+        m.name,
+        m.checksum()
+    )))
+}
+
+/// Store a run's row, new or over its earlier state. A final row is never
+/// replaced by a later write of a state in progress.
+async fn upsert_run(c: &Conn, r: &InvocationRecord) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body
+         WHERE invocations.state NOT IN ('succeeded', 'failed', 'denied', 'expired')",
+        &[
+            &r.id,
+            &r.state.as_str(),
+            &r.action,
+            &r.caller.name,
+            &micros(r.created_at),
+            &serde_json::to_string(r).map_err(json_err)?,
+        ],
+    )
+    .await
+    .map_err(pg_err)?;
+    Ok(())
+}
+
+async fn load_approval(c: &Conn, id: &str, lock: bool) -> Result<Option<ApprovalRecord>, StoreError> {
+    let sql = if lock {
+        "SELECT body FROM approvals WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT body FROM approvals WHERE id = $1"
+    };
+    let Some(row) = c.query_opt(sql, &[&id]).await.map_err(pg_err)? else {
+        return Ok(None);
+    };
+    let mut record: ApprovalRecord = serde_json::from_str(row.get(0)).map_err(json_err)?;
+    let rows = c
+        .query("SELECT body FROM decisions WHERE approval = $1 ORDER BY seq", &[&id])
+        .await
+        .map_err(pg_err)?;
+    record.decisions = rows
+        .iter()
+        .map(|r| serde_json::from_str::<DecisionRecord>(r.get(0)).map_err(json_err))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(record))
+}
+
+/// The approval row's body: the record without its decisions.
+fn approval_body(record: &ApprovalRecord) -> Result<String, StoreError> {
+    let mut head = record.clone();
+    head.decisions.clear();
+    serde_json::to_string(&head).map_err(json_err)
+}
+
+const TOKEN_COLUMNS: &str = "t.id, t.identity, i.kind, t.roles, t.created_at, t.revoked_at FROM tokens t JOIN identities i ON i.name = t.identity";
+
+fn parse_token(row: &Row) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        id: row.get(0),
+        identity: row.get(1),
+        kind: IdentityKind::parse(row.get(2)).map_err(StoreError)?,
+        roles: serde_json::from_str(row.get(3)).map_err(json_err)?,
+        created_at: unmicros(row.get(4)),
+        revoked_at: row.get::<_, Option<i64>>(5).map(unmicros),
+    })
+}
+
+async fn token_list(c: &Conn, tail: &str) -> Result<Vec<TokenRecord>, StoreError> {
+    let rows = c
+        .query(&format!("SELECT {TOKEN_COLUMNS} {tail}"), &[])
+        .await
+        .map_err(pg_err)?;
+    rows.iter().map(parse_token).collect()
+}
+
+async fn owe(c: &Conn, audit: &str) -> Result<(), StoreError> {
+    c.execute("INSERT INTO audit_outbox (body) VALUES ($1)", &[&audit])
+        .await
+        .map_err(pg_err)?;
+    Ok(())
+}
+
+/// Move invocation `id` to `to` if it is in one of `from`, inside the
+/// caller's transaction (the row locked first); `false` when it is
+/// elsewhere or unknown.
+async fn move_invocation(
+    c: &Conn,
+    id: &str,
+    from: &[InvocationStatus],
+    to: InvocationStatus,
+    outcome: Option<&InvocationOutcome>,
+    runner: Option<&str>,
+) -> Result<bool, StoreError> {
+    let Some(row) = c
+        .query_opt("SELECT body FROM invocations WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .map_err(pg_err)?
+    else {
+        return Ok(false);
+    };
+    let mut record: InvocationRecord = serde_json::from_str(row.get(0)).map_err(json_err)?;
+    if !from.contains(&record.state) {
+        return Ok(false);
+    }
+    record.state = to;
+    record.runner = runner.map(str::to_string);
+    record.updated_at = crate::time::now_micros();
+    if let Some(outcome) = outcome {
+        record.outcome = Some(outcome.clone());
+    }
+    c.execute(
+        "UPDATE invocations SET state = $2, body = $3 WHERE id = $1",
+        &[&id, &to.as_str(), &serde_json::to_string(&record).map_err(json_err)?],
+    )
+    .await
+    .map_err(pg_err)?;
+    Ok(true)
+}
+
+impl Store for PgStore {
+    fn add_token(
+        &self,
+        identity: &str,
+        kind: IdentityKind,
+        token: &TokenRecord,
+        hash: &[u8; 32],
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let tx = inner.begin().await?;
+            // Two nodes adding the first token of one identity at once:
+            // the second waits here and then sees the first's row.
+            tx.c()
+                .execute(
+                    "INSERT INTO identities (name, kind, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+                    &[&identity, &kind.as_str(), &micros(token.created_at)],
+                )
+                .await
+                .map_err(pg_err)?;
+            let existing: String = tx
+                .c()
+                .query_one("SELECT kind FROM identities WHERE name = $1 FOR SHARE", &[&identity])
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            if existing != kind.as_str() {
+                return Err(StoreError(format!(
+                    "identity `{identity}` exists as {existing}, not {kind}; use another name"
+                )));
+            }
+            let roles = serde_json::to_string(&token.roles).map_err(json_err)?;
+            tx.c()
+                .execute(
+                    "INSERT INTO tokens (id, identity, roles, hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+                    &[&token.id, &identity, &roles, &&hash[..], &micros(token.created_at)],
+                )
+                .await
+                .map_err(pg_err)?;
+            tx.commit().await
+        })
+    }
+
+    fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let client = inner.client().await?;
+            let stmt = client
+                .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} WHERE t.hash = $1"))
+                .await
+                .map_err(pg_err)?;
+            let row = client.query_opt(&stmt, &[&&hash[..]]).await.map_err(pg_err)?;
+            row.as_ref().map(parse_token).transpose()
+        })
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let inner = &self.inner;
+        inner.block(async { token_list(&*inner.client().await?, "ORDER BY t.created_at, t.id").await })
+    }
+
+    fn revoke_token(&self, id: &str, at_micros: u64) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let client = inner.client().await?;
+            let exists = client
+                .query_opt("SELECT 1 FROM tokens WHERE id = $1", &[&id])
+                .await
+                .map_err(pg_err)?
+                .is_some();
+            client
+                .execute(
+                    "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                    &[&id, &micros(at_micros)],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(exists)
+        })
+    }
+
+    fn insert_approval(&self, approval: &ApprovalRecord) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let body = approval_body(approval)?;
+        inner.block(async {
+            inner
+                .client()
+                .await?
+                .execute(
+                    "INSERT INTO approvals (id, state, action, caller, invocation, created_at, body) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[
+                        &approval.id,
+                        &approval.state.as_str(),
+                        &approval.action,
+                        &approval.caller,
+                        &approval.invocation,
+                        &micros(approval.created_at),
+                        &body,
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn approval(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        let inner = &self.inner;
+        inner.block(async { load_approval(&*inner.client().await?, id, false).await })
+    }
+
+    fn approvals(&self, state: Option<ApprovalState>, limit: usize) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let inner = &self.inner;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        inner.block(async {
+            let client = inner.client().await?;
+            // One snapshot for the list and each request's decisions.
+            let rows = match state {
+                Some(state) => client
+                    .query(
+                        "SELECT a.body, COALESCE((SELECT json_agg(d.body::json ORDER BY d.seq)::text FROM decisions d WHERE d.approval = a.id), '[]')
+                         FROM approvals a WHERE a.state = $1 ORDER BY a.created_at DESC, a.id LIMIT $2",
+                        &[&state.as_str(), &limit],
+                    )
+                    .await,
+                None => client
+                    .query(
+                        "SELECT a.body, COALESCE((SELECT json_agg(d.body::json ORDER BY d.seq)::text FROM decisions d WHERE d.approval = a.id), '[]')
+                         FROM approvals a ORDER BY a.created_at DESC, a.id LIMIT $1",
+                        &[&limit],
+                    )
+                    .await,
+            }
+            .map_err(pg_err)?;
+            rows.iter()
+                .map(|row| {
+                    let mut record: ApprovalRecord = serde_json::from_str(row.get(0)).map_err(json_err)?;
+                    record.decisions = serde_json::from_str(row.get(1)).map_err(json_err)?;
+                    Ok(record)
+                })
+                .collect()
+        })
+    }
+
+    fn update_approval(&self, id: &str, update: &mut ApprovalUpdate<'_>) -> Result<ApprovalRecord, UpdateError> {
+        let inner = &self.inner;
+        let result: Result<Result<ApprovalRecord, UpdateError>, StoreError> = inner.block(async {
+            let tx = inner.begin().await?;
+            let Some(before) = load_approval(tx.c(), id, true).await? else {
+                return Ok(Err(UpdateError::NotFound(id.to_string())));
+            };
+            // Locked for the rest of the transaction: a revocation waits
+            // for this vote to commit, or this read waits for it.
+            let live = token_list(
+                tx.c(),
+                "WHERE t.revoked_at IS NULL ORDER BY t.created_at, t.id FOR SHARE OF t",
+            )
+            .await?;
+            let mut after = before.clone();
+            let audit = match update(&mut after, &live) {
+                Ok(audit) => audit,
+                Err(refusal) => return Ok(Err(UpdateError::Refused(refusal))),
+            };
+            if after.decisions.len() < before.decisions.len()
+                || after.decisions[..before.decisions.len()] != before.decisions[..]
+            {
+                return Ok(Err(StoreError("an update may only add decisions".into()).into()));
+            }
+            for (seq, decision) in after.decisions.iter().enumerate().skip(before.decisions.len()) {
+                let body = serde_json::to_string(decision).map_err(json_err)?;
+                let inserted = tx
+                    .c()
+                    .execute(
+                        "INSERT INTO decisions (approval, identity, seq, body) VALUES ($1, $2, $3, $4)",
+                        &[&id, &decision.identity, &i32::try_from(seq).unwrap_or(i32::MAX), &body],
+                    )
+                    .await;
+                if let Err(e) = inserted {
+                    // The primary key is the last line of defence against
+                    // one identity being counted twice.
+                    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                        return Ok(Err(UpdateError::Refused(Refusal::AlreadyDecided {
+                            identity: decision.identity.clone(),
+                            id: id.to_string(),
+                        })));
+                    }
+                    return Err(pg_err(e));
+                }
+            }
+            tx.c()
+                .execute(
+                    "UPDATE approvals SET state = $2, body = $3 WHERE id = $1",
+                    &[&id, &after.state.as_str(), &approval_body(&after)?],
+                )
+                .await
+                .map_err(pg_err)?;
+            if let Some(audit) = &audit {
+                owe(tx.c(), audit).await?;
+            }
+            tx.commit().await?;
+            Ok(Ok(after))
+        });
+        result.map_err(UpdateError::Store)?
+    }
+
+    fn record_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
+        let full = {
+            let mut pending = self.inner.runs.pending();
+            pending.push(invocation.clone());
+            pending.len() >= MAX_PENDING_RUNS
+        };
+        if full {
+            return self.inner.flush();
+        }
+        self.inner.runs.wake.notify_one();
+        Ok(())
+    }
+
+    fn finish_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
+        // Committed (with whatever else is queued, in order) before this
+        // returns: a final row outlives the process once acknowledged.
+        self.inner.runs.pending().push(invocation.clone());
+        self.inner.flush()
+    }
+
+    fn adopt_orphaned_runs(&self) -> Result<usize, StoreError> {
+        // Final rows are committed before `finish_run` returns: an ended
+        // node leaves none behind.
+        Ok(0)
+    }
+
+    fn insert_invocation(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
+        self.inner.flush()?;
+        let inner = &self.inner;
+        let body = serde_json::to_string(invocation).map_err(json_err)?;
+        inner.block(async {
+            inner
+                .client()
+                .await?
+                .execute(
+                    "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &invocation.id,
+                        &invocation.state.as_str(),
+                        &invocation.action,
+                        &invocation.caller.name,
+                        &micros(invocation.created_at),
+                        &body,
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn invocation(&self, id: &str) -> Result<Option<InvocationRecord>, StoreError> {
+        self.inner.flush()?;
+        let inner = &self.inner;
+        inner.block(async {
+            let row = inner
+                .client()
+                .await?
+                .query_opt("SELECT body FROM invocations WHERE id = $1", &[&id])
+                .await
+                .map_err(pg_err)?;
+            row.map(|r| serde_json::from_str(r.get(0)).map_err(json_err))
+                .transpose()
+        })
+    }
+
+    fn invocations(&self, state: Option<InvocationStatus>, limit: usize) -> Result<Vec<InvocationRecord>, StoreError> {
+        self.inner.flush()?;
+        let inner = &self.inner;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        inner.block(async {
+            let client = inner.client().await?;
+            let rows = match state {
+                Some(state) => {
+                    client
+                        .query(
+                            "SELECT body FROM invocations WHERE state = $1 ORDER BY created_at DESC, id LIMIT $2",
+                            &[&state.as_str(), &limit],
+                        )
+                        .await
+                }
+                None => {
+                    client
+                        .query(
+                            "SELECT body FROM invocations ORDER BY created_at DESC, id LIMIT $1",
+                            &[&limit],
+                        )
+                        .await
+                }
+            }
+            .map_err(pg_err)?;
+            rows.iter()
+                .map(|r| serde_json::from_str(r.get(0)).map_err(json_err))
+                .collect()
+        })
+    }
+
+    fn transition_invocation(
+        &self,
+        id: &str,
+        from: &[InvocationStatus],
+        to: InvocationStatus,
+        outcome: Option<&InvocationOutcome>,
+    ) -> Result<bool, StoreError> {
+        self.inner.flush()?;
+        let inner = &self.inner;
+        inner.block(async {
+            let tx = inner.begin().await?;
+            if !move_invocation(tx.c(), id, from, to, outcome, None).await? {
+                return Ok(false);
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    fn claim_invocation(&self, id: &str, from: &[InvocationStatus], runner: &str) -> Result<bool, StoreError> {
+        self.inner.flush()?;
+        let inner = &self.inner;
+        inner.block(async {
+            let tx = inner.begin().await?;
+            if !move_invocation(tx.c(), id, from, InvocationStatus::Running, None, Some(runner)).await? {
+                return Ok(false);
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    fn end_invocation(&self, ending: &InvocationEnding<'_>) -> Result<bool, StoreError> {
+        self.inner.flush()?;
+        let inner = &self.inner;
+        inner.block(async {
+            let tx = inner.begin().await?;
+            if let Some((approval, reason)) = ending.expire_approval {
+                let Some(mut record) = load_approval(tx.c(), approval, true).await? else {
+                    return Ok(false);
+                };
+                if record.state != ApprovalState::Approved {
+                    return Ok(false);
+                }
+                record.state = ApprovalState::Expired;
+                record.reason = Some(reason.to_string());
+                tx.c()
+                    .execute(
+                        "UPDATE approvals SET state = $2, body = $3 WHERE id = $1",
+                        &[&approval, &record.state.as_str(), &approval_body(&record)?],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+            }
+            // Dropping the transaction without a commit also undoes the
+            // request's expiry above.
+            if !move_invocation(
+                tx.c(),
+                ending.invocation,
+                ending.from,
+                ending.to,
+                Some(ending.outcome),
+                None,
+            )
+            .await?
+            {
+                return Ok(false);
+            }
+            owe(tx.c(), ending.audit).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    fn drain_audit_outbox(
+        &self,
+        append: &mut dyn FnMut(Vec<String>) -> Result<(), Refusal>,
+    ) -> Result<usize, UpdateError> {
+        let inner = &self.inner;
+        let result: Result<Result<usize, Refusal>, StoreError> = inner.block(async {
+            {
+                // Nearly always nothing is owed: look without locking.
+                let client = inner.client().await?;
+                let any = client
+                    .query_opt("SELECT seq FROM audit_outbox LIMIT 1", &[])
+                    .await
+                    .map_err(pg_err)?;
+                if any.is_none() {
+                    return Ok(Ok(0));
+                }
+            }
+            let tx = inner.begin().await?;
+            // Locked until the commit: a concurrent drain (any node) waits,
+            // then skips the rows this one removed.
+            let rows = tx
+                .c()
+                .query("SELECT seq, body FROM audit_outbox ORDER BY seq FOR UPDATE", &[])
+                .await
+                .map_err(pg_err)?;
+            if rows.is_empty() {
+                return Ok(Ok(0));
+            }
+            // Exactly the rows read: a sequence number is taken at insert,
+            // so a lower one may commit after a higher one was read.
+            let seqs: Vec<i64> = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
+            let count = rows.len();
+            if let Err(refusal) = append(rows.iter().map(|r| r.get::<_, String>(1)).collect()) {
+                return Ok(Err(refusal));
+            }
+            tx.c()
+                .execute("DELETE FROM audit_outbox WHERE seq = ANY($1)", &[&seqs])
+                .await
+                .map_err(pg_err)?;
+            tx.commit().await?;
+            Ok(Ok(count))
+        });
+        Ok(result?.map_err(UpdateError::Refused)?)
+    }
+}
