@@ -86,6 +86,10 @@ enum Command {
         listen: Option<std::net::SocketAddr>,
         #[arg(long, env = "AIRLOCK_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// This node's name among the nodes sharing a PostgreSQL store
+        /// [default: the host name]. Unique per node.
+        #[arg(long, env = "AIRLOCK_NODE_ID")]
+        node_id: Option<String>,
     },
 }
 
@@ -303,7 +307,13 @@ fn main() -> ExitCode {
                 config,
                 listen,
                 data_dir,
-            } => cli::serve(config, listen, data_dir).await,
+                node_id,
+            } => {
+                if let Some(id) = &node_id {
+                    airlock::cluster::set_node_id(id).map_err(Error::Usage)?;
+                }
+                cli::serve(config, listen, data_dir).await
+            }
             Command::Mcp { config, auth, data_dir } => cli::mcp(config, auth, data_dir).await,
         }
     });

@@ -27,7 +27,8 @@ use super::migrations::{self, MIGRATIONS, Migration};
 use super::settings::{PasswordSource, PgSettings, TlsMode};
 use super::{
     ApprovalRecord, ApprovalState, ApprovalUpdate, DecisionRecord, InvocationEnding, InvocationOutcome,
-    InvocationRecord, InvocationStatus, Refusal, Store, StoreError, TokenRecord, UpdateError,
+    InvocationRecord, InvocationStatus, NodeRecord, ProcessRecord, Refusal, SessionRecord, Store, StoreError,
+    TokenRecord, UpdateError,
 };
 use crate::identity::IdentityKind;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -1093,5 +1094,212 @@ impl Store for PgStore {
             Ok(Ok(count))
         });
         Ok(result?.map_err(UpdateError::Refused)?)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn heartbeat(&self, node: &NodeRecord, processes: &[&str]) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let tx = inner.begin().await?;
+            tx.c()
+                .execute(
+                    "INSERT INTO nodes (id, version, address, started_at, last_seen) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, address = EXCLUDED.address,
+                       started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen",
+                    &[
+                        &node.id,
+                        &node.version,
+                        &node.address,
+                        &micros(node.started_at),
+                        &micros(node.last_seen),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            let ids: Vec<&str> = processes.to_vec();
+            // Rows of processes gone for a day are of no more use.
+            tx.c()
+                .execute(
+                    "DELETE FROM processes WHERE last_seen < $1",
+                    &[&micros(node.last_seen.saturating_sub(86_400_000_000))],
+                )
+                .await
+                .map_err(pg_err)?;
+            tx.c()
+                .execute(
+                    "INSERT INTO processes (id, node, last_seen) SELECT p, $2, $3 FROM unnest($1::text[]) AS p
+                     ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node, last_seen = EXCLUDED.last_seen",
+                    &[&ids, &node.id, &micros(node.last_seen)],
+                )
+                .await
+                .map_err(pg_err)?;
+            tx.commit().await
+        })
+    }
+
+    fn leave(&self, processes: &[&str]) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let ids: Vec<&str> = processes.to_vec();
+        inner.block(async {
+            inner
+                .client()
+                .await?
+                .execute("UPDATE processes SET last_seen = 0 WHERE id = ANY($1)", &[&ids])
+                .await
+                .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let rows = inner
+                .client()
+                .await?
+                .query(
+                    "SELECT id, version, address, started_at, last_seen FROM nodes ORDER BY id",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(rows
+                .iter()
+                .map(|r| NodeRecord {
+                    id: r.get(0),
+                    version: r.get(1),
+                    address: r.get(2),
+                    started_at: unmicros(r.get(3)),
+                    last_seen: unmicros(r.get(4)),
+                })
+                .collect())
+        })
+    }
+
+    fn process(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let row = inner
+                .client()
+                .await?
+                .query_opt("SELECT id, node, last_seen FROM processes WHERE id = $1", &[&id])
+                .await
+                .map_err(pg_err)?;
+            Ok(row.map(|r| ProcessRecord {
+                id: r.get(0),
+                node: r.get(1),
+                last_seen: unmicros(r.get(2)),
+            }))
+        })
+    }
+
+    fn create_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            inner
+                .client()
+                .await?
+                .execute(
+                    "INSERT INTO console_sessions (id_hash, token_hash, csrf, created_at, last_seen) VALUES ($1, $2, $3, $4, $5)",
+                    &[
+                        &&s.id_hash[..],
+                        &&s.token_hash[..],
+                        &s.csrf,
+                        &micros(s.created_at),
+                        &micros(s.last_seen),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn session(
+        &self,
+        id_hash: &[u8; 32],
+        idle_since: u64,
+        now: u64,
+        touch_after: u64,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let client = inner.client().await?;
+            let Some(row) = client
+                .query_opt(
+                    "SELECT token_hash, csrf, created_at, last_seen FROM console_sessions WHERE id_hash = $1",
+                    &[&&id_hash[..]],
+                )
+                .await
+                .map_err(pg_err)?
+            else {
+                return Ok(None);
+            };
+            let last_seen = unmicros(row.get(3));
+            if last_seen < idle_since {
+                client
+                    .execute("DELETE FROM console_sessions WHERE id_hash = $1", &[&&id_hash[..]])
+                    .await
+                    .map_err(pg_err)?;
+                return Ok(None);
+            }
+            let Ok(token_hash) = <[u8; 32]>::try_from(row.get::<_, &[u8]>(0)) else {
+                return Err(StoreError("a console session row is damaged (token hash)".into()));
+            };
+            let mut session = SessionRecord {
+                id_hash: *id_hash,
+                token_hash,
+                csrf: row.get(1),
+                created_at: unmicros(row.get(2)),
+                last_seen,
+            };
+            if now.saturating_sub(last_seen) >= touch_after {
+                client
+                    .execute(
+                        "UPDATE console_sessions SET last_seen = GREATEST(last_seen, $2) WHERE id_hash = $1",
+                        &[&&id_hash[..], &micros(now)],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                session.last_seen = now;
+            }
+            Ok(Some(session))
+        })
+    }
+
+    fn remove_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            inner
+                .client()
+                .await?
+                .execute("DELETE FROM console_sessions WHERE id_hash = $1", &[&&id_hash[..]])
+                .await
+                .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn prune_sessions(&self, idle_since: u64) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let client = inner.client().await?;
+            client
+                .execute(
+                    "DELETE FROM console_sessions WHERE last_seen < $1",
+                    &[&micros(idle_since)],
+                )
+                .await
+                .map_err(pg_err)?;
+            let live: i64 = client
+                .query_one("SELECT count(*) FROM console_sessions", &[])
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            Ok(usize::try_from(live).unwrap_or(usize::MAX))
+        })
     }
 }
