@@ -1093,7 +1093,7 @@ impl Store for PgStore {
             tx.commit().await?;
             Ok(Ok(count))
         });
-        Ok(result?.map_err(UpdateError::Refused)?)
+        result?.map_err(UpdateError::Refused)
     }
 
     fn shared(&self) -> bool {
