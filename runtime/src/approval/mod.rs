@@ -144,6 +144,7 @@ impl Approvals {
     /// On a store other machines share, tell them this process (its
     /// waiting instances, and the invocations its runner lease runs) lives.
     fn with_heartbeat(mut self) -> Approvals {
+        self.store.watch(Arc::downgrade(&self.changed));
         if self.store.shared() {
             let processes = vec![self.owner.clone(), self.audit.runner().to_string()];
             self.heartbeat = Some(Arc::new(crate::cluster::Heartbeat::start(

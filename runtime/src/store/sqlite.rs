@@ -906,6 +906,10 @@ impl Store for SqliteStore {
         false
     }
 
+    fn watch(&self, _changed: std::sync::Weak<tokio::sync::Notify>) {
+        // Other processes on this machine are seen by polling.
+    }
+
     fn heartbeat(&self, node: &NodeRecord, processes: &[&str]) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn
