@@ -202,7 +202,7 @@ fn a_host_call_held_on_one_node_resumes_when_the_other_records_the_decision() {
     let agent_a = agent.clone();
     let held = std::thread::spawn(move || {
         let auth = format!("Bearer {agent_a}");
-        let body = invoke_body("gated", "write_between", json!({"path": "gated/out", "data": "x"}));
+        let body = invoke_body("gated", "write-between", json!({"path": "gated/out", "data": "x"}));
         request(
             &addr,
             "POST",
@@ -319,7 +319,7 @@ fn the_held_call_of_a_killed_node_is_failed_by_the_survivor() {
     let agent_a = agent.clone();
     let held = std::thread::spawn(move || {
         let auth = format!("Bearer {agent_a}");
-        let body = invoke_body("gated", "write_between", json!({"path": "gated/out", "data": "x"}));
+        let body = invoke_body("gated", "write-between", json!({"path": "gated/out", "data": "x"}));
         let mut body = body;
         body["wait-ms"] = json!(0);
         request(
