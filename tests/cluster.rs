@@ -346,3 +346,83 @@ fn the_held_call_of_a_killed_node_is_failed_by_the_survivor() {
     assert!(reason.contains("node-a"), "{failed}");
     assert!(!c.path("work/gated/out").exists());
 }
+
+#[test]
+fn the_vault_is_shared_through_the_database_as_ciphertext_and_each_node_needs_the_key() {
+    let c = Cluster::new();
+    let key = c.path("master.key");
+    std::fs::write(&key, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let key_env = ("AIRLOCK_MASTER_KEY_FILE", key.to_str().unwrap());
+    let config = c.config.to_str().unwrap();
+    let node = |name: &str| c.path(&format!("data-{name}")).to_str().unwrap().to_string();
+    let set = |data: &str, value: &[u8]| {
+        support::airlock_with(
+            &["secret", "set", "api-token", "--config", config, "--data-dir", data],
+            value,
+            &[key_env],
+        )
+    };
+    let first = set(&node("a"), b"first-value-0f1e2d");
+    assert_eq!(first.code, 0, "{first:?}");
+    // Node B's data directory holds no vault file, and lists the secret.
+    let listed = support::airlock_with(
+        &["secret", "list", "--json", "--config", config, "--data-dir", &node("b")],
+        b"",
+        &[key_env],
+    );
+    assert_eq!(listed.code, 0, "{listed:?}");
+    assert!(listed.stdout.contains("api-token"), "{listed:?}");
+    assert!(!c.path("data-b/vault.json").exists());
+    assert!(!c.path("data-a/vault.json").exists());
+
+    // A node that follows the vault sees a rotation made on another node.
+    let settings = c._db.settings();
+    let store = airlock::store::open(&settings, &c.path("data-b")).unwrap();
+    // Node B's key in its default place (its data directory).
+    std::fs::create_dir_all(c.path("data-b")).unwrap();
+    std::fs::copy(&key, c.path("data-b/master.key")).unwrap();
+    let live = airlock::vault::LiveVault::open_in(&c.path("data-b"), store.shared_vault()).unwrap();
+    // (Values never leave the crate; their lengths tell them apart.)
+    assert_eq!(live.get("api-token").unwrap().len(), "first-value-0f1e2d".len());
+    let rotated = set(&node("c"), b"second-value-9a8b7c-rotated");
+    assert_eq!(rotated.code, 0, "{rotated:?}");
+    assert_eq!(
+        live.get("api-token").unwrap().len(),
+        "second-value-9a8b7c-rotated".len()
+    );
+
+    // The database holds ciphertext only: no value, no key.
+    let dump = c._db.dump();
+    for secret in [
+        "first-value-0f1e2d",
+        "second-value-9a8b7c-rotated",
+        "00112233445566778899",
+    ] {
+        assert!(!dump.contains(secret), "{secret} is in the database");
+    }
+    assert!(dump.contains("api-token"), "the vault row is in the dump");
+
+    // A node with another key is refused by the key check, naming no value.
+    let other = c.path("other.key");
+    std::fs::write(
+        &other,
+        "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let wrong = support::airlock_with(
+        &["secret", "list", "--config", config, "--data-dir", &node("d")],
+        b"",
+        &[("AIRLOCK_MASTER_KEY_FILE", other.to_str().unwrap())],
+    );
+    assert_ne!(wrong.code, 0, "{wrong:?}");
+    assert!(wrong.stderr.contains("master key does not open the vault"), "{wrong:?}");
+    assert!(!wrong.stderr.contains("second-value"), "{wrong:?}");
+}
