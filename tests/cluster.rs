@@ -426,3 +426,44 @@ fn the_vault_is_shared_through_the_database_as_ciphertext_and_each_node_needs_th
     assert!(wrong.stderr.contains("master key does not open the vault"), "{wrong:?}");
     assert!(!wrong.stderr.contains("second-value"), "{wrong:?}");
 }
+
+#[test]
+fn a_node_stopped_gracefully_hands_back_its_held_work_at_once() {
+    let c = Cluster::new();
+    let agent = c.token("bot", "agent", &["agent"]);
+    let alice = c.token("alice", "human", &["reviewer"]);
+    let mut a = c.node("node-a");
+    let b = c.node("node-b");
+
+    let mut body = invoke_body("gated", "write-between", json!({"path": "gated/out", "data": "x"}));
+    body["wait-ms"] = json!(0);
+    let submitted = a.post("/v1/invocations", Some(&agent), &body);
+    assert_eq!(submitted.status, 202, "{submitted:?}");
+    let invocation = submitted.json()["invocation"].as_str().unwrap().to_string();
+    let id = eventually(30, "node A's held call to ask for approval", || {
+        pending_request(&b, &alice, &invocation)
+    });
+    let pid = i32::try_from(a.child.id()).unwrap();
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let status = a.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // Failed by node A itself on its way out: no wait for stale heartbeats.
+    let r = b.get(&format!("/v1/approvals/{id}"), Some(&alice));
+    assert_eq!(r.json()["state"], "failed", "{r:?}");
+    let reason = r.json()["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("node-a shut down"), "{reason}");
+    // Approving it now changes nothing and nothing is written.
+    let late = b.post(&format!("/v1/approvals/{id}/approve"), Some(&alice), &json!({}));
+    assert_eq!(late.status, 409, "{late:?}");
+    let done = eventually(30, "the invocation to end", || {
+        let r = b.get(&format!("/v1/invocations/{invocation}"), Some(&agent));
+        let s = r.json()["status"].as_str()?.to_string();
+        (s != "running").then_some(s)
+    });
+    assert_eq!(done, "failed");
+    assert!(!c.path("work/gated/out").exists());
+}
