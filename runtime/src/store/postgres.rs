@@ -498,8 +498,19 @@ impl Inner {
     /// Drive `future` to completion on this thread, its I/O on the store's
     /// runtime. Works from any thread, inside another runtime or not.
     fn block<T>(&self, future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        let _context = self.handle.enter();
-        futures_executor::block_on(future)
+        let run = || {
+            let _context = self.handle.enter();
+            futures_executor::block_on(future)
+        };
+        // On a worker of a multi-threaded runtime (the service), a round
+        // trip to the database must not stall the other tasks queued on
+        // this worker: tokio hands them to another thread meanwhile.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(run)
+            }
+            _ => run(),
+        }
     }
 
     async fn client(&self) -> Result<Client, StoreError> {
