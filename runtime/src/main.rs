@@ -348,6 +348,19 @@ impl DataPlace {
         }
     }
 
+    /// The audit backend the config names (`[audit]`); the data
+    /// directory's log without a config.
+    pub(crate) fn audit_backend(&self) -> Result<airlock::audit::settings::Backend, Error> {
+        match &self.config {
+            Some(config) => {
+                let policy = Policy::load(config)?;
+                airlock::audit::settings::Backend::from_settings(&policy.runtime.audit, &policy.runtime.store, None)
+                    .map_err(Error::Config)
+            }
+            None => Ok(airlock::audit::settings::Backend::File),
+        }
+    }
+
     /// The store the config names (`[store]`), or SQLite in [`Self::dir`].
     pub(crate) fn store(&self) -> Result<std::sync::Arc<dyn airlock::store::Store>, Error> {
         let settings = match &self.config {
@@ -425,6 +438,7 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
     match cmd {
         AuditCommand::Verify { checkpoint, place } => {
             let dir = audit::dir(&place.dir()?);
+            let backend = place.audit_backend()?;
             let external = match &checkpoint {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
@@ -435,6 +449,9 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
                 }
                 None => None,
             };
+            if let Some(pg) = cli::PgPlace::of(&dir, &backend) {
+                return cli::audit_pg_verify(&pg, external);
+            }
             let verified = read::verify(&dir, external.as_ref().map(|(c, s)| (c, s.clone())))
                 .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
             match verified.head {
@@ -488,9 +505,12 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
         AuditCommand::Show { filter, json, place } => {
             let dir = audit::dir(&place.dir()?);
             let filter = filter.filter()?;
+            if let Some(pg) = cli::PgPlace::of(&dir, &place.audit_backend()?) {
+                return cli::audit_pg_show(&pg, &filter, json);
+            }
             let mut out = std::io::stdout().lock();
             audit::index::select(&dir, &filter, None, |record, line| {
-                print_record(&mut out, record, line, json)
+                print_record(&mut out, record, line, json, None)
             })
             .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
         }
@@ -502,9 +522,12 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
             }
             let dir = audit::dir(&place.dir()?);
             let filter = filter.filter()?;
+            if let Some(pg) = cli::PgPlace::of(&dir, &place.audit_backend()?) {
+                return cli::audit_pg_show(&pg, &filter, true);
+            }
             let mut out = std::io::stdout().lock();
             audit::index::select(&dir, &filter, None, |record, line| {
-                print_record(&mut out, record, line, true)
+                print_record(&mut out, record, line, true, None)
             })
             .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
         }
@@ -515,6 +538,9 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
             place,
         } => {
             let dir = audit::dir(&place.dir()?);
+            if let Some(pg) = cli::PgPlace::of(&dir, &place.audit_backend()?) {
+                return cli::audit_pg_tail(&pg, lines, follow, json).await;
+            }
             let mut last: std::collections::VecDeque<(airlock::audit::chain::Record, Vec<u8>)> =
                 std::collections::VecDeque::new();
             let verified = read::scan(&dir, |record, line| {
@@ -529,7 +555,7 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
             .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
             let mut out = std::io::stdout().lock();
             for (record, line) in &last {
-                print_record(&mut out, record, line, json);
+                print_record(&mut out, record, line, json, None);
             }
             let mut seen = verified.records;
             // `-f` runs until interrupted.
@@ -538,7 +564,7 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
                 let mut n = 0u64;
                 read::scan(&dir, |record, line| {
                     n += 1;
-                    n <= seen || print_record(&mut out, record, line, json)
+                    n <= seen || print_record(&mut out, record, line, json, None)
                 })
                 .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
                 seen = seen.max(n);
@@ -546,7 +572,7 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
         }
         AuditCommand::Checkpoint { out, place } => {
             let data_dir = place.dir()?;
-            let log = airlock::audit::AuditLog::open(&audit::dir(&data_dir))
+            let log = airlock::audit::AuditLog::open_backend(&audit::dir(&data_dir), &place.audit_backend()?)
                 .map_err(|e| Error::AuditUnavailable(e.to_string()))?;
             let cp = log
                 .checkpoint()
@@ -581,12 +607,14 @@ impl AuditFilter {
     }
 }
 
-/// Print one record; false when stdout is closed.
+/// Print one record (of `node`'s chain, with PostgreSQL); false when
+/// stdout is closed.
 fn print_record(
     out: &mut impl std::io::Write,
     record: &airlock::audit::chain::Record,
     line: &[u8],
     json: bool,
+    node: Option<&str>,
 ) -> bool {
     use airlock::audit::Event;
     if json {
@@ -689,6 +717,11 @@ fn print_record(
         Event::ApprovalDecision(_) => "decision",
         Event::ApprovalResolved(_) => "resolved",
     };
+    if let Some(node) = node
+        && write!(out, "{node} ").is_err()
+    {
+        return false;
+    }
     writeln!(out, "{:>7} {} {:<9} {}", e.seq, e.ts, kind, escape(&summary)).is_ok()
 }
 
@@ -702,6 +735,7 @@ fn default_settings(data_dir: Option<PathBuf>) -> RuntimeSettings {
         data_dir: data_dir.unwrap_or_else(|| PathBuf::from(".airlock")),
         max_concurrent_instances: 4,
         store: Default::default(),
+        audit: Default::default(),
     }
 }
 
