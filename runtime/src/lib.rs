@@ -35,6 +35,7 @@ pub mod audit;
 pub mod cache;
 pub mod capabilities;
 pub mod catalog;
+pub mod cluster;
 pub mod data_dir;
 pub mod engine;
 pub mod error;

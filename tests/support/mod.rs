@@ -5,6 +5,7 @@
 pub mod carriers;
 pub mod echo_server;
 pub mod http;
+pub mod postgres;
 pub mod webdriver;
 
 use std::path::{Path, PathBuf};

@@ -62,6 +62,8 @@ pub struct Approvals {
     /// Woken on every decision made in this process, so in-process waiters
     /// do not wait for their next poll.
     changed: Arc<tokio::sync::Notify>,
+    /// On a shared store: this process's heartbeat (see [`crate::cluster`]).
+    heartbeat: Option<Arc<crate::cluster::Heartbeat>>,
 }
 
 impl std::fmt::Debug for Approvals {
@@ -134,7 +136,29 @@ impl Approvals {
             audit,
             owner: format!("{}:{}", std::process::id(), crate::audit::chain::hex(&nonce)),
             changed: Arc::new(tokio::sync::Notify::new()),
+            heartbeat: None,
         }
+        .with_heartbeat()
+    }
+
+    /// On a store other machines share, tell them this process (its
+    /// waiting instances, and the invocations its runner lease runs) lives.
+    fn with_heartbeat(mut self) -> Approvals {
+        self.store.watch(Arc::downgrade(&self.changed));
+        if self.store.shared() {
+            let processes = vec![self.owner.clone(), self.audit.runner().to_string()];
+            self.heartbeat = Some(Arc::new(crate::cluster::Heartbeat::start(
+                self.store.clone(),
+                processes,
+            )));
+        }
+        self
+    }
+
+    /// Whether this process's heartbeat reaches the store (always, on a
+    /// store no other machine shares).
+    pub fn heartbeat_healthy(&self) -> bool {
+        self.heartbeat.as_ref().is_none_or(|h| h.is_healthy())
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -540,14 +564,31 @@ impl Approvals {
         let mut failed = Vec::new();
         for r in self.store.approvals(Some(ApprovalState::Pending), usize::MAX)? {
             let Some(owner) = &r.owner else { continue };
-            if *owner == self.owner || process_alive(owner) {
+            if *owner == self.owner {
                 continue;
             }
-            let reason = format!(
-                "the instance waiting on this {} request ended before a decision (its process {} is gone)",
-                r.kind,
-                owner.split(':').next().unwrap_or("?")
-            );
+            let reason = if self.store.shared() {
+                // Its process may be on another machine: its heartbeats tell.
+                if crate::store::process_alive(self.store.as_ref(), owner, r.created_at)? {
+                    continue;
+                }
+                let node = self.store.process(owner)?.map(|p| p.node);
+                format!(
+                    "the instance waiting on this {} request ended before a decision (its process {} on node {} stopped sending heartbeats)",
+                    r.kind,
+                    owner.split(':').next().unwrap_or("?"),
+                    node.as_deref().unwrap_or("?")
+                )
+            } else {
+                if process_alive(owner) {
+                    continue;
+                }
+                format!(
+                    "the instance waiting on this {} request ended before a decision (its process {} is gone)",
+                    r.kind,
+                    owner.split(':').next().unwrap_or("?")
+                )
+            };
             failed.push(self.close(&r.id, ApprovalState::Failed, &reason).await?);
         }
         Ok(failed)

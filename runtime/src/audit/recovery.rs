@@ -203,6 +203,7 @@ pub fn recover(log: &AuditLog, open_rows: OpenRows<'_>, check_rows: bool) -> Res
         let running = store
             .invocations(Some(InvocationStatus::Running), usize::MAX)
             .map_err(|e| fail(e.to_string()))?;
+        let shared = store.shared();
         for row in running {
             let row_floor = match row.runner.as_deref() {
                 Some(r) if r == log.runner() => continue,
@@ -211,6 +212,15 @@ pub fn recover(log: &AuditLog, open_rows: OpenRows<'_>, check_rows: bool) -> Res
                     // Checked now, after the row was read: a lease is in
                     // place before any row names it.
                     None if lease::may_run(dir, r) => continue,
+                    // A store other machines share: a runner with no lease
+                    // here may run on another node, whose heartbeats tell.
+                    None if shared => match foreign_runner(store.as_ref(), r, &row)? {
+                        Foreign::Alive => continue,
+                        // Its records are in its own node's log: nothing of
+                        // it is in this log to read.
+                        Foreign::Dead => u64::MAX,
+                        Foreign::Unknown => 0,
+                    },
                     // No lease: its process settled everything it could
                     // and is gone, or its lease was lost.
                     None => 0,
@@ -227,6 +237,7 @@ pub fn recover(log: &AuditLog, open_rows: OpenRows<'_>, check_rows: bool) -> Res
     let Some(floor) = floor else {
         return Ok(Recovered::default());
     };
+    let floor = if floor == u64::MAX { log_len(dir) } else { floor };
     let row_ids: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let mut open: HashMap<String, Open> = HashMap::new();
     let mut closed: HashMap<String, Closing> = HashMap::new();
@@ -327,6 +338,42 @@ pub fn recover(log: &AuditLog, open_rows: OpenRows<'_>, check_rows: bool) -> Res
         }
     }
     Ok(done)
+}
+
+/// What the store's heartbeats say of a runner with no lease here.
+enum Foreign {
+    /// It sent one recently: another node runs it.
+    Alive,
+    /// Its node stopped sending them: its rows are ended from here.
+    Dead,
+    /// It never sent one: a process of this machine that ran before
+    /// heartbeats, judged as before.
+    Unknown,
+}
+
+fn foreign_runner(store: &dyn Store, runner: &str, row: &InvocationRecord) -> Result<Foreign, RecoveryError> {
+    let fail = |e: crate::store::StoreError| RecoveryError {
+        dir: "the store".into(),
+        reason: e.to_string(),
+    };
+    match store.process(runner).map_err(fail)? {
+        None if crate::time::now_micros().saturating_sub(row.updated_at)
+            < u64::try_from(crate::store::PROCESS_STALE.as_micros()).unwrap_or(u64::MAX) =>
+        {
+            // A row claimed a moment ago by a process whose first
+            // heartbeat is on its way.
+            Ok(Foreign::Alive)
+        }
+        None => Ok(Foreign::Unknown),
+        Some(p) if p.node == crate::cluster::node_id() => Ok(Foreign::Unknown),
+        Some(_) if crate::store::process_alive(store, runner, row.updated_at).map_err(fail)? => Ok(Foreign::Alive),
+        Some(_) => Ok(Foreign::Dead),
+    }
+}
+
+/// The log's length: where a scan that should read nothing starts.
+fn log_len(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join(LOG_FILE)).map_or(0, |m| m.len())
 }
 
 /// Take the recovery lock, waiting up to [`LOCK_WAIT`] for another

@@ -599,6 +599,7 @@ pub async fn serve(
         .await
         .map_err(|e| Error::Usage(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().map_err(Error::internal)?;
+    airlock::cluster::set_address(&local.to_string());
     if !local.ip().is_loopback() {
         eprintln!("warning: listening on {local}, which is not loopback; put TLS in front of it");
     }

@@ -60,6 +60,7 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/approvals/{id}/deny", post(deny))
         .route("/v1/audit", get(audit))
         .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/cluster", get(cluster))
         .merge(super::console::router())
         .merge(
             Router::new()
@@ -150,16 +151,47 @@ async fn health() -> Json<Value> {
 /// approve (as in `/v1/actions`).
 async fn ready(State(service): State<Shared>, caller: Option<axum::Extension<Caller>>) -> Response {
     let audit_ok = service.runtime.audit_opened().is_some_and(|a| a.is_healthy());
-    let mut body = json!({"ready": audit_ok, "audit": if audit_ok {"ok"} else {"unavailable"}});
+    // On a shared store, the heartbeat (every second) says whether the
+    // database answers, without a query per readiness probe.
+    let database_ok = service
+        .runtime
+        .approvals_opened()
+        .is_some_and(|a| a.heartbeat_healthy());
+    let ok = audit_ok && database_ok;
+    let mut body = json!({
+        "ready": ok,
+        "audit": if audit_ok {"ok"} else {"unavailable"},
+        "database": if database_ok {"ok"} else {"unavailable"},
+        "node": crate::cluster::node_id(),
+    });
     if let Some(axum::Extension(caller)) = caller {
         body["actions"] = json!(visible_actions(&service, &caller));
     }
-    let status = if audit_ok {
+    let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// `GET /v1/cluster`: the nodes whose heartbeat is recent (this one
+/// alone on a store no other machine shares), with their versions.
+async fn cluster(State(service): State<Shared>, Authenticated(_): Authenticated) -> Result<Json<Value>, ApiError> {
+    let store = service.runtime.store()?;
+    let shared = store.shared();
+    let nodes = if shared {
+        tokio::task::spawn_blocking(move || crate::cluster::live_nodes(store.as_ref()))
+            .await
+            .map_err(|e| ApiError::from(crate::error::Error::internal(e)))??
+    } else {
+        vec![crate::cluster::node_record()]
+    };
+    Ok(Json(json!({
+        "this-node": crate::cluster::node_id(),
+        "shared-store": shared,
+        "nodes": nodes,
+    })))
 }
 
 /// The names of the loaded actions `caller` may invoke or approve.

@@ -14,16 +14,15 @@
 
 use super::Service;
 use crate::identity::Caller;
-use crate::store::{ApprovalRecord, ApprovalState, InvocationRecord, Verdict};
+use crate::store::{ApprovalRecord, ApprovalState, InvocationRecord, SessionRecord, Store, StoreError, Verdict};
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub(super) const SESSION_COOKIE: &str = "airlock_session";
 pub(super) const LOGIN_COOKIE: &str = "airlock_login";
@@ -40,12 +39,17 @@ type Shared = Arc<Service>;
 struct Session {
     token_hash: [u8; 32],
     csrf: String,
-    last_seen: Instant,
 }
 
-/// Sessions of this process.
+/// Console sessions, kept in the store: on PostgreSQL every node sees a
+/// session made on any other (a load balancer may send a reviewer's next
+/// request anywhere), and on either backend a session outlives a restart.
+/// The store holds each session id's blake3 hash, never the id.
 #[derive(Debug, Default)]
-pub struct Sessions(Mutex<HashMap<String, Session>>);
+pub struct Sessions;
+
+/// A session's `last_seen` is written at most this often.
+const SESSION_TOUCH: Duration = Duration::from_secs(60);
 
 fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
@@ -56,41 +60,51 @@ fn random_hex(bytes: usize) -> String {
     crate::audit::chain::hex(&b)
 }
 
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn session_key(id: &str) -> [u8; 32] {
+    *blake3::hash(id.as_bytes()).as_bytes()
+}
+
 impl Sessions {
-    fn create(&self, token_hash: [u8; 32]) -> Option<(String, String)> {
+    fn create(&self, store: &dyn Store, token_hash: [u8; 32]) -> Result<Option<(String, String)>, StoreError> {
         let (id, csrf) = (random_hex(32), random_hex(32));
         if id.is_empty() || csrf.is_empty() {
-            return None;
+            return Ok(None);
         }
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, s| s.last_seen.elapsed() < SESSION_IDLE);
-        if map.len() >= MAX_SESSIONS {
-            return None;
+        let now = crate::time::now_micros();
+        let live = store.prune_sessions(now.saturating_sub(micros(SESSION_IDLE)))?;
+        if live >= MAX_SESSIONS {
+            return Ok(None);
         }
-        map.insert(
-            id.clone(),
-            Session {
-                token_hash,
-                csrf: csrf.clone(),
-                last_seen: Instant::now(),
-            },
-        );
-        Some((id, csrf))
+        store.create_session(&SessionRecord {
+            id_hash: session_key(&id),
+            token_hash,
+            csrf: csrf.clone(),
+            created_at: now,
+            last_seen: now,
+        })?;
+        Ok(Some((id, csrf)))
     }
 
-    fn get(&self, id: &str) -> Option<Session> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let session = map.get_mut(id)?;
-        if session.last_seen.elapsed() >= SESSION_IDLE {
-            map.remove(id);
-            return None;
-        }
-        session.last_seen = Instant::now();
-        Some(session.clone())
+    fn get(&self, store: &dyn Store, id: &str) -> Result<Option<Session>, StoreError> {
+        let now = crate::time::now_micros();
+        let record = store.session(
+            &session_key(id),
+            now.saturating_sub(micros(SESSION_IDLE)),
+            now,
+            micros(SESSION_TOUCH),
+        )?;
+        Ok(record.map(|r| Session {
+            token_hash: r.token_hash,
+            csrf: r.csrf,
+        }))
     }
 
-    fn remove(&self, id: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    fn remove(&self, store: &dyn Store, id: &str) -> Result<(), StoreError> {
+        store.remove_session(&session_key(id))
     }
 }
 
@@ -232,11 +246,15 @@ impl axum::extract::FromRequestParts<Shared> for SignedIn {
 pub(super) fn signed_in(service: &Service, headers: &HeaderMap) -> Result<SignedIn, Box<Response>> {
     let to_login = || Box::new(Redirect::to("/console/login").into_response());
     let id = cookie(headers, SESSION_COOKIE).ok_or_else(to_login)?;
-    let session = service.sessions.get(id).ok_or_else(to_login)?;
     let store = service
         .runtime
         .store()
         .map_err(|e| error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let session = service
+        .sessions
+        .get(store.as_ref(), id)
+        .map_err(|e| error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))?
+        .ok_or_else(to_login)?;
     let record = store
         .token_by_hash(&session.token_hash)
         .map_err(|e| error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
@@ -251,7 +269,9 @@ pub(super) fn signed_in(service: &Service, headers: &HeaderMap) -> Result<Signed
             session,
         }),
         _ => {
-            service.sessions.remove(id);
+            if let Err(e) = service.sessions.remove(store.as_ref(), id) {
+                tracing::warn!("cannot remove a console session: {e}");
+            }
             Err(to_login())
         }
     }
@@ -312,8 +332,24 @@ async fn login(
         Ok(c) => c,
         Err(e) => return error_page(StatusCode::UNAUTHORIZED, &e.to_string()),
     };
-    let Some((id, _)) = service.sessions.create(crate::identity::token::hash(token)) else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE, "cannot create a session now");
+    let created = service
+        .runtime
+        .store()
+        .map_err(|e| StoreError(e.to_string()))
+        .and_then(|store| {
+            service
+                .sessions
+                .create(store.as_ref(), crate::identity::token::hash(token))
+        });
+    let id = match created {
+        Ok(Some((id, _))) => id,
+        Ok(None) => return error_page(StatusCode::SERVICE_UNAVAILABLE, "cannot create a session now"),
+        Err(e) => {
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("cannot create a session now: {e}"),
+            );
+        }
     };
     tracing::info!(identity = %caller.name, "console sign-in");
     if let Some(axum::Extension(peer)) = peer {
@@ -343,7 +379,14 @@ async fn logout(
         return error_page(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
     }
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
-        service.sessions.remove(id);
+        let removed = service
+            .runtime
+            .store()
+            .map_err(|e| StoreError(e.to_string()))
+            .and_then(|store| service.sessions.remove(store.as_ref(), id));
+        if let Err(e) = removed {
+            return error_page(StatusCode::SERVICE_UNAVAILABLE, &format!("cannot sign out now: {e}"));
+        }
     }
     let mut r = Redirect::to("/console/login").into_response();
     r.headers_mut().append(

@@ -114,7 +114,9 @@ pub fn document() -> Value {
                     {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
                 "responses": with_errors(json!({"200": ok("records", json!({"type": "object"}))}))}},
             "/v1/audit/verify": {"get": {"summary": "Verify the whole hash chain and checkpoints", "security": secured,
-                "responses": with_errors(json!({"200": ok("{intact, records, head} or {intact: false, error}", json!({"type": "object"}))}))}}
+                "responses": with_errors(json!({"200": ok("{intact, records, head} or {intact: false, error}", json!({"type": "object"}))}))}},
+            "/v1/cluster": {"get": {"summary": "The live nodes sharing this store, and their versions", "security": secured,
+                "responses": with_errors(json!({"200": ok("{this-node, shared-store, nodes: [{id, version, address, started-at, last-seen}]}", json!({"type": "object"}))}))}}
         }
     })
 }

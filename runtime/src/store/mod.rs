@@ -156,6 +156,68 @@ pub trait Store: Send + Sync {
         &self,
         append: &mut dyn FnMut(Vec<String>) -> Result<(), Refusal>,
     ) -> Result<usize, UpdateError>;
+
+    /// Whether processes on other machines share this store (PostgreSQL):
+    /// then whether another process lives is read from its heartbeats
+    /// ([`Store::process`]), since its pid and lease files are elsewhere.
+    fn shared(&self) -> bool;
+    /// Say that `node` and its `processes` live now (creates or refreshes
+    /// their rows).
+    fn heartbeat(&self, node: &NodeRecord, processes: &[&str]) -> Result<(), StoreError>;
+    /// Mark `processes` ended (they are stopping and hold nothing more):
+    /// others take them for dead at once.
+    fn leave(&self, processes: &[&str]) -> Result<(), StoreError>;
+    /// Every node that ever sent a heartbeat, by id.
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// The last heartbeat of process `id`, if it ever sent one.
+    fn process(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError>;
+
+    /// Wake `changed` whenever any process, on any node, changes an
+    /// approval request or an invocation's state (PostgreSQL's
+    /// `LISTEN/NOTIFY`), and after a lost notification channel is back.
+    /// Waiters still poll: this only makes them quick. A no-op where no
+    /// other machine writes.
+    fn watch(&self, changed: std::sync::Weak<tokio::sync::Notify>);
+
+    /// Where the vault document lives when other machines share this
+    /// store (see [`crate::vault::shared`]); `None`: the vault is a file in
+    /// each data directory.
+    fn shared_vault(&self) -> Option<Arc<dyn crate::vault::shared::SharedVault>>;
+
+    /// Store a new console session.
+    fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+    /// The session with this id hash, if it was not idle since
+    /// `idle_since` (Unix microseconds; an idle one is removed); its
+    /// `last_seen` moves to `now` when older than `touch_after`
+    /// microseconds.
+    fn session(
+        &self,
+        id_hash: &[u8; 32],
+        idle_since: u64,
+        now: u64,
+        touch_after: u64,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+    fn remove_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError>;
+    /// Remove sessions idle since `idle_since`; returns how many live on.
+    fn prune_sessions(&self, idle_since: u64) -> Result<usize, StoreError>;
+}
+
+/// How long a process may be silent before other nodes take it for dead.
+/// Heartbeats come every [`HEARTBEAT_EVERY`].
+pub const PROCESS_STALE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a live process sends its heartbeat.
+pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether process `id` may still live, by its heartbeats: it sent one
+/// within [`PROCESS_STALE`], or it never sent one and `born` (when the
+/// work naming it was made, Unix microseconds) is that recent.
+pub fn process_alive(store: &dyn Store, id: &str, born: u64) -> Result<bool, StoreError> {
+    let stale = u64::try_from(PROCESS_STALE.as_micros()).unwrap_or(u64::MAX);
+    let now = crate::time::now_micros();
+    Ok(match store.process(id)? {
+        Some(p) => now.saturating_sub(p.last_seen) < stale,
+        None => now.saturating_sub(born) < stale,
+    })
 }
 
 /// An invocation that waited for approval ending without running, and the

@@ -27,7 +27,8 @@ use super::migrations::{self, MIGRATIONS, Migration};
 use super::settings::{PasswordSource, PgSettings, TlsMode};
 use super::{
     ApprovalRecord, ApprovalState, ApprovalUpdate, DecisionRecord, InvocationEnding, InvocationOutcome,
-    InvocationRecord, InvocationStatus, Refusal, Store, StoreError, TokenRecord, UpdateError,
+    InvocationRecord, InvocationStatus, NodeRecord, ProcessRecord, Refusal, SessionRecord, Store, StoreError,
+    TokenRecord, UpdateError,
 };
 use crate::identity::IdentityKind;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -79,6 +80,8 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
+    /// Woken on every change another node makes (see [`Store::watch`]).
+    watchers: Mutex<Vec<std::sync::Weak<tokio::sync::Notify>>>,
     /// Drives the connections' I/O. Taken (and shut down in the
     /// background) on drop, which may happen inside another runtime.
     rt: Mutex<Option<tokio::runtime::Runtime>>,
@@ -231,15 +234,19 @@ impl PgStore {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match settings.tls {
+        let tls = match settings.tls {
             TlsMode::Disable => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+                None
             }
             TlsMode::VerifyFull => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
-                Manager::from_config(config, tls_connector(settings)?, manager_config)
+                Some(tls_connector(settings)?)
             }
+        };
+        let manager = match &tls {
+            None => Manager::from_config(config.clone(), tokio_postgres::NoTls, manager_config),
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
         };
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)
@@ -252,6 +259,7 @@ impl PgStore {
         let handle = rt.handle().clone();
         let inner = Arc::new(Inner {
             pool,
+            watchers: Mutex::new(Vec::new()),
             rt: Mutex::new(Some(rt)),
             handle,
             url: settings.url.clone(),
@@ -278,6 +286,7 @@ impl PgStore {
             }
             Migrate::Skip => {}
         }
+        inner.handle.spawn(listen(Arc::downgrade(&inner), config, tls));
         let flusher = {
             let inner = inner.clone();
             std::thread::Builder::new()
@@ -334,6 +343,103 @@ impl Drop for Inner {
             rt.shutdown_background();
         }
     }
+}
+
+/// The channel every change is announced on (`NOTIFY`), to wake the
+/// waiters of every node (see [`Store::watch`]).
+const CHANNEL: &str = "airlock_changes";
+
+/// Announce a change when the caller's transaction commits.
+async fn announce(c: &Conn) -> Result<(), StoreError> {
+    c.execute("SELECT pg_notify($1, '')", &[&CHANNEL])
+        .await
+        .map_err(pg_err)?;
+    Ok(())
+}
+
+/// Hold a connection that `LISTEN`s for changes and wake the watchers on
+/// each, reconnecting after a failure (and waking them then, since
+/// notifications sent meanwhile are lost), for as long as the store lives.
+async fn listen(
+    inner: std::sync::Weak<Inner>,
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let result = match &tls {
+            None => match config.connect(tokio_postgres::NoTls).await {
+                Ok((client, connection)) => listen_on(&inner, &client, connection).await,
+                Err(e) => Err(e),
+            },
+            Some(tls) => match config.connect(tls.clone()).await {
+                Ok((client, connection)) => listen_on(&inner, &client, connection).await,
+                Err(e) => Err(e),
+            },
+        };
+        if inner.strong_count() == 0 {
+            return;
+        }
+        if let Err(e) = result {
+            if failures == 0 {
+                tracing::warn!(
+                    "lost the change notifications from PostgreSQL (polling meanwhile): {}",
+                    pg_err(e).0
+                );
+            }
+            failures = failures.saturating_add(1);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn listen_on<S, T>(
+    inner: &std::sync::Weak<Inner>,
+    client: &tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let sql = format!("LISTEN {CHANNEL}");
+    let subscribe = client.batch_execute(&sql);
+    tokio::pin!(subscribe);
+    loop {
+        tokio::select! {
+            done = &mut subscribe => { done?; break; }
+            message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
+        }
+    }
+    // Whatever changed while not listening.
+    wake(inner);
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => wake(inner),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        }
+        if inner.strong_count() == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn wake(inner: &std::sync::Weak<Inner>) {
+    let Some(inner) = inner.upgrade() else { return };
+    let mut watchers = inner.watchers.lock().unwrap_or_else(|p| p.into_inner());
+    watchers.retain(|w| match w.upgrade() {
+        Some(n) => {
+            n.notify_waiters();
+            true
+        }
+        None => false,
+    });
 }
 
 type Client = deadpool_postgres::Object;
@@ -873,6 +979,7 @@ impl Store for PgStore {
             if let Some(audit) = &audit {
                 owe(tx.c(), audit).await?;
             }
+            announce(tx.c()).await?;
             tx.commit().await?;
             Ok(Ok(after))
         });
@@ -990,6 +1097,7 @@ impl Store for PgStore {
             if !move_invocation(tx.c(), id, from, to, outcome, None).await? {
                 return Ok(false);
             }
+            announce(tx.c()).await?;
             tx.commit().await?;
             Ok(true)
         })
@@ -1045,6 +1153,7 @@ impl Store for PgStore {
                 return Ok(false);
             }
             owe(tx.c(), ending.audit).await?;
+            announce(tx.c()).await?;
             tx.commit().await?;
             Ok(true)
         })
@@ -1092,6 +1201,291 @@ impl Store for PgStore {
             tx.commit().await?;
             Ok(Ok(count))
         });
-        Ok(result?.map_err(UpdateError::Refused)?)
+        result?.map_err(UpdateError::Refused)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn shared_vault(&self) -> Option<Arc<dyn crate::vault::shared::SharedVault>> {
+        Some(Arc::new(PgVault(self.inner.clone())))
+    }
+
+    fn watch(&self, changed: std::sync::Weak<tokio::sync::Notify>) {
+        self.inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(changed);
+    }
+
+    fn heartbeat(&self, node: &NodeRecord, processes: &[&str]) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let tx = inner.begin().await?;
+            tx.c()
+                .execute(
+                    "INSERT INTO nodes (id, version, address, started_at, last_seen) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, address = EXCLUDED.address,
+                       started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen",
+                    &[
+                        &node.id,
+                        &node.version,
+                        &node.address,
+                        &micros(node.started_at),
+                        &micros(node.last_seen),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            let ids: Vec<&str> = processes.to_vec();
+            // Rows of processes gone for a day are of no more use.
+            tx.c()
+                .execute(
+                    "DELETE FROM processes WHERE last_seen < $1",
+                    &[&micros(node.last_seen.saturating_sub(86_400_000_000))],
+                )
+                .await
+                .map_err(pg_err)?;
+            tx.c()
+                .execute(
+                    "INSERT INTO processes (id, node, last_seen) SELECT p, $2, $3 FROM unnest($1::text[]) AS p
+                     ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node, last_seen = EXCLUDED.last_seen",
+                    &[&ids, &node.id, &micros(node.last_seen)],
+                )
+                .await
+                .map_err(pg_err)?;
+            tx.commit().await
+        })
+    }
+
+    fn leave(&self, processes: &[&str]) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let ids: Vec<&str> = processes.to_vec();
+        inner.block(async {
+            inner
+                .client()
+                .await?
+                .execute("UPDATE processes SET last_seen = 0 WHERE id = ANY($1)", &[&ids])
+                .await
+                .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let rows = inner
+                .client()
+                .await?
+                .query(
+                    "SELECT id, version, address, started_at, last_seen FROM nodes ORDER BY id",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(rows
+                .iter()
+                .map(|r| NodeRecord {
+                    id: r.get(0),
+                    version: r.get(1),
+                    address: r.get(2),
+                    started_at: unmicros(r.get(3)),
+                    last_seen: unmicros(r.get(4)),
+                })
+                .collect())
+        })
+    }
+
+    fn process(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let row = inner
+                .client()
+                .await?
+                .query_opt("SELECT id, node, last_seen FROM processes WHERE id = $1", &[&id])
+                .await
+                .map_err(pg_err)?;
+            Ok(row.map(|r| ProcessRecord {
+                id: r.get(0),
+                node: r.get(1),
+                last_seen: unmicros(r.get(2)),
+            }))
+        })
+    }
+
+    fn create_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            inner
+                .client()
+                .await?
+                .execute(
+                    "INSERT INTO console_sessions (id_hash, token_hash, csrf, created_at, last_seen) VALUES ($1, $2, $3, $4, $5)",
+                    &[
+                        &&s.id_hash[..],
+                        &&s.token_hash[..],
+                        &s.csrf,
+                        &micros(s.created_at),
+                        &micros(s.last_seen),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn session(
+        &self,
+        id_hash: &[u8; 32],
+        idle_since: u64,
+        now: u64,
+        touch_after: u64,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let client = inner.client().await?;
+            let Some(row) = client
+                .query_opt(
+                    "SELECT token_hash, csrf, created_at, last_seen FROM console_sessions WHERE id_hash = $1",
+                    &[&&id_hash[..]],
+                )
+                .await
+                .map_err(pg_err)?
+            else {
+                return Ok(None);
+            };
+            let last_seen = unmicros(row.get(3));
+            if last_seen < idle_since {
+                client
+                    .execute("DELETE FROM console_sessions WHERE id_hash = $1", &[&&id_hash[..]])
+                    .await
+                    .map_err(pg_err)?;
+                return Ok(None);
+            }
+            let Ok(token_hash) = <[u8; 32]>::try_from(row.get::<_, &[u8]>(0)) else {
+                return Err(StoreError("a console session row is damaged (token hash)".into()));
+            };
+            let mut session = SessionRecord {
+                id_hash: *id_hash,
+                token_hash,
+                csrf: row.get(1),
+                created_at: unmicros(row.get(2)),
+                last_seen,
+            };
+            if now.saturating_sub(last_seen) >= touch_after {
+                client
+                    .execute(
+                        "UPDATE console_sessions SET last_seen = GREATEST(last_seen, $2) WHERE id_hash = $1",
+                        &[&&id_hash[..], &micros(now)],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                session.last_seen = now;
+            }
+            Ok(Some(session))
+        })
+    }
+
+    fn remove_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            inner
+                .client()
+                .await?
+                .execute("DELETE FROM console_sessions WHERE id_hash = $1", &[&&id_hash[..]])
+                .await
+                .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn prune_sessions(&self, idle_since: u64) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let client = inner.client().await?;
+            client
+                .execute(
+                    "DELETE FROM console_sessions WHERE last_seen < $1",
+                    &[&micros(idle_since)],
+                )
+                .await
+                .map_err(pg_err)?;
+            let live: i64 = client
+                .query_one("SELECT count(*) FROM console_sessions", &[])
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            Ok(usize::try_from(live).unwrap_or(usize::MAX))
+        })
+    }
+}
+
+/// The vault document in the `vault` table (see [`crate::vault::shared`]).
+struct PgVault(Arc<Inner>);
+
+impl crate::vault::shared::SharedVault for PgVault {
+    fn describe(&self) -> String {
+        format!("{} (table vault)", self.0.url)
+    }
+
+    fn load(&self) -> Result<Option<(String, i64)>, String> {
+        let inner = &self.0;
+        inner
+            .block(async {
+                let row = inner
+                    .client()
+                    .await?
+                    .query_opt("SELECT document, version FROM vault WHERE id = 1", &[])
+                    .await
+                    .map_err(pg_err)?;
+                Ok(row.map(|r| (r.get(0), r.get(1))))
+            })
+            .map_err(|e| e.0)
+    }
+
+    fn version(&self) -> Result<Option<i64>, String> {
+        let inner = &self.0;
+        inner
+            .block(async {
+                let row = inner
+                    .client()
+                    .await?
+                    .query_opt("SELECT version FROM vault WHERE id = 1", &[])
+                    .await
+                    .map_err(pg_err)?;
+                Ok(row.map(|r| r.get(0)))
+            })
+            .map_err(|e| e.0)
+    }
+
+    fn replace(&self, expected: Option<i64>, document: &str) -> Result<bool, String> {
+        let inner = &self.0;
+        inner
+            .block(async {
+                let client = inner.client().await?;
+                let changed = match expected {
+                    None => client
+                        .execute(
+                            "INSERT INTO vault (id, document, version) VALUES (1, $1, 1) ON CONFLICT (id) DO NOTHING",
+                            &[&document],
+                        )
+                        .await,
+                    Some(v) => {
+                        client
+                            .execute(
+                                "UPDATE vault SET document = $1, version = version + 1 WHERE id = 1 AND version = $2",
+                                &[&document, &v],
+                            )
+                            .await
+                    }
+                }
+                .map_err(pg_err)?;
+                Ok(changed == 1)
+            })
+            .map_err(|e| e.0)
     }
 }

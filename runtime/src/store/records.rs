@@ -222,3 +222,42 @@ pub enum Refusal {
     #[error("{0}")]
     Other(String),
 }
+
+/// A node of the cluster, as its last heartbeat said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NodeRecord {
+    /// `--node-id` (the host name by default).
+    pub id: String,
+    /// The airlock version it runs.
+    pub version: String,
+    /// Where its service listens, if it serves.
+    pub address: Option<String>,
+    /// Unix microseconds.
+    pub started_at: u64,
+    pub last_seen: u64,
+}
+
+/// A process that may hold work others must not touch while it lives: an
+/// approval owner (a waiting instance) or a runner lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRecord {
+    pub id: String,
+    pub node: String,
+    /// Unix microseconds of its last heartbeat.
+    pub last_seen: u64,
+}
+
+/// A signed-in console session. The session id itself is never stored,
+/// only its blake3 hash: whoever reads the database cannot sign in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id_hash: [u8; 32],
+    /// The hash of the token it was opened with: revoking the token ends
+    /// the session at once.
+    pub token_hash: [u8; 32],
+    pub csrf: String,
+    /// Unix microseconds.
+    pub created_at: u64,
+    pub last_seen: u64,
+}

@@ -15,7 +15,8 @@
 use super::journal::{self, Journal};
 use super::{
     ApprovalRecord, ApprovalState, ApprovalUpdate, DecisionRecord, InvocationEnding, InvocationOutcome,
-    InvocationRecord, InvocationStatus, Refusal, Store, StoreError, TokenRecord, UpdateError,
+    InvocationRecord, InvocationStatus, NodeRecord, ProcessRecord, Refusal, SessionRecord, Store, StoreError,
+    TokenRecord, UpdateError,
 };
 use crate::identity::IdentityKind;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -30,8 +31,10 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FILE_NAME: &str = "airlock.db";
 
 /// 2 added `audit_outbox`: an older airlock would leave its records there
-/// unappended, so it must not open a database that has one.
-const SCHEMA_VERSION: i64 = 2;
+/// unappended, so it must not open a database that has one. 3 added
+/// `nodes`, `processes` and `console_sessions` (an older airlock ignores
+/// them: it keeps sessions in memory).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS identities (
@@ -82,6 +85,26 @@ CREATE TABLE IF NOT EXISTS audit_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    address TEXT,
+    started_at INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS processes (
+    id TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    last_seen INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS console_sessions (
+    id_hash BLOB PRIMARY KEY,
+    token_hash BLOB NOT NULL,
+    csrf TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_sessions_by_last_seen ON console_sessions(last_seen);
 ";
 
 /// SQLite behind a mutex: one connection per process, serialized; and a
@@ -876,6 +899,176 @@ impl Store for SqliteStore {
             .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(count)
+    }
+
+    fn shared(&self) -> bool {
+        // One machine: a process's pid and lease files tell whether it lives.
+        false
+    }
+
+    fn shared_vault(&self) -> Option<Arc<dyn crate::vault::shared::SharedVault>> {
+        None
+    }
+
+    fn watch(&self, _changed: std::sync::Weak<tokio::sync::Notify>) {
+        // Other processes on this machine are seen by polling.
+    }
+
+    fn heartbeat(&self, node: &NodeRecord, processes: &[&str]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO nodes (id, version, address, started_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET version = excluded.version, address = excluded.address,
+               started_at = excluded.started_at, last_seen = excluded.last_seen",
+            params![
+                node.id,
+                node.version,
+                node.address,
+                micros(node.started_at),
+                micros(node.last_seen)
+            ],
+        )
+        .map_err(db_err)?;
+        for p in processes {
+            tx.execute(
+                "INSERT INTO processes (id, node, last_seen) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET node = excluded.node, last_seen = excluded.last_seen",
+                params![p, node.id, micros(node.last_seen)],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    fn leave(&self, processes: &[&str]) -> Result<(), StoreError> {
+        let conn = self.conn();
+        for p in processes {
+            conn.execute("UPDATE processes SET last_seen = 0 WHERE id = ?1", params![p])
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT id, version, address, started_at, last_seen FROM nodes ORDER BY id")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(NodeRecord {
+                    id: r.get(0)?,
+                    version: r.get(1)?,
+                    address: r.get(2)?,
+                    started_at: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                    last_seen: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<Result<_, _>>().map_err(db_err)
+    }
+
+    fn process(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT id, node, last_seen FROM processes WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok(ProcessRecord {
+                        id: r.get(0)?,
+                        node: r.get(1)?,
+                        last_seen: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                    })
+                },
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    fn create_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO console_sessions (id_hash, token_hash, csrf, created_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![&s.id_hash[..], &s.token_hash[..], s.csrf, micros(s.created_at), micros(s.last_seen)],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn session(
+        &self,
+        id_hash: &[u8; 32],
+        idle_since: u64,
+        now: u64,
+        touch_after: u64,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT token_hash, csrf, created_at, last_seen FROM console_sessions WHERE id_hash = ?1",
+                params![&id_hash[..]],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(db_err)?;
+        let Some((token_hash, csrf, created_at, last_seen)) = row else {
+            return Ok(None);
+        };
+        let last_seen = u64::try_from(last_seen).unwrap_or(0);
+        if last_seen < idle_since {
+            conn.execute("DELETE FROM console_sessions WHERE id_hash = ?1", params![&id_hash[..]])
+                .map_err(db_err)?;
+            return Ok(None);
+        }
+        let Ok(token_hash) = <[u8; 32]>::try_from(token_hash.as_slice()) else {
+            return Err(StoreError("a console session row is damaged (token hash)".into()));
+        };
+        let mut session = SessionRecord {
+            id_hash: *id_hash,
+            token_hash,
+            csrf,
+            created_at: u64::try_from(created_at).unwrap_or(0),
+            last_seen,
+        };
+        if now.saturating_sub(last_seen) >= touch_after {
+            conn.execute(
+                "UPDATE console_sessions SET last_seen = ?2 WHERE id_hash = ?1",
+                params![&id_hash[..], micros(now)],
+            )
+            .map_err(db_err)?;
+            session.last_seen = now;
+        }
+        Ok(Some(session))
+    }
+
+    fn remove_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM console_sessions WHERE id_hash = ?1", params![&id_hash[..]])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn prune_sessions(&self, idle_since: u64) -> Result<usize, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM console_sessions WHERE last_seen < ?1",
+            params![micros(idle_since)],
+        )
+        .map_err(db_err)?;
+        let live: i64 = conn
+            .query_row("SELECT count(*) FROM console_sessions", [], |r| r.get(0))
+            .map_err(db_err)?;
+        Ok(usize::try_from(live).unwrap_or(usize::MAX))
     }
 }
 
