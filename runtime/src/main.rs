@@ -311,6 +311,8 @@ fn main() -> ExitCode {
             } => {
                 if let Some(id) = &node_id {
                     airlock::cluster::set_node_id(id).map_err(Error::Usage)?;
+                    // The same name for this node's audit chain.
+                    airlock::audit::settings::set_node_override(id).map_err(Error::Usage)?;
                 }
                 cli::serve(config, listen, data_dir).await
             }

@@ -106,6 +106,19 @@ pub fn host_node_id() -> Result<String, String> {
     Ok(name)
 }
 
+/// serve's `--node-id`, which names this process's node everywhere.
+static NODE_OVERRIDE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Make `id` this process's audit node id, over `[audit] node-id` (for
+/// serve's `--node-id`; before any audit log is opened).
+pub fn set_node_override(id: &str) -> Result<(), String> {
+    validate_node_id(id)?;
+    if NODE_OVERRIDE.get_or_init(|| id.to_string()) != id {
+        return Err("the node id is already set".into());
+    }
+    Ok(())
+}
+
 /// Where an opened audit log keeps its records.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Backend {
@@ -118,8 +131,9 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The backend `[audit]` and `[store]` name; `node_override` (serve's
-    /// `--node-id`) takes precedence over `[audit] node-id`.
+    /// The backend `[audit]` and `[store]` name; `node_override` (or the
+    /// process's, see [`set_node_override`]) takes precedence over
+    /// `[audit] node-id`.
     pub fn from_settings(
         audit: &AuditSettings,
         store: &StoreSettings,
@@ -129,7 +143,10 @@ impl Backend {
             (BackendKind::File, _) => Ok(Backend::File),
             (BackendKind::Postgres, None) => Err("audit.backend = \"postgres\" needs [store] url".into()),
             (BackendKind::Postgres, Some(pg)) => {
-                let node = node_override.map(str::to_string).or_else(|| audit.node_id.clone());
+                let node = node_override
+                    .or(NODE_OVERRIDE.get().map(String::as_str))
+                    .map(str::to_string)
+                    .or_else(|| audit.node_id.clone());
                 if let Some(n) = &node {
                     validate_node_id(n)?;
                 }
