@@ -74,7 +74,12 @@ fn probe(runtime: &mut Runtime, name: &str, granted: &Path) -> Arc<PreparedActio
         ..Grants::default()
     };
     runtime
-        .prepare(ActionPolicy::ad_hoc(name, component("probe"), grants, Limits::default()))
+        .prepare(ActionPolicy::ad_hoc(
+            name,
+            component("probe"),
+            grants,
+            Limits::default(),
+        ))
         .unwrap()
 }
 
@@ -191,7 +196,10 @@ fn two_nodes_appending_at_once_keep_verified_chains_and_queries_answer_across_th
         assert_eq!(db_lines(&db, node), file, "{node}'s chain in PostgreSQL is its log");
     }
     let checkpoints = db.psql("SELECT node, seq FROM audit_checkpoints ORDER BY node");
-    assert!(checkpoints.contains("node-a|") && checkpoints.contains("node-b|"), "{checkpoints}");
+    assert!(
+        checkpoints.contains("node-a|") && checkpoints.contains("node-b|"),
+        "{checkpoints}"
+    );
 
     let cfg = config(root.path(), &db, &root.path().join("node-a"), "node-a");
     let verified = audit(&cfg, &["verify"]);
@@ -199,7 +207,9 @@ fn two_nodes_appending_at_once_keep_verified_chains_and_queries_answer_across_th
     for node in ["node-a", "node-b"] {
         let n = file_lines(&root.path().join(node)).len();
         assert!(
-            verified.stdout.contains(&format!("ok: node {node}: {n} records, chain intact")),
+            verified
+                .stdout
+                .contains(&format!("ok: node {node}: {n} records, chain intact")),
             "{verified:?}"
         );
     }
@@ -234,12 +244,18 @@ fn two_nodes_appending_at_once_keep_verified_chains_and_queries_answer_across_th
             vec!["export", "--action", "shared"],
             Box::new(|r: &(String, String, String)| r.1 == "shared") as Box<dyn Fn(&(String, String, String)) -> bool>,
         ),
-        (vec!["show", "--json", "--caller", "alice"], Box::new(|r| r.2 == "alice")),
+        (
+            vec!["show", "--json", "--caller", "alice"],
+            Box::new(|r| r.2 == "alice"),
+        ),
         (
             vec!["show", "--json", "--action", "shared", "--caller", "bob"],
             Box::new(|r| r.1 == "shared" && r.2 == "bob"),
         ),
-        (vec!["export", "--action", "only-node-b"], Box::new(|r| r.1 == "only-node-b")),
+        (
+            vec!["export", "--action", "only-node-b"],
+            Box::new(|r| r.1 == "only-node-b"),
+        ),
     ] {
         let records = json_lines(&audit(&cfg, &args));
         let want = expect(&*keep);
@@ -422,7 +438,8 @@ fn every_kind_of_tampering_with_the_rows_is_found_and_named() {
     let cases: Vec<(&str, String, u64, &str)> = vec![
         (
             "a line changed",
-            "UPDATE audit_records SET line = replace(line, '\"seq\":5,', '\"seq\":5 ,') WHERE node = 'n1' AND seq = 5".into(),
+            "UPDATE audit_records SET line = replace(line, '\"seq\":5,', '\"seq\":5 ,') WHERE node = 'n1' AND seq = 5"
+                .into(),
             5,
             "hash does not match",
         ),
@@ -468,7 +485,8 @@ fn every_kind_of_tampering_with_the_rows_is_found_and_named() {
         ),
         (
             "an invocation column changed",
-            "UPDATE audit_records SET invocation = 'ffffffffffffffffffffffffffffffff' WHERE node = 'n1' AND seq = 6".into(),
+            "UPDATE audit_records SET invocation = 'ffffffffffffffffffffffffffffffff' WHERE node = 'n1' AND seq = 6"
+                .into(),
             6,
             "invocation column",
         ),
@@ -537,7 +555,10 @@ fn every_kind_of_tampering_with_the_rows_is_found_and_named() {
     ));
     let shown = audit(&cfg, &["show", "--invocation", &ids[1]]);
     assert_eq!(shown.code, 6, "{shown:?}");
-    assert!(shown.stderr.contains(&format!("node \"n1\", record {hidden}:")), "{shown:?}");
+    assert!(
+        shown.stderr.contains(&format!("node \"n1\", record {hidden}:")),
+        "{shown:?}"
+    );
     restore();
     // An opening row relabelled: an action query that finds the others
     // reads past it, and names it.
@@ -547,9 +568,15 @@ fn every_kind_of_tampering_with_the_rows_is_found_and_named() {
     ));
     let by_action = audit(&cfg, &["show", "--action", "probe"]);
     assert_eq!(by_action.code, 6, "{by_action:?}");
-    assert!(by_action.stderr.contains(&format!("record {opening}:")), "{by_action:?}");
+    assert!(
+        by_action.stderr.contains(&format!("record {opening}:")),
+        "{by_action:?}"
+    );
     restore();
-    assert_eq!(json_lines(&audit(&cfg, &["show", "--action", "probe", "--json"])).len(), 16);
+    assert_eq!(
+        json_lines(&audit(&cfg, &["show", "--action", "probe", "--json"])).len(),
+        16
+    );
 }
 
 #[test]

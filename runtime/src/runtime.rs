@@ -124,9 +124,8 @@ impl Runtime {
         if let Some(log) = &self.audit {
             return Ok(log.clone());
         }
-        let backend =
-            crate::audit::settings::Backend::from_settings(&self.audit_settings, &self.store_settings, None)
-                .map_err(Error::AuditUnavailable)?;
+        let backend = crate::audit::settings::Backend::from_settings(&self.audit_settings, &self.store_settings, None)
+            .map_err(Error::AuditUnavailable)?;
         let log = AuditLog::open_backend(&crate::audit::dir(&self.data_dir), &backend)
             .map_err(|e| Error::AuditUnavailable(e.to_string()))?;
         self.audit = Some(log.clone());

@@ -369,7 +369,10 @@ impl Cluster {
     /// Start our server again after [`Cluster::stop_server`], on the same
     /// port and socket directory.
     pub fn start_server(&self) {
-        let socket_dir = self.socket_dir.as_ref().expect("a server of ours has a socket directory");
+        let socket_dir = self
+            .socket_dir
+            .as_ref()
+            .expect("a server of ours has a socket directory");
         let log_file = self.log_file.as_ref().expect("a server of ours has a log file");
         let options = format!(
             "-p {} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300",

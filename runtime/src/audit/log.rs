@@ -1313,10 +1313,12 @@ impl Writer {
         let written_len = buf.len() as u64;
         // Durable means in PostgreSQL too: a group whose transaction did
         // not commit fails like one whose sync failed (cut off, retried).
-        let written = written.map_err(|e| e.to_string()).and_then(|()| match &mut self.mirror {
-            Some(mirror) if sync => mirror.push(&self.file, self.good_len + written_len, self.next_seq, self.head),
-            _ => Ok(()),
-        });
+        let written = written
+            .map_err(|e| e.to_string())
+            .and_then(|()| match &mut self.mirror {
+                Some(mirror) if sync => mirror.push(&self.file, self.good_len + written_len, self.next_seq, self.head),
+                _ => Ok(()),
+            });
         if buf.capacity() <= KEPT_BUFFER {
             self.buf = buf;
         }

@@ -67,7 +67,9 @@ impl AuditSettings {
         if let Some(id) = &raw.node_id {
             validate_node_id(id).map_err(|e| format!("audit.node-id: {e}"))?;
             if backend == BackendKind::File {
-                return Err("audit.node-id only applies with audit.backend = \"postgres\"; remove it or set the backend".into());
+                return Err(
+                    "audit.node-id only applies with audit.backend = \"postgres\"; remove it or set the backend".into(),
+                );
             }
         }
         Ok(AuditSettings {
@@ -100,9 +102,8 @@ pub fn host_node_id() -> Result<String, String> {
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    validate_node_id(&name).map_err(|_| {
-        format!("the host name {name:?} cannot serve as the audit node id; set [audit] node-id")
-    })?;
+    validate_node_id(&name)
+        .map_err(|_| format!("the host name {name:?} cannot serve as the audit node id; set [audit] node-id"))?;
     Ok(name)
 }
 

@@ -724,7 +724,11 @@ async fn audit_verify_pg(service: Shared, pg: crate::store::settings::PgSettings
         }))
         .into_response(),
         Err(PgVerifyError::Db(reason)) => {
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", reason));
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit-unavailable",
+                reason,
+            ));
         }
         Err(e) => (StatusCode::OK, Json(json!({"intact": false, "error": e.to_string()}))).into_response(),
     })

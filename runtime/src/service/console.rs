@@ -785,7 +785,11 @@ async fn audit_page_pg(pg: crate::store::settings::PgSettings, caller: &Caller, 
             body.push_str("</table>");
         }
         Err(e) => {
-            let _ = write!(body, "<p class=\"error\">Cannot list records: {}</p>", esc(&e.to_string()));
+            let _ = write!(
+                body,
+                "<p class=\"error\">Cannot list records: {}</p>",
+                esc(&e.to_string())
+            );
         }
     }
     page("Audit trail", Some((caller, csrf)), &body)

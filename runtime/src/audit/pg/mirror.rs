@@ -477,7 +477,8 @@ async fn register(db: &Db, node: &str, public_key: &str) -> Result<(u64, [u8; 32
     }
     let next: i64 = row.try_get(1).map_err(|e| e.to_string())?;
     let head: Vec<u8> = row.try_get(2).map_err(|e| e.to_string())?;
-    let head = <[u8; 32]>::try_from(head.as_slice()).map_err(|_| format!("node {node:?}'s head in audit_nodes is not 32 bytes"))?;
+    let head = <[u8; 32]>::try_from(head.as_slice())
+        .map_err(|_| format!("node {node:?}'s head in audit_nodes is not 32 bytes"))?;
     c.batch_execute("COMMIT").await.map_err(pg_err)?;
     conn.done();
     Ok((seq_of(next), head))
@@ -567,8 +568,14 @@ mod tests {
         let bytes = read_at(&file, ends[99], ends[199] - ends[99]).unwrap();
         let rows = rows_of("n", &bytes, 100, hashes[99]).unwrap();
         assert_eq!(rows.len(), 100);
-        assert!(rows_of("n", &bytes, 101, hashes[99]).is_err(), "a wrong start is refused");
-        assert!(rows_of("n", &bytes, 100, hashes[98]).is_err(), "a broken chain is refused");
+        assert!(
+            rows_of("n", &bytes, 101, hashes[99]).is_err(),
+            "a wrong start is refused"
+        );
+        assert!(
+            rows_of("n", &bytes, 100, hashes[98]).is_err(),
+            "a broken chain is refused"
+        );
     }
 
     #[test]

@@ -165,10 +165,7 @@ impl Db {
         futures_executor::block_on(async {
             match tokio::time::timeout(OP_TIMEOUT, future).await {
                 Ok(result) => result,
-                Err(_) => Err(format!(
-                    "PostgreSQL did not answer within {} s",
-                    OP_TIMEOUT.as_secs()
-                )),
+                Err(_) => Err(format!("PostgreSQL did not answer within {} s", OP_TIMEOUT.as_secs())),
             }
         })
     }
@@ -196,8 +193,7 @@ pub fn settings_of(runtime: &crate::policy::RuntimeSettings) -> Option<&PgSettin
 /// One shared reader pool per database URL in this process (the service's
 /// audit endpoints), so a request does not pay for a connection.
 pub fn reader(settings: &PgSettings) -> Result<Arc<Db>, String> {
-    static READERS: std::sync::OnceLock<Mutex<std::collections::HashMap<String, Arc<Db>>>> =
-        std::sync::OnceLock::new();
+    static READERS: std::sync::OnceLock<Mutex<std::collections::HashMap<String, Arc<Db>>>> = std::sync::OnceLock::new();
     let mut readers = READERS
         .get_or_init(Default::default)
         .lock()

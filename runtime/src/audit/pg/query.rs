@@ -121,15 +121,17 @@ fn chain_page(
         })
         .map_err(self::db)?;
     let mut out = Vec::with_capacity(rows.len());
-    let mut expected = from;
     let mut prev = prev;
-    for r in &rows {
+    for (expected, r) in (from..).zip(rows.iter()) {
         let row = Row::from_pg(r).map_err(|e| bad(node, expected, e))?;
         if row.seq != expected {
             return Err(bad(
                 node,
                 expected,
-                format!("it is missing (the next row is record {}); run `airlock audit verify`", row.seq),
+                format!(
+                    "it is missing (the next row is record {}); run `airlock audit verify`",
+                    row.seq
+                ),
             ));
         }
         if prev.is_some_and(|p| p != row.prev) {
@@ -141,7 +143,6 @@ fn chain_page(
         }
         let record = row.check().map_err(|e| bad(node, row.seq, e))?;
         prev = Some(record.hash);
-        expected += 1;
         out.push((row, record));
     }
     if out.is_empty() && from < to {
@@ -359,12 +360,7 @@ impl Members<'_> {
 }
 
 /// Check the indexes' answer against the chains (see the module).
-fn check(
-    db: &Db,
-    filter: &Filter,
-    newest: Option<&BTreeMap<String, u64>>,
-    hits: &[Hit],
-) -> Result<(), PgVerifyError> {
+fn check(db: &Db, filter: &Filter, newest: Option<&BTreeMap<String, u64>>, hits: &[Hit]) -> Result<(), PgVerifyError> {
     let mut members = Members {
         filter,
         ids: HashSet::new(),

@@ -183,7 +183,8 @@ fn verify_node(
         .ok_or_else(|| bad_node("it has records or checkpoints but no registration in audit_nodes (deleted)".into()))?;
     let key: String = registered.try_get(0).map_err(|e| bad_node(e.to_string()))?;
     let next: i64 = registered.try_get(1).map_err(|e| bad_node(e.to_string()))?;
-    let next = u64::try_from(next).map_err(|_| bad_node(format!("its next_seq in audit_nodes is negative ({next})")))?;
+    let next =
+        u64::try_from(next).map_err(|_| bad_node(format!("its next_seq in audit_nodes is negative ({next})")))?;
     let head: Vec<u8> = registered.try_get(2).map_err(|e| bad_node(e.to_string()))?;
     let head = <[u8; 32]>::try_from(head.as_slice())
         .map_err(|_| bad_node("its head in audit_nodes is not 32 bytes".into()))?;
@@ -191,7 +192,8 @@ fn verify_node(
         && *local_key != key
     {
         return Err(bad_node(
-            "it is registered with a checkpoint key that is not this data directory's (the registration was changed)".into(),
+            "it is registered with a checkpoint key that is not this data directory's (the registration was changed)"
+                .into(),
         ));
     }
 
@@ -267,10 +269,7 @@ fn verify_node(
             if row.seq != expected {
                 return Err(bad(
                     expected,
-                    format!(
-                        "it is missing: the next row is record {} (rows were deleted)",
-                        row.seq
-                    ),
+                    format!("it is missing: the next row is record {} (rows were deleted)", row.seq),
                 ));
             }
             if row.prev != prev {
