@@ -630,3 +630,111 @@ fn a_node_id_belongs_to_one_data_directory_and_a_log_catches_up_when_switched_on
     let verified = audit(&cfg, &["verify"]);
     assert_eq!(verified.code, 0, "{verified:?}");
 }
+
+#[test]
+fn the_service_answers_audit_queries_across_nodes() {
+    use support::http::Server;
+    let _server = shared_server();
+    let db = postgres::database();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("work")).unwrap();
+    let gated = toml_path(&component("gated"));
+    // No node-id in the config: each serve names its node with --node-id.
+    let cfg = root.path().join("airlock.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[runtime]
+data-dir = "data-cli"
+
+[audit]
+backend = "postgres"
+
+[service]
+audit-readers = ["role:auditor"]
+
+[actions.echo]
+component = {gated}
+[actions.echo.grants]
+approval = true
+files = {{ dir = "work", mode = "read-write" }}
+[actions.echo.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+{store}"#,
+            store = db.store_section()
+        ),
+    )
+    .unwrap();
+    let agent = support::create_token(&cfg, "bot", "agent", &["agent"]);
+    let auditor = support::create_token(&cfg, "eve", "human", &["auditor"]);
+    let node = |name: &str| {
+        let data = root.path().join(format!("data-{name}"));
+        Server::start_with(&cfg, &["--node-id", name, "--data-dir", data.to_str().unwrap()])
+    };
+    let (a, b) = (node("node-a"), node("node-b"));
+    let mut ids = BTreeMap::new();
+    for (name, server) in [("node-a", &a), ("node-b", &b), ("node-a", &a)] {
+        let r = server.post(
+            "/v1/invocations",
+            Some(&agent),
+            &json!({"action": "echo", "function": "echo", "args": {"value": name}}),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        ids.insert(r.json()["invocation"].as_str().unwrap().to_string(), name.to_string());
+    }
+    // Either node answers for both.
+    for server in [&a, &b] {
+        let r = server.get("/v1/audit?action=echo", Some(&auditor));
+        assert_eq!(r.status, 200, "{r:?}");
+        let records = r.json()["records"].as_array().unwrap().clone();
+        let found: BTreeMap<String, String> = records
+            .iter()
+            .map(|v| {
+                (
+                    v["event"]["invocation"].as_str().unwrap().to_string(),
+                    v["node"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(found, ids);
+        let (id, _) = ids.iter().find(|(_, n)| *n == "node-b").unwrap();
+        let one = server.get(&format!("/v1/audit?invocation={id}"), Some(&auditor));
+        let one = one.json();
+        let kinds: Vec<&str> = one["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["event"]["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds.first(), Some(&"invocation-started"), "{one:?}");
+        assert_eq!(kinds.last(), Some(&"invocation-finished"), "{one:?}");
+        let verified = server.get("/v1/audit/verify", Some(&auditor));
+        assert_eq!(verified.json()["intact"], true, "{verified:?}");
+        let verified = verified.json();
+        let nodes: Vec<&str> = verified["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["node"].as_str().unwrap())
+            .collect();
+        assert_eq!(nodes, ["node-a", "node-b"]);
+    }
+    // Not for others.
+    let denied = a.get("/v1/audit", Some(&agent));
+    assert_eq!(denied.status, 403, "{denied:?}");
+    // A row changed in the database: every node's verify says where.
+    db.psql(
+        "UPDATE audit_records SET line = replace(line, '\"seq\":1,', '\"seq\":1 ,') WHERE node = 'node-b' AND seq = 1",
+    );
+    let broken = a.get("/v1/audit/verify", Some(&auditor));
+    assert_eq!(broken.json()["intact"], false, "{broken:?}");
+    assert!(
+        broken.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("node \"node-b\", record 1:"),
+        "{broken:?}"
+    );
+}
