@@ -501,8 +501,16 @@ impl Inner {
         self.block(async {
             let target = target.unwrap_or_else(migrations::latest);
             let mut applied_now = Vec::new();
-            let client = self.client().await?;
-            client.batch_execute(migrations::TABLE).await.map_err(pg_err)?;
+            {
+                // Under the lock too: two nodes creating it at once collide.
+                let tx = self.begin().await?;
+                tx.c()
+                    .execute("SELECT pg_advisory_xact_lock($1)", &[&migrations::LOCK_KEY])
+                    .await
+                    .map_err(pg_err)?;
+                tx.c().batch_execute(migrations::TABLE).await.map_err(pg_err)?;
+                tx.commit().await?;
+            }
             for m in MIGRATIONS.iter().filter(|m| m.version <= target) {
                 let tx = Tx { client: Some(self.client().await?) };
                 tx.c().batch_execute("BEGIN").await.map_err(pg_err)?;
