@@ -206,3 +206,119 @@ fn an_unreachable_database_is_a_clear_error_in_bounded_time() {
         started.elapsed()
     );
 }
+
+/// A CA, and a server certificate it signed for `names`: (CA PEM, cert
+/// PEM, key PEM).
+fn certificates(names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "airlock test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+fn owner_id(flag: &str) -> u32 {
+    let out = std::process::Command::new("id")
+        .args([flag, "postgres"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn tls_verify_full_checks_the_servers_certificate_and_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::postgres::database();
+    // The test server takes a certificate for `localhost` (reloadable: no
+    // restart, and clients with tls = "disable" are not affected).
+    let (ca, cert, key) = certificates(&["localhost"]);
+    let server_dir = dir.path().join("server-tls");
+    std::fs::create_dir(&server_dir).unwrap();
+    let (cert_file, key_file) = (server_dir.join("server.crt"), server_dir.join("server.key"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&server_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The server runs as `postgres` when the tests run as root, and
+        // reads only a key its own user owns.
+        if std::process::Command::new("id").arg("-u").output().unwrap().stdout == b"0\n" {
+            for f in [&cert_file, &key_file] {
+                std::os::unix::fs::chown(f, Some(owner_id("-u")), Some(owner_id("-g"))).unwrap();
+            }
+        }
+    }
+    db.psql(&format!(
+        "ALTER SYSTEM SET ssl_cert_file = '{}';\nALTER SYSTEM SET ssl_key_file = '{}';\nALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();",
+        cert_file.display(),
+        key_file.display()
+    ));
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let (other_ca, _, _) = certificates(&["localhost"]);
+    let other_ca_file = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca_file, other_ca).unwrap();
+
+    let password_file = db.password_file.display().to_string();
+    let on_host = |host: &str| db.url.replacen("@127.0.0.1:", &format!("@{host}:"), 1);
+    let store = |url: &str, extra: &str| format!("url = \"{url}\"\npassword-file = \"{password_file}\"\n{extra}");
+
+    // The right CA and the name in the certificate: connected, encrypted.
+    let good = config(
+        dir.path(),
+        &store(&on_host("localhost"), &format!("ca-file = \"{}\"\n", ca_file.display())),
+    );
+    let run = airlock(&["db", "migrate"], &good);
+    assert_eq!(run.code, 0, "{run:?}");
+    let settings = airlock::policy::Policy::load(&good).unwrap().runtime.store;
+    let opened = airlock::store::open(&settings, &dir.path().join("data")).unwrap();
+    assert!(opened.tokens().unwrap().is_empty());
+    let encrypted = db.psql(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'airlock' AND s.ssl",
+    );
+    assert_ne!(encrypted.trim(), "0", "airlock's connections are not encrypted");
+    let plain = db.psql(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'airlock' AND NOT s.ssl",
+    );
+    assert_eq!(plain.trim(), "0");
+    drop(opened);
+
+    // Another CA, the web roots (no ca-file), or a name the certificate
+    // does not hold: refused, saying why.
+    for (what, cfg) in [
+        (
+            "another CA",
+            store(
+                &on_host("localhost"),
+                &format!("ca-file = \"{}\"\n", other_ca_file.display()),
+            ),
+        ),
+        ("the web roots", store(&on_host("localhost"), "")),
+        (
+            "the wrong name",
+            store(&on_host("127.0.0.1"), &format!("ca-file = \"{}\"\n", ca_file.display())),
+        ),
+    ] {
+        let c = config(dir.path(), &cfg);
+        let run = airlock(&["db", "status"], &c);
+        assert_ne!(run.code, 0, "{what}: {run:?}");
+        assert!(run.stderr.to_lowercase().contains("certificate"), "{what}: {run:?}");
+        run.assert_no_panic();
+    }
+    // Not a PEM file: a clear error before connecting.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let c = config(
+        dir.path(),
+        &store(&on_host("localhost"), &format!("ca-file = \"{}\"\n", junk.display())),
+    );
+    let run = airlock(&["db", "status"], &c);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("ca-file"), "{run:?}");
+}
