@@ -118,12 +118,6 @@ impl Db {
         config.application_name("airlock-audit");
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("airlock-audit-pg")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the audit database I/O thread: {e}"))?;
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -145,6 +139,14 @@ impl Db {
             .recycle_timeout(Some(settings.connect_timeout))
             .build()
             .map_err(|e| format!("cannot make the audit connection pool: {e}"))?;
+        // Made last: a runtime dropped on an error path inside the
+        // caller's own runtime would panic.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("airlock-audit-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the audit database I/O thread: {e}"))?;
         let handle = rt.handle().clone();
         Ok(Db {
             pool,
