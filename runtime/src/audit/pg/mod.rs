@@ -24,8 +24,8 @@ pub mod query;
 pub mod row;
 pub mod verify;
 
-use crate::store::settings::{PasswordSource, PgSettings, TlsMode};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use crate::store::settings::PgSettings;
+use deadpool_postgres::Pool;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -94,11 +94,7 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> String {
             "PostgreSQL: {} (the audit tables are missing: run `airlock db migrate`)",
             db.message()
         ),
-        Some(db) => match db.detail() {
-            Some(detail) => format!("PostgreSQL: {}: {detail}", db.message()),
-            None => format!("PostgreSQL: {}", db.message()),
-        },
-        None => format!("PostgreSQL: {e}"),
+        _ => crate::store::pg_connect::error_text(&e),
     }
 }
 
@@ -107,30 +103,8 @@ impl Db {
     /// name. Connects lazily: an unreachable database fails the first
     /// call, not this one.
     pub fn connect(settings: &PgSettings, size: usize) -> Result<Db, String> {
-        let mut config: tokio_postgres::Config = settings
-            .url
-            .parse()
-            .map_err(|e| format!("store.url is not a PostgreSQL URL: {e}"))?;
-        if let Some(pw) = password(&settings.password)? {
-            config.password(pw);
-        }
-        config.connect_timeout(settings.connect_timeout);
-        config.application_name("airlock-audit");
-        config.keepalives(true);
-        config.keepalives_idle(Duration::from_secs(30));
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
-        let manager = match settings.tls {
-            TlsMode::Disable => {
-                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                Manager::from_config(config, tokio_postgres::NoTls, manager_config)
-            }
-            TlsMode::VerifyFull => {
-                config.ssl_mode(tokio_postgres::config::SslMode::Require);
-                Manager::from_config(config, tls_connector(settings)?, manager_config)
-            }
-        };
+        let (config, tls) = crate::store::pg_connect::config(settings, "airlock-audit")?;
+        let manager = crate::store::pg_connect::manager(config, tls);
         let pool = Pool::builder(manager)
             .max_size(size.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -206,69 +180,4 @@ pub fn reader(settings: &PgSettings) -> Result<Arc<Db>, String> {
     let db = Arc::new(Db::connect(settings, 4)?);
     readers.insert(settings.url.clone(), db.clone());
     Ok(db)
-}
-
-// The two helpers below repeat `crate::store::postgres`'s (private there):
-// the audit trail has its own pool, so that a busy store never delays a
-// group commit, and the store's module is not this one's to change.
-
-/// The database password, read now from where the settings say.
-fn password(source: &PasswordSource) -> Result<Option<String>, String> {
-    match source {
-        PasswordSource::None => Ok(None),
-        PasswordSource::Env(var) => match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Ok(Some(v)),
-            _ => Err(format!(
-                "store.password-env names ${var}, which is not set (or empty); export it before starting airlock"
-            )),
-        },
-        PasswordSource::File(path) => {
-            use std::os::unix::fs::MetadataExt as _;
-            let meta = std::fs::metadata(path)
-                .map_err(|e| format!("cannot read store.password-file {}: {e}", path.display()))?;
-            if meta.mode() & 0o077 != 0 {
-                return Err(format!(
-                    "store.password-file {} is readable by others (mode {:o}); `chmod 600` it",
-                    path.display(),
-                    meta.mode() & 0o777
-                ));
-            }
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read store.password-file {}: {e}", path.display()))?;
-            let pw = text.trim_end_matches(['\r', '\n']).to_string();
-            if pw.is_empty() {
-                return Err(format!("store.password-file {} is empty", path.display()));
-            }
-            Ok(Some(pw))
-        }
-    }
-}
-
-/// The TLS connector for `verify-full`.
-fn tls_connector(settings: &PgSettings) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    match &settings.ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("cannot read store.ca-file {}: {e}", path.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("store.ca-file {} is not PEM: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("store.ca-file {}: {e}", path.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("store.ca-file {} holds no certificate", path.display()));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
