@@ -22,6 +22,11 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::with("")
+    }
+
+    /// `extra` is appended to the config (e.g. `[audit]`).
+    fn with(extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("work")).unwrap();
         let db = support::postgres::database();
@@ -68,6 +73,7 @@ approve = ["role:reviewer"]
 invocation = true
 quorum = 2
 ttl-secs = 600
+{extra}
 "#,
             store = db.store_section()
         );
@@ -477,12 +483,18 @@ fn a_node_stopped_gracefully_hands_back_its_held_work_at_once() {
     assert!(!c.path("work/gated/out").exists());
 }
 
-/// Every record in node `name`'s log (`audit show --json`), and whether
-/// `audit verify` finds the log intact.
+/// Every record in node `name`'s log (`audit show --json`; with the audit
+/// trail in PostgreSQL, every node's), and whether `audit verify` finds
+/// it intact.
 fn whole_log(c: &Cluster, name: &str) -> (Vec<Value>, support::Run) {
     let data = c.path(&format!("data-{name}"));
     let data = data.to_str().unwrap();
-    let show = support::airlock_with(&["audit", "show", "--json", "--data-dir", data], b"", &[]);
+    let config = c.config.to_str().unwrap();
+    let show = support::airlock_with(
+        &["audit", "show", "--json", "--config", config, "--data-dir", data],
+        b"",
+        &[],
+    );
     assert_eq!(show.code, 0, "{show:?}");
     let records = show
         .stdout
@@ -490,13 +502,21 @@ fn whole_log(c: &Cluster, name: &str) -> (Vec<Value>, support::Run) {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let verify = support::airlock_with(&["audit", "verify", "--data-dir", data], b"", &[]);
+    let verify = support::airlock_with(&["audit", "verify", "--config", config, "--data-dir", data], b"", &[]);
     (records, verify)
 }
 
 #[test]
 fn killing_a_node_under_load_loses_no_acknowledged_invocation_and_the_survivor_ends_its_work() {
-    let c = Cluster::new();
+    kill_under_load(Cluster::new(), false);
+}
+
+#[test]
+fn killing_a_node_under_load_with_the_audit_trail_in_postgres() {
+    kill_under_load(Cluster::with("[audit]\nbackend = \"postgres\"\n"), true);
+}
+
+fn kill_under_load(c: Cluster, pg_audit: bool) {
     let agent = c.token("bot", "agent", &["agent"]);
     let alice = c.token("alice", "human", &["reviewer"]);
     let mut a = c.node("node-a");
@@ -575,6 +595,11 @@ fn killing_a_node_under_load_loses_no_acknowledged_invocation_and_the_survivor_e
                 finished.contains(id.as_str()),
                 "{name} acknowledged {id} but its log does not close it"
             );
+        }
+        if pg_audit {
+            // One trail across both nodes: each record names its node.
+            let nodes: std::collections::HashSet<&str> = records.iter().filter_map(|r| r["node"].as_str()).collect();
+            assert!(nodes.contains("node-a") && nodes.contains("node-b"), "{nodes:?}");
         }
     }
 

@@ -1082,44 +1082,47 @@ impl Store for PgStore {
         append: &mut dyn FnMut(Vec<String>) -> Result<(), Refusal>,
     ) -> Result<usize, UpdateError> {
         let inner = &self.inner;
-        let result: Result<Result<usize, Refusal>, StoreError> = inner.block(async {
-            {
-                // Nearly always nothing is owed: look without locking.
-                let client = inner.client().await?;
-                let any = client
-                    .query_opt("SELECT seq FROM audit_outbox LIMIT 1", &[])
-                    .await
-                    .map_err(pg_err)?;
-                if any.is_none() {
-                    return Ok(Ok(0));
-                }
-            }
+        // Nearly always nothing is owed: look without locking.
+        let any = inner.block(async {
+            let client = inner.client().await?;
+            let row = client
+                .query_opt("SELECT seq FROM audit_outbox LIMIT 1", &[])
+                .await
+                .map_err(pg_err)?;
+            Ok(row.is_some())
+        })?;
+        if !any {
+            return Ok(0);
+        }
+        // Locked until the commit: a concurrent drain (any node) waits,
+        // then skips the rows this one removed.
+        let (tx, rows) = inner.block(async {
             let tx = inner.begin().await?;
-            // Locked until the commit: a concurrent drain (any node) waits,
-            // then skips the rows this one removed.
             let rows = tx
                 .c()
                 .query("SELECT seq, body FROM audit_outbox ORDER BY seq FOR UPDATE", &[])
                 .await
                 .map_err(pg_err)?;
-            if rows.is_empty() {
-                return Ok(Ok(0));
-            }
-            // Exactly the rows read: a sequence number is taken at insert,
-            // so a lower one may commit after a higher one was read.
-            let seqs: Vec<i64> = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
-            let count = rows.len();
-            if let Err(refusal) = append(rows.iter().map(|r| r.get::<_, String>(1)).collect()) {
-                return Ok(Err(refusal));
-            }
+            Ok((tx, rows))
+        })?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // Exactly the rows read: a sequence number is taken at insert, so a
+        // lower one may commit after a higher one was read.
+        let seqs: Vec<i64> = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
+        let count = rows.len();
+        // Called outside any `block`: appending does I/O of its own (the
+        // audit trail's database, which drives its own futures).
+        append(rows.iter().map(|r| r.get::<_, String>(1)).collect())?;
+        inner.block(async {
             tx.c()
                 .execute("DELETE FROM audit_outbox WHERE seq = ANY($1)", &[&seqs])
                 .await
                 .map_err(pg_err)?;
-            tx.commit().await?;
-            Ok(Ok(count))
-        });
-        result?.map_err(UpdateError::Refused)
+            tx.commit().await
+        })?;
+        Ok(count)
     }
 
     fn shared(&self) -> bool {
