@@ -215,6 +215,21 @@ impl Cluster {
                     .unwrap_or_else(|e| panic!("cannot chown {} to postgres: {e}", p.display()));
             }
         }
+        if !run_as.is_empty() {
+            // The temp dir must let the server's user through (a TMPDIR
+            // under /root does not).
+            let reachable = Command::new(&run_as[0])
+                .args(&run_as[1..])
+                .args(["test", "-w"])
+                .arg(&pg)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                reachable,
+                "the postgres user cannot write {}: set TMPDIR to a directory every user can pass through (e.g. /tmp)",
+                pg.display()
+            );
+        }
         let admin_password_file = secrets.join("admin.pw");
         write_private(&admin_password_file, &password);
 
