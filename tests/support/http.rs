@@ -112,8 +112,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(config: &Path) -> Server {
+        Server::start_with(config, &[])
+    }
+
+    /// [`Server::start`] with more arguments (`--node-id`, `--data-dir`).
+    pub fn start_with(config: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
             .args(["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(extra)
             .env_remove("AIRLOCK_DATA_DIR")
             .env_remove("AIRLOCK_TOKEN")
             .env_remove("AIRLOCK_LOG")

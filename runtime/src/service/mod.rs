@@ -261,7 +261,7 @@ impl Service {
             runtime,
             policy,
             settings,
-            sessions: console::Sessions::default(),
+            sessions: console::Sessions,
             sign_in_limiter: RateLimiter::new(gate::SIGN_IN_RATE),
         })
     }

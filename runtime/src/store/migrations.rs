@@ -36,7 +36,7 @@ impl fmt::Debug for Migration {
 
 /// The key of the advisory lock that serializes migrations ("airlock" in
 /// ASCII, so it is recognizable in `pg_locks`).
-pub const LOCK_KEY: i64 = 0x6169_726c_6f63_6b;
+pub const LOCK_KEY: i64 = 0x0061_6972_6c6f_636b;
 
 /// The table that records applied migrations.
 pub const TABLE: &str = "
@@ -130,6 +130,17 @@ CREATE TABLE console_sessions (
     last_seen BIGINT NOT NULL
 );
 CREATE INDEX console_sessions_by_last_seen ON console_sessions(last_seen);
+",
+    },
+    Migration {
+        version: 3,
+        name: "the shared vault document (ciphertext only)",
+        sql: "
+CREATE TABLE vault (
+    id SMALLINT PRIMARY KEY CHECK (id = 1),
+    document TEXT NOT NULL,
+    version BIGINT NOT NULL
+);
 ",
     },
 ];

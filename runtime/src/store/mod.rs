@@ -172,6 +172,18 @@ pub trait Store: Send + Sync {
     /// The last heartbeat of process `id`, if it ever sent one.
     fn process(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError>;
 
+    /// Wake `changed` whenever any process, on any node, changes an
+    /// approval request or an invocation's state (PostgreSQL's
+    /// `LISTEN/NOTIFY`), and after a lost notification channel is back.
+    /// Waiters still poll: this only makes them quick. A no-op where no
+    /// other machine writes.
+    fn watch(&self, changed: std::sync::Weak<tokio::sync::Notify>);
+
+    /// Where the vault document lives when other machines share this
+    /// store (see [`crate::vault::shared`]); `None`: the vault is a file in
+    /// each data directory.
+    fn shared_vault(&self) -> Option<Arc<dyn crate::vault::shared::SharedVault>>;
+
     /// Store a new console session.
     fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
     /// The session with this id hash, if it was not idle since

@@ -80,6 +80,8 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
+    /// Woken on every change another node makes (see [`Store::watch`]).
+    watchers: Mutex<Vec<std::sync::Weak<tokio::sync::Notify>>>,
     /// Drives the connections' I/O. Taken (and shut down in the
     /// background) on drop, which may happen inside another runtime.
     rt: Mutex<Option<tokio::runtime::Runtime>>,
@@ -232,15 +234,19 @@ impl PgStore {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match settings.tls {
+        let tls = match settings.tls {
             TlsMode::Disable => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+                None
             }
             TlsMode::VerifyFull => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
-                Manager::from_config(config, tls_connector(settings)?, manager_config)
+                Some(tls_connector(settings)?)
             }
+        };
+        let manager = match &tls {
+            None => Manager::from_config(config.clone(), tokio_postgres::NoTls, manager_config),
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
         };
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)
@@ -253,6 +259,7 @@ impl PgStore {
         let handle = rt.handle().clone();
         let inner = Arc::new(Inner {
             pool,
+            watchers: Mutex::new(Vec::new()),
             rt: Mutex::new(Some(rt)),
             handle,
             url: settings.url.clone(),
@@ -279,6 +286,7 @@ impl PgStore {
             }
             Migrate::Skip => {}
         }
+        inner.handle.spawn(listen(Arc::downgrade(&inner), config, tls));
         let flusher = {
             let inner = inner.clone();
             std::thread::Builder::new()
@@ -335,6 +343,103 @@ impl Drop for Inner {
             rt.shutdown_background();
         }
     }
+}
+
+/// The channel every change is announced on (`NOTIFY`), to wake the
+/// waiters of every node (see [`Store::watch`]).
+const CHANNEL: &str = "airlock_changes";
+
+/// Announce a change when the caller's transaction commits.
+async fn announce(c: &Conn) -> Result<(), StoreError> {
+    c.execute("SELECT pg_notify($1, '')", &[&CHANNEL])
+        .await
+        .map_err(pg_err)?;
+    Ok(())
+}
+
+/// Hold a connection that `LISTEN`s for changes and wake the watchers on
+/// each, reconnecting after a failure (and waking them then, since
+/// notifications sent meanwhile are lost), for as long as the store lives.
+async fn listen(
+    inner: std::sync::Weak<Inner>,
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let result = match &tls {
+            None => match config.connect(tokio_postgres::NoTls).await {
+                Ok((client, connection)) => listen_on(&inner, &client, connection).await,
+                Err(e) => Err(e),
+            },
+            Some(tls) => match config.connect(tls.clone()).await {
+                Ok((client, connection)) => listen_on(&inner, &client, connection).await,
+                Err(e) => Err(e),
+            },
+        };
+        if inner.strong_count() == 0 {
+            return;
+        }
+        if let Err(e) = result {
+            if failures == 0 {
+                tracing::warn!(
+                    "lost the change notifications from PostgreSQL (polling meanwhile): {}",
+                    pg_err(e).0
+                );
+            }
+            failures = failures.saturating_add(1);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn listen_on<S, T>(
+    inner: &std::sync::Weak<Inner>,
+    client: &tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let sql = format!("LISTEN {CHANNEL}");
+    let subscribe = client.batch_execute(&sql);
+    tokio::pin!(subscribe);
+    loop {
+        tokio::select! {
+            done = &mut subscribe => { done?; break; }
+            message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
+        }
+    }
+    // Whatever changed while not listening.
+    wake(inner);
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => wake(inner),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        }
+        if inner.strong_count() == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn wake(inner: &std::sync::Weak<Inner>) {
+    let Some(inner) = inner.upgrade() else { return };
+    let mut watchers = inner.watchers.lock().unwrap_or_else(|p| p.into_inner());
+    watchers.retain(|w| match w.upgrade() {
+        Some(n) => {
+            n.notify_waiters();
+            true
+        }
+        None => false,
+    });
 }
 
 type Client = deadpool_postgres::Object;
@@ -396,8 +501,16 @@ impl Inner {
         self.block(async {
             let target = target.unwrap_or_else(migrations::latest);
             let mut applied_now = Vec::new();
-            let client = self.client().await?;
-            client.batch_execute(migrations::TABLE).await.map_err(pg_err)?;
+            {
+                // Under the lock too: two nodes creating it at once collide.
+                let tx = self.begin().await?;
+                tx.c()
+                    .execute("SELECT pg_advisory_xact_lock($1)", &[&migrations::LOCK_KEY])
+                    .await
+                    .map_err(pg_err)?;
+                tx.c().batch_execute(migrations::TABLE).await.map_err(pg_err)?;
+                tx.commit().await?;
+            }
             for m in MIGRATIONS.iter().filter(|m| m.version <= target) {
                 let tx = Tx { client: Some(self.client().await?) };
                 tx.c().batch_execute("BEGIN").await.map_err(pg_err)?;
@@ -874,6 +987,7 @@ impl Store for PgStore {
             if let Some(audit) = &audit {
                 owe(tx.c(), audit).await?;
             }
+            announce(tx.c()).await?;
             tx.commit().await?;
             Ok(Ok(after))
         });
@@ -991,6 +1105,7 @@ impl Store for PgStore {
             if !move_invocation(tx.c(), id, from, to, outcome, None).await? {
                 return Ok(false);
             }
+            announce(tx.c()).await?;
             tx.commit().await?;
             Ok(true)
         })
@@ -1046,6 +1161,7 @@ impl Store for PgStore {
                 return Ok(false);
             }
             owe(tx.c(), ending.audit).await?;
+            announce(tx.c()).await?;
             tx.commit().await?;
             Ok(true)
         })
@@ -1093,11 +1209,23 @@ impl Store for PgStore {
             tx.commit().await?;
             Ok(Ok(count))
         });
-        Ok(result?.map_err(UpdateError::Refused)?)
+        result?.map_err(UpdateError::Refused)
     }
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn shared_vault(&self) -> Option<Arc<dyn crate::vault::shared::SharedVault>> {
+        Some(Arc::new(PgVault(self.inner.clone())))
+    }
+
+    fn watch(&self, changed: std::sync::Weak<tokio::sync::Notify>) {
+        self.inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(changed);
     }
 
     fn heartbeat(&self, node: &NodeRecord, processes: &[&str]) -> Result<(), StoreError> {
@@ -1301,5 +1429,71 @@ impl Store for PgStore {
                 .get(0);
             Ok(usize::try_from(live).unwrap_or(usize::MAX))
         })
+    }
+}
+
+/// The vault document in the `vault` table (see [`crate::vault::shared`]).
+struct PgVault(Arc<Inner>);
+
+impl crate::vault::shared::SharedVault for PgVault {
+    fn describe(&self) -> String {
+        format!("{} (table vault)", self.0.url)
+    }
+
+    fn load(&self) -> Result<Option<(String, i64)>, String> {
+        let inner = &self.0;
+        inner
+            .block(async {
+                let row = inner
+                    .client()
+                    .await?
+                    .query_opt("SELECT document, version FROM vault WHERE id = 1", &[])
+                    .await
+                    .map_err(pg_err)?;
+                Ok(row.map(|r| (r.get(0), r.get(1))))
+            })
+            .map_err(|e| e.0)
+    }
+
+    fn version(&self) -> Result<Option<i64>, String> {
+        let inner = &self.0;
+        inner
+            .block(async {
+                let row = inner
+                    .client()
+                    .await?
+                    .query_opt("SELECT version FROM vault WHERE id = 1", &[])
+                    .await
+                    .map_err(pg_err)?;
+                Ok(row.map(|r| r.get(0)))
+            })
+            .map_err(|e| e.0)
+    }
+
+    fn replace(&self, expected: Option<i64>, document: &str) -> Result<bool, String> {
+        let inner = &self.0;
+        inner
+            .block(async {
+                let client = inner.client().await?;
+                let changed = match expected {
+                    None => client
+                        .execute(
+                            "INSERT INTO vault (id, document, version) VALUES (1, $1, 1) ON CONFLICT (id) DO NOTHING",
+                            &[&document],
+                        )
+                        .await,
+                    Some(v) => {
+                        client
+                            .execute(
+                                "UPDATE vault SET document = $1, version = version + 1 WHERE id = 1 AND version = $2",
+                                &[&document, &v],
+                            )
+                            .await
+                    }
+                }
+                .map_err(pg_err)?;
+                Ok(changed == 1)
+            })
+            .map_err(|e| e.0)
     }
 }
