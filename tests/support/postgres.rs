@@ -234,7 +234,7 @@ impl Cluster {
         write_private(&admin_password_file, &password);
 
         let data_dir = pg.join("data");
-        let out = Command::new(&run_as_program(&run_as, &bin_dir, "initdb"))
+        let out = Command::new(run_as_program(&run_as, &bin_dir, "initdb"))
             .args(run_as_args(&run_as, &bin_dir, "initdb"))
             .arg("-D")
             .arg(&data_dir)
@@ -264,7 +264,7 @@ impl Cluster {
                 "-p {port} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300",
                 socket_dir.display()
             );
-            let out = Command::new(&run_as_program(&run_as, &bin_dir, "pg_ctl"))
+            let out = Command::new(run_as_program(&run_as, &bin_dir, "pg_ctl"))
                 .args(run_as_args(&run_as, &bin_dir, "pg_ctl"))
                 .arg("-D")
                 .arg(&data_dir)
@@ -476,7 +476,8 @@ fn register_exit_hook() {
 }
 
 /// Wait (detached, in a session of its own, holding none of our output
-/// pipes) for this process to end, then stop the server and remove `root`.
+/// pipes, so `cargo test` does not wait for it) for this process to end,
+/// then stop the server and remove `root`.
 fn spawn_watchdog(bin_dir: &Path, data_dir: &Path, run_as: &[String], root: &Path) {
     const SCRIPT: &str = r#"
 while kill -0 "$1" 2>/dev/null; do sleep 0.2; done
@@ -491,8 +492,10 @@ rm -rf "$5"
     } else {
         data_dir.display().to_string()
     };
-    Command::new("setsid")
-        .args(["sh", "-c", SCRIPT, "airlock-pg-watchdog"])
+    // `setsid -f` forks: the watchdog is nobody's child here (so nothing
+    // waits for it, and it outlives us), and `setsid` itself returns at once.
+    let started = Command::new("setsid")
+        .args(["-f", "sh", "-c", SCRIPT, "airlock-pg-watchdog"])
         .arg(std::process::id().to_string())
         .arg(bin_dir)
         .arg(data)
@@ -501,8 +504,12 @@ rm -rf "$5"
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .status()
         .expect("start the PostgreSQL watchdog (setsid, sh)");
+    assert!(
+        started.success(),
+        "setsid failed to start the PostgreSQL watchdog: {started}"
+    );
 }
 
 /// Where the server programs are: `pg_config --bindir`, else the newest
