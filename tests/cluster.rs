@@ -47,6 +47,15 @@ wait-secs = 60
 capability = "files"
 path-prefix = "gated"
 
+[actions.echo]
+component = {gated}
+[actions.echo.grants]
+approval = true
+files = {{ dir = "work", mode = "read-write" }}
+[actions.echo.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+
 [actions.deploy]
 component = {gated}
 [actions.deploy.grants]
@@ -466,4 +475,151 @@ fn a_node_stopped_gracefully_hands_back_its_held_work_at_once() {
     });
     assert_eq!(done, "failed");
     assert!(!c.path("work/gated/out").exists());
+}
+
+/// Every record in node `name`'s log (`audit show --json`), and whether
+/// `audit verify` finds the log intact.
+fn whole_log(c: &Cluster, name: &str) -> (Vec<Value>, support::Run) {
+    let data = c.path(&format!("data-{name}"));
+    let data = data.to_str().unwrap();
+    let show = support::airlock_with(&["audit", "show", "--json", "--data-dir", data], b"", &[]);
+    assert_eq!(show.code, 0, "{show:?}");
+    let records = show
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let verify = support::airlock_with(&["audit", "verify", "--data-dir", data], b"", &[]);
+    (records, verify)
+}
+
+#[test]
+fn killing_a_node_under_load_loses_no_acknowledged_invocation_and_the_survivor_ends_its_work() {
+    let c = Cluster::new();
+    let agent = c.token("bot", "agent", &["agent"]);
+    let alice = c.token("alice", "human", &["reviewer"]);
+    let mut a = c.node("node-a");
+    let b = c.node("node-b");
+
+    // Held work on node A: requests waiting for a reviewer.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut body = invoke_body(
+            "gated",
+            "write-between",
+            json!({"path": format!("gated/h{i}"), "data": "x"}),
+        );
+        body["wait-ms"] = json!(0);
+        let r = a.post("/v1/invocations", Some(&agent), &body);
+        assert_eq!(r.status, 202, "{r:?}");
+        held.push(r.json()["invocation"].as_str().unwrap().to_string());
+    }
+    let requests: Vec<String> = held
+        .iter()
+        .map(|inv| eventually(30, "a held request", || pending_request(&b, &alice, inv)))
+        .collect();
+
+    // 32 clients, spread over both nodes, until A is killed and a while
+    // after; each remembers what was acknowledged, and where.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addrs = [a.addr.clone(), b.addr.clone()];
+    let clients: Vec<_> = (0..32)
+        .map(|i| {
+            let stop = stop.clone();
+            let addrs = addrs.clone();
+            let auth = format!("Bearer {agent}");
+            std::thread::spawn(move || {
+                let mut acked: Vec<(usize, String)> = Vec::new();
+                let mut n = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let node = (i + n) % 2;
+                    n += 1;
+                    let body = invoke_body("echo", "echo", json!({"value": format!("c{i}-{n}")}));
+                    let Some(r) = try_request(&addrs[node], &auth, &body) else {
+                        continue;
+                    };
+                    if r.status == 200 && r.json()["status"] == "succeeded" {
+                        assert_eq!(r.json()["result"], format!("c{i}-{n}"), "{r:?}");
+                        acked.push((node, r.json()["invocation"].as_str().unwrap().to_string()));
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<(usize, String)> = clients.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert!(
+        acked.iter().any(|(n, _)| *n == 0),
+        "node A acknowledged nothing before it died"
+    );
+    assert!(acked.iter().any(|(n, _)| *n == 1), "node B acknowledged nothing");
+
+    // Every acknowledged invocation is closed in the log of the node that
+    // answered, and both logs verify (A's after its kill -9).
+    for (node, name) in [(0, "node-a"), (1, "node-b")] {
+        let (records, verify) = whole_log(&c, name);
+        assert_eq!(verify.code, 0, "{name}: {verify:?}");
+        let finished: std::collections::HashSet<&str> = records
+            .iter()
+            .filter(|r| r["event"]["kind"] == "invocation-finished")
+            .filter_map(|r| r["event"]["invocation"].as_str())
+            .collect();
+        for (_, id) in acked.iter().filter(|(n, _)| *n == node) {
+            assert!(
+                finished.contains(id.as_str()),
+                "{name} acknowledged {id} but its log does not close it"
+            );
+        }
+    }
+
+    // The survivor fails A's held requests once A's heartbeats stop, and
+    // their invocations end: nothing A held stays open.
+    for (id, invocation) in requests.iter().zip(&held) {
+        let failed = eventually(60, "node B to fail node A's held request", || {
+            let r = b.get(&format!("/v1/approvals/{id}"), Some(&alice));
+            (r.json()["state"] == "failed").then(|| r.json())
+        });
+        assert!(
+            failed["reason"].as_str().is_some_and(|r| r.contains("node-a")),
+            "{failed}"
+        );
+        let ended = eventually(60, "the held invocation to end", || {
+            let r = b.get(&format!("/v1/invocations/{invocation}"), Some(&agent));
+            let s = r.json()["status"].as_str()?.to_string();
+            (s != "running" && s != "awaiting-approval").then_some(s)
+        });
+        assert_eq!(ended, "failed", "{invocation}");
+    }
+    // B still serves.
+    let after = b.post(
+        "/v1/invocations",
+        Some(&agent),
+        &invoke_body("echo", "echo", json!({"value": "after"})),
+    );
+    assert_eq!(after.json()["status"], "succeeded", "{after:?}");
+}
+
+/// One request that may fail to connect or be cut (its node killed).
+fn try_request(addr: &str, auth: &str, body: &Value) -> Option<support::http::Response> {
+    // Refused at once once the node is gone: no panic to catch.
+    std::net::TcpStream::connect(addr).ok()?;
+    let addr = addr.to_string();
+    let auth = auth.to_string();
+    let body = body.to_string();
+    std::panic::catch_unwind(move || {
+        request(
+            &addr,
+            "POST",
+            "/v1/invocations",
+            &[("Authorization", auth.as_str()), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    })
+    .ok()
 }

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use zeroize::Zeroizing;
 
+mod audit_pg;
 mod db;
+pub use audit_pg::{PgPlace, audit_pg_show, audit_pg_tail, audit_pg_verify};
 pub use db::{DbCommand, db_cmd};
 
 /// Who is calling: `--token-file FILE`, else `AIRLOCK_TOKEN`, else the

@@ -118,7 +118,21 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
             Some(detail) => StoreError(format!("PostgreSQL: {}: {detail}", db.message())),
             None => StoreError(format!("PostgreSQL: {}", db.message())),
         },
-        None => StoreError(format!("PostgreSQL: {e}")),
+        None => {
+            // The cause is in the source chain ("error performing TLS
+            // handshake" alone does not say the certificate was refused).
+            let mut text = format!("PostgreSQL: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.ends_with(&cause_text) {
+                    text.push_str(": ");
+                    text.push_str(&cause_text);
+                }
+                source = cause.source();
+            }
+            StoreError(text)
+        }
     }
 }
 
@@ -225,12 +239,6 @@ impl PgStore {
         config.application_name("airlock");
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("airlock-pg")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError(format!("cannot start the database I/O threads: {e}")))?;
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -256,6 +264,14 @@ impl PgStore {
             .recycle_timeout(Some(settings.connect_timeout))
             .build()
             .map_err(|e| StoreError(format!("cannot make the connection pool: {e}")))?;
+        // Last of what can fail before `Inner` owns it: a runtime dropped
+        // here, inside the caller's runtime, would panic.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("airlock-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError(format!("cannot start the database I/O threads: {e}")))?;
         let handle = rt.handle().clone();
         let inner = Arc::new(Inner {
             pool,
@@ -482,8 +498,19 @@ impl Inner {
     /// Drive `future` to completion on this thread, its I/O on the store's
     /// runtime. Works from any thread, inside another runtime or not.
     fn block<T>(&self, future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        let _context = self.handle.enter();
-        futures_executor::block_on(future)
+        let run = || {
+            let _context = self.handle.enter();
+            futures_executor::block_on(future)
+        };
+        // On a worker of a multi-threaded runtime (the service), a round
+        // trip to the database must not stall the other tasks queued on
+        // this worker: tokio hands them to another thread meanwhile.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(run)
+            }
+            _ => run(),
+        }
     }
 
     async fn client(&self) -> Result<Client, StoreError> {
