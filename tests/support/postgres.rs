@@ -260,10 +260,7 @@ impl Cluster {
         // it: try a few.
         for _ in 0..5 {
             let port = free_port();
-            let options = format!(
-                "-p {port} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300",
-                socket_dir.display()
-            );
+            let options = server_options(port, &socket_dir);
             let out = Command::new(run_as_program(&run_as, &bin_dir, "pg_ctl"))
                 .args(run_as_args(&run_as, &bin_dir, "pg_ctl"))
                 .arg("-D")
@@ -389,11 +386,7 @@ impl Cluster {
             .as_ref()
             .expect("a server of ours has a socket directory");
         let log_file = self.log_file.as_ref().expect("a server of ours has a log file");
-        let options = format!(
-            "-p {} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300",
-            self.port,
-            socket_dir.display()
-        );
+        let options = server_options(self.port, socket_dir);
         let log = log_file.display().to_string();
         let out = self.pg_ctl(&["-l", &log, "-w", "-t", "60", "-o", &options, "start"]);
         assert!(
@@ -490,6 +483,16 @@ impl Cluster {
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// The server's settings (`pg_ctl -o`), the same at every start: loopback
+/// only, `fsync` on (durability is what the store promises), and enough
+/// connections for many stores' pools at once.
+fn server_options(port: u16, socket_dir: &Path) -> String {
+    format!(
+        "-p {port} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300",
+        socket_dir.display()
+    )
 }
 
 /// Stop the server when the process exits normally (the test harness
