@@ -725,6 +725,8 @@ fn startup(options: &Options) -> Result<()> {
     let settings = airlock::policy::RuntimeSettings {
         data_dir: dir.path().join("bare"),
         max_concurrent_instances: 32,
+        store: Default::default(),
+        audit: Default::default(),
     };
     let engine = wt(airlock::engine::build(&settings))?;
     let t = Instant::now();
@@ -1254,6 +1256,8 @@ mod baseline {
             let settings = airlock::policy::RuntimeSettings {
                 data_dir: data.path().to_path_buf(),
                 max_concurrent_instances: 1024,
+                store: Default::default(),
+                audit: Default::default(),
             };
             let host = super::wt(BareHost::new(&settings, component))?;
             let noop = super::wt(host.export("noop"))?;
