@@ -265,28 +265,9 @@ fn a_token_revoked_on_one_node_is_refused_by_the_other_at_once_and_sessions_are_
     assert_eq!(ready.json()["database"], "ok", "{ready:?}");
 
     // A console session opened on B is good on A.
-    let page = b.get("/console/login", None);
-    let nonce = page
-        .header("set-cookie")
-        .and_then(|c| c.split(';').next())
-        .and_then(|kv| kv.trim().strip_prefix("airlock_login="))
-        .expect("a login CSRF cookie")
-        .to_string();
-    let login_cookie = format!("airlock_login={nonce}");
-    let signed_in = request(
-        &b.addr,
-        "POST",
-        "/console/login",
-        &[
-            ("Cookie", login_cookie.as_str()),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-        ],
-        format!("token={alice}&csrf={nonce}").as_bytes(),
-    );
-    assert_eq!(signed_in.status, 303, "{signed_in:?}");
-    let session = signed_in
-        .header("set-cookie")
-        .and_then(|c| c.split(';').next())
+    let session = support::http::sign_in(&b, &alice)
+        .split(';')
+        .next()
         .expect("a session cookie")
         .to_string();
     let on_a = request(&a.addr, "GET", "/console", &[("Cookie", session.as_str())], b"");

@@ -587,10 +587,21 @@ fn check_checksum(m: &Migration, stored: &str) -> Result<(), StoreError> {
 /// Store a run's row, new or over its earlier state. A final row is never
 /// replaced by a later write of a state in progress.
 async fn upsert_run(c: &Conn, r: &InvocationRecord) -> Result<(), StoreError> {
-    c.execute(
-        "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body
+    write_invocation(
+        c,
+        r,
+        " ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body
          WHERE invocations.state NOT IN ('succeeded', 'failed', 'denied', 'expired')",
+    )
+    .await
+}
+
+/// Insert an invocation's row; `on_conflict` says what an existing one gets.
+async fn write_invocation(c: &Conn, r: &InvocationRecord, on_conflict: &str) -> Result<(), StoreError> {
+    c.execute(
+        &format!(
+            "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES ($1, $2, $3, $4, $5, $6){on_conflict}"
+        ),
         &[
             &r.id,
             &r.state.as_str(),
@@ -933,26 +944,7 @@ impl Store for PgStore {
     fn insert_invocation(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
         self.inner.flush()?;
         let inner = &self.inner;
-        let body = serde_json::to_string(invocation).map_err(json_err)?;
-        inner.block(async {
-            inner
-                .client()
-                .await?
-                .execute(
-                    "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[
-                        &invocation.id,
-                        &invocation.state.as_str(),
-                        &invocation.action,
-                        &invocation.caller.name,
-                        &micros(invocation.created_at),
-                        &body,
-                    ],
-                )
-                .await
-                .map_err(pg_err)?;
-            Ok(())
-        })
+        inner.block(async { write_invocation(&*inner.client().await?, invocation, "").await })
     }
 
     fn invocation(&self, id: &str) -> Result<Option<InvocationRecord>, StoreError> {
