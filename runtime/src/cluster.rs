@@ -74,39 +74,66 @@ pub fn node_record() -> NodeRecord {
         address: ADDRESS.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         started_at: *STARTED.get_or_init(|| now),
         last_seen: now,
+        silent_for_micros: 0,
     }
 }
 
 /// Nodes whose last heartbeat is within [`PROCESS_STALE`].
 pub fn live_nodes(store: &dyn Store) -> Result<Vec<NodeRecord>, crate::store::StoreError> {
-    let now = crate::time::now_micros();
     let stale = u64::try_from(PROCESS_STALE.as_micros()).unwrap_or(u64::MAX);
     Ok(store
         .nodes()?
         .into_iter()
-        .filter(|n| now.saturating_sub(n.last_seen) < stale)
+        .filter(|n| n.silent_for_micros < stale)
         .collect())
 }
 
-/// A thread sending this node's heartbeat, for `processes`, while it
-/// lives; dropping it stops the thread and removes the processes' rows
+/// A thread sending this node's heartbeat, for its processes, while it
+/// lives; dropping it stops the thread and marks the processes ended
 /// (what they held is then finished by others at once, without waiting
-/// for them to go stale).
+/// for them to go stale). One per store in a process: see
+/// [`heartbeat_for`].
 pub struct Heartbeat {
+    store: Arc<dyn Store>,
+    processes: Arc<Mutex<Vec<String>>>,
     stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     healthy: Arc<AtomicBool>,
 }
 
+/// The heartbeat of each shared store this process uses, by the store's
+/// address; held weakly, so it stops when its last holder lets go.
+static HEARTBEATS: Mutex<Vec<(usize, std::sync::Weak<Heartbeat>)>> = Mutex::new(Vec::new());
+
+/// This process's heartbeat through `store`, started on first use; `None`
+/// on a store no other machine shares (pids and lease files tell there).
+/// Hold it while the processes added to it hold work.
+pub fn heartbeat_for(store: &Arc<dyn Store>) -> Option<Arc<Heartbeat>> {
+    if !store.shared() {
+        return None;
+    }
+    let key = Arc::as_ptr(store).cast::<()>() as usize;
+    let mut all = HEARTBEATS.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(live) = all.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade()) {
+        return Some(live);
+    }
+    let beat = Arc::new(Heartbeat::start(store.clone()));
+    all.push((key, Arc::downgrade(&beat)));
+    Some(beat)
+}
+
 impl Heartbeat {
-    /// Send one heartbeat now (so the processes are known before they
-    /// hold anything), then every [`HEARTBEAT_EVERY`].
-    pub fn start(store: Arc<dyn Store>, processes: Vec<String>) -> Heartbeat {
+    /// Send one heartbeat now (the node known before anything runs), then
+    /// every [`HEARTBEAT_EVERY`] for every process added.
+    fn start(store: Arc<dyn Store>) -> Heartbeat {
+        let processes: Arc<Mutex<Vec<String>>> = Arc::default();
         let beat = {
             let store = store.clone();
             let processes = processes.clone();
             move || {
-                let ids: Vec<&str> = processes.iter().map(String::as_str).collect();
+                let ids = processes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                 store.heartbeat(&node_record(), &ids)
             }
         };
@@ -117,8 +144,7 @@ impl Heartbeat {
         }
         let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let thread = {
-            let stop = stop.clone();
-            let healthy = healthy.clone();
+            let (stop, healthy, store, processes) = (stop.clone(), healthy.clone(), store.clone(), processes.clone());
             std::thread::Builder::new()
                 .name("airlock-heartbeat".into())
                 .spawn(move || {
@@ -147,17 +173,36 @@ impl Heartbeat {
                         }
                         stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
                     }
-                    let ids: Vec<&str> = processes.iter().map(String::as_str).collect();
+                    let ids = processes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                     if let Err(e) = store.leave(&ids) {
-                        tracing::warn!("cannot remove this node's processes from the store: {e}");
+                        tracing::warn!("cannot mark this node's processes ended in the store: {e}");
                     }
                 })
                 .ok()
         };
         Heartbeat {
+            store,
+            processes,
             stop,
             thread: Mutex::new(thread),
             healthy,
+        }
+    }
+
+    /// Beat for process `id` too (at once, the first time: it is known
+    /// alive before it holds anything).
+    pub fn add(&self, id: &str) {
+        {
+            let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+            if processes.iter().any(|p| p == id) {
+                return;
+            }
+            processes.push(id.to_string());
+        }
+        if let Err(e) = self.store.heartbeat(&node_record(), &[id]) {
+            self.healthy.store(false, Ordering::Release);
+            tracing::warn!("cannot send this node's heartbeat: {e}");
         }
     }
 

@@ -188,6 +188,9 @@ impl Runtime {
             return self.await_invocation(invocation, Instant::now()).await;
         }
         let store = self.store()?;
+        // On a shared store, other nodes learn that this runner lives from
+        // its heartbeats (held while the run is).
+        let _heartbeat = crate::cluster::heartbeat_for(&store).inspect(|h| h.add(prepared.audit.runner()));
         let now = crate::time::now_micros();
         // Unsettled until its final row is stored: if this process dies
         // first, recovery ends the row the way the log ended the run.

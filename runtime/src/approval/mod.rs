@@ -145,12 +145,10 @@ impl Approvals {
     /// waiting instances, and the invocations its runner lease runs) lives.
     fn with_heartbeat(mut self) -> Approvals {
         self.store.watch(Arc::downgrade(&self.changed));
-        if self.store.shared() {
-            let processes = vec![self.owner.clone(), self.audit.runner().to_string()];
-            self.heartbeat = Some(Arc::new(crate::cluster::Heartbeat::start(
-                self.store.clone(),
-                processes,
-            )));
+        if let Some(heartbeat) = crate::cluster::heartbeat_for(&self.store) {
+            heartbeat.add(&self.owner);
+            heartbeat.add(self.audit.runner());
+            self.heartbeat = Some(heartbeat);
         }
         self
     }

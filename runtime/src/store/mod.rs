@@ -216,7 +216,7 @@ pub fn process_alive(store: &dyn Store, id: &str, born: u64) -> Result<bool, Sto
     let stale = u64::try_from(PROCESS_STALE.as_micros()).unwrap_or(u64::MAX);
     let now = crate::time::now_micros();
     Ok(match store.process(id)? {
-        Some(p) => now.saturating_sub(p.last_seen) < stale,
+        Some(p) => p.silent_for_micros < stale,
         None => now.saturating_sub(born) < stale,
     })
 }

@@ -244,6 +244,11 @@ impl Drop for Inner {
     }
 }
 
+/// The database server's clock, in Unix microseconds: heartbeats are
+/// stamped and judged by it, never by the nodes' own clocks, which may
+/// disagree by more than a heartbeat's staleness.
+const DB_NOW: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint";
+
 /// The channel every change is announced on (`NOTIFY`), to wake the
 /// waiters of every node (see [`Store::watch`]).
 const CHANNEL: &str = "airlock_changes";
@@ -1139,16 +1144,12 @@ impl Store for PgStore {
             let tx = inner.begin().await?;
             tx.c()
                 .execute(
-                    "INSERT INTO nodes (id, version, address, started_at, last_seen) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, address = EXCLUDED.address,
-                       started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen",
-                    &[
-                        &node.id,
-                        &node.version,
-                        &node.address,
-                        &micros(node.started_at),
-                        &micros(node.last_seen),
-                    ],
+                    &format!(
+                        "INSERT INTO nodes (id, version, address, started_at, last_seen) VALUES ($1, $2, $3, $4, {DB_NOW})
+                         ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, address = EXCLUDED.address,
+                           started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen"
+                    ),
+                    &[&node.id, &node.version, &node.address, &micros(node.started_at)],
                 )
                 .await
                 .map_err(pg_err)?;
@@ -1156,16 +1157,18 @@ impl Store for PgStore {
             // Rows of processes gone for a day are of no more use.
             tx.c()
                 .execute(
-                    "DELETE FROM processes WHERE last_seen < $1",
-                    &[&micros(node.last_seen.saturating_sub(86_400_000_000))],
+                    &format!("DELETE FROM processes WHERE last_seen < {DB_NOW} - 86400000000"),
+                    &[],
                 )
                 .await
                 .map_err(pg_err)?;
             tx.c()
                 .execute(
-                    "INSERT INTO processes (id, node, last_seen) SELECT p, $2, $3 FROM unnest($1::text[]) AS p
-                     ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node, last_seen = EXCLUDED.last_seen",
-                    &[&ids, &node.id, &micros(node.last_seen)],
+                    &format!(
+                        "INSERT INTO processes (id, node, last_seen) SELECT p, $2, {DB_NOW} FROM unnest($1::text[]) AS p
+                         ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node, last_seen = EXCLUDED.last_seen"
+                    ),
+                    &[&ids, &node.id],
                 )
                 .await
                 .map_err(pg_err)?;
@@ -1194,7 +1197,9 @@ impl Store for PgStore {
                 .client()
                 .await?
                 .query(
-                    "SELECT id, version, address, started_at, last_seen FROM nodes ORDER BY id",
+                    &format!(
+                        "SELECT id, version, address, started_at, last_seen, GREATEST(0, {DB_NOW} - last_seen) FROM nodes ORDER BY id"
+                    ),
                     &[],
                 )
                 .await
@@ -1207,6 +1212,7 @@ impl Store for PgStore {
                     address: r.get(2),
                     started_at: unmicros(r.get(3)),
                     last_seen: unmicros(r.get(4)),
+                    silent_for_micros: unmicros(r.get(5)),
                 })
                 .collect())
         })
@@ -1218,13 +1224,19 @@ impl Store for PgStore {
             let row = inner
                 .client()
                 .await?
-                .query_opt("SELECT id, node, last_seen FROM processes WHERE id = $1", &[&id])
+                .query_opt(
+                    &format!(
+                        "SELECT id, node, last_seen, GREATEST(0, {DB_NOW} - last_seen) FROM processes WHERE id = $1"
+                    ),
+                    &[&id],
+                )
                 .await
                 .map_err(pg_err)?;
             Ok(row.map(|r| ProcessRecord {
                 id: r.get(0),
                 node: r.get(1),
                 last_seen: unmicros(r.get(2)),
+                silent_for_micros: unmicros(r.get(3)),
             }))
         })
     }

@@ -989,10 +989,17 @@ impl Store for SqliteStore {
                     address: r.get(2)?,
                     started_at: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
                     last_seen: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                    silent_for_micros: 0,
                 })
             })
             .map_err(db_err)?;
-        rows.collect::<Result<_, _>>().map_err(db_err)
+        let now = crate::time::now_micros();
+        let mut nodes: Vec<NodeRecord> = rows.collect::<Result<_, _>>().map_err(db_err)?;
+        // One machine, one clock.
+        for n in &mut nodes {
+            n.silent_for_micros = now.saturating_sub(n.last_seen);
+        }
+        Ok(nodes)
     }
 
     fn process(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError> {
@@ -1005,11 +1012,18 @@ impl Store for SqliteStore {
                         id: r.get(0)?,
                         node: r.get(1)?,
                         last_seen: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                        silent_for_micros: 0,
                     })
                 },
             )
             .optional()
             .map_err(db_err)
+            .map(|p| {
+                p.map(|mut p| {
+                    p.silent_for_micros = crate::time::now_micros().saturating_sub(p.last_seen);
+                    p
+                })
+            })
     }
 
     fn create_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
