@@ -212,7 +212,7 @@ impl Runtime {
         if let Some(store) = self.store.get() {
             return Ok(store.clone());
         }
-        let store = crate::store::open(&self.store_settings, &self.data_dir).map_err(|e| Error::Internal(e.0))?;
+        let store = crate::store::open(&self.store_settings, &self.data_dir).map_err(Error::from)?;
         // Two threads opening at once: the first one stored wins.
         Ok(self.store.get_or_init(|| store).clone())
     }

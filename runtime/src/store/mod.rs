@@ -46,9 +46,29 @@ pub fn open(settings: &settings::StoreSettings, data_dir: &Path) -> Result<Arc<d
 #[error("database error: {0}")]
 pub struct StoreError(pub String);
 
+/// What an unreachable database's errors start with (see
+/// [`StoreError::unreachable`]).
+const UNREACHABLE: &str = "the database cannot be reached: ";
+
+impl StoreError {
+    /// The database could not be reached (down, the network cut, too many
+    /// connections): a refusal to retry later, not a fault of airlock's.
+    pub fn unreachable(detail: impl std::fmt::Display) -> StoreError {
+        StoreError(format!("{UNREACHABLE}{detail}"))
+    }
+
+    pub fn is_unreachable(&self) -> bool {
+        self.0.starts_with(UNREACHABLE)
+    }
+}
+
 impl From<StoreError> for crate::error::Error {
     fn from(e: StoreError) -> Self {
-        crate::error::Error::Internal(e.to_string())
+        if e.is_unreachable() {
+            crate::error::Error::StoreUnavailable(format!("{e}; nothing that needs it runs until it is back"))
+        } else {
+            crate::error::Error::Internal(e.to_string())
+        }
     }
 }
 

@@ -115,6 +115,19 @@ pub(crate) fn manager(
     }
 }
 
+/// Whether `e` says the database cannot be reached (rather than that a
+/// statement failed): no server answer at all, or the server's own
+/// "connection exception", shutting down, starting up, or full.
+pub(crate) fn unreachable(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+        }
+    }
+}
+
 /// A database error as a message: a server error's message and detail
 /// (which name constraints and rows, never a secret of ours), else the
 /// driver's with its causes ("error performing TLS handshake" alone does

@@ -107,15 +107,19 @@ impl std::fmt::Debug for PgStore {
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
-    StoreError(super::pg_connect::error_text(&e))
+    let text = super::pg_connect::error_text(&e);
+    if super::pg_connect::unreachable(&e) {
+        StoreError::unreachable(text)
+    } else {
+        StoreError(text)
+    }
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg_err(e),
-        deadpool_postgres::PoolError::Timeout(_) => StoreError(
-            "PostgreSQL: no connection available in time (is the database reachable? is store.pool-size too small?)"
-                .into(),
+        deadpool_postgres::PoolError::Timeout(_) => StoreError::unreachable(
+            "PostgreSQL: no connection available in time (is the database reachable? is store.pool-size too small?)",
         ),
         other => StoreError(format!("PostgreSQL connection pool: {other}")),
     }
