@@ -20,18 +20,19 @@ static NODE_ID: OnceLock<String> = OnceLock::new();
 static ADDRESS: Mutex<Option<String>> = Mutex::new(None);
 static STARTED: OnceLock<u64> = OnceLock::new();
 
-/// Check a node id: 1-64 characters of letters, digits, `.`, `-`, `_`.
+/// Check a node id: 1-64 letters, digits, `.`, `_` or `-`, starting with
+/// a letter or digit.
 pub fn validate_node_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
+    let ok = (1..=64).contains(&id.len())
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "node id {id:?}: use 1-64 characters of letters, digits, `.`, `-` and `_`"
+            "{id:?} is not a node id: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         ))
     }
 }
@@ -99,6 +100,8 @@ pub struct Heartbeat {
     stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     healthy: Arc<AtomicBool>,
+    /// When a heartbeat last reached the store.
+    last_ok: Arc<Mutex<std::time::Instant>>,
 }
 
 /// The heartbeat of each shared store this process uses, by the store's
@@ -138,6 +141,7 @@ impl Heartbeat {
             }
         };
         let healthy = Arc::new(AtomicBool::new(true));
+        let last_ok = Arc::new(Mutex::new(std::time::Instant::now()));
         if let Err(e) = beat() {
             healthy.store(false, Ordering::Release);
             tracing::warn!("cannot send this node's heartbeat: {e}");
@@ -145,6 +149,7 @@ impl Heartbeat {
         let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let thread = {
             let (stop, healthy, store, processes) = (stop.clone(), healthy.clone(), store.clone(), processes.clone());
+            let last_ok = last_ok.clone();
             std::thread::Builder::new()
                 .name("airlock-heartbeat".into())
                 .spawn(move || {
@@ -161,6 +166,7 @@ impl Heartbeat {
                         drop(stopped);
                         match beat() {
                             Ok(()) => {
+                                *last_ok.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
                                 if !healthy.swap(true, Ordering::AcqRel) {
                                     tracing::info!("this node's heartbeat reaches the store again");
                                 }
@@ -187,6 +193,7 @@ impl Heartbeat {
             stop,
             thread: Mutex::new(thread),
             healthy,
+            last_ok,
         }
     }
 
@@ -219,8 +226,13 @@ impl Heartbeat {
     }
 
     /// Whether the last heartbeat reached the store.
+    /// A node whose heartbeats have not reached the store for half of
+    /// [`PROCESS_STALE`] may soon be taken for dead by the others: it
+    /// reports not ready and claims no new work (a fence against running
+    /// what another node is about to end).
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+            && self.last_ok.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < PROCESS_STALE / 2
     }
 }
 
@@ -237,7 +249,7 @@ mod tests {
     #[test]
     fn node_ids_are_checked() {
         assert!(validate_node_id("node-a.eu_1").is_ok());
-        for bad in ["", "a b", "a/b", &"x".repeat(65), "né"] {
+        for bad in ["", "a b", "a/b", "-a", &"x".repeat(65), "né"] {
             assert!(validate_node_id(bad).is_err(), "{bad:?}");
         }
     }

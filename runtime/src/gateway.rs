@@ -439,6 +439,11 @@ impl Runtime {
             );
             return Err(self.refuse_approved(approvals, &record, &approval, why).await);
         }
+        if !approvals.heartbeat_healthy() {
+            // Other nodes may be about to take this one for dead: leave the
+            // run to them.
+            return Ok(None);
+        }
         // The decisions that released it are in the log before it starts.
         approvals.flush_audit().await?;
         // Unsettled from the claim until its final row is stored (see

@@ -38,6 +38,11 @@ pub struct Runtime {
 impl Runtime {
     /// Build the engine and open the compile cache in the data directory.
     pub fn new(settings: &RuntimeSettings) -> Result<Runtime, Error> {
+        // `[audit] node-id` names the node in its heartbeats too, unless
+        // `--node-id` named it first.
+        if let Some(id) = &settings.audit.node_id {
+            let _ = crate::cluster::set_node_id(id);
+        }
         let engine =
             crate::engine::build(settings).map_err(|e| Error::internal(format!("cannot build engine: {e}")))?;
         let cache = ArtifactCache::open(&settings.data_dir);

@@ -449,15 +449,7 @@ impl Approvals {
     fn drain_blocking(&self) -> Result<(), Error> {
         let audit = self.audit.clone();
         let mut append = move |bodies: Vec<String>| -> Result<(), Refusal> {
-            let mut events = Vec::new();
-            for body in &bodies {
-                let group: Vec<Event> = serde_json::from_str(body).map_err(|e| {
-                    Refusal::AuditUnavailable(format!(
-                        "an audit record the database holds for the log does not parse ({e})"
-                    ))
-                })?;
-                events.extend(group);
-            }
+            let events = crate::audit::event::decode_owed(&bodies).map_err(Refusal::AuditUnavailable)?;
             if events.is_empty() {
                 return Ok(());
             }

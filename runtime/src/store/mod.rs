@@ -86,7 +86,9 @@ pub enum UpdateError {
 
 /// The storage backend.
 /// A change to one approval request, given the live tokens as of the same
-/// transaction (see [`Store::update_approval`]).
+/// transaction (see [`Store::update_approval`]). It must be pure: it runs
+/// inside the store's transaction (on PostgreSQL, inside the future that
+/// drives it), so it must not call the store or the audit log.
 pub type ApprovalUpdate<'a> = dyn FnMut(&mut ApprovalRecord, &[TokenRecord]) -> Result<Option<String>, Refusal> + 'a;
 
 pub trait Store: Send + Sync {

@@ -45,6 +45,8 @@ type Conn = tokio_postgres::Client;
 const RUN_BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// Rows queued at most; past this, [`Store::record_run`] writes itself.
 const MAX_PENDING_RUNS: usize = 4096;
+/// Longest a heartbeat may take (see [`crate::cluster`]).
+const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(3);
 /// How long a call waits for a free connection before it fails.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
@@ -352,6 +354,16 @@ fn wake(inner: &std::sync::Weak<Inner>) {
 
 type Client = deadpool_postgres::Object;
 
+/// Run `wait` (which blocks on the database) so that, on a worker of a
+/// multi-threaded runtime (the service), the other tasks queued on this
+/// worker are not stalled meanwhile: tokio hands them to another thread.
+pub(crate) fn off_worker<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(wait),
+        _ => wait(),
+    }
+}
+
 /// A transaction on a pooled connection. Dropped without [`Tx::commit`]
 /// (an error, a refusal), its connection is closed rather than returned
 /// to the pool, which rolls the transaction back on the server.
@@ -377,6 +389,23 @@ impl Tx {
     }
 }
 
+impl Tx {
+    /// End the transaction without a change (a lost claim, a refused
+    /// vote): the connection goes back to the pool, so an expected outcome
+    /// does not cost a new connection (and its TLS and password
+    /// handshakes). An error closes it instead.
+    async fn rollback(mut self) -> Result<(), StoreError> {
+        let client = self.client.take().expect("a live transaction has its connection");
+        match client.batch_execute("ROLLBACK").await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(pg_err(e))
+            }
+        }
+    }
+}
+
 impl Drop for Tx {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
@@ -390,19 +419,13 @@ impl Inner {
     /// Drive `future` to completion on this thread, its I/O on the store's
     /// runtime. Works from any thread, inside another runtime or not.
     fn block<T>(&self, future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        let run = || {
-            let _context = self.handle.enter();
-            futures_executor::block_on(future)
-        };
-        // On a worker of a multi-threaded runtime (the service), a round
-        // trip to the database must not stall the other tasks queued on
-        // this worker: tokio hands them to another thread meanwhile.
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(run)
-            }
-            _ => run(),
-        }
+        off_worker(|| self.block_here(future))
+    }
+
+    /// [`Inner::block`] for a caller already off the async workers.
+    fn block_here<T>(&self, future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let _context = self.handle.enter();
+        futures_executor::block_on(future)
     }
 
     async fn client(&self) -> Result<Client, StoreError> {
@@ -417,6 +440,12 @@ impl Inner {
     }
 
     fn migrate(&self, target: Option<i32>) -> Result<Vec<i32>, StoreError> {
+        // Fully migrated: no DDL at all (a role without rights to create
+        // tables can then run the nodes; `airlock db migrate` under an
+        // owner's role does the rest).
+        if target.is_none() && self.migration_status()?.iter().all(|m| m.applied_at.is_some()) {
+            return Ok(Vec::new());
+        }
         self.block(async {
             let target = target.unwrap_or_else(migrations::latest);
             let mut applied_now = Vec::new();
@@ -448,6 +477,7 @@ impl Inner {
                 match existing {
                     Some(row) => {
                         check_checksum(m, &row.get::<_, String>(0))?;
+                        tx.rollback().await?;
                         continue;
                     }
                     None => {
@@ -519,12 +549,17 @@ impl Inner {
     /// Write out everything queued, in one transaction; rows that fail
     /// stay queued, in front of newer ones.
     fn flush(&self) -> Result<(), StoreError> {
+        // Waiting for another flush is waiting for the database too.
+        off_worker(|| self.flush_here())
+    }
+
+    fn flush_here(&self) -> Result<(), StoreError> {
         let _writing = self.runs.writing.lock().unwrap_or_else(|p| p.into_inner());
         let batch = std::mem::take(&mut *self.runs.pending());
         if batch.is_empty() {
             return Ok(());
         }
-        let written = self.block(async {
+        let written = self.block_here(async {
             let tx = self.begin().await?;
             if !batch.iter().any(|r| r.state.is_final()) {
                 // Rows of runs still in progress: like SQLite's
@@ -867,6 +902,7 @@ impl Store for PgStore {
         let result: Result<Result<ApprovalRecord, UpdateError>, StoreError> = inner.block(async {
             let tx = inner.begin().await?;
             let Some(before) = load_approval(tx.c(), id, true).await? else {
+                tx.rollback().await?;
                 return Ok(Err(UpdateError::NotFound(id.to_string())));
             };
             // Locked for the rest of the transaction: a revocation waits
@@ -879,7 +915,10 @@ impl Store for PgStore {
             let mut after = before.clone();
             let audit = match update(&mut after, &live) {
                 Ok(audit) => audit,
-                Err(refusal) => return Ok(Err(UpdateError::Refused(refusal))),
+                Err(refusal) => {
+                    tx.rollback().await?;
+                    return Ok(Err(UpdateError::Refused(refusal)));
+                }
             };
             if after.decisions.len() < before.decisions.len()
                 || after.decisions[..before.decisions.len()] != before.decisions[..]
@@ -1014,6 +1053,7 @@ impl Store for PgStore {
         inner.block(async {
             let tx = inner.begin().await?;
             if !move_invocation(tx.c(), id, from, to, outcome, None).await? {
+                tx.rollback().await?;
                 return Ok(false);
             }
             announce(tx.c()).await?;
@@ -1028,6 +1068,9 @@ impl Store for PgStore {
         inner.block(async {
             let tx = inner.begin().await?;
             if !move_invocation(tx.c(), id, from, InvocationStatus::Running, None, Some(runner)).await? {
+                // Another node claimed it first: the expected outcome for
+                // every node's sweeper but one.
+                tx.rollback().await?;
                 return Ok(false);
             }
             tx.commit().await?;
@@ -1042,9 +1085,11 @@ impl Store for PgStore {
             let tx = inner.begin().await?;
             if let Some((approval, reason)) = ending.expire_approval {
                 let Some(mut record) = load_approval(tx.c(), approval, true).await? else {
+                    tx.rollback().await?;
                     return Ok(false);
                 };
                 if record.state != ApprovalState::Approved {
+                    tx.rollback().await?;
                     return Ok(false);
                 }
                 record.state = ApprovalState::Expired;
@@ -1069,6 +1114,7 @@ impl Store for PgStore {
             )
             .await?
             {
+                tx.rollback().await?;
                 return Ok(false);
             }
             owe(tx.c(), ending.audit).await?;
@@ -1145,38 +1191,49 @@ impl Store for PgStore {
     fn heartbeat(&self, node: &NodeRecord, processes: &[&str]) -> Result<(), StoreError> {
         let inner = &self.inner;
         inner.block(async {
-            let tx = inner.begin().await?;
-            tx.c()
-                .execute(
-                    &format!(
-                        "INSERT INTO nodes (id, version, address, started_at, last_seen) VALUES ($1, $2, $3, $4, {DB_NOW})
-                         ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, address = EXCLUDED.address,
-                           started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen"
-                    ),
-                    &[&node.id, &node.version, &node.address, &micros(node.started_at)],
-                )
-                .await
-                .map_err(pg_err)?;
-            let ids: Vec<&str> = processes.to_vec();
-            // Rows of processes gone for a day are of no more use.
-            tx.c()
-                .execute(
-                    &format!("DELETE FROM processes WHERE last_seen < {DB_NOW} - 86400000000"),
-                    &[],
-                )
-                .await
-                .map_err(pg_err)?;
-            tx.c()
-                .execute(
-                    &format!(
-                        "INSERT INTO processes (id, node, last_seen) SELECT p, $2, {DB_NOW} FROM unnest($1::text[]) AS p
-                         ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node, last_seen = EXCLUDED.last_seen"
-                    ),
-                    &[&ids, &node.id],
-                )
-                .await
-                .map_err(pg_err)?;
-            tx.commit().await
+            // A heartbeat late by seconds is as bad as none: bounded, so a
+            // stuck connection makes the node unhealthy instead of hanging.
+            let beat = async {
+                let tx = inner.begin().await?;
+                tx.c()
+                    .execute(
+                        &format!(
+                            "INSERT INTO nodes (id, version, address, started_at, last_seen) VALUES ($1, $2, $3, $4, {DB_NOW})
+                             ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, address = EXCLUDED.address,
+                               started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen"
+                        ),
+                        &[&node.id, &node.version, &node.address, &micros(node.started_at)],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let ids: Vec<&str> = processes.to_vec();
+                // Rows of processes gone for a day are of no more use.
+                tx.c()
+                    .execute(
+                        &format!("DELETE FROM processes WHERE last_seen < {DB_NOW} - 86400000000"),
+                        &[],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                tx.c()
+                    .execute(
+                        &format!(
+                            "INSERT INTO processes (id, node, last_seen) SELECT p, $2, {DB_NOW} FROM unnest($1::text[]) AS p
+                             ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node, last_seen = EXCLUDED.last_seen"
+                        ),
+                        &[&ids, &node.id],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                tx.commit().await
+            };
+            match tokio::time::timeout(HEARTBEAT_DEADLINE, beat).await {
+                Ok(done) => done,
+                Err(_) => Err(StoreError::unreachable(format!(
+                    "PostgreSQL: the heartbeat took longer than {} s",
+                    HEARTBEAT_DEADLINE.as_secs()
+                ))),
+            }
         })
     }
 
@@ -1187,7 +1244,13 @@ impl Store for PgStore {
             inner
                 .client()
                 .await?
-                .execute("UPDATE processes SET last_seen = 0 WHERE id = ANY($1)", &[&ids])
+                // An hour ago: dead to every node at once, and kept (not
+                // deleted, which would read as "never seen") until the
+                // daily clean-up.
+                .execute(
+                    &format!("UPDATE processes SET last_seen = {DB_NOW} - 3600000000 WHERE id = ANY($1)"),
+                    &[&ids],
+                )
                 .await
                 .map_err(pg_err)?;
             Ok(())
