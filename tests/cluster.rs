@@ -602,6 +602,32 @@ fn kill_under_load(c: Cluster, pg_audit: bool) {
         });
         assert_eq!(ended, "failed", "{invocation}");
     }
+    // Runs node A had in flight when it died end too (by node B, once A's
+    // heartbeats stop), each closed by exactly one cut-off record.
+    let config = c.config.to_str().unwrap().to_string();
+    let ended = eventually(60, "no run of node A left running", || {
+        let run = support::airlock_with(&["invocations", "list", "--json", "--config", &config], b"", &[]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let list: Value = serde_json::from_str(&run.stdout).ok()?;
+        let rows = list.as_array()?.clone();
+        rows.iter().all(|r| r["state"] != "running").then_some(rows)
+    });
+    let cut: Vec<&Value> = ended
+        .iter()
+        .filter(|r| {
+            r["outcome"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("stopped sending heartbeats"))
+        })
+        .collect();
+    let (records, _) = whole_log(&c, "node-b");
+    for row in &cut {
+        let closings = records
+            .iter()
+            .filter(|r| r["event"]["kind"] == "invocation-cut-off" && r["event"]["invocation"] == row["id"])
+            .count();
+        assert_eq!(closings, 1, "{row}");
+    }
     // B still serves.
     let after = b.post(
         "/v1/invocations",
