@@ -439,6 +439,16 @@ fn a_node_stopped_gracefully_hands_back_its_held_work_at_once() {
     let id = eventually(30, "node A's held call to ask for approval", || {
         pending_request(&b, &alice, &invocation)
     });
+    // A run answered with 202 and still going when the stop comes: it
+    // finishes first.
+    let mut slow = invoke_body("echo", "write-then-spin", json!({"path": "slow", "ms": 1500}));
+    slow["wait-ms"] = json!(0);
+    let slow = a.post("/v1/invocations", Some(&agent), &slow);
+    assert_eq!(slow.status, 202, "{slow:?}");
+    let slow = slow.json()["invocation"].as_str().unwrap().to_string();
+    eventually(30, "the slow run to start", || {
+        c.path("work/slow").exists().then_some(())
+    });
     let pid = i32::try_from(a.child.id()).unwrap();
     let stopped = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -462,6 +472,12 @@ fn a_node_stopped_gracefully_hands_back_its_held_work_at_once() {
     });
     assert_eq!(done, "failed");
     assert!(!c.path("work/gated/out").exists());
+    let r = b.get(&format!("/v1/invocations/{slow}"), Some(&agent));
+    assert_eq!(
+        r.json()["status"],
+        "succeeded",
+        "the run in flight was cut off by the stop: {r:?}"
+    );
 }
 
 /// Every record in node `name`'s log (`audit show --json`; with the audit

@@ -159,6 +159,20 @@ impl Approvals {
     /// finish what it leaves at once instead of after its heartbeats go
     /// stale. Returns the requests failed.
     pub async fn leave(&self) -> Result<Vec<ApprovalRecord>, Error> {
+        let failed = self.fail_own_requests().await?;
+        if let Some(heartbeat) = self.heartbeat.clone() {
+            // Its thread marks the processes ended as it stops.
+            tokio::task::spawn_blocking(move || heartbeat.stop())
+                .await
+                .map_err(|e| Error::internal(format!("the leave task failed: {e}")))?;
+        }
+        Ok(failed)
+    }
+
+    /// Fail the pending requests this process's own instances wait on,
+    /// saying the node shuts down (the first step of [`Approvals::leave`]:
+    /// those instances then end instead of waiting out `wait-secs`).
+    pub async fn fail_own_requests(&self) -> Result<Vec<ApprovalRecord>, Error> {
         let mut failed = Vec::new();
         for r in self.store.approvals(Some(ApprovalState::Pending), usize::MAX)? {
             if r.owner.as_deref() != Some(self.owner.as_str()) {
@@ -170,12 +184,6 @@ impl Approvals {
                 crate::cluster::node_id()
             );
             failed.push(self.close(&r.id, ApprovalState::Failed, &reason).await?);
-        }
-        if let Some(heartbeat) = self.heartbeat.clone() {
-            // Its thread marks the processes ended as it stops.
-            tokio::task::spawn_blocking(move || heartbeat.stop())
-                .await
-                .map_err(|e| Error::internal(format!("the leave task failed: {e}")))?;
         }
         Ok(failed)
     }
