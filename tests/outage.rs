@@ -37,6 +37,7 @@ fn with_the_database_stopped_mid_load_nothing_acknowledged_is_lost_and_service_r
         &config,
         format!(
             "[runtime]\ndata-dir = \"data\"\n{store}\n[audit]\nbackend = \"postgres\"\n\n\
+             [service]\nrate-limit = {{ per-second = 100000, burst = 100000 }}\n\n\
              [actions.echo]\ncomponent = {gated}\n[actions.echo.grants]\napproval = true\n\
              files = {{ dir = \"work\", mode = \"read-write\" }}\n[actions.echo.access]\n\
              invoke = [\"role:agent\"]\napprove = [\"role:reviewer\"]\n",

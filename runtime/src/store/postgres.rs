@@ -38,8 +38,73 @@ use std::time::Duration;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
-/// A connection, as the queries below use it.
-type Conn = tokio_postgres::Client;
+/// A pooled connection, as the queries below use it: with its cache of
+/// prepared statements ([`Cached`]).
+type Conn = deadpool_postgres::ClientWrapper;
+
+/// Statements prepared once per connection and reused: a `&str` passed to
+/// the driver is prepared anew on every call, a round trip of its own
+/// before the one that runs it.
+trait Cached {
+    async fn exec(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error>;
+    async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error>;
+    async fn row_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error>;
+    async fn row(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error>;
+}
+
+impl Cached for Conn {
+    async fn exec(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.execute(&statement, params).await
+    }
+
+    async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query(&statement, params).await
+    }
+
+    async fn row_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query_opt(&statement, params).await
+    }
+
+    async fn row(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query_one(&statement, params).await
+    }
+}
 
 /// How long queued status rows gather before they are written together.
 const RUN_BATCH_WINDOW: Duration = Duration::from_millis(2);
@@ -220,7 +285,7 @@ impl PgStore {
     pub fn server_version(&self) -> Result<String, StoreError> {
         self.inner.block(async {
             let client = self.inner.client().await?;
-            let row = client.query_one("SHOW server_version", &[]).await.map_err(pg_err)?;
+            let row = client.row("SHOW server_version", &[]).await.map_err(pg_err)?;
             Ok(row.get::<_, String>(0))
         })
     }
@@ -261,9 +326,7 @@ const CHANNEL: &str = "airlock_changes";
 
 /// Announce a change when the caller's transaction commits.
 async fn announce(c: &Conn) -> Result<(), StoreError> {
-    c.execute("SELECT pg_notify($1, '')", &[&CHANNEL])
-        .await
-        .map_err(pg_err)?;
+    c.exec("SELECT pg_notify($1, '')", &[&CHANNEL]).await.map_err(pg_err)?;
     Ok(())
 }
 
@@ -453,7 +516,7 @@ impl Inner {
                 // Under the lock too: two nodes creating it at once collide.
                 let tx = self.begin().await?;
                 tx.c()
-                    .execute("SELECT pg_advisory_xact_lock($1)", &[&migrations::LOCK_KEY])
+                    .exec("SELECT pg_advisory_xact_lock($1)", &[&migrations::LOCK_KEY])
                     .await
                     .map_err(pg_err)?;
                 tx.c().batch_execute(migrations::TABLE).await.map_err(pg_err)?;
@@ -463,12 +526,12 @@ impl Inner {
                 let tx = Tx { client: Some(self.client().await?) };
                 tx.c().batch_execute("BEGIN").await.map_err(pg_err)?;
                 tx.c()
-                    .execute("SELECT pg_advisory_xact_lock($1)", &[&migrations::LOCK_KEY])
+                    .exec("SELECT pg_advisory_xact_lock($1)", &[&migrations::LOCK_KEY])
                     .await
                     .map_err(pg_err)?;
                 let existing = tx
                     .c()
-                    .query_opt(
+                    .row_opt(
                         "SELECT checksum FROM airlock_migrations WHERE version = $1",
                         &[&m.version],
                     )
@@ -485,7 +548,7 @@ impl Inner {
                             StoreError(format!("migration {} ({}) failed: {}", m.version, m.name, pg_err(e).0))
                         })?;
                         tx.c()
-                            .execute(
+                            .exec(
                                 "INSERT INTO airlock_migrations (version, name, checksum, applied_by) VALUES ($1, $2, $3, $4)",
                                 &[&m.version, &m.name, &m.checksum(), &format!("airlock {}", env!("CARGO_PKG_VERSION"))],
                             )
@@ -504,13 +567,13 @@ impl Inner {
         self.block(async {
             let client = self.client().await?;
             let exists: bool = client
-                .query_one("SELECT to_regclass('airlock_migrations') IS NOT NULL", &[])
+                .row("SELECT to_regclass('airlock_migrations') IS NOT NULL", &[])
                 .await
                 .map_err(pg_err)?
                 .get(0);
             let rows = if exists {
                 client
-                    .query(
+                    .rows(
                         "SELECT version, name, checksum, to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), applied_by FROM airlock_migrations ORDER BY version",
                         &[],
                     )
@@ -559,16 +622,26 @@ impl Inner {
         if batch.is_empty() {
             return Ok(());
         }
+        let any_final = batch.iter().any(|r| r.state.is_final());
         let written = self.block_here(async {
-            let tx = self.begin().await?;
-            if !batch.iter().any(|r| r.state.is_final()) {
-                // Rows of runs still in progress: like SQLite's
-                // `synchronous=NORMAL` (see `Store::record_run`).
-                tx.c()
-                    .batch_execute("SET LOCAL synchronous_commit TO OFF")
-                    .await
-                    .map_err(pg_err)?;
+            if let [row] = batch.as_slice()
+                && any_final
+            {
+                // One final row (a lone run's): one statement, committed
+                // (and synced) on its own, no transaction around it.
+                return upsert_run(&*self.client().await?, row).await;
             }
+            let tx = Tx {
+                client: Some(self.client().await?),
+            };
+            // Rows of runs still in progress only: like SQLite's
+            // `synchronous=NORMAL` (see `Store::record_run`).
+            let begin = if any_final {
+                "BEGIN"
+            } else {
+                "BEGIN; SET LOCAL synchronous_commit TO OFF"
+            };
+            tx.c().batch_execute(begin).await.map_err(pg_err)?;
             for r in &batch {
                 upsert_run(tx.c(), r).await?;
             }
@@ -616,6 +689,13 @@ impl Runs {
     }
 }
 
+/// Queue `row`, replacing a queued row of the same invocation (the newer
+/// state is what would be written last anyway: one write, not two).
+fn queue(pending: &mut Vec<InvocationRecord>, row: &InvocationRecord) {
+    pending.retain(|r| r.id != row.id);
+    pending.push(row.clone());
+}
+
 fn check_checksum(m: &Migration, stored: &str) -> Result<(), StoreError> {
     if stored == m.checksum() {
         return Ok(());
@@ -642,7 +722,7 @@ async fn upsert_run(c: &Conn, r: &InvocationRecord) -> Result<(), StoreError> {
 
 /// Insert an invocation's row; `on_conflict` says what an existing one gets.
 async fn write_invocation(c: &Conn, r: &InvocationRecord, on_conflict: &str) -> Result<(), StoreError> {
-    c.execute(
+    c.exec(
         &format!(
             "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES ($1, $2, $3, $4, $5, $6){on_conflict}"
         ),
@@ -666,12 +746,12 @@ async fn load_approval(c: &Conn, id: &str, lock: bool) -> Result<Option<Approval
     } else {
         "SELECT body FROM approvals WHERE id = $1"
     };
-    let Some(row) = c.query_opt(sql, &[&id]).await.map_err(pg_err)? else {
+    let Some(row) = c.row_opt(sql, &[&id]).await.map_err(pg_err)? else {
         return Ok(None);
     };
     let mut record: ApprovalRecord = serde_json::from_str(row.get(0)).map_err(json_err)?;
     let rows = c
-        .query("SELECT body FROM decisions WHERE approval = $1 ORDER BY seq", &[&id])
+        .rows("SELECT body FROM decisions WHERE approval = $1 ORDER BY seq", &[&id])
         .await
         .map_err(pg_err)?;
     record.decisions = rows
@@ -703,14 +783,14 @@ fn parse_token(row: &Row) -> Result<TokenRecord, StoreError> {
 
 async fn token_list(c: &Conn, tail: &str) -> Result<Vec<TokenRecord>, StoreError> {
     let rows = c
-        .query(&format!("SELECT {TOKEN_COLUMNS} {tail}"), &[])
+        .rows(&format!("SELECT {TOKEN_COLUMNS} {tail}"), &[])
         .await
         .map_err(pg_err)?;
     rows.iter().map(parse_token).collect()
 }
 
 async fn owe(c: &Conn, audit: &str) -> Result<(), StoreError> {
-    c.execute("INSERT INTO audit_outbox (body) VALUES ($1)", &[&audit])
+    c.exec("INSERT INTO audit_outbox (body) VALUES ($1)", &[&audit])
         .await
         .map_err(pg_err)?;
     Ok(())
@@ -728,7 +808,7 @@ async fn move_invocation(
     runner: Option<&str>,
 ) -> Result<bool, StoreError> {
     let Some(row) = c
-        .query_opt("SELECT body FROM invocations WHERE id = $1 FOR UPDATE", &[&id])
+        .row_opt("SELECT body FROM invocations WHERE id = $1 FOR UPDATE", &[&id])
         .await
         .map_err(pg_err)?
     else {
@@ -744,7 +824,7 @@ async fn move_invocation(
     if let Some(outcome) = outcome {
         record.outcome = Some(outcome.clone());
     }
-    c.execute(
+    c.exec(
         "UPDATE invocations SET state = $2, body = $3 WHERE id = $1",
         &[&id, &to.as_str(), &serde_json::to_string(&record).map_err(json_err)?],
     )
@@ -767,7 +847,7 @@ impl Store for PgStore {
             // Two nodes adding the first token of one identity at once:
             // the second waits here and then sees the first's row.
             tx.c()
-                .execute(
+                .exec(
                     "INSERT INTO identities (name, kind, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
                     &[&identity, &kind.as_str(), &micros(token.created_at)],
                 )
@@ -775,7 +855,7 @@ impl Store for PgStore {
                 .map_err(pg_err)?;
             let existing: String = tx
                 .c()
-                .query_one("SELECT kind FROM identities WHERE name = $1 FOR SHARE", &[&identity])
+                .row("SELECT kind FROM identities WHERE name = $1 FOR SHARE", &[&identity])
                 .await
                 .map_err(pg_err)?
                 .get(0);
@@ -786,7 +866,7 @@ impl Store for PgStore {
             }
             let roles = serde_json::to_string(&token.roles).map_err(json_err)?;
             tx.c()
-                .execute(
+                .exec(
                     "INSERT INTO tokens (id, identity, roles, hash, created_at) VALUES ($1, $2, $3, $4, $5)",
                     &[&token.id, &identity, &roles, &&hash[..], &micros(token.created_at)],
                 )
@@ -819,12 +899,12 @@ impl Store for PgStore {
         inner.block(async {
             let client = inner.client().await?;
             let exists = client
-                .query_opt("SELECT 1 FROM tokens WHERE id = $1", &[&id])
+                .row_opt("SELECT 1 FROM tokens WHERE id = $1", &[&id])
                 .await
                 .map_err(pg_err)?
                 .is_some();
             client
-                .execute(
+                .exec(
                     "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
                     &[&id, &micros(at_micros)],
                 )
@@ -841,7 +921,7 @@ impl Store for PgStore {
             inner
                 .client()
                 .await?
-                .execute(
+                .exec(
                     "INSERT INTO approvals (id, state, action, caller, invocation, created_at, body) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     &[
                         &approval.id,
@@ -872,14 +952,14 @@ impl Store for PgStore {
             // One snapshot for the list and each request's decisions.
             let rows = match state {
                 Some(state) => client
-                    .query(
+                    .rows(
                         "SELECT a.body, COALESCE((SELECT json_agg(d.body::json ORDER BY d.seq)::text FROM decisions d WHERE d.approval = a.id), '[]')
                          FROM approvals a WHERE a.state = $1 ORDER BY a.created_at DESC, a.id LIMIT $2",
                         &[&state.as_str(), &limit],
                     )
                     .await,
                 None => client
-                    .query(
+                    .rows(
                         "SELECT a.body, COALESCE((SELECT json_agg(d.body::json ORDER BY d.seq)::text FROM decisions d WHERE d.approval = a.id), '[]')
                          FROM approvals a ORDER BY a.created_at DESC, a.id LIMIT $1",
                         &[&limit],
@@ -929,7 +1009,7 @@ impl Store for PgStore {
                 let body = serde_json::to_string(decision).map_err(json_err)?;
                 let inserted = tx
                     .c()
-                    .execute(
+                    .exec(
                         "INSERT INTO decisions (approval, identity, seq, body) VALUES ($1, $2, $3, $4)",
                         &[&id, &decision.identity, &i32::try_from(seq).unwrap_or(i32::MAX), &body],
                     )
@@ -947,7 +1027,7 @@ impl Store for PgStore {
                 }
             }
             tx.c()
-                .execute(
+                .exec(
                     "UPDATE approvals SET state = $2, body = $3 WHERE id = $1",
                     &[&id, &after.state.as_str(), &approval_body(&after)?],
                 )
@@ -966,7 +1046,7 @@ impl Store for PgStore {
     fn record_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
         let full = {
             let mut pending = self.inner.runs.pending();
-            pending.push(invocation.clone());
+            queue(&mut pending, invocation);
             pending.len() >= MAX_PENDING_RUNS
         };
         if full {
@@ -979,7 +1059,7 @@ impl Store for PgStore {
     fn finish_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
         // Committed (with whatever else is queued, in order) before this
         // returns: a final row outlives the process once acknowledged.
-        self.inner.runs.pending().push(invocation.clone());
+        queue(&mut self.inner.runs.pending(), invocation);
         self.inner.flush()
     }
 
@@ -1002,7 +1082,7 @@ impl Store for PgStore {
             let row = inner
                 .client()
                 .await?
-                .query_opt("SELECT body FROM invocations WHERE id = $1", &[&id])
+                .row_opt("SELECT body FROM invocations WHERE id = $1", &[&id])
                 .await
                 .map_err(pg_err)?;
             row.map(|r| serde_json::from_str(r.get(0)).map_err(json_err))
@@ -1019,7 +1099,7 @@ impl Store for PgStore {
             let rows = match state {
                 Some(state) => {
                     client
-                        .query(
+                        .rows(
                             "SELECT body FROM invocations WHERE state = $1 ORDER BY created_at DESC, id LIMIT $2",
                             &[&state.as_str(), &limit],
                         )
@@ -1027,7 +1107,7 @@ impl Store for PgStore {
                 }
                 None => {
                     client
-                        .query(
+                        .rows(
                             "SELECT body FROM invocations ORDER BY created_at DESC, id LIMIT $1",
                             &[&limit],
                         )
@@ -1095,7 +1175,7 @@ impl Store for PgStore {
                 record.state = ApprovalState::Expired;
                 record.reason = Some(reason.to_string());
                 tx.c()
-                    .execute(
+                    .exec(
                         "UPDATE approvals SET state = $2, body = $3 WHERE id = $1",
                         &[&approval, &record.state.as_str(), &approval_body(&record)?],
                     )
@@ -1133,7 +1213,7 @@ impl Store for PgStore {
         let any = inner.block(async {
             let client = inner.client().await?;
             let row = client
-                .query_opt("SELECT seq FROM audit_outbox LIMIT 1", &[])
+                .row_opt("SELECT seq FROM audit_outbox LIMIT 1", &[])
                 .await
                 .map_err(pg_err)?;
             Ok(row.is_some())
@@ -1147,7 +1227,7 @@ impl Store for PgStore {
             let tx = inner.begin().await?;
             let rows = tx
                 .c()
-                .query("SELECT seq, body FROM audit_outbox ORDER BY seq FOR UPDATE", &[])
+                .rows("SELECT seq, body FROM audit_outbox ORDER BY seq FOR UPDATE", &[])
                 .await
                 .map_err(pg_err)?;
             Ok((tx, rows))
@@ -1164,7 +1244,7 @@ impl Store for PgStore {
         append(rows.iter().map(|r| r.get::<_, String>(1)).collect())?;
         inner.block(async {
             tx.c()
-                .execute("DELETE FROM audit_outbox WHERE seq = ANY($1)", &[&seqs])
+                .exec("DELETE FROM audit_outbox WHERE seq = ANY($1)", &[&seqs])
                 .await
                 .map_err(pg_err)?;
             tx.commit().await
@@ -1196,7 +1276,7 @@ impl Store for PgStore {
             let beat = async {
                 let tx = inner.begin().await?;
                 tx.c()
-                    .execute(
+                    .exec(
                         &format!(
                             "INSERT INTO nodes (id, version, address, started_at, last_seen) VALUES ($1, $2, $3, $4, {DB_NOW})
                              ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, address = EXCLUDED.address,
@@ -1209,14 +1289,14 @@ impl Store for PgStore {
                 let ids: Vec<&str> = processes.to_vec();
                 // Rows of processes gone for a day are of no more use.
                 tx.c()
-                    .execute(
+                    .exec(
                         &format!("DELETE FROM processes WHERE last_seen < {DB_NOW} - 86400000000"),
                         &[],
                     )
                     .await
                     .map_err(pg_err)?;
                 tx.c()
-                    .execute(
+                    .exec(
                         &format!(
                             "INSERT INTO processes (id, node, last_seen) SELECT p, $2, {DB_NOW} FROM unnest($1::text[]) AS p
                              ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node, last_seen = EXCLUDED.last_seen"
@@ -1247,7 +1327,7 @@ impl Store for PgStore {
                 // An hour ago: dead to every node at once, and kept (not
                 // deleted, which would read as "never seen") until the
                 // daily clean-up.
-                .execute(
+                .exec(
                     &format!("UPDATE processes SET last_seen = {DB_NOW} - 3600000000 WHERE id = ANY($1)"),
                     &[&ids],
                 )
@@ -1263,7 +1343,7 @@ impl Store for PgStore {
             let rows = inner
                 .client()
                 .await?
-                .query(
+                .rows(
                     &format!(
                         "SELECT id, version, address, started_at, last_seen, GREATEST(0, {DB_NOW} - last_seen) FROM nodes ORDER BY id"
                     ),
@@ -1291,7 +1371,7 @@ impl Store for PgStore {
             let row = inner
                 .client()
                 .await?
-                .query_opt(
+                .row_opt(
                     &format!(
                         "SELECT id, node, last_seen, GREATEST(0, {DB_NOW} - last_seen) FROM processes WHERE id = $1"
                     ),
@@ -1314,7 +1394,7 @@ impl Store for PgStore {
             inner
                 .client()
                 .await?
-                .execute(
+                .exec(
                     "INSERT INTO console_sessions (id_hash, token_hash, csrf, created_at, last_seen) VALUES ($1, $2, $3, $4, $5)",
                     &[
                         &&s.id_hash[..],
@@ -1341,7 +1421,7 @@ impl Store for PgStore {
         inner.block(async {
             let client = inner.client().await?;
             let Some(row) = client
-                .query_opt(
+                .row_opt(
                     "SELECT token_hash, csrf, created_at, last_seen FROM console_sessions WHERE id_hash = $1",
                     &[&&id_hash[..]],
                 )
@@ -1353,7 +1433,7 @@ impl Store for PgStore {
             let last_seen = unmicros(row.get(3));
             if last_seen < idle_since {
                 client
-                    .execute("DELETE FROM console_sessions WHERE id_hash = $1", &[&&id_hash[..]])
+                    .exec("DELETE FROM console_sessions WHERE id_hash = $1", &[&&id_hash[..]])
                     .await
                     .map_err(pg_err)?;
                 return Ok(None);
@@ -1370,7 +1450,7 @@ impl Store for PgStore {
             };
             if now.saturating_sub(last_seen) >= touch_after {
                 client
-                    .execute(
+                    .exec(
                         "UPDATE console_sessions SET last_seen = GREATEST(last_seen, $2) WHERE id_hash = $1",
                         &[&&id_hash[..], &micros(now)],
                     )
@@ -1388,7 +1468,7 @@ impl Store for PgStore {
             inner
                 .client()
                 .await?
-                .execute("DELETE FROM console_sessions WHERE id_hash = $1", &[&&id_hash[..]])
+                .exec("DELETE FROM console_sessions WHERE id_hash = $1", &[&&id_hash[..]])
                 .await
                 .map_err(pg_err)?;
             Ok(())
@@ -1400,14 +1480,14 @@ impl Store for PgStore {
         inner.block(async {
             let client = inner.client().await?;
             client
-                .execute(
+                .exec(
                     "DELETE FROM console_sessions WHERE last_seen < $1",
                     &[&micros(idle_since)],
                 )
                 .await
                 .map_err(pg_err)?;
             let live: i64 = client
-                .query_one("SELECT count(*) FROM console_sessions", &[])
+                .row("SELECT count(*) FROM console_sessions", &[])
                 .await
                 .map_err(pg_err)?
                 .get(0);
@@ -1431,7 +1511,7 @@ impl crate::vault::shared::SharedVault for PgVault {
                 let row = inner
                     .client()
                     .await?
-                    .query_opt("SELECT document, version FROM vault WHERE id = 1", &[])
+                    .row_opt("SELECT document, version FROM vault WHERE id = 1", &[])
                     .await
                     .map_err(pg_err)?;
                 Ok(row.map(|r| (r.get(0), r.get(1))))
@@ -1446,7 +1526,7 @@ impl crate::vault::shared::SharedVault for PgVault {
                 let row = inner
                     .client()
                     .await?
-                    .query_opt("SELECT version FROM vault WHERE id = 1", &[])
+                    .row_opt("SELECT version FROM vault WHERE id = 1", &[])
                     .await
                     .map_err(pg_err)?;
                 Ok(row.map(|r| r.get(0)))
@@ -1461,14 +1541,14 @@ impl crate::vault::shared::SharedVault for PgVault {
                 let client = inner.client().await?;
                 let changed = match expected {
                     None => client
-                        .execute(
+                        .exec(
                             "INSERT INTO vault (id, document, version) VALUES (1, $1, 1) ON CONFLICT (id) DO NOTHING",
                             &[&document],
                         )
                         .await,
                     Some(v) => {
                         client
-                            .execute(
+                            .exec(
                                 "UPDATE vault SET document = $1, version = version + 1 WHERE id = 1 AND version = $2",
                                 &[&document, &v],
                             )
