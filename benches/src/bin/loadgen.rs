@@ -33,12 +33,20 @@
 //!   a request head (`slow-head`) one byte a second; each worker on a fresh
 //!   connection per request, then on one keep-alive connection. Baseline:
 //!   the same clients on the same server without a flood.
+//! - `store`, `cluster`, `lookup` (and `pg`, all three): the service on a
+//!   throw-away PostgreSQL server against its SQLite baseline, two nodes
+//!   on one database against one node, and lookups by invocation among
+//!   `--rows` stored invocations, in alternating rounds (see [`store`]).
 //!
 //! Request loops are bounded in time and count, and every address is on
 //! loopback.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+// `src/bin/loadgen/store.rs`: a binary's root module looks beside itself.
+#[path = "loadgen/store.rs"]
+mod store;
 
 use airlock_benches::http1::{self, Conn};
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -60,11 +68,16 @@ struct Options {
     clients: usize,
     sources: u8,
     floods: Vec<airlock_benches::flood::Mode>,
+    /// Whether `--concurrency` was given (the store scenarios default to
+    /// 1 and 32 clients).
+    concurrency_given: bool,
+    rounds: usize,
+    rows: u64,
 }
 
-const USAGE: &str = "usage: loadgen api|mcp|startup|memory|audit|flood|all [--seconds S] [--warmup S] \
-[--concurrency 1,2,4,...] [--actions N] [--runs N] [--suspended N] [--records N] [--attackers N] [--clients N] \
-[--sources N] [--flood body|head|both] [--airlock PATH]";
+const USAGE: &str = "usage: loadgen api|mcp|startup|memory|audit|flood|all|store|cluster|lookup|pg [--seconds S] \
+[--warmup S] [--concurrency 1,2,4,...] [--actions N] [--runs N] [--suspended N] [--records N] [--attackers N] \
+[--clients N] [--sources N] [--flood body|head|both] [--rounds N] [--rows N] [--airlock PATH]";
 
 fn parse_options(args: &[String]) -> Result<Options> {
     let mut o = Options {
@@ -80,6 +93,9 @@ fn parse_options(args: &[String]) -> Result<Options> {
         clients: 8,
         sources: 1,
         floods: vec![airlock_benches::flood::Mode::Body, airlock_benches::flood::Mode::Head],
+        concurrency_given: false,
+        rounds: 4,
+        rows: 1_000_000,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -92,7 +108,8 @@ fn parse_options(args: &[String]) -> Result<Options> {
                 o.concurrency = value()?
                     .split(',')
                     .map(|n| n.trim().parse::<usize>().context("--concurrency"))
-                    .collect::<Result<_>>()?
+                    .collect::<Result<_>>()?;
+                o.concurrency_given = true;
             }
             "--actions" => o.actions = value()?.parse().context("--actions")?,
             "--runs" => o.runs = value()?.parse().context("--runs")?,
@@ -101,6 +118,8 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--attackers" => o.attackers = value()?.parse().context("--attackers")?,
             "--clients" => o.clients = value()?.parse().context("--clients")?,
             "--sources" => o.sources = value()?.parse().context("--sources")?,
+            "--rounds" => o.rounds = value()?.parse().context("--rounds")?,
+            "--rows" => o.rows = value()?.parse().context("--rows")?,
             "--flood" => {
                 use airlock_benches::flood::Mode;
                 o.floods = match value()?.as_str() {
@@ -128,6 +147,9 @@ fn parse_options(args: &[String]) -> Result<Options> {
     if !(1..=10_000).contains(&o.attackers) || !(1..=256).contains(&o.clients) || !(1..=250).contains(&o.sources) {
         bail!("--attackers must be 1..10000, --clients 1..256, --sources 1..250");
     }
+    if !(1..=50).contains(&o.rounds) || !(1000..=100_000_000).contains(&o.rows) {
+        bail!("--rounds must be 1..50, --rows 1000..100000000");
+    }
     if !o.airlock.exists() {
         bail!(
             "{} is missing: run `cargo build --release -p airlock` first (or pass --airlock PATH)",
@@ -151,6 +173,14 @@ fn main() -> Result<()> {
         "memory" => memory(&options)?,
         "audit" => audit_growth(&options)?,
         "flood" => flood(&options)?,
+        "store" => store::store(&options)?,
+        "cluster" => store::cluster(&options)?,
+        "lookup" => store::lookup(&options)?,
+        "pg" => {
+            store::store(&options)?;
+            store::cluster(&options)?;
+            store::lookup(&options)?;
+        }
         "all" => {
             api(&options, "api")?;
             api(&options, "mcp")?;
@@ -189,6 +219,8 @@ struct World {
     airlock: PathBuf,
     server: Option<Child>,
     addr: String,
+    /// More arguments for `airlock serve` (`--node-id`, …).
+    serve_args: Vec<String>,
 }
 
 impl World {
@@ -203,6 +235,7 @@ impl World {
             airlock: options.airlock.clone(),
             server: None,
             addr: String::new(),
+            serve_args: Vec::new(),
         })
     }
 
@@ -254,6 +287,7 @@ impl World {
             .arg("--config")
             .arg(&self.config)
             .args(["--listen", "127.0.0.1:0"])
+            .args(&self.serve_args)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(self.dir.path().join("serve.stderr"))?)
             .spawn()
@@ -315,6 +349,8 @@ struct Stats {
     latencies_us: Vec<u64>,
     seconds: f64,
     errors: u64,
+    /// Requests answered in the warm-up and the measured time together.
+    all_requests: u64,
 }
 
 impl Stats {
@@ -359,6 +395,7 @@ where
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
+                let mut answered = 0u64;
                 let mut first_error = None;
                 loop {
                     let t0 = Instant::now();
@@ -367,6 +404,7 @@ where
                     }
                     let ok = client.one().await;
                     let t1 = Instant::now();
+                    answered += u64::from(ok.is_ok());
                     match ok {
                         Ok(()) if t0 >= measure_from => latencies.push((t1 - t0).as_micros() as u64),
                         Ok(()) => {}
@@ -378,7 +416,7 @@ where
                         }
                     }
                 }
-                (latencies, errors, first_error)
+                (latencies, errors, answered, first_error)
             })
         })
         .collect();
@@ -386,11 +424,13 @@ where
         latencies_us: Vec::new(),
         seconds,
         errors: 0,
+        all_requests: 0,
     };
     for t in tasks {
-        let (latencies, errors, first_error) = t.await?;
+        let (latencies, errors, answered, first_error) = t.await?;
         stats.latencies_us.extend(latencies);
         stats.errors += errors;
+        stats.all_requests += answered;
         if let Some(e) = first_error {
             eprintln!("  a connection failed: {e:#}");
         }
@@ -725,6 +765,7 @@ fn startup(options: &Options) -> Result<()> {
     let settings = airlock::policy::RuntimeSettings {
         data_dir: dir.path().join("bare"),
         max_concurrent_instances: 32,
+        store: Default::default(),
     };
     let engine = wt(airlock::engine::build(&settings))?;
     let t = Instant::now();
@@ -1138,9 +1179,11 @@ async fn flood_clients(addr: &str, token: &str, clients: usize, seconds: f64, fr
         latencies_us: Vec::new(),
         seconds,
         errors: 0,
+        all_requests: 0,
     };
     for w in workers {
         if let Ok((latencies, errors, first_error)) = w.await {
+            stats.all_requests += latencies.len() as u64;
             stats.latencies_us.extend(latencies);
             stats.errors += errors;
             if let Some(e) = first_error {
@@ -1254,6 +1297,7 @@ mod baseline {
             let settings = airlock::policy::RuntimeSettings {
                 data_dir: data.path().to_path_buf(),
                 max_concurrent_instances: 1024,
+                store: Default::default(),
             };
             let host = super::wt(BareHost::new(&settings, component))?;
             let noop = super::wt(host.export("noop"))?;

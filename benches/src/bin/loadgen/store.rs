@@ -1,0 +1,761 @@
+//! M8: the service on PostgreSQL, each figure beside its baseline from the
+//! same run, in alternating rounds (A/B, then B/A, …) so that a burst of
+//! someone else's load on a shared machine hits both sides alike.
+//!
+//! - `store`: `POST /v1/invocations` of `bench.noop` (the `api` workload)
+//!   against two services started side by side, one on SQLite in its data
+//!   directory (the baseline) and one on a throw-away PostgreSQL server
+//!   ([`airlock_benches::pg`]) started by this program.
+//! - `cluster`: the same workload on one database, through two `airlock
+//!   serve` nodes (the clients spread over both) against one node (the
+//!   baseline) with the same number of clients. Both nodes run throughout;
+//!   in a one-node round the second is idle.
+//! - `lookup`: `GET /v1/invocations/{id}` of invocations spread over
+//!   `--rows` stored ones (default one million), SQLite against
+//!   PostgreSQL: a query by invocation through the store.
+//!
+//! Each point also says where the machine's cores went (the service, the
+//! database server's processes, the load generator, everyone else, from
+//! `/proc`), and on PostgreSQL which statements the server ran per request
+//! and how long they took (`pg_stat_statements`, reset before each round).
+
+use super::{Client, InvokeClient, Options, Stats, World, bench_config, client_runtime, closed_loop};
+use airlock_benches::http1::{self, Conn};
+use airlock_benches::{cpu, pg};
+use anyhow::{Context as _, Result, anyhow, bail};
+use std::time::{Duration, Instant};
+
+/// What a round's CPU time is split by.
+struct Probe {
+    /// The `airlock serve` processes.
+    airlock: Vec<u32>,
+    /// The PostgreSQL server, if one runs.
+    postmaster: Option<u32>,
+}
+
+#[derive(Clone, Copy)]
+struct Mark {
+    airlock: Duration,
+    postgres: Duration,
+    loadgen: Duration,
+    machine: cpu::Machine,
+    at: Instant,
+}
+
+impl Probe {
+    fn mark(&self) -> Mark {
+        Mark {
+            airlock: self.airlock.iter().map(|&p| cpu::process(p)).sum(),
+            postgres: self.postmaster.map_or(Duration::ZERO, cpu::process_tree),
+            loadgen: cpu::process(std::process::id()),
+            machine: cpu::machine(),
+            at: Instant::now(),
+        }
+    }
+}
+
+/// Cores each part kept busy between two marks (CPU seconds per second).
+#[derive(Clone, Copy, Default)]
+struct Cores {
+    airlock: f64,
+    postgres: f64,
+    loadgen: f64,
+    /// Everything else busy on the machine meanwhile.
+    others: f64,
+}
+
+impl Cores {
+    fn between(a: &Mark, b: &Mark) -> Cores {
+        let wall = (b.at - a.at).as_secs_f64().max(1e-9);
+        let per = |x: Duration, y: Duration| y.saturating_sub(x).as_secs_f64() / wall;
+        let airlock = per(a.airlock, b.airlock);
+        let postgres = per(a.postgres, b.postgres);
+        let loadgen = per(a.loadgen, b.loadgen);
+        let busy = per(a.machine.busy, b.machine.busy);
+        Cores {
+            airlock,
+            postgres,
+            loadgen,
+            others: (busy - airlock - postgres - loadgen).max(0.0),
+        }
+    }
+
+    fn cell(&self) -> String {
+        format!(
+            "{:.2} / {:.2} / {:.2} / {:.2}",
+            self.airlock, self.postgres, self.loadgen, self.others
+        )
+    }
+}
+
+/// One statement's share of a round (`pg_stat_statements`).
+#[derive(Clone)]
+struct Statement {
+    query: String,
+    calls: u64,
+    total_ms: f64,
+}
+
+/// The PostgreSQL side of the store scenarios: the server, one database,
+/// and the role airlock connects as (whose statements are counted).
+struct Pg {
+    server: pg::PgServer,
+    db: pg::Database,
+}
+
+impl Pg {
+    fn start(name: &str) -> Result<Pg> {
+        let server = pg::PgServer::start()?;
+        let db = server.create_database(name)?;
+        Ok(Pg { server, db })
+    }
+
+    fn reset_statements(&self) -> Result<()> {
+        self.server.psql(&self.db.name, "SELECT pg_stat_statements_reset();")?;
+        Ok(())
+    }
+
+    /// Statements airlock's role ran in its database since the reset.
+    fn statements(&self) -> Result<Vec<Statement>> {
+        let out = self.server.psql(
+            &self.db.name,
+            &format!(
+                "SELECT s.calls, s.total_exec_time, regexp_replace(s.query, '\\s+', ' ', 'g') \
+                 FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid \
+                 WHERE r.rolname = '{}' ORDER BY s.total_exec_time DESC;",
+                self.db.name
+            ),
+        )?;
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let mut f = l.splitn(3, '|');
+                let calls = f.next().unwrap_or("").parse().context("pg_stat_statements calls")?;
+                let total_ms = f.next().unwrap_or("").parse().context("pg_stat_statements time")?;
+                Ok(Statement {
+                    calls,
+                    total_ms,
+                    query: f.next().unwrap_or("").to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// One load point on one side.
+struct Point {
+    stats: Stats,
+    /// Seconds from the first connection to the last answer (warm-up
+    /// included).
+    wall: f64,
+    cores: Cores,
+    load1: f64,
+    /// PostgreSQL's statements in this round (none on SQLite).
+    statements: Vec<Statement>,
+}
+
+impl Point {
+    fn row(&self) -> String {
+        format!(
+            "{:.0} | {:.2} / {:.2} / {:.2} | {} | {}",
+            self.stats.per_second(),
+            self.stats.percentile(0.5),
+            self.stats.percentile(0.9),
+            self.stats.percentile(0.99),
+            self.stats.errors,
+            self.cores.cell(),
+        )
+    }
+}
+
+/// Run `load` once, measuring the cores and, with `pg`, the statements.
+fn point(probe: &Probe, pg: Option<&Pg>, load: impl FnOnce() -> Result<Stats>) -> Result<Point> {
+    if let Some(pg) = pg {
+        pg.reset_statements()?;
+    }
+    let load1 = cpu::load1();
+    let before = probe.mark();
+    let stats = load()?;
+    let after = probe.mark();
+    let statements = match pg {
+        Some(pg) => pg.statements()?,
+        None => Vec::new(),
+    };
+    Ok(Point {
+        stats,
+        wall: (after.at - before.at).as_secs_f64(),
+        cores: Cores::between(&before, &after),
+        load1,
+        statements,
+    })
+}
+
+/// A keep-alive client sending `POST /v1/invocations` of `bench.noop`.
+async fn invoke_client(addr: String, token: String) -> Result<InvokeClient> {
+    let auth = format!("Bearer {token}");
+    let request = http1::request(
+        "POST",
+        "/v1/invocations",
+        &addr,
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        br#"{"action":"bench","function":"noop","args":{}}"#,
+    );
+    Ok(InvokeClient {
+        conn: Conn::connect(&addr).await?,
+        request,
+    })
+}
+
+/// The invoke workload at `clients`, spread round robin over `addrs`.
+fn invoke_load(options: &Options, clients: usize, addrs: &[String], token: &str) -> Result<Stats> {
+    let rt = client_runtime()?;
+    let next = std::cell::Cell::new(0usize);
+    rt.block_on(closed_loop(clients, options.warmup, options.seconds, || {
+        let i = next.get();
+        next.set(i + 1);
+        invoke_client(addrs[i % addrs.len()].clone(), token.to_string())
+    }))
+}
+
+fn median_f64(mut xs: Vec<f64>) -> f64 {
+    xs.retain(|x| x.is_finite());
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// The A/B rounds at one concurrency: `a` is the baseline. Odd rounds run
+/// B first.
+struct Rounds {
+    a: Vec<Point>,
+    b: Vec<Point>,
+}
+
+impl Rounds {
+    fn run(
+        rounds: usize,
+        mut a: impl FnMut() -> Result<Point>,
+        mut b: impl FnMut() -> Result<Point>,
+        mut each: impl FnMut(usize, bool, &Point, &Point),
+    ) -> Result<Rounds> {
+        let mut out = Rounds {
+            a: Vec::new(),
+            b: Vec::new(),
+        };
+        for round in 0..rounds {
+            let b_first = round % 2 == 1;
+            let (pa, pb) = if b_first {
+                let pb = b()?;
+                (a()?, pb)
+            } else {
+                let pa = a()?;
+                (pa, b()?)
+            };
+            each(round, b_first, &pa, &pb);
+            out.a.push(pa);
+            out.b.push(pb);
+        }
+        Ok(out)
+    }
+
+    fn rate(points: &[Point]) -> f64 {
+        median_f64(points.iter().map(|p| p.stats.per_second()).collect())
+    }
+
+    fn pct(points: &[Point], p: f64) -> f64 {
+        median_f64(points.iter().map(|p2| p2.stats.percentile(p)).collect())
+    }
+
+    /// The median of the per-round ratios B / A.
+    fn ratio(&self) -> f64 {
+        median_f64(
+            self.a
+                .iter()
+                .zip(&self.b)
+                .map(|(a, b)| b.stats.per_second() / a.stats.per_second())
+                .collect(),
+        )
+    }
+
+    fn cores(points: &[Point]) -> Cores {
+        let n = points.len().max(1) as f64;
+        let mut c = Cores::default();
+        for p in points {
+            c.airlock += p.cores.airlock / n;
+            c.postgres += p.cores.postgres / n;
+            c.loadgen += p.cores.loadgen / n;
+            c.others += p.cores.others / n;
+        }
+        c
+    }
+
+    fn errors(points: &[Point]) -> u64 {
+        points.iter().map(|p| p.stats.errors).sum()
+    }
+}
+
+/// CPU per request of the service and the database, in µs.
+fn cpu_per_request(points: &[Point]) -> (f64, f64) {
+    let c = Rounds::cores(points);
+    let rate = Rounds::rate(points);
+    (c.airlock / rate * 1e6, c.postgres / rate * 1e6)
+}
+
+/// What PostgreSQL ran per request over `points`: statements, server time,
+/// and the statements that took most of it.
+fn print_statements(label: &str, points: &[Point]) {
+    let requests: u64 = points.iter().map(|p| p.stats.all_requests).sum();
+    if requests == 0 {
+        return;
+    }
+    let mut by_query: Vec<Statement> = Vec::new();
+    for s in points.iter().flat_map(|p| &p.statements) {
+        match by_query.iter_mut().find(|q| q.query == s.query) {
+            Some(q) => {
+                q.calls += s.calls;
+                q.total_ms += s.total_ms;
+            }
+            None => by_query.push(s.clone()),
+        }
+    }
+    by_query.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+    let calls: u64 = by_query.iter().map(|q| q.calls).sum();
+    let total_ms: f64 = by_query.iter().map(|q| q.total_ms).sum();
+    let wall: f64 = points.iter().map(|p| p.wall).sum::<f64>();
+    println!();
+    println!(
+        "{label}: {requests} requests (warm-up included), {:.2} statements and {:.0} µs of statement \
+         execution per request (server-side, pg_stat_statements: {:.2} s of it per second of load)",
+        calls as f64 / requests as f64,
+        total_ms * 1000.0 / requests as f64,
+        total_ms / 1000.0 / wall.max(1e-9),
+    );
+    println!();
+    println!("| statement | calls per request | mean µs | µs per request |");
+    println!("|---|---|---|---|");
+    for q in by_query.iter().take(8) {
+        let mut text = q.query.clone();
+        if text.len() > 90 {
+            let mut cut = 90;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push('…');
+        }
+        println!(
+            "| `{}` | {:.3} | {:.1} | {:.1} |",
+            text.replace('|', "\\|"),
+            q.calls as f64 / requests as f64,
+            q.total_ms * 1000.0 / q.calls.max(1) as f64,
+            q.total_ms * 1000.0 / requests as f64,
+        );
+    }
+}
+
+fn concurrency(options: &Options) -> Vec<usize> {
+    if options.concurrency_given {
+        options.concurrency.clone()
+    } else {
+        vec![1, 32]
+    }
+}
+
+fn print_round_header(a: &str, b: &str) {
+    println!();
+    println!(
+        "| clients | round (first) | load 1 min | {a} req/s | {a} p50 / p90 / p99 ms | errors | {a} cores: airlock / postgres / loadgen / others | {b} req/s | {b} p50 / p90 / p99 ms | errors | {b} cores: airlock / postgres / loadgen / others | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+}
+
+fn print_round(c: usize, round: usize, b_first: bool, first: &str, second: &str, a: &Point, b: &Point) {
+    println!(
+        "| {c} | {} ({}) | {:.2} | {} | {} | {:.2} |",
+        round + 1,
+        if b_first { second } else { first },
+        a.load1.min(b.load1),
+        a.row(),
+        b.row(),
+        b.stats.per_second() / a.stats.per_second(),
+    );
+}
+
+fn print_summary_header(a: &str, b: &str) {
+    println!();
+    println!(
+        "| clients | {a} req/s | {b} req/s | {b} / {a} (median of rounds) | {a} p50 / p99 ms | {b} p50 / p99 ms | CPU µs per request: {a} airlock + postgres | {b} airlock + postgres | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+}
+
+fn print_summary(c: usize, r: &Rounds) {
+    let (a_air, a_pg) = cpu_per_request(&r.a);
+    let (b_air, b_pg) = cpu_per_request(&r.b);
+    println!(
+        "| {c} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} + {:.0} | {:.0} + {:.0} | {} |",
+        Rounds::rate(&r.a),
+        Rounds::rate(&r.b),
+        r.ratio(),
+        Rounds::pct(&r.a, 0.5),
+        Rounds::pct(&r.a, 0.99),
+        Rounds::pct(&r.b, 0.5),
+        Rounds::pct(&r.b, 0.99),
+        a_air,
+        a_pg,
+        b_air,
+        b_pg,
+        Rounds::errors(&r.a) + Rounds::errors(&r.b),
+    );
+}
+
+fn header(what: &str, options: &Options, pg: &Pg) -> Result<()> {
+    println!();
+    println!("## {what}");
+    println!();
+    println!(
+        "PostgreSQL {} (throw-away server on 127.0.0.1, fsync and synchronous_commit on, pg_stat_statements \
+         loaded), {} rounds of {} s measured after {} s warm-up, A/B order alternating; load average at \
+         start {:.2}; `cores` = CPU seconds per second of the round: airlock (all its processes) / the \
+         PostgreSQL server (postmaster and backends) / this load generator / everything else on the machine.",
+        pg.server.version()?,
+        options.rounds,
+        options.seconds,
+        options.warmup,
+        cpu::load1(),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// `store`: the API on SQLite and on PostgreSQL.
+
+pub fn store(options: &Options) -> Result<()> {
+    let component = airlock_benches::component("bench_component");
+    let pg = Pg::start("airlock_bench")?;
+    let mut sqlite = World::new(options, &bench_config(&component))?;
+    let sqlite_token = sqlite.token("loadgen", "agent", "agent")?;
+    sqlite.start()?;
+    let mut postgres = World::new(options, &(bench_config(&component) + &pg.db.store_section()))?;
+    let pg_token = postgres.token("loadgen", "agent", "agent")?;
+    postgres.start()?;
+    let postmaster = pg.server.postmaster_pid()?;
+    let sqlite_probe = Probe {
+        airlock: vec![sqlite.pid().context("no server")?],
+        postmaster: Some(postmaster),
+    };
+    let pg_probe = Probe {
+        airlock: vec![postgres.pid().context("no server")?],
+        postmaster: Some(postmaster),
+    };
+    header(
+        "HTTP API POST /v1/invocations (bench.noop, sync, durable audit): PostgreSQL store vs SQLite (baseline)",
+        options,
+        &pg,
+    )?;
+    let mut results = Vec::new();
+    print_round_header("SQLite", "PostgreSQL");
+    for c in concurrency(options) {
+        let sqlite_addr = [sqlite.addr.clone()];
+        let pg_addr = [postgres.addr.clone()];
+        let rounds = Rounds::run(
+            options.rounds,
+            || point(&sqlite_probe, None, || invoke_load(options, c, &sqlite_addr, &sqlite_token)),
+            || point(&pg_probe, Some(&pg), || invoke_load(options, c, &pg_addr, &pg_token)),
+            |round, b_first, a, b| print_round(c, round, b_first, "SQLite", "PostgreSQL", a, b),
+        )?;
+        results.push((c, rounds));
+    }
+    print_summary_header("SQLite", "PostgreSQL");
+    for (c, r) in &results {
+        print_summary(*c, r);
+    }
+    for (c, r) in &results {
+        print_statements(&format!("PostgreSQL at {c} clients"), &r.b);
+    }
+    println!();
+    println!("Goal: PostgreSQL ≥ 0.6 of SQLite's throughput, p99 < 25 ms at 32 clients.");
+    for (c, r) in &results {
+        println!(
+            "- {c} clients: ratio {:.2} ({}), PostgreSQL p99 {:.2} ms ({})",
+            r.ratio(),
+            if r.ratio() >= 0.6 { "met" } else { "not met" },
+            Rounds::pct(&r.b, 0.99),
+            if Rounds::pct(&r.b, 0.99) < 25.0 { "< 25 ms" } else { "≥ 25 ms" },
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// `cluster`: two nodes on one database against one node.
+
+pub fn cluster(options: &Options) -> Result<()> {
+    let component = airlock_benches::component("bench_component");
+    let pg = Pg::start("airlock_cluster")?;
+    let config = bench_config(&component) + &pg.db.store_section();
+    let mut a = World::new(options, &config)?;
+    a.serve_args = vec!["--node-id".into(), "node-a".into()];
+    let mut b = World::new(options, &config)?;
+    b.serve_args = vec!["--node-id".into(), "node-b".into()];
+    // One token, in the shared store: both nodes accept it.
+    let token = a.token("loadgen", "agent", "agent")?;
+    a.start()?;
+    b.start()?;
+    let nodes = cluster_nodes(&b.addr, &token)?;
+    if nodes.len() != 2 {
+        bail!("GET /v1/cluster on node-b lists {nodes:?}, not both nodes");
+    }
+    let probe = Probe {
+        airlock: vec![a.pid().context("no node a")?, b.pid().context("no node b")?],
+        postmaster: Some(pg.server.postmaster_pid()?),
+    };
+    header(
+        "Two `airlock serve` nodes on one PostgreSQL database vs one node (baseline), same clients in total",
+        options,
+        &pg,
+    )?;
+    println!();
+    println!(
+        "GET /v1/cluster lists {}. In one-node rounds every client talks to node-a and node-b idles; in \
+         two-node rounds the clients alternate between the nodes.",
+        nodes.join(", ")
+    );
+    let one = [a.addr.clone()];
+    let two = [a.addr.clone(), b.addr.clone()];
+    let mut results = Vec::new();
+    print_round_header("one node", "two nodes");
+    for c in concurrency(options) {
+        if c < 2 {
+            continue;
+        }
+        let rounds = Rounds::run(
+            options.rounds,
+            || point(&probe, Some(&pg), || invoke_load(options, c, &one, &token)),
+            || point(&probe, Some(&pg), || invoke_load(options, c, &two, &token)),
+            |round, b_first, x, y| print_round(c, round, b_first, "one node", "two nodes", x, y),
+        )?;
+        results.push((c, rounds));
+    }
+    print_summary_header("one node", "two nodes");
+    for (c, r) in &results {
+        print_summary(*c, r);
+    }
+    for (c, r) in &results {
+        print_statements(&format!("One node at {c} clients"), &r.a);
+        print_statements(&format!("Two nodes at {c} clients"), &r.b);
+    }
+    Ok(())
+}
+
+/// The node ids `GET /v1/cluster` lists.
+fn cluster_nodes(addr: &str, token: &str) -> Result<Vec<String>> {
+    let rt = client_runtime()?;
+    let auth = format!("Bearer {token}");
+    let r = rt.block_on(async {
+        Conn::connect(addr)
+            .await?
+            .send(&http1::request("GET", "/v1/cluster", addr, &[("Authorization", &auth)], b""))
+            .await
+    })?;
+    if r.status != 200 {
+        bail!("GET /v1/cluster: {} {}", r.status, String::from_utf8_lossy(&r.body));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&r.body)?;
+    Ok(v["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| n["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+// ---------------------------------------------------------------------------
+// `lookup`: an invocation by id among many stored ones.
+
+fn invocation_id(n: u64) -> String {
+    format!(
+        "{:032x}",
+        (n as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+    )
+}
+
+/// Store `rows` final status rows of `bench.noop` by `loadgen`, as the
+/// service stores them, through the store's own API; returns how long it
+/// took.
+fn fill(store: &dyn airlock::store::Store, rows: u64) -> Result<Duration> {
+    use airlock::store::{InvocationOutcome, InvocationRecord, InvocationStatus};
+    let caller = airlock::identity::Caller {
+        name: "loadgen".into(),
+        kind: airlock::identity::IdentityKind::Agent,
+        roles: vec!["agent".into()],
+        token_id: Some("tok_loadgen".into()),
+    };
+    let started = Instant::now();
+    let now = airlock::time::now_micros();
+    for n in 0..rows {
+        let at = now.saturating_sub(rows - n);
+        store
+            .record_run(&InvocationRecord {
+                id: invocation_id(n),
+                action: "bench".into(),
+                function: "noop".into(),
+                args: serde_json::json!({}),
+                caller: caller.clone(),
+                state: InvocationStatus::Succeeded,
+                approval: None,
+                created_at: at,
+                updated_at: at,
+                outcome: Some(InvocationOutcome {
+                    exit_code: 0,
+                    result: None,
+                    error: None,
+                    finished_at: at,
+                }),
+                runner: None,
+            })
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    // A read writes out whatever is still queued first.
+    let last = store.invocation(&invocation_id(rows - 1)).map_err(|e| anyhow!("{e}"))?;
+    if last.is_none() {
+        bail!("the last stored row is not there");
+    }
+    Ok(started.elapsed())
+}
+
+/// `GET /v1/invocations/{id}` over a list of ids, each client starting
+/// elsewhere in it.
+struct LookupClient {
+    conn: Conn,
+    requests: std::sync::Arc<Vec<Vec<u8>>>,
+    next: usize,
+}
+
+impl Client for LookupClient {
+    async fn one(&mut self) -> Result<()> {
+        let request = &self.requests[self.next % self.requests.len()];
+        self.next += 1;
+        let r = self.conn.send(request).await?;
+        if r.status != 200 {
+            bail!("status {}: {}", r.status, String::from_utf8_lossy(&r.body));
+        }
+        Ok(())
+    }
+}
+
+fn lookup_load(options: &Options, clients: usize, addr: &str, token: &str, ids: &[String]) -> Result<Stats> {
+    let auth = format!("Bearer {token}");
+    let requests: std::sync::Arc<Vec<Vec<u8>>> = std::sync::Arc::new(
+        ids.iter()
+            .map(|id| {
+                http1::request(
+                    "GET",
+                    &format!("/v1/invocations/{id}"),
+                    addr,
+                    &[("Authorization", &auth)],
+                    b"",
+                )
+            })
+            .collect(),
+    );
+    let rt = client_runtime()?;
+    let next = std::cell::Cell::new(0usize);
+    rt.block_on(closed_loop(clients, options.warmup, options.seconds, || {
+        let start = next.get() * 97;
+        next.set(next.get() + 1);
+        let requests = requests.clone();
+        let addr = addr.to_string();
+        async move {
+            Ok(LookupClient {
+                conn: Conn::connect(&addr).await?,
+                requests,
+                next: start,
+            })
+        }
+    }))
+}
+
+pub fn lookup(options: &Options) -> Result<()> {
+    let component = airlock_benches::component("bench_component");
+    let pg = Pg::start("airlock_lookup")?;
+    let mut sqlite = World::new(options, &bench_config(&component))?;
+    let mut postgres = World::new(options, &(bench_config(&component) + &pg.db.store_section()))?;
+    let rows = options.rows;
+    let sqlite_fill = {
+        let store = airlock::store::open(&Default::default(), &sqlite.dir.path().join("data"))
+            .map_err(|e| anyhow!("{e}"))?;
+        fill(store.as_ref(), rows)?
+    };
+    let pg_fill = {
+        let store = airlock::store::open(&pg.db.settings(), &postgres.dir.path().join("data"))
+            .map_err(|e| anyhow!("{e}"))?;
+        fill(store.as_ref(), rows)?
+    };
+    pg.server.psql(&pg.db.name, "ANALYZE;")?;
+    let sqlite_token = sqlite.token("loadgen", "agent", "agent")?;
+    let pg_token = postgres.token("loadgen", "agent", "agent")?;
+    sqlite.start()?;
+    postgres.start()?;
+    let postmaster = pg.server.postmaster_pid()?;
+    let sqlite_probe = Probe {
+        airlock: vec![sqlite.pid().context("no server")?],
+        postmaster: Some(postmaster),
+    };
+    let pg_probe = Probe {
+        airlock: vec![postgres.pid().context("no server")?],
+        postmaster: Some(postmaster),
+    };
+    // 1,000 ids spread over the whole table.
+    let step = rows / 1000;
+    let ids: Vec<String> = (0..1000u64).map(|k| invocation_id(k * step + step / 2)).collect();
+    header(
+        &format!("GET /v1/invocations/{{id}} among {rows} stored invocations: PostgreSQL vs SQLite (baseline)"),
+        options,
+        &pg,
+    )?;
+    let size = pg
+        .server
+        .psql(&pg.db.name, "SELECT pg_size_pretty(pg_total_relation_size('invocations'));")?;
+    println!();
+    println!(
+        "Filled through the store's own `record_run` (rows as the service writes them): SQLite {:.1} s, \
+         PostgreSQL {:.1} s ({} for the table and its indexes). Each client walks 1,000 ids spread over the table.",
+        sqlite_fill.as_secs_f64(),
+        pg_fill.as_secs_f64(),
+        size.trim()
+    );
+    let mut results = Vec::new();
+    print_round_header("SQLite", "PostgreSQL");
+    for c in concurrency(options) {
+        let rounds = Rounds::run(
+            options.rounds,
+            || {
+                point(&sqlite_probe, None, || {
+                    lookup_load(options, c, &sqlite.addr, &sqlite_token, &ids)
+                })
+            },
+            || point(&pg_probe, Some(&pg), || lookup_load(options, c, &postgres.addr, &pg_token, &ids)),
+            |round, b_first, a, b| print_round(c, round, b_first, "SQLite", "PostgreSQL", a, b),
+        )?;
+        results.push((c, rounds));
+    }
+    print_summary_header("SQLite", "PostgreSQL");
+    for (c, r) in &results {
+        print_summary(*c, r);
+    }
+    for (c, r) in &results {
+        print_statements(&format!("PostgreSQL lookups at {c} clients"), &r.b);
+    }
+    Ok(())
+}
