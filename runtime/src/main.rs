@@ -360,11 +360,24 @@ impl DataPlace {
 
     /// The store the config names (`[store]`), or SQLite in [`Self::dir`].
     pub(crate) fn store(&self) -> Result<std::sync::Arc<dyn airlock::store::Store>, Error> {
-        let settings = match &self.config {
+        airlock::store::open(&self.store_settings()?, &self.dir()?).map_err(|e| Error::Internal(e.0))
+    }
+
+    fn store_settings(&self) -> Result<airlock::store::settings::StoreSettings, Error> {
+        Ok(match &self.config {
             Some(config) => Policy::load(config)?.runtime.store,
             None => Default::default(),
-        };
-        airlock::store::open(&settings, &self.dir()?).map_err(|e| Error::Internal(e.0))
+        })
+    }
+
+    /// The shared vault, when the config's store is shared (PostgreSQL).
+    pub(crate) fn shared_vault(
+        &self,
+    ) -> Result<Option<std::sync::Arc<dyn airlock::vault::shared::SharedVault>>, Error> {
+        if self.store_settings()?.postgres.is_none() {
+            return Ok(None);
+        }
+        Ok(self.store()?.shared_vault())
     }
 }
 
@@ -388,7 +401,7 @@ fn secret(cmd: SecretCommand) -> Result<ExitCode, Error> {
                 );
             }
             let dir = data_dir(&place)?;
-            let mut vault = Vault::open_or_create(&dir).map_err(vault_err)?;
+            let mut vault = Vault::open_in(&dir, place.shared_vault()?, true).map_err(vault_err)?;
             let value = vault::secret::read_from_stdin(&name).map_err(Error::Usage)?;
             vault.set(&name, &value).map_err(vault_err)?;
             eprintln!(
@@ -398,7 +411,7 @@ fn secret(cmd: SecretCommand) -> Result<ExitCode, Error> {
             );
         }
         SecretCommand::List { place, json } => {
-            let vault = Vault::open(&data_dir(&place)?).map_err(vault_err)?;
+            let vault = Vault::open_in(&data_dir(&place)?, place.shared_vault()?, false).map_err(vault_err)?;
             let list = vault.list();
             if json {
                 println!("{}", serde_json::to_string_pretty(&list).map_err(Error::internal)?);
@@ -422,7 +435,7 @@ fn secret(cmd: SecretCommand) -> Result<ExitCode, Error> {
         }
         SecretCommand::Rm { name, place } => {
             vault::validate_name(&name).map_err(vault_err)?;
-            let mut vault = Vault::open(&data_dir(&place)?).map_err(vault_err)?;
+            let mut vault = Vault::open_in(&data_dir(&place)?, place.shared_vault()?, false).map_err(vault_err)?;
             vault.remove(&name).map_err(vault_err)?;
             eprintln!("removed secret {name}");
         }

@@ -227,7 +227,12 @@ impl Runtime {
         let vault = match &self.vault {
             Some(v) => v.clone(),
             None => {
-                let v = Arc::new(LiveVault::open(&self.data_dir).map_err(|e| {
+                // Nodes sharing a PostgreSQL store share its vault.
+                let shared = match &self.store_settings.postgres {
+                    Some(_) => self.store()?.shared_vault(),
+                    None => None,
+                };
+                let v = Arc::new(LiveVault::open_in(&self.data_dir, shared).map_err(|e| {
                     Error::Config(format!(
                         "action `{action}` has credentials, but the vault cannot be opened: {e}"
                     ))

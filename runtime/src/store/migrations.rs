@@ -132,6 +132,17 @@ CREATE TABLE console_sessions (
 CREATE INDEX console_sessions_by_last_seen ON console_sessions(last_seen);
 ",
     },
+    Migration {
+        version: 3,
+        name: "the shared vault document (ciphertext only)",
+        sql: "
+CREATE TABLE vault (
+    id SMALLINT PRIMARY KEY CHECK (id = 1),
+    document TEXT NOT NULL,
+    version BIGINT NOT NULL
+);
+",
+    },
 ];
 
 /// The newest migration this airlock knows.

@@ -179,6 +179,11 @@ pub trait Store: Send + Sync {
     /// other machine writes.
     fn watch(&self, changed: std::sync::Weak<tokio::sync::Notify>);
 
+    /// Where the vault document lives when other machines share this
+    /// store (see [`crate::vault::shared`]); `None`: the vault is a file in
+    /// each data directory.
+    fn shared_vault(&self) -> Option<Arc<dyn crate::vault::shared::SharedVault>>;
+
     /// Store a new console session.
     fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
     /// The session with this id hash, if it was not idle since

@@ -1208,6 +1208,10 @@ impl Store for PgStore {
         true
     }
 
+    fn shared_vault(&self) -> Option<Arc<dyn crate::vault::shared::SharedVault>> {
+        Some(Arc::new(PgVault(self.inner.clone())))
+    }
+
     fn watch(&self, changed: std::sync::Weak<tokio::sync::Notify>) {
         self.inner
             .watchers
@@ -1417,5 +1421,71 @@ impl Store for PgStore {
                 .get(0);
             Ok(usize::try_from(live).unwrap_or(usize::MAX))
         })
+    }
+}
+
+/// The vault document in the `vault` table (see [`crate::vault::shared`]).
+struct PgVault(Arc<Inner>);
+
+impl crate::vault::shared::SharedVault for PgVault {
+    fn describe(&self) -> String {
+        format!("{} (table vault)", self.0.url)
+    }
+
+    fn load(&self) -> Result<Option<(String, i64)>, String> {
+        let inner = &self.0;
+        inner
+            .block(async {
+                let row = inner
+                    .client()
+                    .await?
+                    .query_opt("SELECT document, version FROM vault WHERE id = 1", &[])
+                    .await
+                    .map_err(pg_err)?;
+                Ok(row.map(|r| (r.get(0), r.get(1))))
+            })
+            .map_err(|e| e.0)
+    }
+
+    fn version(&self) -> Result<Option<i64>, String> {
+        let inner = &self.0;
+        inner
+            .block(async {
+                let row = inner
+                    .client()
+                    .await?
+                    .query_opt("SELECT version FROM vault WHERE id = 1", &[])
+                    .await
+                    .map_err(pg_err)?;
+                Ok(row.map(|r| r.get(0)))
+            })
+            .map_err(|e| e.0)
+    }
+
+    fn replace(&self, expected: Option<i64>, document: &str) -> Result<bool, String> {
+        let inner = &self.0;
+        inner
+            .block(async {
+                let client = inner.client().await?;
+                let changed = match expected {
+                    None => client
+                        .execute(
+                            "INSERT INTO vault (id, document, version) VALUES (1, $1, 1) ON CONFLICT (id) DO NOTHING",
+                            &[&document],
+                        )
+                        .await,
+                    Some(v) => {
+                        client
+                            .execute(
+                                "UPDATE vault SET document = $1, version = version + 1 WHERE id = 1 AND version = $2",
+                                &[&document, &v],
+                            )
+                            .await
+                    }
+                }
+                .map_err(pg_err)?;
+                Ok(changed == 1)
+            })
+            .map_err(|e| e.0)
     }
 }

@@ -906,6 +906,10 @@ impl Store for SqliteStore {
         false
     }
 
+    fn shared_vault(&self) -> Option<Arc<dyn crate::vault::shared::SharedVault>> {
+        None
+    }
+
     fn watch(&self, _changed: std::sync::Weak<tokio::sync::Notify>) {
         // Other processes on this machine are seen by polling.
     }

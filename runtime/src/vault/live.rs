@@ -17,7 +17,14 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::sync::RwLock;
 
-/// What identifies one version of the vault file.
+/// What identifies one version of the vault: the file's identity, or the
+/// shared document's version number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stamp {
+    File(FileStamp),
+    Version(i64),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
     dev: u64,
@@ -44,7 +51,7 @@ fn stamp(path: &Path) -> Result<Option<FileStamp>, VaultError> {
 
 struct Loaded {
     vault: Vault,
-    stamp: Option<FileStamp>,
+    stamp: Option<Stamp>,
     /// Why the last reload failed; reads fail with it until the file changes.
     broken: Option<String>,
 }
@@ -63,9 +70,26 @@ impl std::fmt::Debug for LiveVault {
 impl LiveVault {
     /// Open the vault in `data_dir` (see [`Vault::open`]).
     pub fn open(data_dir: &Path) -> Result<LiveVault, VaultError> {
+        Self::open_in(data_dir, None)
+    }
+
+    /// Open the vault in `shared` if given (see [`Vault::open_in`]).
+    pub fn open_in(
+        data_dir: &Path,
+        shared: Option<std::sync::Arc<dyn super::shared::SharedVault>>,
+    ) -> Result<LiveVault, VaultError> {
         // Stamp first: a change racing the open is then seen as a change.
-        let stamp = stamp(&data_dir.join(super::VAULT_FILE))?;
-        let vault = Vault::open(data_dir)?;
+        let stamp = match &shared {
+            Some(s) => s
+                .version()
+                .map_err(|e| VaultError::Io {
+                    path: s.describe().into(),
+                    source: std::io::Error::other(e),
+                })?
+                .map(Stamp::Version),
+            None => stamp(&data_dir.join(super::VAULT_FILE))?.map(Stamp::File),
+        };
+        let vault = Vault::open_in(data_dir, shared, false)?;
         Ok(LiveVault {
             loaded: RwLock::new(Loaded {
                 vault,
@@ -81,15 +105,23 @@ impl LiveVault {
         self.loaded.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Re-read the file if it changed since it was last loaded.
+    /// The stamp of the vault as it is now.
+    fn current(vault: &Vault) -> Result<Option<Stamp>, VaultError> {
+        match vault.shared_version() {
+            Some(version) => Ok(version?.map(Stamp::Version)),
+            None => Ok(stamp(vault.path())?.map(Stamp::File)),
+        }
+    }
+
+    /// Re-read the vault if it changed since it was last loaded.
     fn refresh(&self) -> Result<(), VaultError> {
         let path = self.read().vault.path().to_path_buf();
-        let now = stamp(&path)?;
+        let now = Self::current(&self.read().vault)?;
         if self.read().stamp == now {
             return Ok(());
         }
         let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
-        let now = stamp(&path)?;
+        let now = Self::current(&loaded.vault)?;
         if loaded.stamp == now {
             return Ok(());
         }

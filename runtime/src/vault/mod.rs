@@ -12,10 +12,14 @@
 //! - Writes are atomic (temp file, fsync, rename) and serialized by an
 //!   advisory lock, so a crash or a concurrent `secret set` cannot leave a
 //!   torn vault.
+//! - Nodes sharing a PostgreSQL store share the vault through it
+//!   ([`shared`]): the same document, ciphertext only, replaced atomically
+//!   by compare and swap; the master key stays on each node.
 
 pub mod key;
 pub mod live;
 pub mod secret;
+pub mod shared;
 
 pub use key::{KeySource, MasterKey};
 pub use live::LiveVault;
@@ -105,10 +109,15 @@ struct SealedEntry {
 
 /// An open vault: the sealed entries in memory and the key to open them.
 pub struct Vault {
+    /// The file, or (shared) a description of where the document is.
     path: PathBuf,
     key: MasterKey,
     key_source: KeySource,
     secrets: BTreeMap<String, SealedEntry>,
+    /// Set when the document lives in a shared store, not in `path`.
+    shared: Option<std::sync::Arc<dyn shared::SharedVault>>,
+    /// The shared document's version as last read.
+    version: Option<i64>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -124,19 +133,32 @@ impl Vault {
     /// Open the vault in `data_dir` for reading. A missing vault opens empty
     /// (and needs no key); an existing one needs the key that created it.
     pub fn open(data_dir: &Path) -> Result<Vault, VaultError> {
-        Self::open_inner(data_dir, false)
+        Self::open_in(data_dir, None, false)
     }
 
     /// Open the vault for `secret set`: creates the default key file (0600)
     /// if no key is configured and none exists yet.
     pub fn open_or_create(data_dir: &Path) -> Result<Vault, VaultError> {
-        Self::open_inner(data_dir, true)
+        Self::open_in(data_dir, None, true)
     }
 
-    fn open_inner(data_dir: &Path, create: bool) -> Result<Vault, VaultError> {
-        let path = data_dir.join(VAULT_FILE);
+    /// Open the vault in `shared` (a shared store's document) if given,
+    /// else the file in `data_dir`; `create` as in [`Vault::open_or_create`].
+    /// The master key is found as for a file (in `data_dir` by default).
+    pub fn open_in(
+        data_dir: &Path,
+        shared: Option<std::sync::Arc<dyn shared::SharedVault>>,
+        create: bool,
+    ) -> Result<Vault, VaultError> {
+        let path = match &shared {
+            Some(s) => PathBuf::from(s.describe()),
+            None => data_dir.join(VAULT_FILE),
+        };
         let source = key::locate(data_dir);
-        let exists = path.exists();
+        let exists = match &shared {
+            Some(s) => s.version().map_err(|e| shared_err(&path, e))?.is_some(),
+            None => path.exists(),
+        };
         let key = match key::load(&source).map_err(VaultError::Key)? {
             Some(k) => k,
             None => {
@@ -159,6 +181,8 @@ impl Vault {
                         key: MasterKey::generate().map_err(VaultError::Key)?,
                         key_source: source,
                         secrets: BTreeMap::new(),
+                        shared,
+                        version: None,
                     });
                 }
                 crate::data_dir::create_private_dir(data_dir).map_err(|e| VaultError::Io {
@@ -173,6 +197,8 @@ impl Vault {
             key,
             key_source: source,
             secrets: BTreeMap::new(),
+            shared,
+            version: None,
         };
         if exists {
             vault.reload()?;
@@ -180,8 +206,23 @@ impl Vault {
         Ok(vault)
     }
 
-    /// Re-read the vault file (to pick up another process's changes).
+    /// Re-read the vault (to pick up another process's changes).
     pub fn reload(&mut self) -> Result<(), VaultError> {
+        if let Some(shared) = &self.shared {
+            let loaded = shared.load().map_err(|e| shared_err(&self.path, e))?;
+            return match loaded {
+                Some((text, version)) => {
+                    self.load_text(&text)?;
+                    self.version = Some(version);
+                    Ok(())
+                }
+                None => {
+                    self.secrets.clear();
+                    self.version = None;
+                    Ok(())
+                }
+            };
+        }
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -195,7 +236,13 @@ impl Vault {
                 });
             }
         };
-        let file: VaultFile = serde_json::from_str(&text).map_err(|e| self.corrupt(e.to_string()))?;
+        self.load_text(&text)
+    }
+
+    /// Take the secrets from a vault document, checking it opens with the
+    /// key.
+    fn load_text(&mut self, text: &str) -> Result<(), VaultError> {
+        let file: VaultFile = serde_json::from_str(text).map_err(|e| self.corrupt(e.to_string()))?;
         if file.format != FORMAT || file.cipher != "xchacha20poly1305" {
             return Err(self.corrupt(format!("unsupported format {} / cipher {}", file.format, file.cipher)));
         }
@@ -275,8 +322,49 @@ impl Vault {
         })
     }
 
+    /// The document to write: the current secrets and a fresh key check.
+    fn document(&self) -> Result<String, VaultError> {
+        let file = VaultFile {
+            format: FORMAT.into(),
+            cipher: "xchacha20poly1305".into(),
+            key_check: self.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK_AAD)?,
+            secrets: self.secrets.clone(),
+        };
+        serde_json::to_string_pretty(&file).map_err(|e| self.corrupt(e.to_string()))
+    }
+
+    /// Re-read, change, store if nobody stored meanwhile; else again.
+    fn update_shared(
+        &mut self,
+        shared: &std::sync::Arc<dyn shared::SharedVault>,
+        change: impl Fn(&mut Vault) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
+        const ATTEMPTS: usize = 20;
+        for _ in 0..ATTEMPTS {
+            self.reload()?;
+            change(self)?;
+            let text = self.document()?;
+            if shared
+                .replace(self.version, &text)
+                .map_err(|e| shared_err(&self.path, e))?
+            {
+                // The version written is not known here: read it back on
+                // the next use.
+                self.version = None;
+                return Ok(());
+            }
+        }
+        Err(shared_err(
+            &self.path,
+            format!("{ATTEMPTS} concurrent changes in a row; try again"),
+        ))
+    }
+
     /// Lock, re-read, change, write atomically, unlock.
-    fn update(&mut self, change: impl FnOnce(&mut Vault) -> Result<(), VaultError>) -> Result<(), VaultError> {
+    fn update(&mut self, change: impl Fn(&mut Vault) -> Result<(), VaultError>) -> Result<(), VaultError> {
+        if let Some(shared) = self.shared.clone() {
+            return self.update_shared(&shared, change);
+        }
         let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
         crate::data_dir::create_private_dir(&dir).map_err(|e| VaultError::Io {
             path: dir.clone(),
@@ -300,13 +388,7 @@ impl Vault {
         })?;
         self.reload()?;
         change(self)?;
-        let file = VaultFile {
-            format: FORMAT.into(),
-            cipher: "xchacha20poly1305".into(),
-            key_check: self.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK_AAD)?,
-            secrets: self.secrets.clone(),
-        };
-        let text = serde_json::to_string_pretty(&file).map_err(|e| self.corrupt(e.to_string()))?;
+        let text = self.document()?;
         let tmp = dir.join(format!(".{VAULT_FILE}.{}.tmp", std::process::id()));
         let io = |source| VaultError::Io {
             path: tmp.clone(),
@@ -366,6 +448,23 @@ impl Vault {
             path: self.path.clone(),
             reason,
         }
+    }
+}
+
+/// A shared vault's store failed (the message names no secret value).
+fn shared_err(path: &Path, reason: String) -> VaultError {
+    VaultError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(reason),
+    }
+}
+
+/// The shared vault's version, for [`live::LiveVault`].
+impl Vault {
+    pub(crate) fn shared_version(&self) -> Option<Result<Option<i64>, VaultError>> {
+        self.shared
+            .as_ref()
+            .map(|s| s.version().map_err(|e| shared_err(&self.path, e)))
     }
 }
 
