@@ -33,7 +33,7 @@
 //!   a request head (`slow-head`) one byte a second; each worker on a fresh
 //!   connection per request, then on one keep-alive connection. Baseline:
 //!   the same clients on the same server without a flood.
-//! - `store`, `cluster`, `lookup` (and `pg`, all three): the service on a
+//! - `calls`, `store`, `cluster`, `lookup` (`pg`: all four): the service on a
 //!   throw-away PostgreSQL server against its SQLite baseline, two nodes
 //!   on one database against one node, and lookups by invocation among
 //!   `--rows` stored invocations, in alternating rounds (see [`store`]).
@@ -75,7 +75,7 @@ struct Options {
     rows: u64,
 }
 
-const USAGE: &str = "usage: loadgen api|mcp|startup|memory|audit|flood|all|store|cluster|lookup|pg [--seconds S] \
+const USAGE: &str = "usage: loadgen api|mcp|startup|memory|audit|flood|all|calls|store|cluster|lookup|pg [--seconds S] \
 [--warmup S] [--concurrency 1,2,4,...] [--actions N] [--runs N] [--suspended N] [--records N] [--attackers N] \
 [--clients N] [--sources N] [--flood body|head|both] [--rounds N] [--rows N] [--airlock PATH]";
 
@@ -176,7 +176,9 @@ fn main() -> Result<()> {
         "store" => store::store(&options)?,
         "cluster" => store::cluster(&options)?,
         "lookup" => store::lookup(&options)?,
+        "calls" => store::calls(&options)?,
         "pg" => {
+            store::calls(&options)?;
             store::store(&options)?;
             store::cluster(&options)?;
             store::lookup(&options)?;

@@ -13,6 +13,9 @@
 //! - `lookup`: `GET /v1/invocations/{id}` of invocations spread over
 //!   `--rows` stored ones (default one million), SQLite against
 //!   PostgreSQL: a query by invocation through the store.
+//! - `calls`: the store calls one `POST /v1/invocations` makes (the token
+//!   lookup, the `running` row, the final row), made in this process by
+//!   caller threads, without HTTP: what each backend costs by itself.
 //!
 //! Each point also says where the machine's cores went (the service, the
 //! database server's processes, the load generator, everyone else, from
@@ -115,6 +118,18 @@ impl Pg {
         Ok(())
     }
 
+    /// Connections airlock's role has open now.
+    fn connections(&self) -> Result<u64> {
+        let out = self.server.psql(
+            &self.db.name,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = '{}';",
+                self.db.name
+            ),
+        )?;
+        out.trim().parse().context("pg_stat_activity count")
+    }
+
     /// Statements airlock's role ran in its database since the reset.
     fn statements(&self) -> Result<Vec<Statement>> {
         let out = self.server.psql(
@@ -152,6 +167,9 @@ struct Point {
     load1: f64,
     /// PostgreSQL's statements in this round (none on SQLite).
     statements: Vec<Statement>,
+    /// Connections airlock's role holds open after the round (its pools
+    /// grow on demand up to `store.pool-size`, and keep what they opened).
+    connections: Option<u64>,
 }
 
 impl Point {
@@ -177,9 +195,9 @@ fn point(probe: &Probe, pg: Option<&Pg>, load: impl FnOnce() -> Result<Stats>) -
     let before = probe.mark();
     let stats = load()?;
     let after = probe.mark();
-    let statements = match pg {
-        Some(pg) => pg.statements()?,
-        None => Vec::new(),
+    let (statements, connections) = match pg {
+        Some(pg) => (pg.statements()?, Some(pg.connections()?)),
+        None => (Vec::new(), None),
     };
     Ok(Point {
         stats,
@@ -187,6 +205,7 @@ fn point(probe: &Probe, pg: Option<&Pg>, load: impl FnOnce() -> Result<Stats>) -
         cores: Cores::between(&before, &after),
         load1,
         statements,
+        connections,
     })
 }
 
@@ -329,10 +348,12 @@ fn print_statements(label: &str, points: &[Point]) {
     let calls: u64 = by_query.iter().map(|q| q.calls).sum();
     let total_ms: f64 = by_query.iter().map(|q| q.total_ms).sum();
     let wall: f64 = points.iter().map(|p| p.wall).sum::<f64>();
+    let connections = points.iter().filter_map(|p| p.connections).max().unwrap_or(0);
     println!();
     println!(
         "{label}: {requests} requests (warm-up included), {:.2} statements and {:.0} µs of statement \
-         execution per request (server-side, pg_stat_statements: {:.2} s of it per second of load)",
+         execution per request (server-side, pg_stat_statements: {:.2} s of it per second of load); \
+         airlock's connections open after the rounds: {connections}",
         calls as f64 / requests as f64,
         total_ms * 1000.0 / requests as f64,
         total_ms / 1000.0 / wall.max(1e-9),
@@ -756,6 +777,179 @@ pub fn lookup(options: &Options) -> Result<()> {
     }
     for (c, r) in &results {
         print_statements(&format!("PostgreSQL lookups at {c} clients"), &r.b);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// `calls`: the store calls of one request, in-process, without HTTP.
+
+/// The store calls `POST /v1/invocations` makes: the token lookup, the
+/// `running` row (queued) and the final row (stored before the answer).
+fn request_calls(store: &dyn airlock::store::Store, hash: &[u8; 32], n: u64, tag: &str) -> Result<[Duration; 2]> {
+    use airlock::store::{InvocationOutcome, InvocationStatus};
+    let t0 = Instant::now();
+    let token = store.token_by_hash(hash).map_err(|e| anyhow!("{e}"))?;
+    if token.is_none() {
+        bail!("the token is not in the store");
+    }
+    let t1 = Instant::now();
+    let now = airlock::time::now_micros();
+    let mut record = airlock::store::InvocationRecord {
+        id: format!("{tag}{n:028x}"),
+        action: "bench".into(),
+        function: "noop".into(),
+        args: serde_json::json!({}),
+        caller: airlock::identity::Caller {
+            name: "loadgen".into(),
+            kind: airlock::identity::IdentityKind::Agent,
+            roles: vec!["agent".into()],
+            token_id: Some("tok_loadgen".into()),
+        },
+        state: InvocationStatus::Running,
+        approval: None,
+        created_at: now,
+        updated_at: now,
+        outcome: None,
+        runner: Some("1-000000000000".into()),
+    };
+    store.record_run(&record).map_err(|e| anyhow!("{e}"))?;
+    record.state = InvocationStatus::Succeeded;
+    record.runner = None;
+    record.outcome = Some(InvocationOutcome {
+        exit_code: 0,
+        result: None,
+        error: None,
+        finished_at: now,
+    });
+    store.finish_run(&record).map_err(|e| anyhow!("{e}"))?;
+    Ok([t1 - t0, t1.elapsed()])
+}
+
+/// `threads` callers, each making the request's store calls back to back
+/// for `seconds`; latencies of the token lookup and of the two row writes.
+fn calls_load(
+    store: &std::sync::Arc<dyn airlock::store::Store>,
+    hash: [u8; 32],
+    threads: usize,
+    seconds: f64,
+    tag: &str,
+) -> Result<(Vec<u64>, Vec<u64>, f64)> {
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let store = store.clone();
+            let tag = format!("{tag}{t:02x}");
+            std::thread::spawn(move || -> Result<(Vec<u64>, Vec<u64>)> {
+                let (mut lookups, mut writes) = (Vec::new(), Vec::new());
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    let [l, w] = request_calls(store.as_ref(), &hash, n, &tag)?;
+                    lookups.push(l.as_micros() as u64);
+                    writes.push(w.as_micros() as u64);
+                    n += 1;
+                }
+                Ok((lookups, writes))
+            })
+        })
+        .collect();
+    let (mut lookups, mut writes) = (Vec::new(), Vec::new());
+    for h in handles {
+        let (l, w) = h.join().map_err(|_| anyhow!("a caller thread panicked"))??;
+        lookups.extend(l);
+        writes.extend(w);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    lookups.sort_unstable();
+    writes.sort_unstable();
+    Ok((lookups, writes, wall))
+}
+
+fn pct_us(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64
+}
+
+pub fn calls(options: &Options) -> Result<()> {
+    use airlock::identity::IdentityKind;
+    use airlock::store::TokenRecord;
+    let pg = Pg::start("airlock_calls")?;
+    let dir = tempfile::tempdir()?;
+    let sqlite = airlock::store::open(&Default::default(), dir.path()).map_err(|e| anyhow!("{e}"))?;
+    let postgres = airlock::store::open(&pg.db.settings(), dir.path()).map_err(|e| anyhow!("{e}"))?;
+    let hash = [7u8; 32];
+    for store in [&sqlite, &postgres] {
+        let token = TokenRecord {
+            id: "tok_loadgen".into(),
+            identity: "loadgen".into(),
+            kind: IdentityKind::Agent,
+            roles: vec!["agent".into()],
+            created_at: airlock::time::now_micros(),
+            revoked_at: None,
+        };
+        store
+            .add_token("loadgen", IdentityKind::Agent, &token, &hash)
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    let me = Probe {
+        airlock: Vec::new(),
+        postmaster: Some(pg.server.postmaster_pid()?),
+    };
+    header(
+        "A request's store calls in-process (token lookup; running row queued + final row stored), no HTTP: \
+         PostgreSQL vs SQLite (baseline)",
+        options,
+        &pg,
+    )?;
+    println!();
+    println!(
+        "Caller threads call the store directly, back to back (`cores`: the load generator holds the store \
+         here, so its CPU is the service's share)."
+    );
+    println!();
+    println!(
+        "| callers | round (first) | load 1 min | backend | requests/s | token lookup p50 / p99 µs | row writes p50 / p99 µs | cores: postgres / loadgen / others |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let threads_list = if options.concurrency_given {
+        options.concurrency.clone()
+    } else {
+        vec![1, 16]
+    };
+    let mut serial = 0u64;
+    for threads in threads_list {
+        for round in 0..options.rounds {
+            let order: [(&str, &std::sync::Arc<dyn airlock::store::Store>); 2] = if round % 2 == 0 {
+                [("SQLite", &sqlite), ("PostgreSQL", &postgres)]
+            } else {
+                [("PostgreSQL", &postgres), ("SQLite", &sqlite)]
+            };
+            for (name, store) in order {
+                serial += 1;
+                let load1 = cpu::load1();
+                let before = me.mark();
+                let (lookups, writes, wall) =
+                    calls_load(store, hash, threads, options.seconds, &format!("{serial:02x}"))?;
+                let after = me.mark();
+                let cores = Cores::between(&before, &after);
+                println!(
+                    "| {threads} | {} ({}) | {load1:.2} | {name} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2} / {:.2} / {:.2} |",
+                    round + 1,
+                    order[0].0,
+                    lookups.len() as f64 / wall,
+                    pct_us(&lookups, 0.5),
+                    pct_us(&lookups, 0.99),
+                    pct_us(&writes, 0.5),
+                    pct_us(&writes, 0.99),
+                    cores.postgres,
+                    cores.loadgen,
+                    cores.others,
+                );
+            }
+        }
     }
     Ok(())
 }
