@@ -21,11 +21,7 @@ fn stat_fields(pid: u32) -> Option<Vec<u64>> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may hold spaces.
     let rest = &text[text.rfind(')')? + 1..];
-    Some(
-        rest.split_whitespace()
-            .map(|f| f.parse::<u64>().unwrap_or(0))
-            .collect(),
-    )
+    Some(rest.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0)).collect())
 }
 
 /// User + system time of process `pid` (all its threads); zero when it

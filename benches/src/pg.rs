@@ -132,7 +132,15 @@ impl PgServer {
             .server_command("initdb")
             .arg("-D")
             .arg(&server.data_dir)
-            .args(["-U", ADMIN, "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .args([
+                "-U",
+                ADMIN,
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .output()
             .context("run initdb")?;
@@ -190,7 +198,10 @@ impl PgServer {
     /// A fresh database owned by a new role, with `pg_stat_statements`
     /// installed (by the admin) to read its statements' times.
     pub fn create_database(&self, name: &str) -> Result<Database> {
-        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
             bail!("database name {name:?}: use [a-z0-9_] only");
         }
         let password = random_hex(24)?;

@@ -73,11 +73,14 @@ struct Options {
     concurrency_given: bool,
     rounds: usize,
     rows: u64,
+    /// `TOKIO_WORKER_THREADS` for `airlock serve` (a diagnosis: its
+    /// runtime has one worker per core otherwise).
+    server_threads: Option<usize>,
 }
 
 const USAGE: &str = "usage: loadgen api|mcp|startup|memory|audit|flood|all|calls|store|cluster|lookup|pg [--seconds S] \
 [--warmup S] [--concurrency 1,2,4,...] [--actions N] [--runs N] [--suspended N] [--records N] [--attackers N] \
-[--clients N] [--sources N] [--flood body|head|both] [--rounds N] [--rows N] [--airlock PATH]";
+[--clients N] [--sources N] [--flood body|head|both] [--rounds N] [--rows N] [--server-threads N] [--airlock PATH]";
 
 fn parse_options(args: &[String]) -> Result<Options> {
     let mut o = Options {
@@ -96,6 +99,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         concurrency_given: false,
         rounds: 4,
         rows: 1_000_000,
+        server_threads: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -120,6 +124,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--sources" => o.sources = value()?.parse().context("--sources")?,
             "--rounds" => o.rounds = value()?.parse().context("--rounds")?,
             "--rows" => o.rows = value()?.parse().context("--rows")?,
+            "--server-threads" => o.server_threads = Some(value()?.parse().context("--server-threads")?),
             "--flood" => {
                 use airlock_benches::flood::Mode;
                 o.floods = match value()?.as_str() {
@@ -149,6 +154,9 @@ fn parse_options(args: &[String]) -> Result<Options> {
     }
     if !(1..=50).contains(&o.rounds) || !(1000..=100_000_000).contains(&o.rows) {
         bail!("--rounds must be 1..50, --rows 1000..100000000");
+    }
+    if o.server_threads.is_some_and(|t| !(1..=256).contains(&t)) {
+        bail!("--server-threads must be 1..256");
     }
     if !o.airlock.exists() {
         bail!(
@@ -223,6 +231,7 @@ struct World {
     addr: String,
     /// More arguments for `airlock serve` (`--node-id`, …).
     serve_args: Vec<String>,
+    server_threads: Option<usize>,
 }
 
 impl World {
@@ -238,6 +247,7 @@ impl World {
             server: None,
             addr: String::new(),
             serve_args: Vec::new(),
+            server_threads: options.server_threads,
         })
     }
 
@@ -246,7 +256,8 @@ impl World {
         cmd.env_remove("AIRLOCK_DATA_DIR")
             .env_remove("AIRLOCK_TOKEN")
             .env_remove("AIRLOCK_TOKEN_FILE")
-            .env_remove("AIRLOCK_LOG");
+            .env_remove("AIRLOCK_LOG")
+            .env_remove("TOKIO_WORKER_THREADS");
         cmd
     }
 
@@ -283,8 +294,11 @@ impl World {
     fn start(&mut self) -> Result<Duration> {
         self.stop();
         let started = Instant::now();
-        let mut child = self
-            .airlock()
+        let mut cmd = self.airlock();
+        if let Some(threads) = self.server_threads {
+            cmd.env("TOKIO_WORKER_THREADS", threads.to_string());
+        }
+        let mut child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&self.config)

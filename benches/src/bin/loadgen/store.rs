@@ -445,12 +445,16 @@ fn header(what: &str, options: &Options, pg: &Pg) -> Result<()> {
         "PostgreSQL {} (throw-away server on 127.0.0.1, fsync and synchronous_commit on, pg_stat_statements \
          loaded), {} rounds of {} s measured after {} s warm-up, A/B order alternating; load average at \
          start {:.2}; `cores` = CPU seconds per second of the round: airlock (all its processes) / the \
-         PostgreSQL server (postmaster and backends) / this load generator / everything else on the machine.",
+         PostgreSQL server (postmaster and backends) / this load generator / everything else on the machine.{}",
         pg.server.version()?,
         options.rounds,
         options.seconds,
         options.warmup,
         cpu::load1(),
+        match options.server_threads {
+            Some(t) => format!(" `airlock serve` with TOKIO_WORKER_THREADS={t} (default: one per core)."),
+            None => String::new(),
+        },
     );
     Ok(())
 }
@@ -488,7 +492,11 @@ pub fn store(options: &Options) -> Result<()> {
         let pg_addr = [postgres.addr.clone()];
         let rounds = Rounds::run(
             options.rounds,
-            || point(&sqlite_probe, None, || invoke_load(options, c, &sqlite_addr, &sqlite_token)),
+            || {
+                point(&sqlite_probe, None, || {
+                    invoke_load(options, c, &sqlite_addr, &sqlite_token)
+                })
+            },
             || point(&pg_probe, Some(&pg), || invoke_load(options, c, &pg_addr, &pg_token)),
             |round, b_first, a, b| print_round(c, round, b_first, "SQLite", "PostgreSQL", a, b),
         )?;
@@ -509,7 +517,11 @@ pub fn store(options: &Options) -> Result<()> {
             r.ratio(),
             if r.ratio() >= 0.6 { "met" } else { "not met" },
             Rounds::pct(&r.b, 0.99),
-            if Rounds::pct(&r.b, 0.99) < 25.0 { "< 25 ms" } else { "≥ 25 ms" },
+            if Rounds::pct(&r.b, 0.99) < 25.0 {
+                "< 25 ms"
+            } else {
+                "≥ 25 ms"
+            },
         );
     }
     Ok(())
@@ -583,7 +595,13 @@ fn cluster_nodes(addr: &str, token: &str) -> Result<Vec<String>> {
     let r = rt.block_on(async {
         Conn::connect(addr)
             .await?
-            .send(&http1::request("GET", "/v1/cluster", addr, &[("Authorization", &auth)], b""))
+            .send(&http1::request(
+                "GET",
+                "/v1/cluster",
+                addr,
+                &[("Authorization", &auth)],
+                b"",
+            ))
             .await
     })?;
     if r.status != 200 {
@@ -714,13 +732,13 @@ pub fn lookup(options: &Options) -> Result<()> {
     let mut postgres = World::new(options, &(bench_config(&component) + &pg.db.store_section()))?;
     let rows = options.rows;
     let sqlite_fill = {
-        let store = airlock::store::open(&Default::default(), &sqlite.dir.path().join("data"))
-            .map_err(|e| anyhow!("{e}"))?;
+        let store =
+            airlock::store::open(&Default::default(), &sqlite.dir.path().join("data")).map_err(|e| anyhow!("{e}"))?;
         fill(store.as_ref(), rows)?
     };
     let pg_fill = {
-        let store = airlock::store::open(&pg.db.settings(), &postgres.dir.path().join("data"))
-            .map_err(|e| anyhow!("{e}"))?;
+        let store =
+            airlock::store::open(&pg.db.settings(), &postgres.dir.path().join("data")).map_err(|e| anyhow!("{e}"))?;
         fill(store.as_ref(), rows)?
     };
     pg.server.psql(&pg.db.name, "ANALYZE;")?;
@@ -745,9 +763,10 @@ pub fn lookup(options: &Options) -> Result<()> {
         options,
         &pg,
     )?;
-    let size = pg
-        .server
-        .psql(&pg.db.name, "SELECT pg_size_pretty(pg_total_relation_size('invocations'));")?;
+    let size = pg.server.psql(
+        &pg.db.name,
+        "SELECT pg_size_pretty(pg_total_relation_size('invocations'));",
+    )?;
     println!();
     println!(
         "Filled through the store's own `record_run` (rows as the service writes them): SQLite {:.1} s, \
@@ -766,7 +785,11 @@ pub fn lookup(options: &Options) -> Result<()> {
                     lookup_load(options, c, &sqlite.addr, &sqlite_token, &ids)
                 })
             },
-            || point(&pg_probe, Some(&pg), || lookup_load(options, c, &postgres.addr, &pg_token, &ids)),
+            || {
+                point(&pg_probe, Some(&pg), || {
+                    lookup_load(options, c, &postgres.addr, &pg_token, &ids)
+                })
+            },
             |round, b_first, a, b| print_round(c, round, b_first, "SQLite", "PostgreSQL", a, b),
         )?;
         results.push((c, rounds));
