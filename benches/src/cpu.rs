@@ -90,3 +90,29 @@ pub fn load1() -> f64 {
         .and_then(|t| t.split_whitespace().next()?.parse().ok())
         .unwrap_or(f64::NAN)
 }
+
+/// Context switches (voluntary and not) of every living thread of `pid`
+/// so far: each hand-off of work between threads costs one or two.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| switches_in(&status))
+        .sum()
+}
+
+/// Context switches of the calling thread so far.
+pub fn thread_context_switches() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/status").map_or(0, |s| switches_in(&s))
+}
+
+fn switches_in(status: &str) -> u64 {
+    status
+        .lines()
+        .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}

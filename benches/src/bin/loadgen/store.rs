@@ -39,6 +39,8 @@ struct Probe {
 #[derive(Clone, Copy)]
 struct Mark {
     airlock: Duration,
+    /// Context switches of airlock's threads.
+    switches: u64,
     postgres: Duration,
     loadgen: Duration,
     machine: cpu::Machine,
@@ -49,6 +51,7 @@ impl Probe {
     fn mark(&self) -> Mark {
         Mark {
             airlock: self.airlock.iter().map(|&p| cpu::process(p)).sum(),
+            switches: self.airlock.iter().map(|&p| cpu::context_switches(p)).sum(),
             postgres: self.postmaster.map_or(Duration::ZERO, cpu::process_tree),
             loadgen: cpu::process(std::process::id()),
             machine: cpu::machine(),
@@ -65,6 +68,8 @@ struct Cores {
     loadgen: f64,
     /// Everything else busy on the machine meanwhile.
     others: f64,
+    /// Context switches of airlock's threads per second.
+    switches: f64,
 }
 
 impl Cores {
@@ -80,6 +85,7 @@ impl Cores {
             postgres,
             loadgen,
             others: (busy - airlock - postgres - loadgen).max(0.0),
+            switches: b.switches.saturating_sub(a.switches) as f64 / wall,
         }
     }
 
@@ -311,6 +317,7 @@ impl Rounds {
             c.postgres += p.cores.postgres / n;
             c.loadgen += p.cores.loadgen / n;
             c.others += p.cores.others / n;
+            c.switches += p.cores.switches / n;
         }
         c
     }
@@ -320,11 +327,12 @@ impl Rounds {
     }
 }
 
-/// CPU per request of the service and the database, in µs.
-fn cpu_per_request(points: &[Point]) -> (f64, f64) {
+/// CPU per request of the service and the database, in µs, and the
+/// service's context switches per request.
+fn cpu_per_request(points: &[Point]) -> (f64, f64, f64) {
     let c = Rounds::cores(points);
     let rate = Rounds::rate(points);
-    (c.airlock / rate * 1e6, c.postgres / rate * 1e6)
+    (c.airlock / rate * 1e6, c.postgres / rate * 1e6, c.switches / rate)
 }
 
 /// What PostgreSQL ran per request over `points`: statements, server time,
@@ -412,16 +420,16 @@ fn print_round(c: usize, round: usize, b_first: bool, first: &str, second: &str,
 fn print_summary_header(a: &str, b: &str) {
     println!();
     println!(
-        "| clients | {a} req/s | {b} req/s | {b} / {a} (median of rounds) | {a} p50 / p99 ms | {b} p50 / p99 ms | CPU µs per request: {a} airlock + postgres | {b} airlock + postgres | errors |"
+        "| clients | {a} req/s | {b} req/s | {b} / {a} (median of rounds) | {a} p50 / p99 ms | {b} p50 / p99 ms | CPU µs per request: {a} airlock + postgres | {b} airlock + postgres | airlock context switches per request: {a} / {b} | errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
 }
 
 fn print_summary(c: usize, r: &Rounds) {
-    let (a_air, a_pg) = cpu_per_request(&r.a);
-    let (b_air, b_pg) = cpu_per_request(&r.b);
+    let (a_air, a_pg, a_sw) = cpu_per_request(&r.a);
+    let (b_air, b_pg, b_sw) = cpu_per_request(&r.b);
     println!(
-        "| {c} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} + {:.0} | {:.0} + {:.0} | {} |",
+        "| {c} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} + {:.0} | {:.0} + {:.0} | {:.1} / {:.1} | {} |",
         Rounds::rate(&r.a),
         Rounds::rate(&r.b),
         r.ratio(),
@@ -433,6 +441,8 @@ fn print_summary(c: usize, r: &Rounds) {
         a_pg,
         b_air,
         b_pg,
+        a_sw,
+        b_sw,
         Rounds::errors(&r.a) + Rounds::errors(&r.b),
     );
 }
@@ -857,14 +867,15 @@ fn calls_load(
     threads: usize,
     seconds: f64,
     tag: &str,
-) -> Result<(Vec<u64>, Vec<u64>, f64)> {
+) -> Result<(Vec<u64>, Vec<u64>, f64, u64)> {
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let store = store.clone();
             let tag = format!("{tag}{t:02x}");
-            std::thread::spawn(move || -> Result<(Vec<u64>, Vec<u64>)> {
+            std::thread::spawn(move || -> Result<(Vec<u64>, Vec<u64>, u64)> {
+                let switches = cpu::thread_context_switches();
                 let (mut lookups, mut writes) = (Vec::new(), Vec::new());
                 let mut n = 0u64;
                 while Instant::now() < end {
@@ -873,20 +884,21 @@ fn calls_load(
                     writes.push(w.as_micros() as u64);
                     n += 1;
                 }
-                Ok((lookups, writes))
+                Ok((lookups, writes, cpu::thread_context_switches() - switches))
             })
         })
         .collect();
-    let (mut lookups, mut writes) = (Vec::new(), Vec::new());
+    let (mut lookups, mut writes, mut switches) = (Vec::new(), Vec::new(), 0);
     for h in handles {
-        let (l, w) = h.join().map_err(|_| anyhow!("a caller thread panicked"))??;
+        let (l, w, s) = h.join().map_err(|_| anyhow!("a caller thread panicked"))??;
         lookups.extend(l);
         writes.extend(w);
+        switches += s;
     }
     let wall = started.elapsed().as_secs_f64();
     lookups.sort_unstable();
     writes.sort_unstable();
-    Ok((lookups, writes, wall))
+    Ok((lookups, writes, wall, switches))
 }
 
 fn pct_us(sorted: &[u64], p: f64) -> f64 {
@@ -934,9 +946,9 @@ pub fn calls(options: &Options) -> Result<()> {
     );
     println!();
     println!(
-        "| callers | round (first) | load 1 min | backend | requests/s | token lookup p50 / p99 µs | row writes p50 / p99 µs | cores: postgres / loadgen / others |"
+        "| callers | round (first) | load 1 min | backend | requests/s | token lookup p50 / p99 µs | row writes p50 / p99 µs | cores: postgres / loadgen / others | context switches per request |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let threads_list = if options.concurrency_given {
         options.concurrency.clone()
     } else {
@@ -954,12 +966,16 @@ pub fn calls(options: &Options) -> Result<()> {
                 serial += 1;
                 let load1 = cpu::load1();
                 let before = me.mark();
-                let (lookups, writes, wall) =
+                let switches = cpu::context_switches(std::process::id());
+                let (lookups, writes, wall, caller_switches) =
                     calls_load(store, hash, threads, options.seconds, &format!("{serial:02x}"))?;
+                // The threads alive throughout (the store's own); the
+                // callers count theirs before they end.
+                let switches = cpu::context_switches(std::process::id()).saturating_sub(switches) + caller_switches;
                 let after = me.mark();
                 let cores = Cores::between(&before, &after);
                 println!(
-                    "| {threads} | {} ({}) | {load1:.2} | {name} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2} / {:.2} / {:.2} |",
+                    "| {threads} | {} ({}) | {load1:.2} | {name} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2} / {:.2} / {:.2} | {:.1} |",
                     round + 1,
                     order[0].0,
                     lookups.len() as f64 / wall,
@@ -970,6 +986,7 @@ pub fn calls(options: &Options) -> Result<()> {
                     cores.postgres,
                     cores.loadgen,
                     cores.others,
+                    switches as f64 / lookups.len().max(1) as f64,
                 );
             }
         }
