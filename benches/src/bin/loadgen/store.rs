@@ -817,6 +817,160 @@ pub fn lookup(options: &Options) -> Result<()> {
 // ---------------------------------------------------------------------------
 // `calls`: the store calls of one request, in-process, without HTTP.
 
+/// What `calls` measures in turn.
+enum Side<'a> {
+    /// A store, through airlock's `Store` API.
+    Store(&'static str, &'a std::sync::Arc<dyn airlock::store::Store>),
+    /// The same work as plain `tokio-postgres` calls, one connection per
+    /// caller thread driven on that thread: what the statements cost
+    /// without the store's pool, threads and write lock.
+    Raw(&'static str, Shape),
+}
+
+impl Side<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Side::Store(name, _) | Side::Raw(name, _) => name,
+        }
+    }
+}
+
+/// How [`Side::Raw`] writes a request's rows.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// As the store's flush does for one request today: `BEGIN`, the
+    /// `running` row and the final row each upserted by a statement
+    /// prepared anew (a `&str` given to `tokio-postgres` is prepared on
+    /// every call: one more round trip), `COMMIT`.
+    Today,
+    /// The final row alone (the `running` row it replaces is never read
+    /// in between), one statement prepared once, committed by itself.
+    OneStatement,
+}
+
+/// The store's token lookup and run upsert (`runtime/src/store/postgres.rs`).
+const TOKEN_SQL: &str = "SELECT t.id, t.identity, i.kind, t.roles, t.created_at, t.revoked_at FROM tokens t \
+                         JOIN identities i ON i.name = t.identity WHERE t.hash = $1";
+const UPSERT_SQL: &str =
+    "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body
+         WHERE invocations.state NOT IN ('succeeded', 'failed', 'denied', 'expired')";
+
+/// [`calls_load`] as plain `tokio-postgres` calls in the given shape.
+fn raw_load(
+    db: &pg::Database,
+    hash: [u8; 32],
+    threads: usize,
+    seconds: f64,
+    shape: Shape,
+    tag: &str,
+) -> Result<(Vec<u64>, Vec<u64>, f64, u64)> {
+    let password = std::fs::read_to_string(&db.password_file)?;
+    let mut config: tokio_postgres::Config = db.url.parse().context("the database URL")?;
+    config.password(password.trim_end());
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let config = config.clone();
+            let tag = format!("{tag}{t:02x}");
+            std::thread::spawn(move || -> Result<(Vec<u64>, Vec<u64>, u64)> {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let switches = cpu::thread_context_switches();
+                let (lookups, writes) = rt.block_on(async {
+                    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                    tokio::spawn(connection);
+                    let token = client.prepare(TOKEN_SQL).await?;
+                    let upsert = client.prepare(UPSERT_SQL).await?;
+                    let (mut lookups, mut writes) = (Vec::new(), Vec::new());
+                    let mut n = 0u64;
+                    while Instant::now() < end {
+                        let t0 = Instant::now();
+                        if client.query_opt(&token, &[&&hash[..]]).await?.is_none() {
+                            bail!("the token is not in the database");
+                        }
+                        let t1 = Instant::now();
+                        let id = format!("{tag}{n:028x}");
+                        let [running, done] = rows(&id)?;
+                        let at = i64::try_from(airlock::time::now_micros()).unwrap_or(i64::MAX);
+                        match shape {
+                            Shape::Today => {
+                                client.batch_execute("BEGIN").await?;
+                                for (state, body) in [&running, &done] {
+                                    client
+                                        .execute(UPSERT_SQL, &[&id, state, &"bench", &"loadgen", &at, body])
+                                        .await?;
+                                }
+                                client.batch_execute("COMMIT").await?;
+                            }
+                            Shape::OneStatement => {
+                                let (state, body) = &done;
+                                client
+                                    .execute(&upsert, &[&id, state, &"bench", &"loadgen", &at, body])
+                                    .await?;
+                            }
+                        }
+                        lookups.push(t1.duration_since(t0).as_micros() as u64);
+                        writes.push(t1.elapsed().as_micros() as u64);
+                        n += 1;
+                    }
+                    Ok((lookups, writes))
+                })?;
+                Ok((lookups, writes, cpu::thread_context_switches() - switches))
+            })
+        })
+        .collect();
+    let (mut lookups, mut writes, mut switches) = (Vec::new(), Vec::new(), 0);
+    for h in handles {
+        let (l, w, s) = h.join().map_err(|_| anyhow!("a caller thread panicked"))??;
+        lookups.extend(l);
+        writes.extend(w);
+        switches += s;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    lookups.sort_unstable();
+    writes.sort_unstable();
+    Ok((lookups, writes, wall, switches))
+}
+
+/// The `running` and final rows' (state, body) of invocation `id`, as the
+/// store writes them.
+fn rows(id: &str) -> Result<[(String, String); 2]> {
+    use airlock::store::{InvocationOutcome, InvocationStatus};
+    let now = airlock::time::now_micros();
+    let mut record = airlock::store::InvocationRecord {
+        id: id.to_string(),
+        action: "bench".into(),
+        function: "noop".into(),
+        args: serde_json::json!({}),
+        caller: airlock::identity::Caller {
+            name: "loadgen".into(),
+            kind: airlock::identity::IdentityKind::Agent,
+            roles: vec!["agent".into()],
+            token_id: Some("tok_loadgen".into()),
+        },
+        state: InvocationStatus::Running,
+        approval: None,
+        created_at: now,
+        updated_at: now,
+        outcome: None,
+        runner: Some("1-000000000000".into()),
+    };
+    let running = (record.state.as_str().to_string(), serde_json::to_string(&record)?);
+    record.state = InvocationStatus::Succeeded;
+    record.runner = None;
+    record.outcome = Some(InvocationOutcome {
+        exit_code: 0,
+        result: None,
+        error: None,
+        finished_at: now,
+    });
+    Ok([
+        running,
+        (record.state.as_str().to_string(), serde_json::to_string(&record)?),
+    ])
+}
+
 /// The store calls `POST /v1/invocations` makes: the token lookup, the
 /// `running` row (queued) and the final row (stored before the answer).
 fn request_calls(store: &dyn airlock::store::Store, hash: &[u8; 32], n: u64, tag: &str) -> Result<[Duration; 2]> {
@@ -942,7 +1096,11 @@ pub fn calls(options: &Options) -> Result<()> {
     println!();
     println!(
         "Caller threads call the store directly, back to back (`cores`: the load generator holds the store \
-         here, so its CPU is the service's share)."
+         here, so its CPU is the service's share). The last two sides make the same database calls without \
+         the store: plain `tokio-postgres`, one connection per caller thread, driven on that thread; first \
+         with the store's statements (BEGIN, the running and the final row each upserted by a statement \
+         prepared anew, COMMIT), then with the final row alone in one statement prepared once. Each round \
+         starts with the next side."
     );
     println!();
     println!(
@@ -954,21 +1112,31 @@ pub fn calls(options: &Options) -> Result<()> {
     } else {
         vec![1, 16]
     };
+    let sides = [
+        Side::Store("SQLite", &sqlite),
+        Side::Store("PostgreSQL (the store)", &postgres),
+        Side::Raw("PostgreSQL, the store's statements on a plain connection", Shape::Today),
+        Side::Raw(
+            "PostgreSQL, final row only, one prepared statement",
+            Shape::OneStatement,
+        ),
+    ];
     let mut serial = 0u64;
     for threads in threads_list {
         for round in 0..options.rounds {
-            let order: [(&str, &std::sync::Arc<dyn airlock::store::Store>); 2] = if round % 2 == 0 {
-                [("SQLite", &sqlite), ("PostgreSQL", &postgres)]
-            } else {
-                [("PostgreSQL", &postgres), ("SQLite", &sqlite)]
-            };
-            for (name, store) in order {
+            // Each round starts with the next side.
+            let order: Vec<&Side> = (0..sides.len()).map(|i| &sides[(round + i) % sides.len()]).collect();
+            for side in &order {
                 serial += 1;
+                let tag = format!("{serial:02x}");
                 let load1 = cpu::load1();
                 let before = me.mark();
                 let switches = cpu::context_switches(std::process::id());
-                let (lookups, writes, wall, caller_switches) =
-                    calls_load(store, hash, threads, options.seconds, &format!("{serial:02x}"))?;
+                let (lookups, writes, wall, caller_switches) = match side {
+                    Side::Store(_, store) => calls_load(store, hash, threads, options.seconds, &tag)?,
+                    Side::Raw(_, shape) => raw_load(&pg.db, hash, threads, options.seconds, *shape, &tag)?,
+                };
+                let name = side.name();
                 // The threads alive throughout (the store's own); the
                 // callers count theirs before they end.
                 let switches = cpu::context_switches(std::process::id()).saturating_sub(switches) + caller_switches;
@@ -977,7 +1145,7 @@ pub fn calls(options: &Options) -> Result<()> {
                 println!(
                     "| {threads} | {} ({}) | {load1:.2} | {name} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2} / {:.2} / {:.2} | {:.1} |",
                     round + 1,
-                    order[0].0,
+                    order[0].name(),
                     lookups.len() as f64 / wall,
                     pct_us(&lookups, 0.5),
                     pct_us(&lookups, 0.99),
