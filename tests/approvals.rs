@@ -8,20 +8,22 @@ use airlock::approval::Approvals;
 use airlock::gateway::Submitted;
 use airlock::identity::Caller;
 use airlock::runtime::Runtime;
-use airlock::store::sqlite::SqliteStore;
 use airlock::store::{ApprovalRecord, ApprovalState, InvocationStatus, Verdict};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{Run, airlock_with, component, toml_path};
 
 /// One test's world: a config with two actions on the `gated` component,
-/// a data directory, a work directory, and tokens.
+/// a data directory, a work directory, and tokens. With
+/// `AIRLOCK_TEST_STORE=postgres`, its store is a fresh PostgreSQL database
+/// (`[store]` in the config) instead of SQLite in the data directory.
 struct World {
     dir: tempfile::TempDir,
     config: PathBuf,
+    /// The PostgreSQL database, when the store is there.
+    db: Option<support::postgres::TestDatabase>,
 }
 
 impl World {
@@ -32,6 +34,7 @@ impl World {
     /// `extra` is appended to the config (more actions or sections).
     fn with(extra: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
+        let db = support::postgres::for_env();
         std::fs::create_dir(dir.path().join("work")).unwrap();
         let gated = toml_path(&component("gated"));
         let text = format!(
@@ -81,11 +84,12 @@ files = {{ dir = "work", mode = "read-write" }}
 invoke = ["bot"]
 approve = ["role:reviewer"]
 {extra}
-"#
+{store}"#,
+            store = db.as_ref().map(|d| d.store_section()).unwrap_or_default(),
         );
         let config = dir.path().join("airlock.toml");
         std::fs::write(&config, text).unwrap();
-        World { dir, config }
+        World { dir, config, db }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -219,6 +223,47 @@ approve = ["role:reviewer"]
         run.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
+    /// Every byte the store holds: SQLite's database file and its WAL, or
+    /// a dump of every row of the PostgreSQL database.
+    fn stored_bytes(&self) -> Vec<u8> {
+        match &self.db {
+            Some(db) => db.dump().into_bytes(),
+            None => {
+                let mut bytes = std::fs::read(self.path("data/airlock.db")).unwrap();
+                if let Ok(wal) = std::fs::read(self.path("data/airlock.db-wal")) {
+                    bytes.extend(wal);
+                }
+                bytes
+            }
+        }
+    }
+
+    /// Make the database refuse (or again accept) every change to an
+    /// approval request, as a failing disk would: a trigger, in whichever
+    /// database the store is.
+    fn refuse_approval_updates(&self, refuse: bool) {
+        match (&self.db, refuse) {
+            (Some(db), true) => {
+                db.psql(
+                    "CREATE FUNCTION refuse_updates() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'the disk is failing'; END $$;
+                     CREATE TRIGGER refuse_updates BEFORE UPDATE ON approvals FOR EACH ROW EXECUTE FUNCTION refuse_updates();",
+                );
+            }
+            (Some(db), false) => {
+                db.psql("DROP TRIGGER refuse_updates ON approvals; DROP FUNCTION refuse_updates();");
+            }
+            (None, refuse) => {
+                let db = rusqlite::Connection::open(self.path("data/airlock.db")).unwrap();
+                db.execute_batch(if refuse {
+                    "CREATE TRIGGER refuse_updates BEFORE UPDATE ON approvals BEGIN SELECT RAISE(ABORT, 'the disk is failing'); END;"
+                } else {
+                    "DROP TRIGGER refuse_updates;"
+                })
+                .unwrap();
+            }
+        }
+    }
+
     /// A runtime in this process over the same config and data directory,
     /// with every action loaded and approvals open.
     fn in_process(&self) -> Runtime {
@@ -303,11 +348,7 @@ fn tokens_authenticate_and_a_revoked_token_stops_at_once() {
     assert_eq!(ok.code, 0, "{ok:?}");
     assert_eq!(ok.json(), json!("hi"));
 
-    // The database holds no token value, only hashes.
     let token = std::fs::read_to_string(&bot).unwrap();
-    let db = std::fs::read(w.path("data/airlock.db")).unwrap();
-    assert!(!db.windows(20).any(|win| win == &token.as_bytes()[..20]));
-
     let list = w.run(&["token", "list", "--json"], None);
     let id = list
         .json()
@@ -320,6 +361,11 @@ fn tokens_authenticate_and_a_revoked_token_stops_at_once() {
         .unwrap()
         .to_string();
     assert!(!list.stdout.contains(token.trim()));
+    // The database holds no token value, only hashes (and the token's id,
+    // which shows that what was read is where tokens are kept).
+    let stored = w.stored_bytes();
+    assert!(stored.windows(id.len()).any(|win| win == id.as_bytes()));
+    assert!(!stored.windows(20).any(|win| win == &token.as_bytes()[..20]));
     let revoke = w.run(&["token", "revoke", &id], None);
     assert_eq!(revoke.code, 0, "{revoke:?}");
     let after = w.invoke("plain", "echo", json!({"value": "hi"}), Some(&bot), &[]);
@@ -839,10 +885,35 @@ fn a_request_whose_instance_died_is_marked_failed() {
     child.kill().unwrap();
     child.wait().unwrap();
     let id = pending["id"].as_str().unwrap();
-    // The next runtime to look finds the waiter gone and fails the request.
-    let record = w.approval(id);
+    // The next runtime to look finds the waiter gone and fails the request:
+    // on SQLite (one machine) at once, by its pid; on PostgreSQL, shared by
+    // machines where a pid tells nothing, once the waiter's heartbeats
+    // have been silent for `PROCESS_STALE` (SIGKILL: it could not say it
+    // was leaving).
+    let record = match &w.db {
+        None => w.approval(id),
+        Some(_) => {
+            let deadline = Instant::now() + airlock::store::PROCESS_STALE + Duration::from_secs(20);
+            loop {
+                let record = w.approval(id);
+                if record["state"] != "pending" || Instant::now() > deadline {
+                    break record;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
     assert_eq!(record["state"], "failed", "{record}");
-    assert!(record["reason"].as_str().unwrap().contains("is gone"), "{record}");
+    let gone = if w.db.is_some() {
+        "stopped sending heartbeats"
+    } else {
+        "is gone"
+    };
+    let reason = record["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("ended before a decision") && reason.contains(gone),
+        "{record}"
+    );
     let late = w.decide("approve", id, &alice, &[]);
     assert_eq!(late.code, 3, "{late:?}");
     assert!(!w.path("work/gated/a").exists());
@@ -1280,17 +1351,13 @@ fn a_decision_that_was_not_stored_is_not_in_the_audit_log() {
     // The database refuses to store the decision (as a failing disk would,
     // after the decision itself was checked): nothing was decided, and the
     // log says nothing was.
-    let db = rusqlite::Connection::open(w.path("data/airlock.db")).unwrap();
-    db.execute_batch(
-        "CREATE TRIGGER refuse_updates BEFORE UPDATE ON approvals BEGIN SELECT RAISE(ABORT, 'the disk is failing'); END;",
-    )
-    .unwrap();
+    w.refuse_approval_updates(true);
     let failed = w.decide("approve", &id, &alice, &[]);
     assert_eq!(failed.code, 5, "{failed:?}");
     assert_eq!(w.approval(&id)["decisions"], json!([]));
     assert_eq!(decisions(), 0);
 
-    db.execute_batch("DROP TRIGGER refuse_updates;").unwrap();
+    w.refuse_approval_updates(false);
     let stored = w.decide("approve", &id, &alice, &[]);
     assert_eq!(stored.code, 0, "{stored:?}");
     assert_eq!(decisions(), 1);
@@ -1365,6 +1432,7 @@ fn decisions_made_at_the_same_instant_are_each_counted_once() {
     let deploy = runtime.action("deploy").unwrap().clone();
     let (access, version) = (&deploy.policy.access, &deploy.policy.config_version);
     let data = w.path("data");
+    let settings = runtime.store_settings().clone();
 
     // Every decider has a connection of its own, as separate processes
     // do, and all of them decide when the barrier opens.
@@ -1374,9 +1442,10 @@ fn decisions_made_at_the_same_instant_are_each_counted_once() {
             let deciders: Vec<_> = who
                 .iter()
                 .map(|caller| {
-                    let (barrier, audit, data) = (&barrier, &audit, &data);
+                    let (barrier, audit, data, settings) = (&barrier, &audit, &data, &settings);
                     s.spawn(move || {
-                        let approvals = Approvals::new(Arc::new(SqliteStore::open(data).unwrap()), audit.clone());
+                        let store = airlock::store::open(settings, data).unwrap();
+                        let approvals = Approvals::new(store, audit.clone());
                         let rt = tokio::runtime::Builder::new_current_thread()
                             .enable_all()
                             .build()

@@ -371,6 +371,7 @@ fn in_process_probe(
         data_dir: data.to_path_buf(),
         max_concurrent_instances: instances,
         store: Default::default(),
+        audit: Default::default(),
     })
     .unwrap();
     let grants = Grants {
@@ -704,6 +705,7 @@ fn a_pure_action_costs_one_sync_and_a_lost_start_withholds_its_result() {
         data_dir: data.path().to_path_buf(),
         max_concurrent_instances: 4,
         store: Default::default(),
+        audit: Default::default(),
     })
     .unwrap();
     // `hello` holds no capability: nothing it does is visible outside until

@@ -47,6 +47,15 @@ wait-secs = 60
 capability = "files"
 path-prefix = "gated"
 
+[actions.echo]
+component = {gated}
+[actions.echo.grants]
+approval = true
+files = {{ dir = "work", mode = "read-write" }}
+[actions.echo.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+
 [actions.deploy]
 component = {gated}
 [actions.deploy.grants]
@@ -345,4 +354,272 @@ fn the_held_call_of_a_killed_node_is_failed_by_the_survivor() {
     let reason = failed["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("node-a"), "{failed}");
     assert!(!c.path("work/gated/out").exists());
+}
+
+#[test]
+fn the_vault_is_shared_through_the_database_as_ciphertext_and_each_node_needs_the_key() {
+    let c = Cluster::new();
+    let key = c.path("master.key");
+    std::fs::write(&key, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let key_env = ("AIRLOCK_MASTER_KEY_FILE", key.to_str().unwrap());
+    let config = c.config.to_str().unwrap();
+    let node = |name: &str| c.path(&format!("data-{name}")).to_str().unwrap().to_string();
+    let set = |data: &str, value: &[u8]| {
+        support::airlock_with(
+            &["secret", "set", "api-token", "--config", config, "--data-dir", data],
+            value,
+            &[key_env],
+        )
+    };
+    let first = set(&node("a"), b"first-value-0f1e2d");
+    assert_eq!(first.code, 0, "{first:?}");
+    // Node B's data directory holds no vault file, and lists the secret.
+    let listed = support::airlock_with(
+        &["secret", "list", "--json", "--config", config, "--data-dir", &node("b")],
+        b"",
+        &[key_env],
+    );
+    assert_eq!(listed.code, 0, "{listed:?}");
+    assert!(listed.stdout.contains("api-token"), "{listed:?}");
+    assert!(!c.path("data-b/vault.json").exists());
+    assert!(!c.path("data-a/vault.json").exists());
+
+    // A node that follows the vault sees a rotation made on another node.
+    let settings = c._db.settings();
+    let store = airlock::store::open(&settings, &c.path("data-b")).unwrap();
+    // Node B's key in its default place (its data directory).
+    std::fs::create_dir_all(c.path("data-b")).unwrap();
+    std::fs::copy(&key, c.path("data-b/master.key")).unwrap();
+    let live = airlock::vault::LiveVault::open_in(&c.path("data-b"), store.shared_vault()).unwrap();
+    // (Values never leave the crate; their lengths tell them apart.)
+    assert_eq!(live.get("api-token").unwrap().len(), "first-value-0f1e2d".len());
+    let rotated = set(&node("c"), b"second-value-9a8b7c-rotated");
+    assert_eq!(rotated.code, 0, "{rotated:?}");
+    assert_eq!(
+        live.get("api-token").unwrap().len(),
+        "second-value-9a8b7c-rotated".len()
+    );
+
+    // The database holds ciphertext only: no value, no key.
+    let dump = c._db.dump();
+    for secret in [
+        "first-value-0f1e2d",
+        "second-value-9a8b7c-rotated",
+        "00112233445566778899",
+    ] {
+        assert!(!dump.contains(secret), "{secret} is in the database");
+    }
+    assert!(dump.contains("api-token"), "the vault row is in the dump");
+
+    // A node with another key is refused by the key check, naming no value.
+    let other = c.path("other.key");
+    std::fs::write(
+        &other,
+        "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let wrong = support::airlock_with(
+        &["secret", "list", "--config", config, "--data-dir", &node("d")],
+        b"",
+        &[("AIRLOCK_MASTER_KEY_FILE", other.to_str().unwrap())],
+    );
+    assert_ne!(wrong.code, 0, "{wrong:?}");
+    assert!(wrong.stderr.contains("master key does not open the vault"), "{wrong:?}");
+    assert!(!wrong.stderr.contains("second-value"), "{wrong:?}");
+}
+
+#[test]
+fn a_node_stopped_gracefully_hands_back_its_held_work_at_once() {
+    let c = Cluster::new();
+    let agent = c.token("bot", "agent", &["agent"]);
+    let alice = c.token("alice", "human", &["reviewer"]);
+    let mut a = c.node("node-a");
+    let b = c.node("node-b");
+
+    let mut body = invoke_body("gated", "write-between", json!({"path": "gated/out", "data": "x"}));
+    body["wait-ms"] = json!(0);
+    let submitted = a.post("/v1/invocations", Some(&agent), &body);
+    assert_eq!(submitted.status, 202, "{submitted:?}");
+    let invocation = submitted.json()["invocation"].as_str().unwrap().to_string();
+    let id = eventually(30, "node A's held call to ask for approval", || {
+        pending_request(&b, &alice, &invocation)
+    });
+    let pid = i32::try_from(a.child.id()).unwrap();
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let status = a.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // Failed by node A itself on its way out: no wait for stale heartbeats.
+    let r = b.get(&format!("/v1/approvals/{id}"), Some(&alice));
+    assert_eq!(r.json()["state"], "failed", "{r:?}");
+    let reason = r.json()["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("node-a shut down"), "{reason}");
+    // Approving it now changes nothing and nothing is written.
+    let late = b.post(&format!("/v1/approvals/{id}/approve"), Some(&alice), &json!({}));
+    assert_eq!(late.status, 409, "{late:?}");
+    let done = eventually(30, "the invocation to end", || {
+        let r = b.get(&format!("/v1/invocations/{invocation}"), Some(&agent));
+        let s = r.json()["status"].as_str()?.to_string();
+        (s != "running").then_some(s)
+    });
+    assert_eq!(done, "failed");
+    assert!(!c.path("work/gated/out").exists());
+}
+
+/// Every record in node `name`'s log (`audit show --json`), and whether
+/// `audit verify` finds the log intact.
+fn whole_log(c: &Cluster, name: &str) -> (Vec<Value>, support::Run) {
+    let data = c.path(&format!("data-{name}"));
+    let data = data.to_str().unwrap();
+    let show = support::airlock_with(&["audit", "show", "--json", "--data-dir", data], b"", &[]);
+    assert_eq!(show.code, 0, "{show:?}");
+    let records = show
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let verify = support::airlock_with(&["audit", "verify", "--data-dir", data], b"", &[]);
+    (records, verify)
+}
+
+#[test]
+fn killing_a_node_under_load_loses_no_acknowledged_invocation_and_the_survivor_ends_its_work() {
+    let c = Cluster::new();
+    let agent = c.token("bot", "agent", &["agent"]);
+    let alice = c.token("alice", "human", &["reviewer"]);
+    let mut a = c.node("node-a");
+    let b = c.node("node-b");
+
+    // Held work on node A: requests waiting for a reviewer.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut body = invoke_body(
+            "gated",
+            "write-between",
+            json!({"path": format!("gated/h{i}"), "data": "x"}),
+        );
+        body["wait-ms"] = json!(0);
+        let r = a.post("/v1/invocations", Some(&agent), &body);
+        assert_eq!(r.status, 202, "{r:?}");
+        held.push(r.json()["invocation"].as_str().unwrap().to_string());
+    }
+    let requests: Vec<String> = held
+        .iter()
+        .map(|inv| eventually(30, "a held request", || pending_request(&b, &alice, inv)))
+        .collect();
+
+    // 32 clients, spread over both nodes, until A is killed and a while
+    // after; each remembers what was acknowledged, and where.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addrs = [a.addr.clone(), b.addr.clone()];
+    let clients: Vec<_> = (0..32)
+        .map(|i| {
+            let stop = stop.clone();
+            let addrs = addrs.clone();
+            let auth = format!("Bearer {agent}");
+            std::thread::spawn(move || {
+                let mut acked: Vec<(usize, String)> = Vec::new();
+                let mut n = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let node = (i + n) % 2;
+                    n += 1;
+                    let body = invoke_body("echo", "echo", json!({"value": format!("c{i}-{n}")}));
+                    let Some(r) = try_request(&addrs[node], &auth, &body) else {
+                        continue;
+                    };
+                    if r.status == 200 && r.json()["status"] == "succeeded" {
+                        assert_eq!(r.json()["result"], format!("c{i}-{n}"), "{r:?}");
+                        acked.push((node, r.json()["invocation"].as_str().unwrap().to_string()));
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<(usize, String)> = clients.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert!(
+        acked.iter().any(|(n, _)| *n == 0),
+        "node A acknowledged nothing before it died"
+    );
+    assert!(acked.iter().any(|(n, _)| *n == 1), "node B acknowledged nothing");
+
+    // Every acknowledged invocation is closed in the log of the node that
+    // answered, and both logs verify (A's after its kill -9).
+    for (node, name) in [(0, "node-a"), (1, "node-b")] {
+        let (records, verify) = whole_log(&c, name);
+        assert_eq!(verify.code, 0, "{name}: {verify:?}");
+        let finished: std::collections::HashSet<&str> = records
+            .iter()
+            .filter(|r| r["event"]["kind"] == "invocation-finished")
+            .filter_map(|r| r["event"]["invocation"].as_str())
+            .collect();
+        for (_, id) in acked.iter().filter(|(n, _)| *n == node) {
+            assert!(
+                finished.contains(id.as_str()),
+                "{name} acknowledged {id} but its log does not close it"
+            );
+        }
+    }
+
+    // The survivor fails A's held requests once A's heartbeats stop, and
+    // their invocations end: nothing A held stays open.
+    for (id, invocation) in requests.iter().zip(&held) {
+        let failed = eventually(60, "node B to fail node A's held request", || {
+            let r = b.get(&format!("/v1/approvals/{id}"), Some(&alice));
+            (r.json()["state"] == "failed").then(|| r.json())
+        });
+        assert!(
+            failed["reason"].as_str().is_some_and(|r| r.contains("node-a")),
+            "{failed}"
+        );
+        let ended = eventually(60, "the held invocation to end", || {
+            let r = b.get(&format!("/v1/invocations/{invocation}"), Some(&agent));
+            let s = r.json()["status"].as_str()?.to_string();
+            (s != "running" && s != "awaiting-approval").then_some(s)
+        });
+        assert_eq!(ended, "failed", "{invocation}");
+    }
+    // B still serves.
+    let after = b.post(
+        "/v1/invocations",
+        Some(&agent),
+        &invoke_body("echo", "echo", json!({"value": "after"})),
+    );
+    assert_eq!(after.json()["status"], "succeeded", "{after:?}");
+}
+
+/// One request that may fail to connect or be cut (its node killed).
+fn try_request(addr: &str, auth: &str, body: &Value) -> Option<support::http::Response> {
+    // Refused at once once the node is gone: no panic to catch.
+    std::net::TcpStream::connect(addr).ok()?;
+    let addr = addr.to_string();
+    let auth = auth.to_string();
+    let body = body.to_string();
+    std::panic::catch_unwind(move || {
+        request(
+            &addr,
+            "POST",
+            "/v1/invocations",
+            &[("Authorization", auth.as_str()), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    })
+    .ok()
 }

@@ -246,6 +246,7 @@ fn types_action() -> (std::sync::Arc<airlock::action::PreparedAction>, tempfile:
         data_dir: data.path().to_path_buf(),
         max_concurrent_instances: 4,
         store: Default::default(),
+        audit: Default::default(),
     })
     .unwrap();
     let action = runtime

@@ -38,6 +38,7 @@ impl Sandbox {
             data_dir: data.path().to_path_buf(),
             max_concurrent_instances: 8,
             store: Default::default(),
+            audit: Default::default(),
         };
         let runtime = Runtime::new(&settings).unwrap();
         Sandbox {
@@ -395,6 +396,7 @@ fn compiled_artifacts_are_cached_on_disk() {
         data_dir: data.path().to_path_buf(),
         max_concurrent_instances: 2,
         store: Default::default(),
+        audit: Default::default(),
     };
     let policy =
         |name: &str| ActionPolicy::ad_hoc(name, support::component("hello"), Grants::default(), Limits::default());

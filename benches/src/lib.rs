@@ -95,6 +95,7 @@ impl InProcess {
             data_dir: data.path().to_path_buf(),
             max_concurrent_instances: 32,
             store: Default::default(),
+            audit: Default::default(),
         };
         let airlock = airlock_bench_action(&settings);
         let bare = bare::BareHost::new(&settings, &component("bench_component")).expect("bare wasmtime");

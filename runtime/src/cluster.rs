@@ -94,7 +94,7 @@ pub fn live_nodes(store: &dyn Store) -> Result<Vec<NodeRecord>, crate::store::St
 /// for them to go stale).
 pub struct Heartbeat {
     stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     healthy: Arc<AtomicBool>,
 }
 
@@ -154,7 +154,23 @@ impl Heartbeat {
                 })
                 .ok()
         };
-        Heartbeat { stop, thread, healthy }
+        Heartbeat {
+            stop,
+            thread: Mutex::new(thread),
+            healthy,
+        }
+    }
+
+    /// Stop sending heartbeats and mark the processes ended (waits for the
+    /// thread to do so). Idempotent.
+    pub fn stop(&self) {
+        let (lock, wake) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        wake.notify_all();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
     }
 
     /// Whether the last heartbeat reached the store.
@@ -165,12 +181,7 @@ impl Heartbeat {
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {
-        let (lock, wake) = &*self.stop;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        wake.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop();
     }
 }
 

@@ -311,6 +311,8 @@ fn main() -> ExitCode {
             } => {
                 if let Some(id) = &node_id {
                     airlock::cluster::set_node_id(id).map_err(Error::Usage)?;
+                    // The same name for this node's audit chain.
+                    airlock::audit::settings::set_node_override(id).map_err(Error::Usage)?;
                 }
                 cli::serve(config, listen, data_dir).await
             }
@@ -355,6 +357,19 @@ impl DataPlace {
         match &self.config {
             Some(config) => Ok(Policy::load(config)?.runtime.data_dir),
             None => Ok(default_settings(None).data_dir),
+        }
+    }
+
+    /// The audit backend the config names (`[audit]`); the data
+    /// directory's log without a config.
+    pub(crate) fn audit_backend(&self) -> Result<airlock::audit::settings::Backend, Error> {
+        match &self.config {
+            Some(config) => {
+                let policy = Policy::load(config)?;
+                airlock::audit::settings::Backend::from_settings(&policy.runtime.audit, &policy.runtime.store, None)
+                    .map_err(Error::Config)
+            }
+            None => Ok(airlock::audit::settings::Backend::File),
         }
     }
 
@@ -448,6 +463,7 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
     match cmd {
         AuditCommand::Verify { checkpoint, place } => {
             let dir = audit::dir(&place.dir()?);
+            let backend = place.audit_backend()?;
             let external = match &checkpoint {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
@@ -458,6 +474,9 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
                 }
                 None => None,
             };
+            if let Some(pg) = cli::PgPlace::of(&dir, &backend) {
+                return cli::audit_pg_verify(&pg, external);
+            }
             let verified = read::verify(&dir, external.as_ref().map(|(c, s)| (c, s.clone())))
                 .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
             match verified.head {
@@ -511,9 +530,12 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
         AuditCommand::Show { filter, json, place } => {
             let dir = audit::dir(&place.dir()?);
             let filter = filter.filter()?;
+            if let Some(pg) = cli::PgPlace::of(&dir, &place.audit_backend()?) {
+                return cli::audit_pg_show(&pg, &filter, json);
+            }
             let mut out = std::io::stdout().lock();
             audit::index::select(&dir, &filter, None, |record, line| {
-                print_record(&mut out, record, line, json)
+                print_record(&mut out, record, line, json, None)
             })
             .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
         }
@@ -525,9 +547,12 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
             }
             let dir = audit::dir(&place.dir()?);
             let filter = filter.filter()?;
+            if let Some(pg) = cli::PgPlace::of(&dir, &place.audit_backend()?) {
+                return cli::audit_pg_show(&pg, &filter, true);
+            }
             let mut out = std::io::stdout().lock();
             audit::index::select(&dir, &filter, None, |record, line| {
-                print_record(&mut out, record, line, true)
+                print_record(&mut out, record, line, true, None)
             })
             .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
         }
@@ -538,6 +563,9 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
             place,
         } => {
             let dir = audit::dir(&place.dir()?);
+            if let Some(pg) = cli::PgPlace::of(&dir, &place.audit_backend()?) {
+                return cli::audit_pg_tail(&pg, lines, follow, json).await;
+            }
             let mut last: std::collections::VecDeque<(airlock::audit::chain::Record, Vec<u8>)> =
                 std::collections::VecDeque::new();
             let verified = read::scan(&dir, |record, line| {
@@ -552,7 +580,7 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
             .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
             let mut out = std::io::stdout().lock();
             for (record, line) in &last {
-                print_record(&mut out, record, line, json);
+                print_record(&mut out, record, line, json, None);
             }
             let mut seen = verified.records;
             // `-f` runs until interrupted.
@@ -561,7 +589,7 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
                 let mut n = 0u64;
                 read::scan(&dir, |record, line| {
                     n += 1;
-                    n <= seen || print_record(&mut out, record, line, json)
+                    n <= seen || print_record(&mut out, record, line, json, None)
                 })
                 .map_err(|e| Error::AuditTampered(format!("audit log {}: {e}", dir.display())))?;
                 seen = seen.max(n);
@@ -569,7 +597,7 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
         }
         AuditCommand::Checkpoint { out, place } => {
             let data_dir = place.dir()?;
-            let log = airlock::audit::AuditLog::open(&audit::dir(&data_dir))
+            let log = airlock::audit::AuditLog::open_backend(&audit::dir(&data_dir), &place.audit_backend()?)
                 .map_err(|e| Error::AuditUnavailable(e.to_string()))?;
             let cp = log
                 .checkpoint()
@@ -604,12 +632,14 @@ impl AuditFilter {
     }
 }
 
-/// Print one record; false when stdout is closed.
+/// Print one record (of `node`'s chain, with PostgreSQL); false when
+/// stdout is closed.
 fn print_record(
     out: &mut impl std::io::Write,
     record: &airlock::audit::chain::Record,
     line: &[u8],
     json: bool,
+    node: Option<&str>,
 ) -> bool {
     use airlock::audit::Event;
     if json {
@@ -712,6 +742,11 @@ fn print_record(
         Event::ApprovalDecision(_) => "decision",
         Event::ApprovalResolved(_) => "resolved",
     };
+    if let Some(node) = node
+        && write!(out, "{node} ").is_err()
+    {
+        return false;
+    }
     writeln!(out, "{:>7} {} {:<9} {}", e.seq, e.ts, kind, escape(&summary)).is_ok()
 }
 
@@ -725,6 +760,7 @@ fn default_settings(data_dir: Option<PathBuf>) -> RuntimeSettings {
         data_dir: data_dir.unwrap_or_else(|| PathBuf::from(".airlock")),
         max_concurrent_instances: 4,
         store: Default::default(),
+        audit: Default::default(),
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Runtime {
     /// Opened on first use by [`Runtime::approvals`].
     approvals: Option<Approvals>,
     store_settings: StoreSettings,
+    /// `[audit]`: where the audit log keeps its records.
+    audit_settings: crate::audit::settings::AuditSettings,
     /// Opened on first use by [`Runtime::store`] (one pool per process).
     store: std::sync::OnceLock<Arc<dyn Store>>,
 }
@@ -48,6 +50,7 @@ impl Runtime {
             audit: None,
             approvals: None,
             store_settings: settings.store.clone(),
+            audit_settings: settings.audit.clone(),
             store: std::sync::OnceLock::new(),
         })
     }
@@ -65,6 +68,7 @@ impl Runtime {
             audit: None,
             approvals: None,
             store_settings: settings.store.clone(),
+            audit_settings: settings.audit.clone(),
             store: std::sync::OnceLock::new(),
         })
     }
@@ -120,8 +124,10 @@ impl Runtime {
         if let Some(log) = &self.audit {
             return Ok(log.clone());
         }
-        let log =
-            AuditLog::open(&crate::audit::dir(&self.data_dir)).map_err(|e| Error::AuditUnavailable(e.to_string()))?;
+        let backend = crate::audit::settings::Backend::from_settings(&self.audit_settings, &self.store_settings, None)
+            .map_err(Error::AuditUnavailable)?;
+        let log = AuditLog::open_backend(&crate::audit::dir(&self.data_dir), &backend)
+            .map_err(|e| Error::AuditUnavailable(e.to_string()))?;
         self.audit = Some(log.clone());
         self.recover_now();
         Ok(log)

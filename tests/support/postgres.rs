@@ -353,6 +353,43 @@ impl Cluster {
             .expect("run pg_ctl")
     }
 
+    /// Stop our server (`pg_ctl stop -m fast`: connections are cut at
+    /// once), for tests of what airlock does while the database is gone.
+    /// Every test using the server meanwhile sees it gone too.
+    pub fn stop_server(&self) {
+        let out = self.pg_ctl(&["-w", "-t", "60", "-m", "fast", "stop"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Start our server again after [`Cluster::stop_server`], on the same
+    /// port and socket directory.
+    pub fn start_server(&self) {
+        let socket_dir = self
+            .socket_dir
+            .as_ref()
+            .expect("a server of ours has a socket directory");
+        let log_file = self.log_file.as_ref().expect("a server of ours has a log file");
+        let options = format!(
+            "-p {} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300",
+            self.port,
+            socket_dir.display()
+        );
+        let log = log_file.display().to_string();
+        let out = self.pg_ctl(&["-l", &log, "-w", "-t", "60", "-o", &options, "start"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(log_file).unwrap_or_default()
+        );
+    }
+
     /// A client program (`psql`, `pg_dump`) connecting as the admin.
     fn client_command(&self, program: &str) -> Command {
         let path = self.bin_dir.join(program);

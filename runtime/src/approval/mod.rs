@@ -155,6 +155,33 @@ impl Approvals {
         self
     }
 
+    /// This process is stopping: fail the requests its own instances wait
+    /// on (they cannot outlive it, and no reviewer should approve what will
+    /// never run), and tell the other nodes it holds nothing more, so they
+    /// finish what it leaves at once instead of after its heartbeats go
+    /// stale. Returns the requests failed.
+    pub async fn leave(&self) -> Result<Vec<ApprovalRecord>, Error> {
+        let mut failed = Vec::new();
+        for r in self.store.approvals(Some(ApprovalState::Pending), usize::MAX)? {
+            if r.owner.as_deref() != Some(self.owner.as_str()) {
+                continue;
+            }
+            let reason = format!(
+                "the instance waiting on this {} request stopped before a decision (node {} shut down); ask again",
+                r.kind,
+                crate::cluster::node_id()
+            );
+            failed.push(self.close(&r.id, ApprovalState::Failed, &reason).await?);
+        }
+        if let Some(heartbeat) = self.heartbeat.clone() {
+            // Its thread marks the processes ended as it stops.
+            tokio::task::spawn_blocking(move || heartbeat.stop())
+                .await
+                .map_err(|e| Error::internal(format!("the leave task failed: {e}")))?;
+        }
+        Ok(failed)
+    }
+
     /// Whether this process's heartbeat reaches the store (always, on a
     /// store no other machine shares).
     pub fn heartbeat_healthy(&self) -> bool {

@@ -31,6 +31,8 @@ use super::checkpoint::{Checkpoint, CheckpointKey};
 use super::encode::{EncodedCalls, LineEncoder};
 use super::event::{Event, Recovered};
 use super::lease::{Lease, Tracked};
+use super::pg::mirror::Mirror;
+use super::settings::Backend;
 use crate::time::{now_micros, stamp};
 use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
@@ -161,6 +163,8 @@ struct Inner {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// This process's runner lease on the log.
     lease: Arc<Lease>,
+    /// The node id the log is kept under in PostgreSQL, if it is.
+    node: Option<String>,
 }
 
 /// The queue of requests and the writer that commits them. Lock order:
@@ -392,9 +396,28 @@ impl AuditLog {
         Self::open_with_interval(dir, CHECKPOINT_INTERVAL)
     }
 
+    /// [`AuditLog::open`] with the records also kept where `backend` says
+    /// (with [`Backend::Postgres`], a group is acknowledged only once it
+    /// is in PostgreSQL too: see [`super::pg`]). Within a process, a data
+    /// directory's log is opened once: a second open shares the first.
+    pub fn open_backend(dir: &Path, backend: &Backend) -> Result<AuditLog, AuditError> {
+        Self::open_backend_with_interval(dir, backend, CHECKPOINT_INTERVAL)
+    }
+
     /// [`AuditLog::open`] with a checkpoint interval of its own (tests).
     #[doc(hidden)]
     pub fn open_with_interval(dir: &Path, checkpoint_interval: std::time::Duration) -> Result<AuditLog, AuditError> {
+        Self::open_backend_with_interval(dir, &Backend::File, checkpoint_interval)
+    }
+
+    /// [`AuditLog::open_backend`] with a checkpoint interval of its own
+    /// (tests).
+    #[doc(hidden)]
+    pub fn open_backend_with_interval(
+        dir: &Path,
+        backend: &Backend,
+        checkpoint_interval: std::time::Duration,
+    ) -> Result<AuditLog, AuditError> {
         let path = dir.join(LOG_FILE);
         let open_err = |reason: String| AuditError::Open {
             path: path.display().to_string(),
@@ -433,6 +456,34 @@ impl AuditLog {
                 return Err(open_err(e));
             }
         };
+        // With PostgreSQL: the node registered, and its chain there
+        // brought up to this log's tail (or the open refused), before
+        // anything new is written.
+        let mirror = match backend {
+            Backend::File => None,
+            Backend::Postgres { pg, node } => {
+                let opened = super::pg::mirror::resolve_node(dir, node.as_deref()).and_then(|node| {
+                    Mirror::open(
+                        pg,
+                        dir,
+                        &node,
+                        &key.public_hex(),
+                        &file,
+                        tail.good_len,
+                        tail.next_seq,
+                        tail.head,
+                    )
+                });
+                match opened {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        let _ = file.unlock();
+                        return Err(open_err(e));
+                    }
+                }
+            }
+        };
+        let node = mirror.as_ref().map(|m| m.node().to_string());
         let shared = Arc::new(Shared {
             healthy: AtomicBool::new(true),
             epoch: std::sync::atomic::AtomicU64::new(0),
@@ -464,6 +515,7 @@ impl AuditLog {
             encoder: LineEncoder::default(),
             buf: Vec::new(),
             sleeps_until: None,
+            mirror,
         };
         if tail.truncated > 0 {
             let event = Event::Recovered(Recovered {
@@ -511,6 +563,7 @@ impl AuditLog {
             path,
             thread: Mutex::new(Some(thread)),
             lease,
+            node,
         });
         registry.retain(|_, w| w.strong_count() > 0);
         registry.insert(canonical, Arc::downgrade(&inner));
@@ -567,6 +620,12 @@ impl AuditLog {
 
     pub fn path(&self) -> &Path {
         &self.0.path
+    }
+
+    /// The node id this log's records are kept under in PostgreSQL
+    /// (`None`: the file backend).
+    pub fn node(&self) -> Option<&str> {
+        self.0.node.as_deref()
     }
 
     /// The audit directory.
@@ -972,6 +1031,9 @@ struct Writer {
     buf: Vec<u8>,
     /// When the writer thread, asleep, wakes by itself.
     sleeps_until: Option<std::time::Instant>,
+    /// PostgreSQL's copy of the log, with that backend: a sync counts
+    /// only once what it synced is there too.
+    mirror: Option<Mirror>,
 }
 
 impl Writer {
@@ -1249,6 +1311,14 @@ impl Writer {
             }
         };
         let written_len = buf.len() as u64;
+        // Durable means in PostgreSQL too: a group whose transaction did
+        // not commit fails like one whose sync failed (cut off, retried).
+        let written = written
+            .map_err(|e| e.to_string())
+            .and_then(|()| match &mut self.mirror {
+                Some(mirror) if sync => mirror.push(&self.file, self.good_len + written_len, self.next_seq, self.head),
+                _ => Ok(()),
+            });
         if buf.capacity() <= KEPT_BUFFER {
             self.buf = buf;
         }
@@ -1268,7 +1338,7 @@ impl Writer {
                 results.into_iter().map(|r| r.unwrap_or(Ok(0))).collect()
             }
             Err(e) => {
-                let err = self.roll_back(e.to_string());
+                let err = self.roll_back(e);
                 results
                     .into_iter()
                     .map(|r| match r {
@@ -1301,6 +1371,12 @@ impl Writer {
         if let Err(e) = self.file.sync_data() {
             return Err(self.roll_back(format!("cannot sync the log for a checkpoint: {e}")));
         }
+        // A checkpoint names records PostgreSQL holds, with that backend.
+        if let Some(mirror) = &mut self.mirror
+            && let Err(e) = mirror.push(&self.file, self.good_len, self.next_seq, self.head)
+        {
+            return Err(self.roll_back(e));
+        }
         if self.good_len > self.synced_len {
             self.shared.syncs.fetch_add(1, Ordering::AcqRel);
         }
@@ -1313,6 +1389,7 @@ impl Writer {
         if let Some(cp) = last_checkpoint(&self.checkpoints)
             && cp.seq == seq
         {
+            self.store_checkpoint(&cp)?;
             self.last_checkpoint_seq = Some(seq);
             self.last_checkpoint_at = std::time::Instant::now();
             return Ok(Some(cp));
@@ -1342,9 +1419,25 @@ impl Writer {
                 reason: format!("cannot write checkpoint: {e}"),
             });
         }
+        self.store_checkpoint(&cp)?;
         self.last_checkpoint_seq = Some(seq);
         self.last_checkpoint_at = std::time::Instant::now();
         Ok(Some(cp))
+    }
+
+    /// Store `cp` in PostgreSQL too, with that backend. A failure is a
+    /// failed checkpoint (tried again), not a failed log.
+    fn store_checkpoint(&self, cp: &Checkpoint) -> Result<(), AuditError> {
+        match &self.mirror {
+            Some(mirror) => mirror.checkpoint(cp).map_err(|reason| {
+                tracing::warn!(target: "airlock::audit", error = %reason, "cannot store an audit checkpoint");
+                AuditError::Unavailable {
+                    path: self.checkpoints.display().to_string(),
+                    reason,
+                }
+            }),
+            None => Ok(()),
+        }
     }
 }
 

@@ -16,6 +16,10 @@
 //!   whole log (derived, caught up by readers).
 //! - [`trust`]: every answer of the index checked against the log before
 //!   it is used (the index is never trusted for which records match).
+//! - [`settings`]: `[audit]`: the file backend, or PostgreSQL too.
+//! - [`pg`]: the trail in PostgreSQL: every node's chain and checkpoints,
+//!   group-committed before acknowledgement, verified and queried across
+//!   nodes.
 
 pub mod chain;
 pub mod checkpoint;
@@ -24,9 +28,11 @@ pub mod event;
 pub mod index;
 pub mod lease;
 pub mod log;
+pub mod pg;
 pub mod query;
 pub mod read;
 pub mod recovery;
+pub mod settings;
 pub mod trust;
 
 pub use checkpoint::Checkpoint;

@@ -365,8 +365,10 @@ fn foreign_runner(store: &dyn Store, runner: &str, row: &InvocationRecord) -> Re
             Ok(Foreign::Alive)
         }
         None => Ok(Foreign::Unknown),
-        Some(p) if p.node == crate::cluster::node_id() => Ok(Foreign::Unknown),
+        // Alive wherever it runs: another node, or another data directory
+        // of this one (an `airlock invoke` beside the service).
         Some(_) if crate::store::process_alive(store, runner, row.updated_at).map_err(fail)? => Ok(Foreign::Alive),
+        Some(p) if p.node == crate::cluster::node_id() => Ok(Foreign::Unknown),
         Some(_) => Ok(Foreign::Dead),
     }
 }

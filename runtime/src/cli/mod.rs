@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use zeroize::Zeroizing;
 
+mod audit_pg;
 mod db;
+pub use audit_pg::{PgPlace, audit_pg_show, audit_pg_tail, audit_pg_verify};
 pub use db::{DbCommand, db_cmd};
 
 /// Who is calling: `--token-file FILE`, else `AIRLOCK_TOKEN`, else the
@@ -620,7 +622,21 @@ pub async fn serve(
             _ = term.recv() => {}
         }
     };
-    airlock::service::serve(service, listener, shutdown).await?;
+    airlock::service::serve(service.clone(), listener, shutdown).await?;
+    // Hand back what this node holds: its waiting requests fail with a
+    // reason, and the other nodes take over its leftovers at once.
+    if let Some(approvals) = service.runtime.approvals_opened() {
+        match approvals.leave().await {
+            Ok(failed) if !failed.is_empty() => {
+                eprintln!(
+                    "airlock serve: failed {} request(s) whose instances stop here",
+                    failed.len()
+                );
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("airlock serve: could not hand back held work: {e}"),
+        }
+    }
     eprintln!("airlock serve: stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,8 @@ struct RawConfig {
     service: crate::service::RawServiceSettings,
     #[serde(default)]
     store: crate::store::settings::RawStoreSettings,
+    #[serde(default)]
+    audit: crate::audit::settings::RawAuditSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +84,9 @@ pub struct RuntimeSettings {
     pub max_concurrent_instances: u32,
     /// `[store]`: where identities, approvals and invocations live.
     pub store: crate::store::settings::StoreSettings,
+    /// `[audit]`: where the audit trail is kept (the data directory's log,
+    /// and with `backend = "postgres"` also the store's database).
+    pub audit: crate::audit::settings::AuditSettings,
 }
 
 /// A blake3 digest of component bytes, written `blake3:<64 hex digits>`.
@@ -210,6 +215,8 @@ impl Policy {
                 "runtime.max-concurrent-instances must be between 1 and 10000".into()
             ));
         }
+        let store = crate::store::settings::StoreSettings::resolve(&raw.store, &resolve).map_err(bad)?;
+        let audit = crate::audit::settings::AuditSettings::resolve(&raw.audit, &store).map_err(bad)?;
         let runtime = RuntimeSettings {
             data_dir: raw
                 .runtime
@@ -217,7 +224,8 @@ impl Policy {
                 .as_deref()
                 .map_or_else(|| base.join(".airlock"), resolve),
             max_concurrent_instances,
-            store: crate::store::settings::StoreSettings::resolve(&raw.store, &resolve).map_err(bad)?,
+            store,
+            audit,
         };
 
         let version = format!("blake3:{}", blake3::hash(text.as_bytes()).to_hex());

@@ -637,6 +637,9 @@ async fn audit(
         until: time(&query.until)?,
     };
     let limit = query.limit.unwrap_or(1000).min(10_000);
+    if let Some(pg) = crate::audit::pg::settings_of(&service.policy.runtime) {
+        return audit_pg(pg.clone(), filter, limit).await;
+    }
     let dir = crate::audit::dir(&service.policy.runtime.data_dir);
     let records = tokio::task::spawn_blocking(move || {
         // The newest `limit` matches, through the index when filtered.
@@ -655,6 +658,82 @@ async fn audit(
     Ok(Json(json!({ "records": records })))
 }
 
+/// `GET /v1/audit` with PostgreSQL: the newest `limit` matches across
+/// every node, each with its `node` (see [`crate::audit::pg::query`]).
+async fn audit_pg(
+    pg: crate::store::settings::PgSettings,
+    filter: crate::audit::query::Filter,
+    limit: usize,
+) -> Result<Json<Value>, ApiError> {
+    use crate::audit::pg::verify::PgVerifyError;
+    let records = tokio::task::spawn_blocking(move || {
+        let db = crate::audit::pg::reader(&pg).map_err(PgVerifyError::Db)?;
+        let mut out = Vec::new();
+        crate::audit::pg::query::select(&db, &filter, Some(limit), |hit| {
+            if let Ok(v) = serde_json::from_str::<Value>(&hit.line_with_node()) {
+                out.push(v);
+            }
+            true
+        })
+        .map(|_| out)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| match e {
+        PgVerifyError::Db(reason) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", reason),
+        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "audit-tampered", other.to_string()),
+    })?;
+    Ok(Json(json!({ "records": records })))
+}
+
+/// `GET /v1/audit/verify` with PostgreSQL: this data directory's log, then
+/// every node's chain and checkpoints.
+async fn audit_verify_pg(service: Shared, pg: crate::store::settings::PgSettings) -> Result<Response, ApiError> {
+    use crate::audit::pg::verify::{LocalNode, PgVerifyError};
+    let dir = crate::audit::dir(&service.policy.runtime.data_dir);
+    let node = service.policy.runtime.audit.node_id.clone();
+    let verified = tokio::task::spawn_blocking(move || {
+        let head = if dir.join(crate::audit::log::LOG_FILE).exists() {
+            crate::audit::read::verify(&dir, None)
+                .map_err(|e| PgVerifyError::Node {
+                    node: "(this data directory's log)".into(),
+                    reason: e.to_string(),
+                })?
+                .head
+        } else {
+            None
+        };
+        let local = LocalNode::of_data_dir(&dir, node.as_deref(), head).map_err(PgVerifyError::Db)?;
+        let db = crate::audit::pg::reader(&pg).map_err(PgVerifyError::Db)?;
+        crate::audit::pg::verify::verify(&db, Some(&local), None)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(match verified {
+        Ok(nodes) => Json(json!({
+            "intact": true,
+            "records": nodes.iter().map(|n| n.records).sum::<u64>(),
+            "nodes": nodes.iter().map(|n| json!({
+                "node": n.node,
+                "records": n.records,
+                "head": n.head.map(|(seq, hash)| json!({"seq": seq, "hash": crate::audit::chain::hex(&hash)})),
+                "checkpoints": n.checkpoints,
+                "signed-through": n.signed_through,
+                "unsigned-records": n.unsigned(),
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(PgVerifyError::Db(reason)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit-unavailable",
+                reason,
+            ));
+        }
+        Err(e) => (StatusCode::OK, Json(json!({"intact": false, "error": e.to_string()}))).into_response(),
+    })
+}
+
 async fn audit_verify(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
@@ -665,6 +744,10 @@ async fn audit_verify(
             "forbidden",
             "verifying the audit trail needs a role in service.audit-readers",
         ));
+    }
+    if let Some(pg) = crate::audit::pg::settings_of(&service.policy.runtime) {
+        let pg = pg.clone();
+        return audit_verify_pg(service, pg).await;
     }
     let dir = crate::audit::dir(&service.policy.runtime.data_dir);
     let verified = tokio::task::spawn_blocking(move || {

@@ -677,6 +677,9 @@ async fn audit_page(State(service): State<Shared>, SignedIn { caller, session }:
             "the audit browser needs a role in service.audit-readers",
         );
     }
+    if let Some(pg) = crate::audit::pg::settings_of(&service.policy.runtime) {
+        return audit_page_pg(pg.clone(), &caller, &session.csrf).await;
+    }
     let dir = crate::audit::dir(&service.policy.runtime.data_dir);
     let read = tokio::task::spawn_blocking(move || {
         let verified = crate::audit::read::verify(&dir, None);
@@ -725,6 +728,71 @@ async fn audit_page(State(service): State<Shared>, SignedIn { caller, session }:
     }
     body.push_str("</table>");
     page("Audit trail", Some((&caller, &session.csrf)), &body)
+}
+
+/// The audit browser with PostgreSQL: every node's chain verified, and the
+/// newest records across nodes.
+async fn audit_page_pg(pg: crate::store::settings::PgSettings, caller: &Caller, csrf: &str) -> Response {
+    let read = tokio::task::spawn_blocking(move || {
+        let db = crate::audit::pg::reader(&pg).map_err(crate::audit::pg::verify::PgVerifyError::Db)?;
+        let verified = crate::audit::pg::verify::verify(&db, None, None);
+        let mut recent = Vec::new();
+        let listed = crate::audit::pg::query::select(&db, &Default::default(), Some(200), |hit| {
+            recent.push((
+                hit.node.clone(),
+                hit.record.entry.seq,
+                hit.record.entry.ts.clone(),
+                crate::audit::pg::row::kind_of(&hit.record.entry.event),
+                hit.line.chars().take(400).collect::<String>(),
+            ));
+            true
+        });
+        Ok::<_, crate::audit::pg::verify::PgVerifyError>((verified, listed.map(|_| recent)))
+    })
+    .await;
+    let (verified, recent) = match read {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(_) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, "the audit reader failed"),
+    };
+    let mut body = match verified {
+        Ok(nodes) => format!(
+            "<p class=\"ok\" id=\"chain\">Chains intact: {} node(s), {} records, {} checkpoint(s) match.</p>",
+            nodes.len(),
+            nodes.iter().map(|n| n.records).sum::<u64>(),
+            nodes.iter().map(|n| n.checkpoints).sum::<usize>()
+        ),
+        Err(e) => format!(
+            "<p class=\"error\" id=\"chain\">Verification FAILED: {}</p>",
+            esc(&e.to_string())
+        ),
+    };
+    match recent {
+        Ok(recent) => {
+            body.push_str(
+                "<table id=\"records\"><tr><th>Node</th><th>#</th><th>Time (UTC)</th><th>Kind</th><th>Record</th></tr>",
+            );
+            for (node, seq, ts, kind, line) in recent.iter().rev() {
+                let _ = write!(
+                    body,
+                    "<tr><td>{}</td><td>{seq}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                    esc(node),
+                    esc(ts),
+                    esc(kind),
+                    esc(line)
+                );
+            }
+            body.push_str("</table>");
+        }
+        Err(e) => {
+            let _ = write!(
+                body,
+                "<p class=\"error\">Cannot list records: {}</p>",
+                esc(&e.to_string())
+            );
+        }
+    }
+    page("Audit trail", Some((caller, csrf)), &body)
 }
 
 async fn actions_page(State(service): State<Shared>, SignedIn { caller, session }: SignedIn) -> Response {

@@ -143,6 +143,50 @@ CREATE TABLE vault (
 );
 ",
     },
+    Migration {
+        version: 4,
+        name: "the audit trail: every node's chain and checkpoints",
+        // Owned by `crate::audit::pg`: one row per record of each node's
+        // chain, the line exactly as the node's log holds it (the other
+        // columns are derived from it, for the indexes, and checked
+        // against it by every reader); each node's head, the point its
+        // writer compare-and-sets; each node's signed checkpoints.
+        sql: "
+CREATE TABLE audit_nodes (
+    node TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    next_seq BIGINT NOT NULL,
+    head BYTEA NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE audit_records (
+    node TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    prev_hash BYTEA NOT NULL,
+    hash BYTEA NOT NULL,
+    ts BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    invocation TEXT,
+    action TEXT,
+    caller TEXT,
+    line TEXT NOT NULL,
+    PRIMARY KEY (node, seq)
+);
+CREATE INDEX audit_records_by_invocation ON audit_records(invocation text_pattern_ops);
+CREATE INDEX audit_records_by_action ON audit_records(action, ts) WHERE action IS NOT NULL;
+CREATE INDEX audit_records_by_caller ON audit_records(caller, ts) WHERE caller IS NOT NULL;
+CREATE INDEX audit_records_by_time ON audit_records(ts);
+CREATE TABLE audit_checkpoints (
+    node TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    head TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    PRIMARY KEY (node, seq)
+);
+",
+    },
 ];
 
 /// The newest migration this airlock knows.

@@ -21,6 +21,7 @@
 
 pub mod journal;
 pub mod migrations;
+pub(crate) mod pg_connect;
 pub mod postgres;
 pub mod records;
 pub mod settings;

@@ -24,14 +24,14 @@
 //!   is missing unless told not to.
 
 use super::migrations::{self, MIGRATIONS, Migration};
-use super::settings::{PasswordSource, PgSettings, TlsMode};
+use super::settings::PgSettings;
 use super::{
     ApprovalRecord, ApprovalState, ApprovalUpdate, DecisionRecord, InvocationEnding, InvocationOutcome,
     InvocationRecord, InvocationStatus, NodeRecord, ProcessRecord, Refusal, SessionRecord, Store, StoreError,
     TokenRecord, UpdateError,
 };
 use crate::identity::IdentityKind;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -106,20 +106,8 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
-}
-
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
-    // `Display` of a server error is only its severity and message; the
-    // detail says which constraint or row, and holds no secret of ours.
-    match e.as_db_error() {
-        Some(db) => match db.detail() {
-            Some(detail) => StoreError(format!("PostgreSQL: {}: {detail}", db.message())),
-            None => StoreError(format!("PostgreSQL: {}", db.message())),
-        },
-        None => StoreError(format!("PostgreSQL: {e}")),
-    }
+    StoreError(super::pg_connect::error_text(&e))
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
@@ -145,109 +133,12 @@ fn unmicros(t: i64) -> u64 {
     u64::try_from(t).unwrap_or(0)
 }
 
-/// The database password, read now from where the settings say.
-fn password(source: &PasswordSource) -> Result<Option<String>, StoreError> {
-    match source {
-        PasswordSource::None => Ok(None),
-        PasswordSource::Env(var) => match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Ok(Some(v)),
-            _ => Err(StoreError(format!(
-                "store.password-env names ${var}, which is not set (or empty); export it before starting airlock"
-            ))),
-        },
-        PasswordSource::File(path) => {
-            use std::os::unix::fs::MetadataExt as _;
-            let meta = std::fs::metadata(path)
-                .map_err(|e| StoreError(format!("cannot read store.password-file {}: {e}", path.display())))?;
-            if meta.mode() & 0o077 != 0 {
-                return Err(StoreError(format!(
-                    "store.password-file {} is readable by others (mode {:o}); `chmod 600` it",
-                    path.display(),
-                    meta.mode() & 0o777
-                )));
-            }
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| StoreError(format!("cannot read store.password-file {}: {e}", path.display())))?;
-            let pw = text.trim_end_matches(['\r', '\n']).to_string();
-            if pw.is_empty() {
-                return Err(StoreError(format!("store.password-file {} is empty", path.display())));
-            }
-            Ok(Some(pw))
-        }
-    }
-}
-
-/// The TLS connector for `verify-full`: the server's certificate must
-/// chain to `ca_file`'s roots (or the web roots) and name the host.
-fn tls_connector(settings: &PgSettings) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    match &settings.ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| StoreError(format!("cannot read store.ca-file {}: {e}", path.display())))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| StoreError(format!("store.ca-file {} is not PEM: {e}", path.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| StoreError(format!("store.ca-file {}: {e}", path.display())))?;
-            }
-            if roots.is_empty() {
-                return Err(StoreError(format!(
-                    "store.ca-file {} holds no certificate",
-                    path.display()
-                )));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(db_err)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
-}
-
 impl PgStore {
     /// Connect, check the schema, and apply missing migrations if
     /// `migrate` says so.
     pub fn open(settings: &PgSettings, migrate: Migrate) -> Result<PgStore, StoreError> {
-        let mut config: tokio_postgres::Config = settings
-            .url
-            .parse()
-            .map_err(|e| StoreError(format!("store.url is not a PostgreSQL URL: {e}")))?;
-        if let Some(pw) = password(&settings.password)? {
-            config.password(pw);
-        }
-        config.connect_timeout(settings.connect_timeout);
-        config.application_name("airlock");
-        config.keepalives(true);
-        config.keepalives_idle(Duration::from_secs(30));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("airlock-pg")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError(format!("cannot start the database I/O threads: {e}")))?;
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
-        let tls = match settings.tls {
-            TlsMode::Disable => {
-                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                None
-            }
-            TlsMode::VerifyFull => {
-                config.ssl_mode(tokio_postgres::config::SslMode::Require);
-                Some(tls_connector(settings)?)
-            }
-        };
-        let manager = match &tls {
-            None => Manager::from_config(config.clone(), tokio_postgres::NoTls, manager_config),
-            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
-        };
+        let (config, tls) = super::pg_connect::config(settings, "airlock").map_err(StoreError)?;
+        let manager = super::pg_connect::manager(config.clone(), tls.clone());
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -256,6 +147,14 @@ impl PgStore {
             .recycle_timeout(Some(settings.connect_timeout))
             .build()
             .map_err(|e| StoreError(format!("cannot make the connection pool: {e}")))?;
+        // Last of what can fail before `Inner` owns it: a runtime dropped
+        // here, inside the caller's runtime, would panic.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("airlock-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError(format!("cannot start the database I/O threads: {e}")))?;
         let handle = rt.handle().clone();
         let inner = Arc::new(Inner {
             pool,
@@ -482,8 +381,19 @@ impl Inner {
     /// Drive `future` to completion on this thread, its I/O on the store's
     /// runtime. Works from any thread, inside another runtime or not.
     fn block<T>(&self, future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        let _context = self.handle.enter();
-        futures_executor::block_on(future)
+        let run = || {
+            let _context = self.handle.enter();
+            futures_executor::block_on(future)
+        };
+        // On a worker of a multi-threaded runtime (the service), a round
+        // trip to the database must not stall the other tasks queued on
+        // this worker: tokio hands them to another thread meanwhile.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(run)
+            }
+            _ => run(),
+        }
     }
 
     async fn client(&self) -> Result<Client, StoreError> {
@@ -501,8 +411,16 @@ impl Inner {
         self.block(async {
             let target = target.unwrap_or_else(migrations::latest);
             let mut applied_now = Vec::new();
-            let client = self.client().await?;
-            client.batch_execute(migrations::TABLE).await.map_err(pg_err)?;
+            {
+                // Under the lock too: two nodes creating it at once collide.
+                let tx = self.begin().await?;
+                tx.c()
+                    .execute("SELECT pg_advisory_xact_lock($1)", &[&migrations::LOCK_KEY])
+                    .await
+                    .map_err(pg_err)?;
+                tx.c().batch_execute(migrations::TABLE).await.map_err(pg_err)?;
+                tx.commit().await?;
+            }
             for m in MIGRATIONS.iter().filter(|m| m.version <= target) {
                 let tx = Tx { client: Some(self.client().await?) };
                 tx.c().batch_execute("BEGIN").await.map_err(pg_err)?;

@@ -289,12 +289,14 @@ fn write_runs(conn: &mut Connection, rows: &[InvocationRecord]) -> Result<(), St
 
 /// Store a run's row, new or over its earlier state: an existing row is
 /// updated in place, so only its state index changes (a replace deletes
-/// and inserts it, in the table and in all four indexes).
+/// and inserts it, in the table and in all four indexes). A final row is
+/// never replaced by a later write of a state in progress.
 fn upsert_run(conn: &Connection, r: &InvocationRecord) -> Result<(), StoreError> {
     write_invocation(
         conn,
         r,
-        " ON CONFLICT(id) DO UPDATE SET state = excluded.state, body = excluded.body",
+        " ON CONFLICT(id) DO UPDATE SET state = excluded.state, body = excluded.body
+          WHERE invocations.state NOT IN ('succeeded', 'failed', 'denied', 'expired')",
     )
 }
 

@@ -1,0 +1,140 @@
+//! Connecting to PostgreSQL, one way for every pool airlock keeps (the
+//! store's and the audit trail's): the URL, the password from where
+//! `[store]` says, TLS with `verify-full`, and errors as messages with
+//! their causes and never a secret.
+
+use super::settings::{PasswordSource, PgSettings, TlsMode};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The database password, read now from where the settings say.
+pub(crate) fn password(source: &PasswordSource) -> Result<Option<String>, String> {
+    match source {
+        PasswordSource::None => Ok(None),
+        PasswordSource::Env(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(Some(v)),
+            _ => Err(format!(
+                "store.password-env names ${var}, which is not set (or empty); export it before starting airlock"
+            )),
+        },
+        PasswordSource::File(path) => {
+            use std::os::unix::fs::MetadataExt as _;
+            let meta = std::fs::metadata(path)
+                .map_err(|e| format!("cannot read store.password-file {}: {e}", path.display()))?;
+            if meta.mode() & 0o077 != 0 {
+                return Err(format!(
+                    "store.password-file {} is readable by others (mode {:o}); `chmod 600` it",
+                    path.display(),
+                    meta.mode() & 0o777
+                ));
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read store.password-file {}: {e}", path.display()))?;
+            let pw = text.trim_end_matches(['\r', '\n']).to_string();
+            if pw.is_empty() {
+                return Err(format!("store.password-file {} is empty", path.display()));
+            }
+            Ok(Some(pw))
+        }
+    }
+}
+
+/// The TLS connector for `verify-full`: the server's certificate must
+/// chain to `ca_file`'s roots (or the web roots) and name the host.
+pub(crate) fn tls_connector(settings: &PgSettings) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    match &settings.ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read store.ca-file {}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("store.ca-file {} is not PEM: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("store.ca-file {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("store.ca-file {} holds no certificate", path.display()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// The driver's settings for `settings` (password read now), and the TLS
+/// connector when `verify-full`. `application_name` shows in
+/// `pg_stat_activity`.
+pub(crate) fn config(
+    settings: &PgSettings,
+    application_name: &str,
+) -> Result<(tokio_postgres::Config, Option<tokio_postgres_rustls::MakeRustlsConnect>), String> {
+    let mut config: tokio_postgres::Config = settings
+        .url
+        .parse()
+        .map_err(|e| format!("store.url is not a PostgreSQL URL: {e}"))?;
+    if let Some(pw) = password(&settings.password)? {
+        config.password(pw);
+    }
+    config.connect_timeout(settings.connect_timeout);
+    config.application_name(application_name);
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(30));
+    let tls = match settings.tls {
+        TlsMode::Disable => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            None
+        }
+        TlsMode::VerifyFull => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            Some(tls_connector(settings)?)
+        }
+    };
+    Ok((config, tls))
+}
+
+/// A pool manager over `config` and `tls` (connections checked only by
+/// their state when reused: a broken one is replaced on its next use).
+pub(crate) fn manager(
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+) -> deadpool_postgres::Manager {
+    let manager_config = deadpool_postgres::ManagerConfig {
+        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+    };
+    match tls {
+        None => deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+        Some(tls) => deadpool_postgres::Manager::from_config(config, tls, manager_config),
+    }
+}
+
+/// A database error as a message: a server error's message and detail
+/// (which name constraints and rows, never a secret of ours), else the
+/// driver's with its causes ("error performing TLS handshake" alone does
+/// not say the certificate was refused).
+pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return match db.detail() {
+            Some(detail) => format!("PostgreSQL: {}: {detail}", db.message()),
+            None => format!("PostgreSQL: {}", db.message()),
+        };
+    }
+    let mut text = format!("PostgreSQL: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
