@@ -33,10 +33,12 @@
 //!   a request head (`slow-head`) one byte a second; each worker on a fresh
 //!   connection per request, then on one keep-alive connection. Baseline:
 //!   the same clients on the same server without a flood.
-//! - `calls`, `store`, `cluster`, `lookup` (`pg`: all four): the service on a
-//!   throw-away PostgreSQL server against its SQLite baseline, two nodes
-//!   on one database against one node, and lookups by invocation among
-//!   `--rows` stored invocations, in alternating rounds (see [`store`]).
+//! - `calls`, `store`, `cluster`, `lookup`, `audit-pg` (`pg`: all five):
+//!   the service on a throw-away PostgreSQL server against its SQLite
+//!   baseline, two nodes on one database against one node, lookups by
+//!   invocation among `--rows` stored invocations, and audit queries at
+//!   `--rows` records on PostgreSQL against the file backend, in
+//!   alternating rounds (see [`store`], [`audit_pg`]).
 //!
 //! Request loops are bounded in time and count, and every address is on
 //! loopback.
@@ -45,6 +47,8 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 // `src/bin/loadgen/store.rs`: a binary's root module looks beside itself.
+#[path = "loadgen/audit_pg.rs"]
+mod audit_pg;
 #[path = "loadgen/store.rs"]
 mod store;
 
@@ -78,7 +82,7 @@ struct Options {
     server_threads: Option<usize>,
 }
 
-const USAGE: &str = "usage: loadgen api|mcp|startup|memory|audit|flood|all|calls|store|cluster|lookup|pg [--seconds S] \
+const USAGE: &str = "usage: loadgen api|mcp|startup|memory|audit|flood|all|calls|store|cluster|lookup|audit-pg|pg [--seconds S] \
 [--warmup S] [--concurrency 1,2,4,...] [--actions N] [--runs N] [--suspended N] [--records N] [--attackers N] \
 [--clients N] [--sources N] [--flood body|head|both] [--rounds N] [--rows N] [--server-threads N] [--airlock PATH]";
 
@@ -185,11 +189,13 @@ fn main() -> Result<()> {
         "cluster" => store::cluster(&options)?,
         "lookup" => store::lookup(&options)?,
         "calls" => store::calls(&options)?,
+        "audit-pg" => audit_pg::audit_pg(&options)?,
         "pg" => {
             store::calls(&options)?;
             store::store(&options)?;
             store::cluster(&options)?;
             store::lookup(&options)?;
+            audit_pg::audit_pg(&options)?;
         }
         "all" => {
             api(&options, "api")?;
@@ -782,6 +788,7 @@ fn startup(options: &Options) -> Result<()> {
         data_dir: dir.path().join("bare"),
         max_concurrent_instances: 32,
         store: Default::default(),
+        audit: Default::default(),
     };
     let engine = wt(airlock::engine::build(&settings))?;
     let t = Instant::now();
@@ -1314,6 +1321,7 @@ mod baseline {
                 data_dir: data.path().to_path_buf(),
                 max_concurrent_instances: 1024,
                 store: Default::default(),
+                audit: Default::default(),
             };
             let host = super::wt(BareHost::new(&settings, component))?;
             let noop = super::wt(host.export("noop"))?;

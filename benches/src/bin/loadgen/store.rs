@@ -29,11 +29,11 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use std::time::{Duration, Instant};
 
 /// What a round's CPU time is split by.
-struct Probe {
+pub(super) struct Probe {
     /// The `airlock serve` processes.
-    airlock: Vec<u32>,
+    pub(super) airlock: Vec<u32>,
     /// The PostgreSQL server, if one runs.
-    postmaster: Option<u32>,
+    pub(super) postmaster: Option<u32>,
 }
 
 #[derive(Clone, Copy)]
@@ -107,13 +107,13 @@ struct Statement {
 
 /// The PostgreSQL side of the store scenarios: the server, one database,
 /// and the role airlock connects as (whose statements are counted).
-struct Pg {
-    server: pg::PgServer,
-    db: pg::Database,
+pub(super) struct Pg {
+    pub(super) server: pg::PgServer,
+    pub(super) db: pg::Database,
 }
 
 impl Pg {
-    fn start(name: &str) -> Result<Pg> {
+    pub(super) fn start(name: &str) -> Result<Pg> {
         let server = pg::PgServer::start()?;
         let db = server.create_database(name)?;
         Ok(Pg { server, db })
@@ -164,7 +164,7 @@ impl Pg {
 }
 
 /// One load point on one side.
-struct Point {
+pub(super) struct Point {
     stats: Stats,
     /// Seconds from the first connection to the last answer (warm-up
     /// included).
@@ -193,7 +193,7 @@ impl Point {
 }
 
 /// Run `load` once, measuring the cores and, with `pg`, the statements.
-fn point(probe: &Probe, pg: Option<&Pg>, load: impl FnOnce() -> Result<Stats>) -> Result<Point> {
+pub(super) fn point(probe: &Probe, pg: Option<&Pg>, load: impl FnOnce() -> Result<Stats>) -> Result<Point> {
     if let Some(pg) = pg {
         pg.reset_statements()?;
     }
@@ -258,13 +258,13 @@ fn median_f64(mut xs: Vec<f64>) -> f64 {
 
 /// The A/B rounds at one concurrency: `a` is the baseline. Odd rounds run
 /// B first.
-struct Rounds {
-    a: Vec<Point>,
-    b: Vec<Point>,
+pub(super) struct Rounds {
+    pub(super) a: Vec<Point>,
+    pub(super) b: Vec<Point>,
 }
 
 impl Rounds {
-    fn run(
+    pub(super) fn run(
         rounds: usize,
         mut a: impl FnMut() -> Result<Point>,
         mut b: impl FnMut() -> Result<Point>,
@@ -337,7 +337,7 @@ fn cpu_per_request(points: &[Point]) -> (f64, f64, f64) {
 
 /// What PostgreSQL ran per request over `points`: statements, server time,
 /// and the statements that took most of it.
-fn print_statements(label: &str, points: &[Point]) {
+pub(super) fn print_statements(label: &str, points: &[Point]) {
     let requests: u64 = points.iter().map(|p| p.stats.all_requests).sum();
     if requests == 0 {
         return;
@@ -389,7 +389,7 @@ fn print_statements(label: &str, points: &[Point]) {
     }
 }
 
-fn concurrency(options: &Options) -> Vec<usize> {
+pub(super) fn concurrency(options: &Options) -> Vec<usize> {
     if options.concurrency_given {
         options.concurrency.clone()
     } else {
@@ -397,7 +397,7 @@ fn concurrency(options: &Options) -> Vec<usize> {
     }
 }
 
-fn print_round_header(a: &str, b: &str) {
+pub(super) fn print_round_header(a: &str, b: &str) {
     println!();
     println!(
         "| clients | round (first) | load 1 min | {a} req/s | {a} p50 / p90 / p99 ms | errors | {a} cores: airlock / postgres / loadgen / others | {b} req/s | {b} p50 / p90 / p99 ms | errors | {b} cores: airlock / postgres / loadgen / others | ratio |"
@@ -405,7 +405,7 @@ fn print_round_header(a: &str, b: &str) {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
 }
 
-fn print_round(c: usize, round: usize, b_first: bool, first: &str, second: &str, a: &Point, b: &Point) {
+pub(super) fn print_round(c: usize, round: usize, b_first: bool, first: &str, second: &str, a: &Point, b: &Point) {
     println!(
         "| {c} | {} ({}) | {:.2} | {} | {} | {:.2} |",
         round + 1,
@@ -417,7 +417,7 @@ fn print_round(c: usize, round: usize, b_first: bool, first: &str, second: &str,
     );
 }
 
-fn print_summary_header(a: &str, b: &str) {
+pub(super) fn print_summary_header(a: &str, b: &str) {
     println!();
     println!(
         "| clients | {a} req/s | {b} req/s | {b} / {a} (median of rounds) | {a} p50 / p99 ms | {b} p50 / p99 ms | CPU µs per request: {a} airlock + postgres | {b} airlock + postgres | airlock context switches per request: {a} / {b} | errors |"
@@ -425,7 +425,7 @@ fn print_summary_header(a: &str, b: &str) {
     println!("|---|---|---|---|---|---|---|---|---|---|");
 }
 
-fn print_summary(c: usize, r: &Rounds) {
+pub(super) fn print_summary(c: usize, r: &Rounds) {
     let (a_air, a_pg, a_sw) = cpu_per_request(&r.a);
     let (b_air, b_pg, b_sw) = cpu_per_request(&r.b);
     println!(
@@ -447,7 +447,7 @@ fn print_summary(c: usize, r: &Rounds) {
     );
 }
 
-fn header(what: &str, options: &Options, pg: &Pg) -> Result<()> {
+pub(super) fn header(what: &str, options: &Options, pg: &Pg) -> Result<()> {
     println!();
     println!("## {what}");
     println!();
