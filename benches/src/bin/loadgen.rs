@@ -80,11 +80,14 @@ struct Options {
     /// `TOKIO_WORKER_THREADS` for `airlock serve` (a diagnosis: its
     /// runtime has one worker per core otherwise).
     server_threads: Option<usize>,
+    /// `store` and `cluster`: the PostgreSQL side's audit trail in
+    /// PostgreSQL too (`[audit] backend = "postgres"`).
+    pg_audit: bool,
 }
 
 const USAGE: &str = "usage: loadgen api|mcp|startup|memory|audit|flood|all|calls|store|cluster|lookup|audit-pg|pg [--seconds S] \
 [--warmup S] [--concurrency 1,2,4,...] [--actions N] [--runs N] [--suspended N] [--records N] [--attackers N] \
-[--clients N] [--sources N] [--flood body|head|both] [--rounds N] [--rows N] [--server-threads N] [--airlock PATH]";
+[--clients N] [--sources N] [--flood body|head|both] [--rounds N] [--rows N] [--server-threads N] [--pg-audit] [--airlock PATH]";
 
 fn parse_options(args: &[String]) -> Result<Options> {
     let mut o = Options {
@@ -104,6 +107,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         rounds: 4,
         rows: 1_000_000,
         server_threads: None,
+        pg_audit: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -129,6 +133,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--rounds" => o.rounds = value()?.parse().context("--rounds")?,
             "--rows" => o.rows = value()?.parse().context("--rows")?,
             "--server-threads" => o.server_threads = Some(value()?.parse().context("--server-threads")?),
+            "--pg-audit" => o.pg_audit = true,
             "--flood" => {
                 use airlock_benches::flood::Mode;
                 o.floods = match value()?.as_str() {

@@ -15,15 +15,15 @@
 //! - `airlock audit show --invocation ID --config CONFIG`, the whole
 //!   command (process start and, on PostgreSQL, connecting), medians of 5;
 //! - `GET /v1/audit?invocation=ID` against `airlock serve` on each data
-//!   directory, in alternating rounds (one client unless `--concurrency`
-//!   says otherwise: an answer may take seconds).
+//!   directory, `--runs` requests one at a time, the sides alternating
+//!   (an answer may take seconds).
 //!
 //! Each by the oldest and by the newest invocation of action `rare`: a
 //! query's checks read every record between its first and last match,
 //! and a query for the newest matches (the API's) up to the head.
 
-use super::store::{Pg, Point, Probe, Rounds, concurrency, header, point, print_round, print_round_header};
-use super::{Client, Options, Stats, Synthetic, World, bench_config, client_runtime, closed_loop, median, ms};
+use super::store::{Pg, header};
+use super::{Options, Synthetic, World, bench_config, client_runtime, median, ms};
 use super::{RARE_EVERY, timed};
 use airlock::audit::query::Filter;
 use airlock_benches::http1::{self, Conn};
@@ -54,23 +54,9 @@ fn grow(audit_dir: &Path, backend: &airlock::audit::settings::Backend, records: 
     Ok(started.elapsed())
 }
 
-/// `GET /v1/audit?invocation=ID` (the answer must hold records).
-struct AuditClient {
-    conn: Conn,
-    request: Vec<u8>,
-}
-
-impl Client for AuditClient {
-    async fn one(&mut self) -> Result<()> {
-        let r = self.conn.send(&self.request).await?;
-        if r.status != 200 || !r.body.windows(9).any(|w| w == b"\"records\"") {
-            bail!("status {}: {}", r.status, String::from_utf8_lossy(&r.body));
-        }
-        Ok(())
-    }
-}
-
-fn audit_load(options: &Options, clients: usize, addr: &str, token: &str, invocation: &str) -> Result<Stats> {
+/// One `GET /v1/audit?invocation=ID`, timed; its answer must hold five
+/// records.
+fn audit_once(addr: &str, token: &str, invocation: &str) -> Result<Duration> {
     let auth = format!("Bearer {token}");
     let request = http1::request(
         "GET",
@@ -80,15 +66,17 @@ fn audit_load(options: &Options, clients: usize, addr: &str, token: &str, invoca
         b"",
     );
     let rt = client_runtime()?;
-    rt.block_on(closed_loop(clients, options.warmup, options.seconds, || {
-        let (addr, request) = (addr.to_string(), request.clone());
-        async move {
-            Ok(AuditClient {
-                conn: Conn::connect(&addr).await?,
-                request,
-            })
-        }
-    }))
+    let mut conn = rt.block_on(Conn::connect(addr))?;
+    let t = Instant::now();
+    let r = rt.block_on(conn.send(&request))?;
+    let took = t.elapsed();
+    let records = serde_json::from_slice::<serde_json::Value>(&r.body)
+        .ok()
+        .and_then(|v| v["records"].as_array().map(Vec::len));
+    if r.status != 200 || records != Some(5) {
+        bail!("status {}: {}", r.status, String::from_utf8_lossy(&r.body));
+    }
+    Ok(took)
 }
 
 /// Median wall time of `airlock audit show --invocation ID --config
@@ -288,50 +276,49 @@ pub fn audit_pg(options: &Options) -> Result<()> {
     file.start()?;
     postgres.serve_args = vec!["--node-id".into(), NODE.into()];
     postgres.start()?;
-    let postmaster = pg.server.postmaster_pid()?;
-    let file_probe = Probe {
-        airlock: vec![file.pid().context("no server")?],
-        postmaster: Some(postmaster),
-    };
-    let pg_probe = Probe {
-        airlock: vec![postgres.pid().context("no server")?],
-        postmaster: Some(postmaster),
-    };
-    // One client unless told: an answer may take seconds here.
-    let clients = if options.concurrency_given {
-        concurrency(options)
-    } else {
-        vec![1]
-    };
+    // One request at a time, timed whole: an answer may take seconds
+    // here, longer than a closed loop's window.
+    println!();
+    println!(
+        "`GET /v1/audit?invocation=ID` (5 records each), one request at a time on a keep-alive connection, \
+         {} requests per side and invocation, the sides alternating request by request (medians; max):",
+        options.runs
+    );
+    println!();
+    println!(
+        "| invocation | file p50 / max ms | PostgreSQL p50 / max ms | PostgreSQL / file | PostgreSQL statements per request | server-side statement time per request |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (what, id) in &ids {
-        println!();
-        println!("`GET /v1/audit?invocation=ID` for {what} (5 records), alternating rounds:");
-        print_round_header("file", "PostgreSQL");
-        let mut results: Vec<(usize, Rounds)> = Vec::new();
-        for &c in &clients {
-            let rounds = Rounds::run(
-                options.rounds,
-                || -> Result<Point> {
-                    point(&file_probe, None, || {
-                        audit_load(options, c, &file.addr, &file_token, id)
-                    })
-                },
-                || {
-                    point(&pg_probe, Some(&pg), || {
-                        audit_load(options, c, &postgres.addr, &pg_token, id)
-                    })
-                },
-                |round, b_first, a, b| print_round(c, round, b_first, "file", "PostgreSQL", a, b),
-            )?;
-            results.push((c, rounds));
+        let (mut file_times, mut pg_times) = (Vec::new(), Vec::new());
+        pg.reset_statements()?;
+        for i in 0..options.runs {
+            let (first, second) = if i % 2 == 0 { (true, false) } else { (false, true) };
+            for on_file in [first, second] {
+                let (world, token, times) = if on_file {
+                    (&file, &file_token, &mut file_times)
+                } else {
+                    (&postgres, &pg_token, &mut pg_times)
+                };
+                times.push(audit_once(&world.addr, token, id)?);
+            }
         }
-        super::store::print_summary_header("file", "PostgreSQL");
-        for (c, r) in &results {
-            super::store::print_summary(*c, r);
-        }
-        for (c, r) in &results {
-            super::store::print_statements(&format!("PostgreSQL, {what}, {c} clients"), &r.b);
-        }
+        let statements = pg.statements()?;
+        let calls: u64 = statements.iter().map(|s| s.calls).sum();
+        let total_ms: f64 = statements.iter().map(|s| s.total_ms).sum();
+        let n = options.runs as f64;
+        let max = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
+        let (fm, pm) = (median(file_times.clone()), median(pg_times.clone()));
+        println!(
+            "| {what} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} | {:.1} | {:.1} ms |",
+            ms(fm),
+            ms(max(&file_times)),
+            ms(pm),
+            ms(max(&pg_times)),
+            ms(pm) / ms(fm),
+            calls as f64 / n,
+            total_ms / n,
+        );
     }
     Ok(())
 }

@@ -99,10 +99,10 @@ impl Cores {
 
 /// One statement's share of a round (`pg_stat_statements`).
 #[derive(Clone)]
-struct Statement {
+pub(super) struct Statement {
     query: String,
-    calls: u64,
-    total_ms: f64,
+    pub(super) calls: u64,
+    pub(super) total_ms: f64,
 }
 
 /// The PostgreSQL side of the store scenarios: the server, one database,
@@ -119,7 +119,7 @@ impl Pg {
         Ok(Pg { server, db })
     }
 
-    fn reset_statements(&self) -> Result<()> {
+    pub(super) fn reset_statements(&self) -> Result<()> {
         self.server.psql(&self.db.name, "SELECT pg_stat_statements_reset();")?;
         Ok(())
     }
@@ -137,7 +137,7 @@ impl Pg {
     }
 
     /// Statements airlock's role ran in its database since the reset.
-    fn statements(&self) -> Result<Vec<Statement>> {
+    pub(super) fn statements(&self) -> Result<Vec<Statement>> {
         let out = self.server.psql(
             &self.db.name,
             &format!(
@@ -447,6 +447,15 @@ pub(super) fn print_summary(c: usize, r: &Rounds) {
     );
 }
 
+/// `[store]` on `pg`, and `[audit]` there too with `--pg-audit`.
+fn pg_section(options: &Options, pg: &Pg) -> String {
+    let mut section = pg.db.store_section();
+    if options.pg_audit {
+        section.push_str("\n[audit]\nbackend = \"postgres\"\n");
+    }
+    section
+}
+
 pub(super) fn header(what: &str, options: &Options, pg: &Pg) -> Result<()> {
     println!();
     println!("## {what}");
@@ -464,6 +473,10 @@ pub(super) fn header(what: &str, options: &Options, pg: &Pg) -> Result<()> {
         match options.server_threads {
             Some(t) => format!(" `airlock serve` with TOKIO_WORKER_THREADS={t} (default: one per core)."),
             None => String::new(),
+        } + if options.pg_audit {
+            " The PostgreSQL side keeps its audit trail in PostgreSQL too (`[audit] backend = \"postgres\"`)."
+        } else {
+            " The audit trail is the file backend on both sides."
         },
     );
     Ok(())
@@ -478,7 +491,7 @@ pub fn store(options: &Options) -> Result<()> {
     let mut sqlite = World::new(options, &bench_config(&component))?;
     let sqlite_token = sqlite.token("loadgen", "agent", "agent")?;
     sqlite.start()?;
-    let mut postgres = World::new(options, &(bench_config(&component) + &pg.db.store_section()))?;
+    let mut postgres = World::new(options, &(bench_config(&component) + &pg_section(options, &pg)))?;
     let pg_token = postgres.token("loadgen", "agent", "agent")?;
     postgres.start()?;
     let postmaster = pg.server.postmaster_pid()?;
@@ -543,7 +556,7 @@ pub fn store(options: &Options) -> Result<()> {
 pub fn cluster(options: &Options) -> Result<()> {
     let component = airlock_benches::component("bench_component");
     let pg = Pg::start("airlock_cluster")?;
-    let config = bench_config(&component) + &pg.db.store_section();
+    let config = bench_config(&component) + &pg_section(options, &pg);
     let mut a = World::new(options, &config)?;
     a.serve_args = vec!["--node-id".into(), "node-a".into()];
     let mut b = World::new(options, &config)?;
