@@ -22,6 +22,11 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::with("")
+    }
+
+    /// `extra` is appended to the config (e.g. `[audit]`).
+    fn with(extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("work")).unwrap();
         let db = support::postgres::database();
@@ -68,6 +73,7 @@ approve = ["role:reviewer"]
 invocation = true
 quorum = 2
 ttl-secs = 600
+{extra}
 "#,
             store = db.store_section()
         );
@@ -259,28 +265,9 @@ fn a_token_revoked_on_one_node_is_refused_by_the_other_at_once_and_sessions_are_
     assert_eq!(ready.json()["database"], "ok", "{ready:?}");
 
     // A console session opened on B is good on A.
-    let page = b.get("/console/login", None);
-    let nonce = page
-        .header("set-cookie")
-        .and_then(|c| c.split(';').next())
-        .and_then(|kv| kv.trim().strip_prefix("airlock_login="))
-        .expect("a login CSRF cookie")
-        .to_string();
-    let login_cookie = format!("airlock_login={nonce}");
-    let signed_in = request(
-        &b.addr,
-        "POST",
-        "/console/login",
-        &[
-            ("Cookie", login_cookie.as_str()),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-        ],
-        format!("token={alice}&csrf={nonce}").as_bytes(),
-    );
-    assert_eq!(signed_in.status, 303, "{signed_in:?}");
-    let session = signed_in
-        .header("set-cookie")
-        .and_then(|c| c.split(';').next())
+    let session = support::http::sign_in(&b, &alice)
+        .split(';')
+        .next()
         .expect("a session cookie")
         .to_string();
     let on_a = request(&a.addr, "GET", "/console", &[("Cookie", session.as_str())], b"");
@@ -452,6 +439,16 @@ fn a_node_stopped_gracefully_hands_back_its_held_work_at_once() {
     let id = eventually(30, "node A's held call to ask for approval", || {
         pending_request(&b, &alice, &invocation)
     });
+    // A run answered with 202 and still going when the stop comes: it
+    // finishes first.
+    let mut slow = invoke_body("echo", "write-then-spin", json!({"path": "slow", "ms": 1500}));
+    slow["wait-ms"] = json!(0);
+    let slow = a.post("/v1/invocations", Some(&agent), &slow);
+    assert_eq!(slow.status, 202, "{slow:?}");
+    let slow = slow.json()["invocation"].as_str().unwrap().to_string();
+    eventually(30, "the slow run to start", || {
+        c.path("work/slow").exists().then_some(())
+    });
     let pid = i32::try_from(a.child.id()).unwrap();
     let stopped = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -475,14 +472,26 @@ fn a_node_stopped_gracefully_hands_back_its_held_work_at_once() {
     });
     assert_eq!(done, "failed");
     assert!(!c.path("work/gated/out").exists());
+    let r = b.get(&format!("/v1/invocations/{slow}"), Some(&agent));
+    assert_eq!(
+        r.json()["status"],
+        "succeeded",
+        "the run in flight was cut off by the stop: {r:?}"
+    );
 }
 
-/// Every record in node `name`'s log (`audit show --json`), and whether
-/// `audit verify` finds the log intact.
+/// Every record in node `name`'s log (`audit show --json`; with the audit
+/// trail in PostgreSQL, every node's), and whether `audit verify` finds
+/// it intact.
 fn whole_log(c: &Cluster, name: &str) -> (Vec<Value>, support::Run) {
     let data = c.path(&format!("data-{name}"));
     let data = data.to_str().unwrap();
-    let show = support::airlock_with(&["audit", "show", "--json", "--data-dir", data], b"", &[]);
+    let config = c.config.to_str().unwrap();
+    let show = support::airlock_with(
+        &["audit", "show", "--json", "--config", config, "--data-dir", data],
+        b"",
+        &[],
+    );
     assert_eq!(show.code, 0, "{show:?}");
     let records = show
         .stdout
@@ -490,13 +499,21 @@ fn whole_log(c: &Cluster, name: &str) -> (Vec<Value>, support::Run) {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let verify = support::airlock_with(&["audit", "verify", "--data-dir", data], b"", &[]);
+    let verify = support::airlock_with(&["audit", "verify", "--config", config, "--data-dir", data], b"", &[]);
     (records, verify)
 }
 
 #[test]
 fn killing_a_node_under_load_loses_no_acknowledged_invocation_and_the_survivor_ends_its_work() {
-    let c = Cluster::new();
+    kill_under_load(Cluster::new(), false);
+}
+
+#[test]
+fn killing_a_node_under_load_with_the_audit_trail_in_postgres() {
+    kill_under_load(Cluster::with("[audit]\nbackend = \"postgres\"\n"), true);
+}
+
+fn kill_under_load(c: Cluster, pg_audit: bool) {
     let agent = c.token("bot", "agent", &["agent"]);
     let alice = c.token("alice", "human", &["reviewer"]);
     let mut a = c.node("node-a");
@@ -576,6 +593,11 @@ fn killing_a_node_under_load_loses_no_acknowledged_invocation_and_the_survivor_e
                 "{name} acknowledged {id} but its log does not close it"
             );
         }
+        if pg_audit {
+            // One trail across both nodes: each record names its node.
+            let nodes: std::collections::HashSet<&str> = records.iter().filter_map(|r| r["node"].as_str()).collect();
+            assert!(nodes.contains("node-a") && nodes.contains("node-b"), "{nodes:?}");
+        }
     }
 
     // The survivor fails A's held requests once A's heartbeats stop, and
@@ -595,6 +617,32 @@ fn killing_a_node_under_load_loses_no_acknowledged_invocation_and_the_survivor_e
             (s != "running" && s != "awaiting-approval").then_some(s)
         });
         assert_eq!(ended, "failed", "{invocation}");
+    }
+    // Runs node A had in flight when it died end too (by node B, once A's
+    // heartbeats stop), each closed by exactly one cut-off record.
+    let config = c.config.to_str().unwrap().to_string();
+    let ended = eventually(60, "no run of node A left running", || {
+        let run = support::airlock_with(&["invocations", "list", "--json", "--config", &config], b"", &[]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let list: Value = serde_json::from_str(&run.stdout).ok()?;
+        let rows = list.as_array()?.clone();
+        rows.iter().all(|r| r["state"] != "running").then_some(rows)
+    });
+    let cut: Vec<&Value> = ended
+        .iter()
+        .filter(|r| {
+            r["outcome"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("stopped sending heartbeats"))
+        })
+        .collect();
+    let (records, _) = whole_log(&c, "node-b");
+    for row in &cut {
+        let closings = records
+            .iter()
+            .filter(|r| r["event"]["kind"] == "invocation-cut-off" && r["event"]["invocation"] == row["id"])
+            .count();
+        assert_eq!(closings, 1, "{row}");
     }
     // B still serves.
     let after = b.post(

@@ -6,7 +6,7 @@ mod support;
 
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::http::{Server, request};
+use support::http::{Server, request, sign_in};
 use support::webdriver::Browser;
 use support::{component, toml_path};
 
@@ -208,36 +208,6 @@ fn serve_page(html: String) -> String {
         }
     });
     addr
-}
-
-/// Sign in over plain HTTP, the way the form does: fetch the sign-in page
-/// for its CSRF cookie, post the token with it. Returns the session's
-/// `Set-Cookie` header.
-fn sign_in(server: &Server, token: &str) -> String {
-    let page = server.get("/console/login", None);
-    assert_eq!(page.status, 200, "{page:?}");
-    let login_cookie = page
-        .header("set-cookie")
-        .expect("the sign-in page sets its CSRF cookie");
-    let nonce = login_cookie
-        .split(';')
-        .next()
-        .and_then(|kv| kv.trim().strip_prefix("airlock_login="))
-        .expect("airlock_login=NONCE")
-        .to_string();
-    let cookie = format!("airlock_login={nonce}");
-    let signed_in = request(
-        &server.addr,
-        "POST",
-        "/console/login",
-        &[
-            ("Cookie", cookie.as_str()),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-        ],
-        format!("token={token}&csrf={nonce}").as_bytes(),
-    );
-    assert_eq!(signed_in.status, 303, "{signed_in:?}");
-    signed_in.header("set-cookie").expect("a session cookie").to_string()
 }
 
 #[test]

@@ -13,7 +13,7 @@ use airlock::identity::{Caller, IdentityKind};
 use airlock::store::settings::StoreSettings;
 use airlock::store::{
     ApprovalKind, ApprovalRecord, ApprovalState, DecisionRecord, InvocationEnding, InvocationOutcome, InvocationRecord,
-    InvocationStatus, Refusal, Store, TokenRecord, UpdateError, Verdict,
+    InvocationStatus, NodeRecord, Refusal, SessionRecord, Store, TokenRecord, UpdateError, Verdict,
 };
 use serde_json::json;
 use std::sync::{Arc, Barrier, Mutex};
@@ -87,6 +87,8 @@ contract!(
     concurrent_drainers_never_append_a_record_twice,
     two_nodes_see_each_others_writes_at_once,
     nodes_opening_at_once_all_work,
+    heartbeats_tell_which_processes_live_and_leaving_ends_one_at_once,
+    console_sessions_end_when_idle_and_are_touched_sparingly,
 );
 
 // ---- records ----------------------------------------------------------
@@ -1017,4 +1019,107 @@ fn nodes_opening_at_once_all_work(b: &Backend) {
     for store in &stores {
         assert_eq!(store.tokens().unwrap().len(), NODES);
     }
+}
+
+fn heartbeats_tell_which_processes_live_and_leaving_ends_one_at_once(b: &Backend) {
+    let (s, other) = (b.open(), b.open());
+    // Only a store other machines share needs heartbeats to know whether
+    // a process lives (on one machine, pids and lease files tell).
+    assert_eq!(s.shared(), b.kind == Kind::Postgres);
+    let now = airlock::time::now_micros();
+    // A node whose own clock is far off: on PostgreSQL the database's
+    // clock stamps and judges heartbeats, so this changes nothing there.
+    let skewed = match b.kind {
+        Kind::Postgres => now - 3_600_000_000,
+        Kind::Sqlite => now,
+    };
+    let node = |id: &str, last_seen: u64| NodeRecord {
+        id: id.into(),
+        version: "0.1.0".into(),
+        address: Some(format!("{id}.internal:8080")),
+        started_at: now - 1_000,
+        last_seen,
+        silent_for_micros: 0,
+    };
+    s.heartbeat(&node("n1", skewed), &["p1", "p2"]).unwrap();
+    other.heartbeat(&node("n2", now), &["p3"]).unwrap();
+    let nodes = other.nodes().unwrap();
+    let ids: Vec<(&str, &str, Option<&str>)> = nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n.version.as_str(), n.address.as_deref()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("n1", "0.1.0", Some("n1.internal:8080")),
+            ("n2", "0.1.0", Some("n2.internal:8080"))
+        ]
+    );
+    let stale = u64::try_from(airlock::store::PROCESS_STALE.as_micros()).unwrap();
+    assert!(nodes.iter().all(|n| n.silent_for_micros < stale), "{nodes:?}");
+    let p1 = other.process("p1").unwrap().unwrap();
+    assert_eq!(p1.node, "n1");
+    assert!(p1.silent_for_micros < stale, "{p1:?}");
+    assert_eq!(s.process("no-such-process").unwrap(), None);
+    for id in ["p1", "p2", "p3"] {
+        assert!(airlock::store::process_alive(&*other, id, 0).unwrap(), "{id}");
+    }
+    // Never seen: alive only while the work naming it is recent.
+    assert!(airlock::store::process_alive(&*s, "p9", now).unwrap());
+    assert!(!airlock::store::process_alive(&*s, "p9", 0).unwrap());
+
+    // A process that leaves is taken for dead at once, on every node.
+    s.leave(&["p1"]).unwrap();
+    assert!(!airlock::store::process_alive(&*other, "p1", now).unwrap());
+    assert!(airlock::store::process_alive(&*other, "p2", 0).unwrap());
+    // Silent for longer than PROCESS_STALE: dead too.
+    match &b._db {
+        Some(db) => {
+            db.psql(&format!(
+                "UPDATE processes SET last_seen = last_seen - {} WHERE id = 'p3';",
+                2 * stale
+            ));
+        }
+        None => other.heartbeat(&node("n2", now - 2 * stale), &["p3"]).unwrap(),
+    }
+    assert!(!airlock::store::process_alive(&*s, "p3", now).unwrap());
+    // A later heartbeat brings it back.
+    other
+        .heartbeat(&node("n2", airlock::time::now_micros()), &["p3"])
+        .unwrap();
+    assert!(airlock::store::process_alive(&*s, "p3", 0).unwrap());
+}
+
+fn console_sessions_end_when_idle_and_are_touched_sparingly(b: &Backend) {
+    let (s, other) = (b.open(), b.open());
+    let session = |n: u32, last_seen: u64| SessionRecord {
+        id_hash: hash(1000 + n),
+        token_hash: hash(n),
+        csrf: format!("csrf-{n}"),
+        created_at: 100,
+        last_seen,
+    };
+    s.create_session(&session(1, 100)).unwrap();
+    s.create_session(&session(2, 100)).unwrap();
+    assert!(s.create_session(&session(1, 500)).is_err(), "an id is taken once");
+    assert_eq!(s.session(&hash(9999), 0, 150, 10).unwrap(), None);
+
+    // Seen within `touch_after`: returned, not written.
+    assert_eq!(other.session(&hash(1001), 50, 105, 10).unwrap(), Some(session(1, 100)));
+    assert_eq!(s.session(&hash(1001), 0, 100, 1_000).unwrap(), Some(session(1, 100)));
+    // Later: its `last_seen` moves, for every node.
+    assert_eq!(other.session(&hash(1001), 50, 200, 10).unwrap(), Some(session(1, 200)));
+    assert_eq!(s.session(&hash(1001), 0, 200, 1_000).unwrap(), Some(session(1, 200)));
+
+    // Idle since before `idle_since`: gone, and removed.
+    assert_eq!(s.session(&hash(1002), 150, 300, 10).unwrap(), None);
+    assert_eq!(other.session(&hash(1002), 0, 300, 10).unwrap(), None);
+
+    s.create_session(&session(3, 400)).unwrap();
+    // Pruning removes the idle ones and counts those that live on.
+    assert_eq!(other.prune_sessions(300).unwrap(), 1);
+    assert_eq!(s.session(&hash(1001), 0, 400, 1_000).unwrap(), None);
+    other.remove_session(&hash(1003)).unwrap();
+    assert_eq!(s.session(&hash(1003), 0, 400, 1_000).unwrap(), None);
+    assert_eq!(s.prune_sessions(0).unwrap(), 0);
 }

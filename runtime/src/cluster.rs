@@ -20,18 +20,19 @@ static NODE_ID: OnceLock<String> = OnceLock::new();
 static ADDRESS: Mutex<Option<String>> = Mutex::new(None);
 static STARTED: OnceLock<u64> = OnceLock::new();
 
-/// Check a node id: 1-64 characters of letters, digits, `.`, `-`, `_`.
+/// Check a node id: 1-64 letters, digits, `.`, `_` or `-`, starting with
+/// a letter or digit.
 pub fn validate_node_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
+    let ok = (1..=64).contains(&id.len())
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "node id {id:?}: use 1-64 characters of letters, digits, `.`, `-` and `_`"
+            "{id:?} is not a node id: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         ))
     }
 }
@@ -74,51 +75,81 @@ pub fn node_record() -> NodeRecord {
         address: ADDRESS.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         started_at: *STARTED.get_or_init(|| now),
         last_seen: now,
+        silent_for_micros: 0,
     }
 }
 
 /// Nodes whose last heartbeat is within [`PROCESS_STALE`].
 pub fn live_nodes(store: &dyn Store) -> Result<Vec<NodeRecord>, crate::store::StoreError> {
-    let now = crate::time::now_micros();
     let stale = u64::try_from(PROCESS_STALE.as_micros()).unwrap_or(u64::MAX);
     Ok(store
         .nodes()?
         .into_iter()
-        .filter(|n| now.saturating_sub(n.last_seen) < stale)
+        .filter(|n| n.silent_for_micros < stale)
         .collect())
 }
 
-/// A thread sending this node's heartbeat, for `processes`, while it
-/// lives; dropping it stops the thread and removes the processes' rows
+/// A thread sending this node's heartbeat, for its processes, while it
+/// lives; dropping it stops the thread and marks the processes ended
 /// (what they held is then finished by others at once, without waiting
-/// for them to go stale).
+/// for them to go stale). One per store in a process: see
+/// [`heartbeat_for`].
 pub struct Heartbeat {
+    store: Arc<dyn Store>,
+    processes: Arc<Mutex<Vec<String>>>,
     stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     healthy: Arc<AtomicBool>,
+    /// When a heartbeat last reached the store.
+    last_ok: Arc<Mutex<std::time::Instant>>,
+}
+
+/// The heartbeat of each shared store this process uses, by the store's
+/// address; held weakly, so it stops when its last holder lets go.
+static HEARTBEATS: Mutex<Vec<(usize, std::sync::Weak<Heartbeat>)>> = Mutex::new(Vec::new());
+
+/// This process's heartbeat through `store`, started on first use; `None`
+/// on a store no other machine shares (pids and lease files tell there).
+/// Hold it while the processes added to it hold work.
+pub fn heartbeat_for(store: &Arc<dyn Store>) -> Option<Arc<Heartbeat>> {
+    if !store.shared() {
+        return None;
+    }
+    let key = Arc::as_ptr(store).cast::<()>() as usize;
+    let mut all = HEARTBEATS.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(live) = all.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade()) {
+        return Some(live);
+    }
+    let beat = Arc::new(Heartbeat::start(store.clone()));
+    all.push((key, Arc::downgrade(&beat)));
+    Some(beat)
 }
 
 impl Heartbeat {
-    /// Send one heartbeat now (so the processes are known before they
-    /// hold anything), then every [`HEARTBEAT_EVERY`].
-    pub fn start(store: Arc<dyn Store>, processes: Vec<String>) -> Heartbeat {
+    /// Send one heartbeat now (the node known before anything runs), then
+    /// every [`HEARTBEAT_EVERY`] for every process added.
+    fn start(store: Arc<dyn Store>) -> Heartbeat {
+        let processes: Arc<Mutex<Vec<String>>> = Arc::default();
         let beat = {
             let store = store.clone();
             let processes = processes.clone();
             move || {
-                let ids: Vec<&str> = processes.iter().map(String::as_str).collect();
+                let ids = processes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                 store.heartbeat(&node_record(), &ids)
             }
         };
         let healthy = Arc::new(AtomicBool::new(true));
+        let last_ok = Arc::new(Mutex::new(std::time::Instant::now()));
         if let Err(e) = beat() {
             healthy.store(false, Ordering::Release);
             tracing::warn!("cannot send this node's heartbeat: {e}");
         }
         let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let thread = {
-            let stop = stop.clone();
-            let healthy = healthy.clone();
+            let (stop, healthy, store, processes) = (stop.clone(), healthy.clone(), store.clone(), processes.clone());
+            let last_ok = last_ok.clone();
             std::thread::Builder::new()
                 .name("airlock-heartbeat".into())
                 .spawn(move || {
@@ -135,6 +166,7 @@ impl Heartbeat {
                         drop(stopped);
                         match beat() {
                             Ok(()) => {
+                                *last_ok.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
                                 if !healthy.swap(true, Ordering::AcqRel) {
                                     tracing::info!("this node's heartbeat reaches the store again");
                                 }
@@ -147,17 +179,37 @@ impl Heartbeat {
                         }
                         stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
                     }
-                    let ids: Vec<&str> = processes.iter().map(String::as_str).collect();
+                    let ids = processes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                     if let Err(e) = store.leave(&ids) {
-                        tracing::warn!("cannot remove this node's processes from the store: {e}");
+                        tracing::warn!("cannot mark this node's processes ended in the store: {e}");
                     }
                 })
                 .ok()
         };
         Heartbeat {
+            store,
+            processes,
             stop,
             thread: Mutex::new(thread),
             healthy,
+            last_ok,
+        }
+    }
+
+    /// Beat for process `id` too (at once, the first time: it is known
+    /// alive before it holds anything).
+    pub fn add(&self, id: &str) {
+        {
+            let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+            if processes.iter().any(|p| p == id) {
+                return;
+            }
+            processes.push(id.to_string());
+        }
+        if let Err(e) = self.store.heartbeat(&node_record(), &[id]) {
+            self.healthy.store(false, Ordering::Release);
+            tracing::warn!("cannot send this node's heartbeat: {e}");
         }
     }
 
@@ -174,8 +226,13 @@ impl Heartbeat {
     }
 
     /// Whether the last heartbeat reached the store.
+    /// A node whose heartbeats have not reached the store for half of
+    /// [`PROCESS_STALE`] may soon be taken for dead by the others: it
+    /// reports not ready and claims no new work (a fence against running
+    /// what another node is about to end).
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+            && self.last_ok.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < PROCESS_STALE / 2
     }
 }
 
@@ -192,7 +249,7 @@ mod tests {
     #[test]
     fn node_ids_are_checked() {
         assert!(validate_node_id("node-a.eu_1").is_ok());
-        for bad in ["", "a b", "a/b", &"x".repeat(65), "né"] {
+        for bad in ["", "a b", "a/b", "-a", &"x".repeat(65), "né"] {
             assert!(validate_node_id(bad).is_err(), "{bad:?}");
         }
     }

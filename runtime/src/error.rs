@@ -91,6 +91,10 @@ pub enum Error {
     /// acknowledged) until it can.
     #[error("{0}")]
     AuditUnavailable(String),
+    /// The database cannot be reached (PostgreSQL down, the network cut):
+    /// nothing that needs it happens until it is back.
+    #[error("{0}")]
+    StoreUnavailable(String),
     /// `airlock audit verify` found a bad record or checkpoint.
     #[error("{0}")]
     AuditTampered(String),
@@ -127,7 +131,7 @@ impl Error {
             | Error::Forbidden(_)
             | Error::ApprovalRefused(_) => 3,
             Error::Limit(_) | Error::Exited(_) | Error::Trapped(_) => 4,
-            Error::Internal(_) | Error::AuditUnavailable(_) => 5,
+            Error::Internal(_) | Error::AuditUnavailable(_) | Error::StoreUnavailable(_) => 5,
             Error::AuditTampered(_) => 6,
             Error::PendingApproval { .. } => 7,
         }

@@ -188,6 +188,9 @@ impl Runtime {
             return self.await_invocation(invocation, Instant::now()).await;
         }
         let store = self.store()?;
+        // On a shared store, other nodes learn that this runner lives from
+        // its heartbeats (held while the run is).
+        let _heartbeat = crate::cluster::heartbeat_for(&store).inspect(|h| h.add(prepared.audit.runner()));
         let now = crate::time::now_micros();
         // Unsettled until its final row is stored: if this process dies
         // first, recovery ends the row the way the log ended the run.
@@ -435,6 +438,11 @@ impl Runtime {
                 record.action
             );
             return Err(self.refuse_approved(approvals, &record, &approval, why).await);
+        }
+        if !approvals.heartbeat_healthy() {
+            // Other nodes may be about to take this one for dead: leave the
+            // run to them.
+            return Ok(None);
         }
         // The decisions that released it are in the log before it starts.
         approvals.flush_audit().await?;

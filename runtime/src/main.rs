@@ -375,7 +375,7 @@ impl DataPlace {
 
     /// The store the config names (`[store]`), or SQLite in [`Self::dir`].
     pub(crate) fn store(&self) -> Result<std::sync::Arc<dyn airlock::store::Store>, Error> {
-        airlock::store::open(&self.store_settings()?, &self.dir()?).map_err(|e| Error::Internal(e.0))
+        airlock::store::open(&self.store_settings()?, &self.dir()?).map_err(Error::from)
     }
 
     fn store_settings(&self) -> Result<airlock::store::settings::StoreSettings, Error> {

@@ -38,6 +38,11 @@ pub struct Runtime {
 impl Runtime {
     /// Build the engine and open the compile cache in the data directory.
     pub fn new(settings: &RuntimeSettings) -> Result<Runtime, Error> {
+        // `[audit] node-id` names the node in its heartbeats too, unless
+        // `--node-id` named it first.
+        if let Some(id) = &settings.audit.node_id {
+            let _ = crate::cluster::set_node_id(id);
+        }
         let engine =
             crate::engine::build(settings).map_err(|e| Error::internal(format!("cannot build engine: {e}")))?;
         let cache = ArtifactCache::open(&settings.data_dir);
@@ -212,7 +217,7 @@ impl Runtime {
         if let Some(store) = self.store.get() {
             return Ok(store.clone());
         }
-        let store = crate::store::open(&self.store_settings, &self.data_dir).map_err(|e| Error::Internal(e.0))?;
+        let store = crate::store::open(&self.store_settings, &self.data_dir).map_err(Error::from)?;
         // Two threads opening at once: the first one stored wins.
         Ok(self.store.get_or_init(|| store).clone())
     }

@@ -215,11 +215,26 @@ impl Cluster {
                     .unwrap_or_else(|e| panic!("cannot chown {} to postgres: {e}", p.display()));
             }
         }
+        if !run_as.is_empty() {
+            // The temp dir must let the server's user through (a TMPDIR
+            // under /root does not).
+            let reachable = Command::new(&run_as[0])
+                .args(&run_as[1..])
+                .args(["test", "-w"])
+                .arg(&pg)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                reachable,
+                "the postgres user cannot write {}: set TMPDIR to a directory every user can pass through (e.g. /tmp)",
+                pg.display()
+            );
+        }
         let admin_password_file = secrets.join("admin.pw");
         write_private(&admin_password_file, &password);
 
         let data_dir = pg.join("data");
-        let out = Command::new(&run_as_program(&run_as, &bin_dir, "initdb"))
+        let out = Command::new(run_as_program(&run_as, &bin_dir, "initdb"))
             .args(run_as_args(&run_as, &bin_dir, "initdb"))
             .arg("-D")
             .arg(&data_dir)
@@ -245,11 +260,8 @@ impl Cluster {
         // it: try a few.
         for _ in 0..5 {
             let port = free_port();
-            let options = format!(
-                "-p {port} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300",
-                socket_dir.display()
-            );
-            let out = Command::new(&run_as_program(&run_as, &bin_dir, "pg_ctl"))
+            let options = server_options(port, &socket_dir);
+            let out = Command::new(run_as_program(&run_as, &bin_dir, "pg_ctl"))
                 .args(run_as_args(&run_as, &bin_dir, "pg_ctl"))
                 .arg("-D")
                 .arg(&data_dir)
@@ -374,11 +386,7 @@ impl Cluster {
             .as_ref()
             .expect("a server of ours has a socket directory");
         let log_file = self.log_file.as_ref().expect("a server of ours has a log file");
-        let options = format!(
-            "-p {} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300",
-            self.port,
-            socket_dir.display()
-        );
+        let options = server_options(self.port, socket_dir);
         let log = log_file.display().to_string();
         let out = self.pg_ctl(&["-l", &log, "-w", "-t", "60", "-o", &options, "start"]);
         assert!(
@@ -477,6 +485,16 @@ impl Cluster {
     }
 }
 
+/// The server's settings (`pg_ctl -o`), the same at every start: loopback
+/// only, `fsync` on (durability is what the store promises), and enough
+/// connections for many stores' pools at once.
+fn server_options(port: u16, socket_dir: &Path) -> String {
+    format!(
+        "-p {port} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300",
+        socket_dir.display()
+    )
+}
+
 /// Stop the server when the process exits normally (the test harness
 /// ends with `exit`, after passing or failing tests alike), so nothing is
 /// left when `cargo test` returns; the watchdog covers every other end.
@@ -498,7 +516,8 @@ fn register_exit_hook() {
 }
 
 /// Wait (detached, in a session of its own, holding none of our output
-/// pipes) for this process to end, then stop the server and remove `root`.
+/// pipes, so `cargo test` does not wait for it) for this process to end,
+/// then stop the server and remove `root`.
 fn spawn_watchdog(bin_dir: &Path, data_dir: &Path, run_as: &[String], root: &Path) {
     const SCRIPT: &str = r#"
 while kill -0 "$1" 2>/dev/null; do sleep 0.2; done
@@ -513,8 +532,10 @@ rm -rf "$5"
     } else {
         data_dir.display().to_string()
     };
-    Command::new("setsid")
-        .args(["sh", "-c", SCRIPT, "airlock-pg-watchdog"])
+    // `setsid -f` forks: the watchdog is nobody's child here (so nothing
+    // waits for it, and it outlives us), and `setsid` itself returns at once.
+    let started = Command::new("setsid")
+        .args(["-f", "sh", "-c", SCRIPT, "airlock-pg-watchdog"])
         .arg(std::process::id().to_string())
         .arg(bin_dir)
         .arg(data)
@@ -523,8 +544,12 @@ rm -rf "$5"
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .status()
         .expect("start the PostgreSQL watchdog (setsid, sh)");
+    assert!(
+        started.success(),
+        "setsid failed to start the PostgreSQL watchdog: {started}"
+    );
 }
 
 /// Where the server programs are: `pg_config --bindir`, else the newest

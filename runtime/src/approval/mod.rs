@@ -145,12 +145,10 @@ impl Approvals {
     /// waiting instances, and the invocations its runner lease runs) lives.
     fn with_heartbeat(mut self) -> Approvals {
         self.store.watch(Arc::downgrade(&self.changed));
-        if self.store.shared() {
-            let processes = vec![self.owner.clone(), self.audit.runner().to_string()];
-            self.heartbeat = Some(Arc::new(crate::cluster::Heartbeat::start(
-                self.store.clone(),
-                processes,
-            )));
+        if let Some(heartbeat) = crate::cluster::heartbeat_for(&self.store) {
+            heartbeat.add(&self.owner);
+            heartbeat.add(self.audit.runner());
+            self.heartbeat = Some(heartbeat);
         }
         self
     }
@@ -161,6 +159,20 @@ impl Approvals {
     /// finish what it leaves at once instead of after its heartbeats go
     /// stale. Returns the requests failed.
     pub async fn leave(&self) -> Result<Vec<ApprovalRecord>, Error> {
+        let failed = self.fail_own_requests().await?;
+        if let Some(heartbeat) = self.heartbeat.clone() {
+            // Its thread marks the processes ended as it stops.
+            tokio::task::spawn_blocking(move || heartbeat.stop())
+                .await
+                .map_err(|e| Error::internal(format!("the leave task failed: {e}")))?;
+        }
+        Ok(failed)
+    }
+
+    /// Fail the pending requests this process's own instances wait on,
+    /// saying the node shuts down (the first step of [`Approvals::leave`]:
+    /// those instances then end instead of waiting out `wait-secs`).
+    pub async fn fail_own_requests(&self) -> Result<Vec<ApprovalRecord>, Error> {
         let mut failed = Vec::new();
         for r in self.store.approvals(Some(ApprovalState::Pending), usize::MAX)? {
             if r.owner.as_deref() != Some(self.owner.as_str()) {
@@ -172,12 +184,6 @@ impl Approvals {
                 crate::cluster::node_id()
             );
             failed.push(self.close(&r.id, ApprovalState::Failed, &reason).await?);
-        }
-        if let Some(heartbeat) = self.heartbeat.clone() {
-            // Its thread marks the processes ended as it stops.
-            tokio::task::spawn_blocking(move || heartbeat.stop())
-                .await
-                .map_err(|e| Error::internal(format!("the leave task failed: {e}")))?;
         }
         Ok(failed)
     }
@@ -451,15 +457,7 @@ impl Approvals {
     fn drain_blocking(&self) -> Result<(), Error> {
         let audit = self.audit.clone();
         let mut append = move |bodies: Vec<String>| -> Result<(), Refusal> {
-            let mut events = Vec::new();
-            for body in &bodies {
-                let group: Vec<Event> = serde_json::from_str(body).map_err(|e| {
-                    Refusal::AuditUnavailable(format!(
-                        "an audit record the database holds for the log does not parse ({e})"
-                    ))
-                })?;
-                events.extend(group);
-            }
+            let events = crate::audit::event::decode_owed(&bodies).map_err(Refusal::AuditUnavailable)?;
             if events.is_empty() {
                 return Ok(());
             }

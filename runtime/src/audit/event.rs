@@ -250,3 +250,16 @@ pub struct ApprovalResolved {
     pub state: String,
     pub reason: Option<String>,
 }
+
+/// The events of audit records a store owes the log (see
+/// [`crate::store::Store::drain_audit_outbox`]): each a JSON array of
+/// events, in order.
+pub fn decode_owed(bodies: &[String]) -> Result<Vec<Event>, String> {
+    let mut events = Vec::new();
+    for body in bodies {
+        let group: Vec<Event> = serde_json::from_str(body)
+            .map_err(|e| format!("an audit record the database holds for the log does not parse ({e})"))?;
+        events.extend(group);
+    }
+    Ok(events)
+}

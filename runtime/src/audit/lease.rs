@@ -62,6 +62,8 @@ struct State {
     /// An invocation was dropped unsettled: recovery must look at it once
     /// this process is gone (its floor stays in `open`).
     abandoned: bool,
+    /// Tracked invocations not yet settled or dropped.
+    in_flight: usize,
     written: u64,
     written_at: Option<Instant>,
 }
@@ -173,7 +175,11 @@ impl Lease {
     pub fn track(self: &Arc<Self>) -> Tracked {
         // Its records go after everything in the log now.
         let floor = self.log_len();
-        *self.state().open.entry(floor).or_default() += 1;
+        {
+            let mut state = self.state();
+            *state.open.entry(floor).or_default() += 1;
+            state.in_flight += 1;
+        }
         Tracked {
             lease: Some(self.clone()),
             floor,
@@ -198,6 +204,12 @@ impl Lease {
         if self.file.write_all_at(contents(self.pid, floor).as_bytes(), 0).is_ok() {
             state.written = floor;
         }
+    }
+
+    /// Invocations of this process tracked and not yet settled (or
+    /// dropped): what a graceful stop waits for.
+    pub fn in_flight(&self) -> usize {
+        self.state().in_flight
     }
 
     /// The log handle is closing: a lease with nothing unsettled is
@@ -238,6 +250,10 @@ impl Drop for Tracked {
 
 impl Lease {
     fn untrack(&self, floor: u64, settled: bool) {
+        {
+            let mut state = self.state();
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
         if !settled {
             // Its start may be in the log with no close, and only recovery
             // after this process ends can close it: it keeps holding the

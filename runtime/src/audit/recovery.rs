@@ -195,6 +195,7 @@ pub fn recover(log: &AuditLog, open_rows: OpenRows<'_>, check_rows: bool) -> Res
     // Rows that say `running` for a process that is gone, and where in the
     // log that process's records start.
     let mut rows: Vec<InvocationRecord> = Vec::new();
+    let mut done_foreign: Vec<String> = Vec::new();
     let mut floor: Option<u64> = dead.values().map(|f| f.unwrap_or(0)).min();
     if let Some(store) = &store {
         // Final rows an ended process stored but never committed first:
@@ -216,9 +217,17 @@ pub fn recover(log: &AuditLog, open_rows: OpenRows<'_>, check_rows: bool) -> Res
                     // here may run on another node, whose heartbeats tell.
                     None if shared => match foreign_runner(store.as_ref(), r, &row)? {
                         Foreign::Alive => continue,
-                        // Its records are in its own node's log: nothing of
-                        // it is in this log to read.
-                        Foreign::Dead => u64::MAX,
+                        Foreign::Dead => {
+                            // Its records are in its own node's log, not
+                            // this one: end the row and owe its closing
+                            // record in one transaction, so of several
+                            // nodes recovering at once (or the node itself,
+                            // if it was only slow) exactly one closes it.
+                            if end_foreign(store.as_ref(), &row, r)? {
+                                done_foreign.push(row.id.clone());
+                            }
+                            continue;
+                        }
                         Foreign::Unknown => 0,
                     },
                     // No lease: its process settled everything it could
@@ -234,10 +243,32 @@ pub fn recover(log: &AuditLog, open_rows: OpenRows<'_>, check_rows: bool) -> Res
             rows.push(row);
         }
     }
+    if !done_foreign.is_empty()
+        && let Some(store) = &store
+    {
+        // The closing records owed above, into this node's log.
+        store
+            .drain_audit_outbox(&mut |records| {
+                let events = super::event::decode_owed(&records).map_err(crate::store::Refusal::AuditUnavailable)?;
+                log.append_durable(events)
+                    .map(|_| ())
+                    .map_err(|e| crate::store::Refusal::AuditUnavailable(e.to_string()))
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        tracing::warn!(
+            target: "airlock::audit",
+            count = done_foreign.len(),
+            "ended invocations of a node that stopped sending heartbeats (invocation-cut-off)"
+        );
+    }
     let Some(floor) = floor else {
-        return Ok(Recovered::default());
+        let mut done = Recovered::default();
+        for id in done_foreign {
+            done.cut_off.push(id.clone());
+            done.rows.push((id, InvocationStatus::Failed));
+        }
+        return Ok(done);
     };
-    let floor = if floor == u64::MAX { log_len(dir) } else { floor };
     let row_ids: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let mut open: HashMap<String, Open> = HashMap::new();
     let mut closed: HashMap<String, Closing> = HashMap::new();
@@ -329,6 +360,10 @@ pub fn recover(log: &AuditLog, open_rows: OpenRows<'_>, check_rows: bool) -> Res
             }
         }
     }
+    for id in done_foreign {
+        done.cut_off.push(id.clone());
+        done.rows.push((id, InvocationStatus::Failed));
+    }
     for d in census.dead {
         let id = d.id.clone();
         match d.remove() {
@@ -373,9 +408,41 @@ fn foreign_runner(store: &dyn Store, runner: &str, row: &InvocationRecord) -> Re
     }
 }
 
-/// The log's length: where a scan that should read nothing starts.
-fn log_len(dir: &Path) -> u64 {
-    std::fs::metadata(dir.join(LOG_FILE)).map_or(0, |m| m.len())
+/// End the `running` row of a dead node's runner as failed, its
+/// `invocation-cut-off` record owed in the same transaction; `false` when
+/// the row was no longer `running` (another node ended it, or the runner
+/// finished it after all).
+fn end_foreign(store: &dyn Store, row: &InvocationRecord, runner: &str) -> Result<bool, RecoveryError> {
+    let fail = |reason: String| RecoveryError {
+        dir: "the store".into(),
+        reason,
+    };
+    let node = store
+        .process(runner)
+        .map_err(|e| fail(e.to_string()))?
+        .map(|p| p.node)
+        .unwrap_or_else(|| "?".into());
+    let reason = format!("{CUT_OFF_REASON} (node {node} stopped sending heartbeats)");
+    let event = Event::InvocationCutOff(InvocationCutOff {
+        invocation: row.id.clone(),
+        action: Some(row.action.clone()),
+        runner: Some(runner.to_string()),
+        started_seq: None,
+        outcome: "cut-off".into(),
+        reason: reason.clone(),
+    });
+    let audit = serde_json::to_string(&[event]).map_err(|e| fail(e.to_string()))?;
+    let (_, outcome) = Closing::CutOff { reason }.row();
+    store
+        .end_invocation(&crate::store::InvocationEnding {
+            invocation: &row.id,
+            from: &[InvocationStatus::Running],
+            to: InvocationStatus::Failed,
+            outcome: &outcome,
+            expire_approval: None,
+            audit: &audit,
+        })
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// Take the recovery lock, waiting up to [`LOCK_WAIT`] for another

@@ -79,22 +79,7 @@ impl AuditSettings {
     }
 }
 
-/// A node id: 1 to 64 of `A-Z a-z 0-9 . _ -`, starting with a letter or
-/// digit (it appears in messages, file contents and SQL parameters).
-pub fn validate_node_id(id: &str) -> Result<(), String> {
-    let ok = (1..=64).contains(&id.len())
-        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{id:?} is not a node id: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        ))
-    }
-}
+pub use crate::cluster::validate_node_id;
 
 /// The host name, as a node id when none is configured.
 pub fn host_node_id() -> Result<String, String> {

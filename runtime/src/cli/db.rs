@@ -53,7 +53,7 @@ pub fn db_cmd(cmd: DbCommand) -> Result<ExitCode, Error> {
             }
             // Opened without applying, so `--to` is honoured.
             let store = open_unchecked(pg)?;
-            let applied = store.migrate(to).map_err(|e| Error::Internal(e.0))?;
+            let applied = store.migrate(to).map_err(Error::from)?;
             if applied.is_empty() {
                 println!("{}: the schema is up to date", pg.url);
             } else {
@@ -76,10 +76,10 @@ pub fn db_cmd(cmd: DbCommand) -> Result<ExitCode, Error> {
                 return Ok(ExitCode::SUCCESS);
             };
             let store = open_unchecked(pg)?;
-            let list = store.migration_status().map_err(|e| Error::Internal(e.0))?;
+            let list = store.migration_status().map_err(Error::from)?;
             let pending = list.iter().any(|m| m.applied_at.is_none());
             if json {
-                let server = store.server_version().map_err(|e| Error::Internal(e.0))?;
+                let server = store.server_version().map_err(Error::from)?;
                 let doc = serde_json::json!({
                     "store": pg.url,
                     "server-version": server,
@@ -103,7 +103,7 @@ pub fn db_cmd(cmd: DbCommand) -> Result<ExitCode, Error> {
 /// The store without applying or checking migrations (the commands here
 /// report and apply them themselves).
 fn open_unchecked(pg: &airlock::store::settings::PgSettings) -> Result<PgStore, Error> {
-    PgStore::open(pg, Migrate::Skip).map_err(|e| Error::Internal(e.0))
+    PgStore::open(pg, Migrate::Skip).map_err(Error::from)
 }
 
 fn print_status(url: &str, list: &[MigrationStatus]) {

@@ -385,8 +385,7 @@ fn approval_action(ctx: &ConfigAuth, id: &str) -> Result<String, Error> {
     if let Some(dir) = &ctx.data_dir {
         policy.runtime.data_dir = dir.clone();
     }
-    let store =
-        airlock::store::open(&policy.runtime.store, &policy.runtime.data_dir).map_err(|e| Error::Internal(e.0))?;
+    let store = airlock::store::open(&policy.runtime.store, &policy.runtime.data_dir).map_err(Error::from)?;
     store
         .approval(id)?
         .map(|a| a.action)

@@ -251,7 +251,9 @@ pub fn outcome_class(e: &Error) -> &'static str {
         Error::PendingApproval { .. } => "pending",
         Error::Limit(_) | Error::Exited(_) => "limit",
         Error::Trapped(_) => "trap",
-        Error::Internal(_) | Error::AuditUnavailable(_) | Error::AuditTampered(_) => "internal",
+        Error::Internal(_) | Error::AuditUnavailable(_) | Error::StoreUnavailable(_) | Error::AuditTampered(_) => {
+            "internal"
+        }
         Error::Usage(_)
         | Error::Config(_)
         | Error::InvalidComponent { .. }

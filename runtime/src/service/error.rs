@@ -65,6 +65,7 @@ impl From<Error> for ApiError {
             Error::Refused(_) | Error::ApprovalRefused(_) => (StatusCode::CONFLICT, "refused"),
             Error::PendingApproval { .. } => (StatusCode::ACCEPTED, "pending-approval"),
             Error::AuditUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable"),
+            Error::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "database-unavailable"),
             Error::AuditTampered(_) => (StatusCode::INTERNAL_SERVER_ERROR, "audit-tampered"),
             Error::Limit(_) => (StatusCode::UNPROCESSABLE_ENTITY, "limit"),
             Error::HostCallDenied(_)

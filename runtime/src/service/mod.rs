@@ -240,6 +240,8 @@ pub struct Service {
     pub sessions: console::Sessions,
     /// Console sign-in attempts, per source address.
     pub sign_in_limiter: RateLimiter,
+    /// Set by a graceful stop: claim nothing new.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Service {
@@ -263,6 +265,7 @@ impl Service {
             settings,
             sessions: console::Sessions,
             sign_in_limiter: RateLimiter::new(gate::SIGN_IN_RATE),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -305,6 +308,9 @@ impl Service {
     }
 }
 
+/// How long a graceful stop waits for the runs still going.
+const RUNS_DEADLINE: Duration = Duration::from_secs(30);
+
 /// How often the service looks for airlock processes that ended
 /// mid-invocation (see [`Runtime::recover`]), and waits after a failed try.
 const RECOVER_EVERY: Duration = Duration::from_secs(2);
@@ -338,6 +344,9 @@ pub fn spawn_sweeper(service: Arc<Service>) -> tokio::task::JoinHandle<()> {
             if let Err(e) = service.runtime.sweep_approvals().await {
                 tracing::warn!("approval sweep failed: {e}");
             }
+            if service.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                continue;
+            }
             if let Err(e) = service.runtime.run_released().await {
                 tracing::warn!("running approved invocations failed: {e}");
             }
@@ -357,8 +366,28 @@ pub async fn serve(
         max_unauthenticated: service.settings.max_unauthenticated,
         max_unauthenticated_per_source: service.settings.max_unauthenticated_per_source,
     };
-    let app = api::router(service);
+    let app = api::router(service.clone());
     let result = connections::serve(listener, app, limits, shutdown).await;
+    // Runs still going (answered with 202, or started by the sweeper)
+    // finish before the node stops, up to RUNS_DEADLINE; nothing new is
+    // claimed meanwhile.
+    service.stopping.store(true, std::sync::atomic::Ordering::Release);
+    // Instances waiting for a decision here end now (their requests fail,
+    // saying the node shuts down) rather than wait out `wait-secs`.
+    if let Some(approvals) = service.runtime.approvals_opened()
+        && let Err(e) = approvals.fail_own_requests().await
+    {
+        tracing::warn!("could not fail this node's waiting requests: {e}");
+    }
+    let deadline = tokio::time::Instant::now() + RUNS_DEADLINE;
+    while service
+        .runtime
+        .audit_opened()
+        .is_some_and(|a| a.lease().in_flight() > 0)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     sweeper.abort();
     result
 }

@@ -46,9 +46,29 @@ pub fn open(settings: &settings::StoreSettings, data_dir: &Path) -> Result<Arc<d
 #[error("database error: {0}")]
 pub struct StoreError(pub String);
 
+/// What an unreachable database's errors start with (see
+/// [`StoreError::unreachable`]).
+const UNREACHABLE: &str = "the database cannot be reached: ";
+
+impl StoreError {
+    /// The database could not be reached (down, the network cut, too many
+    /// connections): a refusal to retry later, not a fault of airlock's.
+    pub fn unreachable(detail: impl std::fmt::Display) -> StoreError {
+        StoreError(format!("{UNREACHABLE}{detail}"))
+    }
+
+    pub fn is_unreachable(&self) -> bool {
+        self.0.starts_with(UNREACHABLE)
+    }
+}
+
 impl From<StoreError> for crate::error::Error {
     fn from(e: StoreError) -> Self {
-        crate::error::Error::Internal(e.to_string())
+        if e.is_unreachable() {
+            crate::error::Error::StoreUnavailable(format!("{e}; nothing that needs it runs until it is back"))
+        } else {
+            crate::error::Error::Internal(e.to_string())
+        }
     }
 }
 
@@ -66,7 +86,9 @@ pub enum UpdateError {
 
 /// The storage backend.
 /// A change to one approval request, given the live tokens as of the same
-/// transaction (see [`Store::update_approval`]).
+/// transaction (see [`Store::update_approval`]). It must be pure: it runs
+/// inside the store's transaction (on PostgreSQL, inside the future that
+/// drives it), so it must not call the store or the audit log.
 pub type ApprovalUpdate<'a> = dyn FnMut(&mut ApprovalRecord, &[TokenRecord]) -> Result<Option<String>, Refusal> + 'a;
 
 pub trait Store: Send + Sync {
@@ -216,7 +238,7 @@ pub fn process_alive(store: &dyn Store, id: &str, born: u64) -> Result<bool, Sto
     let stale = u64::try_from(PROCESS_STALE.as_micros()).unwrap_or(u64::MAX);
     let now = crate::time::now_micros();
     Ok(match store.process(id)? {
-        Some(p) => now.saturating_sub(p.last_seen) < stale,
+        Some(p) => p.silent_for_micros < stale,
         None => now.saturating_sub(born) < stale,
     })
 }

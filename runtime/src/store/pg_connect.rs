@@ -85,8 +85,18 @@ pub(crate) fn config(
     }
     config.connect_timeout(settings.connect_timeout);
     config.application_name(application_name);
+    // A peer gone without a word (a paused node, a cut network, a NAT that
+    // forgot the connection) is noticed in seconds, not the hours of TCP's
+    // defaults: by us, with keepalives and a limit on unacknowledged data,
+    // and by the server, which ends a session idle inside a transaction
+    // and gives up on a lock or statement that waits too long, so a frozen
+    // node cannot hold rows other nodes need.
     config.keepalives(true);
-    config.keepalives_idle(Duration::from_secs(30));
+    config.keepalives_idle(Duration::from_secs(10));
+    config.keepalives_interval(Duration::from_secs(5));
+    config.keepalives_retries(3);
+    config.tcp_user_timeout(Duration::from_secs(30));
+    config.options(SERVER_LIMITS);
     let tls = match settings.tls {
         TlsMode::Disable => {
             config.ssl_mode(tokio_postgres::config::SslMode::Disable);
@@ -100,6 +110,10 @@ pub(crate) fn config(
     Ok((config, tls))
 }
 
+/// Per-session limits airlock asks of the server (see [`config`]).
+const SERVER_LIMITS: &str =
+    "-c idle_in_transaction_session_timeout=60000 -c lock_timeout=15000 -c statement_timeout=120000";
+
 /// A pool manager over `config` and `tls` (connections checked only by
 /// their state when reused: a broken one is replaced on its next use).
 pub(crate) fn manager(
@@ -112,6 +126,19 @@ pub(crate) fn manager(
     match tls {
         None => deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config),
         Some(tls) => deadpool_postgres::Manager::from_config(config, tls, manager_config),
+    }
+}
+
+/// Whether `e` says the database cannot be reached (rather than that a
+/// statement failed): no server answer at all, or the server's own
+/// "connection exception", shutting down, starting up, or full.
+pub(crate) fn unreachable(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+        }
     }
 }
 

@@ -45,6 +45,8 @@ type Conn = tokio_postgres::Client;
 const RUN_BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// Rows queued at most; past this, [`Store::record_run`] writes itself.
 const MAX_PENDING_RUNS: usize = 4096;
+/// Longest a heartbeat may take (see [`crate::cluster`]).
+const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(3);
 /// How long a call waits for a free connection before it fails.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
@@ -107,15 +109,19 @@ impl std::fmt::Debug for PgStore {
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
-    StoreError(super::pg_connect::error_text(&e))
+    let text = super::pg_connect::error_text(&e);
+    if super::pg_connect::unreachable(&e) {
+        StoreError::unreachable(text)
+    } else {
+        StoreError(text)
+    }
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg_err(e),
-        deadpool_postgres::PoolError::Timeout(_) => StoreError(
-            "PostgreSQL: no connection available in time (is the database reachable? is store.pool-size too small?)"
-                .into(),
+        deadpool_postgres::PoolError::Timeout(_) => StoreError::unreachable(
+            "PostgreSQL: no connection available in time (is the database reachable? is store.pool-size too small?)",
         ),
         other => StoreError(format!("PostgreSQL connection pool: {other}")),
     }
@@ -244,6 +250,11 @@ impl Drop for Inner {
     }
 }
 
+/// The database server's clock, in Unix microseconds: heartbeats are
+/// stamped and judged by it, never by the nodes' own clocks, which may
+/// disagree by more than a heartbeat's staleness.
+const DB_NOW: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint";
+
 /// The channel every change is announced on (`NOTIFY`), to wake the
 /// waiters of every node (see [`Store::watch`]).
 const CHANNEL: &str = "airlock_changes";
@@ -343,6 +354,16 @@ fn wake(inner: &std::sync::Weak<Inner>) {
 
 type Client = deadpool_postgres::Object;
 
+/// Run `wait` (which blocks on the database) so that, on a worker of a
+/// multi-threaded runtime (the service), the other tasks queued on this
+/// worker are not stalled meanwhile: tokio hands them to another thread.
+pub(crate) fn off_worker<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(wait),
+        _ => wait(),
+    }
+}
+
 /// A transaction on a pooled connection. Dropped without [`Tx::commit`]
 /// (an error, a refusal), its connection is closed rather than returned
 /// to the pool, which rolls the transaction back on the server.
@@ -368,6 +389,23 @@ impl Tx {
     }
 }
 
+impl Tx {
+    /// End the transaction without a change (a lost claim, a refused
+    /// vote): the connection goes back to the pool, so an expected outcome
+    /// does not cost a new connection (and its TLS and password
+    /// handshakes). An error closes it instead.
+    async fn rollback(mut self) -> Result<(), StoreError> {
+        let client = self.client.take().expect("a live transaction has its connection");
+        match client.batch_execute("ROLLBACK").await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(pg_err(e))
+            }
+        }
+    }
+}
+
 impl Drop for Tx {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
@@ -381,19 +419,13 @@ impl Inner {
     /// Drive `future` to completion on this thread, its I/O on the store's
     /// runtime. Works from any thread, inside another runtime or not.
     fn block<T>(&self, future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        let run = || {
-            let _context = self.handle.enter();
-            futures_executor::block_on(future)
-        };
-        // On a worker of a multi-threaded runtime (the service), a round
-        // trip to the database must not stall the other tasks queued on
-        // this worker: tokio hands them to another thread meanwhile.
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(run)
-            }
-            _ => run(),
-        }
+        off_worker(|| self.block_here(future))
+    }
+
+    /// [`Inner::block`] for a caller already off the async workers.
+    fn block_here<T>(&self, future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let _context = self.handle.enter();
+        futures_executor::block_on(future)
     }
 
     async fn client(&self) -> Result<Client, StoreError> {
@@ -408,6 +440,12 @@ impl Inner {
     }
 
     fn migrate(&self, target: Option<i32>) -> Result<Vec<i32>, StoreError> {
+        // Fully migrated: no DDL at all (a role without rights to create
+        // tables can then run the nodes; `airlock db migrate` under an
+        // owner's role does the rest).
+        if target.is_none() && self.migration_status()?.iter().all(|m| m.applied_at.is_some()) {
+            return Ok(Vec::new());
+        }
         self.block(async {
             let target = target.unwrap_or_else(migrations::latest);
             let mut applied_now = Vec::new();
@@ -439,6 +477,7 @@ impl Inner {
                 match existing {
                     Some(row) => {
                         check_checksum(m, &row.get::<_, String>(0))?;
+                        tx.rollback().await?;
                         continue;
                     }
                     None => {
@@ -510,12 +549,17 @@ impl Inner {
     /// Write out everything queued, in one transaction; rows that fail
     /// stay queued, in front of newer ones.
     fn flush(&self) -> Result<(), StoreError> {
+        // Waiting for another flush is waiting for the database too.
+        off_worker(|| self.flush_here())
+    }
+
+    fn flush_here(&self) -> Result<(), StoreError> {
         let _writing = self.runs.writing.lock().unwrap_or_else(|p| p.into_inner());
         let batch = std::mem::take(&mut *self.runs.pending());
         if batch.is_empty() {
             return Ok(());
         }
-        let written = self.block(async {
+        let written = self.block_here(async {
             let tx = self.begin().await?;
             if !batch.iter().any(|r| r.state.is_final()) {
                 // Rows of runs still in progress: like SQLite's
@@ -587,10 +631,21 @@ fn check_checksum(m: &Migration, stored: &str) -> Result<(), StoreError> {
 /// Store a run's row, new or over its earlier state. A final row is never
 /// replaced by a later write of a state in progress.
 async fn upsert_run(c: &Conn, r: &InvocationRecord) -> Result<(), StoreError> {
-    c.execute(
-        "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body
+    write_invocation(
+        c,
+        r,
+        " ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body
          WHERE invocations.state NOT IN ('succeeded', 'failed', 'denied', 'expired')",
+    )
+    .await
+}
+
+/// Insert an invocation's row; `on_conflict` says what an existing one gets.
+async fn write_invocation(c: &Conn, r: &InvocationRecord, on_conflict: &str) -> Result<(), StoreError> {
+    c.execute(
+        &format!(
+            "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES ($1, $2, $3, $4, $5, $6){on_conflict}"
+        ),
         &[
             &r.id,
             &r.state.as_str(),
@@ -847,6 +902,7 @@ impl Store for PgStore {
         let result: Result<Result<ApprovalRecord, UpdateError>, StoreError> = inner.block(async {
             let tx = inner.begin().await?;
             let Some(before) = load_approval(tx.c(), id, true).await? else {
+                tx.rollback().await?;
                 return Ok(Err(UpdateError::NotFound(id.to_string())));
             };
             // Locked for the rest of the transaction: a revocation waits
@@ -859,7 +915,10 @@ impl Store for PgStore {
             let mut after = before.clone();
             let audit = match update(&mut after, &live) {
                 Ok(audit) => audit,
-                Err(refusal) => return Ok(Err(UpdateError::Refused(refusal))),
+                Err(refusal) => {
+                    tx.rollback().await?;
+                    return Ok(Err(UpdateError::Refused(refusal)));
+                }
             };
             if after.decisions.len() < before.decisions.len()
                 || after.decisions[..before.decisions.len()] != before.decisions[..]
@@ -933,26 +992,7 @@ impl Store for PgStore {
     fn insert_invocation(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
         self.inner.flush()?;
         let inner = &self.inner;
-        let body = serde_json::to_string(invocation).map_err(json_err)?;
-        inner.block(async {
-            inner
-                .client()
-                .await?
-                .execute(
-                    "INSERT INTO invocations (id, state, action, caller, created_at, body) VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[
-                        &invocation.id,
-                        &invocation.state.as_str(),
-                        &invocation.action,
-                        &invocation.caller.name,
-                        &micros(invocation.created_at),
-                        &body,
-                    ],
-                )
-                .await
-                .map_err(pg_err)?;
-            Ok(())
-        })
+        inner.block(async { write_invocation(&*inner.client().await?, invocation, "").await })
     }
 
     fn invocation(&self, id: &str) -> Result<Option<InvocationRecord>, StoreError> {
@@ -1013,6 +1053,7 @@ impl Store for PgStore {
         inner.block(async {
             let tx = inner.begin().await?;
             if !move_invocation(tx.c(), id, from, to, outcome, None).await? {
+                tx.rollback().await?;
                 return Ok(false);
             }
             announce(tx.c()).await?;
@@ -1027,6 +1068,9 @@ impl Store for PgStore {
         inner.block(async {
             let tx = inner.begin().await?;
             if !move_invocation(tx.c(), id, from, InvocationStatus::Running, None, Some(runner)).await? {
+                // Another node claimed it first: the expected outcome for
+                // every node's sweeper but one.
+                tx.rollback().await?;
                 return Ok(false);
             }
             tx.commit().await?;
@@ -1041,9 +1085,11 @@ impl Store for PgStore {
             let tx = inner.begin().await?;
             if let Some((approval, reason)) = ending.expire_approval {
                 let Some(mut record) = load_approval(tx.c(), approval, true).await? else {
+                    tx.rollback().await?;
                     return Ok(false);
                 };
                 if record.state != ApprovalState::Approved {
+                    tx.rollback().await?;
                     return Ok(false);
                 }
                 record.state = ApprovalState::Expired;
@@ -1068,6 +1114,7 @@ impl Store for PgStore {
             )
             .await?
             {
+                tx.rollback().await?;
                 return Ok(false);
             }
             owe(tx.c(), ending.audit).await?;
@@ -1082,44 +1129,47 @@ impl Store for PgStore {
         append: &mut dyn FnMut(Vec<String>) -> Result<(), Refusal>,
     ) -> Result<usize, UpdateError> {
         let inner = &self.inner;
-        let result: Result<Result<usize, Refusal>, StoreError> = inner.block(async {
-            {
-                // Nearly always nothing is owed: look without locking.
-                let client = inner.client().await?;
-                let any = client
-                    .query_opt("SELECT seq FROM audit_outbox LIMIT 1", &[])
-                    .await
-                    .map_err(pg_err)?;
-                if any.is_none() {
-                    return Ok(Ok(0));
-                }
-            }
+        // Nearly always nothing is owed: look without locking.
+        let any = inner.block(async {
+            let client = inner.client().await?;
+            let row = client
+                .query_opt("SELECT seq FROM audit_outbox LIMIT 1", &[])
+                .await
+                .map_err(pg_err)?;
+            Ok(row.is_some())
+        })?;
+        if !any {
+            return Ok(0);
+        }
+        // Locked until the commit: a concurrent drain (any node) waits,
+        // then skips the rows this one removed.
+        let (tx, rows) = inner.block(async {
             let tx = inner.begin().await?;
-            // Locked until the commit: a concurrent drain (any node) waits,
-            // then skips the rows this one removed.
             let rows = tx
                 .c()
                 .query("SELECT seq, body FROM audit_outbox ORDER BY seq FOR UPDATE", &[])
                 .await
                 .map_err(pg_err)?;
-            if rows.is_empty() {
-                return Ok(Ok(0));
-            }
-            // Exactly the rows read: a sequence number is taken at insert,
-            // so a lower one may commit after a higher one was read.
-            let seqs: Vec<i64> = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
-            let count = rows.len();
-            if let Err(refusal) = append(rows.iter().map(|r| r.get::<_, String>(1)).collect()) {
-                return Ok(Err(refusal));
-            }
+            Ok((tx, rows))
+        })?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // Exactly the rows read: a sequence number is taken at insert, so a
+        // lower one may commit after a higher one was read.
+        let seqs: Vec<i64> = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
+        let count = rows.len();
+        // Called outside any `block`: appending does I/O of its own (the
+        // audit trail's database, which drives its own futures).
+        append(rows.iter().map(|r| r.get::<_, String>(1)).collect())?;
+        inner.block(async {
             tx.c()
                 .execute("DELETE FROM audit_outbox WHERE seq = ANY($1)", &[&seqs])
                 .await
                 .map_err(pg_err)?;
-            tx.commit().await?;
-            Ok(Ok(count))
-        });
-        result?.map_err(UpdateError::Refused)
+            tx.commit().await
+        })?;
+        Ok(count)
     }
 
     fn shared(&self) -> bool {
@@ -1141,40 +1191,49 @@ impl Store for PgStore {
     fn heartbeat(&self, node: &NodeRecord, processes: &[&str]) -> Result<(), StoreError> {
         let inner = &self.inner;
         inner.block(async {
-            let tx = inner.begin().await?;
-            tx.c()
-                .execute(
-                    "INSERT INTO nodes (id, version, address, started_at, last_seen) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, address = EXCLUDED.address,
-                       started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen",
-                    &[
-                        &node.id,
-                        &node.version,
-                        &node.address,
-                        &micros(node.started_at),
-                        &micros(node.last_seen),
-                    ],
-                )
-                .await
-                .map_err(pg_err)?;
-            let ids: Vec<&str> = processes.to_vec();
-            // Rows of processes gone for a day are of no more use.
-            tx.c()
-                .execute(
-                    "DELETE FROM processes WHERE last_seen < $1",
-                    &[&micros(node.last_seen.saturating_sub(86_400_000_000))],
-                )
-                .await
-                .map_err(pg_err)?;
-            tx.c()
-                .execute(
-                    "INSERT INTO processes (id, node, last_seen) SELECT p, $2, $3 FROM unnest($1::text[]) AS p
-                     ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node, last_seen = EXCLUDED.last_seen",
-                    &[&ids, &node.id, &micros(node.last_seen)],
-                )
-                .await
-                .map_err(pg_err)?;
-            tx.commit().await
+            // A heartbeat late by seconds is as bad as none: bounded, so a
+            // stuck connection makes the node unhealthy instead of hanging.
+            let beat = async {
+                let tx = inner.begin().await?;
+                tx.c()
+                    .execute(
+                        &format!(
+                            "INSERT INTO nodes (id, version, address, started_at, last_seen) VALUES ($1, $2, $3, $4, {DB_NOW})
+                             ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, address = EXCLUDED.address,
+                               started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen"
+                        ),
+                        &[&node.id, &node.version, &node.address, &micros(node.started_at)],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let ids: Vec<&str> = processes.to_vec();
+                // Rows of processes gone for a day are of no more use.
+                tx.c()
+                    .execute(
+                        &format!("DELETE FROM processes WHERE last_seen < {DB_NOW} - 86400000000"),
+                        &[],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                tx.c()
+                    .execute(
+                        &format!(
+                            "INSERT INTO processes (id, node, last_seen) SELECT p, $2, {DB_NOW} FROM unnest($1::text[]) AS p
+                             ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node, last_seen = EXCLUDED.last_seen"
+                        ),
+                        &[&ids, &node.id],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                tx.commit().await
+            };
+            match tokio::time::timeout(HEARTBEAT_DEADLINE, beat).await {
+                Ok(done) => done,
+                Err(_) => Err(StoreError::unreachable(format!(
+                    "PostgreSQL: the heartbeat took longer than {} s",
+                    HEARTBEAT_DEADLINE.as_secs()
+                ))),
+            }
         })
     }
 
@@ -1185,7 +1244,13 @@ impl Store for PgStore {
             inner
                 .client()
                 .await?
-                .execute("UPDATE processes SET last_seen = 0 WHERE id = ANY($1)", &[&ids])
+                // An hour ago: dead to every node at once, and kept (not
+                // deleted, which would read as "never seen") until the
+                // daily clean-up.
+                .execute(
+                    &format!("UPDATE processes SET last_seen = {DB_NOW} - 3600000000 WHERE id = ANY($1)"),
+                    &[&ids],
+                )
                 .await
                 .map_err(pg_err)?;
             Ok(())
@@ -1199,7 +1264,9 @@ impl Store for PgStore {
                 .client()
                 .await?
                 .query(
-                    "SELECT id, version, address, started_at, last_seen FROM nodes ORDER BY id",
+                    &format!(
+                        "SELECT id, version, address, started_at, last_seen, GREATEST(0, {DB_NOW} - last_seen) FROM nodes ORDER BY id"
+                    ),
                     &[],
                 )
                 .await
@@ -1212,6 +1279,7 @@ impl Store for PgStore {
                     address: r.get(2),
                     started_at: unmicros(r.get(3)),
                     last_seen: unmicros(r.get(4)),
+                    silent_for_micros: unmicros(r.get(5)),
                 })
                 .collect())
         })
@@ -1223,13 +1291,19 @@ impl Store for PgStore {
             let row = inner
                 .client()
                 .await?
-                .query_opt("SELECT id, node, last_seen FROM processes WHERE id = $1", &[&id])
+                .query_opt(
+                    &format!(
+                        "SELECT id, node, last_seen, GREATEST(0, {DB_NOW} - last_seen) FROM processes WHERE id = $1"
+                    ),
+                    &[&id],
+                )
                 .await
                 .map_err(pg_err)?;
             Ok(row.map(|r| ProcessRecord {
                 id: r.get(0),
                 node: r.get(1),
                 last_seen: unmicros(r.get(2)),
+                silent_for_micros: unmicros(r.get(3)),
             }))
         })
     }

@@ -235,7 +235,12 @@ pub struct NodeRecord {
     pub address: Option<String>,
     /// Unix microseconds.
     pub started_at: u64,
+    /// By the store's clock (the database server's, on PostgreSQL).
     pub last_seen: u64,
+    /// How long ago that was, measured by the same clock: nodes' clocks
+    /// may disagree, so liveness is never judged by comparing them.
+    #[serde(skip)]
+    pub silent_for_micros: u64,
 }
 
 /// A process that may hold work others must not touch while it lives: an
@@ -244,8 +249,10 @@ pub struct NodeRecord {
 pub struct ProcessRecord {
     pub id: String,
     pub node: String,
-    /// Unix microseconds of its last heartbeat.
+    /// Unix microseconds of its last heartbeat, by the store's clock.
     pub last_seen: u64,
+    /// How long ago that was, by the same clock (see [`NodeRecord`]).
+    pub silent_for_micros: u64,
 }
 
 /// A signed-in console session. The session id itself is never stored,

@@ -119,6 +119,12 @@ impl StoreSettings {
                 parsed.scheme()
             ));
         }
+        if parsed.query().is_some() {
+            // The driver reads `?password=`, `?host=`, `?sslmode=` and more
+            // from here, around every check below, and the URL is shown in
+            // messages: options belong in [store]'s own keys.
+            return Err("store.url has a query string (`?…`); remove it: the password goes in password-env or password-file, TLS in tls and ca-file".into());
+        }
         if parsed.password().is_some() {
             // Do not echo the URL: it holds the password.
             return Err("store.url holds a password; remove it from the URL and set password-env or password-file (a file only its owner can read)".into());
@@ -227,6 +233,8 @@ mod tests {
                 "url = \"postgres://a@db/x\"\ntls = \"disable\"\nca-file = \"ca.pem\"",
                 "remove one",
             ),
+            ("url = \"postgres://a@db/x?password=hunter2\"", "query string"),
+            ("url = \"postgres://a@db/x?host=/tmp\"", "query string"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(says), "{text}: {e}");

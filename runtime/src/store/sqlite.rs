@@ -370,7 +370,7 @@ impl SqliteStore {
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         }
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        wal_mode(&conn)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
         let version: i64 = conn
@@ -426,6 +426,28 @@ impl SqliteStore {
         // A panic mid-statement leaves SQLite consistent (the transaction
         // rolls back when dropped), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Switch to WAL. The switch takes the database's lock and, unlike other
+/// statements, does not wait on the busy handler: several processes
+/// opening a new data directory at once saw "database is locked" here.
+/// Retried until [`BUSY_TIMEOUT`].
+fn wal_mode(conn: &Connection) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(db_err(e)),
+        }
     }
 }
 
@@ -967,10 +989,17 @@ impl Store for SqliteStore {
                     address: r.get(2)?,
                     started_at: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
                     last_seen: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                    silent_for_micros: 0,
                 })
             })
             .map_err(db_err)?;
-        rows.collect::<Result<_, _>>().map_err(db_err)
+        let now = crate::time::now_micros();
+        let mut nodes: Vec<NodeRecord> = rows.collect::<Result<_, _>>().map_err(db_err)?;
+        // One machine, one clock.
+        for n in &mut nodes {
+            n.silent_for_micros = now.saturating_sub(n.last_seen);
+        }
+        Ok(nodes)
     }
 
     fn process(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError> {
@@ -983,11 +1012,18 @@ impl Store for SqliteStore {
                         id: r.get(0)?,
                         node: r.get(1)?,
                         last_seen: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                        silent_for_micros: 0,
                     })
                 },
             )
             .optional()
             .map_err(db_err)
+            .map(|p| {
+                p.map(|mut p| {
+                    p.silent_for_micros = crate::time::now_micros().saturating_sub(p.last_seen);
+                    p
+                })
+            })
     }
 
     fn create_session(&self, s: &SessionRecord) -> Result<(), StoreError> {

@@ -137,12 +137,16 @@ impl Db {
     /// Drive `future` to completion on this thread (its I/O on the pool's
     /// runtime), failing it after [`OP_TIMEOUT`].
     pub(crate) fn block<T>(&self, future: impl Future<Output = Result<T, String>>) -> Result<T, String> {
-        let _context = self.handle.enter();
-        futures_executor::block_on(async {
-            match tokio::time::timeout(OP_TIMEOUT, future).await {
-                Ok(result) => result,
-                Err(_) => Err(format!("PostgreSQL did not answer within {} s", OP_TIMEOUT.as_secs())),
-            }
+        // An append on a service worker waits for the database: other
+        // requests on that worker go on meanwhile.
+        crate::store::postgres::off_worker(|| {
+            let _context = self.handle.enter();
+            futures_executor::block_on(async {
+                match tokio::time::timeout(OP_TIMEOUT, future).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("PostgreSQL did not answer within {} s", OP_TIMEOUT.as_secs())),
+                }
+            })
         })
     }
 
