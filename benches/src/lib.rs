@@ -6,6 +6,8 @@
 //!   airlock's engine settings.
 //! - [`http1`]: the load generator's keep-alive HTTP/1.1 client.
 //! - [`flood`]: slow-client floods for `loadgen flood`.
+//! - [`pg`]: a throw-away PostgreSQL server for `loadgen store`,
+//!   `cluster` and `lookup`; [`cpu`]: where the cores went meanwhile.
 
 use airlock::action::PreparedAction;
 use airlock::capabilities::Grants;
@@ -17,8 +19,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod bare;
+pub mod cpu;
 pub mod flood;
 pub mod http1;
+pub mod pg;
 
 /// The target directory (`CARGO_TARGET_DIR`, else the workspace's).
 pub fn target_dir() -> PathBuf {

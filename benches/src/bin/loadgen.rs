@@ -33,12 +33,24 @@
 //!   a request head (`slow-head`) one byte a second; each worker on a fresh
 //!   connection per request, then on one keep-alive connection. Baseline:
 //!   the same clients on the same server without a flood.
+//! - `calls`, `store`, `cluster`, `lookup`, `audit-pg` (`pg`: all five):
+//!   the service on a throw-away PostgreSQL server against its SQLite
+//!   baseline, two nodes on one database against one node, lookups by
+//!   invocation among `--rows` stored invocations, and audit queries at
+//!   `--rows` records on PostgreSQL against the file backend, in
+//!   alternating rounds (see [`store`], [`audit_pg`]).
 //!
 //! Request loops are bounded in time and count, and every address is on
 //! loopback.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+// `src/bin/loadgen/store.rs`: a binary's root module looks beside itself.
+#[path = "loadgen/audit_pg.rs"]
+mod audit_pg;
+#[path = "loadgen/store.rs"]
+mod store;
 
 use airlock_benches::http1::{self, Conn};
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -60,11 +72,22 @@ struct Options {
     clients: usize,
     sources: u8,
     floods: Vec<airlock_benches::flood::Mode>,
+    /// Whether `--concurrency` was given (the store scenarios default to
+    /// 1 and 32 clients).
+    concurrency_given: bool,
+    rounds: usize,
+    rows: u64,
+    /// `TOKIO_WORKER_THREADS` for `airlock serve` (a diagnosis: its
+    /// runtime has one worker per core otherwise).
+    server_threads: Option<usize>,
+    /// `store` and `cluster`: the PostgreSQL side's audit trail in
+    /// PostgreSQL too (`[audit] backend = "postgres"`).
+    pg_audit: bool,
 }
 
-const USAGE: &str = "usage: loadgen api|mcp|startup|memory|audit|flood|all [--seconds S] [--warmup S] \
-[--concurrency 1,2,4,...] [--actions N] [--runs N] [--suspended N] [--records N] [--attackers N] [--clients N] \
-[--sources N] [--flood body|head|both] [--airlock PATH]";
+const USAGE: &str = "usage: loadgen api|mcp|startup|memory|audit|flood|all|calls|store|cluster|lookup|audit-pg|pg [--seconds S] \
+[--warmup S] [--concurrency 1,2,4,...] [--actions N] [--runs N] [--suspended N] [--records N] [--attackers N] \
+[--clients N] [--sources N] [--flood body|head|both] [--rounds N] [--rows N] [--server-threads N] [--pg-audit] [--airlock PATH]";
 
 fn parse_options(args: &[String]) -> Result<Options> {
     let mut o = Options {
@@ -80,6 +103,11 @@ fn parse_options(args: &[String]) -> Result<Options> {
         clients: 8,
         sources: 1,
         floods: vec![airlock_benches::flood::Mode::Body, airlock_benches::flood::Mode::Head],
+        concurrency_given: false,
+        rounds: 4,
+        rows: 1_000_000,
+        server_threads: None,
+        pg_audit: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -92,7 +120,8 @@ fn parse_options(args: &[String]) -> Result<Options> {
                 o.concurrency = value()?
                     .split(',')
                     .map(|n| n.trim().parse::<usize>().context("--concurrency"))
-                    .collect::<Result<_>>()?
+                    .collect::<Result<_>>()?;
+                o.concurrency_given = true;
             }
             "--actions" => o.actions = value()?.parse().context("--actions")?,
             "--runs" => o.runs = value()?.parse().context("--runs")?,
@@ -101,6 +130,10 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--attackers" => o.attackers = value()?.parse().context("--attackers")?,
             "--clients" => o.clients = value()?.parse().context("--clients")?,
             "--sources" => o.sources = value()?.parse().context("--sources")?,
+            "--rounds" => o.rounds = value()?.parse().context("--rounds")?,
+            "--rows" => o.rows = value()?.parse().context("--rows")?,
+            "--server-threads" => o.server_threads = Some(value()?.parse().context("--server-threads")?),
+            "--pg-audit" => o.pg_audit = true,
             "--flood" => {
                 use airlock_benches::flood::Mode;
                 o.floods = match value()?.as_str() {
@@ -128,6 +161,12 @@ fn parse_options(args: &[String]) -> Result<Options> {
     if !(1..=10_000).contains(&o.attackers) || !(1..=256).contains(&o.clients) || !(1..=250).contains(&o.sources) {
         bail!("--attackers must be 1..10000, --clients 1..256, --sources 1..250");
     }
+    if !(1..=50).contains(&o.rounds) || !(1000..=100_000_000).contains(&o.rows) {
+        bail!("--rounds must be 1..50, --rows 1000..100000000");
+    }
+    if o.server_threads.is_some_and(|t| !(1..=256).contains(&t)) {
+        bail!("--server-threads must be 1..256");
+    }
     if !o.airlock.exists() {
         bail!(
             "{} is missing: run `cargo build --release -p airlock` first (or pass --airlock PATH)",
@@ -151,6 +190,18 @@ fn main() -> Result<()> {
         "memory" => memory(&options)?,
         "audit" => audit_growth(&options)?,
         "flood" => flood(&options)?,
+        "store" => store::store(&options)?,
+        "cluster" => store::cluster(&options)?,
+        "lookup" => store::lookup(&options)?,
+        "calls" => store::calls(&options)?,
+        "audit-pg" => audit_pg::audit_pg(&options)?,
+        "pg" => {
+            store::calls(&options)?;
+            store::store(&options)?;
+            store::cluster(&options)?;
+            store::lookup(&options)?;
+            audit_pg::audit_pg(&options)?;
+        }
         "all" => {
             api(&options, "api")?;
             api(&options, "mcp")?;
@@ -189,6 +240,9 @@ struct World {
     airlock: PathBuf,
     server: Option<Child>,
     addr: String,
+    /// More arguments for `airlock serve` (`--node-id`, …).
+    serve_args: Vec<String>,
+    server_threads: Option<usize>,
 }
 
 impl World {
@@ -203,6 +257,8 @@ impl World {
             airlock: options.airlock.clone(),
             server: None,
             addr: String::new(),
+            serve_args: Vec::new(),
+            server_threads: options.server_threads,
         })
     }
 
@@ -211,7 +267,8 @@ impl World {
         cmd.env_remove("AIRLOCK_DATA_DIR")
             .env_remove("AIRLOCK_TOKEN")
             .env_remove("AIRLOCK_TOKEN_FILE")
-            .env_remove("AIRLOCK_LOG");
+            .env_remove("AIRLOCK_LOG")
+            .env_remove("TOKIO_WORKER_THREADS");
         cmd
     }
 
@@ -248,12 +305,16 @@ impl World {
     fn start(&mut self) -> Result<Duration> {
         self.stop();
         let started = Instant::now();
-        let mut child = self
-            .airlock()
+        let mut cmd = self.airlock();
+        if let Some(threads) = self.server_threads {
+            cmd.env("TOKIO_WORKER_THREADS", threads.to_string());
+        }
+        let mut child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
             .args(["--listen", "127.0.0.1:0"])
+            .args(&self.serve_args)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(self.dir.path().join("serve.stderr"))?)
             .spawn()
@@ -315,6 +376,8 @@ struct Stats {
     latencies_us: Vec<u64>,
     seconds: f64,
     errors: u64,
+    /// Requests answered in the warm-up and the measured time together.
+    all_requests: u64,
 }
 
 impl Stats {
@@ -359,6 +422,7 @@ where
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
+                let mut answered = 0u64;
                 let mut first_error = None;
                 loop {
                     let t0 = Instant::now();
@@ -367,6 +431,7 @@ where
                     }
                     let ok = client.one().await;
                     let t1 = Instant::now();
+                    answered += u64::from(ok.is_ok());
                     match ok {
                         Ok(()) if t0 >= measure_from => latencies.push((t1 - t0).as_micros() as u64),
                         Ok(()) => {}
@@ -378,7 +443,7 @@ where
                         }
                     }
                 }
-                (latencies, errors, first_error)
+                (latencies, errors, answered, first_error)
             })
         })
         .collect();
@@ -386,11 +451,13 @@ where
         latencies_us: Vec::new(),
         seconds,
         errors: 0,
+        all_requests: 0,
     };
     for t in tasks {
-        let (latencies, errors, first_error) = t.await?;
+        let (latencies, errors, answered, first_error) = t.await?;
         stats.latencies_us.extend(latencies);
         stats.errors += errors;
+        stats.all_requests += answered;
         if let Some(e) = first_error {
             eprintln!("  a connection failed: {e:#}");
         }
@@ -1140,9 +1207,11 @@ async fn flood_clients(addr: &str, token: &str, clients: usize, seconds: f64, fr
         latencies_us: Vec::new(),
         seconds,
         errors: 0,
+        all_requests: 0,
     };
     for w in workers {
         if let Ok((latencies, errors, first_error)) = w.await {
+            stats.all_requests += latencies.len() as u64;
             stats.latencies_us.extend(latencies);
             stats.errors += errors;
             if let Some(e) = first_error {
