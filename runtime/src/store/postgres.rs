@@ -690,9 +690,16 @@ impl Runs {
 }
 
 /// Queue `row`, replacing a queued row of the same invocation (the newer
-/// state is what would be written last anyway: one write, not two).
+/// state is what would be written last anyway: one write, not two) —
+/// except a final row, which a later in-progress one never replaces (as
+/// the upsert never does in the table).
 fn queue(pending: &mut Vec<InvocationRecord>, row: &InvocationRecord) {
-    pending.retain(|r| r.id != row.id);
+    if let Some(i) = pending.iter().position(|r| r.id == row.id) {
+        if pending[i].state.is_final() && !row.state.is_final() {
+            return;
+        }
+        pending.remove(i);
+    }
     pending.push(row.clone());
 }
 
