@@ -33,7 +33,8 @@ trap 'rm -f "$log"' EXIT
 cargo test -p airlock -p airlock-sdk 2>&1 | tee "$log"
 # The approvals suite once more with its store on PostgreSQL (each test a
 # fresh database on the server the tests start).
-AIRLOCK_TEST_STORE=postgres cargo test -p airlock --test approvals 2>&1 | tee -a "$log"
+# (Same packages as above: the same features, so nothing is rebuilt.)
+AIRLOCK_TEST_STORE=postgres cargo test -p airlock -p airlock-sdk --test approvals 2>&1 | tee -a "$log"
 # One closing line over every test binary (the last binary cargo runs may
 # legitimately hold no tests, e.g. doc tests).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
