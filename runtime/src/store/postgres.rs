@@ -45,62 +45,33 @@ type Conn = deadpool_postgres::ClientWrapper;
 /// Statements prepared once per connection and reused: a `&str` passed to
 /// the driver is prepared anew on every call, a round trip of its own
 /// before the one that runs it.
+/// A statement's parameters.
+type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
 trait Cached {
-    async fn exec(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<u64, tokio_postgres::Error>;
-    async fn rows(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<Row>, tokio_postgres::Error>;
-    async fn row_opt(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Option<Row>, tokio_postgres::Error>;
-    async fn row(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Row, tokio_postgres::Error>;
+    async fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64, tokio_postgres::Error>;
+    async fn rows(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, tokio_postgres::Error>;
+    async fn row_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, tokio_postgres::Error>;
+    async fn row(&self, sql: &str, params: Params<'_>) -> Result<Row, tokio_postgres::Error>;
 }
 
 impl Cached for Conn {
-    async fn exec(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<u64, tokio_postgres::Error> {
+    async fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64, tokio_postgres::Error> {
         let statement = self.prepare_cached(sql).await?;
         self.execute(&statement, params).await
     }
 
-    async fn rows(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+    async fn rows(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, tokio_postgres::Error> {
         let statement = self.prepare_cached(sql).await?;
         self.query(&statement, params).await
     }
 
-    async fn row_opt(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Option<Row>, tokio_postgres::Error> {
+    async fn row_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, tokio_postgres::Error> {
         let statement = self.prepare_cached(sql).await?;
         self.query_opt(&statement, params).await
     }
 
-    async fn row(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Row, tokio_postgres::Error> {
+    async fn row(&self, sql: &str, params: Params<'_>) -> Result<Row, tokio_postgres::Error> {
         let statement = self.prepare_cached(sql).await?;
         self.query_one(&statement, params).await
     }

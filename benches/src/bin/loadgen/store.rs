@@ -933,6 +933,16 @@ fn raw_load(
             })
         })
         .collect();
+    gather(handles, started)
+}
+
+/// The caller threads' lookup and write times (sorted), the wall time
+/// since `started`, and their context switches, all together.
+#[allow(clippy::type_complexity)]
+fn gather(
+    handles: Vec<std::thread::JoinHandle<Result<(Vec<u64>, Vec<u64>, u64)>>>,
+    started: Instant,
+) -> Result<(Vec<u64>, Vec<u64>, f64, u64)> {
     let (mut lookups, mut writes, mut switches) = (Vec::new(), Vec::new(), 0);
     for h in handles {
         let (l, w, s) = h.join().map_err(|_| anyhow!("a caller thread panicked"))??;
@@ -1055,17 +1065,7 @@ fn calls_load(
             })
         })
         .collect();
-    let (mut lookups, mut writes, mut switches) = (Vec::new(), Vec::new(), 0);
-    for h in handles {
-        let (l, w, s) = h.join().map_err(|_| anyhow!("a caller thread panicked"))??;
-        lookups.extend(l);
-        writes.extend(w);
-        switches += s;
-    }
-    let wall = started.elapsed().as_secs_f64();
-    lookups.sort_unstable();
-    writes.sort_unstable();
-    Ok((lookups, writes, wall, switches))
+    gather(handles, started)
 }
 
 fn pct_us(sorted: &[u64], p: f64) -> f64 {
