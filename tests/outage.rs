@@ -26,8 +26,12 @@ fn invoke(addr: &str, auth: &str, value: &str) -> Option<Response> {
     ))
 }
 
+/// The tests here stop the shared server: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn with_the_database_stopped_mid_load_nothing_acknowledged_is_lost_and_service_resumes() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("work")).unwrap();
     let db = support::postgres::database();
@@ -152,4 +156,75 @@ fn with_the_database_stopped_mid_load_nothing_acknowledged_is_lost_and_service_r
     }
     let verify = support::airlock_with(&["audit", "verify", "--config", config_arg], b"", &[]);
     assert_eq!(verify.code, 0, "{verify:?}");
+}
+
+/// The store's async forms while the database is gone: a final row that
+/// could not be committed is refused (the caller is not told it is
+/// stored), stays queued, and is written once the database is back; a
+/// token lookup says the database cannot be reached.
+#[test]
+fn a_final_row_refused_while_the_database_is_gone_is_written_when_it_returns() {
+    use airlock::identity::{Caller, IdentityKind};
+    use airlock::store::{InvocationOutcome, InvocationRecord, InvocationStatus};
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let db = support::postgres::database();
+    let data = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = rt
+        .block_on(async { airlock::store::open(&db.settings(), data.path()) })
+        .unwrap();
+    let row = |id: &str, state| InvocationRecord {
+        id: id.into(),
+        action: "echo".into(),
+        function: "echo".into(),
+        args: json!({}),
+        caller: Caller {
+            name: "bot".into(),
+            kind: IdentityKind::Agent,
+            roles: vec![],
+            token_id: None,
+        },
+        state,
+        approval: None,
+        created_at: 1,
+        updated_at: 1,
+        outcome: (state != InvocationStatus::Running).then(|| InvocationOutcome {
+            exit_code: 0,
+            result: Some(json!(id)),
+            error: None,
+            finished_at: 2,
+        }),
+        runner: None,
+    };
+    let before = row("before", InvocationStatus::Succeeded);
+    rt.block_on(store.finish_run_async(&before)).unwrap();
+
+    let cluster = support::postgres::cluster();
+    cluster.stop_server();
+    let during = row("during", InvocationStatus::Succeeded);
+    let refused = rt.block_on(store.finish_run_async(&during)).unwrap_err();
+    let lookup = rt.block_on(store.token_by_hash_async(&[7; 32])).unwrap_err();
+    cluster.start_server();
+    assert!(refused.is_unreachable(), "{refused}");
+    assert!(lookup.is_unreachable(), "{lookup}");
+
+    // Back: the refused row was kept and is written by the next flush.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        match store.invocation("during") {
+            Ok(found) => break found,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the store did not come back: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    assert_eq!(found.as_ref(), Some(&during));
+    assert_eq!(store.invocation("before").unwrap().as_ref(), Some(&before));
+    drop(store);
+    drop(rt);
 }

@@ -79,6 +79,7 @@ contract!(
     invocations_are_listed_newest_first_by_state_and_limit,
     run_rows_are_seen_by_readers_at_once,
     a_final_row_is_never_moved_back_by_a_later_running_row,
+    concurrent_async_finishes_all_land_before_they_resolve,
     transition_is_a_compare_and_set,
     of_many_racing_claims_exactly_one_wins,
     ending_an_invocation_owes_its_record_once,
@@ -645,6 +646,75 @@ fn a_final_row_is_never_moved_back_by_a_later_running_row(b: &Backend) {
         s.invocation("r3").unwrap().map(|r| (r.state, r.outcome)),
         Some((InvocationStatus::Failed, Some(outcome(1))))
     );
+}
+
+/// The async forms the service awaits on its workers, from many tasks at
+/// once on a multi-threaded runtime (where the store is opened, as `serve`
+/// opens it): every final row is stored when its call resolves (another
+/// node reads it), rows of concurrent runs share commits without one being
+/// dropped or moved back, and token lookups answer as the blocking form.
+fn concurrent_async_finishes_all_land_before_they_resolve(b: &Backend) {
+    const RUNS: usize = 64;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(async { b.open() });
+    add(&*s, &token("t1", "alice", IdentityKind::Human, 10), 1);
+    let finished: Vec<InvocationRecord> = rt.block_on(async {
+        let tasks: Vec<_> = (0..RUNS)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let running = invocation(&format!("run-{i:02}"), InvocationStatus::Running, 100 + i as u64);
+                    s.record_run(&running).unwrap();
+                    // Each run authenticates as a request does.
+                    let found = s.token_by_hash_async(&hash(1)).await.unwrap().map(|t| t.id);
+                    assert_eq!(found.as_deref(), Some("t1"));
+                    assert_eq!(s.token_by_hash_async(&hash(2)).await.unwrap(), None);
+                    let mut done = running.clone();
+                    done.state = if i % 3 == 0 {
+                        InvocationStatus::Failed
+                    } else {
+                        InvocationStatus::Succeeded
+                    };
+                    done.outcome = Some(outcome(i32::from(i % 3 == 0)));
+                    s.finish_run_async(&done).await.unwrap();
+                    // A late `running` row of the same run: queued, never
+                    // written over the final one.
+                    s.record_run(&running).unwrap();
+                    done
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    match b.kind {
+        // Committed when each call resolved: another node reads them all.
+        Kind::Postgres => {
+            let other = b.open();
+            for done in &finished {
+                assert_eq!(other.invocation(&done.id).unwrap().as_ref(), Some(done));
+            }
+        }
+        // Journaled (see `run_rows_are_seen_by_readers_at_once`); readers
+        // of this store see them.
+        Kind::Sqlite => {}
+    }
+    for done in &finished {
+        assert_eq!(s.invocation(&done.id).unwrap().as_ref(), Some(done));
+    }
+    assert_eq!(
+        s.invocations(Some(InvocationStatus::Running), 1000).unwrap(),
+        Vec::new()
+    );
+    drop(s);
+    drop(rt);
 }
 
 fn transition_is_a_compare_and_set(b: &Backend) {

@@ -224,7 +224,7 @@ impl Runtime {
         // back: a row only queued here was lost with the process if it was
         // killed within the next few milliseconds, and an acknowledged
         // invocation read `running` forever.
-        store.finish_run(&record)?;
+        store.finish_run_async(&record).await?;
         tracked.settle();
         Ok(Submitted::Ran(report))
     }

@@ -177,7 +177,20 @@ pub fn create_token(
 /// revoked token stops working at once. Messages never repeat the token.
 pub fn authenticate(store: &dyn Store, bearer: &str) -> Result<Caller, Error> {
     let id = token::id_of(bearer).map_err(|e| Error::Unauthenticated(e.to_string()))?;
-    let Some(record) = store.token_by_hash(&token::hash(bearer))? else {
+    caller_of(id, store.token_by_hash(&token::hash(bearer))?)
+}
+
+/// [`authenticate`] on an async worker: the token is looked up without
+/// blocking it (see [`Store::token_by_hash_async`]).
+pub async fn authenticate_async(store: &dyn Store, bearer: &str) -> Result<Caller, Error> {
+    let id = token::id_of(bearer).map_err(|e| Error::Unauthenticated(e.to_string()))?;
+    let hash = token::hash(bearer);
+    caller_of(id, store.token_by_hash_async(&hash).await?)
+}
+
+/// The caller a looked-up token stands for, if it is live.
+fn caller_of(id: impl std::fmt::Display, record: Option<crate::store::TokenRecord>) -> Result<Caller, Error> {
+    let Some(record) = record else {
         return Err(Error::Unauthenticated(format!("unknown token {id}")));
     };
     if record.revoked_at.is_some() {

@@ -92,7 +92,7 @@ pub fn bearer_token(header: &str) -> Option<&str> {
 }
 
 /// The caller behind the `Authorization: Bearer` header, rate limited.
-pub(super) fn authenticate(service: &Service, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub(super) async fn authenticate(service: &Service, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let mut headers = headers.get_all(axum::http::header::AUTHORIZATION).iter();
     let header = headers.next().ok_or_else(|| {
         ApiError::new(
@@ -115,7 +115,7 @@ pub(super) fn authenticate(service: &Service, headers: &HeaderMap) -> Result<Cal
             "the Authorization header must be `Bearer TOKEN`",
         )
     })?;
-    let caller = service.authenticate(bearer)?;
+    let caller = service.authenticate(bearer).await?;
     if let Err(wait) = service.limiter.take(&caller.name) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -137,7 +137,7 @@ impl axum::extract::FromRequestParts<Shared> for Authenticated {
     async fn from_request_parts(parts: &mut axum::http::request::Parts, service: &Shared) -> Result<Self, ApiError> {
         match parts.extensions.get::<Caller>() {
             Some(caller) => Ok(Authenticated(caller.clone())),
-            None => authenticate(service, &parts.headers).map(Authenticated),
+            None => authenticate(service, &parts.headers).await.map(Authenticated),
         }
     }
 }

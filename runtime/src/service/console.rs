@@ -328,7 +328,7 @@ async fn login(
         return stale_sign_in();
     }
     let token = form.token.trim();
-    let caller = match service.authenticate(token) {
+    let caller = match service.authenticate(token).await {
         Ok(c) => c,
         Err(e) => return error_page(StatusCode::UNAUTHORIZED, &e.to_string()),
     };

@@ -306,7 +306,7 @@ pub async fn gate(State(service): State<Arc<Service>>, mut request: Request, nex
     match scheme {
         Scheme::Public | Scheme::OptionalBearer => {
             if scheme == Scheme::OptionalBearer && request.headers().contains_key(header::AUTHORIZATION) {
-                match super::api::authenticate(&service, request.headers()) {
+                match super::api::authenticate(&service, request.headers()).await {
                     Ok(caller) => {
                         authenticated();
                         request.extensions_mut().insert(caller);
@@ -319,7 +319,7 @@ pub async fn gate(State(service): State<Arc<Service>>, mut request: Request, nex
             let response = next.run(request).await;
             return if has_body { closing(response) } else { response };
         }
-        Scheme::Bearer => match super::api::authenticate(&service, request.headers()) {
+        Scheme::Bearer => match super::api::authenticate(&service, request.headers()).await {
             Ok(caller) => {
                 authenticated();
                 request.extensions_mut().insert(caller);

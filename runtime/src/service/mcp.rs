@@ -73,7 +73,7 @@ impl AirlockMcp {
         }
     }
 
-    fn caller(&self, ctx: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
+    async fn caller(&self, ctx: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
         let bearer: String = match &self.identity {
             Identity::Token(t) => t.as_str().to_string(),
             Identity::PerRequest => ctx
@@ -88,6 +88,7 @@ impl AirlockMcp {
         let bearer = Zeroizing::new(bearer);
         self.service
             .authenticate(&bearer)
+            .await
             .map_err(|e| ErrorData::invalid_request(e.to_string(), None))
     }
 
@@ -315,7 +316,7 @@ impl ServerHandler for AirlockMcp {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let caller = self.caller(&ctx)?;
+        let caller = self.caller(&ctx).await?;
         let mut tools: Vec<Tool> = self.tools_for(&caller).into_iter().map(|(t, _, _)| t).collect();
         tools.push(AirlockMcp::status_tool());
         Ok(ListToolsResult::with_all_items(tools))
@@ -326,7 +327,7 @@ impl ServerHandler for AirlockMcp {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let caller = self.caller(&ctx)?;
+        let caller = self.caller(&ctx).await?;
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
         if request.name == STATUS_TOOL {
             return Ok(self.status(&caller, &args).await.into());
@@ -430,7 +431,7 @@ impl ServerHandler for AirlockMcp {
 pub async fn serve_stdio(service: Arc<Service>, token: Zeroizing<String>) -> Result<(), Error> {
     use rmcp::ServiceExt as _;
     // Verify the token before speaking the protocol, with a clear error.
-    service.authenticate(&token)?;
+    service.authenticate(&token).await?;
     let running = AirlockMcp::with_token(service, token)
         .serve(rmcp::transport::stdio())
         .await

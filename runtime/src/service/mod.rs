@@ -271,8 +271,8 @@ impl Service {
 
     /// Who `bearer` is; every request looks the token up again, so a
     /// revoked token stops working at once.
-    pub fn authenticate(&self, bearer: &str) -> Result<Caller, Error> {
-        crate::identity::authenticate(self.runtime.store()?.as_ref(), bearer)
+    pub async fn authenticate(&self, bearer: &str) -> Result<Caller, Error> {
+        crate::identity::authenticate_async(self.runtime.store()?.as_ref(), bearer).await
     }
 
     /// Record a reviewer's decision; an invocation it approves starts in

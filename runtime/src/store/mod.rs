@@ -41,6 +41,10 @@ pub fn open(settings: &settings::StoreSettings, data_dir: &Path) -> Result<Arc<d
     })
 }
 
+/// The answer of a store call awaited on an async worker (see
+/// [`Store::token_by_hash_async`]).
+pub type StoreFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
 /// A database failure (not a policy refusal).
 #[derive(Debug, thiserror::Error)]
 #[error("database error: {0}")]
@@ -103,6 +107,13 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// The live or revoked token with this hash.
     fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
+    /// [`Store::token_by_hash`] for a caller on an async worker (every
+    /// authenticated request): a backend that waits for a server answers
+    /// without blocking the worker meanwhile. The default asks the
+    /// synchronous method, for backends that answer at once.
+    fn token_by_hash_async<'a>(&'a self, hash: &'a [u8; 32]) -> StoreFuture<'a, Option<TokenRecord>> {
+        Box::pin(std::future::ready(self.token_by_hash(hash)))
+    }
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Mark a token revoked; `false` when there is no such token.
     fn revoke_token(&self, id: &str, at_micros: u64) -> Result<bool, StoreError>;
@@ -140,6 +151,12 @@ pub trait Store: Send + Sync {
     /// queued in memory was lost by a SIGKILL within milliseconds of the
     /// answer, and the acknowledged invocation read `running` forever.
     fn finish_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError>;
+    /// [`Store::finish_run`] for a caller on an async worker, with the same
+    /// guarantee when it resolves. On PostgreSQL the rows of concurrent
+    /// runs share one statement and one commit.
+    fn finish_run_async<'a>(&'a self, invocation: &'a InvocationRecord) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(self.finish_run(invocation)))
+    }
     /// Bring in the final rows of stores that ended before committing them
     /// (see [`Store::finish_run`]); returns how many there were. Opening a
     /// store does this too; recovery does it before it reads `running`

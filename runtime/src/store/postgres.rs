@@ -17,8 +17,12 @@
 //! - The driver is `tokio-postgres` with a `deadpool-postgres` pool. The
 //!   [`Store`] trait is synchronous (the rules call it from everywhere),
 //!   so each call drives its future to completion on the calling thread,
-//!   while the connections' I/O runs on a small runtime of the store's
-//!   own. A connection whose transaction did not finish is closed, never
+//!   while the connections' I/O runs on the runtime the store was opened
+//!   on (or, when that is not a multi-threaded one, a small runtime of
+//!   the store's own). The hot paths of a request (its token, its final
+//!   status row) have async forms that the service awaits without
+//!   blocking a worker; final rows of concurrent runs share one statement
+//!   and one commit. A connection whose transaction did not finish is closed, never
 //!   returned to the pool.
 //! - The schema is versioned ([`super::migrations`]); opening applies what
 //!   is missing unless told not to.
@@ -77,8 +81,12 @@ impl Cached for Conn {
     }
 }
 
-/// How long queued status rows gather before they are written together.
-const RUN_BATCH_WINDOW: Duration = Duration::from_millis(2);
+/// How long queued status rows of runs in progress gather before they
+/// are written together. A run that ends sooner replaces its `running`
+/// row by its final one before anything is written, so a short run costs
+/// one write, not two; a longer one shows `running` to other nodes this
+/// much later.
+const RUN_BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// Rows queued at most; past this, [`Store::record_run`] writes itself.
 const MAX_PENDING_RUNS: usize = 4096;
 /// Longest a heartbeat may take (see [`crate::cluster`]).
@@ -120,22 +128,42 @@ struct Inner {
     pool: Pool,
     /// Woken on every change another node makes (see [`Store::watch`]).
     watchers: Mutex<Vec<std::sync::Weak<tokio::sync::Notify>>>,
-    /// Drives the connections' I/O. Taken (and shut down in the
-    /// background) on drop, which may happen inside another runtime.
+    /// Drives the connections' I/O when the store was not opened on a
+    /// multi-threaded runtime. Taken (and shut down in the background) on
+    /// drop, which may happen inside another runtime.
     rt: Mutex<Option<tokio::runtime::Runtime>>,
+    /// Where the connections' I/O runs: `rt`'s, or the one the store was
+    /// opened on.
     handle: tokio::runtime::Handle,
     url: String,
     runs: Runs,
 }
 
 /// Status rows of runs waiting to be written (see [`Store::record_run`]).
+///
+/// Rows are written in batches, numbered in the order they are taken from
+/// the queue; a row queued while `taken` is `n` goes out in batch `n + 1`
+/// or, if that one fails, in a later one. A caller that needs its row
+/// committed ([`Store::finish_run`]) waits until `committed` reaches its
+/// batch: whoever holds `writing` when it is free takes everything queued
+/// so far, so the rows of concurrent runs share one statement and one
+/// commit (a group commit), and the others find theirs written.
 #[derive(Default)]
 struct Runs {
-    pending: Mutex<Vec<InvocationRecord>>,
+    queue: Mutex<Queue>,
+    /// The highest batch number committed.
+    committed: std::sync::atomic::AtomicU64,
     /// Held while a batch is written, so batches commit in order.
-    writing: Mutex<()>,
+    writing: tokio::sync::Mutex<()>,
     wake: Condvar,
     stop: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct Queue {
+    rows: Vec<InvocationRecord>,
+    /// Batches taken so far.
+    taken: u64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -189,19 +217,30 @@ impl PgStore {
             .recycle_timeout(Some(settings.connect_timeout))
             .build()
             .map_err(|e| StoreError(format!("cannot make the connection pool: {e}")))?;
-        // Last of what can fail before `Inner` owns it: a runtime dropped
-        // here, inside the caller's runtime, would panic.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("airlock-pg")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError(format!("cannot start the database I/O threads: {e}")))?;
-        let handle = rt.handle().clone();
+        // Opened on a multi-threaded runtime (the service, every command),
+        // the connections' I/O runs on its workers, beside the requests
+        // that await it: no hop to other threads on each round trip.
+        // Elsewhere (a single-threaded runtime, none at all), on two
+        // threads of the store's own.
+        let (rt, handle) = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => (None, h),
+            _ => {
+                // Last of what can fail before `Inner` owns it: a runtime
+                // dropped here, inside the caller's runtime, would panic.
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("airlock-pg")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| StoreError(format!("cannot start the database I/O threads: {e}")))?;
+                let handle = rt.handle().clone();
+                (Some(rt), handle)
+            }
+        };
         let inner = Arc::new(Inner {
             pool,
             watchers: Mutex::new(Vec::new()),
-            rt: Mutex::new(Some(rt)),
+            rt: Mutex::new(rt),
             handle,
             url: settings.url.clone(),
             runs: Runs::default(),
@@ -440,6 +479,14 @@ impl Tx {
     }
 }
 
+impl Tx {
+    /// The transaction ended on the server (committed in a pipeline):
+    /// the connection goes back to the pool.
+    fn done(mut self) {
+        self.client.take();
+    }
+}
+
 impl Drop for Tx {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
@@ -460,6 +507,13 @@ impl Inner {
     fn block_here<T>(&self, future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
         let _context = self.handle.enter();
         futures_executor::block_on(future)
+    }
+
+    async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {TOKEN_COLUMNS} WHERE t.hash = $1");
+        let row = client.row_opt(&sql, &[&&hash[..]]).await.map_err(pg_err)?;
+        row.as_ref().map(parse_token).transpose()
     }
 
     async fn client(&self) -> Result<Client, StoreError> {
@@ -580,62 +634,102 @@ impl Inner {
         })
     }
 
-    /// Write out everything queued, in one transaction; rows that fail
-    /// stay queued, in front of newer ones.
+    /// Write out everything queued so far; rows that fail stay queued, in
+    /// front of newer ones.
     fn flush(&self) -> Result<(), StoreError> {
+        let batch = self.runs.next_batch();
         // Waiting for another flush is waiting for the database too.
-        off_worker(|| self.flush_here())
+        off_worker(|| self.block_here(self.flush_until(batch)))
     }
 
-    fn flush_here(&self) -> Result<(), StoreError> {
-        let _writing = self.runs.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let batch = std::mem::take(&mut *self.runs.pending());
-        if batch.is_empty() {
+    /// Return once batch `batch` is committed, writing what is queued if
+    /// no one else is (see [`Runs`]).
+    async fn flush_until(&self, batch: u64) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let _writing = self.runs.writing.lock().await;
+        if self.runs.committed.load(Ordering::Acquire) >= batch {
             return Ok(());
         }
-        let any_final = batch.iter().any(|r| r.state.is_final());
-        let written = self.block_here(async {
-            if let [row] = batch.as_slice()
-                && any_final
-            {
-                // One final row (a lone run's): one statement, committed
-                // (and synced) on its own, no transaction around it.
-                return upsert_run(&*self.client().await?, row).await;
+        let (rows, number) = {
+            let mut queue = self.runs.queue();
+            queue.taken += 1;
+            (std::mem::take(&mut queue.rows), queue.taken)
+        };
+        let written = if rows.is_empty() {
+            Ok(())
+        } else {
+            self.write_runs(&rows).await
+        };
+        match written {
+            Ok(()) => {
+                self.runs.committed.fetch_max(number, Ordering::AcqRel);
+                Ok(())
             }
-            let tx = Tx {
-                client: Some(self.client().await?),
-            };
-            // Rows of runs still in progress only: like SQLite's
-            // `synchronous=NORMAL` (see `Store::record_run`).
-            let begin = if any_final {
-                "BEGIN"
-            } else {
-                "BEGIN; SET LOCAL synchronous_commit TO OFF"
-            };
-            tx.c().batch_execute(begin).await.map_err(pg_err)?;
-            for r in &batch {
-                upsert_run(tx.c(), r).await?;
+            Err(e) => {
+                let mut queue = self.runs.queue();
+                let newer = std::mem::replace(&mut queue.rows, rows);
+                for row in &newer {
+                    queue_row(&mut queue.rows, row);
+                }
+                Err(e)
             }
-            tx.commit().await
-        });
-        if written.is_err() {
-            let mut pending = self.runs.pending();
-            let newer = std::mem::replace(&mut *pending, batch);
-            pending.extend(newer);
         }
-        written
+    }
+
+    /// One statement for all of `rows` (at most one per invocation). With
+    /// a final row among them it is committed and synced on its own; rows
+    /// of runs still in progress only are committed without waiting for
+    /// the disk, like SQLite's `synchronous=NORMAL` (see
+    /// [`Store::record_run`]), in one round trip.
+    async fn write_runs(&self, rows: &[InvocationRecord]) -> Result<(), StoreError> {
+        let mut columns = RunColumns::default();
+        for r in rows {
+            columns.ids.push(r.id.as_str());
+            columns.states.push(r.state.as_str());
+            columns.actions.push(r.action.as_str());
+            columns.callers.push(r.caller.name.as_str());
+            columns.created.push(micros(r.created_at));
+            columns.bodies.push(serde_json::to_string(r).map_err(json_err)?);
+        }
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &columns.ids,
+            &columns.states,
+            &columns.actions,
+            &columns.callers,
+            &columns.created,
+            &columns.bodies,
+        ];
+        let client = self.client().await?;
+        if rows.iter().any(|r| r.state.is_final()) {
+            client.exec(UPSERT_RUNS, &params).await.map_err(pg_err)?;
+            return Ok(());
+        }
+        let tx = Tx { client: Some(client) };
+        let statement = tx.c().prepare_cached(UPSERT_RUNS).await.map_err(pg_err)?;
+        // Sent together, answered together: the driver pipelines
+        // requests polled at once, in the order they were polled.
+        let (begin, upsert, commit) = tokio::join!(
+            tx.c().batch_execute("BEGIN; SET LOCAL synchronous_commit TO OFF"),
+            tx.c().execute(&statement, &params),
+            tx.c().batch_execute("COMMIT"),
+        );
+        begin.map_err(pg_err)?;
+        upsert.map_err(pg_err)?;
+        commit.map_err(pg_err)?;
+        tx.done();
+        Ok(())
     }
 
     fn run_flusher(&self) {
         use std::sync::atomic::Ordering;
         while !self.runs.stop.load(Ordering::Acquire) {
             {
-                let pending = self.runs.pending();
-                if pending.is_empty() {
+                let queue = self.runs.queue();
+                if queue.rows.is_empty() {
                     drop(
                         self.runs
                             .wake
-                            .wait_timeout(pending, Duration::from_millis(200))
+                            .wait_timeout(queue, Duration::from_millis(200))
                             .map(|(guard, _)| guard)
                             .unwrap_or_else(|p| p.into_inner().0),
                     );
@@ -655,16 +749,49 @@ impl Inner {
 }
 
 impl Runs {
-    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<InvocationRecord>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue `row`; returns the batch it goes out in and whether the
+    /// queue is full.
+    fn push(&self, row: &InvocationRecord) -> (u64, bool) {
+        let mut queue = self.queue();
+        queue_row(&mut queue.rows, row);
+        (queue.taken + 1, queue.rows.len() >= MAX_PENDING_RUNS)
+    }
+
+    /// The batch that takes everything queued now.
+    fn next_batch(&self) -> u64 {
+        self.queue().taken + 1
     }
 }
+
+/// The columns of a batch of status rows, as arrays for [`UPSERT_RUNS`].
+#[derive(Default)]
+struct RunColumns<'a> {
+    ids: Vec<&'a str>,
+    states: Vec<&'a str>,
+    actions: Vec<&'a str>,
+    callers: Vec<&'a str>,
+    created: Vec<i64>,
+    bodies: Vec<String>,
+}
+
+/// Store runs' rows, new or over their earlier state, from one array per
+/// column. A final row is never replaced by a later write of a state in
+/// progress. The rows must be of distinct invocations (one statement
+/// cannot change a row twice).
+const UPSERT_RUNS: &str = "INSERT INTO invocations (id, state, action, caller, created_at, body)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[])
+     ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body
+     WHERE invocations.state NOT IN ('succeeded', 'failed', 'denied', 'expired')";
 
 /// Queue `row`, replacing a queued row of the same invocation (the newer
 /// state is what would be written last anyway: one write, not two) —
 /// except a final row, which a later in-progress one never replaces (as
 /// the upsert never does in the table).
-fn queue(pending: &mut Vec<InvocationRecord>, row: &InvocationRecord) {
+fn queue_row(pending: &mut Vec<InvocationRecord>, row: &InvocationRecord) {
     if let Some(i) = pending.iter().position(|r| r.id == row.id) {
         if pending[i].state.is_final() && !row.state.is_final() {
             return;
@@ -684,18 +811,6 @@ fn check_checksum(m: &Migration, stored: &str) -> Result<(), StoreError> {
         m.name,
         m.checksum()
     )))
-}
-
-/// Store a run's row, new or over its earlier state. A final row is never
-/// replaced by a later write of a state in progress.
-async fn upsert_run(c: &Conn, r: &InvocationRecord) -> Result<(), StoreError> {
-    write_invocation(
-        c,
-        r,
-        " ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body
-         WHERE invocations.state NOT IN ('succeeded', 'failed', 'denied', 'expired')",
-    )
-    .await
 }
 
 /// Insert an invocation's row; `on_conflict` says what an existing one gets.
@@ -855,16 +970,11 @@ impl Store for PgStore {
     }
 
     fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
-        let inner = &self.inner;
-        inner.block(async {
-            let client = inner.client().await?;
-            let stmt = client
-                .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} WHERE t.hash = $1"))
-                .await
-                .map_err(pg_err)?;
-            let row = client.query_opt(&stmt, &[&&hash[..]]).await.map_err(pg_err)?;
-            row.as_ref().map(parse_token).transpose()
-        })
+        self.inner.block(self.inner.token_by_hash(hash))
+    }
+
+    fn token_by_hash_async<'a>(&'a self, hash: &'a [u8; 32]) -> super::StoreFuture<'a, Option<TokenRecord>> {
+        Box::pin(self.inner.token_by_hash(hash))
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
@@ -1022,11 +1132,7 @@ impl Store for PgStore {
     }
 
     fn record_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
-        let full = {
-            let mut pending = self.inner.runs.pending();
-            queue(&mut pending, invocation);
-            pending.len() >= MAX_PENDING_RUNS
-        };
+        let (_, full) = self.inner.runs.push(invocation);
         if full {
             return self.inner.flush();
         }
@@ -1037,8 +1143,14 @@ impl Store for PgStore {
     fn finish_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError> {
         // Committed (with whatever else is queued, in order) before this
         // returns: a final row outlives the process once acknowledged.
-        queue(&mut self.inner.runs.pending(), invocation);
-        self.inner.flush()
+        let (batch, _) = self.inner.runs.push(invocation);
+        let inner = &self.inner;
+        off_worker(|| inner.block_here(inner.flush_until(batch)))
+    }
+
+    fn finish_run_async<'a>(&'a self, invocation: &'a InvocationRecord) -> super::StoreFuture<'a, ()> {
+        let (batch, _) = self.inner.runs.push(invocation);
+        Box::pin(self.inner.flush_until(batch))
     }
 
     fn adopt_orphaned_runs(&self) -> Result<usize, StoreError> {
