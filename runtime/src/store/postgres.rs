@@ -217,26 +217,10 @@ impl PgStore {
             .recycle_timeout(Some(settings.connect_timeout))
             .build()
             .map_err(|e| StoreError(format!("cannot make the connection pool: {e}")))?;
-        // Opened on a multi-threaded runtime (the service, every command),
-        // the connections' I/O runs on its workers, beside the requests
-        // that await it: no hop to other threads on each round trip.
-        // Elsewhere (a single-threaded runtime, none at all), on two
-        // threads of the store's own.
-        let (rt, handle) = match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => (None, h),
-            _ => {
-                // Last of what can fail before `Inner` owns it: a runtime
-                // dropped here, inside the caller's runtime, would panic.
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .thread_name("airlock-pg")
-                    .enable_all()
-                    .build()
-                    .map_err(|e| StoreError(format!("cannot start the database I/O threads: {e}")))?;
-                let handle = rt.handle().clone();
-                (Some(rt), handle)
-            }
-        };
+        // Last of what can fail before `Inner` owns it: a runtime dropped
+        // here, inside the caller's runtime, would panic.
+        let (rt, handle) = super::pg_connect::io_runtime("airlock-pg", 2)
+            .map_err(|e| StoreError(format!("cannot start the database I/O threads: {e}")))?;
         let inner = Arc::new(Inner {
             pool,
             watchers: Mutex::new(Vec::new()),

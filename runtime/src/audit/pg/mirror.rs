@@ -336,6 +336,17 @@ impl Mirror {
 
     async fn transact(&self, rows: &[Row], next_seq: u64, head: [u8; 32]) -> Result<(), String> {
         let conn = self.db.conn().await?;
+        if !rows.is_empty() && self.unsure.is_empty() {
+            // The usual case, one statement: the chain in PostgreSQL ends
+            // where this process last left it; move its head and insert
+            // the rows at once. Nothing changes if it ends elsewhere: the
+            // transaction below finds out why.
+            let moved = append_rows(&conn, &self.node, (self.next_seq, self.head), (next_seq, head), rows).await?;
+            if moved {
+                conn.done();
+                return Ok(());
+            }
+        }
         let c = conn.c();
         c.batch_execute("BEGIN").await.map_err(pg_err)?;
         let node_row = c
@@ -484,38 +495,138 @@ async fn register(db: &Db, node: &str, public_key: &str) -> Result<(u64, [u8; 32
     Ok((seq_of(next), head))
 }
 
+/// Rows as one array per column, for `UNNEST`.
+struct Columns<'a> {
+    seqs: Vec<i64>,
+    prevs: Vec<&'a [u8]>,
+    hashes: Vec<&'a [u8]>,
+    ts: Vec<i64>,
+    kinds: Vec<&'a str>,
+    invocations: Vec<Option<&'a str>>,
+    actions: Vec<Option<&'a str>>,
+    callers: Vec<Option<&'a str>>,
+    lines: Vec<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(rows: &'a [Row]) -> Columns<'a> {
+        Columns {
+            seqs: rows.iter().map(|r| unsigned(r.seq)).collect(),
+            prevs: rows.iter().map(|r| r.prev.as_slice()).collect(),
+            hashes: rows.iter().map(|r| r.hash.as_slice()).collect(),
+            ts: rows.iter().map(|r| r.ts).collect(),
+            kinds: rows.iter().map(|r| r.kind.as_str()).collect(),
+            invocations: rows.iter().map(|r| r.invocation.as_deref()).collect(),
+            actions: rows.iter().map(|r| r.action.as_deref()).collect(),
+            callers: rows.iter().map(|r| r.caller.as_deref()).collect(),
+            lines: rows.iter().map(|r| r.line.as_str()).collect(),
+        }
+    }
+}
+
+/// The records' columns, unnested server-side from parameters `$N` on
+/// (`N` is the first array's number).
+macro_rules! unnest_records {
+    ($a:literal, $b:literal, $c:literal, $d:literal, $e:literal, $f:literal, $g:literal, $h:literal, $i:literal) => {
+        concat!(
+            "UNNEST($",
+            $a,
+            "::bigint[], $",
+            $b,
+            "::bytea[], $",
+            $c,
+            "::bytea[], $",
+            $d,
+            "::bigint[], $",
+            $e,
+            "::text[], $",
+            $f,
+            "::text[], $",
+            $g,
+            "::text[], $",
+            $h,
+            "::text[], $",
+            $i,
+            "::text[])"
+        )
+    };
+}
+
 /// Insert `rows` in one statement (arrays unnested server-side).
 async fn insert_rows(conn: &Conn, node: &str, rows: &[Row]) -> Result<(), String> {
-    let seqs: Vec<i64> = rows.iter().map(|r| unsigned(r.seq)).collect();
-    let prevs: Vec<&[u8]> = rows.iter().map(|r| r.prev.as_slice()).collect();
-    let hashes: Vec<&[u8]> = rows.iter().map(|r| r.hash.as_slice()).collect();
-    let ts: Vec<i64> = rows.iter().map(|r| r.ts).collect();
-    let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
-    let invocations: Vec<Option<&str>> = rows.iter().map(|r| r.invocation.as_deref()).collect();
-    let actions: Vec<Option<&str>> = rows.iter().map(|r| r.action.as_deref()).collect();
-    let callers: Vec<Option<&str>> = rows.iter().map(|r| r.caller.as_deref()).collect();
-    let lines: Vec<&str> = rows.iter().map(|r| r.line.as_str()).collect();
+    let c = Columns::of(rows);
+    let sql = concat!(
+        "INSERT INTO audit_records (node, seq, prev_hash, hash, ts, kind, invocation, action, caller, line) \
+         SELECT $1, * FROM ",
+        unnest_records!(2, 3, 4, 5, 6, 7, 8, 9, 10)
+    );
+    let statement = conn.cached(sql).await.map_err(pg_err)?;
     conn.c()
         .execute(
-            "INSERT INTO audit_records (node, seq, prev_hash, hash, ts, kind, invocation, action, caller, line) \
-             SELECT $1, * FROM UNNEST($2::bigint[], $3::bytea[], $4::bytea[], $5::bigint[], $6::text[], $7::text[], \
-             $8::text[], $9::text[], $10::text[])",
+            &statement,
             &[
                 &node,
-                &seqs,
-                &prevs,
-                &hashes,
-                &ts,
-                &kinds,
-                &invocations,
-                &actions,
-                &callers,
-                &lines,
+                &c.seqs,
+                &c.prevs,
+                &c.hashes,
+                &c.ts,
+                &c.kinds,
+                &c.invocations,
+                &c.actions,
+                &c.callers,
+                &c.lines,
             ],
         )
         .await
         .map_err(pg_err)?;
     Ok(())
+}
+
+/// Move `node`'s head in `audit_nodes` from `from` to `to` (next sequence
+/// number, head hash) and insert `rows`, in one statement: `false`, and
+/// nothing changed, when the head was not at `from`.
+async fn append_rows(
+    conn: &Conn,
+    node: &str,
+    from: (u64, [u8; 32]),
+    to: (u64, [u8; 32]),
+    rows: &[Row],
+) -> Result<bool, String> {
+    let c = Columns::of(rows);
+    let sql = concat!(
+        "WITH moved AS (UPDATE audit_nodes SET next_seq = $4, head = $5, updated_at = $6 \
+         WHERE node = $1 AND next_seq = $2 AND head = $3 RETURNING node) \
+         INSERT INTO audit_records (node, seq, prev_hash, hash, ts, kind, invocation, action, caller, line) \
+         SELECT moved.node, r.* FROM moved, ",
+        unnest_records!(7, 8, 9, 10, 11, 12, 13, 14, 15),
+        " AS r"
+    );
+    let statement = conn.cached(sql).await.map_err(pg_err)?;
+    let inserted = conn
+        .c()
+        .execute(
+            &statement,
+            &[
+                &node,
+                &unsigned(from.0),
+                &from.1.as_slice(),
+                &unsigned(to.0),
+                &to.1.as_slice(),
+                &unsigned(crate::time::now_micros()),
+                &c.seqs,
+                &c.prevs,
+                &c.hashes,
+                &c.ts,
+                &c.kinds,
+                &c.invocations,
+                &c.actions,
+                &c.callers,
+                &c.lines,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+    Ok(inserted == rows.len() as u64)
 }
 
 #[cfg(test)]

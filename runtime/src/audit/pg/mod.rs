@@ -72,6 +72,12 @@ impl Conn {
         self.0.as_ref().expect("a live connection")
     }
 
+    /// `sql` prepared once per connection (a statement passed as text is
+    /// prepared anew on every call, a round trip of its own).
+    pub(crate) async fn cached(&self, sql: &str) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        self.0.as_ref().expect("a live connection").prepare_cached(sql).await
+    }
+
     /// Back to the pool.
     pub(crate) fn done(mut self) {
         drop(self.0.take());
@@ -115,16 +121,11 @@ impl Db {
             .map_err(|e| format!("cannot make the audit connection pool: {e}"))?;
         // Made last: a runtime dropped on an error path inside the
         // caller's own runtime would panic.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("airlock-audit-pg")
-            .enable_all()
-            .build()
+        let (rt, handle) = crate::store::pg_connect::io_runtime("airlock-audit-pg", 1)
             .map_err(|e| format!("cannot start the audit database I/O thread: {e}"))?;
-        let handle = rt.handle().clone();
         Ok(Db {
             pool,
-            rt: Mutex::new(Some(rt)),
+            rt: Mutex::new(rt),
             handle,
             url: settings.url.clone(),
         })
