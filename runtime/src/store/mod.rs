@@ -138,7 +138,8 @@ pub trait Store: Send + Sync {
     /// once, without waiting for the disk: the audit log, synced before the
     /// result is returned, is the durable record of what ran, and this row
     /// is its status for the API. Queued and written in a batch within
-    /// milliseconds (readers in this process see it at once): a crash of
+    /// tens of milliseconds, unless the run's final row replaces it first
+    /// (readers in this process see it at once): a crash of
     /// the process before then loses it, which for a `running` row is
     /// harmless (recovery ends it the way the log did). Final rows go
     /// through [`Store::finish_run`]. Never for invocations waiting on an
