@@ -442,3 +442,45 @@ fn guest_output_is_escaped_on_the_terminal() {
         "raw escape reached the terminal: {run:?}"
     );
 }
+
+/// `airlock policy schema`: the Cedar vocabulary generated from the
+/// actions' WIT types, every function an action whose typed arguments
+/// policies can name; a name that would clash with a root action refused.
+#[test]
+fn policy_schema_lists_every_function_with_its_typed_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!("[actions.types]\ncomponent = {}\n", toml_path(&component("types"))),
+    );
+    let cfg_s = cfg.to_str().unwrap();
+    let text = airlock(&["policy", "schema", "--config", cfg_s]);
+    assert_eq!(text.code, 0, "{text:?}");
+    for needle in [
+        "action \"types\" in [Action::\"invoke\"]",
+        "\"types/echo-u64\"",
+        "\"types/checked-div\"",
+        "\"types/airlock-tests:types/shapes@0.1.0#echo\"",
+        "v_u64: __cedar::Long",
+        "v_f64: __cedar::decimal",
+        "label?: __cedar::String",
+        "entity Identity in [Role]",
+    ] {
+        assert!(text.stdout.contains(needle), "{needle} missing:\n{}", text.stdout);
+    }
+
+    let json = airlock(&["policy", "schema", "--config", cfg_s, "--json"]);
+    assert_eq!(json.code, 0, "{json:?}");
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let div = &value[""]["actions"]["types/checked-div"]["appliesTo"]["context"]["attributes"]["args"];
+    assert_eq!(div["attributes"]["a"], serde_json::json!({"type": "Long"}), "{div}");
+
+    let reserved = config(
+        dir.path(),
+        &format!("[actions.invoke]\ncomponent = {}\n", toml_path(&component("types"))),
+    );
+    let refused = airlock(&["policy", "schema", "--config", reserved.to_str().unwrap()]);
+    refused.assert_no_panic();
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.error_line().contains("reserved"), "{refused:?}");
+}

@@ -205,8 +205,13 @@ fn a_final_row_refused_while_the_database_is_gone_is_written_when_it_returns() {
 
     let cluster = support::postgres::cluster();
     cluster.stop_server();
+    // The run's `running` row is queued first, and again after its final
+    // row was refused: neither may stand in for the final row, and one
+    // statement must not carry the invocation twice.
+    store.record_run(&row("during", InvocationStatus::Running)).unwrap();
     let during = row("during", InvocationStatus::Succeeded);
     let refused = rt.block_on(store.finish_run_async(&during)).unwrap_err();
+    store.record_run(&row("during", InvocationStatus::Running)).unwrap();
     let lookup = rt.block_on(store.token_by_hash_async(&[7; 32])).unwrap_err();
     cluster.start_server();
     assert!(refused.is_unreachable(), "{refused}");

@@ -661,11 +661,13 @@ fn concurrent_async_finishes_all_land_before_they_resolve(b: &Backend) {
         .build()
         .unwrap();
     let s = rt.block_on(async { b.open() });
+    // Another node, reading each row as soon as its call resolved.
+    let other = (b.kind == Kind::Postgres).then(|| b.open());
     add(&*s, &token("t1", "alice", IdentityKind::Human, 10), 1);
     let finished: Vec<InvocationRecord> = rt.block_on(async {
         let tasks: Vec<_> = (0..RUNS)
             .map(|i| {
-                let s = s.clone();
+                let (s, other) = (s.clone(), other.clone());
                 tokio::spawn(async move {
                     let running = invocation(&format!("run-{i:02}"), InvocationStatus::Running, 100 + i as u64);
                     s.record_run(&running).unwrap();
@@ -681,6 +683,9 @@ fn concurrent_async_finishes_all_land_before_they_resolve(b: &Backend) {
                     };
                     done.outcome = Some(outcome(i32::from(i % 3 == 0)));
                     s.finish_run_async(&done).await.unwrap();
+                    if let Some(other) = &other {
+                        assert_eq!(other.invocation(&done.id).unwrap().as_ref(), Some(&done));
+                    }
                     // A late `running` row of the same run: queued, never
                     // written over the final one.
                     s.record_run(&running).unwrap();
@@ -713,7 +718,23 @@ fn concurrent_async_finishes_all_land_before_they_resolve(b: &Backend) {
         s.invocations(Some(InvocationStatus::Running), 1000).unwrap(),
         Vec::new()
     );
+
+    // A caller that stops waiting (a dropped request) does not lose its
+    // row: it is written anyway, or stays queued for the next write.
+    let mut dropped = invocation("dropped", InvocationStatus::Succeeded, 999);
+    dropped.outcome = Some(outcome(0));
+    rt.block_on(async {
+        let waited = tokio::time::timeout(std::time::Duration::ZERO, s.finish_run_async(&dropped)).await;
+        drop(waited);
+    });
+    let reader = other.clone().unwrap_or_else(|| s.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reader.invocation("dropped").unwrap().as_ref() != Some(&dropped) {
+        assert!(std::time::Instant::now() < deadline, "the dropped call's row was lost");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     drop(s);
+    drop(other);
     drop(rt);
 }
 
@@ -996,10 +1017,18 @@ fn concurrent_drainers_never_append_a_record_twice(b: &Backend) {
     let attempts = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
         let producer = scope.spawn(|| {
+            // Done producing however this ends: a failed vote must fail
+            // the test, not leave the drainers waiting for more.
+            struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, std::sync::atomic::Ordering::Release);
+                }
+            }
+            let _done = Done(&producing);
             for i in 0..RECORDS {
                 vote(&*nodes[i % 2], "ap", &format!("v{i:04}"), Some(&format!("rec-{i:04}"))).unwrap();
             }
-            producing.store(false, std::sync::atomic::Ordering::Release);
         });
         for d in 0..DRAINERS {
             let (appended, producing, attempts, node) = (&appended, &producing, &attempts, &nodes[d % 2]);
@@ -1019,6 +1048,13 @@ fn concurrent_drainers_never_append_a_record_twice(b: &Backend) {
                     match result {
                         Ok(0) if done => break,
                         Ok(_) | Err(UpdateError::Refused(Refusal::AuditUnavailable(_))) => {}
+                        // Under the whole suite's load a new connection
+                        // can take longer than the pool waits (each
+                        // failed append closes one): refused, nothing
+                        // taken, so drain again, as the service would.
+                        Err(UpdateError::Store(e)) if e.is_unreachable() => {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
                         Err(e) => panic!("drain failed: {e}"),
                     }
                 }

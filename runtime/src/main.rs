@@ -67,6 +67,9 @@ enum Command {
     /// The shared PostgreSQL database's schema: `migrate`, `status`.
     #[command(subcommand)]
     Db(cli::DbCommand),
+    /// Policies as code (Cedar): `schema` prints what they can name.
+    #[command(subcommand)]
+    Policy(cli::PolicyCommand),
     /// Serve MCP over stdio for one agent (its token from --token-file or
     /// AIRLOCK_TOKEN_FILE / AIRLOCK_TOKEN).
     Mcp {
@@ -301,6 +304,7 @@ fn main() -> ExitCode {
             Command::Audit(cmd) => audit_cmd(cmd).await,
             Command::Token(cmd) => cli::token_cmd(cmd),
             Command::Db(cmd) => cli::db_cmd(cmd),
+            Command::Policy(cmd) => cli::policy_cmd(cmd),
             Command::Approvals(cmd) => cli::approvals_cmd(cmd).await,
             Command::Invocations(cmd) => cli::invocations_cmd(cmd).await,
             Command::Serve {

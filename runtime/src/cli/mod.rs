@@ -15,8 +15,10 @@ use zeroize::Zeroizing;
 
 mod audit_pg;
 mod db;
+mod policy;
 pub use audit_pg::{PgPlace, audit_pg_show, audit_pg_tail, audit_pg_verify};
 pub use db::{DbCommand, db_cmd};
+pub use policy::{PolicyCommand, policy_cmd};
 
 /// Who is calling: `--token-file FILE`, else `AIRLOCK_TOKEN`, else the
 /// local operator. Tokens never come from argv, where any user of the

@@ -6,6 +6,7 @@
 
 mod config;
 mod limits;
+pub mod schema;
 
 pub use config::{ActionPolicy, Digest, GrantOrigin, Policy, RuntimeSettings};
 pub use limits::*;

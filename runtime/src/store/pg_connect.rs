@@ -110,30 +110,6 @@ pub(crate) fn config(
     Ok((config, tls))
 }
 
-/// Where a pool's connections do their I/O: on the multi-threaded
-/// runtime the caller is on (the service, every command), beside the
-/// requests that await them, so a round trip is not a hop to other
-/// threads; elsewhere (a single-threaded runtime, none at all), on a
-/// runtime of `threads` threads named `name`, returned to be kept (and
-/// shut down in the background when dropped inside another runtime).
-pub(crate) fn io_runtime(
-    name: &str,
-    threads: usize,
-) -> std::io::Result<(Option<tokio::runtime::Runtime>, tokio::runtime::Handle)> {
-    if let Ok(h) = tokio::runtime::Handle::try_current()
-        && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-    {
-        return Ok((None, h));
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name(name)
-        .enable_all()
-        .build()?;
-    let handle = rt.handle().clone();
-    Ok((Some(rt), handle))
-}
-
 /// Per-session limits airlock asks of the server (see [`config`]).
 const SERVER_LIMITS: &str =
     "-c idle_in_transaction_session_timeout=60000 -c lock_timeout=15000 -c statement_timeout=120000";

@@ -10,19 +10,21 @@
 //!   a revocation on any node commits either before the vote (and is
 //!   seen) or after it, as on SQLite.
 //! - Commits are synchronous (`synchronous_commit` as the server sets it,
-//!   `on` by default), except for the status rows of runs in progress
-//!   ([`Store::record_run`]), which are batched and committed without
+//!   `on` by default), except for batches holding only status rows of runs
+//!   in progress ([`Store::record_run`]), which are committed without
 //!   waiting for the server's disk, as on SQLite: the audit log is the
-//!   durable record of what ran.
+//!   durable record of what ran. (Under load such rows mostly share the
+//!   synced commit of other runs' final rows.)
 //! - The driver is `tokio-postgres` with a `deadpool-postgres` pool. The
 //!   [`Store`] trait is synchronous (the rules call it from everywhere),
 //!   so each call drives its future to completion on the calling thread,
-//!   while the connections' I/O runs on the runtime the store was opened
-//!   on (or, when that is not a multi-threaded one, a small runtime of
-//!   the store's own). The hot paths of a request (its token, its final
-//!   status row) have async forms that the service awaits without
-//!   blocking a worker; final rows of concurrent runs share one statement
-//!   and one commit. A connection whose transaction did not finish is closed, never
+//!   while the connections' I/O runs on a small runtime of the store's
+//!   own (never the caller's, which may be shutting down while the store
+//!   still writes, or blocked on the store itself). The hot paths of a
+//!   request (its token, its final status row) have async forms, tasks on
+//!   that runtime, which the service awaits without blocking a worker;
+//!   final rows of concurrent runs share one statement and one commit.
+//!   A connection whose transaction did not finish is closed, never
 //!   returned to the pool.
 //! - The schema is versioned ([`super::migrations`]); opening applies what
 //!   is missing unless told not to.
@@ -128,12 +130,9 @@ struct Inner {
     pool: Pool,
     /// Woken on every change another node makes (see [`Store::watch`]).
     watchers: Mutex<Vec<std::sync::Weak<tokio::sync::Notify>>>,
-    /// Drives the connections' I/O when the store was not opened on a
-    /// multi-threaded runtime. Taken (and shut down in the background) on
-    /// drop, which may happen inside another runtime.
+    /// Drives the connections' I/O. Taken (and shut down in the
+    /// background) on drop, which may happen inside another runtime.
     rt: Mutex<Option<tokio::runtime::Runtime>>,
-    /// Where the connections' I/O runs: `rt`'s, or the one the store was
-    /// opened on.
     handle: tokio::runtime::Handle,
     url: String,
     runs: Runs,
@@ -219,12 +218,17 @@ impl PgStore {
             .map_err(|e| StoreError(format!("cannot make the connection pool: {e}")))?;
         // Last of what can fail before `Inner` owns it: a runtime dropped
         // here, inside the caller's runtime, would panic.
-        let (rt, handle) = super::pg_connect::io_runtime("airlock-pg", 2)
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("airlock-pg")
+            .enable_all()
+            .build()
             .map_err(|e| StoreError(format!("cannot start the database I/O threads: {e}")))?;
+        let handle = rt.handle().clone();
         let inner = Arc::new(Inner {
             pool,
             watchers: Mutex::new(Vec::new()),
-            rt: Mutex::new(rt),
+            rt: Mutex::new(Some(rt)),
             handle,
             url: settings.url.clone(),
             runs: Runs::default(),
@@ -493,6 +497,25 @@ impl Inner {
         futures_executor::block_on(future)
     }
 
+    /// Run `work` as a task on the store's own runtime and await it from
+    /// any other: the connections' I/O stays on the threads that own
+    /// them (a connection opened on the caller's runtime would die with
+    /// it, and stall while that runtime's threads block on the store).
+    fn on_own_runtime<T, F>(
+        self: &Arc<Self>,
+        work: impl FnOnce(Arc<Inner>) -> F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let task = self.handle.spawn(work(self.clone()));
+        async move {
+            task.await
+                .map_err(|e| StoreError(format!("a database task ended without an answer: {e}")))?
+        }
+    }
+
     async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
         let client = self.client().await?;
         let sql = format!("SELECT {TOKEN_COLUMNS} WHERE t.hash = $1");
@@ -634,30 +657,20 @@ impl Inner {
         if self.runs.committed.load(Ordering::Acquire) >= batch {
             return Ok(());
         }
-        let (rows, number) = {
+        let (taken, number) = {
             let mut queue = self.runs.queue();
             queue.taken += 1;
-            (std::mem::take(&mut queue.rows), queue.taken)
+            let rows = std::mem::take(&mut queue.rows);
+            (Taken { runs: &self.runs, rows }, queue.taken)
         };
-        let written = if rows.is_empty() {
-            Ok(())
-        } else {
-            self.write_runs(&rows).await
-        };
-        match written {
-            Ok(()) => {
-                self.runs.committed.fetch_max(number, Ordering::AcqRel);
-                Ok(())
-            }
-            Err(e) => {
-                let mut queue = self.runs.queue();
-                let newer = std::mem::replace(&mut queue.rows, rows);
-                for row in &newer {
-                    queue_row(&mut queue.rows, row);
-                }
-                Err(e)
-            }
+        if !taken.rows.is_empty() {
+            // On an error, or if this future is dropped before the write
+            // finished, `taken` puts the rows back (see `Taken`).
+            self.write_runs(&taken.rows).await?;
         }
+        taken.written();
+        self.runs.committed.fetch_max(number, Ordering::AcqRel);
+        Ok(())
     }
 
     /// One statement for all of `rows` (at most one per invocation). With
@@ -693,6 +706,7 @@ impl Inner {
         // Sent together, answered together: the driver pipelines
         // requests polled at once, in the order they were polled.
         let (begin, upsert, commit) = tokio::join!(
+            biased;
             tx.c().batch_execute("BEGIN; SET LOCAL synchronous_commit TO OFF"),
             tx.c().execute(&statement, &params),
             tx.c().batch_execute("COMMIT"),
@@ -748,6 +762,35 @@ impl Runs {
     /// The batch that takes everything queued now.
     fn next_batch(&self) -> u64 {
         self.queue().taken + 1
+    }
+}
+
+/// A batch taken from the queue. Unless [`Taken::written`] says it was
+/// committed, dropping it (an error, or the writing future dropped
+/// mid-way) puts its rows back in front of newer ones, before the writer
+/// lock is released: writing them again is harmless (the upsert never
+/// moves a row back), losing them is not.
+struct Taken<'a> {
+    runs: &'a Runs,
+    rows: Vec<InvocationRecord>,
+}
+
+impl Taken<'_> {
+    fn written(mut self) {
+        self.rows.clear();
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.rows.is_empty() {
+            return;
+        }
+        let mut queue = self.runs.queue();
+        let newer = std::mem::replace(&mut queue.rows, std::mem::take(&mut self.rows));
+        for row in &newer {
+            queue_row(&mut queue.rows, row);
+        }
     }
 }
 
@@ -958,7 +1001,11 @@ impl Store for PgStore {
     }
 
     fn token_by_hash_async<'a>(&'a self, hash: &'a [u8; 32]) -> super::StoreFuture<'a, Option<TokenRecord>> {
-        Box::pin(self.inner.token_by_hash(hash))
+        let hash = *hash;
+        Box::pin(
+            self.inner
+                .on_own_runtime(move |inner| async move { inner.token_by_hash(&hash).await }),
+        )
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
@@ -1134,7 +1181,12 @@ impl Store for PgStore {
 
     fn finish_run_async<'a>(&'a self, invocation: &'a InvocationRecord) -> super::StoreFuture<'a, ()> {
         let (batch, _) = self.inner.runs.push(invocation);
-        Box::pin(self.inner.flush_until(batch))
+        // Written by a task of the store's own, which finishes (or puts
+        // the rows back) even if the caller stops waiting.
+        Box::pin(
+            self.inner
+                .on_own_runtime(move |inner| async move { inner.flush_until(batch).await }),
+        )
     }
 
     fn adopt_orphaned_runs(&self) -> Result<usize, StoreError> {

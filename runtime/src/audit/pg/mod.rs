@@ -121,11 +121,16 @@ impl Db {
             .map_err(|e| format!("cannot make the audit connection pool: {e}"))?;
         // Made last: a runtime dropped on an error path inside the
         // caller's own runtime would panic.
-        let (rt, handle) = crate::store::pg_connect::io_runtime("airlock-audit-pg", 1)
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("airlock-audit-pg")
+            .enable_all()
+            .build()
             .map_err(|e| format!("cannot start the audit database I/O thread: {e}"))?;
+        let handle = rt.handle().clone();
         Ok(Db {
             pool,
-            rt: Mutex::new(rt),
+            rt: Mutex::new(Some(rt)),
             handle,
             url: settings.url.clone(),
         })
