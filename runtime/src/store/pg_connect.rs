@@ -116,16 +116,72 @@ const SERVER_LIMITS: &str =
 
 /// A pool manager over `config` and `tls` (connections checked only by
 /// their state when reused: a broken one is replaced on its next use).
+/// Every connection is opened and driven on `io` (the pool's own runtime),
+/// whichever runtime awaits the pool: a connection whose socket and task
+/// lived on a caller's runtime would die with that runtime, and stall
+/// while its threads block on the pool.
 pub(crate) fn manager(
     config: tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    io: tokio::runtime::Handle,
 ) -> deadpool_postgres::Manager {
     let manager_config = deadpool_postgres::ManagerConfig {
         recycling_method: deadpool_postgres::RecyclingMethod::Fast,
     };
     match tls {
-        None => deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config),
-        Some(tls) => deadpool_postgres::Manager::from_config(config, tls, manager_config),
+        None => deadpool_postgres::Manager::from_connect(
+            config,
+            OnRuntime {
+                tls: tokio_postgres::NoTls,
+                io,
+            },
+            manager_config,
+        ),
+        Some(tls) => deadpool_postgres::Manager::from_connect(config, OnRuntime { tls, io }, manager_config),
+    }
+}
+
+/// A connection being opened: the client and its driving task.
+type Opening<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+            > + Send
+            + 'a,
+    >,
+>;
+
+/// Opens connections on one runtime (see [`manager`]).
+struct OnRuntime<T> {
+    tls: T,
+    io: tokio::runtime::Handle,
+}
+
+impl<T> deadpool_postgres::Connect for OnRuntime<T>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Sync + Send + 'static,
+    T::Stream: Sync + Send,
+    T::TlsConnect: Sync + Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+    fn connect(&self, config: &tokio_postgres::Config) -> Opening<'_> {
+        let (config, tls, io) = (config.clone(), self.tls.clone(), self.io.clone());
+        Box::pin(async move {
+            let opened = self.io.spawn(async move {
+                let (client, connection) = config.connect(tls).await?;
+                let driver = io.spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!("PostgreSQL connection ended: {}", error_text(&e));
+                    }
+                });
+                Ok((client, driver))
+            });
+            // The pool's runtime is gone (the store is closing): as if
+            // the server did not answer.
+            opened
+                .await
+                .unwrap_or_else(|_| Err(tokio_postgres::Error::__private_api_timeout()))
+        })
     }
 }
 

@@ -20,10 +20,11 @@
 //!   so each call drives its future to completion on the calling thread,
 //!   while the connections' I/O runs on a small runtime of the store's
 //!   own (never the caller's, which may be shutting down while the store
-//!   still writes, or blocked on the store itself). The hot paths of a
-//!   request (its token, its final status row) have async forms, tasks on
-//!   that runtime, which the service awaits without blocking a worker;
-//!   final rows of concurrent runs share one statement and one commit.
+//!   still writes, or blocked on the store itself: connections are opened
+//!   and driven there whoever asks for one). The hot paths of a request
+//!   (its token, its final status row) have async forms which the service
+//!   awaits without blocking a worker; final rows of concurrent runs share
+//!   one statement and one commit.
 //!   A connection whose transaction did not finish is closed, never
 //!   returned to the pool.
 //! - The schema is versioned ([`super::migrations`]); opening applies what
@@ -207,17 +208,6 @@ impl PgStore {
     /// `migrate` says so.
     pub fn open(settings: &PgSettings, migrate: Migrate) -> Result<PgStore, StoreError> {
         let (config, tls) = super::pg_connect::config(settings, "airlock").map_err(StoreError)?;
-        let manager = super::pg_connect::manager(config.clone(), tls.clone());
-        let pool = Pool::builder(manager)
-            .max_size(settings.pool_size)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(settings.connect_timeout))
-            .recycle_timeout(Some(settings.connect_timeout))
-            .build()
-            .map_err(|e| StoreError(format!("cannot make the connection pool: {e}")))?;
-        // Last of what can fail before `Inner` owns it: a runtime dropped
-        // here, inside the caller's runtime, would panic.
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("airlock-pg")
@@ -225,6 +215,22 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError(format!("cannot start the database I/O threads: {e}")))?;
         let handle = rt.handle().clone();
+        let manager = super::pg_connect::manager(config.clone(), tls.clone(), handle.clone());
+        let pool = match Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(settings.connect_timeout))
+            .recycle_timeout(Some(settings.connect_timeout))
+            .build()
+        {
+            Ok(pool) => pool,
+            Err(e) => {
+                // Dropped as is inside the caller's runtime, it would panic.
+                rt.shutdown_background();
+                return Err(StoreError(format!("cannot make the connection pool: {e}")));
+            }
+        };
         let inner = Arc::new(Inner {
             pool,
             watchers: Mutex::new(Vec::new()),
@@ -495,25 +501,6 @@ impl Inner {
     fn block_here<T>(&self, future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
         let _context = self.handle.enter();
         futures_executor::block_on(future)
-    }
-
-    /// Run `work` as a task on the store's own runtime and await it from
-    /// any other: the connections' I/O stays on the threads that own
-    /// them (a connection opened on the caller's runtime would die with
-    /// it, and stall while that runtime's threads block on the store).
-    fn on_own_runtime<T, F>(
-        self: &Arc<Self>,
-        work: impl FnOnce(Arc<Inner>) -> F,
-    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T, StoreError>> + Send + 'static,
-    {
-        let task = self.handle.spawn(work(self.clone()));
-        async move {
-            task.await
-                .map_err(|e| StoreError(format!("a database task ended without an answer: {e}")))?
-        }
     }
 
     async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
@@ -1001,11 +988,9 @@ impl Store for PgStore {
     }
 
     fn token_by_hash_async<'a>(&'a self, hash: &'a [u8; 32]) -> super::StoreFuture<'a, Option<TokenRecord>> {
-        let hash = *hash;
-        Box::pin(
-            self.inner
-                .on_own_runtime(move |inner| async move { inner.token_by_hash(&hash).await }),
-        )
+        // Polled by the caller; the connection's I/O stays on the store's
+        // runtime (see `pg_connect::manager`).
+        Box::pin(self.inner.token_by_hash(hash))
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
@@ -1181,12 +1166,8 @@ impl Store for PgStore {
 
     fn finish_run_async<'a>(&'a self, invocation: &'a InvocationRecord) -> super::StoreFuture<'a, ()> {
         let (batch, _) = self.inner.runs.push(invocation);
-        // Written by a task of the store's own, which finishes (or puts
-        // the rows back) even if the caller stops waiting.
-        Box::pin(
-            self.inner
-                .on_own_runtime(move |inner| async move { inner.flush_until(batch).await }),
-        )
+        // A caller that stops waiting leaves its row queued (see `Taken`).
+        Box::pin(self.inner.flush_until(batch))
     }
 
     fn adopt_orphaned_runs(&self) -> Result<usize, StoreError> {
