@@ -154,7 +154,10 @@ pub trait Store: Send + Sync {
     fn finish_run(&self, invocation: &InvocationRecord) -> Result<(), StoreError>;
     /// [`Store::finish_run`] for a caller on an async worker, with the same
     /// guarantee when it resolves. On PostgreSQL the rows of concurrent
-    /// runs share one statement and one commit.
+    /// runs share one statement and one commit; a future dropped before
+    /// it resolves leaves its row queued for the next write. Await it to
+    /// the end before calling the store's blocking methods from the same
+    /// task: half-polled, it may hold the writer they wait for.
     fn finish_run_async<'a>(&'a self, invocation: &'a InvocationRecord) -> StoreFuture<'a, ()> {
         Box::pin(std::future::ready(self.finish_run(invocation)))
     }
