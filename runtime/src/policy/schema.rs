@@ -31,8 +31,9 @@
 //! (`context.args has note`), records are records, lists and flags are
 //! sets, enums are strings, variants and results are records with a
 //! `tag` / `is_ok`. WIT names are kebab-case and Cedar attributes are
-//! written as identifiers, so `account-id` is `account_id` (WIT names
-//! have no `_`, so the mapping is one to one).
+//! best written as identifiers, so `account-id` is `account_id` (WIT names
+//! have no `_`, so the mapping is one to one); a name Cedar reserves
+//! (`in`, `has`, `like`, `if`, `true`, …) is read as `context.args["in"]`.
 
 use crate::manifest::FunctionSig;
 use crate::values::ValueType;
@@ -140,8 +141,15 @@ pub fn schema_json(actions: &[ActionTypes<'_>]) -> Result<Value, String> {
             let mut context = Map::new();
             intent(&mut context);
             context.insert("args".into(), json!({"type": "Record", "attributes": args}));
+            let id = function_action(action.name, f.name);
+            if action_map.contains_key(&id) {
+                return Err(format!(
+                    "action {:?}: two functions are both {id:?} in policies",
+                    action.name
+                ));
+            }
             action_map.insert(
-                function_action(action.name, f.name),
+                id,
                 json!({
                     "memberOf": [{"id": action.name}],
                     "appliesTo": {
@@ -227,7 +235,7 @@ fn attribute(ty: &ValueType) -> Option<Value> {
 /// | `flags` | `Set<String>` |
 /// | `record` | record, fields snake_cased; `option` fields optional |
 /// | `tuple<A, B>` | `{ "0": A, "1": B }` |
-/// | `variant` | `{ tag: String, <case>?: payload }` |
+/// | `variant` | `{ tag: String, <case>?: payload }` (none if a case with a payload is named `tag`) |
 /// | `option<T>` inside a list, tuple or payload | `{ value?: T }` |
 /// | `result<T, E>` | `{ is_ok: Bool, ok?: T, err?: E }` |
 pub fn cedar_type(ty: &ValueType) -> Option<Value> {
@@ -264,6 +272,11 @@ pub fn cedar_type(ty: &ValueType) -> Option<Value> {
             attrs.insert("tag".into(), json!({"type": "String"}));
             for (name, payload) in cases {
                 if let Some(t) = payload {
+                    if name == "tag" {
+                        // Its payload would take the discriminant's
+                        // place: policies cannot read this variant.
+                        return None;
+                    }
                     let mut t = cedar_type(t)?;
                     t.as_object_mut()?.insert("required".into(), Value::Bool(false));
                     attrs.insert(attr_name(name), t);
@@ -396,6 +409,29 @@ when { context.args.handle == 1 };
         // parameter of a type policies cannot read does not exist.
         assert!(errors[2].1.contains("note"), "{errors:?}");
         assert!(errors[3].1.contains("handle"), "{errors:?}");
+    }
+
+    #[test]
+    fn payloads_of_variants_must_be_tested_with_has() {
+        let errors = validate(
+            r#"forbid(principal, action == Action::"refund/issue", resource)
+when { context.args.method.card == "x" };
+forbid(principal, action == Action::"refund/issue", resource)
+when { context.args.method has card && context.args.method.card == "x" };"#,
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, 2, "{errors:?}");
+    }
+
+    #[test]
+    fn a_variant_case_named_tag_leaves_the_variant_out() {
+        let clash = ValueType::Variant(vec![("tag".into(), Some(ValueType::U32)), ("none".into(), None)]);
+        assert_eq!(cedar_type(&clash), None);
+        let fine = ValueType::Variant(vec![("tag".into(), None)]);
+        assert_eq!(
+            cedar_type(&fine),
+            Some(json!({"type": "Record", "attributes": {"tag": {"type": "String"}}}))
+        );
     }
 
     #[test]

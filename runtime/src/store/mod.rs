@@ -155,9 +155,11 @@ pub trait Store: Send + Sync {
     /// [`Store::finish_run`] for a caller on an async worker, with the same
     /// guarantee when it resolves. On PostgreSQL the rows of concurrent
     /// runs share one statement and one commit; a future dropped before
-    /// it resolves leaves its row queued for the next write. Await it to
-    /// the end before calling the store's blocking methods from the same
-    /// task: half-polled, it may hold the writer they wait for.
+    /// it resolves leaves its row queued for the next write. Poll it on a
+    /// Tokio runtime (the pool's timers are the polling runtime's), and do
+    /// not call the store's blocking methods from a task that holds it
+    /// half-polled, or from another task of a single-threaded runtime
+    /// meanwhile: it may hold the writer they wait for.
     fn finish_run_async<'a>(&'a self, invocation: &'a InvocationRecord) -> StoreFuture<'a, ()> {
         Box::pin(std::future::ready(self.finish_run(invocation)))
     }

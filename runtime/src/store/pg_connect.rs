@@ -167,21 +167,36 @@ where
     fn connect(&self, config: &tokio_postgres::Config) -> Opening<'_> {
         let (config, tls, io) = (config.clone(), self.tls.clone(), self.io.clone());
         Box::pin(async move {
-            let opened = self.io.spawn(async move {
+            let mut opened = AbortOnDrop(self.io.spawn(async move {
                 let (client, connection) = config.connect(tls).await?;
                 let driver = io.spawn(async move {
                     if let Err(e) = connection.await {
-                        tracing::debug!("PostgreSQL connection ended: {}", error_text(&e));
+                        tracing::warn!("a PostgreSQL connection ended: {}", error_text(&e));
                     }
                 });
                 Ok((client, driver))
-            });
-            // The pool's runtime is gone (the store is closing): as if
-            // the server did not answer.
-            opened
-                .await
-                .unwrap_or_else(|_| Err(tokio_postgres::Error::__private_api_timeout()))
+            }));
+            match (&mut opened.0).await {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Cancelled: the pool's runtime is gone (the store is
+                // closing), as if the server did not answer. (The driver
+                // offers no other way to make this error.)
+                Err(_) => Err(tokio_postgres::Error::__private_api_timeout()),
+            }
         })
+    }
+}
+
+/// A connection attempt that stops when the pool gives up on it (its
+/// `create-timeout`), rather than lingering on the pool's runtime against
+/// a server that accepted the socket and then stalled.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        // A no-op once the task finished.
+        self.0.abort();
     }
 }
 
