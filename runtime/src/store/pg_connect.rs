@@ -114,13 +114,47 @@ pub(crate) fn config(
 const SERVER_LIMITS: &str =
     "-c idle_in_transaction_session_timeout=60000 -c lock_timeout=15000 -c statement_timeout=120000";
 
+/// A connection pool to the database `settings` name, with the runtime
+/// that opens and drives its connections (`threads` threads named
+/// `name`); `what` names the pool in errors. Connects lazily: an
+/// unreachable database fails the first use, not this.
+pub(crate) fn pool(
+    settings: &PgSettings,
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    (what, name, threads): (&str, &str, usize),
+    (size, wait): (usize, Duration),
+) -> Result<(tokio::runtime::Runtime, deadpool_postgres::Pool), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the {what} I/O threads: {e}"))?;
+    let built = deadpool_postgres::Pool::builder(manager(config, tls, rt.handle().clone()))
+        .max_size(size.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(settings.connect_timeout))
+        .recycle_timeout(Some(settings.connect_timeout))
+        .build();
+    match built {
+        Ok(pool) => Ok((rt, pool)),
+        Err(e) => {
+            // Dropped as is inside the caller's runtime, it would panic.
+            rt.shutdown_background();
+            Err(format!("cannot make the {what} connection pool: {e}"))
+        }
+    }
+}
+
 /// A pool manager over `config` and `tls` (connections checked only by
 /// their state when reused: a broken one is replaced on its next use).
 /// Every connection is opened and driven on `io` (the pool's own runtime),
 /// whichever runtime awaits the pool: a connection whose socket and task
 /// lived on a caller's runtime would die with that runtime, and stall
 /// while its threads block on the pool.
-pub(crate) fn manager(
+fn manager(
     config: tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     io: tokio::runtime::Handle,

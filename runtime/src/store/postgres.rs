@@ -208,29 +208,15 @@ impl PgStore {
     /// `migrate` says so.
     pub fn open(settings: &PgSettings, migrate: Migrate) -> Result<PgStore, StoreError> {
         let (config, tls) = super::pg_connect::config(settings, "airlock").map_err(StoreError)?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("airlock-pg")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError(format!("cannot start the database I/O threads: {e}")))?;
+        let (rt, pool) = super::pg_connect::pool(
+            settings,
+            config.clone(),
+            tls.clone(),
+            ("database", "airlock-pg", 2),
+            (settings.pool_size, POOL_WAIT),
+        )
+        .map_err(StoreError)?;
         let handle = rt.handle().clone();
-        let manager = super::pg_connect::manager(config.clone(), tls.clone(), handle.clone());
-        let pool = match Pool::builder(manager)
-            .max_size(settings.pool_size)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(settings.connect_timeout))
-            .recycle_timeout(Some(settings.connect_timeout))
-            .build()
-        {
-            Ok(pool) => pool,
-            Err(e) => {
-                // Dropped as is inside the caller's runtime, it would panic.
-                rt.shutdown_background();
-                return Err(StoreError(format!("cannot make the connection pool: {e}")));
-            }
-        };
         let inner = Arc::new(Inner {
             pool,
             watchers: Mutex::new(Vec::new()),

@@ -508,7 +508,25 @@ struct Columns<'a> {
     lines: Vec<&'a str>,
 }
 
+/// A statement parameter.
+type Param<'a> = dyn tokio_postgres::types::ToSql + Sync + 'a;
+
 impl<'a> Columns<'a> {
+    /// The arrays, in the order of `unnest_records!`.
+    fn arrays(&self) -> [&Param<'a>; 9] {
+        [
+            &self.seqs,
+            &self.prevs,
+            &self.hashes,
+            &self.ts,
+            &self.kinds,
+            &self.invocations,
+            &self.actions,
+            &self.callers,
+            &self.lines,
+        ]
+    }
+
     fn of(rows: &'a [Row]) -> Columns<'a> {
         Columns {
             seqs: rows.iter().map(|r| unsigned(r.seq)).collect(),
@@ -561,24 +579,9 @@ async fn insert_rows(conn: &Conn, node: &str, rows: &[Row]) -> Result<(), String
         unnest_records!(2, 3, 4, 5, 6, 7, 8, 9, 10)
     );
     let statement = conn.cached(sql).await.map_err(pg_err)?;
-    conn.c()
-        .execute(
-            &statement,
-            &[
-                &node,
-                &c.seqs,
-                &c.prevs,
-                &c.hashes,
-                &c.ts,
-                &c.kinds,
-                &c.invocations,
-                &c.actions,
-                &c.callers,
-                &c.lines,
-            ],
-        )
-        .await
-        .map_err(pg_err)?;
+    let mut params: Vec<&Param<'_>> = vec![&node];
+    params.extend(c.arrays());
+    conn.c().execute(&statement, &params).await.map_err(pg_err)?;
     Ok(())
 }
 
@@ -602,30 +605,11 @@ async fn append_rows(
         " AS r"
     );
     let statement = conn.cached(sql).await.map_err(pg_err)?;
-    let inserted = conn
-        .c()
-        .execute(
-            &statement,
-            &[
-                &node,
-                &unsigned(from.0),
-                &from.1.as_slice(),
-                &unsigned(to.0),
-                &to.1.as_slice(),
-                &unsigned(crate::time::now_micros()),
-                &c.seqs,
-                &c.prevs,
-                &c.hashes,
-                &c.ts,
-                &c.kinds,
-                &c.invocations,
-                &c.actions,
-                &c.callers,
-                &c.lines,
-            ],
-        )
-        .await
-        .map_err(pg_err)?;
+    let (from_seq, to_seq, now) = (unsigned(from.0), unsigned(to.0), unsigned(crate::time::now_micros()));
+    let (from_head, to_head) = (from.1.as_slice(), to.1.as_slice());
+    let mut params: Vec<&Param<'_>> = vec![&node, &from_seq, &from_head, &to_seq, &to_head, &now];
+    params.extend(c.arrays());
+    let inserted = conn.c().execute(&statement, &params).await.map_err(pg_err)?;
     Ok(inserted == rows.len() as u64)
 }
 

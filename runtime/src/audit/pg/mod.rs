@@ -110,29 +110,14 @@ impl Db {
     /// call, not this one.
     pub fn connect(settings: &PgSettings, size: usize) -> Result<Db, String> {
         let (config, tls) = crate::store::pg_connect::config(settings, "airlock-audit")?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("airlock-audit-pg")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the audit database I/O thread: {e}"))?;
+        let (rt, pool) = crate::store::pg_connect::pool(
+            settings,
+            config,
+            tls,
+            ("audit database", "airlock-audit-pg", 1),
+            (size, OP_TIMEOUT),
+        )?;
         let handle = rt.handle().clone();
-        let manager = crate::store::pg_connect::manager(config, tls, handle.clone());
-        let pool = match Pool::builder(manager)
-            .max_size(size.max(1))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(OP_TIMEOUT))
-            .create_timeout(Some(settings.connect_timeout))
-            .recycle_timeout(Some(settings.connect_timeout))
-            .build()
-        {
-            Ok(pool) => pool,
-            Err(e) => {
-                // Dropped as is inside the caller's runtime, it would panic.
-                rt.shutdown_background();
-                return Err(format!("cannot make the audit connection pool: {e}"));
-            }
-        };
         Ok(Db {
             pool,
             rt: Mutex::new(Some(rt)),
