@@ -140,6 +140,10 @@ fn approval(id: &str, state: ApprovalState, created_at: u64) -> ApprovalRecord {
         owner: None,
         decisions: vec![],
         uncounted: vec![],
+        group: None,
+        rules: None,
+        policies: vec![],
+        why: None,
     }
 }
 

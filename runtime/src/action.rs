@@ -32,6 +32,9 @@ pub struct PreparedAction {
     pub(crate) audit: crate::audit::AuditLog,
     /// The approval service, for actions that can need approvals.
     pub(crate) approvals: Option<crate::approval::Approvals>,
+    /// Who may invoke what, and what waits for approval: the action's
+    /// Cedar policies.
+    pub decisions: std::sync::Arc<crate::policy::engine::ToolPolicy>,
 }
 
 impl std::fmt::Debug for PreparedAction {
@@ -131,7 +134,9 @@ pub fn prepare(
     check_imports(&policy, &manifest)?;
     // Fail closed: gates without an approval service would be gates nobody
     // can pass, or (worse) gates silently skipped.
-    if (policy.approval.gates_anything() || policy.grants.approval.is_some()) && approvals.is_none() {
+    let decisions = crate::policy::engine::ToolPolicy::build(&policy, &manifest.functions, &manifest.digest.to_string())
+        .map_err(|e| Error::Config(format!("action `{}`: {e}", policy.name)))?;
+    if policy.may_need_approvals() && approvals.is_none() {
         return Err(Error::internal(format!(
             "action `{}` has approval rules, but no approval service was set up to enforce them",
             policy.name
@@ -148,6 +153,7 @@ pub fn prepare(
         ))
     })?;
     Ok(PreparedAction {
+        decisions: std::sync::Arc::new(decisions),
         policy,
         manifest,
         from_cache,
@@ -259,6 +265,10 @@ impl PreparedAction {
             quorum: policy.approval.quorum,
             approvers: policy.access.approvers_text(),
             ttl: policy.approval.ttl,
+            group: None,
+            rules: None,
+            policies: Vec::new(),
+            why: None,
         }
     }
 }

@@ -2,11 +2,13 @@
 //! identity → policy → approval → instantiate → host calls → result → audit.
 //!
 //! - identity: the caller arrives authenticated ([`crate::identity`]);
-//! - policy: [`Runtime::submit`] refuses a caller the action's
-//!   `access.invoke` does not name, before anything is instantiated, and
-//!   records the refusal;
-//! - approval: an action with `approval.invocation` does not start until a
-//!   quorum approves. The request and the invocation are stored, so they
+//! - policy: [`Runtime::admit`] asks the action's Cedar policies
+//!   ([`crate::policy::engine`]; the TOML `access` and `approval` keys are
+//!   shorthand for some of them) and refuses what they deny, before
+//!   anything is instantiated, recording the refusal and the policies that
+//!   decided it;
+//! - approval: an invocation the policies hold for approval does not start
+//!   until a quorum of the group they name approves. The request and the invocation are stored, so they
 //!   survive a restart; whichever process sees the approval first claims
 //!   the invocation (a compare-and-set in the store) and runs it, exactly
 //!   once. Before it runs, the binding is computed again from what is about
@@ -19,7 +21,8 @@ use crate::action::PreparedAction;
 use crate::approval::Approvals;
 use crate::error::Error;
 use crate::identity::{Caller, IdentityKind};
-use crate::invocation::{Report, new_invocation_id};
+use crate::invocation::{Admission, Report, new_invocation_id};
+use crate::policy::engine::{Ask, Outcome, Requirement, Verdict as PolicyVerdict};
 use crate::runtime::Runtime;
 use crate::store::{
     ApprovalKind, ApprovalRecord, ApprovalState, InvocationOutcome, InvocationRecord, InvocationStatus, Verdict,
@@ -40,6 +43,27 @@ pub enum Submitted {
         invocation: String,
         approval: ApprovalRecord,
     },
+}
+
+/// A request the policies let through: at once, or once approved.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub prepared: Arc<PreparedAction>,
+    pub verdict: Arc<PolicyVerdict>,
+}
+
+impl Requirement {
+    /// Make `request` ask this requirement's reviewers, quorum and time.
+    fn apply(&self, request: &mut crate::approval::NewRequest, verdict: &PolicyVerdict) {
+        request.quorum = self.quorum;
+        request.ttl = self.ttl;
+        request.approvers = self.approvers.approvers_text();
+        request.rule = self.rule_text();
+        request.group = Some(self.group.clone());
+        request.rules = Some(crate::store::ApproverRules::of(&self.approvers));
+        request.policies = verdict.policy_ids();
+        request.why = self.why.clone();
+    }
 }
 
 /// A decision and what it set off.
@@ -87,7 +111,7 @@ impl Runtime {
             let mine: Vec<String> = self
                 .action_names()
                 .into_iter()
-                .filter(|name| self.action(name).is_some_and(|a| a.policy.access.may_invoke(caller)))
+                .filter(|name| self.action(name).is_some_and(|a| a.decisions.may_list(caller)))
                 .collect();
             Error::UnknownAction {
                 name: action.to_string(),
@@ -117,49 +141,49 @@ impl Runtime {
         args: &Value,
         wait: Duration,
     ) -> Result<Submitted, Error> {
-        let prepared = self.admit(caller, action, function, args).await?;
+        let admitted = self.admit(caller, action, function, args).await?;
         let invocation = new_invocation_id();
-        if !prepared.policy.approval.invocation {
-            return Ok(Submitted::Ran(
-                prepared.invoke_with_id(&invocation, caller, function, args, None).await,
-            ));
-        }
-        self.hold_for_approval(&prepared, &invocation, caller, function, args)
+        let requirement = match &admitted.verdict.outcome {
+            Outcome::Approve(requirement) => requirement,
+            _ => {
+                let admission = Admission {
+                    approval: None,
+                    verdict: Some(&admitted.verdict),
+                };
+                return Ok(Submitted::Ran(
+                    admitted
+                        .prepared
+                        .invoke_with_id(&invocation, caller, function, args, admission)
+                        .await,
+                ));
+            }
+        };
+        self.hold_for_approval(&admitted, requirement, &invocation, caller, function, args)
             .await?;
         self.await_invocation(&invocation, Instant::now() + wait).await
     }
 
-    /// The policy step: refuse a caller the action's `access.invoke` does
-    /// not name, and (for actions that need approval, so reviewers are
-    /// never asked about a request that could not run) an unknown function
-    /// or arguments that do not fit. Refusals are recorded.
+    /// The policy step: the action's policies decide whether `caller` may
+    /// run `function` with `args`, may not (refused and recorded, naming
+    /// the deciding policies), or must wait for approval. An unknown
+    /// function or arguments that do not fit are refused here too, so
+    /// reviewers are never asked about a request that could not run.
     pub async fn admit(
         &self,
         caller: &Caller,
         action: &str,
         function: &str,
         args: &Value,
-    ) -> Result<Arc<PreparedAction>, Error> {
+    ) -> Result<Admitted, Error> {
         let prepared = self.loaded(action, caller)?;
-        let access = &prepared.policy.access;
-        if !access.may_invoke(caller) {
-            let allowed: Vec<String> = access.invoke.iter().map(ToString::to_string).collect();
+        // A caller no policy could ever permit learns nothing about the
+        // action's functions or arguments.
+        if !prepared.decisions.may_list(caller) {
             let refused = format!("{} may not invoke action `{action}`", describe(caller));
-            // The record names who may; the caller is told only when it is
-            // the local operator, who can read the config anyway: the rule
-            // lists identities and roles that are not a remote caller's
-            // business.
-            let recorded = Error::Forbidden(format!(
-                "{refused} (access.invoke: {})",
-                if allowed.is_empty() {
-                    "nobody".into()
-                } else {
-                    allowed.join(", ")
-                }
-            ));
+            let recorded = Error::Forbidden(format!("{refused}: no policy permits it"));
             return Err(
                 match prepared.refuse(&new_invocation_id(), caller, function, recorded).await {
-                    Error::Forbidden(_) if !caller.is_local() => Error::Forbidden(refused),
+                    Error::Forbidden(_) => Error::Forbidden(refused),
                     other => other,
                 },
             );
@@ -167,7 +191,33 @@ impl Runtime {
         if let Err(error) = prepared.check_request(function, args) {
             return Err(prepared.refuse(&new_invocation_id(), caller, function, error).await);
         }
-        Ok(prepared)
+        let verdict = prepared.decisions.decide(&Ask {
+            caller,
+            function,
+            args,
+            now: crate::time::now_micros(),
+        });
+        if let Outcome::Deny { reason } = &verdict.outcome {
+            let policies = verdict.policy_ids();
+            let named = if policies.is_empty() {
+                String::new()
+            } else {
+                format!(" (policies: {})", policies.join(", "))
+            };
+            let error = Error::Forbidden(format!(
+                "{} may not invoke action `{action}`: {reason}{named}",
+                describe(caller)
+            ));
+            return Err(
+                prepared
+                    .refuse_by(&new_invocation_id(), caller, function, error, policies)
+                    .await,
+            );
+        }
+        Ok(Admitted {
+            prepared,
+            verdict: Arc::new(verdict),
+        })
     }
 
     /// Run an admitted request under `invocation`, stored so its status can
@@ -177,13 +227,14 @@ impl Runtime {
         &self,
         invocation: &str,
         caller: &Caller,
-        action: &str,
+        admitted: &Admitted,
         function: &str,
         args: &Value,
     ) -> Result<Submitted, Error> {
-        let prepared = self.loaded(action, caller)?;
-        if prepared.policy.approval.invocation {
-            self.hold_for_approval(&prepared, invocation, caller, function, args)
+        let prepared = &admitted.prepared;
+        let action = prepared.policy.name.as_str();
+        if let Outcome::Approve(requirement) = &admitted.verdict.outcome {
+            self.hold_for_approval(admitted, requirement, invocation, caller, function, args)
                 .await?;
             return self.await_invocation(invocation, Instant::now()).await;
         }
@@ -211,7 +262,13 @@ impl Runtime {
         // Status rows, not the record of what ran (that is the audit log's,
         // synced before the result returns): no disk sync of their own.
         store.record_run(&record)?;
-        let report = prepared.invoke_with_id(invocation, caller, function, args, None).await;
+        let admission = Admission {
+            approval: None,
+            verdict: Some(&admitted.verdict),
+        };
+        let report = prepared
+            .invoke_with_id(invocation, caller, function, args, admission)
+            .await;
         record.state = if report.outcome.is_ok() {
             InvocationStatus::Succeeded
         } else {
@@ -232,16 +289,19 @@ impl Runtime {
     /// Open the invocation-level request and store the waiting invocation.
     async fn hold_for_approval(
         &self,
-        prepared: &PreparedAction,
+        admitted: &Admitted,
+        requirement: &Requirement,
         invocation: &str,
         caller: &Caller,
         function: &str,
         args: &Value,
     ) -> Result<(), Error> {
+        let prepared = &admitted.prepared;
         let action = prepared.policy.name.as_str();
         let invocation = invocation.to_string();
         let approvals = self.approvals_for(action)?;
-        let request = prepared.request_template(&invocation, caller, function, args);
+        let mut request = prepared.request_template(&invocation, caller, function, args);
+        requirement.apply(&mut request, &admitted.verdict);
         let approval = approvals.open(request).await?;
         let now = crate::time::now_micros();
         let record = InvocationRecord {
@@ -431,9 +491,18 @@ impl Runtime {
                 return Err(self.refuse_approved(approvals, &record, &approval, why).await);
             }
         }
-        if !prepared.policy.access.may_invoke(&record.caller) {
+        // The policies decide again (roles, time and policies may have
+        // moved since the request); an approval covers a hold, never a
+        // denial.
+        let verdict = prepared.decisions.decide(&Ask {
+            caller: &record.caller,
+            function: &record.function,
+            args: &record.args,
+            now: crate::time::now_micros(),
+        });
+        if let Outcome::Deny { reason } = &verdict.outcome {
             let why = format!(
-                "{} may no longer invoke action `{}`; nothing ran",
+                "{} may no longer invoke action `{}`: {reason}; nothing ran",
                 describe(&record.caller),
                 record.action
             );
@@ -458,8 +527,12 @@ impl Runtime {
             tracked.settle();
             return Ok(None);
         }
+        let admission = Admission {
+            approval: Some(&approval.id),
+            verdict: Some(&verdict),
+        };
         let report = prepared
-            .invoke_with_id(id, &record.caller, &record.function, &record.args, Some(&approval.id))
+            .invoke_with_id(id, &record.caller, &record.function, &record.args, admission)
             .await;
         let outcome = outcome_of(&report);
         let to = if report.outcome.is_ok() {
@@ -574,13 +647,14 @@ impl Runtime {
                 )));
             }
         }
+        let reviewers = current.reviewers(&prepared.policy.access);
         approvals
             .decide(
                 id,
                 who,
                 verdict,
                 reason,
-                &prepared.policy.access,
+                &reviewers,
                 &prepared.policy.config_version,
                 expect_binding,
             )
@@ -626,9 +700,22 @@ impl Runtime {
     /// requests by this rule.
     pub fn may_see_approval(&self, caller: &Caller, approval: &ApprovalRecord) -> bool {
         approval.caller == caller.name
-            || self
-                .action(&approval.action)
-                .is_some_and(|a| a.policy.access.may_approve(caller))
+            || self.may_review(caller, approval)
+    }
+
+    /// Whether `caller` is one of the reviewers request `approval` asks
+    /// (before self-approval is considered): the rules it was made with,
+    /// or for an older request its action's `access` as configured now.
+    pub fn may_review(&self, caller: &Caller, approval: &ApprovalRecord) -> bool {
+        self.action(&approval.action)
+            .is_some_and(|a| approval.reviewers(&a.policy.access).may_approve(caller))
+    }
+
+    /// Whether `caller` reviews anything of action `action`: its own
+    /// approvers, or a group one of its policies can ask.
+    pub fn may_review_action(&self, caller: &Caller, action: &str) -> bool {
+        self.action(action)
+            .is_some_and(|a| a.policy.access.may_approve(caller) || a.decisions.may_review(caller))
     }
 
     /// Run approved invocations nobody has started (their approver's

@@ -95,7 +95,7 @@ impl Runtime {
             _ => None,
         };
         let audit = self.audit()?;
-        let approvals = if policy.approval.gates_anything() || policy.grants.approval.is_some() {
+        let approvals = if policy.may_need_approvals() {
             Some(self.approvals()?)
         } else {
             None
@@ -114,12 +114,47 @@ impl Runtime {
 
     /// Load every action of `policy`; each refusal is returned beside the
     /// actions that loaded.
+    ///
+    /// The config's policy files are then checked against the schema of
+    /// every action that loaded (Cedar's strict validation): if any policy
+    /// is refused, so is every action, since a policy that cannot be
+    /// trusted to mean what it says must not decide anything.
     pub fn load_all(&mut self, policy: &Policy) -> Vec<(String, Result<Arc<PreparedAction>, Error>)> {
-        policy
+        let loaded: Vec<(String, Result<Arc<PreparedAction>, Error>)> = policy
             .actions
             .values()
             .map(|a| (a.name.clone(), self.prepare(a.clone())))
-            .collect()
+            .collect();
+        match self.validate_policies(policy) {
+            Ok(()) => loaded,
+            Err(e) => {
+                let message = e.to_string();
+                loaded
+                    .into_iter()
+                    .map(|(name, _)| {
+                        self.actions.remove(&name);
+                        (name, Err(Error::Config(message.clone())))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Check the config's policy files against the loaded actions' schema.
+    pub fn validate_policies(&self, policy: &Policy) -> Result<(), Error> {
+        if policy.policy_files.rules.is_empty() {
+            return Ok(());
+        }
+        let actions: Vec<(&crate::policy::ActionPolicy, &[crate::manifest::FunctionSig])> = self
+            .actions
+            .values()
+            .map(|a| (&a.policy, a.manifest.functions.as_slice()))
+            .collect();
+        if actions.is_empty() {
+            return Ok(());
+        }
+        crate::policy::engine::validate(&actions)
+            .map_err(|errors| Error::Config(format!("policies refused:\n  {}", errors.join("\n  "))))
     }
 
     /// The audit log of the data directory, opened (and locked against

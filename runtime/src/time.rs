@@ -12,7 +12,7 @@ pub fn now_micros() -> u64 {
 
 /// Civil date (year, month, day) of a day count since 1970-01-01
 /// (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

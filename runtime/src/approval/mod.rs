@@ -92,6 +92,12 @@ pub struct NewRequest {
     pub quorum: u32,
     pub approvers: Vec<String>,
     pub ttl: Duration,
+    /// Set when a policy named the reviewers (see
+    /// [`ApprovalRecord::rules`]).
+    pub group: Option<String>,
+    pub rules: Option<crate::store::ApproverRules>,
+    pub policies: Vec<String>,
+    pub why: Option<String>,
 }
 
 impl NewRequest {
@@ -238,6 +244,10 @@ impl Approvals {
             owner: (request.kind != ApprovalKind::Invocation).then(|| self.owner.clone()),
             decisions: Vec::new(),
             uncounted: Vec::new(),
+            group: request.group,
+            rules: request.rules,
+            policies: request.policies,
+            why: request.why,
         };
         self.record(vec![Event::ApprovalRequested(ApprovalRequested {
             approval: record.id.clone(),
@@ -251,6 +261,9 @@ impl Approvals {
             quorum: record.quorum,
             expires_at: crate::time::rfc3339_micros(record.expires_at),
             subject: record.subject.clone(),
+            policies: record.policies.clone(),
+            group: record.group.clone(),
+            why: record.why.clone(),
         })])
         .await?;
         if let Err(e) = self.store.insert_approval(&record) {
@@ -519,6 +532,7 @@ impl Approvals {
             error: cut(why),
             approval: Some(approval.id.clone()),
             state: Some(to.to_string()),
+            policies: Vec::new(),
         }));
         let audit = owe(&events).map_err(|r| Error::AuditUnavailable(r.to_string()))?;
         let ended = self.store.end_invocation(&InvocationEnding {

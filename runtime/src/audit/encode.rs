@@ -363,6 +363,7 @@ mod tests {
                 error: "e".into(),
                 approval: None,
                 state: None,
+                policies: vec!["p".into()],
             }),
         );
     }

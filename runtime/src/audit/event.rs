@@ -92,6 +92,9 @@ pub struct InvocationStarted {
     /// record, recovery closes it; absent in records written before leases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner: Option<String>,
+    /// The policies that decided it (ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
 }
 
 /// One host call. Built on every call, so it borrows what it can: the
@@ -166,6 +169,9 @@ pub struct InvocationRefused {
     /// `expired` or `failed`); nothing ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// The policies that decided it (ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
 }
 
 /// Why an invocation was cut off, as recorded.
@@ -216,6 +222,15 @@ pub struct ApprovalRequested {
     pub expires_at: String,
     /// The held-back host call or the guest's summary, summarized.
     pub subject: serde_json::Value,
+    /// The policies that decided it (ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    /// The reviewers asked: `action` or an `[approval-groups]` name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Why reviewers are asked (the deciding policy's `@reason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -565,6 +565,7 @@ mod tests {
             args_truncated: false,
             grants: vec![],
             runner: runner.map(str::to_string),
+            policies: Vec::new(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! The audit records of one invocation: what was asked, by whom, under
 //! which grants, and how it ended.
 
+use super::Admission;
 use super::Report;
 use crate::action::PreparedAction;
 use crate::audit::Event;
@@ -146,7 +147,7 @@ impl PreparedAction {
         caller: &Caller,
         function: &str,
         args: &Value,
-        approval: Option<&str>,
+        admission: Admission<'_>,
     ) -> Event {
         let bytes = serde_json::to_vec(&canonical(args)).unwrap_or_default();
         let shown = self.shown_args(args);
@@ -156,7 +157,7 @@ impl PreparedAction {
             invocation: invocation.to_string(),
             caller: caller.name.clone(),
             caller_kind: Some(caller.kind.to_string()),
-            approval: approval.map(str::to_string),
+            approval: admission.approval.map(str::to_string),
             action: self.policy.name.clone(),
             service_identity: self.policy.service_identity.clone(),
             component_digest: self.manifest.digest.to_string(),
@@ -178,10 +179,18 @@ impl PreparedAction {
                 .map(|(kind, what)| format!("{kind}: {what}"))
                 .collect(),
             runner: Some(self.audit.runner().to_string()),
+            policies: admission.verdict.map(|v| v.policy_ids()).unwrap_or_default(),
         })
     }
 
-    pub(crate) fn refused_event(&self, invocation: &str, caller: &Caller, function: &str, error: &Error) -> Event {
+    pub(crate) fn refused_event(
+        &self,
+        invocation: &str,
+        caller: &Caller,
+        function: &str,
+        error: &Error,
+        policies: Vec<String>,
+    ) -> Event {
         Event::InvocationRefused(InvocationRefused {
             invocation: invocation.to_string(),
             caller: caller.name.clone(),
@@ -198,6 +207,7 @@ impl PreparedAction {
                 Error::ArgsSyntax(_) => "bad arguments: not a JSON object keyed by parameter names".into(),
                 other => other.to_string().chars().take(1024).collect(),
             },
+            policies,
         })
     }
 

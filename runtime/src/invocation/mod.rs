@@ -72,6 +72,15 @@ impl Report {
     }
 }
 
+/// How an invocation was let through: the approval that released it, and
+/// the policy decision the gateway took (`None` for a direct call of a
+/// loaded action, which only actions no policy can hold allow).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Admission<'a> {
+    pub approval: Option<&'a str>,
+    pub verdict: Option<&'a crate::policy::engine::Verdict>,
+}
+
 /// Parse `args` (a JSON object keyed by parameter names) for `function`.
 pub fn parse_args(function: &FunctionSig, args: &Value) -> Result<Vec<Val>, Error> {
     if let Some(what) = function.unsupported() {
@@ -110,7 +119,19 @@ impl PreparedAction {
     /// report (the audit failure instead, if the refusal cannot be
     /// recorded).
     pub async fn refuse(&self, invocation: &str, caller: &Caller, function: &str, error: Error) -> Error {
-        let event = self.refused_event(invocation, caller, function, &error);
+        self.refuse_by(invocation, caller, function, error, Vec::new()).await
+    }
+
+    /// [`PreparedAction::refuse`], naming the policies that refused it.
+    pub async fn refuse_by(
+        &self,
+        invocation: &str,
+        caller: &Caller,
+        function: &str,
+        error: Error,
+        policies: Vec<String>,
+    ) -> Error {
+        let event = self.refused_event(invocation, caller, function, &error, policies);
         match self.audit.append_durable_async(vec![event], None).await {
             Ok(_) => error,
             Err(e) => Error::AuditUnavailable(e.to_string()),
@@ -130,7 +151,11 @@ impl PreparedAction {
     /// close; the host calls and closing record are synced before the
     /// report goes back (if they cannot be, the result is withheld).
     pub async fn invoke_as(&self, caller: &Caller, function: &str, args: &Value, approval: Option<&str>) -> Report {
-        self.invoke_with_id(&new_invocation_id(), caller, function, args, approval)
+        let admission = Admission {
+            approval,
+            verdict: None,
+        };
+        self.invoke_with_id(&new_invocation_id(), caller, function, args, admission)
             .await
     }
 
@@ -142,11 +167,13 @@ impl PreparedAction {
         caller: &Caller,
         function: &str,
         args: &Value,
-        approval: Option<&str>,
+        admission: Admission<'_>,
     ) -> Report {
         let started = Instant::now();
         let invocation = invocation.to_string();
-        if self.policy.approval.invocation && approval.is_none() {
+        // Not decided by the gateway: an action whose policies could hold
+        // this call for approval runs only through it.
+        if admission.verdict.is_none() && admission.approval.is_none() && self.decisions.may_hold(function) {
             let error = Error::Refused(format!(
                 "action `{}` runs only once approved; submit it through the gateway (`airlock invoke --config`, the API or MCP)",
                 self.policy.name
@@ -168,7 +195,7 @@ impl PreparedAction {
                 return Report::failed(&invocation, error, started);
             }
         };
-        let start = self.started_event(&invocation, caller, function, args, approval);
+        let start = self.started_event(&invocation, caller, function, args, admission);
         let deferred = !self.policy.grants.reach_outside() && self.audit.is_healthy();
         // Unsettled from before its start record until its closing record
         // is durable: if this process ends in between (a crash, SIGKILL, a

@@ -1,6 +1,9 @@
 //! The TOML config file (`airlock.toml`), parsed once into typed policy.
 
+use super::context::Offset;
 use super::limits::{LimitOverrides, Limits};
+use super::source::{ACTION_GROUP, Groups, PolicyFiles};
+use std::sync::Arc;
 use crate::approval::policy::{AccessPolicy, ApprovalPolicy, RawAccess, RawApproval};
 use crate::capabilities::{Grants, RawGrants};
 use crate::error::Error;
@@ -25,6 +28,33 @@ struct RawConfig {
     store: crate::store::settings::RawStoreSettings,
     #[serde(default)]
     audit: crate::audit::settings::RawAuditSettings,
+    #[serde(default)]
+    policy: RawPolicySection,
+    #[serde(default)]
+    approval_groups: BTreeMap<String, RawGroup>,
+}
+
+/// `[policy]`: Cedar policy files and the clock they read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPolicySection {
+    /// Cedar policy files, relative to the config file.
+    #[serde(default)]
+    files: Vec<PathBuf>,
+    /// The time zone of `context.now` (`UTC`, or a fixed offset such as
+    /// `+01:00`).
+    timezone: Option<String>,
+}
+
+/// `[approval-groups.NAME]`: reviewers a policy can ask with
+/// `@approval("NAME")`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawGroup {
+    #[serde(default)]
+    approve: Vec<String>,
+    #[serde(default)]
+    agent_approvers: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,9 +183,21 @@ pub struct ActionPolicy {
     pub config_version: String,
     /// Hints for MCP clients.
     pub mcp: McpHints,
+    /// The config's Cedar policy files (shared by every action).
+    pub policy_files: Arc<PolicyFiles>,
+    /// The time zone policies read the clock in.
+    pub timezone: Offset,
 }
 
 impl ActionPolicy {
+    /// Whether anything of this action can wait for a reviewer: its own
+    /// approval keys or grant, or a gate in the policy files.
+    pub fn may_need_approvals(&self) -> bool {
+        self.approval.gates_anything()
+            || self.grants.approval.is_some()
+            || self.policy_files.rules.iter().any(|r| r.gate.is_some())
+    }
+
     /// A policy for an ad hoc invocation of a component file: exactly the
     /// given grants (from command-line flags), no digest pin.
     pub fn ad_hoc(name: impl Into<String>, component: PathBuf, grants: Grants, limits: Limits) -> ActionPolicy {
@@ -174,6 +216,8 @@ impl ActionPolicy {
             approval: ApprovalPolicy::default(),
             config_version: "ad-hoc".into(),
             mcp: McpHints::default(),
+            policy_files: Arc::default(),
+            timezone: Offset::default(),
         }
     }
 }
@@ -188,6 +232,8 @@ pub struct Policy {
     pub version: String,
     /// `[service]`: how `airlock serve` listens and limits.
     pub service: crate::service::ServiceSettings,
+    /// `[policy] files`, parsed.
+    pub policy_files: Arc<PolicyFiles>,
 }
 
 impl Policy {
@@ -228,7 +274,56 @@ impl Policy {
             audit,
         };
 
-        let version = format!("blake3:{}", blake3::hash(text.as_bytes()).to_hex());
+        let timezone = raw
+            .policy
+            .timezone
+            .as_deref()
+            .map(Offset::parse)
+            .transpose()
+            .map_err(|e| bad(format!("policy.{e}")))?
+            .unwrap_or_default();
+        let mut groups = Groups::new();
+        for (name, g) in &raw.approval_groups {
+            crate::identity::validate_name(name, "approval group").map_err(|e| bad(format!("approval-groups.{name}: {e}")))?;
+            if name == ACTION_GROUP {
+                return Err(bad(format!(
+                    "approval-groups.{ACTION_GROUP}: the name is reserved for each action's own access.approve"
+                )));
+            }
+            let access = AccessPolicy::resolve(&RawAccess {
+                invoke: Some(Vec::new()),
+                approve: g.approve.clone(),
+                agent_approvers: g.agent_approvers.clone(),
+            })
+            .map_err(|e| bad(format!("approval-groups.{name}: {e}")))?;
+            if !access.has_approvers() {
+                return Err(bad(format!(
+                    "approval-groups.{name}: nobody may approve; add approve = [\"role:reviewer\"] (or names)"
+                )));
+            }
+            groups.insert(name.clone(), access);
+        }
+        let files: Vec<(String, PathBuf)> = raw
+            .policy
+            .files
+            .iter()
+            .map(|p| (p.display().to_string(), resolve(p)))
+            .collect();
+        let policy_files = Arc::new(
+            PolicyFiles::load(&files, groups)
+                .map_err(|errors| Error::Config(format!("policy files refused:\n  {}", errors.join("\n  "))))?,
+        );
+        // Approvals are bound to the config version: it covers the policy
+        // files too, so editing one voids requests made under the old text.
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(text.as_bytes());
+        for (name, source) in &policy_files.sources {
+            hasher.update(&(name.len() as u64).to_le_bytes());
+            hasher.update(name.as_bytes());
+            hasher.update(&(source.len() as u64).to_le_bytes());
+            hasher.update(source.as_bytes());
+        }
+        let version = format!("blake3:{}", hasher.finalize().to_hex());
         let mut actions = BTreeMap::new();
         for (name, spanned) in raw.actions {
             let line = line_of(text, spanned.span().start);
@@ -290,6 +385,8 @@ impl Policy {
                     approval,
                     config_version: version.clone(),
                     mcp: raw.mcp,
+                    policy_files: policy_files.clone(),
+                    timezone,
                 },
             );
         }
@@ -299,6 +396,7 @@ impl Policy {
             actions,
             version,
             service: crate::service::ServiceSettings::resolve(&raw.service).map_err(bad)?,
+            policy_files,
         })
     }
 }

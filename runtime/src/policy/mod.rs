@@ -6,7 +6,11 @@
 
 mod config;
 mod limits;
+pub mod context;
+pub mod engine;
 pub mod schema;
+pub mod shorthand;
+pub mod source;
 
 pub use config::{ActionPolicy, Digest, GrantOrigin, Policy, RuntimeSettings};
 pub use limits::*;

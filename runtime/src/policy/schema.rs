@@ -8,7 +8,8 @@
 //!
 //! - **principal**: `Identity::"NAME"` (attributes `kind`, `"agent"` or
 //!   `"human"`, and `local`, true only for the local operator), a member of
-//!   `Role::"ROLE"` for each role its token holds;
+//!   `Role::"ROLE"` for each role its token holds; the local operator is
+//!   in `Operator::"local"`, which no token holder can be;
 //! - **actions**: `Action::"invoke"` contains one action per configured
 //!   airlock action (`Action::"refund"`), which contains one per function
 //!   (`Action::"refund/issue"`; interface exports keep their name,
@@ -174,7 +175,8 @@ pub fn schema_json(actions: &[ActionTypes<'_>]) -> Result<Value, String> {
         },
         "entityTypes": {
             "Role": {},
-            "Identity": {"memberOfTypes": ["Role"], "shape": {"type": "Record", "attributes": {
+            "Operator": {},
+            "Identity": {"memberOfTypes": ["Role", "Operator"], "shape": {"type": "Record", "attributes": {
                 "kind": string, "local": boolean,
             }}},
             "Tool": {"shape": {"type": "Record", "attributes": {

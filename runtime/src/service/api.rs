@@ -201,10 +201,11 @@ fn visible_actions(service: &Service, caller: &Caller) -> Vec<String> {
         .action_names()
         .into_iter()
         .filter(|name| {
-            service.runtime.action(name).is_some_and(|a| {
-                let access = &a.policy.access;
-                access.may_invoke(caller) || access.may_approve(caller)
-            })
+            service
+                .runtime
+                .action(name)
+                .is_some_and(|a| a.decisions.may_list(caller))
+                || service.runtime.may_review_action(caller, name)
         })
         .collect()
 }
@@ -220,8 +221,8 @@ async fn actions(State(service): State<Shared>, Authenticated(caller): Authentic
             continue;
         };
         let p = &action.policy;
-        let may_invoke = p.access.may_invoke(&caller);
-        let may_approve = p.access.may_approve(&caller);
+        let may_invoke = action.decisions.may_list(&caller);
+        let may_approve = service.runtime.may_review_action(&caller, &name);
         if !may_invoke && !may_approve {
             continue;
         }
@@ -381,7 +382,7 @@ async fn invoke(
     let deadline = Instant::now() + wait;
     // Refusals (permission, unknown function, bad arguments) are answered
     // here, before anything is stored or started.
-    service
+    let admitted = service
         .runtime
         .admit(&caller, &request.action, &request.function, &request.args)
         .await?;
@@ -395,7 +396,7 @@ async fn invoke(
         tokio::spawn(async move {
             let runtime = &service.runtime;
             let submitted = runtime
-                .run_stored(&invocation, &caller, &request.action, &request.function, &request.args)
+                .run_stored(&invocation, &caller, &admitted, &request.function, &request.args)
                 .await;
             match submitted {
                 // Held for approval: follow the request until the deadline.
@@ -451,10 +452,7 @@ async fn invocation(
         .store()?
         .invocation(&id)?
         .ok_or_else(|| ApiError::not_found(format!("no invocation {id}")))?;
-    let approver = service
-        .runtime
-        .action(&record.action)
-        .is_some_and(|a| a.policy.access.may_approve(&caller));
+    let approver = service.runtime.may_review_action(&caller, &record.action);
     if record.caller.name != caller.name && !approver {
         // Not found rather than forbidden: ids of others are not confirmed.
         return Err(ApiError::not_found(format!("no invocation {id}")));
@@ -464,10 +462,7 @@ async fn invocation(
 
 fn visible(service: &Service, caller: &Caller, approval: &ApprovalRecord) -> bool {
     approval.caller == caller.name
-        || service
-            .runtime
-            .action(&approval.action)
-            .is_some_and(|a| a.policy.access.may_approve(caller))
+        || service.runtime.may_review(caller, approval)
 }
 
 /// The first `want` records `fetch` reads (newest first) that `keep`

@@ -397,19 +397,11 @@ async fn logout(
 }
 
 fn may_see_approval(service: &Service, caller: &Caller, a: &ApprovalRecord) -> bool {
-    a.caller == caller.name
-        || service
-            .runtime
-            .action(&a.action)
-            .is_some_and(|p| p.policy.access.may_approve(caller))
+    a.caller == caller.name || service.runtime.may_review(caller, a)
 }
 
 fn may_see_invocation(service: &Service, caller: &Caller, i: &InvocationRecord) -> bool {
-    i.caller.name == caller.name
-        || service
-            .runtime
-            .action(&i.action)
-            .is_some_and(|p| p.policy.access.may_approve(caller))
+    i.caller.name == caller.name || service.runtime.may_review_action(caller, &i.action)
 }
 
 async fn home(State(service): State<Shared>, SignedIn { caller, session }: SignedIn) -> Response {
@@ -537,10 +529,7 @@ async fn approval_page(
     body.push_str("</ul>");
     let may_decide = a.state == ApprovalState::Pending
         && a.caller != caller.name
-        && service
-            .runtime
-            .action(&a.action)
-            .is_some_and(|p| p.policy.access.may_approve(&caller));
+        && service.runtime.may_review(&caller, &a);
     if may_decide {
         let csrf = esc(&session.csrf);
         let _ = write!(
@@ -803,7 +792,7 @@ async fn actions_page(State(service): State<Shared>, SignedIn { caller, session 
         };
         let p = &action.policy;
         // As in /v1/actions: only what the caller may invoke or approve.
-        if !p.access.may_invoke(&caller) && !p.access.may_approve(&caller) {
+        if !action.decisions.may_list(&caller) && !service.runtime.may_review_action(&caller, &name) {
             continue;
         }
         let _ = write!(

@@ -99,7 +99,7 @@ impl AirlockMcp {
         for name in runtime.action_names() {
             let Some(action) = runtime.action(&name) else { continue };
             let policy = &action.policy;
-            if !policy.access.may_invoke(caller) {
+            if !action.decisions.may_list(caller) {
                 continue;
             }
             for f in &action.manifest.functions {
@@ -114,6 +114,8 @@ impl AirlockMcp {
                 description.push_str(&format!(" (function `{}`", f.name));
                 if policy.approval.invocation {
                     description.push_str("; every call waits for a reviewer's approval");
+                } else if action.decisions.may_hold(&f.name) {
+                    description.push_str("; a call may wait for a reviewer's approval");
                 }
                 description.push(')');
                 let mut annotations = ToolAnnotations::new();
@@ -352,25 +354,21 @@ impl ServerHandler for AirlockMcp {
             ));
         };
         let runtime = &self.service.runtime;
-        if let Err(e) = runtime.admit(&caller, action, function, &args).await {
-            return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into());
-        }
+        let admitted = match runtime.admit(&caller, action, function, &args).await {
+            Ok(a) => a,
+            Err(e) => return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into()),
+        };
         let invocation = crate::invocation::new_invocation_id();
         // A task of its own: the invocation is stored and goes on (running,
         // or held by a gate) after this call returns a pending result.
         let task = {
             let service = self.service.clone();
-            let (invocation, caller, action, function, args) = (
-                invocation.clone(),
-                caller.clone(),
-                action.clone(),
-                function.clone(),
-                args.clone(),
-            );
+            let (invocation, caller, function, args) =
+                (invocation.clone(), caller.clone(), function.clone(), args.clone());
             tokio::spawn(async move {
                 service
                     .runtime
-                    .run_stored(&invocation, &caller, &action, &function, &args)
+                    .run_stored(&invocation, &caller, &admitted, &function, &args)
                     .await
             })
         };

@@ -142,9 +142,61 @@ pub struct ApprovalRecord {
     /// every token they could approve with had been revoked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uncounted: Vec<String>,
+    /// The reviewers asked: `action` (the action's own `access.approve`)
+    /// or an `[approval-groups]` name. Absent before policies named groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Who may decide, as the request was made: decisions are judged
+    /// against these, not against whatever the config says later. Absent
+    /// in requests made before policies named groups (the action's
+    /// `access` decides those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<ApproverRules>,
+    /// The policies that asked for approval (ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    /// Why reviewers are asked: the deciding policy's `@reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// Who may decide a request, as written in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ApproverRules {
+    pub approve: Vec<String>,
+    pub agent_approvers: Vec<String>,
+}
+
+impl ApproverRules {
+    pub fn of(access: &crate::approval::AccessPolicy) -> ApproverRules {
+        ApproverRules {
+            approve: access.approve.iter().map(ToString::to_string).collect(),
+            agent_approvers: access.agent_approvers.iter().map(ToString::to_string).collect(),
+        }
+    }
 }
 
 impl ApprovalRecord {
+    /// Who may decide this request: the rules it was made with, or (for a
+    /// request made before requests carried them) `fallback`, the action's
+    /// access policy. Rules that no longer parse let nobody decide.
+    pub fn reviewers(&self, fallback: &crate::approval::AccessPolicy) -> crate::approval::AccessPolicy {
+        match &self.rules {
+            None => fallback.clone(),
+            Some(rules) => crate::approval::AccessPolicy::resolve(&crate::approval::policy::RawAccess {
+                invoke: Some(Vec::new()),
+                approve: rules.approve.clone(),
+                agent_approvers: rules.agent_approvers.clone(),
+            })
+            .unwrap_or(crate::approval::AccessPolicy {
+                invoke: Vec::new(),
+                approve: Vec::new(),
+                agent_approvers: Vec::new(),
+            }),
+        }
+    }
+
     /// Approvals that counted at the last decision.
     pub fn approvals(&self) -> usize {
         self.decisions

@@ -1263,6 +1263,10 @@ mod tests {
             owner: None,
             decisions: vec![],
             uncounted: vec![],
+            group: None,
+            rules: None,
+            policies: vec![],
+            why: None,
         }
     }
 

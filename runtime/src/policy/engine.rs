@@ -1,0 +1,702 @@
+//! The one place invocations are decided: Cedar policies (the config's
+//! policy files and the TOML keys' shorthand) evaluated for a caller, an
+//! action's function and its arguments.
+//!
+//! Decisions (see [`Outcome`]):
+//!
+//! - a satisfied `forbid` refuses, with its `@reason`;
+//! - a satisfied `forbid` with `@approval` holds the request for that
+//!   group, provided some `permit` allows it (else it is refused: nothing
+//!   permits it);
+//! - a satisfied `permit` allows; a satisfied `permit` with `@approval`
+//!   allows once its group approves;
+//! - nothing satisfied refuses (deny by default);
+//! - a policy that cannot be evaluated (an overflow, a missing attribute)
+//!   refuses: Cedar would skip it, and a skipped `forbid` must never turn
+//!   into an allow.
+//!
+//! When several gates apply, the strictest one wins: the highest quorum,
+//! then the longest time to decide, then the smallest policy id.
+//!
+//! Cost: only the policies that can apply to a function reach Cedar (each
+//! function has its own slice, built at load), and of those only the ones
+//! whose principal scope can match the caller (filtered once per caller
+//! and cached); an argument is converted only if a policy reads it.
+
+use super::context::{self, Offset, Reads};
+use super::schema::{self, ActionTypes, INVOKE};
+use super::shorthand::{self, LOCAL_OPERATOR};
+use super::source::{self, ACTION_GROUP, PolicyRef, Rule};
+use super::{ActionPolicy, source::Groups};
+use crate::approval::policy::AccessPolicy;
+use crate::identity::{Caller, IdentityKind};
+use crate::manifest::FunctionSig;
+use crate::values::{JsonPath, ValueType};
+use cedar_policy::{
+    ActionConstraint, Authorizer, Context, Decision, Entities, Entity, EntityUid, PolicySet, PrincipalConstraint,
+    Request, ResourceConstraint, RestrictedExpression,
+};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Most callers whose filtered policies one function keeps.
+const CALLER_CACHE: usize = 1024;
+
+/// A decision and the policies that took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    /// The policies that decided, sorted by id. Empty only when nothing
+    /// permits the request (deny by default).
+    pub policies: Vec<PolicyRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    Deny { reason: String },
+    Approve(Requirement),
+}
+
+/// What an approval needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// The gate whose requirement won.
+    pub policy: PolicyRef,
+    /// `action` (the action's own reviewers) or an `[approval-groups]` name.
+    pub group: String,
+    pub approvers: AccessPolicy,
+    pub quorum: u32,
+    pub ttl: Duration,
+    /// The gate's `@reason`: why reviewers are asked.
+    pub why: Option<String>,
+    /// The rule as requests name it: the TOML key for shorthand
+    /// (`approval.invocation`), else `policy ID`.
+    pub rule: String,
+}
+
+impl Verdict {
+    /// The deciding policies' ids.
+    pub fn policy_ids(&self) -> Vec<String> {
+        self.policies.iter().map(|p| p.id.clone()).collect()
+    }
+
+    /// One line for people: the outcome and the policies.
+    pub fn describe(&self) -> String {
+        let policies = if self.policies.is_empty() {
+            "no policy permits it".to_string()
+        } else {
+            self.policies.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        };
+        match &self.outcome {
+            Outcome::Allow => format!("allow (policies: {policies})"),
+            Outcome::Deny { reason } => format!("deny: {reason} (policies: {policies})"),
+            Outcome::Approve(r) => format!("approval required: {} (policies: {policies})", r.describe()),
+        }
+    }
+}
+
+impl Requirement {
+    pub fn rule_text(&self) -> String {
+        self.rule.clone()
+    }
+
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "group {} ({}), quorum {}, open for {}",
+            self.group,
+            {
+                let list = self.approvers.approvers_text();
+                if list.is_empty() { "nobody".to_string() } else { list.join(", ") }
+            },
+            self.quorum,
+            duration_text(self.ttl)
+        );
+        if let Some(why) = &self.why {
+            s.push_str(&format!("; why: {why}"));
+        }
+        s
+    }
+}
+
+/// The policies of one action, sliced per function.
+pub struct ToolPolicy {
+    name: String,
+    tool: EntityUid,
+    /// Action entities (with their hierarchy) and the tool.
+    base: Entities,
+    functions: HashMap<String, Slice>,
+    groups: Arc<Groups>,
+    /// The action's own reviewers (group `action`).
+    access: AccessPolicy,
+    /// Default time an invocation request stays open.
+    ttl: Duration,
+    offset: Offset,
+}
+
+impl std::fmt::Debug for ToolPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolPolicy")
+            .field("name", &self.name)
+            .field("functions", &self.functions.len())
+            .finish()
+    }
+}
+
+struct Slice {
+    action: EntityUid,
+    params: Vec<(String, ValueType)>,
+    rules: Vec<Arc<Rule>>,
+    reads: Reads,
+    cache: Mutex<HashMap<CallerKey, Arc<ForCaller>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CallerKey {
+    name: String,
+    kind: IdentityKind,
+    local: bool,
+    roles: Vec<String>,
+}
+
+impl CallerKey {
+    fn of(caller: &Caller) -> CallerKey {
+        let mut roles = caller.roles.clone();
+        roles.sort();
+        roles.dedup();
+        CallerKey {
+            name: caller.name.clone(),
+            kind: caller.kind,
+            local: caller.is_local(),
+            roles,
+        }
+    }
+}
+
+/// A function's policies that can apply to one caller.
+struct ForCaller {
+    principal: EntityUid,
+    all: PolicySet,
+    permits: PolicySet,
+    entities: Entities,
+    rules: HashMap<String, Arc<Rule>>,
+}
+
+fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
+    let text = format!("{ty}::{}", quote(id));
+    text.parse().map_err(|e| format!("entity {text}: {e}"))
+}
+
+/// A Cedar string literal.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn principal_entity(caller: &Caller) -> Result<(EntityUid, Vec<Entity>), String> {
+    let me = uid("Identity", &caller.name)?;
+    let mut parents = HashSet::new();
+    let mut others = Vec::new();
+    if caller.is_local() {
+        let op: EntityUid = LOCAL_OPERATOR.parse().map_err(|e| format!("{e}"))?;
+        others.push(Entity::with_uid(op.clone()));
+        parents.insert(op);
+    }
+    for role in &caller.roles {
+        let r = uid("Role", role)?;
+        others.push(Entity::with_uid(r.clone()));
+        parents.insert(r);
+    }
+    let attrs = HashMap::from([
+        (
+            "kind".to_string(),
+            RestrictedExpression::new_string(caller.kind.to_string()),
+        ),
+        ("local".to_string(), RestrictedExpression::new_bool(caller.is_local())),
+    ]);
+    let entity = Entity::new(me.clone(), attrs, parents).map_err(|e| e.to_string())?;
+    others.push(entity);
+    Ok((me, others))
+}
+
+/// Whether a principal scope can match `caller` (conditions aside).
+fn principal_may_match(c: &PrincipalConstraint, me: &EntityUid, parents: &[EntityUid]) -> bool {
+    let is_identity = |t: &cedar_policy::EntityTypeName| t.to_string() == "Identity";
+    let within = |u: &EntityUid| u == me || parents.contains(u);
+    match c {
+        PrincipalConstraint::Any => true,
+        PrincipalConstraint::Eq(u) => u == me,
+        PrincipalConstraint::In(u) => within(u),
+        PrincipalConstraint::Is(t) => is_identity(t),
+        PrincipalConstraint::IsIn(t, u) => is_identity(t) && within(u),
+    }
+}
+
+fn caller_parents(caller: &Caller) -> Result<Vec<EntityUid>, String> {
+    let mut out = Vec::new();
+    if caller.is_local() {
+        out.push(LOCAL_OPERATOR.parse().map_err(|e| format!("{e}"))?);
+    }
+    for role in &caller.roles {
+        out.push(uid("Role", role)?);
+    }
+    Ok(out)
+}
+
+/// Whether an action scope covers one of `actions`.
+fn action_may_match(c: &ActionConstraint, actions: &[EntityUid]) -> bool {
+    match c {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(u) => actions.first() == Some(u),
+        ActionConstraint::In(list) => list.iter().any(|u| actions.contains(u)),
+    }
+}
+
+fn resource_may_match(c: &ResourceConstraint, tool: &EntityUid) -> bool {
+    let is_tool = |t: &cedar_policy::EntityTypeName| t.to_string() == "Tool";
+    match c {
+        ResourceConstraint::Any => true,
+        ResourceConstraint::Eq(u) | ResourceConstraint::In(u) => u == tool,
+        ResourceConstraint::Is(t) => is_tool(t),
+        ResourceConstraint::IsIn(t, u) => is_tool(t) && u == tool,
+    }
+}
+
+/// Everything a decision reads about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub caller: &'a Caller,
+    pub function: &'a str,
+    pub args: &'a Value,
+    /// Unix microseconds.
+    pub now: u64,
+}
+
+impl ToolPolicy {
+    /// The policies of action `policy` exporting `functions`: its
+    /// shorthand and every file policy whose scope can reach it.
+    pub fn build(policy: &ActionPolicy, functions: &[FunctionSig], digest: &str) -> Result<ToolPolicy, String> {
+        let name = &policy.name;
+        let files = &policy.policy_files;
+        let shorthand_text = shorthand::generate(policy);
+        let at = match &policy.origin {
+            super::GrantOrigin::Config { path, line } => format!("{}:{line}", path.display()),
+            super::GrantOrigin::Flags => "command line".to_string(),
+        };
+        let generated = source::parse(&format!("{name} (TOML shorthand)"), &shorthand_text, &files.groups)
+            .map_err(|e| format!("the TOML access and approval keys did not translate to policies (a bug): {}", e.join("; ")))?;
+        let mut rules: Vec<Arc<Rule>> = Vec::new();
+        let mut ids: BTreeMap<String, String> = BTreeMap::new();
+        for mut r in generated {
+            // Generated policies are found at the action's TOML section.
+            r.reference.at = at.clone();
+            r.key = r.reference.id.strip_prefix(&format!("{name}.")).map(str::to_string);
+            rules.push(Arc::new(r));
+        }
+        rules.extend(files.rules.iter().cloned());
+        for r in &rules {
+            if let Some(first) = ids.insert(r.reference.id.clone(), r.reference.at.clone()) {
+                return Err(format!(
+                    "policy id {:?} is used twice ({first} and {}); ids must be unique",
+                    r.reference.id, r.reference.at
+                ));
+            }
+        }
+        let types = [ActionTypes::of(name, functions)];
+        let schema = schema::schema(&types)?;
+        let tool = uid("Tool", name)?;
+        let tool_entity = Entity::new(
+            tool.clone(),
+            HashMap::from([
+                ("name".to_string(), RestrictedExpression::new_string(name.clone())),
+                (
+                    "service_identity".to_string(),
+                    RestrictedExpression::new_string(policy.service_identity.clone()),
+                ),
+                ("digest".to_string(), RestrictedExpression::new_string(digest.to_string())),
+            ]),
+            HashSet::new(),
+        )
+        .map_err(|e| e.to_string())?;
+        let base = schema
+            .action_entities()
+            .and_then(|e| e.add_entities([tool_entity], None))
+            .map_err(|e| format!("policy entities: {e}"))?;
+        let root = uid("Action", INVOKE)?;
+        let action_uid = uid("Action", name)?;
+        let mut slices = HashMap::new();
+        for f in functions {
+            let fn_uid = uid("Action", &schema::function_action(name, &f.name))?;
+            let scope = [fn_uid.clone(), action_uid.clone(), root.clone()];
+            let applicable: Vec<Arc<Rule>> = rules
+                .iter()
+                .filter(|r| {
+                    action_may_match(&r.policy.action_constraint(), &scope)
+                        && resource_may_match(&r.policy.resource_constraint(), &tool)
+                })
+                .cloned()
+                .collect();
+            let mut reads = Reads::default();
+            for r in &applicable {
+                reads.merge(&Reads::of(&r.policy));
+            }
+            slices.insert(
+                f.name.clone(),
+                Slice {
+                    action: fn_uid,
+                    params: f.params.clone(),
+                    rules: applicable,
+                    reads,
+                    cache: Mutex::new(HashMap::new()),
+                },
+            );
+        }
+        let tool_policy = ToolPolicy {
+            name: name.clone(),
+            tool,
+            base,
+            functions: slices,
+            groups: files.groups.clone(),
+            access: policy.access.clone(),
+            ttl: policy.approval.ttl,
+            offset: policy.timezone,
+        };
+        // Every gate must name reviewers who exist.
+        for slice in tool_policy.functions.values() {
+            for r in &slice.rules {
+                if let Some(g) = &r.gate
+                    && !tool_policy.approvers(&g.group).is_some_and(AccessPolicy::has_approvers)
+                {
+                    return Err(format!(
+                        "policy {} asks group {:?} for approval of action `{name}`, but nobody may approve: {}",
+                        r.reference,
+                        g.group,
+                        if g.group == ACTION_GROUP {
+                            "set access.approve (or access.agent-approvers) for the action"
+                        } else {
+                            "the group has no approve or agent-approvers entries"
+                        }
+                    ));
+                }
+            }
+        }
+        Ok(tool_policy)
+    }
+
+    fn approvers(&self, group: &str) -> Option<&AccessPolicy> {
+        if group == ACTION_GROUP {
+            Some(&self.access)
+        } else {
+            self.groups.get(group)
+        }
+    }
+
+    /// Whether `caller` could ever be allowed a function (principal scopes
+    /// only, conditions not evaluated): what listings show.
+    pub fn may_list(&self, caller: &Caller) -> bool {
+        let (Ok(me), Ok(parents)) = (uid("Identity", &caller.name), caller_parents(caller)) else {
+            return false;
+        };
+        self.functions.values().any(|s| {
+            s.rules
+                .iter()
+                .any(|r| !r.forbid && principal_may_match(&r.policy.principal_constraint(), &me, &parents))
+        })
+    }
+
+    /// Whether `caller` is among the reviewers some gate of these policies
+    /// can ask.
+    pub fn may_review(&self, caller: &Caller) -> bool {
+        self.functions.values().any(|s| {
+            s.rules.iter().any(|r| {
+                r.gate
+                    .as_ref()
+                    .and_then(|g| self.approvers(&g.group))
+                    .is_some_and(|a| a.may_approve(caller))
+            })
+        })
+    }
+
+    /// Whether an invocation of `function` could be held for approval.
+    pub fn may_hold(&self, function: &str) -> bool {
+        self.functions
+            .get(function)
+            .is_none_or(|s| s.rules.iter().any(|r| r.gate.is_some()))
+    }
+
+    fn for_caller(&self, slice: &Slice, caller: &Caller) -> Result<Arc<ForCaller>, String> {
+        let key = CallerKey::of(caller);
+        let mut cache = slice.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = cache.get(&key) {
+            return Ok(hit.clone());
+        }
+        let (me, entities) = principal_entity(caller)?;
+        let parents = caller_parents(caller)?;
+        let mine: Vec<&Arc<Rule>> = slice
+            .rules
+            .iter()
+            .filter(|r| principal_may_match(&r.policy.principal_constraint(), &me, &parents))
+            .collect();
+        let all = PolicySet::from_policies(mine.iter().map(|r| r.policy.clone())).map_err(|e| e.to_string())?;
+        let permits = PolicySet::from_policies(mine.iter().filter(|r| !r.forbid).map(|r| r.policy.clone()))
+            .map_err(|e| e.to_string())?;
+        let entities = self
+            .base
+            .clone()
+            .add_entities(entities, None)
+            .map_err(|e| format!("policy entities: {e}"))?;
+        let built = Arc::new(ForCaller {
+            principal: me,
+            all,
+            permits,
+            entities,
+            rules: mine.iter().map(|r| (r.reference.id.clone(), Arc::clone(r))).collect(),
+        });
+        if cache.len() >= CALLER_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, built.clone());
+        Ok(built)
+    }
+
+    /// Decide an invocation. Never errs: whatever goes wrong refuses.
+    pub fn decide(&self, ask: &Ask<'_>) -> Verdict {
+        match self.try_decide(ask) {
+            Ok(v) => v,
+            Err(reason) => Verdict {
+                outcome: Outcome::Deny { reason },
+                policies: Vec::new(),
+            },
+        }
+    }
+
+    fn try_decide(&self, ask: &Ask<'_>) -> Result<Verdict, String> {
+        let slice = self
+            .functions
+            .get(ask.function)
+            .ok_or_else(|| format!("action `{}` has no function `{}`", self.name, ask.function))?;
+        let for_caller = self.for_caller(slice, ask.caller)?;
+        let mut pairs: Vec<(String, RestrictedExpression)> = Vec::new();
+        if slice.reads.all_args || !slice.reads.args.is_empty() {
+            let obj = ask
+                .args
+                .as_object()
+                .ok_or_else(|| "the arguments are not a JSON object".to_string())?;
+            let values = crate::values::record_from_json(&slice.params, obj, &JsonPath::root("args"))
+                .map_err(|e| e.to_string())?;
+            let values: Vec<_> = values.into_iter().map(|(_, v)| v).collect();
+            pairs.push((
+                "args".into(),
+                context::args_record(&slice.params, &values, &slice.reads)?,
+            ));
+        }
+        if slice.reads.now {
+            let now = context::Now::at(ask.now, self.offset);
+            pairs.push(("now".into(), now.record(slice.reads.now_datetime)?));
+        }
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
+        let request = Request::new(
+            for_caller.principal.clone(),
+            slice.action.clone(),
+            self.tool.clone(),
+            context,
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        let authorizer = Authorizer::new();
+        let first = authorizer.is_authorized(&request, &for_caller.all, &for_caller.entities);
+        if let Some(e) = first.diagnostics().errors().next() {
+            // Cedar skips a policy it cannot evaluate; a skipped forbid must
+            // not become an allow.
+            #[allow(unreachable_patterns)]
+            let id = match e {
+                cedar_policy::AuthorizationError::PolicyEvaluationError(p) => p.policy_id().to_string(),
+                _ => "?".to_string(),
+            };
+            let at = for_caller.rules.get(&id).map_or(id.clone(), |r| r.reference.to_string());
+            return Ok(Verdict {
+                outcome: Outcome::Deny {
+                    reason: format!("policy {at} could not be evaluated: {}", source::one_line(&e.to_string())),
+                },
+                policies: for_caller.rules.get(&id).map(|r| r.reference.clone()).into_iter().collect(),
+            });
+        }
+        let rules_of = |r: &cedar_policy::Response| -> Vec<Arc<Rule>> {
+            let mut v: Vec<Arc<Rule>> = r
+                .diagnostics()
+                .reason()
+                .filter_map(|id| for_caller.rules.get(&id.to_string()).cloned())
+                .collect();
+            v.sort_by(|a, b| a.reference.id.cmp(&b.reference.id));
+            v
+        };
+        let deciding = rules_of(&first);
+        let refs = |rules: &[Arc<Rule>]| rules.iter().map(|r| r.reference.clone()).collect::<Vec<_>>();
+        if first.decision() == Decision::Allow {
+            let gates: Vec<&Arc<Rule>> = deciding.iter().filter(|r| r.gate.is_some()).collect();
+            return Ok(Verdict {
+                outcome: match self.strictest(gates.into_iter()) {
+                    None => Outcome::Allow,
+                    Some(req) => Outcome::Approve(req),
+                },
+                policies: refs(&deciding),
+            });
+        }
+        if deciding.is_empty() {
+            return Ok(Verdict {
+                outcome: Outcome::Deny {
+                    reason: format!(
+                        "no policy permits {} to invoke {}",
+                        describe(ask.caller),
+                        schema::function_action(&self.name, ask.function)
+                    ),
+                },
+                policies: Vec::new(),
+            });
+        }
+        let hard: Vec<&Arc<Rule>> = deciding.iter().filter(|r| r.gate.is_none()).collect();
+        if let Some(first_hard) = hard.first() {
+            return Ok(Verdict {
+                outcome: Outcome::Deny {
+                    reason: first_hard
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| format!("forbidden by policy {}", first_hard.reference.id)),
+                },
+                policies: hard.iter().map(|r| r.reference.clone()).collect(),
+            });
+        }
+        // Only gating forbids: held, if something permits it at all.
+        let second = authorizer.is_authorized(&request, &for_caller.permits, &for_caller.entities);
+        if second.diagnostics().errors().next().is_some() || second.decision() != Decision::Allow {
+            return Ok(Verdict {
+                outcome: Outcome::Deny {
+                    reason: format!(
+                        "no policy permits {} to invoke {}",
+                        describe(ask.caller),
+                        schema::function_action(&self.name, ask.function)
+                    ),
+                },
+                policies: Vec::new(),
+            });
+        }
+        let mut all = deciding.clone();
+        all.extend(rules_of(&second));
+        all.sort_by(|a, b| a.reference.id.cmp(&b.reference.id));
+        let requirement = self
+            .strictest(all.iter().filter(|r| r.gate.is_some()))
+            .ok_or_else(|| "a gate without a requirement (a bug)".to_string())?;
+        Ok(Verdict {
+            outcome: Outcome::Approve(requirement),
+            policies: refs(&all),
+        })
+    }
+
+    fn strictest<'r>(&self, gates: impl Iterator<Item = &'r Arc<Rule>>) -> Option<Requirement> {
+        gates
+            .filter_map(|r| {
+                let g = r.gate.as_ref()?;
+                Some(Requirement {
+                    policy: r.reference.clone(),
+                    group: g.group.clone(),
+                    approvers: self.approvers(&g.group).cloned().unwrap_or(AccessPolicy {
+                        invoke: Vec::new(),
+                        approve: Vec::new(),
+                        agent_approvers: Vec::new(),
+                    }),
+                    quorum: g.quorum,
+                    ttl: g.ttl.unwrap_or(self.ttl),
+                    why: r.reason.clone(),
+                    rule: r.key.clone().unwrap_or_else(|| format!("policy {}", r.reference)),
+                })
+            })
+            .min_by(|a, b| {
+                b.quorum
+                    .cmp(&a.quorum)
+                    .then(b.ttl.cmp(&a.ttl))
+                    .then(a.policy.id.cmp(&b.policy.id))
+            })
+    }
+}
+
+/// `4h`, `30m`, `1h30m`, `90s`.
+pub fn duration_text(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
+    let mut out = String::new();
+    for (n, unit) in [(days, "d"), (h, "h"), (m, "m"), (sec, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
+}
+
+fn describe(caller: &Caller) -> String {
+    match (caller.is_local(), caller.kind) {
+        (true, _) => format!("the local operator ({})", caller.name),
+        (false, IdentityKind::Agent) => format!("agent `{}`", caller.name),
+        (false, IdentityKind::Human) => format!("`{}`", caller.name),
+    }
+}
+
+/// Check every policy of a config against the schema of its loaded
+/// actions (Cedar's strict validation): a policy that names a missing
+/// argument, compares a string with a number, or names an action or
+/// function that does not exist is refused, each problem as
+/// `file:line:col: …`.
+pub fn validate(actions: &[(&ActionPolicy, &[FunctionSig])]) -> Result<(), Vec<String>> {
+    let Some((first, _)) = actions.first() else {
+        return Ok(());
+    };
+    let files = &first.policy_files;
+    let types: Vec<ActionTypes<'_>> = actions.iter().map(|(p, f)| ActionTypes::of(&p.name, f)).collect();
+    let schema = schema::schema(&types).map_err(|e| vec![e])?;
+    let mut set = PolicySet::new();
+    let mut errors = Vec::new();
+    for r in &files.rules {
+        if let Err(e) = set.add(r.policy.clone()) {
+            errors.push(format!("{}: {e}", r.reference.at));
+        }
+    }
+    let result = cedar_policy::Validator::new(schema).validate(&set, cedar_policy::ValidationMode::Strict);
+    use miette::Diagnostic as _;
+    for e in result.validation_errors() {
+        let id = e.policy_id().to_string();
+        let rule = files.rules.iter().find(|r| r.reference.id == id);
+        let place = match rule {
+            Some(r) => {
+                let file = r.reference.at.rsplit_once(':').map_or(r.reference.at.as_str(), |(f, _)| f);
+                match (files.source(file), e.labels().and_then(|mut l| l.next())) {
+                    (Some(text), Some(label)) => {
+                        let (line, col) = source::line_col(text, label.offset());
+                        format!("{file}:{line}:{col}")
+                    }
+                    _ => r.reference.at.clone(),
+                }
+            }
+            None => id.clone(),
+        };
+        errors.push(format!("{place}: policy {id}: {}", source::one_line(&e.to_string())));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
