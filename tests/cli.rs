@@ -464,7 +464,7 @@ fn policy_schema_lists_every_function_with_its_typed_arguments() {
         "v_u64: __cedar::Long",
         "v_f64: __cedar::decimal",
         "label?: __cedar::String",
-        "entity Identity in [Role]",
+        "entity Identity in [Role, Operator]",
     ] {
         assert!(text.stdout.contains(needle), "{needle} missing:\n{}", text.stdout);
     }

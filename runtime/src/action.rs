@@ -134,8 +134,9 @@ pub fn prepare(
     check_imports(&policy, &manifest)?;
     // Fail closed: gates without an approval service would be gates nobody
     // can pass, or (worse) gates silently skipped.
-    let decisions = crate::policy::engine::ToolPolicy::build(&policy, &manifest.functions, &manifest.digest.to_string())
-        .map_err(|e| Error::Config(format!("action `{}`: {e}", policy.name)))?;
+    let decisions =
+        crate::policy::engine::ToolPolicy::build(&policy, &manifest.functions, &manifest.digest.to_string())
+            .map_err(|e| Error::Config(format!("action `{}`: {e}", policy.name)))?;
     if policy.may_need_approvals() && approvals.is_none() {
         return Err(Error::internal(format!(
             "action `{}` has approval rules, but no approval service was set up to enforce them",

@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 
 /// What became of a submitted request.
 #[derive(Debug)]
+// Returned once per request and moved, never stored in bulk: boxing the
+// records would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Submitted {
     /// It ran in this process.
     Ran(Report),
@@ -168,22 +171,27 @@ impl Runtime {
     /// the deciding policies), or must wait for approval. An unknown
     /// function or arguments that do not fit are refused here too, so
     /// reviewers are never asked about a request that could not run.
-    pub async fn admit(
-        &self,
-        caller: &Caller,
-        action: &str,
-        function: &str,
-        args: &Value,
-    ) -> Result<Admitted, Error> {
+    pub async fn admit(&self, caller: &Caller, action: &str, function: &str, args: &Value) -> Result<Admitted, Error> {
         let prepared = self.loaded(action, caller)?;
         // A caller no policy could ever permit learns nothing about the
         // action's functions or arguments.
         if !prepared.decisions.may_list(caller) {
             let refused = format!("{} may not invoke action `{action}`", describe(caller));
-            let recorded = Error::Forbidden(format!("{refused}: no policy permits it"));
+            // The record names the TOML rule for the operator; the
+            // caller is told only that nothing permits it (the rule lists
+            // identities and roles that are not a remote caller's business).
+            let allowed: Vec<String> = prepared.policy.access.invoke.iter().map(ToString::to_string).collect();
+            let recorded = Error::Forbidden(format!(
+                "{refused}: no policy permits it (access.invoke: {})",
+                if allowed.is_empty() {
+                    "nobody".into()
+                } else {
+                    allowed.join(", ")
+                }
+            ));
             return Err(
                 match prepared.refuse(&new_invocation_id(), caller, function, recorded).await {
-                    Error::Forbidden(_) => Error::Forbidden(refused),
+                    Error::Forbidden(_) if !caller.is_local() => Error::Forbidden(refused),
                     other => other,
                 },
             );
@@ -208,11 +216,9 @@ impl Runtime {
                 "{} may not invoke action `{action}`: {reason}{named}",
                 describe(caller)
             ));
-            return Err(
-                prepared
-                    .refuse_by(&new_invocation_id(), caller, function, error, policies)
-                    .await,
-            );
+            return Err(prepared
+                .refuse_by(&new_invocation_id(), caller, function, error, policies)
+                .await);
         }
         Ok(Admitted {
             prepared,
@@ -699,8 +705,7 @@ impl Runtime {
     /// approve it. `airlock approvals list | show` and the HTTP API show
     /// requests by this rule.
     pub fn may_see_approval(&self, caller: &Caller, approval: &ApprovalRecord) -> bool {
-        approval.caller == caller.name
-            || self.may_review(caller, approval)
+        approval.caller == caller.name || self.may_review(caller, approval)
     }
 
     /// Whether `caller` is one of the reviewers request `approval` asks

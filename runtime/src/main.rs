@@ -787,10 +787,14 @@ fn check(config: PathBuf) -> Result<ExitCode, Error> {
     let mut runtime = Runtime::new(&policy.runtime)?;
     let mut worst: Option<Error> = None;
     println!("config {}: {} action(s)", config.display(), policy.actions.len());
-    for (name, loaded) in runtime.load_all(&policy) {
+    for (name, loaded) in runtime.load_each(&policy) {
         match loaded {
             Ok(action) => {
                 println!("ok      {name}  {}", action.manifest.digest);
+                let decided_by = action.decisions.policy_refs();
+                if !decided_by.is_empty() {
+                    println!("          policies: {}", decided_by.join(", "));
+                }
                 let grants = action.policy.grants.describe();
                 if grants.is_empty() {
                     println!("          capabilities: none (inert baseline only)");
@@ -849,6 +853,12 @@ fn check(config: PathBuf) -> Result<ExitCode, Error> {
                     worst = Some(e);
                 }
             }
+        }
+    }
+    if let Err(e) = runtime.validate_policies(&policy) {
+        println!("REFUSED policy files: {e}");
+        if worst.as_ref().is_none_or(|w| e.exit_code() > w.exit_code()) {
+            worst = Some(e);
         }
     }
     match worst {

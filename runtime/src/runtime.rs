@@ -120,11 +120,7 @@ impl Runtime {
     /// is refused, so is every action, since a policy that cannot be
     /// trusted to mean what it says must not decide anything.
     pub fn load_all(&mut self, policy: &Policy) -> Vec<(String, Result<Arc<PreparedAction>, Error>)> {
-        let loaded: Vec<(String, Result<Arc<PreparedAction>, Error>)> = policy
-            .actions
-            .values()
-            .map(|a| (a.name.clone(), self.prepare(a.clone())))
-            .collect();
+        let loaded = self.load_each(policy);
         match self.validate_policies(policy) {
             Ok(()) => loaded,
             Err(e) => {
@@ -138,6 +134,17 @@ impl Runtime {
                     .collect()
             }
         }
+    }
+
+    /// Load every action of `policy` without checking the policy files
+    /// against them ([`Runtime::load_all`] does; `airlock check` reports
+    /// the two separately).
+    pub fn load_each(&mut self, policy: &Policy) -> Vec<(String, Result<Arc<PreparedAction>, Error>)> {
+        policy
+            .actions
+            .values()
+            .map(|a| (a.name.clone(), self.prepare(a.clone())))
+            .collect()
     }
 
     /// Check the config's policy files against the loaded actions' schema.

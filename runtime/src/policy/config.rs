@@ -3,7 +3,6 @@
 use super::context::Offset;
 use super::limits::{LimitOverrides, Limits};
 use super::source::{ACTION_GROUP, Groups, PolicyFiles};
-use std::sync::Arc;
 use crate::approval::policy::{AccessPolicy, ApprovalPolicy, RawAccess, RawApproval};
 use crate::capabilities::{Grants, RawGrants};
 use crate::error::Error;
@@ -11,6 +10,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Default number of instances that may run at once (pooling allocator size).
 pub const DEFAULT_MAX_CONCURRENT_INSTANCES: u32 = 64;
@@ -284,7 +284,8 @@ impl Policy {
             .unwrap_or_default();
         let mut groups = Groups::new();
         for (name, g) in &raw.approval_groups {
-            crate::identity::validate_name(name, "approval group").map_err(|e| bad(format!("approval-groups.{name}: {e}")))?;
+            crate::identity::validate_name(name, "approval group")
+                .map_err(|e| bad(format!("approval-groups.{name}: {e}")))?;
             if name == ACTION_GROUP {
                 return Err(bad(format!(
                     "approval-groups.{ACTION_GROUP}: the name is reserved for each action's own access.approve"

@@ -173,7 +173,11 @@ pub fn value(ty: &ValueType, val: &Val, path: &str) -> Result<Option<RestrictedE
             )
         })?),
         (ValueType::F32, Val::Float32(f)) => decimal(f64::from(*f), &f.to_string(), path)?,
-        (ValueType::F64, Val::Float64(f)) => decimal(*f, &serde_json::Number::from_f64(*f).map_or_else(|| f.to_string(), |n| n.to_string()), path)?,
+        (ValueType::F64, Val::Float64(f)) => decimal(
+            *f,
+            &serde_json::Number::from_f64(*f).map_or_else(|| f.to_string(), |n| n.to_string()),
+            path,
+        )?,
         (ValueType::Char, Val::Char(c)) => RestrictedExpression::new_string(c.to_string()),
         (ValueType::String, Val::String(s)) => RestrictedExpression::new_string(s.clone()),
         (ValueType::Enum(_), Val::Enum(s)) => RestrictedExpression::new_string(s.clone()),
@@ -294,7 +298,11 @@ impl Offset {
             _ => return Err(bad()),
         };
         let (h, m) = rest.split_once(':').ok_or_else(bad)?;
-        let h: i64 = h.parse().ok().filter(|h| (0..=14).contains(h) && rest.len() == 5).ok_or_else(bad)?;
+        let h: i64 = h
+            .parse()
+            .ok()
+            .filter(|h| (0..=14).contains(h) && rest.len() == 5)
+            .ok_or_else(bad)?;
         let m: i64 = m.parse().ok().filter(|m| (0..60).contains(m)).ok_or_else(bad)?;
         Ok(Offset {
             seconds: sign * (h * 3600 + m * 60),
@@ -366,7 +374,10 @@ mod tests {
         let r = reads(
             r#"permit(principal, action, resource) when { context.args.amount > 5 && context.args has note && context.now.hour < 9 };"#,
         );
-        assert_eq!(r.args.iter().map(String::as_str).collect::<Vec<_>>(), ["amount", "note"]);
+        assert_eq!(
+            r.args.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["amount", "note"]
+        );
         assert!(!r.all_args && r.now && !r.now_datetime);
         let r = reads(r#"permit(principal, action, resource) when { context.args["account_id"] == "x" };"#);
         assert!(r.arg("account_id") && !r.arg("amount"));
@@ -395,7 +406,10 @@ mod tests {
         // 2026-12-04T10:30:00Z is a Friday.
         let at = crate::time::parse_utc("2026-12-04T10:30:00Z").unwrap();
         let n = Now::at(at, Offset::default());
-        assert_eq!((n.date.as_str(), n.hour, n.minute, n.weekday), ("2026-12-04", 10, 30, 5));
+        assert_eq!(
+            (n.date.as_str(), n.hour, n.minute, n.weekday),
+            ("2026-12-04", 10, 30, 5)
+        );
         assert_eq!(n.utc, "2026-12-04T10:30:00.000Z");
         let n = Now::at(at, Offset::parse("+14:00").unwrap());
         assert_eq!((n.date.as_str(), n.hour, n.weekday), ("2026-12-05", 0, 6));

@@ -88,7 +88,11 @@ impl Verdict {
         let policies = if self.policies.is_empty() {
             "no policy permits it".to_string()
         } else {
-            self.policies.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            self.policies
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         match &self.outcome {
             Outcome::Allow => format!("allow (policies: {policies})"),
@@ -109,7 +113,11 @@ impl Requirement {
             self.group,
             {
                 let list = self.approvers.approvers_text();
-                if list.is_empty() { "nobody".to_string() } else { list.join(", ") }
+                if list.is_empty() {
+                    "nobody".to_string()
+                } else {
+                    list.join(", ")
+                }
             },
             self.quorum,
             duration_text(self.ttl)
@@ -299,8 +307,13 @@ impl ToolPolicy {
             super::GrantOrigin::Config { path, line } => format!("{}:{line}", path.display()),
             super::GrantOrigin::Flags => "command line".to_string(),
         };
-        let generated = source::parse(&format!("{name} (TOML shorthand)"), &shorthand_text, &files.groups)
-            .map_err(|e| format!("the TOML access and approval keys did not translate to policies (a bug): {}", e.join("; ")))?;
+        let generated =
+            source::parse(&format!("{name} (TOML shorthand)"), &shorthand_text, &files.groups).map_err(|e| {
+                format!(
+                    "the TOML access and approval keys did not translate to policies (a bug): {}",
+                    e.join("; ")
+                )
+            })?;
         let mut rules: Vec<Arc<Rule>> = Vec::new();
         let mut ids: BTreeMap<String, String> = BTreeMap::new();
         for mut r in generated {
@@ -329,14 +342,17 @@ impl ToolPolicy {
                     "service_identity".to_string(),
                     RestrictedExpression::new_string(policy.service_identity.clone()),
                 ),
-                ("digest".to_string(), RestrictedExpression::new_string(digest.to_string())),
+                (
+                    "digest".to_string(),
+                    RestrictedExpression::new_string(digest.to_string()),
+                ),
             ]),
             HashSet::new(),
         )
         .map_err(|e| e.to_string())?;
-        let base = schema
-            .action_entities()
-            .and_then(|e| e.add_entities([tool_entity], None))
+        let actions = schema.action_entities().map_err(|e| format!("policy entities: {e}"))?;
+        let base = actions
+            .add_entities([tool_entity], None)
             .map_err(|e| format!("policy entities: {e}"))?;
         let root = uid("Action", INVOKE)?;
         let action_uid = uid("Action", name)?;
@@ -418,6 +434,19 @@ impl ToolPolicy {
                 .iter()
                 .any(|r| !r.forbid && principal_may_match(&r.policy.principal_constraint(), &me, &parents))
         })
+    }
+
+    /// Every policy that can decide something of this action, as
+    /// `ID (FILE:LINE)`, sorted.
+    pub fn policy_refs(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .functions
+            .values()
+            .flat_map(|s| s.rules.iter().map(|r| r.reference.to_string()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Whether `caller` is among the reviewers some gate of these policies
@@ -529,12 +558,23 @@ impl ToolPolicy {
                 cedar_policy::AuthorizationError::PolicyEvaluationError(p) => p.policy_id().to_string(),
                 _ => "?".to_string(),
             };
-            let at = for_caller.rules.get(&id).map_or(id.clone(), |r| r.reference.to_string());
+            let at = for_caller
+                .rules
+                .get(&id)
+                .map_or(id.clone(), |r| r.reference.to_string());
             return Ok(Verdict {
                 outcome: Outcome::Deny {
-                    reason: format!("policy {at} could not be evaluated: {}", source::one_line(&e.to_string())),
+                    reason: format!(
+                        "policy {at} could not be evaluated: {}",
+                        source::one_line(&e.to_string())
+                    ),
                 },
-                policies: for_caller.rules.get(&id).map(|r| r.reference.clone()).into_iter().collect(),
+                policies: for_caller
+                    .rules
+                    .get(&id)
+                    .map(|r| r.reference.clone())
+                    .into_iter()
+                    .collect(),
             });
         }
         let rules_of = |r: &cedar_policy::Response| -> Vec<Arc<Rule>> {
@@ -685,7 +725,11 @@ pub fn validate(actions: &[(&ActionPolicy, &[FunctionSig])]) -> Result<(), Vec<S
         let rule = files.rules.iter().find(|r| r.reference.id == id);
         let place = match rule {
             Some(r) => {
-                let file = r.reference.at.rsplit_once(':').map_or(r.reference.at.as_str(), |(f, _)| f);
+                let file = r
+                    .reference
+                    .at
+                    .rsplit_once(':')
+                    .map_or(r.reference.at.as_str(), |(f, _)| f);
                 match (files.source(file), e.labels().and_then(|mut l| l.next())) {
                     (Some(text), Some(label)) => {
                         let (line, col) = source::line_col(text, label.offset());

@@ -5,9 +5,9 @@
 //! is refused before it is instantiated.
 
 mod config;
-mod limits;
 pub mod context;
 pub mod engine;
+mod limits;
 pub mod schema;
 pub mod shorthand;
 pub mod source;

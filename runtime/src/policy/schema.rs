@@ -466,7 +466,7 @@ when { context.args.method has card && context.args.method.card == "x" };"#,
             "note?",
             "branch_code?",
             "decimal",
-            "Identity in [Role]",
+            "Identity in [Role, Operator]",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

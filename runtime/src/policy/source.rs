@@ -120,10 +120,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         let n: u64 = digits.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
         digits.clear();
     }
     if !digits.is_empty() || s.is_empty() {
@@ -180,11 +177,7 @@ pub fn parse(name: &str, text: &str, groups: &Groups) -> Result<Vec<Rule>, Vec<S
             Err(e) => errors.push(here(format!("policy {id}: {e}"))),
         }
     }
-    if errors.is_empty() {
-        Ok(rules)
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(rules) } else { Err(errors) }
 }
 
 fn rule(policy: &cedar_policy::Policy, reference: PolicyRef, groups: &Groups) -> Result<Rule, String> {
@@ -249,7 +242,11 @@ fn rule(policy: &cedar_policy::Policy, reference: PolicyRef, groups: &Groups) ->
 
 /// Cedar's messages can span lines; airlock prints one line per problem.
 pub fn one_line(msg: &str) -> String {
-    msg.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    msg.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl PolicyFiles {
@@ -358,7 +355,9 @@ mod tests {
         assert!(bad("@quorum(\"2\") forbid(principal, action, resource);").contains("need @approval"));
         assert!(bad("@approval(\"action\") @quorum(\"17\") forbid(principal, action, resource);").contains("1 to 16"));
         assert!(bad("@approval(\"action\") @ttl(\"31d\") forbid(principal, action, resource);").contains("30d"));
-        assert!(bad("@approvl(\"action\") forbid(principal, action, resource);").contains("unknown annotation @approvl"));
+        assert!(
+            bad("@approvl(\"action\") forbid(principal, action, resource);").contains("unknown annotation @approvl")
+        );
         assert!(bad("permit(principal == ?principal, action, resource);").contains("templates"));
     }
 

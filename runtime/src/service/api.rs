@@ -461,8 +461,7 @@ async fn invocation(
 }
 
 fn visible(service: &Service, caller: &Caller, approval: &ApprovalRecord) -> bool {
-    approval.caller == caller.name
-        || service.runtime.may_review(caller, approval)
+    approval.caller == caller.name || service.runtime.may_review(caller, approval)
 }
 
 /// The first `want` records `fetch` reads (newest first) that `keep`

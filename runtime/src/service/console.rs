@@ -527,9 +527,8 @@ async fn approval_page(
         );
     }
     body.push_str("</ul>");
-    let may_decide = a.state == ApprovalState::Pending
-        && a.caller != caller.name
-        && service.runtime.may_review(&caller, &a);
+    let may_decide =
+        a.state == ApprovalState::Pending && a.caller != caller.name && service.runtime.may_review(&caller, a);
     if may_decide {
         let csrf = esc(&session.csrf);
         let _ = write!(

@@ -1,0 +1,426 @@
+//! Cedar policies: the shipped refund example decides every combination
+//! of amount, caller, time and account as its policies say; mistakes in
+//! policies are refused at `airlock check` with their line; `airlock
+//! policy eval` explains a decision without running anything; the TOML
+//! shorthand decides exactly as the access rules it stands for.
+
+mod support;
+
+use airlock::identity::{AccessRule, Caller, IdentityKind};
+use airlock::policy::Policy;
+use airlock::policy::engine::{Ask, Outcome, Verdict};
+use airlock::runtime::Runtime;
+use proptest::prelude::*;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use support::{airlock_with, component, toml_path};
+
+/// The refund example's config and policies, in a temp directory with the
+/// freshly built component.
+fn refund_world(dir: &Path) -> PathBuf {
+    let policies = support::repo_root().join("examples/refunds/policies.cedar");
+    std::fs::copy(&policies, dir.join("policies.cedar")).unwrap();
+    let example = std::fs::read_to_string(support::repo_root().join("examples/refunds/airlock.toml")).unwrap();
+    let text = example.replace(
+        "component = \"../../target/wasm32-wasip2/release/refund.wasm\"",
+        &format!("component = {}", toml_path(&component("refund"))),
+    );
+    assert_ne!(text, example, "the example's component line changed");
+    let text = format!("[runtime]\ndata-dir = {}\n\n{text}", toml_path(&dir.join("data")));
+    let path = dir.join("airlock.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn load(config: &Path) -> Runtime {
+    let policy = Policy::load(config).unwrap();
+    let mut runtime = Runtime::new(&policy.runtime).unwrap();
+    for (name, loaded) in runtime.load_all(&policy) {
+        if let Err(e) = loaded {
+            panic!("action {name} does not load: {e}");
+        }
+    }
+    runtime
+}
+
+fn agent(name: &str, roles: &[&str]) -> Caller {
+    Caller {
+        name: name.into(),
+        kind: IdentityKind::Agent,
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        token_id: Some(format!("tok-{name}")),
+    }
+}
+
+/// Local times of the example's `+01:00` zone, as UTC instants.
+fn at(local: &str) -> u64 {
+    airlock::time::parse_utc(local).unwrap() - 3_600_000_000
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Expect {
+    Allow(&'static [&'static str]),
+    Deny(&'static str, &'static [&'static str]),
+    Approve {
+        group: &'static str,
+        quorum: u32,
+        policy: &'static str,
+        policies: &'static [&'static str],
+    },
+}
+
+fn shape(v: &Verdict) -> Expect {
+    let ids: Vec<String> = v.policy_ids();
+    let leak = |ids: Vec<String>| -> &'static [&'static str] {
+        Box::leak(
+            ids.into_iter()
+                .map(|s| &*Box::leak(s.into_boxed_str()))
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        )
+    };
+    match &v.outcome {
+        Outcome::Allow => Expect::Allow(leak(ids)),
+        Outcome::Deny { reason } => Expect::Deny(Box::leak(reason.clone().into_boxed_str()), leak(ids)),
+        Outcome::Approve(r) => Expect::Approve {
+            group: Box::leak(r.group.clone().into_boxed_str()),
+            quorum: r.quorum,
+            policy: Box::leak(r.policy.id.clone().into_boxed_str()),
+            policies: leak(ids),
+        },
+    }
+}
+
+/// What the refund policies say, written out case by case.
+fn expected(amount: u64, caller: &str, office_hours: bool, closed: bool) -> Expect {
+    if closed {
+        return Expect::Deny("the account is closed", &["closed-accounts"]);
+    }
+    if caller != "support" {
+        // No policy permits anyone but support (the TOML default access is
+        // switched off in the example).
+        return Expect::Deny("", &[]);
+    }
+    let permit = match amount {
+        0..=100 => "refund-small",
+        101..=10_000 => "refund-medium",
+        _ => "refund-large",
+    };
+    let quorum = if amount > 10_000 { 2 } else { 1 };
+    match (office_hours, permit) {
+        (true, "refund-small") => Expect::Allow(&["refund-small"]),
+        (true, p) => Expect::Approve {
+            group: "finance",
+            quorum,
+            policy: p,
+            policies: if p == "refund-medium" {
+                &["refund-medium"]
+            } else {
+                &["refund-large"]
+            },
+        },
+        // Outside office hours the office-hours gate holds everything; the
+        // strictest gate wins: a quorum of 2 over 1, then the longer time
+        // to decide (office-hours keeps the action's default of 24 h, the
+        // amount gates say 4 h).
+        (false, p) => Expect::Approve {
+            group: "finance",
+            quorum,
+            policy: if quorum == 2 { "refund-large" } else { "office-hours" },
+            policies: match p {
+                "refund-small" => &["office-hours", "refund-small"],
+                "refund-medium" => &["office-hours", "refund-medium"],
+                _ => &["office-hours", "refund-large"],
+            },
+        },
+    }
+}
+
+#[test]
+fn the_refund_example_decides_every_amount_caller_time_and_account_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = load(&refund_world(dir.path()));
+    let refund = runtime.action("refund").unwrap();
+    let callers = [
+        ("support", agent("support-bot", &["support"])),
+        ("other", agent("sales-bot", &["sales"])),
+        ("local", Caller::local()),
+    ];
+    // Tuesday 10:00 and 22:00, Saturday 10:00, in the config's zone.
+    let times = [
+        ("2026-12-01T10:00:00", true),
+        ("2026-12-01T22:00:00", false),
+        ("2026-12-05T10:00:00", false),
+        ("2026-12-01T08:59:59", false),
+        ("2026-12-01T17:59:00", true),
+    ];
+    let mut checked = 0;
+    for amount in [1_u64, 100, 101, 10_000, 10_001, 9_223_372_036_854_775_807] {
+        for (who, caller) in &callers {
+            for (time, office) in times {
+                for (account, closed) in [("ACC-OPEN-7", false), ("ACC-CLOSED-2", true)] {
+                    let args = json!({"amount": amount, "account": account, "note": "customer called"});
+                    let verdict = refund.decisions.decide(&Ask {
+                        caller,
+                        function: "issue",
+                        args: &args,
+                        now: at(time),
+                    });
+                    let want = expected(amount, who, office, closed);
+                    let got = shape(&verdict);
+                    let case = format!("{amount} by {who} at {time} to {account}: {verdict:?}");
+                    match (&want, &got) {
+                        // The default deny's reason names the caller.
+                        (Expect::Deny("", []), Expect::Deny(reason, gp)) => {
+                            assert!(gp.is_empty() && reason.starts_with("no policy permits"), "{case}")
+                        }
+                        _ => assert_eq!(got, want, "{case}"),
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 6 * 3 * 5 * 2);
+}
+
+#[test]
+fn an_amount_policies_cannot_compare_is_refused_never_rounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = load(&refund_world(dir.path()));
+    let refund = runtime.action("refund").unwrap();
+    let args = json!({"amount": u64::MAX, "account": "ACC-OPEN-7"});
+    let verdict = refund.decisions.decide(&Ask {
+        caller: &agent("support-bot", &["support"]),
+        function: "issue",
+        args: &args,
+        now: at("2026-12-01T10:00:00"),
+    });
+    let Outcome::Deny { reason } = &verdict.outcome else {
+        panic!("{verdict:?}")
+    };
+    assert!(
+        reason.contains("args.amount = 18446744073709551615 exceeds 9223372036854775807"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_policy_that_cannot_be_evaluated_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = refund_world(dir.path());
+    // A forbid that overflows: Cedar skips it, airlock must not allow.
+    let mut policies = std::fs::read_to_string(dir.path().join("policies.cedar")).unwrap();
+    policies.push_str(
+        "\n@id(\"overflowing\")\nforbid(principal, action == Action::\"refund/issue\", resource) when { context.args.amount * 1000000000000 > 5 };\n",
+    );
+    std::fs::write(dir.path().join("policies.cedar"), policies).unwrap();
+    let runtime = load(&config);
+    let refund = runtime.action("refund").unwrap();
+    let big = json!({"amount": 50_000_000, "account": "ACC-OPEN-7"});
+    let verdict = refund.decisions.decide(&Ask {
+        caller: &agent("support-bot", &["support"]),
+        function: "issue",
+        args: &big,
+        now: at("2026-12-01T10:00:00"),
+    });
+    let Outcome::Deny { reason } = &verdict.outcome else {
+        panic!("{verdict:?}")
+    };
+    assert!(
+        reason.contains("overflowing") && reason.contains("could not be evaluated"),
+        "{reason}"
+    );
+    assert_eq!(verdict.policy_ids(), ["overflowing"]);
+}
+
+#[test]
+fn policy_mistakes_are_refused_at_check_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = refund_world(dir.path());
+    let good = airlock_with(&["check", "--config", config.to_str().unwrap()], b"", &[]);
+    assert_eq!(good.code, 0, "{good:?}");
+    assert!(good.stdout.contains("policies: closed-accounts"), "{good:?}");
+    let bad = "\n@id(\"typo\")\npermit(principal, action == Action::\"refund/issue\", resource)\nwhen { context.args.amout > 5 };\n\n@id(\"string-vs-number\")\npermit(principal, action == Action::\"refund/issue\", resource)\nwhen { context.args.account > 5 };\n\n@id(\"no-such-action\")\npermit(principal, action == Action::\"refnd/issue\", resource);\n";
+    std::fs::write(dir.path().join("bad.cedar"), bad).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "files = [\"policies.cedar\"]",
+        "files = [\"policies.cedar\", \"bad.cedar\"]",
+    );
+    std::fs::write(&config, text).unwrap();
+    let run = airlock_with(&["check", "--config", config.to_str().unwrap()], b"", &[]);
+    assert_ne!(run.code, 0, "{run:?}");
+    let out = format!("{}{}", run.stdout, run.stderr);
+    assert!(out.contains("bad.cedar:4:") && out.contains("amout"), "{out}");
+    assert!(
+        out.contains("bad.cedar:8:") && out.contains("string-vs-number"),
+        "{out}"
+    );
+    assert!(out.contains("no-such-action") && out.contains("refnd/issue"), "{out}");
+    // The service refuses to run anything under them.
+    let policy = Policy::load(&config).unwrap();
+    let mut runtime = Runtime::new(&policy.runtime).unwrap();
+    assert!(runtime.load_all(&policy).iter().all(|(_, r)| r.is_err()));
+    assert!(runtime.action("refund").is_none());
+
+    // Syntax and annotation mistakes are refused when the config loads.
+    for (policy_text, want) in [
+        ("permit(principal, action, resource)", "bad.cedar:1:"),
+        (
+            "@approval(\"cfo\")\nforbid(principal, action, resource);",
+            "group \"cfo\"",
+        ),
+        (
+            "@approval(\"finance\") @quorum(\"0\") forbid(principal, action, resource);",
+            "1 to 16",
+        ),
+        (
+            "@reson(\"x\") forbid(principal, action, resource);",
+            "unknown annotation @reson",
+        ),
+        (
+            "@id(\"refund-small\") forbid(principal, action, resource);",
+            "ids must be unique",
+        ),
+    ] {
+        std::fs::write(dir.path().join("bad.cedar"), policy_text).unwrap();
+        let run = airlock_with(&["check", "--config", config.to_str().unwrap()], b"", &[]);
+        assert_ne!(run.code, 0, "{policy_text}: {run:?}");
+        assert!(run.stderr.contains(want), "{policy_text}: {run:?}");
+    }
+}
+
+#[test]
+fn policy_eval_explains_a_decision_without_running_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = refund_world(dir.path());
+    let c = config.to_str().unwrap();
+    let eval = |args: &str, extra: &[&str]| {
+        let mut argv = vec!["policy", "eval", "--config", c, "refund", "issue", "--args", args];
+        argv.extend_from_slice(extra);
+        airlock_with(&argv, b"", &[])
+    };
+    let run = eval(
+        r#"{"amount": 50000, "account": "ACC-1"}"#,
+        &[
+            "--as",
+            "support-bot",
+            "--kind",
+            "agent",
+            "--role",
+            "support",
+            "--at",
+            "2026-12-01T09:30:00Z",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("decision: approval required: group finance (role:finance), quorum 2, open for 4h"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("why: refunds above 10,000 need two finance reviewers"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("refund-large (policies.cedar:"), "{run:?}");
+    let run = eval(
+        r#"{"amount": 5, "account": "ACC-CLOSED-1"}"#,
+        &["--as", "support-bot", "--role", "support", "--json"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let v = run.json();
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(v["detail"]["reason"], "the account is closed");
+    assert_eq!(v["policies"][0]["id"], "closed-accounts");
+    // The local operator: nothing permits it in this example.
+    let run = eval(r#"{"amount": 5, "account": "ACC-1"}"#, &[]);
+    assert!(
+        run.stdout
+            .contains("decision: deny: no policy permits the local operator"),
+        "{run:?}"
+    );
+    // An identity without a token must say who it is.
+    let run = eval(r#"{"amount": 5, "account": "ACC-1"}"#, &["--as", "ghost"]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("no live token"), "{run:?}");
+    // Nothing ran, nothing was recorded.
+    let audit = dir.path().join("data/audit");
+    let recorded = std::fs::read_dir(&audit)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    assert!(!recorded.contains("invocation-"), "{recorded}");
+}
+
+/// A throw-away action config with `invoke` as its access list.
+fn shorthand_world(dir: &Path, invoke: &[String]) -> Runtime {
+    let list = invoke.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", ");
+    let text = format!(
+        "[runtime]\ndata-dir = {}\n\n[actions.hello]\ncomponent = {}\n\n[actions.hello.access]\ninvoke = [{list}]\n",
+        toml_path(&dir.join("data")),
+        toml_path(&component("hello"))
+    );
+    std::fs::write(dir.join("airlock.toml"), text).unwrap();
+    load(&dir.join("airlock.toml"))
+}
+
+fn rule_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("local".to_string()),
+        "[a-c]{1,2}".prop_map(|s| s),
+        "[a-c]{1,2}".prop_map(|s| format!("role:{s}")),
+    ]
+}
+
+fn any_caller() -> impl Strategy<Value = Caller> {
+    (
+        "[a-c]{1,2}",
+        prop::bool::ANY,
+        prop::collection::vec("[a-c]{1,2}", 0..3),
+        prop::bool::ANY,
+    )
+        .prop_map(|(name, agent, roles, local)| {
+            if local {
+                Caller::local()
+            } else {
+                Caller {
+                    name,
+                    kind: if agent {
+                        IdentityKind::Agent
+                    } else {
+                        IdentityKind::Human
+                    },
+                    roles,
+                    token_id: Some("t".into()),
+                }
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    /// `access.invoke` and the Cedar policies it generates decide alike,
+    /// for any list of rules and any caller.
+    #[test]
+    fn the_toml_access_shorthand_decides_as_the_access_rules(
+        invoke in prop::collection::vec(rule_text(), 0..4),
+        callers in prop::collection::vec(any_caller(), 1..8),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = shorthand_world(dir.path(), &invoke);
+        let hello = runtime.action("hello").unwrap();
+        let rules: Vec<AccessRule> = invoke.iter().map(|r| AccessRule::parse(r).unwrap()).collect();
+        let args = json!({"who": {"name": "n", "languages": []}});
+        for caller in &callers {
+            let by_rules = rules.iter().any(|r| caller.matches(r));
+            let verdict = hello.decisions.decide(&Ask { caller, function: "greet", args: &args, now: 0 });
+            prop_assert_eq!(verdict.outcome == Outcome::Allow, by_rules, "{:?} {:?}", caller, verdict);
+            prop_assert_eq!(hello.decisions.may_list(caller), by_rules, "{:?}", caller);
+        }
+    }
+}
