@@ -424,3 +424,100 @@ proptest! {
         }
     }
 }
+
+fn async_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A request a policy holds goes to the group the policy names, with the
+/// policy's quorum and reason; the reviewers of that group (and nobody
+/// else) decide it, and the records name the deciding policies.
+#[test]
+fn a_held_invocation_asks_the_policy_group_and_records_why() {
+    use airlock::gateway::Submitted;
+    use airlock::store::{ApprovalState, Verdict as Vote};
+    let dir = tempfile::tempdir().unwrap();
+    // The example without its office-hours rule, so the test does not
+    // depend on the time it runs at.
+    let example = std::fs::read_to_string(support::repo_root().join("examples/refunds/policies.cedar")).unwrap();
+    let cut = example.find("@id(\"office-hours\")").unwrap();
+    let config = refund_world(dir.path());
+    std::fs::write(dir.path().join("policies.cedar"), &example[..cut]).unwrap();
+    let bearer = |who: &str, kind: &str, roles: &[&str]| support::create_token(&config, who, kind, roles);
+    let support_token = bearer("support-bot", "agent", &["support"]);
+    let finance_token = bearer("fiona", "human", &["finance"]);
+    let other_token = bearer("olaf", "human", &["ops"]);
+    let runtime = load(&config);
+    let who = |t: &str| airlock::identity::authenticate(runtime.store().unwrap().as_ref(), t).unwrap();
+    let (requester, fiona, olaf) = (who(&support_token), who(&finance_token), who(&other_token));
+    let rt = async_runtime();
+    let args = json!({"amount": 500, "account": "ACC-OPEN-7"});
+    let submitted = rt
+        .block_on(runtime.submit(&requester, "refund", "issue", &args, std::time::Duration::ZERO))
+        .unwrap();
+    let Submitted::Pending { invocation, approval } = submitted else {
+        panic!("{submitted:?}")
+    };
+    assert_eq!(approval.group.as_deref(), Some("finance"));
+    assert_eq!(approval.policies, ["refund-medium"]);
+    assert_eq!(
+        approval.why.as_deref(),
+        Some("refunds above 100 need a finance reviewer")
+    );
+    assert_eq!(approval.approvers, ["role:finance"]);
+    assert_eq!(approval.rule, "policy refund-medium (policies.cedar:12)");
+    assert_eq!(approval.expires_at - approval.created_at, 4 * 3600 * 1_000_000);
+    // Not a reviewer of this group: refused, nothing recorded.
+    assert!(!runtime.may_review(&olaf, &approval));
+    let refused = rt.block_on(runtime.record_decision(&approval.id, &olaf, Vote::Approve, None, None));
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(runtime.may_review(&fiona, &approval));
+    let decided = rt
+        .block_on(runtime.decide(&approval.id, &fiona, Vote::Approve, None, None))
+        .unwrap();
+    assert_eq!(decided.approval.state, ApprovalState::Approved);
+    let record = runtime.invocation(&invocation).unwrap();
+    assert_eq!(record.state.to_string(), "succeeded", "{record:?}");
+    // The audit names the policies: the request, and the run.
+    let audit = support::airlock_with(
+        &["audit", "show", "--config", config.to_str().unwrap(), "--json"],
+        b"",
+        &[],
+    );
+    assert_eq!(audit.code, 0, "{audit:?}");
+    let events: Vec<serde_json::Value> = audit
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+        .collect();
+    let of = |kind: &str| {
+        events
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} in {events:?}"))
+    };
+    assert_eq!(of("approval-requested")["policies"], json!(["refund-medium"]));
+    assert_eq!(of("approval-requested")["group"], "finance");
+    assert_eq!(of("invocation-started")["policies"], json!(["refund-medium"]));
+    // A small refund runs at once, recorded with the permit that allowed it.
+    let small = json!({"amount": 50, "account": "ACC-OPEN-7"});
+    let ran = rt
+        .block_on(runtime.submit(&requester, "refund", "issue", &small, std::time::Duration::ZERO))
+        .unwrap();
+    assert!(matches!(ran, Submitted::Ran(ref r) if r.outcome.is_ok()), "{ran:?}");
+    // A closed account is refused, the refusal naming the policy.
+    let closed = json!({"amount": 50, "account": "ACC-CLOSED-1"});
+    let err = rt
+        .block_on(runtime.submit(&requester, "refund", "issue", &closed, std::time::Duration::ZERO))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the account is closed (policies: closed-accounts)"),
+        "{err}"
+    );
+}

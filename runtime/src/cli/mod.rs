@@ -450,6 +450,15 @@ fn print_approval(a: &ApprovalRecord) {
         }
     }
     println!("rule         {}", e(&a.rule));
+    if let Some(why) = &a.why {
+        println!("why          {}", e(why));
+    }
+    if !a.policies.is_empty() {
+        println!("policies     {}", e(&a.policies.join(", ")));
+    }
+    if let Some(group) = &a.group {
+        println!("group        {}", e(group));
+    }
     if !a.subject.is_null() {
         println!("what         {}", e(&a.subject.to_string()));
     }

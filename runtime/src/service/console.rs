@@ -494,6 +494,21 @@ async fn approval_page(
         },
         esc(&a.rule),
     );
+    // Why the reviewer is asked: the deciding policy's reason, the
+    // policies that decided, and the group they asked.
+    if let Some(why) = &a.why {
+        let _ = write!(body, "<tr><th>Why</th><td id=\"why\">{}</td></tr>", esc(why));
+    }
+    if !a.policies.is_empty() {
+        let _ = write!(
+            body,
+            "<tr><th>Policies</th><td id=\"policies\">{}</td></tr>",
+            esc(&a.policies.join(", "))
+        );
+    }
+    if let Some(group) = &a.group {
+        let _ = write!(body, "<tr><th>Group</th><td id=\"group\">{}</td></tr>", esc(group));
+    }
     if !a.subject.is_null() {
         let _ = write!(
             body,

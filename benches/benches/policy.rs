@@ -1,0 +1,147 @@
+//! Policy decisions per invocation: Cedar (the policy files and the TOML
+//! shorthand, as the gateway evaluates them) beside the TOML gate it
+//! replaced (an access-list match and a flag).
+//!
+//! The config has 50 policies: the 5 of the refund example (without its
+//! clock rule, so the numbers do not depend on the hour), 40 for 10 other
+//! actions and 5 over every action for roles the caller does not hold.
+//! Only the refund function's own slice reaches Cedar, and of that only
+//! what the caller's principal scope can match.
+
+use airlock::identity::{Caller, IdentityKind};
+use airlock::policy::Policy;
+use airlock::policy::engine::{Ask, Outcome};
+use airlock::runtime::Runtime;
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::json;
+use std::fmt::Write as _;
+use std::hint::black_box;
+
+fn world(dir: &std::path::Path, with_files: bool) -> Runtime {
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/refunds/policies.cedar"),
+    )
+    .expect("the refund example");
+    let cut = example.find("@id(\"office-hours\")").expect("the example's clock rule");
+    let mut policies = example[..cut].to_string();
+    for a in 0..10 {
+        for p in 0..4 {
+            let _ = writeln!(
+                policies,
+                "@id(\"other-{a}-{p}\")\npermit(principal in Role::\"team-{a}\", action == Action::\"other-{a}/issue\", resource) when {{ context.args.amount < {} }};",
+                100 * (p + 1)
+            );
+        }
+    }
+    for g in 0..5 {
+        let _ = writeln!(
+            policies,
+            "@id(\"blocked-{g}\")\nforbid(principal in Role::\"blocked-{g}\", action in Action::\"invoke\", resource);"
+        );
+    }
+    assert_eq!(policies.matches("@id(").count(), 49, "plus the TOML shorthand's 1");
+    std::fs::write(dir.join("policies.cedar"), policies).expect("write policies");
+    let component = airlock_benches::component("refund");
+    let mut config = format!(
+        "[runtime]\ndata-dir = \"{}\"\n\n[approval-groups.finance]\napprove = [\"role:finance\"]\n\n",
+        dir.join("data").display()
+    );
+    if with_files {
+        config.push_str("[policy]\nfiles = [\"policies.cedar\"]\n\n");
+    }
+    for name in std::iter::once("refund".to_string()).chain((0..10).map(|a| format!("other-{a}"))) {
+        let _ = write!(
+            config,
+            "[actions.{name}]\ncomponent = \"{}\"\n[actions.{name}.access]\ninvoke = [\"role:support\"]\n\n",
+            component.display()
+        );
+    }
+    let path = dir.join("airlock.toml");
+    std::fs::write(&path, config).expect("write config");
+    let policy = Policy::load(&path).expect("config");
+    let mut runtime = Runtime::new(&policy.runtime).expect("runtime");
+    for (name, loaded) in runtime.load_all(&policy) {
+        loaded.unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    runtime
+}
+
+fn policy(c: &mut Criterion) {
+    let support = Caller {
+        name: "support-bot".into(),
+        kind: IdentityKind::Agent,
+        roles: vec!["support".into()],
+        token_id: Some("t".into()),
+    };
+    let small = json!({"amount": 50, "account": "ACC-OPEN-7", "note": "called"});
+    let medium = json!({"amount": 500, "account": "ACC-OPEN-7"});
+    let now = airlock::time::now_micros();
+    let files = tempfile::tempdir().expect("temp dir");
+    let with_files = world(files.path(), true);
+    let plain = tempfile::tempdir().expect("temp dir");
+    let shorthand_only = world(plain.path(), false);
+
+    let mut group = c.benchmark_group("policy/invoke");
+    let action = shorthand_only.action("refund").expect("refund");
+    group.bench_function("toml-gate", |b| {
+        b.iter(|| {
+            let p = &action.policy;
+            black_box(p.access.may_invoke(black_box(&support)) && !p.approval.invocation)
+        })
+    });
+    group.bench_function("cedar-shorthand-only", |b| {
+        b.iter(|| {
+            let v = action.decisions.decide(&Ask {
+                caller: black_box(&support),
+                function: "issue",
+                args: &small,
+                now,
+            });
+            assert_eq!(v.outcome, Outcome::Allow);
+        })
+    });
+    let action = with_files.action("refund").expect("refund");
+    group.bench_function("cedar-50-allow", |b| {
+        b.iter(|| {
+            let v = action.decisions.decide(&Ask {
+                caller: black_box(&support),
+                function: "issue",
+                args: &small,
+                now,
+            });
+            assert_eq!(v.outcome, Outcome::Allow);
+        })
+    });
+    group.bench_function("cedar-50-approval", |b| {
+        b.iter(|| {
+            let v = action.decisions.decide(&Ask {
+                caller: black_box(&support),
+                function: "issue",
+                args: &medium,
+                now,
+            });
+            assert!(matches!(v.outcome, Outcome::Approve(_)));
+        })
+    });
+    let stranger = Caller {
+        name: "sales-bot".into(),
+        kind: IdentityKind::Agent,
+        roles: vec!["sales".into()],
+        token_id: Some("t".into()),
+    };
+    group.bench_function("cedar-50-default-deny", |b| {
+        b.iter(|| {
+            let v = action.decisions.decide(&Ask {
+                caller: black_box(&stranger),
+                function: "issue",
+                args: &small,
+                now,
+            });
+            assert!(matches!(v.outcome, Outcome::Deny { .. }));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, policy);
+criterion_main!(benches);
