@@ -521,3 +521,134 @@ fn a_held_invocation_asks_the_policy_group_and_records_why() {
         "{err}"
     );
 }
+
+/// Host-call policies narrow what grants allow: a `forbid` denies the one
+/// call (the rest of the run goes on), a `forbid` with `@approval` holds it
+/// for the group, and the records name the policies.
+#[test]
+fn host_call_policies_deny_or_hold_single_calls() {
+    use airlock::gateway::Submitted;
+    use airlock::store::{ApprovalKind, ApprovalState, Verdict as Vote};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("work")).unwrap();
+    std::fs::write(
+        dir.path().join("host.cedar"),
+        r#"
+@id("no-secrets")
+@reason("nothing is written under secrets/")
+forbid(principal, action == Action::"files:write", resource is File)
+when { resource.path == "secrets" || resource.path like "secrets/*" };
+
+@id("agents-wait-for-gated")
+@approval("action")
+@ttl("30s")
+@reason("agents' writes under gated/ are reviewed")
+forbid(principal, action == Action::"files:write", resource is File)
+when { principal.kind == "agent" && resource.path like "gated/*" };
+"#,
+    )
+    .unwrap();
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[runtime]
+data-dir = "data"
+
+[policy]
+files = ["host.cedar"]
+
+[actions.writer]
+component = {}
+[actions.writer.grants]
+approval = true
+files = {{ dir = "work", mode = "read-write" }}
+[actions.writer.access]
+invoke = ["local", "role:agent"]
+approve = ["role:reviewer"]
+"#,
+            toml_path(&component("gated"))
+        ),
+    )
+    .unwrap();
+    let agent_token = support::create_token(&config, "writer-bot", "agent", &["agent"]);
+    let reviewer_token = support::create_token(&config, "rita", "human", &["reviewer"]);
+    let runtime = load(&config);
+    let who = |t: &str| airlock::identity::authenticate(runtime.store().unwrap().as_ref(), t).unwrap();
+    let (agent, rita) = (who(&agent_token), who(&reviewer_token));
+    let rt = async_runtime();
+    let run = |caller: &Caller, path: &str| {
+        let args = json!({"path": path, "data": "x"});
+        match rt
+            .block_on(runtime.submit(caller, "writer", "write", &args, std::time::Duration::from_secs(60)))
+            .unwrap()
+        {
+            Submitted::Ran(report) => report,
+            other => panic!("{other:?}"),
+        }
+    };
+    // Denied: the write fails inside the action, nothing is written.
+    let report = run(&Caller::local(), "secrets/key");
+    let out = format!("{:?}", report.outcome);
+    assert!(!dir.path().join("work/secrets/key").exists(), "{out}");
+    assert_eq!(report.host_calls.denied, 1, "{out}");
+    // Links do not carry a write around the policy.
+    std::fs::create_dir(dir.path().join("work/secrets")).unwrap();
+    std::os::unix::fs::symlink("secrets", dir.path().join("work/innocent")).unwrap();
+    let report = run(&Caller::local(), "innocent/key");
+    assert!(!dir.path().join("work/secrets/key").exists(), "{:?}", report.outcome);
+    // The local operator is no agent: its write under gated/ passes.
+    std::fs::create_dir(dir.path().join("work/gated")).unwrap();
+    let report = run(&Caller::local(), "gated/by-local");
+    assert!(report.outcome.is_ok(), "{:?}", report.outcome);
+    assert!(dir.path().join("work/gated/by-local").exists());
+    // The agent's write under gated/ waits for a reviewer.
+    let (report, decided) = rt.block_on(async {
+        let args = json!({"path": "gated/by-agent", "data": "x"});
+        let submit = runtime.submit(&agent, "writer", "write", &args, std::time::Duration::from_secs(60));
+        let review = async {
+            let store = runtime.store().unwrap();
+            loop {
+                let pending = store.approvals(Some(ApprovalState::Pending), 10).unwrap();
+                if let Some(a) = pending.into_iter().find(|a| a.kind == ApprovalKind::HostCall) {
+                    assert_eq!(a.policies, ["agents-wait-for-gated"]);
+                    assert_eq!(a.why.as_deref(), Some("agents' writes under gated/ are reviewed"));
+                    assert_eq!(a.group.as_deref(), Some("action"));
+                    assert_eq!(a.expires_at - a.created_at, 30_000_000);
+                    assert!(!dir.path().join("work/gated/by-agent").exists());
+                    return runtime.decide(&a.id, &rita, Vote::Approve, None, None).await.unwrap();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        tokio::join!(submit, review)
+    });
+    assert_eq!(decided.approval.state, ApprovalState::Approved);
+    match report.unwrap() {
+        Submitted::Ran(r) => assert!(r.outcome.is_ok(), "{:?}", r.outcome),
+        other => panic!("{other:?}"),
+    }
+    assert!(dir.path().join("work/gated/by-agent").exists());
+    // The denial is on record with the policy that decided it.
+    let audit = support::airlock_with(
+        &["audit", "show", "--config", config.to_str().unwrap(), "--json"],
+        b"",
+        &[],
+    );
+    let denied: Vec<serde_json::Value> = audit
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+        .filter(|e| e["kind"] == "host-call" && e["allowed"] == false)
+        .collect();
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert!(denied.iter().all(|e| e["rule"] == "policy no-secrets"), "{denied:?}");
+    assert!(
+        denied[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("nothing is written under secrets/"),
+        "{denied:?}"
+    );
+}

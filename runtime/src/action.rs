@@ -137,7 +137,7 @@ pub fn prepare(
     let decisions =
         crate::policy::engine::ToolPolicy::build(&policy, &manifest.functions, &manifest.digest.to_string())
             .map_err(|e| Error::Config(format!("action `{}`: {e}", policy.name)))?;
-    if policy.may_need_approvals() && approvals.is_none() {
+    if (policy.may_need_approvals() || decisions.has_host_policies()) && approvals.is_none() {
         return Err(Error::internal(format!(
             "action `{}` has approval rules, but no approval service was set up to enforce them",
             policy.name
@@ -222,17 +222,23 @@ impl PreparedAction {
         args: &serde_json::Value,
     ) -> Option<std::sync::Arc<crate::approval::gate::Gate>> {
         let policy = &self.policy;
-        if policy.approval.host_calls.is_empty() && policy.grants.approval.is_none() {
+        if policy.approval.host_calls.is_empty()
+            && policy.grants.approval.is_none()
+            && !self.decisions.has_host_policies()
+        {
             return None;
         }
         let approvals = self.approvals.clone()?;
         let template = self.request_template(invocation, caller, function, args);
-        Some(std::sync::Arc::new(crate::approval::gate::Gate::new(
-            approvals,
-            policy.approval.clone(),
-            template,
-            policy.grants.files.as_ref().map(|f| f.dir.clone()),
-        )))
+        Some(std::sync::Arc::new(
+            crate::approval::gate::Gate::new(
+                approvals,
+                policy.approval.clone(),
+                template,
+                policy.grants.files.as_ref().map(|f| f.dir.clone()),
+            )
+            .with_host_policies(self.decisions.host_for(caller)),
+        ))
     }
 
     /// An approval request for this action, bound to one invocation; the

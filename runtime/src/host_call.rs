@@ -244,7 +244,7 @@ impl HostCalls {
         let Some(gate) = self.gate() else {
             return (call, decision);
         };
-        if call.targets.iter().any(|t| gate.rule_for(t).is_some()) {
+        if gate.holds_back(&call.targets, &crate::approval::gate::call_function(&call)) {
             self.flush_queued();
         }
         match gate.hold(&call).await {
@@ -347,12 +347,17 @@ impl Inner {
         if decision.allowed
             && call.approved.is_none()
             && let Some(gate) = &self.gate
-            && let Some(rule) = call.targets.iter().find_map(|t| gate.rule_for(t))
         {
-            decision = Decision::deny(
-                rule.name.clone(),
-                "this call needs approval, and it was not passed through the approval gate",
-            );
+            match gate.judge(&call.targets, &crate::approval::gate::call_function(&call)) {
+                crate::approval::gate::Judgement::Pass => {}
+                crate::approval::gate::Judgement::Deny { rule, reason } => decision = Decision::deny(rule, reason),
+                crate::approval::gate::Judgement::Hold(hold) => {
+                    decision = Decision::deny(
+                        hold.rule,
+                        "this call needs approval, and it was not passed through the approval gate",
+                    );
+                }
+            }
         }
         if let Some(tap) = &self.tap
             && (tap.log.epoch() != tap.epoch || !tap.log.is_healthy())

@@ -4,6 +4,7 @@
 use super::{ApprovalPolicy, Approvals, CallRule, NewRequest, Target};
 use crate::error::Error;
 use crate::host_call::{Decision, HostCall};
+use crate::policy::engine::{HostPolicies, HostTarget, HostVerdict};
 use crate::store::{ApprovalKind, ApprovalRecord, ApprovalState};
 use serde_json::{Value, json};
 use std::sync::Mutex;
@@ -21,6 +22,31 @@ pub struct Gate {
     files_root: Option<std::path::PathBuf>,
     clock: Mutex<WaitClock>,
     guest_requests: std::sync::atomic::AtomicU32,
+    /// The config's host-call policies for this invocation's caller (an
+    /// error when they could not be prepared: every call is then denied).
+    host: Option<Result<HostPolicies, String>>,
+}
+
+/// What the gate says about one call: its TOML gate rules and the
+/// host-call policies together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    Pass,
+    Deny { rule: String, reason: String },
+    Hold(Hold),
+}
+
+/// What a held call waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The rule as requests and denials name it.
+    pub rule: String,
+    pub quorum: u32,
+    pub ttl: Duration,
+    /// Set when a policy named the reviewers.
+    pub reviewers: Option<(String, crate::approval::AccessPolicy)>,
+    pub policies: Vec<String>,
+    pub why: Option<String>,
 }
 
 /// Time spent waiting for decisions, which the invocation's timeout does
@@ -70,6 +96,106 @@ impl Gate {
             files_root,
             clock: Mutex::new(WaitClock::default()),
             guest_requests: std::sync::atomic::AtomicU32::new(0),
+            host: None,
+        }
+    }
+
+    /// Judge host calls by these policies too.
+    pub fn with_host_policies(mut self, host: Option<Result<HostPolicies, String>>) -> Gate {
+        self.host = host;
+        self
+    }
+
+    /// Whether a call doing `targets` could need more than its grants:
+    /// true when any gate rule or policy holds it back or denies it.
+    pub fn holds_back(&self, targets: &[Target], function: &str) -> bool {
+        self.judge(targets, function) != Judgement::Pass
+    }
+
+    /// What the gate rules and host-call policies say about a call doing
+    /// `targets` (function `function`, as `interface.function`). A denial
+    /// wins over a hold; of several holds the strictest (quorum, then
+    /// time) wins.
+    pub fn judge(&self, targets: &[Target], function: &str) -> Judgement {
+        let mut held: Option<Hold> = None;
+        let mut keep = |h: Hold| {
+            if held
+                .as_ref()
+                .is_none_or(|old| (h.quorum, h.ttl) > (old.quorum, old.ttl))
+            {
+                held = Some(h);
+            }
+        };
+        for target in targets {
+            let resolved = self.resolved(target);
+            if let Some(rule) = self.policy.gate_for(&resolved) {
+                keep(Hold {
+                    rule: rule.describe(),
+                    quorum: self.policy.quorum,
+                    ttl: self.policy.wait,
+                    reviewers: None,
+                    policies: Vec::new(),
+                    why: None,
+                });
+            }
+            let host = match &self.host {
+                None => continue,
+                Some(Err(e)) => {
+                    return Judgement::Deny {
+                        rule: "policies".into(),
+                        reason: format!("the host-call policies could not be prepared: {e}"),
+                    };
+                }
+                Some(Ok(h)) => h,
+            };
+            let target = match &resolved {
+                Target::Http { method, url } => HostTarget::Http { method, url },
+                Target::Files { write, path } => HostTarget::File {
+                    write: *write,
+                    path: path.as_deref(),
+                },
+            };
+            match host.decide(target, function, crate::time::now_micros()) {
+                HostVerdict::Pass => {}
+                HostVerdict::Deny { reason, policies } => {
+                    let ids: Vec<String> = policies.iter().map(|p| p.id.clone()).collect();
+                    return Judgement::Deny {
+                        rule: if ids.is_empty() {
+                            "policies".into()
+                        } else {
+                            format!("policy {}", ids.join(", "))
+                        },
+                        reason,
+                    };
+                }
+                HostVerdict::Hold { requirement, policies } => keep(Hold {
+                    rule: requirement.rule.clone(),
+                    quorum: requirement.quorum,
+                    ttl: requirement.ttl,
+                    reviewers: Some((requirement.group.clone(), requirement.approvers.clone())),
+                    policies: policies.iter().map(|p| p.id.clone()).collect(),
+                    why: requirement.why.clone(),
+                }),
+            }
+        }
+        held.map_or(Judgement::Pass, Judgement::Hold)
+    }
+
+    /// `target` with a files path resolved through links inside the
+    /// granted directory.
+    fn resolved(&self, target: &Target) -> Target {
+        match (target, &self.files_root) {
+            (
+                Target::Files {
+                    write,
+                    path: Some(path),
+                },
+                Some(root),
+            ) => Target::Files {
+                write: *write,
+                path: super::policy::resolve_in(root, path),
+            },
+            _ => target.clone(),
         }
     }
 
@@ -121,7 +247,11 @@ impl Gate {
     /// Hold `call` if a rule matches what it does: `None` when no rule
     /// does, else the approval id that released it or the denial.
     pub async fn hold(&self, call: &HostCall) -> Option<Result<String, Decision>> {
-        let rule = call.targets.iter().find_map(|t| self.rule_for(t))?;
+        let hold = match self.judge(&call.targets, &call_function(call)) {
+            Judgement::Pass => return None,
+            Judgement::Deny { rule, reason } => return Some(Err(Decision::deny(rule, reason))),
+            Judgement::Hold(hold) => hold,
+        };
         let args: serde_json::Map<String, Value> = call
             .args
             .iter()
@@ -138,13 +268,10 @@ impl Gate {
         // calls suspend the guest and do not.
         let suspends = call.interface != "wasi:http/outgoing-handler";
         Some(
-            match self
-                .ask_with(ApprovalKind::HostCall, rule.describe(), subject, suspends)
-                .await
-            {
+            match self.ask_held(ApprovalKind::HostCall, &hold, subject, suspends).await {
                 Ok(r) if r.state == ApprovalState::Approved => Ok(r.id),
                 Ok(r) => Err(Decision::deny(
-                    rule.name.clone(),
+                    hold.rule.clone(),
                     format!(
                         "approval {} {}: {}",
                         r.id,
@@ -153,7 +280,7 @@ impl Gate {
                     ),
                 )),
                 Err(e) => Err(Decision::deny(
-                    rule.name.clone(),
+                    hold.rule.clone(),
                     format!("approval could not be obtained: {e}"),
                 )),
             },
@@ -192,11 +319,37 @@ impl Gate {
         subject: Value,
         suspends: bool,
     ) -> Result<ApprovalRecord, Error> {
+        let hold = Hold {
+            rule,
+            quorum: self.policy.quorum,
+            ttl: self.policy.wait,
+            reviewers: None,
+            policies: Vec::new(),
+            why: None,
+        };
+        self.ask_held(kind, &hold, subject, suspends).await
+    }
+
+    async fn ask_held(
+        &self,
+        kind: ApprovalKind,
+        hold: &Hold,
+        subject: Value,
+        suspends: bool,
+    ) -> Result<ApprovalRecord, Error> {
         let mut request = self.template.clone();
         request.kind = kind;
-        request.rule = rule;
+        request.rule = hold.rule.clone();
         request.subject = subject;
-        request.ttl = self.policy.wait;
+        request.ttl = hold.ttl;
+        request.quorum = hold.quorum;
+        request.policies = hold.policies.clone();
+        request.why = hold.why.clone();
+        if let Some((group, reviewers)) = &hold.reviewers {
+            request.group = Some(group.clone());
+            request.approvers = reviewers.approvers_text();
+            request.rules = Some(crate::store::ApproverRules::of(reviewers));
+        }
         // Off the clock while suspended; the guard ends that even if the
         // wait is cancelled.
         let _off_clock = suspends.then(|| OffClock::start(self));
@@ -209,12 +362,13 @@ impl Gate {
             approvals: self.approvals.clone(),
             id: Some(record.id.clone()),
         };
-        let deadline = Instant::now() + self.policy.wait;
+        let wait = request_ttl(&record);
+        let deadline = Instant::now() + wait;
         let record = self.approvals.wait(&record.id, deadline).await?;
         let record = if record.state == ApprovalState::Pending {
             let reason = format!(
-                "no decision within {} s (approval.wait-secs); the held call failed",
-                self.policy.wait.as_secs()
+                "no decision within {} s (approval.wait-secs, or the policy's @ttl); the held call failed",
+                wait.as_secs()
             );
             self.approvals
                 .close(&record.id, ApprovalState::Expired, &reason)
@@ -243,6 +397,16 @@ impl Gate {
             clock.total += since.elapsed();
         }
     }
+}
+
+/// How long a request was opened for.
+fn request_ttl(record: &ApprovalRecord) -> Duration {
+    Duration::from_micros(record.expires_at.saturating_sub(record.created_at))
+}
+
+/// A call's function as host-call policies see it (`context.function`).
+pub fn call_function(call: &HostCall) -> String {
+    format!("{}.{}", call.interface, call.function)
 }
 
 /// Most `airlock:cap/approval` requests one invocation may make.

@@ -391,7 +391,7 @@ fn files_ancestor_of(path: &str, prefix: &str) -> bool {
 
 /// An HTTP path as a lenient server may read it: percent-decoded, with
 /// repeated slashes collapsed and `;params` dropped from each segment.
-fn normalized_http_path(path: &str) -> String {
+pub(crate) fn normalized_http_path(path: &str) -> String {
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
     let mut out = String::new();
     for segment in decoded.split('/').filter(|s| !s.is_empty()) {

@@ -678,13 +678,16 @@ impl wit::Host for InvocationState {
             });
         }
         let gate = self.host_calls.gate();
+        let function = crate::approval::gate::call_function(&call);
         let gated = move |method: &str, url: &Url| {
             gate.as_ref().is_some_and(|g| {
-                g.rule_for(&Target::Http {
-                    method: method.to_string(),
-                    url: url.clone(),
-                })
-                .is_some()
+                g.holds_back(
+                    &[Target::Http {
+                        method: method.to_string(),
+                        url: url.clone(),
+                    }],
+                    &function,
+                )
             })
         };
         let http = self.http.clone();
@@ -891,7 +894,7 @@ impl WasiHttpHooks for WasiHttpGate {
         let gated = decision.allowed
             && calls
                 .gate()
-                .is_some_and(|g| call.targets.iter().any(|t| g.rule_for(t).is_some()));
+                .is_some_and(|g| g.holds_back(&call.targets, &crate::approval::gate::call_function(&call)));
         Box::new(async move {
             let mut call = call;
             // The guest streams the body after `handle`. A request a gate

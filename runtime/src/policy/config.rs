@@ -191,11 +191,9 @@ pub struct ActionPolicy {
 
 impl ActionPolicy {
     /// Whether anything of this action can wait for a reviewer: its own
-    /// approval keys or grant, or a gate in the policy files.
+    /// approval keys or grant, or (conservatively) any policy file.
     pub fn may_need_approvals(&self) -> bool {
-        self.approval.gates_anything()
-            || self.grants.approval.is_some()
-            || self.policy_files.rules.iter().any(|r| r.gate.is_some())
+        self.approval.gates_anything() || self.grants.approval.is_some() || !self.policy_files.rules.is_empty()
     }
 
     /// A policy for an ad hoc invocation of a component file: exactly the

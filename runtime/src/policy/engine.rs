@@ -141,7 +141,12 @@ pub struct ToolPolicy {
     access: AccessPolicy,
     /// Default time an invocation request stays open.
     ttl: Duration,
+    /// Default time a held host call waits.
+    wait: Duration,
     offset: Offset,
+    /// Host-call policies by kind (`http:send`, …); only kinds some
+    /// policy can object to.
+    host: HashMap<&'static str, HostSlice>,
 }
 
 impl std::fmt::Debug for ToolPolicy {
@@ -391,11 +396,14 @@ impl ToolPolicy {
             groups: files.groups.clone(),
             access: policy.access.clone(),
             ttl: policy.approval.ttl,
+            wait: policy.approval.wait,
             offset: policy.timezone,
+            host: Self::host_slices(&rules)?,
         };
         // Every gate must name reviewers who exist.
+        let host_rules = tool_policy.host.values().flat_map(|s| s.rules.values());
         for slice in tool_policy.functions.values() {
-            for r in &slice.rules {
+            for r in slice.rules.iter().chain(host_rules.clone()) {
                 if let Some(g) = &r.gate
                     && !tool_policy.approvers(&g.group).is_some_and(AccessPolicy::has_approvers)
                 {
@@ -436,14 +444,18 @@ impl ToolPolicy {
         })
     }
 
+    /// Every policy of a function or a host call of this action.
+    fn all_rules(&self) -> impl Iterator<Item = &Arc<Rule>> {
+        self.functions
+            .values()
+            .flat_map(|s| s.rules.iter())
+            .chain(self.host.values().flat_map(|s| s.rules.values()))
+    }
+
     /// Every policy that can decide something of this action, as
     /// `ID (FILE:LINE)`, sorted.
     pub fn policy_refs(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .functions
-            .values()
-            .flat_map(|s| s.rules.iter().map(|r| r.reference.to_string()))
-            .collect();
+        let mut out: Vec<String> = self.all_rules().map(|r| r.reference.to_string()).collect();
         out.sort();
         out.dedup();
         out
@@ -452,13 +464,11 @@ impl ToolPolicy {
     /// Whether `caller` is among the reviewers some gate of these policies
     /// can ask.
     pub fn may_review(&self, caller: &Caller) -> bool {
-        self.functions.values().any(|s| {
-            s.rules.iter().any(|r| {
-                r.gate
-                    .as_ref()
-                    .and_then(|g| self.approvers(&g.group))
-                    .is_some_and(|a| a.may_approve(caller))
-            })
+        self.all_rules().any(|r| {
+            r.gate
+                .as_ref()
+                .and_then(|g| self.approvers(&g.group))
+                .is_some_and(|a| a.may_approve(caller))
         })
     }
 
@@ -649,6 +659,16 @@ impl ToolPolicy {
     }
 
     fn strictest<'r>(&self, gates: impl Iterator<Item = &'r Arc<Rule>>) -> Option<Requirement> {
+        self.strictest_with(gates, self.ttl)
+    }
+
+    /// The strictest of `gates`, with `default_ttl` for a gate without
+    /// `@ttl`.
+    fn strictest_with<'r>(
+        &self,
+        gates: impl Iterator<Item = &'r Arc<Rule>>,
+        default_ttl: Duration,
+    ) -> Option<Requirement> {
         gates
             .filter_map(|r| {
                 let g = r.gate.as_ref()?;
@@ -661,7 +681,7 @@ impl ToolPolicy {
                         agent_approvers: Vec::new(),
                     }),
                     quorum: g.quorum,
-                    ttl: g.ttl.unwrap_or(self.ttl),
+                    ttl: g.ttl.unwrap_or(default_ttl),
                     why: r.reason.clone(),
                     rule: r.key.clone().unwrap_or_else(|| format!("policy {}", r.reference)),
                 })
@@ -743,4 +763,270 @@ pub fn validate(actions: &[(&ActionPolicy, &[FunctionSig])]) -> Result<(), Vec<S
         errors.push(format!("{place}: policy {id}: {}", source::one_line(&e.to_string())));
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// A host call, as host-call policies see it.
+#[derive(Debug, Clone, Copy)]
+pub enum HostTarget<'a> {
+    Http {
+        method: &'a str,
+        url: &'a url::Url,
+    },
+    /// `path` relative to the granted directory, resolved through links;
+    /// `None` when that cannot be told.
+    File {
+        write: bool,
+        path: Option<&'a str>,
+    },
+}
+
+impl HostTarget<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            HostTarget::Http { .. } => "http:send",
+            HostTarget::File { write: true, .. } => "files:write",
+            HostTarget::File { write: false, .. } => "files:read",
+        }
+    }
+}
+
+/// What host-call policies say about one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostVerdict {
+    /// No policy objects: the grants decide.
+    Pass,
+    Deny {
+        reason: String,
+        policies: Vec<PolicyRef>,
+    },
+    Hold {
+        requirement: Requirement,
+        policies: Vec<PolicyRef>,
+    },
+}
+
+/// The host-call policies of one kind (`http:send`, …): its `forbid`s,
+/// plus a `permit` of everything (the grants already allowed the call;
+/// policies can only narrow that).
+struct HostSlice {
+    action: EntityUid,
+    set: PolicySet,
+    rules: HashMap<String, Arc<Rule>>,
+    reads: Reads,
+}
+
+/// Stack for one host-call decision (see [`HostPolicies::decide`]).
+const HOST_DECISION_STACK: usize = 1 << 20;
+
+/// The id of the permit standing for the grants in host-call slices.
+const GRANTS: &str = "grants";
+
+/// Host-call policies for one invocation's caller: the entities built once.
+pub struct HostPolicies {
+    tool: Arc<ToolPolicy>,
+    principal: EntityUid,
+    entities: Entities,
+}
+
+impl std::fmt::Debug for HostPolicies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostPolicies").field("tool", &self.tool.name).finish()
+    }
+}
+
+impl ToolPolicy {
+    fn host_slices(rules: &[Arc<Rule>]) -> Result<HashMap<&'static str, HostSlice>, String> {
+        let root = uid("Action", schema::HOST_CALL)?;
+        let mut out = HashMap::new();
+        for (kind, resource_type) in schema::HOST_CALL_KINDS {
+            let action = uid("Action", kind)?;
+            let scope = [action.clone(), root.clone()];
+            let mut set = PolicySet::new();
+            let mut by_id = HashMap::new();
+            let mut reads = Reads::default();
+            for r in rules {
+                if !action_may_match(&r.policy.action_constraint(), &scope) {
+                    continue;
+                }
+                let resource_ok = match r.policy.resource_constraint() {
+                    ResourceConstraint::Any => true,
+                    ResourceConstraint::Is(t) => t.to_string() == resource_type,
+                    // Host-call resources are made per call: no policy can
+                    // name one.
+                    _ => false,
+                };
+                if !resource_ok {
+                    continue;
+                }
+                if !r.forbid {
+                    if r.gate.is_some() && matches!(r.policy.action_constraint(), ActionConstraint::Eq(_)) {
+                        return Err(format!(
+                            "policy {}: @approval on a permit of a host call means nothing (host-call policies only narrow what grants allow); write a forbid with @approval",
+                            r.reference
+                        ));
+                    }
+                    continue;
+                }
+                set.add(r.policy.clone()).map_err(|e| e.to_string())?;
+                reads.merge(&Reads::of(&r.policy));
+                by_id.insert(r.reference.id.clone(), r.clone());
+            }
+            if by_id.is_empty() {
+                continue;
+            }
+            let grants: cedar_policy::Policy = format!("@id(\"{GRANTS}\") permit(principal, action, resource);")
+                .parse()
+                .map_err(|e: cedar_policy::ParseErrors| e.to_string())?;
+            set.add(grants.new_id(cedar_policy::PolicyId::new(GRANTS)))
+                .map_err(|e| e.to_string())?;
+            out.insert(
+                kind,
+                HostSlice {
+                    action,
+                    set,
+                    rules: by_id,
+                    reads,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Whether any policy can object to a host call of this action.
+    pub fn has_host_policies(&self) -> bool {
+        !self.host.is_empty()
+    }
+
+    /// The host-call policies for `caller`'s invocation (`None` when there
+    /// are none).
+    pub fn host_for(self: &Arc<Self>, caller: &Caller) -> Option<Result<HostPolicies, String>> {
+        if self.host.is_empty() {
+            return None;
+        }
+        Some((|| {
+            let (principal, entities) = principal_entity(caller)?;
+            let entities = self
+                .base
+                .clone()
+                .add_entities(entities, None)
+                .map_err(|e| format!("policy entities: {e}"))?;
+            Ok(HostPolicies {
+                tool: self.clone(),
+                principal,
+                entities,
+            })
+        })())
+    }
+}
+
+impl HostPolicies {
+    /// Decide one host call. Never errs: whatever goes wrong denies it.
+    ///
+    /// Host calls run on wasmtime's fiber stacks, where Cedar's stack
+    /// check (which reads the thread's stack bounds) cannot tell how much
+    /// stack is left: each decision runs on a stack segment of its own.
+    pub fn decide(&self, target: HostTarget<'_>, function: &str, now: u64) -> HostVerdict {
+        match stacker::grow(HOST_DECISION_STACK, || self.try_decide(target, function, now)) {
+            Ok(v) => v,
+            Err(reason) => HostVerdict::Deny {
+                reason,
+                policies: Vec::new(),
+            },
+        }
+    }
+
+    fn try_decide(&self, target: HostTarget<'_>, function: &str, now: u64) -> Result<HostVerdict, String> {
+        let tool = &self.tool;
+        let Some(slice) = tool.host.get(target.kind()) else {
+            return Ok(HostVerdict::Pass);
+        };
+        let string = |s: &str| RestrictedExpression::new_string(s.to_string());
+        let mut attrs = HashMap::from([(
+            "tool".to_string(),
+            RestrictedExpression::new_entity_uid(tool.tool.clone()),
+        )]);
+        let (ty, id) = match target {
+            HostTarget::Http { method, url } => {
+                let origin = crate::outbound::destination::Origin::of(url)?;
+                attrs.insert("method".into(), string(&method.to_ascii_uppercase()));
+                attrs.insert("scheme".into(), string(origin.scheme.as_str()));
+                attrs.insert("host".into(), string(&origin.host));
+                attrs.insert("port".into(), RestrictedExpression::new_long(i64::from(origin.port)));
+                attrs.insert("origin".into(), string(&origin.to_string()));
+                attrs.insert(
+                    "path".into(),
+                    string(&crate::approval::policy::normalized_http_path(url.path())),
+                );
+                attrs.insert(
+                    "path_ambiguous".into(),
+                    RestrictedExpression::new_bool(crate::outbound::policy::ambiguous_path(url.path()).is_some()),
+                );
+                ("HttpRequest", "call")
+            }
+            HostTarget::File { path, .. } => {
+                attrs.insert("path".into(), string(path.unwrap_or("")));
+                attrs.insert("known".into(), RestrictedExpression::new_bool(path.is_some()));
+                ("File", "call")
+            }
+        };
+        let resource = uid(ty, id)?;
+        let entity = Entity::new(resource.clone(), attrs, HashSet::new()).map_err(|e| e.to_string())?;
+        let entities = self
+            .entities
+            .clone()
+            .add_entities([entity], None)
+            .map_err(|e| format!("policy entities: {e}"))?;
+        let mut pairs = vec![("function".to_string(), string(function))];
+        if slice.reads.now {
+            let now = context::Now::at(now, tool.offset);
+            pairs.push(("now".into(), now.record(slice.reads.now_datetime)?));
+        }
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
+        let request = Request::new(self.principal.clone(), slice.action.clone(), resource, context, None)
+            .map_err(|e| e.to_string())?;
+        let response = Authorizer::new().is_authorized(&request, &slice.set, &entities);
+        #[allow(unreachable_patterns)]
+        if let Some(e) = response.diagnostics().errors().next() {
+            let id = match e {
+                cedar_policy::AuthorizationError::PolicyEvaluationError(p) => p.policy_id().to_string(),
+                _ => "?".to_string(),
+            };
+            let rule = slice.rules.get(&id);
+            return Ok(HostVerdict::Deny {
+                reason: format!(
+                    "policy {} could not be evaluated: {}",
+                    rule.map_or(id.clone(), |r| r.reference.to_string()),
+                    source::one_line(&e.to_string())
+                ),
+                policies: rule.map(|r| r.reference.clone()).into_iter().collect(),
+            });
+        }
+        if response.decision() == Decision::Allow {
+            return Ok(HostVerdict::Pass);
+        }
+        let mut deciding: Vec<Arc<Rule>> = response
+            .diagnostics()
+            .reason()
+            .filter_map(|id| slice.rules.get(&id.to_string()).cloned())
+            .collect();
+        deciding.sort_by(|a, b| a.reference.id.cmp(&b.reference.id));
+        let policies: Vec<PolicyRef> = deciding.iter().map(|r| r.reference.clone()).collect();
+        if let Some(hard) = deciding.iter().find(|r| r.gate.is_none()) {
+            return Ok(HostVerdict::Deny {
+                reason: hard
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| format!("forbidden by policy {}", hard.reference.id)),
+                policies: deciding
+                    .iter()
+                    .filter(|r| r.gate.is_none())
+                    .map(|r| r.reference.clone())
+                    .collect(),
+            });
+        }
+        let requirement = tool
+            .strictest_with(deciding.iter(), tool.wait)
+            .ok_or_else(|| "a host-call gate without a requirement (a bug)".to_string())?;
+        Ok(HostVerdict::Hold { requirement, policies })
+    }
 }
