@@ -302,7 +302,14 @@ fn submit_pending(
     value: &str,
 ) -> (ApprovalRecord, String) {
     let submitted = rt
-        .block_on(runtime.submit(caller, action, "echo", &json!({ "value": value }), Duration::ZERO))
+        .block_on(runtime.submit(
+            caller,
+            action,
+            "echo",
+            &json!({ "value": value }),
+            &Default::default(),
+            Duration::ZERO,
+        ))
         .unwrap();
     match submitted {
         Submitted::Pending { invocation, approval } => (approval, invocation),

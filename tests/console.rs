@@ -49,10 +49,23 @@ invocation = true
     let base = format!("http://{}", server.addr);
 
     // Two pending requests; the second one's argument tries to inject HTML.
-    let first = server.post(
+    // The first carries the agent's stated reason (with markup in it) and
+    // the W3C trace it belongs to.
+    let bearer = format!("Bearer {agent}");
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let first = request(
+        &server.addr,
+        "POST",
         "/v1/invocations",
-        Some(&agent),
-        &json!({"action": "deploy", "function": "echo", "args": {"value": "release 42"}, "wait-ms": 0}),
+        &[
+            ("Authorization", &bearer),
+            ("Content-Type", "application/json"),
+            ("traceparent", traceparent),
+        ],
+        json!({"action": "deploy", "function": "echo", "args": {"value": "release 42"}, "wait-ms": 0,
+               "reason": "ship the <b>fix</b> for ticket 42"})
+        .to_string()
+        .as_bytes(),
     );
     assert_eq!(first.status, 202, "{first:?}");
     let approval = first.json()["approval"].as_str().unwrap().to_string();
@@ -91,6 +104,9 @@ invocation = true
     assert!(browser.text("#component").starts_with("blake3:"));
     assert!(browser.text("#capabilities").contains("files"));
     assert_eq!(browser.text("#rule"), "approval.invocation");
+    // Why the agent asks, as text (its markup is not run), and its trace.
+    assert_eq!(browser.text("#stated-reason"), "ship the <b>fix</b> for ticket 42");
+    assert_eq!(browser.text("#traceparent"), traceparent);
 
     // The injected markup is shown as text, not run.
     browser.goto(&format!("{base}/console/approvals/{other}"));
@@ -173,6 +189,21 @@ invocation = true
         browser.goto(&format!("{base}/console/invocations/{invocation}"));
     }
     assert!(browser.text("#result").contains("release 42"));
+    assert_eq!(browser.text("#stated-reason"), "ship the <b>fix</b> for ticket 42");
+    // The audit trail keeps both, on the request and on the run.
+    let records = server
+        .get(&format!("/v1/audit?invocation={invocation}"), Some(&reviewer))
+        .json();
+    let records = records["records"].as_array().unwrap().clone();
+    for kind in ["approval-requested", "invocation-started"] {
+        let event = records
+            .iter()
+            .map(|r| &r["event"])
+            .find(|e| e["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}: {records:?}"));
+        assert_eq!(event["reason"], "ship the <b>fix</b> for ticket 42", "{event}");
+        assert_eq!(event["traceparent"], traceparent, "{event}");
+    }
 
     // History, audit browser with its verification status, and the catalog.
     browser.goto(&format!("{base}/console/invocations"));

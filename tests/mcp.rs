@@ -196,7 +196,15 @@ fn approval_of(w: &World, invocation: &str) -> String {
         &[],
     );
     assert_eq!(run.code, 0, "{run:?}");
-    run.json()["approval"].as_str().unwrap().to_string()
+    let record = run.json();
+    // What the agent said in `_meta` is kept with the invocation.
+    assert_eq!(record["intent"]["reason"], "ship release 42", "{record}");
+    assert_eq!(
+        record["intent"]["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "{record}"
+    );
+    assert_eq!(record["args"], serde_json::json!({"value": "gated"}), "{record}");
+    record["approval"].as_str().unwrap().to_string()
 }
 
 #[test]

@@ -68,7 +68,14 @@ async def run(session, mode, arg):
     except MCPError as e:
         out["forbidden"] = {"raised": True, "code": e.code, "message": e.message}
 
-    res = await session.call_tool("deploy__echo", {"value": "gated"}, progress_callback=on_progress)
+    # The agent's stated reason and trace ride in the request's _meta; the
+    # tool's arguments stay as they are.
+    res = await session.call_tool(
+        "deploy__echo",
+        {"value": "gated"},
+        progress_callback=on_progress,
+        meta={"reason": "ship release 42", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+    )
     out["pending"] = {"is_error": bool(res.is_error), "structured": res.structured_content}
     out["progress"] = progress
     return out

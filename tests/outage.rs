@@ -199,6 +199,7 @@ fn a_final_row_refused_while_the_database_is_gone_is_written_when_it_returns() {
             finished_at: 2,
         }),
         runner: None,
+        intent: None,
     };
     let before = row("before", InvocationStatus::Succeeded);
     rt.block_on(store.finish_run_async(&before)).unwrap();

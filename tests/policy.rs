@@ -164,6 +164,7 @@ fn the_refund_example_decides_every_amount_caller_time_and_account_as_written() 
                         caller,
                         function: "issue",
                         args: &args,
+                        intent: None,
                         now: at(time),
                     });
                     let want = expected(amount, who, office, closed);
@@ -194,6 +195,7 @@ fn an_amount_policies_cannot_compare_is_refused_never_rounded() {
         caller: &agent("support-bot", &["support"]),
         function: "issue",
         args: &args,
+        intent: None,
         now: at("2026-12-01T10:00:00"),
     });
     let Outcome::Deny { reason } = &verdict.outcome else {
@@ -222,6 +224,7 @@ fn a_policy_that_cannot_be_evaluated_refuses() {
         caller: &agent("support-bot", &["support"]),
         function: "issue",
         args: &big,
+        intent: None,
         now: at("2026-12-01T10:00:00"),
     });
     let Outcome::Deny { reason } = &verdict.outcome else {
@@ -418,7 +421,7 @@ proptest! {
         let args = json!({"who": {"name": "n", "languages": []}});
         for caller in &callers {
             let by_rules = rules.iter().any(|r| caller.matches(r));
-            let verdict = hello.decisions.decide(&Ask { caller, function: "greet", args: &args, now: 0 });
+            let verdict = hello.decisions.decide(&Ask { caller, function: "greet", args: &args, intent: None, now: 0 });
             prop_assert_eq!(verdict.outcome == Outcome::Allow, by_rules, "{:?} {:?}", caller, verdict);
             prop_assert_eq!(hello.decisions.may_list(caller), by_rules, "{:?}", caller);
         }
@@ -457,7 +460,14 @@ fn a_held_invocation_asks_the_policy_group_and_records_why() {
     let rt = async_runtime();
     let args = json!({"amount": 500, "account": "ACC-OPEN-7"});
     let submitted = rt
-        .block_on(runtime.submit(&requester, "refund", "issue", &args, std::time::Duration::ZERO))
+        .block_on(runtime.submit(
+            &requester,
+            "refund",
+            "issue",
+            &args,
+            &Default::default(),
+            std::time::Duration::ZERO,
+        ))
         .unwrap();
     let Submitted::Pending { invocation, approval } = submitted else {
         panic!("{submitted:?}")
@@ -507,13 +517,27 @@ fn a_held_invocation_asks_the_policy_group_and_records_why() {
     // A small refund runs at once, recorded with the permit that allowed it.
     let small = json!({"amount": 50, "account": "ACC-OPEN-7"});
     let ran = rt
-        .block_on(runtime.submit(&requester, "refund", "issue", &small, std::time::Duration::ZERO))
+        .block_on(runtime.submit(
+            &requester,
+            "refund",
+            "issue",
+            &small,
+            &Default::default(),
+            std::time::Duration::ZERO,
+        ))
         .unwrap();
     assert!(matches!(ran, Submitted::Ran(ref r) if r.outcome.is_ok()), "{ran:?}");
     // A closed account is refused, the refusal naming the policy.
     let closed = json!({"amount": 50, "account": "ACC-CLOSED-1"});
     let err = rt
-        .block_on(runtime.submit(&requester, "refund", "issue", &closed, std::time::Duration::ZERO))
+        .block_on(runtime.submit(
+            &requester,
+            "refund",
+            "issue",
+            &closed,
+            &Default::default(),
+            std::time::Duration::ZERO,
+        ))
         .unwrap_err();
     assert!(
         err.to_string()
@@ -581,7 +605,14 @@ approve = ["role:reviewer"]
     let run = |caller: &Caller, path: &str| {
         let args = json!({"path": path, "data": "x"});
         match rt
-            .block_on(runtime.submit(caller, "writer", "write", &args, std::time::Duration::from_secs(60)))
+            .block_on(runtime.submit(
+                caller,
+                "writer",
+                "write",
+                &args,
+                &Default::default(),
+                std::time::Duration::from_secs(60),
+            ))
             .unwrap()
         {
             Submitted::Ran(report) => report,
@@ -606,7 +637,15 @@ approve = ["role:reviewer"]
     // The agent's write under gated/ waits for a reviewer.
     let (report, decided) = rt.block_on(async {
         let args = json!({"path": "gated/by-agent", "data": "x"});
-        let submit = runtime.submit(&agent, "writer", "write", &args, std::time::Duration::from_secs(60));
+        let no_intent = airlock::invocation::Intent::default();
+        let submit = runtime.submit(
+            &agent,
+            "writer",
+            "write",
+            &args,
+            &no_intent,
+            std::time::Duration::from_secs(60),
+        );
         let review = async {
             let store = runtime.store().unwrap();
             loop {
@@ -651,4 +690,50 @@ approve = ["role:reviewer"]
             .contains("nothing is written under secrets/"),
         "{denied:?}"
     );
+}
+
+/// `require-reason = true`: an invocation without a stated reason is
+/// refused, naming the rule; with one it runs, and policies can read it.
+#[test]
+fn an_action_can_require_a_stated_reason() {
+    use airlock::gateway::Submitted;
+    use airlock::invocation::Intent;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("reason.cedar"),
+        "@id(\"no-testing-in-prod\") @reason(\"not for tests\")\nforbid(principal, action == Action::\"hello/greet\", resource)\nwhen { context has reason && context.reason like \"*test*\" };\n",
+    )
+    .unwrap();
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\ndata-dir = \"data\"\n[policy]\nfiles = [\"reason.cedar\"]\n[actions.hello]\ncomponent = {}\nrequire-reason = true\n",
+            toml_path(&component("hello"))
+        ),
+    )
+    .unwrap();
+    let runtime = load(&config);
+    let rt = async_runtime();
+    let args = json!({"who": {"name": "Ada", "languages": ["en"]}});
+    let submit = |intent: &Intent| {
+        rt.block_on(runtime.submit(
+            &Caller::local(),
+            "hello",
+            "greet",
+            &args,
+            intent,
+            std::time::Duration::ZERO,
+        ))
+    };
+    let err = submit(&Intent::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("needs a stated reason") && err.to_string().contains("hello.require-reason"),
+        "{err}"
+    );
+    let (said, _) = Intent::new(Some("greeting a new colleague"), None).unwrap();
+    assert!(matches!(submit(&said).unwrap(), Submitted::Ran(ref r) if r.outcome.is_ok()));
+    let (testing, _) = Intent::new(Some("just testing"), None).unwrap();
+    let err = submit(&testing).unwrap_err();
+    assert!(err.to_string().contains("not for tests"), "{err}");
 }

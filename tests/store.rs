@@ -144,6 +144,7 @@ fn approval(id: &str, state: ApprovalState, created_at: u64) -> ApprovalRecord {
         rules: None,
         policies: vec![],
         why: None,
+        intent: None,
     }
 }
 
@@ -175,6 +176,7 @@ fn invocation(id: &str, state: InvocationStatus, created_at: u64) -> InvocationR
         updated_at: created_at,
         outcome: None,
         runner: None,
+        intent: None,
     }
 }
 

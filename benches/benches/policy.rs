@@ -95,6 +95,7 @@ fn policy(c: &mut Criterion) {
                 caller: black_box(&support),
                 function: "issue",
                 args: &small,
+                intent: None,
                 now,
             });
             assert_eq!(v.outcome, Outcome::Allow);
@@ -107,6 +108,7 @@ fn policy(c: &mut Criterion) {
                 caller: black_box(&support),
                 function: "issue",
                 args: &small,
+                intent: None,
                 now,
             });
             assert_eq!(v.outcome, Outcome::Allow);
@@ -118,6 +120,7 @@ fn policy(c: &mut Criterion) {
                 caller: black_box(&support),
                 function: "issue",
                 args: &medium,
+                intent: None,
                 now,
             });
             assert!(matches!(v.outcome, Outcome::Approve(_)));
@@ -135,6 +138,7 @@ fn policy(c: &mut Criterion) {
                 caller: black_box(&stranger),
                 function: "issue",
                 args: &small,
+                intent: None,
                 now,
             });
             assert!(matches!(v.outcome, Outcome::Deny { .. }));

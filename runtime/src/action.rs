@@ -220,6 +220,7 @@ impl PreparedAction {
         caller: &crate::identity::Caller,
         function: &str,
         args: &serde_json::Value,
+        intent: Option<&crate::invocation::Intent>,
     ) -> Option<std::sync::Arc<crate::approval::gate::Gate>> {
         let policy = &self.policy;
         if policy.approval.host_calls.is_empty()
@@ -229,7 +230,7 @@ impl PreparedAction {
             return None;
         }
         let approvals = self.approvals.clone()?;
-        let template = self.request_template(invocation, caller, function, args);
+        let template = self.request_template(invocation, caller, function, args, intent);
         Some(std::sync::Arc::new(
             crate::approval::gate::Gate::new(
                 approvals,
@@ -249,6 +250,7 @@ impl PreparedAction {
         caller: &crate::identity::Caller,
         function: &str,
         args: &serde_json::Value,
+        intent: Option<&crate::invocation::Intent>,
     ) -> crate::approval::NewRequest {
         let policy = &self.policy;
         crate::approval::NewRequest {
@@ -276,6 +278,7 @@ impl PreparedAction {
             rules: None,
             policies: Vec::new(),
             why: None,
+            intent: intent.filter(|i| !i.is_empty()).cloned(),
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::action::PreparedAction;
 use crate::approval::Approvals;
 use crate::error::Error;
 use crate::identity::{Caller, IdentityKind};
-use crate::invocation::{Admission, Report, new_invocation_id};
+use crate::invocation::{Admission, Intent, Report, new_invocation_id};
 use crate::policy::engine::{Ask, Outcome, Requirement, Verdict as PolicyVerdict};
 use crate::runtime::Runtime;
 use crate::store::{
@@ -53,6 +53,18 @@ pub enum Submitted {
 pub struct Admitted {
     pub prepared: Arc<PreparedAction>,
     pub verdict: Arc<PolicyVerdict>,
+    /// The agent's stated reason and trace.
+    pub intent: Intent,
+}
+
+impl Admitted {
+    fn admission(&self) -> Admission<'_> {
+        Admission {
+            approval: None,
+            verdict: Some(&self.verdict),
+            intent: Some(&self.intent),
+        }
+    }
 }
 
 impl Requirement {
@@ -142,17 +154,15 @@ impl Runtime {
         action: &str,
         function: &str,
         args: &Value,
+        intent: &Intent,
         wait: Duration,
     ) -> Result<Submitted, Error> {
-        let admitted = self.admit(caller, action, function, args).await?;
+        let admitted = self.admit(caller, action, function, args, intent).await?;
         let invocation = new_invocation_id();
         let requirement = match &admitted.verdict.outcome {
             Outcome::Approve(requirement) => requirement,
             _ => {
-                let admission = Admission {
-                    approval: None,
-                    verdict: Some(&admitted.verdict),
-                };
+                let admission = admitted.admission();
                 return Ok(Submitted::Ran(
                     admitted
                         .prepared
@@ -171,7 +181,14 @@ impl Runtime {
     /// the deciding policies), or must wait for approval. An unknown
     /// function or arguments that do not fit are refused here too, so
     /// reviewers are never asked about a request that could not run.
-    pub async fn admit(&self, caller: &Caller, action: &str, function: &str, args: &Value) -> Result<Admitted, Error> {
+    pub async fn admit(
+        &self,
+        caller: &Caller,
+        action: &str,
+        function: &str,
+        args: &Value,
+        intent: &Intent,
+    ) -> Result<Admitted, Error> {
         let prepared = self.loaded(action, caller)?;
         // A caller no policy could ever permit learns nothing about the
         // action's functions or arguments.
@@ -190,19 +207,32 @@ impl Runtime {
                 }
             ));
             return Err(
-                match prepared.refuse(&new_invocation_id(), caller, function, recorded).await {
+                match prepared
+                    .refuse_by(
+                        &new_invocation_id(),
+                        caller,
+                        function,
+                        recorded,
+                        Vec::new(),
+                        Some(intent),
+                    )
+                    .await
+                {
                     Error::Forbidden(_) if !caller.is_local() => Error::Forbidden(refused),
                     other => other,
                 },
             );
         }
         if let Err(error) = prepared.check_request(function, args) {
-            return Err(prepared.refuse(&new_invocation_id(), caller, function, error).await);
+            return Err(prepared
+                .refuse_by(&new_invocation_id(), caller, function, error, Vec::new(), Some(intent))
+                .await);
         }
         let verdict = prepared.decisions.decide(&Ask {
             caller,
             function,
             args,
+            intent: Some(intent),
             now: crate::time::now_micros(),
         });
         if let Outcome::Deny { reason } = &verdict.outcome {
@@ -217,12 +247,13 @@ impl Runtime {
                 describe(caller)
             ));
             return Err(prepared
-                .refuse_by(&new_invocation_id(), caller, function, error, policies)
+                .refuse_by(&new_invocation_id(), caller, function, error, policies, Some(intent))
                 .await);
         }
         Ok(Admitted {
             prepared,
             verdict: Arc::new(verdict),
+            intent: intent.clone(),
         })
     }
 
@@ -264,14 +295,12 @@ impl Runtime {
             updated_at: now,
             outcome: None,
             runner: Some(prepared.audit.runner().to_string()),
+            intent: Some(admitted.intent.clone()).filter(|i| !i.is_empty()),
         };
         // Status rows, not the record of what ran (that is the audit log's,
         // synced before the result returns): no disk sync of their own.
         store.record_run(&record)?;
-        let admission = Admission {
-            approval: None,
-            verdict: Some(&admitted.verdict),
-        };
+        let admission = admitted.admission();
         let report = prepared
             .invoke_with_id(invocation, caller, function, args, admission)
             .await;
@@ -306,7 +335,7 @@ impl Runtime {
         let action = prepared.policy.name.as_str();
         let invocation = invocation.to_string();
         let approvals = self.approvals_for(action)?;
-        let mut request = prepared.request_template(&invocation, caller, function, args);
+        let mut request = prepared.request_template(&invocation, caller, function, args, Some(&admitted.intent));
         requirement.apply(&mut request, &admitted.verdict);
         let approval = approvals.open(request).await?;
         let now = crate::time::now_micros();
@@ -322,6 +351,7 @@ impl Runtime {
             updated_at: now,
             outcome: None,
             runner: None,
+            intent: Some(admitted.intent.clone()).filter(|i| !i.is_empty()),
         };
         if let Err(e) = approvals.store().insert_invocation(&record) {
             let _ = approvals
@@ -476,7 +506,13 @@ impl Runtime {
             Err(e) => return Err(Error::ApprovalRefused(format!("approved, but not runnable here: {e}"))),
         };
         let binding = prepared
-            .request_template(id, &record.caller, &record.function, &record.args)
+            .request_template(
+                id,
+                &record.caller,
+                &record.function,
+                &record.args,
+                record.intent.as_ref(),
+            )
             .binding();
         if binding != approval.binding {
             // Another config or component is loaded here; a process with
@@ -504,6 +540,7 @@ impl Runtime {
             caller: &record.caller,
             function: &record.function,
             args: &record.args,
+            intent: record.intent.as_ref(),
             now: crate::time::now_micros(),
         });
         if let Outcome::Deny { reason } = &verdict.outcome {
@@ -536,6 +573,7 @@ impl Runtime {
         let admission = Admission {
             approval: Some(&approval.id),
             verdict: Some(&verdict),
+            intent: record.intent.as_ref(),
         };
         let report = prepared
             .invoke_with_id(id, &record.caller, &record.function, &record.args, admission)
@@ -554,12 +592,14 @@ impl Runtime {
     /// Run an invocation-level approval's invocation for its requester,
     /// given the request again: it must bind to exactly what was approved
     /// (same action, function, arguments, caller, component, config).
+    #[allow(clippy::too_many_arguments)]
     pub async fn invoke_approved(
         &self,
         caller: &Caller,
         action: &str,
         function: &str,
         args: &Value,
+        intent: &Intent,
         approval_id: &str,
         wait: Duration,
     ) -> Result<Submitted, Error> {
@@ -573,7 +613,7 @@ impl Runtime {
             )));
         }
         let binding = prepared
-            .request_template(&approval.invocation, caller, function, args)
+            .request_template(&approval.invocation, caller, function, args, Some(intent))
             .binding();
         if binding != approval.binding {
             return Err(Error::ApprovalRefused(format!(
@@ -644,7 +684,13 @@ impl Runtime {
                 ))
             })?;
             let binding = prepared
-                .request_template(&record.id, &record.caller, &record.function, &record.args)
+                .request_template(
+                    &record.id,
+                    &record.caller,
+                    &record.function,
+                    &record.args,
+                    record.intent.as_ref(),
+                )
                 .binding();
             if binding != current.binding {
                 return Err(Error::ApprovalRefused(format!(

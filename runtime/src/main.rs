@@ -257,6 +257,13 @@ struct InvokeArgs {
     /// must be exactly the approved one).
     #[arg(long, value_name = "ID")]
     approval: Option<String>,
+    /// Why you ask, in your own words: recorded with the invocation, shown
+    /// to reviewers, readable by policies (`context.reason`).
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+    /// The W3C trace this invocation belongs to (`00-<trace>-<span>-<flags>`).
+    #[arg(long, value_name = "TRACEPARENT")]
+    traceparent: Option<String>,
 }
 
 /// Diagnostics on stderr, filtered by `AIRLOCK_LOG` (e.g. `airlock=info`).
@@ -939,15 +946,24 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
     runtime.run_released().await?;
     let wait = std::time::Duration::from_secs(a.wait_secs);
     let name = action.policy.name.clone();
+    let (intent, ignored) = airlock::invocation::Intent::new(a.reason.as_deref(), a.traceparent.as_deref())?;
+    if ignored {
+        return Err(Error::Usage(
+            "--traceparent is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>, lower case)".into(),
+        ));
+    }
     if let Some(id) = &a.approval {
         let done = runtime
-            .invoke_approved(&caller, &name, &a.function, &args, id, wait)
+            .invoke_approved(&caller, &name, &a.function, &args, &intent, id, wait)
             .await?;
         return cli::print_submitted(done, a.quiet);
     }
     if let Some(n) = a.repeat {
         for _ in 0..n {
-            let report = match runtime.submit(&caller, &name, &a.function, &args, wait).await? {
+            let report = match runtime
+                .submit(&caller, &name, &a.function, &args, &intent, wait)
+                .await?
+            {
                 airlock::gateway::Submitted::Ran(report) => report,
                 other => return cli::print_submitted(other, a.quiet),
             };
@@ -963,7 +979,9 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let submitted = runtime.submit(&caller, &name, &a.function, &args, wait).await?;
+    let submitted = runtime
+        .submit(&caller, &name, &a.function, &args, &intent, wait)
+        .await?;
     cli::print_submitted(submitted, a.quiet)
 }
 

@@ -24,12 +24,15 @@ pub struct Binding<'a> {
     pub config_version: &'a str,
     /// The held-back call (host-call gates) or the guest's request.
     pub subject: &'a Value,
+    /// The agent's stated reason, when it gave one: an approval of a
+    /// request made for one reason does not cover it made for another.
+    pub reason: Option<&'a str>,
 }
 
 impl Binding<'_> {
     /// `blake3:<hex>`.
     pub fn digest(&self) -> String {
-        let doc = crate::invocation::canonical(&json!({
+        let mut doc = json!({
             "kind": self.kind,
             "action": self.action,
             "component": self.component_digest,
@@ -38,7 +41,12 @@ impl Binding<'_> {
             "caller": self.caller,
             "config": self.config_version,
             "subject": self.subject,
-        }));
+        });
+        // Only when given: bindings of requests without one are unchanged.
+        if let (Some(reason), Some(map)) = (self.reason, doc.as_object_mut()) {
+            map.insert("reason".into(), Value::String(reason.to_string()));
+        }
+        let doc = crate::invocation::canonical(&doc);
         let bytes = serde_json::to_vec(&doc).unwrap_or_default();
         format!("blake3:{}", blake3::hash(&bytes).to_hex())
     }
@@ -62,7 +70,16 @@ mod tests {
             caller: "bot",
             config_version: "blake3:11",
             subject: &subject,
+            reason: None,
         };
+        assert_ne!(
+            base.digest(),
+            Binding {
+                reason: Some("why"),
+                ..base.clone()
+            }
+            .digest()
+        );
         let d = base.digest();
         assert_eq!(d, base.clone().digest());
         assert_ne!(

@@ -98,6 +98,8 @@ pub struct NewRequest {
     pub rules: Option<crate::store::ApproverRules>,
     pub policies: Vec<String>,
     pub why: Option<String>,
+    /// The agent's stated reason and trace, shown to reviewers.
+    pub intent: Option<crate::invocation::Intent>,
 }
 
 impl NewRequest {
@@ -111,6 +113,7 @@ impl NewRequest {
             caller: &self.caller.name,
             config_version: &self.config_version,
             subject: &self.subject,
+            reason: self.intent.as_ref().and_then(|i| i.reason.as_deref()),
         }
         .digest()
     }
@@ -248,6 +251,7 @@ impl Approvals {
             rules: request.rules,
             policies: request.policies,
             why: request.why,
+            intent: request.intent.filter(|i| !i.is_empty()),
         };
         self.record(vec![Event::ApprovalRequested(ApprovalRequested {
             approval: record.id.clone(),
@@ -264,6 +268,8 @@ impl Approvals {
             policies: record.policies.clone(),
             group: record.group.clone(),
             why: record.why.clone(),
+            reason: record.intent.as_ref().and_then(|i| i.reason.clone()),
+            traceparent: record.intent.as_ref().and_then(|i| i.traceparent.clone()),
         })])
         .await?;
         if let Err(e) = self.store.insert_approval(&record) {
@@ -533,6 +539,8 @@ impl Approvals {
             approval: Some(approval.id.clone()),
             state: Some(to.to_string()),
             policies: Vec::new(),
+            reason: record.intent.as_ref().and_then(|i| i.reason.clone()),
+            traceparent: record.intent.as_ref().and_then(|i| i.traceparent.clone()),
         }));
         let audit = owe(&events).map_err(|r| Error::AuditUnavailable(r.to_string()))?;
         let ended = self.store.end_invocation(&InvocationEnding {

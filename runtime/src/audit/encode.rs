@@ -364,6 +364,8 @@ mod tests {
                 approval: None,
                 state: None,
                 policies: vec!["p".into()],
+                reason: Some("because".into()),
+                traceparent: None,
             }),
         );
     }

@@ -95,6 +95,12 @@ pub struct InvocationStarted {
     /// The policies that decided it (ids).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<String>,
+    /// The agent's stated reason, if it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The W3C trace the request belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// One host call. Built on every call, so it borrows what it can: the
@@ -172,6 +178,12 @@ pub struct InvocationRefused {
     /// The policies that decided it (ids).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<String>,
+    /// The agent's stated reason, if it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The W3C trace the request belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Why an invocation was cut off, as recorded.
@@ -225,6 +237,12 @@ pub struct ApprovalRequested {
     /// The policies that decided it (ids).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<String>,
+    /// The agent's stated reason, if it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The W3C trace the request belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// The reviewers asked: `action` or an `[approval-groups]` name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,

@@ -566,6 +566,8 @@ mod tests {
             grants: vec![],
             runner: runner.map(str::to_string),
             policies: Vec::new(),
+            reason: None,
+            traceparent: None,
         })
     }
 
@@ -609,6 +611,7 @@ mod tests {
             updated_at: 1,
             outcome: None,
             runner: runner.map(str::to_string),
+            intent: None,
         }
     }
 

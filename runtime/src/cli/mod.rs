@@ -450,6 +450,12 @@ fn print_approval(a: &ApprovalRecord) {
         }
     }
     println!("rule         {}", e(&a.rule));
+    if let Some(reason) = a.intent.as_ref().and_then(|i| i.reason.as_ref()) {
+        println!("stated       {}", e(reason));
+    }
+    if let Some(tp) = a.intent.as_ref().and_then(|i| i.traceparent.as_ref()) {
+        println!("trace        {}", e(tp));
+    }
     if let Some(why) = &a.why {
         println!("why          {}", e(why));
     }

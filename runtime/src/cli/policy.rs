@@ -50,6 +50,9 @@ pub enum PolicyCommand {
         /// of now.
         #[arg(long)]
         at: Option<String>,
+        /// The reason the agent would state (`context.reason`).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         /// Print the decision as JSON.
         #[arg(long)]
         json: bool,
@@ -90,6 +93,7 @@ pub fn policy_cmd(cmd: PolicyCommand) -> Result<ExitCode, Error> {
             kind,
             roles,
             at,
+            reason,
             json,
         } => eval(
             &config,
@@ -100,6 +104,7 @@ pub fn policy_cmd(cmd: PolicyCommand) -> Result<ExitCode, Error> {
             kind,
             roles,
             at.as_deref(),
+            reason.as_deref(),
             json,
         ),
     }
@@ -115,8 +120,10 @@ fn eval(
     kind: Option<String>,
     roles: Vec<String>,
     at: Option<&str>,
+    reason: Option<&str>,
     json: bool,
 ) -> Result<ExitCode, Error> {
+    let (intent, _) = airlock::invocation::Intent::new(reason, None)?;
     let args: serde_json::Value = serde_json::from_str(args).map_err(|e| Error::ArgsSyntax(e.to_string()))?;
     let policy = Policy::load(config)?;
     let mut runtime = Runtime::new(&policy.runtime)?;
@@ -144,6 +151,7 @@ fn eval(
         caller: &caller,
         function,
         args: &args,
+        intent: Some(&intent),
         now,
     });
     if json {

@@ -180,6 +180,8 @@ impl PreparedAction {
                 .collect(),
             runner: Some(self.audit.runner().to_string()),
             policies: admission.verdict.map(|v| v.policy_ids()).unwrap_or_default(),
+            reason: admission.intent.and_then(|i| i.reason.clone()),
+            traceparent: admission.intent.and_then(|i| i.traceparent.clone()),
         })
     }
 
@@ -190,6 +192,7 @@ impl PreparedAction {
         function: &str,
         error: &Error,
         policies: Vec<String>,
+        intent: Option<&super::Intent>,
     ) -> Event {
         Event::InvocationRefused(InvocationRefused {
             invocation: invocation.to_string(),
@@ -208,6 +211,8 @@ impl PreparedAction {
                 other => other.to_string().chars().take(1024).collect(),
             },
             policies,
+            reason: intent.and_then(|i| i.reason.clone()),
+            traceparent: intent.and_then(|i| i.traceparent.clone()),
         })
     }
 

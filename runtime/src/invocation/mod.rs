@@ -8,12 +8,14 @@
 //! refused request from a misbehaving action.
 
 mod audit;
+pub mod intent;
 mod limiter;
 mod output;
 mod state;
 
 pub use audit::{canonical, local_caller, new_invocation_id};
 
+pub use intent::Intent;
 pub use limiter::{MAX_TABLE_ELEMENTS, MemoryLimiter};
 pub use output::CapturedOutput;
 pub use state::{InvocationState, StateBuilder};
@@ -79,6 +81,8 @@ impl Report {
 pub struct Admission<'a> {
     pub approval: Option<&'a str>,
     pub verdict: Option<&'a crate::policy::engine::Verdict>,
+    /// The agent's stated reason and trace.
+    pub intent: Option<&'a Intent>,
 }
 
 /// Parse `args` (a JSON object keyed by parameter names) for `function`.
@@ -119,7 +123,8 @@ impl PreparedAction {
     /// report (the audit failure instead, if the refusal cannot be
     /// recorded).
     pub async fn refuse(&self, invocation: &str, caller: &Caller, function: &str, error: Error) -> Error {
-        self.refuse_by(invocation, caller, function, error, Vec::new()).await
+        self.refuse_by(invocation, caller, function, error, Vec::new(), None)
+            .await
     }
 
     /// [`PreparedAction::refuse`], naming the policies that refused it.
@@ -130,8 +135,9 @@ impl PreparedAction {
         function: &str,
         error: Error,
         policies: Vec<String>,
+        intent: Option<&Intent>,
     ) -> Error {
-        let event = self.refused_event(invocation, caller, function, &error, policies);
+        let event = self.refused_event(invocation, caller, function, &error, policies, intent);
         match self.audit.append_durable_async(vec![event], None).await {
             Ok(_) => error,
             Err(e) => Error::AuditUnavailable(e.to_string()),
@@ -153,7 +159,7 @@ impl PreparedAction {
     pub async fn invoke_as(&self, caller: &Caller, function: &str, args: &Value, approval: Option<&str>) -> Report {
         let admission = Admission {
             approval,
-            verdict: None,
+            ..Admission::default()
         };
         self.invoke_with_id(&new_invocation_id(), caller, function, args, admission)
             .await
@@ -234,7 +240,7 @@ impl PreparedAction {
             caller = %caller.name
         );
         let host_calls = HostCalls::audited(self.audit.clone(), &invocation, epoch);
-        if let Some(gate) = self.gate_for(&invocation, caller, function, args) {
+        if let Some(gate) = self.gate_for(&invocation, caller, function, args, admission.intent) {
             host_calls.set_gate(gate);
         }
         let run =

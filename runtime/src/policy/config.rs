@@ -84,6 +84,9 @@ struct RawAction {
     approval: RawApproval,
     #[serde(default)]
     mcp: McpHints,
+    /// Every invocation must carry the agent's stated reason.
+    #[serde(default)]
+    require_reason: bool,
 }
 
 /// `[actions.NAME.mcp]`: hints for MCP clients about the action's tools.
@@ -183,6 +186,9 @@ pub struct ActionPolicy {
     pub config_version: String,
     /// Hints for MCP clients.
     pub mcp: McpHints,
+    /// Every invocation must carry the agent's stated reason (shorthand
+    /// for a `forbid … unless { context has reason }`).
+    pub require_reason: bool,
     /// The config's Cedar policy files (shared by every action).
     pub policy_files: Arc<PolicyFiles>,
     /// The time zone policies read the clock in.
@@ -214,6 +220,7 @@ impl ActionPolicy {
             approval: ApprovalPolicy::default(),
             config_version: "ad-hoc".into(),
             mcp: McpHints::default(),
+            require_reason: false,
             policy_files: Arc::default(),
             timezone: Offset::default(),
         }
@@ -384,6 +391,7 @@ impl Policy {
                     approval,
                     config_version: version.clone(),
                     mcp: raw.mcp,
+                    require_reason: raw.require_reason,
                     policy_files: policy_files.clone(),
                     timezone,
                 },

@@ -297,6 +297,9 @@ pub struct Ask<'a> {
     pub caller: &'a Caller,
     pub function: &'a str,
     pub args: &'a Value,
+    /// The agent's stated reason and trace (`context.reason`,
+    /// `context.traceparent`).
+    pub intent: Option<&'a crate::invocation::Intent>,
     /// Unix microseconds.
     pub now: u64,
 }
@@ -548,6 +551,14 @@ impl ToolPolicy {
         if slice.reads.now {
             let now = context::Now::at(ask.now, self.offset);
             pairs.push(("now".into(), now.record(slice.reads.now_datetime)?));
+        }
+        if let Some(intent) = ask.intent {
+            if let Some(r) = &intent.reason {
+                pairs.push(("reason".into(), RestrictedExpression::new_string(r.clone())));
+            }
+            if let Some(t) = &intent.traceparent {
+                pairs.push(("traceparent".into(), RestrictedExpression::new_string(t.clone())));
+            }
         }
         let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         let request = Request::new(

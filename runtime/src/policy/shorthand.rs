@@ -8,6 +8,7 @@
 //! | `access.invoke = ["NAME"]` | `permit(principal == Identity::"NAME", action in Action::"A", resource == Tool::"A");` |
 //! | `access.invoke = ["local"]` (the default) | `permit(principal in Operator::"local", action in Action::"A", resource == Tool::"A");` |
 //! | `approval.invocation = true` (with `quorum`, `ttl-secs`) | `@approval("action") @quorum("Q") @ttl("Ts") forbid(principal, action in Action::"A", resource == Tool::"A");` |
+//! | `require-reason = true` | `@reason("…") forbid(principal, action in Action::"A", resource == Tool::"A") unless { context has reason };` |
 //!
 //! Each generated policy's id names the key it came from
 //! (`A.access.invoke[0]`, `A.approval.invocation`).
@@ -39,6 +40,11 @@ pub fn generate(policy: &ActionPolicy) -> String {
             "@id(\"{a}.approval.invocation\") @approval(\"action\") @quorum(\"{}\") @ttl(\"{}s\")\nforbid(principal, {scope});\n",
             approval.quorum,
             approval.ttl.as_secs()
+        ));
+    }
+    if policy.require_reason {
+        out.push_str(&format!(
+            "@id(\"{a}.require-reason\") @reason(\"action {a} needs a stated reason: send `reason` (API), `_meta.reason` (MCP) or --reason (CLI)\")\nforbid(principal, {scope}) unless {{ context has reason }};\n"
         ));
     }
     out

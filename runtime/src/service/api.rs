@@ -253,6 +253,9 @@ struct InvokeRequest {
     args: Value,
     /// Wait this long for the result; `0` submits and returns at once.
     wait_ms: Option<u64>,
+    /// Why the agent asks, in its own words: recorded, shown to reviewers,
+    /// readable by policies (`context.reason`).
+    reason: Option<String>,
 }
 
 fn empty_object() -> Value {
@@ -283,6 +286,8 @@ fn record_view(record: &InvocationRecord) -> Value {
         "error": record.outcome.as_ref().and_then(|o| o.error.clone()),
         "exit-code": record.outcome.as_ref().map(|o| o.exit_code),
         "created-at": crate::time::rfc3339_micros(record.created_at),
+        "stated-reason": record.intent.as_ref().and_then(|i| i.reason.clone()),
+        "traceparent": record.intent.as_ref().and_then(|i| i.traceparent.clone()),
     })
 }
 
@@ -370,9 +375,13 @@ fn joined_response(
 async fn invoke(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
+    headers: HeaderMap,
     request: Result<Json<InvokeRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = request?;
+    // The W3C trace the agent's request belongs to continues here.
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let (intent, _ignored) = crate::invocation::Intent::new(request.reason.as_deref(), traceparent)?;
     let wait = request
         .wait_ms
         .map_or(super::DEFAULT_WAIT, Duration::from_millis)
@@ -384,7 +393,7 @@ async fn invoke(
     // here, before anything is stored or started.
     let admitted = service
         .runtime
-        .admit(&caller, &request.action, &request.function, &request.args)
+        .admit(&caller, &request.action, &request.function, &request.args, &intent)
         .await?;
     let invocation = crate::invocation::new_invocation_id();
     // A task of its own, so the invocation goes on (stored, its status at

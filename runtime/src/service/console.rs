@@ -396,6 +396,21 @@ async fn logout(
     r
 }
 
+/// The agent's stated reason and trace, as table rows.
+fn intent_rows(body: &mut String, intent: Option<&crate::invocation::Intent>) {
+    let Some(intent) = intent else { return };
+    if let Some(reason) = &intent.reason {
+        let _ = write!(
+            body,
+            "<tr><th>Stated reason</th><td id=\"stated-reason\">{}</td></tr>",
+            esc(reason)
+        );
+    }
+    if let Some(tp) = &intent.traceparent {
+        let _ = write!(body, "<tr><th>Trace</th><td id=\"traceparent\">{}</td></tr>", esc(tp));
+    }
+}
+
 fn may_see_approval(service: &Service, caller: &Caller, a: &ApprovalRecord) -> bool {
     a.caller == caller.name || service.runtime.may_review(caller, a)
 }
@@ -494,6 +509,7 @@ async fn approval_page(
         },
         esc(&a.rule),
     );
+    intent_rows(&mut body, a.intent.as_ref());
     // Why the reviewer is asked: the deciding policy's reason, the
     // policies that decided, and the group they asked.
     if let Some(why) = &a.why {
@@ -652,6 +668,7 @@ async fn invocation_page(
         esc(&record.caller.name),
         json_block(&record.args)
     );
+    intent_rows(&mut body, record.intent.as_ref());
     if let Some(o) = &record.outcome {
         let _ = write!(
             body,

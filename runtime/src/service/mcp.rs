@@ -343,7 +343,9 @@ impl ServerHandler for AirlockMcp {
                 if let Some(a) = runtime.action(&name) {
                     for f in &a.manifest.functions {
                         if tool_name(&name, &f.name) == request.name {
-                            let _ = runtime.admit(&caller, &name, &f.name, &args).await;
+                            let _ = runtime
+                                .admit(&caller, &name, &f.name, &args, &crate::invocation::Intent::default())
+                                .await;
                         }
                     }
                 }
@@ -354,7 +356,16 @@ impl ServerHandler for AirlockMcp {
             ));
         };
         let runtime = &self.service.runtime;
-        let admitted = match runtime.admit(&caller, action, function, &args).await {
+        // The agent's stated reason and trace ride in the request's
+        // `_meta`, leaving the tool's arguments as they are.
+        let intent = match crate::invocation::Intent::new(
+            ctx.meta.get("reason").and_then(Value::as_str),
+            ctx.meta.get_traceparent(),
+        ) {
+            Ok((intent, _)) => intent,
+            Err(e) => return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into()),
+        };
+        let admitted = match runtime.admit(&caller, action, function, &args, &intent).await {
             Ok(a) => a,
             Err(e) => return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into()),
         };

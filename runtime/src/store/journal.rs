@@ -202,6 +202,7 @@ mod tests {
             updated_at: 1,
             outcome: None,
             runner: None,
+            intent: None,
         }
     }
 

@@ -158,6 +158,9 @@ pub struct ApprovalRecord {
     /// Why reviewers are asked: the deciding policy's `@reason`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// The agent's stated reason and trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<crate::invocation::Intent>,
 }
 
 /// Who may decide a request, as written in the config.
@@ -250,6 +253,9 @@ pub struct InvocationRecord {
     /// invocation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner: Option<String>,
+    /// The agent's stated reason and trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<crate::invocation::Intent>,
 }
 
 /// Why an approval update was refused.

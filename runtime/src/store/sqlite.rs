@@ -1132,6 +1132,7 @@ mod tests {
             updated_at: 1,
             outcome: None,
             runner: None,
+            intent: None,
         }
     }
 
@@ -1267,6 +1268,7 @@ mod tests {
             rules: None,
             policies: vec![],
             why: None,
+            intent: None,
         }
     }
 

@@ -685,6 +685,7 @@ fn fill(store: &dyn airlock::store::Store, rows: u64) -> Result<Duration> {
                     finished_at: at,
                 }),
                 runner: None,
+                intent: None,
             })
             .map_err(|e| anyhow!("{e}"))?;
     }
@@ -978,6 +979,7 @@ fn rows(id: &str) -> Result<[(String, String); 2]> {
         updated_at: now,
         outcome: None,
         runner: Some("1-000000000000".into()),
+        intent: None,
     };
     let running = (record.state.as_str().to_string(), serde_json::to_string(&record)?);
     record.state = InvocationStatus::Succeeded;
@@ -1022,6 +1024,7 @@ fn request_calls(store: &dyn airlock::store::Store, hash: &[u8; 32], n: u64, tag
         updated_at: now,
         outcome: None,
         runner: Some("1-000000000000".into()),
+        intent: None,
     };
     store.record_run(&record).map_err(|e| anyhow!("{e}"))?;
     record.state = InvocationStatus::Succeeded;

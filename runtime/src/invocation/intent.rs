@@ -1,0 +1,98 @@
+//! What an agent says about a request: its stated reason and the W3C
+//! trace it belongs to. Both are recorded with the invocation, shown to
+//! reviewers, and readable by policies (`context.reason`,
+//! `context.traceparent`); neither changes the tool's arguments.
+
+use crate::error::Error;
+
+/// Longest stated reason, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// An invocation's stated reason and correlation id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Intent {
+    /// Why the agent asks, in its own words (trimmed, at most
+    /// [`MAX_REASON_BYTES`], no control characters but tab and newline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+impl Intent {
+    pub fn is_empty(&self) -> bool {
+        self.reason.is_none() && self.traceparent.is_none()
+    }
+
+    /// Build from what a request carried. A reason that is too long or
+    /// holds control characters is refused (a usage error); an empty one is
+    /// none. A `traceparent` that is not valid W3C is dropped, as the W3C
+    /// spec says (`ignored` reports that it was).
+    pub fn new(reason: Option<&str>, traceparent: Option<&str>) -> Result<(Intent, bool), Error> {
+        let reason = match reason.map(str::trim) {
+            None | Some("") => None,
+            Some(r) if r.len() > MAX_REASON_BYTES => {
+                return Err(Error::Usage(format!(
+                    "the stated reason is {} bytes; at most {MAX_REASON_BYTES} are kept",
+                    r.len()
+                )));
+            }
+            Some(r) if r.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => {
+                return Err(Error::Usage(
+                    "the stated reason holds control characters; send plain text".into(),
+                ));
+            }
+            Some(r) => Some(r.to_string()),
+        };
+        let (traceparent, ignored) = match traceparent.map(str::trim) {
+            None | Some("") => (None, false),
+            Some(t) if valid_traceparent(t) => (Some(t.to_string()), false),
+            Some(_) => (None, true),
+        };
+        Ok((Intent { reason, traceparent }, ignored))
+    }
+}
+
+/// W3C Trace Context level 1: `00-` 32 hex trace id `-` 16 hex parent id
+/// `-` 2 hex flags, lower case, ids not all zero.
+pub fn valid_traceparent(t: &str) -> bool {
+    let parts: Vec<&str> = t.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_and_traceparents() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (i, ignored) = Intent::new(Some("  refund for order 7  "), Some(tp)).unwrap();
+        assert_eq!(i.reason.as_deref(), Some("refund for order 7"));
+        assert_eq!(i.traceparent.as_deref(), Some(tp));
+        assert!(!ignored);
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "garbage",
+        ] {
+            let (i, ignored) = Intent::new(None, Some(bad)).unwrap();
+            assert!(i.traceparent.is_none() && ignored, "{bad}");
+        }
+        assert!(Intent::new(Some(&"x".repeat(1025)), None).is_err());
+        assert!(Intent::new(Some("a\u{1b}[31m"), None).is_err());
+        assert!(Intent::new(Some("   "), None).unwrap().0.is_empty());
+    }
+}
