@@ -1438,6 +1438,9 @@ fn decisions_made_at_the_same_instant_are_each_counted_once() {
     let audit = runtime.audit_opened().unwrap().clone();
     let deploy = runtime.action("deploy").unwrap().clone();
     let (access, version) = (&deploy.policy.access, &deploy.policy.config_version);
+    // The action's own reviewers, to its quorum: what its requests ask.
+    let groups = [(access.clone(), deploy.policy.approval.quorum)];
+    let groups = &groups[..];
     let data = w.path("data");
     let settings = runtime.store_settings().clone();
 
@@ -1458,7 +1461,7 @@ fn decisions_made_at_the_same_instant_are_each_counted_once() {
                             .build()
                             .unwrap();
                         barrier.wait();
-                        rt.block_on(approvals.decide(id, caller, Verdict::Approve, None, access, version, None))
+                        rt.block_on(approvals.decide(id, caller, Verdict::Approve, None, groups, version, None))
                     })
                 })
                 .collect();

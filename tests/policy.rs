@@ -737,3 +737,69 @@ fn an_action_can_require_a_stated_reason() {
     let err = submit(&testing).unwrap_err();
     assert!(err.to_string().contains("not for tests"), "{err}");
 }
+
+/// Two gates naming different groups both apply: the action's own
+/// reviewers (its TOML `approval.invocation`) and finance (a policy). One
+/// group's approval is not enough.
+#[test]
+fn every_group_a_gate_names_must_approve() {
+    use airlock::gateway::Submitted;
+    use airlock::store::{ApprovalState, Verdict as Vote};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("finance.cedar"),
+        "@id(\"finance-too\") @approval(\"finance\") @reason(\"money moves\")\nforbid(principal, action == Action::\"hello/greet\", resource);\n",
+    )
+    .unwrap();
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\ndata-dir = \"data\"\n[policy]\nfiles = [\"finance.cedar\"]\n[approval-groups.finance]\napprove = [\"role:finance\"]\n[actions.hello]\ncomponent = {}\n[actions.hello.access]\ninvoke = [\"role:agent\"]\napprove = [\"role:security\"]\n[actions.hello.approval]\ninvocation = true\n",
+            toml_path(&component("hello"))
+        ),
+    )
+    .unwrap();
+    let tokens = [
+        support::create_token(&config, "bot", "agent", &["agent"]),
+        support::create_token(&config, "fiona", "human", &["finance"]),
+        support::create_token(&config, "sam", "human", &["security"]),
+    ];
+    let runtime = load(&config);
+    let who = |t: &str| airlock::identity::authenticate(runtime.store().unwrap().as_ref(), t).unwrap();
+    let (bot, fiona, sam) = (who(&tokens[0]), who(&tokens[1]), who(&tokens[2]));
+    let rt = async_runtime();
+    let args = json!({"who": {"name": "Ada", "languages": ["en"]}});
+    let no_intent = airlock::invocation::Intent::default();
+    let submitted = rt
+        .block_on(runtime.submit(&bot, "hello", "greet", &args, &no_intent, std::time::Duration::ZERO))
+        .unwrap();
+    let Submitted::Pending { invocation, approval } = submitted else {
+        panic!("{submitted:?}")
+    };
+    let mut groups: Vec<(String, u32)> = approval.group_quorums();
+    groups.sort();
+    assert_eq!(
+        groups,
+        [("action".to_string(), 1), ("finance".to_string(), 1)],
+        "{approval:?}"
+    );
+    assert!(runtime.may_review(&fiona, &approval) && runtime.may_review(&sam, &approval));
+    let after_finance = rt
+        .block_on(runtime.decide(&approval.id, &fiona, Vote::Approve, None, None))
+        .unwrap();
+    assert_eq!(
+        after_finance.approval.state,
+        ApprovalState::Pending,
+        "one group is not enough"
+    );
+    assert_eq!(
+        runtime.invocation(&invocation).unwrap().state.to_string(),
+        "awaiting-approval"
+    );
+    let after_security = rt
+        .block_on(runtime.decide(&approval.id, &sam, Vote::Approve, None, None))
+        .unwrap();
+    assert_eq!(after_security.approval.state, ApprovalState::Approved);
+    assert_eq!(runtime.invocation(&invocation).unwrap().state.to_string(), "succeeded");
+}

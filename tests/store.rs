@@ -142,6 +142,7 @@ fn approval(id: &str, state: ApprovalState, created_at: u64) -> ApprovalRecord {
         uncounted: vec![],
         group: None,
         rules: None,
+        more_groups: vec![],
         policies: vec![],
         why: None,
         intent: None,

@@ -238,7 +238,8 @@ impl PreparedAction {
                 template,
                 policy.grants.files.as_ref().map(|f| f.dir.clone()),
             )
-            .with_host_policies(self.decisions.host_for(caller)),
+            .with_host_policies(self.decisions.host_for(caller))
+            .with_reviewers(policy.access.clone()),
         ))
     }
 
@@ -276,6 +277,7 @@ impl PreparedAction {
             ttl: policy.approval.ttl,
             group: None,
             rules: None,
+            more_groups: Vec::new(),
             policies: Vec::new(),
             why: None,
             intent: intent.filter(|i| !i.is_empty()).cloned(),

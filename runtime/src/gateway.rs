@@ -76,9 +76,37 @@ impl Requirement {
         request.rule = self.rule_text();
         request.group = Some(self.group.clone());
         request.rules = Some(crate::store::ApproverRules::of(&self.approvers));
+        request.more_groups = more_groups(&self.groups, &self.group);
+        if !request.more_groups.is_empty() {
+            request.approvers = self
+                .groups
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{} (quorum {}): {}",
+                        g.group,
+                        g.quorum,
+                        g.approvers.approvers_text().join(", ")
+                    )
+                })
+                .collect();
+        }
         request.policies = verdict.policy_ids();
         request.why = self.why.clone();
     }
+}
+
+/// The groups of `groups` besides `first`, as requests keep them.
+pub(crate) fn more_groups(groups: &[crate::policy::engine::GroupNeed], first: &str) -> Vec<crate::store::GroupRules> {
+    groups
+        .iter()
+        .filter(|g| g.group != first)
+        .map(|g| crate::store::GroupRules {
+            group: g.group.clone(),
+            rules: crate::store::ApproverRules::of(&g.approvers),
+            quorum: g.quorum,
+        })
+        .collect()
 }
 
 /// A decision and what it set off.
@@ -551,6 +579,26 @@ impl Runtime {
             );
             return Err(self.refuse_approved(approvals, &record, &approval, why).await);
         }
+        // The approval covers what the policies ask now only if it came
+        // from every group they name, each to its quorum (a gate that
+        // applies since, say outside office hours, is not covered).
+        if let Outcome::Approve(now_needs) = &verdict.outcome {
+            let given = approval.group_quorums();
+            let missing: Vec<String> = now_needs
+                .groups
+                .iter()
+                .filter(|need| !given.iter().any(|(g, q)| *g == need.group && *q >= need.quorum))
+                .map(|need| format!("{} (quorum {})", need.group, need.quorum))
+                .collect();
+            if !missing.is_empty() {
+                let why = format!(
+                    "the policies now ask approval from {} for this invocation, which approval {} did not come from; nothing ran",
+                    missing.join(", "),
+                    approval.id
+                );
+                return Err(self.refuse_approved(approvals, &record, &approval, why).await);
+            }
+        }
         if !approvals.heartbeat_healthy() {
             // Other nodes may be about to take this one for dead: leave the
             // run to them.
@@ -699,14 +747,14 @@ impl Runtime {
                 )));
             }
         }
-        let reviewers = current.reviewers(&prepared.policy.access);
+        let groups = current.review_groups(&prepared.policy.access);
         approvals
             .decide(
                 id,
                 who,
                 verdict,
                 reason,
-                &reviewers,
+                &groups,
                 &prepared.policy.config_version,
                 expect_binding,
             )
@@ -758,8 +806,28 @@ impl Runtime {
     /// (before self-approval is considered): the rules it was made with,
     /// or for an older request its action's `access` as configured now.
     pub fn may_review(&self, caller: &Caller, approval: &ApprovalRecord) -> bool {
-        self.action(&approval.action)
-            .is_some_and(|a| approval.reviewers(&a.policy.access).may_approve(caller))
+        self.action(&approval.action).is_some_and(|a| {
+            approval
+                .review_groups(&a.policy.access)
+                .iter()
+                .any(|(access, _)| access.may_approve(caller))
+        })
+    }
+
+    /// Whether `caller` may see invocation `record`: its requester, the
+    /// action's own approvers, and the reviewers of the request it waited
+    /// on (not every group some policy of the action can ask).
+    pub fn may_see_invocation(&self, caller: &Caller, record: &InvocationRecord) -> bool {
+        record.caller.name == caller.name
+            || self
+                .action(&record.action)
+                .is_some_and(|a| a.policy.access.may_approve(caller))
+            || record.approval.as_deref().is_some_and(|id| {
+                self.store()
+                    .ok()
+                    .and_then(|s| s.approval(id).ok().flatten())
+                    .is_some_and(|a| self.may_review(caller, &a))
+            })
     }
 
     /// Whether `caller` reviews anything of action `action`: its own

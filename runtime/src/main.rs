@@ -901,7 +901,11 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
                     name: a.target.clone(),
                     available: policy.actions.keys().cloned().collect::<Vec<_>>().join(", "),
                 })?;
-            (Runtime::new(&policy.runtime)?, action)
+            let runtime = Runtime::new(&policy.runtime)?;
+            // Policy files are checked against every action of the config
+            // before anything of it runs.
+            runtime.check_policies_of(&policy)?;
+            (runtime, action)
         }
         None => {
             let path = PathBuf::from(&a.target);

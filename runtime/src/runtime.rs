@@ -136,6 +136,29 @@ impl Runtime {
         }
     }
 
+    /// Check `policy`'s policy files against all its actions (loading
+    /// each once, from the compile cache, to read its types), for commands
+    /// that run one action of a config. Nothing to do without policy files.
+    pub fn check_policies_of(&self, policy: &Policy) -> Result<(), Error> {
+        if policy.policy_files.rules.is_empty() {
+            return Ok(());
+        }
+        let mut manifests = Vec::new();
+        for a in policy.actions.values() {
+            let (_, _, manifest, _) = crate::action::compile(&self.engine, &self.cache, &a.component).map_err(|e| {
+                Error::Config(format!(
+                    "action {} did not load, so the policies cannot be checked: {e}",
+                    a.name
+                ))
+            })?;
+            manifests.push((a, manifest));
+        }
+        let actions: Vec<(&crate::policy::ActionPolicy, &[crate::manifest::FunctionSig])> =
+            manifests.iter().map(|(a, m)| (*a, m.functions.as_slice())).collect();
+        crate::policy::engine::validate(&actions)
+            .map_err(|errors| Error::Config(format!("policies refused:\n  {}", errors.join("\n  "))))
+    }
+
     /// Load every action of `policy` without checking the policy files
     /// against them ([`Runtime::load_all`] does; `airlock check` reports
     /// the two separately).

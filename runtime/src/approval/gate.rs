@@ -4,7 +4,7 @@
 use super::{ApprovalPolicy, Approvals, CallRule, NewRequest, Target};
 use crate::error::Error;
 use crate::host_call::{Decision, HostCall};
-use crate::policy::engine::{HostPolicies, HostTarget, HostVerdict};
+use crate::policy::engine::{GroupNeed, HostPolicies, HostTarget, HostVerdict};
 use crate::store::{ApprovalKind, ApprovalRecord, ApprovalState};
 use serde_json::{Value, json};
 use std::sync::Mutex;
@@ -25,6 +25,8 @@ pub struct Gate {
     /// The config's host-call policies for this invocation's caller (an
     /// error when they could not be prepared: every call is then denied).
     host: Option<Result<HostPolicies, String>>,
+    /// The action's own reviewers (group `action`, the TOML gate rules').
+    access: crate::approval::AccessPolicy,
 }
 
 /// What the gate says about one call: its TOML gate rules and the
@@ -43,8 +45,9 @@ pub struct Hold {
     pub rule: String,
     pub quorum: u32,
     pub ttl: Duration,
-    /// Set when a policy named the reviewers.
-    pub reviewers: Option<(String, crate::approval::AccessPolicy)>,
+    /// Every group that must approve, each to its quorum (the first is the
+    /// strictest); the action's own reviewers are group `action`.
+    pub groups: Vec<GroupNeed>,
     pub policies: Vec<String>,
     pub why: Option<String>,
 }
@@ -97,7 +100,26 @@ impl Gate {
             clock: Mutex::new(WaitClock::default()),
             guest_requests: std::sync::atomic::AtomicU32::new(0),
             host: None,
+            access: crate::approval::AccessPolicy {
+                invoke: Vec::new(),
+                approve: Vec::new(),
+                agent_approvers: Vec::new(),
+            },
         }
+    }
+
+    /// The action's own reviewers, whom its TOML gate rules ask.
+    pub fn with_reviewers(mut self, access: crate::approval::AccessPolicy) -> Gate {
+        self.access = access;
+        self
+    }
+
+    fn own_group(&self) -> Vec<GroupNeed> {
+        vec![GroupNeed {
+            group: crate::policy::source::ACTION_GROUP.into(),
+            approvers: self.access.clone(),
+            quorum: self.policy.quorum,
+        }]
     }
 
     /// Judge host calls by these policies too.
@@ -117,14 +139,33 @@ impl Gate {
     /// wins over a hold; of several holds the strictest (quorum, then
     /// time) wins.
     pub fn judge(&self, targets: &[Target], function: &str) -> Judgement {
+        // Every hold applies: their groups add up (one group named twice
+        // needs the higher quorum); the strictest one names the request.
         let mut held: Option<Hold> = None;
         let mut keep = |h: Hold| {
-            if held
-                .as_ref()
-                .is_none_or(|old| (h.quorum, h.ttl) > (old.quorum, old.ttl))
-            {
-                held = Some(h);
-            }
+            held = Some(match held.take() {
+                None => h,
+                Some(old) => {
+                    let (mut first, second) = if (h.quorum, h.ttl) > (old.quorum, old.ttl) {
+                        (h, old)
+                    } else {
+                        (old, h)
+                    };
+                    first.ttl = first.ttl.max(second.ttl);
+                    for g in second.groups {
+                        match first.groups.iter_mut().find(|f| f.group == g.group) {
+                            Some(f) => f.quorum = f.quorum.max(g.quorum),
+                            None => first.groups.push(g),
+                        }
+                    }
+                    for p in second.policies {
+                        if !first.policies.contains(&p) {
+                            first.policies.push(p);
+                        }
+                    }
+                    first
+                }
+            });
         };
         for target in targets {
             let resolved = self.resolved(target);
@@ -133,7 +174,7 @@ impl Gate {
                     rule: rule.describe(),
                     quorum: self.policy.quorum,
                     ttl: self.policy.wait,
-                    reviewers: None,
+                    groups: self.own_group(),
                     policies: Vec::new(),
                     why: None,
                 });
@@ -172,7 +213,7 @@ impl Gate {
                     rule: requirement.rule.clone(),
                     quorum: requirement.quorum,
                     ttl: requirement.ttl,
-                    reviewers: Some((requirement.group.clone(), requirement.approvers.clone())),
+                    groups: requirement.groups.clone(),
                     policies: policies.iter().map(|p| p.id.clone()).collect(),
                     why: requirement.why.clone(),
                 }),
@@ -323,7 +364,7 @@ impl Gate {
             rule,
             quorum: self.policy.quorum,
             ttl: self.policy.wait,
-            reviewers: None,
+            groups: self.own_group(),
             policies: Vec::new(),
             why: None,
         };
@@ -345,10 +386,26 @@ impl Gate {
         request.quorum = hold.quorum;
         request.policies = hold.policies.clone();
         request.why = hold.why.clone();
-        if let Some((group, reviewers)) = &hold.reviewers {
-            request.group = Some(group.clone());
-            request.approvers = reviewers.approvers_text();
-            request.rules = Some(crate::store::ApproverRules::of(reviewers));
+        if let Some(first) = hold.groups.first() {
+            request.group = Some(first.group.clone());
+            request.quorum = first.quorum;
+            request.approvers = first.approvers.approvers_text();
+            request.rules = Some(crate::store::ApproverRules::of(&first.approvers));
+            request.more_groups = crate::gateway::more_groups(&hold.groups, &first.group);
+            if !request.more_groups.is_empty() {
+                request.approvers = hold
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        format!(
+                            "{} (quorum {}): {}",
+                            g.group,
+                            g.quorum,
+                            g.approvers.approvers_text().join(", ")
+                        )
+                    })
+                    .collect();
+            }
         }
         // Off the clock while suspended; the guard ends that even if the
         // wait is cancelled.

@@ -96,6 +96,7 @@ pub struct NewRequest {
     /// [`ApprovalRecord::rules`]).
     pub group: Option<String>,
     pub rules: Option<crate::store::ApproverRules>,
+    pub more_groups: Vec<crate::store::GroupRules>,
     pub policies: Vec<String>,
     pub why: Option<String>,
     /// The agent's stated reason and trace, shown to reviewers.
@@ -249,6 +250,7 @@ impl Approvals {
             uncounted: Vec::new(),
             group: request.group,
             rules: request.rules,
+            more_groups: request.more_groups,
             policies: request.policies,
             why: request.why,
             intent: request.intent.filter(|i| !i.is_empty()),
@@ -316,7 +318,7 @@ impl Approvals {
         who: &Caller,
         verdict: Verdict,
         reason: Option<&str>,
-        access: &AccessPolicy,
+        groups: &[(AccessPolicy, u32)],
         config_version: &str,
         expect_binding: Option<&str>,
     ) -> Result<ApprovalRecord, Error> {
@@ -324,7 +326,7 @@ impl Approvals {
         // as expired and the expiry is on record.
         self.expire_due().await?;
         let this = self.clone();
-        let (id, who, access) = (id.to_string(), who.clone(), access.clone());
+        let (id, who, groups) = (id.to_string(), who.clone(), groups.to_vec());
         let (config_version, expect_binding) = (config_version.to_string(), expect_binding.map(str::to_string));
         let reason = reason.map(cut);
         let record = tokio::task::spawn_blocking(move || {
@@ -333,7 +335,7 @@ impl Approvals {
                 &who,
                 verdict,
                 reason,
-                &access,
+                &groups,
                 &config_version,
                 expect_binding.as_deref(),
             )
@@ -351,7 +353,7 @@ impl Approvals {
         who: &Caller,
         verdict: Verdict,
         reason: Option<String>,
-        access: &AccessPolicy,
+        groups: &[(AccessPolicy, u32)],
         config_version: &str,
         expect_binding: Option<&str>,
     ) -> Result<ApprovalRecord, Error> {
@@ -383,8 +385,12 @@ impl Approvals {
             if who.name == r.caller {
                 return Err(Refusal::SelfApproval(who.name.clone()));
             }
-            if !access.may_approve(who) {
-                let mut approvers = access.approvers_text().join(", ");
+            if !groups.iter().any(|(access, _)| access.may_approve(who)) {
+                let mut approvers = groups
+                    .iter()
+                    .flat_map(|(access, _)| access.approvers_text())
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 if approvers.is_empty() {
                     approvers = "nobody is configured".into();
                 }
@@ -432,9 +438,9 @@ impl Approvals {
                 }
                 Verdict::Approve => {}
             }
-            let (counted, uncounted) = counted_approvals(r, live, access);
+            let (counted, uncounted, complete) = counted_approvals(r, live, groups);
             r.uncounted = uncounted.clone();
-            if verdict == Verdict::Approve && counted >= r.quorum as usize {
+            if verdict == Verdict::Approve && complete {
                 r.state = ApprovalState::Approved;
                 r.decided_at = Some(now);
             }
@@ -668,29 +674,43 @@ impl Approvals {
     }
 }
 
-/// The approvals on `r` that count now, and the identities whose approvals
-/// no longer do: a vote counts while its identity holds a live token
-/// (`live`, read in the deciding transaction) with which it may approve.
-fn counted_approvals(r: &ApprovalRecord, live: &[TokenRecord], access: &AccessPolicy) -> (usize, Vec<String>) {
+/// The approvals on `r` that count now, the identities whose approvals
+/// no longer do, and whether every group has its quorum: a vote counts
+/// for a group while its identity holds a live token (`live`, read in the
+/// deciding transaction) with which it may approve for that group.
+fn counted_approvals(
+    r: &ApprovalRecord,
+    live: &[TokenRecord],
+    groups: &[(AccessPolicy, u32)],
+) -> (usize, Vec<String>, bool) {
     let mut counted = 0;
     let mut uncounted = Vec::new();
+    let mut per_group = vec![0_u32; groups.len()];
     for d in r.decisions.iter().filter(|d| d.verdict == Verdict::Approve) {
-        let holds = live.iter().any(|t| {
-            t.identity == d.identity
-                && access.may_approve(&Caller {
-                    name: t.identity.clone(),
-                    kind: t.kind,
-                    roles: t.roles.clone(),
-                    token_id: Some(t.id.clone()),
-                })
-        });
+        let mut holds = false;
+        for (i, (access, _)) in groups.iter().enumerate() {
+            let may = live.iter().any(|t| {
+                t.identity == d.identity
+                    && access.may_approve(&Caller {
+                        name: t.identity.clone(),
+                        kind: t.kind,
+                        roles: t.roles.clone(),
+                        token_id: Some(t.id.clone()),
+                    })
+            });
+            if may {
+                per_group[i] += 1;
+                holds = true;
+            }
+        }
         if holds {
             counted += 1;
         } else {
             uncounted.push(d.identity.clone());
         }
     }
-    (counted, uncounted)
+    let complete = !groups.is_empty() && groups.iter().zip(&per_group).all(|((_, q), n)| n >= q);
+    (counted, uncounted, complete)
 }
 
 fn update_error(e: UpdateError) -> Error {

@@ -280,6 +280,7 @@ impl ConfigAuth {
                     ))
                 })?;
                 runtime.prepare(a)?;
+                runtime.check_policies_of(&policy)?;
             }
             None => {
                 for (name, loaded) in runtime.load_all(&policy) {

@@ -36,8 +36,9 @@ pub enum PolicyCommand {
         #[arg(long, default_value = "{}")]
         args: String,
         /// Decide for this identity: its kind and roles come from its live
-        /// tokens in the store, unless --kind or --role say otherwise.
-        /// Without it, the local operator.
+        /// tokens in the store (the roles of all of them together: a real
+        /// request carries one token's), unless --kind or --role say
+        /// otherwise. Without it, the local operator.
         #[arg(long = "as", value_name = "IDENTITY")]
         identity: Option<String>,
         /// The identity's kind (`agent` or `human`), with --as.

@@ -298,11 +298,11 @@ impl Offset {
             _ => return Err(bad()),
         };
         let (h, m) = rest.split_once(':').ok_or_else(bad)?;
-        let h: i64 = h
-            .parse()
-            .ok()
-            .filter(|h| (0..=14).contains(h) && rest.len() == 5)
-            .ok_or_else(bad)?;
+        let digits = |t: &str| t.len() == 2 && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(h) || !digits(m) {
+            return Err(bad());
+        }
+        let h: i64 = h.parse().ok().filter(|h| (0..=14).contains(h)).ok_or_else(bad)?;
         let m: i64 = m.parse().ok().filter(|m| (0..60).contains(m)).ok_or_else(bad)?;
         Ok(Offset {
             seconds: sign * (h * 3600 + m * 60),
@@ -415,7 +415,9 @@ mod tests {
         assert_eq!((n.date.as_str(), n.hour, n.weekday), ("2026-12-05", 0, 6));
         let n = Now::at(at, Offset::parse("-11:00").unwrap());
         assert_eq!((n.date.as_str(), n.hour, n.weekday), ("2026-12-03", 23, 4));
-        for bad in ["", "CET", "+1:00", "+15:00", "01:00", "+01:60"] {
+        for bad in [
+            "", "CET", "+1:00", "+15:00", "01:00", "+01:60", "++1:00", "+01:+5", "+é:00",
+        ] {
             assert!(Offset::parse(bad).is_err(), "{bad}");
         }
     }

@@ -15,8 +15,11 @@
 //!   refuses: Cedar would skip it, and a skipped `forbid` must never turn
 //!   into an allow.
 //!
-//! When several gates apply, the strictest one wins: the highest quorum,
-//! then the longest time to decide, then the smallest policy id.
+//! When several gating `forbid`s apply, every group they name must approve
+//! (each to its quorum; one group named twice needs the higher quorum);
+//! of several gating `permit`s one is enough, the strictest (the highest
+//! quorum, then the longest time to decide, then the smallest policy id).
+//! The request stays open for the longest time any of them gives.
 //!
 //! Cost: only the policies that can apply to a function reach Cedar (each
 //! function has its own slice, built at load), and of those only the ones
@@ -57,7 +60,7 @@ pub struct Verdict {
 pub enum Outcome {
     Allow,
     Deny { reason: String },
-    Approve(Requirement),
+    Approve(Box<Requirement>),
 }
 
 /// What an approval needs.
@@ -75,6 +78,18 @@ pub struct Requirement {
     /// The rule as requests name it: the TOML key for shorthand
     /// (`approval.invocation`), else `policy ID`.
     pub rule: String,
+    /// Every group that must approve, each to its own quorum (the first
+    /// is `group`). Several gating `forbid`s with different groups all
+    /// apply: finance and security both approve.
+    pub groups: Vec<GroupNeed>,
+}
+
+/// One group a request needs, and how many of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupNeed {
+    pub group: String,
+    pub approvers: AccessPolicy,
+    pub quorum: u32,
 }
 
 impl Verdict {
@@ -612,9 +627,9 @@ impl ToolPolicy {
         if first.decision() == Decision::Allow {
             let gates: Vec<&Arc<Rule>> = deciding.iter().filter(|r| r.gate.is_some()).collect();
             return Ok(Verdict {
-                outcome: match self.strictest(gates.into_iter()) {
+                outcome: match self.requirement(std::iter::empty(), gates.into_iter(), self.ttl) {
                     None => Outcome::Allow,
-                    Some(req) => Outcome::Approve(req),
+                    Some(req) => Outcome::Approve(Box::new(req)),
                 },
                 policies: refs(&deciding),
             });
@@ -661,48 +676,71 @@ impl ToolPolicy {
         all.extend(rules_of(&second));
         all.sort_by(|a, b| a.reference.id.cmp(&b.reference.id));
         let requirement = self
-            .strictest(all.iter().filter(|r| r.gate.is_some()))
+            .requirement(
+                all.iter().filter(|r| r.gate.is_some() && r.forbid),
+                all.iter().filter(|r| r.gate.is_some() && !r.forbid),
+                self.ttl,
+            )
             .ok_or_else(|| "a gate without a requirement (a bug)".to_string())?;
         Ok(Verdict {
-            outcome: Outcome::Approve(requirement),
+            outcome: Outcome::Approve(Box::new(requirement)),
             policies: refs(&all),
         })
     }
 
-    fn strictest<'r>(&self, gates: impl Iterator<Item = &'r Arc<Rule>>) -> Option<Requirement> {
-        self.strictest_with(gates, self.ttl)
-    }
-
-    /// The strictest of `gates`, with `default_ttl` for a gate without
-    /// `@ttl`.
-    fn strictest_with<'r>(
+    /// What `all` (every gate must be satisfied: satisfied `forbid`s
+    /// with `@approval`) and the strictest of `any` (one gate is enough:
+    /// satisfied `permit`s with `@approval`) ask together, with
+    /// `default_ttl` for a gate without `@ttl`.
+    fn requirement<'r>(
         &self,
-        gates: impl Iterator<Item = &'r Arc<Rule>>,
+        all: impl Iterator<Item = &'r Arc<Rule>>,
+        any: impl Iterator<Item = &'r Arc<Rule>>,
         default_ttl: Duration,
     ) -> Option<Requirement> {
-        gates
-            .filter_map(|r| {
-                let g = r.gate.as_ref()?;
-                Some(Requirement {
-                    policy: r.reference.clone(),
+        let one = |r: &Arc<Rule>| -> Option<Requirement> {
+            let g = r.gate.as_ref()?;
+            let approvers = self.approvers(&g.group).cloned().unwrap_or(AccessPolicy {
+                invoke: Vec::new(),
+                approve: Vec::new(),
+                agent_approvers: Vec::new(),
+            });
+            Some(Requirement {
+                policy: r.reference.clone(),
+                group: g.group.clone(),
+                approvers: approvers.clone(),
+                quorum: g.quorum,
+                ttl: g.ttl.unwrap_or(default_ttl),
+                why: r.reason.clone(),
+                rule: r.key.clone().unwrap_or_else(|| format!("policy {}", r.reference)),
+                groups: vec![GroupNeed {
                     group: g.group.clone(),
-                    approvers: self.approvers(&g.group).cloned().unwrap_or(AccessPolicy {
-                        invoke: Vec::new(),
-                        approve: Vec::new(),
-                        agent_approvers: Vec::new(),
-                    }),
+                    approvers,
                     quorum: g.quorum,
-                    ttl: g.ttl.unwrap_or(default_ttl),
-                    why: r.reason.clone(),
-                    rule: r.key.clone().unwrap_or_else(|| format!("policy {}", r.reference)),
-                })
+                }],
             })
-            .min_by(|a, b| {
-                b.quorum
-                    .cmp(&a.quorum)
-                    .then(b.ttl.cmp(&a.ttl))
-                    .then(a.policy.id.cmp(&b.policy.id))
-            })
+        };
+        let stricter = |a: &Requirement, b: &Requirement| {
+            b.quorum
+                .cmp(&a.quorum)
+                .then(b.ttl.cmp(&a.ttl))
+                .then(a.policy.id.cmp(&b.policy.id))
+        };
+        let mut chosen: Vec<Requirement> = all.filter_map(&one).collect();
+        if let Some(alternative) = any.filter_map(one).min_by(stricter) {
+            chosen.push(alternative);
+        }
+        chosen.sort_by(stricter);
+        let mut merged = chosen.first()?.clone();
+        merged.groups.clear();
+        for r in &chosen {
+            merged.ttl = merged.ttl.max(r.ttl);
+            match merged.groups.iter_mut().find(|g| g.group == r.group) {
+                Some(g) => g.quorum = g.quorum.max(r.quorum),
+                None => merged.groups.push(r.groups[0].clone()),
+            }
+        }
+        Some(merged)
     }
 }
 
@@ -811,7 +849,7 @@ pub enum HostVerdict {
         policies: Vec<PolicyRef>,
     },
     Hold {
-        requirement: Requirement,
+        requirement: Box<Requirement>,
         policies: Vec<PolicyRef>,
     },
 }
@@ -870,7 +908,7 @@ impl ToolPolicy {
                     continue;
                 }
                 if !r.forbid {
-                    if r.gate.is_some() && matches!(r.policy.action_constraint(), ActionConstraint::Eq(_)) {
+                    if r.gate.is_some() && !matches!(r.policy.action_constraint(), ActionConstraint::Any) {
                         return Err(format!(
                             "policy {}: @approval on a permit of a host call means nothing (host-call policies only narrow what grants allow); write a forbid with @approval",
                             r.reference
@@ -975,7 +1013,12 @@ impl HostPolicies {
                 ("HttpRequest", "call")
             }
             HostTarget::File { path, .. } => {
-                attrs.insert("path".into(), string(path.unwrap_or("")));
+                // A path that cannot be told has no `path`: a policy that
+                // reads it errs, and so denies (fail closed), unless it
+                // tests `resource.known` first.
+                if let Some(p) = path {
+                    attrs.insert("path".into(), string(p));
+                }
                 attrs.insert("known".into(), RestrictedExpression::new_bool(path.is_some()));
                 ("File", "call")
             }
@@ -1036,8 +1079,11 @@ impl HostPolicies {
             });
         }
         let requirement = tool
-            .strictest_with(deciding.iter(), tool.wait)
+            .requirement(deciding.iter(), std::iter::empty(), tool.wait)
             .ok_or_else(|| "a host-call gate without a requirement (a bug)".to_string())?;
-        Ok(HostVerdict::Hold { requirement, policies })
+        Ok(HostVerdict::Hold {
+            requirement: Box::new(requirement),
+            policies,
+        })
     }
 }

@@ -461,8 +461,7 @@ async fn invocation(
         .store()?
         .invocation(&id)?
         .ok_or_else(|| ApiError::not_found(format!("no invocation {id}")))?;
-    let approver = service.runtime.may_review_action(&caller, &record.action);
-    if record.caller.name != caller.name && !approver {
+    if !service.runtime.may_see_invocation(&caller, &record) {
         // Not found rather than forbidden: ids of others are not confirmed.
         return Err(ApiError::not_found(format!("no invocation {id}")));
     }

@@ -416,7 +416,7 @@ fn may_see_approval(service: &Service, caller: &Caller, a: &ApprovalRecord) -> b
 }
 
 fn may_see_invocation(service: &Service, caller: &Caller, i: &InvocationRecord) -> bool {
-    i.caller.name == caller.name || service.runtime.may_review_action(caller, &i.action)
+    service.runtime.may_see_invocation(caller, i)
 }
 
 async fn home(State(service): State<Shared>, SignedIn { caller, session }: SignedIn) -> Response {

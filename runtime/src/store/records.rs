@@ -152,6 +152,10 @@ pub struct ApprovalRecord {
     /// `access` decides those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<ApproverRules>,
+    /// Further groups that must each approve too, to their own quorum
+    /// (`group`/`rules`/`quorum` are the first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_groups: Vec<GroupRules>,
     /// The policies that asked for approval (ids).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<String>,
@@ -163,6 +167,15 @@ pub struct ApprovalRecord {
     pub intent: Option<crate::invocation::Intent>,
 }
 
+/// One more group a request needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GroupRules {
+    pub group: String,
+    pub rules: ApproverRules,
+    pub quorum: u32,
+}
+
 /// Who may decide a request, as written in the config.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -172,6 +185,21 @@ pub struct ApproverRules {
 }
 
 impl ApproverRules {
+    /// These rules as an access policy; rules that no longer parse let
+    /// nobody decide.
+    pub fn access(&self) -> crate::approval::AccessPolicy {
+        crate::approval::AccessPolicy::resolve(&crate::approval::policy::RawAccess {
+            invoke: Some(Vec::new()),
+            approve: self.approve.clone(),
+            agent_approvers: self.agent_approvers.clone(),
+        })
+        .unwrap_or(crate::approval::AccessPolicy {
+            invoke: Vec::new(),
+            approve: Vec::new(),
+            agent_approvers: Vec::new(),
+        })
+    }
+
     pub fn of(access: &crate::approval::AccessPolicy) -> ApproverRules {
         ApproverRules {
             approve: access.approve.iter().map(ToString::to_string).collect(),
@@ -187,17 +215,25 @@ impl ApprovalRecord {
     pub fn reviewers(&self, fallback: &crate::approval::AccessPolicy) -> crate::approval::AccessPolicy {
         match &self.rules {
             None => fallback.clone(),
-            Some(rules) => crate::approval::AccessPolicy::resolve(&crate::approval::policy::RawAccess {
-                invoke: Some(Vec::new()),
-                approve: rules.approve.clone(),
-                agent_approvers: rules.agent_approvers.clone(),
-            })
-            .unwrap_or(crate::approval::AccessPolicy {
-                invoke: Vec::new(),
-                approve: Vec::new(),
-                agent_approvers: Vec::new(),
-            }),
+            Some(rules) => rules.access(),
         }
+    }
+
+    /// Every group that must approve this request, each with its quorum:
+    /// the first as [`ApprovalRecord::reviewers`] says, then
+    /// [`ApprovalRecord::more_groups`].
+    pub fn review_groups(&self, fallback: &crate::approval::AccessPolicy) -> Vec<(crate::approval::AccessPolicy, u32)> {
+        let mut out = vec![(self.reviewers(fallback), self.quorum)];
+        out.extend(self.more_groups.iter().map(|g| (g.rules.access(), g.quorum)));
+        out
+    }
+
+    /// The groups this request needs, by name, each with its quorum
+    /// (`action` for a request made before requests named groups).
+    pub fn group_quorums(&self) -> Vec<(String, u32)> {
+        let mut out = vec![(self.group.clone().unwrap_or_else(|| "action".into()), self.quorum)];
+        out.extend(self.more_groups.iter().map(|g| (g.group.clone(), g.quorum)));
+        out
     }
 
     /// Approvals that counted at the last decision.

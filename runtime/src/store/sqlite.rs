@@ -1266,6 +1266,7 @@ mod tests {
             uncounted: vec![],
             group: None,
             rules: None,
+            more_groups: vec![],
             policies: vec![],
             why: None,
             intent: None,
