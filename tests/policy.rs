@@ -803,3 +803,109 @@ fn every_group_a_gate_names_must_approve() {
     assert_eq!(after_security.approval.state, ApprovalState::Approved);
     assert_eq!(runtime.invocation(&invocation).unwrap().state.to_string(), "succeeded");
 }
+
+/// `[[actions.NAME.windows]]`: the third call in the hour is refused,
+/// naming the window and when it resets, and audited; a sum window counts
+/// the argument.
+#[test]
+fn windows_refuse_calls_past_their_limit() {
+    use airlock::gateway::Submitted;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\ndata-dir = \"data\"\n[actions.refund]\ncomponent = {}\n[actions.refund.access]\ninvoke = [\"role:support\", \"local\"]\n\
+             [[actions.refund.windows]]\nname = \"per-agent-hour\"\nper = \"caller\"\nperiod = \"1h\"\nmax = 2\n\
+             [[actions.refund.windows]]\nname = \"daily-total\"\nper = \"action\"\nfunction = \"issue\"\nperiod = \"1d\"\nmax = 1000\nsum = \"amount\"\n",
+            toml_path(&component("refund"))
+        ),
+    )
+    .unwrap();
+    let tokens = [
+        support::create_token(&config, "bot-a", "agent", &["support"]),
+        support::create_token(&config, "bot-b", "agent", &["support"]),
+    ];
+    let runtime = load(&config);
+    let who = |t: &str| airlock::identity::authenticate(runtime.store().unwrap().as_ref(), t).unwrap();
+    let (a, b) = (who(&tokens[0]), who(&tokens[1]));
+    let rt = async_runtime();
+    let no_intent = airlock::invocation::Intent::default();
+    let issue = |caller: &Caller, amount: u64| {
+        let args = json!({"amount": amount, "account": "ACC-1"});
+        rt.block_on(runtime.submit(caller, "refund", "issue", &args, &no_intent, std::time::Duration::ZERO))
+    };
+    for _ in 0..2 {
+        assert!(matches!(issue(&a, 100).unwrap(), Submitted::Ran(ref r) if r.outcome.is_ok()));
+    }
+    let err = issue(&a, 100).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "window `per-agent-hour` of action refund allows 2 invocations per 1h for bot-a; 2 used; resets at"
+        ),
+        "{text}"
+    );
+    assert!(
+        matches!(err, airlock::Error::LimitReached { retry_after_secs, .. } if (1..=3600).contains(&retry_after_secs))
+    );
+    assert_eq!(err.exit_code(), 3);
+    // Another caller has its own hour, but the day's total is shared: 200
+    // used, 700 more fit, 900 would not.
+    assert!(issue(&b, 700).is_ok());
+    let err = issue(&b, 200).unwrap_err().to_string();
+    assert!(
+        err.contains("window `daily-total`") && err.contains("900 used, this call adds 200"),
+        "{err}"
+    );
+    // One call larger than the whole budget is refused outright.
+    let err = issue(&Caller::local(), 5000).unwrap_err().to_string();
+    assert!(err.contains("this call alone adds 5000"), "{err}");
+    // The refusals are on record.
+    let audit = support::airlock_with(
+        &["audit", "show", "--config", config.to_str().unwrap(), "--json"],
+        b"",
+        &[],
+    );
+    let refused = audit
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+        .filter(|e| e["kind"] == "invocation-refused")
+        .count();
+    assert_eq!(refused, 3, "{}", audit.stdout);
+    // Mistakes in windows are refused when the config loads.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("sum = \"amount\"", "sum = \"account\"");
+    std::fs::write(&config, text).unwrap();
+    let run = support::airlock_with(&["check", "--config", config.to_str().unwrap()], b"", &[]);
+    assert_ne!(run.code, 0);
+    assert!(run.stdout.contains("has no integer parameter `account`"), "{run:?}");
+}
+
+/// Over HTTP a used-up window is 429 with `Retry-After`.
+#[test]
+fn the_api_answers_a_used_up_window_with_429_and_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\ndata-dir = \"data\"\n[actions.refund]\ncomponent = {}\n[actions.refund.access]\ninvoke = [\"role:support\"]\n\
+             [[actions.refund.windows]]\nname = \"one-a-minute\"\nper = \"caller\"\nperiod = \"1m\"\nmax = 1\n",
+            toml_path(&component("refund"))
+        ),
+    )
+    .unwrap();
+    let token = support::create_token(&config, "bot", "agent", &["support"]);
+    let server = support::http::Server::start(&config);
+    let body = json!({"action": "refund", "function": "issue", "args": {"amount": 5, "account": "ACC-1"}});
+    let first = server.post("/v1/invocations", Some(&token), &body);
+    assert_eq!(first.status, 200, "{first:?}");
+    let second = server.post("/v1/invocations", Some(&token), &body);
+    assert_eq!(second.status, 429, "{second:?}");
+    assert_eq!(second.json()["error"]["code"], "limit-reached");
+    let retry: u64 = second.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+}

@@ -12,8 +12,8 @@ mod support;
 use airlock::identity::{Caller, IdentityKind};
 use airlock::store::settings::StoreSettings;
 use airlock::store::{
-    ApprovalKind, ApprovalRecord, ApprovalState, DecisionRecord, InvocationEnding, InvocationOutcome, InvocationRecord,
-    InvocationStatus, NodeRecord, Refusal, SessionRecord, Store, TokenRecord, UpdateError, Verdict,
+    ApprovalKind, ApprovalRecord, ApprovalState, Charge, DecisionRecord, Exceeded, InvocationEnding, InvocationOutcome,
+    InvocationRecord, InvocationStatus, NodeRecord, Refusal, SessionRecord, Store, TokenRecord, UpdateError, Verdict,
 };
 use serde_json::json;
 use std::sync::{Arc, Barrier, Mutex};
@@ -90,6 +90,8 @@ contract!(
     nodes_opening_at_once_all_work,
     heartbeats_tell_which_processes_live_and_leaving_ends_one_at_once,
     console_sessions_end_when_idle_and_are_touched_sparingly,
+    windows_never_go_past_their_limit_under_32_concurrent_callers,
+    a_charge_of_several_windows_is_all_or_nothing,
 );
 
 // ---- records ----------------------------------------------------------
@@ -1235,4 +1237,86 @@ fn console_sessions_end_when_idle_and_are_touched_sparingly(b: &Backend) {
     other.remove_session(&hash(1003)).unwrap();
     assert_eq!(s.session(&hash(1003), 0, 400, 1_000).unwrap(), None);
     assert_eq!(s.prune_sessions(0).unwrap(), 0);
+}
+
+// ---- usage windows ----------------------------------------------------
+
+fn charge(key: &str, start: i64, amount: i64, max: i64) -> Charge {
+    Charge {
+        key: key.into(),
+        window_start: start,
+        window_end: start + 3_600_000_000,
+        amount,
+        max,
+    }
+}
+
+/// 32 callers on two nodes, released together, each charging a count
+/// window of 20 five times and a sum window of 1,000 with 7 each time:
+/// exactly 20 count charges and 142 sum charges (994) succeed, never one
+/// more, and every refusal reports a full window.
+fn windows_never_go_past_their_limit_under_32_concurrent_callers(b: &Backend) {
+    const CALLERS: usize = 32;
+    let nodes = [b.open(), b.open()];
+    let barrier = Barrier::new(CALLERS);
+    let (counted, summed) = (Mutex::new(0_usize), Mutex::new(0_usize));
+    std::thread::scope(|scope| {
+        for i in 0..CALLERS {
+            let (store, barrier, counted, summed) = (nodes[i % 2].clone(), &barrier, &counted, &summed);
+            scope.spawn(move || {
+                barrier.wait();
+                for _ in 0..5 {
+                    match store.charge(&[charge("act\u{1f}per-hour\u{1f}*", 0, 1, 20)]).unwrap() {
+                        Ok(()) => *counted.lock().unwrap() += 1,
+                        Err(Exceeded { index, used }) => assert_eq!((index, used), (0, 20)),
+                    }
+                    match store.charge(&[charge("act\u{1f}budget\u{1f}*", 0, 7, 1000)]).unwrap() {
+                        Ok(()) => *summed.lock().unwrap() += 1,
+                        Err(Exceeded { index, used }) => {
+                            assert_eq!(index, 0);
+                            assert!(used + 7 > 1000 && used <= 1000, "{used}");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(*counted.lock().unwrap(), 20);
+    assert_eq!(*summed.lock().unwrap(), 1000 / 7);
+    // A full window refuses on either node; the next period starts empty.
+    for node in &nodes {
+        assert_eq!(
+            node.charge(&[charge("act\u{1f}per-hour\u{1f}*", 0, 1, 20)]).unwrap(),
+            Err(Exceeded { index: 0, used: 20 })
+        );
+    }
+    assert_eq!(
+        nodes[0]
+            .charge(&[charge("act\u{1f}per-hour\u{1f}*", 3_600_000_000, 1, 20)])
+            .unwrap(),
+        Ok(())
+    );
+    // Ended windows are pruned.
+    assert_eq!(nodes[1].prune_usage(3_600_000_001).unwrap(), 2);
+}
+
+/// A charge of two windows that fails on the second leaves the first as
+/// it was.
+fn a_charge_of_several_windows_is_all_or_nothing(b: &Backend) {
+    let s = b.open();
+    let caller_window = charge("act\u{1f}mine\u{1f}bot", 0, 1, 10);
+    let everyone = charge("act\u{1f}all\u{1f}*", 0, 1, 1);
+    assert_eq!(s.charge(&[caller_window.clone(), everyone.clone()]).unwrap(), Ok(()));
+    assert_eq!(
+        s.charge(&[caller_window.clone(), everyone.clone()]).unwrap(),
+        Err(Exceeded { index: 1, used: 1 })
+    );
+    // The caller's window still has 9 left, not 8: fill it exactly.
+    for _ in 0..9 {
+        assert_eq!(s.charge(std::slice::from_ref(&caller_window)).unwrap(), Ok(()));
+    }
+    assert_eq!(
+        s.charge(std::slice::from_ref(&caller_window)).unwrap(),
+        Err(Exceeded { index: 0, used: 10 })
+    );
 }

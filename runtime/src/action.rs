@@ -134,6 +134,10 @@ pub fn prepare(
     check_imports(&policy, &manifest)?;
     // Fail closed: gates without an approval service would be gates nobody
     // can pass, or (worse) gates silently skipped.
+    for w in &policy.windows {
+        w.check(&manifest.functions)
+            .map_err(|e| Error::Config(format!("action `{}`: {e}", policy.name)))?;
+    }
     let decisions =
         crate::policy::engine::ToolPolicy::build(&policy, &manifest.functions, &manifest.digest.to_string())
             .map_err(|e| Error::Config(format!("action `{}`: {e}", policy.name)))?;

@@ -110,6 +110,9 @@ pub enum Error {
     /// The approval the invocation needed was denied, expired or failed.
     #[error("{0}")]
     ApprovalRefused(String),
+    /// A rate or budget window of the action is used up until it resets.
+    #[error("{message}")]
+    LimitReached { message: String, retry_after_secs: u64 },
 }
 
 impl Error {
@@ -129,6 +132,7 @@ impl Error {
             | Error::HostCallDenied(_)
             | Error::Unauthenticated(_)
             | Error::Forbidden(_)
+            | Error::LimitReached { .. }
             | Error::ApprovalRefused(_) => 3,
             Error::Limit(_) | Error::Exited(_) | Error::Trapped(_) => 4,
             Error::Internal(_) | Error::AuditUnavailable(_) | Error::StoreUnavailable(_) => 5,

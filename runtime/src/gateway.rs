@@ -256,12 +256,13 @@ impl Runtime {
                 .refuse_by(&new_invocation_id(), caller, function, error, Vec::new(), Some(intent))
                 .await);
         }
+        let now = crate::time::now_micros();
         let verdict = prepared.decisions.decide(&Ask {
             caller,
             function,
             args,
             intent: Some(intent),
-            now: crate::time::now_micros(),
+            now,
         });
         if let Outcome::Deny { reason } = &verdict.outcome {
             let policies = verdict.policy_ids();
@@ -278,11 +279,70 @@ impl Runtime {
                 .refuse_by(&new_invocation_id(), caller, function, error, policies, Some(intent))
                 .await);
         }
+        if let Err(error) = self.charge_windows(&prepared, caller, function, args, now) {
+            return Err(prepared
+                .refuse_by(
+                    &new_invocation_id(),
+                    caller,
+                    function,
+                    error,
+                    verdict.policy_ids(),
+                    Some(intent),
+                )
+                .await);
+        }
         Ok(Admitted {
             prepared,
             verdict: Arc::new(verdict),
             intent: intent.clone(),
         })
+    }
+
+    /// Charge the action's rate and budget windows for one invocation
+    /// ([`crate::policy::windows`]): all of them, or none and the refusal
+    /// naming the window that is used up and when it resets.
+    fn charge_windows(
+        &self,
+        prepared: &PreparedAction,
+        caller: &Caller,
+        function: &str,
+        args: &Value,
+        now: u64,
+    ) -> Result<(), Error> {
+        let action = prepared.policy.name.as_str();
+        let mut charges = Vec::new();
+        let mut windows = Vec::new();
+        for w in prepared.policy.windows.iter().filter(|w| w.applies(function)) {
+            let Some(charge) = w.charge(action, caller, args, now).map_err(Error::Refused)? else {
+                continue;
+            };
+            if charge.amount > charge.max {
+                return Err(Error::Refused(format!(
+                    "refused: window `{}` of action {action} allows a total of {} per {}, and this call alone adds {}",
+                    w.name,
+                    w.max,
+                    crate::policy::engine::duration_text(w.period),
+                    charge.amount
+                )));
+            }
+            charges.push(charge);
+            windows.push(w);
+        }
+        if charges.is_empty() {
+            return Ok(());
+        }
+        match self.store()?.charge(&charges)? {
+            Ok(()) => Ok(()),
+            Err(exceeded) => {
+                let (w, charge) = (windows[exceeded.index], &charges[exceeded.index]);
+                let now = i64::try_from(now).unwrap_or(i64::MAX);
+                let left = u64::try_from(charge.window_end.saturating_sub(now)).unwrap_or(0);
+                Err(Error::LimitReached {
+                    message: w.refusal(action, caller, charge, exceeded.used),
+                    retry_after_secs: left.div_ceil(1_000_000).max(1),
+                })
+            }
+        }
     }
 
     /// Run an admitted request under `invocation`, stored so its status can

@@ -264,7 +264,7 @@ pub fn outcome_class(e: &Error) -> &'static str {
         | Error::Forbidden(_)
         | Error::ApprovalRefused(_) => "denied",
         Error::PendingApproval { .. } => "pending",
-        Error::Limit(_) | Error::Exited(_) => "limit",
+        Error::Limit(_) | Error::Exited(_) | Error::LimitReached { .. } => "limit",
         Error::Trapped(_) => "trap",
         Error::Internal(_) | Error::AuditUnavailable(_) | Error::StoreUnavailable(_) | Error::AuditTampered(_) => {
             "internal"

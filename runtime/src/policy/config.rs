@@ -87,6 +87,9 @@ struct RawAction {
     /// Every invocation must carry the agent's stated reason.
     #[serde(default)]
     require_reason: bool,
+    /// Rate and budget windows.
+    #[serde(default)]
+    windows: Vec<super::windows::RawWindow>,
 }
 
 /// `[actions.NAME.mcp]`: hints for MCP clients about the action's tools.
@@ -189,6 +192,8 @@ pub struct ActionPolicy {
     /// Every invocation must carry the agent's stated reason (shorthand
     /// for a `forbid … unless { context has reason }`).
     pub require_reason: bool,
+    /// Rate and budget windows, charged as invocations are admitted.
+    pub windows: Vec<super::windows::Window>,
     /// The config's Cedar policy files (shared by every action).
     pub policy_files: Arc<PolicyFiles>,
     /// The time zone policies read the clock in.
@@ -221,6 +226,7 @@ impl ActionPolicy {
             config_version: "ad-hoc".into(),
             mcp: McpHints::default(),
             require_reason: false,
+            windows: Vec::new(),
             policy_files: Arc::default(),
             timezone: Offset::default(),
         }
@@ -353,6 +359,25 @@ impl Policy {
                 }
                 None => format!("action:{name}"),
             };
+            if raw.windows.len() > super::windows::MAX_WINDOWS {
+                return Err(at(format!(
+                    "at most {} windows per action",
+                    super::windows::MAX_WINDOWS
+                )));
+            }
+            let windows = raw
+                .windows
+                .iter()
+                .map(super::windows::Window::resolve)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&at)?;
+            if let Some(dup) = windows
+                .iter()
+                .enumerate()
+                .find(|(i, w)| windows[..*i].iter().any(|o| o.name == w.name))
+            {
+                return Err(at(format!("windows: two windows are named `{}`", dup.1.name)));
+            }
             let access = AccessPolicy::resolve(&raw.access).map_err(&at)?;
             let approval = ApprovalPolicy::resolve(&raw.approval).map_err(&at)?;
             if (approval.gates_anything() || grants.approval.is_some()) && !access.has_approvers() {
@@ -392,6 +417,7 @@ impl Policy {
                     config_version: version.clone(),
                     mcp: raw.mcp,
                     require_reason: raw.require_reason,
+                    windows,
                     policy_files: policy_files.clone(),
                     timezone,
                 },

@@ -11,6 +11,7 @@ mod limits;
 pub mod schema;
 pub mod shorthand;
 pub mod source;
+pub mod windows;
 
 pub use config::{ActionPolicy, Digest, GrantOrigin, Policy, RuntimeSettings};
 pub use limits::*;

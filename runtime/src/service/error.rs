@@ -15,6 +15,8 @@ pub struct ApiError {
     /// Stable, machine-readable: `unauthenticated`, `forbidden`, ...
     pub code: &'static str,
     pub message: String,
+    /// Seconds until a refused request may succeed (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -39,6 +42,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -74,8 +82,13 @@ impl From<Error> for ApiError {
             | Error::Panicked(_)
             | Error::ActionError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "action-failed"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Error::LimitReached { .. } => (StatusCode::TOO_MANY_REQUESTS, "limit-reached"),
         };
-        ApiError::new(status, code, e.to_string())
+        let mut error = ApiError::new(status, code, e.to_string());
+        if let Error::LimitReached { retry_after_secs, .. } = e {
+            error.retry_after = Some(retry_after_secs);
+        }
+        error
     }
 }
 

@@ -327,7 +327,19 @@ pub fn spawn_sweeper(service: Arc<Service>) -> tokio::task::JoinHandle<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
             if tokio::time::Instant::now() >= recover_at {
                 let s = service.clone();
-                let recovered = tokio::task::spawn_blocking(move || s.runtime.recover()).await;
+                let recovered = tokio::task::spawn_blocking(move || {
+                    // Usage windows over a day past their end are history.
+                    let day_ago = crate::time::now_micros().saturating_sub(86_400_000_000);
+                    if let Err(e) = s
+                        .runtime
+                        .store()
+                        .and_then(|st| Ok(st.prune_usage(i64::try_from(day_ago).unwrap_or(0))?))
+                    {
+                        tracing::warn!("pruning usage windows failed: {e}");
+                    }
+                    s.runtime.recover()
+                })
+                .await;
                 recover_at = tokio::time::Instant::now()
                     + match recovered {
                         Ok(Ok(_)) => RECOVER_EVERY,

@@ -187,6 +187,23 @@ CREATE TABLE audit_checkpoints (
 );
 ",
     },
+    Migration {
+        version: 5,
+        name: "usage windows (rate and budget limits)",
+        // One row per window and period: what it has used. Charged with
+        // an upsert whose update is guarded by the limit, so concurrent
+        // charges on any node never take it past its max.
+        sql: "
+CREATE TABLE usage_windows (
+    key TEXT NOT NULL,
+    window_start BIGINT NOT NULL,
+    window_end BIGINT NOT NULL,
+    used BIGINT NOT NULL,
+    PRIMARY KEY (key, window_start)
+);
+CREATE INDEX usage_windows_by_end ON usage_windows(window_end);
+",
+    },
 ];
 
 /// The newest migration this airlock knows.

@@ -246,6 +246,15 @@ pub trait Store: Send + Sync {
     fn remove_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError>;
     /// Remove sessions idle since `idle_since`; returns how many live on.
     fn prune_sessions(&self, idle_since: u64) -> Result<usize, StoreError>;
+
+    /// Charge every one of `charges` (at most one per window), atomically:
+    /// all of them, or (the first one that would take its window past its
+    /// `max`) none. Exact under any number of concurrent callers, on any
+    /// number of nodes: no window ever goes past its `max`.
+    fn charge(&self, charges: &[Charge]) -> Result<Result<(), Exceeded>, StoreError>;
+
+    /// Forget windows that ended before `before` (Unix microseconds).
+    fn prune_usage(&self, before: i64) -> Result<usize, StoreError>;
 }
 
 /// How long a process may be silent before other nodes take it for dead.

@@ -33,9 +33,9 @@
 use super::migrations::{self, MIGRATIONS, Migration};
 use super::settings::PgSettings;
 use super::{
-    ApprovalRecord, ApprovalState, ApprovalUpdate, DecisionRecord, InvocationEnding, InvocationOutcome,
-    InvocationRecord, InvocationStatus, NodeRecord, ProcessRecord, Refusal, SessionRecord, Store, StoreError,
-    TokenRecord, UpdateError,
+    ApprovalRecord, ApprovalState, ApprovalUpdate, Charge, DecisionRecord, Exceeded, InvocationEnding,
+    InvocationOutcome, InvocationRecord, InvocationStatus, NodeRecord, ProcessRecord, Refusal, SessionRecord, Store,
+    StoreError, TokenRecord, UpdateError,
 };
 use crate::identity::IdentityKind;
 use deadpool_postgres::Pool;
@@ -1568,6 +1568,55 @@ impl Store for PgStore {
         })
     }
 
+    fn charge(&self, charges: &[Charge]) -> Result<Result<(), Exceeded>, StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            // One window: one statement, autocommitted (one round trip).
+            // Several: one transaction, windows locked in a fixed order.
+            let ordered = super::sqlite::ordered(charges);
+            if let [(index, c)] = ordered[..] {
+                let client = inner.client().await?;
+                let charged = client
+                    .row_opt(CHARGE_PG, &[&c.key, &c.window_start, &c.window_end, &c.amount, &c.max])
+                    .await
+                    .map_err(pg_err)?;
+                if charged.is_some() {
+                    return Ok(Ok(()));
+                }
+                let used = used_of(&client, c).await?;
+                return Ok(Err(Exceeded { index, used }));
+            }
+            let tx = inner.begin().await?;
+            for (index, c) in ordered {
+                let charged = tx
+                    .c()
+                    .row_opt(CHARGE_PG, &[&c.key, &c.window_start, &c.window_end, &c.amount, &c.max])
+                    .await
+                    .map_err(pg_err)?;
+                if charged.is_none() {
+                    let used = used_of(tx.c(), c).await?;
+                    tx.rollback().await?;
+                    return Ok(Err(Exceeded { index, used }));
+                }
+            }
+            tx.commit().await?;
+            Ok(Ok(()))
+        })
+    }
+
+    fn prune_usage(&self, before: i64) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let n = inner
+                .client()
+                .await?
+                .exec("DELETE FROM usage_windows WHERE window_end < $1", &[&before])
+                .await
+                .map_err(pg_err)?;
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        })
+    }
+
     fn prune_sessions(&self, idle_since: u64) -> Result<usize, StoreError> {
         let inner = &self.inner;
         inner.block(async {
@@ -1587,6 +1636,26 @@ impl Store for PgStore {
             Ok(usize::try_from(live).unwrap_or(usize::MAX))
         })
     }
+}
+
+/// One window's charge (see the SQLite store's): PostgreSQL locks the
+/// conflicting row and re-checks the guard on its newest version, so
+/// concurrent charges queue up and none passes the limit.
+const CHARGE_PG: &str = "INSERT INTO usage_windows (key, window_start, window_end, used) VALUES ($1, $2, $3, $4)
+ON CONFLICT (key, window_start) DO UPDATE SET used = usage_windows.used + excluded.used
+WHERE usage_windows.used + excluded.used <= $5
+RETURNING used";
+
+/// What window `c` has used.
+async fn used_of(conn: &Conn, c: &Charge) -> Result<i64, StoreError> {
+    Ok(conn
+        .row_opt(
+            "SELECT used FROM usage_windows WHERE key = $1 AND window_start = $2",
+            &[&c.key, &c.window_start],
+        )
+        .await
+        .map_err(pg_err)?
+        .map_or(0, |r| r.get(0)))
 }
 
 /// The vault document in the `vault` table (see [`crate::vault::shared`]).

@@ -167,6 +167,29 @@ pub struct ApprovalRecord {
     pub intent: Option<crate::invocation::Intent>,
 }
 
+/// One charge against a usage window (`[[actions.NAME.windows]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// `ACTION \x1f WINDOW \x1f CALLER` (`*` for a window over all callers).
+    pub key: String,
+    /// Unix microseconds: the window's start, aligned to its period.
+    pub window_start: i64,
+    pub window_end: i64,
+    /// What this call adds: 1, or the value of the summed argument.
+    pub amount: i64,
+    /// The most `used` may reach.
+    pub max: i64,
+}
+
+/// A charge that would take a window past its limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exceeded {
+    /// Which of the charges.
+    pub index: usize,
+    /// What the window had used before this call.
+    pub used: i64,
+}
+
 /// One more group a request needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

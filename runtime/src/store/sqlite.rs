@@ -14,9 +14,9 @@
 
 use super::journal::{self, Journal};
 use super::{
-    ApprovalRecord, ApprovalState, ApprovalUpdate, DecisionRecord, InvocationEnding, InvocationOutcome,
-    InvocationRecord, InvocationStatus, NodeRecord, ProcessRecord, Refusal, SessionRecord, Store, StoreError,
-    TokenRecord, UpdateError,
+    ApprovalRecord, ApprovalState, ApprovalUpdate, Charge, DecisionRecord, Exceeded, InvocationEnding,
+    InvocationOutcome, InvocationRecord, InvocationStatus, NodeRecord, ProcessRecord, Refusal, SessionRecord, Store,
+    StoreError, TokenRecord, UpdateError,
 };
 use crate::identity::IdentityKind;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -33,7 +33,8 @@ pub const FILE_NAME: &str = "airlock.db";
 /// 2 added `audit_outbox`: an older airlock would leave its records there
 /// unappended, so it must not open a database that has one. 3 added
 /// `nodes`, `processes` and `console_sessions` (an older airlock ignores
-/// them: it keeps sessions in memory).
+/// them: it keeps sessions in memory), and later `usage_windows` (ignored
+/// by an older airlock too: it has no windows to enforce).
 const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
@@ -105,7 +106,32 @@ CREATE TABLE IF NOT EXISTS console_sessions (
     last_seen INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS console_sessions_by_last_seen ON console_sessions(last_seen);
+CREATE TABLE IF NOT EXISTS usage_windows (
+    key TEXT NOT NULL,
+    window_start INTEGER NOT NULL,
+    window_end INTEGER NOT NULL,
+    used INTEGER NOT NULL,
+    PRIMARY KEY (key, window_start)
+);
+CREATE INDEX IF NOT EXISTS usage_windows_by_end ON usage_windows(window_end);
 ";
+
+/// One window's charge: inserted, or added to what it used, but only while
+/// that stays within its `max` (no row back: over the limit).
+const CHARGE_SQLITE: &str = "INSERT INTO usage_windows (key, window_start, window_end, used) VALUES (?1, ?2, ?3, ?4)
+ON CONFLICT (key, window_start) DO UPDATE SET used = usage_windows.used + excluded.used
+WHERE usage_windows.used + excluded.used <= ?5
+RETURNING used";
+
+/// Charges in (key, window start) order, so two transactions charging the
+/// same windows lock them in the same order; each with its place in the
+/// caller's list. A charge larger than its window's `max` on its own is
+/// refused by the caller before this (an insert has no guard).
+pub(crate) fn ordered(charges: &[Charge]) -> Vec<(usize, &Charge)> {
+    let mut v: Vec<(usize, &Charge)> = charges.iter().enumerate().collect();
+    v.sort_by(|a, b| (&a.1.key, a.1.window_start).cmp(&(&b.1.key, b.1.window_start)));
+    v
+}
 
 /// SQLite behind a mutex: one connection per process, serialized; and a
 /// second one for the status rows of invocations that run at once
@@ -1094,6 +1120,44 @@ impl Store for SqliteStore {
             .execute("DELETE FROM console_sessions WHERE id_hash = ?1", params![&id_hash[..]])
             .map_err(db_err)?;
         Ok(())
+    }
+
+    fn charge(&self, charges: &[Charge]) -> Result<Result<(), Exceeded>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        for (index, c) in ordered(charges) {
+            let charged: Option<i64> = tx
+                .query_row(
+                    CHARGE_SQLITE,
+                    params![c.key, c.window_start, c.window_end, c.amount, c.max],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            if charged.is_none() {
+                let used: i64 = tx
+                    .query_row(
+                        "SELECT used FROM usage_windows WHERE key = ?1 AND window_start = ?2",
+                        params![c.key, c.window_start],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db_err)?
+                    .unwrap_or(0);
+                // Dropped: rolled back, nothing charged.
+                return Ok(Err(Exceeded { index, used }));
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(Ok(()))
+    }
+
+    fn prune_usage(&self, before: i64) -> Result<usize, StoreError> {
+        self.conn()
+            .execute("DELETE FROM usage_windows WHERE window_end < ?1", params![before])
+            .map_err(db_err)
     }
 
     fn prune_sessions(&self, idle_since: u64) -> Result<usize, StoreError> {
