@@ -132,6 +132,21 @@ fn policy(c: &mut Criterion) {
         roles: vec!["sales".into()],
         token_id: Some("t".into()),
     };
+    // Another action of the same config: 50 policies configured, one
+    // applies to this caller (its TOML shorthand).
+    let other = with_files.action("other-0").expect("other-0");
+    group.bench_function("cedar-50-one-applies", |b| {
+        b.iter(|| {
+            let v = other.decisions.decide(&Ask {
+                caller: black_box(&support),
+                function: "issue",
+                args: &small,
+                intent: None,
+                now,
+            });
+            assert_eq!(v.outcome, Outcome::Allow);
+        })
+    });
     group.bench_function("cedar-50-default-deny", |b| {
         b.iter(|| {
             let v = action.decisions.decide(&Ask {

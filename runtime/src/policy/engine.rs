@@ -177,7 +177,6 @@ struct Slice {
     action: EntityUid,
     params: Vec<(String, ValueType)>,
     rules: Vec<Arc<Rule>>,
-    reads: Reads,
     cache: Mutex<HashMap<CallerKey, Arc<ForCaller>>>,
 }
 
@@ -209,7 +208,9 @@ struct ForCaller {
     all: PolicySet,
     permits: PolicySet,
     entities: Entities,
-    rules: HashMap<String, Arc<Rule>>,
+    rules: HashMap<cedar_policy::PolicyId, Arc<Rule>>,
+    /// What these policies read (less than the whole function's may).
+    reads: Reads,
 }
 
 fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
@@ -391,17 +392,12 @@ impl ToolPolicy {
                 })
                 .cloned()
                 .collect();
-            let mut reads = Reads::default();
-            for r in &applicable {
-                reads.merge(&Reads::of(&r.policy));
-            }
             slices.insert(
                 f.name.clone(),
                 Slice {
                     action: fn_uid,
                     params: f.params.clone(),
                     rules: applicable,
-                    reads,
                     cache: Mutex::new(HashMap::new()),
                 },
             );
@@ -523,7 +519,14 @@ impl ToolPolicy {
             all,
             permits,
             entities,
-            rules: mine.iter().map(|r| (r.reference.id.clone(), Arc::clone(r))).collect(),
+            rules: mine.iter().map(|r| (r.id().clone(), Arc::clone(r))).collect(),
+            reads: {
+                let mut reads = Reads::default();
+                for r in &mine {
+                    reads.merge(&Reads::of(&r.policy));
+                }
+                reads
+            },
         });
         if cache.len() >= CALLER_CACHE {
             cache.clear();
@@ -550,7 +553,8 @@ impl ToolPolicy {
             .ok_or_else(|| format!("action `{}` has no function `{}`", self.name, ask.function))?;
         let for_caller = self.for_caller(slice, ask.caller)?;
         let mut pairs: Vec<(String, RestrictedExpression)> = Vec::new();
-        if slice.reads.all_args || !slice.reads.args.is_empty() {
+        let reads = &for_caller.reads;
+        if reads.all_args || !reads.args.is_empty() {
             let obj = ask
                 .args
                 .as_object()
@@ -558,14 +562,11 @@ impl ToolPolicy {
             let values = crate::values::record_from_json(&slice.params, obj, &JsonPath::root("args"))
                 .map_err(|e| e.to_string())?;
             let values: Vec<_> = values.into_iter().map(|(_, v)| v).collect();
-            pairs.push((
-                "args".into(),
-                context::args_record(&slice.params, &values, &slice.reads)?,
-            ));
+            pairs.push(("args".into(), context::args_record(&slice.params, &values, reads)?));
         }
-        if slice.reads.now {
+        if reads.now {
             let now = context::Now::at(ask.now, self.offset);
-            pairs.push(("now".into(), now.record(slice.reads.now_datetime)?));
+            pairs.push(("now".into(), now.record(reads.now_datetime)?));
         }
         if let Some(intent) = ask.intent {
             if let Some(r) = &intent.reason {
@@ -594,10 +595,8 @@ impl ToolPolicy {
                 cedar_policy::AuthorizationError::PolicyEvaluationError(p) => p.policy_id().to_string(),
                 _ => "?".to_string(),
             };
-            let at = for_caller
-                .rules
-                .get(&id)
-                .map_or(id.clone(), |r| r.reference.to_string());
+            let rule = for_caller.rules.get(&cedar_policy::PolicyId::new(&id));
+            let at = rule.map_or(id.clone(), |r| r.reference.to_string());
             return Ok(Verdict {
                 outcome: Outcome::Deny {
                     reason: format!(
@@ -605,19 +604,14 @@ impl ToolPolicy {
                         source::one_line(&e.to_string())
                     ),
                 },
-                policies: for_caller
-                    .rules
-                    .get(&id)
-                    .map(|r| r.reference.clone())
-                    .into_iter()
-                    .collect(),
+                policies: rule.map(|r| r.reference.clone()).into_iter().collect(),
             });
         }
         let rules_of = |r: &cedar_policy::Response| -> Vec<Arc<Rule>> {
             let mut v: Vec<Arc<Rule>> = r
                 .diagnostics()
                 .reason()
-                .filter_map(|id| for_caller.rules.get(&id.to_string()).cloned())
+                .filter_map(|id| for_caller.rules.get(id).cloned())
                 .collect();
             v.sort_by(|a, b| a.reference.id.cmp(&b.reference.id));
             v
