@@ -909,3 +909,233 @@ fn the_api_answers_a_used_up_window_with_429_and_retry_after() {
     let retry: u64 = second.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
 }
+
+/// A loopback webhook receiver: records each request (headers, body) and
+/// answers with the next status of its script (the last one repeats); a
+/// `None` status accepts and never answers.
+struct Receiver {
+    addr: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+/// One request a receiver saw: its headers (names lower case) and body.
+type Received = (Vec<(String, String)>, Vec<u8>);
+
+impl Receiver {
+    fn start(script: Vec<Option<u16>>) -> Receiver {
+        use std::io::{BufRead, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            let mut hung = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let mut reader = std::io::BufReader::new(stream);
+                let mut headers = Vec::new();
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.trim_end().split_once(':') {
+                        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                    }
+                }
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                log.lock().unwrap().push((headers, body));
+                let status = script[n.min(script.len() - 1)];
+                n += 1;
+                let mut stream = reader.into_inner();
+                match status {
+                    Some(s) => {
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 {s} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                    }
+                    None => hung.push(stream),
+                }
+            }
+        });
+        Receiver { addr, seen }
+    }
+
+    fn requests(&self) -> Vec<Received> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Requests are announced to webhooks through the governed outbound path:
+/// the generic body is signed (HMAC-SHA256 over timestamp and body, key
+/// from the vault) and retried after a 500; a receiver that never answers
+/// holds up nothing; a loopback address without `allow-private` is
+/// refused; every attempt is audited.
+#[test]
+fn webhooks_announce_requests_signed_retried_and_never_blocking() {
+    use hmac::Mac as _;
+    let good = Receiver::start(vec![Some(500), Some(200)]);
+    let hanging = Receiver::start(vec![None]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[runtime]
+data-dir = "data"
+
+[[notifications.webhooks]]
+name = "siem"
+format = "generic"
+url = "http://{good}/hook"
+destination = "http://{good}"
+allow-private = true
+hmac-secret = "siem-key"
+max-attempts = 3
+
+[[notifications.webhooks]]
+name = "slow"
+format = "chat"
+url = "http://{hanging}/hook"
+destination = "http://{hanging}"
+allow-private = true
+timeout-ms = 500
+max-attempts = 1
+
+[[notifications.webhooks]]
+name = "not-private"
+format = "chat"
+url = "http://{good}/other"
+destination = "http://{good}"
+max-attempts = 1
+
+[actions.hello]
+component = {component}
+[actions.hello.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[actions.hello.approval]
+invocation = true
+"#,
+            good = good.addr,
+            hanging = hanging.addr,
+            component = toml_path(&component("hello"))
+        ),
+    )
+    .unwrap();
+    let set = support::airlock_with(
+        &["secret", "set", "siem-key", "--config", config.to_str().unwrap()],
+        b"the-signing-key",
+        &[],
+    );
+    assert_eq!(set.code, 0, "{set:?}");
+    let agent = support::create_token(&config, "bot", "agent", &["agent"]);
+    let server = support::http::Server::start(&config);
+    let asked = std::time::Instant::now();
+    let pending = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &json!({"action": "hello", "function": "greet", "args": {"who": {"name": "Ada", "languages": []}},
+                "wait-ms": 0, "reason": "onboarding"}),
+    );
+    assert_eq!(pending.status, 202, "{pending:?}");
+    // The hanging receiver holds up nothing.
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    let approval = pending.json()["approval"].as_str().unwrap().to_string();
+    // A 500, then (after a second) the delivery.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while good.requests().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", good.requests());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let requests = good.requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "only the signed webhook reaches this receiver: {requests:?}"
+    );
+    for (headers, body) in &requests {
+        let h = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap();
+        let ts = h("x-airlock-timestamp");
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"the-signing-key").unwrap();
+        mac.update(format!("{ts}.").as_bytes());
+        mac.update(body);
+        let want: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(h("x-airlock-signature"), format!("v1={want}"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(now.abs_diff(ts.parse::<u64>().unwrap()) < 300);
+        assert_eq!(h("x-airlock-event"), "approval.requested");
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["approval"]["id"], approval);
+        assert_eq!(v["approval"]["reason"], "onboarding");
+        assert_eq!(v["type"], "approval.requested");
+    }
+    assert_eq!(
+        requests[0].0.iter().find(|(k, _)| k == "x-airlock-delivery"),
+        requests[1].0.iter().find(|(k, _)| k == "x-airlock-delivery")
+    );
+    // Every attempt is on record.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let notes = loop {
+        let audit = support::airlock_with(
+            &["audit", "show", "--config", config.to_str().unwrap(), "--json"],
+            b"",
+            &[],
+        );
+        let notes: Vec<serde_json::Value> = audit
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+            .filter(|e| e["kind"] == "notification")
+            .collect();
+        if notes.len() >= 4 || std::time::Instant::now() > deadline {
+            break notes;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let of = |hook: &str| {
+        notes
+            .iter()
+            .filter(|n| n["webhook"] == hook)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let siem = of("siem");
+    assert_eq!(siem.len(), 2, "{notes:?}");
+    assert_eq!(
+        (siem[0]["outcome"].as_str(), siem[0]["http-status"].as_u64()),
+        (Some("failed"), Some(500))
+    );
+    assert_eq!(
+        (siem[1]["outcome"].as_str(), siem[1]["attempt"].as_u64()),
+        (Some("delivered"), Some(2))
+    );
+    let slow = of("slow");
+    assert_eq!(slow.len(), 1, "{notes:?}");
+    assert_eq!(slow[0]["outcome"], "gave-up");
+    let private = of("not-private");
+    assert_eq!(private.len(), 1, "{notes:?}");
+    assert_eq!(private[0]["outcome"], "gave-up");
+    let error = private[0]["error"].as_str().unwrap();
+    assert!(error.contains("allow-private") || error.contains("private"), "{error}");
+    // Records name origins, never URLs.
+    assert!(notes.iter().all(|n| !n.to_string().contains("/hook")), "{notes:?}");
+}

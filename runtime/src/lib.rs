@@ -44,6 +44,7 @@ pub mod host_call;
 pub mod identity;
 pub mod invocation;
 pub mod manifest;
+pub mod notify;
 pub mod outbound;
 pub mod policy;
 pub mod runtime;

@@ -741,6 +741,18 @@ fn print_record(
             r.state,
             r.reason.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
         ),
+        Event::Notification(n) => format!(
+            "{} approval {} {} to webhook {} ({}): attempt {} {}{}{}",
+            id(&n.invocation),
+            n.approval,
+            n.event,
+            n.webhook,
+            n.destination,
+            n.attempt,
+            n.outcome,
+            n.http_status.map(|s| format!(" ({s})")).unwrap_or_default(),
+            n.error.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+        ),
     };
     let kind = match &e.event {
         Event::InvocationStarted(_) => "started",
@@ -752,6 +764,7 @@ fn print_record(
         Event::ApprovalRequested(_) => "approval",
         Event::ApprovalDecision(_) => "decision",
         Event::ApprovalResolved(_) => "resolved",
+        Event::Notification(_) => "notification",
     };
     if let Some(node) = node
         && write!(out, "{node} ").is_err()

@@ -295,6 +295,24 @@ impl Runtime {
     /// The vault, opened once (it follows later changes to its file), after
     /// checking that every secret `grant` names is in it (so a missing
     /// secret fails at load, not mid-request).
+    /// The vault (opened on first use), for secrets that are not an
+    /// action's credentials (webhook URLs and signing keys).
+    pub fn open_vault(&mut self) -> Result<Arc<LiveVault>, Error> {
+        if let Some(v) = &self.vault {
+            return Ok(v.clone());
+        }
+        let shared = match &self.store_settings.postgres {
+            Some(_) => self.store()?.shared_vault(),
+            None => None,
+        };
+        let v = Arc::new(
+            LiveVault::open_in(&self.data_dir, shared)
+                .map_err(|e| Error::Config(format!("the vault cannot be opened: {e}")))?,
+        );
+        self.vault = Some(v.clone());
+        Ok(v)
+    }
+
     fn vault_for(
         &mut self,
         action: &str,

@@ -64,6 +64,9 @@ pub struct Approvals {
     changed: Arc<tokio::sync::Notify>,
     /// On a shared store: this process's heartbeat (see [`crate::cluster`]).
     heartbeat: Option<Arc<crate::cluster::Heartbeat>>,
+    /// Where requests, decisions and expiries are announced (set by the
+    /// service; every clone shares it).
+    notifier: Arc<std::sync::OnceLock<crate::notify::Notifier>>,
 }
 
 impl std::fmt::Debug for Approvals {
@@ -147,6 +150,7 @@ impl Approvals {
             owner: format!("{}:{}", std::process::id(), crate::audit::chain::hex(&nonce)),
             changed: Arc::new(tokio::sync::Notify::new()),
             heartbeat: None,
+            notifier: Arc::new(std::sync::OnceLock::new()),
         }
         .with_heartbeat()
     }
@@ -283,6 +287,7 @@ impl Approvals {
             return Err(e.into());
         }
         tracing::info!(approval = %record.id, kind = %record.kind, action = %record.action, "approval requested");
+        self.announce(crate::notify::NoticeKind::Requested, &record);
         Ok(record)
     }
 
@@ -326,6 +331,7 @@ impl Approvals {
         // as expired and the expiry is on record.
         self.expire_due().await?;
         let this = self.clone();
+        let voter = who.name.clone();
         let (id, who, groups) = (id.to_string(), who.clone(), groups.to_vec());
         let (config_version, expect_binding) = (config_version.to_string(), expect_binding.map(str::to_string));
         let reason = reason.map(cut);
@@ -343,6 +349,11 @@ impl Approvals {
         .await
         .map_err(|e| Error::internal(format!("the decision task failed: {e}")))??;
         self.changed.notify_waiters();
+        // The decision that ended it (approved or denied); a vote short of
+        // the quorum is not announced.
+        if record.state != ApprovalState::Pending && record.decisions.last().is_some_and(|d| d.identity == voter) {
+            self.announce(crate::notify::NoticeKind::Decided, &record);
+        }
         Ok(record)
     }
 
@@ -593,8 +604,25 @@ impl Approvals {
         .map_err(|e| Error::internal(format!("the close task failed: {e}")))??;
         if changed {
             self.changed.notify_waiters();
+            if record.state == ApprovalState::Expired {
+                self.announce(crate::notify::NoticeKind::Expired, &record);
+            }
         }
         Ok(record)
+    }
+
+    /// Announce `record` to the webhooks, if the service set them up.
+    /// Queued, never awaited: delivery is off the request's path.
+    fn announce(&self, kind: crate::notify::NoticeKind, record: &ApprovalRecord) {
+        if let Some(n) = self.notifier.get() {
+            n.notify(kind, record);
+        }
+    }
+
+    /// Announce requests, decisions and expiries through `notifier` from now
+    /// on (every clone of this service shares it). Set once.
+    pub fn set_notifier(&self, notifier: crate::notify::Notifier) {
+        let _ = self.notifier.set(notifier);
     }
 
     /// Expire every pending request whose time is up.

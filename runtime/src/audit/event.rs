@@ -42,6 +42,32 @@ pub enum Event {
     ApprovalDecision(ApprovalDecision),
     /// A request reached its end: approved, denied, expired or failed.
     ApprovalResolved(ApprovalResolved),
+    /// One attempt to deliver a notification of a request to a webhook.
+    Notification(NotificationEvent),
+}
+
+/// One delivery attempt of a notification ([`crate::notify`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NotificationEvent {
+    pub approval: String,
+    pub invocation: String,
+    pub action: String,
+    pub webhook: String,
+    /// The webhook's origin (`https://hooks.slack.com:443`), never its URL.
+    pub destination: String,
+    /// `requested`, `decided` or `expired`.
+    pub event: String,
+    /// The same for every attempt of one delivery (`X-Airlock-Delivery`).
+    pub delivery: String,
+    pub attempt: u32,
+    /// `delivered`, `failed` (retried) or `gave-up`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_us: u64,
 }
 
 impl Event {
@@ -56,6 +82,7 @@ impl Event {
             Event::ApprovalRequested(e) => Some(&e.invocation),
             Event::ApprovalDecision(e) => Some(&e.invocation),
             Event::ApprovalResolved(e) => Some(&e.invocation),
+            Event::Notification(e) => Some(&e.invocation),
             Event::Recovered(_) => None,
         }
     }

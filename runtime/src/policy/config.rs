@@ -32,6 +32,8 @@ struct RawConfig {
     policy: RawPolicySection,
     #[serde(default)]
     approval_groups: BTreeMap<String, RawGroup>,
+    #[serde(default)]
+    notifications: crate::notify::RawNotifications,
 }
 
 /// `[policy]`: Cedar policy files and the clock they read.
@@ -245,6 +247,8 @@ pub struct Policy {
     pub service: crate::service::ServiceSettings,
     /// `[policy] files`, parsed.
     pub policy_files: Arc<PolicyFiles>,
+    /// `[[notifications.webhooks]]`: where approval requests are announced.
+    pub webhooks: Vec<crate::notify::Webhook>,
 }
 
 impl Policy {
@@ -336,6 +340,23 @@ impl Policy {
             hasher.update(source.as_bytes());
         }
         let version = format!("blake3:{}", hasher.finalize().to_hex());
+        let webhooks = raw
+            .notifications
+            .webhooks
+            .iter()
+            .map(crate::notify::Webhook::resolve)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        if let Some((_, dup)) = webhooks
+            .iter()
+            .enumerate()
+            .find(|(i, w)| webhooks[..*i].iter().any(|o| o.name == w.name))
+        {
+            return Err(bad(format!(
+                "notifications.webhooks: two webhooks are named `{}`",
+                dup.name
+            )));
+        }
         let mut actions = BTreeMap::new();
         for (name, spanned) in raw.actions {
             let line = line_of(text, spanned.span().start);
@@ -430,6 +451,7 @@ impl Policy {
             version,
             service: crate::service::ServiceSettings::resolve(&raw.service).map_err(bad)?,
             policy_files,
+            webhooks,
         })
     }
 }

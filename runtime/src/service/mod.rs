@@ -250,8 +250,17 @@ impl Service {
     pub fn load(policy: Policy) -> Result<Service, Error> {
         let settings = policy.service.clone();
         let mut runtime = Runtime::new(&policy.runtime)?;
-        runtime.audit()?;
-        runtime.approvals()?;
+        let audit = runtime.audit()?;
+        let approvals = runtime.approvals()?;
+        if !policy.webhooks.is_empty() {
+            let needs_vault = policy
+                .webhooks
+                .iter()
+                .any(|w| w.url_secret.is_some() || w.hmac_secret.is_some());
+            let vault = if needs_vault { Some(runtime.open_vault()?) } else { None };
+            let notifier = crate::notify::Notifier::start(&policy.webhooks, vault.as_deref(), audit)?;
+            approvals.set_notifier(notifier);
+        }
         for (name, loaded) in runtime.load_all(&policy) {
             match loaded {
                 Ok(a) => tracing::info!(action = %name, digest = %a.manifest.digest, "action loaded"),

@@ -43,6 +43,7 @@ pub fn kind_of(event: &Event) -> &'static str {
         Event::ApprovalRequested(_) => "approval-requested",
         Event::ApprovalDecision(_) => "approval-decision",
         Event::ApprovalResolved(_) => "approval-resolved",
+        Event::Notification(_) => "notification",
     }
 }
 
