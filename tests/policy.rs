@@ -764,10 +764,11 @@ fn every_group_a_gate_names_must_approve() {
         support::create_token(&config, "bot", "agent", &["agent"]),
         support::create_token(&config, "fiona", "human", &["finance"]),
         support::create_token(&config, "sam", "human", &["security"]),
+        support::create_token(&config, "dana", "human", &["finance", "security"]),
     ];
     let runtime = load(&config);
     let who = |t: &str| airlock::identity::authenticate(runtime.store().unwrap().as_ref(), t).unwrap();
-    let (bot, fiona, sam) = (who(&tokens[0]), who(&tokens[1]), who(&tokens[2]));
+    let (bot, fiona, sam, dana) = (who(&tokens[0]), who(&tokens[1]), who(&tokens[2]), who(&tokens[3]));
     let rt = async_runtime();
     let args = json!({"who": {"name": "Ada", "languages": ["en"]}});
     let no_intent = airlock::invocation::Intent::default();
@@ -802,6 +803,26 @@ fn every_group_a_gate_names_must_approve() {
         .unwrap();
     assert_eq!(after_security.approval.state, ApprovalState::Approved);
     assert_eq!(runtime.invocation(&invocation).unwrap().state.to_string(), "succeeded");
+
+    // One reviewer in both groups approves for one of them only.
+    let Submitted::Pending { approval, .. } = rt
+        .block_on(runtime.submit(&bot, "hello", "greet", &args, &no_intent, std::time::Duration::ZERO))
+        .unwrap()
+    else {
+        panic!("not held")
+    };
+    let after_dana = rt
+        .block_on(runtime.decide(&approval.id, &dana, Vote::Approve, None, None))
+        .unwrap();
+    assert_eq!(
+        after_dana.approval.state,
+        ApprovalState::Pending,
+        "one identity filled two groups"
+    );
+    let after_fiona = rt
+        .block_on(runtime.decide(&approval.id, &fiona, Vote::Approve, None, None))
+        .unwrap();
+    assert_eq!(after_fiona.approval.state, ApprovalState::Approved);
 }
 
 /// `[[actions.NAME.windows]]`: the third call in the hour is refused,
@@ -1138,4 +1159,77 @@ invocation = true
     assert!(error.contains("allow-private") || error.contains("private"), "{error}");
     // Records name origins, never URLs.
     assert!(notes.iter().all(|n| !n.to_string().contains("/hook")), "{notes:?}");
+}
+
+/// A request nobody decides within `@escalate_after` goes to the
+/// `@escalate_to` group too: before, its members may not decide; after,
+/// they may, and the escalation is on record.
+#[test]
+fn an_undecided_request_escalates_to_the_next_group() {
+    use airlock::gateway::Submitted;
+    use airlock::store::{ApprovalState, Verdict as Vote};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("escalate.cedar"),
+        "@id(\"big\") @approval(\"finance\") @ttl(\"1h\") @escalate_after(\"2s\") @escalate_to(\"cfo\")\npermit(principal in Role::\"agent\", action == Action::\"hello/greet\", resource);\n",
+    )
+    .unwrap();
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\ndata-dir = \"data\"\n[policy]\nfiles = [\"escalate.cedar\"]\n[approval-groups.finance]\napprove = [\"role:finance\"]\n[approval-groups.cfo]\napprove = [\"role:cfo\"]\n[actions.hello]\ncomponent = {}\n[actions.hello.access]\ninvoke = []\n",
+            toml_path(&component("hello"))
+        ),
+    )
+    .unwrap();
+    let tokens = [
+        support::create_token(&config, "bot", "agent", &["agent"]),
+        support::create_token(&config, "carol", "human", &["cfo"]),
+    ];
+    let runtime = load(&config);
+    let who = |t: &str| airlock::identity::authenticate(runtime.store().unwrap().as_ref(), t).unwrap();
+    let (bot, carol) = (who(&tokens[0]), who(&tokens[1]));
+    let rt = async_runtime();
+    let args = json!({"who": {"name": "Ada", "languages": []}});
+    let no_intent = airlock::invocation::Intent::default();
+    let Submitted::Pending { invocation, approval } = rt
+        .block_on(runtime.submit(&bot, "hello", "greet", &args, &no_intent, std::time::Duration::ZERO))
+        .unwrap()
+    else {
+        panic!("not held")
+    };
+    assert!(!runtime.may_review(&carol, &approval));
+    assert!(
+        rt.block_on(runtime.record_decision(&approval.id, &carol, Vote::Approve, None, None))
+            .is_err()
+    );
+    rt.block_on(runtime.sweep_approvals()).unwrap();
+    let still = runtime.store().unwrap().approval(&approval.id).unwrap().unwrap();
+    assert!(!still.escalated, "escalated early");
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    rt.block_on(runtime.sweep_approvals()).unwrap();
+    let escalated = runtime.store().unwrap().approval(&approval.id).unwrap().unwrap();
+    assert!(escalated.escalated, "{escalated:?}");
+    assert!(escalated.approvers.contains(&"role:cfo".to_string()), "{escalated:?}");
+    assert!(runtime.may_review(&carol, &escalated));
+    let decided = rt
+        .block_on(runtime.decide(&approval.id, &carol, Vote::Approve, None, None))
+        .unwrap();
+    assert_eq!(decided.approval.state, ApprovalState::Approved);
+    assert_eq!(runtime.invocation(&invocation).unwrap().state.to_string(), "succeeded");
+    let audit = support::airlock_with(
+        &["audit", "show", "--config", config.to_str().unwrap(), "--json"],
+        b"",
+        &[],
+    );
+    let escalations: Vec<serde_json::Value> = audit
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+        .filter(|e| e["kind"] == "approval-escalated")
+        .collect();
+    assert_eq!(escalations.len(), 1, "{}", audit.stdout);
+    assert_eq!(escalations[0]["from-group"], "finance");
+    assert_eq!(escalations[0]["to-group"], "cfo");
 }

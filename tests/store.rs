@@ -148,6 +148,9 @@ fn approval(id: &str, state: ApprovalState, created_at: u64) -> ApprovalRecord {
         policies: vec![],
         why: None,
         intent: None,
+        escalation: None,
+        escalate_at: None,
+        escalated: false,
     }
 }
 

@@ -285,6 +285,7 @@ impl PreparedAction {
             policies: Vec::new(),
             why: None,
             intent: intent.filter(|i| !i.is_empty()).cloned(),
+            escalation: None,
         }
     }
 }

@@ -77,6 +77,16 @@ impl Requirement {
         request.group = Some(self.group.clone());
         request.rules = Some(crate::store::ApproverRules::of(&self.approvers));
         request.more_groups = more_groups(&self.groups, &self.group);
+        request.escalation = self.escalation.as_ref().map(|(after, g)| {
+            (
+                *after,
+                crate::store::GroupRules {
+                    group: g.group.clone(),
+                    rules: crate::store::ApproverRules::of(&g.approvers),
+                    quorum: g.quorum,
+                },
+            )
+        });
         if !request.more_groups.is_empty() {
             request.approvers = self
                 .groups
@@ -279,7 +289,7 @@ impl Runtime {
                 .refuse_by(&new_invocation_id(), caller, function, error, policies, Some(intent))
                 .await);
         }
-        if let Err(error) = self.charge_windows(&prepared, caller, function, args, now) {
+        if let Err(error) = self.charge_windows(&prepared, caller, function, args, now).await {
             return Err(prepared
                 .refuse_by(
                     &new_invocation_id(),
@@ -301,7 +311,7 @@ impl Runtime {
     /// Charge the action's rate and budget windows for one invocation
     /// ([`crate::policy::windows`]): all of them, or none and the refusal
     /// naming the window that is used up and when it resets.
-    fn charge_windows(
+    async fn charge_windows(
         &self,
         prepared: &PreparedAction,
         caller: &Caller,
@@ -331,7 +341,14 @@ impl Runtime {
         if charges.is_empty() {
             return Ok(());
         }
-        match self.store()?.charge(&charges)? {
+        // A transaction that may wait for another process's lock (SQLite)
+        // or for the database: off the async workers.
+        let store = self.store()?;
+        let to_charge = charges.clone();
+        let charged = tokio::task::spawn_blocking(move || store.charge(&to_charge))
+            .await
+            .map_err(|e| Error::internal(format!("the window charge task failed: {e}")))??;
+        match charged {
             Ok(()) => Ok(()),
             Err(exceeded) => {
                 let (w, charge) = (windows[exceeded.index], &charges[exceeded.index]);
@@ -830,6 +847,7 @@ impl Runtime {
             return Ok(());
         };
         approvals.expire_due().await?;
+        approvals.escalate_due().await?;
         approvals.fail_orphans().await?;
         let store = approvals.store().clone();
         let now = crate::time::now_micros();

@@ -741,6 +741,14 @@ fn print_record(
             r.state,
             r.reason.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
         ),
+        Event::ApprovalEscalated(e) => format!(
+            "{} approval {} escalated from {} to {}: {}",
+            id(&e.invocation),
+            e.approval,
+            e.from_group,
+            e.to_group,
+            e.approvers.join(", ")
+        ),
         Event::Notification(n) => format!(
             "{} approval {} {} to webhook {} ({}): attempt {} {}{}{}",
             id(&n.invocation),
@@ -765,6 +773,7 @@ fn print_record(
         Event::ApprovalDecision(_) => "decision",
         Event::ApprovalResolved(_) => "resolved",
         Event::Notification(_) => "notification",
+        Event::ApprovalEscalated(_) => "escalated",
     };
     if let Some(node) = node
         && write!(out, "{node} ").is_err()

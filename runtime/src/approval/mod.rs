@@ -104,6 +104,8 @@ pub struct NewRequest {
     pub why: Option<String>,
     /// The agent's stated reason and trace, shown to reviewers.
     pub intent: Option<crate::invocation::Intent>,
+    /// After this long undecided, this group may decide too.
+    pub escalation: Option<(Duration, crate::store::GroupRules)>,
 }
 
 impl NewRequest {
@@ -258,6 +260,12 @@ impl Approvals {
             policies: request.policies,
             why: request.why,
             intent: request.intent.filter(|i| !i.is_empty()),
+            escalate_at: request
+                .escalation
+                .as_ref()
+                .map(|(after, _)| now.saturating_add(u64::try_from(after.as_micros()).unwrap_or(u64::MAX))),
+            escalation: request.escalation.map(|(_, g)| g),
+            escalated: false,
         };
         self.record(vec![Event::ApprovalRequested(ApprovalRequested {
             approval: record.id.clone(),
@@ -625,6 +633,79 @@ impl Approvals {
         let _ = self.notifier.set(notifier);
     }
 
+    /// Escalate every pending request whose `escalate_at` has passed: its
+    /// escalation group's reviewers join the first group's (votes already
+    /// cast still count; quorum and expiry stay), recorded as
+    /// `approval-escalated` and announced. A compare-and-set in the store:
+    /// of several nodes sweeping at once, one escalates.
+    pub async fn escalate_due(&self) -> Result<Vec<ApprovalRecord>, Error> {
+        let now = crate::time::now_micros();
+        let mut escalated = Vec::new();
+        for r in self.store.approvals(Some(ApprovalState::Pending), usize::MAX)? {
+            if r.escalated || r.escalate_at.is_none_or(|at| at > now) || r.escalation.is_none() {
+                continue;
+            }
+            let this = self.clone();
+            let id = r.id.clone();
+            let (record, changed) = tokio::task::spawn_blocking(move || {
+                let mut changed = false;
+                let mut update = |r: &mut ApprovalRecord, _: &[TokenRecord]| -> Result<Option<String>, Refusal> {
+                    let Some(to) = r.escalation.clone() else {
+                        return Ok(None);
+                    };
+                    if r.state != ApprovalState::Pending || r.escalated {
+                        return Ok(None);
+                    }
+                    let mut rules = r.rules.clone().unwrap_or_default();
+                    for a in &to.rules.approve {
+                        if !rules.approve.contains(a) {
+                            rules.approve.push(a.clone());
+                        }
+                    }
+                    for a in &to.rules.agent_approvers {
+                        if !rules.agent_approvers.contains(a) {
+                            rules.agent_approvers.push(a.clone());
+                        }
+                    }
+                    let approvers: Vec<String> = rules
+                        .approve
+                        .iter()
+                        .cloned()
+                        .chain(rules.agent_approvers.iter().map(|a| format!("{a} (agent)")))
+                        .collect();
+                    r.rules = Some(rules);
+                    r.approvers = approvers.clone();
+                    r.escalated = true;
+                    r.escalate_at = None;
+                    changed = true;
+                    owe(&[Event::ApprovalEscalated(crate::audit::event::ApprovalEscalated {
+                        approval: r.id.clone(),
+                        invocation: r.invocation.clone(),
+                        action: r.action.clone(),
+                        from_group: r.group.clone().unwrap_or_else(|| "action".into()),
+                        to_group: to.group.clone(),
+                        approvers,
+                    })])
+                    .map(Some)
+                };
+                let record = this.store.update_approval(&id, &mut update).map_err(update_error)?;
+                if changed {
+                    this.drain_blocking()?;
+                }
+                Ok::<_, Error>((record, changed))
+            })
+            .await
+            .map_err(|e| Error::internal(format!("the escalation task failed: {e}")))??;
+            if changed {
+                tracing::info!(approval = %record.id, "approval escalated");
+                self.changed.notify_waiters();
+                self.announce(crate::notify::NoticeKind::Escalated, &record);
+                escalated.push(record);
+            }
+        }
+        Ok(escalated)
+    }
+
     /// Expire every pending request whose time is up.
     pub async fn expire_due(&self) -> Result<Vec<ApprovalRecord>, Error> {
         let now = crate::time::now_micros();
@@ -713,32 +794,76 @@ fn counted_approvals(
 ) -> (usize, Vec<String>, bool) {
     let mut counted = 0;
     let mut uncounted = Vec::new();
-    let mut per_group = vec![0_u32; groups.len()];
+    // For each counted voter, the groups it may approve for.
+    let mut eligible: Vec<Vec<usize>> = Vec::new();
     for d in r.decisions.iter().filter(|d| d.verdict == Verdict::Approve) {
-        let mut holds = false;
-        for (i, (access, _)) in groups.iter().enumerate() {
-            let may = live.iter().any(|t| {
-                t.identity == d.identity
-                    && access.may_approve(&Caller {
-                        name: t.identity.clone(),
-                        kind: t.kind,
-                        roles: t.roles.clone(),
-                        token_id: Some(t.id.clone()),
-                    })
-            });
-            if may {
-                per_group[i] += 1;
-                holds = true;
-            }
-        }
-        if holds {
-            counted += 1;
-        } else {
+        let mine: Vec<usize> = groups
+            .iter()
+            .enumerate()
+            .filter(|(_, (access, _))| {
+                live.iter().any(|t| {
+                    t.identity == d.identity
+                        && access.may_approve(&Caller {
+                            name: t.identity.clone(),
+                            kind: t.kind,
+                            roles: t.roles.clone(),
+                            token_id: Some(t.id.clone()),
+                        })
+                })
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if mine.is_empty() {
             uncounted.push(d.identity.clone());
+        } else {
+            counted += 1;
+            eligible.push(mine);
         }
     }
-    let complete = !groups.is_empty() && groups.iter().zip(&per_group).all(|((_, q), n)| n >= q);
+    // Each approval fills one seat of one group: the request is approved
+    // when distinct identities can fill every group's quorum (a reviewer
+    // in two groups does not approve for both).
+    let seats: Vec<usize> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, q))| std::iter::repeat_n(i, *q as usize))
+        .collect();
+    let complete = !groups.is_empty() && fill_seats(&seats, &eligible) == seats.len();
     (counted, uncounted, complete)
+}
+
+/// How many of `seats` (each a group) distinct voters can fill, each voter
+/// one seat of a group it is `eligible` for (augmenting paths, Kuhn's
+/// algorithm; a few dozen seats at most).
+fn fill_seats(seats: &[usize], eligible: &[Vec<usize>]) -> usize {
+    fn try_voter(
+        v: usize,
+        seats: &[usize],
+        eligible: &[Vec<usize>],
+        seen: &mut [bool],
+        holder: &mut [Option<usize>],
+    ) -> bool {
+        for (s, group) in seats.iter().enumerate() {
+            if seen[s] || !eligible[v].contains(group) {
+                continue;
+            }
+            seen[s] = true;
+            if holder[s].is_none_or(|other| try_voter(other, seats, eligible, seen, holder)) {
+                holder[s] = Some(v);
+                return true;
+            }
+        }
+        false
+    }
+    let mut holder: Vec<Option<usize>> = vec![None; seats.len()];
+    let mut filled = 0;
+    for v in 0..eligible.len() {
+        let mut seen = vec![false; seats.len()];
+        if try_voter(v, seats, eligible, &mut seen, &mut holder) {
+            filled += 1;
+        }
+    }
+    filled
 }
 
 fn update_error(e: UpdateError) -> Error {

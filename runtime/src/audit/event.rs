@@ -44,6 +44,21 @@ pub enum Event {
     ApprovalResolved(ApprovalResolved),
     /// One attempt to deliver a notification of a request to a webhook.
     Notification(NotificationEvent),
+    /// A request nobody decided in time went to its escalation group too.
+    ApprovalEscalated(ApprovalEscalated),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ApprovalEscalated {
+    pub approval: String,
+    pub invocation: String,
+    pub action: String,
+    /// The group asked first, and the one it went to.
+    pub from_group: String,
+    pub to_group: String,
+    /// Who may decide it now.
+    pub approvers: Vec<String>,
 }
 
 /// One delivery attempt of a notification ([`crate::notify`]).
@@ -83,6 +98,7 @@ impl Event {
             Event::ApprovalDecision(e) => Some(&e.invocation),
             Event::ApprovalResolved(e) => Some(&e.invocation),
             Event::Notification(e) => Some(&e.invocation),
+            Event::ApprovalEscalated(e) => Some(&e.invocation),
             Event::Recovered(_) => None,
         }
     }

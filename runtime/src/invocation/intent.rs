@@ -39,9 +39,12 @@ impl Intent {
                     r.len()
                 )));
             }
-            Some(r) if r.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => {
+            Some(r)
+                if r.chars()
+                    .any(|c| (c.is_control() && c != '\n' && c != '\t') || invisible(c)) =>
+            {
                 return Err(Error::Usage(
-                    "the stated reason holds control characters; send plain text".into(),
+                    "the stated reason holds control or invisible formatting characters (bidi overrides, zero-width, line separators); send plain text".into(),
                 ));
             }
             Some(r) => Some(r.to_string()),
@@ -53,6 +56,24 @@ impl Intent {
         };
         Ok((Intent { reason, traceparent }, ignored))
     }
+}
+
+/// Characters that change how text shows without showing themselves:
+/// bidi controls, zero-width characters, the Unicode line and paragraph
+/// separators, the soft hyphen and the BOM.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{061c}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+    )
 }
 
 /// W3C Trace Context level 1: `00-` 32 hex trace id `-` 16 hex parent id
@@ -93,6 +114,9 @@ mod tests {
         }
         assert!(Intent::new(Some(&"x".repeat(1025)), None).is_err());
         assert!(Intent::new(Some("a\u{1b}[31m"), None).is_err());
+        for sneaky in ["pay \u{202e}evil", "a\u{200b}b", "line\u{2028}break", "\u{feff}x"] {
+            assert!(Intent::new(Some(sneaky), None).is_err(), "{sneaky:?}");
+        }
         assert!(Intent::new(Some("   "), None).unwrap().0.is_empty());
     }
 }

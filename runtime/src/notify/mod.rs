@@ -46,6 +46,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 #[serde(rename_all = "kebab-case")]
 pub enum NoticeKind {
     Requested,
+    Escalated,
     Decided,
     Expired,
 }
@@ -54,6 +55,7 @@ impl NoticeKind {
     pub fn as_str(self) -> &'static str {
         match self {
             NoticeKind::Requested => "requested",
+            NoticeKind::Escalated => "escalated",
             NoticeKind::Decided => "decided",
             NoticeKind::Expired => "expired",
         }
@@ -159,10 +161,14 @@ impl Webhook {
             url_secret: raw.url_secret.clone(),
             rule,
             hmac_secret: raw.hmac_secret.clone(),
-            events: raw
-                .events
-                .clone()
-                .unwrap_or_else(|| vec![NoticeKind::Requested, NoticeKind::Decided, NoticeKind::Expired]),
+            events: raw.events.clone().unwrap_or_else(|| {
+                vec![
+                    NoticeKind::Requested,
+                    NoticeKind::Escalated,
+                    NoticeKind::Decided,
+                    NoticeKind::Expired,
+                ]
+            }),
             groups: raw.groups.clone(),
             timeout,
             max_attempts,
@@ -173,7 +179,9 @@ impl Webhook {
         let group = approval.group.as_deref().unwrap_or("action");
         self.events.contains(&kind)
             && self.groups.as_ref().is_none_or(|gs| {
-                gs.iter().any(|g| g == group) || approval.more_groups.iter().any(|m| gs.contains(&m.group))
+                gs.iter().any(|g| g == group)
+                    || approval.more_groups.iter().any(|m| gs.contains(&m.group))
+                    || (approval.escalated && approval.escalation.as_ref().is_some_and(|e| gs.contains(&e.group)))
             })
     }
 }
@@ -318,6 +326,16 @@ pub fn body(format: Format, notice: &Notice, delivery: &str, at: &str) -> Value 
     let intent = a.intent.clone().unwrap_or_default();
     match format {
         Format::Chat => {
+            // Agent text on one line, with chat markup (`<!channel>`,
+            // `<url|text>` links) neutralized.
+            let plain = |s: &str| {
+                s.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+                    .split(['\n', '\r'])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
             let mut lines = vec![format!(
                 "*airlock*: approval request `{}` {} — {} `{}#{}` by {}",
                 a.id,
@@ -328,7 +346,7 @@ pub fn body(format: Format, notice: &Notice, delivery: &str, at: &str) -> Value 
                 a.caller
             )];
             if let Some(r) = &intent.reason {
-                lines.push(format!("Stated reason: {r}"));
+                lines.push(format!("Stated reason: {}", plain(r)));
             }
             if let Some(w) = &a.why {
                 lines.push(format!("Why: {w}"));

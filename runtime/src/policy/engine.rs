@@ -82,6 +82,9 @@ pub struct Requirement {
     /// is `group`). Several gating `forbid`s with different groups all
     /// apply: finance and security both approve.
     pub groups: Vec<GroupNeed>,
+    /// Who may decide too once the request waited this long (the winning
+    /// gate's `@escalate_after` / `@escalate_to`).
+    pub escalation: Option<(Duration, GroupNeed)>,
 }
 
 /// One group a request needs, and how many of it.
@@ -712,6 +715,20 @@ impl ToolPolicy {
                     approvers,
                     quorum: g.quorum,
                 }],
+                escalation: g.escalation.as_ref().map(|(after, to)| {
+                    (
+                        *after,
+                        GroupNeed {
+                            group: to.clone(),
+                            approvers: self.approvers(to).cloned().unwrap_or(AccessPolicy {
+                                invoke: Vec::new(),
+                                approve: Vec::new(),
+                                agent_approvers: Vec::new(),
+                            }),
+                            quorum: g.quorum,
+                        },
+                    )
+                }),
             })
         };
         let stricter = |a: &Requirement, b: &Requirement| {

@@ -18,7 +18,10 @@
 //! - `@ttl("4h")`: how long the request stays open (`90s`, `30m`, `4h`,
 //!   `2d`, `1h30m`; up to 30 days). Default: the action's
 //!   `approval.ttl-secs` for invocations, `approval.wait-secs` for host
-//!   calls.
+//!   calls;
+//! - `@escalate_after("30m") @escalate_to("GROUP")`: a request nobody
+//!   decided within that time goes to GROUP too (its reviewers may decide
+//!   it from then on; votes already cast still count).
 
 use crate::approval::policy::{AccessPolicy, MAX_QUORUM, MAX_TTL_SECS};
 use cedar_policy::{Effect, PolicyId, PolicySet};
@@ -31,7 +34,15 @@ use std::time::Duration;
 pub const MAX_POLICY_FILE_BYTES: u64 = 4 << 20;
 
 /// Annotations airlock reads.
-const KNOWN: [&str; 5] = ["id", "reason", "approval", "quorum", "ttl"];
+const KNOWN: [&str; 7] = [
+    "id",
+    "reason",
+    "approval",
+    "quorum",
+    "ttl",
+    "escalate_after",
+    "escalate_to",
+];
 
 /// The approval group that means "the action's own reviewers".
 pub const ACTION_GROUP: &str = "action";
@@ -60,6 +71,9 @@ pub struct GateSpec {
     pub quorum: u32,
     /// `None`: the action's default for the kind of request.
     pub ttl: Option<Duration>,
+    /// `@escalate_after("30m") @escalate_to("cfo")`: a request still
+    /// undecided after this long may also be decided by that group.
+    pub escalation: Option<(Duration, String)>,
 }
 
 /// One policy, ready for the engine.
@@ -184,8 +198,11 @@ fn rule(policy: &cedar_policy::Policy, reference: PolicyRef, groups: &Groups) ->
     let forbid = policy.effect() == Effect::Forbid;
     let gate = match policy.annotation("approval") {
         None => {
-            if policy.annotation("quorum").is_some() || policy.annotation("ttl").is_some() {
-                return Err("@quorum and @ttl need @approval(\"GROUP\")".into());
+            if ["quorum", "ttl", "escalate_after", "escalate_to"]
+                .iter()
+                .any(|k| policy.annotation(k).is_some())
+            {
+                return Err("@quorum, @ttl and @escalate_* need @approval(\"GROUP\")".into());
             }
             None
         }
@@ -219,10 +236,27 @@ fn rule(policy: &cedar_policy::Policy, reference: PolicyRef, groups: &Groups) ->
                     Ok(d)
                 })
                 .transpose()?;
+            let escalation = match (policy.annotation("escalate_after"), policy.annotation("escalate_to")) {
+                (None, None) => None,
+                (Some(after), Some(to)) => {
+                    let after = parse_duration(after).map_err(|e| format!("@escalate_after: {e}"))?;
+                    if after.is_zero() || ttl.is_some_and(|t| after >= t) {
+                        return Err("@escalate_after must be above 0 and below the request's @ttl".into());
+                    }
+                    if to != ACTION_GROUP && !groups.contains_key(to) {
+                        return Err(format!(
+                            "@escalate_to names group {to:?}, which is not defined; define [approval-groups.{to}]"
+                        ));
+                    }
+                    Some((after, to.to_string()))
+                }
+                _ => return Err("@escalate_after and @escalate_to go together".into()),
+            };
             Some(GateSpec {
                 group: group.to_string(),
                 quorum,
                 ttl,
+                escalation,
             })
         }
     };
@@ -340,7 +374,8 @@ mod tests {
             Some(GateSpec {
                 group: "finance".into(),
                 quorum: 2,
-                ttl: Some(Duration::from_secs(5400))
+                ttl: Some(Duration::from_secs(5400)),
+                escalation: None,
             })
         );
         assert!(rules[1].forbid && !rules[0].forbid);

@@ -160,7 +160,9 @@ impl Window {
         let window_start = now - now.rem_euclid(period);
         let who = if self.per_caller { caller.name.as_str() } else { "*" };
         Ok(Some(Charge {
-            key: format!("{action}\u{1f}{}\u{1f}{who}", self.name),
+            // The period is part of the key: a window whose period changes
+            // starts afresh rather than reusing a row that ends elsewhere.
+            key: format!("{action}\u{1f}{}\u{1f}{period}\u{1f}{who}", self.name),
             window_start,
             window_end: window_start.saturating_add(period),
             amount,

@@ -1643,7 +1643,7 @@ impl Store for PgStore {
 /// concurrent charges queue up and none passes the limit.
 const CHARGE_PG: &str = "INSERT INTO usage_windows (key, window_start, window_end, used) VALUES ($1, $2, $3, $4)
 ON CONFLICT (key, window_start) DO UPDATE SET used = usage_windows.used + excluded.used
-WHERE usage_windows.used + excluded.used <= $5
+WHERE usage_windows.used <= $5 - excluded.used
 RETURNING used";
 
 /// What window `c` has used.

@@ -165,6 +165,15 @@ pub struct ApprovalRecord {
     /// The agent's stated reason and trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<crate::invocation::Intent>,
+    /// Who may decide too from `escalate_at` on (the group's reviewers
+    /// join the first group's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<GroupRules>,
+    /// Unix microseconds; cleared once escalated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub escalated: bool,
 }
 
 /// One charge against a usage window (`[[actions.NAME.windows]]`).

@@ -120,7 +120,7 @@ CREATE INDEX IF NOT EXISTS usage_windows_by_end ON usage_windows(window_end);
 /// that stays within its `max` (no row back: over the limit).
 const CHARGE_SQLITE: &str = "INSERT INTO usage_windows (key, window_start, window_end, used) VALUES (?1, ?2, ?3, ?4)
 ON CONFLICT (key, window_start) DO UPDATE SET used = usage_windows.used + excluded.used
-WHERE usage_windows.used + excluded.used <= ?5
+WHERE usage_windows.used <= ?5 - excluded.used
 RETURNING used";
 
 /// Charges in (key, window start) order, so two transactions charging the
@@ -1334,6 +1334,9 @@ mod tests {
             policies: vec![],
             why: None,
             intent: None,
+            escalation: None,
+            escalate_at: None,
+            escalated: false,
         }
     }
 

@@ -44,6 +44,7 @@ pub fn kind_of(event: &Event) -> &'static str {
         Event::ApprovalDecision(_) => "approval-decision",
         Event::ApprovalResolved(_) => "approval-resolved",
         Event::Notification(_) => "notification",
+        Event::ApprovalEscalated(_) => "approval-escalated",
     }
 }
 
