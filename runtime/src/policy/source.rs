@@ -394,6 +394,16 @@ mod tests {
             bad("@approvl(\"action\") forbid(principal, action, resource);").contains("unknown annotation @approvl")
         );
         assert!(bad("permit(principal == ?principal, action, resource);").contains("templates"));
+        let e = bad("@approval(\"action\") @escalate_after(\"1h\") forbid(principal, action, resource);");
+        assert!(e.contains("go together"), "{e}");
+        let e = bad(
+            "@approval(\"action\") @ttl(\"1h\") @escalate_after(\"2h\") @escalate_to(\"finance\") forbid(principal, action, resource);",
+        );
+        assert!(e.contains("below the request's @ttl"), "{e}");
+        let e = bad(
+            "@approval(\"action\") @escalate_after(\"1h\") @escalate_to(\"cfo\") forbid(principal, action, resource);",
+        );
+        assert!(e.contains("\"cfo\""), "{e}");
     }
 
     #[test]
