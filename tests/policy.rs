@@ -165,6 +165,7 @@ fn the_refund_example_decides_every_amount_caller_time_and_account_as_written() 
                         function: "issue",
                         args: &args,
                         intent: None,
+                        usage: None,
                         now: at(time),
                     });
                     let want = expected(amount, who, office, closed);
@@ -196,6 +197,7 @@ fn an_amount_policies_cannot_compare_is_refused_never_rounded() {
         function: "issue",
         args: &args,
         intent: None,
+        usage: None,
         now: at("2026-12-01T10:00:00"),
     });
     let Outcome::Deny { reason } = &verdict.outcome else {
@@ -225,6 +227,7 @@ fn a_policy_that_cannot_be_evaluated_refuses() {
         function: "issue",
         args: &big,
         intent: None,
+        usage: None,
         now: at("2026-12-01T10:00:00"),
     });
     let Outcome::Deny { reason } = &verdict.outcome else {
@@ -421,7 +424,7 @@ proptest! {
         let args = json!({"who": {"name": "n", "languages": []}});
         for caller in &callers {
             let by_rules = rules.iter().any(|r| caller.matches(r));
-            let verdict = hello.decisions.decide(&Ask { caller, function: "greet", args: &args, intent: None, now: 0 });
+            let verdict = hello.decisions.decide(&Ask { caller, function: "greet", args: &args, intent: None, usage: None, now: 0 });
             prop_assert_eq!(verdict.outcome == Outcome::Allow, by_rules, "{:?} {:?}", caller, verdict);
             prop_assert_eq!(hello.decisions.may_list(caller), by_rules, "{:?}", caller);
         }
@@ -1232,4 +1235,65 @@ fn an_undecided_request_escalates_to_the_next_group() {
     assert_eq!(escalations.len(), 1, "{}", audit.stdout);
     assert_eq!(escalations[0]["from-group"], "finance");
     assert_eq!(escalations[0]["to-group"], "cfo");
+}
+
+/// Policies read the windows' use so far (`context.usage`): more than one
+/// refund an hour waits for finance. An approved invocation's own charge
+/// does not count against it when it is decided again before it runs.
+#[test]
+fn policies_read_the_callers_recent_use() {
+    use airlock::gateway::Submitted;
+    use airlock::store::{ApprovalState, Verdict as Vote};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("usage.cedar"),
+        "@id(\"support\") permit(principal in Role::\"support\", action == Action::\"refund/issue\", resource);\n\
+         @id(\"busy\") @approval(\"finance\") @reason(\"more than one refund an hour needs a look\")\n\
+         forbid(principal, action == Action::\"refund/issue\", resource) when { context.usage.per_agent_hour >= 1 };\n",
+    )
+    .unwrap();
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\ndata-dir = \"data\"\n[policy]\nfiles = [\"usage.cedar\"]\n[approval-groups.finance]\napprove = [\"role:finance\"]\n\
+             [actions.refund]\ncomponent = {}\n[actions.refund.access]\ninvoke = []\n\
+             [[actions.refund.windows]]\nname = \"per-agent-hour\"\nper = \"caller\"\nperiod = \"1h\"\nmax = 10\n",
+            toml_path(&component("refund"))
+        ),
+    )
+    .unwrap();
+    let tokens = [
+        support::create_token(&config, "bot", "agent", &["support"]),
+        support::create_token(&config, "fiona", "human", &["finance"]),
+    ];
+    let runtime = load(&config);
+    let who = |t: &str| airlock::identity::authenticate(runtime.store().unwrap().as_ref(), t).unwrap();
+    let (bot, fiona) = (who(&tokens[0]), who(&tokens[1]));
+    let rt = async_runtime();
+    let no_intent = airlock::invocation::Intent::default();
+    let args = json!({"amount": 10, "account": "ACC-1"});
+    let issue = || {
+        rt.block_on(runtime.submit(&bot, "refund", "issue", &args, &no_intent, std::time::Duration::ZERO))
+            .unwrap()
+    };
+    assert!(matches!(issue(), Submitted::Ran(ref r) if r.outcome.is_ok()));
+    let Submitted::Pending { invocation, approval } = issue() else {
+        panic!("the second refund in the hour ran at once")
+    };
+    assert_eq!(approval.policies, ["busy", "support"]);
+    let decided = rt
+        .block_on(runtime.decide(&approval.id, &fiona, Vote::Approve, None, None))
+        .unwrap();
+    assert_eq!(decided.approval.state, ApprovalState::Approved);
+    assert_eq!(runtime.invocation(&invocation).unwrap().state.to_string(), "succeeded");
+    // A policy naming a window the function does not have is refused.
+    std::fs::write(
+        dir.path().join("usage.cedar"),
+        "@id(\"typo\") forbid(principal, action == Action::\"refund/issue\", resource) when { context.usage.per_agent_hr >= 1 };\n",
+    )
+    .unwrap();
+    let run = support::airlock_with(&["check", "--config", config.to_str().unwrap()], b"", &[]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("per_agent_hr"), "{run:?}");
 }

@@ -96,6 +96,7 @@ fn policy(c: &mut Criterion) {
                 function: "issue",
                 args: &small,
                 intent: None,
+                usage: None,
                 now,
             });
             assert_eq!(v.outcome, Outcome::Allow);
@@ -109,6 +110,7 @@ fn policy(c: &mut Criterion) {
                 function: "issue",
                 args: &small,
                 intent: None,
+                usage: None,
                 now,
             });
             assert_eq!(v.outcome, Outcome::Allow);
@@ -121,6 +123,7 @@ fn policy(c: &mut Criterion) {
                 function: "issue",
                 args: &medium,
                 intent: None,
+                usage: None,
                 now,
             });
             assert!(matches!(v.outcome, Outcome::Approve(_)));
@@ -142,6 +145,7 @@ fn policy(c: &mut Criterion) {
                 function: "issue",
                 args: &small,
                 intent: None,
+                usage: None,
                 now,
             });
             assert_eq!(v.outcome, Outcome::Allow);
@@ -154,6 +158,7 @@ fn policy(c: &mut Criterion) {
                 function: "issue",
                 args: &small,
                 intent: None,
+                usage: None,
                 now,
             });
             assert!(matches!(v.outcome, Outcome::Deny { .. }));

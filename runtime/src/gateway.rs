@@ -267,11 +267,13 @@ impl Runtime {
                 .await);
         }
         let now = crate::time::now_micros();
+        let usage = self.window_usage(&prepared, caller, function, args, now, false).await?;
         let verdict = prepared.decisions.decide(&Ask {
             caller,
             function,
             args,
             intent: Some(intent),
+            usage: usage.as_deref(),
             now,
         });
         if let Outcome::Deny { reason } = &verdict.outcome {
@@ -306,6 +308,55 @@ impl Runtime {
             verdict: Arc::new(verdict),
             intent: intent.clone(),
         })
+    }
+
+    /// What each of the action's windows has used, when the policies that
+    /// decide `function` for `caller` read `context.usage` (else `None`: no
+    /// store read). `exclude_own` leaves out this call's own charge (an
+    /// approved invocation, charged when it was requested).
+    pub(crate) async fn window_usage(
+        &self,
+        prepared: &PreparedAction,
+        caller: &Caller,
+        function: &str,
+        args: &Value,
+        now: u64,
+        exclude_own: bool,
+    ) -> Result<Option<Vec<(String, i64)>>, Error> {
+        if !prepared.decisions.reads_usage(function, caller) {
+            return Ok(None);
+        }
+        let action = prepared.policy.name.as_str();
+        let windows: Vec<&crate::policy::windows::Window> =
+            prepared.policy.windows.iter().filter(|w| w.applies(function)).collect();
+        let slots: Vec<(String, i64)> = windows
+            .iter()
+            .map(|w| {
+                let (key, start, _) = w.slot(action, caller, now);
+                (key, start)
+            })
+            .collect();
+        let store = self.store()?;
+        let used = tokio::task::spawn_blocking(move || store.usage(&slots))
+            .await
+            .map_err(|e| Error::internal(format!("the window read failed: {e}")))??;
+        Ok(Some(
+            windows
+                .iter()
+                .zip(used)
+                .map(|(w, used)| {
+                    let own = if exclude_own {
+                        w.charge(action, caller, args, now)
+                            .ok()
+                            .flatten()
+                            .map_or(0, |c| c.amount)
+                    } else {
+                        0
+                    };
+                    (w.name.clone(), used.saturating_sub(own).max(0))
+                })
+                .collect(),
+        ))
     }
 
     /// Charge the action's rate and budget windows for one invocation
@@ -641,12 +692,19 @@ impl Runtime {
         // The policies decide again (roles, time and policies may have
         // moved since the request); an approval covers a hold, never a
         // denial.
+        let now = crate::time::now_micros();
+        // Its own charge (made when it was requested) is not counted
+        // against it: policies see the use before this call.
+        let usage = self
+            .window_usage(&prepared, &record.caller, &record.function, &record.args, now, true)
+            .await?;
         let verdict = prepared.decisions.decide(&Ask {
             caller: &record.caller,
             function: &record.function,
             args: &record.args,
             intent: record.intent.as_ref(),
-            now: crate::time::now_micros(),
+            usage: usage.as_deref(),
+            now,
         });
         if let Outcome::Deny { reason } = &verdict.outcome {
             let why = format!(

@@ -74,7 +74,7 @@ pub fn policy_cmd(cmd: PolicyCommand) -> Result<ExitCode, Error> {
             }
             let actions: Vec<ActionTypes<'_>> = loaded
                 .iter()
-                .map(|(name, a)| ActionTypes::of(name, &a.manifest.functions))
+                .map(|(name, a)| ActionTypes::of(name, &a.manifest.functions).with_windows(&a.policy.windows))
                 .collect();
             let text = if json {
                 let value = schema::schema_json(&actions).map_err(Error::Config)?;
@@ -148,11 +148,27 @@ fn eval(
         Some(t) => airlock::time::parse_utc(t).map_err(Error::Usage)?,
         None => airlock::time::now_micros(),
     };
+    // The windows' use, when the policies read it (`context.usage`).
+    let usage: Option<Vec<(String, i64)>> = if prepared.decisions.reads_usage(function, &caller) {
+        let windows: Vec<_> = prepared.policy.windows.iter().filter(|w| w.applies(function)).collect();
+        let slots: Vec<(String, i64)> = windows
+            .iter()
+            .map(|w| {
+                let (key, start, _) = w.slot(action, &caller, now);
+                (key, start)
+            })
+            .collect();
+        let used = runtime.store()?.usage(&slots)?;
+        Some(windows.iter().zip(used).map(|(w, u)| (w.name.clone(), u)).collect())
+    } else {
+        None
+    };
     let verdict = prepared.decisions.decide(&Ask {
         caller: &caller,
         function,
         args: &args,
         intent: Some(&intent),
+        usage: usage.as_deref(),
         now,
     });
     if json {

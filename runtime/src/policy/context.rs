@@ -25,6 +25,8 @@ pub struct Reads {
     /// `context.now`; `now_datetime`: its `datetime` (the costly part).
     pub now: bool,
     pub now_datetime: bool,
+    /// `context.usage`: the windows' use so far (a store read).
+    pub usage: bool,
 }
 
 impl Reads {
@@ -37,6 +39,7 @@ impl Reads {
         self.args.extend(other.args.iter().cloned());
         self.now |= other.now;
         self.now_datetime |= other.now_datetime;
+        self.usage |= other.usage;
     }
 
     /// What `policy` reads, from its JSON form. Anything not understood
@@ -49,6 +52,7 @@ impl Reads {
                 reads.all_args = true;
                 reads.now = true;
                 reads.now_datetime = true;
+                reads.usage = true;
             }
         }
         reads
@@ -82,6 +86,7 @@ fn scan(v: &Value, reads: &mut Reads) {
                                 reads.now = true;
                                 reads.now_datetime = true;
                             }
+                            "usage" => reads.usage = true,
                             _ => {}
                         }
                         return;
@@ -96,6 +101,10 @@ fn scan(v: &Value, reads: &mut Reads) {
                             reads.now_datetime |= attr == "datetime";
                             return;
                         }
+                        Some("usage") => {
+                            reads.usage = true;
+                            return;
+                        }
                         _ => {}
                     }
                 }
@@ -104,6 +113,7 @@ fn scan(v: &Value, reads: &mut Reads) {
                 reads.all_args = true;
                 reads.now = true;
                 reads.now_datetime = true;
+                reads.usage = true;
                 return;
             }
             for child in map.values() {

@@ -161,6 +161,8 @@ pub struct ToolPolicy {
     ttl: Duration,
     /// Default time a held host call waits.
     wait: Duration,
+    /// The action's usage windows (`context.usage`).
+    windows: Vec<super::windows::Window>,
     offset: Offset,
     /// Host-call policies by kind (`http:send`, …); only kinds some
     /// policy can object to.
@@ -319,6 +321,9 @@ pub struct Ask<'a> {
     /// The agent's stated reason and trace (`context.reason`,
     /// `context.traceparent`).
     pub intent: Option<&'a crate::invocation::Intent>,
+    /// What each of the action's windows (by name) has used so far, when
+    /// a policy reads `context.usage` ([`ToolPolicy::reads_usage`]).
+    pub usage: Option<&'a [(String, i64)]>,
     /// Unix microseconds.
     pub now: u64,
 }
@@ -358,7 +363,7 @@ impl ToolPolicy {
                 ));
             }
         }
-        let types = [ActionTypes::of(name, functions)];
+        let types = [ActionTypes::of(name, functions).with_windows(&policy.windows)];
         let schema = schema::schema(&types)?;
         let tool = uid("Tool", name)?;
         let tool_entity = Entity::new(
@@ -414,6 +419,7 @@ impl ToolPolicy {
             access: policy.access.clone(),
             ttl: policy.approval.ttl,
             wait: policy.approval.wait,
+            windows: policy.windows.clone(),
             offset: policy.timezone,
             host: Self::host_slices(&rules)?,
         };
@@ -487,6 +493,15 @@ impl ToolPolicy {
                 .and_then(|g| self.approvers(&g.group))
                 .is_some_and(|a| a.may_approve(caller))
         })
+    }
+
+    /// Whether deciding `function` for `caller` reads `context.usage`, and
+    /// so needs the windows' use read from the store first.
+    pub fn reads_usage(&self, function: &str, caller: &Caller) -> bool {
+        self.functions
+            .get(function)
+            .and_then(|s| self.for_caller(s, caller).ok())
+            .is_some_and(|f| f.reads.usage)
     }
 
     /// Whether an invocation of `function` could be held for approval.
@@ -570,6 +585,19 @@ impl ToolPolicy {
         if reads.now {
             let now = context::Now::at(ask.now, self.offset);
             pairs.push(("now".into(), now.record(reads.now_datetime)?));
+        }
+        if reads.usage {
+            let usage = ask
+                .usage
+                .ok_or_else(|| "the policies read context.usage, but it was not read (a bug)".to_string())?;
+            let fields = usage
+                .iter()
+                .filter(|(name, _)| self.windows.iter().any(|w| w.name == *name && w.applies(ask.function)))
+                .map(|(name, used)| (schema::attr_name(name), RestrictedExpression::new_long(*used)));
+            pairs.push((
+                "usage".into(),
+                RestrictedExpression::new_record(fields).map_err(|e| e.to_string())?,
+            ));
         }
         if let Some(intent) = ask.intent {
             if let Some(r) = &intent.reason {
@@ -789,7 +817,10 @@ pub fn validate(actions: &[(&ActionPolicy, &[FunctionSig])]) -> Result<(), Vec<S
         return Ok(());
     };
     let files = &first.policy_files;
-    let types: Vec<ActionTypes<'_>> = actions.iter().map(|(p, f)| ActionTypes::of(&p.name, f)).collect();
+    let types: Vec<ActionTypes<'_>> = actions
+        .iter()
+        .map(|(p, f)| ActionTypes::of(&p.name, f).with_windows(&p.windows))
+        .collect();
     let schema = schema::schema(&types).map_err(|e| vec![e])?;
     let mut set = PolicySet::new();
     let mut errors = Vec::new();

@@ -66,6 +66,9 @@ pub fn attr_name(wit: &str) -> String {
 pub struct ActionTypes<'a> {
     pub name: &'a str,
     pub functions: Vec<FunctionTypes<'a>>,
+    /// The action's usage windows: `context.usage.<name>` of the functions
+    /// each applies to.
+    pub windows: &'a [super::windows::Window],
 }
 
 /// One function: its name and parameters.
@@ -87,7 +90,14 @@ impl<'a> ActionTypes<'a> {
                     params: &f.params,
                 })
                 .collect(),
+            windows: &[],
         }
+    }
+
+    /// With the action's usage windows (`context.usage`).
+    pub fn with_windows(mut self, windows: &'a [super::windows::Window]) -> ActionTypes<'a> {
+        self.windows = windows;
+        self
     }
 }
 
@@ -142,6 +152,13 @@ pub fn schema_json(actions: &[ActionTypes<'_>]) -> Result<Value, String> {
             let mut context = Map::new();
             intent(&mut context);
             context.insert("args".into(), json!({"type": "Record", "attributes": args}));
+            let mut usage = Map::new();
+            for w in action.windows.iter().filter(|w| w.applies(f.name)) {
+                usage.insert(attr_name(&w.name), json!({"type": "Long"}));
+            }
+            if !usage.is_empty() {
+                context.insert("usage".into(), json!({"type": "Record", "attributes": usage}));
+            }
             let id = function_action(action.name, f.name);
             if action_map.contains_key(&id) {
                 return Err(format!(
@@ -345,6 +362,7 @@ mod tests {
         ActionTypes {
             name: "refund",
             functions: vec![FunctionTypes { name: "issue", params }],
+            windows: &[],
         }
     }
 
@@ -449,6 +467,7 @@ when { context.args.method has card && context.args.method.card == "x" };"#,
             let e = schema_json(&[ActionTypes {
                 name,
                 functions: Vec::new(),
+                windows: &[],
             }])
             .unwrap_err();
             assert!(e.contains("reserved"), "{e}");

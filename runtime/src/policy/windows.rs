@@ -135,6 +135,22 @@ impl Window {
         self.function.as_deref().is_none_or(|f| f == function)
     }
 
+    /// The window `caller`'s invocation of `action` at `now` falls in: its
+    /// store key, start and end (Unix microseconds).
+    pub fn slot(&self, action: &str, caller: &Caller, now: u64) -> (String, i64, i64) {
+        let period = i64::try_from(self.period.as_micros()).unwrap_or(i64::MAX);
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let start = now - now.rem_euclid(period);
+        let who = if self.per_caller { caller.name.as_str() } else { "*" };
+        // The period is part of the key: a window whose period changes
+        // starts afresh rather than reusing a row that ends elsewhere.
+        (
+            format!("{action}\u{1f}{}\u{1f}{period}\u{1f}{who}", self.name),
+            start,
+            start.saturating_add(period),
+        )
+    }
+
     /// What an invocation of `action` by `caller` with `args` at `now`
     /// (Unix microseconds) charges this window; `None` when it adds
     /// nothing (a summed argument of 0 or absent).
@@ -155,16 +171,11 @@ impl Window {
         if amount == 0 {
             return Ok(None);
         }
-        let period = i64::try_from(self.period.as_micros()).unwrap_or(i64::MAX);
-        let now = i64::try_from(now).unwrap_or(i64::MAX);
-        let window_start = now - now.rem_euclid(period);
-        let who = if self.per_caller { caller.name.as_str() } else { "*" };
+        let (key, window_start, window_end) = self.slot(action, caller, now);
         Ok(Some(Charge {
-            // The period is part of the key: a window whose period changes
-            // starts afresh rather than reusing a row that ends elsewhere.
-            key: format!("{action}\u{1f}{}\u{1f}{period}\u{1f}{who}", self.name),
+            key,
             window_start,
-            window_end: window_start.saturating_add(period),
+            window_end,
             amount,
             max: self.max,
         }))

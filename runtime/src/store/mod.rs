@@ -253,6 +253,12 @@ pub trait Store: Send + Sync {
     /// number of nodes: no window ever goes past its `max`.
     fn charge(&self, charges: &[Charge]) -> Result<Result<(), Exceeded>, StoreError>;
 
+    /// What each window (`key`, `window_start`) has used so far (0 for one
+    /// not charged yet). A plain read: what policies see in
+    /// `context.usage`, which may be a charge or two behind under
+    /// concurrency (the `max` of a window is exact regardless).
+    fn usage(&self, windows: &[(String, i64)]) -> Result<Vec<i64>, StoreError>;
+
     /// Forget windows that ended before `before` (Unix microseconds).
     fn prune_usage(&self, before: i64) -> Result<usize, StoreError>;
 }

@@ -1604,6 +1604,25 @@ impl Store for PgStore {
         })
     }
 
+    fn usage(&self, windows: &[(String, i64)]) -> Result<Vec<i64>, StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let client = inner.client().await?;
+            let mut out = Vec::with_capacity(windows.len());
+            for (key, start) in windows {
+                let row = client
+                    .row_opt(
+                        "SELECT used FROM usage_windows WHERE key = $1 AND window_start = $2",
+                        &[key, start],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                out.push(row.map_or(0, |r| r.get(0)));
+            }
+            Ok(out)
+        })
+    }
+
     fn prune_usage(&self, before: i64) -> Result<usize, StoreError> {
         let inner = &self.inner;
         inner.block(async {

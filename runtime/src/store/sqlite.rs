@@ -1154,6 +1154,23 @@ impl Store for SqliteStore {
         Ok(Ok(()))
     }
 
+    fn usage(&self, windows: &[(String, i64)]) -> Result<Vec<i64>, StoreError> {
+        let conn = self.conn();
+        windows
+            .iter()
+            .map(|(key, start)| {
+                conn.query_row(
+                    "SELECT used FROM usage_windows WHERE key = ?1 AND window_start = ?2",
+                    params![key, start],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .map(|u| u.unwrap_or(0))
+                .map_err(db_err)
+            })
+            .collect()
+    }
+
     fn prune_usage(&self, before: i64) -> Result<usize, StoreError> {
         self.conn()
             .execute("DELETE FROM usage_windows WHERE window_end < ?1", params![before])
