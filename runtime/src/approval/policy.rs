@@ -362,7 +362,7 @@ impl CallRule {
 /// The segments of a relative path with `.`, empty segments and `..`
 /// resolved lexically (`..` above the top stays at the top: the call
 /// itself is refused there).
-fn segments(p: &str) -> Vec<&str> {
+pub(crate) fn segments(p: &str) -> Vec<&str> {
     let mut out: Vec<&str> = Vec::new();
     for s in p.split('/') {
         match s {

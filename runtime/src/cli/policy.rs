@@ -22,6 +22,10 @@ pub enum PolicyCommand {
         /// Cedar's JSON schema format instead of its schema syntax.
         #[arg(long)]
         json: bool,
+        /// Print instead the Cedar policies the config's TOML access,
+        /// approval and host-call keys stand for.
+        #[arg(long, conflicts_with = "json")]
+        shorthand: bool,
     },
     /// Show how the policies decide a request, and which policies decide
     /// it, without running anything or writing any record.
@@ -62,8 +66,20 @@ pub enum PolicyCommand {
 
 pub fn policy_cmd(cmd: PolicyCommand) -> Result<ExitCode, Error> {
     match cmd {
-        PolicyCommand::Schema { config, json } => {
+        PolicyCommand::Schema {
+            config,
+            json,
+            shorthand,
+        } => {
             let policy = Policy::load(&config)?;
+            if shorthand {
+                for action in policy.actions.values() {
+                    println!("// [actions.{}]", action.name);
+                    print!("{}", airlock::policy::shorthand::generate(action));
+                    print!("{}", airlock::policy::shorthand::host_calls(action));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut runtime = Runtime::new(&policy.runtime)?;
             let mut loaded = Vec::new();
             for (name, action) in runtime.load_all(&policy) {
