@@ -167,5 +167,83 @@ fn policy(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, policy);
+/// One host call against a 3-rule `[[approval.host-calls]]` gate: today's
+/// TOML matcher beside the same rules as Cedar policies (their shorthand
+/// form, in the action's host-call slice), for a call no rule holds (the
+/// common case) and one the last rule holds.
+fn host_call(c: &mut Criterion) {
+    use airlock::approval::policy::{ApprovalPolicy, RawApproval, RawCallRule, Target};
+    use airlock::policy::engine::{HostTarget, HostVerdict, ToolPolicy};
+    use std::sync::Arc;
+    let rule = |methods: &[&str], destination: &str, prefix: &str| RawCallRule {
+        capability: "http".into(),
+        methods: Some(methods.iter().map(|m| m.to_string()).collect()),
+        destination: Some(destination.into()),
+        path_prefix: Some(prefix.into()),
+        operations: None,
+    };
+    let approval = ApprovalPolicy::resolve(&RawApproval {
+        host_calls: vec![
+            rule(&["DELETE"], "https://api.example.com", "/v1/admin"),
+            rule(&["POST", "PUT"], "https://*.payments.example.com", "/charges"),
+            rule(&["DELETE", "PATCH"], "https://tickets.example.com", "/api"),
+        ],
+        ..Default::default()
+    })
+    .expect("rules");
+    let mut action =
+        airlock::policy::ActionPolicy::ad_hoc("act", "act.wasm".into(), Default::default(), Default::default());
+    action.access.approve = vec![airlock::identity::AccessRule::Role("reviewer".into())];
+    action.approval = approval;
+    let text = airlock::policy::shorthand::host_calls(&action);
+    let groups = airlock::policy::source::Groups::new();
+    let rules = airlock::policy::source::parse("shorthand", &text, &groups).expect("the shorthand parses");
+    let toml_only = action.clone();
+    action.policy_files = Arc::new(airlock::policy::source::PolicyFiles {
+        rules: rules.into_iter().map(Arc::new).collect(),
+        groups: Arc::new(groups),
+        sources: Vec::new(),
+    });
+    let tool = Arc::new(ToolPolicy::build(&action, &[], "blake3:00").expect("policies"));
+    let host = tool
+        .host_for(&Caller::local())
+        .expect("host policies")
+        .expect("entities");
+    let calls = [
+        ("passes", "GET", "https://tickets.example.com/api/tickets/7"),
+        ("held", "DELETE", "https://tickets.example.com/api/tickets/7"),
+    ];
+    let mut group = c.benchmark_group("policy/host-call");
+    for (name, method, url) in calls {
+        let url = url::Url::parse(url).expect("url");
+        let target = Target::Http {
+            method: method.into(),
+            url: url.clone(),
+        };
+        let want_held = name == "held";
+        group.bench_function(format!("toml-gate/{name}"), |b| {
+            b.iter(|| assert_eq!(toml_only.approval.gate_for(black_box(&target)).is_some(), want_held))
+        });
+        group.bench_function(format!("cedar/{name}"), |b| {
+            b.iter(|| {
+                let v = host.decide(
+                    HostTarget::Http {
+                        method,
+                        url: black_box(&url),
+                    },
+                    "airlock:cap/http.send",
+                    now_micros(),
+                );
+                assert_eq!(matches!(v, HostVerdict::Hold { .. }), want_held);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn now_micros() -> u64 {
+    airlock::time::now_micros()
+}
+
+criterion_group!(benches, policy, host_call);
 criterion_main!(benches);

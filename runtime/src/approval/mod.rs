@@ -336,8 +336,10 @@ impl Approvals {
         expect_binding: Option<&str>,
     ) -> Result<ApprovalRecord, Error> {
         // Expired requests are closed first, so a late decision is refused
-        // as expired and the expiry is on record.
+        // as expired and the expiry is on record; due escalations happen
+        // first, so the group they bring in may decide.
         self.expire_due().await?;
+        self.escalate_due().await?;
         let this = self.clone();
         let voter = who.name.clone();
         let (id, who, groups) = (id.to_string(), who.clone(), groups.to_vec());
@@ -653,7 +655,13 @@ impl Approvals {
                     let Some(to) = r.escalation.clone() else {
                         return Ok(None);
                     };
-                    if r.state != ApprovalState::Pending || r.escalated {
+                    if r.state != ApprovalState::Pending || r.escalated || now >= r.expires_at {
+                        return Ok(None);
+                    }
+                    // A group the request already needs separately does
+                    // not become a stand-in for the first: its members
+                    // would then fill both seats' worth of approval.
+                    if r.more_groups.iter().any(|g| g.group == to.group) {
                         return Ok(None);
                     }
                     let mut rules = r.rules.clone().unwrap_or_default();
@@ -667,12 +675,27 @@ impl Approvals {
                             rules.agent_approvers.push(a.clone());
                         }
                     }
-                    let approvers: Vec<String> = rules
+                    let first: Vec<String> = rules
                         .approve
                         .iter()
                         .cloned()
                         .chain(rules.agent_approvers.iter().map(|a| format!("{a} (agent)")))
                         .collect();
+                    let approvers: Vec<String> = if r.more_groups.is_empty() {
+                        first
+                    } else {
+                        std::iter::once(format!(
+                            "{} (quorum {}): {}",
+                            r.group.as_deref().unwrap_or("action"),
+                            r.quorum,
+                            first.join(", ")
+                        ))
+                        .chain(r.more_groups.iter().map(|g| {
+                            let a = g.rules.access();
+                            format!("{} (quorum {}): {}", g.group, g.quorum, a.approvers_text().join(", "))
+                        }))
+                        .collect()
+                    };
                     r.rules = Some(rules);
                     r.approvers = approvers.clone();
                     r.escalated = true;

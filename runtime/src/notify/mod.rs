@@ -216,13 +216,13 @@ struct Live {
     hook: Webhook,
     url: url::Url,
     key: Option<zeroize::Zeroizing<Vec<u8>>>,
-    slots: Arc<tokio::sync::Semaphore>,
 }
 
-/// Queues notices for the delivery task. Cheap to clone.
+/// Queues notices for each webhook's delivery workers. Cheap to clone.
 #[derive(Clone)]
 pub struct Notifier {
-    tx: tokio::sync::mpsc::Sender<Notice>,
+    /// Per webhook: what it wants, and its bounded queue.
+    hooks: Arc<Vec<(Webhook, tokio::sync::mpsc::Sender<Notice>)>>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -280,42 +280,53 @@ impl Notifier {
                 hook: hook.clone(),
                 url,
                 key,
-                slots: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
             });
         }
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::internal("webhook delivery needs a tokio runtime"))?;
-        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-        handle.spawn(deliver_all(rx, Arc::new(live), audit));
-        Ok(Notifier { tx })
-    }
-
-    /// Queue a notice; never waits. A full queue drops it (logged).
-    pub fn notify(&self, kind: NoticeKind, approval: &ApprovalRecord) {
-        let notice = Notice {
-            kind,
-            approval: approval.clone(),
-        };
-        if self.tx.try_send(notice).is_err() {
-            tracing::warn!(approval = %approval.id, event = kind.as_str(), "notification dropped: the queue is full");
+        // Each webhook: a bounded queue and IN_FLIGHT workers. A receiver
+        // that hangs holds its own workers; its queue fills and further
+        // notices for it are dropped (logged), nobody else's.
+        let mut hooks = Vec::new();
+        for live in live {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Notice>(QUEUE);
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            let live = Arc::new(live);
+            for _ in 0..IN_FLIGHT {
+                let (rx, live, audit) = (rx.clone(), live.clone(), audit.clone());
+                handle.spawn(async move {
+                    loop {
+                        let next = rx.lock().await.recv().await;
+                        let Some(notice) = next else { return };
+                        deliver(&live, &notice, &audit).await;
+                    }
+                });
+            }
+            hooks.push((live.hook.clone(), tx));
         }
+        Ok(Notifier { hooks: Arc::new(hooks) })
     }
-}
 
-async fn deliver_all(mut rx: tokio::sync::mpsc::Receiver<Notice>, hooks: Arc<Vec<Live>>, audit: AuditLog) {
-    while let Some(notice) = rx.recv().await {
-        for (i, live) in hooks.iter().enumerate() {
-            if !live.hook.wants(notice.kind, &notice.approval) {
+    /// Queue a notice for every webhook that wants it; never waits. A
+    /// full queue drops it (logged).
+    pub fn notify(&self, kind: NoticeKind, approval: &ApprovalRecord) {
+        for (hook, tx) in self.hooks.iter() {
+            if !hook.wants(kind, approval) {
                 continue;
             }
-            let (hooks, notice, audit) = (hooks.clone(), notice.clone(), audit.clone());
-            let slots = live.slots.clone();
-            tokio::spawn(async move {
-                // At most IN_FLIGHT per webhook: a hanging receiver holds
-                // its own slots, nobody else's.
-                let Ok(_slot) = slots.acquire_owned().await else { return };
-                deliver(&hooks[i], &notice, &audit).await;
-            });
+            let notice = Notice {
+                kind,
+                approval: approval.clone(),
+            };
+            match tx.try_send(notice) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(approval = %approval.id, webhook = %hook.name, event = kind.as_str(), "notification dropped: the webhook's queue is full");
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::warn!(approval = %approval.id, webhook = %hook.name, event = kind.as_str(), "notification dropped: delivery has stopped");
+                }
+            }
         }
     }
 }
@@ -329,12 +340,23 @@ pub fn body(format: Format, notice: &Notice, delivery: &str, at: &str) -> Value 
             // Agent text on one line, with chat markup (`<!channel>`,
             // `<url|text>` links) neutralized.
             let plain = |s: &str| {
-                s.replace('&', "&amp;")
-                    .replace('<', "&lt;")
-                    .replace('>', "&gt;")
-                    .split(['\n', '\r'])
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                let mut out = String::with_capacity(s.len());
+                for c in s.chars() {
+                    match c {
+                        '&' => out.push_str("&amp;"),
+                        '<' => out.push_str("&lt;"),
+                        '>' => out.push_str("&gt;"),
+                        '\n' | '\r' => out.push(' '),
+                        // Markdown (Teams renders it): no links, emphasis
+                        // or code from agent text.
+                        '[' | ']' | '(' | ')' | '*' | '_' | '~' | '`' | '\\' | '#' | '|' => {
+                            out.push('\\');
+                            out.push(c);
+                        }
+                        c => out.push(c),
+                    }
+                }
+                out
             };
             let mut lines = vec![format!(
                 "*airlock*: approval request `{}` {} — {} `{}#{}` by {}",

@@ -423,9 +423,22 @@ impl ToolPolicy {
             offset: policy.timezone,
             host: Self::host_slices(&rules)?,
         };
-        // Every gate must name reviewers who exist.
+        // Every gate must name reviewers who exist, and escalate before its
+        // request expires.
         let host_rules = tool_policy.host.values().flat_map(|s| s.rules.values());
         for slice in tool_policy.functions.values() {
+            for r in slice.rules.iter() {
+                if let Some(g) = &r.gate
+                    && let Some((after, _)) = &g.escalation
+                    && *after >= g.ttl.unwrap_or(tool_policy.ttl)
+                {
+                    return Err(format!(
+                        "policy {}: @escalate_after is not before the request expires (after {}; action `{name}`'s approval.ttl-secs or the policy's @ttl)",
+                        r.reference,
+                        duration_text(g.ttl.unwrap_or(tool_policy.ttl))
+                    ));
+                }
+            }
             for r in slice.rules.iter().chain(host_rules.clone()) {
                 if let Some(g) = &r.gate
                     && !tool_policy.approvers(&g.group).is_some_and(AccessPolicy::has_approvers)
@@ -906,8 +919,10 @@ struct HostSlice {
     reads: Reads,
 }
 
-/// Stack for one host-call decision (see [`HostPolicies::decide`]).
+/// Stack for one host-call decision (see [`HostPolicies::decide`]), and
+/// how much must be left to decide on the current one.
 const HOST_DECISION_STACK: usize = 1 << 20;
+const HOST_DECISION_RED_ZONE: usize = 256 << 10;
 
 /// The id of the permit standing for the grants in host-call slices.
 const GRANTS: &str = "grants";
@@ -1017,7 +1032,9 @@ impl HostPolicies {
     /// check (which reads the thread's stack bounds) cannot tell how much
     /// stack is left: each decision runs on a stack segment of its own.
     pub fn decide(&self, target: HostTarget<'_>, function: &str, now: u64) -> HostVerdict {
-        match stacker::grow(HOST_DECISION_STACK, || self.try_decide(target, function, now)) {
+        match stacker::maybe_grow(HOST_DECISION_RED_ZONE, HOST_DECISION_STACK, || {
+            self.try_decide(target, function, now)
+        }) {
             Ok(v) => v,
             Err(reason) => HostVerdict::Deny {
                 reason,
