@@ -235,7 +235,7 @@ fn report_writes_through_the_files_capability_and_logs() {
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(
         bad.error_line()
-            .starts_with("error: action returned an error: \"report name"),
+            .starts_with("error: action returned an error: report name"),
         "{bad:?}"
     );
     assert_eq!(bad.stdout, "");
@@ -483,4 +483,56 @@ fn policy_schema_lists_every_function_with_its_typed_arguments() {
     refused.assert_no_panic();
     assert_ne!(refused.code, 0, "{refused:?}");
     assert!(refused.error_line().contains("reserved"), "{refused:?}");
+}
+
+#[test]
+fn hints_name_the_config_and_numbers_and_errors_print_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            r#"
+[actions.tickets]
+component = {}
+[actions.tickets.grants]
+log = true
+[actions.tickets.grants.credentials.tickets]
+secret = "tickets-token"
+destinations = ["https://tickets.example"]
+inject = {{ header = "authorization", template = "Bearer {{}}" }}
+[[actions.tickets.grants.http.allow]]
+destination = "https://tickets.example"
+"#,
+            toml_path(&component("ticket_create"))
+        ),
+    );
+    // The hint names the config, so following it fills the right vault.
+    let key = "11".repeat(32);
+    let master = [("AIRLOCK_MASTER_KEY", key.as_str())];
+    let run = support::airlock_with(&["check", "--config", cfg.to_str().unwrap()], b"", &master);
+    assert_eq!(run.code, 2, "{run:?}");
+    let expected = format!("airlock secret set tickets-token --config {}", cfg.display());
+    assert!(run.stderr.contains(&expected), "{run:?}");
+    let set = support::airlock_with(
+        &["secret", "set", "tickets-token", "--config", cfg.to_str().unwrap()],
+        b"t0ken",
+        &master,
+    );
+    assert_eq!(set.code, 0, "{set:?}");
+    let run = support::airlock_with(&["check", "--config", cfg.to_str().unwrap()], b"", &master);
+    assert_eq!(run.code, 0, "{run:?}");
+
+    // An integer past u64 is printed as it was written, not as a float.
+    let types = component("types");
+    for written in ["18446744073709551616", "18446744073709551617", "-99999999999999999999"] {
+        let run = airlock(&[
+            "invoke",
+            types.to_str().unwrap(),
+            "echo-u64",
+            "--args",
+            &format!(r#"{{"v": {written}}}"#),
+        ]);
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains(&format!("found the number {written}")), "{run:?}");
+    }
 }

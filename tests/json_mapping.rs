@@ -305,7 +305,7 @@ fn a_real_component_echoes_every_type_through_json() {
         match r.outcome {
             Err(e @ Error::ActionError(_)) => {
                 assert_eq!(e.exit_code(), 1);
-                assert_eq!(e.to_string(), "action returned an error: \"cannot divide 7 by 0\"");
+                assert_eq!(e.to_string(), "action returned an error: cannot divide 7 by 0");
             }
             other => panic!("{other:?}"),
         }

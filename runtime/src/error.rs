@@ -82,7 +82,7 @@ pub enum Error {
     #[error("action panicked{0}")]
     Panicked(String),
     /// The guest's function returned its error case.
-    #[error("action returned an error: {0}")]
+    #[error("action returned an error: {}", action_error_text(.0))]
     ActionError(serde_json::Value),
     /// airlock itself failed.
     #[error("internal error: {0}")]
@@ -105,7 +105,10 @@ pub enum Error {
     #[error("{0}")]
     Forbidden(String),
     /// The invocation waits for approval; nothing has run yet.
-    #[error("invocation {invocation} waits for approval {approval}: see `airlock approvals show {approval}`")]
+    #[error(
+        "invocation {invocation} waits for approval {approval}: see `{}`",
+        crate::hint::command_as_caller(&format!("approvals show {approval}"))
+    )]
     PendingApproval { approval: String, invocation: String },
     /// The approval the invocation needed was denied, expired or failed.
     #[error("{0}")]
@@ -143,5 +146,24 @@ impl Error {
 
     pub fn internal(e: impl std::fmt::Display) -> Error {
         Error::Internal(e.to_string())
+    }
+}
+
+/// An action's error case as prose: a string as its text (control
+/// characters escaped, so a guest cannot forge terminal output), anything
+/// else as JSON.
+pub fn action_error_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+        other => other.to_string(),
     }
 }

@@ -144,7 +144,6 @@ const NOT_STARTED: &str = "approved, but the invocation did not start before the
 pub fn outcome_of(report: &Report) -> InvocationOutcome {
     let (exit_code, result, error) = match &report.outcome {
         Ok(v) => (0, Some(v.clone()), None),
-        Err(Error::ActionError(v)) => (1, None, Some(format!("action returned an error: {v}"))),
         Err(e) => (e.exit_code(), None, Some(e.to_string())),
     };
     InvocationOutcome {
@@ -564,9 +563,12 @@ impl Runtime {
 
     /// An invocation by id.
     pub fn invocation(&self, id: &str) -> Result<InvocationRecord, Error> {
-        self.store()?
-            .invocation(id)?
-            .ok_or_else(|| Error::Usage(format!("no invocation {id}; see `airlock invocations list`")))
+        self.store()?.invocation(id)?.ok_or_else(|| {
+            Error::Usage(format!(
+                "no invocation {id}; see `{}`",
+                crate::hint::command("invocations list")
+            ))
+        })
     }
 
     /// Record that an invocation-level request ended without approval: its

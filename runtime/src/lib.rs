@@ -40,6 +40,7 @@ pub mod data_dir;
 pub mod engine;
 pub mod error;
 pub mod gateway;
+pub mod hint;
 pub mod host_call;
 pub mod identity;
 pub mod invocation;

@@ -16,7 +16,7 @@ use airlock::capabilities::log::LogGrant;
 use airlock::invocation::Report;
 use airlock::policy::{ActionPolicy, LimitOverrides, Policy, RuntimeSettings};
 use airlock::runtime::Runtime;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -294,7 +294,12 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     init_tracing();
-    let cli = match Cli::try_parse() {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return usage_error(e),
+    };
+    remember_place(&matches);
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
@@ -306,7 +311,16 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Inspect { component, json } => inspect(component, json),
             Command::Check { config } => check(config),
-            Command::Invoke(args) => invoke(args).await,
+            Command::Invoke(args) => {
+                let text = args.args.clone();
+                invoke(args).await.map_err(|e| match e {
+                    Error::Args(mut m) => {
+                        m.message = airlock::values::restore_literals(&m.message, &text);
+                        Error::Args(m)
+                    }
+                    other => other,
+                })
+            }
             Command::Secret(cmd) => secret(cmd),
             Command::Audit(cmd) => audit_cmd(cmd).await,
             Command::Token(cmd) => cli::token_cmd(cmd),
@@ -339,6 +353,26 @@ fn main() -> ExitCode {
 /// Print a usage error. For `airlock secret`, clap's message would quote
 /// the offending argument, which may be a secret typed by mistake (`secret
 /// set NAME VALUE`), so the arguments are not echoed.
+/// Record the `--config`, `--data-dir` and `--token-file` this command was
+/// given, so every hint it prints names the same place (see `hint`).
+fn remember_place(matches: &clap::ArgMatches) {
+    let mut config = None;
+    let mut data_dir = None;
+    let mut token_file = None;
+    let mut m = matches;
+    loop {
+        let path = |id: &str| m.try_get_one::<PathBuf>(id).ok().flatten().cloned();
+        config = config.or_else(|| path("config"));
+        data_dir = data_dir.or_else(|| path("data_dir"));
+        token_file = token_file.or_else(|| path("token_file"));
+        match m.subcommand() {
+            Some((_, sub)) => m = sub,
+            None => break,
+        }
+    }
+    airlock::hint::remember(config.as_deref(), data_dir.as_deref(), token_file.as_deref());
+}
+
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     let is_secret = std::env::args_os().nth(1).is_some_and(|a| a == "secret");
@@ -352,10 +386,10 @@ fn usage_error(e: clap::Error) -> ExitCode {
     }
     eprintln!(
         "error: invalid `airlock secret` arguments (not repeated here in case one is a secret value)\n\
-         usage: airlock secret set NAME     the value is read from stdin, never from arguments\n\
-         \x20      airlock secret list [--json]\n\
-         \x20      airlock secret rm NAME\n\
-         example: printf %s \"$TOKEN\" | airlock secret set tickets-token"
+         usage: airlock secret set NAME [--config FILE | --data-dir DIR]   the value is read from stdin, never from arguments\n\
+         \x20      airlock secret list [--json] [--config FILE | --data-dir DIR]\n\
+         \x20      airlock secret rm NAME [--config FILE | --data-dir DIR]\n\
+         example: printf %s \"$TOKEN\" | airlock secret set tickets-token --config airlock.toml"
     );
     ExitCode::from(2)
 }
@@ -411,7 +445,7 @@ fn secret(cmd: SecretCommand) -> Result<ExitCode, Error> {
     use airlock::vault::{self, Vault};
     let data_dir = |place: &DataPlace| place.dir();
     let vault_err = |e: vault::VaultError| match e {
-        vault::VaultError::InvalidName | vault::VaultError::NotFound(_) => Error::Usage(e.to_string()),
+        vault::VaultError::InvalidName | vault::VaultError::NotFound { .. } => Error::Usage(e.to_string()),
         vault::VaultError::Io { .. } => Error::Internal(e.to_string()),
         _ => Error::Refused(e.to_string()),
     };
@@ -423,7 +457,8 @@ fn secret(cmd: SecretCommand) -> Result<ExitCode, Error> {
                 // where the name belongs.
                 eprintln!(
                     "warning: this secret name looks like a token; names are stored and listed in plain text. \
-                     If it is a value typed by mistake, press Ctrl-C (or remove it later with `airlock secret rm`)."
+                     If it is a value typed by mistake, press Ctrl-C (or remove it later with `{}`).",
+                    airlock::hint::command("secret rm NAME")
                 );
             }
             let dir = data_dir(&place)?;
@@ -507,10 +542,12 @@ async fn audit_cmd(cmd: AuditCommand) -> Result<ExitCode, Error> {
             match (verified.unsigned(), verified.signed_through) {
                 (0, _) => {}
                 (n, Some(signed)) => println!(
-                    "note: {n} record(s) after record {signed}, the last one a checkpoint signs, are covered by the hash chain only, not yet by a signature (`airlock audit checkpoint` signs the head)"
+                    "note: {n} record(s) after record {signed}, the last one a checkpoint signs, are covered by the hash chain only, not yet by a signature (`{}` signs the head)",
+                    airlock::hint::command("audit checkpoint")
                 ),
                 (n, None) => println!(
-                    "note: no checkpoint signs this log: its {n} record(s) are covered by the hash chain only (`airlock audit checkpoint` signs the head)"
+                    "note: no checkpoint signs this log: its {n} record(s) are covered by the hash chain only (`{}` signs the head)",
+                    airlock::hint::command("audit checkpoint")
                 ),
             }
             // The index is derived data: one that cannot be read or written

@@ -343,10 +343,13 @@ impl Runtime {
             })?;
             if !present {
                 return Err(Error::Config(format!(
-                    "action `{action}`: credential `{name}` uses vault secret `{}`, which is not in {}; add it with `airlock secret set {}`",
+                    "action `{action}`: credential `{name}` uses vault secret `{}`, which is not in {}; add it with `{}`",
                     binding.secret,
                     vault.path().display(),
-                    binding.secret
+                    crate::hint::command_in(
+                        &format!("secret set {}", crate::hint::shell_quote(&binding.secret)),
+                        vault.path().parent().unwrap_or(std::path::Path::new("."))
+                    )
                 )));
             }
         }

@@ -300,9 +300,12 @@ impl Approvals {
     }
 
     pub fn get(&self, id: &str) -> Result<ApprovalRecord, Error> {
-        self.store
-            .approval(id)?
-            .ok_or_else(|| Error::Usage(format!("no approval request {id}; see `airlock approvals list`")))
+        self.store.approval(id)?.ok_or_else(|| {
+            Error::Usage(format!(
+                "no approval request {id}; see `{}`",
+                crate::hint::command_as_caller("approvals list")
+            ))
+        })
     }
 
     /// Record `who`'s verdict on request `id`. `access` is the action's
@@ -891,7 +894,10 @@ fn fill_seats(seats: &[usize], eligible: &[Vec<usize>]) -> usize {
 
 fn update_error(e: UpdateError) -> Error {
     match e {
-        UpdateError::NotFound(id) => Error::Usage(format!("no approval request {id}; see `airlock approvals list`")),
+        UpdateError::NotFound(id) => Error::Usage(format!(
+            "no approval request {id}; see `{}`",
+            crate::hint::command_as_caller("approvals list")
+        )),
         UpdateError::Refused(Refusal::AuditUnavailable(m)) => Error::AuditUnavailable(format!(
             "the decision could not be recorded in the audit log ({m}); nothing was decided"
         )),

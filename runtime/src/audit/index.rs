@@ -280,7 +280,8 @@ impl Index {
                         tracing::warn!(
                             target: "airlock::audit",
                             seq = position.next_seq,
-                            "the audit index stops before a record that does not check out; run `airlock audit verify`"
+                            "the audit index stops before a record that does not check out; run `{}`",
+                            crate::hint::command("audit verify")
                         );
                         stop = true;
                         break;
@@ -395,7 +396,8 @@ impl Index {
         }
         let record = self_checked(&line).map_err(|e| {
             self.error(format!(
-                "the record at byte {offset} does not check out ({e}); run `airlock audit verify`"
+                "the record at byte {offset} does not check out ({e}); run `{}`",
+                crate::hint::command("audit verify")
             ))
         })?;
         if record.hash[..] != hash[..] || i64::try_from(record.entry.seq).ok() != Some(seq) {

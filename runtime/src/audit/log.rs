@@ -853,7 +853,12 @@ fn recover_tail(file: &mut File, dir: &Path) -> Result<Tail, String> {
     if start > 0 {
         match buf.iter().position(|&b| b == b'\n') {
             Some(i) => pos = i + 1,
-            None => return Err("the last 1 MiB holds no complete record; run `airlock audit verify`".into()),
+            None => {
+                return Err(format!(
+                    "the last 1 MiB holds no complete record; run `{}`",
+                    crate::hint::command("audit verify")
+                ));
+            }
         }
     }
     while let Some(i) = buf[pos..].iter().position(|&b| b == b'\n') {
@@ -893,7 +898,10 @@ fn recover_tail(file: &mut File, dir: &Path) -> Result<Tail, String> {
         }
     }
     if start > 0 {
-        return Err("no intact record in the last 1 MiB; run `airlock audit verify`".into());
+        return Err(format!(
+            "no intact record in the last 1 MiB; run `{}`",
+            crate::hint::command("audit verify")
+        ));
     }
     if len > 0 {
         reason = cut_tail(file, dir, &buf, 0, reason)?;

@@ -514,7 +514,10 @@ fn scan(path: &Path, from: u64, mut visit: impl FnMut(u64, Event)) -> Result<(),
         line.pop();
         let record = decode(&line, prev).map_err(|e| {
             let after = prev.map_or_else(|| format!("byte {from}"), |(_, seq)| format!("record {seq}"));
-            format!("the record after {after} does not check out ({e}); run `airlock audit verify`")
+            format!(
+                "the record after {after} does not check out ({e}); run `{}`",
+                crate::hint::command("audit verify")
+            )
         })?;
         prev = Some((record.hash, record.entry.seq));
         visit(record.entry.seq, record.entry.event);

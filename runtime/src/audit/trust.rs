@@ -279,8 +279,12 @@ impl Judge<'_> {
                 };
             }
             line.pop();
-            let record = chain::decode(&line, &prev)
-                .map_err(|e| format!("record {expected} does not check out ({e}); run `airlock audit verify`"))?;
+            let record = chain::decode(&line, &prev).map_err(|e| {
+                format!(
+                    "record {expected} does not check out ({e}); run `{}`",
+                    crate::hint::command("audit verify")
+                )
+            })?;
             if record.entry.seq != expected {
                 return Err(format!(
                     "the log holds record {} where {expected} belongs",

@@ -115,7 +115,7 @@ fn print_status(url: &str, list: &[MigrationStatus]) {
                 "applied {at} by {} (newer than this airlock)",
                 m.applied_by.as_deref().unwrap_or("?")
             ),
-            (None, _) => "PENDING: run `airlock db migrate`".into(),
+            (None, _) => format!("PENDING: run `{}`", airlock::hint::command("db migrate")),
         };
         println!("{:>3}  {:<56} {state}", m.version, m.name);
     }

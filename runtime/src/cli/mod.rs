@@ -167,7 +167,10 @@ pub fn token_cmd(cmd: TokenCommand) -> Result<ExitCode, Error> {
         }
         TokenCommand::Revoke { id, place } => {
             if !store_at(&place)?.revoke_token(&id, airlock::time::now_micros())? {
-                return Err(Error::Usage(format!("no token {id}; see `airlock token list`")));
+                return Err(Error::Usage(format!(
+                    "no token {id}; see `{}`",
+                    airlock::hint::command("token list")
+                )));
             }
             eprintln!("revoked token {id}");
         }
@@ -345,9 +348,10 @@ pub async fn approvals_cmd(cmd: ApprovalsCommand) -> Result<ExitCode, Error> {
                 .filter(|a| runtime.may_see_approval(&who, a))
                 .ok_or_else(|| {
                     Error::Usage(format!(
-                        "no approval request {} that {} may see (a request is shown to its requester and to those who may approve it); see `airlock approvals list`",
+                        "no approval request {} that {} may see (a request is shown to its requester and to those who may approve it); see `{}`",
                         super::escape(&id),
-                        super::escape(&who.name)
+                        super::escape(&who.name),
+                        airlock::hint::command_as_caller("approvals list")
                     ))
                 })?;
             if json {
@@ -389,10 +393,12 @@ fn approval_action(ctx: &ConfigAuth, id: &str) -> Result<String, Error> {
         policy.runtime.data_dir = dir.clone();
     }
     let store = airlock::store::open(&policy.runtime.store, &policy.runtime.data_dir).map_err(Error::from)?;
-    store
-        .approval(id)?
-        .map(|a| a.action)
-        .ok_or_else(|| Error::Usage(format!("no approval request {id}; see `airlock approvals list`")))
+    store.approval(id)?.map(|a| a.action).ok_or_else(|| {
+        Error::Usage(format!(
+            "no approval request {id}; see `{}`",
+            airlock::hint::command_as_caller("approvals list")
+        ))
+    })
 }
 
 fn report_decision(decided: &Decided) -> Result<ExitCode, Error> {

@@ -247,7 +247,8 @@ impl Notifier {
             })?;
             let value = vault.get(name).map_err(|e| {
                 Error::Config(format!(
-                    "webhook `{hook}`: its {what} is vault secret `{name}`: {e}; add it with `airlock secret set {name} --config FILE`"
+                    "webhook `{hook}`: its {what} is vault secret `{name}`: {e}; add it with `{}`",
+                    crate::hint::command(&format!("secret set {}", crate::hint::shell_quote(name)))
                 ))
             })?;
             Ok(zeroize::Zeroizing::new(value.expose().to_vec()))

@@ -240,7 +240,8 @@ impl PgStore {
                     .collect();
                 if !missing.is_empty() {
                     return Err(fail(StoreError(format!(
-                        "the schema lacks migrations {missing:?}; run `airlock db migrate`"
+                        "the schema lacks migrations {missing:?}; run `{}`",
+                        crate::hint::command("db migrate")
                     ))));
                 }
             }

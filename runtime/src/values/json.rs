@@ -87,12 +87,70 @@ fn is_identifier(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// A number as a person wrote it, as far as the parsed value tells: an
+/// integer too large for 64 bits is parsed as a float, and printed here as
+/// its exact integer value (`18446744073709551616`), not as `1.8446744073709552e19`.
+pub fn number_text(n: &serde_json::Number) -> String {
+    match n.as_f64() {
+        Some(f) if n.is_f64() && f.is_finite() && f.fract() == 0.0 && f.abs() >= 1e15 => format!("{f:.0}"),
+        _ => n.to_string(),
+    }
+}
+
+/// Put back, in an error message about the JSON `text`, the integer
+/// literals no 64-bit type holds exactly as they were written:
+/// [`number_text`] can only print the float they were rounded to
+/// (`18446744073709551617` was read as `18446744073709551616`).
+pub fn restore_literals(message: &str, text: &str) -> String {
+    let mut message = message.to_string();
+    for literal in oversized_integer_literals(text) {
+        let Ok(f) = literal.parse::<f64>() else { continue };
+        let shown = format!("the number {f:.0}");
+        if message.contains(&shown) {
+            message = message.replacen(&shown, &format!("the number {literal}"), 1);
+        }
+    }
+    message
+}
+
+/// The integer literals outside strings in JSON `text` that neither `i64`
+/// nor `u64` holds.
+fn oversized_integer_literals(text: &str) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    i += 1;
+                }
+                let token = &text[start..i];
+                let integer = token.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit());
+                if integer && token.parse::<i64>().is_err() && token.parse::<u64>().is_err() {
+                    out.push(token);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
 /// A short description of a JSON value's kind, for error messages.
 fn kind(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(_) => "a boolean".into(),
-        Value::Number(n) => format!("the number {n}"),
+        Value::Number(n) => format!("the number {}", number_text(n)),
         Value::String(_) => "a string".into(),
         Value::Array(_) => "an array".into(),
         Value::Object(_) => "an object".into(),
@@ -532,5 +590,33 @@ fn val_kind(v: &Val) -> &'static str {
         Val::Stream(_) => "stream",
         Val::ErrorContext(_) => "error-context",
         Val::FixedLengthList(_) => "fixed-length list",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_integers_are_printed_as_written() {
+        let n: Value = serde_json::from_str("18446744073709551616").unwrap();
+        assert_eq!(kind(&n), "the number 18446744073709551616");
+        let n: Value = serde_json::from_str("-1e300").unwrap();
+        assert!(kind(&n).starts_with("the number -1000000000"), "{}", kind(&n));
+        let n: Value = serde_json::from_str("1.5").unwrap();
+        assert_eq!(kind(&n), "the number 1.5");
+        // 2^64 + 1 rounds to 2^64: only the text says what was written.
+        let text =
+            r#"{"s": "18446744073709551617 in a string", "n": 18446744073709551617, "m": -99999999999999999999}"#;
+        assert_eq!(
+            oversized_integer_literals(text),
+            vec!["18446744073709551617", "-99999999999999999999"]
+        );
+        let message = "expected u64 (an integer 0..=18446744073709551615), found the number 18446744073709551616";
+        assert_eq!(
+            restore_literals(message, text),
+            "expected u64 (an integer 0..=18446744073709551615), found the number 18446744073709551617"
+        );
+        assert_eq!(restore_literals("no numbers", r#"{"a": "\\\"", "b": 1}"#), "no numbers");
     }
 }

@@ -5,6 +5,8 @@ mod json;
 mod schema;
 mod types;
 
-pub use json::{JsonMismatch, JsonPath, ValueMismatch, from_json, record_from_json, to_json};
+pub use json::{
+    JsonMismatch, JsonPath, ValueMismatch, from_json, number_text, record_from_json, restore_literals, to_json,
+};
 pub use schema::{object as object_schema, schema};
 pub use types::{MAX_TYPE_DEPTH, TypeTooDeep, ValueType};

@@ -50,8 +50,8 @@ pub enum VaultError {
         "the master key does not open the vault {path} ({source_desc} is not the key it was created with); supply the original key, or move the vault aside to start a new one"
     )]
     WrongKey { path: PathBuf, source_desc: String },
-    #[error("no secret named `{0}` in the vault (add it with `airlock secret set {0}`)")]
-    NotFound(String),
+    #[error("no secret named `{name}` in the vault (add it with `{hint}`)")]
+    NotFound { name: String, hint: String },
     #[error("vault {path} is damaged: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("invalid secret name: names are 1-128 characters of A-Z a-z 0-9 . _ - and start with a letter or digit")]
@@ -282,10 +282,7 @@ impl Vault {
 
     /// Decrypt one secret.
     pub fn get(&self, name: &str) -> Result<SecretValue, VaultError> {
-        let entry = self
-            .secrets
-            .get(name)
-            .ok_or_else(|| VaultError::NotFound(name.to_string()))?;
+        let entry = self.secrets.get(name).ok_or_else(|| self.not_found(name))?;
         self.unseal(&entry.sealed, &secret_aad(name))
             .map(SecretValue::new)
             .map_err(|reason| self.corrupt(format!("secret `{name}`: {reason}")))
@@ -318,7 +315,7 @@ impl Vault {
                 .secrets
                 .remove(name)
                 .map(|_| ())
-                .ok_or_else(|| VaultError::NotFound(name.to_string()))
+                .ok_or_else(|| vault.not_found(name))
         })
     }
 
@@ -443,6 +440,14 @@ impl Vault {
             .map_err(|_| "authentication failed (tampered, or sealed under another key)".to_string())
     }
 
+    fn not_found(&self, name: &str) -> VaultError {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        VaultError::NotFound {
+            name: name.to_string(),
+            hint: crate::hint::command_in(&format!("secret set {}", crate::hint::shell_quote(name)), dir),
+        }
+    }
+
     fn corrupt(&self, reason: String) -> VaultError {
         VaultError::Corrupt {
             path: self.path.clone(),
@@ -495,7 +500,7 @@ mod tests {
         assert_eq!(reopened.get("api")?.expose(), b"plaintext-token-123");
         let on_disk = std::fs::read(dir.path().join(VAULT_FILE)).map_err(|e| VaultError::Key(e.to_string()))?;
         assert!(!on_disk.windows(19).any(|w| w == b"plaintext-token-123"));
-        assert!(matches!(reopened.get("other"), Err(VaultError::NotFound(_))));
+        assert!(matches!(reopened.get("other"), Err(VaultError::NotFound { .. })));
         Ok(())
     }
 

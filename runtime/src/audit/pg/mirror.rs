@@ -131,8 +131,9 @@ fn rows_of(node: &str, bytes: &[u8], mut next_seq: u64, mut head: [u8; 32]) -> R
             .map_err(|e| format!("record {next_seq} of the log cannot go to PostgreSQL: {e}"))?;
         if row.seq != next_seq {
             return Err(format!(
-                "the log holds record {} where record {next_seq} should be; run `airlock audit verify`",
-                row.seq
+                "the log holds record {} where record {next_seq} should be; run `{}`",
+                row.seq,
+                crate::hint::command("audit verify")
             ));
         }
         head = row.hash;
@@ -435,8 +436,9 @@ fn diverged(node: &str, seq: u64, head: &[u8; 32]) -> String {
     format!(
         "PostgreSQL's chain of node {node:?} ends at record {seq} (blake3:{}), which this data directory's log does not continue; \
          another data directory is using node id {node:?}, or the database was changed: give every data directory its own \
-         [audit] node-id, and run `airlock audit verify`",
-        chain::hex(head)
+         [audit] node-id, and run `{}`",
+        chain::hex(head),
+        crate::hint::command("audit verify")
     )
 }
 

@@ -97,8 +97,9 @@ impl Drop for Conn {
 pub(crate) fn pg_err(e: tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) if db.code() == &tokio_postgres::error::SqlState::UNDEFINED_TABLE => format!(
-            "PostgreSQL: {} (the audit tables are missing: run `airlock db migrate`)",
-            db.message()
+            "PostgreSQL: {} (the audit tables are missing: run `{}`)",
+            db.message(),
+            crate::hint::command("db migrate")
         ),
         _ => crate::store::pg_connect::error_text(&e),
     }

@@ -129,8 +129,9 @@ fn chain_page(
                 node,
                 expected,
                 format!(
-                    "it is missing (the next row is record {}); run `airlock audit verify`",
-                    row.seq
+                    "it is missing (the next row is record {}); run `{}`",
+                    row.seq,
+                    crate::hint::command("audit verify")
                 ),
             ));
         }
@@ -138,7 +139,10 @@ fn chain_page(
             return Err(bad(
                 node,
                 row.seq,
-                "its prev_hash is not the hash of the record before it; run `airlock audit verify`",
+                format!(
+                    "its prev_hash is not the hash of the record before it; run `{}`",
+                    crate::hint::command("audit verify")
+                ),
             ));
         }
         let record = row.check().map_err(|e| bad(node, row.seq, e))?;
@@ -149,7 +153,10 @@ fn chain_page(
         return Err(bad(
             node,
             from,
-            "it is missing (the node's head says it exists); run `airlock audit verify`",
+            format!(
+                "it is missing (the node's head says it exists); run `{}`",
+                crate::hint::command("audit verify")
+            ),
         ));
     }
     Ok(out)
@@ -402,7 +409,10 @@ fn check(db: &Db, filter: &Filter, newest: Option<&BTreeMap<String, u64>>, hits:
             return Err(bad(
                 &hit.node,
                 hit.record.entry.seq,
-                "the database returned it for a query it does not match (its indexed columns were changed); run `airlock audit verify`",
+                format!(
+                    "the database returned it for a query it does not match (its indexed columns were changed); run `{}`",
+                    crate::hint::command("audit verify")
+                ),
             ));
         }
     }
@@ -432,7 +442,10 @@ fn check(db: &Db, filter: &Filter, newest: Option<&BTreeMap<String, u64>>, hits:
                     return Err(bad(
                         node,
                         row.seq,
-                        "it matches the query but the database did not return it (its indexed columns were changed); run `airlock audit verify`",
+                        format!(
+                            "it matches the query but the database did not return it (its indexed columns were changed); run `{}`",
+                            crate::hint::command("audit verify")
+                        ),
                     ));
                 }
                 prev = Some(record.hash);
