@@ -55,7 +55,7 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 out=$("$airlock" invoke --config "$config" ticket-create create \
-    --args '{"api": "http://127.0.0.1:8787", "ticket": {"title": "Disk almost full on db-1", "body": "92% used on /var", "priority": "high"}}' 2>&1)
+    --args '{"ticket": {"title": "Disk almost full on db-1", "body": "92% used on /var", "priority": "high"}}' 2>&1)
 printf '%s\n' "$out"
 if printf '%s' "$out" | grep -qF "$token"; then
     echo "FAILED: the token appeared in airlock's output" >&2

@@ -494,14 +494,16 @@ fn hints_name_the_config_and_numbers_and_errors_print_as_written() {
             r#"
 [actions.tickets]
 component = {}
+[actions.tickets.config]
+api = "https://tickets.example"
 [actions.tickets.grants]
 log = true
 [actions.tickets.grants.credentials.tickets]
 secret = "tickets-token"
-destinations = ["https://tickets.example"]
+destinations = ["${{config.api}}"]
 inject = {{ header = "authorization", template = "Bearer {{}}" }}
 [[actions.tickets.grants.http.allow]]
-destination = "https://tickets.example"
+destination = "${{config.api}}"
 "#,
             toml_path(&component("ticket_create"))
         ),

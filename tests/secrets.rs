@@ -741,14 +741,16 @@ fn the_ticket_create_example_works_without_showing_the_token() {
             r#"
 [actions.ticket-create]
 component = {component}
+[actions.ticket-create.config]
+api = "http://127.0.0.1:{port}"
 [actions.ticket-create.grants]
 log = true
 [actions.ticket-create.grants.credentials.tickets]
 secret = "api-token"
-destinations = ["http://127.0.0.1:{port}"]
+destinations = ["${{config.api}}"]
 inject = {{ header = "authorization", template = "Bearer {{}}" }}
 [[actions.ticket-create.grants.http.allow]]
-destination = "http://127.0.0.1:{port}"
+destination = "${{config.api}}"
 methods = ["POST"]
 path-prefixes = ["/tickets"]
 allow-private = true
@@ -757,7 +759,7 @@ allow-private = true
             port = setup.api.port
         )
     });
-    let args = json!({"api": s.api.url(""), "ticket": {"title": "Disk full", "body": "on db-1", "priority": "high"}});
+    let args = json!({"ticket": {"title": "Disk full", "body": "on db-1", "priority": "high"}});
     let run = airlock_with(
         &[
             "invoke",
@@ -781,6 +783,52 @@ allow-private = true
     );
     assert!(String::from_utf8_lossy(&seen[0].body).contains("\"priority\":\"high\""));
     s.assert_no_leak(&[&run]);
+    // The origin came from the config, and reading it was a host call.
+    let audit = std::fs::read_to_string(s.dir.path().join("data/audit/audit.log")).unwrap();
+    let read = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["event"]["interface"] == "airlock:cap/config")
+        .expect("a config host call");
+    assert_eq!(read["event"]["function"], "get");
+    assert_eq!(read["event"]["args"], json!([["key", "api"]]));
+    assert_eq!(read["event"]["status"], "ok");
+    assert_eq!(read["event"]["rule"], "grants.config");
+
+    // Without the value, the action says which key to set.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let bare = text
+        .replace(
+            "destinations = [\"${config.api}\"]",
+            &format!("destinations = [\"{}\"]", s.api.url("")),
+        )
+        .replace(
+            "destination = \"${config.api}\"",
+            &format!("destination = \"{}\"", s.api.url("")),
+        )
+        .replace("api = \"http", "other = \"http");
+    std::fs::write(&s.config, bare).unwrap();
+    let run = airlock_with(
+        &[
+            "invoke",
+            "--config",
+            s.cfg(),
+            "ticket-create",
+            "create",
+            "--args",
+            &args.to_string(),
+        ],
+        b"",
+        &[],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the config value `api` is not set; add `api = ...` under the action's [config] section"),
+        "{run:?}"
+    );
+    let audit = std::fs::read_to_string(s.dir.path().join("data/audit/audit.log")).unwrap();
+    assert!(audit.contains("\"status\":\"none: not set\""), "{audit}");
 }
 
 #[test]

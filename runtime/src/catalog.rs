@@ -25,6 +25,8 @@ pub enum CapabilityKind {
     Http,
     /// `airlock:cap/approval`: ask for a human decision mid-run.
     Approval,
+    /// `airlock:cap/config`: non-secret values from the action's config.
+    Config,
 }
 
 impl CapabilityKind {
@@ -36,6 +38,7 @@ impl CapabilityKind {
             CapabilityKind::Credentials => "credentials",
             CapabilityKind::Http => "http",
             CapabilityKind::Approval => "approval",
+            CapabilityKind::Config => "config",
         }
     }
 }
@@ -123,6 +126,12 @@ const KNOWN: &[(&Family, &str, ImportClass, &str)] = &[
         "airlock:cap/approval",
         Capability(Approval),
         "ask the action's approvers for a decision mid-run; the call waits for it",
+    ),
+    (
+        &AIRLOCK_CAP_0_1,
+        "airlock:cap/config",
+        Capability(Config),
+        "non-secret values from the action's [config] section; no authority",
     ),
     (
         &WASI_0_2,

@@ -223,6 +223,10 @@ struct InvokeArgs {
     /// Ad hoc only: grant the log capability.
     #[arg(long)]
     grant_log: bool,
+    /// Ad hoc only: a non-secret value the action reads through
+    /// airlock:cap/config (repeatable; grants that capability).
+    #[arg(long = "config-value", value_name = "KEY=VALUE")]
+    config_value: Vec<String>,
     /// Ad hoc only: wall-clock limit in milliseconds [default: 10000].
     #[arg(long)]
     timeout_ms: Option<u64>,
@@ -939,6 +943,7 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
         Some(config) => {
             let adhoc_flags = a.grant_dir.is_some()
                 || a.grant_log
+                || !a.config_value.is_empty()
                 || a.timeout_ms.is_some()
                 || a.memory_mib.is_some()
                 || a.fuel.is_some()
@@ -969,6 +974,21 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
         None => {
             let path = PathBuf::from(&a.target);
             let files = a.grant_dir.as_deref().map(parse_grant_dir).transpose()?;
+            let config = if a.config_value.is_empty() {
+                None
+            } else {
+                let mut table = toml::Table::new();
+                for pair in &a.config_value {
+                    let (key, value) = pair
+                        .split_once('=')
+                        .ok_or_else(|| Error::Usage(format!("--config-value {pair:?}: write KEY=VALUE")))?;
+                    table.insert(key.to_string(), toml::Value::String(value.to_string()));
+                }
+                Some(
+                    airlock::capabilities::config::ConfigGrant::resolve(&table)
+                        .map_err(|e| Error::Usage(format!("--config-value: {e}")))?,
+                )
+            };
             let limits = LimitOverrides {
                 timeout_ms: a.timeout_ms,
                 memory_mib: a.memory_mib,
@@ -986,6 +1006,7 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
             let grants = Grants {
                 log: a.grant_log.then_some(LogGrant),
                 files,
+                config,
                 ..Grants::default()
             };
             let policy = ActionPolicy::ad_hoc(name, path, grants, limits);

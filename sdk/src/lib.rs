@@ -77,6 +77,92 @@ pub mod log {
     }
 }
 
+/// `airlock:cap/config`: non-secret values from the action's
+/// `[actions.NAME.config]` section (the section is the grant).
+///
+/// Use it for what differs between deployments but is not a secret: base
+/// URLs, account ids, switches. The same values can stand in the action's
+/// grants as `${config.KEY}`, so an origin is written once:
+///
+/// ```toml
+/// [actions.tickets.config]
+/// api = "https://tickets.example"
+/// [[actions.tickets.grants.http.allow]]
+/// destination = "${config.api}"
+/// ```
+///
+/// Every read is audited (key, and whether it was set).
+pub mod config {
+    use crate::bindings::airlock::cap::config as raw;
+    use std::fmt;
+    use std::str::FromStr;
+
+    /// The value of `key`, or `None` when the config does not set it.
+    pub fn get(key: &str) -> Option<String> {
+        raw::get(key)
+    }
+
+    /// The value of `key`; an error naming the key when it is not set.
+    pub fn require(key: &str) -> Result<String, ConfigError> {
+        get(key).ok_or_else(|| ConfigError::Missing { key: key.to_string() })
+    }
+
+    /// The value of `key` parsed as `T` (`u16`, `bool`, `f64`, ...), or
+    /// `None` when it is not set.
+    pub fn parse<T>(key: &str) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        match get(key) {
+            None => Ok(None),
+            Some(value) => value
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e: T::Err| ConfigError::Invalid {
+                    key: key.to_string(),
+                    value,
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    /// The value of `key` parsed as `T`, or `default` when it is not set.
+    pub fn parse_or<T>(key: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        Ok(parse(key)?.unwrap_or(default))
+    }
+
+    /// Why a config value could not be used.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum ConfigError {
+        /// The action's config section does not set the key.
+        Missing { key: String },
+        /// The value does not parse as the type asked for.
+        Invalid { key: String, value: String, reason: String },
+    }
+
+    impl fmt::Display for ConfigError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                ConfigError::Missing { key } => write!(
+                    f,
+                    "the config value `{key}` is not set; add `{key} = ...` under the action's [config] section"
+                ),
+                ConfigError::Invalid { key, value, reason } => {
+                    write!(f, "the config value `{key}` = {value:?} cannot be used: {reason}")
+                }
+            }
+        }
+    }
+
+    impl std::error::Error for ConfigError {}
+}
+
 /// `airlock:cap/files`: the one directory the policy grants
 /// (grant: `files = { dir = "...", mode = "read-only" | "read-write" }`).
 ///

@@ -1,17 +1,18 @@
 //! `ticket-create`: opens a ticket through an HTTP API.
 //!
-//! Needs `log = true`, an `http` grant allowing `POST` to the API's
-//! `/tickets`, and a `tickets` credential injected as a bearer token. The
-//! token stays on the host: this code only holds a handle.
+//! Needs `log = true`, the API's origin as the config value `api`, an
+//! `http` grant allowing `POST` to the API's `/tickets`, and a `tickets`
+//! credential injected as a bearer token. The token stays on the host: this
+//! code only holds a handle.
 
-use airlock_sdk::{credentials, http, log};
+use airlock_sdk::{config, credentials, http, log};
 
 wit_bindgen::generate!({ path: "wit", world: "ticket-create" });
 
 struct TicketCreate;
 
 impl Guest for TicketCreate {
-    fn create(api: String, ticket: Ticket) -> Result<Created, String> {
+    fn create(ticket: Ticket) -> Result<Created, String> {
         if ticket.title.trim().is_empty() {
             return Err("the ticket needs a title".into());
         }
@@ -26,6 +27,7 @@ impl Guest for TicketCreate {
             "priority": priority,
         })
         .to_string();
+        let api = config::require("api").map_err(|e| e.to_string())?;
         let token = credentials::get("tickets").map_err(|e| credentials::Describe(&e).to_string())?;
         let url = format!("{}/tickets", api.trim_end_matches('/'));
         let response = http::Request::post(&url)

@@ -13,6 +13,7 @@
 
 pub mod approval;
 pub mod baseline;
+pub mod config;
 pub mod credentials;
 pub mod files;
 pub mod filesystem;
@@ -89,11 +90,57 @@ pub struct Grants {
     pub credentials: Option<credentials::CredentialsGrant>,
     pub http: Option<http::HttpGrant>,
     pub approval: Option<approval::ApprovalGrant>,
+    /// `[actions.NAME.config]`: non-secret values the action reads.
+    pub config: Option<config::ConfigGrant>,
+}
+
+/// `raw` with every `${config.KEY}` in its destinations replaced by the
+/// value (http allow and inject rules, credential destinations).
+fn expand_references(raw: &RawGrants, config: &config::ConfigGrant) -> Result<RawGrants, String> {
+    let mut raw = raw.clone();
+    if let Some(http) = &mut raw.http {
+        for rule in &mut http.allow {
+            rule.destination = config
+                .expand(&rule.destination)
+                .map_err(|e| format!("grants.http.allow: {e}"))?;
+        }
+        for rule in &mut http.inject {
+            rule.destination = config
+                .expand(&rule.destination)
+                .map_err(|e| format!("grants.http.inject: {e}"))?;
+        }
+    }
+    if let Some(credentials) = &mut raw.credentials {
+        for (name, c) in credentials.iter_mut() {
+            for d in &mut c.destinations {
+                *d = config
+                    .expand(d)
+                    .map_err(|e| format!("grants.credentials.{name}.destinations: {e}"))?;
+            }
+        }
+    }
+    Ok(raw)
 }
 
 impl Grants {
-    /// Validate a grants section; `resolve` makes config-relative paths absolute.
-    pub fn resolve(raw: &RawGrants, resolve: &dyn Fn(&Path) -> std::path::PathBuf) -> Result<Grants, String> {
+    /// Validate a grants section; `resolve` makes config-relative paths
+    /// absolute. `config` is the action's `[config]` section: it grants the
+    /// `config` capability, and its values may be written into destinations
+    /// as `${config.KEY}`.
+    pub fn resolve(
+        raw: &RawGrants,
+        config: Option<&toml::Table>,
+        resolve: &dyn Fn(&Path) -> std::path::PathBuf,
+    ) -> Result<Grants, String> {
+        let config = config.map(config::ConfigGrant::resolve).transpose()?;
+        let expanded;
+        let raw = match &config {
+            Some(c) => {
+                expanded = expand_references(raw, c)?;
+                &expanded
+            }
+            None => raw,
+        };
         let credentials = raw
             .credentials
             .as_ref()
@@ -114,6 +161,7 @@ impl Grants {
             credentials,
             http,
             approval: raw.approval.then_some(approval::ApprovalGrant),
+            config,
         })
     }
 
@@ -122,6 +170,7 @@ impl Grants {
     /// (files, the network, the vault, approval requests). A pure action's
     /// only output is its result.
     pub fn reach_outside(&self) -> bool {
+        // `config` reads the operator's own values: no effect outside.
         self.files.is_some() || self.credentials.is_some() || self.http.is_some() || self.approval.is_some()
     }
 
@@ -136,6 +185,7 @@ impl Grants {
             CapabilityKind::Credentials => self.credentials.is_some() || self.http.is_some(),
             CapabilityKind::Http => self.http.is_some(),
             CapabilityKind::Approval => self.approval.is_some(),
+            CapabilityKind::Config => self.config.is_some(),
         }
     }
 
@@ -152,6 +202,8 @@ impl Grants {
             (CapabilityKind::Http, false) => http::HttpCapability::EXAMPLE_FLAG,
             (CapabilityKind::Approval, true) => approval::ApprovalCapability::EXAMPLE_GRANT,
             (CapabilityKind::Approval, false) => approval::ApprovalCapability::EXAMPLE_FLAG,
+            (CapabilityKind::Config, true) => config::ConfigCapability::EXAMPLE_GRANT,
+            (CapabilityKind::Config, false) => config::ConfigCapability::EXAMPLE_FLAG,
         }
     }
 
@@ -176,6 +228,9 @@ impl Grants {
         if let Some(g) = &self.approval {
             out.push((CapabilityKind::Approval, approval::ApprovalCapability::describe(g)));
         }
+        if let Some(g) = &self.config {
+            out.push((CapabilityKind::Config, config::ConfigCapability::describe(g)));
+        }
         out
     }
 }
@@ -198,6 +253,9 @@ pub fn link_granted(linker: &mut Linker<InvocationState>, grants: &Grants) -> wa
     if grants.approval.is_some() {
         approval::ApprovalCapability::link(linker)?;
     }
+    if grants.config.is_some() {
+        config::ConfigCapability::link(linker)?;
+    }
     Ok(())
 }
 
@@ -217,6 +275,9 @@ pub fn prepare_granted(grants: &Grants, state: &mut crate::invocation::StateBuil
     }
     if let Some(g) = &grants.approval {
         approval::ApprovalCapability::prepare(g, state)?;
+    }
+    if let Some(g) = &grants.config {
+        config::ConfigCapability::prepare(g, state)?;
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ pub struct InvocationState {
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) log: LogState,
+    pub(crate) config: Option<crate::capabilities::config::ConfigState>,
     pub(crate) files: Option<FilesState>,
     pub(crate) credentials: Arc<CredentialStore>,
     pub(crate) http: Option<HttpState>,
@@ -56,6 +57,7 @@ impl WasiView for InvocationState {
 pub struct StateBuilder {
     pub wasi: WasiCtxBuilder,
     pub log: LogState,
+    pub config: Option<crate::capabilities::config::ConfigState>,
     pub files: Option<FilesState>,
     /// The vault, when the action has credentials.
     pub vault: Option<Arc<LiveVault>>,
@@ -74,6 +76,7 @@ impl StateBuilder {
         StateBuilder {
             wasi,
             log: LogState::default(),
+            config: None,
             files: None,
             vault: None,
             credentials: Arc::default(),
@@ -89,6 +92,7 @@ impl StateBuilder {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(self.limits.memory_bytes),
             log: self.log,
+            config: self.config,
             files: self.files,
             wasi_http: WasiHttpGate::new(self.http.clone(), self.credentials.clone(), self.host_calls.clone()),
             wasi_http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),

@@ -74,6 +74,8 @@ struct RawAction {
     digest: Option<String>,
     #[serde(default)]
     grants: RawGrants,
+    /// `[actions.NAME.config]`: non-secret values (`airlock:cap/config`).
+    config: Option<toml::Table>,
     #[serde(default)]
     limits: LimitOverrides,
     #[serde(default)]
@@ -364,7 +366,7 @@ impl Policy {
             let at = |msg: String| bad(format!("line {line}: action `{name}`: {msg}"));
             validate_action_name(&name).map_err(&at)?;
             let digest = raw.digest.as_deref().map(Digest::parse).transpose().map_err(&at)?;
-            let grants = Grants::resolve(&raw.grants, &resolve).map_err(&at)?;
+            let grants = Grants::resolve(&raw.grants, raw.config.as_ref(), &resolve).map_err(&at)?;
             let limits = raw.limits.resolve().map_err(|e| at(format!("limits: {e}")))?;
             for p in &raw.audit.sensitive_args {
                 if p.is_empty() || p.len() > 256 || p.split('.').any(str::is_empty) {
