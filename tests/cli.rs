@@ -72,7 +72,7 @@ fn inspect_of_a_built_action_shows_capabilities_and_schemas() {
     assert_eq!(f["params"]["required"], json!(["name", "findings"]));
     assert_eq!(
         f["params"]["properties"]["findings"]["items"]["properties"]["severity"],
-        json!({"type": "string", "enum": ["low", "medium", "high"]})
+        json!({"type": "string", "enum": ["low", "medium", "high"], "title": "severity"})
     );
     assert_eq!(f["error"], json!({"type": "string"}));
 
@@ -537,4 +537,59 @@ destination = "${{config.api}}"
         assert_eq!(run.code, 2, "{run:?}");
         assert!(run.stderr.contains(&format!("found the number {written}")), "{run:?}");
     }
+}
+
+#[test]
+fn inspect_shows_the_wit_names_and_doc_comments() {
+    let types = component("types");
+    let run = airlock(&["inspect", types.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // Named types are named, and a parameter's type is spelled out.
+    assert!(
+        run.stdout.contains("  describe(n: u32, style: style) -> string\n"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("    style: enum style { brief, detailed }\n      how much to say\n"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("#area(s: shape) -> f64\n    The area of a shape."),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("about\n  Echoes values of every WIT type.\n"),
+        "{run:?}"
+    );
+
+    let m = airlock(&["inspect", types.to_str().unwrap(), "--json"]).json();
+    assert_eq!(m["description"], "Echoes values of every WIT type.");
+    let area = m["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "airlock-tests:types/shapes@0.1.0#area")
+        .unwrap();
+    assert!(
+        area["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("The area of a shape.")
+    );
+    let shape = &area["params"]["properties"]["s"];
+    assert_eq!(shape["title"], "shape");
+    assert_eq!(shape["oneOf"][0]["description"], "A circle of this radius.");
+    let point = &shape["oneOf"][1]["properties"]["rect"];
+    assert_eq!(point["title"], "point");
+    assert_eq!(point["description"], "A point on the grid.");
+    assert_eq!(point["properties"]["x"]["description"], "Columns from the left.");
+    assert_eq!(point["properties"]["y"].get("description"), None);
+    // The docs never change what is accepted.
+    assert_eq!(point["required"], json!(["x", "y"]));
+
+    // A component built without the SDK's macro has names but no docs.
+    let run = airlock(&["inspect", component("probe").to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["description"], serde_json::Value::Null);
 }

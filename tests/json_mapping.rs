@@ -356,7 +356,16 @@ fn manifest_schemas_describe_the_exact_ranges() {
     );
     assert_eq!(
         props["color"],
-        json!({"type": "string", "enum": ["red", "green", "blue"]})
+        json!({
+            "type": "string",
+            "enum": ["red", "green", "blue"],
+            "title": "color",
+            "description": "A color.\n\n`green`: The color of go.",
+        })
+    );
+    assert_eq!(
+        props["perms"]["description"],
+        "What may be done.\n\n`write`: Change it."
     );
     assert_eq!(props["c"], json!({"type": "string", "minLength": 1, "maxLength": 1}));
     let div = m["functions"]

@@ -98,6 +98,12 @@ component = {gated}
 invoke = ["ops-bot"]
 approve = ["role:reviewer"]
 
+# A pure action whose WIT is documented.
+[actions.types]
+component = {types}
+[actions.types.access]
+invoke = ["role:agent"]
+
 # Runs at once; writes under gated/ wait for a reviewer mid-run.
 [actions.gated]
 component = {gated}
@@ -111,6 +117,7 @@ wait-secs = 120
 capability = "files"
 path-prefix = "gated"
 "#,
+            types = toml_path(&component("types")),
             echo_grants = grants.replace("NAME", "echo"),
             deploy_grants = grants.replace("NAME", "deploy"),
             ops_grants = grants.replace("NAME", "secret-ops"),
@@ -153,6 +160,35 @@ fn check_scenario(seen: &Value) -> String {
     assert_eq!(seen["annotations"]["echo__echo"]["read_only"], true, "{seen}");
     assert_eq!(seen["annotations"]["deploy__echo"]["destructive"], true, "{seen}");
     assert_eq!(seen["echo_schema"]["properties"]["value"]["type"], "string", "{seen}");
+
+    // The WIT's doc comments describe the tool and its parameters; the
+    // result schema is published and the result matches it.
+    let describe = &seen["describe_tool"];
+    assert!(
+        describe["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Describe a number in words."),
+        "{seen}"
+    );
+    assert_eq!(
+        describe["input"]["properties"]["n"]["description"], "the number to describe.",
+        "{seen}"
+    );
+    assert_eq!(
+        describe["input"]["properties"]["style"]["description"],
+        "how much to say\n\nHow much to say.\n\n`brief`: One line.\n`detailed`: Everything known.",
+        "{seen}"
+    );
+    assert_eq!(describe["input"]["properties"]["style"]["title"], "style", "{seen}");
+    assert_eq!(
+        describe["output"]["then"]["properties"]["result"]["type"], "string",
+        "{seen}"
+    );
+    assert_eq!(seen["describe"]["is_error"], false, "{seen}");
+    assert_eq!(seen["describe"]["structured"]["result"], "7, which is odd", "{seen}");
+    assert_eq!(seen["describe_valid"], true, "{seen}");
+    assert_eq!(seen["describe_bad_caught"], true, "{seen}");
 
     assert_eq!(seen["allowed"]["is_error"], false, "{seen}");
     assert_eq!(seen["allowed"]["structured"]["result"], "hi from python", "{seen}");

@@ -54,6 +54,26 @@ async def run(session, mode, arg):
     schema = next(t.input_schema for t in tools.tools if t.name == "echo__echo")
     out["echo_schema"] = schema
 
+    # WIT docs and the result schema travel into the tool.
+    describe = next(t for t in tools.tools if t.name == "types__describe")
+    out["describe_tool"] = {
+        "description": describe.description,
+        "input": describe.input_schema,
+        "output": describe.output_schema,
+    }
+    res = await session.call_tool("types__describe", {"n": 7, "style": "detailed"})
+    out["describe"] = {"is_error": bool(res.is_error), "structured": res.structured_content}
+    import jsonschema
+
+    jsonschema.validate(res.structured_content, describe.output_schema)
+    out["describe_valid"] = True
+    # A result that breaks the schema is caught by the same check.
+    try:
+        jsonschema.validate(dict(res.structured_content, result=7), describe.output_schema)
+        out["describe_bad_caught"] = False
+    except jsonschema.ValidationError:
+        out["describe_bad_caught"] = True
+
     res = await session.call_tool("echo__echo", {"value": "hi from python"})
     out["allowed"] = {"is_error": bool(res.is_error), "structured": res.structured_content, "text": content_text(res)}
 

@@ -102,11 +102,10 @@ pub fn compile(
                 path: path.display().to_string(),
                 reason: one_line(&format!("{e:#}")),
             })?;
-    let manifest =
-        Manifest::read(engine, &component, digest, bytes.len() as u64).map_err(|e| Error::InvalidComponent {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let manifest = Manifest::read(engine, &component, &bytes).map_err(|e| Error::InvalidComponent {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
     Ok((bytes, component, manifest, from_cache))
 }
 

@@ -39,6 +39,41 @@ pub mod bindings {
 
 pub use wit_bindgen;
 
+#[doc(hidden)]
+pub use airlock_sdk_macros::embed_docs as __embed_docs;
+
+/// Generate the bindings of an action's own WIT world and embed its doc
+/// comments in the component.
+///
+/// Takes the options of [`wit_bindgen::generate!`] (`path` defaults to
+/// `"wit"`, relative to the crate); the bindings use this crate's copy of
+/// `wit-bindgen`, so an action depends on `airlock-sdk` alone (keep the
+/// dependency's name `airlock-sdk`: the expansion names `::airlock_sdk`).
+///
+/// The doc comments of the world, its functions, types, record fields and
+/// enum/variant/flags cases travel in the component's `package-docs`
+/// custom section. airlock shows them in `inspect`, the JSON Schemas'
+/// `description`s, MCP tool descriptions and the console. WIT has no syntax
+/// for parameter docs: describe a parameter on a line of the function's doc
+/// comment that starts with its name in backticks and a colon:
+///
+/// ```text
+/// /// Open a ticket.
+/// ///
+/// /// `ticket`: what to open; the title is one line.
+/// export create: func(ticket: ticket) -> result<created, string>;
+/// ```
+#[macro_export]
+macro_rules! generate {
+    ({ $($key:ident $(: $value:tt)?),* $(,)? }) => {
+        $crate::wit_bindgen::generate!({
+            $($key $(: $value)?,)*
+            runtime_path: "::airlock_sdk::wit_bindgen::rt",
+        });
+        $crate::__embed_docs!({ $($key $(: $value)?,)* });
+    };
+}
+
 /// `airlock:cap/log`: structured log lines (grant: `log = true`).
 pub mod log {
     use crate::bindings::airlock::cap::log as raw;

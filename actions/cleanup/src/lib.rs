@@ -3,7 +3,7 @@
 
 use airlock_sdk::files;
 
-wit_bindgen::generate!({ path: "wit", world: "cleanup" });
+airlock_sdk::generate!({ path: "wit", world: "cleanup" });
 
 struct Cleanup;
 

@@ -1,6 +1,6 @@
 //! `hello`: a pure action. It imports no capability, so it needs no grant.
 
-wit_bindgen::generate!({ path: "wit", world: "hello" });
+airlock_sdk::generate!({ path: "wit", world: "hello" });
 
 struct Hello;
 

@@ -2,7 +2,7 @@
 //! capability; the point is who may call it with which arguments, which
 //! the Cedar policies in `examples/refunds` decide before it runs.
 
-wit_bindgen::generate!({ path: "wit", world: "refund" });
+airlock_sdk::generate!({ path: "wit", world: "refund" });
 
 struct Refund;
 

@@ -3,7 +3,7 @@
 
 use airlock_sdk::{files, log};
 
-wit_bindgen::generate!({ path: "wit", world: "report" });
+airlock_sdk::generate!({ path: "wit", world: "report" });
 
 struct Report;
 

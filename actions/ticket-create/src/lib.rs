@@ -7,7 +7,7 @@
 
 use airlock_sdk::{config, credentials, http, log};
 
-wit_bindgen::generate!({ path: "wit", world: "ticket-create" });
+airlock_sdk::generate!({ path: "wit", world: "ticket-create" });
 
 struct TicketCreate;
 

@@ -847,11 +847,35 @@ async fn actions_page(State(service): State<Shared>, SignedIn { caller, session 
                 esc(import.meaning)
             );
         }
-        let _ = write!(
-            body,
-            "</ul><h3>Functions</h3><p>{}</p></section>",
-            esc(&action.manifest.function_names())
-        );
+        body.push_str("</ul>");
+        if let Some(about) = action.manifest.description() {
+            let _ = write!(body, "<p class=\"doc\">{}</p>", esc(&about));
+        }
+        body.push_str("<h3>Functions</h3><dl class=\"functions\">");
+        for f in &action.manifest.functions {
+            let _ = write!(body, "<dt><code>{}</code></dt><dd>", esc(&f.name));
+            if let Some(doc) = f.doc() {
+                let _ = write!(body, "<p class=\"doc\">{}</p>", esc(&doc));
+            }
+            if !f.params.is_empty() {
+                body.push_str("<ul class=\"params\">");
+                for (param, ty) in &f.params {
+                    let type_name = f
+                        .wit
+                        .as_ref()
+                        .and_then(|w| Some(w.component().type_name(w.param_type(param)?)))
+                        .unwrap_or_else(|| ty.wit_name());
+                    let _ = write!(body, "<li><code>{}: {}</code>", esc(param), esc(&type_name));
+                    if let Some(doc) = f.param_doc(param) {
+                        let _ = write!(body, " {}", esc(&doc));
+                    }
+                    body.push_str("</li>");
+                }
+                body.push_str("</ul>");
+            }
+            body.push_str("</dd>");
+        }
+        body.push_str("</dl></section>");
     }
     page("Actions", Some((&caller, &session.csrf)), &body)
 }

@@ -110,8 +110,14 @@ impl AirlockMcp {
                 let Ok(schema) = serde_json::from_value::<JsonObject>(f.params_schema()) else {
                     continue;
                 };
-                let mut description = policy.description.clone().unwrap_or_else(|| format!("Action {name}"));
-                description.push_str(&format!(" (function `{}`", f.name));
+                // The function's own docs first; the config's description
+                // of the action, or the component's, otherwise.
+                let mut description = f
+                    .doc()
+                    .or_else(|| policy.description.clone())
+                    .or_else(|| action.manifest.description())
+                    .unwrap_or_else(|| format!("Action {name}"));
+                description.push_str(&format!(" (action `{name}`, function `{}`", f.name));
                 if policy.approval.invocation {
                     description.push_str("; every call waits for a reviewer's approval");
                 } else if action.decisions.may_hold(&f.name) {
@@ -125,7 +131,10 @@ impl AirlockMcp {
                 if let Some(d) = policy.mcp.destructive {
                     annotations = annotations.destructive(d);
                 }
-                let tool = Tool::new(tool_name, description, Arc::new(schema)).with_annotations(annotations);
+                let mut tool = Tool::new(tool_name, description, Arc::new(schema)).with_annotations(annotations);
+                if let Ok(output) = serde_json::from_value::<JsonObject>(output_schema(f)) {
+                    tool = tool.with_raw_output_schema(Arc::new(output));
+                }
                 out.push((tool, name.clone(), f.name.clone()));
             }
         }
@@ -223,6 +232,30 @@ pub fn tool_name(action: &str, function: &str) -> String {
     let mut name = format!("{}__{}", clean(action), clean(function));
     name.truncate(128);
     name
+}
+
+/// A function tool's `outputSchema`: the `structuredContent` every call
+/// returns. Once the call succeeded, `result` is the function's result
+/// (its error case, for a `result<T, E>` function, is `error`).
+fn output_schema(f: &crate::manifest::FunctionSig) -> Value {
+    let (result, _) = f.result_schemas();
+    json!({
+        "type": "object",
+        "properties": {
+            "invocation": {"type": "string", "description": "the invocation's id; pass it to airlock_status"},
+            "status": {
+                "type": "string",
+                "description": "succeeded or failed once it ran; awaiting-approval, pending-approval or running while it waits"
+            },
+            "result": {"description": "the function's result, once the call succeeded"},
+            "error": {"type": ["string", "null"], "description": "why it failed"},
+            "approval": {"description": "the approval request it waits for or went through"},
+            "next": {"type": "string"},
+        },
+        "required": ["invocation", "status"],
+        "if": {"properties": {"status": {"const": "succeeded"}}, "required": ["status"]},
+        "then": {"properties": {"result": result}, "required": ["result"]},
+    })
 }
 
 fn record_result(r: &InvocationRecord) -> CallToolResult {

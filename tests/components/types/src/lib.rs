@@ -1,7 +1,7 @@
 //! Echoes values of every WIT type so tests can round-trip the JSON mapping
 //! through a real component.
 
-wit_bindgen::generate!({ path: "wit", world: "types" });
+airlock_sdk::generate!({ path: "wit", world: "types" });
 
 use exports::airlock_tests::types::shapes::{Everything, Guest as ShapesGuest, Shape};
 
@@ -22,6 +22,13 @@ impl ShapesGuest for Types {
 }
 
 impl Guest for Types {
+    fn describe(n: u32, style: Style) -> String {
+        match style {
+            Style::Brief => format!("{n}"),
+            Style::Detailed => format!("{n}, which is {}", if n.is_multiple_of(2) { "even" } else { "odd" }),
+        }
+    }
+
     fn echo_u64(v: u64) -> u64 {
         v
     }

@@ -1,13 +1,20 @@
 //! Capability manifests: what a component asks for and what it offers,
 //! read from the component without running it.
+//!
+//! The value types come from wasmtime; names and doc comments from the
+//! component's WIT ([`wit`]), when it can be decoded.
+
+pub mod wit;
 
 use crate::catalog::{self, CapabilityKind, ImportClass};
 use crate::policy::Digest;
 use crate::values::{self, TypeTooDeep, ValueType};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use wasmtime::Engine;
 use wasmtime::component::types::{ComponentFunc, ComponentItem};
 use wasmtime::component::{Component, ComponentExportIndex};
+use wit::{ComponentWit, FunctionWit};
 
 /// Version tag of the `--json` manifest format.
 pub const MANIFEST_FORMAT: &str = "airlock.manifest/v1";
@@ -38,6 +45,9 @@ pub struct FunctionSig {
     pub result: Option<ValueType>,
     /// Where the function lives in the component.
     pub index: ComponentExportIndex,
+    /// Its WIT declaration (type names, docs), when the component's WIT
+    /// could be decoded.
+    pub wit: Option<FunctionWit>,
 }
 
 impl FunctionSig {
@@ -49,14 +59,45 @@ impl FunctionSig {
             .or_else(|| self.result.as_ref()?.unsupported())
     }
 
-    /// JSON Schema of the arguments object (keyed by parameter names).
+    /// JSON Schema of the arguments object (keyed by parameter names),
+    /// with the WIT's type names (`title`) and docs (`description`).
     pub fn params_schema(&self) -> Value {
-        values::object_schema(&self.params)
+        let mut schema = values::object_schema(&self.params);
+        if let Some(w) = &self.wit {
+            w.annotate_params(&mut schema);
+        }
+        schema
+    }
+
+    /// The function's doc comment.
+    pub fn doc(&self) -> Option<String> {
+        self.wit.as_ref()?.doc()
+    }
+
+    /// The description of parameter `name` (see [`FunctionWit::param_doc`]).
+    pub fn param_doc(&self, name: &str) -> Option<String> {
+        self.wit.as_ref()?.param_doc(name)
+    }
+
+    /// A parameter's type as WIT names it (`person`), else its shape.
+    fn param_type_name(&self, name: &str, ty: &ValueType) -> String {
+        self.wit
+            .as_ref()
+            .and_then(|w| Some(w.component().type_name(w.param_type(name)?)))
+            .unwrap_or_else(|| ty.wit_name())
     }
 
     /// Schema of the printed result: a top-level `result<T, E>` prints `T`
     /// and turns `E` into an error, so the two are described separately.
     pub fn result_schemas(&self) -> (Value, Value) {
+        let (mut result, mut error) = self.plain_result_schemas();
+        if let Some(w) = &self.wit {
+            w.annotate_result(&mut result, &mut error);
+        }
+        (result, error)
+    }
+
+    fn plain_result_schemas(&self) -> (Value, Value) {
         match &self.result {
             None => (json!({"type": "null"}), Value::Null),
             Some(ValueType::Result { ok, err }) => {
@@ -75,11 +116,17 @@ pub struct Manifest {
     pub size: u64,
     pub imports: Vec<ImportEntry>,
     pub functions: Vec<FunctionSig>,
+    /// The component's decoded WIT, when it could be decoded.
+    pub wit: Option<Arc<ComponentWit>>,
 }
 
 impl Manifest {
-    /// Read the manifest of a compiled component.
-    pub fn read(engine: &Engine, component: &Component, digest: Digest, size: u64) -> Result<Manifest, TypeTooDeep> {
+    /// Read the manifest of a compiled component; `bytes` are the ones it
+    /// was compiled from (for its WIT names and docs).
+    pub fn read(engine: &Engine, component: &Component, bytes: &[u8]) -> Result<Manifest, TypeTooDeep> {
+        let digest = Digest::of(bytes);
+        let size = bytes.len() as u64;
+        let wit = ComponentWit::read(bytes);
         let ty = component.component_type();
         let imports = ty
             .imports(engine)
@@ -115,12 +162,23 @@ impl Manifest {
                 _ => {}
             }
         }
+        if let Some(w) = &wit {
+            for f in &mut functions {
+                f.wit = w.function(&f.name);
+            }
+        }
         Ok(Manifest {
             digest,
             size,
             imports,
             functions,
+            wit,
         })
+    }
+
+    /// The component's description: its world's doc comment.
+    pub fn description(&self) -> Option<String> {
+        self.wit.as_ref()?.world_doc()
     }
 
     pub fn function(&self, name: &str) -> Option<&FunctionSig> {
@@ -144,6 +202,7 @@ impl Manifest {
         json!({
             "format": MANIFEST_FORMAT,
             "digest": self.digest.to_string(),
+            "description": self.description(),
             "size": self.size,
             "imports": self.imports.iter().map(|i| json!({
                 "name": i.name,
@@ -155,7 +214,8 @@ impl Manifest {
                 let (result, error) = f.result_schemas();
                 json!({
                     "name": f.name,
-                    "params": values::object_schema(&f.params),
+                    "description": f.doc(),
+                    "params": f.params_schema(),
                     "result": result,
                     "error": error,
                     "invocable": f.unsupported().is_none(),
@@ -178,17 +238,54 @@ impl Manifest {
             };
             let _ = writeln!(out, "  {:<40} {:<18} {}", i.name, class, i.meaning);
         }
+        if let Some(doc) = self.description() {
+            let _ = writeln!(out, "about");
+            for line in doc.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
         let _ = writeln!(out, "functions ({})", self.functions.len());
         for f in &self.functions {
-            let params: Vec<String> = f.params.iter().map(|(n, t)| format!("{n}: {}", t.wit_name())).collect();
-            let result = f
-                .result
-                .as_ref()
-                .map(|t| format!(" -> {}", t.wit_name()))
-                .unwrap_or_default();
+            let params: Vec<String> = f
+                .params
+                .iter()
+                .map(|(n, t)| format!("{n}: {}", f.param_type_name(n, t)))
+                .collect();
+            let result = match (&f.result, f.wit.as_ref().and_then(|w| w.result_type())) {
+                (_, Some(t)) => format!(
+                    " -> {}",
+                    f.wit.as_ref().map(|w| w.component().type_name(t)).unwrap_or_default()
+                ),
+                (Some(t), None) => format!(" -> {}", t.wit_name()),
+                (None, None) => String::new(),
+            };
             let _ = writeln!(out, "  {}({}){}", f.name, params.join(", "), result);
+            if let Some(doc) = f.doc() {
+                for line in doc.lines() {
+                    let _ = writeln!(out, "    {line}");
+                }
+            }
+            if let Some(w) = &f.wit {
+                let wit = w.component();
+                for (n, _) in &f.params {
+                    let Some(ty) = w.param_type(n) else { continue };
+                    match (wit.definition(ty), f.param_doc(n)) {
+                        (None, None) => {}
+                        (definition, Some(doc)) => {
+                            let definition = definition.unwrap_or_else(|| wit.type_name(ty));
+                            let _ = writeln!(out, "    {n}: {definition}\n      {}", doc.replace('\n', "\n      "));
+                        }
+                        (Some(definition), None) => {
+                            let _ = writeln!(out, "    {n}: {definition}");
+                        }
+                    }
+                }
+                if let Some(definition) = w.result_type().and_then(|t| wit.definition(t)) {
+                    let _ = writeln!(out, "    returns {definition}");
+                }
+            }
             let (result_schema, _) = f.result_schemas();
-            let _ = writeln!(out, "    params schema: {}", values::object_schema(&f.params));
+            let _ = writeln!(out, "    params schema: {}", f.params_schema());
             let _ = writeln!(out, "    result schema: {result_schema}");
             if let Some(what) = f.unsupported() {
                 let _ = writeln!(out, "    not invocable with JSON: uses `{what}` values");
@@ -209,5 +306,6 @@ fn signature(name: String, f: &ComponentFunc, index: ComponentExportIndex) -> Re
         params,
         result,
         index,
+        wit: None,
     })
 }
