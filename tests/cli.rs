@@ -593,3 +593,158 @@ fn inspect_shows_the_wit_names_and_doc_comments() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["description"], serde_json::Value::Null);
 }
+
+/// `bytes` without their first section (the signature, when signed).
+fn strip_first_section(bytes: &[u8]) -> Vec<u8> {
+    let mut pos = 9; // header, then the section id
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = bytes[pos];
+        pos += 1;
+        len |= usize::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    [&bytes[..8], &bytes[pos + len..]].concat()
+}
+
+#[test]
+fn signed_components_load_and_unsigned_tampered_or_foreign_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name);
+    for who in ["ci", "other"] {
+        let run = airlock(&["keygen", "--out", d(who).to_str().unwrap()]);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    // Never overwrites a key.
+    assert_eq!(airlock(&["keygen", "--out", d("ci").to_str().unwrap()]).code, 2);
+    std::fs::copy(component("hello"), d("hello.wasm")).unwrap();
+    let sign = |key: &str, out: &str| {
+        airlock(&[
+            "sign",
+            d("hello.wasm").to_str().unwrap(),
+            "--key",
+            d(key).to_str().unwrap(),
+            "--out",
+            d(out).to_str().unwrap(),
+        ])
+    };
+    assert_eq!(sign("ci.key", "signed.wasm").code, 0);
+    assert_eq!(sign("other.key", "foreign.wasm").code, 0);
+
+    let verify = airlock(&[
+        "verify",
+        d("signed.wasm").to_str().unwrap(),
+        "--key",
+        d("ci.pub").to_str().unwrap(),
+    ]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    assert!(verify.stdout.contains("is signed by ci (ed25519:"), "{verify:?}");
+    let inspect = airlock(&["inspect", d("signed.wasm").to_str().unwrap()]);
+    assert!(inspect.stdout.contains("\nsigned  by key id "), "{inspect:?}");
+    let unsigned = airlock(&["inspect", d("hello.wasm").to_str().unwrap(), "--json"]);
+    assert_eq!(unsigned.json()["signatures"], serde_json::Value::Null);
+
+    let mut tampered = std::fs::read(d("signed.wasm")).unwrap();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    std::fs::write(d("tampered.wasm"), &tampered).unwrap();
+    std::fs::write(
+        d("stripped.wasm"),
+        strip_first_section(&std::fs::read(d("signed.wasm")).unwrap()),
+    )
+    .unwrap();
+
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[runtime]\ndata-dir = \"data\"\n[signers.ci]\npublic-key = \"ci.pub\"\n[signing]\ntrusted-signers = [\"ci\"]\n\
+             [actions.hello]\ncomponent = {}\n[actions.unpinned]\ncomponent = {}\ntrusted-signers = []\n",
+            toml_path(&d("signed.wasm")),
+            toml_path(&d("hello.wasm")),
+        ),
+    );
+    let args = r#"{"who": {"name": "Ada", "languages": ["fr"]}}"#;
+    // The config's own data directory (not the shared test one).
+    let airlock = |a: &[&str]| support::airlock_with(a, b"", &[]);
+    let run = airlock(&[
+        "invoke",
+        "--config",
+        cfg.to_str().unwrap(),
+        "hello",
+        "greet",
+        "--args",
+        args,
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["text"], "Bonjour, Ada!");
+    let audit = std::fs::read_to_string(dir.path().join("data/audit/audit.log")).unwrap();
+    let started: serde_json::Value = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["event"]["kind"] == "invocation-started")
+        .unwrap();
+    assert!(
+        started["event"]["signer"].as_str().unwrap().starts_with("ci (ed25519:"),
+        "{started}"
+    );
+    // An action that opts out of signatures runs unsigned code.
+    let run = airlock(&[
+        "invoke",
+        "--config",
+        cfg.to_str().unwrap(),
+        "unpinned",
+        "greet",
+        "--args",
+        args,
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+
+    for (file, why) in [
+        ("hello.wasm", "it is not signed"),
+        ("stripped.wasm", "it is not signed"),
+        ("tampered.wasm", "no trusted signer's signature matches it"),
+        ("foreign.wasm", "no trusted signer's signature matches it"),
+    ] {
+        std::fs::copy(d(file), d("signed.wasm")).unwrap();
+        let run = airlock(&[
+            "invoke",
+            "--config",
+            cfg.to_str().unwrap(),
+            "hello",
+            "greet",
+            "--args",
+            args,
+        ]);
+        assert_eq!(run.code, 3, "{file}: {run:?}");
+        assert!(
+            run.stderr.contains(why) && run.stderr.contains("trusted signer (ci)"),
+            "{file}: {run:?}"
+        );
+        let check = airlock(&["check", "--config", cfg.to_str().unwrap()]);
+        assert_ne!(check.code, 0, "{file}: {check:?}");
+        let verify = airlock(&[
+            "verify",
+            d("signed.wasm").to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--action",
+            "hello",
+        ]);
+        assert_eq!(verify.code, 3, "{file}: {verify:?}");
+    }
+
+    // A secret key others can read is refused, naming the fix.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d("ci.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = sign("ci.key", "again.wasm");
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("chmod 600"), "{run:?}");
+    // An unknown signer name is a config error.
+    let bad = config(dir.path(), "[signing]\ntrusted-signers = [\"nobody\"]\n");
+    let run = airlock(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("no signer `nobody` under [signers]"), "{run:?}");
+}

@@ -25,6 +25,9 @@ pub struct PreparedAction {
     pub manifest: Manifest,
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
+    /// The trusted signer whose signature on the component was verified,
+    /// when the action requires one (`trusted-signers`).
+    pub signer: Option<crate::signing::Signer>,
     pub(crate) pre: InstancePre<InvocationState>,
     /// The vault, for actions with credentials.
     pub(crate) vault: Option<std::sync::Arc<crate::vault::LiveVault>>,
@@ -93,7 +96,16 @@ pub fn compile(
     cache: &ArtifactCache,
     path: &Path,
 ) -> Result<(Vec<u8>, wasmtime::component::Component, Manifest, bool), Error> {
-    let bytes = read_component(path)?;
+    compile_bytes(engine, cache, path, read_component(path)?)
+}
+
+/// As [`compile`], for bytes already read from `path` (and verified).
+pub fn compile_bytes(
+    engine: &Engine,
+    cache: &ArtifactCache,
+    path: &Path,
+    bytes: Vec<u8>,
+) -> Result<(Vec<u8>, wasmtime::component::Component, Manifest, bool), Error> {
     let digest = Digest::of(&bytes);
     let (component, from_cache) =
         cache
@@ -118,7 +130,11 @@ pub fn prepare(
     audit: crate::audit::AuditLog,
     approvals: Option<crate::approval::Approvals>,
 ) -> Result<PreparedAction, Error> {
-    let (_bytes, component, manifest, from_cache) = compile(engine, cache, &policy.component)?;
+    let bytes = read_component(&policy.component)?;
+    // Verified before anything else reads the bytes; the same bytes are
+    // compiled.
+    let signer = verify_signature(&policy, &bytes)?;
+    let (_bytes, component, manifest, from_cache) = compile_bytes(engine, cache, &policy.component, bytes)?;
     if let Some(pin) = policy.digest
         && pin != manifest.digest
     {
@@ -161,11 +177,37 @@ pub fn prepare(
         policy,
         manifest,
         from_cache,
+        signer,
         pre,
         vault,
         audit,
         approvals,
     })
+}
+
+/// Check the component's signature when the action names trusted signers.
+fn verify_signature(policy: &ActionPolicy, bytes: &[u8]) -> Result<Option<crate::signing::Signer>, Error> {
+    let Some(trusted) = policy.trusted_signers.as_deref().filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    match crate::signing::verify(bytes, trusted) {
+        Ok(signer) => Ok(Some(signer.clone())),
+        Err(e) => {
+            let names: Vec<&str> = trusted.iter().map(|s| s.name.as_str()).collect();
+            Err(Error::Refused(format!(
+                "action `{}` refused: component {} must be signed by {} ({}), but {e}; sign it with `airlock sign {} --key KEY`",
+                policy.name,
+                policy.component.display(),
+                if names.len() == 1 {
+                    "trusted signer"
+                } else {
+                    "one of the trusted signers"
+                },
+                names.join(", "),
+                crate::hint::shell_quote(&policy.component.display().to_string()),
+            )))
+        }
+    }
 }
 
 /// Refuse the action if any import is unknown or not granted, naming each

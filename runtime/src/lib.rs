@@ -50,6 +50,7 @@ pub mod outbound;
 pub mod policy;
 pub mod runtime;
 pub mod service;
+pub mod signing;
 pub mod store;
 pub mod time;
 pub mod values;

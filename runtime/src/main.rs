@@ -41,6 +41,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make an ed25519 key pair for signing components.
+    Keygen(cli::KeygenArgs),
+    /// Sign a component (the signature is embedded; see `verify`).
+    Sign(cli::SignArgs),
+    /// Check a component's signature against trusted public keys.
+    Verify(cli::VerifyArgs),
     /// Validate a config and print each action's effective capability set.
     Check {
         #[arg(long)]
@@ -315,6 +321,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Inspect { component, json } => inspect(component, json),
             Command::Check { config } => check(config),
+            Command::Keygen(a) => cli::keygen(a),
+            Command::Sign(a) => cli::sign(a),
+            Command::Verify(a) => cli::verify(a),
             Command::Invoke(args) => {
                 let text = args.args.clone();
                 invoke(args).await.map_err(|e| match e {
@@ -861,6 +870,9 @@ fn check(config: PathBuf) -> Result<ExitCode, Error> {
         match loaded {
             Ok(action) => {
                 println!("ok      {name}  {}", action.manifest.digest);
+                if let Some(s) = &action.signer {
+                    println!("          signed by: {} ({})", s.name, s.fingerprint);
+                }
                 let decided_by = action.decisions.policy_refs();
                 if !decided_by.is_empty() {
                     println!("          policies: {}", decided_by.join(", "));

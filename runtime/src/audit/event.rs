@@ -144,6 +144,10 @@ pub struct InvocationStarted {
     /// The W3C trace the request belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The trusted signer whose signature on the component was verified
+    /// (`NAME (ed25519:…)`), when the action requires one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 /// One host call. Built on every call, so it borrows what it can: the

@@ -571,6 +571,7 @@ mod tests {
             policies: Vec::new(),
             reason: None,
             traceparent: None,
+            signer: None,
         })
     }
 

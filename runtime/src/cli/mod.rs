@@ -16,9 +16,11 @@ use zeroize::Zeroizing;
 mod audit_pg;
 mod db;
 mod policy;
+mod sign;
 pub use audit_pg::{PgPlace, audit_pg_show, audit_pg_tail, audit_pg_verify};
 pub use db::{DbCommand, db_cmd};
 pub use policy::{PolicyCommand, policy_cmd};
+pub use sign::{KeygenArgs, SignArgs, VerifyArgs, keygen, sign, verify};
 
 /// Who is calling: `--token-file FILE`, else `AIRLOCK_TOKEN`, else the
 /// local operator. Tokens never come from argv, where any user of the

@@ -182,6 +182,7 @@ impl PreparedAction {
             policies: admission.verdict.map(|v| v.policy_ids()).unwrap_or_default(),
             reason: admission.intent.and_then(|i| i.reason.clone()),
             traceparent: admission.intent.and_then(|i| i.traceparent.clone()),
+            signer: self.signer.as_ref().map(|s| format!("{} ({})", s.name, s.fingerprint)),
         })
     }
 

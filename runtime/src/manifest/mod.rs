@@ -118,6 +118,8 @@ pub struct Manifest {
     pub functions: Vec<FunctionSig>,
     /// The component's decoded WIT, when it could be decoded.
     pub wit: Option<Arc<ComponentWit>>,
+    /// The key ids (hex) of the signatures it carries; `None` if unsigned.
+    pub signatures: Option<Vec<String>>,
 }
 
 impl Manifest {
@@ -173,6 +175,7 @@ impl Manifest {
             imports,
             functions,
             wit,
+            signatures: crate::signing::signature_key_ids(bytes),
         })
     }
 
@@ -203,6 +206,7 @@ impl Manifest {
             "format": MANIFEST_FORMAT,
             "digest": self.digest.to_string(),
             "description": self.description(),
+            "signatures": self.signatures.as_ref().map(|ids| ids.iter().map(|id| json!({"key-id": id})).collect::<Vec<_>>()),
             "size": self.size,
             "imports": self.imports.iter().map(|i| json!({
                 "name": i.name,
@@ -230,6 +234,14 @@ impl Manifest {
         let mut out = String::new();
         let _ = writeln!(out, "digest  {}", self.digest);
         let _ = writeln!(out, "size    {} bytes", self.size);
+        match &self.signatures {
+            Some(ids) => {
+                let _ = writeln!(out, "signed  by key id {} (`airlock verify` checks it)", ids.join(", "));
+            }
+            None => {
+                let _ = writeln!(out, "signed  no");
+            }
+        }
         let _ = writeln!(out, "imports ({})", self.imports.len());
         for i in &self.imports {
             let class = match i.class {

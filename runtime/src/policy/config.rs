@@ -34,6 +34,28 @@ struct RawConfig {
     approval_groups: BTreeMap<String, RawGroup>,
     #[serde(default)]
     notifications: crate::notify::RawNotifications,
+    /// `[signers.NAME]`: public keys components may be signed with.
+    #[serde(default)]
+    signers: BTreeMap<String, RawSigner>,
+    #[serde(default)]
+    signing: RawSigning,
+}
+
+/// `[signers.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSigner {
+    /// A PEM public key file (`airlock keygen` writes one), relative to
+    /// the config file.
+    public_key: PathBuf,
+}
+
+/// `[signing]`: what every action requires unless it says otherwise.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSigning {
+    /// Every component must be signed by one of these `[signers]`.
+    trusted_signers: Option<Vec<String>>,
 }
 
 /// `[policy]`: Cedar policy files and the clock they read.
@@ -94,6 +116,9 @@ struct RawAction {
     /// Rate and budget windows.
     #[serde(default)]
     windows: Vec<super::windows::RawWindow>,
+    /// The component must be signed by one of these `[signers]` (replaces
+    /// `[signing] trusted-signers`; `[]` requires no signature).
+    trusted_signers: Option<Vec<String>>,
 }
 
 /// `[actions.NAME.mcp]`: hints for MCP clients about the action's tools.
@@ -202,6 +227,9 @@ pub struct ActionPolicy {
     pub policy_files: Arc<PolicyFiles>,
     /// The time zone policies read the clock in.
     pub timezone: Offset,
+    /// The component must carry a signature by one of these keys; `None`
+    /// (or empty) requires none.
+    pub trusted_signers: Option<Arc<Vec<crate::signing::Signer>>>,
 }
 
 impl ActionPolicy {
@@ -233,6 +261,7 @@ impl ActionPolicy {
             windows: Vec::new(),
             policy_files: Arc::default(),
             timezone: Offset::default(),
+            trusted_signers: None,
         }
     }
 }
@@ -333,8 +362,40 @@ impl Policy {
         );
         // Approvals are bound to the config version: it covers the policy
         // files too, so editing one voids requests made under the old text.
+        let mut signers = BTreeMap::new();
+        for (name, s) in &raw.signers {
+            validate_action_name(name).map_err(|e| bad(format!("signers.{name}: {e}")))?;
+            let signer = crate::signing::Signer::load(name, &resolve(&s.public_key))
+                .map_err(|e| bad(format!("signers.{name}: {e}")))?;
+            signers.insert(name.clone(), signer);
+        }
+        let trusted = |names: &[String], at: &str| -> Result<Arc<Vec<crate::signing::Signer>>, Error> {
+            names
+                .iter()
+                .map(|n| {
+                    signers
+                        .get(n)
+                        .cloned()
+                        .ok_or_else(|| bad(format!("{at}: no signer `{n}` under [signers]")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Arc::new)
+        };
+        let default_signers = raw
+            .signing
+            .trusted_signers
+            .as_deref()
+            .map(|n| trusted(n, "signing.trusted-signers"))
+            .transpose()?;
         let mut hasher = blake3::Hasher::new();
         hasher.update(text.as_bytes());
+        // Trust is part of the version too: a replaced key file voids
+        // approvals made while the old key was trusted.
+        for (name, signer) in &signers {
+            hasher.update(&(name.len() as u64).to_le_bytes());
+            hasher.update(name.as_bytes());
+            hasher.update(&signer.key_bytes());
+        }
         for (name, source) in &policy_files.sources {
             hasher.update(&(name.len() as u64).to_le_bytes());
             hasher.update(name.as_bytes());
@@ -388,6 +449,13 @@ impl Policy {
                     super::windows::MAX_WINDOWS
                 )));
             }
+            let trusted_signers = match raw.trusted_signers.as_deref() {
+                Some(names) => Some(trusted(
+                    names,
+                    &format!("line {line}: action `{name}`: trusted-signers"),
+                )?),
+                None => default_signers.clone(),
+            };
             let windows = raw
                 .windows
                 .iter()
@@ -443,6 +511,7 @@ impl Policy {
                     windows,
                     policy_files: policy_files.clone(),
                     timezone,
+                    trusted_signers,
                 },
             );
         }
