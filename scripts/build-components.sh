@@ -11,4 +11,4 @@ fi
 # builds never want it, whatever the caller's environment says.
 unset CARGO_INCREMENTAL
 cargo build --release --target wasm32-wasip2 \
-    -p hello -p report -p cleanup -p ticket-create -p refund -p probe -p types -p exfil -p gated -p bench-component
+    -p hello -p report -p cleanup -p ticket-create -p refund -p probe -p types -p exfil -p gated -p notes-v1 -p notes-v2 -p bench-component

@@ -748,3 +748,98 @@ fn signed_components_load_and_unsigned_tampered_or_foreign_ones_are_refused() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("no signer `nobody` under [signers]"), "{run:?}");
 }
+
+#[test]
+fn diff_names_new_imports_and_changed_functions_and_pinned_upgrades_must_accept_them() {
+    let (v1, v2) = (component("notes_v1"), component("notes_v2"));
+    let run = airlock(&["diff", v1.to_str().unwrap(), v2.to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let d = run.json();
+    assert_eq!(d["format"], "airlock.diff/v1");
+    let added: Vec<&str> = d["imports"]["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(added, ["airlock:cap/credentials@0.1.0", "airlock:cap/http@0.1.0"]);
+    assert_eq!(d["imports"]["added"][1]["capability"], "http");
+    assert_eq!(d["imports"]["removed"], json!([]));
+    assert_eq!(
+        d["functions"]["added"],
+        json!(["announce(name: string) -> result<u16, string>"])
+    );
+    assert_eq!(
+        d["functions"]["changed"],
+        json!([{
+            "old": "save(name: string, text: string) -> result<u64, string>",
+            "new": "save(name: string, text: string, tags: list<string>) -> result<u64, string>",
+        }])
+    );
+    assert_eq!(d["grants"], serde_json::Value::Null);
+    // The same component twice: nothing.
+    let same = airlock(&["diff", v1.to_str().unwrap(), v1.to_str().unwrap()]);
+    assert!(same.stdout.contains("same imports and functions"), "{same:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("notes")).unwrap();
+    let digest = |p: &std::path::Path| format!("blake3:{}", blake3::hash(&std::fs::read(p).unwrap()).to_hex());
+    let write_config = |pin: &str, extra: &str| {
+        config(
+            dir.path(),
+            &format!(
+                "[runtime]\ndata-dir = \"data\"\n[actions.notes]\ncomponent = \"notes.wasm\"\ndigest = \"{pin}\"\n{extra}\n\
+                 [actions.notes.grants]\nlog = true\nfiles = {{ dir = \"notes\", mode = \"read-write\" }}\n\
+                 [[actions.notes.grants.http.allow]]\ndestination = \"https://announce.example\"\n"
+            ),
+        )
+    };
+    // With the action's grants: what the new version would newly use.
+    let cfg = write_config(&digest(&v1), "");
+    let run = airlock(&[
+        "diff",
+        v1.to_str().unwrap(),
+        v2.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--action",
+        "notes",
+        "--json",
+    ]);
+    assert_eq!(
+        run.json()["grants"],
+        json!({"newly-used": ["credentials", "http"], "ungranted": [], "unused": ["log"]})
+    );
+
+    let check = |cfg: &std::path::Path| support::airlock_with(&["check", "--config", cfg.to_str().unwrap()], b"", &[]);
+    std::fs::copy(&v1, dir.path().join("notes.wasm")).unwrap();
+    assert_eq!(check(&cfg).code, 0);
+    // The pin moves to a version that reaches the network: refused until
+    // the config acknowledges the new imports.
+    std::fs::copy(&v2, dir.path().join("notes.wasm")).unwrap();
+    let cfg = write_config(&digest(&v2), "");
+    let run = check(&cfg);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "imports airlock:cap/credentials@0.1.0, airlock:cap/http@0.1.0, which the component pinned before"
+        ) && run
+            .stderr
+            .contains("accept-new-imports = [\"airlock:cap/credentials\", \"airlock:cap/http\"]")
+            && run.stderr.contains("airlock diff "),
+        "{run:?}"
+    );
+    // Accepting only part of it is not enough.
+    let cfg = write_config(&digest(&v2), "accept-new-imports = [\"http\"]");
+    assert_eq!(check(&cfg).code, 3);
+    let cfg = write_config(&digest(&v2), "accept-new-imports = [\"http\", \"credentials\"]");
+    let run = check(&cfg);
+    assert_eq!(run.code, 0, "{run:?}");
+    // Once accepted it stays accepted here, and the old version was kept.
+    let cfg = write_config(&digest(&v2), "");
+    assert_eq!(check(&cfg).code, 0);
+    let pins: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("data/components/pins.json")).unwrap()).unwrap();
+    assert_eq!(pins["notes"]["current"], digest(&v2).as_str());
+    assert_eq!(pins["notes"]["previous"], digest(&v1).as_str());
+}

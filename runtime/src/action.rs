@@ -28,6 +28,9 @@ pub struct PreparedAction {
     /// The trusted signer whose signature on the component was verified,
     /// when the action requires one (`trusted-signers`).
     pub signer: Option<crate::signing::Signer>,
+    /// What changed since the component this data directory loaded under
+    /// the previous digest pin (pinned actions only).
+    pub upgrade: Option<Upgrade>,
     pub(crate) pre: InstancePre<InvocationState>,
     /// The vault, for actions with credentials.
     pub(crate) vault: Option<std::sync::Arc<crate::vault::LiveVault>>,
@@ -129,12 +132,13 @@ pub fn prepare(
     vault: Option<std::sync::Arc<crate::vault::LiveVault>>,
     audit: crate::audit::AuditLog,
     approvals: Option<crate::approval::Approvals>,
+    pins: Option<&crate::pins::PinHistory>,
 ) -> Result<PreparedAction, Error> {
     let bytes = read_component(&policy.component)?;
     // Verified before anything else reads the bytes; the same bytes are
     // compiled.
     let signer = verify_signature(&policy, &bytes)?;
-    let (_bytes, component, manifest, from_cache) = compile_bytes(engine, cache, &policy.component, bytes)?;
+    let (bytes, component, manifest, from_cache) = compile_bytes(engine, cache, &policy.component, bytes)?;
     if let Some(pin) = policy.digest
         && pin != manifest.digest
     {
@@ -147,6 +151,10 @@ pub fn prepare(
         )));
     }
     check_imports(&policy, &manifest)?;
+    let upgrade = match (pins, policy.digest) {
+        (Some(pins), Some(_)) => check_upgrade(engine, cache, &policy, &manifest, &bytes, pins)?,
+        _ => None,
+    };
     // Fail closed: gates without an approval service would be gates nobody
     // can pass, or (worse) gates silently skipped.
     for w in &policy.windows {
@@ -178,11 +186,85 @@ pub fn prepare(
         manifest,
         from_cache,
         signer,
+        upgrade,
         pre,
         vault,
         audit,
         approvals,
     })
+}
+
+/// A pinned action's change of component, as this data directory saw it.
+#[derive(Debug, Clone)]
+pub struct Upgrade {
+    pub diff: crate::manifest::diff::ComponentDiff,
+    pub grants: crate::manifest::diff::GrantUse,
+}
+
+/// Compare a pinned action's component with the one this data directory
+/// last loaded under an earlier pin; refuse new imports the config does
+/// not accept; record the pin.
+fn check_upgrade(
+    engine: &Engine,
+    cache: &ArtifactCache,
+    policy: &ActionPolicy,
+    manifest: &Manifest,
+    bytes: &[u8],
+    pins: &crate::pins::PinHistory,
+) -> Result<Option<Upgrade>, Error> {
+    use crate::manifest::diff::{ComponentDiff, GrantUse, accepts};
+    let digest = manifest.digest.to_string();
+    let entry = pins.entry(&policy.name);
+    let old_digest = match &entry {
+        Some(e) if e.current != digest => Some(e.current.clone()),
+        Some(e) => e.previous.clone(),
+        None => None,
+    };
+    let moving = entry.as_ref().is_some_and(|e| e.current != digest);
+    let old = old_digest.as_deref().and_then(|d| {
+        let old_bytes = pins.bytes(d)?;
+        compile_bytes(engine, cache, &pins.path(d), old_bytes)
+            .ok()
+            .map(|(_, _, m, _)| m)
+    });
+    let upgrade = old.map(|old| Upgrade {
+        diff: ComponentDiff::between(&old, manifest),
+        grants: GrantUse::of(&old, manifest, &policy.grants),
+    });
+    if moving && let Some(u) = &upgrade {
+        let unaccepted: Vec<String> = u
+            .diff
+            .grown_imports()
+            .into_iter()
+            .filter(|i| !accepts(&policy.accept_new_imports, i))
+            .map(|i| i.name.clone())
+            .collect();
+        if !unaccepted.is_empty() {
+            return Err(Error::Refused(format!(
+                "action `{}` refused: the newly pinned component ({}) imports {}, which the component pinned before ({}) did not; review `airlock diff {} {}` and acknowledge with accept-new-imports = [{}] under [actions.{}]",
+                policy.name,
+                u.diff.new_digest,
+                unaccepted.join(", "),
+                u.diff.old_digest,
+                crate::hint::shell_quote(&pins.path(&u.diff.old_digest).display().to_string()),
+                crate::hint::shell_quote(&policy.component.display().to_string()),
+                unaccepted
+                    .iter()
+                    .map(|n| format!("{:?}", n.split('@').next().unwrap_or(n)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                policy.name,
+            )));
+        }
+    }
+    pins.record(&policy.name, &digest, bytes).map_err(|e| {
+        Error::internal(format!(
+            "cannot record the pinned component of `{}` under {}: {e}",
+            policy.name,
+            pins.path(&digest).display()
+        ))
+    })?;
+    Ok(upgrade)
 }
 
 /// Check the component's signature when the action names trusted signers.

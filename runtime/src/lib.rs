@@ -47,6 +47,7 @@ pub mod invocation;
 pub mod manifest;
 pub mod notify;
 pub mod outbound;
+pub mod pins;
 pub mod policy;
 pub mod runtime;
 pub mod service;

@@ -41,6 +41,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What a new version of a component changes: imports, functions, and
+    /// (with --config and --action) the grants it would use.
+    Diff(cli::DiffArgs),
     /// Make an ed25519 key pair for signing components.
     Keygen(cli::KeygenArgs),
     /// Sign a component (the signature is embedded; see `verify`).
@@ -321,6 +324,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Inspect { component, json } => inspect(component, json),
             Command::Check { config } => check(config),
+            Command::Diff(a) => cli::diff(a),
             Command::Keygen(a) => cli::keygen(a),
             Command::Sign(a) => cli::sign(a),
             Command::Verify(a) => cli::verify(a),

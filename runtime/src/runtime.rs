@@ -107,6 +107,7 @@ impl Runtime {
             vault,
             audit,
             approvals,
+            Some(&crate::pins::PinHistory::new(&self.data_dir)),
         )?);
         self.actions.insert(name, prepared.clone());
         Ok(prepared)

@@ -15,10 +15,12 @@ use zeroize::Zeroizing;
 
 mod audit_pg;
 mod db;
+mod diff;
 mod policy;
 mod sign;
 pub use audit_pg::{PgPlace, audit_pg_show, audit_pg_tail, audit_pg_verify};
 pub use db::{DbCommand, db_cmd};
+pub use diff::{DiffArgs, diff};
 pub use policy::{PolicyCommand, policy_cmd};
 pub use sign::{KeygenArgs, SignArgs, VerifyArgs, keygen, sign, verify};
 

@@ -4,6 +4,7 @@
 //! The value types come from wasmtime; names and doc comments from the
 //! component's WIT ([`wit`]), when it can be decoded.
 
+pub mod diff;
 pub mod wit;
 
 use crate::catalog::{self, CapabilityKind, ImportClass};
@@ -67,6 +68,27 @@ impl FunctionSig {
             w.annotate_params(&mut schema);
         }
         schema
+    }
+
+    /// The signature as WIT writes it: `greet(who: person) -> greeting`.
+    pub fn signature_text(&self) -> String {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|(n, t)| format!("{n}: {}", self.param_type_name(n, t)))
+            .collect();
+        let result = match (&self.result, self.wit.as_ref().and_then(|w| w.result_type())) {
+            (_, Some(t)) => format!(
+                " -> {}",
+                self.wit
+                    .as_ref()
+                    .map(|w| w.component().type_name(t))
+                    .unwrap_or_default()
+            ),
+            (Some(t), None) => format!(" -> {}", t.wit_name()),
+            (None, None) => String::new(),
+        };
+        format!("{}({}){}", self.name, params.join(", "), result)
     }
 
     /// The function's doc comment.
@@ -258,20 +280,7 @@ impl Manifest {
         }
         let _ = writeln!(out, "functions ({})", self.functions.len());
         for f in &self.functions {
-            let params: Vec<String> = f
-                .params
-                .iter()
-                .map(|(n, t)| format!("{n}: {}", f.param_type_name(n, t)))
-                .collect();
-            let result = match (&f.result, f.wit.as_ref().and_then(|w| w.result_type())) {
-                (_, Some(t)) => format!(
-                    " -> {}",
-                    f.wit.as_ref().map(|w| w.component().type_name(t)).unwrap_or_default()
-                ),
-                (Some(t), None) => format!(" -> {}", t.wit_name()),
-                (None, None) => String::new(),
-            };
-            let _ = writeln!(out, "  {}({}){}", f.name, params.join(", "), result);
+            let _ = writeln!(out, "  {}", f.signature_text());
             if let Some(doc) = f.doc() {
                 for line in doc.lines() {
                     let _ = writeln!(out, "    {line}");

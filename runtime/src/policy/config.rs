@@ -119,6 +119,10 @@ struct RawAction {
     /// The component must be signed by one of these `[signers]` (replaces
     /// `[signing] trusted-signers`; `[]` requires no signature).
     trusted_signers: Option<Vec<String>>,
+    /// Imports a new pinned version may add (names, with or without the
+    /// version, or capability keys).
+    #[serde(default)]
+    accept_new_imports: Vec<String>,
 }
 
 /// `[actions.NAME.mcp]`: hints for MCP clients about the action's tools.
@@ -230,6 +234,9 @@ pub struct ActionPolicy {
     /// The component must carry a signature by one of these keys; `None`
     /// (or empty) requires none.
     pub trusted_signers: Option<Arc<Vec<crate::signing::Signer>>>,
+    /// Imports a new version of a pinned component may add (see
+    /// [`crate::pins`]).
+    pub accept_new_imports: Vec<String>,
 }
 
 impl ActionPolicy {
@@ -262,6 +269,7 @@ impl ActionPolicy {
             policy_files: Arc::default(),
             timezone: Offset::default(),
             trusted_signers: None,
+            accept_new_imports: Vec::new(),
         }
     }
 }
@@ -512,6 +520,7 @@ impl Policy {
                     policy_files: policy_files.clone(),
                     timezone,
                     trusted_signers,
+                    accept_new_imports: raw.accept_new_imports,
                 },
             );
         }

@@ -239,6 +239,7 @@ async fn actions(State(service): State<Shared>, Authenticated(caller): Authentic
             },
             "capabilities": p.grants.describe().into_iter().map(|(k, w)| format!("{k}: {w}")).collect::<Vec<_>>(),
             "manifest": action.manifest.to_json(),
+            "upgrade": action.upgrade.as_ref().map(|u| u.diff.to_json(Some(&u.grants))),
         }));
     }
     Ok(Json(json!({ "actions": out })))

@@ -848,6 +848,15 @@ async fn actions_page(State(service): State<Shared>, SignedIn { caller, session 
             );
         }
         body.push_str("</ul>");
+        if let Some(u) = &action.upgrade
+            && !u.diff.is_empty()
+        {
+            let _ = write!(
+                body,
+                "<h3>Changed since the previous pin</h3><pre class=\"diff\">{}</pre>",
+                esc(&u.diff.render(Some(&u.grants)))
+            );
+        }
         if let Some(about) = action.manifest.description() {
             let _ = write!(body, "<p class=\"doc\">{}</p>", esc(&about));
         }

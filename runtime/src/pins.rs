@@ -1,0 +1,106 @@
+//! The components an action's digest pin has named on this data directory,
+//! so a changed pin can be reviewed as a change.
+//!
+//! When an action with a `digest` pin loads, its component's bytes are kept
+//! in `DATA-DIR/components/<hex>.wasm` and `components/pins.json` records
+//! the pinned digest and the one before it. When the pin moves to a new
+//! component, the load compares the two ([`crate::manifest::diff`]): an
+//! upgrade that imports an interface the old version did not is refused
+//! unless the config lists it in `accept-new-imports`, and the console
+//! shows what changed. Only pinned actions are tracked: an unpinned action
+//! already accepts whatever its file holds.
+//!
+//! The record is per data directory (per node); the first load a data
+//! directory sees has nothing to compare with.
+
+use crate::policy::Digest;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Where an action's pin stands.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PinEntry {
+    pub current: String,
+    #[serde(default)]
+    pub previous: Option<String>,
+}
+
+/// `DATA-DIR/components`.
+#[derive(Debug, Clone)]
+pub struct PinHistory {
+    dir: PathBuf,
+}
+
+impl PinHistory {
+    pub fn new(data_dir: &Path) -> PinHistory {
+        PinHistory {
+            dir: data_dir.join("components"),
+        }
+    }
+
+    fn index(&self) -> PathBuf {
+        self.dir.join("pins.json")
+    }
+
+    fn read_index(&self) -> BTreeMap<String, PinEntry> {
+        std::fs::read(self.index())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Where `action`'s pin stands, if it was ever loaded here.
+    pub fn entry(&self, action: &str) -> Option<PinEntry> {
+        self.read_index().remove(action)
+    }
+
+    /// Where the bytes of `digest` are kept.
+    pub fn path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("blake3:").unwrap_or(digest);
+        self.dir.join(format!("{hex}.wasm"))
+    }
+
+    /// The kept bytes of `digest`, when they are still there and intact.
+    pub fn bytes(&self, digest: &str) -> Option<Vec<u8>> {
+        let bytes = std::fs::read(self.path(digest)).ok()?;
+        (Digest::of(&bytes).to_string() == digest).then_some(bytes)
+    }
+
+    /// Record that `action` loaded the component `bytes` (digest `digest`).
+    pub fn record(&self, action: &str, digest: &str, bytes: &[u8]) -> std::io::Result<()> {
+        crate::data_dir::create_private_dir(&self.dir)?;
+        if self.bytes(digest).is_none() {
+            write_atomically(&self.path(digest), bytes)?;
+        }
+        let mut index = self.read_index();
+        let entry = match index.remove(action) {
+            Some(e) if e.current == digest => e,
+            Some(e) => PinEntry {
+                current: digest.to_string(),
+                previous: Some(e.current),
+            },
+            None => PinEntry {
+                current: digest.to_string(),
+                previous: None,
+            },
+        };
+        index.insert(action.to_string(), entry);
+        let text = serde_json::to_vec_pretty(&index).map_err(std::io::Error::other)?;
+        write_atomically(&self.index(), &text)
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
