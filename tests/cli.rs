@@ -643,7 +643,7 @@ fn signed_components_load_and_unsigned_tampered_or_foreign_ones_are_refused() {
     assert_eq!(verify.code, 0, "{verify:?}");
     assert!(verify.stdout.contains("is signed by ci (ed25519:"), "{verify:?}");
     let inspect = airlock(&["inspect", d("signed.wasm").to_str().unwrap()]);
-    assert!(inspect.stdout.contains("\nsigned  by key id "), "{inspect:?}");
+    assert!(inspect.stdout.contains("\nsigned  claims key id "), "{inspect:?}");
     let unsigned = airlock(&["inspect", d("hello.wasm").to_str().unwrap(), "--json"]);
     assert_eq!(unsigned.json()["signatures"], serde_json::Value::Null);
 
@@ -842,4 +842,162 @@ fn diff_names_new_imports_and_changed_functions_and_pinned_upgrades_must_accept_
         serde_json::from_slice(&std::fs::read(dir.path().join("data/components/pins.json")).unwrap()).unwrap();
     assert_eq!(pins["notes"]["current"], digest(&v2).as_str());
     assert_eq!(pins["notes"]["previous"], digest(&v1).as_str());
+}
+
+/// `cargo ARGS` in `dir`, sharing the workspace's target directory and
+/// lock file (so nothing new is fetched or built twice).
+fn cargo_in(dir: &std::path::Path, args: &[&str]) -> support::Run {
+    let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", support::target_dir())
+        .env("AIRLOCK", env!("CARGO_BIN_EXE_airlock"))
+        .env_remove("CARGO_INCREMENTAL")
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("run cargo");
+    support::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn scaffolded_actions_build_check_run_and_test_under_a_temporary_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = support::repo_root().join("sdk");
+    let lock = std::fs::read(support::repo_root().join("Cargo.lock")).unwrap();
+    let mut built = Vec::new();
+    for (name, template) in [
+        ("scaffold-pure", "pure"),
+        ("scaffold-files", "files"),
+        ("scaffold-http", "http"),
+    ] {
+        let crate_dir = dir.path().join(name);
+        let run = airlock(&[
+            "new",
+            name,
+            "--template",
+            template,
+            "--dir",
+            crate_dir.to_str().unwrap(),
+            "--sdk-path",
+            sdk.to_str().unwrap(),
+        ]);
+        assert_eq!(run.code, 0, "{run:?}");
+        for file in [
+            "Cargo.toml",
+            "wit/world.wit",
+            "src/lib.rs",
+            "tests/action.rs",
+            "airlock.toml",
+            "README.md",
+        ] {
+            assert!(crate_dir.join(file).is_file(), "{template}: no {file}");
+        }
+        std::fs::write(crate_dir.join("Cargo.lock"), &lock).unwrap();
+        let build = cargo_in(
+            &crate_dir,
+            &["build", "--release", "--offline", "--target", "wasm32-wasip2"],
+        );
+        assert_eq!(build.code, 0, "{template}: {build:?}");
+        let wasm = support::target_dir().join(format!("wasm32-wasip2/release/{}.wasm", name.replace('-', "_")));
+        // Its own config, with the component where the shared target put it.
+        let config = std::fs::read_to_string(crate_dir.join("airlock.toml"))
+            .unwrap()
+            .replace(
+                &format!("\"target/wasm32-wasip2/release/{}.wasm\"", name.replace('-', "_")),
+                &toml_path(&wasm),
+            );
+        std::fs::write(crate_dir.join("airlock.toml"), config).unwrap();
+        let check = support::airlock_with(
+            &["check", "--config", crate_dir.join("airlock.toml").to_str().unwrap()],
+            b"",
+            &[],
+        );
+        assert_eq!(check.code, 0, "{template}: {check:?}");
+        built.push((name, crate_dir, wasm));
+    }
+    // The generated docs travel into the tool.
+    let (_, pure_dir, pure_wasm) = &built[0];
+    let m = airlock(&["inspect", pure_wasm.to_str().unwrap(), "--json"]).json();
+    assert_eq!(
+        m["functions"][0]["params"]["properties"]["who"]["description"],
+        "the name to greet."
+    );
+    let cfg = pure_dir.join("airlock.toml");
+    let run = support::airlock_with(
+        &[
+            "invoke",
+            "--config",
+            cfg.to_str().unwrap(),
+            "scaffold-pure",
+            "greet",
+            "--args",
+            r#"{"who": "Ada"}"#,
+        ],
+        b"",
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json(), json!("Hello, Ada!"));
+    let (_, files_dir, _) = &built[1];
+    let cfg = files_dir.join("airlock.toml");
+    let run = support::airlock_with(
+        &[
+            "invoke",
+            "--config",
+            cfg.to_str().unwrap(),
+            "scaffold-files",
+            "save",
+            "--args",
+            r#"{"name": "n1", "text": "hello"}"#,
+        ],
+        b"",
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        std::fs::read_to_string(files_dir.join("notes-data/notes/n1.txt")).unwrap(),
+        "hello"
+    );
+
+    // The generated tests run the functions under a temporary policy
+    // through the airlock binary (the harness builds the component itself).
+    for (name, crate_dir, _) in &built {
+        let test = cargo_in(crate_dir, &["test", "--release", "--offline"]);
+        assert_eq!(test.code, 0, "{name}: {test:?}");
+        assert!(test.stdout.contains("test result: ok. 1 passed"), "{name}: {test:?}");
+    }
+    // Names that are not WIT, crate and action names at once are refused.
+    let run = airlock(&["new", "Bad_Name", "--dir", dir.path().join("bad").to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("lowercase words"), "{run:?}");
+}
+
+#[test]
+fn readme_snippets_are_quoted_from_code_that_ci_builds() {
+    let root = support::repo_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut lines = readme.lines();
+    let mut checked = 0;
+    while let Some(line) = lines.next() {
+        let Some(path) = line.strip_prefix("<!-- from: ").and_then(|l| l.strip_suffix(" -->")) else {
+            continue;
+        };
+        assert!(
+            lines.next().unwrap().starts_with("```"),
+            "{path}: a fenced block must follow"
+        );
+        let block: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+        let source = std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(
+            source.contains(&block.join("\n")),
+            "README.md quotes {path}, but the file no longer contains:\n{}",
+            block.join("\n")
+        );
+        checked += 1;
+    }
+    assert!(checked >= 7, "only {checked} quoted snippets found");
 }

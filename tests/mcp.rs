@@ -168,7 +168,7 @@ fn check_scenario(seen: &Value) -> String {
         describe["description"]
             .as_str()
             .unwrap()
-            .starts_with("Describe a number in words."),
+            .starts_with("Echoes values of every WIT type.\n\nDescribe a number in words."),
         "{seen}"
     );
     assert_eq!(

@@ -102,6 +102,18 @@ pub fn compile(
     compile_bytes(engine, cache, path, read_component(path)?)
 }
 
+/// Read an action's component once, verify its signature when the action
+/// requires one, and compile those same bytes.
+pub fn compile_verified(
+    engine: &Engine,
+    cache: &ArtifactCache,
+    policy: &ActionPolicy,
+) -> Result<(Vec<u8>, wasmtime::component::Component, Manifest, bool), Error> {
+    let bytes = read_component(&policy.component)?;
+    verify_signature(policy, &bytes)?;
+    compile_bytes(engine, cache, &policy.component, bytes)
+}
+
 /// As [`compile`], for bytes already read from `path` (and verified).
 pub fn compile_bytes(
     engine: &Engine,
@@ -151,9 +163,10 @@ pub fn prepare(
         )));
     }
     check_imports(&policy, &manifest)?;
-    let upgrade = match (pins, policy.digest) {
-        (Some(pins), Some(_)) => check_upgrade(engine, cache, &policy, &manifest, &bytes, pins)?,
-        _ => None,
+    let pins = pins.filter(|_| policy.digest.is_some());
+    let upgrade = match pins {
+        Some(pins) => check_upgrade(engine, cache, &policy, &manifest, pins)?,
+        None => None,
     };
     // Fail closed: gates without an approval service would be gates nobody
     // can pass, or (worse) gates silently skipped.
@@ -180,6 +193,17 @@ pub fn prepare(
             one_line(&format!("{e:#}"))
         ))
     })?;
+    // Recorded only once everything else about the action has loaded.
+    if let Some(pins) = pins {
+        let digest = manifest.digest.to_string();
+        pins.record(&policy.name, &digest, &bytes).map_err(|e| {
+            Error::internal(format!(
+                "cannot record the pinned component of `{}` under {}: {e}",
+                policy.name,
+                pins.path(&digest).display()
+            ))
+        })?;
+    }
     Ok(PreparedAction {
         decisions: std::sync::Arc::new(decisions),
         policy,
@@ -203,18 +227,21 @@ pub struct Upgrade {
 
 /// Compare a pinned action's component with the one this data directory
 /// last loaded under an earlier pin; refuse new imports the config does
-/// not accept; record the pin.
+/// not accept. Fails closed: a pin that moves when the earlier component
+/// cannot be compared is refused unless every new import is accepted
+/// (`accept-new-imports = ["*"]`).
 fn check_upgrade(
     engine: &Engine,
     cache: &ArtifactCache,
     policy: &ActionPolicy,
     manifest: &Manifest,
-    bytes: &[u8],
     pins: &crate::pins::PinHistory,
 ) -> Result<Option<Upgrade>, Error> {
     use crate::manifest::diff::{ComponentDiff, GrantUse, accepts};
     let digest = manifest.digest.to_string();
-    let entry = pins.entry(&policy.name);
+    let entry = pins
+        .entry(&policy.name)
+        .map_err(|e| Error::Refused(format!("action `{}` refused: {e}", policy.name)))?;
     let old_digest = match &entry {
         Some(e) if e.current != digest => Some(e.current.clone()),
         Some(e) => e.previous.clone(),
@@ -227,6 +254,15 @@ fn check_upgrade(
             .ok()
             .map(|(_, _, m, _)| m)
     });
+    if moving && old.is_none() && !policy.accept_new_imports.iter().any(|a| a == "*") {
+        let old = old_digest.unwrap_or_default();
+        return Err(Error::Refused(format!(
+            "action `{}` refused: its pin moved from {old} to {digest}, but this data directory no longer holds the earlier component ({}) to compare the two; review the upgrade (`airlock diff OLD.wasm NEW.wasm`) and acknowledge it with accept-new-imports = [\"*\"] under [actions.{}]",
+            policy.name,
+            pins.path(&old).display(),
+            policy.name,
+        )));
+    }
     let upgrade = old.map(|old| Upgrade {
         diff: ComponentDiff::between(&old, manifest),
         grants: GrantUse::of(&old, manifest, &policy.grants),
@@ -257,13 +293,6 @@ fn check_upgrade(
             )));
         }
     }
-    pins.record(&policy.name, &digest, bytes).map_err(|e| {
-        Error::internal(format!(
-            "cannot record the pinned component of `{}` under {}: {e}",
-            policy.name,
-            pins.path(&digest).display()
-        ))
-    })?;
     Ok(upgrade)
 }
 

@@ -22,10 +22,18 @@ struct Place {
 static PLACE: OnceLock<Place> = OnceLock::new();
 
 /// Record where this process reads its state, for the hints it prints.
-/// The first call wins. A config takes precedence over a data directory.
+/// The first call wins. Not for processes that answer remote callers
+/// (`serve`, `mcp`): their errors would tell callers the server's paths.
 pub fn remember(config: Option<&Path>, data_dir: Option<&Path>, token_file: Option<&Path>) {
+    // `--data-dir` overrides the config's data directory wherever both are
+    // given, so a hint keeps both.
     let store = match (config, data_dir) {
-        (Some(c), _) => Some(format!("--config {}", shell_quote(&absolute(c)))),
+        (Some(c), Some(d)) => Some(format!(
+            "--config {} --data-dir {}",
+            shell_quote(&absolute(c)),
+            shell_quote(&absolute(d))
+        )),
+        (Some(c), None) => Some(format!("--config {}", shell_quote(&absolute(c)))),
         (None, Some(d)) => Some(format!("--data-dir {}", shell_quote(&absolute(d)))),
         (None, None) => None,
     };
@@ -53,7 +61,9 @@ pub fn command_as_caller(args: &str) -> String {
 /// (the vault), unless the process was started with a config naming it.
 pub fn command_in(args: &str, data_dir: &Path) -> String {
     match PLACE.get().and_then(|p| p.store.as_deref()) {
-        Some(store) if store.starts_with("--config") => format!("airlock {args} {store}"),
+        Some(store) if store.contains("--data-dir") || store.starts_with("--config") => {
+            format!("airlock {args} {store}")
+        }
         _ => format!("airlock {args} --data-dir {}", shell_quote(&absolute(data_dir))),
     }
 }

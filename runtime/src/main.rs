@@ -41,6 +41,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Scaffold a new action crate (WIT, code, a test, a config to try it).
+    New(cli::NewArgs),
     /// What a new version of a component changes: imports, functions, and
     /// (with --config and --action) the grants it would use.
     Diff(cli::DiffArgs),
@@ -311,7 +313,10 @@ fn main() -> ExitCode {
         Ok(m) => m,
         Err(e) => return usage_error(e),
     };
-    remember_place(&matches);
+    // A service's errors go to remote callers: no paths in its hints.
+    if !matches!(matches.subcommand_name(), Some("serve" | "mcp")) {
+        remember_place(&matches);
+    }
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -325,6 +330,7 @@ fn main() -> ExitCode {
             Command::Inspect { component, json } => inspect(component, json),
             Command::Check { config } => check(config),
             Command::Diff(a) => cli::diff(a),
+            Command::New(a) => cli::new(a),
             Command::Keygen(a) => cli::keygen(a),
             Command::Sign(a) => cli::sign(a),
             Command::Verify(a) => cli::verify(a),
@@ -462,7 +468,7 @@ fn secret(cmd: SecretCommand) -> Result<ExitCode, Error> {
     use airlock::vault::{self, Vault};
     let data_dir = |place: &DataPlace| place.dir();
     let vault_err = |e: vault::VaultError| match e {
-        vault::VaultError::InvalidName | vault::VaultError::NotFound { .. } => Error::Usage(e.to_string()),
+        vault::VaultError::InvalidName | vault::VaultError::NotFound(_) => Error::Usage(e.to_string()),
         vault::VaultError::Io { .. } => Error::Internal(e.to_string()),
         _ => Error::Refused(e.to_string()),
     };

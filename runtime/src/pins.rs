@@ -43,16 +43,24 @@ impl PinHistory {
         self.dir.join("pins.json")
     }
 
-    fn read_index(&self) -> BTreeMap<String, PinEntry> {
-        std::fs::read(self.index())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+    /// The record; an unreadable one is an error, never an empty record
+    /// (that would make every upgrade look like a first load).
+    fn read_index(&self) -> Result<BTreeMap<String, PinEntry>, String> {
+        match std::fs::read(self.index()) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{} is damaged ({e}); move it aside to start the record afresh (the next load of each pinned action is then a first load)",
+                    self.index().display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(format!("cannot read {}: {e}", self.index().display())),
+        }
     }
 
     /// Where `action`'s pin stands, if it was ever loaded here.
-    pub fn entry(&self, action: &str) -> Option<PinEntry> {
-        self.read_index().remove(action)
+    pub fn entry(&self, action: &str) -> Result<Option<PinEntry>, String> {
+        Ok(self.read_index()?.remove(action))
     }
 
     /// Where the bytes of `digest` are kept.
@@ -68,12 +76,20 @@ impl PinHistory {
     }
 
     /// Record that `action` loaded the component `bytes` (digest `digest`).
+    /// Processes on one data directory take turns (an exclusive lock on
+    /// `components/pins.lock`), so none loses another's entry.
     pub fn record(&self, action: &str, digest: &str, bytes: &[u8]) -> std::io::Result<()> {
         crate::data_dir::create_private_dir(&self.dir)?;
         if self.bytes(digest).is_none() {
             write_atomically(&self.path(digest), bytes)?;
         }
-        let mut index = self.read_index();
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join("pins.lock"))?;
+        lock.lock()?;
+        let mut index = self.read_index().map_err(std::io::Error::other)?;
         let entry = match index.remove(action) {
             Some(e) if e.current == digest => e,
             Some(e) => PinEntry {

@@ -146,7 +146,7 @@ impl Runtime {
         }
         let mut manifests = Vec::new();
         for a in policy.actions.values() {
-            let (_, _, manifest, _) = crate::action::compile(&self.engine, &self.cache, &a.component).map_err(|e| {
+            let (_, _, manifest, _) = crate::action::compile_verified(&self.engine, &self.cache, a).map_err(|e| {
                 Error::Config(format!(
                     "action {} did not load, so the policies cannot be checked: {e}",
                     a.name

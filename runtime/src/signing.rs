@@ -88,8 +88,13 @@ pub enum SignatureError {
 /// Verify `bytes` against `trusted`; the first trusted signer whose
 /// signature holds.
 pub fn verify<'a>(bytes: &[u8], trusted: &'a [Signer]) -> Result<&'a Signer, SignatureError> {
+    sections_fit(bytes)?;
     let mut set = wasmsign2::PublicKeySet::empty();
     for s in trusted {
+        // Two names for one key are one key.
+        if set.items().iter().any(|k| k.pk.as_ref() == s.key.pk.as_ref()) {
+            continue;
+        }
         set.insert(s.key.clone())
             .map_err(|e| SignatureError::Malformed(e.to_string()))?;
     }
@@ -107,6 +112,7 @@ pub fn verify<'a>(bytes: &[u8], trusted: &'a [Signer]) -> Result<&'a Signer, Sig
 /// The key ids of the signatures `bytes` carries (hex), for `inspect`;
 /// `None` when it is not signed.
 pub fn signature_key_ids(bytes: &[u8]) -> Option<Vec<String>> {
+    sections_fit(bytes).ok()?;
     let module = wasmsign2::Module::deserialize(&mut &bytes[..]).ok()?;
     let info = module.signature_info().ok()?;
     let mut ids: Vec<String> = info
@@ -118,6 +124,40 @@ pub fn signature_key_ids(bytes: &[u8]) -> Option<Vec<String>> {
         ids.push("(no key id)".into());
     }
     Some(ids)
+}
+
+/// Check that every top-level section's declared length fits in `bytes`
+/// before `wasmsign2` allocates a buffer of that length.
+fn sections_fit(bytes: &[u8]) -> Result<(), SignatureError> {
+    let bad = |what: &str| Err(SignatureError::Malformed(what.to_string()));
+    if bytes.len() < 8 {
+        return bad("shorter than a WebAssembly header");
+    }
+    let mut pos = 8;
+    while pos < bytes.len() {
+        pos += 1; // section id
+        let (mut len, mut shift) = (0u64, 0u32);
+        loop {
+            let Some(&b) = bytes.get(pos) else {
+                return bad("a section length runs past the end");
+            };
+            pos += 1;
+            if shift > 28 {
+                return bad("a section length is too long");
+            }
+            len |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let end = (pos as u64).saturating_add(len);
+        if end > bytes.len() as u64 {
+            return bad("a section runs past the end of the file");
+        }
+        pos = end as usize;
+    }
+    Ok(())
 }
 
 /// The key id a signature by `signer` carries (hex).
@@ -186,5 +226,22 @@ mod tests {
         let other = Signer::load("other", &dir.path().join("o.pub")).unwrap();
         assert_eq!(verify(&signed, &[other]), Err(SignatureError::Mismatch));
         assert!(sign(MODULE, "nope").unwrap_err().contains("not an ed25519 secret key"));
+        // One key under two names is one key, not a malformed set.
+        let twice = [
+            signer.clone(),
+            Signer {
+                name: "ci-again".into(),
+                ..signer.clone()
+            },
+        ];
+        assert_eq!(verify(&signed, &twice).unwrap().name, "ci");
+        // A section claiming more bytes than the file holds is refused
+        // before anything is allocated for it.
+        let huge = b"\0asm\x01\0\0\0\x00\xff\xff\xff\xff\x0f\x04note";
+        assert!(matches!(
+            verify(huge, std::slice::from_ref(&signer)),
+            Err(SignatureError::Malformed(_))
+        ));
+        assert_eq!(signature_key_ids(huge), None);
     }
 }

@@ -9,7 +9,7 @@ struct Cleanup;
 
 impl Guest for Cleanup {
     fn purge(prefix: String) -> Result<u32, String> {
-        let describe = |e: files::FileError| files::Describe(&e).to_string();
+        let describe = |e: files::Error| e.to_string();
         let mut deleted = 0;
         for entry in files::list(".").map_err(describe)? {
             if entry.kind == files::EntryKind::File && entry.name.starts_with(&prefix) {

@@ -22,7 +22,7 @@ impl Guest for Report {
             text.push_str(&format!("- [{severity}] {}\n", f.title));
         }
         let path = format!("reports/{name}.md");
-        files::write(&path, &text).map_err(|e| files::Describe(&e).to_string())?;
+        files::write(&path, &text).map_err(|e| e.to_string())?;
         log::info(
             "report written",
             &[("path", &path), ("findings", &findings.len().to_string())],

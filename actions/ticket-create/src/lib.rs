@@ -6,8 +6,25 @@
 //! code only holds a handle.
 
 use airlock_sdk::{config, credentials, http, log};
+use serde::{Deserialize, Serialize};
 
 airlock_sdk::generate!({ path: "wit", world: "ticket-create" });
+
+/// What the tickets API takes.
+#[derive(Serialize)]
+struct NewTicket<'a> {
+    title: &'a str,
+    body: &'a str,
+    priority: &'a str,
+}
+
+/// What it answers.
+#[derive(Deserialize)]
+struct Answer {
+    id: u64,
+    #[serde(default)]
+    url: String,
+}
 
 struct TicketCreate;
 
@@ -21,33 +38,26 @@ impl Guest for TicketCreate {
             Priority::Normal => "normal",
             Priority::High => "high",
         };
-        let payload = serde_json::json!({
-            "title": ticket.title,
-            "body": ticket.body,
-            "priority": priority,
-        })
-        .to_string();
         let api = config::require("api").map_err(|e| e.to_string())?;
-        let token = credentials::get("tickets").map_err(|e| credentials::Describe(&e).to_string())?;
-        let url = format!("{}/tickets", api.trim_end_matches('/'));
-        let response = http::Request::post(&url)
-            .json(&payload)
-            .send_with(&token)
-            .map_err(|e| http::Describe(&e).to_string())?;
-        if response.status != 201 {
-            return Err(format!(
-                "the tickets API answered {} {}: {}",
-                response.status,
-                response.reason,
-                http::text(&response)
-            ));
-        }
-        let answer: serde_json::Value =
-            serde_json::from_slice(&response.body).map_err(|e| format!("the tickets API sent invalid JSON: {e}"))?;
-        let id = answer["id"].as_u64().ok_or("the tickets API sent no ticket id")?;
-        let url = answer["url"].as_str().unwrap_or_default().to_string();
-        log::info("ticket created", &[("id", &id.to_string()), ("priority", priority)]);
-        Ok(Created { id, url })
+        let token = credentials::get("tickets").map_err(|e| e.to_string())?;
+        let answer: Answer = http::Request::post(&format!("{}/tickets", api.trim_end_matches('/')))
+            .json(&NewTicket {
+                title: &ticket.title,
+                body: &ticket.body,
+                priority,
+            })
+            .and_then(|request| request.send_with(&token))
+            .and_then(http::Response::error_for_status)
+            .and_then(|response| response.json())
+            .map_err(|e| format!("the tickets API: {e}"))?;
+        log::info(
+            "ticket created",
+            &[("id", &answer.id.to_string()), ("priority", priority)],
+        );
+        Ok(Created {
+            id: answer.id,
+            url: answer.url,
+        })
     }
 }
 

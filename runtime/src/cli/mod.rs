@@ -16,6 +16,8 @@ use zeroize::Zeroizing;
 mod audit_pg;
 mod db;
 mod diff;
+mod new;
+pub use new::{NewArgs, new};
 mod policy;
 mod sign;
 pub use audit_pg::{PgPlace, audit_pg_show, audit_pg_tail, audit_pg_verify};

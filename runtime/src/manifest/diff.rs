@@ -230,9 +230,9 @@ impl GrantUse {
 }
 
 /// Whether `accepted` (an `accept-new-imports` list) covers `import`: its
-/// full name, its name without the version, or its capability's key.
+/// full name, its name without the version, its capability's key, or `*`.
 pub fn accepts(accepted: &[String], import: &ImportEntry) -> bool {
-    accepted
-        .iter()
-        .any(|a| a == &import.name || a == base(&import.name) || import.capability().is_some_and(|k| a == k.key()))
+    accepted.iter().any(|a| {
+        a == "*" || a == &import.name || a == base(&import.name) || import.capability().is_some_and(|k| a == k.key())
+    })
 }

@@ -228,7 +228,8 @@ impl Manifest {
             "format": MANIFEST_FORMAT,
             "digest": self.digest.to_string(),
             "description": self.description(),
-            "signatures": self.signatures.as_ref().map(|ids| ids.iter().map(|id| json!({"key-id": id})).collect::<Vec<_>>()),
+            // What the signature section claims; `airlock verify` checks it.
+            "signatures": self.signatures.as_ref().map(|ids| ids.iter().map(|id| json!({"key-id": id, "verified": false})).collect::<Vec<_>>()),
             "size": self.size,
             "imports": self.imports.iter().map(|i| json!({
                 "name": i.name,
@@ -258,7 +259,11 @@ impl Manifest {
         let _ = writeln!(out, "size    {} bytes", self.size);
         match &self.signatures {
             Some(ids) => {
-                let _ = writeln!(out, "signed  by key id {} (`airlock verify` checks it)", ids.join(", "));
+                let _ = writeln!(
+                    out,
+                    "signed  claims key id {} (unverified: `airlock verify --key PUBLIC_KEY` checks it)",
+                    ids.join(", ")
+                );
             }
             None => {
                 let _ = writeln!(out, "signed  no");

@@ -318,8 +318,12 @@ impl ComponentWit {
             TypeDefKind::Option(t) => {
                 // `{"oneOf": [null, T]}`, or `[null, {"some": T}]` when T is
                 // itself nullable.
+                let nested = match self.unaliased(t) {
+                    Type::Id(inner) => matches!(self.resolve.types[inner].kind, TypeDefKind::Option(_)),
+                    _ => false,
+                };
                 if let Some(s) = schema.pointer_mut("/oneOf/1") {
-                    match s.pointer_mut("/properties/some") {
+                    match s.pointer_mut("/properties/some").filter(|_| nested) {
                         Some(inner) => self.annotate_at(inner, t, depth + 1),
                         None => self.annotate_at(s, t, depth + 1),
                     }

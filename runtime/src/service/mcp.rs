@@ -110,13 +110,18 @@ impl AirlockMcp {
                 let Ok(schema) = serde_json::from_value::<JsonObject>(f.params_schema()) else {
                     continue;
                 };
-                // The function's own docs first; the config's description
-                // of the action, or the component's, otherwise.
-                let mut description = f
-                    .doc()
-                    .or_else(|| policy.description.clone())
+                // The operator's description of the action first (the
+                // component's author cannot override it), then the
+                // function's own docs from its WIT.
+                let mut description = policy
+                    .description
+                    .clone()
                     .or_else(|| action.manifest.description())
                     .unwrap_or_else(|| format!("Action {name}"));
+                if let Some(doc) = f.doc() {
+                    description.push_str("\n\n");
+                    description.push_str(&doc);
+                }
                 description.push_str(&format!(" (action `{name}`, function `{}`", f.name));
                 if policy.approval.invocation {
                     description.push_str("; every call waits for a reviewer's approval");

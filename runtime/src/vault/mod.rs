@@ -50,8 +50,10 @@ pub enum VaultError {
         "the master key does not open the vault {path} ({source_desc} is not the key it was created with); supply the original key, or move the vault aside to start a new one"
     )]
     WrongKey { path: PathBuf, source_desc: String },
-    #[error("no secret named `{name}` in the vault (add it with `{hint}`)")]
-    NotFound { name: String, hint: String },
+    /// (The message names no path: it can reach an action through a
+    /// credential error. Operator-facing callers add the full command.)
+    #[error("no secret named `{0}` in the vault")]
+    NotFound(String),
     #[error("vault {path} is damaged: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("invalid secret name: names are 1-128 characters of A-Z a-z 0-9 . _ - and start with a letter or digit")]
@@ -441,11 +443,7 @@ impl Vault {
     }
 
     fn not_found(&self, name: &str) -> VaultError {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        VaultError::NotFound {
-            name: name.to_string(),
-            hint: crate::hint::command_in(&format!("secret set {}", crate::hint::shell_quote(name)), dir),
-        }
+        VaultError::NotFound(name.to_string())
     }
 
     fn corrupt(&self, reason: String) -> VaultError {
@@ -500,7 +498,7 @@ mod tests {
         assert_eq!(reopened.get("api")?.expose(), b"plaintext-token-123");
         let on_disk = std::fs::read(dir.path().join(VAULT_FILE)).map_err(|e| VaultError::Key(e.to_string()))?;
         assert!(!on_disk.windows(19).any(|w| w == b"plaintext-token-123"));
-        assert!(matches!(reopened.get("other"), Err(VaultError::NotFound { .. })));
+        assert!(matches!(reopened.get("other"), Err(VaultError::NotFound(_))));
         Ok(())
     }
 

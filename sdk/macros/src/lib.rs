@@ -9,9 +9,9 @@ use std::path::PathBuf;
 /// then JSON), so hosts can describe the action's functions, parameters,
 /// types, fields and cases without the WIT files.
 ///
-/// Takes the same `{ path: "...", world: "..." }` options as
-/// `wit_bindgen::generate!` (others are ignored); `path` defaults to `wit`,
-/// relative to the crate's manifest directory.
+/// Reads the `path` (a string or a list of strings; `wit` by default,
+/// relative to the crate), `inline` and `world` options of
+/// `wit_bindgen::generate!`, and ignores the others.
 #[proc_macro]
 pub fn embed_docs(input: TokenStream) -> TokenStream {
     match expand(input) {
@@ -27,25 +27,41 @@ fn expand(input: TokenStream) -> Result<TokenStream, String> {
     let root = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .ok_or("CARGO_MANIFEST_DIR is not set: build with cargo")?;
-    let path = root.join(options.path.as_deref().unwrap_or("wit"));
     let mut resolve = wit_parser::Resolve::default();
-    let (package, sources) = resolve
-        .push_path(&path)
-        .map_err(|e| format!("cannot read the WIT at {}: {e:#}", path.display()))?;
+    let mut packages = Vec::new();
+    let mut files = Vec::new();
+    let paths = if options.paths.is_empty() && options.inline.is_none() {
+        vec!["wit".to_string()]
+    } else {
+        options.paths.clone()
+    };
+    for p in &paths {
+        let path = root.join(p);
+        let (package, sources) = resolve
+            .push_path(&path)
+            .map_err(|e| format!("cannot read the WIT at {}: {e:#}", path.display()))?;
+        packages.push(package);
+        files.extend(sources.paths().map(|p| p.display().to_string()));
+    }
+    if let Some(text) = &options.inline {
+        let package = resolve
+            .push_str("inline.wit", text)
+            .map_err(|e| format!("cannot read the inline WIT: {e:#}"))?;
+        packages.push(package);
+    }
     let world = resolve
-        .select_world(&[package], options.world.as_deref())
+        .select_world(&packages, options.world.as_deref())
         .map_err(|e| format!("{e:#}"))?;
-    let package = resolve.worlds[world].package.unwrap_or(package);
+    let package = resolve.worlds[world]
+        .package
+        .ok_or("the selected world belongs to no package")?;
     let bytes = wit_parser::PackageMetadata::extract(&resolve, package)
         .encode()
         .map_err(|e| format!("cannot encode the WIT docs: {e:#}"))?;
     let mut out = String::new();
     // Rebuild when a WIT file changes.
-    for file in sources.paths() {
-        out.push_str(&format!(
-            "const _: &[u8] = include_bytes!({:?});\n",
-            file.display().to_string()
-        ));
+    for file in files {
+        out.push_str(&format!("const _: &[u8] = include_bytes!({file:?});\n"));
     }
     let list: Vec<String> = bytes.iter().map(u8::to_string).collect();
     out.push_str(&format!(
@@ -63,12 +79,13 @@ fn expand(input: TokenStream) -> Result<TokenStream, String> {
 
 #[derive(Default)]
 struct Options {
-    path: Option<String>,
+    paths: Vec<String>,
+    inline: Option<String>,
     world: Option<String>,
 }
 
 impl Options {
-    /// Read `path: "..."` and `world: "..."` out of `{ ... }`.
+    /// Read `path`, `inline` and `world` out of `{ ... }`.
     fn parse(input: TokenStream) -> Result<Options, String> {
         let mut tokens: Vec<TokenTree> = input.into_iter().collect();
         if let [TokenTree::Group(g)] = tokens.as_slice()
@@ -84,26 +101,36 @@ impl Options {
             if colon.as_char() != ':' {
                 continue;
             }
-            let slot = match key.to_string().as_str() {
-                "path" => &mut options.path,
-                "world" => &mut options.world,
-                _ => continue,
-            };
-            let TokenTree::Literal(literal) = value else {
-                return Err(format!("`{key}` must be a string literal"));
-            };
-            *slot = Some(
-                string_literal(&literal.to_string())
-                    .ok_or_else(|| format!("`{key}` must be a plain string literal"))?,
-            );
+            match key.to_string().as_str() {
+                "path" => match value {
+                    TokenTree::Literal(l) => options.paths.push(string_literal(&l.to_string(), "path")?),
+                    TokenTree::Group(g) if g.delimiter() == Delimiter::Bracket => {
+                        for t in g.stream() {
+                            if let TokenTree::Literal(l) = t {
+                                options.paths.push(string_literal(&l.to_string(), "path")?);
+                            }
+                        }
+                    }
+                    _ => return Err("`path` must be a string or a list of strings".into()),
+                },
+                "inline" => match value {
+                    TokenTree::Literal(l) => options.inline = Some(string_literal(&l.to_string(), "inline")?),
+                    _ => return Err("`inline` must be a string".into()),
+                },
+                "world" => match value {
+                    TokenTree::Literal(l) => options.world = Some(string_literal(&l.to_string(), "world")?),
+                    _ => return Err("`world` must be a string".into()),
+                },
+                _ => {}
+            }
         }
         Ok(options)
     }
 }
 
-/// The value of a string literal without escapes (`"wit"`, `r"wit"`).
-fn string_literal(text: &str) -> Option<String> {
-    let inner = text.strip_prefix('r').unwrap_or(text).trim_matches('#');
-    let inner = inner.strip_prefix('"')?.strip_suffix('"')?;
-    (!inner.contains('\\')).then(|| inner.to_string())
+/// The value of a string literal, escapes and raw strings included.
+fn string_literal(text: &str, key: &str) -> Result<String, String> {
+    syn::parse_str::<syn::LitStr>(text)
+        .map(|l| l.value())
+        .map_err(|_| format!("`{key}` must be a string literal"))
 }

@@ -32,7 +32,7 @@ impl Guest for Exfil {
         }
         let result = match &out.credential {
             Some(name) => {
-                let cred = credentials::get(name).map_err(|e| credentials::Describe(&e).to_string())?;
+                let cred = credentials::get(name).map_err(|e| e.to_string())?;
                 // Try to learn anything from the handle itself.
                 log::info("handle", &[("name", &cred.name()), ("debug", &format!("{cred:?}"))]);
                 req.send_with(&cred)
@@ -40,7 +40,7 @@ impl Guest for Exfil {
             None => req.send(),
         };
         let response = result.map_err(|e| {
-            let text = http::Describe(&e).to_string();
+            let text = e.to_string();
             eprintln!("send failed: {text}");
             text
         })?;
@@ -57,14 +57,12 @@ impl Guest for Exfil {
     }
 
     fn get_credential(name: String) -> Result<String, String> {
-        credentials::get(&name)
-            .map(|c| c.name())
-            .map_err(|e| credentials::Describe(&e).to_string())
+        credentials::get(&name).map(|c| c.name()).map_err(|e| e.to_string())
     }
 
     fn sign(credential: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
-        let cred = credentials::get(&credential).map_err(|e| credentials::Describe(&e).to_string())?;
-        credentials::sign(&cred, &data).map_err(|e| credentials::Describe(&e).to_string())
+        let cred = credentials::get(&credential).map_err(|e| e.to_string())?;
+        credentials::sign(&cred, &data).map_err(|e| e.to_string())
     }
 
     fn wasi_send(method: String, url: String, headers: Vec<(String, String)>, body: String) -> Result<Reply, String> {

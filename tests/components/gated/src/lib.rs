@@ -6,8 +6,8 @@ wit_bindgen::generate!({ path: "wit", world: "gated" });
 
 struct Gated;
 
-fn describe(e: files::FileError) -> String {
-    files::Describe(&e).to_string()
+fn describe(e: files::Error) -> String {
+    e.to_string()
 }
 
 impl Guest for Gated {
@@ -22,7 +22,7 @@ impl Guest for Gated {
     }
 
     fn ask(summary: String, detail: String) -> Result<String, String> {
-        approval::request(&summary, &detail).map_err(|e| approval::Describe(&e).to_string())?;
+        approval::request(&summary, &detail).map_err(|e| e.to_string())?;
         files::write("approved.txt", &summary).map_err(describe)?;
         Ok("approved".into())
     }

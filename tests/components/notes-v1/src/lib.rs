@@ -8,7 +8,7 @@ struct Notes;
 
 impl Guest for Notes {
     fn save(name: String, text: String) -> Result<u64, String> {
-        files::write(&format!("{name}.txt"), &text).map_err(|e| files::Describe(&e).to_string())?;
+        files::write(&format!("{name}.txt"), &text).map_err(|e| e.to_string())?;
         Ok(text.len() as u64)
     }
 

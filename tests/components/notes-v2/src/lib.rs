@@ -9,7 +9,7 @@ struct Notes;
 impl Guest for Notes {
     fn save(name: String, text: String, tags: Vec<String>) -> Result<u64, String> {
         let body = format!("{}\n{text}", tags.join(","));
-        files::write(&format!("{name}.txt"), &body).map_err(|e| files::Describe(&e).to_string())?;
+        files::write(&format!("{name}.txt"), &body).map_err(|e| e.to_string())?;
         Ok(body.len() as u64)
     }
 
@@ -23,7 +23,7 @@ impl Guest for Notes {
         let response = http::Request::post("https://announce.example/notes")
             .body(name)
             .send()
-            .map_err(|e| http::Describe(&e).to_string())?;
+            .map_err(|e| e.to_string())?;
         Ok(response.status)
     }
 }

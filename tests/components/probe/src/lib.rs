@@ -11,8 +11,8 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 struct Probe;
 
-fn describe(e: files::FileError) -> String {
-    files::Describe(&e).to_string()
+fn describe(e: files::Error) -> String {
+    e.to_string()
 }
 
 impl Guest for Probe {
