@@ -704,7 +704,7 @@ fn config_mistakes_are_refused_with_the_fix() {
     let cases = [
         (
             base.replace("secret = \"webhook-key\"", "secret = \"missing-secret\""),
-            "add it with `airlock secret set missing-secret`",
+            "add it with `airlock secret set missing-secret --config",
         ),
         (
             base.replace("credential = \"api\"", "credential = \"nope\""),

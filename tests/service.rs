@@ -956,3 +956,53 @@ fn slow_clients_are_cut_off_and_connections_are_capped() {
     drop(holders);
     assert_eq!(server.get("/v1/health", None).status, 200);
 }
+
+#[test]
+fn an_upgraded_pin_is_listed_with_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("notes")).unwrap();
+    let (v1, v2) = (component("notes_v1"), component("notes_v2"));
+    let digest = |p: &std::path::Path| format!("blake3:{}", blake3::hash(&std::fs::read(p).unwrap()).to_hex());
+    let config = dir.path().join("airlock.toml");
+    let write = |pin: &str, accept: &str| {
+        let text = format!(
+            "[runtime]\ndata-dir = \"data\"\n[actions.notes]\ncomponent = \"notes.wasm\"\ndigest = \"{pin}\"\n{accept}\n\
+             [actions.notes.grants]\nfiles = {{ dir = \"notes\", mode = \"read-write\" }}\n\
+             [[actions.notes.grants.http.allow]]\ndestination = \"https://announce.example\"\n\
+             [actions.notes.access]\ninvoke = [\"role:agent\"]\n"
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    let check = || airlock_with(&["check", "--config", config.to_str().unwrap()], b"", &[]);
+    std::fs::copy(&v1, dir.path().join("notes.wasm")).unwrap();
+    write(&digest(&v1), "");
+    assert_eq!(check().code, 0);
+    std::fs::copy(&v2, dir.path().join("notes.wasm")).unwrap();
+    write(&digest(&v2), "accept-new-imports = [\"*\"]");
+    assert_eq!(check().code, 0);
+
+    let token = support::create_token(&config, "bot", "agent", &["agent"]);
+    let server = Server::start(&config);
+    let auth = format!("Bearer {token}");
+    let r = request(&server.addr, "GET", "/v1/actions", &[("Authorization", &auth)], b"");
+    assert_eq!(r.status, 200, "{r:?}");
+    let upgrade = &r.json()["actions"][0]["upgrade"];
+    assert_eq!(upgrade["old"], digest(&v1).as_str(), "{upgrade}");
+    assert_eq!(upgrade["new"], digest(&v2).as_str(), "{upgrade}");
+    assert_eq!(
+        upgrade["imports"]["added"][1]["name"], "airlock:cap/http@0.1.0",
+        "{upgrade}"
+    );
+    assert_eq!(
+        upgrade["grants"]["newly-used"],
+        json!(["credentials", "http"]),
+        "{upgrade}"
+    );
+    assert!(
+        upgrade["functions"]["changed"][0]["new"]
+            .as_str()
+            .unwrap()
+            .starts_with("save(name: string, text: string, tags: list<string>)"),
+        "{upgrade}"
+    );
+}

@@ -112,6 +112,11 @@ pub fn verify<'a>(bytes: &[u8], trusted: &'a [Signer]) -> Result<&'a Signer, Sig
 /// The key ids of the signatures `bytes` carries (hex), for `inspect`;
 /// `None` when it is not signed.
 pub fn signature_key_ids(bytes: &[u8]) -> Option<Vec<String>> {
+    // Most components are unsigned: look at the first section before
+    // parsing (and copying) them all.
+    if !first_section_is_signature(bytes) {
+        return None;
+    }
     sections_fit(bytes).ok()?;
     let module = wasmsign2::Module::deserialize(&mut &bytes[..]).ok()?;
     let info = module.signature_info().ok()?;
@@ -124,6 +129,21 @@ pub fn signature_key_ids(bytes: &[u8]) -> Option<Vec<String>> {
         ids.push("(no key id)".into());
     }
     Some(ids)
+}
+
+/// Whether the first section is a custom section named `signature`.
+fn first_section_is_signature(bytes: &[u8]) -> bool {
+    const NAME: &[u8] = b"signature";
+    if bytes.get(8) != Some(&0) {
+        return false;
+    }
+    // Skip the section's length (LEB128), then read its name.
+    let mut pos = 9;
+    while bytes.get(pos).is_some_and(|b| b & 0x80 != 0) {
+        pos += 1;
+    }
+    pos += 1;
+    bytes.get(pos) == Some(&(NAME.len() as u8)) && bytes.get(pos + 1..pos + 1 + NAME.len()) == Some(NAME)
 }
 
 /// Check that every top-level section's declared length fits in `bytes`

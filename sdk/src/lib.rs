@@ -260,13 +260,13 @@ pub mod files {
     impl fmt::Display for Error {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             match self {
-                Error::NotFound(p) => write!(f, "{p} was not found in the granted directory"),
+                Error::NotFound(p) => write!(f, "not found: {p}"),
                 Error::InvalidPath(m) => write!(f, "invalid path {m}"),
                 Error::ReadOnly => f.write_str("the files grant is read-only"),
-                Error::Denied(m) => write!(f, "the policy refused it: {m}"),
+                Error::Denied(m) => write!(f, "denied: {m}"),
                 Error::TooLarge(n) => write!(f, "the file is larger than {n} bytes"),
-                Error::WrongKind(m) => write!(f, "wrong kind of file: {m}"),
-                Error::Io(m) => write!(f, "the file could not be read or written: {m}"),
+                Error::WrongKind(m) => write!(f, "wrong kind: {m}"),
+                Error::Io(m) => write!(f, "I/O error: {m}"),
             }
         }
     }
@@ -334,9 +334,9 @@ pub mod credentials {
     impl fmt::Display for Error {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             match self {
-                Error::NotBound(m) => write!(f, "the policy binds no such credential to this action: {m}"),
-                Error::NotPermitted(m) => write!(f, "the policy does not allow this use of the credential: {m}"),
-                Error::Unavailable(m) => write!(f, "the credential is unavailable: {m}"),
+                Error::NotBound(m) => write!(f, "not bound: {m}"),
+                Error::NotPermitted(m) => write!(f, "not permitted: {m}"),
+                Error::Unavailable(m) => write!(f, "unavailable: {m}"),
             }
         }
     }
@@ -422,17 +422,17 @@ pub mod http {
     impl fmt::Display for Error {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             match self {
-                Error::Denied(m) => write!(f, "the policy refused the request: {m}"),
-                Error::InvalidRequest(m) => write!(f, "the request is malformed: {m}"),
-                Error::Credential(m) => write!(f, "the credential could not be used: {m}"),
-                Error::Dns(m) => write!(f, "the host name could not be resolved: {m}"),
-                Error::Connect(m) => write!(f, "could not connect: {m}"),
-                Error::Tls(m) => write!(f, "the TLS handshake failed: {m}"),
-                Error::Timeout(m) => write!(f, "the request timed out: {m}"),
-                Error::TooLarge(m) => write!(f, "the request or response is too large: {m}"),
-                Error::Protocol(m) => write!(f, "the server broke the HTTP protocol: {m}"),
+                Error::Denied(m) => write!(f, "denied: {m}"),
+                Error::InvalidRequest(m) => write!(f, "invalid request: {m}"),
+                Error::Credential(m) => write!(f, "credential: {m}"),
+                Error::Dns(m) => write!(f, "DNS: {m}"),
+                Error::Connect(m) => write!(f, "connect: {m}"),
+                Error::Tls(m) => write!(f, "TLS: {m}"),
+                Error::Timeout(m) => write!(f, "timeout: {m}"),
+                Error::TooLarge(m) => write!(f, "too large: {m}"),
+                Error::Protocol(m) => write!(f, "protocol: {m}"),
                 Error::Status(status, text) => write!(f, "the server answered {status}: {text}"),
-                Error::Json(m) => write!(f, "the JSON body could not be handled: {m}"),
+                Error::Json(m) => write!(f, "JSON: {m}"),
             }
         }
     }
@@ -599,10 +599,10 @@ pub mod approval {
     impl fmt::Display for Error {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             match self {
-                Error::Denied(m) => write!(f, "a reviewer denied it: {m}"),
-                Error::Expired => f.write_str("nobody decided in time"),
-                Error::Invalid(m) => write!(f, "the approval request was refused: {m}"),
-                Error::Unavailable(m) => write!(f, "approvals are unavailable: {m}"),
+                Error::Denied(m) => write!(f, "denied: {m}"),
+                Error::Expired => f.write_str("expired: nobody decided in time"),
+                Error::Invalid(m) => write!(f, "invalid request: {m}"),
+                Error::Unavailable(m) => write!(f, "unavailable: {m}"),
             }
         }
     }

@@ -612,7 +612,7 @@ mod tests {
         let n: Value = serde_json::from_str("18446744073709551616").unwrap();
         assert_eq!(kind(&n), "the number 18446744073709551616");
         let n: Value = serde_json::from_str("-1e300").unwrap();
-        assert_eq!(kind(&n), "the number -1e300");
+        assert_eq!(kind(&n), "the number -1e+300");
         let n: Value = serde_json::from_str("1e15").unwrap();
         assert_eq!(kind(&n), "the number 1000000000000000.0");
         let n: Value = serde_json::from_str("1.5").unwrap();
