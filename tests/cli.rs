@@ -812,12 +812,30 @@ fn diff_names_new_imports_and_changed_functions_and_pinned_upgrades_must_accept_
     );
 
     let check = |cfg: &std::path::Path| support::airlock_with(&["check", "--config", cfg.to_str().unwrap()], b"", &[]);
+    // Running it records the pin; `check` only compares.
+    let run_it = |cfg: &std::path::Path| {
+        support::airlock_with(
+            &[
+                "invoke",
+                "--config",
+                cfg.to_str().unwrap(),
+                "notes",
+                "names",
+                "--args",
+                "{}",
+            ],
+            b"",
+            &[],
+        )
+    };
     std::fs::copy(&v1, dir.path().join("notes.wasm")).unwrap();
     assert_eq!(check(&cfg).code, 0);
+    assert_eq!(run_it(&cfg).code, 0);
     // The pin moves to a version that reaches the network: refused until
     // the config acknowledges the new imports.
     std::fs::copy(&v2, dir.path().join("notes.wasm")).unwrap();
     let cfg = write_config(&digest(&v2), "");
+    assert_eq!(run_it(&cfg).code, 3);
     let run = check(&cfg);
     assert_eq!(run.code, 3, "{run:?}");
     assert!(
@@ -834,6 +852,13 @@ fn diff_names_new_imports_and_changed_functions_and_pinned_upgrades_must_accept_
     assert_eq!(check(&cfg).code, 3);
     let cfg = write_config(&digest(&v2), "accept-new-imports = [\"http\", \"credentials\"]");
     let run = check(&cfg);
+    assert_eq!(run.code, 0, "{run:?}");
+    // A dry run records nothing: without the acknowledgement it is
+    // still refused ...
+    assert_eq!(check(&write_config(&digest(&v2), "")).code, 3);
+    // ... until the acknowledged upgrade runs.
+    let cfg = write_config(&digest(&v2), "accept-new-imports = [\"http\", \"credentials\"]");
+    let run = run_it(&cfg);
     assert_eq!(run.code, 0, "{run:?}");
     // Once accepted it stays accepted here, and the old version was kept.
     let cfg = write_config(&digest(&v2), "");

@@ -969,11 +969,26 @@ fn an_upgraded_pin_is_listed_with_what_changed() {
             "[runtime]\ndata-dir = \"data\"\n[actions.notes]\ncomponent = \"notes.wasm\"\ndigest = \"{pin}\"\n{accept}\n\
              [actions.notes.grants]\nfiles = {{ dir = \"notes\", mode = \"read-write\" }}\n\
              [[actions.notes.grants.http.allow]]\ndestination = \"https://announce.example\"\n\
-             [actions.notes.access]\ninvoke = [\"role:agent\"]\n"
+             [actions.notes.access]\ninvoke = [\"role:agent\", \"local\"]\n"
         );
         std::fs::write(&config, text).unwrap();
     };
-    let check = || airlock_with(&["check", "--config", config.to_str().unwrap()], b"", &[]);
+    // Running it records the pin (a `check` only compares).
+    let check = || {
+        airlock_with(
+            &[
+                "invoke",
+                "--config",
+                config.to_str().unwrap(),
+                "notes",
+                "names",
+                "--args",
+                "{}",
+            ],
+            b"",
+            &[],
+        )
+    };
     std::fs::copy(&v1, dir.path().join("notes.wasm")).unwrap();
     write(&digest(&v1), "");
     assert_eq!(check().code, 0);

@@ -31,6 +31,9 @@ pub struct PreparedAction {
     /// What changed since the component this data directory loaded under
     /// the previous digest pin (pinned actions only).
     pub upgrade: Option<Upgrade>,
+    /// For a pinned action: the pin record as the load saw it, to be
+    /// committed once the load is final ([`crate::runtime::Runtime::commit_pins`]).
+    pub(crate) pin_seen: Option<Option<crate::pins::PinEntry>>,
     pub(crate) pre: InstancePre<InvocationState>,
     /// The vault, for actions with credentials.
     pub(crate) vault: Option<std::sync::Arc<crate::vault::LiveVault>>,
@@ -150,7 +153,7 @@ pub fn prepare(
     // Verified before anything else reads the bytes; the same bytes are
     // compiled.
     let signer = verify_signature(&policy, &bytes)?;
-    let (bytes, component, manifest, from_cache) = compile_bytes(engine, cache, &policy.component, bytes)?;
+    let (_, component, manifest, from_cache) = compile_bytes(engine, cache, &policy.component, bytes)?;
     if let Some(pin) = policy.digest
         && pin != manifest.digest
     {
@@ -164,9 +167,12 @@ pub fn prepare(
     }
     check_imports(&policy, &manifest)?;
     let pins = pins.filter(|_| policy.digest.is_some());
-    let upgrade = match pins {
-        Some(pins) => check_upgrade(engine, cache, &policy, &manifest, pins)?,
-        None => None,
+    let (upgrade, pin_seen) = match pins {
+        Some(pins) => {
+            let (upgrade, seen) = check_upgrade(engine, cache, &policy, &manifest, pins)?;
+            (upgrade, Some(seen))
+        }
+        None => (None, None),
     };
     // Fail closed: gates without an approval service would be gates nobody
     // can pass, or (worse) gates silently skipped.
@@ -193,17 +199,6 @@ pub fn prepare(
             one_line(&format!("{e:#}"))
         ))
     })?;
-    // Recorded only once everything else about the action has loaded.
-    if let Some(pins) = pins {
-        let digest = manifest.digest.to_string();
-        pins.record(&policy.name, &digest, &bytes).map_err(|e| {
-            Error::internal(format!(
-                "cannot record the pinned component of `{}` under {}: {e}",
-                policy.name,
-                pins.path(&digest).display()
-            ))
-        })?;
-    }
     Ok(PreparedAction {
         decisions: std::sync::Arc::new(decisions),
         policy,
@@ -211,6 +206,7 @@ pub fn prepare(
         from_cache,
         signer,
         upgrade,
+        pin_seen,
         pre,
         vault,
         audit,
@@ -236,7 +232,7 @@ fn check_upgrade(
     policy: &ActionPolicy,
     manifest: &Manifest,
     pins: &crate::pins::PinHistory,
-) -> Result<Option<Upgrade>, Error> {
+) -> Result<(Option<Upgrade>, Option<crate::pins::PinEntry>), Error> {
     use crate::manifest::diff::{ComponentDiff, GrantUse, accepts};
     let digest = manifest.digest.to_string();
     let entry = pins
@@ -293,7 +289,7 @@ fn check_upgrade(
             )));
         }
     }
-    Ok(upgrade)
+    Ok((upgrade, entry))
 }
 
 /// Check the component's signature when the action names trusted signers.

@@ -1042,6 +1042,7 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
         ));
     }
     let action = runtime.prepare(policy)?;
+    runtime.commit_pins()?;
     let caller = if in_config {
         a.auth.caller(&runtime)?
     } else {

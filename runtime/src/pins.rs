@@ -75,21 +75,35 @@ impl PinHistory {
         (Digest::of(&bytes).to_string() == digest).then_some(bytes)
     }
 
-    /// Record that `action` loaded the component `bytes` (digest `digest`).
-    /// Processes on one data directory take turns (an exclusive lock on
-    /// `components/pins.lock`), so none loses another's entry.
-    pub fn record(&self, action: &str, digest: &str, bytes: &[u8]) -> std::io::Result<()> {
-        crate::data_dir::create_private_dir(&self.dir)?;
-        if self.bytes(digest).is_none() {
-            write_atomically(&self.path(digest), bytes)?;
-        }
+    /// Record that `action` runs the component at `source` (digest
+    /// `digest`), provided its entry is still `seen`, what the load
+    /// compared against. Processes on one data directory take turns (an
+    /// exclusive lock on `components/pins.lock`), so none loses another's
+    /// entry, and a record that moved meanwhile is not overwritten.
+    pub fn commit(&self, action: &str, digest: &str, seen: &Option<PinEntry>, source: &Path) -> Result<(), String> {
+        let io = |e: std::io::Error| format!("{}: {e}", self.dir.display());
+        crate::data_dir::create_private_dir(&self.dir).map_err(io)?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(self.dir.join("pins.lock"))?;
-        lock.lock()?;
-        let mut index = self.read_index().map_err(std::io::Error::other)?;
+            .open(self.dir.join("pins.lock"))
+            .map_err(io)?;
+        lock.lock().map_err(io)?;
+        let mut index = self.read_index()?;
+        if index.get(action) != seen.as_ref() {
+            return Err(format!(
+                "the pin record of `{action}` changed while it loaded (another airlock on this data directory); load it again"
+            ));
+        }
+        if self.bytes(digest).is_none() {
+            // The pin guarantees these are the bytes that loaded.
+            let bytes = std::fs::read(source).map_err(|e| format!("{}: {e}", source.display()))?;
+            if Digest::of(&bytes).to_string() != digest {
+                return Err(format!("{} changed while it loaded", source.display()));
+            }
+            write_atomically(&self.path(digest), &bytes).map_err(io)?;
+        }
         let entry = match index.remove(action) {
             Some(e) if e.current == digest => e,
             Some(e) => PinEntry {
@@ -102,8 +116,8 @@ impl PinHistory {
             },
         };
         index.insert(action.to_string(), entry);
-        let text = serde_json::to_vec_pretty(&index).map_err(std::io::Error::other)?;
-        write_atomically(&self.index(), &text)
+        let text = serde_json::to_vec_pretty(&index).map_err(|e| e.to_string())?;
+        write_atomically(&self.index(), &text).map_err(io)
     }
 }
 

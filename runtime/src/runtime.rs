@@ -113,6 +113,26 @@ impl Runtime {
         Ok(prepared)
     }
 
+    /// Record, for each loaded pinned action, the pin it runs under (see
+    /// [`crate::pins`]): for the commands that run actions (`serve`,
+    /// `invoke`), once loading is final. `check` and other dry runs only
+    /// compare.
+    pub fn commit_pins(&self) -> Result<(), Error> {
+        let pins = crate::pins::PinHistory::new(&self.data_dir);
+        for action in self.actions.values() {
+            if let Some(seen) = &action.pin_seen {
+                pins.commit(
+                    &action.policy.name,
+                    &action.manifest.digest.to_string(),
+                    seen,
+                    &action.policy.component,
+                )
+                .map_err(|e| Error::Refused(format!("action `{}`: {e}", action.policy.name)))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Load every action of `policy`; each refusal is returned beside the
     /// actions that loaded.
     ///

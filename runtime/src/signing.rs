@@ -131,53 +131,115 @@ pub fn signature_key_ids(bytes: &[u8]) -> Option<Vec<String>> {
     Some(ids)
 }
 
-/// Whether the first section is a custom section named `signature`.
-fn first_section_is_signature(bytes: &[u8]) -> bool {
-    const NAME: &[u8] = b"signature";
-    if bytes.get(8) != Some(&0) {
-        return false;
-    }
-    // Skip the section's length (LEB128), then read its name.
-    let mut pos = 9;
-    while bytes.get(pos).is_some_and(|b| b & 0x80 != 0) {
-        pos += 1;
-    }
-    pos += 1;
-    bytes.get(pos) == Some(&(NAME.len() as u8)) && bytes.get(pos + 1..pos + 1 + NAME.len()) == Some(NAME)
+/// A cursor over untrusted bytes: every length is checked against what is
+/// left before anything is read (or allocated) for it.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
 }
 
-/// Check that every top-level section's declared length fits in `bytes`
-/// before `wasmsign2` allocates a buffer of that length.
-fn sections_fit(bytes: &[u8]) -> Result<(), SignatureError> {
-    let bad = |what: &str| Err(SignatureError::Malformed(what.to_string()));
-    if bytes.len() < 8 {
-        return bad("shorter than a WebAssembly header");
-    }
-    let mut pos = 8;
-    while pos < bytes.len() {
-        pos += 1; // section id
-        let (mut len, mut shift) = (0u64, 0u32);
+impl<'a> Reader<'a> {
+    fn leb(&mut self) -> Option<u64> {
+        let (mut value, mut shift) = (0u64, 0u32);
         loop {
-            let Some(&b) = bytes.get(pos) else {
-                return bad("a section length runs past the end");
-            };
-            pos += 1;
+            let b = *self.bytes.get(self.pos)?;
+            self.pos += 1;
             if shift > 28 {
-                return bad("a section length is too long");
+                return None;
             }
-            len |= u64::from(b & 0x7f) << shift;
+            value |= u64::from(b & 0x7f) << shift;
             shift += 7;
             if b & 0x80 == 0 {
-                break;
+                return Some(value);
             }
         }
-        let end = (pos as u64).saturating_add(len);
-        if end > bytes.len() as u64 {
-            return bad("a section runs past the end of the file");
+    }
+
+    /// `len` bytes, if that many are left.
+    fn take(&mut self, len: u64) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(usize::try_from(len).ok()?)?;
+        let out = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(out)
+    }
+
+    /// A length-prefixed slice.
+    fn sized(&mut self) -> Option<&'a [u8]> {
+        let len = self.leb()?;
+        self.take(len)
+    }
+
+    fn done(&self) -> bool {
+        self.pos >= self.bytes.len()
+    }
+}
+
+/// Whether the first section is a custom section named `signature`.
+fn first_section_is_signature(bytes: &[u8]) -> bool {
+    let mut r = Reader { bytes, pos: 8 };
+    r.take(1) == Some(&[0][..])
+        && r.sized()
+            .is_some_and(|section| Reader { bytes: section, pos: 0 }.sized() == Some(&b"signature"[..]))
+}
+
+/// Check every length `wasmsign2` will trust before it allocates a buffer
+/// of that size: each top-level section's, each custom section's name's,
+/// and, in a leading `signature` section, every nested one.
+fn sections_fit(bytes: &[u8]) -> Result<(), SignatureError> {
+    let bad = |what: &str| SignatureError::Malformed(what.to_string());
+    if bytes.len() < 8 {
+        return Err(bad("shorter than a WebAssembly header"));
+    }
+    let mut r = Reader { bytes, pos: 8 };
+    let mut first = true;
+    while !r.done() {
+        let id = r.take(1).ok_or_else(|| bad("a section is cut short"))?[0];
+        let section = r
+            .sized()
+            .ok_or_else(|| bad("a section runs past the end of the file"))?;
+        if id == 0 {
+            let mut s = Reader { bytes: section, pos: 0 };
+            let name = s
+                .sized()
+                .ok_or_else(|| bad("a custom section's name runs past the section"))?;
+            if first && name == b"signature" {
+                signature_fits(&section[s.pos..])
+                    .ok_or_else(|| bad("the signature section's lengths do not add up"))?;
+            }
         }
-        pos = end as usize;
+        first = false;
     }
     Ok(())
+}
+
+/// The signature section's payload: three header bytes' worth of varints,
+/// then sets of hashes and signatures, each length-prefixed.
+fn signature_fits(payload: &[u8]) -> Option<()> {
+    let mut r = Reader { bytes: payload, pos: 0 };
+    for _ in 0..3 {
+        r.leb()?; // version, content type, hash function
+    }
+    let sets = r.leb()?;
+    // Every round reads at least one byte, so the loops end with the payload.
+    for _ in 0..sets {
+        let mut set = Reader {
+            bytes: r.sized()?,
+            pos: 0,
+        };
+        let hashes = set.leb()?;
+        set.take(hashes.checked_mul(32)?)?;
+        let signatures = set.leb()?;
+        for _ in 0..signatures {
+            let mut sig = Reader {
+                bytes: set.sized()?,
+                pos: 0,
+            };
+            sig.sized()?; // key id
+            sig.take(1)?; // algorithm
+            sig.sized()?; // the signature
+        }
+    }
+    Some(())
 }
 
 /// The key id a signature by `signer` carries (hex).
@@ -263,5 +325,20 @@ mod tests {
             Err(SignatureError::Malformed(_))
         ));
         assert_eq!(signature_key_ids(huge), None);
+        // ... and so is a length inside a section: a custom section's name,
+        // or a set inside the signature section.
+        let name = b"\0asm\x01\0\0\0\x00\x06\xff\xff\xff\xff\x0fx";
+        let set = b"\0asm\x01\0\0\0\x00\x13\x09signature\x01\x01\x01\x01\xff\xff\xff\xff\x0f";
+        for bytes in [&name[..], &set[..]] {
+            let e = verify(bytes, std::slice::from_ref(&signer)).unwrap_err();
+            assert!(matches!(e, SignatureError::Malformed(_)), "{e}");
+        }
+        assert_eq!(
+            sections_fit(set).unwrap_err(),
+            SignatureError::Malformed("the signature section's lengths do not add up".into())
+        );
+        assert!(first_section_is_signature(set));
+        assert!(first_section_is_signature(&signed));
+        assert!(!first_section_is_signature(MODULE));
     }
 }

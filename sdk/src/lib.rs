@@ -642,7 +642,6 @@ pub mod testing {
     use std::io::Write as _;
     use std::path::{Path, PathBuf};
     use std::process::{Command, Stdio};
-    use std::sync::atomic::{AtomicU32, Ordering};
 
     /// What went wrong in a test invocation.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -667,16 +666,14 @@ pub mod testing {
     /// The action under test and its temporary policy (named `action`).
     pub struct TestAction {
         component: PathBuf,
-        dir: PathBuf,
+        /// A fresh private directory (random name, mode 0700), removed on
+        /// drop.
+        dir: tempfile::TempDir,
+        /// The throw-away vault's key, random per test.
+        master_key: String,
         grants: Vec<String>,
         config: Vec<(String, String)>,
         extra: Vec<String>,
-    }
-
-    impl Drop for TestAction {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 
     fn setup(e: impl fmt::Display) -> Error {
@@ -696,35 +693,65 @@ pub mod testing {
                 .unwrap_or_else(|| Path::new(&manifest_dir).join("target"));
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let out = Command::new(cargo)
-                .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+                .args([
+                    "build",
+                    "--release",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--message-format=json-render-diagnostics",
+                    "--manifest-path",
+                ])
                 .arg(Path::new(&manifest_dir).join("Cargo.toml"))
                 .env("CARGO_TARGET_DIR", &target_dir)
+                // The host's flags (coverage, sanitizers) are not the
+                // component's.
                 .env_remove("CARGO_INCREMENTAL")
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .stderr(Stdio::inherit())
                 .output()
                 .map_err(|e| setup(format!("cannot run cargo: {e}")))?;
             if !out.status.success() {
-                return Err(setup(format!(
-                    "building the component failed:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                )));
+                return Err(setup("building the component failed (cargo's messages are above)"));
             }
-            let file = format!("{}.wasm", package.replace('-', "_"));
-            TestAction::component(target_dir.join("wasm32-wasip2").join("release").join(file))
+            // The cdylib cargo reports for this package, whatever its
+            // `[lib] name` and wherever the target directory is.
+            let wasm = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"].is_string())
+                .filter(|m| {
+                    m["package_id"]
+                        .as_str()
+                        .is_some_and(|id| id.contains(&format!("#{package}@")) || id.contains(&format!("/{package}#")))
+                        || m["manifest_path"]
+                            .as_str()
+                            .is_some_and(|p| Path::new(p).parent() == Some(Path::new(&manifest_dir)))
+                })
+                .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
+                .filter_map(|f| f.as_str().map(PathBuf::from))
+                .find(|f| f.extension().is_some_and(|e| e == "wasm"))
+                .ok_or_else(|| {
+                    setup(format!(
+                        "cargo built no .wasm for {package}: is it a cdylib (`crate-type = [\"cdylib\"]`)?"
+                    ))
+                })?;
+            TestAction::component(wasm)
         }
 
         /// Test an already built component.
         pub fn component(path: impl Into<PathBuf>) -> Result<TestAction, Error> {
-            static NEXT: AtomicU32 = AtomicU32::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "airlock-sdk-test-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(dir.join("files")).map_err(setup)?;
+            let dir = tempfile::Builder::new()
+                .prefix("airlock-sdk-test-")
+                .tempdir()
+                .map_err(setup)?;
+            std::fs::create_dir(dir.path().join("files")).map_err(setup)?;
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).map_err(setup)?;
             Ok(TestAction {
                 component: std::path::absolute(path.into()).map_err(setup)?,
                 dir,
+                master_key: key.iter().map(|b| format!("{b:02x}")).collect(),
                 grants: Vec::new(),
                 config: Vec::new(),
                 extra: Vec::new(),
@@ -746,7 +773,7 @@ pub mod testing {
 
         /// The directory the files grant serves.
         pub fn files_dir(&self) -> PathBuf {
-            self.dir.join("files")
+            self.dir.path().join("files")
         }
 
         /// A value under `[actions.action.config]`.
@@ -775,7 +802,9 @@ pub mod testing {
                 .spawn()
                 .map_err(|e| setup(format!("cannot run airlock: {e} (set AIRLOCK to its path)")))?;
             if let Some(mut stdin) = child.stdin.take() {
-                stdin.write_all(value.as_bytes()).map_err(setup)?;
+                // If airlock exits early the pipe breaks; its own error
+                // (below) says why.
+                let _ = stdin.write_all(value.as_bytes());
             }
             let out = child.wait_with_output().map_err(setup)?;
             if !out.status.success() {
@@ -815,7 +844,7 @@ pub mod testing {
         fn airlock(&self) -> Command {
             let mut cmd = Command::new(std::env::var_os("AIRLOCK").unwrap_or_else(|| "airlock".into()));
             // A throw-away key for the throw-away vault.
-            cmd.env("AIRLOCK_MASTER_KEY", "00".repeat(32))
+            cmd.env("AIRLOCK_MASTER_KEY", &self.master_key)
                 .env_remove("AIRLOCK_MASTER_KEY_FILE")
                 .env_remove("AIRLOCK_DATA_DIR")
                 .env_remove("AIRLOCK_TOKEN")
@@ -824,10 +853,20 @@ pub mod testing {
         }
 
         fn write_config(&self) -> Result<PathBuf, Error> {
-            let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+            // A TOML basic string: JSON's escapes are TOML's, and DEL,
+            // which JSON leaves as it is, TOML wants escaped.
+            let quote = |s: &str| {
+                serde_json::to_string(s)
+                    .unwrap_or_default()
+                    .replace('\u{7f}', "\\u007F")
+            };
+            let component = self
+                .component
+                .to_str()
+                .ok_or_else(|| setup(format!("the component path {} is not UTF-8", self.component.display())))?;
             let mut text = format!(
                 "[runtime]\ndata-dir = \"data\"\n\n[actions.action]\ncomponent = {}\n\n[actions.action.grants]\n",
-                quote(&self.component.display().to_string())
+                quote(component)
             );
             for line in &self.grants {
                 text.push_str(line);
@@ -844,7 +883,7 @@ pub mod testing {
                 text.push_str(extra);
                 text.push('\n');
             }
-            let path = self.dir.join("airlock.toml");
+            let path = self.dir.path().join("airlock.toml");
             std::fs::write(&path, text).map_err(setup)?;
             Ok(path)
         }

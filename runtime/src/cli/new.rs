@@ -26,10 +26,127 @@ pub struct NewArgs {
     /// Where to create it (default: ./NAME); must not exist.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Depend on the SDK at this path (default: the SDK's git repository).
-    #[arg(long, value_name = "DIR")]
+    /// Depend on the SDK at this path (default: the `sdk/` of the checkout
+    /// this airlock was built from, if it is still there; else the
+    /// published `airlock-sdk`).
+    #[arg(long, value_name = "DIR", conflicts_with = "sdk_git")]
     pub sdk_path: Option<PathBuf>,
+    /// Depend on the SDK in this git repository.
+    #[arg(long, value_name = "URL")]
+    pub sdk_git: Option<String>,
 }
+
+/// The `sdk/` of the checkout this binary was built from.
+const BUILT_FROM_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk");
+
+/// WIT's keywords: none can name a package or a world.
+const WIT_KEYWORDS: &[&str] = &[
+    "as",
+    "async",
+    "bool",
+    "borrow",
+    "char",
+    "constructor",
+    "enum",
+    "error-context",
+    "export",
+    "f32",
+    "f64",
+    "flags",
+    "float32",
+    "float64",
+    "from",
+    "func",
+    "future",
+    "import",
+    "include",
+    "interface",
+    "list",
+    "map",
+    "option",
+    "own",
+    "package",
+    "record",
+    "resource",
+    "result",
+    "s16",
+    "s32",
+    "s64",
+    "s8",
+    "static",
+    "stream",
+    "string",
+    "tuple",
+    "type",
+    "u16",
+    "u32",
+    "u64",
+    "u8",
+    "use",
+    "variant",
+    "with",
+    "world",
+];
+
+/// Rust's keywords and the crate names Cargo keeps for itself.
+const RUST_RESERVED: &[&str] = &[
+    "abstract",
+    "alloc",
+    "as",
+    "async",
+    "await",
+    "become",
+    "box",
+    "break",
+    "const",
+    "continue",
+    "core",
+    "crate",
+    "do",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "final",
+    "fn",
+    "for",
+    "gen",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "macro",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "override",
+    "priv",
+    "proc-macro",
+    "pub",
+    "ref",
+    "return",
+    "self",
+    "static",
+    "std",
+    "struct",
+    "super",
+    "test",
+    "trait",
+    "true",
+    "try",
+    "type",
+    "typeof",
+    "unsafe",
+    "unsized",
+    "use",
+    "virtual",
+    "where",
+    "while",
+    "yield",
+];
 
 pub fn new(a: NewArgs) -> Result<ExitCode, Error> {
     validate(&a.name)?;
@@ -40,24 +157,51 @@ pub fn new(a: NewArgs) -> Result<ExitCode, Error> {
             dir.display()
         )));
     }
-    let sdk = match &a.sdk_path {
-        Some(p) => {
-            let p = std::path::absolute(p).map_err(|e| Error::Usage(format!("--sdk-path: {e}")))?;
-            if !p.join("Cargo.toml").is_file() {
-                return Err(Error::Usage(format!("--sdk-path {}: no Cargo.toml there", p.display())));
-            }
-            format!("path = {}", toml_string(&p.display().to_string()))
+    let sdk_dir = |p: &std::path::Path| -> Result<String, Error> {
+        let p = std::path::absolute(p).map_err(|e| Error::Usage(format!("--sdk-path: {e}")))?;
+        if !p.join("Cargo.toml").is_file() {
+            return Err(Error::Usage(format!("--sdk-path {}: no Cargo.toml there", p.display())));
         }
-        None => format!("git = {}", toml_string(env!("CARGO_PKG_REPOSITORY"))),
+        let p = p.canonicalize().unwrap_or(p);
+        Ok(format!("path = {}", toml_string(&p.display().to_string())))
+    };
+    let sdk = match (&a.sdk_path, &a.sdk_git) {
+        (Some(p), _) => sdk_dir(p)?,
+        (None, Some(url)) => format!("git = {}", toml_string(url)),
+        (None, None) if std::path::Path::new(BUILT_FROM_SDK).join("Cargo.toml").is_file() => {
+            sdk_dir(std::path::Path::new(BUILT_FROM_SDK))?
+        }
+        (None, None) => {
+            eprintln!(
+                "note: depending on the published airlock-sdk {}; until it is on crates.io, pass --sdk-path DIR (a checkout's sdk/) or --sdk-git URL",
+                env!("CARGO_PKG_VERSION")
+            );
+            format!("version = {}", toml_string(env!("CARGO_PKG_VERSION")))
+        }
     };
     let files = scaffold(&a.name, a.template, &sdk);
-    for (path, text) in &files {
-        let path = dir.join(path);
+    // Written beside the destination, then moved there at once: a failure
+    // halfway leaves nothing in the way of the next try.
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let staging = parent.join(format!(".{}.new-{}", a.name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let written = files.iter().try_for_each(|(path, text)| {
+        let path = staging.join(path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::Usage(format!("cannot create {}: {e}", parent.display())))?;
         }
-        std::fs::write(&path, text).map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, text).map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))
+    });
+    let moved = written.and_then(|()| {
+        std::fs::rename(&staging, &dir).map_err(|e| Error::Usage(format!("cannot create {}: {e}", dir.display())))
+    });
+    if let Err(e) = moved {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
     }
     let wasm = a.name.replace('-', "_");
     println!("created {} ({} files)", dir.display(), files.len());
@@ -77,6 +221,11 @@ fn validate(name: &str) -> Result<(), Error> {
             w.chars().next().is_some_and(|c| c.is_ascii_lowercase())
                 && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         });
+    if ok && (WIT_KEYWORDS.contains(&name) || RUST_RESERVED.contains(&name)) {
+        return Err(Error::Usage(format!(
+            "action name {name:?} is a WIT or Rust keyword; choose another (e.g. `{name}-action`)"
+        )));
+    }
     if ok {
         Ok(())
     } else {
@@ -93,15 +242,6 @@ fn toml_string(s: &str) -> String {
 /// The crate's files, by path relative to its directory.
 fn scaffold(name: &str, template: Template, sdk: &str) -> Vec<(&'static str, String)> {
     let wasm = name.replace('-', "_");
-    let camel: String = name
-        .split('-')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect();
     let extra_deps = match template {
         Template::Http => "serde = { version = \"1\", features = [\"derive\"] }\n",
         _ => "",
@@ -132,9 +272,9 @@ serde_json = "1"
 "#
     );
     let (wit, lib, test, policy) = match template {
-        Template::Pure => pure(name, &camel),
-        Template::Files => files(name, &camel),
-        Template::Http => http(name, &camel),
+        Template::Pure => pure(name),
+        Template::Files => files(name),
+        Template::Http => http(name),
     };
     let config = format!(
         r#"# A config for trying the action: `airlock check --config airlock.toml`,
@@ -170,7 +310,7 @@ component = "target/wasm32-wasip2/release/{wasm}.wasm"
     out
 }
 
-fn pure(name: &str, camel: &str) -> (String, String, String, String) {
+fn pure(name: &str) -> (String, String, String, String) {
     let wit = format!(
         r#"package local:{name};
 
@@ -188,15 +328,15 @@ world {name} {{
 
 airlock_sdk::generate!({{ path: "wit", world: "{name}" }});
 
-struct {camel};
+struct Action;
 
-impl Guest for {camel} {{
+impl Guest for Action {{
     fn greet(who: String) -> String {{
         format!("Hello, {{who}}!")
     }}
 }}
 
-export!({camel});
+export!(Action);
 "#
     );
     let test = r#"use airlock_sdk::testing::TestAction;
@@ -212,7 +352,7 @@ fn greets() {
     (wit, lib, test, String::new())
 }
 
-fn files(name: &str, camel: &str) -> (String, String, String, String) {
+fn files(name: &str) -> (String, String, String, String) {
     let wit = format!(
         r#"package local:{name};
 
@@ -245,9 +385,9 @@ fn path(name: &str) -> Result<String, String> {{
     Ok(format!("notes/{{name}}.txt"))
 }}
 
-struct {camel};
+struct Action;
 
-impl Guest for {camel} {{
+impl Guest for Action {{
     fn save(name: String, text: String) -> Result<u64, String> {{
         files::write(&path(&name)?, &text).map_err(|e| e.to_string())?;
         Ok(text.len() as u64)
@@ -258,7 +398,7 @@ impl Guest for {camel} {{
     }}
 }}
 
-export!({camel});
+export!(Action);
 "#
     );
     let test = r#"use airlock_sdk::testing::TestAction;
@@ -280,7 +420,7 @@ fn saves_and_reads_back_inside_the_grant() {
     (wit, lib, test, policy)
 }
 
-fn http(name: &str, camel: &str) -> (String, String, String, String) {
+fn http(name: &str) -> (String, String, String, String) {
     let wit = format!(
         r#"package local:{name};
 
@@ -314,9 +454,9 @@ struct Answer {{
     message: String,
 }}
 
-struct {camel};
+struct Action;
 
-impl Guest for {camel} {{
+impl Guest for Action {{
     fn status() -> Result<Status, String> {{
         let api = config::require("api").map_err(|e| e.to_string())?;
         let answer: Answer = http::Request::get(&format!("{{}}/status", api.trim_end_matches('/')))
@@ -331,7 +471,7 @@ impl Guest for {camel} {{
     }}
 }}
 
-export!({camel});
+export!(Action);
 "#
     );
     let test = r#"use airlock_sdk::testing::TestAction;
@@ -364,7 +504,24 @@ mod tests {
     fn names_must_be_wit_and_crate_names() {
         assert!(validate("ticket-create").is_ok());
         assert!(validate("a2").is_ok());
-        for bad in ["", "Ticket", "2fa", "a--b", "a_b", "-a", "a-", "a-2b", "a b"] {
+        assert!(validate("list-notes").is_ok());
+        for bad in [
+            "",
+            "Ticket",
+            "2fa",
+            "a--b",
+            "a_b",
+            "-a",
+            "a-",
+            "a-2b",
+            "a b",
+            "list",
+            "type",
+            "self",
+            "std",
+            "fn",
+            "error-context",
+        ] {
             assert!(validate(bad).is_err(), "{bad}");
         }
     }

@@ -267,6 +267,7 @@ impl Service {
                 Err(e) => tracing::warn!(action = %name, "action refused: {e}"),
             }
         }
+        runtime.commit_pins()?;
         Ok(Service {
             limiter: RateLimiter::new(settings.rate_limit),
             runtime,
