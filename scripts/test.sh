@@ -23,6 +23,14 @@ if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev
     $sudo apt-get update
     $sudo apt-get install -y --no-install-recommends postgresql
 fi
+# The packaging test checks the systemd unit with systemd-analyze.
+if ! command -v systemd-analyze >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update
+    $sudo apt-get install -y --no-install-recommends systemd
+fi
 # The MCP tests use the official Python client.
 AIRLOCK_TEST_PYTHON=$(bash scripts/python-env.sh)
 export AIRLOCK_TEST_PYTHON

@@ -1026,3 +1026,87 @@ fn readme_snippets_are_quoted_from_code_that_ci_builds() {
     }
     assert!(checked >= 7, "only {checked} quoted snippets found");
 }
+
+#[test]
+fn completions_man_pages_and_the_packaging_files() {
+    for shell in ["bash", "zsh", "fish"] {
+        let run = airlock(&["completions", shell]);
+        assert_eq!(run.code, 0, "{shell}: {run:?}");
+        for command in ["serve", "keygen", "diff", "approvals"] {
+            assert!(run.stdout.contains(command), "{shell} completions lack {command}");
+        }
+    }
+    let man = airlock(&["man"]);
+    assert_eq!(man.code, 0, "{man:?}");
+    assert!(
+        man.stdout.starts_with(".ie \\n(.g .ds Aq") || man.stdout.contains(".TH airlock 1"),
+        "{}",
+        &man.stdout[..200.min(man.stdout.len())]
+    );
+    assert!(man.stdout.contains("serve"));
+    let dir = tempfile::tempdir().unwrap();
+    let run = airlock(&["man", "--out", dir.path().to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    for page in [
+        "airlock.1",
+        "airlock-serve.1",
+        "airlock-audit-verify.1",
+        "airlock-approvals-approve.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page}");
+    }
+
+    // The systemd unit: valid, and hardened (systemd's own exposure score).
+    let root = support::repo_root();
+    let unit = std::fs::read_to_string(root.join("packaging/airlock.service")).unwrap();
+    for key in [
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "StateDirectory=airlock",
+        "CapabilityBoundingSet=\n",
+        "DynamicUser=yes",
+    ] {
+        assert!(unit.contains(key), "the unit lacks {key:?}");
+    }
+    let checked = dir.path().join("airlock.service");
+    std::fs::write(
+        &checked,
+        unit.replace("/usr/local/bin/airlock", env!("CARGO_BIN_EXE_airlock")),
+    )
+    .unwrap();
+    let analyze = |args: &[&str]| {
+        let out = std::process::Command::new("systemd-analyze")
+            .args(args)
+            .arg(&checked)
+            .output()
+            .expect("systemd-analyze (Debian's systemd package; scripts/test.sh installs it)");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = analyze(&["verify", "--man=no"]);
+    assert_eq!((code, stderr.trim()), (Some(0), ""), "systemd-analyze verify");
+    // "Overall exposure level" at most 2.0 of 10.
+    let (code, stderr) = analyze(&["security", "--offline=true", "--threshold=20", "--no-pager"]);
+    assert_eq!(code, Some(0), "exposure above 2.0: {stderr}");
+
+    // The image: built in one stage, run as a non-root user in another,
+    // with its state in a volume (a read-only root filesystem works).
+    let docker = std::fs::read_to_string(root.join("packaging/Dockerfile")).unwrap();
+    let stages: Vec<&str> = docker.split("\nFROM ").skip(1).collect();
+    assert_eq!(stages.len(), 2, "two stages");
+    let last = stages[1];
+    let user = last
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the run stage sets USER");
+    assert!(!user.starts_with("root") && !user.starts_with("0"), "runs as {user}");
+    assert!(last.contains("VOLUME [\"/var/lib/airlock\"]") && last.contains("--data-dir\", \"/var/lib/airlock\""));
+    assert!(
+        docker.contains("cargo build --release --locked"),
+        "the image builds what Cargo.lock pins"
+    );
+    assert!(
+        !docker.lines().any(|l| l.starts_with("ADD ")),
+        "no ADD (remote fetches bypass the lock file)"
+    );
+}

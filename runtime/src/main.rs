@@ -43,6 +43,18 @@ enum Command {
     },
     /// Scaffold a new action crate (WIT, code, a test, a config to try it).
     New(cli::NewArgs),
+    /// Print a shell completion script (`airlock completions bash >
+    /// /etc/bash_completion.d/airlock`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or with --out DIR write airlock.1 and a
+    /// page per command (airlock-serve.1, ...) there.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// What a new version of a component changes: imports, functions, and
     /// (with --config and --action) the grants it would use.
     Diff(cli::DiffArgs),
@@ -331,6 +343,11 @@ fn main() -> ExitCode {
             Command::Check { config } => check(config),
             Command::Diff(a) => cli::diff(a),
             Command::New(a) => cli::new(a),
+            Command::Completions { shell } => {
+                clap_complete::generate(shell, &mut Cli::command(), "airlock", &mut std::io::stdout());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Man { out } => man_pages(out.as_deref()),
             Command::Keygen(a) => cli::keygen(a),
             Command::Sign(a) => cli::sign(a),
             Command::Verify(a) => cli::verify(a),
@@ -394,6 +411,46 @@ fn remember_place(matches: &clap::ArgMatches) {
         }
     }
     airlock::hint::remember(config.as_deref(), data_dir.as_deref(), token_file.as_deref());
+}
+
+/// `airlock man`: the page for `airlock`, and with a directory one per
+/// command (`airlock-serve.1`, `airlock-audit-verify.1`, ...).
+fn man_pages(out: Option<&std::path::Path>) -> Result<ExitCode, Error> {
+    let render = |cmd: clap::Command| -> Result<Vec<u8>, Error> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd)
+            .render(&mut page)
+            .map_err(|e| Error::internal(format!("cannot render the man page: {e}")))?;
+        Ok(page)
+    };
+    let root = Cli::command();
+    let Some(dir) = out else {
+        std::io::stdout()
+            .write_all(&render(root)?)
+            .map_err(|e| Error::internal(format!("cannot write the man page: {e}")))?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    // Each command's page under its full name, subcommands included.
+    let mut pages = vec![("airlock".to_string(), root.clone())];
+    let mut queue = vec![("airlock".to_string(), root)];
+    while let Some((name, cmd)) = queue.pop() {
+        for sub in cmd.get_subcommands() {
+            let full = format!("{name}-{}", sub.get_name());
+            // clap names commands with &'static str; this process ends
+            // right after writing the pages.
+            let page = sub.clone().name(&*Box::leak(full.clone().into_boxed_str()));
+            pages.push((full.clone(), page.clone()));
+            queue.push((full, page));
+        }
+    }
+    for (name, cmd) in pages {
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, render(cmd)?)
+            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
+    }
+    println!("wrote the man pages to {}", dir.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn usage_error(e: clap::Error) -> ExitCode {
