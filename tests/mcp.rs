@@ -98,6 +98,15 @@ component = {gated}
 invoke = ["ops-bot"]
 approve = ["role:reviewer"]
 
+# Logs a line per report.
+[actions.report]
+component = {report}
+[actions.report.grants]
+log = true
+files = {{ dir = "work", mode = "read-write" }}
+[actions.report.access]
+invoke = ["role:agent"]
+
 # A pure action whose WIT is documented.
 [actions.types]
 component = {types}
@@ -118,6 +127,7 @@ capability = "files"
 path-prefix = "gated"
 "#,
             types = toml_path(&component("types")),
+            report = toml_path(&component("report")),
             echo_grants = grants.replace("NAME", "echo"),
             deploy_grants = grants.replace("NAME", "deploy"),
             ops_grants = grants.replace("NAME", "secret-ops"),
@@ -160,6 +170,16 @@ fn check_scenario(seen: &Value) -> String {
     assert_eq!(seen["annotations"]["echo__echo"]["read_only"], true, "{seen}");
     assert_eq!(seen["annotations"]["deploy__echo"]["destructive"], true, "{seen}");
     assert_eq!(seen["echo_schema"]["properties"]["value"]["type"], "string", "{seen}");
+
+    // Log lines are forwarded at or above the level the client set.
+    assert_eq!(seen["logs_at_warning"]["is_error"], false, "{seen}");
+    assert_eq!(seen["logs_at_warning"]["logs"], serde_json::json!([]), "{seen}");
+    let logs = &seen["logs_at_info"]["logs"];
+    assert_eq!(logs.as_array().map(Vec::len), Some(1), "{seen}");
+    assert_eq!(logs[0]["logger"], "report", "{seen}");
+    assert!(logs[0]["level"].as_str().unwrap().contains("info"), "{seen}");
+    assert_eq!(logs[0]["data"]["message"], "report written", "{seen}");
+    assert_eq!(logs[0]["data"]["fields"]["path"], "reports/loud.md", "{seen}");
 
     // The WIT's doc comments describe the tool and its parameters; the
     // result schema is published and the result matches it.

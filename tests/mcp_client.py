@@ -26,6 +26,13 @@ def content_text(result):
     return [c.text for c in result.content if getattr(c, "type", "") == "text"]
 
 
+LOGS = []
+
+
+async def on_log(params):
+    LOGS.append({"level": str(params.level), "logger": params.logger, "data": params.data})
+
+
 async def run(session, mode, arg):
     await session.initialize()
     if mode == "status":
@@ -53,6 +60,15 @@ async def run(session, mode, arg):
     out["annotations"] = annotations
     schema = next(t.input_schema for t in tools.tools if t.name == "echo__echo")
     out["echo_schema"] = schema
+
+    # An action's log lines reach a client that asked for them, at or above
+    # its level.
+    await session.set_logging_level("warning")
+    res = await session.call_tool("report__write-report", {"name": "quiet", "findings": []})
+    out["logs_at_warning"] = {"is_error": bool(res.is_error), "logs": list(LOGS)}
+    await session.set_logging_level("info")
+    res = await session.call_tool("report__write-report", {"name": "loud", "findings": []})
+    out["logs_at_info"] = {"is_error": bool(res.is_error), "logs": list(LOGS)}
 
     # WIT docs and the result schema travel into the tool.
     describe = next(t for t in tools.tools if t.name == "types__describe")
@@ -114,7 +130,7 @@ async def main():
             args=["mcp", "--config", config, "--token-file", token_file],
         )
         async with stdio_client(params) as (read, write):
-            async with ClientSession(read, write) as session:
+            async with ClientSession(read, write, logging_callback=on_log) as session:
                 result = await run(session, mode, arg)
     else:
         import httpx2
@@ -126,7 +142,7 @@ async def main():
         headers = {"Authorization": f"{scheme} {token}"}
         async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=120)) as http:
             async with streamable_http_client(url, http_client=http) as (read, write):
-                async with ClientSession(read, write) as session:
+                async with ClientSession(read, write, logging_callback=on_log) as session:
                     result = await run(session, mode, arg)
     print(json.dumps(result))
 

@@ -18,6 +18,10 @@
 //!   stdio, for as long as the `airlock mcp` process runs), and the
 //!   `airlock_status` tool returns the outcome later.
 
+// MCP logging (`logging/setLevel`, `notifications/message`) is deprecated in
+// rmcp by SEP-2577, but it is what clients implement today.
+#![allow(deprecated)]
+
 use super::Service;
 use crate::error::Error;
 use crate::gateway::Submitted;
@@ -25,7 +29,8 @@ use crate::identity::Caller;
 use crate::store::{ApprovalKind, ApprovalRecord, InvocationRecord};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject, ListToolsResult,
-    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    LoggingLevel, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool,
+    ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -54,6 +59,9 @@ enum Identity {
 pub struct AirlockMcp {
     service: Arc<Service>,
     identity: Identity,
+    /// The least severe log level this session's client asked for with
+    /// `logging/setLevel`; until it asks, no log messages are sent.
+    log_level: Arc<std::sync::Mutex<Option<LoggingLevel>>>,
 }
 
 impl AirlockMcp {
@@ -62,6 +70,7 @@ impl AirlockMcp {
         AirlockMcp {
             service,
             identity: Identity::Token(Arc::new(token)),
+            log_level: Arc::default(),
         }
     }
 
@@ -70,6 +79,39 @@ impl AirlockMcp {
         AirlockMcp {
             service,
             identity: Identity::PerRequest,
+            log_level: Arc::default(),
+        }
+    }
+
+    /// The handler for a new session: the same service, its own log level.
+    fn new_session(&self) -> AirlockMcp {
+        AirlockMcp {
+            log_level: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// Send the action's log lines at or above the session's level as
+    /// `notifications/message` (logger: the action), before the result.
+    async fn forward_logs(&self, ctx: &RequestContext<RoleServer>, action: &str, report: &crate::invocation::Report) {
+        let Some(floor) = *self.log_level.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return;
+        };
+        for line in &report.logs {
+            let level = mcp_level(line.level);
+            if severity(level) < severity(floor) {
+                continue;
+            }
+            let fields: serde_json::Map<String, Value> = line
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            let data = json!({"message": line.message, "fields": fields, "invocation": report.invocation});
+            let message = rmcp::model::LoggingMessageNotificationParam::new(level, data).with_logger(action);
+            if ctx.peer.notify_logging_message(message).await.is_err() {
+                return; // the client went away
+            }
         }
     }
 
@@ -341,14 +383,48 @@ async fn progress(ctx: &RequestContext<RoleServer>, step: f64, message: String) 
     }
 }
 
+/// MCP's levels, least severe first (RFC 5424's order).
+fn severity(level: LoggingLevel) -> u8 {
+    match level {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
+
+/// An action's log level as MCP names it.
+fn mcp_level(level: crate::capabilities::log::Level) -> LoggingLevel {
+    use crate::capabilities::log::Level;
+    match level {
+        Level::Trace | Level::Debug => LoggingLevel::Debug,
+        Level::Info => LoggingLevel::Info,
+        Level::Warn => LoggingLevel::Warning,
+        Level::Error => LoggingLevel::Error,
+    }
+}
+
 impl ServerHandler for AirlockMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_logging().build())
             .with_server_info(Implementation::new("airlock", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Each tool runs one action function under airlock's governance. Calls may wait for a \
                  reviewer's approval; a pending call returns an invocation id: ask airlock_status for it later.",
             )
+    }
+
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        *self.log_level.lock().unwrap_or_else(|p| p.into_inner()) = Some(request.level);
+        Ok(())
     }
 
     async fn list_tools(
@@ -440,7 +516,10 @@ impl ServerHandler for AirlockMcp {
             if let Some(joined) = joined {
                 running = None;
                 match joined {
-                    Ok(Ok(Submitted::Ran(report))) => return Ok(ran_result(&report).into()),
+                    Ok(Ok(Submitted::Ran(report))) => {
+                        self.forward_logs(&ctx, action, &report).await;
+                        return Ok(ran_result(&report).into());
+                    }
                     Ok(Ok(Submitted::Done(record))) if record.state.is_final() => {
                         return Ok(record_result(&record).into());
                     }
@@ -603,7 +682,7 @@ pub fn http_service(
         .with_allowed_hosts(hosts)
         .with_allowed_origins(service.settings.allowed_origins.clone());
     let handler = AirlockMcp::per_request(service);
-    StreamableHttpService::new(move || Ok(handler.clone()), Arc::new(Default::default()), config)
+    StreamableHttpService::new(move || Ok(handler.new_session()), Arc::new(Default::default()), config)
 }
 
 #[cfg(test)]
