@@ -1021,3 +1021,174 @@ fn an_upgraded_pin_is_listed_with_what_changed() {
         "{upgrade}"
     );
 }
+
+/// The value of the sample `series` (name and labels as printed) in a
+/// metrics text, 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.split(' ').next().unwrap().parse().unwrap())
+}
+
+#[test]
+fn metrics_are_guarded_and_move_with_the_work() {
+    let w = World::new();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let text = std::fs::read_to_string(&w.config).unwrap().replace(
+        "audit-readers = [\"role:auditor\"]\n",
+        &format!("audit-readers = [\"role:auditor\"]\nmetrics-listen = \"{metrics_addr}\"\nrate-limit = {{ per-second = 0.01, burst = 12 }}\n"),
+    );
+    let mut text = text.replace("rate-limit = { per-second = 1000, burst = 1000 }\n", "");
+    let gated = toml_path(&component("gated"));
+    text.push_str(&format!(
+        "[actions.reader]\ncomponent = {gated}\n[actions.reader.grants]\napproval = true\n\
+         files = {{ dir = \"work\", mode = \"read-only\" }}\n[actions.reader.access]\ninvoke = [\"role:agent\"]\napprove = [\"role:reviewer\"]\n"
+    ));
+    std::fs::write(&w.config, text).unwrap();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let prometheus = w.token("prometheus", "agent", &["monitoring"]);
+    let server = Server::start(&w.config);
+
+    // Guarded: no token, then a token without the role.
+    assert_eq!(server.get("/metrics", None).status, 401);
+    let forbidden = server.get("/metrics", Some(&agent));
+    assert_eq!(forbidden.status, 403, "{forbidden:?}");
+    let before = server.get("/metrics", Some(&prometheus));
+    assert_eq!(before.status, 200, "{before:?}");
+    assert!(
+        before
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+        "{before:?}"
+    );
+    let before = String::from_utf8(before.body).unwrap();
+    assert!(before.ends_with("# EOF\n"), "{before}");
+
+    // Work: two runs, one host call refused, one invocation refused by
+    // policy, one held for approval and approved.
+    let ok = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &invoke_body("echo", "echo", json!({"value": "a"})),
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let escape = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &invoke_body("echo", "write", json!({"path": "../outside.txt", "data": "x"})),
+    );
+    assert!(escape.status < 500, "{escape:?}");
+    let read_only = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &invoke_body("reader", "write", json!({"path": "x.txt", "data": "x"})),
+    );
+    assert!(read_only.status < 500, "{read_only:?}");
+    let refused = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &invoke_body("secret-ops", "echo", json!({"value": "x"})),
+    );
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let mut held = invoke_body("deploy", "echo", json!({"value": "v"}));
+    held["wait-ms"] = json!(0);
+    let held = server.post("/v1/invocations", Some(&agent), &held);
+    assert_eq!(held.status, 202, "{held:?}");
+    let approval = held.json()["approval"].as_str().unwrap().to_string();
+    let mid = String::from_utf8(server.get("/metrics", Some(&prometheus)).body).unwrap();
+    assert_eq!(sample(&mid, "airlock_approvals_pending"), 1.0, "{mid}");
+    let approved = server.post(&format!("/v1/approvals/{approval}/approve"), Some(&alice), &json!({}));
+    assert_eq!(approved.status, 200, "{approved:?}");
+
+    // Read from the second address: no token needed there, and nothing
+    // else served.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let r = request(&metrics_addr, "GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200, "{r:?}");
+        let text = String::from_utf8(r.body).unwrap();
+        if sample(&text, r#"airlock_invocations_total{action="deploy",outcome="ok"}"#) >= 1.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(request(&metrics_addr, "GET", "/v1/actions", &[], b"").status, 404);
+    let moved = |series: &str| sample(&after, series) - sample(&before, series);
+    assert_eq!(
+        moved(r#"airlock_invocations_total{action="echo",outcome="ok"}"#),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved(r#"airlock_invocations_total{action="echo",outcome="action-error"}"#),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved(r#"airlock_invocations_total{action="secret-ops",outcome="refused"}"#),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved(r#"airlock_invocation_run_seconds_count{action="echo"}"#),
+        2.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved(r#"airlock_invocation_queue_seconds_count{action="deploy"}"#),
+        1.0,
+        "{after}"
+    );
+    assert!(
+        moved(r#"airlock_invocation_audit_wait_seconds_count{action="echo"}"#) >= 2.0,
+        "{after}"
+    );
+    assert!(
+        moved(r#"airlock_host_calls_total{capability="airlock:cap/files",decision="allowed"}"#) >= 1.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved(r#"airlock_host_calls_total{capability="airlock:cap/files",decision="denied"}"#),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(moved("airlock_approvals_requested_total"), 1.0, "{after}");
+    assert_eq!(
+        moved(r#"airlock_approval_votes_total{verdict="approve"}"#),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(sample(&after, "airlock_approvals_pending"), 0.0, "{after}");
+    assert!(moved("airlock_audit_sync_seconds_count") >= 4.0, "{after}");
+    assert!(moved("airlock_audit_head_sequence") >= 8.0, "{after}");
+    assert_eq!(sample(&after, "airlock_audit_write_failures_total"), 0.0, "{after}");
+    assert!(
+        moved(r#"airlock_store_operation_seconds_count{operation="update-approval"}"#) >= 1.0,
+        "{after}"
+    );
+    assert!(
+        moved(r#"airlock_http_requests_total{surface="api",status="403"}"#) >= 1.0,
+        "{after}"
+    );
+
+    // The per-identity limit: the agent's burst is spent by now.
+    let mut limited = 0;
+    for _ in 0..12 {
+        if server.get("/v1/actions", Some(&agent)).status == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited > 0);
+    let last = String::from_utf8(request(&metrics_addr, "GET", "/metrics", &[], b"").body).unwrap();
+    assert_eq!(
+        sample(&last, r#"airlock_rate_limited_total{limiter="identity"}"#)
+            - sample(&after, r#"airlock_rate_limited_total{limiter="identity"}"#),
+        f64::from(limited),
+        "{last}"
+    );
+}

@@ -369,6 +369,7 @@ impl Inner {
         }
         let seq = self.counts.total;
         self.counts.total += 1;
+        crate::metrics::host_call(call.interface, decision.allowed);
         // One span per call, opened here and closed when the call finishes,
         // whichever capability made it: the choke point is also where
         // tracing (and an OpenTelemetry collector behind it) sees calls.

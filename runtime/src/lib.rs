@@ -45,6 +45,7 @@ pub mod host_call;
 pub mod identity;
 pub mod invocation;
 pub mod manifest;
+pub mod metrics;
 pub mod notify;
 pub mod outbound;
 pub mod pins;

@@ -295,6 +295,7 @@ impl Approvals {
             return Err(e.into());
         }
         tracing::info!(approval = %record.id, kind = %record.kind, action = %record.action, "approval requested");
+        crate::metrics::metrics().approvals_requested.inc();
         self.announce(crate::notify::NoticeKind::Requested, &record);
         Ok(record)
     }
@@ -487,6 +488,12 @@ impl Approvals {
         };
         let record = self.store.update_approval(id, &mut update).map_err(update_error)?;
         tracing::info!(approval = %record.id, identity = %who.name, %verdict, state = %record.state, "approval decision");
+        crate::metrics::metrics()
+            .approval_votes
+            .get_or_create(&crate::metrics::VerdictLabels {
+                verdict: verdict.as_str().into(),
+            })
+            .inc();
         if let Err(e) = self.drain_blocking() {
             self.changed.notify_waiters();
             return Err(match e {
@@ -582,6 +589,7 @@ impl Approvals {
             audit: &audit,
         })?;
         if ended {
+            crate::metrics::invocation_ended(&record.action, "refused");
             self.changed.notify_waiters();
             self.flush_audit().await?;
         }
@@ -618,6 +626,7 @@ impl Approvals {
         if changed {
             self.changed.notify_waiters();
             if record.state == ApprovalState::Expired {
+                crate::metrics::metrics().approvals_expired.inc();
                 self.announce(crate::notify::NoticeKind::Expired, &record);
             }
         }

@@ -1307,6 +1307,7 @@ impl Writer {
         // A group whose appends were all refused writes nothing, and so
         // proves nothing about the log's health.
         let attempted = !buf.is_empty() || sync;
+        let writing = std::time::Instant::now();
         let written = if !attempted {
             Ok(())
         } else {
@@ -1336,6 +1337,12 @@ impl Writer {
                 self.good_len += written_len;
                 if sync {
                     (self.synced_len, self.synced_seq, self.synced_head) = (self.good_len, self.next_seq, self.head);
+                    let metrics = crate::metrics::metrics();
+                    metrics.audit_sync_seconds.observe(writing.elapsed().as_secs_f64());
+                    metrics.audit_group_appends.observe(appends.len() as f64);
+                    metrics
+                        .audit_head_sequence
+                        .set(i64::try_from(self.synced_seq.saturating_sub(1)).unwrap_or(i64::MAX));
                     let durable = appends.iter().filter(|(_, d, _)| *d).count() as u64;
                     self.shared.syncs.fetch_add(1, Ordering::AcqRel);
                     self.shared.durable_appends.fetch_add(durable, Ordering::AcqRel);
@@ -1346,6 +1353,7 @@ impl Writer {
                 results.into_iter().map(|r| r.unwrap_or(Ok(0))).collect()
             }
             Err(e) => {
+                crate::metrics::metrics().audit_write_failures.inc();
                 let err = self.roll_back(e);
                 results
                     .into_iter()

@@ -138,10 +138,12 @@ impl PreparedAction {
         intent: Option<&Intent>,
     ) -> Error {
         let event = self.refused_event(invocation, caller, function, &error, policies, intent);
-        match self.audit.append_durable_async(vec![event], None).await {
+        let error = match self.audit.append_durable_async(vec![event], None).await {
             Ok(_) => error,
             Err(e) => Error::AuditUnavailable(e.to_string()),
-        }
+        };
+        crate::metrics::invocation_ended(&self.policy.name, crate::metrics::error_label(&error));
+        error
     }
 
     /// Invoke `function` with JSON `args` on behalf of `caller`, under the
@@ -215,7 +217,9 @@ impl PreparedAction {
             if let Err(e) = self.audit.append_durable_async(vec![start], None).await {
                 // Nothing of it is in the log: nothing to close.
                 tracked.settle();
-                return Report::failed(&invocation, Error::AuditUnavailable(e.to_string()), started);
+                let error = Error::AuditUnavailable(e.to_string());
+                crate::metrics::invocation_ended(&self.policy.name, crate::metrics::error_label(&error));
+                return Report::failed(&invocation, error, started);
             }
             self.audit.epoch()
         } else {
@@ -243,6 +247,9 @@ impl PreparedAction {
         if let Some(gate) = self.gate_for(&invocation, caller, function, args, admission.intent) {
             host_calls.set_gate(gate);
         }
+        let metrics = crate::metrics::metrics();
+        crate::metrics::observe_phase(&metrics.invocation_queue_seconds, &self.policy.name, started.elapsed());
+        let running = Instant::now();
         let run =
             tracing::Instrument::instrument(self.run(sig, params, started, &invocation, host_calls.clone()), span);
         let mut report = if deferred {
@@ -258,9 +265,13 @@ impl PreparedAction {
         } else {
             run.await
         };
+        let ran = Instant::now();
+        crate::metrics::observe_phase(&metrics.invocation_run_seconds, &self.policy.name, ran - running);
         let (mut records, epoch) = host_calls.close_audit();
         records.events.push(self.finished_event(&report, args));
-        match self.audit.append_durable_async(records, epoch).await {
+        let closed = self.audit.append_durable_async(records, epoch).await;
+        crate::metrics::observe_phase(&metrics.invocation_audit_wait_seconds, &self.policy.name, ran.elapsed());
+        match closed {
             Ok(_) => tracked.settle(),
             Err(e) => {
                 report.outcome = Err(Error::AuditUnavailable(format!(
@@ -275,6 +286,7 @@ impl PreparedAction {
                 drop(tracked);
             }
         }
+        crate::metrics::invocation_ended(&self.policy.name, crate::metrics::outcome_label(&report.outcome));
         report
     }
 

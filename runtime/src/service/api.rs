@@ -10,6 +10,7 @@
 //! | GET | `/v1/approvals`, `/v1/approvals/{id}` | approvers of the action, or the requester |
 //! | POST | `/v1/approvals/{id}/approve`, `/deny` | approvers of the action |
 //! | GET | `/v1/audit`, `/v1/audit/verify` | `service.audit-readers` |
+//! | GET | `/metrics` | `service.metrics-readers` (see `super::observe`) |
 //!
 //! `POST /v1/invocations` waits up to `wait-ms` for the outcome, the
 //! decision of an invocation-level gate included: 200 when it ends in time,
@@ -61,6 +62,7 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/cluster", get(cluster))
+        .route("/metrics", get(super::observe::scrape))
         .merge(super::console::router())
         .merge(
             Router::new()
@@ -79,6 +81,8 @@ pub fn router(service: Shared) -> Router {
         // Outermost: every request is authenticated on its head before its
         // body is read (see `gate`).
         .layer(axum::middleware::from_fn_with_state(service.clone(), super::gate::gate))
+        // Around the gate: its refusals are logged and counted too.
+        .layer(axum::middleware::from_fn(super::observe::access))
         .with_state(service)
 }
 

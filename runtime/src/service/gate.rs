@@ -82,7 +82,7 @@ pub fn scheme(method: &Method, path: &str) -> Scheme {
         "/console/login" if method == Method::POST => Scheme::SignIn,
         "/console/login" => Scheme::Public,
         _ if under("/console") => Scheme::Session,
-        _ if under("/mcp") || path.starts_with("/v1/") => Scheme::Bearer,
+        _ if under("/mcp") || path.starts_with("/v1/") || path == "/metrics" => Scheme::Bearer,
         _ => Scheme::Public,
     }
 }

@@ -22,6 +22,7 @@ pub mod console;
 pub mod error;
 pub mod gate;
 pub mod mcp;
+pub mod observe;
 pub mod openapi;
 pub mod ratelimit;
 pub mod unauthenticated;
@@ -83,6 +84,10 @@ pub struct RawServiceSettings {
     /// Origins (`https://airlock.example`) the console takes form posts
     /// from besides its own `Host`: for a proxy that rewrites `Host`.
     pub console_origins: Option<Vec<String>>,
+    /// Who may read `/metrics`; default `["role:monitoring"]`.
+    pub metrics_readers: Option<Vec<String>>,
+    /// A second address serving only `GET /metrics`, without a token.
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -108,6 +113,8 @@ pub struct ServiceSettings {
     pub allowed_origins: Vec<String>,
     pub allowed_hosts: Vec<String>,
     pub console_origins: Vec<String>,
+    pub metrics_readers: Vec<AccessRule>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Default wait of an MCP call for an approval.
@@ -131,6 +138,8 @@ impl Default for ServiceSettings {
             allowed_origins: vec!["http://localhost:*".into(), "http://127.0.0.1:*".into()],
             allowed_hosts: Vec::new(),
             console_origins: Vec::new(),
+            metrics_readers: vec![AccessRule::Role("monitoring".into())],
+            metrics_listen: None,
         }
     }
 }
@@ -219,6 +228,23 @@ impl ServiceSettings {
             }
             s.console_origins = origins.clone();
         }
+        if let Some(list) = &raw.metrics_readers {
+            s.metrics_readers = list
+                .iter()
+                .map(|r| AccessRule::parse(r).map_err(|e| format!("service.metrics-readers: {r:?}: {e}")))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(listen) = &raw.metrics_listen {
+            let addr: SocketAddr = listen
+                .parse()
+                .map_err(|_| format!("service.metrics-listen {listen:?} must be IP:PORT, e.g. 127.0.0.1:9420"))?;
+            if addr == s.listen {
+                return Err(format!(
+                    "service.metrics-listen {listen:?} is the service's own address: choose another port"
+                ));
+            }
+            s.metrics_listen = Some(addr);
+        }
         if let Some(list) = &raw.audit_readers {
             s.audit_readers = list
                 .iter()
@@ -269,12 +295,12 @@ impl Service {
         }
         runtime.commit_pins()?;
         Ok(Service {
-            limiter: RateLimiter::new(settings.rate_limit),
+            limiter: RateLimiter::new(settings.rate_limit, "identity"),
             runtime,
             policy,
             settings,
             sessions: console::Sessions,
-            sign_in_limiter: RateLimiter::new(gate::SIGN_IN_RATE),
+            sign_in_limiter: RateLimiter::new(gate::SIGN_IN_RATE, "sign-in"),
             stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -389,7 +415,28 @@ pub async fn serve(
         max_unauthenticated_per_source: service.settings.max_unauthenticated_per_source,
     };
     let app = api::router(service.clone());
+    let metrics = match service.settings.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::Config(format!(
+                    "cannot listen on {addr} (service.metrics-listen): {e}; choose a free address"
+                ))
+            })?;
+            tracing::info!(address = %addr, "serving /metrics without a token");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let router = observe::metrics_router(service.clone());
+            let task = tokio::spawn(connections::serve(listener, router, limits, async {
+                let _ = stopped.await;
+            }));
+            Some((stop, task))
+        }
+    };
     let result = connections::serve(listener, app, limits, shutdown).await;
+    if let Some((stop, task)) = metrics {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     // Runs still going (answered with 202, or started by the sweeper)
     // finish before the node stops, up to RUNS_DEADLINE; nothing new is
     // claimed meanwhile.

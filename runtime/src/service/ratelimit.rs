@@ -24,6 +24,8 @@ impl Default for RateLimit {
 #[derive(Debug)]
 pub struct RateLimiter {
     limit: RateLimit,
+    /// Its `limiter` label in `airlock_rate_limited_total`.
+    label: &'static str,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
@@ -32,9 +34,11 @@ pub struct RateLimiter {
 const MAX_BUCKETS: usize = 100_000;
 
 impl RateLimiter {
-    pub fn new(limit: RateLimit) -> RateLimiter {
+    /// A limiter whose refusals are counted under `label`.
+    pub fn new(limit: RateLimit, label: &'static str) -> RateLimiter {
         RateLimiter {
             limit,
+            label,
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -54,6 +58,7 @@ impl RateLimiter {
             *tokens -= 1.0;
             Ok(())
         } else {
+            crate::metrics::rate_limited(self.label);
             Err((1.0 - *tokens) / self.limit.per_second.max(f64::MIN_POSITIVE))
         }
     }
@@ -65,10 +70,13 @@ mod tests {
 
     #[test]
     fn buckets_are_per_identity_and_refill() {
-        let limiter = RateLimiter::new(RateLimit {
-            per_second: 1000.0,
-            burst: 2.0,
-        });
+        let limiter = RateLimiter::new(
+            RateLimit {
+                per_second: 1000.0,
+                burst: 2.0,
+            },
+            "test",
+        );
         assert!(limiter.take("a").is_ok());
         assert!(limiter.take("a").is_ok());
         assert!(limiter.take("a").is_err());

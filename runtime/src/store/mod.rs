@@ -20,6 +20,7 @@
 //! in between) is appended by the next drain, from any process.
 
 pub mod journal;
+pub mod metered;
 pub mod migrations;
 pub(crate) mod pg_connect;
 pub mod postgres;
@@ -33,12 +34,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Open the store `settings` name: PostgreSQL (missing migrations
-/// applied), or SQLite in `data_dir`.
+/// applied), or SQLite in `data_dir`; each operation timed
+/// ([`metered`]).
 pub fn open(settings: &settings::StoreSettings, data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(match &settings.postgres {
+    let backend: Arc<dyn Store> = match &settings.postgres {
         Some(pg) => Arc::new(postgres::PgStore::open(pg, postgres::Migrate::Apply)?),
         None => Arc::new(sqlite::SqliteStore::open(data_dir)?),
-    })
+    };
+    Ok(Arc::new(metered::Metered(backend)))
 }
 
 /// The answer of a store call awaited on an async worker (see
