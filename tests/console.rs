@@ -462,3 +462,201 @@ invocation = true
     let a = server.get(&format!("/v1/approvals/{approval}"), Some(&reviewer)).json();
     assert_eq!(a["state"], "approved", "{a}");
 }
+
+/// Markup, attribute breakers, a `javascript:` link and a bidi override,
+/// each of which would do something if a page put it in raw.
+const HOSTILE: [&str; 4] = [
+    "<script>document.title='pwned'</script>",
+    "\"><img src=x onerror=\"document.title='pwned'\">",
+    "javascript:document.title='pwned'",
+    "'><svg onload=alert(1)><a href='javascript:alert(1)'>x</a>",
+];
+
+/// What the page in `browser` must not be: no script, image, SVG or
+/// frame element, no event-handler attribute, no link or form leaving the
+/// console, and a title of its own; and every one of `shown` is on it as
+/// text. A bidi override shows as `\u{202e}`.
+fn assert_inert(browser: &Browser, page: &str, shown: &[&str]) {
+    let report = browser.execute(
+        "const bad = [...document.querySelectorAll('script, img, svg, iframe, object, embed, frame, base, meta[http-equiv]')]\
+           .map(e => e.outerHTML);\
+         const handlers = [...document.querySelectorAll('*')]\
+           .flatMap(e => [...e.attributes].filter(a => a.name.toLowerCase().startsWith('on')).map(a => e.tagName + ' ' + a.name));\
+         const links = [...document.querySelectorAll('a[href], form[action], link[href]')]\
+           .map(e => new URL(e.href || e.action, location.href))\
+           .filter(u => u.origin !== location.origin || !u.pathname.startsWith('/console'))\
+           .map(u => u.href);\
+         return {bad, handlers, links, title: document.title, text: document.body.innerText,\
+                 bidi: /[\\u202a-\\u202e\\u2066-\\u2069]/.test(document.body.innerText)};",
+    );
+    let none = json!([]);
+    assert_eq!(report["bad"], none, "{page}: {}", browser.source());
+    assert_eq!(report["handlers"], none, "{page}: {}", browser.source());
+    assert_eq!(report["links"], none, "{page}: {}", browser.source());
+    assert!(!report["title"].as_str().unwrap().contains("pwned"), "{page}: {report}");
+    assert_eq!(report["bidi"], false, "{page}: {report}");
+    let text = report["text"].as_str().unwrap();
+    for s in shown {
+        assert!(text.contains(s), "{page} does not show {s:?} as text: {text}");
+    }
+}
+
+#[test]
+fn hostile_text_in_every_field_a_caller_controls_is_shown_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("work")).unwrap();
+    let config = dir.path().join("airlock.toml");
+    let gated = toml_path(&component("gated"));
+    let description = serde_json::to_string(HOSTILE[1]).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[runtime]
+data-dir = "data"
+[service]
+audit-readers = ["role:reviewer"]
+[actions.deploy]
+description = {description}
+component = {gated}
+[actions.deploy.grants]
+approval = true
+files = {{ dir = "work", mode = "read-write" }}
+[actions.deploy.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[actions.deploy.approval]
+invocation = true
+[actions.plain]
+component = {gated}
+[actions.plain.grants]
+approval = true
+files = {{ dir = "work", mode = "read-write" }}
+[actions.plain.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+"#
+        ),
+    )
+    .unwrap();
+    let agent = token(&config, "deploy-bot", "agent", "agent");
+    let reviewer = token(&config, "alice", "human", "reviewer");
+    let server = Server::start(&config);
+    let base = format!("http://{}", server.addr);
+    let all = HOSTILE.concat();
+    // Arguments are any JSON: a bidi override in them is shown escaped
+    // (the API refuses one in a stated reason).
+    let spoof = format!("{all}\u{202e}gnp.exe");
+    // Arguments show as JSON: quotes escaped, the rest as it came.
+    let all_json = serde_json::to_string(&all).unwrap();
+    let all_json = all_json.trim_end_matches('"').to_string();
+
+    // The agent's arguments and stated reason.
+    let held = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &json!({"action": "deploy", "function": "echo", "args": {"value": spoof}, "wait-ms": 0,
+                "reason": HOSTILE[3]}),
+    );
+    assert_eq!(held.status, 202, "{held:?}");
+    let held_approval = held.json()["approval"].as_str().unwrap().to_string();
+    let held_invocation = held.json()["invocation"].as_str().unwrap().to_string();
+    // The guest's own approval request: its summary and detail.
+    let asked = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &json!({"action": "plain", "function": "ask", "args": {"summary": HOSTILE[0], "detail": HOSTILE[2]},
+                "wait-ms": 0}),
+    );
+    assert_eq!(asked.status, 202, "{asked:?}");
+    let asked_invocation = asked.json()["invocation"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let asked_approval = loop {
+        let r = server.get("/v1/approvals", Some(&reviewer));
+        let found = r.json()["approvals"].as_array().and_then(|list| {
+            list.iter()
+                .find(|a| a["invocation"] == asked_invocation.as_str())
+                .cloned()
+        });
+        if let Some(a) = found {
+            break a["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "{r:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The guest's result, and its error text.
+    let echoed = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &json!({"action": "plain", "function": "echo", "args": {"value": HOSTILE[2]}}),
+    );
+    assert_eq!(echoed.status, 200, "{echoed:?}");
+    let echoed = echoed.json()["invocation"].as_str().unwrap().to_string();
+    let failed = server.post(
+        "/v1/invocations",
+        Some(&agent),
+        &json!({"action": "plain", "function": "write", "args": {"path": format!("../{}", HOSTILE[1]), "data": "x"}}),
+    );
+    assert!(failed.status < 500, "{failed:?}");
+    let failed = failed.json()["invocation"].as_str().unwrap().to_string();
+
+    let browser = Browser::start();
+    browser.goto(&format!("{base}/console/login"));
+    assert_inert(&browser, "sign-in", &[]);
+    browser.type_into("#token", &reviewer);
+    browser.click("#sign-in");
+    assert!(browser.text("#who").contains("alice"));
+    assert_inert(&browser, "pending", &[]);
+
+    browser.goto(&format!("{base}/console/approvals/{held_approval}"));
+    assert_inert(&browser, "held request", &[&all_json, HOSTILE[3], "\\u{202e}gnp.exe"]);
+    // A reviewer's reason, typed into the form, comes back as text too.
+    browser.type_into("#deny-form input[name=reason]", HOSTILE[1]);
+    browser.click("#deny");
+    assert_eq!(browser.wait_for_text("#state", "denied"), "denied");
+    assert_inert(&browser, "denied request", &[HOSTILE[1]]);
+
+    browser.goto(&format!("{base}/console/approvals/{asked_approval}"));
+    assert_inert(&browser, "guest request", &[HOSTILE[0], HOSTILE[2]]);
+    for (page, shown) in [
+        (format!("invocations/{held_invocation}"), vec![all_json.as_str()]),
+        (format!("invocations/{echoed}"), vec![HOSTILE[2]]),
+        (format!("invocations/{failed}"), vec![]),
+        ("invocations".to_string(), vec![]),
+        ("audit".to_string(), vec![]),
+        ("actions".to_string(), vec![HOSTILE[1]]),
+    ] {
+        browser.goto(&format!("{base}/console/{page}"));
+        assert_inert(&browser, &page, &shown);
+    }
+    // The error text names the path the guest tried, quoted.
+    browser.goto(&format!("{base}/console/invocations/{failed}"));
+    assert!(browser.text("#error").contains("img src=x"), "{}", browser.source());
+    // The audit browser shows the records that carry them.
+    browser.goto(&format!("{base}/console/audit"));
+    assert!(browser.text("#records").contains("onerror"), "{}", browser.source());
+    // An id in the path is echoed on the error page, as text.
+    let id: String = percent(HOSTILE[1]);
+    browser.goto(&format!("{base}/console/approvals/{id}"));
+    assert_inert(&browser, "unknown request", &[HOSTILE[1]]);
+
+    // No page may run inline script or style: the policy says so.
+    let page = request(&server.addr, "GET", "/console/login", &[], b"");
+    let csp = page.header("content-security-policy").unwrap().to_string();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+    assert!(!String::from_utf8_lossy(&page.body).contains("style="), "inline style");
+}
+
+/// `s` percent-encoded as one path segment.
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

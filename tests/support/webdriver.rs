@@ -176,6 +176,16 @@ impl Browser {
             .to_string()
     }
 
+    /// Run `script` (a function body) in the page and return what it
+    /// returns. WebDriver runs it outside the page's Content-Security-Policy.
+    pub fn execute(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            &self.session_path("/execute/sync"),
+            Some(json!({ "script": script, "args": [] })),
+        )
+    }
+
     /// A cookie's value (HttpOnly ones included).
     pub fn cookie(&self, name: &str) -> Option<String> {
         let all = self.call("GET", &self.session_path("/cookie"), None);

@@ -8,9 +8,14 @@
 //!   double-submit cookie); a post without it is refused. Before that, the
 //!   gate (`super::gate`) refuses a post a browser sent from another site
 //!   (`Sec-Fetch-Site`, `Origin`), and a request with two session cookies.
-//! - Everything shown that came from a request, a guest or the audit log
-//!   is HTML-escaped; the pages load no scripts (`Content-Security-Policy:
-//!   default-src 'none'`).
+//! - Every page is a compile-time template ([`views`], `maud`): what came
+//!   from a request, a guest or the audit log is escaped by the template,
+//!   never by hand, and control and bidirectional-formatting characters are
+//!   shown as `\u{...}` (so no text can reorder what a reviewer reads).
+//!   The pages load no scripts and no inline styles
+//!   (`Content-Security-Policy: default-src 'none'; style-src 'self'`).
+
+pub mod views;
 
 use super::Service;
 use crate::identity::Caller;
@@ -20,7 +25,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,25 +127,6 @@ pub fn router() -> axum::Router<Shared> {
         .route("/console/actions", get(actions_page))
 }
 
-/// HTML-escape text.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c if c.is_control() && c != '\n' => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// The value of cookie `name`, if the request carries exactly one of that
 /// name: of two, neither is taken (the gate refuses such requests first).
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -174,31 +159,31 @@ fn secure_headers(mut response: Response) -> Response {
     response
 }
 
-fn page(title: &str, who: Option<(&Caller, &str)>, body: &str) -> Response {
-    let mut html = String::new();
-    let _ = write!(
-        html,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · airlock</title>\
-         <link rel=\"stylesheet\" href=\"/console/style.css\"></head><body><header><strong>airlock</strong>",
-        esc(title)
-    );
-    if let Some((caller, csrf)) = who {
-        let _ = write!(
-            html,
-            " <nav><a href=\"/console\">Pending approvals</a> <a href=\"/console/invocations\">Invocations</a> \
-             <a href=\"/console/audit\">Audit</a> <a href=\"/console/actions\">Actions</a></nav>\
-             <form method=\"post\" action=\"/console/logout\" class=\"who\"><span id=\"who\">{} ({})</span> \
-             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Sign out</button></form>",
-            esc(&caller.name),
-            caller.kind,
-            esc(csrf)
-        );
+/// `html` with every control character but newline and tab, and every
+/// bidirectional-formatting character, shown as `\u{...}`. Applied to each
+/// whole page: the escapes contain no markup, and the console's own
+/// markup uses none of these characters.
+fn visible(html: String) -> String {
+    let hidden = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+    };
+    if !html.contains(hidden) {
+        return html;
     }
-    let _ = write!(
-        html,
-        "</header><main><h1>{}</h1>{body}</main></body></html>",
-        esc(title)
-    );
+    let mut out = String::with_capacity(html.len() + 16);
+    for c in html.chars() {
+        if hidden(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn page(title: &str, who: Option<(&Caller, &str)>, body: maud::Markup) -> Response {
+    let html = visible(views::page(title, who, body).into_string());
     secure_headers(
         (
             [(
@@ -212,11 +197,7 @@ fn page(title: &str, who: Option<(&Caller, &str)>, body: &str) -> Response {
 }
 
 pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
-    let mut r = page(
-        "Error",
-        None,
-        &format!("<p class=\"error\" id=\"error\">{}</p>", esc(message)),
-    );
+    let mut r = page("Error", None, views::error(message));
     *r.status_mut() = status;
     r
 }
@@ -297,12 +278,7 @@ async fn login_page(State(service): State<Shared>, headers: HeaderMap) -> Respon
         return Redirect::to("/console").into_response();
     }
     let nonce = random_hex(16);
-    let body = format!(
-        "<form method=\"post\" action=\"/console/login\"><p><label>Token <input type=\"password\" name=\"token\" id=\"token\" \
-         autocomplete=\"off\" required></label></p><input type=\"hidden\" name=\"csrf\" value=\"{nonce}\">\
-         <button type=\"submit\" id=\"sign-in\">Sign in</button></form>"
-    );
-    let mut r = page("Sign in", None, &body);
+    let mut r = page("Sign in", None, views::sign_in(&nonce));
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{LOGIN_COOKIE}={nonce}; HttpOnly; SameSite=Strict; Path=/console; Max-Age=600"
     )) {
@@ -396,21 +372,6 @@ async fn logout(
     r
 }
 
-/// The agent's stated reason and trace, as table rows.
-fn intent_rows(body: &mut String, intent: Option<&crate::invocation::Intent>) {
-    let Some(intent) = intent else { return };
-    if let Some(reason) = &intent.reason {
-        let _ = write!(
-            body,
-            "<tr><th>Stated reason</th><td id=\"stated-reason\">{}</td></tr>",
-            esc(reason)
-        );
-    }
-    if let Some(tp) = &intent.traceparent {
-        let _ = write!(body, "<tr><th>Trace</th><td id=\"traceparent\">{}</td></tr>", esc(tp));
-    }
-}
-
 fn may_see_approval(service: &Service, caller: &Caller, a: &ApprovalRecord) -> bool {
     a.caller == caller.name || service.runtime.may_review(caller, a)
 }
@@ -432,41 +393,14 @@ async fn home(State(service): State<Shared>, SignedIn { caller, session }: Signe
             |a| may_see_approval(&service, &caller, a),
         )?)
     });
-    let list = match list {
-        Ok(l) => l,
-        Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    };
-    let mut body = String::from(
-        "<table id=\"pending\"><tr><th>Request</th><th>Kind</th><th>Action</th><th>Caller</th><th>Votes</th><th>Expires (UTC)</th></tr>",
-    );
-    let mut n = 0;
-    for a in &list {
-        n += 1;
-        let _ = write!(
-            body,
-            "<tr><td><a class=\"approval\" href=\"/console/approvals/{id}\">{id}</a></td><td>{}</td><td>{}#{}</td><td>{}</td><td>{}/{}</td><td>{}</td></tr>",
-            a.kind,
-            esc(&a.action),
-            esc(&a.function),
-            esc(&a.caller),
-            a.approvals(),
-            a.quorum,
-            crate::time::display_secs(a.expires_at / 1_000_000),
-            id = esc(&a.id),
-        );
+    match list {
+        Ok(list) => page(
+            "Pending approvals",
+            Some((&caller, &session.csrf)),
+            views::pending(&list),
+        ),
+        Err(e) => error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
-    body.push_str("</table>");
-    if n == 0 {
-        body = "<p id=\"none\">Nothing waits for you.</p>".into();
-    }
-    page("Pending approvals", Some((&caller, &session.csrf)), &body)
-}
-
-fn json_block(v: &serde_json::Value) -> String {
-    format!(
-        "<pre>{}</pre>",
-        esc(&serde_json::to_string_pretty(v).unwrap_or_default())
-    )
 }
 
 async fn approval_page(
@@ -480,102 +414,10 @@ async fn approval_page(
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
     let a = &approval;
-    let mut body = String::new();
-    let _ = write!(
-        body,
-        "<table id=\"request\">\
-         <tr><th>State</th><td id=\"state\">{}</td></tr>\
-         <tr><th>Kind</th><td>{}</td></tr>\
-         <tr><th>Caller</th><td id=\"caller\">{} ({})</td></tr>\
-         <tr><th>Action</th><td id=\"action\">{} (runs as {})</td></tr>\
-         <tr><th>Function</th><td id=\"function\">{}</td></tr>\
-         <tr><th>Arguments</th><td id=\"args\">{}</td></tr>\
-         <tr><th>Component</th><td id=\"component\">{}</td></tr>\
-         <tr><th>Capabilities</th><td id=\"capabilities\">{}</td></tr>\
-         <tr><th>Rule</th><td id=\"rule\">{}</td></tr>",
-        a.state,
-        a.kind,
-        esc(&a.caller),
-        a.caller_kind,
-        esc(&a.action),
-        esc(&a.service_identity),
-        esc(&a.function),
-        json_block(&a.args),
-        esc(&a.component_digest),
-        if a.capabilities.is_empty() {
-            "none (the inert baseline only)".to_string()
-        } else {
-            a.capabilities.iter().map(|c| esc(c)).collect::<Vec<_>>().join("<br>")
-        },
-        esc(&a.rule),
-    );
-    intent_rows(&mut body, a.intent.as_ref());
-    // Why the reviewer is asked: the deciding policy's reason, the
-    // policies that decided, and the group they asked.
-    if let Some(why) = &a.why {
-        let _ = write!(body, "<tr><th>Why</th><td id=\"why\">{}</td></tr>", esc(why));
-    }
-    if !a.policies.is_empty() {
-        let _ = write!(
-            body,
-            "<tr><th>Policies</th><td id=\"policies\">{}</td></tr>",
-            esc(&a.policies.join(", "))
-        );
-    }
-    if let Some(group) = &a.group {
-        let _ = write!(body, "<tr><th>Group</th><td id=\"group\">{}</td></tr>", esc(group));
-    }
-    if !a.subject.is_null() {
-        let _ = write!(
-            body,
-            "<tr><th>What</th><td id=\"subject\">{}</td></tr>",
-            json_block(&a.subject)
-        );
-    }
-    let _ = write!(
-        body,
-        "<tr><th>Binding</th><td id=\"binding\">{}</td></tr><tr><th>Quorum</th><td>{} of {} ({})</td></tr>\
-         <tr><th>Expires (UTC)</th><td>{}</td></tr><tr><th>Invocation</th><td><a id=\"invocation\" href=\"/console/invocations/{inv}\">{inv}</a></td></tr>",
-        esc(&a.binding),
-        a.approvals(),
-        a.quorum,
-        esc(&a.approvers.join(", ")),
-        crate::time::rfc3339_micros(a.expires_at),
-        inv = esc(&a.invocation),
-    );
-    if let Some(reason) = &a.reason {
-        let _ = write!(body, "<tr><th>Reason</th><td id=\"reason\">{}</td></tr>", esc(reason));
-    }
-    body.push_str("</table><h2>Decisions</h2><ul id=\"decisions\">");
-    for d in &a.decisions {
-        let _ = write!(
-            body,
-            "<li>{} by {} {}{}</li>",
-            d.verdict,
-            d.kind,
-            esc(&d.identity),
-            d.reason.as_deref().map(|r| format!(": {}", esc(r))).unwrap_or_default()
-        );
-    }
-    body.push_str("</ul>");
     let may_decide =
         a.state == ApprovalState::Pending && a.caller != caller.name && service.runtime.may_review(&caller, a);
-    if may_decide {
-        let csrf = esc(&session.csrf);
-        let _ = write!(
-            body,
-            "<form class=\"inline\" method=\"post\" action=\"/console/approvals/{id}/decide\" id=\"approve-form\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"verdict\" value=\"approve\">\
-             <input type=\"hidden\" name=\"binding\" value=\"{binding}\">\
-             <label>Reason <input name=\"reason\"></label> <button type=\"submit\" id=\"approve\">Approve</button></form>\
-             <form class=\"inline\" method=\"post\" action=\"/console/approvals/{id}/decide\" id=\"deny-form\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"verdict\" value=\"deny\">\
-             <label>Reason <input name=\"reason\" required></label> <button type=\"submit\" id=\"deny\">Deny</button></form>",
-            id = esc(&a.id),
-            binding = esc(&a.binding),
-        );
-    }
-    page(&format!("Request {}", a.id), Some((&caller, &session.csrf)), &body)
+    let body = views::approval(a, may_decide.then_some(session.csrf.as_str()));
+    page(&format!("Request {}", a.id), Some((&caller, &session.csrf)), body)
 }
 
 #[derive(serde::Deserialize)]
@@ -624,27 +466,10 @@ async fn invocations_page(State(service): State<Shared>, SignedIn { caller, sess
             |i| may_see_invocation(&service, &caller, i),
         )?)
     });
-    let list = match list {
-        Ok(l) => l,
-        Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    };
-    let mut body = String::from(
-        "<table id=\"invocations\"><tr><th>Invocation</th><th>State</th><th>Action</th><th>Caller</th><th>Created (UTC)</th></tr>",
-    );
-    for i in &list {
-        let _ = write!(
-            body,
-            "<tr><td><a href=\"/console/invocations/{id}\">{id}</a></td><td>{}</td><td>{}#{}</td><td>{}</td><td>{}</td></tr>",
-            i.state,
-            esc(&i.action),
-            esc(&i.function),
-            esc(&i.caller.name),
-            crate::time::display_secs(i.created_at / 1_000_000),
-            id = esc(&i.id)
-        );
+    match list {
+        Ok(list) => page("Invocations", Some((&caller, &session.csrf)), views::invocations(&list)),
+        Err(e) => error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
-    body.push_str("</table>");
-    page("Invocations", Some((&caller, &session.csrf)), &body)
 }
 
 async fn invocation_page(
@@ -657,38 +482,17 @@ async fn invocation_page(
         Ok(_) => return error_page(StatusCode::NOT_FOUND, &format!("no invocation {id}")),
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
-    let mut body = String::new();
-    let _ = write!(
-        body,
-        "<table><tr><th>State</th><td id=\"state\">{}</td></tr><tr><th>Action</th><td>{}#{}</td></tr>\
-         <tr><th>Caller</th><td>{}</td></tr><tr><th>Arguments</th><td>{}</td></tr>",
-        record.state,
-        esc(&record.action),
-        esc(&record.function),
-        esc(&record.caller.name),
-        json_block(&record.args)
-    );
-    intent_rows(&mut body, record.intent.as_ref());
-    if let Some(o) = &record.outcome {
-        let _ = write!(
-            body,
-            "<tr><th>Exit code</th><td id=\"exit-code\">{}</td></tr>",
-            o.exit_code
-        );
-        if let Some(r) = &o.result {
-            let _ = write!(body, "<tr><th>Result</th><td id=\"result\">{}</td></tr>", json_block(r));
-        }
-        if let Some(e) = &o.error {
-            let _ = write!(body, "<tr><th>Error</th><td id=\"error\">{}</td></tr>", esc(e));
-        }
-    }
-    body.push_str("</table>");
     page(
         &format!("Invocation {}", record.id),
         Some((&caller, &session.csrf)),
-        &body,
+        views::invocation(&record),
     )
 }
+
+/// Records the audit browser lists, newest last.
+const AUDIT_ROWS: usize = 200;
+/// Characters of a record's line shown.
+const AUDIT_LINE: usize = 400;
 
 async fn audit_page(State(service): State<Shared>, SignedIn { caller, session }: SignedIn) -> Response {
     if !service.may_read_audit(&caller) {
@@ -703,51 +507,43 @@ async fn audit_page(State(service): State<Shared>, SignedIn { caller, session }:
     let dir = crate::audit::dir(&service.policy.runtime.data_dir);
     let read = tokio::task::spawn_blocking(move || {
         let verified = crate::audit::read::verify(&dir, None);
-        let mut recent: std::collections::VecDeque<(u64, String, String, String)> = Default::default();
+        let mut recent: std::collections::VecDeque<views::AuditRow> = Default::default();
         let _ = crate::audit::read::scan(&dir, |record, line| {
             let kind = serde_json::from_slice::<serde_json::Value>(line)
                 .ok()
                 .and_then(|v| v["event"]["kind"].as_str().map(str::to_string))
                 .unwrap_or_default();
-            recent.push_back((
-                record.entry.seq,
-                record.entry.ts.clone(),
+            recent.push_back(views::AuditRow {
+                node: None,
+                seq: record.entry.seq,
+                ts: record.entry.ts.clone(),
                 kind,
-                String::from_utf8_lossy(line).chars().take(400).collect(),
-            ));
-            if recent.len() > 200 {
+                line: String::from_utf8_lossy(line).chars().take(AUDIT_LINE).collect(),
+            });
+            if recent.len() > AUDIT_ROWS {
                 recent.pop_front();
             }
             true
         });
-        (verified, recent)
+        (verified, Vec::from(recent))
     })
     .await;
     let Ok((verified, recent)) = read else {
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, "the audit reader failed");
     };
-    let mut body = match verified {
-        Ok(v) => format!(
-            "<p class=\"ok\" id=\"chain\">Chain intact: {} records, {} checkpoint(s) match.</p>",
-            v.records, v.checkpoints
-        ),
-        Err(e) => format!(
-            "<p class=\"error\" id=\"chain\">Verification FAILED: {}</p>",
-            esc(&e.to_string())
-        ),
-    };
-    body.push_str("<table id=\"records\"><tr><th>#</th><th>Time (UTC)</th><th>Kind</th><th>Record</th></tr>");
-    for (seq, ts, kind, line) in recent.iter().rev() {
-        let _ = write!(
-            body,
-            "<tr><td>{seq}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            esc(ts),
-            esc(kind),
-            esc(line)
-        );
-    }
-    body.push_str("</table>");
-    page("Audit trail", Some((&caller, &session.csrf)), &body)
+    let chain = verified
+        .map(|v| {
+            format!(
+                "Chain intact: {} records, {} checkpoint(s) match.",
+                v.records, v.checkpoints
+            )
+        })
+        .map_err(|e| e.to_string());
+    page(
+        "Audit trail",
+        Some((&caller, &session.csrf)),
+        views::audit(chain, Ok(&recent), false),
+    )
 }
 
 /// The audit browser with PostgreSQL: every node's chain verified, and the
@@ -757,14 +553,14 @@ async fn audit_page_pg(pg: crate::store::settings::PgSettings, caller: &Caller, 
         let db = crate::audit::pg::reader(&pg).map_err(crate::audit::pg::verify::PgVerifyError::Db)?;
         let verified = crate::audit::pg::verify::verify(&db, None, None);
         let mut recent = Vec::new();
-        let listed = crate::audit::pg::query::select(&db, &Default::default(), Some(200), |hit| {
-            recent.push((
-                hit.node.clone(),
-                hit.record.entry.seq,
-                hit.record.entry.ts.clone(),
-                crate::audit::pg::row::kind_of(&hit.record.entry.event),
-                hit.line.chars().take(400).collect::<String>(),
-            ));
+        let listed = crate::audit::pg::query::select(&db, &Default::default(), Some(AUDIT_ROWS), |hit| {
+            recent.push(views::AuditRow {
+                node: Some(hit.node.clone()),
+                seq: hit.record.entry.seq,
+                ts: hit.record.entry.ts.clone(),
+                kind: crate::audit::pg::row::kind_of(&hit.record.entry.event).to_string(),
+                line: hit.line.chars().take(AUDIT_LINE).collect(),
+            });
             true
         });
         Ok::<_, crate::audit::pg::verify::PgVerifyError>((verified, listed.map(|_| recent)))
@@ -775,116 +571,27 @@ async fn audit_page_pg(pg: crate::store::settings::PgSettings, caller: &Caller, 
         Ok(Err(e)) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         Err(_) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, "the audit reader failed"),
     };
-    let mut body = match verified {
-        Ok(nodes) => format!(
-            "<p class=\"ok\" id=\"chain\">Chains intact: {} node(s), {} records, {} checkpoint(s) match.</p>",
-            nodes.len(),
-            nodes.iter().map(|n| n.records).sum::<u64>(),
-            nodes.iter().map(|n| n.checkpoints).sum::<usize>()
-        ),
-        Err(e) => format!(
-            "<p class=\"error\" id=\"chain\">Verification FAILED: {}</p>",
-            esc(&e.to_string())
-        ),
-    };
-    match recent {
-        Ok(recent) => {
-            body.push_str(
-                "<table id=\"records\"><tr><th>Node</th><th>#</th><th>Time (UTC)</th><th>Kind</th><th>Record</th></tr>",
-            );
-            for (node, seq, ts, kind, line) in recent.iter().rev() {
-                let _ = write!(
-                    body,
-                    "<tr><td>{}</td><td>{seq}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-                    esc(node),
-                    esc(ts),
-                    esc(kind),
-                    esc(line)
-                );
-            }
-            body.push_str("</table>");
-        }
-        Err(e) => {
-            let _ = write!(
-                body,
-                "<p class=\"error\">Cannot list records: {}</p>",
-                esc(&e.to_string())
-            );
-        }
-    }
-    page("Audit trail", Some((caller, csrf)), &body)
+    let chain = verified
+        .map(|nodes| {
+            format!(
+                "Chains intact: {} node(s), {} records, {} checkpoint(s) match.",
+                nodes.len(),
+                nodes.iter().map(|n| n.records).sum::<u64>(),
+                nodes.iter().map(|n| n.checkpoints).sum::<usize>()
+            )
+        })
+        .map_err(|e| e.to_string());
+    let rows = recent.as_deref().map_err(|e| e.to_string());
+    page("Audit trail", Some((caller, csrf)), views::audit(chain, rows, true))
 }
 
 async fn actions_page(State(service): State<Shared>, SignedIn { caller, session }: SignedIn) -> Response {
-    let mut body = String::new();
-    for name in service.runtime.action_names() {
-        let Some(action) = service.runtime.action(&name) else {
-            continue;
-        };
-        let p = &action.policy;
-        // As in /v1/actions: only what the caller may invoke or approve.
-        if !action.decisions.may_list(&caller) && !service.runtime.may_review_action(&caller, &name) {
-            continue;
-        }
-        let _ = write!(
-            body,
-            "<section class=\"action\"><h2>{}</h2><p>{}</p><p>Runs as {}. Component {}.</p><h3>Capabilities</h3><ul>",
-            esc(&name),
-            esc(p.description.as_deref().unwrap_or("")),
-            esc(&p.service_identity),
-            esc(&action.manifest.digest.to_string())
-        );
-        for (kind, what) in p.grants.describe() {
-            let _ = write!(body, "<li>{kind}: {}</li>", esc(&what));
-        }
-        body.push_str("</ul><h3>Imports</h3><ul>");
-        for import in &action.manifest.imports {
-            let _ = write!(
-                body,
-                "<li>{} ({}): {}</li>",
-                esc(&import.name),
-                import.class.name(),
-                esc(import.meaning)
-            );
-        }
-        body.push_str("</ul>");
-        if let Some(u) = &action.upgrade
-            && !u.diff.is_empty()
-        {
-            let _ = write!(
-                body,
-                "<h3>Changed since the previous pin</h3><pre class=\"diff\">{}</pre>",
-                esc(&u.diff.render(Some(&u.grants)))
-            );
-        }
-        if let Some(about) = action.manifest.description() {
-            let _ = write!(body, "<p class=\"doc\">{}</p>", esc(&about));
-        }
-        body.push_str("<h3>Functions</h3><dl class=\"functions\">");
-        for f in &action.manifest.functions {
-            let _ = write!(body, "<dt><code>{}</code></dt><dd>", esc(&f.name));
-            if let Some(doc) = f.doc() {
-                let _ = write!(body, "<p class=\"doc\">{}</p>", esc(&doc));
-            }
-            if !f.params.is_empty() {
-                body.push_str("<ul class=\"params\">");
-                for (param, ty) in &f.params {
-                    let type_name = f
-                        .wit
-                        .as_ref()
-                        .and_then(|w| Some(w.component().type_name(w.param_type(param)?)))
-                        .unwrap_or_else(|| ty.wit_name());
-                    let _ = write!(body, "<li><code>{}: {}</code>", esc(param), esc(&type_name));
-                    if let Some(doc) = f.param_doc(param) {
-                        let _ = write!(body, " {}", esc(&doc));
-                    }
-                    body.push_str("</li>");
-                }
-                body.push_str("</ul>");
-            }
-            body.push_str("</dd>");
-        }
-        body.push_str("</dl></section>");
-    }
-    page("Actions", Some((&caller, &session.csrf)), &body)
+    let names = service.runtime.action_names();
+    // As in /v1/actions: only what the caller may invoke or approve.
+    let shown: Vec<(&str, &crate::action::PreparedAction)> = names
+        .iter()
+        .filter_map(|name| Some((name.as_str(), service.runtime.action(name)?.as_ref())))
+        .filter(|(name, action)| action.decisions.may_list(&caller) || service.runtime.may_review_action(&caller, name))
+        .collect();
+    page("Actions", Some((&caller, &session.csrf)), views::actions(&shown))
 }
