@@ -1055,6 +1055,9 @@ fn completions_man_pages_and_the_packaging_files() {
     ] {
         let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
         assert!(text.contains(".TH"), "{page}");
+        // The synopsis names the command as it is typed.
+        let command = page.trim_end_matches(".1").replace('-', " ");
+        assert!(text.contains(&format!("\\fB{command}\\fR")), "{page}: {text}");
     }
 
     // The systemd unit: valid, and hardened (systemd's own exposure score).
@@ -1109,4 +1112,13 @@ fn completions_man_pages_and_the_packaging_files() {
         !docker.lines().any(|l| l.starts_with("ADD ")),
         "no ADD (remote fetches bypass the lock file)"
     );
+    // `COPY . .` takes the repository: never build output or local state
+    // (a data directory holds the vault and its key).
+    let ignored = std::fs::read_to_string(root.join(".dockerignore")).expect("a .dockerignore");
+    for pattern in ["target", ".git", ".airlock", "**/*.key"] {
+        assert!(
+            ignored.lines().any(|l| l.trim() == pattern),
+            ".dockerignore lacks {pattern}"
+        );
+    }
 }

@@ -650,3 +650,122 @@ fn unreadable_bodies_get_json_rpc_errors_and_valid_ones_still_work() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_session_is_only_for_its_identity_and_401s_point_to_the_resource_metadata() {
+    let w = World::new();
+    let (agent, _) = w.token("bot", "agent", "agent");
+    let (other, _) = w.token("other-bot", "agent", "agent");
+    let server = Server::start(&w.config);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let r = mcp_post(
+        &server,
+        &[&agent],
+        "application/json",
+        None,
+        init.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let session = r.header("mcp-session-id").expect("a session").to_string();
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+
+    // Another identity that learned the session id gets nothing of it: not
+    // its requests, not its event stream, not its end.
+    let r = mcp_post(
+        &server,
+        &[&other],
+        "application/json",
+        Some(&session),
+        list.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 404, "{r:?}");
+    let bearer = format!("Bearer {other}");
+    let stream = request(
+        &server.addr,
+        "GET",
+        "/mcp",
+        &[
+            ("Authorization", &bearer),
+            ("Accept", "text/event-stream"),
+            ("Mcp-Session-Id", &session),
+        ],
+        b"",
+    );
+    assert_eq!(stream.status, 404, "{stream:?}");
+    let ended = request(
+        &server.addr,
+        "DELETE",
+        "/mcp",
+        &[("Authorization", &bearer), ("Mcp-Session-Id", &session)],
+        b"",
+    );
+    assert_eq!(ended.status, 404, "{ended:?}");
+    // A made-up id is no better.
+    let r = mcp_post(
+        &server,
+        &[&agent],
+        "application/json",
+        Some("0123456789abcdef"),
+        list.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 404, "{r:?}");
+    // Its owner still uses it.
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let r = mcp_post(
+        &server,
+        &[&agent],
+        "application/json",
+        Some(&session),
+        note.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let r = mcp_post(
+        &server,
+        &[&agent],
+        "application/json",
+        Some(&session),
+        list.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        messages(&r)
+            .iter()
+            .any(|m| m["id"] == 2 && m["result"]["tools"].is_array()),
+        "{r:?}"
+    );
+
+    // Without a token: 401, naming the protected resource metadata
+    // (RFC 9728), which says the resource takes bearer tokens in a header.
+    let r = request(
+        &server.addr,
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ],
+        init.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    let challenge = r.header("www-authenticate").expect("a challenge").to_string();
+    let origin = format!("http://{}", server.addr);
+    assert_eq!(
+        challenge,
+        format!("Bearer realm=\"airlock\", resource_metadata=\"{origin}/.well-known/oauth-protected-resource/mcp\""),
+    );
+    let metadata = server.get("/.well-known/oauth-protected-resource/mcp", None);
+    assert_eq!(metadata.status, 200, "{metadata:?}");
+    assert_eq!(metadata.json()["resource"], format!("{origin}/mcp"), "{metadata:?}");
+    assert_eq!(metadata.json()["bearer_methods_supported"], json!(["header"]));
+    // A Host that is not a plain authority is not reflected.
+    let r = request(
+        &server.addr,
+        "POST",
+        "/mcp",
+        &[("Host", "evil\"x"), ("Content-Type", "application/json")],
+        init.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(!r.header("www-authenticate").unwrap().contains("evil"), "{r:?}");
+}

@@ -68,6 +68,12 @@ async def run(session, mode, arg):
     out["logs_at_warning"] = {"is_error": bool(res.is_error), "logs": list(LOGS)}
     await session.set_logging_level("info")
     res = await session.call_tool("report__write-report", {"name": "loud", "findings": []})
+    # Over streamable HTTP they come on the session's GET stream, which is
+    # not ordered with the call's answer: wait for them (up to 10 s).
+    for _ in range(200):
+        if LOGS:
+            break
+        await anyio.sleep(0.05)
     out["logs_at_info"] = {"is_error": bool(res.is_error), "logs": list(LOGS)}
 
     # WIT docs and the result schema travel into the tool.

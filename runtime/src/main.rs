@@ -344,7 +344,13 @@ fn main() -> ExitCode {
             Command::Diff(a) => cli::diff(a),
             Command::New(a) => cli::new(a),
             Command::Completions { shell } => {
-                clap_complete::generate(shell, &mut Cli::command(), "airlock", &mut std::io::stdout());
+                // Rendered first: clap_complete panics on a failed write (a
+                // closed pipe), which is reported here instead.
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "airlock", &mut script);
+                std::io::stdout()
+                    .write_all(&script)
+                    .map_err(|e| Error::internal(format!("cannot write the completion script: {e}")))?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Man { out } => man_pages(out.as_deref()),
@@ -430,25 +436,11 @@ fn man_pages(out: Option<&std::path::Path>) -> Result<ExitCode, Error> {
             .map_err(|e| Error::internal(format!("cannot write the man page: {e}")))?;
         return Ok(ExitCode::SUCCESS);
     };
-    std::fs::create_dir_all(dir).map_err(|e| Error::Usage(format!("cannot create {}: {e}", dir.display())))?;
-    // Each command's page under its full name, subcommands included.
-    let mut pages = vec![("airlock".to_string(), root.clone())];
-    let mut queue = vec![("airlock".to_string(), root)];
-    while let Some((name, cmd)) = queue.pop() {
-        for sub in cmd.get_subcommands() {
-            let full = format!("{name}-{}", sub.get_name());
-            // clap names commands with &'static str; this process ends
-            // right after writing the pages.
-            let page = sub.clone().name(&*Box::leak(full.clone().into_boxed_str()));
-            pages.push((full.clone(), page.clone()));
-            queue.push((full, page));
-        }
-    }
-    for (name, cmd) in pages {
-        let path = dir.join(format!("{name}.1"));
-        std::fs::write(&path, render(cmd)?)
-            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
-    }
+    // One page per command, `airlock-serve.1` for `airlock serve`, its
+    // synopsis naming the whole command; hidden commands get none.
+    std::fs::create_dir_all(dir)
+        .and_then(|()| clap_mangen::generate_to(root, dir))
+        .map_err(|e| Error::internal(format!("cannot write the man pages to {}: {e}", dir.display())))?;
     println!("wrote the man pages to {}", dir.display());
     Ok(ExitCode::SUCCESS)
 }

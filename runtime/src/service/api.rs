@@ -63,11 +63,19 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/cluster", get(cluster))
         .route("/metrics", get(super::observe::scrape))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(super::mcp::resource_metadata),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(super::mcp::resource_metadata),
+        )
         .merge(super::console::router())
         .merge(
             Router::new()
                 .nest_service("/mcp", super::mcp::http_service(service.clone()))
-                .layer(axum::middleware::from_fn(super::mcp::guard)),
+                .layer(axum::middleware::from_fn_with_state(service.clone(), super::mcp::guard)),
         )
         .method_not_allowed_fallback(|| async {
             ApiError::new(

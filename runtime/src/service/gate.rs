@@ -324,7 +324,13 @@ pub async fn gate(State(service): State<Arc<Service>>, mut request: Request, nex
                 authenticated();
                 request.extensions_mut().insert(caller);
             }
-            Err(e) => return refuse(e.into_response()),
+            Err(e) => {
+                let mut response = e.into_response();
+                if response.status() == StatusCode::UNAUTHORIZED && (path == "/mcp" || path.starts_with("/mcp/")) {
+                    super::mcp::advertise_metadata(&service, request.headers(), &mut response);
+                }
+                return refuse(response);
+            }
         },
         Scheme::Session => match console::signed_in(&service, request.headers()) {
             Ok(signed_in) => {

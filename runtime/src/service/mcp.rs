@@ -621,10 +621,41 @@ fn unreadable(body: &[u8]) -> Option<axum::response::Response> {
 ///   (rmcp answers all of these 415 in plain text);
 /// - a session DELETE rmcp answers 202 is answered 204: clients read 202
 ///   as a failed termination (the spec's examples, and the Python SDK,
-///   expect 200/204), and the session is closed by then.
-pub async fn guard(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+///   expect 200/204), and the session is closed by then;
+/// - a session belongs to the identity that opened it: a request naming
+///   another identity's session (or one this process does not know) is
+///   answered 404, as for a session that never existed, so a leaked
+///   `Mcp-Session-Id` gives no one else its stream or its log lines.
+pub async fn guard(
+    axum::extract::State(service): axum::extract::State<Arc<Service>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     use axum::http::{Method, StatusCode, header};
     let method = request.method().clone();
+    // The gate authenticated every request that gets here.
+    let Some(owner) = request.extensions().get::<Caller>().map(|c| c.name.clone()) else {
+        return jsonrpc_error(
+            StatusCode::UNAUTHORIZED,
+            Value::Null,
+            -32600,
+            "send Authorization: Bearer TOKEN".into(),
+        );
+    };
+    let session = request
+        .headers()
+        .get(SESSION_HEADER)
+        .map(|v| v.to_str().map(str::to_string).unwrap_or_default());
+    if let Some(id) = &session
+        && !service.mcp_sessions.owned_by(id, &owner)
+    {
+        return jsonrpc_error(
+            StatusCode::NOT_FOUND,
+            Value::Null,
+            -32600,
+            "no such session: initialize a new one (a session is only for the identity that opened it)".into(),
+        );
+    }
     let request = if method == Method::POST {
         let json = request
             .headers()
@@ -661,10 +692,118 @@ pub async fn guard(request: axum::extract::Request, next: axum::middleware::Next
         request
     };
     let mut response = next.run(request).await;
+    match &session {
+        None => {
+            if let Some(id) = response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+                service.mcp_sessions.open(id, &owner);
+            }
+        }
+        Some(id) if method == Method::DELETE && response.status().is_success() => service.mcp_sessions.close(id),
+        Some(_) => {}
+    }
     if method == Method::DELETE && response.status() == StatusCode::ACCEPTED {
         *response.status_mut() = StatusCode::NO_CONTENT;
     }
     response
+}
+
+/// `http://HOST` as the client addressed this service: its `Host` when
+/// that is a plain authority (host and port), else the listen address.
+fn public_origin(service: &Service, headers: &axum::http::HeaderMap) -> String {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        });
+    match host {
+        Some(host) => format!("http://{host}"),
+        None => format!("http://{}", service.settings.listen),
+    }
+}
+
+/// Add the protected resource metadata's address to a 401 from `/mcp`
+/// (`WWW-Authenticate: Bearer resource_metadata="..."`, as the MCP
+/// authorization spec and RFC 9728 describe), so a remote MCP client
+/// learns that `/mcp` takes a bearer token and where to read about it.
+pub fn advertise_metadata(service: &Service, headers: &axum::http::HeaderMap, response: &mut axum::response::Response) {
+    let value = format!(
+        "Bearer realm=\"airlock\", resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
+        public_origin(service, headers)
+    );
+    if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::WWW_AUTHENTICATE, value);
+    }
+}
+
+/// `GET /.well-known/oauth-protected-resource[/mcp]`: the RFC 9728
+/// metadata of `/mcp`. Tokens are bearer tokens in the `Authorization`
+/// header, made by an operator with `airlock token create`: no OAuth
+/// authorization server issues them, so none is listed.
+pub async fn resource_metadata(
+    axum::extract::State(service): axum::extract::State<Arc<Service>>,
+    headers: axum::http::HeaderMap,
+) -> axum::Json<Value> {
+    let origin = public_origin(&service, &headers);
+    axum::Json(json!({
+        "resource": format!("{origin}/mcp"),
+        "bearer_methods_supported": ["header"],
+        "resource_name": "airlock MCP",
+    }))
+}
+
+/// The header naming a streamable-HTTP session.
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Sessions remembered at most; past it the oldest are forgotten (their
+/// clients are answered 404 and initialize again: it fails closed).
+const MAX_SESSIONS: usize = 100_000;
+
+type Owners = (
+    std::collections::HashMap<String, String>,
+    std::collections::VecDeque<String>,
+);
+
+/// Which identity opened each streamable-HTTP session.
+#[derive(Debug, Default)]
+pub struct SessionOwners(std::sync::Mutex<Owners>);
+
+impl SessionOwners {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Owners> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open(&self, id: &str, owner: &str) {
+        let mut guard = self.lock();
+        let (owners, order) = &mut *guard;
+        if owners.insert(id.to_string(), owner.to_string()).is_none() {
+            order.push_back(id.to_string());
+        }
+        while owners.len() > MAX_SESSIONS {
+            match order.pop_front() {
+                Some(oldest) => owners.remove(&oldest),
+                None => break,
+            };
+        }
+    }
+
+    /// Whether session `id` was opened by `owner`.
+    fn owned_by(&self, id: &str, owner: &str) -> bool {
+        self.lock().0.get(id).is_some_and(|o| o == owner)
+    }
+
+    fn close(&self, id: &str) {
+        let mut guard = self.lock();
+        let (owners, order) = &mut *guard;
+        if owners.remove(id).is_some() {
+            order.retain(|o| o != id);
+        }
+    }
 }
 
 /// The streamable HTTP MCP endpoint, to mount at `/mcp`.

@@ -268,6 +268,8 @@ pub struct Service {
     pub sign_in_limiter: RateLimiter,
     /// Set by a graceful stop: claim nothing new.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// Which identity opened each streamable-HTTP MCP session.
+    pub mcp_sessions: mcp::SessionOwners,
 }
 
 impl Service {
@@ -302,6 +304,7 @@ impl Service {
             sessions: console::Sessions,
             sign_in_limiter: RateLimiter::new(gate::SIGN_IN_RATE, "sign-in"),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            mcp_sessions: mcp::SessionOwners::default(),
         })
     }
 
