@@ -34,6 +34,9 @@ fi
 # The MCP tests use the official Python client.
 AIRLOCK_TEST_PYTHON=$(bash scripts/python-env.sh)
 export AIRLOCK_TEST_PYTHON
+# ... and the official MCP conformance suite (npm, on the machine's Node.js).
+AIRLOCK_TEST_CONFORMANCE=$(bash scripts/mcp-conformance-env.sh)
+export AIRLOCK_TEST_CONFORMANCE
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 log=$(mktemp)

@@ -769,3 +769,45 @@ fn a_session_is_only_for_its_identity_and_401s_point_to_the_resource_metadata() 
     assert_eq!(r.status, 401, "{r:?}");
     assert!(!r.header("www-authenticate").unwrap().contains("evil"), "{r:?}");
 }
+
+/// The official MCP conformance suite's CLI (scripts/mcp-conformance-env.sh
+/// installs it; scripts/test.sh runs that).
+fn conformance() -> PathBuf {
+    let path = std::env::var_os("AIRLOCK_TEST_CONFORMANCE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| support::repo_root().join("target/mcp-conformance/node_modules/.bin/conformance"));
+    assert!(
+        path.exists(),
+        "the conformance test needs the official suite: run `bash scripts/mcp-conformance-env.sh` (scripts/test.sh does)"
+    );
+    path
+}
+
+#[test]
+fn the_official_conformance_scenarios_pass() {
+    let w = World::new();
+    let (agent, _) = w.token("conformance", "agent", "agent");
+    let server = Server::start(&w.config);
+    // The suite sends no token of its own: a proxy on loopback adds one.
+    let proxy = support::bearer_proxy::BearerProxy::start(&server.addr, &agent);
+    let url = format!("http://{}/mcp", proxy.addr);
+    let results = tempfile::tempdir().unwrap();
+    for scenario in [
+        "server-initialize",
+        "ping",
+        "tools-list",
+        "logging-set-level",
+        "server-sse-multiple-streams",
+        "server-sse-polling",
+    ] {
+        let out = Command::new(conformance())
+            .args(["server", "--url", &url, "--scenario", scenario, "--output-dir"])
+            .arg(results.path())
+            .output()
+            .expect("run the conformance suite");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{scenario} failed:\n{stdout}\n{stderr}");
+        assert!(!stdout.contains("FAILURE"), "{scenario}:\n{stdout}");
+    }
+}

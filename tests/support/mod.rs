@@ -2,6 +2,7 @@
 //! this repository, the real `airlock` binary, and temporary configs.
 #![allow(dead_code)]
 
+pub mod bearer_proxy;
 pub mod carriers;
 pub mod echo_server;
 pub mod http;
