@@ -811,3 +811,100 @@ fn the_official_conformance_scenarios_pass() {
         assert!(!stdout.contains("FAILURE"), "{scenario}:\n{stdout}");
     }
 }
+
+#[test]
+fn a_cancelled_call_stops_its_run_and_is_audited_as_cancelled() {
+    use std::io::{BufRead as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("work")).unwrap();
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\ndata-dir = \"data\"\n[service]\nmcp-wait-ms = 60000\n\
+             [actions.spin]\ncomponent = {}\n[actions.spin.grants]\napproval = true\n\
+             files = {{ dir = \"work\", mode = \"read-write\" }}\n[actions.spin.limits]\ntimeout-ms = 120000\n\
+             [actions.spin.access]\ninvoke = [\"role:agent\"]\napprove = [\"role:reviewer\"]\n",
+            toml_path(&component("gated"))
+        ),
+    )
+    .unwrap();
+    let token = support::create_token(&config, "bot", "agent", &["agent"]);
+    let token_file = dir.path().join("bot.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args([
+            "mcp",
+            "--config",
+            config.to_str().unwrap(),
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ])
+        .env_remove("AIRLOCK_DATA_DIR")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut to = child.stdin.take().unwrap();
+    let mut from = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut send = |v: Value| writeln!(to, "{v}").unwrap();
+    let mut answer = |id: i64| loop {
+        let mut line = String::new();
+        assert!(from.read_line(&mut line).unwrap() > 0, "airlock mcp ended");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["id"] == id {
+            break v;
+        }
+    };
+    send(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}));
+    answer(1);
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    // Ten minutes of computing, after one write: far past anything here.
+    send(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "spin__write-then-spin", "arguments": {"path": "spinning.txt", "ms": 600_000}}}));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !dir.path().join("work/spinning.txt").exists() {
+        assert!(std::time::Instant::now() < deadline, "the run never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let cancelled_at = std::time::Instant::now();
+    send(
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7, "reason": "changed my mind"}}),
+    );
+    // The session goes on, and the run is closed in the audit log as
+    // cancelled, well before its timeout.
+    let audit = |args: &[&str]| {
+        airlock_with(
+            &[&["audit", "show", "--config", config.to_str().unwrap(), "--json"], args].concat(),
+            b"",
+            &[],
+        )
+    };
+    let finished = loop {
+        let run = audit(&[]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let found = run
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|r| r["event"]["kind"] == "invocation-finished");
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(
+            cancelled_at.elapsed() < std::time::Duration::from_secs(20),
+            "no closing record: {run:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(cancelled_at.elapsed() < std::time::Duration::from_secs(20));
+    let event = &finished["event"];
+    assert_eq!(event["outcome"], "cancelled", "{finished}");
+    assert!(event["error"].as_str().unwrap().contains("cancelled"), "{finished}");
+    send(json!({"jsonrpc": "2.0", "id": 8, "method": "ping"}));
+    assert_eq!(answer(8)["result"], json!({}));
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -78,6 +78,10 @@ pub enum Error {
     /// The guest trapped (other than by a limit or a panic).
     #[error("action trapped: {0}")]
     Trapped(String),
+    /// The caller cancelled the invocation while it ran (MCP
+    /// `notifications/cancelled`); the instance was stopped.
+    #[error("cancelled by the caller while it ran: {0}")]
+    Cancelled(String),
     /// The guest panicked (trapped on `unreachable`).
     #[error("action panicked{0}")]
     Panicked(String),
@@ -137,7 +141,7 @@ impl Error {
             | Error::Forbidden(_)
             | Error::LimitReached { .. }
             | Error::ApprovalRefused(_) => 3,
-            Error::Limit(_) | Error::Exited(_) | Error::Trapped(_) => 4,
+            Error::Limit(_) | Error::Exited(_) | Error::Trapped(_) | Error::Cancelled(_) => 4,
             Error::Internal(_) | Error::AuditUnavailable(_) | Error::StoreUnavailable(_) => 5,
             Error::AuditTampered(_) => 6,
             Error::PendingApproval { .. } => 7,

@@ -55,6 +55,8 @@ pub struct Admitted {
     pub verdict: Arc<PolicyVerdict>,
     /// The agent's stated reason and trace.
     pub intent: Intent,
+    /// Stops the run if its caller gives up on it (MCP cancellation).
+    pub cancel: Option<crate::invocation::Cancel>,
 }
 
 impl Admitted {
@@ -63,6 +65,7 @@ impl Admitted {
             approval: None,
             verdict: Some(&self.verdict),
             intent: Some(&self.intent),
+            cancel: self.cancel.as_ref(),
         }
     }
 }
@@ -306,6 +309,7 @@ impl Runtime {
             prepared,
             verdict: Arc::new(verdict),
             intent: intent.clone(),
+            cancel: None,
         })
     }
 
@@ -759,6 +763,7 @@ impl Runtime {
             approval: Some(&approval.id),
             verdict: Some(&verdict),
             intent: record.intent.as_ref(),
+            cancel: None,
         };
         let report = prepared
             .invoke_with_id(id, &record.caller, &record.function, &record.args, admission)

@@ -251,6 +251,7 @@ pub fn error_label(error: &crate::Error) -> &'static str {
         1 => "action-error",
         2 => "invalid",
         3 => "refused",
+        4 if matches!(error, crate::Error::Cancelled(_)) => "cancelled",
         4 => "limit",
         6 => "tampered",
         7 => "pending",

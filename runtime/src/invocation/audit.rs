@@ -267,6 +267,7 @@ pub fn outcome_class(e: &Error) -> &'static str {
         Error::PendingApproval { .. } => "pending",
         Error::Limit(_) | Error::Exited(_) | Error::LimitReached { .. } => "limit",
         Error::Trapped(_) => "trap",
+        Error::Cancelled(_) => "cancelled",
         Error::Internal(_) | Error::AuditUnavailable(_) | Error::StoreUnavailable(_) | Error::AuditTampered(_) => {
             "internal"
         }

@@ -83,6 +83,56 @@ pub struct Admission<'a> {
     pub verdict: Option<&'a crate::policy::engine::Verdict>,
     /// The agent's stated reason and trace.
     pub intent: Option<&'a Intent>,
+    /// Stops the run when cancelled (see [`Cancel`]).
+    pub cancel: Option<&'a Cancel>,
+}
+
+/// How often a run that can be cancelled looks whether it was, while its
+/// guest computes without yielding.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+
+/// A handle that stops a running invocation from outside: its caller gave
+/// up on it (MCP `notifications/cancelled`). The instance is stopped at
+/// its next host call or within [`CANCEL_POLL`] of computing, the calls
+/// still open are recorded as abandoned, and the invocation closes in the
+/// audit log with [`Error::Cancelled`]. Cancelling one that has ended does
+/// nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(std::sync::Arc<CancelState>);
+
+#[derive(Debug, Default)]
+struct CancelState {
+    cancelled: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+    why: std::sync::OnceLock<String>,
+}
+
+impl Cancel {
+    /// Stop the run, saying why (kept for its closing record).
+    pub fn cancel(&self, why: &str) {
+        let _ = self.0.why.set(why.to_string());
+        self.0.cancelled.store(true, std::sync::atomic::Ordering::Release);
+        self.0.notify.notify_waiters();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancelled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once [`Cancel::cancel`] was called.
+    pub async fn cancelled(&self) {
+        let notified = self.0.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_cancelled() {
+            return;
+        }
+        notified.await;
+    }
+
+    fn error(&self) -> Error {
+        Error::Cancelled(self.0.why.get().cloned().unwrap_or_else(|| "cancelled".into()))
+    }
 }
 
 /// Parse `args` (a JSON object keyed by parameter names) for `function`.
@@ -250,8 +300,10 @@ impl PreparedAction {
         let metrics = crate::metrics::metrics();
         crate::metrics::observe_phase(&metrics.invocation_queue_seconds, &self.policy.name, started.elapsed());
         let running = Instant::now();
-        let run =
-            tracing::Instrument::instrument(self.run(sig, params, started, &invocation, host_calls.clone()), span);
+        let run = tracing::Instrument::instrument(
+            self.run(sig, params, started, &invocation, host_calls.clone(), admission.cancel),
+            span,
+        );
         let mut report = if deferred {
             let mut run = std::pin::pin!(run);
             tokio::select! {
@@ -297,6 +349,7 @@ impl PreparedAction {
         started: Instant,
         invocation: &str,
         host_calls: HostCalls,
+        cancel: Option<&Cancel>,
     ) -> Report {
         let limits = &self.policy.limits;
         let stdout = CapturedOutput::new("stdout", limits.max_output_bytes);
@@ -323,15 +376,26 @@ impl PreparedAction {
             let clock_start = Instant::now();
             move || clock_start + timeout + gate.as_ref().map_or(Duration::ZERO, |g| g.waited())
         };
-        store.set_epoch_deadline(engine::ticks_for(limits.timeout));
-        if gate.is_some() {
+        // A run that can be cancelled looks every CANCEL_POLL, so a guest
+        // that computes without yielding stops too.
+        let poll = |left: Duration| match cancel {
+            Some(_) => left.min(CANCEL_POLL),
+            None => left,
+        };
+        store.set_epoch_deadline(engine::ticks_for(poll(limits.timeout)));
+        if gate.is_some() || cancel.is_some() {
             let deadline = deadline.clone();
+            let cancel = cancel.cloned();
             store.epoch_deadline_callback(move |_| {
                 let left = deadline().saturating_duration_since(Instant::now());
-                if left.is_zero() {
+                if left.is_zero() || cancel.as_ref().is_some_and(Cancel::is_cancelled) {
                     Err(Trap::Interrupt.into())
                 } else {
-                    Ok(wasmtime::UpdateDeadline::Continue(engine::ticks_for(left)))
+                    let next = match cancel {
+                        Some(_) => left.min(CANCEL_POLL),
+                        None => left,
+                    };
+                    Ok(wasmtime::UpdateDeadline::Continue(engine::ticks_for(next)))
                 }
             });
         } else {
@@ -353,6 +417,9 @@ impl PreparedAction {
                 let until = tokio::time::Instant::from_std(deadline());
                 tokio::select! {
                     r = &mut call => break Some(r),
+                    // Stopped at its next await (a host call, an approval
+                    // wait): the instance is dropped with the future.
+                    () = async { if let Some(c) = cancel { c.cancelled().await } }, if cancel.is_some() => break None,
                     () = tokio::time::sleep_until(until) => {
                         // Time spent waiting for approvals moves the deadline.
                         if deadline() <= Instant::now() {
@@ -363,6 +430,9 @@ impl PreparedAction {
             }
         };
         let outcome = match finished {
+            _ if cancel.is_some_and(Cancel::is_cancelled) => {
+                Err(cancel.map_or_else(|| Error::internal("cancelled"), Cancel::error))
+            }
             None => Err(Error::Limit(LimitExceeded::Timeout(limits.timeout))),
             Some(Err(e)) => Err(classify(e, limits, &stderr)),
             Some(Ok(result)) => print_result(sig.result.as_ref(), result.as_ref(), limits.max_result_bytes),

@@ -76,6 +76,7 @@ impl From<Error> for ApiError {
             Error::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "database-unavailable"),
             Error::AuditTampered(_) => (StatusCode::INTERNAL_SERVER_ERROR, "audit-tampered"),
             Error::Limit(_) => (StatusCode::UNPROCESSABLE_ENTITY, "limit"),
+            Error::Cancelled(_) => (StatusCode::CONFLICT, "cancelled"),
             Error::HostCallDenied(_)
             | Error::Exited(_)
             | Error::Trapped(_)

@@ -44,6 +44,8 @@ pub const STATUS_TOOL: &str = "airlock_status";
 
 /// How progress is reported while a call waits.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How long a cancelled call waits for its run to stop and be recorded.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
 
 /// Who the MCP caller is.
 #[derive(Clone)]
@@ -479,10 +481,14 @@ impl ServerHandler for AirlockMcp {
             Ok((intent, _)) => intent,
             Err(e) => return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into()),
         };
-        let admitted = match runtime.admit(&caller, action, function, &args, &intent).await {
+        let mut admitted = match runtime.admit(&caller, action, function, &args, &intent).await {
             Ok(a) => a,
             Err(e) => return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into()),
         };
+        // `notifications/cancelled` for this call stops the run; it is
+        // closed in the audit log as cancelled.
+        let cancel = crate::invocation::Cancel::default();
+        admitted.cancel = Some(cancel.clone());
         let invocation = crate::invocation::new_invocation_id();
         // A task of its own: the invocation is stored and goes on (running,
         // or held by a gate) after this call returns a pending result.
@@ -505,7 +511,14 @@ impl ServerHandler for AirlockMcp {
             let joined = match running.as_mut() {
                 // Running, perhaps held inside a host call: wait for it
                 // until the next report is due.
-                Some(task) => tokio::time::timeout_at(tick, task).await.ok(),
+                Some(task) => tokio::select! {
+                    joined = tokio::time::timeout_at(tick, &mut *task) => joined.ok(),
+                    () = ctx.ct.cancelled(), if !cancel.is_cancelled() => {
+                        cancel.cancel(&format!("the MCP client cancelled request {}", ctx.id));
+                        // The run stops at once; wait for its closing record.
+                        tokio::time::timeout(CANCEL_GRACE, &mut *task).await.ok()
+                    }
+                },
                 // Nothing runs here until a decision; whoever runs it
                 // afterwards records the outcome in the store.
                 None => {
