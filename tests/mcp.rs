@@ -98,6 +98,16 @@ component = {gated}
 invoke = ["ops-bot"]
 approve = ["role:reviewer"]
 
+# Files read-only: its writes are denied at the choke point.
+[actions.readonly]
+component = {gated}
+[actions.readonly.grants]
+approval = true
+files = {{ dir = "work", mode = "read-only" }}
+[actions.readonly.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+
 # Logs a line per report.
 [actions.report]
 component = {report}
@@ -180,6 +190,21 @@ fn check_scenario(seen: &Value) -> String {
     assert!(logs[0]["level"].as_str().unwrap().contains("info"), "{seen}");
     assert_eq!(logs[0]["data"]["message"], "report written", "{seen}");
     assert_eq!(logs[0]["data"]["fields"]["path"], "reports/loud.md", "{seen}");
+    // A call the choke point denies is told as a warning while it runs.
+    let denial = &seen["denial"]["logs"];
+    assert_eq!(denial.as_array().map(Vec::len), Some(1), "{seen}");
+    assert_eq!(denial[0]["logger"], "airlock", "{seen}");
+    assert!(denial[0]["level"].as_str().unwrap().contains("warning"), "{seen}");
+    assert_eq!(denial[0]["data"]["action"], "readonly", "{seen}");
+    assert_eq!(denial[0]["data"]["denied"]["interface"], "airlock:cap/files", "{seen}");
+    assert_eq!(denial[0]["data"]["denied"]["function"], "write", "{seen}");
+    assert!(
+        denial[0]["data"]["denied"]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("read-only"),
+        "{seen}"
+    );
 
     // The WIT's doc comments describe the tool and its parameters; the
     // result schema is published and the result matches it.

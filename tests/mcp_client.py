@@ -75,6 +75,15 @@ async def run(session, mode, arg):
             break
         await anyio.sleep(0.05)
     out["logs_at_info"] = {"is_error": bool(res.is_error), "logs": list(LOGS)}
+    # A denied host call is told as a warning.
+    LOGS.clear()
+    await session.set_logging_level("warning")
+    res = await session.call_tool("readonly__write", {"path": "x.txt", "data": "x"})
+    for _ in range(200):
+        if LOGS:
+            break
+        await anyio.sleep(0.05)
+    out["denial"] = {"is_error": bool(res.is_error), "logs": list(LOGS)}
 
     # WIT docs and the result schema travel into the tool.
     describe = next(t for t in tools.tools if t.name == "types__describe")

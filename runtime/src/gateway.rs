@@ -57,6 +57,8 @@ pub struct Admitted {
     pub intent: Intent,
     /// Stops the run if its caller gives up on it (MCP cancellation).
     pub cancel: Option<crate::invocation::Cancel>,
+    /// Shown the run's log lines and denied calls as they happen (MCP).
+    pub live: Option<crate::host_call::LiveSink>,
 }
 
 impl Admitted {
@@ -66,6 +68,7 @@ impl Admitted {
             verdict: Some(&self.verdict),
             intent: Some(&self.intent),
             cancel: self.cancel.as_ref(),
+            live: self.live.as_ref(),
         }
     }
 }
@@ -310,6 +313,7 @@ impl Runtime {
             verdict: Arc::new(verdict),
             intent: intent.clone(),
             cancel: None,
+            live: None,
         })
     }
 
@@ -764,6 +768,7 @@ impl Runtime {
             verdict: Some(&verdict),
             intent: record.intent.as_ref(),
             cancel: None,
+            live: None,
         };
         let report = prepared
             .invoke_with_id(id, &record.caller, &record.function, &record.args, admission)

@@ -108,6 +108,19 @@ impl Decision {
     }
 }
 
+/// What the watcher of a running invocation (an MCP client) is shown as
+/// it happens.
+#[derive(Debug, Clone)]
+pub enum Live {
+    /// A line the action logged.
+    Log(crate::capabilities::log::LogLine),
+    /// A call the choke point refused.
+    Denied(Denied),
+}
+
+/// Where [`Live`] events go: bounded, so a run never waits for a watcher.
+pub type LiveSink = tokio::sync::mpsc::Sender<Live>;
+
 /// A call the policy refused.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{interface}#{function} denied by {rule}: {reason}")]
@@ -168,6 +181,8 @@ struct Inner {
     counts: HostCallCounts,
     tap: Option<AuditTap>,
     gate: Option<Arc<Gate>>,
+    /// Who watches the run as it happens (see [`Live`]).
+    live: Option<LiveSink>,
     /// The tracing span of each asynchronous call still running (only
     /// while a subscriber wants `host_call` spans), closed by
     /// [`HostCalls::finish`].
@@ -219,8 +234,24 @@ impl HostCalls {
                 log,
             }),
             gate: None,
+            live: None,
             spans: BTreeMap::new(),
         })))
+    }
+
+    /// Show `sink` what happens in the run from now on: log lines and
+    /// denied calls.
+    pub fn set_live(&self, sink: LiveSink) {
+        self.lock().live = Some(sink);
+    }
+
+    /// Show the run's watcher `event`, if there is one. Never waits: an
+    /// event the watcher has no room for is dropped from the live view
+    /// (log lines stay in the report, denials in the audit log).
+    pub fn live(&self, event: impl FnOnce() -> Live) {
+        if let Some(sink) = &self.lock().live {
+            let _ = sink.try_send(event());
+        }
     }
 
     /// Hold calls matching the action's approval rules (and serve guest
@@ -405,6 +436,9 @@ impl Inner {
         match denied {
             None => Ok(Opened { seq, event, span }),
             Some(denied) => {
+                if let Some(sink) = &self.live {
+                    let _ = sink.try_send(Live::Denied(denied.clone()));
+                }
                 span.record("status", "denied");
                 self.counts.denied += 1;
                 if let (Some(tap), Some(event)) = (&mut self.tap, event) {

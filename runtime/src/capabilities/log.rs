@@ -6,7 +6,7 @@
 use super::Capability;
 use super::bindings::airlock::cap::log as wit;
 use crate::catalog::CapabilityKind;
-use crate::host_call::{Decision, Denied, HostCall};
+use crate::host_call::{Decision, Denied, HostCall, Live};
 use crate::invocation::{InvocationState, StateBuilder};
 use wasmtime::component::{HasSelf, Linker};
 
@@ -97,7 +97,8 @@ impl wit::Host for InvocationState {
                     "dropped: log cap reached"
                 } else {
                     log.bytes += line.size();
-                    log.lines.push(line);
+                    state.host_calls.live(|| Live::Log(line.clone()));
+                    state.log.lines.push(line);
                     "ok"
                 }
             },

@@ -85,6 +85,8 @@ pub struct Admission<'a> {
     pub intent: Option<&'a Intent>,
     /// Stops the run when cancelled (see [`Cancel`]).
     pub cancel: Option<&'a Cancel>,
+    /// Shown the run's log lines and denied calls as they happen.
+    pub live: Option<&'a crate::host_call::LiveSink>,
 }
 
 /// How often a run that can be cancelled looks whether it was, while its
@@ -296,6 +298,9 @@ impl PreparedAction {
         let host_calls = HostCalls::audited(self.audit.clone(), &invocation, epoch);
         if let Some(gate) = self.gate_for(&invocation, caller, function, args, admission.intent) {
             host_calls.set_gate(gate);
+        }
+        if let Some(live) = admission.live {
+            host_calls.set_live(live.clone());
         }
         let metrics = crate::metrics::metrics();
         crate::metrics::observe_phase(&metrics.invocation_queue_seconds, &self.policy.name, started.elapsed());

@@ -44,6 +44,9 @@ pub const STATUS_TOOL: &str = "airlock_status";
 
 /// How progress is reported while a call waits.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Live events (log lines, denials) queued for a call's client at most;
+/// past it they are left out of the live view.
+const LIVE_QUEUE: usize = 1024;
 /// How long a cancelled call waits for its run to stop and be recorded.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
 
@@ -93,28 +96,43 @@ impl AirlockMcp {
         }
     }
 
-    /// Send the action's log lines at or above the session's level as
-    /// `notifications/message` (logger: the action), before the result.
-    async fn forward_logs(&self, ctx: &RequestContext<RoleServer>, action: &str, report: &crate::invocation::Report) {
+    /// Send what the run shows as it happens as `notifications/message`,
+    /// if at or above the session's level: a log line (logger: the action;
+    /// data: message, fields, invocation) at its own level, a denied host
+    /// call (logger `airlock`; data: the denial) as a warning.
+    async fn forward_live(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        action: &str,
+        invocation: &str,
+        event: crate::host_call::Live,
+    ) {
         let Some(floor) = *self.log_level.lock().unwrap_or_else(|p| p.into_inner()) else {
             return;
         };
-        for line in &report.logs {
-            let level = mcp_level(line.level);
-            if severity(level) < severity(floor) {
-                continue;
+        let (level, logger, data) = match event {
+            crate::host_call::Live::Log(line) => {
+                let fields: serde_json::Map<String, Value> =
+                    line.fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+                let data = json!({"message": line.message, "fields": fields, "invocation": invocation});
+                (mcp_level(line.level), action.to_string(), data)
             }
-            let fields: serde_json::Map<String, Value> = line
-                .fields
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect();
-            let data = json!({"message": line.message, "fields": fields, "invocation": report.invocation});
-            let message = rmcp::model::LoggingMessageNotificationParam::new(level, data).with_logger(action);
-            if ctx.peer.notify_logging_message(message).await.is_err() {
-                return; // the client went away
+            crate::host_call::Live::Denied(d) => {
+                let data = json!({
+                    "message": format!("host call {}#{} denied", d.interface, d.function),
+                    "denied": {"interface": d.interface, "function": d.function, "rule": d.rule, "reason": d.reason},
+                    "action": action,
+                    "invocation": invocation,
+                });
+                (LoggingLevel::Warning, "airlock".to_string(), data)
             }
+        };
+        if severity(level) < severity(floor) {
+            return;
         }
+        let message = rmcp::model::LoggingMessageNotificationParam::new(level, data).with_logger(logger);
+        // A client that went away misses it; the run goes on regardless.
+        let _ = ctx.peer.notify_logging_message(message).await;
     }
 
     async fn caller(&self, ctx: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
@@ -489,6 +507,9 @@ impl ServerHandler for AirlockMcp {
         // closed in the audit log as cancelled.
         let cancel = crate::invocation::Cancel::default();
         admitted.cancel = Some(cancel.clone());
+        // Its log lines and denied calls, as they happen.
+        let (live, mut watched) = tokio::sync::mpsc::channel(LIVE_QUEUE);
+        admitted.live = Some(live);
         let invocation = crate::invocation::new_invocation_id();
         // A task of its own: the invocation is stored and goes on (running,
         // or held by a gate) after this call returns a pending result.
@@ -510,8 +531,13 @@ impl ServerHandler for AirlockMcp {
             let tick = tokio::time::Instant::from_std((Instant::now() + PROGRESS_EVERY).min(deadline));
             let joined = match running.as_mut() {
                 // Running, perhaps held inside a host call: wait for it
-                // until the next report is due.
+                // until the next report is due, passing on what it shows.
                 Some(task) => tokio::select! {
+                    biased;
+                    Some(event) = watched.recv() => {
+                        self.forward_live(&ctx, action, &invocation, event).await;
+                        continue;
+                    }
                     joined = tokio::time::timeout_at(tick, &mut *task) => joined.ok(),
                     () = ctx.ct.cancelled(), if !cancel.is_cancelled() => {
                         cancel.cancel(&format!("the MCP client cancelled request {}", ctx.id));
@@ -528,11 +554,12 @@ impl ServerHandler for AirlockMcp {
             };
             if let Some(joined) = joined {
                 running = None;
+                // What the run showed last, before its result.
+                while let Ok(event) = watched.try_recv() {
+                    self.forward_live(&ctx, action, &invocation, event).await;
+                }
                 match joined {
-                    Ok(Ok(Submitted::Ran(report))) => {
-                        self.forward_logs(&ctx, action, &report).await;
-                        return Ok(ran_result(&report).into());
-                    }
+                    Ok(Ok(Submitted::Ran(report))) => return Ok(ran_result(&report).into()),
                     Ok(Ok(Submitted::Done(record))) if record.state.is_final() => {
                         return Ok(record_result(&record).into());
                     }
