@@ -874,26 +874,43 @@ fn a_cancelled_call_stops_its_run_and_is_audited_as_cancelled() {
     let mut to = child.stdin.take().unwrap();
     let mut from = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut send = |v: Value| writeln!(to, "{v}").unwrap();
-    let mut answer = |id: i64| loop {
+    let next = |from: &mut std::io::BufReader<std::process::ChildStdout>| {
         let mut line = String::new();
         assert!(from.read_line(&mut line).unwrap() > 0, "airlock mcp ended");
-        let v: Value = serde_json::from_str(&line).unwrap();
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    let answer = |from: &mut std::io::BufReader<std::process::ChildStdout>, id: i64| loop {
+        let v = next(from);
         if v["id"] == id {
             break v;
         }
     };
     send(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}));
-    answer(1);
+    answer(&mut from, 1);
     send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
     // Ten minutes of computing, after one write: far past anything here.
     send(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-        "params": {"name": "spin__write-then-spin", "arguments": {"path": "spinning.txt", "ms": 600_000}}}));
+        "params": {"name": "spin__write-then-spin", "arguments": {"path": "spinning.txt", "ms": 600_000},
+                   "_meta": {"progressToken": "spin-1"}}}));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !dir.path().join("work/spinning.txt").exists() {
         assert!(std::time::Instant::now() < deadline, "the run never started");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // A long call reports progress while it runs.
+    let progress = loop {
+        let v = next(&mut from);
+        assert_ne!(v["id"], 7, "the call ended early: {v}");
+        if v["method"] == "notifications/progress" {
+            break v;
+        }
+    };
+    assert_eq!(progress["params"]["progressToken"], "spin-1", "{progress}");
+    assert!(
+        progress["params"]["message"].as_str().unwrap().ends_with("is running"),
+        "{progress}"
+    );
     let cancelled_at = std::time::Instant::now();
     send(
         json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7, "reason": "changed my mind"}}),
@@ -929,7 +946,7 @@ fn a_cancelled_call_stops_its_run_and_is_audited_as_cancelled() {
     assert_eq!(event["outcome"], "cancelled", "{finished}");
     assert!(event["error"].as_str().unwrap().contains("cancelled"), "{finished}");
     send(json!({"jsonrpc": "2.0", "id": 8, "method": "ping"}));
-    assert_eq!(answer(8)["result"], json!({}));
+    assert_eq!(answer(&mut from, 8)["result"], json!({}));
     let _ = child.kill();
     let _ = child.wait();
 }
