@@ -1192,3 +1192,190 @@ fn metrics_are_guarded_and_move_with_the_work() {
         "{last}"
     );
 }
+
+#[test]
+fn invocations_are_listed_filtered_and_paged() {
+    let w = World::new();
+    let bot = w.token("bot", "agent", &["agent"]);
+    let other = w.token("other", "agent", &["agent"]);
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let server = Server::start(&w.config);
+    for i in 0..5 {
+        let r = server.post(
+            "/v1/invocations",
+            Some(&bot),
+            &invoke_body("echo", "echo", json!({"value": format!("b{i}")})),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let mut held = invoke_body("deploy", "echo", json!({"value": "held"}));
+    held["wait-ms"] = json!(0);
+    assert_eq!(server.post("/v1/invocations", Some(&bot), &held).status, 202);
+    for i in 0..2 {
+        let r = server.post(
+            "/v1/invocations",
+            Some(&other),
+            &invoke_body("echo", "echo", json!({"value": format!("o{i}")})),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let list = |token: &str, query: &str| {
+        let r = server.get(&format!("/v1/invocations{query}"), Some(token));
+        assert_eq!(r.status, 200, "{query}: {r:?}");
+        r.json()
+    };
+    let ids = |page: &Value| -> Vec<String> {
+        page["invocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["invocation"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // Its own only, newest first.
+    let mine = list(&bot, "");
+    let all_mine = ids(&mine);
+    assert_eq!(all_mine.len(), 6, "{mine}");
+    assert_eq!(mine["next"], Value::Null);
+    let items = mine["invocations"].as_array().unwrap();
+    assert!(items.iter().all(|i| i["caller"] == "bot"), "{mine}");
+    let created: Vec<&str> = items.iter().map(|i| i["created-at"].as_str().unwrap()).collect();
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "{created:?}");
+    // An approver of the actions sees everyone's.
+    assert_eq!(ids(&list(&alice, "")).len(), 8);
+    assert_eq!(ids(&list(&alice, "?caller=other")).len(), 2);
+
+    // Filters.
+    let waiting = list(&bot, "?state=awaiting-approval");
+    assert_eq!(ids(&waiting).len(), 1, "{waiting}");
+    assert_eq!(waiting["invocations"][0]["action"], "deploy");
+    assert_eq!(ids(&list(&bot, "?action=echo")).len(), 5);
+    assert_eq!(ids(&list(&bot, "?action=echo&state=succeeded")).len(), 5);
+    assert_eq!(ids(&list(&bot, "?since=2999-01-01")).len(), 0);
+    assert_eq!(ids(&list(&bot, "?until=2999-01-01")).len(), 6);
+
+    // Pages of two, followed to the end: every one once, in order.
+    let mut paged = Vec::new();
+    let mut query = "?limit=2".to_string();
+    loop {
+        let page = list(&bot, &query);
+        let got = ids(&page);
+        assert!(got.len() <= 2, "{page}");
+        paged.extend(got);
+        match page["next"].as_str() {
+            Some(next) => query = format!("?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all_mine);
+
+    // Malformed queries are refused, never guessed at.
+    for bad in [
+        "?after=nonsense",
+        "?state=done",
+        "?limit=x",
+        "?bogus=1",
+        "?since=yesterday",
+    ] {
+        let r = server.get(&format!("/v1/invocations{bad}"), Some(&bot));
+        assert_eq!(r.status, 400, "{bad}: {r:?}");
+    }
+    assert_eq!(server.get("/v1/invocations", None).status, 401);
+}
+
+#[test]
+fn the_openapi_document_is_valid_and_describes_every_route() {
+    let w = World::new();
+    let bot = w.token("bot", "agent", &["agent"]);
+    let server = Server::start(&w.config);
+    let public = server.get("/v1/openapi.json", None);
+    assert_eq!(public.status, 200, "{public:?}");
+    let public = public.json();
+    let doc = server.get("/v1/openapi.json", Some(&bot)).json();
+    assert_eq!(doc["openapi"], "3.1.0");
+
+    // Every route the router serves (read from its source) is described,
+    // with each of its methods.
+    let source = std::fs::read_to_string(support::repo_root().join("runtime/src/service/api.rs")).unwrap();
+    let mut routes = 0;
+    for line in source.lines().map(str::trim).filter(|l| l.starts_with(".route(\"")) {
+        let path = line.trim_start_matches(".route(\"").split('"').next().unwrap();
+        for method in ["get", "post", "put", "delete", "patch"] {
+            if line.contains(&format!("{method}(")) {
+                routes += 1;
+                assert!(
+                    doc["paths"][path][method].is_object(),
+                    "{method} {path} is not in the document"
+                );
+            }
+        }
+    }
+    assert!(routes >= 15, "read {routes} routes");
+    // Every operation has an id of its own.
+    let mut seen = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            assert!(seen.insert(id.to_string()), "operationId {id} twice");
+        }
+    }
+
+    // With a token: the argument and result schemas of what that identity
+    // may invoke (from the WIT), as request bodies; never another's.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    assert_eq!(
+        schemas["echo.echo.args"]["properties"]["value"]["type"], "string",
+        "{doc}"
+    );
+    assert_eq!(schemas["echo.echo.result"]["type"], "string", "{doc}");
+    assert!(schemas.contains_key("deploy.write-between.args"));
+    assert!(
+        !schemas.contains_key("secret-ops.echo.args"),
+        "another identity's action"
+    );
+    let bodies =
+        doc["paths"]["/v1/invocations"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+            .as_array()
+            .unwrap();
+    assert!(bodies.iter().any(|b| b["properties"]["action"]["const"] == "echo"
+        && b["properties"]["function"]["const"] == "echo"
+        && b["properties"]["args"]["$ref"] == "#/components/schemas/echo.echo.args"));
+    // Without one: no action is named.
+    assert!(!public.to_string().contains("echo.echo"), "{public}");
+
+    // Both documents are valid OpenAPI 3.1.
+    for (which, document) in [("public", &public), ("with a token", &doc)] {
+        let mut check = std::process::Command::new(python())
+            .args(["-c", "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(sys.stdin))\nprint('valid')"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(document.to_string().as_bytes())
+            .unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "the {which} document is not valid OpenAPI: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The Python of the test environment (scripts/python-env.sh), with
+/// `openapi-spec-validator`.
+fn python() -> PathBuf {
+    let path = std::env::var_os("AIRLOCK_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| support::repo_root().join("target/py-mcp/bin/python"));
+    assert!(path.exists(), "run `bash scripts/python-env.sh` (scripts/test.sh does)");
+    path
+}

@@ -53,7 +53,7 @@ pub fn router(service: Shared) -> Router {
         .route("/v1/ready", get(ready))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/actions", get(actions))
-        .route("/v1/invocations", post(invoke))
+        .route("/v1/invocations", post(invoke).get(list_invocations))
         .route("/v1/invocations/{id}", get(invocation))
         .route("/v1/approvals", get(approvals))
         .route("/v1/approvals/{id}", get(approval))
@@ -222,8 +222,22 @@ fn visible_actions(service: &Service, caller: &Caller) -> Vec<String> {
         .collect()
 }
 
-async fn openapi() -> Json<Value> {
-    Json(super::openapi::document())
+/// The OpenAPI document; asked with a token, with the schemas of the
+/// functions that identity may invoke (never another's).
+async fn openapi(State(service): State<Shared>, caller: Option<axum::Extension<Caller>>) -> Json<Value> {
+    let actions: Vec<(String, Arc<crate::action::PreparedAction>)> = match caller {
+        None => Vec::new(),
+        Some(axum::Extension(caller)) => service
+            .runtime
+            .action_names()
+            .into_iter()
+            .filter_map(|name| {
+                let action = service.runtime.action(&name)?.clone();
+                action.decisions.may_list(&caller).then_some((name, action))
+            })
+            .collect(),
+    };
+    Json(super::openapi::document(&actions))
 }
 
 async fn actions(State(service): State<Shared>, Authenticated(caller): Authenticated) -> Result<Json<Value>, ApiError> {
@@ -479,6 +493,97 @@ async fn invocation(
         return Err(ApiError::not_found(format!("no invocation {id}")));
     }
     Ok(Json(record_view(&record)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvocationsQuery {
+    /// One status, or `all` (the default).
+    state: Option<String>,
+    action: Option<String>,
+    /// The identity that made them.
+    caller: Option<String>,
+    /// Created at or after / before (RFC 3339, UTC).
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+    /// The `next` of the page before.
+    after: Option<String>,
+}
+
+/// Invocations listed per page by default, and at most.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// Where a page ends: the last invocation's creation time and id, in the
+/// store's order (newest first, then by id).
+fn page_cursor(record: &InvocationRecord) -> String {
+    format!("{}.{}", record.created_at, record.id)
+}
+
+/// `GET /v1/invocations`: the invocations the caller may see (its own, and
+/// those of actions it may approve), newest first, filtered, a page at a
+/// time: `next` is the cursor of the following page (`after=`), or null.
+async fn list_invocations(
+    State(service): State<Shared>,
+    Authenticated(caller): Authenticated,
+    query: Result<Query<InvocationsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query?;
+    let state = match query.state.as_deref() {
+        None | Some("all") => None,
+        Some(s) => Some(InvocationStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "state {s:?}: use awaiting-approval, approved, running, succeeded, failed, denied, expired or all"
+            ))
+        })?),
+    };
+    let time = |t: &Option<String>| {
+        t.as_deref()
+            .map(crate::time::parse_utc)
+            .transpose()
+            .map_err(ApiError::bad_request)
+    };
+    let (since, until) = (time(&query.since)?, time(&query.until)?);
+    let after = match query.after.as_deref() {
+        None => None,
+        Some(cursor) => {
+            let parsed = cursor
+                .split_once('.')
+                .and_then(|(at, id)| Some((at.parse::<u64>().ok()?, id.to_string())));
+            Some(parsed.ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "after {cursor:?} is not a cursor: pass the `next` of the page before"
+                ))
+            })?)
+        }
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let (action, by) = (query.action, query.caller);
+    let service2 = service.clone();
+    let keep = move |r: &InvocationRecord| {
+        service2.runtime.may_see_invocation(&caller, r)
+            && action.as_ref().is_none_or(|a| &r.action == a)
+            && by.as_ref().is_none_or(|c| &r.caller.name == c)
+            && since.is_none_or(|s| r.created_at >= s)
+            && until.is_none_or(|u| r.created_at < u)
+            && after
+                .as_ref()
+                .is_none_or(|(at, id)| r.created_at < *at || (r.created_at == *at && r.id.as_str() > id.as_str()))
+    };
+    let store = service.runtime.store()?;
+    // One more than a page: whether another page follows.
+    let mut list = tokio::task::spawn_blocking(move || first_visible(limit + 1, |n| store.invocations(state, n), keep))
+        .await
+        .map_err(|e| ApiError::from(crate::error::Error::internal(e)))??;
+    let next = (list.len() > limit).then(|| {
+        list.truncate(limit);
+        list.last().map(page_cursor)
+    });
+    Ok(Json(json!({
+        "invocations": list.iter().map(record_view).collect::<Vec<_>>(),
+        "next": next.flatten(),
+    })))
 }
 
 fn visible(service: &Service, caller: &Caller, approval: &ApprovalRecord) -> bool {

@@ -77,8 +77,8 @@ pub fn scheme(method: &Method, path: &str) -> Scheme {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     };
     match path {
-        "/v1/health" | "/v1/openapi.json" | "/console/style.css" => Scheme::Public,
-        "/v1/ready" => Scheme::OptionalBearer,
+        "/v1/health" | "/console/style.css" => Scheme::Public,
+        "/v1/ready" | "/v1/openapi.json" => Scheme::OptionalBearer,
         "/console/login" if method == Method::POST => Scheme::SignIn,
         "/console/login" => Scheme::Public,
         _ if under("/console") => Scheme::Session,
@@ -383,14 +383,7 @@ mod tests {
     fn every_route_outside_the_public_few_needs_credentials() {
         let get = Method::GET;
         let post = Method::POST;
-        for path in [
-            "/v1/health",
-            "/v1/openapi.json",
-            "/console/style.css",
-            "/",
-            "/v2/x",
-            "/mcpx",
-        ] {
+        for path in ["/v1/health", "/console/style.css", "/", "/v2/x", "/mcpx"] {
             assert_eq!(scheme(&get, path), Scheme::Public, "{path}");
         }
         assert_eq!(scheme(&get, "/v1/ready"), Scheme::OptionalBearer);
