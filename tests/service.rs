@@ -630,7 +630,18 @@ fn malformed_queries_paths_and_decision_bodies_get_json_errors() {
     // Who asks is settled first.
     assert_json_error(&server.get("/v1/approvals?limit=x", None), 401, "unauthenticated");
     assert_json_error(&server.get("/v1/invocations/%FF", Some(&agent)), 400, "bad-path");
-    assert_json_error(&server.get("/v1/invocations", Some(&agent)), 405, "method-not-allowed");
+    let bearer = format!("Bearer {agent}");
+    assert_json_error(
+        &request(
+            &server.addr,
+            "DELETE",
+            "/v1/invocations",
+            &[("Authorization", &bearer)],
+            b"",
+        ),
+        405,
+        "method-not-allowed",
+    );
 
     let mut body = invoke_body("deploy", "echo", json!({"value": "v1"}));
     body["wait-ms"] = json!(0);
@@ -1099,8 +1110,16 @@ fn metrics_are_guarded_and_move_with_the_work() {
     let held = server.post("/v1/invocations", Some(&agent), &held);
     assert_eq!(held.status, 202, "{held:?}");
     let approval = held.json()["approval"].as_str().unwrap().to_string();
-    let mid = String::from_utf8(server.get("/metrics", Some(&prometheus)).body).unwrap();
-    assert_eq!(sample(&mid, "airlock_approvals_pending"), 1.0, "{mid}");
+    // Read from the store at most every 5 s, whoever scrapes.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mid = String::from_utf8(request(&metrics_addr, "GET", "/metrics", &[], b"").body).unwrap();
+        if sample(&mid, "airlock_approvals_pending") == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{mid}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let approved = server.post(&format!("/v1/approvals/{approval}/approve"), Some(&alice), &json!({}));
     assert_eq!(approved.status, 200, "{approved:?}");
 
@@ -1111,7 +1130,9 @@ fn metrics_are_guarded_and_move_with_the_work() {
         let r = request(&metrics_addr, "GET", "/metrics", &[], b"");
         assert_eq!(r.status, 200, "{r:?}");
         let text = String::from_utf8(r.body).unwrap();
-        if sample(&text, r#"airlock_invocations_total{action="deploy",outcome="ok"}"#) >= 1.0 {
+        if sample(&text, r#"airlock_invocations_total{action="deploy",outcome="ok"}"#) >= 1.0
+            && sample(&text, "airlock_approvals_pending") == 0.0
+        {
             break text;
         }
         assert!(Instant::now() < deadline, "{text}");

@@ -128,7 +128,7 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "invocations",
-            "Invocations ended, by action and outcome (ok, action-error, invalid, refused, limit, unavailable, tampered, pending)",
+            "Invocations ended, by action and outcome (ok, action-error, invalid, refused, limit, cancelled, unavailable, tampered)",
             self.invocations.clone(),
         );
         r.register(
@@ -168,7 +168,7 @@ impl Metrics {
         );
         r.register(
             "approvals_pending",
-            "Approval requests pending in the store when scraped (every node's)",
+            "Approval requests pending in the store (every node's), read at most every 5 s when scraped",
             self.approvals_pending.clone(),
         );
         r.register(

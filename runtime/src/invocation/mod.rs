@@ -416,7 +416,7 @@ impl PreparedAction {
             func.call_async(&mut store, &params, &mut results).await?;
             wasmtime::Result::Ok(results.pop())
         };
-        let finished = {
+        let finished: Option<wasmtime::Result<Option<Val>>> = {
             tokio::pin!(call);
             loop {
                 let until = tokio::time::Instant::from_std(deadline());
@@ -434,13 +434,15 @@ impl PreparedAction {
                 }
             }
         };
-        let outcome = match finished {
-            _ if cancel.is_some_and(Cancel::is_cancelled) => {
-                Err(cancel.map_or_else(|| Error::internal("cancelled"), Cancel::error))
-            }
-            None => Err(Error::Limit(LimitExceeded::Timeout(limits.timeout))),
-            Some(Err(e)) => Err(classify(e, limits, &stderr)),
-            Some(Ok(result)) => print_result(sig.result.as_ref(), result.as_ref(), limits.max_result_bytes),
+        // Cancelled only if the cancellation is what ended it: a run that
+        // returned, or trapped on its own, keeps its outcome.
+        let cancelled = cancel.filter(|c| c.is_cancelled());
+        let outcome = match (finished, cancelled) {
+            (None, Some(c)) => Err(c.error()),
+            (Some(Err(e)), Some(c)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => Err(c.error()),
+            (None, None) => Err(Error::Limit(LimitExceeded::Timeout(limits.timeout))),
+            (Some(Err(e)), _) => Err(classify(e, limits, &stderr)),
+            (Some(Ok(result)), _) => print_result(sig.result.as_ref(), result.as_ref(), limits.max_result_bytes),
         };
 
         let fuel_consumed = limits.fuel.map(|f| f.saturating_sub(store.get_fuel().unwrap_or(0)));

@@ -527,22 +527,35 @@ impl ServerHandler for AirlockMcp {
         let deadline = Instant::now() + self.service.settings.mcp_wait;
         let mut running = Some(task);
         let mut step = 0.0;
+        // When the next progress report is due: fixed, so a stream of live
+        // events does not put it off.
+        let mut tick = tokio::time::Instant::from_std((Instant::now() + PROGRESS_EVERY).min(deadline));
         loop {
-            let tick = tokio::time::Instant::from_std((Instant::now() + PROGRESS_EVERY).min(deadline));
             let joined = match running.as_mut() {
                 // Running, perhaps held inside a host call: wait for it
                 // until the next report is due, passing on what it shows.
+                // Cancellation first, the run's end next, then its events.
                 Some(task) => tokio::select! {
                     biased;
-                    Some(event) = watched.recv() => {
-                        self.forward_live(&ctx, action, &invocation, event).await;
-                        continue;
-                    }
-                    joined = tokio::time::timeout_at(tick, &mut *task) => joined.ok(),
                     () = ctx.ct.cancelled(), if !cancel.is_cancelled() => {
+                        // The token also fires when the session or its
+                        // transport ends; only a client still there asked
+                        // for it. A client that left leaves the run going.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        if ctx.peer.is_transport_closed() {
+                            return Ok(CallToolResult::error(vec![ContentBlock::text(
+                                "the client went away; the invocation goes on".to_string(),
+                            )])
+                            .into());
+                        }
                         cancel.cancel(&format!("the MCP client cancelled request {}", ctx.id));
                         // The run stops at once; wait for its closing record.
                         tokio::time::timeout(CANCEL_GRACE, &mut *task).await.ok()
+                    }
+                    joined = tokio::time::timeout_at(tick, &mut *task) => joined.ok(),
+                    Some(event) = watched.recv() => {
+                        self.forward_live(&ctx, action, &invocation, event).await;
+                        continue;
                     }
                 },
                 // Nothing runs here until a decision; whoever runs it
@@ -589,6 +602,7 @@ impl ServerHandler for AirlockMcp {
             }
             step += 1.0;
             progress(&ctx, step, waiting_message(&invocation, approval.as_ref())).await;
+            tick = tokio::time::Instant::from_std((Instant::now() + PROGRESS_EVERY).min(deadline));
         }
     }
 }
@@ -747,9 +761,24 @@ pub async fn guard(
     response
 }
 
-/// `http://HOST` as the client addressed this service: its `Host` when
-/// that is a plain authority (host and port), else the listen address.
+/// Where clients reach this service: `service.public-url` when set (a TLS
+/// proxy in front), else `http://HOST` of the request when that is a host
+/// `/mcp` answers to, else the listen address.
 fn public_origin(service: &Service, headers: &axum::http::HeaderMap) -> String {
+    if let Some(url) = &service.settings.public_url {
+        return url.clone();
+    }
+    // Only a host `/mcp` answers to (as rmcp checks it): loopback, the
+    // listen address, `service.allowed-hosts`.
+    let allowed = |name: &str| {
+        matches!(name, "localhost" | "127.0.0.1" | "::1")
+            || name == service.settings.listen.ip().to_string()
+            || service
+                .settings
+                .allowed_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name))
+    };
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -758,6 +787,13 @@ fn public_origin(service: &Service, headers: &axum::http::HeaderMap) -> String {
                 && h.len() <= 255
                 && h.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        })
+        .filter(|h| {
+            let name = match h.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(""),
+                None => h.rsplit_once(':').map_or(*h, |(name, _)| name),
+            };
+            allowed(name)
         });
     match host {
         Some(host) => format!("http://{host}"),
@@ -788,13 +824,16 @@ pub fn advertise_metadata(service: &Service, headers: &axum::http::HeaderMap, re
 pub async fn resource_metadata(
     axum::extract::State(service): axum::extract::State<Arc<Service>>,
     headers: axum::http::HeaderMap,
-) -> axum::Json<Value> {
+) -> impl axum::response::IntoResponse {
     let origin = public_origin(&service, &headers);
-    axum::Json(json!({
-        "resource": format!("{origin}/mcp"),
-        "bearer_methods_supported": ["header"],
-        "resource_name": "airlock MCP",
-    }))
+    (
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        axum::Json(json!({
+            "resource": format!("{origin}/mcp"),
+            "bearer_methods_supported": ["header"],
+            "resource_name": "airlock MCP",
+        })),
+    )
 }
 
 /// The header naming a streamable-HTTP session.
@@ -803,10 +842,16 @@ const SESSION_HEADER: &str = "mcp-session-id";
 /// Sessions remembered at most; past it the oldest are forgotten (their
 /// clients are answered 404 and initialize again: it fails closed).
 const MAX_SESSIONS: usize = 100_000;
+/// Sessions remembered per identity: one identity opening sessions in a
+/// loop forgets its own oldest, never another's.
+const MAX_SESSIONS_PER_IDENTITY: usize = 1_000;
 
+/// Each session's owner, the sessions in the order they were opened, and
+/// how many each identity has.
 type Owners = (
     std::collections::HashMap<String, String>,
     std::collections::VecDeque<String>,
+    std::collections::HashMap<String, usize>,
 );
 
 /// Which identity opened each streamable-HTTP session.
@@ -820,15 +865,25 @@ impl SessionOwners {
 
     fn open(&self, id: &str, owner: &str) {
         let mut guard = self.lock();
-        let (owners, order) = &mut *guard;
-        if owners.insert(id.to_string(), owner.to_string()).is_none() {
-            order.push_back(id.to_string());
+        let (owners, order, counts) = &mut *guard;
+        if owners.contains_key(id) {
+            return;
         }
+        if counts.get(owner).is_some_and(|n| *n >= MAX_SESSIONS_PER_IDENTITY)
+            && let Some(at) = order.iter().position(|s| owners.get(s).is_some_and(|o| o == owner))
+            && let Some(oldest) = order.remove(at)
+        {
+            owners.remove(&oldest);
+            forget(counts, owner);
+        }
+        owners.insert(id.to_string(), owner.to_string());
+        order.push_back(id.to_string());
+        *counts.entry(owner.to_string()).or_default() += 1;
         while owners.len() > MAX_SESSIONS {
-            match order.pop_front() {
-                Some(oldest) => owners.remove(&oldest),
-                None => break,
-            };
+            let Some(oldest) = order.pop_front() else { break };
+            if let Some(o) = owners.remove(&oldest) {
+                forget(counts, &o);
+            }
         }
     }
 
@@ -839,9 +894,20 @@ impl SessionOwners {
 
     fn close(&self, id: &str) {
         let mut guard = self.lock();
-        let (owners, order) = &mut *guard;
-        if owners.remove(id).is_some() {
+        let (owners, order, counts) = &mut *guard;
+        if let Some(owner) = owners.remove(id) {
             order.retain(|o| o != id);
+            forget(counts, &owner);
+        }
+    }
+}
+
+/// One session fewer for `owner`.
+fn forget(counts: &mut std::collections::HashMap<String, usize>, owner: &str) {
+    if let Some(n) = counts.get_mut(owner) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(owner);
         }
     }
 }
@@ -867,6 +933,21 @@ pub fn http_service(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_identity_opening_sessions_forgets_only_its_own() {
+        let owners = SessionOwners::default();
+        owners.open("b-1", "b");
+        for i in 0..=MAX_SESSIONS_PER_IDENTITY {
+            owners.open(&format!("a-{i}"), "a");
+        }
+        assert!(owners.owned_by("b-1", "b"));
+        assert!(!owners.owned_by("a-0", "a"), "the oldest of a's is forgotten");
+        assert!(owners.owned_by(&format!("a-{MAX_SESSIONS_PER_IDENTITY}"), "a"));
+        assert!(!owners.owned_by("b-1", "a"));
+        owners.close("b-1");
+        assert!(!owners.owned_by("b-1", "b"));
+    }
 
     fn tool(name: &str, action: &str, function: &str) -> (Tool, String, String) {
         (

@@ -88,6 +88,10 @@ pub struct RawServiceSettings {
     pub metrics_readers: Option<Vec<String>>,
     /// A second address serving only `GET /metrics`, without a token.
     pub metrics_listen: Option<String>,
+    /// Where clients reach the service (`https://airlock.example`), when a
+    /// proxy in front of it terminates TLS: named in the MCP resource
+    /// metadata.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -115,6 +119,7 @@ pub struct ServiceSettings {
     pub console_origins: Vec<String>,
     pub metrics_readers: Vec<AccessRule>,
     pub metrics_listen: Option<SocketAddr>,
+    pub public_url: Option<String>,
 }
 
 /// Default wait of an MCP call for an approval.
@@ -140,6 +145,7 @@ impl Default for ServiceSettings {
             console_origins: Vec::new(),
             metrics_readers: vec![AccessRule::Role("monitoring".into())],
             metrics_listen: None,
+            public_url: None,
         }
     }
 }
@@ -244,6 +250,18 @@ impl ServiceSettings {
                 ));
             }
             s.metrics_listen = Some(addr);
+        }
+        if let Some(url) = &raw.public_url {
+            let url = url.trim_end_matches('/');
+            let well_formed = url.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains(['/', '@', '*', '"', ' '])
+            });
+            if !well_formed {
+                return Err(format!(
+                    "service.public-url {url:?} must be scheme://host[:port] (http or https, no path), e.g. \"https://airlock.example\""
+                ));
+            }
+            s.public_url = Some(url.to_string());
         }
         if let Some(list) = &raw.audit_readers {
             s.audit_readers = list

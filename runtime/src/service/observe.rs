@@ -27,8 +27,12 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Pending approval requests counted at most per scrape.
-const MAX_PENDING_COUNTED: usize = 100_000;
+/// How often the values read from the store are read again, however
+/// often the metrics are scraped (by however many scrapers).
+const STORE_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// When the store was last read for the metrics (one reader at a time).
+static STORE_READ: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
 
 /// `GET /metrics` on the service's address: for `service.metrics-readers`.
 pub async fn scrape(State(service): State<Arc<Service>>, Authenticated(caller): Authenticated) -> Response {
@@ -46,24 +50,28 @@ pub async fn scrape(State(service): State<Arc<Service>>, Authenticated(caller): 
 /// The metrics text, with the values read at scrape time brought up to
 /// date first.
 async fn exposition(service: &Arc<Service>) -> Response {
-    let s = service.clone();
-    let pending = tokio::task::spawn_blocking(move || {
-        s.runtime
-            .store()
-            .ok()?
-            .approvals(Some(ApprovalState::Pending), MAX_PENDING_COUNTED)
-            .ok()
-            .map(|p| p.len())
-    })
-    .await
-    .ok()
-    .flatten();
-    // A store that cannot be read leaves the last value; the store's own
-    // failures show in its operation counts.
-    if let Some(n) = pending {
-        metrics::metrics()
-            .approvals_pending
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    let due = {
+        let mut last = STORE_READ.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|at| at.elapsed() >= STORE_READ_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    };
+    if due {
+        let s = service.clone();
+        let pending =
+            tokio::task::spawn_blocking(move || s.runtime.store().ok()?.count_approvals(ApprovalState::Pending).ok())
+                .await
+                .ok()
+                .flatten();
+        // A store that cannot be read leaves the last value; the store's
+        // own failures show in its operation counts.
+        if let Some(n) = pending {
+            metrics::metrics()
+                .approvals_pending
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
     (
         StatusCode::OK,

@@ -60,6 +60,10 @@ impl Store for Metered {
         timed!("approvals", self.0.approvals(state, limit))
     }
 
+    fn count_approvals(&self, state: ApprovalState) -> Result<u64, StoreError> {
+        timed!("count-approvals", self.0.count_approvals(state))
+    }
+
     fn update_approval(&self, id: &str, update: &mut ApprovalUpdate<'_>) -> Result<ApprovalRecord, UpdateError> {
         timed!("update-approval", self.0.update_approval(id, update))
     }

@@ -125,6 +125,8 @@ pub trait Store: Send + Sync {
     fn approval(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError>;
     /// Approval requests, newest first, optionally only those in `state`.
     fn approvals(&self, state: Option<ApprovalState>, limit: usize) -> Result<Vec<ApprovalRecord>, StoreError>;
+    /// How many approval requests are in `state` (one count query).
+    fn count_approvals(&self, state: ApprovalState) -> Result<u64, StoreError>;
     /// Atomically load approval `id`, let `update` change it (add a
     /// decision, move its state), and write the change back. Concurrent
     /// updates of one request are serialized, so each decision is counted

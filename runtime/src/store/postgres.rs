@@ -1068,6 +1068,18 @@ impl Store for PgStore {
         })
     }
 
+    fn count_approvals(&self, state: ApprovalState) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        inner.block(async {
+            let client = inner.client().await?;
+            let row = client
+                .row("SELECT COUNT(*) FROM approvals WHERE state = $1", &[&state.as_str()])
+                .await
+                .map_err(pg_err)?;
+            Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+        })
+    }
+
     fn update_approval(&self, id: &str, update: &mut ApprovalUpdate<'_>) -> Result<ApprovalRecord, UpdateError> {
         let inner = &self.inner;
         let result: Result<Result<ApprovalRecord, UpdateError>, StoreError> = inner.block(async {

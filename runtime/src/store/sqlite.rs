@@ -736,6 +736,18 @@ impl Store for SqliteStore {
         load_approval(&self.conn(), id)
     }
 
+    fn count_approvals(&self, state: ApprovalState) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM approvals WHERE state = ?1",
+                params![state.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     fn approvals(&self, state: Option<ApprovalState>, limit: usize) -> Result<Vec<ApprovalRecord>, StoreError> {
         let conn = self.conn();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
