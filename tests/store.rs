@@ -13,7 +13,8 @@ use airlock::identity::{Caller, IdentityKind};
 use airlock::store::settings::StoreSettings;
 use airlock::store::{
     ApprovalKind, ApprovalRecord, ApprovalState, Charge, DecisionRecord, Exceeded, InvocationEnding, InvocationOutcome,
-    InvocationRecord, InvocationStatus, NodeRecord, Refusal, SessionRecord, Store, TokenRecord, UpdateError, Verdict,
+    InvocationQuery, InvocationRecord, InvocationStatus, NodeRecord, Refusal, SessionRecord, Store, TokenRecord,
+    UpdateError, Verdict,
 };
 use serde_json::json;
 use std::sync::{Arc, Barrier, Mutex};
@@ -77,6 +78,7 @@ contract!(
     concurrent_updates_from_many_threads_on_two_nodes_are_each_counted_once,
     an_update_sees_only_live_tokens_as_of_its_own_transaction,
     invocations_are_listed_newest_first_by_state_and_limit,
+    invocation_pages_filter_in_the_database_and_follow_the_cursor,
     run_rows_are_seen_by_readers_at_once,
     a_final_row_is_never_moved_back_by_a_later_running_row,
     concurrent_async_finishes_all_land_before_they_resolve,
@@ -564,6 +566,83 @@ fn invocations_are_listed_newest_first_by_state_and_limit(b: &Backend) {
     again.action = "other".into();
     assert!(s.insert_invocation(&again).is_err());
     assert_eq!(s.invocation("inv-0").unwrap().as_ref(), Some(&inserted[0]));
+}
+
+fn invocation_pages_filter_in_the_database_and_follow_the_cursor(b: &Backend) {
+    let s = b.open();
+    for i in 0..10u64 {
+        let mut r = invocation(&format!("inv-{i}"), InvocationStatus::Approved, 100 + i);
+        if i % 3 == 0 {
+            r.action = "report".into();
+        }
+        if i % 2 == 0 {
+            r.caller.name = "other-bot".into();
+            r.state = InvocationStatus::AwaitingApproval;
+        }
+        s.insert_invocation(&r).unwrap();
+    }
+    // Three at one time: the cursor orders ties by id.
+    for id in ["tie-c", "tie-a", "tie-b"] {
+        s.insert_invocation(&invocation(id, InvocationStatus::Approved, 300))
+            .unwrap();
+    }
+    fn id(r: &InvocationRecord) -> &str {
+        &r.id
+    }
+    let page = |q: &InvocationQuery, n: usize| ids(&s.invocation_page(q, n).unwrap(), id);
+    let all = InvocationQuery::default();
+    assert_eq!(page(&all, 4), ["tie-a", "tie-b", "tie-c", "inv-9"]);
+    // Followed page by page from each last row: every row once, in order.
+    let mut q = InvocationQuery::default();
+    let mut walked = Vec::new();
+    loop {
+        let rows = s.invocation_page(&q, 2).unwrap();
+        let Some(last) = rows.last() else { break };
+        q.after = Some((last.created_at, last.id.clone()));
+        walked.extend(ids(&rows, id));
+    }
+    assert_eq!(walked, page(&all, 100));
+    assert_eq!(walked.len(), 13);
+    // Each filter, and all of them at once.
+    let by = |f: &dyn Fn(&mut InvocationQuery)| {
+        let mut q = InvocationQuery::default();
+        f(&mut q);
+        page(&q, 100)
+    };
+    assert_eq!(
+        by(&|q| q.action = Some("report".into())),
+        ["inv-9", "inv-6", "inv-3", "inv-0"]
+    );
+    assert_eq!(
+        by(&|q| q.caller = Some("other-bot".into())),
+        ["inv-8", "inv-6", "inv-4", "inv-2", "inv-0"]
+    );
+    assert_eq!(
+        by(&|q| q.state = Some(InvocationStatus::AwaitingApproval)),
+        ["inv-8", "inv-6", "inv-4", "inv-2", "inv-0"]
+    );
+    assert_eq!(
+        by(&|q| q.since = Some(107)),
+        ["tie-a", "tie-b", "tie-c", "inv-9", "inv-8", "inv-7"]
+    );
+    assert_eq!(by(&|q| q.until = Some(102)), ["inv-1", "inv-0"]);
+    assert_eq!(
+        by(&|q| {
+            q.action = Some("report".into());
+            q.caller = Some("other-bot".into());
+            q.since = Some(101);
+            q.after = Some((106, "inv-6".into()));
+        }),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        by(&|q| q.after = Some((300, "tie-a".into())))
+            .first()
+            .map(String::as_str),
+        Some("tie-b")
+    );
+    // Text that looks like SQL is a value.
+    assert!(by(&|q| q.caller = Some("' OR '1'='1".into())).is_empty());
 }
 
 fn run_rows_are_seen_by_readers_at_once(b: &Backend) {

@@ -47,6 +47,10 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Live events (log lines, denials) queued for a call's client at most;
 /// past it they are left out of the live view.
 const LIVE_QUEUE: usize = 1024;
+/// How long a call whose token fired waits for the client's cancellation
+/// to be handled (the token fires first), before taking it for the end of
+/// the session.
+const CANCEL_NOTICE: Duration = Duration::from_secs(1);
 /// How long a cancelled call waits for its run to stop and be recorded.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
 
@@ -67,6 +71,55 @@ pub struct AirlockMcp {
     /// The least severe log level this session's client asked for with
     /// `logging/setLevel`; until it asks, no log messages are sent.
     log_level: Arc<std::sync::Mutex<Option<LoggingLevel>>>,
+    /// This session's calls still running, and which of them its client
+    /// cancelled (`notifications/cancelled`).
+    calls: Arc<Calls>,
+}
+
+/// The calls of one session still running, by request id: whether the
+/// client cancelled each.
+#[derive(Debug, Default)]
+struct Calls {
+    cancelled: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Calls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, bool>> {
+        self.cancelled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Track call `id` until the returned guard drops.
+    fn track(self: &Arc<Self>, id: String) -> CallGuard {
+        self.lock().insert(id.clone(), false);
+        CallGuard(self.clone(), id)
+    }
+
+    /// Whether the client cancelled call `id`, waiting up to `within` for
+    /// its notification to be handled.
+    async fn was_cancelled(&self, id: &str, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.lock().get(id).copied().unwrap_or(false) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// Stops tracking a call when it returns.
+struct CallGuard(Arc<Calls>, String);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.lock().remove(&self.1);
+    }
 }
 
 impl AirlockMcp {
@@ -76,6 +129,7 @@ impl AirlockMcp {
             service,
             identity: Identity::Token(Arc::new(token)),
             log_level: Arc::default(),
+            calls: Arc::default(),
         }
     }
 
@@ -85,6 +139,7 @@ impl AirlockMcp {
             service,
             identity: Identity::PerRequest,
             log_level: Arc::default(),
+            calls: Arc::default(),
         }
     }
 
@@ -92,6 +147,7 @@ impl AirlockMcp {
     fn new_session(&self) -> AirlockMcp {
         AirlockMcp {
             log_level: Arc::default(),
+            calls: Arc::default(),
             ..self.clone()
         }
     }
@@ -438,6 +494,21 @@ impl ServerHandler for AirlockMcp {
             )
     }
 
+    async fn on_cancelled(
+        &self,
+        notification: rmcp::model::CancelledNotificationParam,
+        _ctx: rmcp::service::NotificationContext<RoleServer>,
+    ) {
+        // Only a call of this session still running is marked: ids the
+        // client makes up are not kept.
+        if let Some(id) = notification.request_id {
+            if let Some(flag) = self.calls.lock().get_mut(&id.to_string()) {
+                *flag = true;
+            }
+            self.calls.changed.notify_waiters();
+        }
+    }
+
     async fn set_level(
         &self,
         request: rmcp::model::SetLevelRequestParams,
@@ -507,6 +578,7 @@ impl ServerHandler for AirlockMcp {
         // closed in the audit log as cancelled.
         let cancel = crate::invocation::Cancel::default();
         admitted.cancel = Some(cancel.clone());
+        let _tracked = self.calls.track(ctx.id.to_string());
         // Its log lines and denied calls, as they happen.
         let (live, mut watched) = tokio::sync::mpsc::channel(LIVE_QUEUE);
         admitted.live = Some(live);
@@ -538,13 +610,11 @@ impl ServerHandler for AirlockMcp {
                 Some(task) => tokio::select! {
                     biased;
                     () = ctx.ct.cancelled(), if !cancel.is_cancelled() => {
-                        // The token also fires when the session or its
-                        // transport ends; only a client still there asked
-                        // for it. A client that left leaves the run going.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        if ctx.peer.is_transport_closed() {
+                        // The token also fires when the session ends; only a
+                        // `notifications/cancelled` for this call stops it.
+                        if !self.calls.was_cancelled(&ctx.id.to_string(), CANCEL_NOTICE).await {
                             return Ok(CallToolResult::error(vec![ContentBlock::text(
-                                "the client went away; the invocation goes on".to_string(),
+                                "the session ended before the call did; its invocation goes on".to_string(),
                             )])
                             .into());
                         }
@@ -769,31 +839,35 @@ fn public_origin(service: &Service, headers: &axum::http::HeaderMap) -> String {
         return url.clone();
     }
     // Only a host `/mcp` answers to (as rmcp checks it): loopback, the
-    // listen address, `service.allowed-hosts`.
-    let allowed = |name: &str| {
+    // listen address, `service.allowed-hosts`, rebuilt from its parts.
+    let allowed = |name: &str, authority: &str| {
         matches!(name, "localhost" | "127.0.0.1" | "::1")
             || name == service.settings.listen.ip().to_string()
             || service
                 .settings
                 .allowed_hosts
                 .iter()
-                .any(|h| h.eq_ignore_ascii_case(name))
+                .any(|h| h.eq_ignore_ascii_case(name) || h.eq_ignore_ascii_case(authority))
     };
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.len() <= 255
-                && h.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
-        })
-        .filter(|h| {
-            let name = match h.strip_prefix('[') {
-                Some(v6) => v6.split(']').next().unwrap_or(""),
-                None => h.rsplit_once(':').map_or(*h, |(name, _)| name),
-            };
-            allowed(name)
+        .and_then(|h| axum::http::uri::Authority::try_from(h).ok())
+        .filter(|a| !a.as_str().contains('@'))
+        .and_then(|a| {
+            let name = a
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase();
+            if !allowed(&name, a.as_str()) {
+                return None;
+            }
+            let name = if name.contains(':') { format!("[{name}]") } else { name };
+            Some(match a.port_u16() {
+                Some(port) => format!("{name}:{port}"),
+                None => name,
+            })
         });
     match host {
         Some(host) => format!("http://{host}"),

@@ -253,9 +253,12 @@ impl ServiceSettings {
         }
         if let Some(url) = &raw.public_url {
             let url = url.trim_end_matches('/');
-            let well_formed = url.split_once("://").is_some_and(|(scheme, rest)| {
-                matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains(['/', '@', '*', '"', ' '])
-            });
+            let well_formed = url.parse::<axum::http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some_and(|a| !a.as_str().contains('@'))
+                    && u.path_and_query()
+                        .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+            }) && url.is_ascii();
             if !well_formed {
                 return Err(format!(
                     "service.public-url {url:?} must be scheme://host[:port] (http or https, no path), e.g. \"https://airlock.example\""

@@ -82,6 +82,7 @@ pub fn document(actions: &[(String, Arc<PreparedAction>)]) -> Value {
         "403": error_response("the identity may not do this"),
         "400": error_response("malformed request: body, query string or path (codes bad-json, bad-body, bad-query, bad-path, bad-request), or more than one Authorization header (ambiguous-credentials)"),
         "429": error_response("rate limited (per identity)"),
+        "503": error_response("the database or the audit log cannot be reached now (database-unavailable, audit-unavailable)"),
     });
     let with_errors = |mut responses: Value| {
         if let (Some(r), Some(e)) = (responses.as_object_mut(), errors.as_object()) {
@@ -186,7 +187,7 @@ pub fn document(actions: &[(String, Arc<PreparedAction>)]) -> Value {
                         "422": error_response("arguments do not fit the function")}))},
                 "get": {
                     "operationId": "listInvocations",
-                    "summary": "Invocations the identity may see (its own, and those of actions it may approve), newest first, a page at a time",
+                    "summary": "Invocations the identity may see (its own, and those of actions it may approve), newest first, a page at a time. One request reads at most 10000 rows: a page can be shorter than `limit` (even empty) while `next` says where to go on",
                     "security": secured,
                     "parameters": [
                         {"name": "state", "in": "query", "schema": {"enum": ["awaiting-approval", "approved", "running", "succeeded", "failed", "denied", "expired", "all"]}},

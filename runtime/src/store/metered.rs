@@ -96,6 +96,10 @@ impl Store for Metered {
         timed!("invocations", self.0.invocations(state, limit))
     }
 
+    fn invocation_page(&self, query: &InvocationQuery, limit: usize) -> Result<Vec<InvocationRecord>, StoreError> {
+        timed!("invocation-page", self.0.invocation_page(query, limit))
+    }
+
     fn transition_invocation(
         &self,
         id: &str,

@@ -48,6 +48,21 @@ pub fn open(settings: &settings::StoreSettings, data_dir: &Path) -> Result<Arc<d
 /// [`Store::token_by_hash_async`]).
 pub type StoreFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
+/// What [`Store::invocation_page`] selects.
+#[derive(Debug, Clone, Default)]
+pub struct InvocationQuery {
+    pub state: Option<InvocationStatus>,
+    pub action: Option<String>,
+    /// The identity that made them.
+    pub caller: Option<String>,
+    /// Created at or after (Unix microseconds).
+    pub since: Option<u64>,
+    /// Created before.
+    pub until: Option<u64>,
+    /// Only those after this one (its `created_at` and id) in the order.
+    pub after: Option<(u64, String)>,
+}
+
 /// A database failure (not a policy refusal).
 #[derive(Debug, thiserror::Error)]
 #[error("database error: {0}")]
@@ -176,6 +191,10 @@ pub trait Store: Send + Sync {
     fn invocation(&self, id: &str) -> Result<Option<InvocationRecord>, StoreError>;
     /// Invocations, newest first, optionally only those in `state`.
     fn invocations(&self, state: Option<InvocationStatus>, limit: usize) -> Result<Vec<InvocationRecord>, StoreError>;
+    /// Up to `limit` invocations matching `query`, in the store's order
+    /// (newest first, then by id), after `query.after`: a page read by
+    /// the indexes, whatever the table's size.
+    fn invocation_page(&self, query: &InvocationQuery, limit: usize) -> Result<Vec<InvocationRecord>, StoreError>;
     /// Move invocation `id` to `to` if it is in one of `from`, recording
     /// `outcome` when given; `false` when it was not in `from` (someone
     /// else claimed it first).
@@ -306,3 +325,81 @@ pub struct InvocationEnding<'a> {
 }
 
 use crate::identity::IdentityKind;
+
+/// A parameter of [`page_sql`]'s statement.
+#[derive(Debug)]
+pub(crate) enum PageValue {
+    Text(String),
+    Int(i64),
+}
+
+/// The statement of [`Store::invocation_page`], with its parameters, for
+/// a backend whose placeholders `placeholder(n)` writes (`?1`, `$1`). Ids
+/// compare bytewise on both backends (`COLLATE "C"` on PostgreSQL is the
+/// order SQLite's BINARY already is).
+pub(crate) fn page_sql(
+    query: &InvocationQuery,
+    limit: usize,
+    placeholder: impl Fn(usize) -> String,
+) -> (String, Vec<PageValue>) {
+    let micros = |t: u64| i64::try_from(t).unwrap_or(i64::MAX);
+    let mut values = Vec::new();
+    let next = |v: PageValue, values: &mut Vec<PageValue>| {
+        values.push(v);
+        placeholder(values.len())
+    };
+    let mut wheres = Vec::new();
+    if let Some(state) = query.state {
+        wheres.push(format!(
+            "state = {}",
+            next(PageValue::Text(state.as_str().into()), &mut values)
+        ));
+    }
+    if let Some(action) = &query.action {
+        wheres.push(format!(
+            "action = {}",
+            next(PageValue::Text(action.clone()), &mut values)
+        ));
+    }
+    if let Some(caller) = &query.caller {
+        wheres.push(format!(
+            "caller = {}",
+            next(PageValue::Text(caller.clone()), &mut values)
+        ));
+    }
+    if let Some(since) = query.since {
+        wheres.push(format!(
+            "created_at >= {}",
+            next(PageValue::Int(micros(since)), &mut values)
+        ));
+    }
+    if let Some(until) = query.until {
+        wheres.push(format!(
+            "created_at < {}",
+            next(PageValue::Int(micros(until)), &mut values)
+        ));
+    }
+    let collate = if placeholder(1).starts_with('$') {
+        " COLLATE \"C\""
+    } else {
+        ""
+    };
+    if let Some((at, id)) = &query.after {
+        let at1 = next(PageValue::Int(micros(*at)), &mut values);
+        let at2 = next(PageValue::Int(micros(*at)), &mut values);
+        let id = next(PageValue::Text(id.clone()), &mut values);
+        wheres.push(format!(
+            "(created_at < {at1} OR (created_at = {at2} AND id{collate} > {id}))"
+        ));
+    }
+    let limit = next(PageValue::Int(i64::try_from(limit).unwrap_or(i64::MAX)), &mut values);
+    let filter = if wheres.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", wheres.join(" AND "))
+    };
+    (
+        format!("SELECT body FROM invocations{filter} ORDER BY created_at DESC, id{collate} LIMIT {limit}"),
+        values,
+    )
+}

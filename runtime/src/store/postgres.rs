@@ -1196,6 +1196,30 @@ impl Store for PgStore {
         })
     }
 
+    fn invocation_page(
+        &self,
+        query: &super::InvocationQuery,
+        limit: usize,
+    ) -> Result<Vec<InvocationRecord>, StoreError> {
+        self.inner.flush()?;
+        let inner = &self.inner;
+        let (sql, values) = super::page_sql(query, limit, |n| format!("${n}"));
+        inner.block(async {
+            let client = inner.client().await?;
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+                .iter()
+                .map(|v| match v {
+                    super::PageValue::Text(t) => t as &(dyn tokio_postgres::types::ToSql + Sync),
+                    super::PageValue::Int(i) => i as &(dyn tokio_postgres::types::ToSql + Sync),
+                })
+                .collect();
+            let rows = client.rows(&sql, &params).await.map_err(pg_err)?;
+            rows.iter()
+                .map(|r| serde_json::from_str(r.get(0)).map_err(json_err))
+                .collect()
+        })
+    }
+
     fn invocations(&self, state: Option<InvocationStatus>, limit: usize) -> Result<Vec<InvocationRecord>, StoreError> {
         self.inner.flush()?;
         let inner = &self.inner;

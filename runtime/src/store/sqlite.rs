@@ -877,6 +877,29 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    fn invocation_page(
+        &self,
+        query: &super::InvocationQuery,
+        limit: usize,
+    ) -> Result<Vec<InvocationRecord>, StoreError> {
+        self.runs.flush()?;
+        let (sql, values) = super::page_sql(query, limit, |n| format!("?{n}"));
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+        let params: Vec<&dyn rusqlite::ToSql> = values
+            .iter()
+            .map(|v| match v {
+                super::PageValue::Text(t) => t as &dyn rusqlite::ToSql,
+                super::PageValue::Int(i) => i as &dyn rusqlite::ToSql,
+            })
+            .collect();
+        let rows = stmt
+            .query_map(params.as_slice(), first_column::<String>)
+            .map_err(db_err)?;
+        rows.map(|r| serde_json::from_str(&r.map_err(db_err)?).map_err(json_err))
+            .collect()
+    }
+
     fn transition_invocation(
         &self,
         id: &str,
