@@ -578,8 +578,9 @@ async fn list_invocations(
         let mut page = Vec::new();
         let mut scanned = 0;
         loop {
-            let rows = store.invocation_page(&selector, batch)?;
-            let exhausted = rows.len() < batch;
+            let want = batch.min(SCAN_CAP - scanned);
+            let rows = store.invocation_page(&selector, want)?;
+            let exhausted = rows.len() < want;
             for r in rows {
                 scanned += 1;
                 selector.after = Some((r.created_at, r.id.clone()));

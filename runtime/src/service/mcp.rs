@@ -80,24 +80,24 @@ pub struct AirlockMcp {
 /// client cancelled each.
 #[derive(Debug, Default)]
 struct Calls {
-    cancelled: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+    cancelled: std::sync::Mutex<std::collections::HashMap<rmcp::model::RequestId, bool>>,
     changed: tokio::sync::Notify,
 }
 
 impl Calls {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, bool>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<rmcp::model::RequestId, bool>> {
         self.cancelled.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Track call `id` until the returned guard drops.
-    fn track(self: &Arc<Self>, id: String) -> CallGuard {
+    fn track(self: &Arc<Self>, id: rmcp::model::RequestId) -> CallGuard {
         self.lock().insert(id.clone(), false);
         CallGuard(self.clone(), id)
     }
 
     /// Whether the client cancelled call `id`, waiting up to `within` for
     /// its notification to be handled.
-    async fn was_cancelled(&self, id: &str, within: Duration) -> bool {
+    async fn was_cancelled(&self, id: &rmcp::model::RequestId, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let changed = self.changed.notified();
@@ -114,7 +114,7 @@ impl Calls {
 }
 
 /// Stops tracking a call when it returns.
-struct CallGuard(Arc<Calls>, String);
+struct CallGuard(Arc<Calls>, rmcp::model::RequestId);
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
@@ -502,7 +502,7 @@ impl ServerHandler for AirlockMcp {
         // Only a call of this session still running is marked: ids the
         // client makes up are not kept.
         if let Some(id) = notification.request_id {
-            if let Some(flag) = self.calls.lock().get_mut(&id.to_string()) {
+            if let Some(flag) = self.calls.lock().get_mut(&id) {
                 *flag = true;
             }
             self.calls.changed.notify_waiters();
@@ -534,6 +534,9 @@ impl ServerHandler for AirlockMcp {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        // Tracked before anything is awaited, so a cancellation that comes
+        // at once is not missed.
+        let _tracked = self.calls.track(ctx.id.clone());
         let caller = self.caller(&ctx).await?;
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
         if request.name == STATUS_TOOL {
@@ -578,7 +581,6 @@ impl ServerHandler for AirlockMcp {
         // closed in the audit log as cancelled.
         let cancel = crate::invocation::Cancel::default();
         admitted.cancel = Some(cancel.clone());
-        let _tracked = self.calls.track(ctx.id.to_string());
         // Its log lines and denied calls, as they happen.
         let (live, mut watched) = tokio::sync::mpsc::channel(LIVE_QUEUE);
         admitted.live = Some(live);
@@ -612,7 +614,7 @@ impl ServerHandler for AirlockMcp {
                     () = ctx.ct.cancelled(), if !cancel.is_cancelled() => {
                         // The token also fires when the session ends; only a
                         // `notifications/cancelled` for this call stops it.
-                        if !self.calls.was_cancelled(&ctx.id.to_string(), CANCEL_NOTICE).await {
+                        if !self.calls.was_cancelled(&ctx.id, CANCEL_NOTICE).await {
                             return Ok(CallToolResult::error(vec![ContentBlock::text(
                                 "the session ended before the call did; its invocation goes on".to_string(),
                             )])

@@ -253,18 +253,29 @@ impl ServiceSettings {
         }
         if let Some(url) = &raw.public_url {
             let url = url.trim_end_matches('/');
-            let well_formed = url.parse::<axum::http::Uri>().is_ok_and(|u| {
-                matches!(u.scheme_str(), Some("http" | "https"))
-                    && u.authority().is_some_and(|a| !a.as_str().contains('@'))
-                    && u.path_and_query()
-                        .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
-            }) && url.is_ascii();
-            if !well_formed {
+            // Kept as rebuilt from its parts: scheme and authority only.
+            let parsed = url
+                .parse::<axum::http::Uri>()
+                .ok()
+                .filter(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.authority().is_some_and(|a| {
+                            // A port that is not a u16 reads as no port at all.
+                            let after_host = a.as_str().rsplit_once(']').map_or(a.as_str(), |(_, rest)| rest);
+                            !a.as_str().contains('@') && (!after_host.contains(':') || a.port_u16().is_some())
+                        })
+                        && u.path_and_query()
+                            .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+                        && url.is_ascii()
+                        && !url.contains(['#', '?'])
+                })
+                .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.authority()?)));
+            let Some(parsed) = parsed else {
                 return Err(format!(
                     "service.public-url {url:?} must be scheme://host[:port] (http or https, no path), e.g. \"https://airlock.example\""
                 ));
-            }
-            s.public_url = Some(url.to_string());
+            };
+            s.public_url = Some(parsed);
         }
         if let Some(list) = &raw.audit_readers {
             s.audit_readers = list
@@ -483,4 +494,42 @@ pub async fn serve(
     }
     sweeper.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn public_url(url: &str) -> Result<Option<String>, String> {
+        let raw = RawServiceSettings {
+            public_url: Some(url.into()),
+            ..RawServiceSettings::default()
+        };
+        ServiceSettings::resolve(&raw).map(|s| s.public_url)
+    }
+
+    #[test]
+    fn a_public_url_is_a_scheme_and_an_authority_only() {
+        assert_eq!(
+            public_url("https://airlock.example/").unwrap().as_deref(),
+            Some("https://airlock.example")
+        );
+        assert_eq!(
+            public_url("http://10.0.0.5:8443").unwrap().as_deref(),
+            Some("http://10.0.0.5:8443")
+        );
+        for bad in [
+            "https://airlock.example#x",
+            "https://airlock.example/#x",
+            "https://airlock.example/mcp",
+            "https://airlock.example?x=1",
+            "https://user@airlock.example",
+            "ftp://airlock.example",
+            "airlock.example",
+            "https://airlöck.example",
+            "https://airlock.example:99999",
+        ] {
+            assert!(public_url(bad).is_err(), "{bad}");
+        }
+    }
 }

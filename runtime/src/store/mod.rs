@@ -385,11 +385,14 @@ pub(crate) fn page_sql(
         ""
     };
     if let Some((at, id)) = &query.after {
+        // The plain bound first, so the index on created_at starts at the
+        // cursor instead of the newest row.
+        let at0 = next(PageValue::Int(micros(*at)), &mut values);
         let at1 = next(PageValue::Int(micros(*at)), &mut values);
         let at2 = next(PageValue::Int(micros(*at)), &mut values);
         let id = next(PageValue::Text(id.clone()), &mut values);
         wheres.push(format!(
-            "(created_at < {at1} OR (created_at = {at2} AND id{collate} > {id}))"
+            "created_at <= {at0} AND (created_at < {at1} OR (created_at = {at2} AND id{collate} > {id}))"
         ));
     }
     let limit = next(PageValue::Int(i64::try_from(limit).unwrap_or(i64::MAX)), &mut values);
