@@ -163,8 +163,7 @@ pub fn action_error_text(value: &serde_json::Value) -> String {
             .map(|c| {
                 // Control and bidirectional formatting characters could
                 // rewrite a terminal or reorder what a reviewer reads.
-                let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}');
-                if c.is_control() || bidi {
+                if c.is_control() || crate::values::is_bidi_format(c) {
                     c.escape_unicode().to_string()
                 } else {
                     c.to_string()

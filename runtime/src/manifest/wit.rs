@@ -512,9 +512,7 @@ pub fn clean(doc: Option<&str>) -> Option<String> {
             out.push('…');
             break;
         }
-        let bidi =
-            matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}');
-        if (c.is_control() && c != '\n' && c != '\t') || bidi {
+        if (c.is_control() && c != '\n' && c != '\t') || crate::values::is_bidi_format(c) {
             let _ = write!(out, "{}", c.escape_unicode());
         } else {
             out.push(c);

@@ -10,3 +10,10 @@ pub use json::{
 };
 pub use schema::{object as object_schema, schema};
 pub use types::{MAX_TYPE_DEPTH, TypeTooDeep, ValueType};
+
+/// Whether `c` is a bidirectional formatting character: text that holds
+/// one can read in another order than it runs, so wherever guest or caller
+/// text is shown to a person it is escaped (with the control characters).
+pub fn is_bidi_format(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+}

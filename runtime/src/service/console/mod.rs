@@ -164,10 +164,7 @@ fn secure_headers(mut response: Response) -> Response {
 /// whole page: the escapes contain no markup, and the console's own
 /// markup uses none of these characters.
 fn visible(html: String) -> String {
-    let hidden = |c: char| {
-        (c.is_control() && c != '\n' && c != '\t')
-            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
-    };
+    let hidden = |c: char| (c.is_control() && c != '\n' && c != '\t') || crate::values::is_bidi_format(c);
     if !html.contains(hidden) {
         return html;
     }
