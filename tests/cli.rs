@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::{airlock, component, config, toml_path, wat_component};
+use support::{airlock, airlock_with, component, config, toml_path, wat_component};
 
 /// A component whose imports are exactly these three, written in WAT.
 const THREE_IMPORTS: &str = r#"(component
@@ -1121,4 +1121,44 @@ fn completions_man_pages_and_the_packaging_files() {
             ".dockerignore lacks {pattern}"
         );
     }
+}
+
+/// An OpenTelemetry setting that cannot work stops every command at start,
+/// naming the variable, instead of exporting nothing without a word.
+#[test]
+fn an_otel_setting_that_cannot_work_is_refused_at_start() {
+    for (vars, named) in [
+        (
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ],
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+        (
+            vec![
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "https://collector.invalid/v1/traces",
+                ),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+            ],
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ),
+    ] {
+        let run = airlock_with(&["inspect", component("hello").to_str().unwrap()], b"", &vars);
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains(named), "{run:?}");
+    }
+    // Turned off, the same settings are not looked at.
+    let run = airlock_with(
+        &["inspect", component("hello").to_str().unwrap()],
+        b"",
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
 }

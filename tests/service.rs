@@ -1400,3 +1400,190 @@ fn python() -> PathBuf {
     assert!(path.exists(), "run `bash scripts/python-env.sh` (scripts/test.sh does)");
     path
 }
+
+/// The spans of real invocations reach a real OTLP receiver, continuing
+/// the trace each request named: by the API's `traceparent` header, by an
+/// MCP request's `_meta`, and none at all; an unsampled trace stays
+/// unsampled, and a process that ends sends what it has queued.
+#[test]
+fn invocation_and_host_call_spans_are_exported_over_otlp_continuing_the_callers_trace() {
+    use std::io::{BufRead as _, Write as _};
+    let collector = support::otlp::Collector::start();
+    let endpoint = collector.endpoint();
+    let w = World::new();
+    let mut text = std::fs::read_to_string(&w.config).unwrap();
+    text.push_str(&format!(
+        "[actions.reader]\ncomponent = {}\n[actions.reader.grants]\napproval = true\n\
+         files = {{ dir = \"work\", mode = \"read-only\" }}\n[actions.reader.access]\ninvoke = [\"role:agent\"]\napprove = [\"role:reviewer\"]\n",
+        toml_path(&component("gated"))
+    ));
+    std::fs::write(&w.config, text).unwrap();
+    let agent = w.token("bot", "agent", &["agent"]);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=collector-key-1"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ];
+    let server = Server::start_env(&w.config, &[], &env);
+    let post = |body: Value, headers: &[(&str, &str)]| {
+        let auth = format!("Bearer {agent}");
+        let mut all = vec![("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        let r = request(
+            &server.addr,
+            "POST",
+            "/v1/invocations",
+            &all,
+            body.to_string().as_bytes(),
+        );
+        assert!(r.status < 500, "{r:?}");
+        r.json()
+    };
+    let (trace1, parent1) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let allowed = post(
+        invoke_body("echo", "write", json!({"path": "x.txt", "data": "secret-looking-data"})),
+        &[
+            ("traceparent", &format!("00-{trace1}-{parent1}-01")),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ],
+    );
+    let (trace2, parent2) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let denied = post(
+        invoke_body("reader", "write", json!({"path": "y.txt", "data": "x"})),
+        &[("traceparent", &format!("00-{trace2}-{parent2}-01"))],
+    );
+    let unsampled_trace = "11111111111111111111111111111111";
+    post(
+        invoke_body("echo", "echo", json!({"value": "quiet"})),
+        &[("traceparent", &format!("00-{unsampled_trace}-2222222222222222-00"))],
+    );
+    let root = post(invoke_body("echo", "echo", json!({"value": "root"})), &[]);
+
+    // Over MCP stdio, the trace comes in `_meta`; the process ends before
+    // its batch is due (60 s), so only the flush at exit can send it.
+    let token_file = w.config.with_file_name("bot.token");
+    std::fs::write(&token_file, format!("{agent}\n")).unwrap();
+    let mut mcp = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["mcp", "--config", w.config.to_str().unwrap(), "--token-file"])
+        .arg(&token_file)
+        .env_remove("AIRLOCK_DATA_DIR")
+        .envs(env.iter().copied())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "60000")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let (trace3, parent3) = ("5e1d0c0ffee0000000000000000000aa", "0102030405060708");
+    {
+        let mut to = mcp.stdin.take().unwrap();
+        let mut from = std::io::BufReader::new(mcp.stdout.take().unwrap());
+        let mut answer = |message: Value| {
+            writeln!(to, "{message}").unwrap();
+            let Some(id) = message.get("id").cloned() else {
+                return Value::Null;
+            };
+            loop {
+                let mut line = String::new();
+                assert!(from.read_line(&mut line).unwrap() > 0, "airlock mcp ended");
+                let v: Value = serde_json::from_str(&line).unwrap();
+                if v["id"] == id {
+                    break v;
+                }
+            }
+        };
+        answer(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}));
+        answer(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        let called = answer(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "echo__write", "arguments": {"path": "mcp.txt", "data": "m"},
+            "_meta": {"traceparent": format!("00-{trace3}-{parent3}-01"), "tracestate": "vendor=abc"}}}));
+        assert_eq!(called["result"]["isError"], false, "{called}");
+        // Closing stdin ends the session and the process.
+    }
+    let ended = mcp.wait().unwrap();
+    assert!(ended.success(), "{ended:?}");
+
+    let invocation_in = |spans: &[support::otlp::Received], trace: &str| {
+        spans
+            .iter()
+            .find(|s| s.span.name == "invocation" && s.trace_id() == trace)
+            .cloned()
+    };
+    let spans = collector.wait_for(Duration::from_secs(20), |spans| {
+        [trace1, trace2, trace3].iter().all(|t| {
+            invocation_in(spans, t).is_some_and(|inv| {
+                spans
+                    .iter()
+                    .any(|s| s.span.name == "host_call" && s.parent_span_id() == inv.span_id())
+            })
+        }) && spans
+            .iter()
+            .any(|s| s.attr("invocation").as_deref() == root["invocation"].as_str())
+    });
+
+    // The API's trace: the invocation is a child of the caller's span,
+    // carries its tracestate, and its host call is a child of it.
+    let first = invocation_in(&spans, trace1).unwrap();
+    assert_eq!(first.parent_span_id(), parent1);
+    assert_eq!(first.span.trace_state, "congo=t61rcWkgMzE");
+    assert_eq!(first.attr("invocation").as_deref(), allowed["invocation"].as_str());
+    assert_eq!(first.attr("action").as_deref(), Some("echo"));
+    assert_eq!(first.attr("function").as_deref(), Some("write"));
+    assert_eq!(first.attr("caller").as_deref(), Some("bot"));
+    assert_eq!(first.attr("outcome").as_deref(), Some("ok"));
+    let call = spans
+        .iter()
+        .find(|s| s.span.name == "host_call" && s.parent_span_id() == first.span_id())
+        .unwrap();
+    assert_eq!(call.trace_id(), trace1);
+    assert_eq!(call.attr("allowed").as_deref(), Some("true"));
+    assert!(call.attr("interface").unwrap().contains("files"), "{call:?}");
+    assert!(call.span.start_time_unix_nano >= first.span.start_time_unix_nano);
+    assert!(call.span.end_time_unix_nano <= first.span.end_time_unix_nano);
+
+    // A denied host call is a span too, marked as such.
+    let second = invocation_in(&spans, trace2).unwrap();
+    assert_eq!(second.parent_span_id(), parent2);
+    assert_eq!(second.attr("invocation").as_deref(), denied["invocation"].as_str());
+    let refused = spans
+        .iter()
+        .find(|s| s.span.name == "host_call" && s.parent_span_id() == second.span_id())
+        .unwrap();
+    assert_eq!(refused.attr("allowed").as_deref(), Some("false"), "{refused:?}");
+
+    // MCP's `_meta` trace, sent at exit.
+    let third = invocation_in(&spans, trace3).unwrap();
+    assert_eq!(third.parent_span_id(), parent3);
+    assert_eq!(third.span.trace_state, "vendor=abc");
+    assert_eq!(third.attr("function").as_deref(), Some("write"));
+
+    // No trace named: a root span of a trace of its own.
+    let own = spans
+        .iter()
+        .find(|s| s.attr("invocation").as_deref() == root["invocation"].as_str())
+        .unwrap();
+    assert!(own.span.parent_span_id.is_empty(), "{own:?}");
+    assert!(![trace1, trace2, trace3, unsampled_trace].contains(&own.trace_id().as_str()));
+
+    // The caller's unsampled trace is not recorded.
+    assert!(spans.iter().all(|s| s.trace_id() != unsampled_trace), "{spans:#?}");
+    // Only airlock's two spans, described as airlock, sent with the
+    // configured headers to the traces path.
+    for s in &spans {
+        assert!(matches!(s.span.name.as_str(), "invocation" | "host_call"), "{s:?}");
+        assert_eq!(s.resource_attr("service.name").as_deref(), Some("airlock"));
+        assert_eq!(s.resource_attr("deployment.environment").as_deref(), Some("test"));
+        assert_eq!(s.header("x-api-key"), Some("collector-key-1"));
+        assert_eq!(s.header("content-type"), Some("application/x-protobuf"));
+        assert_eq!(s.path, "/v1/traces");
+    }
+    // Arguments never leave as attributes.
+    for body in collector.bodies() {
+        assert!(
+            !body.windows(19).any(|w| w == b"secret-looking-data"),
+            "an argument was exported"
+        );
+    }
+}

@@ -58,6 +58,7 @@ pub mod runtime;
 pub mod service;
 pub mod signing;
 pub mod store;
+pub mod telemetry;
 pub mod time;
 pub mod values;
 pub mod vault;

@@ -288,39 +288,23 @@ struct InvokeArgs {
     /// to reviewers, readable by policies (`context.reason`).
     #[arg(long, value_name = "TEXT")]
     reason: Option<String>,
-    /// The W3C trace this invocation belongs to (`00-<trace>-<span>-<flags>`).
-    #[arg(long, value_name = "TRACEPARENT")]
+    /// The W3C trace this invocation belongs to (`00-<trace>-<span>-<flags>`);
+    /// its spans continue it when exported (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    #[arg(long, value_name = "TRACEPARENT", env = "TRACEPARENT")]
     traceparent: Option<String>,
-}
-
-/// Diagnostics on stderr, filtered by `AIRLOCK_LOG` (e.g. `airlock=info`).
-/// `AIRLOCK_LOG_FORMAT=json` writes one JSON object per line instead, with a
-/// line for every closed span (`invocation`, `host_call`) carrying its fields
-/// and timings: the form log shippers and OpenTelemetry collectors (their
-/// file-log receivers) ingest.
-fn init_tracing() {
-    use tracing_subscriber::fmt::format::FmtSpan;
-    let filter = tracing_subscriber::EnvFilter::from_env("AIRLOCK_LOG");
-    let json = std::env::var("AIRLOCK_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    if json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_span_list(true)
-            .with_current_span(true)
-            .with_span_events(FmtSpan::CLOSE)
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    /// The W3C `tracestate` that goes with --traceparent.
+    #[arg(long, value_name = "TRACESTATE", env = "TRACESTATE", requires = "traceparent")]
+    tracestate: Option<String>,
 }
 
 fn main() -> ExitCode {
-    init_tracing();
+    // Log lines on stderr (`AIRLOCK_LOG`, `AIRLOCK_LOG_FORMAT`) and the
+    // OpenTelemetry export the `OTEL_*` variables ask for; the guard sends
+    // the last spans when `main` returns.
+    let _telemetry = match airlock::telemetry::init() {
+        Ok(guard) => guard,
+        Err(e) => return fail(&Error::Usage(e)),
+    };
     let matches = match Cli::command().try_get_matches() {
         Ok(m) => m,
         Err(e) => return usage_error(e),
@@ -1105,9 +1089,10 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
     let (intent, ignored) = airlock::invocation::Intent::new(a.reason.as_deref(), a.traceparent.as_deref())?;
     if ignored {
         return Err(Error::Usage(
-            "--traceparent is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>, lower case)".into(),
+            "--traceparent (or TRACEPARENT) is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>, lower case)".into(),
         ));
     }
+    let intent = intent.with_tracestate(a.tracestate.as_deref());
     if let Some(id) = &a.approval {
         let done = runtime
             .invoke_approved(&caller, &name, &a.function, &args, &intent, id, wait)

@@ -117,9 +117,15 @@ impl Server {
 
     /// [`Server::start`] with more arguments (`--node-id`, `--data-dir`).
     pub fn start_with(config: &Path, extra: &[&str]) -> Server {
+        Server::start_env(config, extra, &[])
+    }
+
+    /// [`Server::start_with`] with more environment variables.
+    pub fn start_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
             .args(["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("AIRLOCK_DATA_DIR")
             .env_remove("AIRLOCK_TOKEN")
             .env_remove("AIRLOCK_LOG")

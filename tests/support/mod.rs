@@ -6,6 +6,7 @@ pub mod bearer_proxy;
 pub mod carriers;
 pub mod echo_server;
 pub mod http;
+pub mod otlp;
 pub mod postgres;
 pub mod webdriver;
 

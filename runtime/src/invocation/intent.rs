@@ -19,6 +19,10 @@ pub struct Intent {
     /// A W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The W3C `tracestate` that came with `traceparent` (vendors' entries),
+    /// passed on to the exported spans; never without a `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 impl Intent {
@@ -54,9 +58,39 @@ impl Intent {
             Some(t) if valid_traceparent(t) => (Some(t.to_string()), false),
             Some(_) => (None, true),
         };
-        Ok((Intent { reason, traceparent }, ignored))
+        Ok((
+            Intent {
+                reason,
+                traceparent,
+                tracestate: None,
+            },
+            ignored,
+        ))
+    }
+
+    /// Keep the `tracestate` that came with this intent's `traceparent`:
+    /// dropped when there is no valid `traceparent` (as W3C says) or it is
+    /// not a plausible header value (printable ASCII, at most
+    /// [`MAX_TRACESTATE_BYTES`]).
+    pub fn with_tracestate(mut self, tracestate: Option<&str>) -> Intent {
+        self.tracestate = match tracestate.map(str::trim) {
+            Some(t)
+                if self.traceparent.is_some()
+                    && !t.is_empty()
+                    && t.len() <= MAX_TRACESTATE_BYTES
+                    && t.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+            {
+                Some(t.to_string())
+            }
+            _ => None,
+        };
+        self
     }
 }
+
+/// Longest `tracestate` passed on (W3C: 512 bytes is what every vendor
+/// must accept).
+pub const MAX_TRACESTATE_BYTES: usize = 512;
 
 /// Characters that change how text shows without showing themselves:
 /// bidi controls, zero-width characters, the Unicode line and paragraph
@@ -118,5 +152,17 @@ mod tests {
             assert!(Intent::new(Some(sneaky), None).is_err(), "{sneaky:?}");
         }
         assert!(Intent::new(Some("   "), None).unwrap().0.is_empty());
+        let (i, _) = Intent::new(None, Some(tp)).unwrap();
+        assert_eq!(
+            i.clone()
+                .with_tracestate(Some(" congo=t61rcWkgMzE "))
+                .tracestate
+                .as_deref(),
+            Some("congo=t61rcWkgMzE")
+        );
+        assert!(i.clone().with_tracestate(Some("a=\u{7}")).tracestate.is_none());
+        assert!(i.with_tracestate(Some(&"a=b,".repeat(200))).tracestate.is_none());
+        let (none, _) = Intent::new(None, Some("garbage")).unwrap();
+        assert!(none.with_tracestate(Some("congo=x")).tracestate.is_none());
     }
 }

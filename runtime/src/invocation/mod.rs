@@ -293,8 +293,15 @@ impl PreparedAction {
             invocation = %invocation,
             action = %self.policy.name,
             function = %function,
-            caller = %caller.name
+            caller = %caller.name,
+            outcome = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
         );
+        // The trace the request named continues through this span (and
+        // its host calls) at the collector.
+        if let Some(intent) = admission.intent {
+            crate::telemetry::continue_trace(&span, intent.traceparent.as_deref(), intent.tracestate.as_deref());
+        }
         let host_calls = HostCalls::audited(self.audit.clone(), &invocation, epoch);
         if let Some(gate) = self.gate_for(&invocation, caller, function, args, admission.intent) {
             host_calls.set_gate(gate);
@@ -307,7 +314,7 @@ impl PreparedAction {
         let running = Instant::now();
         let run = tracing::Instrument::instrument(
             self.run(sig, params, started, &invocation, host_calls.clone(), admission.cancel),
-            span,
+            span.clone(),
         );
         let mut report = if deferred {
             let mut run = std::pin::pin!(run);
@@ -343,7 +350,12 @@ impl PreparedAction {
                 drop(tracked);
             }
         }
-        crate::metrics::invocation_ended(&self.policy.name, crate::metrics::outcome_label(&report.outcome));
+        let outcome = crate::metrics::outcome_label(&report.outcome);
+        span.record("outcome", outcome);
+        if report.outcome.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        crate::metrics::invocation_ended(&self.policy.name, outcome);
         report
     }
 

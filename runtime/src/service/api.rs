@@ -407,8 +407,9 @@ async fn invoke(
 ) -> Result<Response, ApiError> {
     let Json(request) = request?;
     // The W3C trace the agent's request belongs to continues here.
-    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let (traceparent, tracestate) = super::trace_headers(&headers);
     let (intent, _ignored) = crate::invocation::Intent::new(request.reason.as_deref(), traceparent)?;
+    let intent = intent.with_tracestate(tracestate.as_deref());
     let wait = request
         .wait_ms
         .map_or(super::DEFAULT_WAIT, Duration::from_millis)

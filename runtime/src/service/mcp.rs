@@ -565,12 +565,23 @@ impl ServerHandler for AirlockMcp {
         };
         let runtime = &self.service.runtime;
         // The agent's stated reason and trace ride in the request's
-        // `_meta`, leaving the tool's arguments as they are.
+        // `_meta`, leaving the tool's arguments as they are; over HTTP, a
+        // trace in the request's headers is taken when `_meta` has none.
+        let (traceparent, tracestate) = match ctx.meta.get_traceparent() {
+            Some(tp) => (Some(tp.to_string()), ctx.meta.get_tracestate().map(str::to_string)),
+            None => match ctx.extensions.get::<axum::http::request::Parts>() {
+                Some(parts) => {
+                    let (tp, ts) = super::trace_headers(&parts.headers);
+                    (tp.map(str::to_string), ts)
+                }
+                None => (None, None),
+            },
+        };
         let intent = match crate::invocation::Intent::new(
             ctx.meta.get("reason").and_then(Value::as_str),
-            ctx.meta.get_traceparent(),
+            traceparent.as_deref(),
         ) {
-            Ok((intent, _)) => intent,
+            Ok((intent, _)) => intent.with_tracestate(tracestate.as_deref()),
             Err(e) => return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into()),
         };
         let mut admitted = match runtime.admit(&caller, action, function, &args, &intent).await {

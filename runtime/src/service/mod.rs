@@ -391,6 +391,22 @@ const RECOVER_RETRY: Duration = Duration::from_secs(30);
 /// Expire overdue requests and run invocations approved elsewhere, every
 /// half second, and close what ended processes left open, every
 /// [`RECOVER_EVERY`], for as long as the returned task lives.
+/// The W3C trace context of an HTTP request: its `traceparent` (the first,
+/// if several) and its `tracestate` (several headers joined, as W3C says).
+/// Both are checked when they become an [`crate::invocation::Intent`].
+pub(crate) fn trace_headers(headers: &axum::http::HeaderMap) -> (Option<&str>, Option<String>) {
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let mut state = headers.get_all("tracestate").iter().filter_map(|v| v.to_str().ok());
+    let tracestate = state.next().map(|first| {
+        state.fold(first.to_string(), |mut all, more| {
+            all.push(',');
+            all.push_str(more);
+            all
+        })
+    });
+    (traceparent, tracestate)
+}
+
 pub fn spawn_sweeper(service: Arc<Service>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut recover_at = tokio::time::Instant::now() + RECOVER_EVERY;
