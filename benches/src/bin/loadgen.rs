@@ -17,6 +17,10 @@
 //!   component on bare wasmtime (no auth, no policy, no audit, no store).
 //! - `mcp`: MCP `tools/call` of the same function over streamable HTTP, one
 //!   session per connection, against the same baseline.
+//! - `agent`: one request at a time, MCP `tools/call` over stdio and `POST
+//!   /v1/invocations`, each paired with its transport's own round trip
+//!   (`ping`, `GET /v1/health`) and the in-process invocation (see
+//!   [`agent`]).
 //! - `startup`: `airlock serve` with 20 actions until `/v1/ready` answers,
 //!   cold (empty compile cache) and warm. Baselines: the process start
 //!   (`airlock --version`), and bare wasmtime compiling the same 20
@@ -47,6 +51,8 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 // `src/bin/loadgen/store.rs`: a binary's root module looks beside itself.
+#[path = "loadgen/agent.rs"]
+mod agent;
 #[path = "loadgen/audit_pg.rs"]
 mod audit_pg;
 #[path = "loadgen/store.rs"]
@@ -85,7 +91,7 @@ struct Options {
     pg_audit: bool,
 }
 
-const USAGE: &str = "usage: loadgen api|mcp|startup|memory|audit|flood|all|calls|store|cluster|lookup|audit-pg|pg [--seconds S] \
+const USAGE: &str = "usage: loadgen api|mcp|agent|startup|memory|audit|flood|all|calls|store|cluster|lookup|audit-pg|pg [--seconds S] \
 [--warmup S] [--concurrency 1,2,4,...] [--actions N] [--runs N] [--suspended N] [--records N] [--attackers N] \
 [--clients N] [--sources N] [--flood body|head|both] [--rounds N] [--rows N] [--server-threads N] [--pg-audit] [--airlock PATH]";
 
@@ -186,6 +192,7 @@ fn main() -> Result<()> {
     match scenario.as_str() {
         "api" => api(&options, "api")?,
         "mcp" => api(&options, "mcp")?,
+        "agent" => agent::agent(&options)?,
         "startup" => startup(&options)?,
         "memory" => memory(&options)?,
         "audit" => audit_growth(&options)?,

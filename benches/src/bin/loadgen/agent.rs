@@ -1,0 +1,217 @@
+//! `loadgen agent`: what an agent's request costs on its way to an
+//! invocation, over MCP stdio and the HTTP API, against the in-process
+//! invocation it ends in, all one at a time and interleaved sample by
+//! block in one run (so drift and the other core's load fall on all
+//! alike).
+//!
+//! Each round takes a block of [`BLOCK`] requests of each, in turn:
+//! - `in-process`: `bench.noop` through `PreparedAction::invoke` (policy,
+//!   instance, durable audit record), in this process;
+//! - `mcp ping`: a JSON-RPC `ping` over `airlock mcp`'s stdio, the
+//!   transport's own round trip (nothing of airlock's behind it);
+//! - `mcp tools/call`: `bench__noop` over the same stdio session;
+//! - `api health`: `GET /v1/health` on `airlock serve`, the HTTP round
+//!   trip through the service's router and middleware;
+//! - `api invoke`: `POST /v1/invocations` of `bench.noop` (sync), on the
+//!   same keep-alive connection.
+//!
+//! The figures that matter are the paired differences of the blocks'
+//! medians, per round:
+//! `tools/call − ping` and `invoke − health` are what airlock adds to a
+//! round trip; each minus `in-process` is what the agent path costs above
+//! the invocation itself (issue 19's target: at most 80 µs).
+
+use super::{Options, World, bench_config, client_runtime};
+use airlock_benches::http1::{self, Conn};
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{ChildStdin, ChildStdout, Stdio};
+use std::time::{Duration, Instant};
+
+/// One JSON-RPC session over a child's stdio.
+struct Stdio_ {
+    to: ChildStdin,
+    from: BufReader<ChildStdout>,
+    line: String,
+}
+
+impl Stdio_ {
+    /// Send `message` and read lines until the answer to `id`.
+    fn call(&mut self, message: &Value, id: u64) -> Result<Value> {
+        let mut text = message.to_string();
+        text.push('\n');
+        self.to.write_all(text.as_bytes())?;
+        self.to.flush()?;
+        loop {
+            self.line.clear();
+            if self.from.read_line(&mut self.line)? == 0 {
+                bail!("airlock mcp ended");
+            }
+            let v: Value = serde_json::from_str(&self.line).context("a line from airlock mcp")?;
+            if v["id"] == id {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+/// Requests of one kind in a row: long enough for each path to be warm,
+/// short enough that every kind sees the same minute of the machine.
+const BLOCK: usize = 100;
+
+fn sorted_us(mut xs: Vec<i64>) -> Vec<i64> {
+    xs.sort_unstable();
+    xs
+}
+
+fn pct(xs: &[i64], p: f64) -> i64 {
+    if xs.is_empty() {
+        return 0;
+    }
+    xs[(((xs.len() - 1) as f64) * p).round() as usize]
+}
+
+pub fn agent(options: &Options) -> Result<()> {
+    let inproc = airlock_benches::InProcess::new();
+    let component = airlock_benches::component("bench_component");
+    let mut world = World::new(options, &bench_config(&component))?;
+    let token = world.token("loadgen", "agent", "agent")?;
+    world.start()?;
+    let token_file = world.dir.path().join("loadgen.token");
+    let mut child = world
+        .airlock()
+        .arg("mcp")
+        .arg("--config")
+        .arg(&world.config)
+        .arg("--token-file")
+        .arg(&token_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start airlock mcp")?;
+    let mut mcp = Stdio_ {
+        to: child.stdin.take().context("stdin")?,
+        from: BufReader::new(child.stdout.take().context("stdout")?),
+        line: String::new(),
+    };
+    mcp.call(
+        &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "airlock-loadgen", "version": "0.1.0"}}}),
+        0,
+    )?;
+    writeln!(mcp.to, "{}", json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))?;
+    let tool = airlock::service::mcp::tool_name("bench", "noop");
+
+    let rt = client_runtime()?;
+    let mut conn = rt.block_on(Conn::connect(&world.addr))?;
+    let auth = format!("Bearer {token}");
+    let health = http1::request("GET", "/v1/health", &world.addr, &[], b"");
+    let invoke = http1::request(
+        "POST",
+        "/v1/invocations",
+        &world.addr,
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        br#"{"action":"bench","function":"noop","args":{}}"#,
+    );
+    let args = json!({});
+
+    let names = ["in-process", "mcp ping", "mcp tools/call", "api health", "api invoke"];
+    let mut samples: [Vec<i64>; 5] = Default::default();
+    // Per block, each kind's median: the paired figures.
+    let mut blocks: [Vec<i64>; 5] = Default::default();
+    let mut id = 1u64;
+    let start = Instant::now();
+    let warm_until = start + Duration::from_secs_f64(options.warmup);
+    let end = warm_until + Duration::from_secs_f64(options.seconds);
+    while Instant::now() < end {
+        let keep = Instant::now() >= warm_until;
+        for kind in 0..5 {
+            let mut took = Vec::with_capacity(BLOCK);
+            for _ in 0..BLOCK {
+                id += 1;
+                let t = Instant::now();
+                match kind {
+                    0 => {
+                        let report = inproc.rt.block_on(inproc.airlock.action.invoke("noop", &args));
+                        if let Err(e) = report.outcome {
+                            bail!("in-process noop: {e}");
+                        }
+                    }
+                    1 => {
+                        let pong = mcp.call(&json!({"jsonrpc": "2.0", "id": id, "method": "ping"}), id)?;
+                        if pong["result"] != json!({}) {
+                            bail!("ping: {pong}");
+                        }
+                    }
+                    2 => {
+                        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                                          "params": {"name": tool, "arguments": {}}});
+                        let answer = mcp.call(&call, id)?;
+                        if !answer["result"].is_object() || answer["result"]["isError"] == true {
+                            bail!("tools/call: {answer}");
+                        }
+                    }
+                    3 => {
+                        let r = rt.block_on(conn.send(&health))?;
+                        if r.status != 200 {
+                            bail!("health: {}", r.status);
+                        }
+                    }
+                    _ => {
+                        let r = rt.block_on(conn.send(&invoke))?;
+                        if r.status != 200 {
+                            bail!("invoke: {}: {}", r.status, String::from_utf8_lossy(&r.body));
+                        }
+                    }
+                }
+                took.push(t.elapsed().as_micros() as i64);
+            }
+            if keep {
+                samples[kind].extend_from_slice(&took);
+                blocks[kind].push(pct(&sorted_us(took), 0.5));
+            }
+        }
+    }
+    drop(mcp);
+    let _ = child.wait();
+
+    let rounds = blocks[0].len();
+    println!();
+    println!(
+        "## The agent path, one request at a time ({rounds} rounds of {BLOCK} of each in {:.0} s)",
+        options.seconds
+    );
+    println!();
+    println!("| measured | p50 µs | p90 µs | p99 µs |");
+    println!("|---|---|---|---|");
+    for (name, xs) in names.iter().zip(&samples) {
+        let xs = sorted_us(xs.clone());
+        println!("| {name} | {} | {} | {} |", pct(&xs, 0.5), pct(&xs, 0.9), pct(&xs, 0.99));
+    }
+    println!();
+    println!("| paired, per round (medians) | p50 µs | min / max µs | above in-process, p50 µs | target |");
+    println!("|---|---|---|---|---|");
+    for (name, a, b) in [("mcp tools/call − ping", 2, 1), ("api invoke − health", 4, 3)] {
+        let d = sorted_us(blocks[a].iter().zip(&blocks[b]).map(|(x, y)| x - y).collect());
+        let above = sorted_us(
+            blocks[a]
+                .iter()
+                .zip(&blocks[b])
+                .zip(&blocks[0])
+                .map(|((x, y), i)| x - y - i)
+                .collect(),
+        );
+        let gap = pct(&above, 0.5);
+        println!(
+            "| {name} | {} | {} / {} | {gap} | {} |",
+            pct(&d, 0.5),
+            d.first().copied().unwrap_or(0),
+            d.last().copied().unwrap_or(0),
+            if gap <= 80 { "met (≤ 80)" } else { "not met (≤ 80)" }
+        );
+    }
+    Ok(())
+}
