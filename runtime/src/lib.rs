@@ -29,10 +29,6 @@
 //! [`runtime::Runtime`] ties these together over one wasmtime engine
 //! ([`engine`]) and an on-disk compile [`cache`].
 
-// The OpenAPI document (`service::openapi`) is one `json!` literal, deeper
-// than the default macro recursion allows.
-#![recursion_limit = "512"]
-
 pub mod action;
 pub mod approval;
 pub mod audit;

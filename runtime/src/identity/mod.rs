@@ -20,7 +20,7 @@ use std::fmt;
 
 /// Whether an identity is a program or a person. Agents never approve
 /// unless the config names them in `agent-approvers`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum IdentityKind {
     Agent,

@@ -9,7 +9,7 @@ use crate::error::Error;
 pub const MAX_REASON_BYTES: usize = 1024;
 
 /// An invocation's stated reason and correlation id.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub struct Intent {
     /// Why the agent asks, in its own words (trimmed, at most

@@ -1170,7 +1170,17 @@ mod tests {
     #[test]
     fn entities_built_from_parts_are_the_parsed_ones() {
         for ty in ["Identity", "Role", "Tool", "Action", "HttpRequest", "File"] {
-            for id in ["bot", "", "a\"b", "back\\slash", "line\nbreak", "tab\t\0nul", "\u{1b}[31m", "ünï 🚀", "a::b"] {
+            for id in [
+                "bot",
+                "",
+                "a\"b",
+                "back\\slash",
+                "line\nbreak",
+                "tab\t\0nul",
+                "\u{1b}[31m",
+                "ünï 🚀",
+                "a::b",
+            ] {
                 let parsed: EntityUid = format!("{ty}::{}", quote(id)).parse().unwrap();
                 assert_eq!(uid(ty, id).unwrap(), parsed, "{ty} {id:?}");
             }

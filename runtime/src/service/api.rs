@@ -21,6 +21,11 @@
 
 use super::Service;
 use super::error::ApiError;
+use super::model::{
+    ActionList, ActionView, Alive, ApprovalList, ApprovalSettings, ApprovalsQuery, AuditQuery, AuditRecord,
+    AuditRecords, Availability, Cluster, Decided, DecisionBody, ErrorBody, Head, Health, InvocationPage,
+    InvocationView, InvocationsQuery, InvokeRequest, NodeVerification, Readiness, Verification,
+};
 use crate::gateway::Submitted;
 use crate::identity::Caller;
 use crate::store::{ApprovalRecord, ApprovalState, InvocationRecord, InvocationStatus, Store, StoreError, Verdict};
@@ -28,7 +33,6 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -48,29 +52,8 @@ const MAX_LIST: usize = 10_000;
 
 pub fn router(service: Shared) -> Router {
     let limit = service.settings.max_body_bytes;
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/ready", get(ready))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/v1/actions", get(actions))
-        .route("/v1/invocations", post(invoke).get(list_invocations))
-        .route("/v1/invocations/{id}", get(invocation))
-        .route("/v1/approvals", get(approvals))
-        .route("/v1/approvals/{id}", get(approval))
-        .route("/v1/approvals/{id}/approve", post(approve))
-        .route("/v1/approvals/{id}/deny", post(deny))
-        .route("/v1/audit", get(audit))
-        .route("/v1/audit/verify", get(audit_verify))
-        .route("/v1/cluster", get(cluster))
-        .route("/metrics", get(super::observe::scrape))
-        .route(
-            "/.well-known/oauth-protected-resource",
-            get(super::mcp::resource_metadata),
-        )
-        .route(
-            "/.well-known/oauth-protected-resource/mcp",
-            get(super::mcp::resource_metadata),
-        )
+    let (documented, _) = documented().split_for_parts();
+    documented
         .merge(super::console::router())
         .merge(
             Router::new()
@@ -92,6 +75,33 @@ pub fn router(service: Shared) -> Router {
         // Around the gate: its refusals are logged and counted too.
         .layer(axum::middleware::from_fn(super::observe::access))
         .with_state(service)
+}
+
+/// Every route of the API with its handler, each described by the
+/// handler's own `#[utoipa::path]` and the types it takes and returns: the
+/// router and the OpenAPI document are built from this one list, so no
+/// route can go undescribed (`super::openapi` adds `/mcp`, which the MCP
+/// library serves, and what the caller may invoke).
+pub(super) fn documented() -> utoipa_axum::router::OpenApiRouter<Shared> {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(super::openapi::ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(openapi))
+        .routes(routes!(actions))
+        .routes(routes!(invoke, list_invocations))
+        .routes(routes!(invocation))
+        .routes(routes!(approvals))
+        .routes(routes!(approval))
+        .routes(routes!(approve))
+        .routes(routes!(deny))
+        .routes(routes!(audit))
+        .routes(routes!(audit_verify))
+        .routes(routes!(cluster))
+        .routes(routes!(super::observe::scrape))
+        .routes(routes!(super::mcp::resource_metadata))
+        .routes(routes!(super::mcp::mcp_resource_metadata))
 }
 
 /// The token of an `Authorization` header value `Bearer TOKEN`. The scheme
@@ -154,13 +164,23 @@ impl axum::extract::FromRequestParts<Shared> for Authenticated {
     }
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness
+#[utoipa::path(get, path = "/v1/health", operation_id = "health", security(()),
+    responses((status = 200, description = "alive", body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health { status: Alive::Ok })
 }
 
-/// Readiness: whether the audit log is writable. The loaded actions are
-/// named only to an authenticated caller, and only those it may invoke or
-/// approve (as in `/v1/actions`).
+/// Readiness: the audit log is writable
+///
+/// With a bearer token (optional), also `actions`: the loaded actions that
+/// identity may invoke or approve (as in `/v1/actions`); never to anyone
+/// else.
+#[utoipa::path(get, path = "/v1/ready", operation_id = "ready", security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "ready", body = Readiness),
+        (status = 503, description = "not ready", body = Readiness),
+        (status = 401, description = "a token was sent and is unknown or revoked", body = ErrorBody)))]
 async fn ready(State(service): State<Shared>, caller: Option<axum::Extension<Caller>>) -> Response {
     let audit_ok = service.runtime.audit_opened().is_some_and(|a| a.is_healthy());
     // On a shared store, the heartbeat (every second) says whether the
@@ -170,15 +190,13 @@ async fn ready(State(service): State<Shared>, caller: Option<axum::Extension<Cal
         .approvals_opened()
         .is_some_and(|a| a.heartbeat_healthy());
     let ok = audit_ok && database_ok;
-    let mut body = json!({
-        "ready": ok,
-        "audit": if audit_ok {"ok"} else {"unavailable"},
-        "database": if database_ok {"ok"} else {"unavailable"},
-        "node": crate::cluster::node_id(),
-    });
-    if let Some(axum::Extension(caller)) = caller {
-        body["actions"] = json!(visible_actions(&service, &caller));
-    }
+    let body = Readiness {
+        ready: ok,
+        audit: Availability::of(audit_ok),
+        database: Availability::of(database_ok),
+        node: crate::cluster::node_id().to_string(),
+        actions: caller.map(|axum::Extension(caller)| visible_actions(&service, &caller)),
+    };
     let status = if ok {
         StatusCode::OK
     } else {
@@ -187,9 +205,13 @@ async fn ready(State(service): State<Shared>, caller: Option<axum::Extension<Cal
     (status, Json(body)).into_response()
 }
 
-/// `GET /v1/cluster`: the nodes whose heartbeat is recent (this one
-/// alone on a store no other machine shares), with their versions.
-async fn cluster(State(service): State<Shared>, Authenticated(_): Authenticated) -> Result<Json<Value>, ApiError> {
+/// The live nodes sharing this store, and their versions
+///
+/// The nodes whose heartbeat is recent (this one alone on a store no other
+/// machine shares).
+#[utoipa::path(get, path = "/v1/cluster", operation_id = "cluster", security(("bearer" = [])),
+    responses((status = 200, description = "the nodes", body = Cluster)))]
+async fn cluster(State(service): State<Shared>, Authenticated(_): Authenticated) -> Result<Json<Cluster>, ApiError> {
     let store = service.runtime.store()?;
     let shared = store.shared();
     let nodes = if shared {
@@ -199,11 +221,11 @@ async fn cluster(State(service): State<Shared>, Authenticated(_): Authenticated)
     } else {
         vec![crate::cluster::node_record()]
     };
-    Ok(Json(json!({
-        "this-node": crate::cluster::node_id(),
-        "shared-store": shared,
-        "nodes": nodes,
-    })))
+    Ok(Json(Cluster {
+        this_node: crate::cluster::node_id().to_string(),
+        shared_store: shared,
+        nodes,
+    }))
 }
 
 /// The names of the loaded actions `caller` may invoke or approve.
@@ -222,8 +244,14 @@ fn visible_actions(service: &Service, caller: &Caller) -> Vec<String> {
         .collect()
 }
 
-/// The OpenAPI document; asked with a token, with the schemas of the
-/// functions that identity may invoke (never another's).
+/// This document
+///
+/// Asked with a bearer token (optional), with the argument and result
+/// schemas of the functions that identity may invoke (never another's).
+#[utoipa::path(get, path = "/v1/openapi.json", operation_id = "openapi", security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "the OpenAPI document", body = Object),
+        (status = 401, description = "a token was sent and is unknown or revoked", body = ErrorBody)))]
 async fn openapi(State(service): State<Shared>, caller: Option<axum::Extension<Caller>>) -> Json<Value> {
     let actions: Vec<(String, Arc<crate::action::PreparedAction>)> = match caller {
         None => Vec::new(),
@@ -240,7 +268,15 @@ async fn openapi(State(service): State<Shared>, caller: Option<axum::Extension<C
     Json(super::openapi::document(&actions))
 }
 
-async fn actions(State(service): State<Shared>, Authenticated(caller): Authenticated) -> Result<Json<Value>, ApiError> {
+/// Actions the identity may invoke or approve
+///
+/// With their functions' JSON Schemas and capability manifests.
+#[utoipa::path(get, path = "/v1/actions", operation_id = "listActions", security(("bearer" = [])),
+    responses((status = 200, description = "actions", body = ActionList)))]
+async fn actions(
+    State(service): State<Shared>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<ActionList>, ApiError> {
     let mut out = Vec::new();
     for name in service.runtime.action_names() {
         let Some(action) = service.runtime.action(&name) else {
@@ -252,82 +288,33 @@ async fn actions(State(service): State<Shared>, Authenticated(caller): Authentic
         if !may_invoke && !may_approve {
             continue;
         }
-        out.push(json!({
-            "name": name,
-            "description": p.description,
-            "service-identity": p.service_identity,
-            "may-invoke": may_invoke,
-            "may-approve": may_approve,
-            "approval": {
-                "invocation": p.approval.invocation,
-                "quorum": p.approval.quorum,
-                "host-calls": p.approval.host_calls.iter().map(|r| r.describe()).collect::<Vec<_>>(),
+        out.push(ActionView {
+            name,
+            description: p.description.clone(),
+            service_identity: p.service_identity.clone(),
+            may_invoke,
+            may_approve,
+            approval: ApprovalSettings {
+                invocation: p.approval.invocation,
+                quorum: p.approval.quorum,
+                host_calls: p.approval.host_calls.iter().map(|r| r.describe()).collect(),
             },
-            "capabilities": p.grants.describe().into_iter().map(|(k, w)| format!("{k}: {w}")).collect::<Vec<_>>(),
-            "manifest": action.manifest.to_json(),
-            "upgrade": action.upgrade.as_ref().map(|u| u.diff.to_json(Some(&u.grants))),
-        }));
+            capabilities: p
+                .grants
+                .describe()
+                .into_iter()
+                .map(|(k, w)| format!("{k}: {w}"))
+                .collect(),
+            manifest: action.manifest.to_json(),
+            upgrade: action.upgrade.as_ref().map(|u| u.diff.to_json(Some(&u.grants))),
+        });
     }
-    Ok(Json(json!({ "actions": out })))
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct InvokeRequest {
-    action: String,
-    function: String,
-    #[serde(default = "empty_object")]
-    args: Value,
-    /// Wait this long for the result; `0` submits and returns at once.
-    wait_ms: Option<u64>,
-    /// Why the agent asks, in its own words: recorded, shown to reviewers,
-    /// readable by policies (`context.reason`).
-    reason: Option<String>,
-}
-
-fn empty_object() -> Value {
-    json!({})
-}
-
-/// The JSON view of an invocation that ran.
-fn ran_view(report: &crate::invocation::Report) -> Value {
-    let outcome = crate::gateway::outcome_of(report);
-    json!({
-        "invocation": report.invocation,
-        "status": if report.outcome.is_ok() { "succeeded" } else { "failed" },
-        "result": outcome.result,
-        "error": outcome.error,
-        "exit-code": outcome.exit_code,
-    })
-}
-
-fn record_view(record: &InvocationRecord) -> Value {
-    json!({
-        "invocation": record.id,
-        "status": record.state,
-        "action": record.action,
-        "function": record.function,
-        "caller": record.caller.name,
-        "approval": record.approval,
-        "result": record.outcome.as_ref().and_then(|o| o.result.clone()),
-        "error": record.outcome.as_ref().and_then(|o| o.error.clone()),
-        "exit-code": record.outcome.as_ref().map(|o| o.exit_code),
-        "created-at": crate::time::rfc3339_micros(record.created_at),
-        "stated-reason": record.intent.as_ref().and_then(|i| i.reason.clone()),
-        "traceparent": record.intent.as_ref().and_then(|i| i.traceparent.clone()),
-    })
+    Ok(Json(ActionList { actions: out }))
 }
 
 /// What an invocation held for its invocation-level `approval` shows.
-fn awaiting_view(invocation: &str, approval: &ApprovalRecord) -> Value {
-    json!({
-        "invocation": invocation,
-        "status": "awaiting-approval",
-        "approval": approval.id,
-        "approval-kind": approval.kind,
-        "binding": approval.binding,
-        "expires-at": crate::time::rfc3339_micros(approval.expires_at),
-    })
+fn awaiting_view(invocation: &str, approval: &ApprovalRecord) -> InvocationView {
+    InvocationView::new(invocation, InvocationStatus::AwaitingApproval).waiting_for(approval)
 }
 
 /// The approval request an unfinished invocation waits for now, if any:
@@ -357,23 +344,20 @@ pub(super) fn awaited_approval(
 /// 202 for an invocation the request stopped waiting for: how it stands
 /// (which may be final by now), with the request it waits for, if any.
 fn unfinished_response(service: &Service, record: &InvocationRecord) -> Result<Response, ApiError> {
-    let mut view = record_view(record);
+    let mut view = InvocationView::stored(record);
     if !record.state.is_final()
         && let Some(a) = awaited_approval(service.runtime.store()?.as_ref(), record)?
     {
-        view["approval"] = json!(a.id);
-        view["approval-kind"] = json!(a.kind);
-        view["binding"] = json!(a.binding);
-        view["expires-at"] = json!(crate::time::rfc3339_micros(a.expires_at));
+        view = view.waiting_for(&a);
     }
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
 fn submitted_response(service: &Service, submitted: Submitted) -> Result<Response, ApiError> {
     match submitted {
-        Submitted::Ran(report) => Ok((StatusCode::OK, Json(ran_view(&report))).into_response()),
+        Submitted::Ran(report) => Ok((StatusCode::OK, Json(InvocationView::ran(&report))).into_response()),
         Submitted::Done(record) if record.state.is_final() => {
-            Ok((StatusCode::OK, Json(record_view(&record))).into_response())
+            Ok((StatusCode::OK, Json(InvocationView::stored(&record))).into_response())
         }
         // Approved and claimed by another runtime, which has not finished.
         Submitted::Done(record) => unfinished_response(service, &record),
@@ -399,6 +383,24 @@ fn joined_response(
     }
 }
 
+/// Invoke an action
+///
+/// Waits up to `wait-ms` (default 30000, at most 300000) for the result, a
+/// reviewer's decision on an invocation-level gate included; `0` submits
+/// and returns at once. Asked with a token, the document lists one body
+/// per function the identity may invoke, with its argument schema.
+#[utoipa::path(post, path = "/v1/invocations", operation_id = "invoke", security(("bearer" = [])),
+    request_body = InvokeRequest,
+    params(
+        ("traceparent" = Option<String>, Header, description = "W3C trace context the invocation continues"),
+        ("tracestate" = Option<String>, Header, description = "W3C trace state that goes with traceparent")),
+    responses(
+        (status = 200, description = "finished (status succeeded or failed)", body = InvocationView),
+        (status = 202, description = "not finished within wait-ms: still running, or awaiting approval (approval, approval-kind, binding, expires-at name the request it waits for)", body = InvocationView),
+        (status = 404, description = "unknown action or function", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within service.body-timeout-ms", body = ErrorBody),
+        (status = 413, description = "body too large (service.max-body-bytes)", body = ErrorBody),
+        (status = 422, description = "arguments do not fit the function", body = ErrorBody)))]
 async fn invoke(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
@@ -470,7 +472,7 @@ async fn invoke(
         if Instant::now() >= stored_by {
             return Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({"invocation": invocation, "status": "running"})),
+                Json(InvocationView::new(&invocation, InvocationStatus::Running)),
             )
                 .into_response());
         }
@@ -478,11 +480,19 @@ async fn invoke(
     }
 }
 
+/// An invocation's status and result
+///
+/// For its caller, or an approver of its action.
+#[utoipa::path(get, path = "/v1/invocations/{id}", operation_id = "getInvocation", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the invocation's id")),
+    responses(
+        (status = 200, description = "the invocation", body = InvocationView),
+        (status = 404, description = "no such invocation", body = ErrorBody)))]
 async fn invocation(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InvocationView>, ApiError> {
     let Path(id) = id?;
     let record = service
         .runtime
@@ -493,23 +503,7 @@ async fn invocation(
         // Not found rather than forbidden: ids of others are not confirmed.
         return Err(ApiError::not_found(format!("no invocation {id}")));
     }
-    Ok(Json(record_view(&record)))
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InvocationsQuery {
-    /// One status, or `all` (the default).
-    state: Option<String>,
-    action: Option<String>,
-    /// The identity that made them.
-    caller: Option<String>,
-    /// Created at or after / before (RFC 3339, UTC).
-    since: Option<String>,
-    until: Option<String>,
-    limit: Option<usize>,
-    /// The `next` of the page before.
-    after: Option<String>,
+    Ok(Json(InvocationView::stored(&record)))
 }
 
 /// Invocations listed per page by default, and at most.
@@ -522,14 +516,20 @@ fn page_cursor(record: &InvocationRecord) -> String {
     format!("{}.{}", record.created_at, record.id)
 }
 
-/// `GET /v1/invocations`: the invocations the caller may see (its own, and
-/// those of actions it may approve), newest first, filtered, a page at a
-/// time: `next` is the cursor of the following page (`after=`), or null.
+/// Invocations the identity may see, a page at a time
+///
+/// Its own, and those of actions it may approve, newest first, filtered;
+/// `next` is the cursor of the following page (`after=`), or null. One
+/// request reads at most 10000 rows: a page can be shorter than `limit`
+/// (even empty) while `next` says where to go on.
+#[utoipa::path(get, path = "/v1/invocations", operation_id = "listInvocations", security(("bearer" = [])),
+    params(InvocationsQuery),
+    responses((status = 200, description = "a page", body = InvocationPage)))]
 async fn list_invocations(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
     query: Result<Query<InvocationsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InvocationPage>, ApiError> {
     let Query(query) = query?;
     let state = match query.state.as_deref() {
         None | Some("all") => None,
@@ -606,10 +606,10 @@ async fn list_invocations(
     .await
     .map_err(|e| ApiError::from(crate::error::Error::internal(e)))?
     .map_err(|e: StoreError| ApiError::from(crate::error::Error::from(e)))?;
-    Ok(Json(json!({
-        "invocations": page.iter().map(record_view).collect::<Vec<_>>(),
-        "next": next,
-    })))
+    Ok(Json(InvocationPage {
+        invocations: page.iter().map(InvocationView::stored).collect(),
+        next,
+    }))
 }
 
 /// Rows one `GET /v1/invocations` reads at most.
@@ -641,18 +641,18 @@ pub(super) fn first_visible<T>(
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ApprovalsQuery {
-    state: Option<String>,
-    limit: Option<usize>,
-}
-
+/// Approval requests visible to the identity
+///
+/// Pending unless `state` says otherwise, the newest `limit`: requests of
+/// actions it may approve, and its own.
+#[utoipa::path(get, path = "/v1/approvals", operation_id = "listApprovals", security(("bearer" = [])),
+    params(ApprovalsQuery),
+    responses((status = 200, description = "requests", body = ApprovalList)))]
 async fn approvals(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
     query: Result<Query<ApprovalsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ApprovalList>, ApiError> {
     let Query(query) = query?;
     let state = match query.state.as_deref() {
         None => Some(ApprovalState::Pending),
@@ -667,7 +667,7 @@ async fn approvals(
     let store = service.runtime.store()?;
     let list: Vec<ApprovalRecord> =
         first_visible(limit, |n| store.approvals(state, n), |a| visible(&service, &caller, a))?;
-    Ok(Json(json!({ "approvals": list })))
+    Ok(Json(ApprovalList { approvals: list }))
 }
 
 fn visible_approval(service: &Service, caller: &Caller, id: &str) -> Result<ApprovalRecord, ApiError> {
@@ -680,6 +680,12 @@ fn visible_approval(service: &Service, caller: &Caller, id: &str) -> Result<Appr
     Ok(approval)
 }
 
+/// One request: exactly what would run
+#[utoipa::path(get, path = "/v1/approvals/{id}", operation_id = "getApproval", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the request's id")),
+    responses(
+        (status = 200, description = "the request", body = ApprovalRecord),
+        (status = 404, description = "no such request", body = ErrorBody)))]
 async fn approval(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
@@ -687,14 +693,6 @@ async fn approval(
 ) -> Result<Json<ApprovalRecord>, ApiError> {
     let Path(id) = id?;
     Ok(Json(visible_approval(&service, &caller, &id)?))
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct DecisionBody {
-    reason: Option<String>,
-    /// Refuse unless the request is bound to this digest.
-    binding: Option<String>,
 }
 
 /// A decision, once the caller is known (the gate authenticates before the
@@ -706,7 +704,7 @@ async fn decide(
     id: Result<Path<String>, PathRejection>,
     verdict: Verdict,
     decision: Result<DecisionBody, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Decided>, ApiError> {
     let Path(id) = id?;
     let decision = decision?;
     visible_approval(&service, &caller, &id)?;
@@ -722,48 +720,63 @@ async fn decide(
             decision.binding.as_deref(),
         )
         .await?;
-    Ok(Json(json!({ "approval": approval })))
+    Ok(Json(Decided { approval }))
 }
 
+/// Approve, optionally pinned to the binding reviewed
+///
 /// The body is optional: none (no `Content-Type`) approves without a reason.
+#[utoipa::path(post, path = "/v1/approvals/{id}/approve", operation_id = "approve", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the request's id")),
+    request_body(content = Option<DecisionBody>, description = "optional"),
+    responses(
+        (status = 200, description = "the request after the decision", body = Decided),
+        (status = 404, description = "no such request", body = ErrorBody),
+        (status = 409, description = "not pending, expired, self-approval, already decided, or binding mismatch", body = ErrorBody)))]
 async fn approve(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
     id: Result<Path<String>, PathRejection>,
     decision: Result<Option<Json<DecisionBody>>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Decided>, ApiError> {
     let decision = decision
         .map(|d| d.map(|Json(d)| d).unwrap_or_default())
         .map_err(ApiError::from);
     decide(service, caller, id, Verdict::Approve, decision).await
 }
 
+/// Deny; any deny ends the request
+///
+/// A deny needs a reason.
+#[utoipa::path(post, path = "/v1/approvals/{id}/deny", operation_id = "deny", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the request's id")),
+    request_body = DecisionBody,
+    responses(
+        (status = 200, description = "the request after the decision", body = Decided),
+        (status = 404, description = "no such request", body = ErrorBody),
+        (status = 409, description = "not pending or not allowed", body = ErrorBody)))]
 async fn deny(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
     id: Result<Path<String>, PathRejection>,
     decision: Result<Json<DecisionBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Decided>, ApiError> {
     let decision = decision.map(|Json(d)| d).map_err(ApiError::from);
     decide(service, caller, id, Verdict::Deny, decision).await
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuditQuery {
-    invocation: Option<String>,
-    action: Option<String>,
-    caller: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    limit: Option<usize>,
-}
-
+/// Audit records, verified as read
+///
+/// Filtered, the newest `limit` (default 1000); for
+/// `service.audit-readers`.
+#[utoipa::path(get, path = "/v1/audit", operation_id = "queryAudit", security(("bearer" = [])),
+    params(AuditQuery),
+    responses((status = 200, description = "records", body = AuditRecords)))]
 async fn audit(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
     query: Result<Query<AuditQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditRecords>, ApiError> {
     if !service.may_read_audit(&caller) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -795,7 +808,7 @@ async fn audit(
         let mut out = Vec::new();
         let scanned = crate::audit::index::select(&dir, &filter, Some(limit), |_, line| {
             if let Ok(v) = serde_json::from_slice::<Value>(line) {
-                out.push(v);
+                out.push(AuditRecord(v));
             }
             true
         });
@@ -804,7 +817,7 @@ async fn audit(
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "audit-tampered", e.to_string()))?;
-    Ok(Json(json!({ "records": records })))
+    Ok(Json(AuditRecords { records }))
 }
 
 /// `GET /v1/audit` with PostgreSQL: the newest `limit` matches across
@@ -813,14 +826,14 @@ async fn audit_pg(
     pg: crate::store::settings::PgSettings,
     filter: crate::audit::query::Filter,
     limit: usize,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditRecords>, ApiError> {
     use crate::audit::pg::verify::PgVerifyError;
     let records = tokio::task::spawn_blocking(move || {
         let db = crate::audit::pg::reader(&pg).map_err(PgVerifyError::Db)?;
         let mut out = Vec::new();
         crate::audit::pg::query::select(&db, &filter, Some(limit), |hit| {
             if let Ok(v) = serde_json::from_str::<Value>(&hit.line_with_node()) {
-                out.push(v);
+                out.push(AuditRecord(v));
             }
             true
         })
@@ -832,7 +845,7 @@ async fn audit_pg(
         PgVerifyError::Db(reason) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", reason),
         other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "audit-tampered", other.to_string()),
     })?;
-    Ok(Json(json!({ "records": records })))
+    Ok(Json(AuditRecords { records }))
 }
 
 /// `GET /v1/audit/verify` with PostgreSQL: this data directory's log, then
@@ -859,18 +872,24 @@ async fn audit_verify_pg(service: Shared, pg: crate::store::settings::PgSettings
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(match verified {
-        Ok(nodes) => Json(json!({
-            "intact": true,
-            "records": nodes.iter().map(|n| n.records).sum::<u64>(),
-            "nodes": nodes.iter().map(|n| json!({
-                "node": n.node,
-                "records": n.records,
-                "head": n.head.map(|(seq, hash)| json!({"seq": seq, "hash": crate::audit::chain::hex(&hash)})),
-                "checkpoints": n.checkpoints,
-                "signed-through": n.signed_through,
-                "unsigned-records": n.unsigned(),
-            })).collect::<Vec<_>>(),
-        }))
+        Ok(nodes) => Json(Verification {
+            intact: true,
+            records: Some(nodes.iter().map(|n| n.records).sum::<u64>()),
+            nodes: Some(
+                nodes
+                    .iter()
+                    .map(|n| NodeVerification {
+                        node: n.node.clone(),
+                        records: n.records,
+                        head: Head::of(n.head),
+                        checkpoints: n.checkpoints,
+                        signed_through: n.signed_through,
+                        unsigned_records: n.unsigned(),
+                    })
+                    .collect(),
+            ),
+            ..Verification::default()
+        })
         .into_response(),
         Err(PgVerifyError::Db(reason)) => {
             return Err(ApiError::new(
@@ -879,10 +898,16 @@ async fn audit_verify_pg(service: Shared, pg: crate::store::settings::PgSettings
                 reason,
             ));
         }
-        Err(e) => (StatusCode::OK, Json(json!({"intact": false, "error": e.to_string()}))).into_response(),
+        Err(e) => (StatusCode::OK, Json(Verification::broken(e.to_string()))).into_response(),
     })
 }
 
+/// Verify the whole hash chain and its checkpoints
+///
+/// For `service.audit-readers`. A chain that does not verify is answered
+/// 200 with `intact: false` and why.
+#[utoipa::path(get, path = "/v1/audit/verify", operation_id = "verifyAudit", security(("bearer" = [])),
+    responses((status = 200, description = "how the verification went", body = Verification)))]
 async fn audit_verify(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
@@ -905,19 +930,20 @@ async fn audit_verify(
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(match verified {
-        Ok((v, index)) => Json(json!({
-            "intact": true,
-            "records": v.records,
-            "head": v.head.map(|(seq, hash)| json!({"seq": seq, "hash": crate::audit::chain::hex(&hash)})),
-            "checkpoints": v.checkpoints,
-            "signed-through": v.signed_through,
-            "unsigned-records": v.unsigned(),
-            "index": match index {
+        Ok((v, index)) => Json(Verification {
+            intact: true,
+            records: Some(v.records),
+            head: Head::of(v.head),
+            checkpoints: Some(v.checkpoints),
+            signed_through: Some(v.signed_through),
+            unsigned_records: Some(v.unsigned()),
+            index: Some(match index {
                 Ok(check) => json!(check),
                 Err(e) => json!({"error": e.to_string()}),
-            },
-        }))
+            }),
+            ..Verification::default()
+        })
         .into_response(),
-        Err(e) => (StatusCode::OK, Json(json!({"intact": false, "error": e.to_string()}))).into_response(),
+        Err(e) => (StatusCode::OK, Json(Verification::broken(e.to_string()))).into_response(),
     })
 }

@@ -908,6 +908,9 @@ pub fn advertise_metadata(service: &Service, headers: &axum::http::HeaderMap, re
 /// metadata of `/mcp`. Tokens are bearer tokens in the `Authorization`
 /// header, made by an operator with `airlock token create`: no OAuth
 /// authorization server issues them, so none is listed.
+#[utoipa::path(get, path = "/.well-known/oauth-protected-resource", operation_id = "protectedResourceMetadata",
+    summary = "RFC 9728 metadata of the MCP endpoint", security(()),
+    responses((status = 200, description = "the metadata", body = super::model::ResourceMetadata)))]
 pub async fn resource_metadata(
     axum::extract::State(service): axum::extract::State<Arc<Service>>,
     headers: axum::http::HeaderMap,
@@ -915,12 +918,23 @@ pub async fn resource_metadata(
     let origin = public_origin(&service, &headers);
     (
         [(axum::http::header::CACHE_CONTROL, "no-store")],
-        axum::Json(json!({
-            "resource": format!("{origin}/mcp"),
-            "bearer_methods_supported": ["header"],
-            "resource_name": "airlock MCP",
-        })),
+        axum::Json(super::model::ResourceMetadata {
+            resource: format!("{origin}/mcp"),
+            bearer_methods_supported: vec!["header".to_string()],
+            resource_name: "airlock MCP".to_string(),
+        }),
     )
+}
+
+/// The same, at the path a 401 from `/mcp` names.
+#[utoipa::path(get, path = "/.well-known/oauth-protected-resource/mcp", operation_id = "mcpResourceMetadata",
+    summary = "RFC 9728 metadata of the MCP endpoint (the path a 401 from /mcp names)", security(()),
+    responses((status = 200, description = "the metadata", body = super::model::ResourceMetadata)))]
+pub async fn mcp_resource_metadata(
+    state: axum::extract::State<Arc<Service>>,
+    headers: axum::http::HeaderMap,
+) -> impl axum::response::IntoResponse {
+    resource_metadata(state, headers).await
 }
 
 /// The header naming a streamable-HTTP session.

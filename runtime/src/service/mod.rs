@@ -22,6 +22,7 @@ pub mod console;
 pub mod error;
 pub mod gate;
 pub mod mcp;
+pub mod model;
 pub mod observe;
 pub mod openapi;
 pub mod ratelimit;

@@ -34,7 +34,13 @@ const STORE_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// When the store was last read for the metrics (one reader at a time).
 static STORE_READ: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
 
-/// `GET /metrics` on the service's address: for `service.metrics-readers`.
+/// Prometheus metrics in the OpenMetrics text format
+///
+/// On the service's address, for `service.metrics-readers` (default
+/// `role:monitoring`); `service.metrics-listen` serves them without a
+/// token on an address of their own.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", security(("bearer" = [])),
+    responses((status = 200, description = "the metrics", content_type = "application/openmetrics-text", body = String)))]
 pub async fn scrape(State(service): State<Arc<Service>>, Authenticated(caller): Authenticated) -> Response {
     if !service.settings.metrics_readers.iter().any(|r| caller.matches(r)) {
         return ApiError::new(

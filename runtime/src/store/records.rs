@@ -8,7 +8,7 @@ use std::fmt;
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),* $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "kebab-case")]
         pub enum $name { $($(#[$vmeta])* $variant),* }
 
@@ -82,7 +82,7 @@ impl InvocationStatus {
 }
 
 /// One approver's decision on one request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub struct DecisionRecord {
     pub identity: String,
@@ -95,8 +95,9 @@ pub struct DecisionRecord {
 
 /// One approval request: what exactly will happen if it is approved, and
 /// who said what about it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
+#[schema(as = Approval)]
 pub struct ApprovalRecord {
     pub id: String,
     pub kind: ApprovalKind,
@@ -200,7 +201,7 @@ pub struct Exceeded {
 }
 
 /// One more group a request needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub struct GroupRules {
     pub group: String,
@@ -209,7 +210,7 @@ pub struct GroupRules {
 }
 
 /// Who may decide a request, as written in the config.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub struct ApproverRules {
     pub approve: Vec<String>,
@@ -350,8 +351,9 @@ pub enum Refusal {
 }
 
 /// A node of the cluster, as its last heartbeat said.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
+#[schema(as = Node)]
 pub struct NodeRecord {
     /// `--node-id` (the host name by default).
     pub id: String,

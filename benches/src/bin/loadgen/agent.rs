@@ -102,7 +102,11 @@ pub fn agent(options: &Options) -> Result<()> {
             "clientInfo": {"name": "airlock-loadgen", "version": "0.1.0"}}}),
         0,
     )?;
-    writeln!(mcp.to, "{}", json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))?;
+    writeln!(
+        mcp.to,
+        "{}",
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    )?;
     let tool = airlock::service::mcp::tool_name("bench", "noop");
 
     let rt = client_runtime()?;
@@ -189,7 +193,12 @@ pub fn agent(options: &Options) -> Result<()> {
     println!("|---|---|---|---|");
     for (name, xs) in names.iter().zip(&samples) {
         let xs = sorted_us(xs.clone());
-        println!("| {name} | {} | {} | {} |", pct(&xs, 0.5), pct(&xs, 0.9), pct(&xs, 0.99));
+        println!(
+            "| {name} | {} | {} | {} |",
+            pct(&xs, 0.5),
+            pct(&xs, 0.9),
+            pct(&xs, 0.99)
+        );
     }
     println!();
     println!("| paired, per round (medians) | p50 µs | min / max µs | above in-process, p50 µs | target |");
