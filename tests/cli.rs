@@ -1123,10 +1123,22 @@ fn completions_man_pages_and_the_packaging_files() {
     }
 }
 
-/// An OpenTelemetry setting that cannot work stops every command at start,
-/// naming the variable, instead of exporting nothing without a word.
+/// An OpenTelemetry setting that cannot work stops a command that runs
+/// actions at start, naming the variable, instead of exporting nothing
+/// without a word; other commands never look at it.
 #[test]
 fn an_otel_setting_that_cannot_work_is_refused_at_start() {
+    let hello = component("hello");
+    let data = tempfile::tempdir().unwrap();
+    let greet = [
+        "invoke",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        hello.to_str().unwrap(),
+        "greet",
+        "--args",
+        r#"{"who":{"name":"a","languages":[]}}"#,
+    ];
     for (vars, named) in [
         (
             vec![
@@ -1146,19 +1158,24 @@ fn an_otel_setting_that_cannot_work_is_refused_at_start() {
             "OTEL_EXPORTER_OTLP_CERTIFICATE",
         ),
     ] {
-        let run = airlock_with(&["inspect", component("hello").to_str().unwrap()], b"", &vars);
+        let run = airlock_with(&greet, b"", &vars);
         assert_eq!(run.code, 2, "{run:?}");
         assert!(run.stderr.contains(named), "{run:?}");
+        assert_eq!(run.stdout, "", "nothing ran");
+        let other = airlock_with(&["inspect", hello.to_str().unwrap()], b"", &vars);
+        assert_eq!(other.code, 0, "{other:?}");
     }
     // Turned off, the same settings are not looked at.
-    let run = airlock_with(
-        &["inspect", component("hello").to_str().unwrap()],
-        b"",
-        &[
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
-            ("OTEL_SDK_DISABLED", "true"),
-        ],
-    );
+    let broken = [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+    ];
+    let run = airlock_with(&greet, b"", &[broken[0], broken[1], ("OTEL_SDK_DISABLED", "true")]);
     assert_eq!(run.code, 0, "{run:?}");
+    // A trace in the environment is taken when valid and ignored when not
+    // (W3C); only a --traceparent typed by hand is refused.
+    let run = airlock_with(&greet, b"", &[("TRACEPARENT", "garbage"), ("TRACESTATE", "a=b")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = airlock_with(&[&greet[..], &["--traceparent", "garbage"]].concat(), b"", &[]);
+    assert_eq!(run.code, 2, "{run:?}");
 }

@@ -290,24 +290,28 @@ struct InvokeArgs {
     reason: Option<String>,
     /// The W3C trace this invocation belongs to (`00-<trace>-<span>-<flags>`);
     /// its spans continue it when exported (`OTEL_EXPORTER_OTLP_ENDPOINT`).
-    #[arg(long, value_name = "TRACEPARENT", env = "TRACEPARENT")]
+    /// Without it, a valid `TRACEPARENT` in the environment is taken (an
+    /// invalid one is ignored, as W3C says).
+    #[arg(long, value_name = "TRACEPARENT")]
     traceparent: Option<String>,
-    /// The W3C `tracestate` that goes with --traceparent.
-    #[arg(long, value_name = "TRACESTATE", env = "TRACESTATE", requires = "traceparent")]
+    /// The W3C `tracestate` that goes with the trace (default: the
+    /// `TRACESTATE` variable).
+    #[arg(long, value_name = "TRACESTATE")]
     tracestate: Option<String>,
 }
 
 fn main() -> ExitCode {
-    // Log lines on stderr (`AIRLOCK_LOG`, `AIRLOCK_LOG_FORMAT`) and the
-    // OpenTelemetry export the `OTEL_*` variables ask for; the guard sends
-    // the last spans when `main` returns.
-    let _telemetry = match airlock::telemetry::init() {
-        Ok(guard) => guard,
-        Err(e) => return fail(&Error::Usage(e)),
-    };
     let matches = match Cli::command().try_get_matches() {
         Ok(m) => m,
         Err(e) => return usage_error(e),
+    };
+    // Log lines on stderr (`AIRLOCK_LOG`, `AIRLOCK_LOG_FORMAT`), and for
+    // the commands that run actions the OpenTelemetry export the `OTEL_*`
+    // variables ask for; the guard sends the last spans when `main` returns.
+    let runs_actions = matches!(matches.subcommand_name(), Some("serve" | "mcp" | "invoke"));
+    let _telemetry = match airlock::telemetry::init(runs_actions) {
+        Ok(guard) => guard,
+        Err(e) => return fail(&Error::Usage(e)),
     };
     // A service's errors go to remote callers: no paths in its hints.
     if !matches!(matches.subcommand_name(), Some("serve" | "mcp")) {
@@ -1086,13 +1090,18 @@ async fn invoke(a: InvokeArgs) -> Result<ExitCode, Error> {
     runtime.run_released().await?;
     let wait = std::time::Duration::from_secs(a.wait_secs);
     let name = action.policy.name.clone();
-    let (intent, ignored) = airlock::invocation::Intent::new(a.reason.as_deref(), a.traceparent.as_deref())?;
-    if ignored {
+    // The environment carries a trace the standard way (`TRACEPARENT`,
+    // `TRACESTATE`); only a flag given by hand is an error when invalid.
+    let from_env = a.traceparent.is_none();
+    let traceparent = a.traceparent.clone().or_else(|| std::env::var("TRACEPARENT").ok());
+    let (intent, ignored) = airlock::invocation::Intent::new(a.reason.as_deref(), traceparent.as_deref())?;
+    if ignored && !from_env {
         return Err(Error::Usage(
-            "--traceparent (or TRACEPARENT) is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>, lower case)".into(),
+            "--traceparent is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>, lower case)".into(),
         ));
     }
-    let intent = intent.with_tracestate(a.tracestate.as_deref());
+    let tracestate = a.tracestate.clone().or_else(|| std::env::var("TRACESTATE").ok());
+    let intent = intent.with_tracestate(tracestate.as_deref());
     if let Some(id) = &a.approval {
         let done = runtime
             .invoke_approved(&caller, &name, &a.function, &args, &intent, id, wait)

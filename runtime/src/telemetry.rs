@@ -3,23 +3,27 @@
 //!
 //! Export is configured the standard way, by the `OTEL_*` environment
 //! variables, so it works the same under systemd (`Environment=`), Docker
-//! (`-e`) and Kubernetes. It is on when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+//! (`-e`) and Kubernetes; only the commands that run actions (`serve`,
+//! `mcp`, `invoke`) read them. It is on when `OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (or `OTEL_TRACES_EXPORTER` is
 //! `otlp`, sending to `http://localhost:4318`), and off when
 //! `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
 //!
 //! What holds:
-//! - Only the two spans airlock defines leave the process: `invocation`
-//!   (action, function, caller, invocation id, outcome) and each of its
-//!   `host_call`s (interface, function, decision, rule, status). No
-//!   argument, result, log line or credential is an attribute of either.
+//! - Only the two spans airlock defines leave the process, with their own
+//!   fields: `invocation` (invocation id, action, function, caller,
+//!   outcome) and each of its `host_call`s (call, interface, function,
+//!   allowed, rule, status: the text the log and audit record carry, byte
+//!   counts and body digests included). No argument or result value, log
+//!   line, credential, source location or thread is an attribute.
 //! - An invocation continues the trace its request named: the W3C
 //!   `traceparent` and `tracestate` headers of `POST /v1/invocations` and
 //!   of `/mcp`, an MCP request's `_meta.traceparent` / `_meta.tracestate`,
 //!   or `airlock invoke --traceparent`. An invocation that waited for
 //!   approval continues the trace of the request that asked for it.
 //! - Sampling follows `OTEL_TRACES_SAMPLER` (default: the parent's
-//!   decision, else always), so a caller's unsampled trace stays unsampled.
+//!   decision, else always), so a caller's unsampled trace stays unsampled
+//!   (and an agent decides; `always_on` takes that from it).
 //! - Spans are batched on a thread of their own (`OTEL_BSP_*`) and sent by
 //!   a client on a runtime of its own: a slow or absent collector never
 //!   delays an invocation; when the queue is full spans are dropped, not
@@ -85,9 +89,10 @@ impl Drop for Guard {
 
 /// Install the process's diagnostics: log lines on stderr filtered by
 /// `AIRLOCK_LOG` (`AIRLOCK_LOG_FORMAT=json` for one JSON object per line,
-/// with a line for every closed span), and the OTLP exporter when the
-/// environment asks for it (see the module docs).
-pub fn init() -> Result<Guard, String> {
+/// with a line for every closed span), and, when `export` (the commands
+/// that run actions), the OTLP exporter the environment asks for (see the
+/// module docs). Other commands never look at the `OTEL_*` variables.
+pub fn init(export: bool) -> Result<Guard, String> {
     use tracing_subscriber::fmt::format::FmtSpan;
     let filter = tracing_subscriber::EnvFilter::from_env("AIRLOCK_LOG");
     let json = std::env::var("AIRLOCK_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
@@ -102,7 +107,12 @@ pub fn init() -> Result<Guard, String> {
     } else {
         tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
     };
-    let provider = match Settings::from_env(&|name| std::env::var(name).ok())? {
+    let settings = if export {
+        Settings::from_env(&|name| std::env::var(name).ok())?
+    } else {
+        None
+    };
+    let provider = match &settings {
         Some(settings) => Some(settings.provider()?),
         None => None,
     };
@@ -111,6 +121,9 @@ pub fn init() -> Result<Guard, String> {
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_tracked_inactivity(false)
+            // The span's own fields only: no source locations or threads.
+            .with_location(false)
+            .with_threads(false)
             // Decided per call site once (by name and target) and never
             // below INFO, so the log filter's level hint still holds.
             .with_filter(
@@ -124,6 +137,12 @@ pub fn init() -> Result<Guard, String> {
         .try_init()
         .map_err(|e| format!("cannot install diagnostics: {e}"))?;
     EXPORTING.store(provider.is_some(), Ordering::Relaxed);
+    if let Some(s) = &settings
+        && !s.tls
+        && let Some((name, _)) = &s.ca_file
+    {
+        tracing::warn!("{name} is set, but the endpoint is http://: it is not used");
+    }
     Ok(Guard { provider })
 }
 
@@ -168,8 +187,9 @@ struct Settings {
     protocol: Protocol,
     /// Whether `https://` is used (then the CA below applies).
     tls: bool,
-    /// `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`: the collector's CA, PEM.
-    ca_file: Option<std::path::PathBuf>,
+    /// `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE` (the variable that named
+    /// it, and the file): the collector's CA, PEM.
+    ca_file: Option<(String, std::path::PathBuf)>,
     /// `OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`, default 10 s.
     timeout: Duration,
     /// Whether to name the service `airlock` (neither `OTEL_SERVICE_NAME`
@@ -248,7 +268,38 @@ impl Settings {
             "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
             "OTEL_EXPORTER_OTLP_CERTIFICATE",
         )
-        .map(|(_, v)| std::path::PathBuf::from(v.trim()));
+        .map(|(name, v)| (name, std::path::PathBuf::from(v.trim())));
+        if let Some((name, v)) = either(
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ) && !matches!(v.trim(), "gzip" | "none")
+        {
+            return Err(format!(
+                "{name}={v:?}: airlock compresses OTLP with `gzip`, or not at all (`none`)"
+            ));
+        }
+        if let Some(v) = var("OTEL_TRACES_SAMPLER").filter(|v| !v.trim().is_empty()) {
+            let sampler = v.trim();
+            if !matches!(
+                sampler,
+                "always_on"
+                    | "always_off"
+                    | "traceidratio"
+                    | "parentbased_always_on"
+                    | "parentbased_always_off"
+                    | "parentbased_traceidratio"
+            ) {
+                return Err(format!(
+                    "OTEL_TRACES_SAMPLER={v:?}: use always_on, always_off, traceidratio, parentbased_always_on (the default), parentbased_always_off or parentbased_traceidratio"
+                ));
+            }
+            if sampler.ends_with("traceidratio")
+                && let Some(arg) = var("OTEL_TRACES_SAMPLER_ARG").filter(|a| !a.trim().is_empty())
+                && !arg.trim().parse::<f64>().is_ok_and(|r| (0.0..=1.0).contains(&r))
+            {
+                return Err(format!("OTEL_TRACES_SAMPLER_ARG={arg:?} is not a ratio from 0 to 1"));
+            }
+        }
         let timeout = match either("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") {
             None => Duration::from_secs(10),
             Some((name, v)) => match v.trim().parse::<u64>() {
@@ -257,8 +308,10 @@ impl Settings {
             },
         };
         let default_name = var("OTEL_SERVICE_NAME").is_none_or(|v| v.trim().is_empty())
-            && !var("OTEL_RESOURCE_ATTRIBUTES")
-                .is_some_and(|v| v.split(',').any(|kv| kv.trim_start().starts_with("service.name=")));
+            && !var("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|v| {
+                v.split(',')
+                    .any(|kv| kv.split_once('=').is_some_and(|(k, _)| k.trim() == "service.name"))
+            });
         Ok(Some(Settings {
             protocol,
             tls,
@@ -383,8 +436,7 @@ mod client {
         use rustls::pki_types::pem::PemObject as _;
         let mut roots = rustls::RootCertStore::empty();
         match &settings.ca_file {
-            Some(path) => {
-                let name = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+            Some((name, path)) => {
                 let certs = CertificateDer::pem_file_iter(path)
                     .map_err(|e| format!("cannot read {name} {}: {e}", path.display()))?;
                 for cert in certs {
@@ -396,9 +448,6 @@ mod client {
                 }
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        if !settings.tls && settings.ca_file.is_some() {
-            tracing::warn!("OTEL_EXPORTER_OTLP_CERTIFICATE is set, but the endpoint is http://: it is not used");
         }
         Ok(
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -442,7 +491,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "nonsense"),
             ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "250"),
-            ("OTEL_RESOURCE_ATTRIBUTES", "team=x, service.name=agents"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "team=x, service.name = agents"),
         ])
         .unwrap()
         .unwrap();
@@ -469,6 +518,22 @@ mod tests {
                 "OTEL_EXPORTER_OTLP_TIMEOUT",
             ),
             (
+                vec![on, ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")],
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+            ),
+            (
+                vec![on, ("OTEL_TRACES_SAMPLER", "parentbased_alwayson")],
+                "OTEL_TRACES_SAMPLER",
+            ),
+            (
+                vec![
+                    on,
+                    ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "2"),
+                ],
+                "OTEL_TRACES_SAMPLER_ARG",
+            ),
+            (
                 vec![on, ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/k.pem")],
                 "OTEL_EXPORTER_OTLP_CLIENT_KEY",
             ),
@@ -482,13 +547,13 @@ mod tests {
     fn a_missing_ca_file_is_refused_at_start() {
         let s = settings(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
-            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/nonexistent/ca.pem"),
         ])
         .unwrap()
         .unwrap();
         let e = s.provider().unwrap_err();
         assert!(
-            e.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && e.contains("/nonexistent/ca.pem"),
+            e.contains("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE") && e.contains("/nonexistent/ca.pem"),
             "{e}"
         );
     }

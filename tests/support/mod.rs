@@ -120,6 +120,12 @@ pub fn airlock_with(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Run {
         .env_remove("AIRLOCK_MASTER_KEY_FILE")
         .env_remove("AIRLOCK_TOKEN")
         .env_remove("AIRLOCK_TOKEN_FILE")
+        // Nothing of the machine's OpenTelemetry settings or trace.
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_TRACES_EXPORTER")
+        .env_remove("TRACEPARENT")
+        .env_remove("TRACESTATE")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());

@@ -388,15 +388,16 @@ const RUNS_DEADLINE: Duration = Duration::from_secs(30);
 const RECOVER_EVERY: Duration = Duration::from_secs(2);
 const RECOVER_RETRY: Duration = Duration::from_secs(30);
 
-/// Run the service until `shutdown` resolves.
-/// Expire overdue requests and run invocations approved elsewhere, every
-/// half second, and close what ended processes left open, every
-/// [`RECOVER_EVERY`], for as long as the returned task lives.
-/// The W3C trace context of an HTTP request: its `traceparent` (the first,
-/// if several) and its `tracestate` (several headers joined, as W3C says).
-/// Both are checked when they become an [`crate::invocation::Intent`].
+/// The W3C trace context of an HTTP request: its `traceparent` (none when
+/// it carries several, which W3C counts as invalid) and its `tracestate`
+/// (several headers joined, as W3C says). Both are checked when they
+/// become an [`crate::invocation::Intent`].
 pub(crate) fn trace_headers(headers: &axum::http::HeaderMap) -> (Option<&str>, Option<String>) {
-    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let mut parents = headers.get_all("traceparent").iter();
+    let traceparent = match (parents.next(), parents.next()) {
+        (Some(one), None) => one.to_str().ok(),
+        _ => None,
+    };
     let mut state = headers.get_all("tracestate").iter().filter_map(|v| v.to_str().ok());
     let tracestate = state.next().map(|first| {
         state.fold(first.to_string(), |mut all, more| {
@@ -408,6 +409,9 @@ pub(crate) fn trace_headers(headers: &axum::http::HeaderMap) -> (Option<&str>, O
     (traceparent, tracestate)
 }
 
+/// Expire overdue requests and run invocations approved elsewhere, every
+/// half second, and close what ended processes left open, every
+/// [`RECOVER_EVERY`], for as long as the returned task lives.
 pub fn spawn_sweeper(service: Arc<Service>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut recover_at = tokio::time::Instant::now() + RECOVER_EVERY;
@@ -454,6 +458,7 @@ pub fn spawn_sweeper(service: Arc<Service>) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Run the service until `shutdown` resolves.
 pub async fn serve(
     service: Arc<Service>,
     listener: tokio::net::TcpListener,

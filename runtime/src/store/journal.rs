@@ -9,7 +9,9 @@
 //! `write` of one line, no sync (the kernel keeps it through a crash or
 //! SIGKILL of the process; a power failure may lose it, and then recovery
 //! rebuilds the row's status from the audit log). Once the batch holding a
-//! row is committed, the journal is emptied.
+//! row is committed, the row may stay (read again, it changes nothing: a
+//! final row is never changed, and the store updates only rows that are
+//! not final); the journal is emptied once it holds [`CLEAR_AT`] bytes.
 //!
 //! Each open store has its own journal, `DATA-DIR/status-journal/ID.rows`,
 //! under an exclusive `flock` for as long as the store is open (created
@@ -224,17 +226,28 @@ mod tests {
         let mut ended = Journal::create(data)?;
         ended.append(&row("one"))?;
         ended.append(&row("two"))?;
-        let cleared = {
+        // Committed rows stay until the journal is worth emptying.
+        let kept = {
             let mut j = Journal::create(data)?;
             j.append(&row("written"))?;
             j.clear()?;
             j
         };
+        let cleared = {
+            let mut j = Journal::create(data)?;
+            while j.len < CLEAR_AT {
+                j.append(&row("committed"))?;
+            }
+            j.clear()?;
+            assert_eq!(std::fs::metadata(&j.path)?.len(), 0, "emptied at CLEAR_AT");
+            j
+        };
         // Their stores "end": the files stay, their locks go.
         drop(ended);
+        drop(kept);
         drop(cleared);
         let mut orphans = orphans(data)?;
-        assert_eq!(orphans.len(), 2, "{orphans:?}");
+        assert_eq!(orphans.len(), 3, "{orphans:?}");
         let mut all: Vec<String> = Vec::new();
         for o in &mut orphans {
             all.extend(o.rows()?.into_iter().map(|r| r.id));
@@ -242,8 +255,8 @@ mod tests {
         all.sort();
         assert_eq!(
             all,
-            ["one", "two"],
-            "the live journal is not adopted; a cleared one holds nothing"
+            ["one", "two", "written"],
+            "the live journal is not adopted; an emptied one holds nothing"
         );
         // Held while adopted: no one else adopts them meanwhile.
         assert!(super::orphans(data)?.is_empty());

@@ -183,6 +183,9 @@ pub fn agent(options: &Options) -> Result<()> {
     let _ = child.wait();
 
     let rounds = blocks[0].len();
+    if rounds == 0 {
+        bail!("no round finished after the warm-up: give it more --seconds");
+    }
     println!();
     println!(
         "## The agent path, one request at a time ({rounds} rounds of {BLOCK} of each in {:.0} s)",
