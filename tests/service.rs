@@ -1321,10 +1321,12 @@ fn the_openapi_document_is_valid_and_describes_every_route() {
     // document describes is served: neither "no such endpoint" nor a
     // method the route does not take.
     let source = std::fs::read_to_string(support::repo_root().join("runtime/src/service/api.rs")).unwrap();
-    assert!(
-        !source.contains(".route(\""),
-        "a route added by hand, beside the documented list"
-    );
+    for by_hand in [".route(", ".route_service("] {
+        assert!(
+            !source.contains(by_hand),
+            "a route added by hand ({by_hand}), beside the documented list"
+        );
+    }
     let auth = format!("Bearer {bot}");
     let mut operations = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -1344,11 +1346,32 @@ fn the_openapi_document_is_valid_and_describes_every_route() {
                 "{method} {path} is described but not served: {r:?}"
             );
         }
+        // And what it does not describe is not served either.
+        if path == "/mcp" {
+            continue;
+        }
+        for method in ["get", "post", "put", "delete", "patch"] {
+            if item.get(method).is_none() {
+                let concrete = path.replace("{id}", "no-such-id");
+                let r = raw(
+                    &server.addr,
+                    &method.to_ascii_uppercase(),
+                    &concrete,
+                    &[("Authorization", &auth)],
+                    b"",
+                );
+                assert_eq!(r.status, 405, "{method} {path} is served but not described: {r:?}");
+            }
+        }
     }
     assert!(operations >= 19, "{operations} operations described");
-    // What is sent is what is described: real answers, field by field.
+    // What is sent is what is described: real answers, each key described
+    // (here) and each value valid against its schema (JSON Schema 2020-12,
+    // below).
     let schemas = doc["components"]["schemas"].clone();
+    let checked = std::cell::RefCell::new(Vec::new());
     let fits = |value: &Value, schema: &str| {
+        checked.borrow_mut().push(json!([schema, value]));
         let s = &schemas[schema];
         let properties = s["properties"].as_object().unwrap_or_else(|| panic!("{schema}: {s}"));
         for key in value.as_object().unwrap().keys() {
@@ -1396,6 +1419,58 @@ fn the_openapi_document_is_valid_and_describes_every_route() {
     fits(&approvals, "ApprovalList");
     fits(&approvals["approvals"][0], "Approval");
     fits(&server.get("/v1/invocations/nope", Some(&bot)).json(), "Error");
+    let auditor = w.token("auditor", "human", &["auditor"]);
+    let audit = server.get("/v1/audit?limit=5", Some(&auditor)).json();
+    fits(&audit, "AuditRecords");
+    fits(&server.get("/v1/audit/verify", Some(&auditor)).json(), "Verification");
+    let alice = w.token("alice", "human", &["reviewer"]);
+    let pending = approvals["approvals"][0]["id"].as_str().unwrap().to_string();
+    let decided = server.post(
+        &format!("/v1/approvals/{pending}/deny"),
+        Some(&alice),
+        &json!({"reason": "not now"}),
+    );
+    assert_eq!(decided.status, 200, "{decided:?}");
+    fits(&decided.json(), "Decided");
+    fits(
+        &server.get("/.well-known/oauth-protected-resource", None).json(),
+        "ResourceMetadata",
+    );
+    let mut check = std::process::Command::new(python())
+        .args([
+            "-c",
+            "import json, sys\n\
+             from jsonschema import Draft202012Validator\n\
+             from referencing import Registry, Resource\n\
+             from referencing.jsonschema import DRAFT202012\n\
+             given = json.load(sys.stdin)\n\
+             registry = Registry().with_resource('urn:api', Resource.from_contents(given['doc'], default_specification=DRAFT202012))\n\
+             bad = []\n\
+             for name, value in given['cases']:\n\
+             \x20   v = Draft202012Validator({'$ref': 'urn:api#/components/schemas/' + name}, registry=registry)\n\
+             \x20   bad += [f'{name}: {e.message} at {list(e.absolute_path)}' for e in v.iter_errors(value)]\n\
+             print('\\n'.join(bad))\n\
+             sys.exit(1 if bad else 0)\n",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let given = json!({"doc": doc, "cases": checked.into_inner()});
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(given.to_string().as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "answers that do not fit their schemas:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Every operation has an id of its own.
     let mut seen = std::collections::BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {

@@ -52,6 +52,8 @@ const MAX_LIST: usize = 10_000;
 
 pub fn router(service: Shared) -> Router {
     let limit = service.settings.max_body_bytes;
+    // Rendered now, so a document that cannot be is found at start.
+    std::sync::LazyLock::force(&super::openapi::BASE);
     let (documented, _) = documented().split_for_parts();
     documented
         .merge(super::console::router())
@@ -750,7 +752,7 @@ async fn approve(
 /// A deny needs a reason.
 #[utoipa::path(post, path = "/v1/approvals/{id}/deny", operation_id = "deny", security(("bearer" = [])),
     params(("id" = String, Path, description = "the request's id")),
-    request_body = DecisionBody,
+    request_body = super::model::DenyBodyDoc,
     responses(
         (status = 200, description = "the request after the decision", body = Decided),
         (status = 404, description = "no such request", body = ErrorBody),
@@ -933,7 +935,7 @@ async fn audit_verify(
         Ok((v, index)) => Json(Verification {
             intact: true,
             records: Some(v.records),
-            head: Head::of(v.head),
+            head: Some(Head::of(v.head)),
             checkpoints: Some(v.checkpoints),
             signed_through: Some(v.signed_through),
             unsigned_records: Some(v.unsigned()),

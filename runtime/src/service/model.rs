@@ -104,6 +104,7 @@ pub struct ActionView {
     pub capabilities: Vec<String>,
     /// The capability manifest: imports, functions with their JSON
     /// Schemas and docs, the component's digest.
+    #[schema(value_type = Object)]
     pub manifest: Value,
     /// What changed since the pinned version, when an upgrade is loaded.
     pub upgrade: Option<Value>,
@@ -173,12 +174,15 @@ pub struct InvocationView {
     /// RFC 3339, UTC.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why the agent said it asked (null when it did not say).
+    #[schema(required = true)]
     pub stated_reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The W3C trace it belongs to (null when none was named).
+    #[schema(required = true)]
     pub traceparent: Option<String>,
-    /// The approval request it waits for (or that released it).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The approval request it waits for (or that released it); null when
+    /// none.
+    #[schema(required = true)]
     pub approval: Option<String>,
     /// What that request holds back.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -279,8 +283,8 @@ pub struct InvocationsQuery {
     pub since: Option<String>,
     /// Created before.
     pub until: Option<String>,
-    /// At most this many (1 to 1000, default 100).
-    #[param(minimum = 1, maximum = 1000)]
+    /// At most this many.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     pub limit: Option<usize>,
     /// The `next` of the page before.
     pub after: Option<String>,
@@ -300,7 +304,8 @@ pub struct ApprovalsQuery {
     /// `pending` (the default), `approved`, `denied`, `expired`, `failed`
     /// or `all`.
     pub state: Option<String>,
-    /// The newest this many (default 1000, at most 10000).
+    /// The newest this many (at most 10000).
+    #[param(minimum = 0, default = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -310,6 +315,19 @@ pub struct ApprovalsQuery {
 pub struct DecisionBody {
     /// Why (a deny needs one).
     pub reason: Option<String>,
+    /// Refuse unless the request is bound to this digest (the one reviewed).
+    pub binding: Option<String>,
+}
+
+/// `POST /v1/approvals/{id}/deny`, as the document describes it: a deny
+/// needs a reason (the handler takes a [`DecisionBody`] and says so when
+/// it is missing).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(as = DenyBody)]
+pub struct DenyBodyDoc {
+    /// Why.
+    pub reason: String,
     /// Refuse unless the request is bound to this digest (the one reviewed).
     pub binding: Option<String>,
 }
@@ -378,9 +396,10 @@ pub struct Verification {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub records: Option<u64>,
-    /// The last record (file log).
+    /// The last record (file log; null when the log is empty).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub head: Option<Head>,
+    #[schema(value_type = Option<Head>)]
+    pub head: Option<Option<Head>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoints: Option<usize>,
     /// Records up to this sequence number are covered by a signed

@@ -26,6 +26,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         title = "airlock",
         description = "Governed execution of WebAssembly actions for AI agents. Every request is attributed to the identity of its bearer token, checked on the request head before any body is read (a request without a valid token is answered 401 at once, its body unread, and its connection closed); errors are {\"error\": {\"code\", \"message\"}}."
     ),
+    components(schemas(super::model::ErrorBody)),
     modifiers(&BearerScheme)
 )]
 pub struct ApiDoc;
@@ -136,7 +137,7 @@ fn mcp_path() -> Value {
 
 /// The document every caller gets: generated, with the common errors and
 /// `/mcp` added. Built once.
-static BASE: LazyLock<Value> = LazyLock::new(|| {
+pub(super) static BASE: LazyLock<Value> = LazyLock::new(|| {
     let (_, api) = super::api::documented().split_for_parts();
     let mut doc = match serde_json::to_value(&api) {
         Ok(doc) => doc,
@@ -145,6 +146,11 @@ static BASE: LazyLock<Value> = LazyLock::new(|| {
             return json!({"openapi": "3.1.0", "info": {"title": "airlock", "version": env!("CARGO_PKG_VERSION")}, "paths": {}});
         }
     };
+    // Approving takes an optional body: absent, or a decision (never null).
+    if let Some(body) = doc.pointer_mut("/paths/~1v1~1approvals~1{id}~1approve/post/requestBody") {
+        *body = json!({"required": false, "description": "optional: a reason, and the binding reviewed",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DecisionBody"}}}});
+    }
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
         paths.insert("/mcp".into(), mcp_path());
         let errors = common_errors();
