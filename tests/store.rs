@@ -1118,7 +1118,20 @@ fn concurrent_drainers_never_append_a_record_twice(b: &Backend) {
             }
             let _done = Done(&producing);
             for i in 0..RECORDS {
-                vote(&*nodes[i % 2], "ap", &format!("v{i:04}"), Some(&format!("rec-{i:04}"))).unwrap();
+                // As the drainers below: under the whole suite's load the
+                // pool can fail to hand out a connection in time (nothing
+                // was done then); the vote is made again, as a client would.
+                let mut tries = 0;
+                loop {
+                    match vote(&*nodes[i % 2], "ap", &format!("v{i:04}"), Some(&format!("rec-{i:04}"))) {
+                        Ok(_) => break,
+                        Err(UpdateError::Store(e)) if e.is_unreachable() && tries < 20 => {
+                            tries += 1;
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                        }
+                        Err(e) => panic!("vote {i} failed: {e}"),
+                    }
+                }
             }
         });
         for d in 0..DRAINERS {
