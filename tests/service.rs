@@ -1436,10 +1436,8 @@ fn the_openapi_document_is_valid_and_describes_every_route() {
         &server.get("/.well-known/oauth-protected-resource", None).json(),
         "ResourceMetadata",
     );
-    let mut check = std::process::Command::new(python())
-        .args([
-            "-c",
-            "import json, sys\n\
+    let out = python_with(
+        "import json, sys\n\
              from jsonschema import Draft202012Validator\n\
              from referencing import Registry, Resource\n\
              from referencing.jsonschema import DRAFT202012\n\
@@ -1451,20 +1449,8 @@ fn the_openapi_document_is_valid_and_describes_every_route() {
              \x20   bad += [f'{name}: {e.message} at {list(e.absolute_path)}' for e in v.iter_errors(value)]\n\
              print('\\n'.join(bad))\n\
              sys.exit(1 if bad else 0)\n",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let given = json!({"doc": doc, "cases": checked.into_inner()});
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(given.to_string().as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
+        &json!({"doc": doc, "cases": checked.into_inner()}),
+    );
     assert!(
         out.status.success(),
         "answers that do not fit their schemas:\n{}{}",
@@ -1507,20 +1493,10 @@ fn the_openapi_document_is_valid_and_describes_every_route() {
 
     // Both documents are valid OpenAPI 3.1.
     for (which, document) in [("public", &public), ("with a token", &doc)] {
-        let mut check = std::process::Command::new(python())
-            .args(["-c", "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(sys.stdin))\nprint('valid')"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        check
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(document.to_string().as_bytes())
-            .unwrap();
-        let out = check.wait_with_output().unwrap();
+        let out = python_with(
+            "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(sys.stdin))\nprint('valid')",
+            document,
+        );
         assert!(
             out.status.success(),
             "the {which} document is not valid OpenAPI: {}",
@@ -1531,6 +1507,25 @@ fn the_openapi_document_is_valid_and_describes_every_route() {
 
 /// The Python of the test environment (scripts/python-env.sh), with
 /// `openapi-spec-validator`.
+/// Run the test environment's Python on `script`, with `input` as JSON on
+/// its stdin.
+fn python_with(script: &str, input: &Value) -> std::process::Output {
+    let mut child = std::process::Command::new(python())
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn python() -> PathBuf {
     let path = std::env::var_os("AIRLOCK_TEST_PYTHON")
         .map(PathBuf::from)

@@ -56,6 +56,7 @@ pub mod signing;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+mod tls;
 pub mod values;
 pub mod vault;
 

@@ -432,23 +432,10 @@ mod client {
 
     /// Web roots, or the CA file the settings name.
     fn tls_config(settings: &Settings) -> Result<rustls::ClientConfig, String> {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject as _;
-        let mut roots = rustls::RootCertStore::empty();
-        match &settings.ca_file {
-            Some((name, path)) => {
-                let certs = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| format!("cannot read {name} {}: {e}", path.display()))?;
-                for cert in certs {
-                    let cert = cert.map_err(|e| format!("{name} {} is not PEM: {e}", path.display()))?;
-                    roots.add(cert).map_err(|e| format!("{name} {}: {e}", path.display()))?;
-                }
-                if roots.is_empty() {
-                    return Err(format!("{name} {} holds no certificate", path.display()));
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
+        let roots = match &settings.ca_file {
+            Some((name, path)) => crate::tls::roots(Some(path), name)?,
+            None => crate::tls::roots(None, "")?,
+        };
         Ok(
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()

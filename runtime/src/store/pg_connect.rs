@@ -42,25 +42,7 @@ pub(crate) fn password(source: &PasswordSource) -> Result<Option<String>, String
 /// The TLS connector for `verify-full`: the server's certificate must
 /// chain to `ca_file`'s roots (or the web roots) and name the host.
 pub(crate) fn tls_connector(settings: &PgSettings) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    match &settings.ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("cannot read store.ca-file {}: {e}", path.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("store.ca-file {} is not PEM: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("store.ca-file {}: {e}", path.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("store.ca-file {} holds no certificate", path.display()));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
+    let roots = crate::tls::roots(settings.ca_file.as_deref(), "store.ca-file")?;
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
