@@ -55,6 +55,11 @@ impl Origin {
             return Err("URLs with user info (user:password@) are refused; use a credential".into());
         }
         let host = url.host_str().filter(|h| !h.is_empty()).ok_or("the URL has no host")?;
+        // The URL parser takes `*` in a name; no host has one, and a rule's
+        // `*.` means "any subdomain", so a request naming it is refused.
+        if host.contains('*') {
+            return Err(format!("the URL's host {host:?} holds `*`, which no host name does"));
+        }
         Ok(Origin {
             scheme,
             host: host.to_string(),
@@ -166,6 +171,17 @@ mod tests {
             host: "invalid".into(),
             port: 0,
         })
+    }
+
+    /// Found by the `destination` fuzz target: the URL parser accepts
+    /// `https://*.example.com/`, whose origin no destination could name.
+    #[test]
+    fn a_request_host_with_a_star_is_refused() {
+        for u in ["https://*.example.com/", "https://*./", "http://a*b.example.com/x"] {
+            let url = Url::parse(u).unwrap();
+            let e = Origin::of(&url).unwrap_err();
+            assert!(e.contains("holds `*`"), "{u}: {e}");
+        }
     }
 
     #[test]

@@ -332,16 +332,40 @@ impl PolicyFiles {
     }
 }
 
+/// A policy file's text: a regular file of at most
+/// [`MAX_POLICY_FILE_BYTES`]. A device, FIFO or directory is refused (a
+/// path such as `/dev/zero` would otherwise be read forever), and a file
+/// that grows while it is read is read no further than the limit.
 fn read(path: &std::path::Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if meta.len() > MAX_POLICY_FILE_BYTES {
-        return Err(format!(
-            "{} is {} bytes; policy files are at most {MAX_POLICY_FILE_BYTES}",
-            path.display(),
-            meta.len()
-        ));
+    use std::io::Read as _;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let not_file = || format!("{} is not a regular file; a policy file must be one", path.display());
+    // Looked at before it is opened: opening a FIFO waits for a writer.
+    if !std::fs::metadata(path).map_err(cannot)?.is_file() {
+        return Err(not_file());
     }
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(not_file());
+    }
+    let too_big = || {
+        format!(
+            "{} is over {MAX_POLICY_FILE_BYTES} bytes; policy files are at most that",
+            path.display()
+        )
+    };
+    if meta.len() > MAX_POLICY_FILE_BYTES {
+        return Err(too_big());
+    }
+    let mut text = String::new();
+    file.take(MAX_POLICY_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_POLICY_FILE_BYTES {
+        return Err(too_big());
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -379,6 +403,34 @@ mod tests {
             })
         );
         assert!(rules[1].forbid && !rules[0].forbid);
+    }
+
+    /// A policy path naming a device, a FIFO or a directory is refused at
+    /// once: `/dev/zero` was read until memory ran out, and a FIFO waited
+    /// for a writer forever.
+    #[test]
+    fn only_regular_files_are_read_as_policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.cedar");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        for path in [std::path::PathBuf::from("/dev/zero"), fifo, dir.path().to_path_buf()] {
+            let e = PolicyFiles::load(&[("p.cedar".into(), path.clone())], Groups::new())
+                .err()
+                .unwrap_or_default()
+                .join("\n");
+            assert!(e.contains("is not a regular file"), "{}: {e}", path.display());
+        }
+        let big = dir.path().join("big.cedar");
+        std::fs::write(&big, vec![b' '; MAX_POLICY_FILE_BYTES as usize + 1]).unwrap();
+        let e = PolicyFiles::load(&[("big.cedar".into(), big)], Groups::new())
+            .err()
+            .unwrap_or_default()
+            .join("\n");
+        assert!(e.contains("policy files are at most"), "{e}");
+        let fine = dir.path().join("ok.cedar");
+        std::fs::write(&fine, "permit(principal, action, resource);\n").unwrap();
+        assert!(PolicyFiles::load(&[("ok.cedar".into(), fine)], Groups::new()).is_ok());
     }
 
     #[test]

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# airlock's fuzz targets (fuzz/: cargo-fuzz and libFuzzer). See FUZZING.md.
+#
+#   scripts/fuzz.sh smoke [SECONDS]      every target for SECONDS (default 5)
+#                                        from its committed corpus (.ci/run)
+#   scripts/fuzz.sh run TARGET [ARGS..]  one target; ARGS go to libFuzzer
+#                                        (e.g. -runs=1000000); new inputs
+#                                        land in target/fuzz/corpus/TARGET
+#   scripts/fuzz.sh merge TARGET         add what a run found that covers
+#                                        more to the committed corpus
+#   scripts/fuzz.sh list                 the targets
+#
+# The project's own pinned compiler builds the targets: cargo-fuzz's few
+# unstable flags are let through with RUSTC_BOOTSTRAP=1, so no second
+# toolchain is fetched (a fresh machine has only the pinned one). No
+# sanitizer: airlock's code is safe Rust, and what the targets look for
+# (panics, hangs, unbounded allocation, a secret in the output) needs none.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+cargo_fuzz_version=0.13.2
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz_version" ]; then
+    cargo install --locked --quiet cargo-fuzz --version "$cargo_fuzz_version"
+fi
+export RUSTC_BOOTSTRAP=1
+# cargo-fuzz compiles with one codegen unit unless told otherwise: on two
+# cores that made the instrumented build of wasmtime take 14 minutes.
+# One target directory for the project (target/), the fuzz build in its own
+# corner of it: instrumented artifacts never mix with the others.
+export CARGO_TARGET_DIR="$root/target/fuzz/build"
+build=(--sanitizer none --release --debug-assertions --codegen-units 16 --fuzz-dir fuzz)
+# What each run may use: a hang or an allocation past these is a finding.
+limits=(-timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024)
+
+targets() {
+    sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^airlock-fuzz$'
+}
+
+dict_args() {
+    if [ -f "fuzz/dicts/$1.dict" ]; then
+        echo "-dict=fuzz/dicts/$1.dict"
+    fi
+}
+
+case "${1:-}" in
+list)
+    targets
+    ;;
+smoke)
+    seconds=${2:-5}
+    cargo fuzz build "${build[@]}"
+    for t in $(targets); do
+        found=$(mktemp -d)
+        out=$(mktemp)
+        # New inputs go to a scratch directory; the committed corpus is
+        # only read.
+        set +e
+        # shellcheck disable=SC2046
+        cargo fuzz run "${build[@]}" "$t" "$found" "fuzz/corpus/$t" -- \
+            "${limits[@]}" $(dict_args "$t") -max_total_time="$seconds" -print_final_stats=1 >"$out" 2>&1
+        status=$?
+        set -e
+        runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out")
+        echo "fuzz smoke: $t: ${runs:-?} inputs in ${seconds}s, exit $status"
+        rm -rf "$found"
+        if [ "$status" -ne 0 ]; then
+            tail -n 60 "$out" >&2
+            rm -f "$out"
+            echo "fuzz smoke: $t FAILED; the input is under fuzz/artifacts/$t" >&2
+            exit 1
+        fi
+        rm -f "$out"
+    done
+    ;;
+run)
+    t=${2:?usage: scripts/fuzz.sh run TARGET [LIBFUZZER ARGS]}
+    shift 2
+    mkdir -p "target/fuzz/corpus/$t"
+    cargo fuzz build "${build[@]}" "$t"
+    # shellcheck disable=SC2046
+    cargo fuzz run "${build[@]}" "$t" "target/fuzz/corpus/$t" "fuzz/corpus/$t" -- \
+        "${limits[@]}" $(dict_args "$t") -print_final_stats=1 "$@"
+    ;;
+merge)
+    t=${2:?usage: scripts/fuzz.sh merge TARGET}
+    cargo fuzz build "${build[@]}" "$t"
+    cargo fuzz run "${build[@]}" "$t" "fuzz/corpus/$t" "target/fuzz/corpus/$t" -- "${limits[@]}" -merge=1
+    ;;
+*)
+    sed -n '2,12p' "$0" >&2
+    exit 2
+    ;;
+esac
