@@ -2,7 +2,7 @@
 # airlock's fuzz targets (fuzz/: cargo-fuzz and libFuzzer). See FUZZING.md.
 #
 #   scripts/fuzz.sh smoke [SECONDS]      every target for SECONDS (default 5)
-#                                        from its committed corpus (.ci/run)
+#                                        from its committed corpus
 #   scripts/fuzz.sh run TARGET [ARGS..]  one target; ARGS go to libFuzzer
 #                                        (e.g. -runs=1000000); new inputs
 #                                        land in target/fuzz/corpus/TARGET
@@ -24,11 +24,11 @@ if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz_version" ]
     cargo install --locked --quiet cargo-fuzz --version "$cargo_fuzz_version"
 fi
 export RUSTC_BOOTSTRAP=1
-# cargo-fuzz compiles with one codegen unit unless told otherwise: on two
-# cores that made the instrumented build of wasmtime take 14 minutes.
 # One target directory for the project (target/), the fuzz build in its own
 # corner of it: instrumented artifacts never mix with the others.
 export CARGO_TARGET_DIR="$root/target/fuzz/build"
+# cargo-fuzz compiles with one codegen unit unless told otherwise: on two
+# cores that made the instrumented build take 14 minutes (9 with 16).
 build=(--sanitizer none --release --debug-assertions --codegen-units 16 --fuzz-dir fuzz)
 # What each run may use: a hang or an allocation past these is a finding.
 limits=(-timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024)
@@ -51,6 +51,8 @@ smoke)
     seconds=${2:-5}
     cargo fuzz build "${build[@]}"
     for t in $(targets); do
+        # A target whose corpus is not committed yet starts from nothing.
+        mkdir -p "fuzz/corpus/$t"
         found=$(mktemp -d)
         out=$(mktemp)
         # New inputs go to a scratch directory; the committed corpus is
@@ -76,7 +78,7 @@ smoke)
 run)
     t=${2:?usage: scripts/fuzz.sh run TARGET [LIBFUZZER ARGS]}
     shift 2
-    mkdir -p "target/fuzz/corpus/$t"
+    mkdir -p "target/fuzz/corpus/$t" "fuzz/corpus/$t"
     cargo fuzz build "${build[@]}" "$t"
     # shellcheck disable=SC2046
     cargo fuzz run "${build[@]}" "$t" "target/fuzz/corpus/$t" "fuzz/corpus/$t" -- \
