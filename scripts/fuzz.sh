@@ -2,7 +2,8 @@
 # airlock's fuzz targets (fuzz/: cargo-fuzz and libFuzzer). See FUZZING.md.
 #
 #   scripts/fuzz.sh smoke [SECONDS]      every target for SECONDS (default 5)
-#                                        from its committed corpus
+#                                        from its committed corpus, on an
+#                                        unoptimised build (CI runs this)
 #   scripts/fuzz.sh run TARGET [ARGS..]  one target; ARGS go to libFuzzer
 #                                        (e.g. -runs=1000000); new inputs
 #                                        land in target/fuzz/corpus/TARGET
@@ -23,13 +24,24 @@ cargo_fuzz_version=0.13.2
 if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz_version" ]; then
     cargo install --locked --quiet cargo-fuzz --version "$cargo_fuzz_version"
 fi
+# The `http` and `mcp_stdio` targets serve the example actions: built
+# here, in the project's own target directory, before that is pointed
+# elsewhere.
+if [ "${1:-}" != list ]; then
+    bash scripts/build-components.sh
+fi
+AIRLOCK_FUZZ_COMPONENTS="${CARGO_TARGET_DIR:-$root/target}/wasm32-wasip2/release"
+export AIRLOCK_FUZZ_COMPONENTS
 export RUSTC_BOOTSTRAP=1
-# One target directory for the project (target/), the fuzz build in its own
-# corner of it: instrumented artifacts never mix with the others.
+# One target directory for the project (target/), the fuzz builds in their
+# own corner of it: instrumented artifacts never mix with the others.
 export CARGO_TARGET_DIR="$root/target/fuzz/build"
-# cargo-fuzz compiles with one codegen unit unless told otherwise: on two
-# cores that made the instrumented build take 14 minutes (9 with 16).
+# Long runs want speed: optimised, with debug assertions and overflow
+# checks. cargo-fuzz compiles with one codegen unit unless told otherwise:
+# on two cores that made this build take 14 minutes (9 with 16).
 build=(--sanitizer none --release --debug-assertions --codegen-units 16 --fuzz-dir fuzz)
+# The smoke in CI wants a cheap build: unoptimised, 4.5 minutes here.
+smoke_build=(--sanitizer none --dev --fuzz-dir fuzz)
 # What each run may use: a hang or an allocation past these is a finding.
 limits=(-timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024)
 
@@ -49,7 +61,14 @@ list)
     ;;
 smoke)
     seconds=${2:-5}
-    cargo fuzz build "${build[@]}"
+    # Its own directory, removed when the smoke is done (3 GB that CI's
+    # disk has no room to keep beside the test build), unless
+    # AIRLOCK_FUZZ_KEEP_BUILD=1.
+    export CARGO_TARGET_DIR="$root/target/fuzz/smoke"
+    if [ "${AIRLOCK_FUZZ_KEEP_BUILD:-0}" != 1 ]; then
+        trap 'rm -rf "$root/target/fuzz/smoke"' EXIT
+    fi
+    cargo fuzz build "${smoke_build[@]}"
     for t in $(targets); do
         # A target whose corpus is not committed yet starts from nothing.
         mkdir -p "fuzz/corpus/$t"
@@ -59,7 +78,7 @@ smoke)
         # only read.
         set +e
         # shellcheck disable=SC2046
-        cargo fuzz run "${build[@]}" "$t" "$found" "fuzz/corpus/$t" -- \
+        cargo fuzz run "${smoke_build[@]}" "$t" "$found" "fuzz/corpus/$t" -- \
             "${limits[@]}" $(dict_args "$t") -max_total_time="$seconds" -print_final_stats=1 >"$out" 2>&1
         status=$?
         set -e

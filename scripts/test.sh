@@ -3,6 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-components.sh
+# Every fuzz target for a few seconds from its committed corpus (see
+# FUZZING.md). First, so its instrumented build is gone before the test
+# build needs the disk.
+bash scripts/fuzz.sh smoke 5
 # The console test drives a real headless Chromium through chromedriver
 # (Debian's packages).
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then

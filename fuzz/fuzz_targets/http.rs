@@ -1,0 +1,370 @@
+//! The service over real HTTP on loopback: the JSON API, the reviewer
+//! console's pages and form posts, and MCP's streamable HTTP transport,
+//! all behind the same listener, gate and connection limits as `airlock
+//! serve`.
+//!
+//! Each input is one request as written on the wire (request line,
+//! headers, a blank line, the body), where `{AGENT}`, `{REVIEWER}`,
+//! `{SESSION}`, `{CSRF}`, `{APPROVAL}`, `{INVOCATION}` and `{MCP_SESSION}`
+//! stand for real credentials and ids made when the target starts (a
+//! signed-in console session, a pending approval, an open MCP session), so
+//! inputs reach past the gate. The target adds `Connection: close`, and a
+//! `Host` and a `Content-Length` unless the input has its own.
+//!
+//! Beyond "no panic" (a panic in a handler is a crash here):
+//! - no answer carries a token or the session id;
+//! - no answer is a 500: hostile input gets a clear 4xx;
+//! - the service still answers `/v1/health` after every request.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+/// How long one request may take before the target stops reading (a
+/// request may legitimately wait, e.g. for an approval, or hold an event
+/// stream open).
+const PATIENCE: Duration = Duration::from_secs(3);
+
+struct World {
+    addr: SocketAddr,
+    /// `(placeholder, value)`.
+    values: Vec<(&'static str, String)>,
+    /// What no answer may contain.
+    secrets: Vec<String>,
+    _runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+fn components() -> std::path::PathBuf {
+    std::env::var_os("AIRLOCK_FUZZ_COMPONENTS")
+        .map(Into::into)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/wasm32-wasip2/release").into())
+}
+
+/// One raw HTTP/1.1 exchange: the status and the whole answer (cut at
+/// [`PATIENCE`]).
+fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, Vec<u8>) {
+    // libFuzzer's timer (SIGALRM, every second) interrupts system calls:
+    // those are tried again.
+    let mut stream = loop {
+        match TcpStream::connect(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            connected => break connected.expect("the service accepts connections"),
+        }
+    };
+    stream.set_nodelay(true).expect("set TCP_NODELAY");
+    stream.set_read_timeout(Some(PATIENCE)).expect("set a read timeout");
+    stream.set_write_timeout(Some(PATIENCE)).expect("set a write timeout");
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let started = std::time::Instant::now();
+    while started.elapsed() < PATIENCE {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let status = answer
+        .strip_prefix(b"HTTP/1.1 ")
+        .and_then(|rest| std::str::from_utf8(rest.get(..3)?).ok())
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+fn body_of(answer: &[u8]) -> &[u8] {
+    answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(&[][..], |at| &answer[at + 4..])
+}
+
+fn header_of<'a>(answer: &'a [u8], name: &str) -> Option<&'a str> {
+    let head = std::str::from_utf8(&answer[..answer.len() - body_of(answer).len()]).ok()?;
+    head.lines().find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The value after `marker` up to the next `"`.
+fn after<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
+    let rest = &text[text.find(marker)? + marker.len()..];
+    rest.get(..rest.find('"')?)
+}
+
+static WORLD: LazyLock<World> = LazyLock::new(|| {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let hello = components().join("hello.wasm");
+    assert!(
+        hello.exists(),
+        "{} is missing: run scripts/build-components.sh (scripts/fuzz.sh does)",
+        hello.display()
+    );
+    let hello = format!("{:?}", hello.display().to_string());
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[runtime]
+data-dir = "data"
+
+[service]
+max-body-bytes = 65536
+rate-limit = {{ per-second = 1000000, burst = 1000000 }}
+audit-readers = ["role:auditor"]
+
+[actions.hello]
+component = {hello}
+[actions.hello.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+
+[actions.deploy]
+component = {hello}
+[actions.deploy.access]
+invoke = ["role:agent"]
+approve = ["role:reviewer"]
+[actions.deploy.approval]
+invocation = true
+"#
+        ),
+    )
+    .expect("write the config");
+    let policy = airlock::policy::Policy::load(&config).expect("the fuzz config loads");
+    let service = Arc::new(airlock::service::Service::load(policy).expect("the service starts"));
+    let store = service.runtime.store().expect("the store opens");
+    let token = |name: &str, kind, roles: &[&str]| {
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        let (minted, _) = airlock::identity::create_token(store.as_ref(), name, kind, &roles).expect("a token is made");
+        minted.value.as_str().to_string()
+    };
+    let agent = token("fuzz-agent", airlock::identity::IdentityKind::Agent, &["agent"]);
+    let reviewer = token(
+        "fuzz-reviewer",
+        airlock::identity::IdentityKind::Human,
+        &["reviewer", "auditor"],
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    runtime.spawn(airlock::service::serve(service, listener, std::future::pending()));
+
+    // A reviewer signed in to the console.
+    let (_, page) = exchange(addr, &request("GET", "/console/login", &[], b""));
+    let nonce = header_of(&page, "set-cookie")
+        .and_then(|c| c.split(';').next())
+        .and_then(|kv| kv.strip_prefix("airlock_login="))
+        .expect("the sign-in page sets its CSRF cookie")
+        .to_string();
+    let (status, signed_in) = exchange(
+        addr,
+        &request(
+            "POST",
+            "/console/login",
+            &[
+                ("Cookie", &format!("airlock_login={nonce}")),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            format!("token={reviewer}&csrf={nonce}").as_bytes(),
+        ),
+    );
+    assert_eq!(status, 303, "{}", String::from_utf8_lossy(&signed_in));
+    let session = header_of(&signed_in, "set-cookie")
+        .and_then(|c| c.split(';').next())
+        .and_then(|kv| kv.strip_prefix("airlock_session="))
+        .expect("a session cookie")
+        .to_string();
+    let (_, home) = exchange(
+        addr,
+        &request(
+            "GET",
+            "/console",
+            &[("Cookie", &format!("airlock_session={session}"))],
+            b"",
+        ),
+    );
+    let home = String::from_utf8_lossy(&home).into_owned();
+    let csrf = after(&home, "name=\"csrf\" value=\"")
+        .expect("the console's forms carry the session's CSRF token")
+        .to_string();
+
+    // An invocation waiting for a reviewer.
+    let (status, submitted) = exchange(
+        addr,
+        &request(
+            "POST",
+            "/v1/invocations",
+            &[
+                ("Authorization", &format!("Bearer {agent}")),
+                ("Content-Type", "application/json"),
+            ],
+            br#"{"action":"deploy","function":"greet","args":{"who":{"name":"a","title":null,"languages":[]}},"wait-ms":0}"#,
+        ),
+    );
+    let submitted: serde_json::Value = serde_json::from_slice(body_of(&submitted)).expect("the API answers JSON");
+    assert!(status == 202, "{submitted}");
+    let invocation = submitted["invocation"].as_str().expect("an invocation id").to_string();
+    let approval = submitted["approval"].as_str().expect("an approval id").to_string();
+
+    // An open MCP session.
+    let (_, opened) = exchange(
+        addr,
+        &request(
+            "POST",
+            "/mcp",
+            &[
+                ("Authorization", &format!("Bearer {agent}")),
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json, text/event-stream"),
+            ],
+            br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"fuzz","version":"0"}}}"#,
+        ),
+    );
+    let mcp_session = header_of(&opened, "mcp-session-id")
+        .expect("initialize opens an MCP session")
+        .to_string();
+
+    World {
+        addr,
+        secrets: vec![agent.clone(), reviewer.clone(), session.clone()],
+        values: vec![
+            ("{AGENT}", agent),
+            ("{REVIEWER}", reviewer),
+            ("{SESSION}", session),
+            ("{CSRF}", csrf),
+            ("{APPROVAL}", approval),
+            ("{INVOCATION}", invocation),
+            ("{MCP_SESSION}", mcp_session),
+        ],
+        _runtime: runtime,
+        _dir: dir,
+    }
+});
+
+fn fill(world: &World, bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for (key, value) in &world.values {
+        let mut next = Vec::with_capacity(out.len());
+        let mut rest = &out[..];
+        while let Some(at) = rest.windows(key.len()).position(|w| w == key.as_bytes()) {
+            next.extend_from_slice(&rest[..at]);
+            next.extend_from_slice(value.as_bytes());
+            rest = &rest[at + key.len()..];
+        }
+        next.extend_from_slice(rest);
+        out = next;
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The request without its credentials: the values of its `Authorization`
+/// and `Cookie` headers and of every `token=` form field are left out.
+fn outside_credentials(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    for line in raw.split_inclusive(|b| *b == b'\n') {
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with(b"authorization:") || lower.starts_with(b"cookie:") {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(at) = rest.windows(6).position(|w| w == b"token=") {
+            out.extend_from_slice(&rest[..at]);
+            rest = &rest[at + 6..];
+            let end = rest.iter().position(|b| *b == b'&').unwrap_or(rest.len());
+            rest = &rest[end..];
+        }
+        out.extend_from_slice(rest);
+    }
+    out
+}
+
+/// Whether the head names header `name` (case-insensitively).
+fn has_header(head: &[u8], name: &str) -> bool {
+    head.split(|b| *b == b'\n').skip(1).any(|line| {
+        line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name.as_bytes()) && line[name.len()] == b':'
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let world = &*WORLD;
+    // The input is the request as written: a head, and a body after the
+    // first blank line.
+    let data = fill(world, data);
+    let (head, body) = match data.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(at) => (&data[..at], &data[at + 4..]),
+        None => (&data[..], &[][..]),
+    };
+    let mut raw = head.to_vec();
+    raw.extend_from_slice(b"\r\n");
+    if !has_header(head, "host") {
+        raw.extend_from_slice(b"Host: 127.0.0.1\r\n");
+    }
+    raw.extend_from_slice(b"Connection: close\r\n");
+    if !has_header(head, "content-length") && !has_header(head, "transfer-encoding") {
+        raw.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n");
+    raw.extend_from_slice(body);
+
+    let (status, answer) = exchange(world.addr, &raw);
+    // A value the request sends where no credential goes (a path, another
+    // header, a JSON field) may be echoed back in an error, to the one who
+    // sent it. Sent as a credential (an `Authorization` or `Cookie` header,
+    // or the console's `token` field), it must never come back.
+    let elsewhere = outside_credentials(&raw);
+    for secret in &world.secrets {
+        if contains(&elsewhere, secret.as_bytes()) {
+            continue;
+        }
+        assert!(
+            !contains(&answer, secret.as_bytes()),
+            "an answer carries a secret:\n{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert_ne!(
+        status,
+        500,
+        "an internal error for:\n{}\n---\n{}",
+        String::from_utf8_lossy(&raw),
+        String::from_utf8_lossy(&answer)
+    );
+    let (health, answer) = exchange(world.addr, &request("GET", "/v1/health", &[], b""));
+    assert_eq!(
+        health,
+        200,
+        "the service stopped answering after:\n{}\n---\n{}",
+        String::from_utf8_lossy(&raw),
+        String::from_utf8_lossy(&answer)
+    );
+});

@@ -1,0 +1,117 @@
+//! MCP over stdio, as `airlock mcp` serves it: the input is what an agent
+//! writes to the server's stdin (newline-delimited JSON-RPC; the token is
+//! the server's own, given when it starts, as `airlock mcp` takes it from
+//! the environment). The server answers until its input ends.
+//!
+//! Beyond "no panic": the server stops when its input ends (no hang), and
+//! what it writes is JSON-RPC, one message per line, none carrying the
+//! token.
+#![no_main]
+
+use airlock::service::Service;
+use airlock::service::mcp::AirlockMcp;
+use libfuzzer_sys::fuzz_target;
+use rmcp::ServiceExt as _;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// How long the server may take to answer everything and stop.
+const PATIENCE: Duration = Duration::from_secs(8);
+
+struct World {
+    service: Arc<Service>,
+    token: String,
+    runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+fn components() -> std::path::PathBuf {
+    std::env::var_os("AIRLOCK_FUZZ_COMPONENTS")
+        .map(Into::into)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/wasm32-wasip2/release").into())
+}
+
+static WORLD: LazyLock<World> = LazyLock::new(|| {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let hello = components().join("hello.wasm");
+    assert!(
+        hello.exists(),
+        "{} is missing: run scripts/build-components.sh (scripts/fuzz.sh does)",
+        hello.display()
+    );
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[runtime]
+data-dir = "data"
+
+[actions.hello]
+component = {:?}
+[actions.hello.access]
+invoke = ["role:agent"]
+"#,
+            hello.display().to_string()
+        ),
+    )
+    .expect("write the config");
+    let policy = airlock::policy::Policy::load(&config).expect("the fuzz config loads");
+    let service = Arc::new(Service::load(policy).expect("the service starts"));
+    let store = service.runtime.store().expect("the store opens");
+    let (minted, _) = airlock::identity::create_token(
+        store.as_ref(),
+        "fuzz-agent",
+        airlock::identity::IdentityKind::Agent,
+        &["agent".to_string()],
+    )
+    .expect("a token is made");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    World {
+        service,
+        token: minted.value.as_str().to_string(),
+        runtime,
+        _dir: dir,
+    }
+});
+
+fuzz_target!(|data: &[u8]| {
+    let world = &*WORLD;
+    let output = world.runtime.block_on(async {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (server_read, server_write) = tokio::io::split(server);
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let handler = AirlockMcp::with_token(world.service.clone(), zeroize::Zeroizing::new(world.token.clone()));
+        let serving = tokio::spawn(async move {
+            if let Ok(running) = handler.serve((server_read, server_write)).await {
+                let _ = running.waiting().await;
+            }
+        });
+        let input = data.to_vec();
+        let writer = tokio::spawn(async move {
+            let _ = client_write.write_all(&input).await;
+            let _ = client_write.shutdown().await;
+        });
+        let mut output = Vec::new();
+        let read = tokio::time::timeout(PATIENCE, client_read.read_to_end(&mut output)).await;
+        let stopped = tokio::time::timeout(PATIENCE, serving).await;
+        writer.abort();
+        assert!(read.is_ok(), "the server did not stop writing after its input ended");
+        assert!(stopped.is_ok(), "the server did not stop after its input ended");
+        output
+    });
+    assert!(
+        !output.windows(world.token.len()).any(|w| w == world.token.as_bytes()),
+        "the server wrote its token"
+    );
+    for line in output.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let message: serde_json::Value = serde_json::from_slice(line)
+            .unwrap_or_else(|e| panic!("a line that is not JSON ({e}): {}", String::from_utf8_lossy(line)));
+        assert_eq!(message["jsonrpc"], "2.0", "{message}");
+    }
+});
