@@ -111,7 +111,7 @@ fn print(out: &mut impl std::io::Write, hit: &query::Hit, json: bool) -> bool {
     if json {
         writeln!(out, "{}", hit.line_with_node()).is_ok()
     } else {
-        crate::print_record(out, &hit.record, hit.line.as_bytes(), false, Some(&hit.node))
+        super::audit::print_record(out, &hit.record, hit.line.as_bytes(), false, Some(&hit.node))
     }
 }
 

@@ -25,7 +25,7 @@ pub struct DiffArgs {
 }
 
 pub fn diff(a: DiffArgs) -> Result<ExitCode, Error> {
-    let runtime = Runtime::without_cache(&crate::default_settings(None))?;
+    let runtime = Runtime::without_cache(&super::default_settings(None))?;
     let old = runtime.inspect(&a.old)?;
     let new = runtime.inspect(&a.new)?;
     let grants = match (&a.config, &a.action) {
