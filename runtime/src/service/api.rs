@@ -1,4 +1,5 @@
-//! The HTTP API: routes, authentication, and the handlers.
+//! The HTTP API's handlers (the routes are listed in `super::openapi`,
+//! authentication is `super::auth`).
 //!
 //! | method | path | who |
 //! |---|---|---|
@@ -20,6 +21,7 @@
 //! authenticated on its head, and its body is read only afterwards.
 
 use super::Service;
+use super::auth::{Authenticated, awaited_approval, first_visible};
 use super::error::ApiError;
 use super::model::{
     ActionList, ActionView, Alive, ApprovalList, ApprovalSettings, ApprovalsQuery, AuditQuery, AuditRecord,
@@ -28,12 +30,12 @@ use super::model::{
 };
 use crate::gateway::Submitted;
 use crate::identity::Caller;
-use crate::store::{ApprovalRecord, ApprovalState, InvocationRecord, InvocationStatus, Store, StoreError, Verdict};
+use crate::store::{ApprovalRecord, ApprovalState, InvocationRecord, InvocationStatus, StoreError, Verdict};
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,126 +52,10 @@ const STORED_POLL: Duration = Duration::from_millis(2);
 const DEFAULT_LIST: usize = 1000;
 const MAX_LIST: usize = 10_000;
 
-pub fn router(service: Shared) -> Router {
-    let limit = service.settings.max_body_bytes;
-    // Rendered now, so a document that cannot be is found at start.
-    std::sync::LazyLock::force(&super::openapi::BASE);
-    let (documented, _) = documented().split_for_parts();
-    documented
-        .merge(super::console::router())
-        .merge(
-            Router::new()
-                .nest_service("/mcp", super::mcp::http_service(service.clone()))
-                .layer(axum::middleware::from_fn_with_state(service.clone(), super::mcp::guard)),
-        )
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "this endpoint does not take that method; see /v1/openapi.json",
-            )
-        })
-        .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
-        .layer(DefaultBodyLimit::max(limit))
-        // Outermost: every request is authenticated on its head before its
-        // body is read (see `gate`).
-        .layer(axum::middleware::from_fn_with_state(service.clone(), super::gate::gate))
-        // Around the gate: its refusals are logged and counted too.
-        .layer(axum::middleware::from_fn(super::observe::access))
-        .with_state(service)
-}
-
-/// Every route of the API with its handler, each described by the
-/// handler's own `#[utoipa::path]` and the types it takes and returns: the
-/// router and the OpenAPI document are built from this one list, so no
-/// route can go undescribed (`super::openapi` adds `/mcp`, which the MCP
-/// library serves, and what the caller may invoke).
-pub(super) fn documented() -> utoipa_axum::router::OpenApiRouter<Shared> {
-    use utoipa::OpenApi as _;
-    use utoipa_axum::routes;
-    utoipa_axum::router::OpenApiRouter::with_openapi(super::openapi::ApiDoc::openapi())
-        .routes(routes!(health))
-        .routes(routes!(ready))
-        .routes(routes!(openapi))
-        .routes(routes!(actions))
-        .routes(routes!(invoke, list_invocations))
-        .routes(routes!(invocation))
-        .routes(routes!(approvals))
-        .routes(routes!(approval))
-        .routes(routes!(approve))
-        .routes(routes!(deny))
-        .routes(routes!(audit))
-        .routes(routes!(audit_verify))
-        .routes(routes!(cluster))
-        .routes(routes!(super::observe::scrape))
-        .routes(routes!(super::mcp::resource_metadata))
-        .routes(routes!(super::mcp::mcp_resource_metadata))
-}
-
-/// The token of an `Authorization` header value `Bearer TOKEN`. The scheme
-/// is matched case-insensitively, as RFC 7235 (section 2.1) says, so
-/// `bearer TOKEN` is the same credential.
-pub fn bearer_token(header: &str) -> Option<&str> {
-    let (scheme, token) = header.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-/// The caller behind the `Authorization: Bearer` header, rate limited.
-pub(super) async fn authenticate(service: &Service, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let mut headers = headers.get_all(axum::http::header::AUTHORIZATION).iter();
-    let header = headers.next().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "send Authorization: Bearer TOKEN",
-        )
-    })?;
-    if headers.next().is_some() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "ambiguous-credentials",
-            "the request carries more than one Authorization header: send exactly one",
-        ));
-    }
-    let bearer = header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "the Authorization header must be `Bearer TOKEN`",
-        )
-    })?;
-    let caller = service.authenticate(bearer).await?;
-    if let Err(wait) = service.limiter.take(&caller.name) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            format!("too many requests from {}; retry in {:.2} s", caller.name, wait),
-        ));
-    }
-    Ok(caller)
-}
-
-/// The authenticated caller of a request: the one the gate authenticated
-/// (see `gate`), or, for a request that reached a handler some other way,
-/// authenticated here, so no handler can run for nobody.
-pub struct Authenticated(pub Caller);
-
-impl axum::extract::FromRequestParts<Shared> for Authenticated {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, service: &Shared) -> Result<Self, ApiError> {
-        match parts.extensions.get::<Caller>() {
-            Some(caller) => Ok(Authenticated(caller.clone())),
-            None => authenticate(service, &parts.headers).await.map(Authenticated),
-        }
-    }
-}
-
 /// Liveness
 #[utoipa::path(get, path = "/v1/health", operation_id = "health", security(()),
     responses((status = 200, description = "alive", body = Health)))]
-async fn health() -> Json<Health> {
+pub(super) async fn health() -> Json<Health> {
     Json(Health { status: Alive::Ok })
 }
 
@@ -183,7 +69,7 @@ async fn health() -> Json<Health> {
         (status = 200, description = "ready", body = Readiness),
         (status = 503, description = "not ready", body = Readiness),
         (status = 401, description = "a token was sent and is unknown or revoked", body = ErrorBody)))]
-async fn ready(State(service): State<Shared>, caller: Option<axum::Extension<Caller>>) -> Response {
+pub(super) async fn ready(State(service): State<Shared>, caller: Option<axum::Extension<Caller>>) -> Response {
     let audit_ok = service.runtime.audit_opened().is_some_and(|a| a.is_healthy());
     // On a shared store, the heartbeat (every second) says whether the
     // database answers, without a query per readiness probe.
@@ -213,7 +99,10 @@ async fn ready(State(service): State<Shared>, caller: Option<axum::Extension<Cal
 /// machine shares).
 #[utoipa::path(get, path = "/v1/cluster", operation_id = "cluster", security(("bearer" = [])),
     responses((status = 200, description = "the nodes", body = Cluster)))]
-async fn cluster(State(service): State<Shared>, Authenticated(_): Authenticated) -> Result<Json<Cluster>, ApiError> {
+pub(super) async fn cluster(
+    State(service): State<Shared>,
+    Authenticated(_): Authenticated,
+) -> Result<Json<Cluster>, ApiError> {
     let store = service.runtime.store()?;
     let shared = store.shared();
     let nodes = if shared {
@@ -246,36 +135,12 @@ fn visible_actions(service: &Service, caller: &Caller) -> Vec<String> {
         .collect()
 }
 
-/// This document
-///
-/// Asked with a bearer token (optional), with the argument and result
-/// schemas of the functions that identity may invoke (never another's).
-#[utoipa::path(get, path = "/v1/openapi.json", operation_id = "openapi", security((), ("bearer" = [])),
-    responses(
-        (status = 200, description = "the OpenAPI document", body = Object),
-        (status = 401, description = "a token was sent and is unknown or revoked", body = ErrorBody)))]
-async fn openapi(State(service): State<Shared>, caller: Option<axum::Extension<Caller>>) -> Json<Value> {
-    let actions: Vec<(String, Arc<crate::action::PreparedAction>)> = match caller {
-        None => Vec::new(),
-        Some(axum::Extension(caller)) => service
-            .runtime
-            .action_names()
-            .into_iter()
-            .filter_map(|name| {
-                let action = service.runtime.action(&name)?.clone();
-                action.decisions.may_list(&caller).then_some((name, action))
-            })
-            .collect(),
-    };
-    Json(super::openapi::document(&actions))
-}
-
 /// Actions the identity may invoke or approve
 ///
 /// With their functions' JSON Schemas and capability manifests.
 #[utoipa::path(get, path = "/v1/actions", operation_id = "listActions", security(("bearer" = [])),
     responses((status = 200, description = "actions", body = ActionList)))]
-async fn actions(
+pub(super) async fn actions(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
 ) -> Result<Json<ActionList>, ApiError> {
@@ -317,30 +182,6 @@ async fn actions(
 /// What an invocation held for its invocation-level `approval` shows.
 fn awaiting_view(invocation: &str, approval: &ApprovalRecord) -> InvocationView {
     InvocationView::new(invocation, InvocationStatus::AwaitingApproval).waiting_for(approval)
-}
-
-/// The approval request an unfinished invocation waits for now, if any:
-/// its invocation-level request while that is pending, or a pending request
-/// its running instance made (a held host call, or the guest's own).
-pub(super) fn awaited_approval(
-    store: &dyn Store,
-    record: &InvocationRecord,
-) -> Result<Option<ApprovalRecord>, StoreError> {
-    if let Some(id) = &record.approval
-        && let Some(a) = store.approval(id)?.filter(|a| a.state == ApprovalState::Pending)
-    {
-        return Ok(Some(a));
-    }
-    if record.state != InvocationStatus::Running {
-        return Ok(None);
-    }
-    // The store cannot look requests up by invocation. Pending ones are few
-    // (each is an instance or a request waiting for a reviewer), so a scan
-    // of them is cheap.
-    Ok(store
-        .approvals(Some(ApprovalState::Pending), usize::MAX)?
-        .into_iter()
-        .find(|a| a.invocation == record.id))
 }
 
 /// 202 for an invocation the request stopped waiting for: how it stands
@@ -403,7 +244,7 @@ fn joined_response(
         (status = 408, description = "the body did not arrive within service.body-timeout-ms", body = ErrorBody),
         (status = 413, description = "body too large (service.max-body-bytes)", body = ErrorBody),
         (status = 422, description = "arguments do not fit the function", body = ErrorBody)))]
-async fn invoke(
+pub(super) async fn invoke(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
     headers: HeaderMap,
@@ -490,7 +331,7 @@ async fn invoke(
     responses(
         (status = 200, description = "the invocation", body = InvocationView),
         (status = 404, description = "no such invocation", body = ErrorBody)))]
-async fn invocation(
+pub(super) async fn invocation(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
     id: Result<Path<String>, PathRejection>,
@@ -527,7 +368,7 @@ fn page_cursor(record: &InvocationRecord) -> String {
 #[utoipa::path(get, path = "/v1/invocations", operation_id = "listInvocations", security(("bearer" = [])),
     params(InvocationsQuery),
     responses((status = 200, description = "a page", body = InvocationPage)))]
-async fn list_invocations(
+pub(super) async fn list_invocations(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
     query: Result<Query<InvocationsQuery>, QueryRejection>,
@@ -621,28 +462,6 @@ fn visible(service: &Service, caller: &Caller, approval: &ApprovalRecord) -> boo
     approval.caller == caller.name || service.runtime.may_review(caller, approval)
 }
 
-/// The first `want` records `fetch` reads (newest first) that `keep`
-/// accepts. The store filters by state only, so one read of a fixed size,
-/// filtered afterwards, could be filled with records of other callers and
-/// hide the caller's own: read ever longer prefixes until `want` are kept
-/// or the store has no more.
-pub(super) fn first_visible<T>(
-    want: usize,
-    fetch: impl Fn(usize) -> Result<Vec<T>, StoreError>,
-    keep: impl Fn(&T) -> bool,
-) -> Result<Vec<T>, StoreError> {
-    let mut limit = want.max(64);
-    loop {
-        let batch = fetch(limit)?;
-        let exhausted = batch.len() < limit;
-        let kept: Vec<T> = batch.into_iter().filter(&keep).take(want).collect();
-        if kept.len() >= want || exhausted {
-            return Ok(kept);
-        }
-        limit = limit.saturating_mul(4);
-    }
-}
-
 /// Approval requests visible to the identity
 ///
 /// Pending unless `state` says otherwise, the newest `limit`: requests of
@@ -650,7 +469,7 @@ pub(super) fn first_visible<T>(
 #[utoipa::path(get, path = "/v1/approvals", operation_id = "listApprovals", security(("bearer" = [])),
     params(ApprovalsQuery),
     responses((status = 200, description = "requests", body = ApprovalList)))]
-async fn approvals(
+pub(super) async fn approvals(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
     query: Result<Query<ApprovalsQuery>, QueryRejection>,
@@ -688,7 +507,7 @@ fn visible_approval(service: &Service, caller: &Caller, id: &str) -> Result<Appr
     responses(
         (status = 200, description = "the request", body = ApprovalRecord),
         (status = 404, description = "no such request", body = ErrorBody)))]
-async fn approval(
+pub(super) async fn approval(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
     id: Result<Path<String>, PathRejection>,
@@ -700,7 +519,7 @@ async fn approval(
 /// A decision, once the caller is known (the gate authenticates before the
 /// body is read): what is wrong with the request (its path or body) is
 /// answered only to an authenticated caller.
-async fn decide(
+pub(super) async fn decide(
     service: Shared,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
@@ -735,7 +554,7 @@ async fn decide(
         (status = 200, description = "the request after the decision", body = Decided),
         (status = 404, description = "no such request", body = ErrorBody),
         (status = 409, description = "not pending, expired, self-approval, already decided, or binding mismatch", body = ErrorBody)))]
-async fn approve(
+pub(super) async fn approve(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
     id: Result<Path<String>, PathRejection>,
@@ -757,7 +576,7 @@ async fn approve(
         (status = 200, description = "the request after the decision", body = Decided),
         (status = 404, description = "no such request", body = ErrorBody),
         (status = 409, description = "not pending or not allowed", body = ErrorBody)))]
-async fn deny(
+pub(super) async fn deny(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
     id: Result<Path<String>, PathRejection>,
@@ -774,7 +593,7 @@ async fn deny(
 #[utoipa::path(get, path = "/v1/audit", operation_id = "queryAudit", security(("bearer" = [])),
     params(AuditQuery),
     responses((status = 200, description = "records", body = AuditRecords)))]
-async fn audit(
+pub(super) async fn audit(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
     query: Result<Query<AuditQuery>, QueryRejection>,
@@ -824,7 +643,7 @@ async fn audit(
 
 /// `GET /v1/audit` with PostgreSQL: the newest `limit` matches across
 /// every node, each with its `node` (see [`crate::audit::pg::query`]).
-async fn audit_pg(
+pub(super) async fn audit_pg(
     pg: crate::store::settings::PgSettings,
     filter: crate::audit::query::Filter,
     limit: usize,
@@ -852,7 +671,10 @@ async fn audit_pg(
 
 /// `GET /v1/audit/verify` with PostgreSQL: this data directory's log, then
 /// every node's chain and checkpoints.
-async fn audit_verify_pg(service: Shared, pg: crate::store::settings::PgSettings) -> Result<Response, ApiError> {
+pub(super) async fn audit_verify_pg(
+    service: Shared,
+    pg: crate::store::settings::PgSettings,
+) -> Result<Response, ApiError> {
     use crate::audit::pg::verify::{LocalNode, PgVerifyError};
     let dir = crate::audit::dir(&service.policy.runtime.data_dir);
     let node = service.policy.runtime.audit.node_id.clone();
@@ -910,7 +732,7 @@ async fn audit_verify_pg(service: Shared, pg: crate::store::settings::PgSettings
 /// 200 with `intact: false` and why.
 #[utoipa::path(get, path = "/v1/audit/verify", operation_id = "verifyAudit", security(("bearer" = [])),
     responses((status = 200, description = "how the verification went", body = Verification)))]
-async fn audit_verify(
+pub(super) async fn audit_verify(
     State(service): State<Shared>,
     Authenticated(caller): Authenticated,
 ) -> Result<Response, ApiError> {

@@ -27,6 +27,7 @@
 //! connections that have shown no credential compete for its places.
 
 use super::Service;
+use super::auth::cookie_count;
 use super::connections::Peer;
 use super::console;
 use super::error::ApiError;
@@ -127,23 +128,6 @@ fn closing(mut response: Response) -> Response {
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
-}
-
-/// How many cookies named `name` the request carries, over all its
-/// `Cookie` headers.
-pub fn cookie_count(headers: &HeaderMap, name: &str) -> usize {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(|v| {
-            // A header that is not text may hide the name; count it as one.
-            v.to_str().map_or(1, |v| {
-                v.split(';')
-                    .filter(|kv| kv.split_once('=').is_some_and(|(k, _)| k.trim() == name))
-                    .count()
-            })
-        })
-        .sum()
 }
 
 /// Refuse credentials that could mean two callers.
@@ -306,7 +290,7 @@ pub async fn gate(State(service): State<Arc<Service>>, mut request: Request, nex
     match scheme {
         Scheme::Public | Scheme::OptionalBearer => {
             if scheme == Scheme::OptionalBearer && request.headers().contains_key(header::AUTHORIZATION) {
-                match super::api::authenticate(&service, request.headers()).await {
+                match super::auth::authenticate(&service, request.headers()).await {
                     Ok(caller) => {
                         authenticated();
                         request.extensions_mut().insert(caller);
@@ -319,7 +303,7 @@ pub async fn gate(State(service): State<Arc<Service>>, mut request: Request, nex
             let response = next.run(request).await;
             return if has_body { closing(response) } else { response };
         }
-        Scheme::Bearer => match super::api::authenticate(&service, request.headers()).await {
+        Scheme::Bearer => match super::auth::authenticate(&service, request.headers()).await {
             Ok(caller) => {
                 authenticated();
                 request.extensions_mut().insert(caller);

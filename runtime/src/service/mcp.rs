@@ -199,7 +199,7 @@ impl AirlockMcp {
                 .get::<axum::http::request::Parts>()
                 .and_then(|p| p.headers.get(axum::http::header::AUTHORIZATION))
                 .and_then(|h| h.to_str().ok())
-                .and_then(super::api::bearer_token)
+                .and_then(super::auth::bearer_token)
                 .map(str::to_string)
                 .ok_or_else(|| ErrorData::invalid_request("send Authorization: Bearer TOKEN", None))?,
         };
@@ -297,7 +297,7 @@ impl AirlockMcp {
         if record.state.is_final() {
             return record_result(&record);
         }
-        match super::api::awaited_approval(store.as_ref(), &record) {
+        match super::auth::awaited_approval(store.as_ref(), &record) {
             Ok(approval) => CallToolResult::structured(pending_body(id, Some(&record), approval.as_ref())),
             Err(e) => failed(e.into()),
         }
@@ -313,7 +313,7 @@ impl AirlockMcp {
         let approval = if record.state.is_final() {
             None
         } else {
-            super::api::awaited_approval(store.as_ref(), &record)?
+            super::auth::awaited_approval(store.as_ref(), &record)?
         };
         Ok((Some(record), approval))
     }

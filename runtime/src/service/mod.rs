@@ -17,6 +17,7 @@
 //!   approved from another process (the CLI).
 
 pub mod api;
+pub mod auth;
 pub mod connections;
 pub mod console;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod model;
 pub mod observe;
 pub mod openapi;
 pub mod ratelimit;
+pub mod routes;
 pub mod unauthenticated;
 
 use crate::error::Error;
@@ -471,7 +473,7 @@ pub async fn serve(
         max_unauthenticated: service.settings.max_unauthenticated,
         max_unauthenticated_per_source: service.settings.max_unauthenticated_per_source,
     };
-    let app = api::router(service.clone());
+    let app = routes::router(service.clone());
     let metrics = match service.settings.metrics_listen {
         None => None,
         Some(addr) => {

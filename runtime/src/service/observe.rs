@@ -13,7 +13,7 @@
 //!   time, peer) and is counted in `airlock_http_requests_total`.
 
 use super::Service;
-use super::api::Authenticated;
+use super::auth::Authenticated;
 use super::connections::Peer;
 use super::error::ApiError;
 use crate::metrics;

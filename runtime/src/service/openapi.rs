@@ -4,7 +4,7 @@
 //! It is generated (`utoipa`): each route's operation from its handler's
 //! `#[utoipa::path]`, each body's schema from the type the handler
 //! serializes (`super::model`), and the router is built from the same list
-//! (`super::api::documented`), so a route cannot be served undescribed nor
+//! (`documented`), so a route cannot be served undescribed nor
 //! a response drift from its schema. Added here: the errors every
 //! authenticated operation can answer, `/mcp` (served by the MCP library,
 //! not a handler of ours), and, asked with a bearer token, the argument
@@ -13,13 +13,21 @@
 //! `ACTION.FUNCTION.args` and `ACTION.FUNCTION.result`. A test validates
 //! the document (`openapi-spec-validator`).
 
+use super::Service;
+use super::api;
+use super::model::ErrorBody;
 use crate::action::PreparedAction;
+use crate::identity::Caller;
+use axum::Json;
+use axum::extract::State;
 use serde_json::{Value, json};
 use std::sync::{Arc, LazyLock};
+
+type Shared = Arc<Service>;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 /// The generated part of the document: info, the bearer scheme; the
-/// operations and schemas come from the router (`super::api::documented`).
+/// operations and schemas come from the router (`documented`).
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(
@@ -138,7 +146,7 @@ fn mcp_path() -> Value {
 /// The document every caller gets: generated, with the common errors and
 /// `/mcp` added. Built once.
 pub(super) static BASE: LazyLock<Value> = LazyLock::new(|| {
-    let (_, api) = super::api::documented().split_for_parts();
+    let (_, api) = documented().split_for_parts();
     let mut doc = match serde_json::to_value(&api) {
         Ok(doc) => doc,
         Err(e) => {
@@ -192,4 +200,55 @@ pub fn document(actions: &[(String, Arc<PreparedAction>)]) -> Value {
         schemas.extend(action_schemas);
     }
     doc
+}
+
+/// Every route of the API with its handler, each described by the
+/// handler's own `#[utoipa::path]` and the types it takes and returns: the
+/// router and the OpenAPI document are built from this one list, so no
+/// route can go undescribed (`BASE` adds `/mcp`, which the MCP library serves,
+/// and [`document`] what the caller may invoke).
+pub(super) fn documented() -> utoipa_axum::router::OpenApiRouter<Shared> {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(api::health))
+        .routes(routes!(api::ready))
+        .routes(routes!(openapi))
+        .routes(routes!(api::actions))
+        .routes(routes!(api::invoke, api::list_invocations))
+        .routes(routes!(api::invocation))
+        .routes(routes!(api::approvals))
+        .routes(routes!(api::approval))
+        .routes(routes!(api::approve))
+        .routes(routes!(api::deny))
+        .routes(routes!(api::audit))
+        .routes(routes!(api::audit_verify))
+        .routes(routes!(api::cluster))
+        .routes(routes!(super::observe::scrape))
+        .routes(routes!(super::mcp::resource_metadata))
+        .routes(routes!(super::mcp::mcp_resource_metadata))
+}
+
+/// This document
+///
+/// Asked with a bearer token (optional), with the argument and result
+/// schemas of the functions that identity may invoke (never another's).
+#[utoipa::path(get, path = "/v1/openapi.json", operation_id = "openapi", security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "the OpenAPI document", body = Object),
+        (status = 401, description = "a token was sent and is unknown or revoked", body = ErrorBody)))]
+pub(super) async fn openapi(State(service): State<Shared>, caller: Option<axum::Extension<Caller>>) -> Json<Value> {
+    let actions: Vec<(String, Arc<crate::action::PreparedAction>)> = match caller {
+        None => Vec::new(),
+        Some(axum::Extension(caller)) => service
+            .runtime
+            .action_names()
+            .into_iter()
+            .filter_map(|name| {
+                let action = service.runtime.action(&name)?.clone();
+                action.decisions.may_list(&caller).then_some((name, action))
+            })
+            .collect(),
+    };
+    Json(document(&actions))
 }

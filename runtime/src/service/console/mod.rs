@@ -130,7 +130,7 @@ pub fn router() -> axum::Router<Shared> {
 /// The value of cookie `name`, if the request carries exactly one of that
 /// name: of two, neither is taken (the gate refuses such requests first).
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    if super::gate::cookie_count(headers, name) != 1 {
+    if super::auth::cookie_count(headers, name) != 1 {
         return None;
     }
     headers
@@ -384,7 +384,7 @@ async fn home(State(service): State<Shared>, SignedIn { caller, session }: Signe
     // Only what this caller may see, read until enough are found: other
     // callers' requests cannot push its own off the page.
     let list = service.runtime.store().and_then(|s| {
-        Ok(super::api::first_visible(
+        Ok(super::auth::first_visible(
             LIST_LENGTH,
             |n| s.approvals(Some(ApprovalState::Pending), n),
             |a| may_see_approval(&service, &caller, a),
@@ -457,7 +457,7 @@ async fn decide(
 
 async fn invocations_page(State(service): State<Shared>, SignedIn { caller, session }: SignedIn) -> Response {
     let list = service.runtime.store().and_then(|s| {
-        Ok(super::api::first_visible(
+        Ok(super::auth::first_visible(
             LIST_LENGTH,
             |n| s.invocations(None, n),
             |i| may_see_invocation(&service, &caller, i),
