@@ -287,24 +287,29 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The request without its credentials: the values of its `Authorization`
-/// and `Cookie` headers and of every `token=` form field are left out.
+/// The request without its credentials: its `Authorization` and `Cookie`
+/// headers, and every `token=` field of its body (the console's sign-in
+/// form), are left out.
 fn outside_credentials(raw: &[u8]) -> Vec<u8> {
+    let (head, body) = match raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(at) => (&raw[..at + 4], &raw[at + 4..]),
+        None => (raw, &[][..]),
+    };
     let mut out = Vec::with_capacity(raw.len());
-    for line in raw.split_inclusive(|b| *b == b'\n') {
+    for line in head.split_inclusive(|b| *b == b'\n') {
         let lower = line.to_ascii_lowercase();
-        if lower.starts_with(b"authorization:") || lower.starts_with(b"cookie:") {
-            continue;
+        if !lower.starts_with(b"authorization:") && !lower.starts_with(b"cookie:") {
+            out.extend_from_slice(line);
         }
-        let mut rest = line;
-        while let Some(at) = rest.windows(6).position(|w| w == b"token=") {
-            out.extend_from_slice(&rest[..at]);
-            rest = &rest[at + 6..];
-            let end = rest.iter().position(|b| *b == b'&').unwrap_or(rest.len());
-            rest = &rest[end..];
-        }
-        out.extend_from_slice(rest);
     }
+    let mut rest = body;
+    while let Some(at) = rest.windows(6).position(|w| w == b"token=") {
+        out.extend_from_slice(&rest[..at]);
+        rest = &rest[at + 6..];
+        let end = rest.iter().position(|b| *b == b'&').unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.extend_from_slice(rest);
     out
 }
 
