@@ -1086,6 +1086,9 @@ fn queries(d: &Path) -> Vec<(Vec<String>, Vec<String>)> {
             expected(d, |_| true),
         ),
     ];
+    // A prefix every invocation's id has: every record (each belongs to an
+    // invocation here).
+    out.push((vec!["--invocation".into(), String::new()], expected(d, |_| true)));
     // A window holding every record from the first probe's start on.
     let start_ts = all
         .iter()
@@ -1148,6 +1151,13 @@ fn an_edited_index_never_changes_what_a_query_returns_and_verify_reports_it() {
     let call = seq_of(&|e| matches!(e, Event::HostCall(c) if *c.invocation == **p1 && c.call == 1));
     let finish = seq_of(&|e| matches!(e, Event::InvocationFinished(f) if f.invocation == *p1));
     let hello = seq_of(&|e| matches!(e, Event::InvocationStarted(s) if s.action == "hello"));
+    let hello_id = all
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::InvocationStarted(s) if s.action == "hello" => Some(s.invocation.clone()),
+            _ => None,
+        })
+        .unwrap();
     let inv = |id: &str| format!("(SELECT rowid FROM invocations WHERE id = '{id}')");
     let edits = [
         (
@@ -1188,6 +1198,13 @@ fn an_edited_index_never_changes_what_a_query_returns_and_verify_reports_it() {
         (
             "an invocation's row deleted",
             format!("DELETE FROM invocations WHERE id = '{p1}'"),
+        ),
+        (
+            // Found by the audit_index fuzz target: the last invocation's
+            // records, pointing at nothing, fell outside a prefix query's
+            // answer after its last record, where nothing looked.
+            "the last invocation's row deleted",
+            format!("DELETE FROM invocations WHERE id = '{hello_id}'"),
         ),
         (
             "a record's time moved",

@@ -266,11 +266,19 @@ fuzz_target!(|data: &[u8]| {
     let expected = scanned(dir, &input.filter, newest);
     let actual = selected(dir, &input.filter, newest);
     if let (Some(expected), Some(actual)) = (&expected, &actual) {
-        assert_eq!(
-            actual, expected,
-            "a query through the damaged index answered otherwise than the log ({:?})",
-            input.filter
-        );
+        if actual != expected {
+            let seqs = |lines: &[Vec<u8>]| {
+                lines
+                    .iter()
+                    .map(|l| String::from_utf8_lossy(&l[..l.len().min(16)]).into_owned())
+                    .collect::<Vec<_>>()
+            };
+            panic!(
+                "a query through the damaged index answered otherwise than the log\n{input:#?}\nindex: {:?}\nlog:   {:?}",
+                seqs(actual),
+                seqs(expected)
+            );
+        }
     }
     // `audit verify`'s comparison: what it finds it repairs.
     if let Ok(first) = compare_with_log(dir) {

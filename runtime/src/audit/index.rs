@@ -488,7 +488,8 @@ impl Index {
     /// has none (both cheap: the primary key and the invocation index
     /// answer them). With `thorough`, also one row for every record and no
     /// row pointing at an invocation that is not there, which reads every
-    /// row (action and caller queries, which read every invocation anyway).
+    /// row (action, caller and id-prefix queries, which read every
+    /// invocation anyway).
     pub(crate) fn check_shape(&self, reader: &mut BufReader<std::fs::File>, thorough: bool) -> Result<(), String> {
         let position = Self::position(&self.conn).map_err(|e| e.to_string())?;
         let want = i64::try_from(position.next_seq).unwrap_or(i64::MAX);

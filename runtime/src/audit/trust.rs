@@ -8,8 +8,9 @@
 //! themselves that the answer is the log's:
 //!
 //! - **shape**: no row past the indexed position, no record of an
-//!   invocation indexed as nobody's; for action and caller queries also one
-//!   row per record and no row pointing at a missing invocation;
+//!   invocation indexed as nobody's; for action, caller and id-prefix
+//!   queries also one row per record and no row pointing at a missing
+//!   invocation;
 //! - **each record returned matches the query**, judged from its own
 //!   content: its invocation id, its own time, and the action and caller
 //!   named by its invocation's opening record (started, refused or
@@ -69,11 +70,11 @@ fn closes(event: &Event) -> bool {
 pub(crate) fn check(index: &Index, filter: &Filter, newest: Option<usize>, hits: &[Hit]) -> Result<(), String> {
     let mut reader = index.reader().map_err(|e| e.reason)?;
     let by_owner = filter.action.is_some() || filter.caller.is_some();
-    index.check_shape(&mut reader, by_owner)?;
-    // An invocation renamed in the index would hide from a prefix that
-    // matches others too (a whole id that finds nothing is confirmed by a
-    // scan instead).
+    // An invocation renamed in the index, or its row deleted (its records
+    // then point at nothing), would hide from a prefix that matches others
+    // too (a whole id that finds nothing is confirmed by a scan instead).
     let by_prefix = filter.invocation.as_ref().is_some_and(|p| p.len() < INVOCATION_ID_LEN);
+    index.check_shape(&mut reader, by_owner || by_prefix)?;
     if by_owner || by_prefix {
         check_invocation_rows(index, &mut reader)?;
     }
