@@ -27,11 +27,15 @@ fi
 # The `http` and `mcp_stdio` targets serve the example actions: built
 # here, in the project's own target directory, before that is pointed
 # elsewhere.
-if [ "${1:-}" != list ]; then
-    bash scripts/build-components.sh
-fi
-AIRLOCK_FUZZ_COMPONENTS="${CARGO_TARGET_DIR:-$root/target}/wasm32-wasip2/release"
-export AIRLOCK_FUZZ_COMPONENTS
+case "${1:-}" in
+smoke | run | merge) bash scripts/build-components.sh ;;
+esac
+components="${CARGO_TARGET_DIR:-$root/target}"
+case $components in
+/*) ;;
+*) components="$root/$components" ;;
+esac
+export AIRLOCK_FUZZ_COMPONENTS="$components/wasm32-wasip2/release"
 export RUSTC_BOOTSTRAP=1
 # One target directory for the project (target/), the fuzz builds in their
 # own corner of it: instrumented artifacts never mix with the others.

@@ -31,7 +31,9 @@ static ENGINE: LazyLock<wasmtime::Engine> = LazyLock::new(|| {
 /// The manifest of the last input that compiled, to diff the next against.
 static LAST: Mutex<Option<Manifest>> = Mutex::new(None);
 
-fuzz_target!(|data: &[u8]| {
+// The setup runs before the first input, not inside it (where it would
+// count against libFuzzer's -timeout).
+fuzz_target!(init: { LazyLock::force(&ENGINE); }, |data: &[u8]| {
     let cache = ArtifactCache::disabled();
     let Ok((bytes, _component, manifest, from_cache)) =
         compile_bytes(&ENGINE, &cache, Path::new("fuzz.wasm"), data.to_vec())

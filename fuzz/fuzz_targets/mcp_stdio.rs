@@ -16,8 +16,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-/// How long the server may take to answer everything and stop.
-const PATIENCE: Duration = Duration::from_secs(8);
+/// How long the server may take to answer everything, and then to stop:
+/// both within libFuzzer's -timeout=10, so a hang is reported as one.
+const PATIENCE: Duration = Duration::from_secs(4);
 
 struct World {
     service: Arc<Service>,
@@ -80,7 +81,9 @@ invoke = ["role:agent"]
     }
 });
 
-fuzz_target!(|data: &[u8]| {
+// The setup runs before the first input, not inside it (where it would
+// count against libFuzzer's -timeout).
+fuzz_target!(init: { LazyLock::force(&WORLD); }, |data: &[u8]| {
     let world = &*WORLD;
     let output = world.runtime.block_on(async {
         let (client, server) = tokio::io::duplex(64 * 1024);
@@ -101,8 +104,9 @@ fuzz_target!(|data: &[u8]| {
         let read = tokio::time::timeout(PATIENCE, client_read.read_to_end(&mut output)).await;
         let stopped = tokio::time::timeout(PATIENCE, serving).await;
         writer.abort();
-        assert!(read.is_ok(), "the server did not stop writing after its input ended");
-        assert!(stopped.is_ok(), "the server did not stop after its input ended");
+        let shown = String::from_utf8_lossy(data);
+        assert!(read.is_ok(), "the server did not stop writing after its input ended:\n{shown}");
+        assert!(stopped.is_ok(), "the server did not stop after its input ended:\n{shown}");
         output
     });
     // The token an input holds itself (libFuzzer learns it from the

@@ -519,7 +519,7 @@ pub(super) async fn approval(
 /// A decision, once the caller is known (the gate authenticates before the
 /// body is read): what is wrong with the request (its path or body) is
 /// answered only to an authenticated caller.
-pub(super) async fn decide(
+async fn decide(
     service: Shared,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
@@ -643,7 +643,7 @@ pub(super) async fn audit(
 
 /// `GET /v1/audit` with PostgreSQL: the newest `limit` matches across
 /// every node, each with its `node` (see [`crate::audit::pg::query`]).
-pub(super) async fn audit_pg(
+async fn audit_pg(
     pg: crate::store::settings::PgSettings,
     filter: crate::audit::query::Filter,
     limit: usize,
@@ -671,10 +671,7 @@ pub(super) async fn audit_pg(
 
 /// `GET /v1/audit/verify` with PostgreSQL: this data directory's log, then
 /// every node's chain and checkpoints.
-pub(super) async fn audit_verify_pg(
-    service: Shared,
-    pg: crate::store::settings::PgSettings,
-) -> Result<Response, ApiError> {
+async fn audit_verify_pg(service: Shared, pg: crate::store::settings::PgSettings) -> Result<Response, ApiError> {
     use crate::audit::pg::verify::{LocalNode, PgVerifyError};
     let dir = crate::audit::dir(&service.policy.runtime.data_dir);
     let node = service.policy.runtime.audit.node_id.clone();

@@ -30,7 +30,7 @@ pub fn bearer_token(header: &str) -> Option<&str> {
 }
 
 /// The caller behind the `Authorization: Bearer` header, rate limited.
-pub async fn authenticate(service: &Service, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub(crate) async fn authenticate(service: &Service, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let mut headers = headers.get_all(header::AUTHORIZATION).iter();
     let header = headers.next().ok_or_else(|| {
         ApiError::new(
@@ -100,7 +100,10 @@ pub fn cookie_count(headers: &HeaderMap, name: &str) -> usize {
 /// The approval request an unfinished invocation waits for now, if any:
 /// its invocation-level request while that is pending, or a pending request
 /// its running instance made (a held host call, or the guest's own).
-pub fn awaited_approval(store: &dyn Store, record: &InvocationRecord) -> Result<Option<ApprovalRecord>, StoreError> {
+pub(crate) fn awaited_approval(
+    store: &dyn Store,
+    record: &InvocationRecord,
+) -> Result<Option<ApprovalRecord>, StoreError> {
     if let Some(id) = &record.approval
         && let Some(a) = store.approval(id)?.filter(|a| a.state == ApprovalState::Pending)
     {
@@ -123,7 +126,7 @@ pub fn awaited_approval(store: &dyn Store, record: &InvocationRecord) -> Result<
 /// filtered afterwards, could be filled with records of other callers and
 /// hide the caller's own: read ever longer prefixes until `want` are kept
 /// or the store has no more.
-pub fn first_visible<T>(
+pub(crate) fn first_visible<T>(
     want: usize,
     fetch: impl Fn(usize) -> Result<Vec<T>, StoreError>,
     keep: impl Fn(&T) -> bool,

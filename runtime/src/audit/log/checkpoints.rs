@@ -1,7 +1,8 @@
-//! Checkpoints: when the writer signs one (every [`CHECKPOINT_EVERY`]
-//! records, or [`CHECKPOINT_INTERVAL`] after the last unsigned record), how
-//! it is written (and mirrored to PostgreSQL), and reading the last one
-//! back from `checkpoints.jsonl`, repairing a torn last line.
+//! Checkpoints: when the writer signs one (once any record is unsigned:
+//! at once when [`CHECKPOINT_EVERY`] are, else the writer's checkpoint
+//! interval after the last checkpoint), how it is written (and mirrored to
+//! PostgreSQL), and reading the last one back from `checkpoints.jsonl`,
+//! repairing a torn last line.
 
 use super::*;
 
