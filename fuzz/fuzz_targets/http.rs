@@ -18,9 +18,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// How long one request may take before the target stops reading (a
@@ -36,12 +39,6 @@ struct World {
     secrets: Vec<String>,
     _runtime: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
-}
-
-fn components() -> std::path::PathBuf {
-    std::env::var_os("AIRLOCK_FUZZ_COMPONENTS")
-        .map(Into::into)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/wasm32-wasip2/release").into())
 }
 
 /// One raw HTTP/1.1 exchange: the status and the whole answer (cut at
@@ -111,19 +108,9 @@ fn after<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
 }
 
 static WORLD: LazyLock<World> = LazyLock::new(|| {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let hello = components().join("hello.wasm");
-    assert!(
-        hello.exists(),
-        "{} is missing: run scripts/build-components.sh (scripts/fuzz.sh does)",
-        hello.display()
-    );
-    let hello = format!("{:?}", hello.display().to_string());
-    let config = dir.path().join("airlock.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let hello = common::hello_component();
+    let (dir, service) = common::start(&format!(
+        r#"
 [runtime]
 data-dir = "data"
 
@@ -146,17 +133,8 @@ approve = ["role:reviewer"]
 [actions.deploy.approval]
 invocation = true
 "#
-        ),
-    )
-    .expect("write the config");
-    let policy = airlock::policy::Policy::load(&config).expect("the fuzz config loads");
-    let service = Arc::new(airlock::service::Service::load(policy).expect("the service starts"));
-    let store = service.runtime.store().expect("the store opens");
-    let token = |name: &str, kind, roles: &[&str]| {
-        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
-        let (minted, _) = airlock::identity::create_token(store.as_ref(), name, kind, &roles).expect("a token is made");
-        minted.value.as_str().to_string()
-    };
+    ));
+    let token = |name: &str, kind, roles: &[&str]| common::token(&service, name, kind, roles);
     let agent = token("fuzz-agent", airlock::identity::IdentityKind::Agent, &["agent"]);
     let reviewer = token(
         "fuzz-reviewer",

@@ -11,6 +11,9 @@
 use airlock::service::Service;
 use airlock::service::mcp::AirlockMcp;
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
 use rmcp::ServiceExt as _;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -27,47 +30,25 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
-fn components() -> std::path::PathBuf {
-    std::env::var_os("AIRLOCK_FUZZ_COMPONENTS")
-        .map(Into::into)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/wasm32-wasip2/release").into())
-}
-
 static WORLD: LazyLock<World> = LazyLock::new(|| {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let hello = components().join("hello.wasm");
-    assert!(
-        hello.exists(),
-        "{} is missing: run scripts/build-components.sh (scripts/fuzz.sh does)",
-        hello.display()
-    );
-    let config = dir.path().join("airlock.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let (dir, service) = common::start(&format!(
+        r#"
 [runtime]
 data-dir = "data"
 
 [actions.hello]
-component = {:?}
+component = {}
 [actions.hello.access]
 invoke = ["role:agent"]
 "#,
-            hello.display().to_string()
-        ),
-    )
-    .expect("write the config");
-    let policy = airlock::policy::Policy::load(&config).expect("the fuzz config loads");
-    let service = Arc::new(Service::load(policy).expect("the service starts"));
-    let store = service.runtime.store().expect("the store opens");
-    let (minted, _) = airlock::identity::create_token(
-        store.as_ref(),
+        common::hello_component()
+    ));
+    let token = common::token(
+        &service,
         "fuzz-agent",
         airlock::identity::IdentityKind::Agent,
-        &["agent".to_string()],
-    )
-    .expect("a token is made");
+        &["agent"],
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -75,7 +56,7 @@ invoke = ["role:agent"]
         .expect("a tokio runtime");
     World {
         service,
-        token: minted.value.as_str().to_string(),
+        token,
         runtime,
         _dir: dir,
     }
