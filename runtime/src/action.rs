@@ -8,7 +8,7 @@ use crate::cache::ArtifactCache;
 use crate::capabilities::{self, Grants};
 use crate::catalog::ImportClass;
 use crate::error::Error;
-use crate::invocation::InvocationState;
+use crate::host_call::InvocationState;
 use crate::manifest::Manifest;
 use crate::policy::{ActionPolicy, Digest, GrantOrigin};
 use std::path::Path;
@@ -372,7 +372,7 @@ impl PreparedAction {
         caller: &crate::identity::Caller,
         function: &str,
         args: &serde_json::Value,
-        intent: Option<&crate::invocation::Intent>,
+        intent: Option<&crate::request::Intent>,
     ) -> Option<std::sync::Arc<crate::approval::gate::Gate>> {
         let policy = &self.policy;
         if policy.approval.host_calls.is_empty()
@@ -403,7 +403,7 @@ impl PreparedAction {
         caller: &crate::identity::Caller,
         function: &str,
         args: &serde_json::Value,
-        intent: Option<&crate::invocation::Intent>,
+        intent: Option<&crate::request::Intent>,
     ) -> crate::approval::NewRequest {
         let policy = &self.policy;
         crate::approval::NewRequest {

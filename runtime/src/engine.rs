@@ -38,7 +38,7 @@ pub fn build(settings: &RuntimeSettings) -> wasmtime::Result<Engine> {
         .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
         .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
         .max_memory_size(MAX_MEMORY_BYTES as usize)
-        .table_elements(crate::invocation::MAX_TABLE_ELEMENTS);
+        .table_elements(crate::host_call::MAX_TABLE_ELEMENTS);
 
     let mut config = Config::new();
     config

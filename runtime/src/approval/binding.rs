@@ -46,7 +46,7 @@ impl Binding<'_> {
         if let (Some(reason), Some(map)) = (self.reason, doc.as_object_mut()) {
             map.insert("reason".into(), Value::String(reason.to_string()));
         }
-        let doc = crate::invocation::canonical(&doc);
+        let doc = crate::values::canonical(&doc);
         let bytes = serde_json::to_vec(&doc).unwrap_or_default();
         format!("blake3:{}", blake3::hash(&bytes).to_hex())
     }

@@ -2,8 +2,8 @@
 //! call until people decide, and keeping that wait off the clock.
 
 use super::{ApprovalPolicy, Approvals, CallRule, NewRequest, Target};
+use crate::call::{BoxFuture, CallGate, Decision, GuestAnswer, HostCall};
 use crate::error::Error;
-use crate::host_call::{Decision, HostCall};
 use crate::policy::engine::{GroupNeed, HostPolicies, HostTarget, HostVerdict};
 use crate::store::{ApprovalKind, ApprovalRecord, ApprovalState};
 use serde_json::{Value, json};
@@ -288,7 +288,7 @@ impl Gate {
     /// Hold `call` if a rule matches what it does: `None` when no rule
     /// does, else the approval id that released it or the denial.
     pub async fn hold(&self, call: &HostCall) -> Option<Result<String, Decision>> {
-        let hold = match self.judge(&call.targets, &call_function(call)) {
+        let hold = match self.judge(&call.targets, &call.function_name()) {
             Judgement::Pass => return None,
             Judgement::Deny { rule, reason } => return Some(Err(Decision::deny(rule, reason))),
             Judgement::Hold(hold) => hold,
@@ -461,9 +461,46 @@ fn request_ttl(record: &ApprovalRecord) -> Duration {
     Duration::from_micros(record.expires_at.saturating_sub(record.created_at))
 }
 
-/// A call's function as host-call policies see it (`context.function`).
-pub fn call_function(call: &HostCall) -> String {
-    format!("{}.{}", call.interface, call.function)
+/// The choke point's view of the gate (see [`crate::call::CallGate`]).
+impl CallGate for Gate {
+    fn judge(&self, targets: &[Target], function: &str) -> crate::call::Judgement {
+        match Gate::judge(self, targets, function) {
+            Judgement::Pass => crate::call::Judgement::Pass,
+            Judgement::Deny { rule, reason } => crate::call::Judgement::Deny { rule, reason },
+            Judgement::Hold(hold) => crate::call::Judgement::Hold { rule: hold.rule },
+        }
+    }
+
+    fn holds_back(&self, targets: &[Target], function: &str) -> bool {
+        Gate::holds_back(self, targets, function)
+    }
+
+    fn hold<'a>(&'a self, call: &'a HostCall) -> BoxFuture<'a, Option<Result<String, Decision>>> {
+        Box::pin(Gate::hold(self, call))
+    }
+
+    fn ask_for_guest(&self, subject: Value) -> BoxFuture<'_, Result<GuestAnswer, Error>> {
+        Box::pin(async move {
+            let record = Gate::ask_for_guest(self, subject).await?;
+            Ok(match record.state {
+                ApprovalState::Approved => GuestAnswer::Approved,
+                ApprovalState::Expired => GuestAnswer::Expired,
+                _ => GuestAnswer::Denied(
+                    record
+                        .reason
+                        .unwrap_or_else(|| format!("request {} {}", record.id, record.state)),
+                ),
+            })
+        })
+    }
+
+    fn resolve(&self, path: &str) -> Option<String> {
+        Gate::resolve(self, path)
+    }
+
+    fn waited(&self) -> Duration {
+        Gate::waited(self)
+    }
 }
 
 /// Most `airlock:cap/approval` requests one invocation may make.

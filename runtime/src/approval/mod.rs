@@ -103,7 +103,7 @@ pub struct NewRequest {
     pub policies: Vec<String>,
     pub why: Option<String>,
     /// The agent's stated reason and trace, shown to reviewers.
-    pub intent: Option<crate::invocation::Intent>,
+    pub intent: Option<crate::request::Intent>,
     /// After this long undecided, this group may decide too.
     pub escalation: Option<(Duration, crate::store::GroupRules)>,
 }

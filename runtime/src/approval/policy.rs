@@ -200,20 +200,7 @@ impl ApprovalPolicy {
     }
 }
 
-/// What a host call does, in the terms gate rules are written in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Http {
-        method: String,
-        url: url::Url,
-    },
-    /// `path` is relative to the granted directory; `None` when it cannot
-    /// be told (it then matches every files rule: fail closed).
-    Files {
-        write: bool,
-        path: Option<String>,
-    },
-}
+pub use crate::call::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GatedCapability {

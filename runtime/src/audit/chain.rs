@@ -84,12 +84,7 @@ pub fn decode(line: &[u8], prev: &[u8; 32]) -> Result<Record, String> {
     Ok(Record { entry, hash: stored })
 }
 
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    super::encode::hex_into(&mut out, bytes);
-    out.into_iter().map(char::from).collect()
-}
+pub use crate::hex::hex;
 
 /// Parse 64 lowercase hex digits (the only spelling airlock writes, so a
 /// case change is a change).

@@ -198,14 +198,7 @@ fn hex64(bytes: &[u8; 32]) -> [u8; 64] {
     out
 }
 
-/// Lowercase hex of `bytes`, appended.
-pub fn hex_into(buf: &mut Vec<u8>, bytes: &[u8]) {
-    buf.reserve(bytes.len() * 2);
-    for &b in bytes {
-        buf.push(DIGITS[usize::from(b >> 4)]);
-        buf.push(DIGITS[usize::from(b & 0x0f)]);
-    }
-}
+pub use crate::hex::hex_into;
 
 /// A JSON string, escaped as `serde_json` escapes it: `"`, `\` and the
 /// control characters below U+0020 (the short forms where JSON has them,

@@ -2,16 +2,15 @@
 //!
 //! The request is bound to the invocation (see [`crate::approval::binding`])
 //! and to the summary and detail the action gives; the call waits for the
-//! decision through the invocation's [`crate::approval::gate::Gate`], off
+//! decision through the invocation's approval gate ([`crate::call::CallGate`]), off
 //! the invocation's clock, and the request expires when the action's
 //! `approval.wait-secs` runs out.
 
 use super::Capability;
 use super::bindings::airlock::cap::approval as wit;
+use crate::call::{Decision, GuestAnswer, HostCall};
 use crate::catalog::CapabilityKind;
-use crate::host_call::{Decision, HostCall};
-use crate::invocation::{InvocationState, StateBuilder};
-use crate::store::ApprovalState;
+use crate::host_call::{InvocationState, StateBuilder};
 use wasmtime::component::{HasSelf, Linker};
 
 /// Longest summary, in bytes.
@@ -94,18 +93,14 @@ impl wit::Host for InvocationState {
                     };
                     let subject = serde_json::json!({ "summary": summary, "detail": detail });
                     calls.flush_queued();
-                    let record = gate
+                    let answer = gate
                         .ask_for_guest(subject)
                         .await
                         .map_err(|e| NotApproved::Unavailable(e.to_string()))?;
-                    match record.state {
-                        ApprovalState::Approved => Ok(()),
-                        ApprovalState::Expired => Err(NotApproved::Expired),
-                        _ => Err(NotApproved::Denied(
-                            record
-                                .reason
-                                .unwrap_or_else(|| format!("request {} {}", record.id, record.state)),
-                        )),
+                    match answer {
+                        GuestAnswer::Approved => Ok(()),
+                        GuestAnswer::Expired => Err(NotApproved::Expired),
+                        GuestAnswer::Denied(reason) => Err(NotApproved::Denied(reason)),
                     }
                 },
             )

@@ -17,7 +17,7 @@
 //! reach a baseline function that skips the count: the linker only ever
 //! sees the counting implementations below.
 
-use crate::invocation::InvocationState;
+use crate::host_call::InvocationState;
 use wasmtime::Result;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::cli::WasiCliCtxView;
@@ -155,7 +155,7 @@ impl HasData for Cli {
 fn io_view(s: &mut InvocationState) -> Counted<'_, &mut ResourceTable> {
     Counted {
         inner: &mut s.table,
-        counts: &mut s.baseline,
+        counts: s.slots.get_or_default(),
     }
 }
 
@@ -165,14 +165,14 @@ fn clocks_view(s: &mut InvocationState) -> Counted<'_, WasiClocksCtxView<'_>> {
             ctx: s.wasi.clocks(),
             table: &mut s.table,
         },
-        counts: &mut s.baseline,
+        counts: s.slots.get_or_default(),
     }
 }
 
 fn random_view(s: &mut InvocationState) -> Counted<'_, &mut WasiRandomCtx> {
     Counted {
         inner: s.wasi.random(),
-        counts: &mut s.baseline,
+        counts: s.slots.get_or_default(),
     }
 }
 
@@ -182,7 +182,7 @@ fn cli_view(s: &mut InvocationState) -> Counted<'_, WasiCliCtxView<'_>> {
             ctx: s.wasi.cli(),
             table: &mut s.table,
         },
-        counts: &mut s.baseline,
+        counts: s.slots.get_or_default(),
     }
 }
 

@@ -15,7 +15,7 @@ use super::Capability;
 use super::bindings::airlock::cap::config as wit;
 use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, Denied, HostCall};
-use crate::invocation::{InvocationState, StateBuilder};
+use crate::host_call::{InvocationState, StateBuilder};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
@@ -122,7 +122,7 @@ impl Capability for ConfigCapability {
     }
 
     fn prepare(grant: &ConfigGrant, state: &mut StateBuilder) -> anyhow::Result<()> {
-        state.config = Some(ConfigState {
+        state.slots.insert(ConfigState {
             values: grant.values.clone(),
         });
         Ok(())
@@ -144,7 +144,11 @@ impl wit::Host for InvocationState {
             call,
             |_| Decision::allow("grants.config"),
             |state| {
-                let value = state.config.as_ref().and_then(|c| c.values.get(&key)).cloned();
+                let value = state
+                    .slots
+                    .get::<ConfigState>()
+                    .and_then(|c| c.values.get(&key))
+                    .cloned();
                 let status = if value.is_some() { "ok" } else { "none: not set" };
                 Found(value, status)
             },

@@ -11,7 +11,7 @@ use super::Capability;
 use super::bindings::airlock::cap::credentials as wit;
 use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, HostCall};
-use crate::invocation::{InvocationState, StateBuilder};
+use crate::host_call::{InvocationState, StateBuilder};
 use crate::outbound::{Destination, Origin, Redactor};
 use crate::vault::{LiveVault, SecretValue};
 use base64::Engine as _;
@@ -372,7 +372,9 @@ impl Capability for CredentialsCapability {
     }
 
     fn prepare(grant: &CredentialsGrant, state: &mut StateBuilder) -> anyhow::Result<()> {
-        state.credentials = Arc::new(CredentialStore::new(grant.clone(), state.vault.clone()));
+        state
+            .slots
+            .insert(Arc::new(CredentialStore::new(grant.clone(), state.vault.clone())));
         Ok(())
     }
 
@@ -402,10 +404,20 @@ impl Capability for CredentialsCapability {
 
 const IFACE: &str = "airlock:cap/credentials";
 
+/// The invocation's credentials, if the action holds a credentials grant.
+fn bound_in(state: &InvocationState) -> Option<&CredentialStore> {
+    state.slots.get::<Arc<CredentialStore>>().map(Arc::as_ref)
+}
+
+/// The invocation's credentials: none bound without a credentials grant.
+pub(crate) fn credentials_of(state: &InvocationState) -> Arc<CredentialStore> {
+    state.slots.get::<Arc<CredentialStore>>().cloned().unwrap_or_default()
+}
+
 impl wit::Host for InvocationState {
     fn get(&mut self, name: String) -> wasmtime::Result<Result<Resource<CredentialHandle>, wit::CredentialError>> {
         let call = HostCall::new(IFACE, "get").arg("name", name.chars().take(128).collect::<String>());
-        let bound = self.credentials.binding(&name).is_some();
+        let bound = bound_in(self).is_some_and(|c| c.binding(&name).is_some());
         let decided = self.host_call(
             call,
             |_| {
@@ -434,7 +446,7 @@ impl wit::Host for InvocationState {
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<Vec<u8>, wit::CredentialError>> {
         let name = self.table.get(&credential)?.name.clone();
-        let algorithm = self.credentials.binding(&name).and_then(|b| b.sign);
+        let algorithm = bound_in(self).and_then(|c| c.binding(&name)).and_then(|b| b.sign);
         let call = HostCall::new(IFACE, "sign")
             .arg("credential", &name)
             .arg("bytes", data.len())
@@ -449,7 +461,7 @@ impl wit::Host for InvocationState {
                 ),
             },
             |s| {
-                let secret = s.credentials.secret(&name)?;
+                let secret = credentials_of(s).secret(&name)?;
                 Ok(match algorithm {
                     Some(SignAlgorithm::HmacSha512) => hmac::Hmac::<sha2::Sha512>::new_from_slice(secret.expose())
                         .map(|m| m.chain_update(&data).finalize().into_bytes().to_vec()),

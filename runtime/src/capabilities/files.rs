@@ -9,10 +9,10 @@
 
 use super::Capability;
 use super::bindings::airlock::cap::files as wit;
-use crate::approval::Target;
+use crate::call::Target;
 use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, Denied, HostCall};
-use crate::invocation::{InvocationState, StateBuilder};
+use crate::host_call::{InvocationState, StateBuilder};
 use anyhow::Context as _;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
@@ -103,7 +103,7 @@ impl Capability for FilesCapability {
             .wasi
             .preopened_dir(&grant.dir, WASI_MOUNT_POINT, perms)
             .map_err(|e| anyhow::anyhow!("cannot preopen granted directory {}: {e}", grant.dir.display()))?;
-        state.files = Some(FilesState { dir, mode: grant.mode });
+        state.slots.insert(FilesState { dir, mode: grant.mode });
         Ok(())
     }
 
@@ -178,8 +178,8 @@ const IFACE: &str = "airlock:cap/files";
 /// is a host bug; fail the call rather than panic.
 fn files_state(state: &InvocationState) -> Result<&FilesState, wit::FileError> {
     state
-        .files
-        .as_ref()
+        .slots
+        .get::<FilesState>()
         .ok_or_else(|| wit::FileError::Io("files capability is not prepared".into()))
 }
 
@@ -198,7 +198,7 @@ fn decide_read(_: &InvocationState) -> Decision {
 }
 
 fn decide_write(state: &InvocationState) -> Decision {
-    match state.files.as_ref().map(|f| f.mode) {
+    match state.slots.get::<FilesState>().map(|f| f.mode) {
         Some(Mode::ReadWrite) => Decision::allow("grants.files (read-write)"),
         _ => Decision::deny("grants.files (read-only)", "the files grant is read-only"),
     }

@@ -15,9 +15,9 @@
 //! through `wasi:io/streams` and are counted per function like the rest of
 //! the baseline.
 
-use crate::approval::Target;
+use crate::call::Target;
+use crate::host_call::InvocationState;
 use crate::host_call::{Decision, HostCall, HostCalls};
-use crate::invocation::InvocationState;
 use std::time::Instant;
 use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
@@ -61,7 +61,7 @@ fn audited_view(s: &mut InvocationState) -> AuditedFs<'_> {
             ctx: s.wasi.filesystem(),
             table: &mut s.table,
         },
-        paths: &mut s.fs_paths,
+        paths: s.slots.get_or_default(),
     }
 }
 

@@ -18,10 +18,10 @@
 use super::Capability;
 use super::bindings::airlock::cap::http as wit;
 use super::credentials::{CredentialHandle, CredentialStore, CredentialsGrant};
-use crate::approval::Target;
+use crate::call::Target;
 use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, HostCall, HostCalls};
-use crate::invocation::{InvocationState, StateBuilder};
+use crate::host_call::{InvocationState, StateBuilder};
 use crate::outbound::client::send_once;
 use crate::outbound::policy::*;
 use crate::outbound::{Destination, HttpPolicy, Origin, OutboundError, OutboundRequest, OutboundResponse, Redactor};
@@ -184,11 +184,19 @@ impl Capability for HttpCapability {
     }
 
     fn prepare(grant: &HttpGrant, state: &mut StateBuilder) -> anyhow::Result<()> {
-        state.http = Some(HttpState {
+        let http = HttpState {
             grant: Arc::new(grant.clone()),
             budget: Arc::new(RequestBudget::new(grant.policy.max_requests)),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        };
+        // The credentials capability is prepared first (`prepare_granted`),
+        // so its store is in place for `wasi:http`'s inject rules.
+        let creds = state.slots.get::<Arc<CredentialStore>>().cloned().unwrap_or_default();
+        state.slots.insert(WasiHttp {
+            hooks: WasiHttpGate::new(Some(http.clone()), creds, state.host_calls.clone()),
+            ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
         });
+        state.slots.insert(http);
         Ok(())
     }
 
@@ -640,7 +648,7 @@ impl wit::Host for InvocationState {
         };
         let injected = credential
             .as_deref()
-            .and_then(|c| self.credentials.binding(c))
+            .and_then(|c| self.slots.get::<Arc<CredentialStore>>()?.binding(c))
             .and_then(|b| b.inject.as_ref())
             .and_then(|i| i.header_name());
         let follow = request.follow_redirects;
@@ -678,7 +686,7 @@ impl wit::Host for InvocationState {
             });
         }
         let gate = self.host_calls.gate();
-        let function = crate::approval::gate::call_function(&call);
+        let function = call.function_name();
         let gated = move |method: &str, url: &Url| {
             gate.as_ref().is_some_and(|g| {
                 g.holds_back(
@@ -690,7 +698,7 @@ impl wit::Host for InvocationState {
                 )
             })
         };
-        let http = self.http.clone();
+        let http = self.slots.get::<HttpState>().cloned();
         let decision = match (&parsed, &http) {
             (Err(e), _) => Decision::deny("request checks", SendFailure::describe_wit(e)),
             (Ok(_), None) => Decision::deny("grants.http", "no http grant"),
@@ -709,7 +717,7 @@ impl wit::Host for InvocationState {
                 wit::HttpError::Denied(reason)
             }));
         };
-        let creds = self.credentials.clone();
+        let creds = super::credentials::credentials_of(self);
         let outcome = self
             .host_call_async(
                 call,
@@ -815,6 +823,31 @@ fn redacted_url(url: &str) -> String {
     }
 }
 
+/// `wasi:http`'s per-invocation state: the send hook and wasmtime-wasi-http's
+/// own context.
+pub struct WasiHttp {
+    hooks: WasiHttpGate,
+    ctx: wasmtime_wasi_http::WasiHttpCtx,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for InvocationState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        // `wasi:http` is linked only for actions holding an http grant, whose
+        // `prepare` put this in place; should it be missing, every request is
+        // denied (and recorded) as having no grant.
+        let calls = &self.host_calls;
+        let WasiHttp { hooks, ctx } = self.slots.get_or_insert_with(|| WasiHttp {
+            hooks: WasiHttpGate::new(None, Arc::default(), calls.clone()),
+            ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
+        });
+        wasmtime_wasi_http::WasiHttpCtxView {
+            hooks,
+            table: &mut self.table,
+            ctx,
+        }
+    }
+}
+
 /// The `wasi:http` send hook: the same policy, applied to requests built by
 /// wasmtime-wasi-http from the guest's `outgoing-request`.
 pub struct WasiHttpGate {
@@ -894,7 +927,7 @@ impl WasiHttpHooks for WasiHttpGate {
         let gated = decision.allowed
             && calls
                 .gate()
-                .is_some_and(|g| g.holds_back(&call.targets, &crate::approval::gate::call_function(&call)));
+                .is_some_and(|g| g.holds_back(&call.targets, &call.function_name()));
         Box::new(async move {
             let mut call = call;
             // The guest streams the body after `handle`. A request a gate

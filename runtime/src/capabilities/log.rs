@@ -7,38 +7,14 @@ use super::Capability;
 use super::bindings::airlock::cap::log as wit;
 use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, Denied, HostCall, Live};
-use crate::invocation::{InvocationState, StateBuilder};
+use crate::host_call::{InvocationState, StateBuilder};
 use wasmtime::component::{HasSelf, Linker};
 
 /// The `log` grant. It carries no parameters: `log = true`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogGrant;
 
-/// Severity of a log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Trace,
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-/// One line an action logged.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LogLine {
-    pub level: Level,
-    pub message: String,
-    pub fields: Vec<(String, String)>,
-}
-
-impl LogLine {
-    fn size(&self) -> u64 {
-        let fields: usize = self.fields.iter().map(|(k, v)| k.len() + v.len()).sum();
-        (self.message.len() + fields) as u64
-    }
-}
+pub use crate::host_call::live::{Level, LogLine};
 
 /// Per-invocation log buffer.
 #[derive(Debug, Default)]
@@ -64,7 +40,10 @@ impl Capability for LogCapability {
     }
 
     fn prepare(_grant: &LogGrant, state: &mut StateBuilder) -> anyhow::Result<()> {
-        state.log.cap = state.limits.max_log_bytes;
+        state.slots.insert(LogState {
+            cap: state.limits.max_log_bytes,
+            ..LogState::default()
+        });
         Ok(())
     }
 
@@ -91,14 +70,14 @@ impl wit::Host for InvocationState {
             call,
             |_| Decision::allow("grants.log"),
             |state| {
-                let log = &mut state.log;
+                let log = state.slots.get_or_default::<LogState>();
                 if log.bytes.saturating_add(line.size()) > log.cap {
                     log.dropped += 1;
                     "dropped: log cap reached"
                 } else {
                     log.bytes += line.size();
                     state.host_calls.live(|| Live::Log(line.clone()));
-                    state.log.lines.push(line);
+                    log.lines.push(line);
                     "ok"
                 }
             },

@@ -21,7 +21,7 @@ pub mod http;
 pub mod log;
 
 use crate::catalog::CapabilityKind;
-use crate::invocation::InvocationState;
+use crate::host_call::InvocationState;
 use std::path::Path;
 use wasmtime::component::Linker;
 
@@ -61,7 +61,7 @@ pub trait Capability {
     fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()>;
 
     /// Install the per-invocation state for one invocation under `grant`.
-    fn prepare(grant: &Self::Grant, state: &mut crate::invocation::StateBuilder) -> anyhow::Result<()>;
+    fn prepare(grant: &Self::Grant, state: &mut crate::host_call::StateBuilder) -> anyhow::Result<()>;
 
     /// A one-line summary of the grant for `airlock check`.
     fn describe(grant: &Self::Grant) -> String;
@@ -260,7 +260,7 @@ pub fn link_granted(linker: &mut Linker<InvocationState>, grants: &Grants) -> wa
 }
 
 /// Install per-invocation state for every granted capability.
-pub fn prepare_granted(grants: &Grants, state: &mut crate::invocation::StateBuilder) -> anyhow::Result<()> {
+pub fn prepare_granted(grants: &Grants, state: &mut crate::host_call::StateBuilder) -> anyhow::Result<()> {
     if let Some(g) = &grants.log {
         log::LogCapability::prepare(g, state)?;
     }

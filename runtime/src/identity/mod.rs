@@ -67,7 +67,7 @@ impl Caller {
     /// The local operator: a person at the machine, no token, no roles.
     pub fn local() -> Caller {
         Caller {
-            name: crate::invocation::local_caller(),
+            name: local_caller(),
             kind: IdentityKind::Human,
             roles: Vec::new(),
             token_id: None,
@@ -123,6 +123,27 @@ impl fmt::Display for AccessRule {
             AccessRule::Local => f.write_str("local"),
         }
     }
+}
+
+/// The caller of a local (command-line) invocation: `local:USER`.
+pub fn local_caller() -> String {
+    // The operator does not change while the process runs; looked up once
+    // (it is on every local invocation's path).
+    static LOCAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LOCAL.get_or_init(lookup_local_caller).clone()
+}
+
+fn lookup_local_caller() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty() && u.len() <= 64 && u.chars().all(|c| c.is_ascii_graphic()))
+        .or_else(|| {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata("/proc/self").ok().map(|m| format!("uid-{}", m.uid()))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!("local:{user}")
 }
 
 /// Identity and role names: 1-64 of `a-z 0-9 - _ .`, starting with a letter

@@ -29,7 +29,7 @@ pub fn mint() -> Result<NewToken, String> {
     let mut secret = Zeroizing::new([0u8; 32]);
     getrandom::fill(&mut id).map_err(|e| format!("no secure randomness: {e}"))?;
     getrandom::fill(secret.as_mut()).map_err(|e| format!("no secure randomness: {e}"))?;
-    let id = crate::audit::chain::hex(&id);
+    let id = crate::hex::hex(&id);
     let encoded = Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret.as_ref()));
     Ok(NewToken {
         value: Zeroizing::new(format!("{PREFIX}{id}_{}", encoded.as_str())),

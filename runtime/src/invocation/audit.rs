@@ -8,55 +8,12 @@ use crate::audit::Event;
 use crate::audit::event::{InvocationFinished, InvocationRefused, InvocationStarted};
 use crate::error::Error;
 use crate::identity::Caller;
+use crate::values::canonical;
 use serde_json::Value;
 
 /// Largest canonical JSON of arguments kept in a record; larger arguments
 /// are recorded by digest only.
 pub const MAX_AUDIT_ARGS_BYTES: usize = 4096;
-
-/// A new random invocation id (128 bits, hex).
-pub fn new_invocation_id() -> String {
-    let mut bytes = [0u8; 16];
-    // Without randomness the time keeps ids unique within this process.
-    if getrandom::fill(&mut bytes).is_err() {
-        bytes[..8].copy_from_slice(&crate::time::now_micros().to_be_bytes());
-    }
-    crate::audit::chain::hex(&bytes)
-}
-
-/// The caller of a local (command-line) invocation: `local:USER`.
-pub fn local_caller() -> String {
-    // The operator does not change while the process runs; looked up once
-    // (it is on every local invocation's path).
-    static LOCAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    LOCAL.get_or_init(lookup_local_caller).clone()
-}
-
-fn lookup_local_caller() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty() && u.len() <= 64 && u.chars().all(|c| c.is_ascii_graphic()))
-        .or_else(|| {
-            use std::os::unix::fs::MetadataExt as _;
-            std::fs::metadata("/proc/self").ok().map(|m| format!("uid-{}", m.uid()))
-        })
-        .unwrap_or_else(|| "unknown".into());
-    format!("local:{user}")
-}
-
-/// `value` with object keys sorted at every level: one byte form per value.
-pub fn canonical(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            Value::Object(keys.into_iter().map(|k| (k.clone(), canonical(&map[k]))).collect())
-        }
-        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
-        other => other.clone(),
-    }
-}
 
 fn digest(bytes: &[u8]) -> String {
     format!("blake3:{}", blake3::hash(bytes).to_hex())

@@ -8,24 +8,18 @@
 //! refused request from a misbehaving action.
 
 mod audit;
-pub mod intent;
-mod limiter;
-mod output;
-mod state;
 
-pub use audit::{canonical, local_caller, new_invocation_id};
-
-pub use intent::Intent;
-pub use limiter::{MAX_TABLE_ELEMENTS, MemoryLimiter};
-pub use output::CapturedOutput;
-pub use state::{InvocationState, StateBuilder};
+pub use crate::identity::local_caller;
+pub use crate::request::{Intent, new_invocation_id};
+pub use crate::values::canonical;
 
 use crate::action::{PreparedAction, one_line};
 use crate::capabilities;
-use crate::capabilities::log::LogLine;
+use crate::capabilities::baseline::BaselineCounts;
+use crate::capabilities::log::{LogLine, LogState};
 use crate::engine;
 use crate::error::{Error, LimitExceeded};
-use crate::host_call::{Denied, HostCallCounts, HostCalls};
+use crate::host_call::{CapturedOutput, Denied, HostCallCounts, HostCalls, StateBuilder};
 use crate::identity::Caller;
 use crate::manifest::FunctionSig;
 use crate::values::{self, JsonPath, ValueType};
@@ -458,19 +452,24 @@ impl PreparedAction {
         };
 
         let fuel_consumed = limits.fuel.map(|f| f.saturating_sub(store.get_fuel().unwrap_or(0)));
-        let state = store.into_data();
+        let mut state = store.into_data();
+        let log = state.slots.take::<LogState>().unwrap_or_default();
         Report {
             invocation: invocation.to_string(),
             outcome,
             stdout: stdout.contents(),
             stderr: stderr.contents(),
-            logs: state.log.lines,
-            logs_dropped: state.log.dropped,
+            logs: log.lines,
+            logs_dropped: log.dropped,
             host_calls: state.host_calls.counts(),
             fuel_consumed,
             peak_memory_bytes: state.limiter.peak,
             duration: started.elapsed(),
-            baseline_calls: state.baseline.counts(),
+            baseline_calls: state
+                .slots
+                .get::<BaselineCounts>()
+                .map(BaselineCounts::counts)
+                .unwrap_or_default(),
         }
     }
 }

@@ -424,12 +424,12 @@ pub fn signature(key: &[u8], timestamp: &str, body: &[u8]) -> String {
     mac.update(timestamp.as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("v1={}", crate::audit::chain::hex(&mac.finalize().into_bytes()))
+    format!("v1={}", crate::hex::hex(&mac.finalize().into_bytes()))
 }
 
 async fn deliver(live: &Live, notice: &Notice, audit: &AuditLog) {
     let hook = &live.hook;
-    let delivery = crate::invocation::new_invocation_id();
+    let delivery = crate::request::new_invocation_id();
     let policy = one_rule_policy(&hook.rule, hook.timeout);
     let origin = crate::outbound::destination::Origin::of(&live.url)
         .map(|o| o.to_string())
@@ -526,10 +526,7 @@ mod tests {
         use hmac::Mac as _;
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"Jefe").unwrap();
         mac.update(b"what do ya want. for nothing?");
-        assert_eq!(
-            sig,
-            format!("v1={}", crate::audit::chain::hex(&mac.finalize().into_bytes()))
-        );
+        assert_eq!(sig, format!("v1={}", crate::hex::hex(&mac.finalize().into_bytes())));
     }
 
     #[test]

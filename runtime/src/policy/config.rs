@@ -1,11 +1,11 @@
 //! The TOML config file (`airlock.toml`), parsed once into typed policy.
 
 use super::context::Offset;
-use super::limits::{LimitOverrides, Limits};
 use super::source::{ACTION_GROUP, Groups, PolicyFiles};
 use crate::approval::policy::{AccessPolicy, ApprovalPolicy, RawAccess, RawApproval};
 use crate::capabilities::{Grants, RawGrants};
 use crate::error::Error;
+use crate::limits::{LimitOverrides, Limits};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;

@@ -335,7 +335,7 @@ pub struct Ask<'a> {
     pub args: &'a Value,
     /// The agent's stated reason and trace (`context.reason`,
     /// `context.traceparent`).
-    pub intent: Option<&'a crate::invocation::Intent>,
+    pub intent: Option<&'a crate::request::Intent>,
     /// What each of the action's windows (by name) has used so far, when
     /// a policy reads `context.usage` ([`ToolPolicy::reads_usage`]).
     pub usage: Option<&'a [(String, i64)]>,

@@ -7,11 +7,11 @@
 mod config;
 pub mod context;
 pub mod engine;
-mod limits;
+
 pub mod schema;
 pub mod shorthand;
 pub mod source;
 pub mod windows;
 
+pub use crate::limits::*;
 pub use config::{ActionPolicy, Digest, GrantOrigin, Policy, RuntimeSettings};
-pub use limits::*;

@@ -253,7 +253,7 @@ pub(super) async fn invoke(
     let Json(request) = request?;
     // The W3C trace the agent's request belongs to continues here.
     let (traceparent, tracestate) = super::trace_headers(&headers);
-    let (intent, _ignored) = crate::invocation::Intent::new(request.reason.as_deref(), traceparent)?;
+    let (intent, _ignored) = crate::request::Intent::new(request.reason.as_deref(), traceparent)?;
     let intent = intent.with_tracestate(tracestate.as_deref());
     let wait = request
         .wait_ms
@@ -268,7 +268,7 @@ pub(super) async fn invoke(
         .runtime
         .admit(&caller, &request.action, &request.function, &request.args, &intent)
         .await?;
-    let invocation = crate::invocation::new_invocation_id();
+    let invocation = crate::request::new_invocation_id();
     // A task of its own, so the invocation goes on (stored, its status at
     // /v1/invocations/{id}) when this request stops waiting, or its client
     // goes away.

@@ -552,7 +552,7 @@ impl ServerHandler for AirlockMcp {
                     for f in &a.manifest.functions {
                         if tool_name(&name, &f.name) == request.name {
                             let _ = runtime
-                                .admit(&caller, &name, &f.name, &args, &crate::invocation::Intent::default())
+                                .admit(&caller, &name, &f.name, &args, &crate::request::Intent::default())
                                 .await;
                         }
                     }
@@ -577,13 +577,11 @@ impl ServerHandler for AirlockMcp {
                 None => (None, None),
             },
         };
-        let intent = match crate::invocation::Intent::new(
-            ctx.meta.get("reason").and_then(Value::as_str),
-            traceparent.as_deref(),
-        ) {
-            Ok((intent, _)) => intent.with_tracestate(tracestate.as_deref()),
-            Err(e) => return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into()),
-        };
+        let intent =
+            match crate::request::Intent::new(ctx.meta.get("reason").and_then(Value::as_str), traceparent.as_deref()) {
+                Ok((intent, _)) => intent.with_tracestate(tracestate.as_deref()),
+                Err(e) => return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into()),
+            };
         let mut admitted = match runtime.admit(&caller, action, function, &args, &intent).await {
             Ok(a) => a,
             Err(e) => return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into()),
@@ -595,7 +593,7 @@ impl ServerHandler for AirlockMcp {
         // Its log lines and denied calls, as they happen.
         let (live, mut watched) = tokio::sync::mpsc::channel(LIVE_QUEUE);
         admitted.live = Some(live);
-        let invocation = crate::invocation::new_invocation_id();
+        let invocation = crate::request::new_invocation_id();
         // A task of its own: the invocation is stored and goes on (running,
         // or held by a gate) after this call returns a pending result.
         let task = {

@@ -393,7 +393,7 @@ const RECOVER_RETRY: Duration = Duration::from_secs(30);
 /// The W3C trace context of an HTTP request: its `traceparent` (none when
 /// it carries several, which W3C counts as invalid) and its `tracestate`
 /// (several headers joined, as W3C says). Both are checked when they
-/// become an [`crate::invocation::Intent`].
+/// become an [`crate::request::Intent`].
 pub(crate) fn trace_headers(headers: &axum::http::HeaderMap) -> (Option<&str>, Option<String>) {
     let mut parents = headers.get_all("traceparent").iter();
     let traceparent = match (parents.next(), parents.next()) {

@@ -439,7 +439,7 @@ impl Head {
     pub fn of(head: Option<(u64, [u8; 32])>) -> Option<Head> {
         head.map(|(seq, hash)| Head {
             seq,
-            hash: crate::audit::chain::hex(&hash),
+            hash: crate::hex::hex(&hash),
         })
     }
 }

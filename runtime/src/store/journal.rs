@@ -58,7 +58,7 @@ impl Journal {
         if getrandom::fill(&mut nonce).is_err() {
             nonce.copy_from_slice(&crate::time::now_micros().to_be_bytes());
         }
-        let id = format!("{}-{}", std::process::id(), crate::audit::chain::hex(&nonce));
+        let id = format!("{}-{}", std::process::id(), crate::hex::hex(&nonce));
         let new = dir.join(format!(".{id}{NEW_SUFFIX}"));
         let file = std::fs::OpenOptions::new()
             .read(true)

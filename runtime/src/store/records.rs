@@ -165,7 +165,7 @@ pub struct ApprovalRecord {
     pub why: Option<String>,
     /// The agent's stated reason and trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub intent: Option<crate::invocation::Intent>,
+    pub intent: Option<crate::request::Intent>,
     /// Who may decide too from `escalate_at` on (the group's reviewers
     /// join the first group's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -324,7 +324,7 @@ pub struct InvocationRecord {
     pub runner: Option<String>,
     /// The agent's stated reason and trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub intent: Option<crate::invocation::Intent>,
+    pub intent: Option<crate::request::Intent>,
 }
 
 /// Why an approval update was refused.

@@ -17,3 +17,16 @@ pub use types::{MAX_TYPE_DEPTH, TypeTooDeep, ValueType};
 pub fn is_bidi_format(c: char) -> bool {
     matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
 }
+
+/// `value` with object keys sorted at every level: one byte form per value.
+pub fn canonical(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            serde_json::Value::Object(keys.into_iter().map(|k| (k.clone(), canonical(&map[k]))).collect())
+        }
+        serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}

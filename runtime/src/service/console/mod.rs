@@ -61,7 +61,7 @@ fn random_hex(bytes: usize) -> String {
         // No randomness: no session can be made safely.
         return String::new();
     }
-    crate::audit::chain::hex(&b)
+    crate::hex::hex(&b)
 }
 
 fn micros(d: Duration) -> u64 {

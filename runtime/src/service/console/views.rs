@@ -10,7 +10,7 @@
 
 use crate::action::PreparedAction;
 use crate::identity::Caller;
-use crate::invocation::Intent;
+use crate::request::Intent;
 use crate::store::{ApprovalRecord, InvocationRecord};
 use maud::{DOCTYPE, Markup, html};
 

@@ -1,9 +1,25 @@
-//! What an agent says about a request: its stated reason and the W3C
-//! trace it belongs to. Both are recorded with the invocation, shown to
-//! reviewers, and readable by policies (`context.reason`,
-//! `context.traceparent`); neither changes the tool's arguments.
+//! What a request carries besides its arguments: the invocation id it runs
+//! under, and what the agent says about it ([`Intent`]: its stated reason
+//! and the W3C trace it belongs to). The intent is recorded with the
+//! invocation, shown to reviewers, and readable by policies
+//! (`context.reason`, `context.traceparent`); it never changes the tool's
+//! arguments.
+//!
+//! Below everything that stores or judges requests (the store, approvals,
+//! policies), so they all name these types without depending on the
+//! invocation machinery.
 
 use crate::error::Error;
+
+/// A new random invocation id (128 bits, hex).
+pub fn new_invocation_id() -> String {
+    let mut bytes = [0u8; 16];
+    // Without randomness the time keeps ids unique within this process.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes[..8].copy_from_slice(&crate::time::now_micros().to_be_bytes());
+    }
+    crate::hex::hex(&bytes)
+}
 
 /// Longest stated reason, in bytes.
 pub const MAX_REASON_BYTES: usize = 1024;

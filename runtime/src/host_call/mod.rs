@@ -12,151 +12,26 @@
 //! that reaches [`HostCalls::begin`] without passing the gate is denied,
 //! so a host function that forgets to await the gate fails closed.
 
-use crate::approval::Target;
-use crate::approval::gate::Gate;
+mod limiter;
+pub mod live;
+mod output;
+mod state;
+
+pub use crate::call::{CallStatus, Decision, Denied, HostCall, MAX_ARG_SUMMARY, Target};
+pub use limiter::{MAX_TABLE_ELEMENTS, MemoryLimiter};
+pub use live::{Live, LiveSink};
+pub use output::CapturedOutput;
+pub use state::{InvocationState, Slots, StateBuilder};
+
 use crate::audit::AuditLog;
 use crate::audit::encode::EncodedCalls;
 use crate::audit::event::HostCallEvent;
 use crate::audit::log::Records;
-use crate::invocation::InvocationState;
+use crate::call::{CallGate, Judgement};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Longest argument summary kept in a record, in bytes.
-pub const MAX_ARG_SUMMARY: usize = 512;
-
-/// One capability call, described by what it touches (never by secret
-/// values or whole payloads).
-#[derive(Debug, Clone)]
-pub struct HostCall {
-    pub interface: &'static str,
-    pub function: &'static str,
-    /// Summary of the arguments: paths, sizes, digests. Keys are the
-    /// host's own names; they become the record's without a copy.
-    pub args: Vec<(Cow<'static, str>, String)>,
-    /// What the call does, in the terms approval gates are written in
-    /// (a rename touches two paths).
-    pub targets: Vec<Target>,
-    /// The approval that released this call, once the gate has passed it.
-    pub approved: Option<String>,
-}
-
-impl HostCall {
-    pub fn new(interface: &'static str, function: &'static str) -> HostCall {
-        HostCall {
-            interface,
-            function,
-            args: Vec::new(),
-            targets: Vec::new(),
-            approved: None,
-        }
-    }
-
-    /// Describe what the call does for the approval gates.
-    pub fn target(mut self, target: Target) -> HostCall {
-        self.targets.push(target);
-        self
-    }
-
-    /// Add one summarized argument. Values longer than
-    /// [`MAX_ARG_SUMMARY`] are cut, with the whole value's digest appended,
-    /// so a guest cannot make records (or host memory) arbitrarily large.
-    pub fn arg(mut self, key: &'static str, value: impl fmt::Display) -> HostCall {
-        let mut text = value.to_string();
-        if text.len() > MAX_ARG_SUMMARY {
-            let digest = blake3::hash(text.as_bytes()).to_hex();
-            let mut cut = MAX_ARG_SUMMARY;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-            text.push_str(&format!("… (blake3:{digest})"));
-        }
-        self.args.push((Cow::Borrowed(key), text));
-        self
-    }
-}
-
-/// The policy decision for one call and the rule that made it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Decision {
-    pub allowed: bool,
-    /// The policy rule, e.g. `grants.files (read-only)`.
-    pub rule: Cow<'static, str>,
-    /// Why the call was denied.
-    pub reason: Option<Cow<'static, str>>,
-}
-
-impl Decision {
-    pub fn allow(rule: impl Into<Cow<'static, str>>) -> Decision {
-        Decision {
-            allowed: true,
-            rule: rule.into(),
-            reason: None,
-        }
-    }
-
-    pub fn deny(rule: impl Into<Cow<'static, str>>, reason: impl Into<Cow<'static, str>>) -> Decision {
-        Decision {
-            allowed: false,
-            rule: rule.into(),
-            reason: Some(reason.into()),
-        }
-    }
-}
-
-/// What the watcher of a running invocation (an MCP client) is shown as
-/// it happens.
-#[derive(Debug, Clone)]
-pub enum Live {
-    /// A line the action logged.
-    Log(crate::capabilities::log::LogLine),
-    /// A call the choke point refused.
-    Denied(Denied),
-}
-
-/// Where [`Live`] events go: bounded, so a run never waits for a watcher.
-pub type LiveSink = tokio::sync::mpsc::Sender<Live>;
-
-/// A call the policy refused.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{interface}#{function} denied by {rule}: {reason}")]
-pub struct Denied {
-    pub interface: &'static str,
-    pub function: &'static str,
-    pub rule: String,
-    pub reason: String,
-}
-
-impl Denied {
-    /// Turn the denial into a trap, for calls whose WIT has no error case.
-    pub fn into_trap(self) -> wasmtime::Error {
-        wasmtime::Error::new(self)
-    }
-}
-
-/// How a call ended, in a few words for the record.
-pub trait CallStatus {
-    fn status(&self) -> Cow<'static, str>;
-}
-
-impl CallStatus for &'static str {
-    fn status(&self) -> Cow<'static, str> {
-        Cow::Borrowed(self)
-    }
-}
-
-impl<T, E: fmt::Display> CallStatus for Result<T, E> {
-    fn status(&self) -> Cow<'static, str> {
-        match self {
-            Ok(_) => Cow::Borrowed("ok"),
-            Err(e) => Cow::Owned(format!("error: {e}")),
-        }
-    }
-}
 
 /// How many host calls an invocation made, and how many were denied.
 /// The calls themselves are in the audit log, one record each.
@@ -180,7 +55,7 @@ pub struct HostCalls(Arc<Mutex<Inner>>);
 struct Inner {
     counts: HostCallCounts,
     tap: Option<AuditTap>,
-    gate: Option<Arc<Gate>>,
+    gate: Option<Arc<dyn CallGate>>,
     /// Who watches the run as it happens (see [`Live`]).
     live: Option<LiveSink>,
     /// The tracing span of each asynchronous call still running (only
@@ -256,11 +131,11 @@ impl HostCalls {
 
     /// Hold calls matching the action's approval rules (and serve guest
     /// approval requests) through `gate`.
-    pub fn set_gate(&self, gate: Arc<Gate>) {
+    pub fn set_gate(&self, gate: Arc<dyn CallGate>) {
         self.lock().gate = Some(gate);
     }
 
-    pub fn gate(&self) -> Option<Arc<Gate>> {
+    pub fn gate(&self) -> Option<Arc<dyn CallGate>> {
         self.lock().gate.clone()
     }
 
@@ -275,7 +150,7 @@ impl HostCalls {
         let Some(gate) = self.gate() else {
             return (call, decision);
         };
-        if gate.holds_back(&call.targets, &crate::approval::gate::call_function(&call)) {
+        if gate.holds_back(&call.targets, &call.function_name()) {
             self.flush_queued();
         }
         match gate.hold(&call).await {
@@ -379,12 +254,12 @@ impl Inner {
             && call.approved.is_none()
             && let Some(gate) = &self.gate
         {
-            match gate.judge(&call.targets, &crate::approval::gate::call_function(&call)) {
-                crate::approval::gate::Judgement::Pass => {}
-                crate::approval::gate::Judgement::Deny { rule, reason } => decision = Decision::deny(rule, reason),
-                crate::approval::gate::Judgement::Hold(hold) => {
+            match gate.judge(&call.targets, &call.function_name()) {
+                Judgement::Pass => {}
+                Judgement::Deny { rule, reason } => decision = Decision::deny(rule, reason),
+                Judgement::Hold { rule } => {
                     decision = Decision::deny(
-                        hold.rule,
+                        rule,
                         "this call needs approval, and it was not passed through the approval gate",
                     );
                 }
