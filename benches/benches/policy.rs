@@ -172,7 +172,7 @@ fn policy(c: &mut Criterion) {
 /// form, in the action's host-call slice), for a call no rule holds (the
 /// common case) and one the last rule holds.
 fn host_call(c: &mut Criterion) {
-    use airlock::approval::policy::{ApprovalPolicy, RawApproval, RawCallRule, Target};
+    use airlock::policy::approval::{ApprovalPolicy, RawApproval, RawCallRule, Target};
     use airlock::policy::engine::{HostTarget, HostVerdict, ToolPolicy};
     use std::sync::Arc;
     let rule = |methods: &[&str], destination: &str, prefix: &str| RawCallRule {

@@ -9,7 +9,7 @@
 //! data directory, which airlock creates with mode 0700; anyone who can
 //! write there can already act as airlock.
 
-use crate::policy::Digest;
+use crate::manifest::Digest;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;

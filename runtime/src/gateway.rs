@@ -82,7 +82,7 @@ impl Requirement {
         request.rule = self.rule_text();
         request.group = Some(self.group.clone());
         request.rules = Some(crate::store::ApproverRules::of(&self.approvers));
-        request.more_groups = more_groups(&self.groups, &self.group);
+        request.more_groups = crate::approval::more_groups(&self.groups, &self.group);
         request.escalation = self.escalation.as_ref().map(|(after, g)| {
             (
                 *after,
@@ -110,19 +110,6 @@ impl Requirement {
         request.policies = verdict.policy_ids();
         request.why = self.why.clone();
     }
-}
-
-/// The groups of `groups` besides `first`, as requests keep them.
-pub(crate) fn more_groups(groups: &[crate::policy::engine::GroupNeed], first: &str) -> Vec<crate::store::GroupRules> {
-    groups
-        .iter()
-        .filter(|g| g.group != first)
-        .map(|g| crate::store::GroupRules {
-            group: g.group.clone(),
-            rules: crate::store::ApproverRules::of(&g.approvers),
-            quorum: g.quorum,
-        })
-        .collect()
 }
 
 /// A decision and what it set off.

@@ -13,7 +13,7 @@
 //! The record is per data directory (per node); the first load a data
 //! directory sees has nothing to compare with.
 
-use crate::policy::Digest;
+use crate::manifest::Digest;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -26,7 +26,7 @@ pub struct Gate {
     /// error when they could not be prepared: every call is then denied).
     host: Option<Result<HostPolicies, String>>,
     /// The action's own reviewers (group `action`, the TOML gate rules').
-    access: crate::approval::AccessPolicy,
+    access: crate::identity::AccessPolicy,
 }
 
 /// What the gate says about one call: its TOML gate rules and the
@@ -100,7 +100,7 @@ impl Gate {
             clock: Mutex::new(WaitClock::default()),
             guest_requests: std::sync::atomic::AtomicU32::new(0),
             host: None,
-            access: crate::approval::AccessPolicy {
+            access: crate::identity::AccessPolicy {
                 invoke: Vec::new(),
                 approve: Vec::new(),
                 agent_approvers: Vec::new(),
@@ -109,7 +109,7 @@ impl Gate {
     }
 
     /// The action's own reviewers, whom its TOML gate rules ask.
-    pub fn with_reviewers(mut self, access: crate::approval::AccessPolicy) -> Gate {
+    pub fn with_reviewers(mut self, access: crate::identity::AccessPolicy) -> Gate {
         self.access = access;
         self
     }
@@ -234,7 +234,7 @@ impl Gate {
                 Some(root),
             ) => Target::Files {
                 write: *write,
-                path: super::policy::resolve_in(root, path),
+                path: super::resolve::resolve_in(root, path),
             },
             _ => target.clone(),
         }
@@ -258,7 +258,7 @@ impl Gate {
             ) => {
                 let resolved = Target::Files {
                     write: *write,
-                    path: super::policy::resolve_in(root, path),
+                    path: super::resolve::resolve_in(root, path),
                 };
                 self.policy.gate_for(&resolved)
             }
@@ -266,11 +266,11 @@ impl Gate {
         }
     }
 
-    /// Where a files path really leads (see [`super::policy::resolve_in`]);
+    /// Where a files path really leads (see [`super::resolve::resolve_in`]);
     /// the path itself when there is no files grant to resolve it in.
     pub fn resolve(&self, path: &str) -> Option<String> {
         match &self.files_root {
-            Some(root) => super::policy::resolve_in(root, path),
+            Some(root) => super::resolve::resolve_in(root, path),
             None => Some(path.to_string()),
         }
     }
@@ -391,7 +391,7 @@ impl Gate {
             request.quorum = first.quorum;
             request.approvers = first.approvers.approvers_text();
             request.rules = Some(crate::store::ApproverRules::of(&first.approvers));
-            request.more_groups = crate::gateway::more_groups(&hold.groups, &first.group);
+            request.more_groups = super::more_groups(&hold.groups, &first.group);
             if !request.more_groups.is_empty() {
                 request.approvers = hold
                     .groups

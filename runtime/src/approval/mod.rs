@@ -29,10 +29,12 @@
 
 pub mod binding;
 pub mod gate;
-pub mod policy;
+mod resolve;
 
+pub use crate::call::Target;
+pub use crate::identity::AccessPolicy;
+pub use crate::policy::approval::{ApprovalPolicy, CallRule};
 pub use binding::Binding;
-pub use policy::{AccessPolicy, ApprovalPolicy, CallRule, Target};
 
 use crate::audit::event::{ApprovalDecision, ApprovalRequested, ApprovalResolved, InvocationRefused};
 use crate::audit::{AuditLog, Event};
@@ -941,4 +943,17 @@ fn process_alive(owner: &str) -> bool {
         return false;
     }
     std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The groups of `groups` besides `first`, as requests keep them.
+pub(crate) fn more_groups(groups: &[crate::policy::engine::GroupNeed], first: &str) -> Vec<crate::store::GroupRules> {
+    groups
+        .iter()
+        .filter(|g| g.group != first)
+        .map(|g| crate::store::GroupRules {
+            group: g.group.clone(),
+            rules: crate::store::ApproverRules::of(&g.approvers),
+            quorum: g.quorum,
+        })
+        .collect()
 }

@@ -12,10 +12,12 @@
 //!   [`Caller::local`]: a person who can already read every key airlock
 //!   has, attributed as `local:USER`.
 
+mod access;
 pub mod token;
 
+pub use access::{AccessPolicy, RawAccess};
+
 use crate::error::Error;
-use crate::store::{Store, TokenRecord};
 use std::fmt;
 
 /// Whether an identity is a program or a person. Agents never approve
@@ -164,10 +166,38 @@ pub fn validate_name(name: &str, what: &str) -> Result<(), String> {
     }
 }
 
+/// One bearer token (never its value).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TokenRecord {
+    pub id: String,
+    pub identity: String,
+    pub kind: IdentityKind,
+    pub roles: Vec<String>,
+    pub created_at: u64,
+    pub revoked_at: Option<u64>,
+}
+
+/// Where tokens are kept: the store, seen only as far as tokens go, so
+/// identity sits below it. Every [`crate::store::Store`] is one.
+pub trait TokenStore {
+    /// Create `identity` if it is new (an existing one must have the same
+    /// kind) and keep `token` under `hash`; the error says why not.
+    fn add_token(&self, identity: &str, kind: IdentityKind, token: &TokenRecord, hash: &[u8; 32])
+    -> Result<(), String>;
+    /// The live or revoked token with this hash.
+    fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, Error>;
+    /// [`TokenStore::token_by_hash`] without blocking an async worker.
+    fn token_by_hash_async(
+        &self,
+        hash: &[u8; 32],
+    ) -> impl std::future::Future<Output = Result<Option<TokenRecord>, Error>> + Send;
+}
+
 /// Mint a token for `identity` (created on first use with `kind`) holding
 /// `roles`. The returned value is the only copy of the token.
-pub fn create_token(
-    store: &dyn Store,
+pub fn create_token<S: TokenStore + ?Sized>(
+    store: &S,
     identity: &str,
     kind: IdentityKind,
     roles: &[String],
@@ -190,27 +220,27 @@ pub fn create_token(
     };
     store
         .add_token(identity, kind, &record, &token::hash(&minted.value))
-        .map_err(|e| Error::Usage(e.0))?;
+        .map_err(Error::Usage)?;
     Ok((minted, record))
 }
 
 /// The caller a bearer token proves. Looked up on every request, so a
 /// revoked token stops working at once. Messages never repeat the token.
-pub fn authenticate(store: &dyn Store, bearer: &str) -> Result<Caller, Error> {
+pub fn authenticate<S: TokenStore + ?Sized>(store: &S, bearer: &str) -> Result<Caller, Error> {
     let id = token::id_of(bearer).map_err(|e| Error::Unauthenticated(e.to_string()))?;
     caller_of(id, store.token_by_hash(&token::hash(bearer))?)
 }
 
 /// [`authenticate`] on an async worker: the token is looked up without
-/// blocking it (see [`Store::token_by_hash_async`]).
-pub async fn authenticate_async(store: &dyn Store, bearer: &str) -> Result<Caller, Error> {
+/// blocking it (see [`TokenStore::token_by_hash_async`]).
+pub async fn authenticate_async<S: TokenStore + ?Sized>(store: &S, bearer: &str) -> Result<Caller, Error> {
     let id = token::id_of(bearer).map_err(|e| Error::Unauthenticated(e.to_string()))?;
     let hash = token::hash(bearer);
     caller_of(id, store.token_by_hash_async(&hash).await?)
 }
 
 /// The caller a looked-up token stands for, if it is live.
-fn caller_of(id: impl std::fmt::Display, record: Option<crate::store::TokenRecord>) -> Result<Caller, Error> {
+fn caller_of(id: impl std::fmt::Display, record: Option<TokenRecord>) -> Result<Caller, Error> {
     let Some(record) = record else {
         return Err(Error::Unauthenticated(format!("unknown token {id}")));
     };

@@ -5,10 +5,12 @@
 //! component's WIT ([`wit`]), when it can be decoded.
 
 pub mod diff;
+mod digest;
 pub mod wit;
 
+pub use digest::Digest;
+
 use crate::catalog::{self, CapabilityKind, ImportClass};
-use crate::policy::Digest;
 use crate::values::{self, TypeTooDeep, ValueType};
 use serde_json::{Value, json};
 use std::sync::Arc;

@@ -2,13 +2,13 @@
 
 use super::context::Offset;
 use super::source::{ACTION_GROUP, Groups, PolicyFiles};
-use crate::approval::policy::{AccessPolicy, ApprovalPolicy, RawAccess, RawApproval};
 use crate::capabilities::{Grants, RawGrants};
 use crate::error::Error;
+use crate::identity::{AccessPolicy, RawAccess};
 use crate::limits::{LimitOverrides, Limits};
+use crate::policy::approval::{ApprovalPolicy, RawApproval};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ struct RawConfig {
     #[serde(default)]
     actions: BTreeMap<String, toml::Spanned<RawAction>>,
     #[serde(default)]
-    service: crate::service::RawServiceSettings,
+    service: super::service::RawServiceSettings,
     #[serde(default)]
     store: crate::store::settings::RawStoreSettings,
     #[serde(default)]
@@ -158,34 +158,17 @@ pub struct RuntimeSettings {
     pub audit: crate::audit::settings::AuditSettings,
 }
 
-/// A blake3 digest of component bytes, written `blake3:<64 hex digits>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Digest(pub [u8; 32]);
-
-impl Digest {
-    pub fn of(bytes: &[u8]) -> Digest {
-        Digest(*blake3::hash(bytes).as_bytes())
-    }
-
-    pub fn hex(&self) -> String {
-        blake3::Hash::from_bytes(self.0).to_hex().to_string()
-    }
-
-    pub fn parse(s: &str) -> Result<Digest, String> {
-        let hex = s
-            .strip_prefix("blake3:")
-            .ok_or_else(|| format!("digest {s:?} must start with `blake3:`"))?;
-        blake3::Hash::from_hex(hex)
-            .map(|h| Digest(*h.as_bytes()))
-            .map_err(|_| format!("digest {s:?} must be `blake3:` followed by 64 hex digits"))
+impl RuntimeSettings {
+    /// The database of the audit trail, when `[audit] backend = "postgres"`.
+    pub fn audit_database(&self) -> Option<&crate::store::settings::PgSettings> {
+        match self.audit.backend {
+            crate::audit::settings::BackendKind::Postgres => self.store.postgres.as_ref(),
+            crate::audit::settings::BackendKind::File => None,
+        }
     }
 }
 
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "blake3:{}", self.hex())
-    }
-}
+pub use crate::manifest::Digest;
 
 /// Where an action's grants came from, so refusals can say how to fix them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,7 +266,7 @@ pub struct Policy {
     /// blake3 of the config text, `blake3:<hex>`.
     pub version: String,
     /// `[service]`: how `airlock serve` listens and limits.
-    pub service: crate::service::ServiceSettings,
+    pub service: super::service::ServiceSettings,
     /// `[policy] files`, parsed.
     pub policy_files: Arc<PolicyFiles>,
     /// `[[notifications.webhooks]]`: where approval requests are announced.
@@ -486,8 +469,8 @@ impl Policy {
             }
             for rule in &approval.host_calls {
                 let granted = match rule.capability {
-                    crate::approval::policy::GatedCapability::Http => grants.http.is_some(),
-                    crate::approval::policy::GatedCapability::Files => grants.files.is_some(),
+                    crate::policy::approval::GatedCapability::Http => grants.http.is_some(),
+                    crate::policy::approval::GatedCapability::Files => grants.files.is_some(),
                 };
                 if !granted {
                     return Err(at(format!(
@@ -529,7 +512,7 @@ impl Policy {
             runtime,
             actions,
             version,
-            service: crate::service::ServiceSettings::resolve(&raw.service).map_err(bad)?,
+            service: super::service::ServiceSettings::resolve(&raw.service).map_err(bad)?,
             policy_files,
             webhooks,
         })

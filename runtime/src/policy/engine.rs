@@ -31,7 +31,7 @@ use super::schema::{self, ActionTypes, INVOKE};
 use super::shorthand::{self, LOCAL_OPERATOR};
 use super::source::{self, ACTION_GROUP, PolicyRef, Rule};
 use super::{ActionPolicy, source::Groups};
-use crate::approval::policy::AccessPolicy;
+use crate::identity::AccessPolicy;
 use crate::identity::{Caller, IdentityKind};
 use crate::manifest::FunctionSig;
 use crate::values::{JsonPath, ValueType};
@@ -1078,7 +1078,7 @@ impl HostPolicies {
                 attrs.insert("origin".into(), string(&origin.to_string()));
                 attrs.insert(
                     "path".into(),
-                    string(&crate::approval::policy::normalized_http_path(url.path())),
+                    string(&crate::policy::approval::normalized_http_path(url.path())),
                 );
                 attrs.insert(
                     "path_ambiguous".into(),

@@ -4,11 +4,13 @@
 //! under its `grants`, and an action whose component imports anything else
 //! is refused before it is instantiated.
 
+pub mod approval;
 mod config;
 pub mod context;
 pub mod engine;
 
 pub mod schema;
+pub mod service;
 pub mod shorthand;
 pub mod source;
 pub mod windows;

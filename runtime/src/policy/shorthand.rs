@@ -14,7 +14,7 @@
 //! (`A.access.invoke[0]`, `A.approval.invocation`).
 //!
 //! `[[approval.host-calls]]` rules are matched by airlock directly
-//! ([`crate::approval::policy::CallRule::matches`]); [`host_calls`] writes
+//! ([`crate::policy::approval::CallRule::matches`]); [`host_calls`] writes
 //! each as the Cedar `forbid … @approval` it is equivalent to (for people,
 //! and for the property test that holds the two equal).
 
@@ -33,8 +33,8 @@ fn like_literal(s: &str) -> String {
 /// The `[[approval.host-calls]]` rules of `policy` as the Cedar policies
 /// they decide as.
 pub fn host_calls(policy: &ActionPolicy) -> String {
-    use crate::approval::policy::GatedCapability;
     use crate::outbound::destination::HostPattern;
+    use crate::policy::approval::GatedCapability;
     let a = &policy.name;
     let approval = &policy.approval;
     let head = |i: usize, suffix: &str| {
@@ -93,7 +93,7 @@ pub fn host_calls(policy: &ActionPolicy) -> String {
                 let prefix = rule
                     .path_prefix
                     .as_deref()
-                    .map(|p| crate::approval::policy::segments(p).join("/"))
+                    .map(|p| crate::policy::approval::segments(p).join("/"))
                     .filter(|p| !p.is_empty());
                 let within = prefix.as_ref().map(|p| {
                     let pat = like_literal(&format!("{p}/"));
@@ -171,16 +171,16 @@ pub fn generate(policy: &ActionPolicy) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::approval::policy::{ApprovalPolicy, RawCallRule, Target};
     use crate::identity::Caller;
+    use crate::policy::approval::{ApprovalPolicy, RawCallRule, Target};
     use crate::policy::engine::{HostTarget, HostVerdict, ToolPolicy};
     use proptest::prelude::*;
     use std::sync::Arc;
 
     /// An action with `rule` as its only host-call rule, whose policies are
     /// that rule's Cedar form (and nothing else).
-    fn tool_of(rule: RawCallRule) -> Option<(crate::approval::policy::CallRule, Arc<ToolPolicy>)> {
-        let approval = ApprovalPolicy::resolve(&crate::approval::policy::RawApproval {
+    fn tool_of(rule: RawCallRule) -> Option<(crate::policy::approval::CallRule, Arc<ToolPolicy>)> {
+        let approval = ApprovalPolicy::resolve(&crate::policy::approval::RawApproval {
             host_calls: vec![rule],
             ..Default::default()
         })

@@ -23,7 +23,8 @@
 //!   decided within that time goes to GROUP too (its reviewers may decide
 //!   it from then on; votes already cast still count).
 
-use crate::approval::policy::{AccessPolicy, MAX_QUORUM, MAX_TTL_SECS};
+use crate::identity::AccessPolicy;
+use crate::policy::approval::{MAX_QUORUM, MAX_TTL_SECS};
 use cedar_policy::{Effect, PolicyId, PolicySet};
 use miette::Diagnostic as _;
 use std::collections::BTreeMap;

@@ -620,7 +620,7 @@ pub(super) async fn audit(
         until: time(&query.until)?,
     };
     let limit = query.limit.unwrap_or(1000).min(10_000);
-    if let Some(pg) = crate::audit::pg::settings_of(&service.policy.runtime) {
+    if let Some(pg) = service.policy.runtime.audit_database() {
         return audit_pg(pg.clone(), filter, limit).await;
     }
     let dir = crate::audit::dir(&service.policy.runtime.data_dir);
@@ -740,7 +740,7 @@ pub(super) async fn audit_verify(
             "verifying the audit trail needs a role in service.audit-readers",
         ));
     }
-    if let Some(pg) = crate::audit::pg::settings_of(&service.policy.runtime) {
+    if let Some(pg) = service.policy.runtime.audit_database() {
         let pg = pg.clone();
         return audit_verify_pg(service, pg).await;
     }

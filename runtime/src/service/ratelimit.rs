@@ -4,21 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Requests per second and burst, per identity.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateLimit {
-    pub per_second: f64,
-    pub burst: f64,
-}
-
-impl Default for RateLimit {
-    fn default() -> Self {
-        RateLimit {
-            per_second: 200.0,
-            burst: 400.0,
-        }
-    }
-}
+pub use crate::policy::service::RateLimit;
 
 /// The buckets of every identity seen.
 #[derive(Debug)]

@@ -113,6 +113,27 @@ pub enum UpdateError {
 /// drives it), so it must not call the store or the audit log.
 pub type ApprovalUpdate<'a> = dyn FnMut(&mut ApprovalRecord, &[TokenRecord]) -> Result<Option<String>, Refusal> + 'a;
 
+/// Tokens, as identity sees the store.
+impl<S: Store + ?Sized> crate::identity::TokenStore for S {
+    fn add_token(
+        &self,
+        identity: &str,
+        kind: IdentityKind,
+        token: &TokenRecord,
+        hash: &[u8; 32],
+    ) -> Result<(), String> {
+        Store::add_token(self, identity, kind, token, hash).map_err(|e| e.0)
+    }
+
+    fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, crate::error::Error> {
+        Ok(Store::token_by_hash(self, hash)?)
+    }
+
+    async fn token_by_hash_async(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, crate::error::Error> {
+        Ok(Store::token_by_hash_async(self, hash).await?)
+    }
+}
+
 pub trait Store: Send + Sync {
     /// Create `identity` if it is new (an existing one must have the same
     /// kind) and store a token for it: its id, roles and hash.

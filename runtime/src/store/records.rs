@@ -220,20 +220,20 @@ pub struct ApproverRules {
 impl ApproverRules {
     /// These rules as an access policy; rules that no longer parse let
     /// nobody decide.
-    pub fn access(&self) -> crate::approval::AccessPolicy {
-        crate::approval::AccessPolicy::resolve(&crate::approval::policy::RawAccess {
+    pub fn access(&self) -> crate::identity::AccessPolicy {
+        crate::identity::AccessPolicy::resolve(&crate::identity::RawAccess {
             invoke: Some(Vec::new()),
             approve: self.approve.clone(),
             agent_approvers: self.agent_approvers.clone(),
         })
-        .unwrap_or(crate::approval::AccessPolicy {
+        .unwrap_or(crate::identity::AccessPolicy {
             invoke: Vec::new(),
             approve: Vec::new(),
             agent_approvers: Vec::new(),
         })
     }
 
-    pub fn of(access: &crate::approval::AccessPolicy) -> ApproverRules {
+    pub fn of(access: &crate::identity::AccessPolicy) -> ApproverRules {
         ApproverRules {
             approve: access.approve.iter().map(ToString::to_string).collect(),
             agent_approvers: access.agent_approvers.iter().map(ToString::to_string).collect(),
@@ -245,7 +245,7 @@ impl ApprovalRecord {
     /// Who may decide this request: the rules it was made with, or (for a
     /// request made before requests carried them) `fallback`, the action's
     /// access policy. Rules that no longer parse let nobody decide.
-    pub fn reviewers(&self, fallback: &crate::approval::AccessPolicy) -> crate::approval::AccessPolicy {
+    pub fn reviewers(&self, fallback: &crate::identity::AccessPolicy) -> crate::identity::AccessPolicy {
         match &self.rules {
             None => fallback.clone(),
             Some(rules) => rules.access(),
@@ -255,7 +255,7 @@ impl ApprovalRecord {
     /// Every group that must approve this request, each with its quorum:
     /// the first as [`ApprovalRecord::reviewers`] says, then
     /// [`ApprovalRecord::more_groups`].
-    pub fn review_groups(&self, fallback: &crate::approval::AccessPolicy) -> Vec<(crate::approval::AccessPolicy, u32)> {
+    pub fn review_groups(&self, fallback: &crate::identity::AccessPolicy) -> Vec<(crate::identity::AccessPolicy, u32)> {
         let mut out = vec![(self.reviewers(fallback), self.quorum)];
         out.extend(self.more_groups.iter().map(|g| (g.rules.access(), g.quorum)));
         out
@@ -278,17 +278,7 @@ impl ApprovalRecord {
     }
 }
 
-/// One bearer token (never its value).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct TokenRecord {
-    pub id: String,
-    pub identity: String,
-    pub kind: IdentityKind,
-    pub roles: Vec<String>,
-    pub created_at: u64,
-    pub revoked_at: Option<u64>,
-}
+pub use crate::identity::TokenRecord;
 
 /// How an invocation ended, as kept for `invocations show` and the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

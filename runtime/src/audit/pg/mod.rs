@@ -159,14 +159,6 @@ impl Db {
     }
 }
 
-/// The database of the trail, when `[audit] backend = "postgres"`.
-pub fn settings_of(runtime: &crate::policy::RuntimeSettings) -> Option<&PgSettings> {
-    match runtime.audit.backend {
-        crate::audit::settings::BackendKind::Postgres => runtime.store.postgres.as_ref(),
-        crate::audit::settings::BackendKind::File => None,
-    }
-}
-
 /// One shared reader pool per database URL in this process (the service's
 /// audit endpoints), so a request does not pay for a connection.
 pub fn reader(settings: &PgSettings) -> Result<Arc<Db>, String> {

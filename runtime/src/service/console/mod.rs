@@ -498,7 +498,7 @@ async fn audit_page(State(service): State<Shared>, SignedIn { caller, session }:
             "the audit browser needs a role in service.audit-readers",
         );
     }
-    if let Some(pg) = crate::audit::pg::settings_of(&service.policy.runtime) {
+    if let Some(pg) = service.policy.runtime.audit_database() {
         return audit_page_pg(pg.clone(), &caller, &session.csrf).await;
     }
     let dir = crate::audit::dir(&service.policy.runtime.data_dir);

@@ -1,7 +1,7 @@
-//! Who may invoke and approve an action, and what needs approval: the
-//! `[actions.NAME.access]` and `[actions.NAME.approval]` config sections.
+//! What needs approval: the `[actions.NAME.approval]` config section (who
+//! may approve is `[actions.NAME.access]`, [`crate::identity::AccessPolicy`]).
 
-use crate::identity::{AccessRule, Caller, IdentityKind};
+pub use crate::call::Target;
 use crate::outbound::destination::{Destination, Origin, path_within};
 use std::time::Duration;
 
@@ -12,94 +12,6 @@ pub const DEFAULT_WAIT_SECS: u64 = 300;
 /// Longest a request may stay open (30 days).
 pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 pub const MAX_QUORUM: u32 = 16;
-
-/// `[actions.NAME.access]` as written.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawAccess {
-    /// Defaults to `["local"]`: the local operator only.
-    pub invoke: Option<Vec<String>>,
-    #[serde(default)]
-    pub approve: Vec<String>,
-    #[serde(default)]
-    pub agent_approvers: Vec<String>,
-}
-
-/// Who may invoke and who may approve one action.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessPolicy {
-    /// Deny by default: a token holder may invoke only when named here (by
-    /// identity or role). Without an `invoke` key only the local operator
-    /// may (it already holds every key in the data directory).
-    pub invoke: Vec<AccessRule>,
-    /// Human identities or roles that may approve.
-    pub approve: Vec<AccessRule>,
-    /// Agents that may approve: an agent never approves through `approve`,
-    /// only when the config names it (or a role of it) here.
-    pub agent_approvers: Vec<AccessRule>,
-}
-
-impl Default for AccessPolicy {
-    fn default() -> Self {
-        AccessPolicy {
-            invoke: vec![AccessRule::Local],
-            approve: Vec::new(),
-            agent_approvers: Vec::new(),
-        }
-    }
-}
-
-fn rules(list: &[String], key: &str) -> Result<Vec<AccessRule>, String> {
-    list.iter()
-        .map(|s| AccessRule::parse(s).map_err(|e| format!("access.{key}: {s:?}: {e}")))
-        .collect()
-}
-
-impl AccessPolicy {
-    pub fn resolve(raw: &RawAccess) -> Result<AccessPolicy, String> {
-        let invoke = match &raw.invoke {
-            Some(list) => rules(list, "invoke")?,
-            None => vec![AccessRule::Local],
-        };
-        let approve = rules(&raw.approve, "approve")?;
-        let agent_approvers = rules(&raw.agent_approvers, "agent-approvers")?;
-        if approve.iter().chain(&agent_approvers).any(|r| *r == AccessRule::Local) {
-            return Err("access.approve: `local` cannot approve; reviewers approve with their own token".into());
-        }
-        Ok(AccessPolicy {
-            invoke,
-            approve,
-            agent_approvers,
-        })
-    }
-
-    pub fn may_invoke(&self, caller: &Caller) -> bool {
-        self.invoke.iter().any(|r| caller.matches(r))
-    }
-
-    /// Whether `caller` may approve (before self-approval is considered).
-    pub fn may_approve(&self, caller: &Caller) -> bool {
-        if caller.is_local() {
-            return false;
-        }
-        let list = match caller.kind {
-            IdentityKind::Human => &self.approve,
-            IdentityKind::Agent => &self.agent_approvers,
-        };
-        list.iter().any(|r| caller.matches(r))
-    }
-
-    /// The approver lists as written, for requests and messages.
-    pub fn approvers_text(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.approve.iter().map(ToString::to_string).collect();
-        out.extend(self.agent_approvers.iter().map(|r| format!("{r} (agent)")));
-        out
-    }
-
-    pub fn has_approvers(&self) -> bool {
-        !self.approve.is_empty() || !self.agent_approvers.is_empty()
-    }
-}
 
 /// `[actions.NAME.approval]` as written.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
@@ -199,8 +111,6 @@ impl ApprovalPolicy {
         self.host_calls.iter().find(|r| r.matches(target))
     }
 }
-
-pub use crate::call::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GatedCapability {
@@ -391,55 +301,6 @@ pub(crate) fn normalized_http_path(path: &str) -> String {
     out
 }
 
-/// Most symlinks followed while resolving one path (as the kernel's 40).
-const MAX_LINK_HOPS: usize = 40;
-
-/// Where `path` (relative to `root`) really leads, relative to `root`:
-/// resolved one component at a time, following each symlink (dangling ones
-/// too: a create through a link makes its target) and applying `..` to
-/// where a link actually led. `None` when that cannot be told: a loop, a
-/// link out of `root`, an unreadable link; callers hold such paths.
-pub fn resolve_in(root: &std::path::Path, path: &str) -> Option<String> {
-    let root = std::fs::canonicalize(root).ok()?;
-    let mut pending: std::collections::VecDeque<String> = path.split('/').map(str::to_string).collect();
-    let mut resolved: Vec<String> = Vec::new();
-    let mut hops = 0;
-    while let Some(component) = pending.pop_front() {
-        match component.as_str() {
-            "" | "." => continue,
-            ".." => {
-                resolved.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let here = root.join(resolved.join("/")).join(&component);
-        let is_link = std::fs::symlink_metadata(&here).is_ok_and(|m| m.file_type().is_symlink());
-        if !is_link {
-            resolved.push(component);
-            continue;
-        }
-        hops += 1;
-        if hops > MAX_LINK_HOPS {
-            return None;
-        }
-        let target = std::fs::read_link(&here).ok()?;
-        let target = target.to_str()?.to_string();
-        let next: Vec<String> = if target.starts_with('/') {
-            // Absolute: meaningful only inside the granted directory.
-            let rel = std::path::Path::new(&target).strip_prefix(&root).ok()?;
-            resolved.clear();
-            rel.iter().map(|c| c.to_string_lossy().into_owned()).collect()
-        } else {
-            target.split('/').map(str::to_string).collect()
-        };
-        for (i, c) in next.into_iter().enumerate() {
-            pending.insert(i, c);
-        }
-    }
-    Some(resolved.join("/"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,30 +353,6 @@ mod tests {
             write: true,
             path: None
         }));
-    }
-
-    #[test]
-    fn symlinks_are_resolved_before_matching() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("gated")).unwrap();
-        std::os::unix::fs::symlink("gated", dir.path().join("link")).unwrap();
-        let r = |p: &str| resolve_in(dir.path(), p);
-        assert_eq!(r("link/new.txt").as_deref(), Some("gated/new.txt"));
-        assert_eq!(r("./free/../link").as_deref(), Some("gated"));
-        assert_eq!(r("plain/x").as_deref(), Some("plain/x"));
-        // `..` after a link applies to where the link led.
-        std::fs::create_dir_all(dir.path().join("gated/sub")).unwrap();
-        std::fs::create_dir(dir.path().join("free")).unwrap();
-        std::os::unix::fs::symlink("../gated/sub", dir.path().join("free/l")).unwrap();
-        assert_eq!(r("free/l/../x").as_deref(), Some("gated/x"));
-        // A dangling link resolves to where a create would land.
-        std::os::unix::fs::symlink("../gated/new", dir.path().join("free/f")).unwrap();
-        assert_eq!(r("free/f").as_deref(), Some("gated/new"));
-        // Loops and links out of the directory cannot be told: held.
-        std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
-        assert_eq!(r("loop/x"), None);
-        std::os::unix::fs::symlink("/etc", dir.path().join("out")).unwrap();
-        assert_eq!(r("out/passwd"), None);
     }
 
     #[test]
