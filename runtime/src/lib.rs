@@ -5,29 +5,47 @@
 //! policy grants, so an import that is not granted is never linked and the
 //! action is refused before it runs.
 //!
-//! The path of a request through the crate:
+//! ## Module map
 //!
-//! 1. [`policy`]: the config, parsed once into typed, validated grants and
-//!    limits (deny by default).
-//! 2. [`action`]: load the component, pin its digest, classify its imports
-//!    against the [`catalog`], refuse anything ungranted, and link exactly
-//!    the granted [`capabilities`] into an `InstancePre`.
-//! 3. [`invocation`]: arguments parsed through the JSON mapping in
-//!    [`values`], a fresh store and instance, limits, the call itself, and
-//!    the result and captured output in a [`invocation::Report`].
-//! 4. [`host_call`]: the one choke point every capability call passes,
-//!    where it is decided and recorded.
-//! 5. [`outbound`]: the governed path of every HTTP request an action makes
-//!    (`airlock:cap/http` or `wasi:http`): allow rules, address checks,
-//!    credential injection from the [`vault`], and reflected-secret
-//!    redaction before the response reaches the guest.
+//! Read from the top, the map follows a request: it arrives at the
+//! [`service`] (HTTP API, MCP, console) or the command line, the
+//! [`gateway`] admits it (identity, access, approval of the invocation),
+//! the [`runtime`] holds the loaded actions, [`invocation`] runs one in a
+//! fresh instance of its [`action`], every capability call passes the
+//! approval gate ([`approval`], through [`call::CallGate`]) and the choke
+//! point ([`host_call`]), and everything lands in the [`audit`] trail and
+//! the [`store`]. Each module uses only the modules listed after its arrow,
+//! all of them on lines below its own: dependencies point one way, down the
+//! page. `tests/layering.rs` fails when the code imports against this map
+//! or the map stops being one-way; change the map and the code together.
 //!
-//! 6. [`audit`]: every invocation and host call, hash-chained and synced
-//!    before the result is acknowledged; nothing runs while it cannot be
-//!    written.
-//!
-//! [`runtime::Runtime`] ties these together over one wasmtime engine
-//! ([`engine`]) and an on-disk compile [`cache`].
+//! ```text
+//! service      → gateway, runtime, invocation, action, policy, manifest, capabilities, host_call, notify, audit, cluster, store, request, identity, metrics, hex, values, time, error   (HTTP API, MCP, console)
+//! gateway      → runtime, invocation, action, approval, policy, host_call, cluster, store, identity, hint, time, error   (admission: who, may they, approved?)
+//! runtime      → action, approval, engine, cache, pins, policy, manifest, capabilities, audit, cluster, store, vault, hint, error   (the loaded config and actions)
+//! invocation   → action, engine, policy, manifest, capabilities, host_call, audit, request, identity, metrics, telemetry, values, error   (one run: instance, limits, result)
+//! action       → approval, policy, cache, pins, manifest, capabilities, host_call, audit, store, request, identity, vault, catalog, signing, hint, error   (load, pin, link the granted)
+//! engine       → policy, host_call   (the shared wasmtime engine)
+//! approval     → policy, notify, audit, cluster, store, call, request, identity, metrics, values, hint, time, error   (requests, quorum, the per-invocation gate)
+//! policy       → manifest, capabilities, notify, audit, store, call, request, identity, limits, outbound, signing, values, time, error   (the config, validated)
+//! pins         → manifest, data_dir   (component digests pinned per action)
+//! cache        → manifest, data_dir   (the compile cache)
+//! manifest     → capabilities, catalog, signing, values   (what a component asks for and offers)
+//! capabilities → host_call, call, outbound, vault, catalog   (one module per grantable capability)
+//! notify       → audit, store, request, identity, outbound, vault, hex, hint, time, error   (webhooks to reviewers)
+//! host_call    → audit, call, limits, vault, metrics, time, error   (the choke point, per-invocation state)
+//! audit        → cluster, store, identity, metrics, data_dir, hex, hint, time   (the hash-chained trail)
+//! cluster      → store, time   (node id, heartbeats)
+//! store        → identity, request, vault, metrics, tls, data_dir, hex, hint, time, error   (SQLite or PostgreSQL)
+//! request      → hex, time, error   (invocation ids, the agent's stated intent)
+//! identity     → hex, time, error   (callers, tokens, access rules)
+//! call         → error   (the host-call contract, the CallGate trait)
+//! metrics      → error
+//! vault        → data_dir
+//! telemetry    → tls
+//! error        → hint, values
+//! outbound, catalog, limits, values, signing, hint, data_dir, tls, hex, time   (leaves)
+//! ```
 
 pub mod action;
 pub mod approval;
