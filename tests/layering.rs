@@ -685,8 +685,11 @@ fn parse_module_map(lib_text: &str) -> Result<Vec<MapLine>, Vec<String>> {
     if errors.is_empty() { Ok(map) } else { Err(errors) }
 }
 
+/// A map line's modules and the modules they may use.
+type LineNames = (Vec<String>, Vec<String>);
+
 /// One map line: `a, b → c, d (comment)`. `None` for a blank line.
-fn parse_map_line(line: &str) -> Result<Option<(Vec<String>, Vec<String>)>, String> {
+fn parse_map_line(line: &str) -> Result<Option<LineNames>, String> {
     // Drop `( ... )` comments, which may nest.
     let mut text = String::new();
     let mut depth = 0usize;
@@ -968,11 +971,11 @@ fn parse_path(tokens: &[Token], mut i: usize, base: Vec<String>, out: &mut Vec<R
             continue;
         }
         let mut alias = None;
-        if tokens.get(i).is_some_and(|t| t.tok == Tok::Word("as".to_string())) {
-            if let Some(Tok::Word(a)) = tokens.get(i + 1).map(|t| &t.tok) {
-                alias = Some(a.clone());
-                i += 2;
-            }
+        if tokens.get(i).is_some_and(|t| t.tok == Tok::Word("as".to_string()))
+            && let Some(Tok::Word(a)) = tokens.get(i + 1).map(|t| &t.tok)
+        {
+            alias = Some(a.clone());
+            i += 2;
         }
         out.push(ResolvedPath {
             segs,

@@ -21,7 +21,7 @@
 //! authenticated on its head, and its body is read only afterwards.
 
 use super::Service;
-use super::auth::{Authenticated, awaited_approval, first_visible};
+use super::auth::{Authenticated, awaited_approval, first_visible, may_see_approval};
 use super::error::ApiError;
 use super::model::{
     ActionList, ActionView, Alive, ApprovalList, ApprovalSettings, ApprovalsQuery, AuditQuery, AuditRecord,
@@ -458,10 +458,6 @@ pub(super) async fn list_invocations(
 /// Rows one `GET /v1/invocations` reads at most.
 const SCAN_CAP: usize = 10_000;
 
-fn visible(service: &Service, caller: &Caller, approval: &ApprovalRecord) -> bool {
-    approval.caller == caller.name || service.runtime.may_review(caller, approval)
-}
-
 /// Approval requests visible to the identity
 ///
 /// Pending unless `state` says otherwise, the newest `limit`: requests of
@@ -486,8 +482,11 @@ pub(super) async fn approvals(
     };
     let limit = query.limit.unwrap_or(DEFAULT_LIST).min(MAX_LIST);
     let store = service.runtime.store()?;
-    let list: Vec<ApprovalRecord> =
-        first_visible(limit, |n| store.approvals(state, n), |a| visible(&service, &caller, a))?;
+    let list: Vec<ApprovalRecord> = first_visible(
+        limit,
+        |n| store.approvals(state, n),
+        |a| may_see_approval(&service, &caller, a),
+    )?;
     Ok(Json(ApprovalList { approvals: list }))
 }
 
@@ -496,7 +495,7 @@ fn visible_approval(service: &Service, caller: &Caller, id: &str) -> Result<Appr
         .runtime
         .store()?
         .approval(id)?
-        .filter(|a| visible(service, caller, a))
+        .filter(|a| may_see_approval(service, caller, a))
         .ok_or_else(|| ApiError::not_found(format!("no approval request {id}")))?;
     Ok(approval)
 }

@@ -126,6 +126,12 @@ pub(crate) fn awaited_approval(
 /// filtered afterwards, could be filled with records of other callers and
 /// hide the caller's own: read ever longer prefixes until `want` are kept
 /// or the store has no more.
+/// Whether `caller` may see approval request `approval`: its own
+/// invocation's, or one it may review.
+pub(crate) fn may_see_approval(service: &Service, caller: &Caller, approval: &ApprovalRecord) -> bool {
+    approval.caller == caller.name || service.runtime.may_review(caller, approval)
+}
+
 pub(crate) fn first_visible<T>(
     want: usize,
     fetch: impl Fn(usize) -> Result<Vec<T>, StoreError>,

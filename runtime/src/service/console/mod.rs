@@ -19,7 +19,7 @@ pub mod views;
 
 use super::Service;
 use crate::identity::Caller;
-use crate::store::{ApprovalRecord, ApprovalState, InvocationRecord, SessionRecord, Store, StoreError, Verdict};
+use crate::store::{ApprovalState, SessionRecord, Store, StoreError, Verdict};
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -369,14 +369,6 @@ async fn logout(
     r
 }
 
-fn may_see_approval(service: &Service, caller: &Caller, a: &ApprovalRecord) -> bool {
-    a.caller == caller.name || service.runtime.may_review(caller, a)
-}
-
-fn may_see_invocation(service: &Service, caller: &Caller, i: &InvocationRecord) -> bool {
-    service.runtime.may_see_invocation(caller, i)
-}
-
 async fn home(State(service): State<Shared>, SignedIn { caller, session }: SignedIn) -> Response {
     if let Err(e) = service.runtime.sweep_approvals().await {
         tracing::warn!("approval sweep failed: {e}");
@@ -387,7 +379,7 @@ async fn home(State(service): State<Shared>, SignedIn { caller, session }: Signe
         Ok(super::auth::first_visible(
             LIST_LENGTH,
             |n| s.approvals(Some(ApprovalState::Pending), n),
-            |a| may_see_approval(&service, &caller, a),
+            |a| super::auth::may_see_approval(&service, &caller, a),
         )?)
     });
     match list {
@@ -406,7 +398,7 @@ async fn approval_page(
     Path(id): Path<String>,
 ) -> Response {
     let approval = match service.runtime.store().and_then(|s| Ok(s.approval(&id)?)) {
-        Ok(Some(a)) if may_see_approval(&service, &caller, &a) => a,
+        Ok(Some(a)) if super::auth::may_see_approval(&service, &caller, &a) => a,
         Ok(_) => return error_page(StatusCode::NOT_FOUND, &format!("no approval request {id}")),
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
@@ -460,7 +452,7 @@ async fn invocations_page(State(service): State<Shared>, SignedIn { caller, sess
         Ok(super::auth::first_visible(
             LIST_LENGTH,
             |n| s.invocations(None, n),
-            |i| may_see_invocation(&service, &caller, i),
+            |i| service.runtime.may_see_invocation(&caller, i),
         )?)
     });
     match list {
@@ -475,7 +467,7 @@ async fn invocation_page(
     Path(id): Path<String>,
 ) -> Response {
     let record = match service.runtime.store().and_then(|s| Ok(s.invocation(&id)?)) {
-        Ok(Some(i)) if may_see_invocation(&service, &caller, &i) => i,
+        Ok(Some(i)) if service.runtime.may_see_invocation(&caller, &i) => i,
         Ok(_) => return error_page(StatusCode::NOT_FOUND, &format!("no invocation {id}")),
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
