@@ -28,8 +28,10 @@ use std::time::Duration;
 
 /// How long one request may take before the target stops reading (a
 /// request may legitimately wait, e.g. for an approval, or hold an event
-/// stream open).
-const PATIENCE: Duration = Duration::from_secs(3);
+/// stream open). Short: such inputs are common once libFuzzer finds them,
+/// and each costs this much; the service staying up is checked after every
+/// request anyway (`/v1/health`).
+const PATIENCE: Duration = Duration::from_secs(1);
 
 struct World {
     addr: SocketAddr,
@@ -66,6 +68,13 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, Vec<u8>) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
+        // An event stream stays open by design: its head and first events
+        // are what there is to check.
+        if is_event_stream(&answer) {
+            stream
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("set a read timeout");
+        }
     }
     let status = answer
         .strip_prefix(b"HTTP/1.1 ")
@@ -73,6 +82,17 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, Vec<u8>) {
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
     (status, answer)
+}
+
+/// Whether `answer` has a complete head announcing `text/event-stream`.
+fn is_event_stream(answer: &[u8]) -> bool {
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    answer[..end].split(|b| *b == b'\n').any(|line| {
+        line.to_ascii_lowercase()
+            .starts_with(b"content-type: text/event-stream")
+    })
 }
 
 fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
