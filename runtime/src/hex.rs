@@ -1,6 +1,6 @@
 //! Lowercase hex, the one spelling airlock writes ids, digests and keys in.
 
-const DIGITS: &[u8; 16] = b"0123456789abcdef";
+pub(crate) const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// `bytes` as lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {

@@ -186,7 +186,7 @@ pub fn seal(buf: &mut Vec<u8>, start: usize, prev: &[u8; 32]) -> [u8; 32] {
     hash
 }
 
-const DIGITS: &[u8; 16] = b"0123456789abcdef";
+use crate::hex::DIGITS;
 
 /// Lowercase hex of a hash.
 fn hex64(bytes: &[u8; 32]) -> [u8; 64] {

@@ -405,7 +405,7 @@ impl Capability for CredentialsCapability {
 const IFACE: &str = "airlock:cap/credentials";
 
 /// The invocation's credentials, if the action holds a credentials grant.
-fn bound_in(state: &InvocationState) -> Option<&CredentialStore> {
+pub(crate) fn bound_in(state: &InvocationState) -> Option<&CredentialStore> {
     state.slots.get::<Arc<CredentialStore>>().map(Arc::as_ref)
 }
 

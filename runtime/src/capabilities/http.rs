@@ -648,7 +648,7 @@ impl wit::Host for InvocationState {
         };
         let injected = credential
             .as_deref()
-            .and_then(|c| self.slots.get::<Arc<CredentialStore>>()?.binding(c))
+            .and_then(|c| super::credentials::bound_in(self)?.binding(c))
             .and_then(|b| b.inject.as_ref())
             .and_then(|i| i.header_name());
         let follow = request.follow_redirects;
