@@ -30,6 +30,16 @@ pub enum CapabilityKind {
 }
 
 impl CapabilityKind {
+    /// Every kind, in this order.
+    pub const ALL: [CapabilityKind; 6] = [
+        CapabilityKind::Log,
+        CapabilityKind::Files,
+        CapabilityKind::Credentials,
+        CapabilityKind::Http,
+        CapabilityKind::Approval,
+        CapabilityKind::Config,
+    ];
+
     /// The policy key under `[actions.NAME.grants]` that grants it.
     pub fn key(self) -> &'static str {
         match self {

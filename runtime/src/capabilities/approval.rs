@@ -6,8 +6,8 @@
 //! the invocation's clock, and the request expires when the action's
 //! `approval.wait-secs` runs out.
 
-use super::Capability;
 use super::bindings::airlock::cap::approval as wit;
+use super::{Capability, Resolving};
 use crate::call::{Decision, GuestAnswer, HostCall};
 use crate::catalog::CapabilityKind;
 use crate::host_call::{InvocationState, StateBuilder};
@@ -27,9 +27,15 @@ pub struct ApprovalCapability;
 
 impl Capability for ApprovalCapability {
     const KIND: CapabilityKind = CapabilityKind::Approval;
+    type Raw = bool;
     type Grant = ApprovalGrant;
+    const REACHES_OUTSIDE: bool = true;
     const EXAMPLE_GRANT: &'static str = "approval = true (with access.approve naming the approvers)";
     const EXAMPLE_FLAG: &'static str = "a config file: approvals need approvers, which only a config names";
+
+    fn resolve(raw: &bool, _cx: &Resolving<'_>) -> Result<Option<ApprovalGrant>, String> {
+        Ok(raw.then_some(ApprovalGrant))
+    }
 
     fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
         wit::add_to_linker::<InvocationState, HasSelf<InvocationState>>(linker, |s| s)

@@ -11,8 +11,8 @@
 //! `${config.KEY}` (in http allow and inject destinations and credential
 //! destinations), so an origin the code reads is written once.
 
-use super::Capability;
 use super::bindings::airlock::cap::config as wit;
+use super::{Capability, Resolving};
 use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, Denied, HostCall};
 use crate::host_call::{InvocationState, StateBuilder};
@@ -113,9 +113,17 @@ pub struct ConfigCapability;
 
 impl Capability for ConfigCapability {
     const KIND: CapabilityKind = CapabilityKind::Config;
+    type Raw = toml::Table;
     type Grant = ConfigGrant;
+    const UNDER_GRANTS: bool = false;
+    // It reads the operator's own values: no effect outside.
+    const REACHES_OUTSIDE: bool = false;
     const EXAMPLE_GRANT: &'static str = "[actions.NAME.config] with the keys it reads, e.g. api = \"https://HOST\"";
     const EXAMPLE_FLAG: &'static str = "--config-value KEY=VALUE";
+
+    fn resolve(raw: &toml::Table, _cx: &Resolving<'_>) -> Result<Option<ConfigGrant>, String> {
+        ConfigGrant::resolve(raw).map(Some)
+    }
 
     fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
         wit::add_to_linker::<InvocationState, HasSelf<InvocationState>>(linker, |s| s)

@@ -7,8 +7,8 @@
 //! sent or data is signed, and every decrypted copy is wiped when the
 //! invocation ends.
 
-use super::Capability;
 use super::bindings::airlock::cap::credentials as wit;
+use super::{Capability, Grants, Resolving};
 use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, HostCall};
 use crate::host_call::{InvocationState, StateBuilder};
@@ -363,9 +363,30 @@ pub struct CredentialsCapability;
 
 impl Capability for CredentialsCapability {
     const KIND: CapabilityKind = CapabilityKind::Credentials;
+    type Raw = BTreeMap<String, RawCredential>;
     type Grant = CredentialsGrant;
+    const REACHES_OUTSIDE: bool = true;
     const EXAMPLE_GRANT: &'static str = r#"credentials.NAME = { secret = "VAULT-SECRET", destinations = ["https://HOST"], inject = { header = "authorization", template = "Bearer {}" } }"#;
     const EXAMPLE_FLAG: &'static str = "a config file (credentials cannot be granted ad hoc)";
+
+    fn resolve(raw: &Self::Raw, cx: &Resolving<'_>) -> Result<Option<CredentialsGrant>, String> {
+        let mut raw = raw.clone();
+        for (name, c) in raw.iter_mut() {
+            for d in &mut c.destinations {
+                *d = cx
+                    .expand(d)
+                    .map_err(|e| format!("grants.credentials.{name}.destinations: {e}"))?;
+            }
+        }
+        CredentialsGrant::resolve(&raw).map(Some)
+    }
+
+    /// `airlock:cap/http` names the credential type, so an http grant links
+    /// this interface too (with no credentials bound, `get` refuses every
+    /// name).
+    fn linked_by(grants: &Grants) -> bool {
+        grants.http.is_some()
+    }
 
     fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
         wit::add_to_linker::<InvocationState, HasSelf<InvocationState>>(linker, |s| s)

@@ -7,8 +7,8 @@
 //! `wasi:filesystem` is wasmtime-wasi's implementation (also cap-std) with
 //! the directory preopened as `/` and the same read-only/read-write mode.
 
-use super::Capability;
 use super::bindings::airlock::cap::files as wit;
+use super::{Capability, Resolving};
 use crate::call::Target;
 use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, Denied, HostCall};
@@ -81,9 +81,15 @@ pub struct FilesCapability;
 
 impl Capability for FilesCapability {
     const KIND: CapabilityKind = CapabilityKind::Files;
+    type Raw = RawFilesGrant;
     type Grant = FilesGrant;
+    const REACHES_OUTSIDE: bool = true;
     const EXAMPLE_GRANT: &'static str = r#"files = { dir = "PATH", mode = "read-only" }"#;
     const EXAMPLE_FLAG: &'static str = "--grant-dir PATH[:ro]";
+
+    fn resolve(raw: &RawFilesGrant, cx: &Resolving<'_>) -> Result<Option<FilesGrant>, String> {
+        FilesGrant::resolve(raw, cx.path).map(Some)
+    }
 
     fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
         wit::add_to_linker::<InvocationState, HasSelf<InvocationState>>(linker, |s| s)?;

@@ -15,9 +15,9 @@
 //!   the destination. wasi:http never follows redirects (the guest sees the
 //!   3xx and makes a new, separately checked request).
 
-use super::Capability;
 use super::bindings::airlock::cap::http as wit;
 use super::credentials::{CredentialHandle, CredentialStore, CredentialsGrant};
+use super::{Capability, Resolving};
 use crate::call::Target;
 use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, HostCall, HostCalls};
@@ -174,9 +174,26 @@ pub struct HttpCapability;
 
 impl Capability for HttpCapability {
     const KIND: CapabilityKind = CapabilityKind::Http;
+    type Raw = RawHttpGrant;
     type Grant = HttpGrant;
+    const REACHES_OUTSIDE: bool = true;
     const EXAMPLE_GRANT: &'static str = r#"http = { allow = [{ destination = "https://HOST" }] }"#;
     const EXAMPLE_FLAG: &'static str = "a config file (http cannot be granted ad hoc)";
+
+    fn resolve(raw: &RawHttpGrant, cx: &Resolving<'_>) -> Result<Option<HttpGrant>, String> {
+        let mut raw = raw.clone();
+        for rule in &mut raw.allow {
+            rule.destination = cx
+                .expand(&rule.destination)
+                .map_err(|e| format!("grants.http.allow: {e}"))?;
+        }
+        for rule in &mut raw.inject {
+            rule.destination = cx
+                .expand(&rule.destination)
+                .map_err(|e| format!("grants.http.inject: {e}"))?;
+        }
+        HttpGrant::resolve(&raw, cx.grants.credentials.as_ref()).map(Some)
+    }
 
     fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
         wit::add_to_linker::<InvocationState, HasSelf<InvocationState>>(linker, |s| s)?;

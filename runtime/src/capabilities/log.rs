@@ -3,8 +3,8 @@
 //! Lines are kept up to the action's `max-log-bytes`; later lines are
 //! dropped and counted rather than buffered without bound.
 
-use super::Capability;
 use super::bindings::airlock::cap::log as wit;
+use super::{Capability, Resolving};
 use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, Denied, HostCall, Live};
 use crate::host_call::{InvocationState, StateBuilder};
@@ -31,9 +31,15 @@ pub struct LogCapability;
 
 impl Capability for LogCapability {
     const KIND: CapabilityKind = CapabilityKind::Log;
+    type Raw = bool;
     type Grant = LogGrant;
+    const REACHES_OUTSIDE: bool = false;
     const EXAMPLE_GRANT: &'static str = "log = true";
     const EXAMPLE_FLAG: &'static str = "--grant-log";
+
+    fn resolve(raw: &bool, _cx: &Resolving<'_>) -> Result<Option<LogGrant>, String> {
+        Ok(raw.then_some(LogGrant))
+    }
 
     fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
         wit::add_to_linker::<InvocationState, HasSelf<InvocationState>>(linker, |s| s)

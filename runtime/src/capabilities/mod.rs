@@ -3,8 +3,10 @@
 //! Each capability is one module holding its grant (as configured), the
 //! wiring that links its WIT interfaces into an action's linker, and the
 //! per-invocation state its host functions use. The [`Capability`] trait is
-//! that contract; adding a capability means adding one module, one field in
-//! [`Grants`], and one line in [`link_granted`].
+//! that contract, and the [`registry!`] list at the end of this file is the
+//! only place that names every capability: adding one means adding its
+//! module, one line there, and its interfaces to [`crate::catalog`] (which
+//! classifies a component's imports before any policy is read).
 //!
 //! The linker for an action is built from its grants, so an interface that
 //! is not granted is not defined at all: the component cannot reach it by
@@ -22,7 +24,8 @@ pub mod log;
 
 use crate::catalog::CapabilityKind;
 use crate::host_call::InvocationState;
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use wasmtime::component::Linker;
 
 /// Host bindings for the `airlock:cap` WIT package, generated from `wit/`.
@@ -49,12 +52,33 @@ pub(crate) mod bindings {
 pub trait Capability {
     /// Which catalog entry this is.
     const KIND: CapabilityKind;
+    /// The grant as written: the value of `grants.KEY` (or, for a capability
+    /// not written under `grants`, of its own section).
+    type Raw: serde::de::DeserializeOwned + fmt::Debug + Clone;
     /// The validated grant.
-    type Grant;
+    type Grant: fmt::Debug + Clone + PartialEq + Eq;
+    /// Whether the grant is written under `[actions.NAME.grants]` as
+    /// `KEY = ...`. `false` for `config`, whose grant is the action's own
+    /// `[actions.NAME.config]` section.
+    const UNDER_GRANTS: bool = true;
+    /// Whether an action holding the grant can do anything visible outside
+    /// its sandbox while it runs (see [`Grants::reach_outside`]).
+    const REACHES_OUTSIDE: bool;
     /// The grant as a config line, for refusals that say how to grant it.
     const EXAMPLE_GRANT: &'static str;
     /// The equivalent `airlock invoke` flag for ad hoc invocations.
     const EXAMPLE_FLAG: &'static str;
+
+    /// Validate the grant as written. `None` when it grants nothing
+    /// (`log = false`). `cx` holds the grants resolved before this one, in
+    /// registry order.
+    fn resolve(raw: &Self::Raw, cx: &Resolving<'_>) -> Result<Option<Self::Grant>, String>;
+
+    /// Whether another capability's grant needs this one's interfaces
+    /// linked too, without granting it.
+    fn linked_by(_grants: &Grants) -> bool {
+        false
+    }
 
     /// Define this capability's interfaces in an action's linker. Called
     /// only for actions that hold the grant.
@@ -67,217 +91,329 @@ pub trait Capability {
     fn describe(grant: &Self::Grant) -> String;
 }
 
-/// The grants section of an action as written in a config.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawGrants {
-    #[serde(default)]
-    pub log: bool,
-    pub files: Option<files::RawFilesGrant>,
-    #[serde(default)]
-    pub credentials: Option<std::collections::BTreeMap<String, credentials::RawCredential>>,
-    pub http: Option<http::RawHttpGrant>,
-    /// `approval = true`: the action may ask for a human check mid-run.
-    #[serde(default)]
-    pub approval: bool,
+/// What resolving one grant may consult.
+pub struct Resolving<'a> {
+    /// The grants resolved so far (those earlier in the registry).
+    pub grants: &'a Grants,
+    /// Makes a config-relative path absolute.
+    pub path: &'a dyn Fn(&Path) -> PathBuf,
 }
 
-/// Everything one action is granted, validated.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Grants {
-    pub log: Option<log::LogGrant>,
-    pub files: Option<files::FilesGrant>,
-    pub credentials: Option<credentials::CredentialsGrant>,
-    pub http: Option<http::HttpGrant>,
-    pub approval: Option<approval::ApprovalGrant>,
-    /// `[actions.NAME.config]`: non-secret values the action reads.
-    pub config: Option<config::ConfigGrant>,
-}
-
-/// `raw` with every `${config.KEY}` in its destinations replaced by the
-/// value (http allow and inject rules, credential destinations).
-fn expand_references(raw: &RawGrants, config: &config::ConfigGrant) -> Result<RawGrants, String> {
-    let mut raw = raw.clone();
-    if let Some(http) = &mut raw.http {
-        for rule in &mut http.allow {
-            rule.destination = config
-                .expand(&rule.destination)
-                .map_err(|e| format!("grants.http.allow: {e}"))?;
-        }
-        for rule in &mut http.inject {
-            rule.destination = config
-                .expand(&rule.destination)
-                .map_err(|e| format!("grants.http.inject: {e}"))?;
+impl Resolving<'_> {
+    /// `text` with every `${config.KEY}` replaced by the action's value.
+    /// Without a `[config]` section the text is returned as it is (a
+    /// destination that still holds `${` then fails to parse).
+    pub fn expand(&self, text: &str) -> Result<String, String> {
+        match &self.grants.config {
+            Some(config) => config.expand(text),
+            None => Ok(text.to_owned()),
         }
     }
-    if let Some(credentials) = &mut raw.credentials {
-        for (name, c) in credentials.iter_mut() {
-            for d in &mut c.destinations {
-                *d = config
-                    .expand(d)
-                    .map_err(|e| format!("grants.credentials.{name}.destinations: {e}"))?;
+}
+
+/// The registry: from one line per capability it builds the grants as
+/// written ([`RawGrants`]), as validated ([`Grants`]) and everything that
+/// goes over all of them. The order of the lines is the order in which
+/// grants are resolved and per-invocation state is prepared: a capability
+/// may look at the grants above it (`http` checks its inject rules against
+/// `credentials`, both expand `${config.KEY}`) and at their state.
+macro_rules! registry {
+    ($( $(#[$doc:meta])* $key:ident: $cap:ty, )*) => {
+        /// The grants of an action as written: `[actions.NAME.grants]` (and,
+        /// for `config`, the action's own section). Unknown keys are refused.
+        #[derive(Debug, Default, Clone)]
+        pub struct RawGrants {
+            $( $(#[$doc])* pub $key: Option<<$cap as Capability>::Raw>, )*
+        }
+
+        /// Everything one action is granted, validated.
+        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        pub struct Grants {
+            $( $(#[$doc])* pub $key: Option<<$cap as Capability>::Grant>, )*
+        }
+
+        impl<'de> serde::Deserialize<'de> for RawGrants {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Keys;
+                impl<'de> serde::de::Visitor<'de> for Keys {
+                    type Value = RawGrants;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a table of grants")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawGrants, A::Error> {
+                        use serde::de::Error as _;
+                        let mut raw = RawGrants::default();
+                        while let Some(key) = map.next_key::<String>()? {
+                            match key.as_str() {
+                                $(
+                                    stringify!($key) if <$cap as Capability>::UNDER_GRANTS => {
+                                        if raw.$key.is_some() {
+                                            return Err(A::Error::custom(format!("duplicate field `{key}`")));
+                                        }
+                                        raw.$key = Some(map.next_value()?);
+                                    }
+                                )*
+                                _ => return Err(A::Error::custom(unknown_grant(&key))),
+                            }
+                        }
+                        Ok(raw)
+                    }
+                }
+                deserializer.deserialize_map(Keys)
             }
         }
-    }
-    Ok(raw)
+
+        /// The keys written under `grants`, in registry order.
+        const GRANT_KEYS: &[(&str, bool)] = &[$( (stringify!($key), <$cap as Capability>::UNDER_GRANTS), )*];
+
+        impl Grants {
+            /// Validate `raw`, one capability after the other in registry order.
+            fn resolve_written(raw: &RawGrants, path: &dyn Fn(&Path) -> PathBuf) -> Result<Grants, String> {
+                let mut grants = Grants::default();
+                $(
+                    if let Some(written) = &raw.$key {
+                        let cx = Resolving { grants: &grants, path };
+                        grants.$key = <$cap as Capability>::resolve(written, &cx)?;
+                    }
+                )*
+                Ok(grants)
+            }
+
+            /// Whether the capability of this kind is linked: granted, or
+            /// needed by another grant (an http grant links credentials,
+            /// whose handle type `airlock:cap/http` names).
+            pub fn holds(&self, kind: CapabilityKind) -> bool {
+                $(
+                    if kind == <$cap as Capability>::KIND {
+                        return self.$key.is_some() || <$cap as Capability>::linked_by(self);
+                    }
+                )*
+                false
+            }
+
+            /// Whether an action holding these grants can do anything visible
+            /// outside its sandbox while it runs: every capability but `log`
+            /// and `config` can (files, the network, the vault, approval
+            /// requests). A pure action's only output is its result.
+            pub fn reach_outside(&self) -> bool {
+                false $( || (<$cap as Capability>::REACHES_OUTSIDE && self.$key.is_some()) )*
+            }
+
+            /// How to grant a capability, in config or flag form.
+            pub fn how_to_grant(kind: CapabilityKind, in_config: bool) -> &'static str {
+                $(
+                    if kind == <$cap as Capability>::KIND {
+                        return if in_config {
+                            <$cap as Capability>::EXAMPLE_GRANT
+                        } else {
+                            <$cap as Capability>::EXAMPLE_FLAG
+                        };
+                    }
+                )*
+                UNSERVED
+            }
+
+            /// One line per granted capability, for `airlock check`, in the
+            /// catalog's order.
+            pub fn describe(&self) -> Vec<(CapabilityKind, String)> {
+                let mut out = Vec::new();
+                $(
+                    if let Some(g) = &self.$key {
+                        out.push((<$cap as Capability>::KIND, <$cap as Capability>::describe(g)));
+                    }
+                )*
+                out.sort_by_key(|(kind, _)| *kind);
+                out
+            }
+        }
+
+        /// Link the inert baseline and every linked capability, and nothing else.
+        pub fn link_granted(linker: &mut Linker<InvocationState>, grants: &Grants) -> wasmtime::Result<()> {
+            baseline::link(linker)?;
+            $(
+                if grants.holds(<$cap as Capability>::KIND) {
+                    <$cap as Capability>::link(linker)?;
+                }
+            )*
+            Ok(())
+        }
+
+        /// Install per-invocation state for every granted capability, in
+        /// registry order.
+        pub fn prepare_granted(grants: &Grants, state: &mut crate::host_call::StateBuilder) -> anyhow::Result<()> {
+            $(
+                if let Some(g) = &grants.$key {
+                    <$cap as Capability>::prepare(g, state)?;
+                }
+            )*
+            Ok(())
+        }
+    };
+}
+
+/// What [`Grants::how_to_grant`] says of a kind no registry line serves.
+const UNSERVED: &str = "nothing: this build serves no such capability";
+
+/// The refusal of an unknown key under `grants`, naming the ones there are.
+fn unknown_grant(key: &str) -> String {
+    let known: Vec<String> = GRANT_KEYS
+        .iter()
+        .filter(|(_, under)| *under)
+        .map(|(k, _)| format!("`{k}`"))
+        .collect();
+    let hint = match GRANT_KEYS.iter().find(|(k, _)| *k == key) {
+        Some(_) => format!(" (`{key}` is a section of its own: [actions.NAME.{key}])"),
+        None => String::new(),
+    };
+    format!("unknown field `{key}`, expected one of {}{hint}", known.join(", "))
 }
 
 impl Grants {
-    /// Validate a grants section; `resolve` makes config-relative paths
+    /// Validate an action's grants; `resolve` makes config-relative paths
     /// absolute. `config` is the action's `[config]` section: it grants the
     /// `config` capability, and its values may be written into destinations
     /// as `${config.KEY}`.
     pub fn resolve(
         raw: &RawGrants,
         config: Option<&toml::Table>,
-        resolve: &dyn Fn(&Path) -> std::path::PathBuf,
+        resolve: &dyn Fn(&Path) -> PathBuf,
     ) -> Result<Grants, String> {
-        let config = config.map(config::ConfigGrant::resolve).transpose()?;
-        let expanded;
-        let raw = match &config {
-            Some(c) => {
-                expanded = expand_references(raw, c)?;
-                &expanded
-            }
-            None => raw,
+        let raw = RawGrants {
+            config: config.cloned(),
+            ..raw.clone()
         };
-        let credentials = raw
-            .credentials
-            .as_ref()
-            .map(credentials::CredentialsGrant::resolve)
-            .transpose()?;
-        let http = raw
-            .http
-            .as_ref()
-            .map(|h| http::HttpGrant::resolve(h, credentials.as_ref()))
-            .transpose()?;
-        Ok(Grants {
-            log: raw.log.then_some(log::LogGrant),
-            files: raw
-                .files
-                .as_ref()
-                .map(|f| files::FilesGrant::resolve(f, resolve))
-                .transpose()?,
-            credentials,
-            http,
-            approval: raw.approval.then_some(approval::ApprovalGrant),
-            config,
-        })
-    }
-
-    /// Whether an action holding these grants can do anything visible
-    /// outside its sandbox while it runs: every capability but `log` can
-    /// (files, the network, the vault, approval requests). A pure action's
-    /// only output is its result.
-    pub fn reach_outside(&self) -> bool {
-        // `config` reads the operator's own values: no effect outside.
-        self.files.is_some() || self.credentials.is_some() || self.http.is_some() || self.approval.is_some()
-    }
-
-    /// Whether the capability of this kind is granted.
-    pub fn holds(&self, kind: CapabilityKind) -> bool {
-        match kind {
-            CapabilityKind::Log => self.log.is_some(),
-            CapabilityKind::Files => self.files.is_some(),
-            // `airlock:cap/http` names the credential type, so an http grant
-            // links the interface too (with no credentials bound, `get`
-            // refuses every name).
-            CapabilityKind::Credentials => self.credentials.is_some() || self.http.is_some(),
-            CapabilityKind::Http => self.http.is_some(),
-            CapabilityKind::Approval => self.approval.is_some(),
-            CapabilityKind::Config => self.config.is_some(),
-        }
-    }
-
-    /// How to grant a capability, in config or flag form.
-    pub fn how_to_grant(kind: CapabilityKind, in_config: bool) -> &'static str {
-        match (kind, in_config) {
-            (CapabilityKind::Log, true) => log::LogCapability::EXAMPLE_GRANT,
-            (CapabilityKind::Log, false) => log::LogCapability::EXAMPLE_FLAG,
-            (CapabilityKind::Files, true) => files::FilesCapability::EXAMPLE_GRANT,
-            (CapabilityKind::Files, false) => files::FilesCapability::EXAMPLE_FLAG,
-            (CapabilityKind::Credentials, true) => credentials::CredentialsCapability::EXAMPLE_GRANT,
-            (CapabilityKind::Credentials, false) => credentials::CredentialsCapability::EXAMPLE_FLAG,
-            (CapabilityKind::Http, true) => http::HttpCapability::EXAMPLE_GRANT,
-            (CapabilityKind::Http, false) => http::HttpCapability::EXAMPLE_FLAG,
-            (CapabilityKind::Approval, true) => approval::ApprovalCapability::EXAMPLE_GRANT,
-            (CapabilityKind::Approval, false) => approval::ApprovalCapability::EXAMPLE_FLAG,
-            (CapabilityKind::Config, true) => config::ConfigCapability::EXAMPLE_GRANT,
-            (CapabilityKind::Config, false) => config::ConfigCapability::EXAMPLE_FLAG,
-        }
-    }
-
-    /// One line per granted capability, for `airlock check`.
-    pub fn describe(&self) -> Vec<(CapabilityKind, String)> {
-        let mut out = Vec::new();
-        if let Some(g) = &self.log {
-            out.push((CapabilityKind::Log, log::LogCapability::describe(g)));
-        }
-        if let Some(g) = &self.files {
-            out.push((CapabilityKind::Files, files::FilesCapability::describe(g)));
-        }
-        if let Some(g) = &self.credentials {
-            out.push((
-                CapabilityKind::Credentials,
-                credentials::CredentialsCapability::describe(g),
-            ));
-        }
-        if let Some(g) = &self.http {
-            out.push((CapabilityKind::Http, http::HttpCapability::describe(g)));
-        }
-        if let Some(g) = &self.approval {
-            out.push((CapabilityKind::Approval, approval::ApprovalCapability::describe(g)));
-        }
-        if let Some(g) = &self.config {
-            out.push((CapabilityKind::Config, config::ConfigCapability::describe(g)));
-        }
-        out
+        Grants::resolve_written(&raw, resolve)
     }
 }
 
-/// Link the inert baseline and every granted capability, and nothing else.
-pub fn link_granted(linker: &mut Linker<InvocationState>, grants: &Grants) -> wasmtime::Result<()> {
-    baseline::link(linker)?;
-    if grants.log.is_some() {
-        log::LogCapability::link(linker)?;
-    }
-    if grants.files.is_some() {
-        files::FilesCapability::link(linker)?;
-    }
-    if grants.holds(CapabilityKind::Credentials) {
-        credentials::CredentialsCapability::link(linker)?;
-    }
-    if grants.http.is_some() {
-        http::HttpCapability::link(linker)?;
-    }
-    if grants.approval.is_some() {
-        approval::ApprovalCapability::link(linker)?;
-    }
-    if grants.config.is_some() {
-        config::ConfigCapability::link(linker)?;
-    }
-    Ok(())
+registry! {
+    /// `[actions.NAME.config]`: non-secret values the action reads. First:
+    /// the grants below may refer to its values.
+    config: config::ConfigCapability,
+    /// `log = true`.
+    log: log::LogCapability,
+    /// `files = { dir, mode }`.
+    files: files::FilesCapability,
+    /// `credentials.NAME = { ... }`. Before `http`, whose inject rules name
+    /// credentials and whose state uses their store.
+    credentials: credentials::CredentialsCapability,
+    /// `http = { allow = [...], ... }`.
+    http: http::HttpCapability,
+    /// `approval = true`: the action may ask for a human check mid-run.
+    approval: approval::ApprovalCapability,
 }
 
-/// Install per-invocation state for every granted capability.
-pub fn prepare_granted(grants: &Grants, state: &mut crate::host_call::StateBuilder) -> anyhow::Result<()> {
-    if let Some(g) = &grants.log {
-        log::LogCapability::prepare(g, state)?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An action's table as the policy loader reads it: `grants` and the
+    /// `config` section side by side.
+    #[derive(serde::Deserialize)]
+    struct Action {
+        #[serde(default)]
+        grants: RawGrants,
+        config: Option<toml::Table>,
     }
-    if let Some(g) = &grants.files {
-        files::FilesCapability::prepare(g, state)?;
+
+    fn grants(text: &str) -> Result<Grants, String> {
+        let action: Action = toml::from_str(text).map_err(|e| e.to_string())?;
+        Grants::resolve(&action.grants, action.config.as_ref(), &|p: &Path| p.to_path_buf())
     }
-    if let Some(g) = &grants.credentials {
-        credentials::CredentialsCapability::prepare(g, state)?;
+
+    #[test]
+    fn every_catalog_capability_is_registered() {
+        for kind in CapabilityKind::ALL {
+            assert!(
+                GRANT_KEYS.iter().any(|(k, _)| *k == kind.key()),
+                "{kind} is not in the registry"
+            );
+            assert_ne!(Grants::how_to_grant(kind, true), UNSERVED, "{kind}");
+            assert_ne!(Grants::how_to_grant(kind, false), UNSERVED, "{kind}");
+        }
+        assert_eq!(GRANT_KEYS.len(), CapabilityKind::ALL.len());
     }
-    if let Some(g) = &grants.http {
-        http::HttpCapability::prepare(g, state)?;
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_known_ones() {
+        let e = grants("[grants]\nsockets = true\n").unwrap_err();
+        assert!(
+            e.contains("unknown field `sockets`, expected one of `log`, `files`, `credentials`, `http`, `approval`"),
+            "{e}"
+        );
+        // `config` is a grant, but not one written under `grants`.
+        let e = grants("[grants.config]\napi = \"https://a.example\"\n").unwrap_err();
+        assert!(
+            e.contains("unknown field `config`") && e.contains("[actions.NAME.config]"),
+            "{e}"
+        );
     }
-    if let Some(g) = &grants.approval {
-        approval::ApprovalCapability::prepare(g, state)?;
+
+    #[test]
+    fn errors_inside_a_grant_keep_their_place_in_the_file() {
+        let e = grants("[grants]\nlog = true\n\n[grants.http]\nallow = 5\n").unwrap_err();
+        assert!(e.contains("line 5"), "{e}");
+        let e = grants("[grants.files]\ndir = \"/tmp\"\nmode = \"all\"\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("read-only"), "{e}");
     }
-    if let Some(g) = &grants.config {
-        config::ConfigCapability::prepare(g, state)?;
+
+    #[test]
+    fn later_grants_see_earlier_ones() {
+        let g = grants(
+            r#"
+[config]
+api = "https://api.example"
+
+[grants.credentials.token]
+secret = "api-token"
+destinations = ["${config.api}"]
+inject = { header = "authorization", template = "Bearer {}" }
+
+[grants.http]
+allow = [{ destination = "${config.api}" }]
+inject = [{ destination = "${config.api}", credential = "token" }]
+"#,
+        )
+        .unwrap();
+        let http = g.http.as_ref().unwrap();
+        assert_eq!(http.policy.allow[0].destination.to_string(), "https://api.example");
+        assert_eq!(http.inject[0].credential, "token");
+        assert_eq!(
+            g.credentials.as_ref().unwrap().bindings["token"].destination_list(),
+            "https://api.example"
+        );
+        // An inject rule must name a credential the action holds.
+        let e = grants(
+            "[grants.http]\nallow = [{ destination = \"https://a.example\" }]\ninject = [{ destination = \"https://a.example\", credential = \"token\" }]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("no credential `token` under grants.credentials"), "{e}");
+        let e = grants("[grants.http]\nallow = [{ destination = \"${config.api}\" }]\n[config]\n").unwrap_err();
+        assert!(
+            e.starts_with("grants.http.allow: ") && e.contains("no key `api`"),
+            "{e}"
+        );
     }
-    Ok(())
+
+    #[test]
+    fn what_is_linked_granted_and_described() {
+        let g = grants(
+            "[grants]\nlog = true\nhttp = { allow = [{ destination = \"https://a.example\" }] }\n[config]\nk = 1\n",
+        )
+        .unwrap();
+        // http links credentials without granting it.
+        assert!(g.holds(CapabilityKind::Credentials) && g.credentials.is_none());
+        assert!(!g.holds(CapabilityKind::Files));
+        assert!(g.reach_outside());
+        let kinds: Vec<CapabilityKind> = g.describe().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            kinds,
+            [CapabilityKind::Log, CapabilityKind::Http, CapabilityKind::Config]
+        );
+
+        let pure = grants("[grants]\nlog = true\napproval = false\n[config]\n").unwrap();
+        assert!(!pure.reach_outside(), "log and config act only inside the sandbox");
+        assert!(pure.approval.is_none());
+        assert_eq!(grants("").unwrap(), Grants::default());
+    }
 }

@@ -201,14 +201,6 @@ impl GrantUse {
     /// How `new` would use `grants`, compared with `old`.
     pub fn of(old: &Manifest, new: &Manifest, grants: &Grants) -> GrantUse {
         let (before, after) = (capabilities(old), capabilities(new));
-        let all = [
-            CapabilityKind::Log,
-            CapabilityKind::Files,
-            CapabilityKind::Credentials,
-            CapabilityKind::Http,
-            CapabilityKind::Approval,
-            CapabilityKind::Config,
-        ];
         // What links (an http grant links credentials too) ...
         let linked = |k: &CapabilityKind| grants.holds(*k);
         // ... and what the config actually grants.
@@ -220,11 +212,7 @@ impl GrantUse {
                 .copied()
                 .collect(),
             ungranted: after.iter().filter(|k| !linked(k)).copied().collect(),
-            unused: all
-                .iter()
-                .filter(|k| written.contains(k) && !after.contains(k))
-                .copied()
-                .collect(),
+            unused: written.iter().filter(|k| !after.contains(k)).copied().collect(),
         }
     }
 }
