@@ -5,8 +5,8 @@
 //! once: an action that loads is one whose every import is granted.
 
 use crate::cache::ArtifactCache;
+use crate::capabilities::catalog::ImportClass;
 use crate::capabilities::{self, Grants};
-use crate::catalog::ImportClass;
 use crate::error::Error;
 use crate::host_call::InvocationState;
 use crate::manifest::Manifest;

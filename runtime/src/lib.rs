@@ -24,14 +24,14 @@
 //! gateway      → runtime, invocation, action, approval, policy, host_call, cluster, store, identity, hint, time, error   (admission: who, may they, approved?)
 //! runtime      → action, approval, engine, cache, pins, policy, manifest, capabilities, audit, cluster, store, vault, hint, error   (the loaded config and actions)
 //! invocation   → action, engine, policy, manifest, capabilities, host_call, audit, request, identity, metrics, telemetry, values, error   (one run: instance, limits, result)
-//! action       → approval, policy, cache, pins, manifest, capabilities, host_call, audit, store, request, identity, vault, catalog, signing, hint, error   (load, pin, link the granted)
+//! action       → approval, policy, cache, pins, manifest, capabilities, host_call, audit, store, request, identity, vault, signing, hint, error   (load, pin, link the granted)
 //! engine       → policy, host_call   (the shared wasmtime engine)
 //! approval     → policy, notify, audit, cluster, store, call, request, identity, metrics, values, hint, time, error   (requests, quorum, the per-invocation gate)
 //! policy       → manifest, capabilities, notify, audit, store, call, request, identity, limits, outbound, signing, values, time, error   (the config, validated)
 //! pins         → manifest, data_dir   (component digests pinned per action)
 //! cache        → manifest, data_dir   (the compile cache)
-//! manifest     → capabilities, catalog, signing, values   (what a component asks for and offers)
-//! capabilities → host_call, call, outbound, vault, catalog   (one module per grantable capability)
+//! manifest     → capabilities, signing, values   (what a component asks for and offers)
+//! capabilities → host_call, call, outbound, vault   (the catalog of imports; one module per grantable capability)
 //! notify       → audit, store, request, identity, outbound, vault, hex, hint, time, error   (webhooks to reviewers)
 //! host_call    → audit, call, limits, vault, metrics, time, error   (the choke point, per-invocation state)
 //! audit        → cluster, store, identity, metrics, data_dir, hex, hint, time   (the hash-chained trail)
@@ -44,7 +44,7 @@
 //! vault        → data_dir
 //! telemetry    → tls
 //! error        → hint, values
-//! outbound, catalog, limits, values, signing, hint, data_dir, tls, hex, time   (leaves)
+//! outbound, limits, values, signing, hint, data_dir, tls, hex, time   (leaves)
 //! ```
 
 pub mod action;
@@ -53,7 +53,6 @@ pub mod audit;
 pub mod cache;
 pub mod call;
 pub mod capabilities;
-pub mod catalog;
 pub mod cluster;
 pub mod data_dir;
 pub mod engine;

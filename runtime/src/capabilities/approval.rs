@@ -7,9 +7,9 @@
 //! `approval.wait-secs` runs out.
 
 use super::bindings::airlock::cap::approval as wit;
+use super::catalog::{AIRLOCK_CAP_0_1, Interface};
 use super::{Capability, Resolving};
 use crate::call::{Decision, GuestAnswer, HostCall};
-use crate::catalog::CapabilityKind;
 use crate::host_call::{InvocationState, StateBuilder};
 use wasmtime::component::{HasSelf, Linker};
 
@@ -26,7 +26,11 @@ pub struct ApprovalGrant;
 pub struct ApprovalCapability;
 
 impl Capability for ApprovalCapability {
-    const KIND: CapabilityKind = CapabilityKind::Approval;
+    const INTERFACES: &'static [Interface] = &[Interface {
+        family: &AIRLOCK_CAP_0_1,
+        name: "airlock:cap/approval",
+        meaning: "ask the action's approvers for a decision mid-run; the call waits for it",
+    }];
     type Raw = bool;
     type Grant = ApprovalGrant;
     const REACHES_OUTSIDE: bool = true;

@@ -17,6 +17,7 @@
 //! reach a baseline function that skips the count: the linker only ever
 //! sees the counting implementations below.
 
+use super::catalog::{Interface, WASI_0_2};
 use crate::host_call::InvocationState;
 use wasmtime::Result;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -25,6 +26,101 @@ use wasmtime_wasi::clocks::WasiClocksCtxView;
 use wasmtime_wasi::p2::bindings::{cli, clocks, io, random};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, IoError, StreamError, StreamResult};
 use wasmtime_wasi::random::WasiRandomCtx;
+
+/// The interfaces of the inert baseline: WASI plumbing served with no
+/// authority, linked for every action.
+pub const INTERFACES: &[Interface] = &[
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:cli/environment",
+        meaning: "environment variables and arguments: always empty",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:cli/exit",
+        meaning: "ends the action early; the host keeps running",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:cli/stdin",
+        meaning: "standard input: always empty",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:cli/stdout",
+        meaning: "standard output: captured per invocation, capped",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:cli/stderr",
+        meaning: "standard error: captured per invocation, capped",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:cli/terminal-input",
+        meaning: "terminal handles: there is never a terminal",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:cli/terminal-output",
+        meaning: "terminal handles: there is never a terminal",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:cli/terminal-stdin",
+        meaning: "terminal query: stdin is never a terminal",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:cli/terminal-stdout",
+        meaning: "terminal query: stdout is never a terminal",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:cli/terminal-stderr",
+        meaning: "terminal query: stderr is never a terminal",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:io/error",
+        meaning: "error values of stream operations",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:io/poll",
+        meaning: "waiting on the component's own streams and timers",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:io/streams",
+        meaning: "byte streams (only those the component was handed)",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:clocks/wall-clock",
+        meaning: "reads the current time",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:clocks/monotonic-clock",
+        meaning: "reads a monotonic clock; sleeps count against the timeout",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:random/random",
+        meaning: "cryptographically secure random bytes",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:random/insecure",
+        meaning: "fast non-cryptographic random bytes",
+    },
+    Interface {
+        family: &WASI_0_2,
+        name: "wasi:random/insecure-seed",
+        meaning: "a per-instance random seed",
+    },
+];
 
 macro_rules! baseline_functions {
     ($($id:ident = $name:literal,)*) => {

@@ -12,8 +12,8 @@
 //! destinations), so an origin the code reads is written once.
 
 use super::bindings::airlock::cap::config as wit;
+use super::catalog::{AIRLOCK_CAP_0_1, Interface};
 use super::{Capability, Resolving};
-use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, Denied, HostCall};
 use crate::host_call::{InvocationState, StateBuilder};
 use std::collections::BTreeMap;
@@ -112,7 +112,11 @@ pub struct ConfigState {
 pub struct ConfigCapability;
 
 impl Capability for ConfigCapability {
-    const KIND: CapabilityKind = CapabilityKind::Config;
+    const INTERFACES: &'static [Interface] = &[Interface {
+        family: &AIRLOCK_CAP_0_1,
+        name: "airlock:cap/config",
+        meaning: "non-secret values from the action's [config] section; no authority",
+    }];
     type Raw = toml::Table;
     type Grant = ConfigGrant;
     const UNDER_GRANTS: bool = false;

@@ -8,8 +8,8 @@
 //! invocation ends.
 
 use super::bindings::airlock::cap::credentials as wit;
+use super::catalog::{AIRLOCK_CAP_0_1, Interface};
 use super::{Capability, Grants, Resolving};
-use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, HostCall};
 use crate::host_call::{InvocationState, StateBuilder};
 use crate::outbound::{Destination, Origin, Redactor};
@@ -362,7 +362,11 @@ fn not_bound(name: &str) -> String {
 pub struct CredentialsCapability;
 
 impl Capability for CredentialsCapability {
-    const KIND: CapabilityKind = CapabilityKind::Credentials;
+    const INTERFACES: &'static [Interface] = &[Interface {
+        family: &AIRLOCK_CAP_0_1,
+        name: "airlock:cap/credentials",
+        meaning: "opaque handles on the credentials the policy binds; secrets never enter the sandbox",
+    }];
     type Raw = BTreeMap<String, RawCredential>;
     type Grant = CredentialsGrant;
     const REACHES_OUTSIDE: bool = true;

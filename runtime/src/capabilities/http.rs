@@ -16,10 +16,10 @@
 //!   3xx and makes a new, separately checked request).
 
 use super::bindings::airlock::cap::http as wit;
+use super::catalog::{AIRLOCK_CAP_0_1, Interface, WASI_0_2};
 use super::credentials::{CredentialHandle, CredentialStore, CredentialsGrant};
 use super::{Capability, Resolving};
 use crate::call::Target;
-use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, HostCall, HostCalls};
 use crate::host_call::{InvocationState, StateBuilder};
 use crate::outbound::client::send_once;
@@ -173,7 +173,23 @@ pub const MAX_IN_FLIGHT: usize = 8;
 pub struct HttpCapability;
 
 impl Capability for HttpCapability {
-    const KIND: CapabilityKind = CapabilityKind::Http;
+    const INTERFACES: &'static [Interface] = &[
+        Interface {
+            family: &AIRLOCK_CAP_0_1,
+            name: "airlock:cap/http",
+            meaning: "outbound HTTP to allowed destinations, credentials injected by the host",
+        },
+        Interface {
+            family: &WASI_0_2,
+            name: "wasi:http/outgoing-handler",
+            meaning: "outbound HTTP to allowed destinations, under the same rules as airlock:cap/http",
+        },
+        Interface {
+            family: &WASI_0_2,
+            name: "wasi:http/types",
+            meaning: "HTTP request and response types for wasi:http/outgoing-handler",
+        },
+    ];
     type Raw = RawHttpGrant;
     type Grant = HttpGrant;
     const REACHES_OUTSIDE: bool = true;

@@ -4,8 +4,8 @@
 //! dropped and counted rather than buffered without bound.
 
 use super::bindings::airlock::cap::log as wit;
+use super::catalog::{AIRLOCK_CAP_0_1, Interface};
 use super::{Capability, Resolving};
-use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, Denied, HostCall, Live};
 use crate::host_call::{InvocationState, StateBuilder};
 use wasmtime::component::{HasSelf, Linker};
@@ -30,7 +30,11 @@ pub struct LogState {
 pub struct LogCapability;
 
 impl Capability for LogCapability {
-    const KIND: CapabilityKind = CapabilityKind::Log;
+    const INTERFACES: &'static [Interface] = &[Interface {
+        family: &AIRLOCK_CAP_0_1,
+        name: "airlock:cap/log",
+        meaning: "structured log lines, captured per invocation",
+    }];
     type Raw = bool;
     type Grant = LogGrant;
     const REACHES_OUTSIDE: bool = false;

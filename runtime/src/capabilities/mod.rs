@@ -15,15 +15,15 @@
 
 pub mod approval;
 pub mod baseline;
+pub mod catalog;
 pub mod config;
 pub mod credentials;
 pub mod files;
-pub mod filesystem;
 pub mod http;
 pub mod log;
 
-use crate::catalog::CapabilityKind;
 use crate::host_call::InvocationState;
+use catalog::Interface;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use wasmtime::component::Linker;
@@ -50,8 +50,9 @@ pub(crate) mod bindings {
 
 /// One grantable capability.
 pub trait Capability {
-    /// Which catalog entry this is.
-    const KIND: CapabilityKind;
+    /// The interfaces it serves (the catalog's entries for it): an action
+    /// importing one needs this grant.
+    const INTERFACES: &'static [Interface];
     /// The grant as written: the value of `grants.KEY` (or, for a capability
     /// not written under `grants`, of its own section).
     type Raw: serde::de::DeserializeOwned + fmt::Debug + Clone;
@@ -111,14 +112,43 @@ impl Resolving<'_> {
     }
 }
 
-/// The registry: from one line per capability it builds the grants as
-/// written ([`RawGrants`]), as validated ([`Grants`]) and everything that
-/// goes over all of them. The order of the lines is the order in which
-/// grants are resolved and per-invocation state is prepared: a capability
-/// may look at the grants above it (`http` checks its inject rules against
+/// The registry: from one line per capability (`key / Kind => Type`) it
+/// builds [`CapabilityKind`], the catalog's capability entries (from each
+/// [`Capability::INTERFACES`]), the grants as written ([`RawGrants`]) and
+/// as validated ([`Grants`]), and everything that goes over all of them.
+///
+/// The order of the lines is the order in which grants are resolved (after
+/// the capabilities with a section of their own, like `config`) and
+/// per-invocation state is prepared: a capability may look at the grants
+/// resolved before it (`http` checks its inject rules against
 /// `credentials`, both expand `${config.KEY}`) and at their state.
 macro_rules! registry {
-    ($( $(#[$doc:meta])* $key:ident: $cap:ty, )*) => {
+    ($( $(#[$doc:meta])* $key:ident / $Kind:ident => $cap:ty, )*) => {
+        /// Which grant serves a capability interface.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum CapabilityKind {
+            $( $(#[$doc])* $Kind, )*
+        }
+
+        impl CapabilityKind {
+            /// Every kind, in registry order.
+            pub const ALL: &[CapabilityKind] = &[$( CapabilityKind::$Kind, )*];
+
+            /// The policy key that grants it (`[actions.NAME.grants] KEY`,
+            /// or the action's `[KEY]` section for one not written under
+            /// `grants`).
+            pub fn key(self) -> &'static str {
+                match self {
+                    $( CapabilityKind::$Kind => stringify!($key), )*
+                }
+            }
+        }
+
+        /// Every capability's interfaces, for the catalog.
+        const INTERFACES: &[(CapabilityKind, &[Interface])] = &[
+            $( (CapabilityKind::$Kind, <$cap as Capability>::INTERFACES), )*
+        ];
+
         /// The grants of an action as written: `[actions.NAME.grants]` (and,
         /// for `config`, the action's own section). Unknown keys are refused.
         #[derive(Debug, Default, Clone)]
@@ -163,19 +193,25 @@ macro_rules! registry {
             }
         }
 
-        /// The keys written under `grants`, in registry order.
+        /// Every key, and whether it is written under `grants`, in registry order.
         const GRANT_KEYS: &[(&str, bool)] = &[$( (stringify!($key), <$cap as Capability>::UNDER_GRANTS), )*];
 
         impl Grants {
             /// Validate `raw`, one capability after the other in registry order.
             fn resolve_written(raw: &RawGrants, path: &dyn Fn(&Path) -> PathBuf) -> Result<Grants, String> {
                 let mut grants = Grants::default();
-                $(
-                    if let Some(written) = &raw.$key {
-                        let cx = Resolving { grants: &grants, path };
-                        grants.$key = <$cap as Capability>::resolve(written, &cx)?;
-                    }
-                )*
+                // Sections of their own first (grants may refer to their
+                // values), then the grants in registry order.
+                for sections in [true, false] {
+                    $(
+                        if let Some(written) = &raw.$key
+                            && <$cap as Capability>::UNDER_GRANTS != sections
+                        {
+                            let cx = Resolving { grants: &grants, path };
+                            grants.$key = <$cap as Capability>::resolve(written, &cx)?;
+                        }
+                    )*
+                }
                 Ok(grants)
             }
 
@@ -184,7 +220,7 @@ macro_rules! registry {
             /// whose handle type `airlock:cap/http` names).
             pub fn holds(&self, kind: CapabilityKind) -> bool {
                 $(
-                    if kind == <$cap as Capability>::KIND {
+                    if kind == CapabilityKind::$Kind {
                         return self.$key.is_some() || <$cap as Capability>::linked_by(self);
                     }
                 )*
@@ -202,7 +238,7 @@ macro_rules! registry {
             /// How to grant a capability, in config or flag form.
             pub fn how_to_grant(kind: CapabilityKind, in_config: bool) -> &'static str {
                 $(
-                    if kind == <$cap as Capability>::KIND {
+                    if kind == CapabilityKind::$Kind {
                         return if in_config {
                             <$cap as Capability>::EXAMPLE_GRANT
                         } else {
@@ -219,7 +255,7 @@ macro_rules! registry {
                 let mut out = Vec::new();
                 $(
                     if let Some(g) = &self.$key {
-                        out.push((<$cap as Capability>::KIND, <$cap as Capability>::describe(g)));
+                        out.push((CapabilityKind::$Kind, <$cap as Capability>::describe(g)));
                     }
                 )*
                 out.sort_by_key(|(kind, _)| *kind);
@@ -231,7 +267,7 @@ macro_rules! registry {
         pub fn link_granted(linker: &mut Linker<InvocationState>, grants: &Grants) -> wasmtime::Result<()> {
             baseline::link(linker)?;
             $(
-                if grants.holds(<$cap as Capability>::KIND) {
+                if grants.holds(CapabilityKind::$Kind) {
                     <$cap as Capability>::link(linker)?;
                 }
             )*
@@ -287,20 +323,35 @@ impl Grants {
 }
 
 registry! {
-    /// `[actions.NAME.config]`: non-secret values the action reads. First:
-    /// the grants below may refer to its values.
-    config: config::ConfigCapability,
-    /// `log = true`.
-    log: log::LogCapability,
-    /// `files = { dir, mode }`.
-    files: files::FilesCapability,
-    /// `credentials.NAME = { ... }`. Before `http`, whose inject rules name
-    /// credentials and whose state uses their store.
-    credentials: credentials::CredentialsCapability,
-    /// `http = { allow = [...], ... }`.
-    http: http::HttpCapability,
-    /// `approval = true`: the action may ask for a human check mid-run.
-    approval: approval::ApprovalCapability,
+    /// `airlock:cap/log`: `log = true`.
+    log / Log => log::LogCapability,
+    /// `airlock:cap/files` and `wasi:filesystem`: `files = { dir, mode }`.
+    files / Files => files::FilesCapability,
+    /// `airlock:cap/credentials`: `credentials.NAME = { ... }`. Before
+    /// `http`, whose inject rules name credentials and whose state uses
+    /// their store.
+    credentials / Credentials => credentials::CredentialsCapability,
+    /// `airlock:cap/http` and `wasi:http`: `http = { allow = [...], ... }`.
+    http / Http => http::HttpCapability,
+    /// `airlock:cap/approval`: `approval = true`, asking for a human
+    /// decision mid-run.
+    approval / Approval => approval::ApprovalCapability,
+    /// `airlock:cap/config`: the action's `[config]` section, non-secret
+    /// values it reads. Resolved before the grants, which may refer to its
+    /// values as `${config.KEY}`.
+    config / Config => config::ConfigCapability,
+}
+
+impl fmt::Display for CapabilityKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+impl serde::Serialize for CapabilityKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.key())
+    }
 }
 
 #[cfg(test)]
@@ -323,7 +374,7 @@ mod tests {
 
     #[test]
     fn every_catalog_capability_is_registered() {
-        for kind in CapabilityKind::ALL {
+        for &kind in CapabilityKind::ALL {
             assert!(
                 GRANT_KEYS.iter().any(|(k, _)| *k == kind.key()),
                 "{kind} is not in the registry"

@@ -7,7 +7,7 @@
 
 use super::{FunctionSig, ImportEntry, Manifest};
 use crate::capabilities::Grants;
-use crate::catalog::{CapabilityKind, ImportClass};
+use crate::capabilities::catalog::{CapabilityKind, ImportClass};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;

@@ -10,7 +10,7 @@ pub mod wit;
 
 pub use digest::Digest;
 
-use crate::catalog::{self, CapabilityKind, ImportClass};
+use crate::capabilities::catalog::{self, CapabilityKind, ImportClass};
 use crate::values::{self, TypeTooDeep, ValueType};
 use serde_json::{Value, json};
 use std::sync::Arc;

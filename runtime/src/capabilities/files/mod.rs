@@ -7,10 +7,12 @@
 //! `wasi:filesystem` is wasmtime-wasi's implementation (also cap-std) with
 //! the directory preopened as `/` and the same read-only/read-write mode.
 
+mod filesystem;
+
 use super::bindings::airlock::cap::files as wit;
+use super::catalog::{AIRLOCK_CAP_0_1, Interface, WASI_0_2};
 use super::{Capability, Resolving};
 use crate::call::Target;
-use crate::catalog::CapabilityKind;
 use crate::host_call::{Decision, Denied, HostCall};
 use crate::host_call::{InvocationState, StateBuilder};
 use anyhow::Context as _;
@@ -80,7 +82,23 @@ pub struct FilesState {
 pub struct FilesCapability;
 
 impl Capability for FilesCapability {
-    const KIND: CapabilityKind = CapabilityKind::Files;
+    const INTERFACES: &'static [Interface] = &[
+        Interface {
+            family: &AIRLOCK_CAP_0_1,
+            name: "airlock:cap/files",
+            meaning: "read/list (and write/delete if read-write) inside the granted directory",
+        },
+        Interface {
+            family: &WASI_0_2,
+            name: "wasi:filesystem/types",
+            meaning: "filesystem access, served only as the granted directory",
+        },
+        Interface {
+            family: &WASI_0_2,
+            name: "wasi:filesystem/preopens",
+            meaning: "the granted directory, preopened as `/`",
+        },
+    ];
     type Raw = RawFilesGrant;
     type Grant = FilesGrant;
     const REACHES_OUTSIDE: bool = true;
@@ -94,7 +112,7 @@ impl Capability for FilesCapability {
     fn link(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
         wit::add_to_linker::<InvocationState, HasSelf<InvocationState>>(linker, |s| s)?;
         // wasi:filesystem, with every call through the host-call choke point.
-        super::filesystem::link(linker)?;
+        filesystem::link(linker)?;
         Ok(())
     }
 
