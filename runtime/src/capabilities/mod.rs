@@ -3,10 +3,13 @@
 //! Each capability is one module holding its grant (as configured), the
 //! wiring that links its WIT interfaces into an action's linker, and the
 //! per-invocation state its host functions use. The [`Capability`] trait is
-//! that contract, and the [`registry!`] list at the end of this file is the
+//! that contract, and the `registry!` list at the end of this file is the
 //! only place that names every capability: adding one means adding its
-//! module, one line there, and its interfaces to [`crate::catalog`] (which
-//! classifies a component's imports before any policy is read).
+//! module (grant, the interfaces it serves, linker wiring, state) and one
+//! line there, from which [`CapabilityKind`], the [`catalog`]'s entries and
+//! the grants tables are built. Its WIT lives in `wit/`; host functions
+//! that are async are also named in the `bindgen!` block below (wasmtime
+//! generates one world's bindings in one place).
 //!
 //! The linker for an action is built from its grants, so an interface that
 //! is not granted is not defined at all: the component cannot reach it by
