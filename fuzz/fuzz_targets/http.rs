@@ -39,10 +39,10 @@ struct World {
     values: Vec<(&'static str, String)>,
     /// What no answer may contain.
     secrets: Vec<String>,
-    /// Per secret: whether an accepted request has sent it as data (an
-    /// argument, a reason): from then on it is data the service keeps and
-    /// shows to whoever may read it (the audit trail records arguments as
-    /// sent), not a credential it leaked.
+    /// Per secret: whether an accepted invocation has sent it as data in its
+    /// body (an argument, a reason): from then on it is data the service
+    /// keeps and shows to whoever may read it (the audit trail records
+    /// arguments as sent), not a credential it leaked.
     published: Vec<std::sync::atomic::AtomicBool>,
     _runtime: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
@@ -358,7 +358,11 @@ fuzz_target!(init: { LazyLock::force(&WORLD); }, |data: &[u8]| {
     let elsewhere = outside_credentials(&raw);
     for (secret, published) in world.secrets.iter().zip(&world.published) {
         if contains(&elsewhere, secret.as_bytes()) {
-            if (200..300).contains(&status) {
+            // Only an accepted invocation stores what its body holds (its
+            // arguments and reason, recorded as sent).
+            let invokes = raw.starts_with(b"POST /v1/invocations")
+                || (raw.starts_with(b"POST /mcp") && contains(body, b"tools/call"));
+            if invokes && (200..300).contains(&status) && contains(body, secret.as_bytes()) {
                 published.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             continue;

@@ -176,7 +176,9 @@ macro_rules! registry {
                     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawGrants, A::Error> {
                         use serde::de::Error as _;
                         let mut raw = RawGrants::default();
-                        while let Some(key) = map.next_key::<String>()? {
+                        // An unknown key is refused while it is read, so
+                        // the error points at the key.
+                        while let Some(key) = map.next_key_seed(GrantKey)? {
                             match key.as_str() {
                                 $(
                                     stringify!($key) if <$cap as Capability>::UNDER_GRANTS => {
@@ -290,6 +292,22 @@ macro_rules! registry {
     };
 }
 
+/// A key under `grants`, refused while it is read unless some capability
+/// is written there.
+struct GrantKey;
+
+impl<'de> serde::de::DeserializeSeed<'de> for GrantKey {
+    type Value = String;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        let key = <String as serde::Deserialize>::deserialize(deserializer)?;
+        if GRANT_KEYS.iter().any(|(k, under)| *under && *k == key) {
+            Ok(key)
+        } else {
+            Err(<D::Error as serde::de::Error>::custom(unknown_grant(&key)))
+        }
+    }
+}
+
 /// What [`Grants::how_to_grant`] says of a kind no registry line serves.
 const UNSERVED: &str = "nothing: this build serves no such capability";
 
@@ -390,7 +408,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_with_the_known_ones() {
-        let e = grants("[grants]\nsockets = true\n").unwrap_err();
+        let e = grants("[grants]\nlog = true\nsockets = true\n").unwrap_err();
+        assert!(e.contains("line 3"), "the error points at the key: {e}");
         assert!(
             e.contains("unknown field `sockets`, expected one of `log`, `files`, `credentials`, `http`, `approval`"),
             "{e}"

@@ -121,17 +121,17 @@ pub(crate) fn awaited_approval(
         .find(|a| a.invocation == record.id))
 }
 
-/// The first `want` records `fetch` reads (newest first) that `keep`
-/// accepts. The store filters by state only, so one read of a fixed size,
-/// filtered afterwards, could be filled with records of other callers and
-/// hide the caller's own: read ever longer prefixes until `want` are kept
-/// or the store has no more.
 /// Whether `caller` may see approval request `approval`: its own
 /// invocation's, or one it may review.
 pub(crate) fn may_see_approval(service: &Service, caller: &Caller, approval: &ApprovalRecord) -> bool {
     approval.caller == caller.name || service.runtime.may_review(caller, approval)
 }
 
+/// The first `want` records `fetch` reads (newest first) that `keep`
+/// accepts. The store filters by state only, so one read of a fixed size,
+/// filtered afterwards, could be filled with records of other callers and
+/// hide the caller's own: read ever longer prefixes until `want` are kept
+/// or the store has no more.
 pub(crate) fn first_visible<T>(
     want: usize,
     fetch: impl Fn(usize) -> Result<Vec<T>, StoreError>,
