@@ -3,7 +3,7 @@
 //! Each capability is one module holding its grant (as configured), the
 //! wiring that links its WIT interfaces into an action's linker, and the
 //! per-invocation state its host functions use. The [`Capability`] trait is
-//! that contract, and the `registry!` list at the end of this file is the
+//! that contract, and the `registry!` list below is the
 //! only place that names every capability: adding one means adding its
 //! module (grant, the interfaces it serves, linker wiring, state) and one
 //! line there, from which [`CapabilityKind`], the [`catalog`]'s entries and
@@ -74,8 +74,8 @@ pub trait Capability {
     const EXAMPLE_FLAG: &'static str;
 
     /// Validate the grant as written. `None` when it grants nothing
-    /// (`log = false`). `cx` holds the grants resolved before this one, in
-    /// registry order.
+    /// (`log = false`). `cx` holds the grants resolved before this one:
+    /// sections of their own (`config`) first, then earlier registry lines.
     fn resolve(raw: &Self::Raw, cx: &Resolving<'_>) -> Result<Option<Self::Grant>, String>;
 
     /// Whether another capability's grant needs this one's interfaces
@@ -97,7 +97,8 @@ pub trait Capability {
 
 /// What resolving one grant may consult.
 pub struct Resolving<'a> {
-    /// The grants resolved so far (those earlier in the registry).
+    /// The grants resolved so far: sections of their own (`config`), then
+    /// earlier registry lines.
     pub grants: &'a Grants,
     /// Makes a config-relative path absolute.
     pub path: &'a dyn Fn(&Path) -> PathBuf,
