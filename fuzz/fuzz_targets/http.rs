@@ -12,7 +12,9 @@
 //! `Host` and a `Content-Length` unless the input has its own.
 //!
 //! Beyond "no panic" (a panic in a handler is a crash here):
-//! - no answer carries a token or the session id;
+//! - no answer carries a token or the session id, except back to a request
+//!   that sent it as data, and, once any request has sent it as data, in the
+//!   views of what the service records (see [`shows_records`]);
 //! - no answer is a 500: hostile input gets a clear 4xx;
 //! - the service still answers `/v1/health` after every request.
 #![no_main]
@@ -39,10 +41,11 @@ struct World {
     values: Vec<(&'static str, String)>,
     /// What no answer may contain.
     secrets: Vec<String>,
-    /// Per secret: whether an accepted invocation has sent it as data in its
-    /// body (an argument, a reason): from then on it is data the service
-    /// keeps and shows to whoever may read it (the audit trail records
-    /// arguments as sent), not a credential it leaked.
+    /// Per secret: whether a request has sent it as data (an argument, a
+    /// reason, a function's name), accepted or not: the audit trail records
+    /// what a request asked for as sent, refused requests included, so from
+    /// then on it is data the service keeps and shows in its views of what it
+    /// recorded (never anywhere else).
     published: Vec<std::sync::atomic::AtomicBool>,
     _runtime: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
@@ -320,6 +323,24 @@ fn outside_credentials(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether the request asks for a view of what the service recorded (an
+/// invocation, an approval, the audit trail, the console's pages of them, an
+/// MCP session's stream or an `airlock_status` call), where data an earlier
+/// request sent is shown as recorded. Everything else (health, actions, the
+/// API contract, metrics, every refusal of a write) must never show a token.
+fn shows_records(raw: &[u8]) -> bool {
+    const VIEWS: [&[u8]; 7] = [
+        b"GET /v1/invocations",
+        b"GET /v1/approvals",
+        b"GET /v1/audit",
+        b"GET /console",
+        b"GET /mcp",
+        b"POST /mcp",
+        b"POST /v1/approvals/",
+    ];
+    VIEWS.iter().any(|view| raw.starts_with(view))
+}
+
 /// Whether the head names header `name` (case-insensitively).
 fn has_header(head: &[u8], name: &str) -> bool {
     head.split(|b| *b == b'\n').skip(1).any(|line| {
@@ -358,16 +379,10 @@ fuzz_target!(init: { LazyLock::force(&WORLD); }, |data: &[u8]| {
     let elsewhere = outside_credentials(&raw);
     for (secret, published) in world.secrets.iter().zip(&world.published) {
         if contains(&elsewhere, secret.as_bytes()) {
-            // Only an accepted invocation stores what its body holds (its
-            // arguments and reason, recorded as sent).
-            let invokes = raw.starts_with(b"POST /v1/invocations")
-                || (raw.starts_with(b"POST /mcp") && contains(body, b"tools/call"));
-            if invokes && (200..300).contains(&status) && contains(body, secret.as_bytes()) {
-                published.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
+            published.store(true, std::sync::atomic::Ordering::Relaxed);
             continue;
         }
-        if published.load(std::sync::atomic::Ordering::Relaxed) {
+        if published.load(std::sync::atomic::Ordering::Relaxed) && shows_records(&raw) {
             continue;
         }
         assert!(
