@@ -23,6 +23,10 @@
 //! kept, since it names code. Anything it cannot classify is reported as a
 //! failure rather than skipped, and it must find a minimum number of
 //! cross-module references, so it cannot silently pass by finding nothing.
+//! What would let code reach another module out of its sight is refused
+//! outright: another name for the crate root (`use crate as root;`,
+//! `extern crate self as x;`), `#[path]`, `include!`, `#[macro_use]` and a
+//! `macro_rules!` in lib.rs (see `untraceable`).
 //!
 //! The binary crate (`src/main.rs` and `src/cli/`) is not part of the
 //! library and is not checked.
@@ -332,6 +336,74 @@ use crate::{j::{k, l}, self::a::deep};
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
+/// What would hide a reference from the scanner is refused, each with its
+/// line: another name for the crate root, a module moved by `#[path]`,
+/// pasted code, macros in textual scope across modules.
+#[test]
+fn scanner_refuses_what_it_cannot_follow() {
+    let index = ModuleIndex {
+        modules: ["a", "x"].iter().map(|s| s.to_string()).collect(),
+        reexports: BTreeMap::new(),
+        root_globs: Vec::new(),
+    };
+    let snippet = r#"use crate as root;
+use crate::{self as top, a};
+#[path = "elsewhere.rs"]
+mod moved;
+#[cfg_attr(test, path = "t.rs")]
+mod tested;
+#[macro_use]
+mod macros;
+include!("more.rs");
+extern crate self as airlock;
+#[utoipa::path(get, path = "/v1/x")]
+fn handler(v: Small) -> u8 { v.0 as u8 }
+macro_rules! local { () => { self::inner() } }
+impl Small { fn get(self) -> u8 { self as u8 } }
+#[serde(with = "crate::a::codec")]
+struct S;
+"#;
+    let (references, problems) = scan_file(snippet, "x/y.rs", &index);
+    let found: Vec<(usize, &str)> = references.iter().map(|r| (r.line, r.to.as_str())).collect();
+    assert_eq!(found, vec![(2, "a"), (15, "a")], "{references:#?} {problems:#?}");
+    let lines: Vec<&str> = problems
+        .iter()
+        .map(|p| p.split(':').nth(1).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        lines,
+        vec!["3", "5", "7", "9", "10", "1", "2"],
+        "refused, in this order: the constructs, then the aliases: {problems:#?}"
+    );
+    for (problem, word) in problems.iter().zip([
+        "#[path",
+        "#[path",
+        "#[macro_use]",
+        "include!",
+        "extern crate self",
+        "`root`",
+        "`top`",
+    ]) {
+        assert!(problem.contains(word), "{problem} should name {word}");
+    }
+
+    // A top-level module's `super` is the crate root.
+    let (_, problems) = scan_file("use super as up;\nuse super::{self as up2};", "x.rs", &index);
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(
+        problems[0].contains("`up`") && problems[1].contains("`up2`"),
+        "{problems:#?}"
+    );
+
+    // In lib.rs a `macro_rules!` is in scope of every later module; in a
+    // module it is not refused (above).
+    let lib = tokenize(&strip_comments_and_literals(
+        "macro_rules! everywhere { () => {} }\n#[macro_use]\nextern crate serde;\npub mod a;\n",
+    ));
+    let found: Vec<usize> = untraceable(&lib, true).into_iter().map(|(line, _)| line).collect();
+    assert_eq!(found, vec![1, 2]);
+}
+
 /// The map parser accepts the documented format and rejects what it must.
 #[test]
 fn map_parser_reads_the_documented_format() {
@@ -466,6 +538,27 @@ impl Crate {
                 "lib.rs re-exports `{glob}::*` at the crate root; the test cannot tell which module a `crate::Name` \
                  from it belongs to: re-export the items by name"
             ));
+        }
+        // lib.rs is not scanned for references (its `mod` and `use` items
+        // are the index), but nothing in it may hide one.
+        let lib_tokens = tokenize(&strip_comments_and_literals(&self.lib_text));
+        for (line, what) in untraceable(&lib_tokens, true) {
+            scan.problems.push(format!("{src_shown}/lib.rs:{line}: {what}"));
+        }
+        for (i, token) in lib_tokens.iter().enumerate() {
+            let Tok::Word(w) = &token.tok else { continue };
+            if !is_path_root(w) || (i > 0 && lib_tokens[i - 1].tok == Tok::PathSep) {
+                continue;
+            }
+            let mut paths = Vec::new();
+            if parse_path(&lib_tokens, i, Vec::new(), &mut paths).is_ok() {
+                for path in paths.iter().filter(|p| p.segs.is_empty()) {
+                    if let Some(alias) = &path.alias {
+                        scan.problems
+                            .push(format!("{src_shown}/lib.rs:{}: {}", path.line, root_alias(alias)));
+                    }
+                }
+            }
         }
         for path in files {
             let rel = path
@@ -792,6 +885,11 @@ fn scan_file(text: &str, rel: &str, index: &ModuleIndex) -> (Vec<Reference>, Vec
     }
     let source_lines: Vec<&str> = text.lines().collect();
     let tokens = tokenize(&strip_comments_and_literals(text));
+    problems.extend(
+        untraceable(&tokens, false)
+            .into_iter()
+            .map(|(line, what)| format!("{rel}:{line}: {what}")),
+    );
 
     // Inline modules (`mod tests { ... }`) change where `super` leads:
     // (name, brace depth outside it).
@@ -801,6 +899,8 @@ fn scan_file(text: &str, rel: &str, index: &ModuleIndex) -> (Vec<Reference>, Vec
     while i < tokens.len() {
         let prev_is_sep = i > 0 && tokens[i - 1].tok == Tok::PathSep;
         let next_is_sep = tokens.get(i + 1).is_some_and(|t| t.tok == Tok::PathSep);
+        // `use crate as root;`, `use super as up;` (or a cast, `self as u8`).
+        let next_is_as = tokens.get(i + 1).is_some_and(|t| t.tok == Tok::Word("as".to_string()));
         match &tokens[i].tok {
             Tok::Punct('{') => depth += 1,
             Tok::Punct('}') => {
@@ -816,7 +916,7 @@ fn scan_file(text: &str, rel: &str, index: &ModuleIndex) -> (Vec<Reference>, Vec
                     inline.push((name.clone(), depth));
                 }
             }
-            Tok::Word(w) if is_path_root(w) && next_is_sep && !prev_is_sep => {
+            Tok::Word(w) if is_path_root(w) && (next_is_sep || next_is_as) && !prev_is_sep => {
                 let here: Vec<String> = module_path
                     .iter()
                     .cloned()
@@ -839,6 +939,103 @@ fn scan_file(text: &str, rel: &str, index: &ModuleIndex) -> (Vec<Reference>, Vec
         i += 1;
     }
     (references, problems)
+}
+
+/// What aliasing the crate root would hide, and what to do instead.
+fn root_alias(alias: &str) -> String {
+    format!(
+        "`{alias}` is another name for the crate root, so the test cannot tell which module a `{alias}::x` path \
+         uses: write `crate::x` instead"
+    )
+}
+
+/// The constructs that would let code reach another module in a way this
+/// scanner cannot follow, as `(line, what)`. Each is refused rather than
+/// traced, since none is needed:
+/// - `#[path = "..."]` (also under `cfg_attr`): a module whose file is not
+///   where its name says, so the scanner would charge its code to the wrong
+///   module;
+/// - `include!(...)`: code pasted from another file;
+/// - `#[macro_use]`: a module's macros in textual scope of later modules,
+///   used with no path at all;
+/// - `extern crate self as name`: a second name for the crate root;
+/// - in lib.rs (`crate_root`), `macro_rules!`: a macro defined there is in
+///   textual scope of every module declared after it.
+fn untraceable(tokens: &[Token], crate_root: bool) -> Vec<(usize, String)> {
+    let word = |i: usize| match tokens.get(i).map(|t| &t.tok) {
+        Some(Tok::Word(w)) => Some(w.as_str()),
+        _ => None,
+    };
+    let punct = |i: usize, p: char| tokens.get(i).is_some_and(|t| t.tok == Tok::Punct(p));
+    let mut found = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let line = token.line;
+        // An attribute: `#[...]` or `#![...]`.
+        if punct(i, '#') {
+            let open = if punct(i + 1, '!') { i + 2 } else { i + 1 };
+            if !punct(open, '[') {
+                continue;
+            }
+            // Its words at the attribute's top level, and inside a
+            // `cfg_attr(...)` at that one's top level.
+            let mut heads = vec![open + 1];
+            if word(open + 1) == Some("cfg_attr") && punct(open + 2, '(') {
+                let mut depth = 0usize;
+                for (j, inner) in tokens.iter().enumerate().skip(open + 2) {
+                    match &inner.tok {
+                        Tok::Punct('(' | '[' | '{') => depth += 1,
+                        Tok::Punct(')' | ']' | '}') => {
+                            depth = depth.saturating_sub(1);
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        Tok::Punct(',') if depth == 1 => heads.push(j + 1),
+                        _ => {}
+                    }
+                }
+            }
+            for head in heads {
+                let next_is_path_sep = tokens.get(head + 1).is_some_and(|t| t.tok == Tok::PathSep);
+                match word(head) {
+                    Some("path") if punct(head + 1, '=') => found.push((
+                        line,
+                        "`#[path = ...]` puts a module in a file its name does not lead to, so the test would \
+                         charge its code to the wrong module: move the file to where the module's name says"
+                            .to_string(),
+                    )),
+                    Some("macro_use") if !next_is_path_sep => found.push((
+                        line,
+                        "`#[macro_use]` lets later modules use these macros with no path the test can see: \
+                         import them by path (`use crate::module::name;` after `pub(crate) use name;`)"
+                            .to_string(),
+                    )),
+                    _ => {}
+                }
+            }
+        } else if word(i) == Some("include") && punct(i + 1, '!') {
+            found.push((
+                line,
+                "`include!` pastes another file's code here, out of the test's sight: make that file a module"
+                    .to_string(),
+            ));
+        } else if word(i) == Some("extern") && word(i + 1) == Some("crate") && word(i + 2) == Some("self") {
+            found.push((
+                line,
+                "`extern crate self` gives the crate root a second name, out of the test's sight: write \
+                 `crate::x` paths"
+                    .to_string(),
+            ));
+        } else if crate_root && word(i) == Some("macro_rules") && punct(i + 1, '!') {
+            found.push((
+                line,
+                "a `macro_rules!` in lib.rs is in scope of every module declared after it, which then use it \
+                 with no path the test can see: define it in the module it belongs to and import it by path"
+                    .to_string(),
+            ));
+        }
+    }
+    found
 }
 
 fn is_path_root(word: &str) -> bool {
@@ -867,6 +1064,9 @@ fn classify(
                 "{rel}:{}: `crate::*` imports everything at the crate root; name the items",
                 path.line
             ));
+        }
+        if let Some(alias) = &path.alias {
+            problems.push(format!("{rel}:{}: {}", path.line, root_alias(alias)));
         }
         return;
     };
