@@ -42,7 +42,9 @@ impl WasiView for InvocationState {
 /// Per-invocation values keyed by their type: at most one of each.
 ///
 /// A handful of capabilities hold state, so this is a short vector scanned
-/// by [`TypeId`], not a map.
+/// by [`TypeId`], not a map. Since the type is the key, each capability
+/// keeps its state in a type of its own (a struct or newtype it defines),
+/// never a bare std type another capability could pick too.
 #[derive(Default)]
 pub struct Slots(Vec<(TypeId, Box<dyn Any + Send>)>);
 

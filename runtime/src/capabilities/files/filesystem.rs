@@ -39,7 +39,26 @@ pub struct AuditedFs<'a> {
 }
 
 /// Descriptor (table index) to its path relative to the granted directory.
-pub type DescriptorPaths = std::collections::HashMap<u32, String>;
+///
+/// Its own type, not a bare map: per-invocation slots are keyed by type
+/// ([`crate::host_call::Slots`]), and a std type could be another
+/// capability's slot too.
+#[derive(Debug, Default)]
+pub struct DescriptorPaths(std::collections::HashMap<u32, String>);
+
+impl DescriptorPaths {
+    fn get(&self, descriptor: &u32) -> Option<&String> {
+        self.0.get(descriptor)
+    }
+
+    fn insert(&mut self, descriptor: u32, path: String) {
+        self.0.insert(descriptor, path);
+    }
+
+    fn remove(&mut self, descriptor: &u32) {
+        self.0.remove(descriptor);
+    }
+}
 
 struct AuditedFilesystem;
 
