@@ -904,6 +904,19 @@ fn encoded_traversal_and_override_headers_cannot_escape_path_rules() {
         );
         assert!(action_error(&run).contains("set by the host"), "{name}: {run:?}");
     }
+    // wasi:http: the guest cannot even set them (`proxy-*` too).
+    for (name, value) in [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("Forwarded", "host=evil.example"),
+        ("Proxy-Anything", "x"),
+    ] {
+        let run = s.invoke(
+            "wasi-send",
+            json!({"method": "GET", "url": s.api.url("/echo"), "body": "", "headers": [[name, value]]}),
+        );
+        assert!(action_error(&run).contains("Forbidden"), "{name}: {run:?}");
+    }
     // wasi:http: CONNECT is refused even where a rule lists no methods.
     let connect = s.invoke(
         "wasi-send",

@@ -62,7 +62,7 @@ impl Injection {
                 let lower = name.to_ascii_lowercase();
                 let name = http::HeaderName::from_bytes(lower.as_bytes())
                     .map_err(|_| format!("inject.header {name:?} is not a valid header name"))?;
-                if super::http::is_host_owned(&name) {
+                if crate::outbound::headers::is_host_owned(&name) {
                     return Err(format!(
                         "inject.header {name} is set by the host and cannot carry a credential"
                     ));

@@ -23,6 +23,7 @@ use crate::call::Target;
 use crate::host_call::{Decision, HostCall, HostCalls};
 use crate::host_call::{InvocationState, StateBuilder};
 use crate::outbound::client::send_once;
+use crate::outbound::headers::is_host_owned;
 use crate::outbound::policy::*;
 use crate::outbound::{Destination, HttpPolicy, Origin, OutboundError, OutboundRequest, OutboundResponse, Redactor};
 use bytes::Bytes;
@@ -32,41 +33,6 @@ use std::time::{Duration, Instant};
 use url::Url;
 use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime_wasi_http::{WasiBody, WasiHttpHooks};
-
-/// Request headers only the host sets, and headers that common frameworks
-/// honour to override the method, path or host a rule allowed. A guest that
-/// sets one through `airlock:cap/http` gets `invalid-request`; through
-/// `wasi:http` they are removed.
-const HOST_OWNED_HEADERS: &[&str] = &[
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-url",
-    "x-original-uri",
-    "x-rewrite-url",
-    "x-forwarded-host",
-    "x-forwarded-prefix",
-    "x-forwarded-proto",
-    "x-forwarded-for",
-    "x-host",
-    "forwarded",
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-connection",
-    "proxy-authorization",
-    "http2-settings",
-];
-
-/// Whether the host owns header `name` (see [`HOST_OWNED_HEADERS`]).
-pub fn is_host_owned(name: &HeaderName) -> bool {
-    HOST_OWNED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-")
-}
 
 /// `[actions.NAME.grants.http]` as written.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -1116,8 +1082,11 @@ async fn wasi_send(
 ) -> Result<http::Response<WasiBody>, SendFailure> {
     use http_body_util::BodyExt as _;
     let mut headers = parts.headers;
-    for name in HOST_OWNED_HEADERS {
-        headers.remove(*name);
+    // Every header the host owns, `proxy-*` included (the same test as
+    // `airlock:cap/http`'s).
+    let owned: Vec<http::HeaderName> = headers.keys().filter(|n| is_host_owned(n)).cloned().collect();
+    for name in owned {
+        headers.remove(name);
     }
     headers.remove(header::ACCEPT_ENCODING);
     let origin = Origin::of(&url).map_err(|e| SendFailure::Outbound(OutboundError::InvalidRequest(e)))?;

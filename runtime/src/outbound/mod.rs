@@ -7,10 +7,13 @@
 //!    the matching rule allows them, connect to the checked address, TLS,
 //!    send, and read a size-capped response;
 //! 3. [`redact`]: scrub reflected secrets before the guest sees anything.
+//!
+//! [`headers`] lists the request headers only the host sets.
 
 pub mod address;
 pub mod client;
 pub mod destination;
+pub mod headers;
 pub mod policy;
 pub mod redact;
 
