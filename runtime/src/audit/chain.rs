@@ -12,6 +12,7 @@
 
 use super::event::Event;
 use serde::{Deserialize, Serialize};
+use crate::hex::DIGITS;
 
 /// `prev` of the first record.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -52,7 +53,30 @@ pub fn encode_into(buf: &mut Vec<u8>, entry: &Entry, prev: &[u8; 32]) -> Result<
         buf.truncate(start);
         return Err(format!("cannot serialize an audit record: {e}"));
     }
-    Ok(super::encode::seal(buf, start, prev))
+    Ok(seal(buf, start, prev))
+}
+
+/// Hash the body `buf[start..]` (a complete JSON object) after `prev` and
+/// replace its closing `}` with the hash field, the `}` and a newline.
+#[inline]
+pub fn seal(buf: &mut Vec<u8>, start: usize, prev: &[u8; 32]) -> [u8; 32] {
+    let hash = chain_hash(prev, &buf[start..]);
+    buf.pop();
+    buf.extend_from_slice(HASH_SUFFIX);
+    buf.extend_from_slice(&hex64(&hash));
+    buf.extend_from_slice(b"\"}\n");
+    hash
+}
+
+/// Lowercase hex of a hash.
+#[inline]
+pub(super) fn hex64(bytes: &[u8; 32]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
+    }
+    out
 }
 
 pub fn chain_hash(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {

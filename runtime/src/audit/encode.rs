@@ -10,7 +10,7 @@
 //! sequence number, time and chain hash ([`LineEncoder`]). Every other
 //! event goes through `serde_json` on the writer.
 
-use super::chain::{HASH_SUFFIX, chain_hash};
+use super::chain::{hex64, seal};
 use super::event::{Event, HostCallEvent};
 use crate::time::{STAMP_LEN, StampCache};
 
@@ -173,29 +173,6 @@ fn host_call(buf: &mut Vec<u8>, call: &HostCallEvent, stamps: &mut StampCache) {
     buf.extend_from_slice(b",\"duration-us\":");
     buf.extend_from_slice(itoa::Buffer::new().format(call.duration_us).as_bytes());
     buf.push(b'}');
-}
-
-/// Hash the body `buf[start..]` (a complete JSON object) after `prev` and
-/// replace its closing `}` with the hash field, the `}` and a newline.
-pub fn seal(buf: &mut Vec<u8>, start: usize, prev: &[u8; 32]) -> [u8; 32] {
-    let hash = chain_hash(prev, &buf[start..]);
-    buf.pop();
-    buf.extend_from_slice(HASH_SUFFIX);
-    buf.extend_from_slice(&hex64(&hash));
-    buf.extend_from_slice(b"\"}\n");
-    hash
-}
-
-use crate::hex::DIGITS;
-
-/// Lowercase hex of a hash.
-fn hex64(bytes: &[u8; 32]) -> [u8; 64] {
-    let mut out = [0u8; 64];
-    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0x0f)];
-    }
-    out
 }
 
 pub use crate::hex::hex_into;
