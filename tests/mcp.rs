@@ -12,24 +12,13 @@ use std::process::Command;
 use support::http::{Server, request};
 use support::{airlock_with, component, toml_path};
 
-fn python() -> PathBuf {
-    let path = std::env::var_os("AIRLOCK_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| support::repo_root().join("target/py-mcp/bin/python"));
-    assert!(
-        path.exists(),
-        "the MCP tests need the Python client: run `bash scripts/python-env.sh` (scripts/test.sh does)"
-    );
-    path
-}
-
 fn client(args: &[&str]) -> Value {
     client_with(args, &[])
 }
 
 /// The client with extra environment variables.
 fn client_with(args: &[&str], env: &[(&str, &str)]) -> Value {
-    let out = Command::new(python())
+    let out = Command::new(support::python())
         .arg(support::repo_root().join("tests/mcp_client.py"))
         .args(args)
         .env_remove("AIRLOCK_DATA_DIR")

@@ -1507,12 +1507,10 @@ fn the_openapi_document_is_valid_and_describes_every_route() {
     }
 }
 
-/// The Python of the test environment (scripts/python-env.sh), with
-/// `openapi-spec-validator`.
 /// Run the test environment's Python on `script`, with `input` as JSON on
 /// its stdin.
 fn python_with(script: &str, input: &Value) -> std::process::Output {
-    let mut child = std::process::Command::new(python())
+    let mut child = std::process::Command::new(support::python())
         .args(["-c", script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -1526,14 +1524,6 @@ fn python_with(script: &str, input: &Value) -> std::process::Output {
         .write_all(input.to_string().as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
-}
-
-fn python() -> PathBuf {
-    let path = std::env::var_os("AIRLOCK_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| support::repo_root().join("target/py-mcp/bin/python"));
-    assert!(path.exists(), "run `bash scripts/python-env.sh` (scripts/test.sh does)");
-    path
 }
 
 /// The spans of real invocations reach a real OTLP receiver, continuing

@@ -24,6 +24,20 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
+/// The Python of the test environment (`scripts/python-env.sh`: the MCP
+/// Python client and `openapi-spec-validator`), or `AIRLOCK_TEST_PYTHON`.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("AIRLOCK_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/py-mcp/bin/python"));
+    assert!(
+        path.exists(),
+        "these tests need the test environment's Python ({}): run `bash scripts/python-env.sh` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
 /// Build the example actions and test components (once per test binary)
 /// and return the path of the named component.
 pub fn component(name: &str) -> PathBuf {

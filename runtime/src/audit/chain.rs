@@ -11,8 +11,8 @@
 //! re-serialization. The first record's `prev` is all zeros.
 
 use super::event::Event;
-use serde::{Deserialize, Serialize};
 use crate::hex::DIGITS;
+use serde::{Deserialize, Serialize};
 
 /// `prev` of the first record.
 pub const GENESIS: [u8; 32] = [0; 32];
