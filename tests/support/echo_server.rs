@@ -20,7 +20,7 @@
 //!
 //! Every request is recorded so tests can check what actually went out.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
@@ -97,33 +97,16 @@ fn serve(
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let request_line = line.trim_end().to_string();
-    let mut parts = request_line.split(' ');
-    let method = parts.next().unwrap_or_default().to_string();
-    let target = parts.next().unwrap_or_default().to_string();
-    let mut headers = Vec::new();
-    let mut head = request_line.clone() + "\r\n";
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h)?;
-        head.push_str(&h);
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body)?;
+    let Some(super::http::Incoming {
+        method,
+        target,
+        headers,
+        head,
+        body,
+    }) = super::http::read_request(&mut reader)?
+    else {
+        return Ok(());
+    };
     let req = Seen {
         method,
         target: target.clone(),

@@ -2,7 +2,7 @@
 //! `airlock serve` process, for the service tests.
 
 use serde_json::Value;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -101,6 +101,62 @@ fn read_response(stream: TcpStream) -> Response {
         let _ = reader.read_to_end(&mut body);
     }
     Response { status, headers, body }
+}
+
+/// One request as the tests' own servers read it.
+pub struct Incoming {
+    pub method: String,
+    /// The request target: path and query.
+    pub target: String,
+    /// Names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// The head as received (request line, headers, blank line), for
+    /// servers that echo it.
+    pub head: String,
+    /// `Content-Length` bytes (none without one).
+    pub body: Vec<u8>,
+}
+
+/// Read one request; `Ok(None)` when the client closed the connection
+/// before (or in the middle of) its head.
+pub fn read_request(reader: &mut impl BufRead) -> std::io::Result<Option<Incoming>> {
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let target = parts.next().unwrap_or_default().to_string();
+    let mut head = request_line.trim_end().to_string() + "\r\n";
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        head.push_str(&line);
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok(Some(Incoming {
+        method,
+        target,
+        headers,
+        head,
+        body,
+    }))
 }
 
 /// `airlock serve` on a free loopback port, stopped when dropped.
