@@ -41,11 +41,12 @@ struct World {
     values: Vec<(&'static str, String)>,
     /// What no answer may contain.
     secrets: Vec<String>,
-    /// Per secret: whether a request has sent it as data (an argument, a
-    /// reason, a function's name), accepted or not: the audit trail records
-    /// what a request asked for as sent, refused requests included, so from
-    /// then on it is data the service keeps and shows in its views of what it
-    /// recorded (never anywhere else).
+    /// Per secret: whether a request the service records has sent it as
+    /// data (an argument, a reason, a function's name, a trace header),
+    /// accepted or not: the audit trail records what an admitted request
+    /// asked for as sent, refused invocations included, so from then on it is
+    /// data the service keeps and shows in its views of what it recorded
+    /// (never anywhere else; see [`records_data`] and [`shows_records`]).
     published: Vec<std::sync::atomic::AtomicBool>,
     _runtime: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
@@ -296,7 +297,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// The request without its credentials: its `Authorization` and `Cookie`
 /// headers, and, for the console's sign-in form, its `token` field.
-fn outside_credentials(raw: &[u8]) -> Vec<u8> {
+fn outside_credentials(raw: &[u8], route: &Route) -> Vec<u8> {
     let (head, body) = match raw.windows(4).position(|w| w == b"\r\n\r\n") {
         Some(at) => (&raw[..at + 4], &raw[at + 4..]),
         None => (raw, &[][..]),
@@ -308,7 +309,7 @@ fn outside_credentials(raw: &[u8]) -> Vec<u8> {
             out.extend_from_slice(line);
         }
     }
-    if !head.starts_with(b"POST /console/login") {
+    if !route.is("POST", "/console/login") {
         out.extend_from_slice(body);
         return out;
     }
@@ -323,22 +324,121 @@ fn outside_credentials(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Whether the request asks for a view of what the service recorded (an
-/// invocation, an approval, the audit trail, the console's pages of them, an
-/// MCP session's stream or an `airlock_status` call), where data an earlier
-/// request sent is shown as recorded. Everything else (health, actions, the
-/// API contract, metrics, every refusal of a write) must never show a token.
-fn shows_records(raw: &[u8]) -> bool {
-    const VIEWS: [&[u8]; 7] = [
-        b"GET /v1/invocations",
-        b"GET /v1/approvals",
-        b"GET /v1/audit",
-        b"GET /console",
-        b"GET /mcp",
-        b"POST /mcp",
-        b"POST /v1/approvals/",
-    ];
-    VIEWS.iter().any(|view| raw.starts_with(view))
+/// A request's method, path (without its query) and body as the service
+/// routes them: empty lines before the request line are skipped (as the
+/// HTTP parser does) and an absolute-form target (`GET http://host/path`)
+/// is reduced to its path.
+struct Route<'a> {
+    method: String,
+    path: String,
+    /// The head, from the request line on.
+    head: &'a [u8],
+    body: &'a [u8],
+}
+
+impl<'a> Route<'a> {
+    fn of(raw: &'a [u8]) -> Route<'a> {
+        let start = raw.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(raw.len());
+        let raw = &raw[start..];
+        let (head, body) = match raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(at) => (&raw[..at], &raw[at + 4..]),
+            None => (raw, &[][..]),
+        };
+        let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+        let line = String::from_utf8_lossy(line);
+        let mut parts = line.trim_end_matches('\r').split(' ');
+        let method = parts.next().unwrap_or_default().to_string();
+        let mut target = parts.next().unwrap_or_default();
+        if let Some(at) = target.find("://") {
+            let rest = &target[at + 3..];
+            target = rest.find('/').map_or("/", |slash| &rest[slash..]);
+        }
+        let path = target.split(['?', '#']).next().unwrap_or_default().to_string();
+        Route {
+            method,
+            path,
+            head,
+            body,
+        }
+    }
+
+    fn is(&self, method: &str, path: &str) -> bool {
+        self.method == method && self.path == path
+    }
+
+    /// The JSON-RPC methods of an MCP body (one message or a batch).
+    fn mcp_methods(&self) -> Vec<String> {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(self.body) else {
+            return Vec::new();
+        };
+        let messages = match value {
+            serde_json::Value::Array(all) => all,
+            one => vec![one],
+        };
+        messages
+            .iter()
+            .filter_map(|m| m.get("method")?.as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The values of header `name` (case-insensitively).
+    fn header_values(&self, name: &str) -> Vec<&'a [u8]> {
+        self.head
+            .split(|b| *b == b'\n')
+            .skip(1)
+            .filter_map(|line| {
+                let colon = line.iter().position(|b| *b == b':')?;
+                line[..colon]
+                    .eq_ignore_ascii_case(name.as_bytes())
+                    .then(|| &line[colon + 1..])
+            })
+            .collect()
+    }
+}
+
+/// Whether the service may have recorded `secret` from this request as
+/// data: the request got past the gate (or its answer did not come in
+/// time), and the secret is in what the audit trail keeps of it: the body
+/// of an invocation (API or MCP), of an approval decision (API or console
+/// form), or an invocation's trace headers.
+fn records_data(route: &Route, status: u16, secret: &[u8]) -> bool {
+    if matches!(status, 401 | 408 | 413) {
+        return false;
+    }
+    let post = route.method == "POST";
+    let invokes = post && (route.path == "/v1/invocations" || route.path == "/mcp");
+    let decides = post && (route.path.starts_with("/v1/approvals/") || route.path.starts_with("/console/approvals/"));
+    if (invokes || decides) && contains(route.body, secret) {
+        return true;
+    }
+    invokes
+        && ["traceparent", "tracestate"]
+            .iter()
+            .any(|name| route.header_values(name).iter().any(|v| contains(v, secret)))
+}
+
+/// Whether the request asks for a view of what the service recorded, where
+/// data an earlier request sent is shown as recorded: an invocation, an
+/// approval (and the answer to a decision on one), the audit trail, the
+/// console's pages of them, an MCP session's stream, and MCP's
+/// `airlock_status` (a `tools/call`). Everything else (health, actions, the
+/// API contract, metrics, the sign-in page, every refusal) must never show
+/// a token.
+fn shows_records(route: &Route) -> bool {
+    let path = route.path.as_str();
+    match route.method.as_str() {
+        "GET" => {
+            ["/v1/invocations", "/v1/approvals", "/v1/audit", "/mcp"]
+                .iter()
+                .any(|view| path == *view || path.starts_with(&format!("{view}/")))
+                || ["/console", "/console/", "/console/invocations", "/console/audit"].contains(&path)
+                || path.starts_with("/console/approvals/")
+                || path.starts_with("/console/invocations/")
+        }
+        "POST" if path == "/mcp" => route.mcp_methods().iter().any(|m| m == "tools/call"),
+        "POST" => path.starts_with("/v1/approvals/"),
+        _ => false,
+    }
 }
 
 /// Whether the head names header `name` (case-insensitively).
@@ -376,13 +476,16 @@ fuzz_target!(init: { LazyLock::force(&WORLD); }, |data: &[u8]| {
     // header, a JSON field) may be echoed back in an error, to the one who
     // sent it. Sent as a credential (an `Authorization` or `Cookie` header,
     // or the console's `token` field), it must never come back.
-    let elsewhere = outside_credentials(&raw);
+    let route = Route::of(&raw);
+    let elsewhere = outside_credentials(&raw, &route);
     for (secret, published) in world.secrets.iter().zip(&world.published) {
-        if contains(&elsewhere, secret.as_bytes()) {
+        if records_data(&route, status, secret.as_bytes()) {
             published.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if contains(&elsewhere, secret.as_bytes()) {
             continue;
         }
-        if published.load(std::sync::atomic::Ordering::Relaxed) && shows_records(&raw) {
+        if published.load(std::sync::atomic::Ordering::Relaxed) && shows_records(&route) {
             continue;
         }
         assert!(
