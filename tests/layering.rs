@@ -25,8 +25,10 @@
 //! cross-module references, so it cannot silently pass by finding nothing.
 //! What would let code reach another module out of its sight is refused
 //! outright: another name for the crate root (`use crate as root;`,
-//! `extern crate self as x;`), `#[path]`, `include!`, `#[macro_use]` and a
-//! `macro_rules!` in lib.rs (see `untraceable`).
+//! `extern crate self as x;`), a path a macro finishes from its arguments
+//! (`crate::$m::X`, or `crate` passed to a macro on its own), `#[path]`
+//! (nested `cfg_attr` and raw identifiers included), `include!` (or a path
+//! to it), `#[macro_use]` and a `macro_rules!` in lib.rs (see `untraceable`).
 //!
 //! The binary crate (`src/main.rs` and `src/cli/`) is not part of the
 //! library and is not checked.
@@ -256,7 +258,7 @@ fn print_observed_edges() {
 #[test]
 fn scanner_finds_exactly_the_real_references() {
     let snippet = r##"//! crate docs mention crate::fake_doc
-use crate::{a::b, c, self};
+use crate::{a::b, c};
 use super::super::d; // crate::fake_line_comment
 use super::sibling::Thing;
 /* block /* nested crate::fake_nested */ still a comment: crate::fake_block */
@@ -383,6 +385,41 @@ struct S;
         "extern crate self",
         "`root`",
         "`top`",
+    ]) {
+        assert!(problem.contains(word), "{problem} should name {word}");
+    }
+
+    // Paths a macro builds from its arguments, nested `cfg_attr`, a renamed
+    // `include!`, raw identifiers; and what stays allowed.
+    let snippet = r#"macro_rules! m { ($x:ident) => { crate::$x::Item } }
+macro_rules! n { ($r:tt) => { $r::a::X } }
+n!(crate);
+n!(super);
+#[cfg_attr(all(), cfg_attr(all(), path = "x.rs"))]
+mod nested;
+use std::include as paste;
+#[r#path = "raw.rs"]
+mod raw;
+pub(crate) fn f(include: u8) -> bool { include != 1 }
+pub(in crate::a) fn g() {}
+pub(super) fn h() {}
+fn k() { super::super::a::run(); }
+"#;
+    let (references, problems) = scan_file(snippet, "x/y.rs", &index);
+    let found: Vec<(usize, &str)> = references.iter().map(|r| (r.line, r.to.as_str())).collect();
+    assert_eq!(found, vec![(11, "a"), (13, "a")], "{references:#?} {problems:#?}");
+    let lines: Vec<&str> = problems
+        .iter()
+        .map(|p| p.split(':').nth(1).unwrap_or_default())
+        .collect();
+    assert_eq!(lines, vec!["3", "4", "5", "7", "8", "1"], "{problems:#?}");
+    for (problem, word) in problems.iter().zip([
+        "`crate` stands alone",
+        "`super` stands alone",
+        "#[path",
+        "include!",
+        "#[path",
+        "macro variable",
     ]) {
         assert!(problem.contains(word), "{problem} should name {word}");
     }
@@ -547,7 +584,9 @@ impl Crate {
         }
         for (i, token) in lib_tokens.iter().enumerate() {
             let Tok::Word(w) = &token.tok else { continue };
-            if !is_path_root(w) || (i > 0 && lib_tokens[i - 1].tok == Tok::PathSep) {
+            // `extern crate self as x` is `untraceable`'s to report.
+            let after = |k: usize, what: &str| matches!(&lib_tokens[k].tok, Tok::Word(x) if x == what);
+            if !is_path_root(w) || (i > 0 && (lib_tokens[i - 1].tok == Tok::PathSep || after(i - 1, "crate"))) {
                 continue;
             }
             let mut paths = Vec::new();
@@ -900,7 +939,9 @@ fn scan_file(text: &str, rel: &str, index: &ModuleIndex) -> (Vec<Reference>, Vec
         let prev_is_sep = i > 0 && tokens[i - 1].tok == Tok::PathSep;
         let next_is_sep = tokens.get(i + 1).is_some_and(|t| t.tok == Tok::PathSep);
         // `use crate as root;`, `use super as up;` (or a cast, `self as u8`).
-        let next_is_as = tokens.get(i + 1).is_some_and(|t| t.tok == Tok::Word("as".to_string()));
+        let next_is_as = tokens
+            .get(i + 1)
+            .is_some_and(|t| matches!(&t.tok, Tok::Word(w) if w == "as"));
         match &tokens[i].tok {
             Tok::Punct('{') => depth += 1,
             Tok::Punct('}') => {
@@ -959,6 +1000,8 @@ fn root_alias(alias: &str) -> String {
 /// - `#[macro_use]`: a module's macros in textual scope of later modules,
 ///   used with no path at all;
 /// - `extern crate self as name`: a second name for the crate root;
+/// - `crate`, `$crate` or `super` on its own (not starting a path, not a
+///   visibility): a macro can take it as an argument and build a path;
 /// - in lib.rs (`crate_root`), `macro_rules!`: a macro defined there is in
 ///   textual scope of every module declared after it.
 fn untraceable(tokens: &[Token], crate_root: bool) -> Vec<(usize, String)> {
@@ -976,25 +1019,9 @@ fn untraceable(tokens: &[Token], crate_root: bool) -> Vec<(usize, String)> {
             if !punct(open, '[') {
                 continue;
             }
-            // Its words at the attribute's top level, and inside a
-            // `cfg_attr(...)` at that one's top level.
-            let mut heads = vec![open + 1];
-            if word(open + 1) == Some("cfg_attr") && punct(open + 2, '(') {
-                let mut depth = 0usize;
-                for (j, inner) in tokens.iter().enumerate().skip(open + 2) {
-                    match &inner.tok {
-                        Tok::Punct('(' | '[' | '{') => depth += 1,
-                        Tok::Punct(')' | ']' | '}') => {
-                            depth = depth.saturating_sub(1);
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        Tok::Punct(',') if depth == 1 => heads.push(j + 1),
-                        _ => {}
-                    }
-                }
-            }
+            // Its first word, and the first word of each attribute a
+            // `cfg_attr(...)` would apply (nested ones too).
+            let heads = attribute_heads(tokens, open + 1);
             for head in heads {
                 let next_is_path_sep = tokens.get(head + 1).is_some_and(|t| t.tok == Tok::PathSep);
                 match word(head) {
@@ -1013,10 +1040,14 @@ fn untraceable(tokens: &[Token], crate_root: bool) -> Vec<(usize, String)> {
                     _ => {}
                 }
             }
-        } else if word(i) == Some("include") && punct(i + 1, '!') {
+        } else if word(i) == Some("include")
+            && ((punct(i + 1, '!') && (punct(i + 2, '(') || punct(i + 2, '[') || punct(i + 2, '{')))
+                || (i > 0 && tokens[i - 1].tok == Tok::PathSep))
+        {
             found.push((
                 line,
-                "`include!` pastes another file's code here, out of the test's sight: make that file a module"
+                "`include!` (or a path to it, which could be renamed) pastes another file's code here, out \
+                 of the test's sight: make that file a module"
                     .to_string(),
             ));
         } else if word(i) == Some("extern") && word(i + 1) == Some("crate") && word(i + 2) == Some("self") {
@@ -1025,6 +1056,15 @@ fn untraceable(tokens: &[Token], crate_root: bool) -> Vec<(usize, String)> {
                 "`extern crate self` gives the crate root a second name, out of the test's sight: write \
                  `crate::x` paths"
                     .to_string(),
+            ));
+        } else if matches!(word(i), Some("crate" | "$crate" | "super")) && !is_rooted_path_or_visibility(tokens, i) {
+            found.push((
+                line,
+                format!(
+                    "`{}` stands alone here (a macro argument, or a path the test cannot follow), so a macro could \
+                     build a path from it out of the test's sight: write the whole path (`crate::x::Item`)",
+                    word(i).unwrap_or_default()
+                ),
             ));
         } else if crate_root && word(i) == Some("macro_rules") && punct(i + 1, '!') {
             found.push((
@@ -1036,6 +1076,57 @@ fn untraceable(tokens: &[Token], crate_root: bool) -> Vec<(usize, String)> {
         }
     }
     found
+}
+
+/// The first word of the attribute whose content starts at `start`, and,
+/// when it is `cfg_attr(condition, attr, ...)`, the heads of each `attr`
+/// (recursively: a `cfg_attr` may hold another).
+fn attribute_heads(tokens: &[Token], start: usize) -> Vec<usize> {
+    let mut heads = vec![start];
+    let is_cfg_attr = tokens
+        .get(start)
+        .is_some_and(|t| t.tok == Tok::Word("cfg_attr".to_string()))
+        && tokens.get(start + 1).is_some_and(|t| t.tok == Tok::Punct('('));
+    if !is_cfg_attr {
+        return heads;
+    }
+    let mut depth = 0usize;
+    for (j, token) in tokens.iter().enumerate().skip(start + 1) {
+        match &token.tok {
+            Tok::Punct('(' | '[' | '{') => depth += 1,
+            Tok::Punct(')' | ']' | '}') => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    break;
+                }
+            }
+            // The first part is the condition; every later one an attribute.
+            Tok::Punct(',') if depth == 1 => heads.extend(attribute_heads(tokens, j + 1)),
+            _ => {}
+        }
+    }
+    heads
+}
+
+/// Whether the `crate`, `$crate` or `super` at `tokens[i]` starts a path
+/// the scanner follows (`crate::x`, `super as up`), continues one made only
+/// of roots (`super::super`), or is a visibility (`pub(crate)`,
+/// `pub(super)`) or `extern crate`.
+fn is_rooted_path_or_visibility(tokens: &[Token], i: usize) -> bool {
+    let tok = |k: usize| tokens.get(k).map(|t| &t.tok);
+    let is_word = |k: usize, w: &str| matches!(tok(k), Some(Tok::Word(x)) if x == w);
+    let after_sep = i > 0 && tok(i - 1) == Some(&Tok::PathSep);
+    if after_sep {
+        // Only after another root: `super::super`, `crate::super` is an error anyway.
+        return i >= 2 && matches!(tok(i - 2), Some(Tok::Word(w)) if is_path_root(w));
+    }
+    let starts_path = tok(i + 1) == Some(&Tok::PathSep) || is_word(i + 1, "as");
+    let visibility = i >= 2
+        && tok(i - 1) == Some(&Tok::Punct('('))
+        && (is_word(i - 2, "pub") || is_word(i - 2, "in"))
+        && (tok(i + 1) == Some(&Tok::Punct(')')) || tok(i + 1) == Some(&Tok::PathSep));
+    let extern_crate = is_word(i, "crate") && i >= 1 && is_word(i - 1, "extern");
+    starts_path || visibility || extern_crate
 }
 
 fn is_path_root(word: &str) -> bool {
@@ -1067,6 +1158,11 @@ fn classify(
         }
         if let Some(alias) = &path.alias {
             problems.push(format!("{rel}:{}: {}", path.line, root_alias(alias)));
+        } else if !path.glob {
+            problems.push(format!(
+                "{rel}:{}: this path names the crate root itself, not an item in a module: name the item",
+                path.line
+            ));
         }
         return;
     };
@@ -1162,6 +1258,15 @@ fn parse_path(tokens: &[Token], mut i: usize, base: Vec<String>, out: &mut Vec<R
             other => return Err(format!("unexpected {other:?} in a path")),
         }
         i += 1;
+        if tokens.get(i).is_some_and(|t| t.tok == Tok::PathSep)
+            && tokens.get(i + 1).is_some_and(|t| t.tok == Tok::Punct('$'))
+        {
+            return Err(
+                "a macro variable continues this path, so which module it names is known only where the macro \
+                 is used: write the whole path in the macro"
+                    .to_string(),
+            );
+        }
         let continues = tokens.get(i).is_some_and(|t| t.tok == Tok::PathSep)
             && tokens
                 .get(i + 1)
@@ -1231,7 +1336,17 @@ fn tokenize(code: &str) -> Vec<Token> {
             while i < c.len() && is_ident_char(c[i]) {
                 i += 1;
             }
-            let word: String = c[start..i].iter().collect();
+            let mut word: String = c[start..i].iter().collect();
+            // A raw identifier (`r#path`) is its name (raw strings are
+            // blanked before this).
+            if word == "r" && c.get(i) == Some(&'#') && c.get(i + 1).is_some_and(|&n| is_ident_char(n)) {
+                let name = i + 1;
+                i += 1;
+                while i < c.len() && is_ident_char(c[i]) {
+                    i += 1;
+                }
+                word = c[name..i].iter().collect();
+            }
             if word.starts_with('$') && word != "$crate" {
                 // A macro variable: `$` and the name, like any other punctuation.
                 tokens.push(Token {
