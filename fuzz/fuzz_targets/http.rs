@@ -85,12 +85,54 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, Vec<u8>) {
                 .expect("set a read timeout");
         }
     }
-    let status = answer
-        .strip_prefix(b"HTTP/1.1 ")
-        .and_then(|rest| std::str::from_utf8(rest.get(..3)?).ok())
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, answer)
+    (final_status(&answer), answer)
+}
+
+/// The status of the final answer (`HTTP/1.0` or `HTTP/1.1`, interim
+/// `1xx` answers skipped); 0 when none came in time.
+fn final_status(answer: &[u8]) -> u16 {
+    let mut rest = answer;
+    loop {
+        let status: u16 = [&b"HTTP/1.1 "[..], b"HTTP/1.0 "]
+            .iter()
+            .find_map(|version| rest.strip_prefix(*version))
+            .and_then(|after| std::str::from_utf8(after.get(..3)?).ok())
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        if !(100..200).contains(&status) {
+            return status;
+        }
+        match rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(at) => rest = &rest[at + 4..],
+            None => return 0,
+        }
+    }
+}
+
+/// A request split where the HTTP parser ends its head: at the first empty
+/// line, lines ended by `\n` or `\r\n`, after any empty lines before the
+/// request line (which the parser skips). The head is returned without its
+/// last line end.
+fn split_head(request: &[u8]) -> (&[u8], &[u8]) {
+    let start = request
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(request.len());
+    let mut at = start;
+    while let Some(offset) = request[at..].iter().position(|b| *b == b'\n') {
+        let newline = at + offset;
+        let blank = match request.get(newline + 1..) {
+            Some([b'\n', ..]) => Some(newline + 2),
+            Some([b'\r', b'\n', ..]) => Some(newline + 3),
+            _ => None,
+        };
+        if let Some(body) = blank {
+            let head = &request[..newline];
+            return (head.strip_suffix(b"\r").unwrap_or(head), &request[body..]);
+        }
+        at = newline + 1;
+    }
+    (request, &[][..])
 }
 
 /// Whether `answer` has a complete head announcing `text/event-stream`.
@@ -298,10 +340,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// The request without its credentials: its `Authorization` and `Cookie`
 /// headers, and, for the console's sign-in form, its `token` field.
 fn outside_credentials(raw: &[u8], route: &Route) -> Vec<u8> {
-    let (head, body) = match raw.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(at) => (&raw[..at + 4], &raw[at + 4..]),
-        None => (raw, &[][..]),
-    };
+    let (head, body) = split_head(raw);
     let mut out = Vec::with_capacity(raw.len());
     for line in head.split_inclusive(|b| *b == b'\n') {
         let lower = line.to_ascii_lowercase();
@@ -338,22 +377,25 @@ struct Route<'a> {
 
 impl<'a> Route<'a> {
     fn of(raw: &'a [u8]) -> Route<'a> {
-        let start = raw.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(raw.len());
-        let raw = &raw[start..];
-        let (head, body) = match raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(at) => (&raw[..at], &raw[at + 4..]),
-            None => (raw, &[][..]),
-        };
+        let (head, body) = split_head(raw);
+        let start = head
+            .iter()
+            .position(|b| *b != b'\r' && *b != b'\n')
+            .unwrap_or(head.len());
+        let head = &head[start..];
         let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
         let line = String::from_utf8_lossy(line);
         let mut parts = line.trim_end_matches('\r').split(' ');
         let method = parts.next().unwrap_or_default().to_string();
-        let mut target = parts.next().unwrap_or_default();
-        if let Some(at) = target.find("://") {
-            let rest = &target[at + 3..];
-            target = rest.find('/').map_or("/", |slash| &rest[slash..]);
+        let target = parts.next().unwrap_or_default();
+        let target = target.split(['?', '#']).next().unwrap_or_default();
+        // Absolute form: `scheme://authority/path`; the authority ends at
+        // the first `/` (the query and fragment are already cut).
+        let path = match target.split_once("://") {
+            Some((_, rest)) if !target.starts_with('/') => rest.find('/').map_or("/", |slash| &rest[slash..]),
+            _ => target,
         }
-        let path = target.split(['?', '#']).next().unwrap_or_default().to_string();
+        .to_string();
         Route {
             method,
             path,
@@ -366,19 +408,25 @@ impl<'a> Route<'a> {
         self.method == method && self.path == path
     }
 
-    /// The JSON-RPC methods of an MCP body (one message or a batch).
-    fn mcp_methods(&self) -> Vec<String> {
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(self.body) else {
-            return Vec::new();
-        };
+    /// MCP's endpoint: `/mcp` and everything under it (one service).
+    fn is_mcp(&self) -> bool {
+        self.path == "/mcp" || self.path.starts_with("/mcp/")
+    }
+
+    /// The JSON-RPC methods of an MCP body (one message or a batch); `None`
+    /// when the body is not JSON as sent (e.g. chunked).
+    fn mcp_methods(&self) -> Option<Vec<String>> {
+        let value = serde_json::from_slice::<serde_json::Value>(self.body).ok()?;
         let messages = match value {
             serde_json::Value::Array(all) => all,
             one => vec![one],
         };
-        messages
-            .iter()
-            .filter_map(|m| m.get("method")?.as_str().map(str::to_string))
-            .collect()
+        Some(
+            messages
+                .iter()
+                .filter_map(|m| m.get("method")?.as_str().map(str::to_string))
+                .collect(),
+        )
     }
 
     /// The values of header `name` (case-insensitively).
@@ -401,17 +449,34 @@ impl<'a> Route<'a> {
 /// time), and the secret is in what the audit trail keeps of it: the body
 /// of an invocation (API or MCP), of an approval decision (API or console
 /// form), or an invocation's trace headers.
-fn records_data(route: &Route, status: u16, secret: &[u8]) -> bool {
-    if matches!(status, 401 | 408 | 413) {
+fn records_data(route: &Route, status: u16, answer: &[u8], secret: &[u8]) -> bool {
+    // Refused at the gate or before the body was read (unauthenticated,
+    // too slow, too large, a console form without a session): nothing of it
+    // was recorded. (A decision the console took answers 303 too, to the
+    // approval's page.)
+    let to_sign_in = (300..400).contains(&status)
+        && header_of(answer, "location").is_some_and(|to| to.starts_with("/console/login"));
+    if matches!(status, 401 | 408 | 413) || to_sign_in {
         return false;
     }
+    let path = route.path.as_str();
     let post = route.method == "POST";
-    let invokes = post && (route.path == "/v1/invocations" || route.path == "/mcp");
-    let decides = post && (route.path.starts_with("/v1/approvals/") || route.path.starts_with("/console/approvals/"));
-    if (invokes || decides) && contains(route.body, secret) {
+    let mcp = post && route.is_mcp();
+    let invokes = (post && path == "/v1/invocations") || mcp;
+    let decides = post
+        && ((path.starts_with("/v1/approvals/") && (path.ends_with("/approve") || path.ends_with("/deny")))
+            || (path.starts_with("/console/approvals/") && path.ends_with("/decide")));
+    // An MCP message records nothing but a `tools/call` (its arguments, its
+    // reason); a body that does not parse may still be one (chunked).
+    let mcp_records = !mcp
+        || route
+            .mcp_methods()
+            .map_or(true, |methods| methods.iter().any(|m| m == "tools/call"));
+    if (invokes || decides) && mcp_records && contains(route.body, secret) {
         return true;
     }
     invokes
+        && mcp_records
         && ["traceparent", "tracestate"]
             .iter()
             .any(|name| route.header_values(name).iter().any(|v| contains(v, secret)))
@@ -428,14 +493,21 @@ fn shows_records(route: &Route) -> bool {
     let path = route.path.as_str();
     match route.method.as_str() {
         "GET" => {
-            ["/v1/invocations", "/v1/approvals", "/v1/audit", "/mcp"]
-                .iter()
-                .any(|view| path == *view || path.starts_with(&format!("{view}/")))
+            route.is_mcp()
+                || ["/v1/invocations", "/v1/approvals", "/v1/audit"]
+                    .iter()
+                    .any(|view| path == *view || path.starts_with(&format!("{view}/")))
                 || ["/console", "/console/", "/console/invocations", "/console/audit"].contains(&path)
                 || path.starts_with("/console/approvals/")
                 || path.starts_with("/console/invocations/")
         }
-        "POST" if path == "/mcp" => route.mcp_methods().iter().any(|m| m == "tools/call"),
+        // `airlock_status`: a `tools/call`, however it is spelled or framed.
+        "POST" if route.is_mcp() => {
+            contains(route.body, b"tools")
+                || route
+                    .mcp_methods()
+                    .is_some_and(|methods| methods.iter().any(|m| m == "tools/call"))
+        }
         "POST" => path.starts_with("/v1/approvals/"),
         _ => false,
     }
@@ -455,10 +527,7 @@ fuzz_target!(init: { LazyLock::force(&WORLD); }, |data: &[u8]| {
     // The input is the request as written: a head, and a body after the
     // first blank line.
     let data = fill(world, data);
-    let (head, body) = match data.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(at) => (&data[..at], &data[at + 4..]),
-        None => (&data[..], &[][..]),
-    };
+    let (head, body) = split_head(&data);
     let mut raw = head.to_vec();
     raw.extend_from_slice(b"\r\n");
     if !has_header(head, "host") {
@@ -479,7 +548,7 @@ fuzz_target!(init: { LazyLock::force(&WORLD); }, |data: &[u8]| {
     let route = Route::of(&raw);
     let elsewhere = outside_credentials(&raw, &route);
     for (secret, published) in world.secrets.iter().zip(&world.published) {
-        if records_data(&route, status, secret.as_bytes()) {
+        if records_data(&route, status, &answer, secret.as_bytes()) {
             published.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if contains(&elsewhere, secret.as_bytes()) {
