@@ -381,7 +381,7 @@ struct S;
         "#[path",
         "#[path",
         "#[macro_use]",
-        "include!",
+        "`include`",
         "extern crate self",
         "`root`",
         "`top`",
@@ -400,25 +400,40 @@ mod nested;
 use std::include as paste;
 #[r#path = "raw.rs"]
 mod raw;
-pub(crate) fn f(include: u8) -> bool { include != 1 }
+pub(crate) fn f(x: u8) -> bool { x != 1 }
 pub(in crate::a) fn g() {}
 pub(super) fn h() {}
 fn k() { super::super::a::run(); }
+pub(in crate) fn l() {}
+macro_rules! o { ($a:ident, $m:ident) => { #[$a = "x.rs"] mod p; $m!("y.rs"); } }
+use std::{include as paste2};
+fn q() { let v = crate::a::$x; }
 "#;
     let (references, problems) = scan_file(snippet, "x/y.rs", &index);
     let found: Vec<(usize, &str)> = references.iter().map(|r| (r.line, r.to.as_str())).collect();
-    assert_eq!(found, vec![(11, "a"), (13, "a")], "{references:#?} {problems:#?}");
+    assert_eq!(
+        found,
+        vec![(11, "a"), (13, "a"), (17, "a")],
+        "{references:#?} {problems:#?}"
+    );
     let lines: Vec<&str> = problems
         .iter()
         .map(|p| p.split(':').nth(1).unwrap_or_default())
         .collect();
-    assert_eq!(lines, vec!["3", "4", "5", "7", "8", "1"], "{problems:#?}");
+    assert_eq!(
+        lines,
+        vec!["3", "4", "5", "7", "8", "15", "15", "16", "1"],
+        "{problems:#?}"
+    );
     for (problem, word) in problems.iter().zip([
         "`crate` stands alone",
         "`super` stands alone",
         "#[path",
-        "include!",
+        "`include`",
         "#[path",
+        "`#[$a = ...]`",
+        "`$m!`",
+        "`include`",
         "macro variable",
     ]) {
         assert!(problem.contains(word), "{problem} should name {word}");
@@ -1023,6 +1038,13 @@ fn untraceable(tokens: &[Token], crate_root: bool) -> Vec<(usize, String)> {
             // `cfg_attr(...)` would apply (nested ones too).
             let heads = attribute_heads(tokens, open + 1);
             for head in heads {
+                if punct(head, '$') && word(head + 1).is_some() && punct(head + 2, '=') {
+                    found.push((
+                        line,
+                        "an attribute named by a macro variable (`#[$a = ...]`) could be `path`: name the attribute"
+                            .to_string(),
+                    ));
+                }
                 let next_is_path_sep = tokens.get(head + 1).is_some_and(|t| t.tok == Tok::PathSep);
                 match word(head) {
                     Some("path") if punct(head + 1, '=') => found.push((
@@ -1040,14 +1062,11 @@ fn untraceable(tokens: &[Token], crate_root: bool) -> Vec<(usize, String)> {
                     _ => {}
                 }
             }
-        } else if word(i) == Some("include")
-            && ((punct(i + 1, '!') && (punct(i + 2, '(') || punct(i + 2, '[') || punct(i + 2, '{')))
-                || (i > 0 && tokens[i - 1].tok == Tok::PathSep))
-        {
+        } else if word(i) == Some("include") {
             found.push((
                 line,
-                "`include!` (or a path to it, which could be renamed) pastes another file's code here, out \
-                 of the test's sight: make that file a module"
+                "`include` (the macro, a path to it, a name it is renamed from or passed as) pastes another \
+                 file's code out of the test's sight: make that file a module (and name nothing `include`)"
                     .to_string(),
             ));
         } else if word(i) == Some("extern") && word(i + 1) == Some("crate") && word(i + 2) == Some("self") {
@@ -1055,6 +1074,13 @@ fn untraceable(tokens: &[Token], crate_root: bool) -> Vec<(usize, String)> {
                 line,
                 "`extern crate self` gives the crate root a second name, out of the test's sight: write \
                  `crate::x` paths"
+                    .to_string(),
+            ));
+        } else if punct(i, '$') && word(i + 1).is_some() && punct(i + 2, '!') && !punct(i + 3, '=') {
+            found.push((
+                line,
+                "a macro called by a macro variable (`$m!`) could be any macro, `include!` among them: call it by \
+                 its name"
                     .to_string(),
             ));
         } else if matches!(word(i), Some("crate" | "$crate" | "super")) && !is_rooted_path_or_visibility(tokens, i) {
@@ -1121,10 +1147,11 @@ fn is_rooted_path_or_visibility(tokens: &[Token], i: usize) -> bool {
         return i >= 2 && matches!(tok(i - 2), Some(Tok::Word(w)) if is_path_root(w));
     }
     let starts_path = tok(i + 1) == Some(&Tok::PathSep) || is_word(i + 1, "as");
+    // `pub(crate)`, `pub(super)`, `pub(in crate)`, `pub(in super)`.
     let visibility = i >= 2
-        && tok(i - 1) == Some(&Tok::Punct('('))
-        && (is_word(i - 2, "pub") || is_word(i - 2, "in"))
-        && (tok(i + 1) == Some(&Tok::Punct(')')) || tok(i + 1) == Some(&Tok::PathSep));
+        && ((tok(i - 1) == Some(&Tok::Punct('(')) && is_word(i - 2, "pub"))
+            || (is_word(i - 1, "in") && tok(i - 2) == Some(&Tok::Punct('('))))
+        && tok(i + 1) == Some(&Tok::Punct(')'));
     let extern_crate = is_word(i, "crate") && i >= 1 && is_word(i - 1, "extern");
     starts_path || visibility || extern_crate
 }
@@ -1258,7 +1285,9 @@ fn parse_path(tokens: &[Token], mut i: usize, base: Vec<String>, out: &mut Vec<R
             other => return Err(format!("unexpected {other:?} in a path")),
         }
         i += 1;
-        if tokens.get(i).is_some_and(|t| t.tok == Tok::PathSep)
+        let only_roots = matches!(tokens.get(i - 1).map(|t| &t.tok), Some(Tok::Word(w)) if is_path_root(w));
+        if only_roots
+            && tokens.get(i).is_some_and(|t| t.tok == Tok::PathSep)
             && tokens.get(i + 1).is_some_and(|t| t.tok == Tok::Punct('$'))
         {
             return Err(
