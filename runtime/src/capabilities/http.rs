@@ -23,7 +23,7 @@ use crate::call::Target;
 use crate::host_call::{Decision, HostCall, HostCalls};
 use crate::host_call::{InvocationState, StateBuilder};
 use crate::outbound::client::send_once;
-use crate::outbound::headers::is_host_owned;
+use crate::outbound::headers::{drop_host_owned, is_host_owned};
 use crate::outbound::policy::*;
 use crate::outbound::{Destination, HttpPolicy, Origin, OutboundError, OutboundRequest, OutboundResponse, Redactor};
 use bytes::Bytes;

@@ -40,3 +40,29 @@ pub const HOST_OWNED_HEADERS: &[&str] = &[
 pub fn is_host_owned(name: &HeaderName) -> bool {
     HOST_OWNED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-")
 }
+
+/// Remove every header the host owns from `headers` (`proxy-*` included).
+pub fn drop_host_owned(headers: &mut http::HeaderMap) {
+    let owned: Vec<HeaderName> = headers.keys().filter(|name| is_host_owned(name)).cloned().collect();
+    for name in owned {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_host_owned_header_is_dropped_and_nothing_else() {
+        let mut headers = http::HeaderMap::new();
+        for name in HOST_OWNED_HEADERS.iter().chain(&["proxy-anything", "x-kept", "accept"]) {
+            headers.append(HeaderName::from_static(name), http::HeaderValue::from_static("v"));
+        }
+        headers.append("X-Forwarded-Host", http::HeaderValue::from_static("again"));
+        drop_host_owned(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-kept"]);
+    }
+}
