@@ -1082,12 +1082,9 @@ async fn wasi_send(
 ) -> Result<http::Response<WasiBody>, SendFailure> {
     use http_body_util::BodyExt as _;
     let mut headers = parts.headers;
-    // Every header the host owns, `proxy-*` included (the same test as
-    // `airlock:cap/http`'s).
-    let owned: Vec<http::HeaderName> = headers.keys().filter(|n| is_host_owned(n)).cloned().collect();
-    for name in owned {
-        headers.remove(name);
-    }
+    // wasmtime-wasi-http's forbidden-header hook already refuses them when
+    // the guest sets them; removed here too, so no other way in can send one.
+    drop_host_owned(&mut headers);
     headers.remove(header::ACCEPT_ENCODING);
     let origin = Origin::of(&url).map_err(|e| SendFailure::Outbound(OutboundError::InvalidRequest(e)))?;
     let credential = grant
