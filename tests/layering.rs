@@ -365,29 +365,21 @@ impl Small { fn get(self) -> u8 { self as u8 } }
 #[serde(with = "crate::a::codec")]
 struct S;
 "#;
-    let (references, problems) = scan_file(snippet, "x/y.rs", &index);
-    let found: Vec<(usize, &str)> = references.iter().map(|r| (r.line, r.to.as_str())).collect();
-    assert_eq!(found, vec![(2, "a"), (15, "a")], "{references:#?} {problems:#?}");
-    let lines: Vec<&str> = problems
-        .iter()
-        .map(|p| p.split(':').nth(1).unwrap_or_default())
-        .collect();
-    assert_eq!(
-        lines,
-        vec!["3", "5", "7", "9", "10", "1", "2"],
-        "refused, in this order: the constructs, then the aliases: {problems:#?}"
+    // Refused in this order: the constructs, then the aliases.
+    expect_scan(
+        snippet,
+        &index,
+        &[(2, "a"), (15, "a")],
+        &[
+            (3, "#[path"),
+            (5, "#[path"),
+            (7, "#[macro_use]"),
+            (9, "`include`"),
+            (10, "extern crate self"),
+            (1, "`root`"),
+            (2, "`top`"),
+        ],
     );
-    for (problem, word) in problems.iter().zip([
-        "#[path",
-        "#[path",
-        "#[macro_use]",
-        "`include`",
-        "extern crate self",
-        "`root`",
-        "`top`",
-    ]) {
-        assert!(problem.contains(word), "{problem} should name {word}");
-    }
 
     // Paths a macro builds from its arguments, nested `cfg_attr`, a renamed
     // `include!`, raw identifiers; and what stays allowed.
@@ -409,35 +401,22 @@ macro_rules! o { ($a:ident, $m:ident) => { #[$a = "x.rs"] mod p; $m!("y.rs"); } 
 use std::{include as paste2};
 fn q() { let v = crate::a::$x; }
 "#;
-    let (references, problems) = scan_file(snippet, "x/y.rs", &index);
-    let found: Vec<(usize, &str)> = references.iter().map(|r| (r.line, r.to.as_str())).collect();
-    assert_eq!(
-        found,
-        vec![(11, "a"), (13, "a"), (17, "a")],
-        "{references:#?} {problems:#?}"
+    expect_scan(
+        snippet,
+        &index,
+        &[(11, "a"), (13, "a"), (17, "a")],
+        &[
+            (3, "`crate` stands alone"),
+            (4, "`super` stands alone"),
+            (5, "#[path"),
+            (7, "`include`"),
+            (8, "#[path"),
+            (15, "`#[$a = ...]`"),
+            (15, "`$m!`"),
+            (16, "`include`"),
+            (1, "macro variable"),
+        ],
     );
-    let lines: Vec<&str> = problems
-        .iter()
-        .map(|p| p.split(':').nth(1).unwrap_or_default())
-        .collect();
-    assert_eq!(
-        lines,
-        vec!["3", "4", "5", "7", "8", "15", "15", "16", "1"],
-        "{problems:#?}"
-    );
-    for (problem, word) in problems.iter().zip([
-        "`crate` stands alone",
-        "`super` stands alone",
-        "#[path",
-        "`include`",
-        "#[path",
-        "`#[$a = ...]`",
-        "`$m!`",
-        "`include`",
-        "macro variable",
-    ]) {
-        assert!(problem.contains(word), "{problem} should name {word}");
-    }
 
     // A top-level module's `super` is the crate root.
     let (_, problems) = scan_file("use super as up;\nuse super::{self as up2};", "x.rs", &index);
@@ -454,6 +433,24 @@ fn q() { let v = crate::a::$x; }
     ));
     let found: Vec<usize> = untraceable(&lib, true).into_iter().map(|(line, _)| line).collect();
     assert_eq!(found, vec![1, 2]);
+}
+
+/// Scans `snippet` as the file `x/y.rs`: it must find exactly `references`
+/// (line, module) and refuse exactly `refused` (line, a word the message
+/// holds), in that order.
+fn expect_scan(snippet: &str, index: &ModuleIndex, references: &[(usize, &str)], refused: &[(usize, &str)]) {
+    let (found, problems) = scan_file(snippet, "x/y.rs", index);
+    let found: Vec<(usize, &str)> = found.iter().map(|r| (r.line, r.to.as_str())).collect();
+    assert_eq!(found, references, "{problems:#?}");
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| p.split(':').nth(1).unwrap_or_default().to_string())
+        .collect();
+    let expected: Vec<String> = refused.iter().map(|(line, _)| line.to_string()).collect();
+    assert_eq!(lines, expected, "{problems:#?}");
+    for (problem, (_, word)) in problems.iter().zip(refused) {
+        assert!(problem.contains(word), "{problem} should name {word}");
+    }
 }
 
 /// The map parser accepts the documented format and rejects what it must.
