@@ -403,7 +403,10 @@ impl Cluster {
         let path = self.bin_dir.join(program);
         let mut cmd = Command::new(if path.exists() { path } else { PathBuf::from(program) });
         cmd.args(["-h", &self.host, "-p", &self.port.to_string(), "-U", &self.admin_user])
-            .env("PGCONNECT_TIMEOUT", "10")
+            // Generous: on a loaded 2-core CI machine, with many tests
+            // creating databases at once, a connection has taken over 10 s.
+            // A dead server still fails, just later.
+            .env("PGCONNECT_TIMEOUT", "60")
             .env("PGSSLMODE", "disable")
             .env_remove("PGPASSFILE")
             .stdin(Stdio::piped())
