@@ -431,16 +431,7 @@ impl<'a> Route<'a> {
 
     /// The values of header `name` (case-insensitively).
     fn header_values(&self, name: &str) -> Vec<&'a [u8]> {
-        self.head
-            .split(|b| *b == b'\n')
-            .skip(1)
-            .filter_map(|line| {
-                let colon = line.iter().position(|b| *b == b':')?;
-                line[..colon]
-                    .eq_ignore_ascii_case(name.as_bytes())
-                    .then(|| &line[colon + 1..])
-            })
-            .collect()
+        header_values(self.head, name)
     }
 }
 
@@ -513,11 +504,23 @@ fn shows_records(route: &Route) -> bool {
     }
 }
 
+/// The values of header `name` (case-insensitively) in `head`, the
+/// request line skipped.
+fn header_values<'a>(head: &'a [u8], name: &str) -> Vec<&'a [u8]> {
+    head.split(|b| *b == b'\n')
+        .skip(1)
+        .filter_map(|line| {
+            let colon = line.iter().position(|b| *b == b':')?;
+            line[..colon]
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| &line[colon + 1..])
+        })
+        .collect()
+}
+
 /// Whether the head names header `name` (case-insensitively).
 fn has_header(head: &[u8], name: &str) -> bool {
-    head.split(|b| *b == b'\n').skip(1).any(|line| {
-        line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name.as_bytes()) && line[name.len()] == b':'
-    })
+    !header_values(head, name).is_empty()
 }
 
 // The setup runs before the first input, not inside it (where it would
