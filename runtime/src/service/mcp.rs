@@ -74,6 +74,50 @@ pub struct AirlockMcp {
     /// This session's calls still running, and which of them its client
     /// cancelled (`notifications/cancelled`).
     calls: Arc<Calls>,
+    /// Which function each tool name stands for, worked out once.
+    index: Arc<ToolIndex>,
+}
+
+/// Every tool name a configured function would be offered under, with the
+/// (action, function) pairs behind it: built once, since the runtime's
+/// actions never change, so that a `tools/call` finds its function without
+/// building every tool's schema and description.
+///
+/// A name is offered to a caller only when exactly one of the functions
+/// behind it is the caller's to list: the same rule [`AirlockMcp::tools_for`]
+/// applies to the list itself (see [`unambiguous`]).
+#[derive(Debug, Default)]
+struct ToolIndex(std::collections::HashMap<String, Vec<(String, String)>>);
+
+impl ToolIndex {
+    fn of(runtime: &crate::runtime::Runtime) -> ToolIndex {
+        let mut index: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
+        for name in runtime.action_names() {
+            let Some(action) = runtime.action(&name) else { continue };
+            for f in &action.manifest.functions {
+                if f.unsupported().is_some() || !f.params_schema().is_object() {
+                    continue;
+                }
+                index
+                    .entry(tool_name(&name, &f.name))
+                    .or_default()
+                    .push((name.clone(), f.name.clone()));
+            }
+        }
+        ToolIndex(index)
+    }
+
+    /// The (action, function) tool `name` stands for, if `caller` is
+    /// offered it.
+    fn find(&self, runtime: &crate::runtime::Runtime, caller: &Caller, name: &str) -> Option<(String, String)> {
+        let mut listed = self.0.get(name)?.iter().filter(|(action, _)| {
+            runtime
+                .action(action)
+                .is_some_and(|a| a.decisions.may_list(caller))
+        });
+        let found = listed.next()?;
+        listed.next().is_none().then(|| found.clone())
+    }
 }
 
 /// The calls of one session still running, by request id: whether the
@@ -126,6 +170,7 @@ impl AirlockMcp {
     /// For stdio: every call is made with `token`.
     pub fn with_token(service: Arc<Service>, token: Zeroizing<String>) -> AirlockMcp {
         AirlockMcp {
+            index: Arc::new(ToolIndex::of(&service.runtime)),
             service,
             identity: Identity::Token(Arc::new(token)),
             log_level: Arc::default(),
@@ -136,6 +181,7 @@ impl AirlockMcp {
     /// For streamable HTTP: each request's `Authorization: Bearer`.
     pub fn per_request(service: Arc<Service>) -> AirlockMcp {
         AirlockMcp {
+            index: Arc::new(ToolIndex::of(&service.runtime)),
             service,
             identity: Identity::PerRequest,
             log_level: Arc::default(),
@@ -542,8 +588,7 @@ impl ServerHandler for AirlockMcp {
         if request.name == STATUS_TOOL {
             return Ok(self.status(&caller, &args).await.into());
         }
-        let tools = self.tools_for(&caller);
-        let Some((_, action, function)) = tools.iter().find(|(t, _, _)| t.name == request.name) else {
+        let Some((action, function)) = self.index.find(&self.service.runtime, &caller, &request.name) else {
             // Not listed for this caller: refused like an unknown tool. If
             // it names a real action, the refusal is on record.
             let runtime = &self.service.runtime;
@@ -563,6 +608,7 @@ impl ServerHandler for AirlockMcp {
                 None,
             ));
         };
+        let (action, function) = (&action, &function);
         let runtime = &self.service.runtime;
         // The agent's stated reason and trace ride in the request's
         // `_meta`, leaving the tool's arguments as they are; over HTTP, a

@@ -27,6 +27,7 @@ pub mod postgres;
 pub mod records;
 pub mod settings;
 pub mod sqlite;
+mod token_cache;
 
 pub use records::*;
 

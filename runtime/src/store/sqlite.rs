@@ -138,6 +138,8 @@ pub(crate) fn ordered(charges: &[Charge]) -> Vec<(usize, &Charge)> {
 /// ([`Store::record_run`]), which commits without waiting for the disk.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Token lookups, ended by any process's revocation.
+    tokens: super::token_cache::TokenCache,
     runs: Arc<RunWriter>,
     flusher: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
@@ -438,6 +440,7 @@ impl SqliteStore {
         };
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            tokens: super::token_cache::TokenCache::open(data_dir)?,
             runs: writer,
             flusher: Some(flusher),
             path,
@@ -686,13 +689,16 @@ impl Store for SqliteStore {
     }
 
     fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
-        let conn = self.conn();
-        // On the path of every request: the statement is prepared once.
-        let row = conn
-            .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} WHERE t.hash = ?1"))
-            .and_then(|mut stmt| stmt.query_row(params![&hash[..]], token_row).optional())
-            .map_err(db_err)?;
-        row.map(|(a, b, c, d, e, f)| parse_token(a, b, c, d, e, f)).transpose()
+        // On the path of every request: answered from memory while no
+        // process has changed a token since (see `token_cache`).
+        self.tokens.get(hash, || {
+            let conn = self.conn();
+            let row = conn
+                .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} WHERE t.hash = ?1"))
+                .and_then(|mut stmt| stmt.query_row(params![&hash[..]], token_row).optional())
+                .map_err(db_err)?;
+            row.map(|(a, b, c, d, e, f)| parse_token(a, b, c, d, e, f)).transpose()
+        })
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
@@ -700,18 +706,20 @@ impl Store for SqliteStore {
     }
 
     fn revoke_token(&self, id: &str, at_micros: u64) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        let exists: bool = conn
-            .query_row("SELECT 1 FROM tokens WHERE id = ?1", params![id], |_| Ok(true))
-            .optional()
-            .map_err(db_err)?
-            .is_some();
-        conn.execute(
-            "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-            params![id, micros(at_micros)],
-        )
-        .map_err(db_err)?;
-        Ok(exists)
+        self.tokens.changing(|| {
+            let conn = self.conn();
+            let exists: bool = conn
+                .query_row("SELECT 1 FROM tokens WHERE id = ?1", params![id], |_| Ok(true))
+                .optional()
+                .map_err(db_err)?
+                .is_some();
+            conn.execute(
+                "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, micros(at_micros)],
+            )
+            .map_err(db_err)?;
+            Ok(exists)
+        })
     }
 
     fn insert_approval(&self, approval: &ApprovalRecord) -> Result<(), StoreError> {
