@@ -282,7 +282,10 @@ impl PreparedAction {
             self.audit.append_deferred(vec![start]);
             epoch
         };
+        // A root: whoever awaits the run (a request's handler, a task of its
+        // own) is not its parent; the request's trace context is.
         let span = tracing::info_span!(
+            parent: None,
             "invocation",
             invocation = %invocation,
             action = %self.policy.name,

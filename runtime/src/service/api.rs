@@ -213,7 +213,7 @@ fn submitted_response(service: &Service, submitted: Submitted) -> Result<Respons
 /// The answer for an invocation task that ended.
 fn joined_response(
     service: &Service,
-    joined: Result<Result<Submitted, crate::error::Error>, tokio::task::JoinError>,
+    joined: Result<Result<Submitted, crate::error::Error>, impl std::fmt::Display>,
 ) -> Result<Response, ApiError> {
     match joined {
         Ok(Ok(submitted)) => submitted_response(service, submitted),
@@ -269,13 +269,14 @@ pub(super) async fn invoke(
         .admit(&caller, &request.action, &request.function, &request.args, &intent)
         .await?;
     let invocation = crate::request::new_invocation_id();
-    // A task of its own, so the invocation goes on (stored, its status at
-    // /v1/invocations/{id}) when this request stops waiting, or its client
-    // goes away.
-    let mut task = {
+    // Run here while this request waits for it; a task of its own from
+    // when it stops waiting (its wait ran out, or its client went away and
+    // the handler was dropped), so the invocation goes on, stored, its
+    // status at /v1/invocations/{id}.
+    let mut running = {
         let service = service.clone();
         let invocation = invocation.clone();
-        tokio::spawn(async move {
+        super::detached::Detachable::new(async move {
             let runtime = &service.runtime;
             let submitted = runtime
                 .run_stored(&invocation, &caller, &admitted, &request.function, &request.args)
@@ -292,10 +293,17 @@ pub(super) async fn invoke(
     // `wait-ms: 0` submits: the answer is 202 and the id, even when the
     // invocation is quick enough to have finished already.
     if !wait.is_zero()
-        && let Ok(joined) = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), &mut task).await
+        && let Ok(joined) = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), &mut running).await
     {
         return joined_response(&service, joined);
     }
+    let Some(task) = running.detach() else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the invocation ended without its result (a bug)",
+        ));
+    };
     // Still running or waiting for a decision: answer with how it stands,
     // once it is stored.
     let store = service.runtime.store()?;
@@ -310,7 +318,7 @@ pub(super) async fn invoke(
                 return unfinished_response(&service, &record);
             }
             // It ended without being stored: it failed before it could be.
-            return joined_response(&service, task.await);
+            return joined_response(&service, task.await.map_err(|e| e.to_string()));
         }
         if Instant::now() >= stored_by {
             return Ok((

@@ -640,13 +640,14 @@ impl ServerHandler for AirlockMcp {
         let (live, mut watched) = tokio::sync::mpsc::channel(LIVE_QUEUE);
         admitted.live = Some(live);
         let invocation = crate::request::new_invocation_id();
-        // A task of its own: the invocation is stored and goes on (running,
-        // or held by a gate) after this call returns a pending result.
+        // Run here while this call waits for it; a task of its own if the
+        // call returns first (a pending result), so the invocation is
+        // stored and goes on (running, or held by a gate).
         let task = {
             let service = self.service.clone();
             let (invocation, caller, function, args) =
                 (invocation.clone(), caller.clone(), function.clone(), args.clone());
-            tokio::spawn(async move {
+            super::detached::Detachable::new(async move {
                 service
                     .runtime
                     .run_stored(&invocation, &caller, &admitted, &function, &args)

@@ -19,6 +19,7 @@
 pub mod api;
 pub mod auth;
 pub mod connections;
+pub mod detached;
 pub mod console;
 pub mod error;
 pub mod gate;
