@@ -27,6 +27,9 @@ pub struct Reads {
     pub now_datetime: bool,
     /// `context.usage`: the windows' use so far (a store read).
     pub usage: bool,
+    /// Anything of the context at all (the reason and trace included):
+    /// when false, a decision depends only on who asks for what.
+    pub context: bool,
 }
 
 impl Reads {
@@ -40,6 +43,7 @@ impl Reads {
         self.now |= other.now;
         self.now_datetime |= other.now_datetime;
         self.usage |= other.usage;
+        self.context |= other.context;
     }
 
     /// What `policy` reads, from its JSON form. Anything not understood
@@ -47,8 +51,12 @@ impl Reads {
     pub fn of(policy: &cedar_policy::Policy) -> Reads {
         let mut reads = Reads::default();
         match policy.to_json() {
-            Ok(json) => scan(&json, &mut reads),
+            Ok(json) => {
+                scan(&json, &mut reads);
+                reads.context = mentions_context(&json);
+            }
             Err(_) => {
+                reads.context = true;
                 reads.all_args = true;
                 reads.now = true;
                 reads.now_datetime = true;
@@ -61,6 +69,15 @@ impl Reads {
 
 fn is_var_context(v: &Value) -> bool {
     v.get("Var").and_then(Value::as_str) == Some("context")
+}
+
+/// Whether `context` appears anywhere in the policy's JSON form.
+fn mentions_context(v: &Value) -> bool {
+    match v {
+        Value::Object(map) => is_var_context(v) || map.values().any(mentions_context),
+        Value::Array(items) => items.iter().any(mentions_context),
+        _ => false,
+    }
 }
 
 /// `(attr of context)` when `v` is `context.ATTR` (written `.` or `[]`).
@@ -396,6 +413,25 @@ mod tests {
         let r = reads(r#"permit(principal, action, resource) when { context.now.datetime > datetime("2026-01-01") };"#);
         assert!(r.now_datetime);
         assert_eq!(reads("permit(principal, action, resource);"), Reads::default());
+    }
+
+    #[test]
+    fn any_use_of_the_context_is_seen() {
+        for text in [
+            r#"permit(principal, action, resource) when { context.reason like "*prod*" };"#,
+            r#"permit(principal, action, resource) when { context has traceparent };"#,
+            r#"forbid(principal, action, resource) unless { context == {} };"#,
+            r#"permit(principal, action, resource) when { context.args.x == 1 };"#,
+            r#"permit(principal, action, resource) when { [context][0].now.hour > 1 };"#,
+        ] {
+            assert!(reads(text).context, "{text}");
+        }
+        for text in [
+            "permit(principal, action, resource);",
+            r#"permit(principal in Role::"agent", action, resource) when { principal.kind == "context" };"#,
+        ] {
+            assert!(!reads(text).context, "{text}");
+        }
     }
 
     #[test]

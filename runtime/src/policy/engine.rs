@@ -216,6 +216,10 @@ struct ForCaller {
     rules: HashMap<cedar_policy::PolicyId, Arc<Rule>>,
     /// What these policies read (less than the whole function's may).
     reads: Reads,
+    /// The decision, once taken, when these policies read nothing of the
+    /// context: it then depends only on who asks for which function, which
+    /// is what this value is for.
+    decided: std::sync::OnceLock<Verdict>,
 }
 
 /// The entity `ty::"id"`. Built from its parts, not parsed: the id is
@@ -573,6 +577,7 @@ impl ToolPolicy {
                 }
                 reads
             },
+            decided: std::sync::OnceLock::new(),
         });
         if cache.len() >= CALLER_CACHE {
             cache.clear();
@@ -598,6 +603,19 @@ impl ToolPolicy {
             .get(ask.function)
             .ok_or_else(|| format!("action `{}` has no function `{}`", self.name, ask.function))?;
         let for_caller = self.for_caller(slice, ask.caller)?;
+        if for_caller.reads.context {
+            return self.evaluate(slice, &for_caller, ask);
+        }
+        if let Some(verdict) = for_caller.decided.get() {
+            return Ok(verdict.clone());
+        }
+        let verdict = self.evaluate(slice, &for_caller, ask)?;
+        let _ = for_caller.decided.set(verdict.clone());
+        Ok(verdict)
+    }
+
+    /// Ask Cedar.
+    fn evaluate(&self, slice: &Slice, for_caller: &ForCaller, ask: &Ask<'_>) -> Result<Verdict, String> {
         let mut pairs: Vec<(String, RestrictedExpression)> = Vec::new();
         let reads = &for_caller.reads;
         if reads.all_args || !reads.args.is_empty() {

@@ -21,9 +21,10 @@
 //! So a lookup that starts after a revocation returned never sees the token
 //! live. A process that dies in the middle of a change leaves it marked in
 //! progress: the cache then stays off (every lookup asks the database) until
-//! the file is removed while no airlock process runs. The file is re-read
-//! by path on every lookup, and a new one starts from a random counter, so
-//! replacing it cannot revive an old answer either.
+//! the file is removed while no airlock process runs. A removed or
+//! replaced file is noticed (its link count drops to zero) and opened again
+//! by path, and a new one starts from a random counter, so replacing it
+//! cannot revive an old answer either.
 //!
 //! Only live answers are kept (an unknown token is asked for every time),
 //! at most [`CAPACITY`] of them.
@@ -48,6 +49,9 @@ const COUNTER: u64 = IN_PROGRESS - 1;
 
 pub struct TokenCache {
     path: PathBuf,
+    /// The change file as last opened: read in place while it is still
+    /// the one at `path` (not unlinked).
+    file: Mutex<Option<std::fs::File>>,
     entries: Mutex<HashMap<[u8; 32], (u64, TokenRecord)>>,
 }
 
@@ -85,6 +89,7 @@ impl TokenCache {
     pub fn open(data_dir: &Path) -> Result<TokenCache, StoreError> {
         let cache = TokenCache {
             path: data_dir.join(FILE_NAME),
+            file: Mutex::new(None),
             entries: Mutex::new(HashMap::new()),
         };
         // Under the lock, so two processes starting at once agree on one.
@@ -95,8 +100,21 @@ impl TokenCache {
     /// The change counter, if no change is in progress and the file reads
     /// back whole.
     fn counter(&self) -> Option<u64> {
+        use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let mut bytes = [0u8; 16];
-        std::fs::File::open(&self.path).ok()?.read_exact(&mut bytes).ok()?;
+        // Read through the open file while it is still linked: removed or
+        // replaced, it is opened again by path.
+        let read = |f: &std::fs::File, bytes: &mut [u8; 16]| {
+            f.read_exact_at(bytes, 0).ok()?;
+            (f.metadata().ok()?.nlink() > 0).then_some(())
+        };
+        if file.as_ref().and_then(|f| read(f, &mut bytes)).is_none() {
+            *file = None;
+            let opened = std::fs::File::open(&self.path).ok()?;
+            read(&opened, &mut bytes)?;
+            *file = Some(opened);
+        }
         let state = decode(&bytes)?;
         (state & !COUNTER == 0).then_some(state)
     }
