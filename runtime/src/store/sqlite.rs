@@ -12,6 +12,7 @@
 //! - Audit records owed by committed changes wait in `audit_outbox` until
 //!   they are appended to the log (see [`super`]).
 
+use std::collections::HashMap;
 use super::journal::{self, Journal};
 use super::{
     ApprovalRecord, ApprovalState, ApprovalUpdate, Charge, DecisionRecord, Exceeded, InvocationEnding,
@@ -309,10 +310,30 @@ fn write_runs(conn: &mut Connection, rows: &[InvocationRecord]) -> Result<(), St
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
-    for r in rows {
+    for r in settled_rows(rows) {
         upsert_run(&tx, r)?;
     }
     tx.commit().map_err(db_err)
+}
+
+/// Of several rows of one run in a batch, the one that writing them all in
+/// order would leave ([`upsert_run`]): its first final row, else its last.
+/// A short run's `running` and final rows usually share a batch: one write
+/// instead of two.
+fn settled_rows(rows: &[InvocationRecord]) -> Vec<&InvocationRecord> {
+    let mut at: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
+    let mut out: Vec<&InvocationRecord> = Vec::with_capacity(rows.len());
+    for r in rows {
+        match at.get(r.id.as_str()) {
+            None => {
+                at.insert(&r.id, out.len());
+                out.push(r);
+            }
+            Some(&i) if !out[i].state.is_final() => out[i] = r,
+            Some(_) => {}
+        }
+    }
+    out
 }
 
 /// Store a run's row, new or over its earlier state: an existing row is
@@ -1284,6 +1305,46 @@ mod tests {
             }
         }
         Ok(ids)
+    }
+
+    #[test]
+    fn a_batch_writes_what_writing_its_rows_in_order_would() -> Result<(), StoreError> {
+        use InvocationStatus::{AwaitingApproval, Failed, Running, Succeeded};
+        let rows = [
+            run("a", Running),
+            run("b", Running),
+            run("a", Succeeded),
+            run("b", Failed),
+            // Never over a final row.
+            run("b", Running),
+            run("c", Running),
+            run("c", AwaitingApproval),
+        ];
+        let settled: Vec<(&str, InvocationStatus)> =
+            settled_rows(&rows).iter().map(|r| (r.id.as_str(), r.state)).collect();
+        assert_eq!(settled, [("a", Succeeded), ("b", Failed), ("c", AwaitingApproval)]);
+        // The same end state as the rows one by one.
+        let dir = tempfile::tempdir().map_err(db_err)?;
+        let store = SqliteStore::open(dir.path())?;
+        let mut conn = store.runs.conn.lock().unwrap_or_else(|p| p.into_inner());
+        for r in &rows {
+            write_runs(&mut conn, std::slice::from_ref(r))?;
+        }
+        drop(conn);
+        let one_by_one: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|id| seen_elsewhere(dir.path(), id))
+            .collect::<Result<_, _>>()?;
+        let dir2 = tempfile::tempdir().map_err(db_err)?;
+        let store2 = SqliteStore::open(dir2.path())?;
+        write_runs(&mut store2.runs.conn.lock().unwrap_or_else(|p| p.into_inner()), &rows)?;
+        let batched: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|id| seen_elsewhere(dir2.path(), id))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(one_by_one, batched);
+        assert_eq!(batched, [Some(Succeeded), Some(Failed), Some(AwaitingApproval)]);
+        Ok(())
     }
 
     #[test]
