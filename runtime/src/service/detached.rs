@@ -103,7 +103,9 @@ mod tests {
     #[tokio::test]
     async fn awaited_it_runs_in_place() {
         let here = std::thread::current().id();
-        let ran_on = Detachable::new(async move { std::thread::current().id() }).await.unwrap();
+        let ran_on = Detachable::new(async move { std::thread::current().id() })
+            .await
+            .unwrap();
         assert_eq!(ran_on, here);
     }
 
@@ -120,7 +122,11 @@ mod tests {
         };
         // Polled once (started), then given up on, as a request is.
         let mut run = run;
-        assert!(tokio::time::timeout(std::time::Duration::from_millis(10), &mut run).await.is_err());
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(10), &mut run)
+                .await
+                .is_err()
+        );
         drop(run);
         tx.send(()).unwrap();
         for _ in 0..500 {
@@ -136,7 +142,11 @@ mod tests {
     async fn detached_it_is_a_task_that_finishes() {
         let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
         let mut run = Detachable::new(async move { rx.await.unwrap_or(0) + 1 });
-        assert!(tokio::time::timeout(std::time::Duration::from_millis(5), &mut run).await.is_err());
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(5), &mut run)
+                .await
+                .is_err()
+        );
         let task = run.detach().expect("not ended");
         tx.send(41).unwrap();
         assert_eq!(task.await.unwrap(), 42);

@@ -110,11 +110,11 @@ impl ToolIndex {
     /// The (action, function) tool `name` stands for, if `caller` is
     /// offered it.
     fn find(&self, runtime: &crate::runtime::Runtime, caller: &Caller, name: &str) -> Option<(String, String)> {
-        let mut listed = self.0.get(name)?.iter().filter(|(action, _)| {
-            runtime
-                .action(action)
-                .is_some_and(|a| a.decisions.may_list(caller))
-        });
+        let mut listed = self
+            .0
+            .get(name)?
+            .iter()
+            .filter(|(action, _)| runtime.action(action).is_some_and(|a| a.decisions.may_list(caller)));
         let found = listed.next()?;
         listed.next().is_none().then(|| found.clone())
     }

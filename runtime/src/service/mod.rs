@@ -19,8 +19,8 @@
 pub mod api;
 pub mod auth;
 pub mod connections;
-pub mod detached;
 pub mod console;
+pub mod detached;
 pub mod error;
 pub mod gate;
 pub mod mcp;

@@ -12,7 +12,6 @@
 //! - Audit records owed by committed changes wait in `audit_outbox` until
 //!   they are appended to the log (see [`super`]).
 
-use std::collections::HashMap;
 use super::journal::{self, Journal};
 use super::{
     ApprovalRecord, ApprovalState, ApprovalUpdate, Charge, DecisionRecord, Exceeded, InvocationEnding,
@@ -21,6 +20,7 @@ use super::{
 };
 use crate::identity::IdentityKind;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

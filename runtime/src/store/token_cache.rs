@@ -57,7 +57,9 @@ pub struct TokenCache {
 
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCache").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("TokenCache")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
