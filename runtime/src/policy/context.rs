@@ -422,7 +422,8 @@ mod tests {
             r#"permit(principal, action, resource) when { context has traceparent };"#,
             r#"forbid(principal, action, resource) unless { context == {} };"#,
             r#"permit(principal, action, resource) when { context.args.x == 1 };"#,
-            r#"permit(principal, action, resource) when { [context][0].now.hour > 1 };"#,
+            r#"permit(principal, action, resource) when { { c: context }.c has reason };"#,
+            r#"permit(principal, action, resource) when { [context].contains({}) };"#,
         ] {
             assert!(reads(text).context, "{text}");
         }
