@@ -83,13 +83,13 @@ pub struct Admission<'a> {
     pub live: Option<&'a crate::host_call::LiveSink>,
 }
 
-/// How often a run that can be cancelled looks whether it was, while its
-/// guest computes without yielding.
-const CANCEL_POLL: Duration = Duration::from_millis(50);
+/// How long a guest computes at most before it yields its thread (and its
+/// timeout and cancellation are looked at): one epoch tick.
+const YIELD_EVERY: Duration = engine::EPOCH_TICK;
 
 /// A handle that stops a running invocation from outside: its caller gave
 /// up on it (MCP `notifications/cancelled`). The instance is stopped at
-/// its next host call or within [`CANCEL_POLL`] of computing, the calls
+/// its next host call or within [`YIELD_EVERY`] of computing, the calls
 /// still open are recorded as abandoned, and the invocation closes in the
 /// audit log with [`Error::Cancelled`]. Cancelling one that has ended does
 /// nothing.
@@ -390,14 +390,13 @@ impl PreparedAction {
             let clock_start = Instant::now();
             move || clock_start + timeout + gate.as_ref().map_or(Duration::ZERO, |g| g.waited())
         };
-        // A run that can be cancelled looks every CANCEL_POLL, so a guest
-        // that computes without yielding stops too.
-        let poll = |left: Duration| match cancel {
-            Some(_) => left.min(CANCEL_POLL),
-            None => left,
-        };
-        store.set_epoch_deadline(engine::ticks_for(poll(limits.timeout)));
-        if gate.is_some() || cancel.is_some() {
+        // Every YIELD_EVERY, a guest that computes without host calls hands
+        // its thread back to whoever polls it (the request that runs it in
+        // place has timers of its own: a wait that runs out, a progress
+        // report), and the timeout and cancellation are looked at.
+        let slice = |left: Duration| left.min(YIELD_EVERY);
+        store.set_epoch_deadline(engine::ticks_for(slice(limits.timeout)));
+        {
             let deadline = deadline.clone();
             let cancel = cancel.cloned();
             store.epoch_deadline_callback(move |_| {
@@ -405,15 +404,9 @@ impl PreparedAction {
                 if left.is_zero() || cancel.as_ref().is_some_and(Cancel::is_cancelled) {
                     Err(Trap::Interrupt.into())
                 } else {
-                    let next = match cancel {
-                        Some(_) => left.min(CANCEL_POLL),
-                        None => left,
-                    };
-                    Ok(wasmtime::UpdateDeadline::Continue(engine::ticks_for(next)))
+                    Ok(wasmtime::UpdateDeadline::Yield(engine::ticks_for(slice(left))))
                 }
             });
-        } else {
-            store.epoch_deadline_trap();
         }
 
         let call = async {

@@ -9,19 +9,25 @@
 //! guarantee without the hand-off: its owner runs it in place, and if the
 //! owner drops it (or calls [`Detachable::detach`]) before it ends, what is
 //! left of it goes on in a task of its own from where it was.
+//!
+//! A run in place advances only while its owner polls it: an owner that
+//! waits on anything else meanwhile (MCP sends the client notifications
+//! and progress) must move it to its own task first ([`Run::detach_now`]),
+//! or the run would stand still, its time limit running on, for as long as
+//! the client is slow to read.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-type Run<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// A future run in place by whoever awaits it, that goes on in a task of
 /// its own if they stop awaiting it before it ends. Like a task's, its
 /// panic is caught and answered as [`Panicked`].
 pub struct Detachable<T: Send + 'static> {
-    run: Option<Run<T>>,
+    run: Option<Boxed<T>>,
 }
 
 /// The run panicked (a bug); the panic's message.
@@ -94,19 +100,71 @@ impl<T: Send + 'static> Drop for Detachable<T> {
     }
 }
 
+/// A run awaited in place until [`Run::detach_now`] moves it to a task of
+/// its own: for an owner that must also wait on other things (sending the
+/// client notifications, a timer), during which a run in place would stand
+/// still, its time limit running on.
+pub enum Run<T: Send + 'static> {
+    Here(Detachable<T>),
+    Task(tokio::task::JoinHandle<T>),
+}
+
+impl<T: Send + 'static> Run<T> {
+    pub fn new(run: impl Future<Output = T> + Send + 'static) -> Run<T> {
+        Run::Here(Detachable::new(run))
+    }
+
+    /// From here on, a task of its own (if it has not ended).
+    pub fn detach_now(&mut self) {
+        if let Run::Here(here) = self
+            && let Some(task) = std::mem::replace(here, Detachable { run: None }).detach()
+        {
+            *self = Run::Task(task);
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for Run<T> {
+    type Output = Result<T, String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Run::Here(here) => Pin::new(here).poll(cx).map_err(|e| e.to_string()),
+            Run::Task(task) => Pin::new(task).poll(cx).map_err(|e| e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    #[tokio::test]
-    async fn awaited_it_runs_in_place() {
-        let here = std::thread::current().id();
-        let ran_on = Detachable::new(async move { std::thread::current().id() })
-            .await
-            .unwrap();
-        assert_eq!(ran_on, here);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn awaited_it_runs_in_place_and_detached_in_a_task_of_its_own() {
+        tokio::spawn(async {
+            let here = tokio::task::id();
+            let ran_in = Detachable::new(async { tokio::task::id() }).await.unwrap();
+            // The awaiting task's own: no task of its own was made.
+            assert_eq!(here, ran_in);
+            let mut run = Run::new(async {
+                tokio::task::yield_now().await;
+                tokio::task::id()
+            });
+            assert!(futures_poll_once(&mut run).await.is_pending());
+            run.detach_now();
+            assert!(matches!(run, Run::Task(_)));
+            let ran_in = run.await.unwrap();
+            assert_ne!(ran_in, here, "detached, it is a task of its own");
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Poll `f` once, as a `select!` does before another branch wins.
+    async fn futures_poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
     }
 
     #[tokio::test]

@@ -640,14 +640,16 @@ impl ServerHandler for AirlockMcp {
         let (live, mut watched) = tokio::sync::mpsc::channel(LIVE_QUEUE);
         admitted.live = Some(live);
         let invocation = crate::request::new_invocation_id();
-        // Run here while this call waits for it; a task of its own if the
-        // call returns first (a pending result), so the invocation is
-        // stored and goes on (running, or held by a gate).
+        // Run here while this call only waits for it; a task of its own as
+        // soon as the call waits on anything else (a notification to send,
+        // a progress report due, a cancellation to confirm) or returns first
+        // (a pending result), so the invocation never waits on the client,
+        // and is stored and goes on (running, or held by a gate).
         let task = {
             let service = self.service.clone();
             let (invocation, caller, function, args) =
                 (invocation.clone(), caller.clone(), function.clone(), args.clone());
-            super::detached::Detachable::new(async move {
+            super::detached::Run::new(async move {
                 service
                     .runtime
                     .run_stored(&invocation, &caller, &admitted, &function, &args)
@@ -668,6 +670,8 @@ impl ServerHandler for AirlockMcp {
                 Some(task) => tokio::select! {
                     biased;
                     () = ctx.ct.cancelled(), if !cancel.is_cancelled() => {
+                        // Waiting on anything but the run: it goes on by itself.
+                        task.detach_now();
                         // The token also fires when the session ends; only a
                         // `notifications/cancelled` for this call stops it.
                         if !self.calls.was_cancelled(&ctx.id, CANCEL_NOTICE).await {
@@ -680,8 +684,18 @@ impl ServerHandler for AirlockMcp {
                         // The run stops at once; wait for its closing record.
                         tokio::time::timeout(CANCEL_GRACE, &mut *task).await.ok()
                     }
-                    joined = tokio::time::timeout_at(tick, &mut *task) => joined.ok(),
+                    joined = tokio::time::timeout_at(tick, &mut *task) => match joined {
+                        Ok(joined) => Some(joined),
+                        // A progress report is due (sent to the client, which
+                        // may be slow to read): the run goes on by itself.
+                        Err(_) => {
+                            task.detach_now();
+                            None
+                        }
+                    },
                     Some(event) = watched.recv() => {
+                        // So is a live event.
+                        task.detach_now();
                         self.forward_live(&ctx, action, &invocation, event).await;
                         continue;
                     }

@@ -35,8 +35,11 @@ pub const FILE_NAME: &str = "airlock.db";
 /// unappended, so it must not open a database that has one. 3 added
 /// `nodes`, `processes` and `console_sessions` (an older airlock ignores
 /// them: it keeps sessions in memory), and later `usage_windows` (ignored
-/// by an older airlock too: it has no windows to enforce).
-const SCHEMA_VERSION: i64 = 3;
+/// by an older airlock too: it has no windows to enforce). 4 marks token
+/// changes in `tokens.changes` (see `token_cache`): an older airlock would
+/// revoke a token without marking it, and a newer process's cache would
+/// go on accepting it.
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS identities (
@@ -180,12 +183,13 @@ struct Pending {
 }
 
 /// How long queued status rows gather before they are written together.
-/// Nobody waits for them (a reader writes the queue out first, and final
-/// rows are journaled), so the window only bounds how late a `running`
-/// row reaches the database: a process killed within it loses that row
-/// (the audit log still has the run). Ten milliseconds keeps one commit
-/// for tens of rows at one request at a time; at 2 ms the commits' own
-/// cost, on the core the next request needs, was measurable.
+/// Nobody in this process waits for them (a reader here writes the queue
+/// out first, and final rows are journaled), so the window bounds how late
+/// another process (`airlock invocations`, another service on the same
+/// data directory) sees a row, and which `running` rows a process killed
+/// within it loses (the audit log still has those runs). Ten milliseconds
+/// keeps one commit for tens of rows at one request at a time; at 2 ms the
+/// commits' own cost, on the core the next request needs, was measurable.
 const RUN_BATCH_WINDOW: Duration = Duration::from_millis(10);
 
 /// Rows queued at most; past this, [`Store::record_run`] writes itself
@@ -458,6 +462,8 @@ impl SqliteStore {
         });
         // Rows of stores that ended before writing them out.
         adopt_orphans(&writer, data_dir)?;
+        // Before the writer thread starts: nothing to stop if it fails.
+        let tokens = super::token_cache::TokenCache::open(data_dir)?;
         let flusher = {
             let writer = writer.clone();
             std::thread::Builder::new()
@@ -467,7 +473,7 @@ impl SqliteStore {
         };
         Ok(SqliteStore {
             conn: Mutex::new(conn),
-            tokens: super::token_cache::TokenCache::open(data_dir)?,
+            tokens,
             runs: writer,
             flusher: Some(flusher),
             path,

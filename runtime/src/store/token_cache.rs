@@ -16,18 +16,21 @@
 //!   the file cannot be read or is damaged, it asks the database and keeps
 //!   nothing. Otherwise a cached answer counts only if it was stored under
 //!   the counter value read now, and a fresh answer is stored under the
-//!   value read before the query.
+//!   value read before the query. (Reading it is a `pread` of the file kept
+//!   open and a `stat` of its path.)
 //!
 //! So a lookup that starts after a revocation returned never sees the token
 //! live. A process that dies in the middle of a change leaves it marked in
-//! progress: the cache then stays off (every lookup asks the database) until
-//! the file is removed while no airlock process runs. A removed or
-//! replaced file is noticed (its link count drops to zero) and opened again
-//! by path, and a new one starts from a random counter, so replacing it
-//! cannot revive an old answer either.
+//! progress: the cache then stays off (every lookup asks the database, and
+//! a warning says so) until the file is removed while no airlock process
+//! runs. A file removed, renamed or replaced (another inode at the path)
+//! is opened again and everything cached is dropped; a new one starts from
+//! a random counter; a counter that goes back (an old copy written over it)
+//! drops everything too. Writers check that the file they locked is still
+//! the one at the path.
 //!
-//! Only live answers are kept (an unknown token is asked for every time),
-//! at most [`CAPACITY`] of them.
+//! Found tokens are kept (revoked ones too: they are refused from the
+//! record); an unknown token is asked for every time. At most [`CAPACITY`].
 
 use crate::identity::TokenRecord;
 use crate::store::StoreError;
@@ -49,10 +52,31 @@ const COUNTER: u64 = IN_PROGRESS - 1;
 
 pub struct TokenCache {
     path: PathBuf,
-    /// The change file as last opened: read in place while it is still
-    /// the one at `path` (not unlinked).
-    file: Mutex<Option<std::fs::File>>,
+    /// The change file as last opened, and what was last read from it.
+    file: Mutex<Reader>,
     entries: Mutex<HashMap<[u8; 32], (u64, TokenRecord)>>,
+}
+
+/// The change file as a reader holds it.
+#[derive(Default)]
+struct Reader {
+    /// The open file and its (device, inode): read in place while that is
+    /// still what the path names.
+    open: Option<(std::fs::File, (u64, u64))>,
+    /// The highest counter read from that file.
+    seen: Option<u64>,
+    /// Since when every read found a change in progress.
+    marked_since: Option<std::time::Instant>,
+    warned: bool,
+}
+
+/// A change marked for longer than this is taken for one whose process
+/// died, and a warning says so.
+const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    (meta.dev(), meta.ino())
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -91,7 +115,7 @@ impl TokenCache {
     pub fn open(data_dir: &Path) -> Result<TokenCache, StoreError> {
         let cache = TokenCache {
             path: data_dir.join(FILE_NAME),
-            file: Mutex::new(None),
+            file: Mutex::new(Reader::default()),
             entries: Mutex::new(HashMap::new()),
         };
         // Under the lock, so two processes starting at once agree on one.
@@ -100,25 +124,51 @@ impl TokenCache {
     }
 
     /// The change counter, if no change is in progress and the file reads
-    /// back whole.
+    /// back whole. Drops every cached answer when the file is another one
+    /// than last time, or its counter went back.
     fn counter(&self) -> Option<u64> {
-        use std::os::unix::fs::{FileExt as _, MetadataExt as _};
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let mut bytes = [0u8; 16];
-        // Read through the open file while it is still linked: removed or
-        // replaced, it is opened again by path.
-        let read = |f: &std::fs::File, bytes: &mut [u8; 16]| {
-            f.read_exact_at(bytes, 0).ok()?;
-            (f.metadata().ok()?.nlink() > 0).then_some(())
+        use std::os::unix::fs::FileExt as _;
+        let mut reader = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        // What the path names now; the kept file is read only if it is that.
+        let Ok(at_path) = std::fs::metadata(&self.path).map(|m| identity(&m)) else {
+            reader.open = None;
+            return None;
         };
-        if file.as_ref().and_then(|f| read(f, &mut bytes)).is_none() {
-            *file = None;
-            let opened = std::fs::File::open(&self.path).ok()?;
-            read(&opened, &mut bytes)?;
-            *file = Some(opened);
+        if reader.open.as_ref().is_none_or(|(_, id)| *id != at_path) {
+            let file = std::fs::File::open(&self.path).ok()?;
+            let id = identity(&file.metadata().ok()?);
+            // Another file than the answers were cached under.
+            self.forget();
+            reader.open = Some((file, id));
+            reader.seen = None;
         }
+        let mut bytes = [0u8; 16];
+        let (file, _) = reader.open.as_ref()?;
+        file.read_exact_at(&mut bytes, 0).ok()?;
         let state = decode(&bytes)?;
-        (state & !COUNTER == 0).then_some(state)
+        if state & !COUNTER != 0 {
+            let since = *reader.marked_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > STUCK_AFTER && !reader.warned {
+                reader.warned = true;
+                tracing::warn!(
+                    file = %self.path.display(),
+                    "a token change has been marked in progress for over a minute: its process probably died; \
+                     every token is looked up in the database until the file is removed while no airlock process runs"
+                );
+            }
+            return None;
+        }
+        reader.marked_since = None;
+        reader.warned = false;
+        if reader.seen.is_some_and(|seen| state < seen) {
+            self.forget();
+        }
+        reader.seen = Some(state);
+        Some(state)
+    }
+
+    fn forget(&self) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Rewrite the state word under the file's exclusive lock (a missing or
@@ -130,18 +180,31 @@ impl TokenCache {
                 self.path.display()
             ))
         };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.path)
-            .map_err(failed)?;
+        // The file locked must still be the one at the path: one removed
+        // or replaced meanwhile is let go and the new one taken.
+        let mut tries = 0;
+        let mut file = loop {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&self.path)
+                .map_err(failed)?;
+            file.lock().map_err(failed)?;
+            let locked = identity(&file.metadata().map_err(failed)?);
+            if std::fs::metadata(&self.path).is_ok_and(|m| identity(&m) == locked) {
+                break file;
+            }
+            tries += 1;
+            if tries >= 8 {
+                return Err(failed(std::io::Error::other("it keeps being replaced")));
+            }
+        };
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
         }
-        file.lock().map_err(failed)?;
         let mut bytes = [0u8; 16];
         let state = match file.read_exact(&mut bytes) {
             Ok(()) => decode(&bytes),
@@ -159,20 +222,24 @@ impl TokenCache {
 
     /// Make a change to stored tokens (`commit`), so that no process
     /// answers from its cache while it is made, nor afterwards from what it
-    /// cached before.
+    /// cached before. Fails, changing nothing, if the change cannot be
+    /// marked.
     pub fn changing<T>(&self, commit: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
         self.update(|state| state.wrapping_add(IN_PROGRESS))?;
         let result = commit();
         // Counted done even if the commit failed: a new counter only
-        // empties the caches.
+        // empties the caches. (A word without a mark, from a file replaced
+        // meanwhile, only gets a new counter.)
         let done = self.update(|state| {
-            let counter = (state.wrapping_add(1)) & COUNTER;
-            (state & !COUNTER).wrapping_sub(IN_PROGRESS) | counter
+            let marks = (state >> 48).saturating_sub(1);
+            (marks << 48) | (state.wrapping_add(1) & COUNTER)
         });
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        let value = result?;
-        done?;
-        Ok(value)
+        self.forget();
+        if let Err(e) = done {
+            // The change is made; its mark stays, so caches stay off.
+            tracing::warn!("{}", e.0);
+        }
+        result
     }
 
     /// The record for `hash`: cached if still good, else from `lookup`.
@@ -280,6 +347,51 @@ mod tests {
         // A new file starts from a random counter, not the old one.
         let _other = TokenCache::open(dir.path()).unwrap();
         assert_eq!(cache.get(&hash, || Ok(None)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_renamed_file_or_an_old_copy_written_over_it_ends_what_was_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let cache = TokenCache::open(dir.path()).unwrap();
+        let hash = [3u8; 32];
+        cache.get(&hash, || Ok(Some(record(false)))).unwrap();
+        // Renamed away: the kept file still reads, but is not the one at
+        // the path, where a writer now counts its change.
+        std::fs::rename(&path, dir.path().join("moved")).unwrap();
+        let writer = TokenCache::open(dir.path()).unwrap();
+        writer.changing(|| Ok(())).unwrap();
+        assert_eq!(cache.get(&hash, || Ok(Some(record(true)))).unwrap(), Some(record(true)));
+        // An old copy written over the file in place (same inode): the
+        // counter goes back, and nothing cached under it counts.
+        let old = std::fs::read(&path).unwrap();
+        cache.get(&hash, || Ok(Some(record(false)))).unwrap();
+        writer.changing(|| Ok(())).unwrap();
+        cache.get(&hash, || Ok(Some(record(true)))).unwrap();
+        std::fs::write(&path, &old).unwrap();
+        // The entry stored under `old`'s counter was replaced by the one
+        // after the change; with the counter back, all are dropped anyway.
+        assert_eq!(cache.get(&hash, || Ok(None)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_change_whose_mark_went_missing_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = TokenCache::open(dir.path()).unwrap();
+        // The file was replaced between mark and done: done finds no mark.
+        cache
+            .changing(|| {
+                std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
+                Ok(())
+            })
+            .unwrap();
+        let hash = [4u8; 32];
+        cache.get(&hash, || Ok(Some(record(false)))).unwrap();
+        // Not stuck: the next lookup is answered from memory.
+        assert_eq!(
+            cache.get(&hash, || panic!("asked the database")).unwrap(),
+            Some(record(false))
+        );
     }
 
     #[test]
