@@ -89,7 +89,7 @@ const YIELD_EVERY: Duration = engine::EPOCH_TICK;
 
 /// A handle that stops a running invocation from outside: its caller gave
 /// up on it (MCP `notifications/cancelled`). The instance is stopped at
-/// its next host call or within [`YIELD_EVERY`] of computing, the calls
+/// its next host call or within about two [`YIELD_EVERY`] of computing, the calls
 /// still open are recorded as abandoned, and the invocation closes in the
 /// audit log with [`Error::Cancelled`]. Cancelling one that has ended does
 /// nothing.
@@ -404,7 +404,12 @@ impl PreparedAction {
                 if left.is_zero() || cancel.as_ref().is_some_and(Cancel::is_cancelled) {
                     Err(Trap::Interrupt.into())
                 } else {
-                    Ok(wasmtime::UpdateDeadline::Yield(engine::ticks_for(slice(left))))
+                    Ok(wasmtime::UpdateDeadline::YieldCustom(
+                        engine::ticks_for(slice(left)),
+                        // tokio's own yield: the worker sees to its timers
+                        // and I/O before it polls this run again.
+                        Box::pin(tokio::task::yield_now()),
+                    ))
                 }
             });
         }

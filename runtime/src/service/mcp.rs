@@ -694,8 +694,10 @@ impl ServerHandler for AirlockMcp {
                         }
                     },
                     Some(event) = watched.recv() => {
-                        // So is a live event.
-                        task.detach_now();
+                        // So is a live event the client will be sent.
+                        if self.log_level.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                            task.detach_now();
+                        }
                         self.forward_live(&ctx, action, &invocation, event).await;
                         continue;
                     }

@@ -139,8 +139,10 @@ impl TokenCache {
             let id = identity(&file.metadata().ok()?);
             // Another file than the answers were cached under.
             self.forget();
-            reader.open = Some((file, id));
-            reader.seen = None;
+            *reader = Reader {
+                open: Some((file, id)),
+                ..Reader::default()
+            };
         }
         let mut bytes = [0u8; 16];
         let (file, _) = reader.open.as_ref()?;
@@ -236,7 +238,9 @@ impl TokenCache {
         });
         self.forget();
         if let Err(e) = done {
-            // The change is made; its mark stays, so caches stay off.
+            // The change is made; its mark stays (caches stay off), unless
+            // the file kept being replaced, and then the new one's
+            // counter is not the one anything was cached under.
             tracing::warn!("{}", e.0);
         }
         result
@@ -368,9 +372,16 @@ mod tests {
         cache.get(&hash, || Ok(Some(record(false)))).unwrap();
         writer.changing(|| Ok(())).unwrap();
         cache.get(&hash, || Ok(Some(record(true)))).unwrap();
+        // Another token, cached under the counter before that change.
+        let other = [5u8; 32];
         std::fs::write(&path, &old).unwrap();
-        // The entry stored under `old`'s counter was replaced by the one
-        // after the change; with the counter back, all are dropped anyway.
+        cache.get(&other, || Ok(Some(record(false)))).unwrap();
+        writer.changing(|| Ok(())).unwrap();
+        cache.get(&hash, || Ok(Some(record(true)))).unwrap();
+        // The old copy back in place: its counter is the one `other` was
+        // cached under, but having gone back it drops everything.
+        std::fs::write(&path, &old).unwrap();
+        assert_eq!(cache.get(&other, || Ok(None)).unwrap(), None);
         assert_eq!(cache.get(&hash, || Ok(None)).unwrap(), None);
     }
 
