@@ -78,46 +78,89 @@ pub struct AirlockMcp {
     index: Arc<ToolIndex>,
 }
 
-/// Every tool name a configured function would be offered under, with the
-/// (action, function) pairs behind it: built once, since the runtime's
-/// actions never change, so that a `tools/call` finds its function without
-/// building every tool's schema and description.
+/// Every tool a configured function would be offered as, built once (the
+/// runtime's actions never change), so that `tools/list` and `tools/call`
+/// apply one rule, and a call finds its function without building every
+/// tool's schema and description.
 ///
-/// A name is offered to a caller only when exactly one of the functions
-/// behind it is the caller's to list: the same rule [`AirlockMcp::tools_for`]
-/// applies to the list itself (see [`unambiguous`]).
+/// The rule: a function is offered to a caller when it is supported, its
+/// parameters' schema is an object, its action is the caller's to list,
+/// and no other function the caller may list has the same tool name
+/// (possible only when long names are cut to 128 characters): a call by
+/// that name could mean either, so neither is offered, and calls by it are
+/// refused.
 #[derive(Debug, Default)]
-struct ToolIndex(std::collections::HashMap<String, Vec<(String, String)>>);
+struct ToolIndex {
+    /// (tool name, action, function), in the order the list shows them.
+    entries: Vec<(String, String, String)>,
+    /// Where each tool name's functions are in `entries`.
+    by_name: std::collections::HashMap<String, Vec<usize>>,
+}
 
 impl ToolIndex {
     fn of(runtime: &crate::runtime::Runtime) -> ToolIndex {
-        let mut index: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
+        let mut functions = Vec::new();
         for name in runtime.action_names() {
             let Some(action) = runtime.action(&name) else { continue };
             for f in &action.manifest.functions {
-                if f.unsupported().is_some() || !f.params_schema().is_object() {
-                    continue;
+                if f.unsupported().is_none() && f.params_schema().is_object() {
+                    functions.push((name.clone(), f.name.clone()));
                 }
-                index
-                    .entry(tool_name(&name, &f.name))
-                    .or_default()
-                    .push((name.clone(), f.name.clone()));
             }
         }
-        ToolIndex(index)
+        ToolIndex::from_functions(functions)
+    }
+
+    /// The index of `functions` (action, function), each supported, with
+    /// an object schema, in list order.
+    fn from_functions(functions: impl IntoIterator<Item = (String, String)>) -> ToolIndex {
+        let mut index = ToolIndex::default();
+        for (action, function) in functions {
+            let name = tool_name(&action, &function);
+            index.by_name.entry(name.clone()).or_default().push(index.entries.len());
+            index.entries.push((name, action, function));
+        }
+        index
+    }
+
+    /// The entry tool `name` stands for when exactly one of the functions
+    /// behind it is in an action `listed` says the caller may list.
+    fn unique(&self, name: &str, listed: &impl Fn(&str) -> bool) -> Option<usize> {
+        let mut found = self.by_name.get(name)?.iter().filter(|&&i| listed(&self.entries[i].1));
+        let first = *found.next()?;
+        found.next().is_none().then_some(first)
+    }
+
+    /// What is offered to a caller who may list the actions `listed`
+    /// accepts: (tool name, action, function), in list order.
+    fn offered(&self, listed: impl Fn(&str) -> bool) -> Vec<&(String, String, String)> {
+        let mut out = Vec::new();
+        for (i, entry) in self.entries.iter().enumerate() {
+            let (tool, action, function) = entry;
+            if !listed(action) {
+                continue;
+            }
+            if self.unique(tool, &listed) == Some(i) {
+                out.push(entry);
+            } else {
+                tracing::warn!(%action, %function, %tool, "MCP tool name shared by several functions; not offered");
+            }
+        }
+        out
     }
 
     /// The (action, function) tool `name` stands for, if `caller` is
     /// offered it.
     fn find(&self, runtime: &crate::runtime::Runtime, caller: &Caller, name: &str) -> Option<(String, String)> {
-        let mut listed = self
-            .0
-            .get(name)?
-            .iter()
-            .filter(|(action, _)| runtime.action(action).is_some_and(|a| a.decisions.may_list(caller)));
-        let found = listed.next()?;
-        listed.next().is_none().then(|| found.clone())
+        let i = self.unique(name, &|action| may_list(runtime, caller, action))?;
+        let (_, action, function) = &self.entries[i];
+        Some((action.clone(), function.clone()))
     }
+}
+
+/// Whether `caller` may list `action`'s functions.
+fn may_list(runtime: &crate::runtime::Runtime, caller: &Caller, action: &str) -> bool {
+    runtime.action(action).is_some_and(|a| a.decisions.may_list(caller))
 }
 
 /// The calls of one session still running, by request id: whether the
@@ -257,57 +300,53 @@ impl AirlockMcp {
     }
 
     /// Every (tool, action, function) the caller may invoke.
-    fn tools_for(&self, caller: &Caller) -> Vec<(Tool, String, String)> {
+    /// The tools `caller` is offered (see [`ToolIndex`] for which), each
+    /// described for an agent.
+    fn tools_for(&self, caller: &Caller) -> Vec<Tool> {
         let runtime = &self.service.runtime;
         let mut out = Vec::new();
-        for name in runtime.action_names() {
-            let Some(action) = runtime.action(&name) else { continue };
-            let policy = &action.policy;
-            if !action.decisions.may_list(caller) {
+        for (tool_name, name, function) in self.index.offered(|action| may_list(runtime, caller, action)) {
+            let Some(action) = runtime.action(name) else { continue };
+            let Some(f) = action.manifest.functions.iter().find(|f| &f.name == function) else {
                 continue;
+            };
+            let Ok(schema) = serde_json::from_value::<JsonObject>(f.params_schema()) else {
+                continue;
+            };
+            let policy = &action.policy;
+            // The operator's description of the action first (the
+            // component's author cannot override it), then the
+            // function's own docs from its WIT.
+            let mut description = policy
+                .description
+                .clone()
+                .or_else(|| action.manifest.description())
+                .unwrap_or_else(|| format!("Action {name}"));
+            if let Some(doc) = f.doc() {
+                description.push_str("\n\n");
+                description.push_str(&doc);
             }
-            for f in &action.manifest.functions {
-                if f.unsupported().is_some() {
-                    continue;
-                }
-                let tool_name = tool_name(&name, &f.name);
-                let Ok(schema) = serde_json::from_value::<JsonObject>(f.params_schema()) else {
-                    continue;
-                };
-                // The operator's description of the action first (the
-                // component's author cannot override it), then the
-                // function's own docs from its WIT.
-                let mut description = policy
-                    .description
-                    .clone()
-                    .or_else(|| action.manifest.description())
-                    .unwrap_or_else(|| format!("Action {name}"));
-                if let Some(doc) = f.doc() {
-                    description.push_str("\n\n");
-                    description.push_str(&doc);
-                }
-                description.push_str(&format!(" (action `{name}`, function `{}`", f.name));
-                if policy.approval.invocation {
-                    description.push_str("; every call waits for a reviewer's approval");
-                } else if action.decisions.may_hold(&f.name) {
-                    description.push_str("; a call may wait for a reviewer's approval");
-                }
-                description.push(')');
-                let mut annotations = ToolAnnotations::new();
-                if let Some(ro) = policy.mcp.read_only {
-                    annotations = annotations.read_only(ro);
-                }
-                if let Some(d) = policy.mcp.destructive {
-                    annotations = annotations.destructive(d);
-                }
-                let mut tool = Tool::new(tool_name, description, Arc::new(schema)).with_annotations(annotations);
-                if let Ok(output) = serde_json::from_value::<JsonObject>(output_schema(f)) {
-                    tool = tool.with_raw_output_schema(Arc::new(output));
-                }
-                out.push((tool, name.clone(), f.name.clone()));
+            description.push_str(&format!(" (action `{name}`, function `{}`", f.name));
+            if policy.approval.invocation {
+                description.push_str("; every call waits for a reviewer's approval");
+            } else if action.decisions.may_hold(&f.name) {
+                description.push_str("; a call may wait for a reviewer's approval");
             }
+            description.push(')');
+            let mut annotations = ToolAnnotations::new();
+            if let Some(ro) = policy.mcp.read_only {
+                annotations = annotations.read_only(ro);
+            }
+            if let Some(d) = policy.mcp.destructive {
+                annotations = annotations.destructive(d);
+            }
+            let mut tool = Tool::new(tool_name.clone(), description, Arc::new(schema)).with_annotations(annotations);
+            if let Ok(output) = serde_json::from_value::<JsonObject>(output_schema(f)) {
+                tool = tool.with_raw_output_schema(Arc::new(output));
+            }
+            out.push(tool);
         }
-        unambiguous(out)
+        out
     }
 
     fn status_tool() -> Tool {
@@ -366,26 +405,6 @@ impl AirlockMcp {
 }
 
 /// `action__function`, with characters MCP clients reject replaced.
-/// `tools` without any whose name another one shares (possible only when
-/// long names are cut to 128 characters): a call by that name could mean
-/// either, so neither is offered, and calls by it are refused.
-fn unambiguous(tools: Vec<(Tool, String, String)>) -> Vec<(Tool, String, String)> {
-    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for (t, _, _) in &tools {
-        *seen.entry(t.name.to_string()).or_default() += 1;
-    }
-    tools
-        .into_iter()
-        .filter(|(t, action, function)| {
-            let unique = seen.get(t.name.as_ref()).is_some_and(|n| *n == 1);
-            if !unique {
-                tracing::warn!(%action, %function, tool = %t.name, "MCP tool name shared by several functions; not offered");
-            }
-            unique
-        })
-        .collect()
-}
-
 pub fn tool_name(action: &str, function: &str) -> String {
     let clean = |s: &str| -> String {
         s.chars()
@@ -570,7 +589,7 @@ impl ServerHandler for AirlockMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let caller = self.caller(&ctx).await?;
-        let mut tools: Vec<Tool> = self.tools_for(&caller).into_iter().map(|(t, _, _)| t).collect();
+        let mut tools = self.tools_for(&caller);
         tools.push(AirlockMcp::status_tool());
         Ok(ListToolsResult::with_all_items(tools))
     }
@@ -1111,14 +1130,6 @@ mod tests {
         assert!(!owners.owned_by("b-1", "b"));
     }
 
-    fn tool(name: &str, action: &str, function: &str) -> (Tool, String, String) {
-        (
-            Tool::new(name.to_string(), "d", Arc::new(JsonObject::new())),
-            action.into(),
-            function.into(),
-        )
-    }
-
     #[tokio::test]
     async fn unreadable_bodies_are_json_rpc_parse_or_invalid_request_errors() {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
@@ -1147,17 +1158,43 @@ mod tests {
     }
 
     #[test]
-    fn a_tool_name_two_functions_share_is_offered_for_neither() {
+    fn a_tool_name_two_listed_functions_share_is_offered_for_neither() {
         let long = "f".repeat(200);
-        let a = tool_name("deploy", &format!("{long}-a"));
-        let b = tool_name("deploy", &format!("{long}-b"));
-        assert_eq!(a, b, "cut to 128 characters, the names collide");
-        let kept = unambiguous(vec![
-            tool(&a, "deploy", "x"),
-            tool(&b, "deploy", "y"),
-            tool("other__run", "other", "run"),
+        let (a, b) = (format!("{long}-a"), format!("{long}-b"));
+        let shared = tool_name("deploy", &a);
+        assert_eq!(
+            shared,
+            tool_name("deploy", &b),
+            "cut to 128 characters, the names collide"
+        );
+        let index = ToolIndex::from_functions([
+            ("deploy".to_string(), a.clone()),
+            ("other".to_string(), "run".to_string()),
+            ("deploy".to_string(), b),
         ]);
-        let names: Vec<String> = kept.iter().map(|(t, _, _)| t.name.to_string()).collect();
-        assert_eq!(names, ["other__run"]);
+        let names = |listed: &dyn Fn(&str) -> bool| -> Vec<String> {
+            index.offered(listed).into_iter().map(|(t, _, _)| t.clone()).collect()
+        };
+        assert_eq!(names(&|_| true), ["other__run"]);
+        assert_eq!(
+            index.unique(&shared, &|_| true),
+            None,
+            "a call by the shared name is refused"
+        );
+        assert_eq!(index.unique("other__run", &|_| true), Some(1));
+        assert_eq!(index.unique("nothing__here", &|_| true), None);
+        // Two actions whose names clean to one tool name, one of them
+        // listed to this caller: its function is the only one it means.
+        let index = ToolIndex::from_functions([
+            ("ops.deploy".to_string(), "run".to_string()),
+            ("ops_deploy".to_string(), "run".to_string()),
+        ]);
+        assert_eq!(index.entries[0].0, index.entries[1].0);
+        let only_second = |action: &str| action == "ops_deploy";
+        assert_eq!(index.unique("ops_deploy__run", &only_second), Some(1));
+        let listed: Vec<_> = index.offered(only_second).into_iter().cloned().collect();
+        assert_eq!(listed, [index.entries[1].clone()]);
+        assert!(index.offered(|_| true).is_empty(), "both listed: neither offered");
+        assert!(index.offered(|_| false).is_empty(), "nothing listed, nothing offered");
     }
 }
