@@ -329,6 +329,106 @@ fn python_client_over_stdio() {
     assert_eq!(run.code, 3, "{run:?}");
 }
 
+/// One JSON-RPC session over the client's ends of two socket pairs.
+struct SocketSession {
+    to: std::os::unix::net::UnixStream,
+    from: std::io::BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl SocketSession {
+    fn send(&mut self, message: &Value) {
+        use std::io::Write as _;
+        self.to.write_all(format!("{message}\n").as_bytes()).unwrap();
+    }
+
+    /// Send request `id` and read lines until its answer.
+    fn call(&mut self, id: u64, method: &str, params: Value) -> Value {
+        use std::io::BufRead as _;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        loop {
+            let mut line = String::new();
+            let n = self.from.read_line(&mut line).expect("an answer within 60 s");
+            assert!(n > 0, "airlock mcp closed stdout before answering {method}");
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+}
+
+/// Node's `child_process` gives a child a socket pair per stream, not a
+/// pipe: `airlock mcp` reads and writes them on its reactor in
+/// non-blocking mode. A whole session works that way, and the process
+/// ends cleanly when the client closes its end.
+#[test]
+fn a_session_over_socket_pairs_as_node_clients_start_it() {
+    use std::os::unix::net::UnixStream;
+    let w = World::new();
+    let (_, agent_file) = w.token("bot", "agent", "agent");
+    let (server_in, client_in) = UnixStream::pair().unwrap();
+    let (server_out, client_out) = UnixStream::pair().unwrap();
+    client_out
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["mcp", "--config", w.cfg(), "--token-file", agent_file.to_str().unwrap()])
+        .env_remove("AIRLOCK_DATA_DIR")
+        .env_remove("AIRLOCK_TOKEN")
+        .env("AIRLOCK_LOG", "airlock=debug")
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(server_in)))
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(server_out)))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut s = SocketSession {
+        to: client_in,
+        from: std::io::BufReader::new(client_out),
+    };
+    let init = s.call(
+        0,
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {},
+               "clientInfo": {"name": "socket-test", "version": "1"}}),
+    );
+    assert!(init["result"]["serverInfo"].is_object(), "{init}");
+    s.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let listed = s.call(1, "tools/list", json!({}));
+    let tools: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        tools.contains(&"echo__echo") && tools.contains(&"airlock_status"),
+        "{tools:?}"
+    );
+    // Many calls in a row, each answered on the socket it came in on.
+    for id in 2..40u64 {
+        let called = s.call(
+            id,
+            "tools/call",
+            json!({"name": "echo__echo", "arguments": {"value": format!("hi {id}")}}),
+        );
+        assert_eq!(
+            called["result"]["structuredContent"]["result"],
+            format!("hi {id}"),
+            "{called}"
+        );
+        assert_eq!(s.call(1000 + id, "ping", json!({}))["result"], json!({}));
+    }
+    // The client goes away: the session ends and the process with it.
+    drop(s);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(
+        stderr.contains("Sockets"),
+        "the sockets were read on the reactor: {stderr}"
+    );
+}
+
 #[test]
 fn python_client_over_streamable_http() {
     let w = World::new();

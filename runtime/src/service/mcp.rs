@@ -775,8 +775,10 @@ pub async fn serve_stdio(service: Arc<Service>, token: Zeroizing<String>) -> Res
     use rmcp::ServiceExt as _;
     // Verify the token before speaking the protocol, with a clear error.
     service.authenticate(&token).await?;
+    let (reader, writer, _restore, mode) = super::stdio::open();
+    tracing::debug!(?mode, "MCP over stdio");
     let running = AirlockMcp::with_token(service, token)
-        .serve(rmcp::transport::stdio())
+        .serve((reader, writer))
         .await
         .map_err(|e| Error::Internal(format!("MCP over stdio failed to start: {e}")))?;
     running

@@ -29,6 +29,7 @@ pub mod observe;
 pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
+pub mod stdio;
 pub mod unauthenticated;
 
 use crate::error::Error;

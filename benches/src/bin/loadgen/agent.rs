@@ -10,6 +10,10 @@
 //! - `mcp ping`: a JSON-RPC `ping` over `airlock mcp`'s stdio, the
 //!   transport's own round trip (nothing of airlock's behind it);
 //! - `mcp tools/call`: `bench__noop` over the same stdio session;
+//! - `mcp built-in tool`: a `tools/call` of airlock's own `airlock_status`
+//!   tool naming no invocation, over the same session: a built-in tool's
+//!   round trip (authentication, tool dispatch, an answer; no action, no
+//!   store);
 //! - `api health`: `GET /v1/health` on `airlock serve`, the HTTP round
 //!   trip through the service's router and middleware;
 //! - `api invoke`: `POST /v1/invocations` of `bench.noop` (sync), on the
@@ -19,7 +23,10 @@
 //! medians, per round:
 //! `tools/call − ping` and `invoke − health` are what airlock adds to a
 //! round trip; each minus `in-process` is what the agent path costs above
-//! the invocation itself (issue 19's target: at most 80 µs).
+//! the invocation itself (issue 19's target: at most 80 µs). Since the
+//! issue measures MCP above "a built-in tool's round trip", `tools/call −
+//! built-in tool` is shown too; `ping` is the stricter base, and the one
+//! the target is judged by here.
 
 use super::{Options, World, bench_config, client_runtime};
 use airlock_benches::http1::{self, Conn};
@@ -122,17 +129,24 @@ pub fn agent(options: &Options) -> Result<()> {
     );
     let args = json!({});
 
-    let names = ["in-process", "mcp ping", "mcp tools/call", "api health", "api invoke"];
-    let mut samples: [Vec<i64>; 5] = Default::default();
+    let names = [
+        "in-process",
+        "mcp ping",
+        "mcp tools/call",
+        "api health",
+        "api invoke",
+        "mcp built-in tool",
+    ];
+    let mut samples: [Vec<i64>; 6] = Default::default();
     // Per block, each kind's median: the paired figures.
-    let mut blocks: [Vec<i64>; 5] = Default::default();
+    let mut blocks: [Vec<i64>; 6] = Default::default();
     let mut id = 1u64;
     let start = Instant::now();
     let warm_until = start + Duration::from_secs_f64(options.warmup);
     let end = warm_until + Duration::from_secs_f64(options.seconds);
     while Instant::now() < end {
         let keep = Instant::now() >= warm_until;
-        for kind in 0..5 {
+        for kind in 0..names.len() {
             let mut took = Vec::with_capacity(BLOCK);
             for _ in 0..BLOCK {
                 id += 1;
@@ -162,6 +176,14 @@ pub fn agent(options: &Options) -> Result<()> {
                         let r = rt.block_on(conn.send(&health))?;
                         if r.status != 200 {
                             bail!("health: {}", r.status);
+                        }
+                    }
+                    5 => {
+                        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                                          "params": {"name": airlock::service::mcp::STATUS_TOOL, "arguments": {}}});
+                        let answer = mcp.call(&call, id)?;
+                        if answer["result"]["isError"] != true {
+                            bail!("built-in tool: {answer}");
                         }
                     }
                     _ => {
@@ -206,7 +228,11 @@ pub fn agent(options: &Options) -> Result<()> {
     println!();
     println!("| paired, per round (medians) | p50 µs | min / max µs | above in-process, p50 µs | target |");
     println!("|---|---|---|---|---|");
-    for (name, a, b) in [("mcp tools/call − ping", 2, 1), ("api invoke − health", 4, 3)] {
+    for (name, a, b) in [
+        ("mcp tools/call − ping", 2, 1),
+        ("api invoke − health", 4, 3),
+        ("mcp tools/call − built-in tool", 2, 5),
+    ] {
         let d = sorted_us(blocks[a].iter().zip(&blocks[b]).map(|(x, y)| x - y).collect());
         let above = sorted_us(
             blocks[a]
