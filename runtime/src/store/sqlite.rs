@@ -235,10 +235,22 @@ impl RunWriter {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queue `row` (journaled first if `journal`); returns whether it is
-    /// safe from a crash of the process without a commit now, and whether
-    /// the queue is full.
+    /// Queue `row` (journaled first if `journal`), and wake the writer if
+    /// the queue was empty (the writer never waits while rows are queued,
+    /// so later rows need no wake-up, which would cost a system call
+    /// each); returns whether the row is safe from a crash of the process
+    /// without a commit now, and whether the queue is full.
     fn push(&self, row: &InvocationRecord, journal: bool) -> (bool, bool) {
+        let (journaled, full, first) = self.queue(row, journal);
+        if first {
+            self.wake.notify_one();
+        }
+        (journaled, full)
+    }
+
+    /// [`RunWriter::push`] under the lock: also whether the queue was
+    /// empty.
+    fn queue(&self, row: &InvocationRecord, journal: bool) -> (bool, bool, bool) {
         let mut pending = self.pending();
         if journal && pending.journal.is_none() && !pending.journal_failed {
             match Journal::create(&self.data_dir) {
@@ -262,8 +274,9 @@ impl RunWriter {
         if journaled {
             pending.journaled = pending.next;
         }
+        let first = pending.rows.is_empty();
         pending.rows.push(row.clone());
-        (journaled, pending.rows.len() >= MAX_PENDING_RUNS)
+        (journaled, pending.rows.len() >= MAX_PENDING_RUNS, first)
     }
 
     fn run(&self) {
@@ -857,7 +870,6 @@ impl Store for SqliteStore {
         if full {
             return self.runs.flush();
         }
-        self.runs.wake.notify_one();
         Ok(())
     }
 
@@ -866,7 +878,6 @@ impl Store for SqliteStore {
         if full || !journaled {
             return self.runs.flush();
         }
-        self.runs.wake.notify_one();
         Ok(())
     }
 
@@ -1437,6 +1448,50 @@ mod tests {
             Some(InvocationStatus::Succeeded)
         );
         assert_eq!(store.invocations(None, 1000)?.len(), 101);
+        Ok(())
+    }
+
+    /// Rows in the database file as another connection sees it: what the
+    /// writer committed, not what a read through the store would flush.
+    fn committed_rows(dir: &Path) -> i64 {
+        let conn = Connection::open(dir.join(FILE_NAME)).unwrap();
+        conn.query_row("SELECT count(*) FROM invocations", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Waits up to 5 s for `n` committed rows.
+    fn wait_for_rows(dir: &Path, n: i64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while committed_rows(dir) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n} rows stored",
+                committed_rows(dir)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_writer_stores_queued_rows_by_itself_batch_after_batch() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(db_err)?;
+        let store = SqliteStore::open(dir.path())?;
+        // Rows queued while a batch gathers wake nobody: the first woke
+        // the writer, and it takes them all.
+        for i in 0..50 {
+            store.record_run(&run(&format!("a-{i}"), InvocationStatus::Running))?;
+        }
+        store.finish_run(&run("a-0", InvocationStatus::Succeeded))?;
+        wait_for_rows(dir.path(), 50);
+        // After the writer went back to waiting, a new first row wakes it.
+        std::thread::sleep(RUN_BATCH_WINDOW * 3);
+        store.finish_run(&run("b-0", InvocationStatus::Succeeded))?;
+        store.record_run(&run("b-1", InvocationStatus::Running))?;
+        wait_for_rows(dir.path(), 52);
+        assert_eq!(
+            store.invocation("a-0")?.map(|r| r.state),
+            Some(InvocationStatus::Succeeded)
+        );
         Ok(())
     }
 
