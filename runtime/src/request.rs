@@ -11,21 +11,12 @@
 
 use crate::error::Error;
 
-/// A new invocation id: 32 hex digits, the first 12 the millisecond it
-/// was made (so ids made later sort later, and a store's index of them
-/// grows at one end instead of changing pages all over it), the other 20
-/// random (80 bits: not to be guessed, and unique across nodes).
+/// A new random invocation id (128 bits, hex).
 pub fn new_invocation_id() -> String {
-    let micros = crate::time::now_micros();
     let mut bytes = [0u8; 16];
-    bytes[..6].copy_from_slice(&(micros / 1000).to_be_bytes()[2..]);
-    // Without randomness the microsecond and a count keep ids unique
-    // within this process.
-    if getrandom::fill(&mut bytes[6..]).is_err() {
-        static COUNT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-        bytes[6..14].copy_from_slice(&micros.to_be_bytes());
-        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        bytes[14..].copy_from_slice(&n.to_be_bytes());
+    // Without randomness the time keeps ids unique within this process.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes[..8].copy_from_slice(&crate::time::now_micros().to_be_bytes());
     }
     crate::hex::hex(&bytes)
 }
@@ -152,37 +143,6 @@ pub fn valid_traceparent(t: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn invocation_ids_sort_by_time_and_keep_80_random_bits() {
-        let before = crate::time::now_micros() / 1000;
-        let ids: Vec<String> = (0..1000).map(|_| new_invocation_id()).collect();
-        let after = crate::time::now_micros() / 1000;
-        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
-        assert_eq!(distinct.len(), ids.len());
-        for id in &ids {
-            assert_eq!(id.len(), 32, "{id}");
-            assert!(
-                id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-                "{id}"
-            );
-            let ms = u64::from_str_radix(&id[..12], 16).unwrap();
-            assert!(
-                (before..=after).contains(&ms),
-                "{id}: made at {ms}, not in {before}..={after}"
-            );
-        }
-        // The random part differs even within one millisecond: ids made in
-        // one batch share no 80-bit tail.
-        let tails: std::collections::HashSet<&str> = ids.iter().map(|id| &id[12..]).collect();
-        assert_eq!(tails.len(), ids.len());
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let later = new_invocation_id();
-        assert!(
-            ids.iter().all(|id| *id < later),
-            "an id made later sorts after the earlier ones"
-        );
-    }
 
     #[test]
     fn reasons_and_traceparents() {

@@ -299,7 +299,6 @@ impl AirlockMcp {
             .map_err(|e| ErrorData::invalid_request(e.to_string(), None))
     }
 
-    /// Every (tool, action, function) the caller may invoke.
     /// The tools `caller` is offered (see [`ToolIndex`] for which), each
     /// described for an agent.
     fn tools_for(&self, caller: &Caller) -> Vec<Tool> {

@@ -18,9 +18,11 @@
 //!   streams or anyone sharing them.
 //! - **Sockets** (what Node's `child_process` gives a child: a socket pair
 //!   per stream) cannot be reopened. They are switched to non-blocking
-//!   mode in place, and switched back when the session ends. A socket
-//!   that is also stderr is left alone: log lines written there must never
-//!   fail with "would block".
+//!   mode in place, and those that were blocking are switched back when
+//!   the session ends (not when the process is killed: only a process that
+//!   shares the socket's description, such as a wrapper that passed its own
+//!   on, could notice). A socket that is also stderr is left alone: log
+//!   lines written there must never fail with "would block".
 //! - Anything else (a terminal, a file, a mix), and any stream the checks
 //!   cannot read, falls back to tokio's blocking stdin and stdout: slower,
 //!   never wrong.
@@ -41,12 +43,13 @@ pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 pub enum Mode {
     /// Through the reactor, stdin and stdout being sockets.
     Sockets,
-    /// Through the reactor if both are pipes, else blocking (rmcp decides).
+    /// Through the reactor if both are pipes (reopened), else blocking:
+    /// rmcp's `stdio_pipes` decides, and logs which at debug level.
     PipesOrBlocking,
 }
 
-/// Switches the sockets a session made non-blocking back to blocking
-/// when dropped, once the session no longer uses them.
+/// Switches the sockets a session made non-blocking (that were blocking)
+/// back to blocking when dropped, once the session no longer uses them.
 #[derive(Debug, Default)]
 pub struct Restore(Vec<UnixStream>);
 
@@ -113,8 +116,12 @@ fn sockets(
     let mut restore = Restore::default();
     let mut open = |fd: BorrowedFd<'_>| -> io::Result<tokio::net::UnixStream> {
         let socket = UnixStream::from(fd.try_clone_to_owned()?);
+        // Only a socket that was blocking is switched back: one that was
+        // already non-blocking stays as its other holders expect it.
         // Remembered before the switch, so a failure halfway still undoes it.
-        restore.0.push(socket.try_clone()?);
+        if !rustix::fs::fcntl_getfl(&socket)?.contains(rustix::fs::OFlags::NONBLOCK) {
+            restore.0.push(socket.try_clone()?);
+        }
         socket.set_nonblocking(true)?;
         tokio::net::UnixStream::from_std(socket)
     };
@@ -164,6 +171,15 @@ mod tests {
         drop(restore);
         assert!(blocks(&stdin), "stdin is blocking again once the session ends");
         assert!(blocks(&stdout), "so is stdout");
+
+        // A socket that was non-blocking before is left non-blocking.
+        stdin.set_nonblocking(true).unwrap();
+        let (_, _, restore) = sockets(stdin.as_fd(), stdout.as_fd(), stderr.as_fd())
+            .unwrap()
+            .expect("two sockets");
+        drop(restore);
+        assert!(!blocks(&stdin), "stdin was non-blocking before, and still is");
+        assert!(blocks(&stdout), "stdout was blocking before, and is again");
     }
 
     #[tokio::test]

@@ -222,9 +222,13 @@ impl RunWriter {
                 }
             }
             Err(_) => {
-                // Back in front of anything queued since, in order.
+                // Back in front of anything queued since, in order; the
+                // writer retries them (woken, since rows queued after these
+                // no longer wake it).
                 let newer = std::mem::replace(&mut pending.rows, batch);
                 pending.rows.extend(newer);
+                drop(pending);
+                self.wake.notify_one();
             }
         }
         written
