@@ -124,8 +124,11 @@ impl TestDatabase {
     }
 
     fn store_body(&self) -> String {
+        // A connection may take its time to open on a busy CI machine (the
+        // default, 5 s, is for telling an unreachable database quickly);
+        // a stopped server still refuses at once.
         format!(
-            "url = {}\npassword-file = {}\ntls = \"disable\"\n",
+            "url = {}\npassword-file = {}\ntls = \"disable\"\nconnect-timeout-secs = 30\n",
             toml_string(&self.url),
             toml_string(&self.password_file.display().to_string())
         )
@@ -165,6 +168,11 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        // A failing test shows what the server said meanwhile (the test
+        // harness prints this with the failure).
+        if std::thread::panicking() {
+            cluster().print_log_tail(60);
+        }
         // A server of ours is thrown away whole; on a server named by the
         // environment, the database and its role go (best effort: a panic
         // here would hide the test's own failure).
@@ -473,6 +481,20 @@ impl Cluster {
 
     /// Stop the server (if ours) and remove our directory.
     /// Never panics: it runs at exit, where a panic would abort.
+    /// Print the last `lines` lines of the server's log (a server of
+    /// ours only) to stderr.
+    pub fn print_log_tail(&self, lines: usize) {
+        let Some(log) = &self.log_file else { return };
+        let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("(cannot read {}: {e})", log.display()));
+        let all: Vec<&str> = text.lines().collect();
+        let tail = &all[all.len().saturating_sub(lines)..];
+        eprintln!("--- the test PostgreSQL server's log, last {} lines ---", tail.len());
+        for line in tail {
+            eprintln!("{line}");
+        }
+        eprintln!("--- end of the server's log ---");
+    }
+
     fn shut_down(&self) {
         if let Some(data_dir) = &self.data_dir {
             let _ = self
@@ -490,10 +512,13 @@ impl Cluster {
 
 /// The server's settings (`pg_ctl -o`), the same at every start: loopback
 /// only, `fsync` on (durability is what the store promises), and enough
-/// connections for many stores' pools at once.
+/// connections for many stores' pools at once. Slow statements, lock
+/// waits and checkpoints are logged, for a failing test to show (see
+/// [`Cluster::print_log_tail`]).
 fn server_options(port: u16, socket_dir: &Path) -> String {
     format!(
-        "-p {port} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300",
+        "-p {port} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300 \
+         -c log_min_duration_statement=1000 -c log_lock_waits=on -c log_checkpoints=on",
         socket_dir.display()
     )
 }

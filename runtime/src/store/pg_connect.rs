@@ -130,6 +130,31 @@ pub(crate) fn pool(
     }
 }
 
+/// What a pool's `get` that ran out of time means, in words that say what
+/// to change: a free connection that did not come in time (every one of
+/// `store.pool-size` in use), or a connection that took too long to open
+/// or check (`store.connect-timeout-secs`; the database unreachable or
+/// overloaded).
+pub(crate) fn pool_timeout_text(pool: &deadpool_postgres::Pool, kind: deadpool_postgres::TimeoutType) -> String {
+    let timeouts = pool.timeouts();
+    let secs = |t: Option<Duration>| t.map_or_else(|| "?".to_string(), |t| format!("{} s", t.as_secs_f32()));
+    match kind {
+        deadpool_postgres::TimeoutType::Wait => format!(
+            "PostgreSQL: all {} connections stayed in use for {} (is store.pool-size too small for this load?)",
+            pool.status().max_size,
+            secs(timeouts.wait)
+        ),
+        deadpool_postgres::TimeoutType::Create => format!(
+            "PostgreSQL: opening a connection took longer than {} (store.connect-timeout-secs; is the database reachable, and not overloaded?)",
+            secs(timeouts.create)
+        ),
+        deadpool_postgres::TimeoutType::Recycle => format!(
+            "PostgreSQL: checking an idle connection took longer than {} (store.connect-timeout-secs; is the database reachable, and not overloaded?)",
+            secs(timeouts.recycle)
+        ),
+    }
+}
+
 /// A pool manager over `config` and `tls` (connections checked only by
 /// their state when reused: a broken one is replaced on its next use).
 /// Every connection is opened and driven on `io` (the pool's own runtime),

@@ -181,12 +181,12 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
-fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+fn pool_err(pool: &Pool, e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg_err(e),
-        deadpool_postgres::PoolError::Timeout(_) => StoreError::unreachable(
-            "PostgreSQL: no connection available in time (is the database reachable? is store.pool-size too small?)",
-        ),
+        deadpool_postgres::PoolError::Timeout(kind) => {
+            StoreError::unreachable(super::pg_connect::pool_timeout_text(pool, kind))
+        }
         other => StoreError(format!("PostgreSQL connection pool: {other}")),
     }
 }
@@ -498,7 +498,7 @@ impl Inner {
     }
 
     async fn client(&self) -> Result<Client, StoreError> {
-        self.pool.get().await.map_err(pool_err)
+        self.pool.get().await.map_err(|e| pool_err(&self.pool, e))
     }
 
     async fn begin(&self) -> Result<Tx, StoreError> {

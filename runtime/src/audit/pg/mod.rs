@@ -151,8 +151,8 @@ impl Db {
         match self.pool.get().await {
             Ok(obj) => Ok(Conn(Some(obj))),
             Err(deadpool_postgres::PoolError::Backend(e)) => Err(pg_err(e)),
-            Err(deadpool_postgres::PoolError::Timeout(_)) => {
-                Err("PostgreSQL: no connection in time (is the database reachable?)".into())
+            Err(deadpool_postgres::PoolError::Timeout(kind)) => {
+                Err(crate::store::pg_connect::pool_timeout_text(&self.pool, kind))
             }
             Err(e) => Err(format!("PostgreSQL connection pool: {e}")),
         }
