@@ -277,3 +277,44 @@ pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::settings::{PasswordSource, PgSettings, TlsMode};
+
+    /// A server that accepts the connection and never answers: the pool's
+    /// error names the connect timeout, not the pool's size.
+    #[test]
+    fn a_server_that_never_answers_is_reported_as_a_slow_connect() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().expect("its address").port();
+        let settings = PgSettings {
+            url: format!("postgres://airlock@127.0.0.1:{port}/airlock"),
+            password: PasswordSource::None,
+            tls: TlsMode::Disable,
+            ca_file: None,
+            pool_size: 1,
+            connect_timeout: Duration::from_millis(300),
+        };
+        let (config, tls) = config(&settings, "airlock-test").expect("valid settings");
+        let (rt, pool) = pool(
+            &settings,
+            config,
+            tls,
+            ("test", "airlock-test", 1),
+            (1, Duration::from_secs(5)),
+        )
+        .expect("a pool");
+        let got = rt.block_on(pool.get());
+        let Err(deadpool_postgres::PoolError::Timeout(kind)) = got else {
+            panic!("expected a timeout, got {:?}", got.map(|_| ()));
+        };
+        let text = pool_timeout_text(&pool, kind);
+        assert!(
+            text.contains("opening a connection took longer than 0.3 s") && text.contains("store.connect-timeout-secs"),
+            "{text}"
+        );
+        drop(listener);
+    }
+}
