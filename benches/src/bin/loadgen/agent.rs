@@ -27,8 +27,16 @@
 //! issue measures MCP above "a built-in tool's round trip", `tools/call −
 //! built-in tool` is shown too; `ping` is the stricter base, and the one
 //! the target is judged by here.
+//!
+//! A second table pairs the same blocks by on-CPU time per request of the
+//! process that serves them (this one for `in-process`, `airlock mcp`,
+//! `airlock serve`; from `/proc/PID/task/*/schedstat`): the work airlock
+//! adds, without what the machine adds to the latency (the disk's sync,
+//! threads and processes waking). Work the service does after answering
+//! (its status rows' writer) counts here and not in the latency.
 
 use super::{Options, World, bench_config, client_runtime};
+use airlock_benches::cpu;
 use airlock_benches::http1::{self, Conn};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
@@ -140,6 +148,22 @@ pub fn agent(options: &Options) -> Result<()> {
     let mut samples: [Vec<i64>; 6] = Default::default();
     // Per block, each kind's median: the paired figures.
     let mut blocks: [Vec<i64>; 6] = Default::default();
+    // Per block, the on-CPU time per request of the process that serves
+    // it (ns): latency less what the machine adds (disk, wake-ups).
+    let mut cpu: [Vec<i64>; 6] = Default::default();
+    let serve_pid = world
+        .server
+        .as_ref()
+        .map(|c| c.id())
+        .context("airlock serve is running")?;
+    let pids = [
+        std::process::id(),
+        child.id(),
+        child.id(),
+        serve_pid,
+        serve_pid,
+        child.id(),
+    ];
     let mut id = 1u64;
     let start = Instant::now();
     let warm_until = start + Duration::from_secs_f64(options.warmup);
@@ -148,6 +172,7 @@ pub fn agent(options: &Options) -> Result<()> {
         let keep = Instant::now() >= warm_until;
         for kind in 0..names.len() {
             let mut took = Vec::with_capacity(BLOCK);
+            let cpu_before = cpu::on_cpu(pids[kind]);
             for _ in 0..BLOCK {
                 id += 1;
                 let t = Instant::now();
@@ -198,6 +223,9 @@ pub fn agent(options: &Options) -> Result<()> {
             if keep {
                 samples[kind].extend_from_slice(&took);
                 blocks[kind].push(pct(&sorted_us(took), 0.5));
+                if let (Some(a), Some(b)) = (cpu_before, cpu::on_cpu(pids[kind])) {
+                    cpu[kind].push(b.saturating_sub(a).as_nanos() as i64 / BLOCK as i64);
+                }
             }
         }
     }
@@ -257,5 +285,51 @@ pub fn agent(options: &Options) -> Result<()> {
             d.last().copied().unwrap_or(0),
         );
     }
+    print_cpu(&names, &cpu);
     Ok(())
+}
+
+/// The CPU table: per kind, the median over blocks of the on-CPU time per
+/// request of the process that serves it (`in-process`: this process;
+/// `mcp …`: `airlock mcp`; `api …`: `airlock serve`), and the same pairs
+/// as the latency table. What the latency adds to these is the machine's
+/// (the disk's sync, threads and processes waking), not airlock's work.
+fn print_cpu(names: &[&str], cpu: &[Vec<i64>; 6]) {
+    if cpu.iter().any(|c| c.len() != cpu[0].len() || c.is_empty()) {
+        println!();
+        println!("(no CPU figures: /proc/PID/task/*/schedstat is not readable here)");
+        return;
+    }
+    let us = |ns: i64| format!("{:.1}", ns as f64 / 1000.0);
+    println!();
+    println!("| on-CPU per request, median of blocks | µs | min / max µs |");
+    println!("|---|---|---|");
+    for (name, xs) in names.iter().zip(cpu) {
+        let xs = sorted_us(xs.clone());
+        println!(
+            "| {name} | {} | {} / {} |",
+            us(pct(&xs, 0.5)),
+            us(xs.first().copied().unwrap_or(0)),
+            us(xs.last().copied().unwrap_or(0))
+        );
+    }
+    println!();
+    println!("| on-CPU, paired per block | µs | above in-process, µs |");
+    println!("|---|---|---|");
+    for (name, a, b) in [
+        ("mcp tools/call − ping", 2, 1),
+        ("api invoke − health", 4, 3),
+        ("mcp tools/call − built-in tool", 2, 5),
+    ] {
+        let d = sorted_us(cpu[a].iter().zip(&cpu[b]).map(|(x, y)| x - y).collect());
+        let above = sorted_us(
+            cpu[a]
+                .iter()
+                .zip(&cpu[b])
+                .zip(&cpu[0])
+                .map(|((x, y), i)| x - y - i)
+                .collect(),
+        );
+        println!("| {name} | {} | {} |", us(pct(&d, 0.5)), us(pct(&above, 0.5)));
+    }
 }
