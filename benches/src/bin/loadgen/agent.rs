@@ -165,11 +165,15 @@ pub fn agent(options: &Options) -> Result<()> {
         child.id(),
     ];
     let mut id = 1u64;
+    let mut machine = None;
     let start = Instant::now();
     let warm_until = start + Duration::from_secs_f64(options.warmup);
     let end = warm_until + Duration::from_secs_f64(options.seconds);
     while Instant::now() < end {
         let keep = Instant::now() >= warm_until;
+        if keep && machine.is_none() {
+            machine = Some(cpu::machine());
+        }
         for kind in 0..names.len() {
             let mut took = Vec::with_capacity(BLOCK);
             let cpu_before = cpu::on_cpu(pids[kind]);
@@ -229,6 +233,7 @@ pub fn agent(options: &Options) -> Result<()> {
             }
         }
     }
+    let machine = machine.map(|before| (before, cpu::machine()));
     drop(mcp);
     let _ = child.wait();
 
@@ -286,6 +291,22 @@ pub fn agent(options: &Options) -> Result<()> {
         );
     }
     print_cpu(&names, &cpu);
+    if let Some((before, after)) = machine {
+        let total = after.total.saturating_sub(before.total).as_secs_f64();
+        let steal = after.steal.saturating_sub(before.steal).as_secs_f64();
+        if total > 0.0 {
+            println!();
+            println!(
+                "Stolen by the hypervisor while measuring: {:.1} % of the machine's CPU time{}",
+                100.0 * steal / total,
+                if steal / total > 0.02 {
+                    " (a busy host: these figures move with it; compare only runs taken side by side)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     Ok(())
 }
 
