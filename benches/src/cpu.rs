@@ -33,20 +33,26 @@ pub fn process(pid: u32) -> Duration {
     }
 }
 
-/// On-CPU time so far of every live thread of process `pid`, to the
-/// nanosecond (the first field of `/proc/PID/task/TID/schedstat`), for
-/// spans too short for [`process`]'s clock ticks; `None` where that cannot
-/// be read. A thread that ended takes its time with it.
+/// On-CPU time so far of process `pid`, every thread it ever ran
+/// included, to the nanosecond (its CPU-time clock,
+/// `clock_getcpuclockid`), for spans too short for [`process`]'s clock
+/// ticks; `None` when the process is gone or its clock cannot be read.
 pub fn on_cpu(pid: u32) -> Option<Duration> {
-    let mut total = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let Ok(task) = task else { continue };
-        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
-            continue;
-        };
-        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: writes one clockid_t through a pointer to a live local.
+    if unsafe { libc::clock_getcpuclockid(pid, &mut clock) } != 0 {
+        return None;
     }
-    Some(Duration::from_nanos(total))
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes one timespec through a pointer to a live local.
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        u64::try_from(now.tv_sec).ok()?,
+        u32::try_from(now.tv_nsec).ok()?,
+    ))
 }
 
 /// User + system time of `pid`, its living children, and its children

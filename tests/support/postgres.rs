@@ -464,10 +464,19 @@ impl Cluster {
             random_hex(4)
         );
         let password = random_hex(24);
+        // Our server logs slow statements, and a failing test prints the
+        // log: never this one, which holds the password.
+        let unlogged = if self.data_dir.is_some() {
+            "SET log_min_duration_statement = -1;\n"
+        } else {
+            ""
+        };
         // Identifiers and the password are [a-z0-9_] only: nothing to quote.
         self.psql(
             &self.admin_db,
-            &format!("CREATE ROLE {name} LOGIN PASSWORD '{password}';\nCREATE DATABASE {name} OWNER {name};\n"),
+            &format!(
+                "{unlogged}CREATE ROLE {name} LOGIN PASSWORD '{password}';\nCREATE DATABASE {name} OWNER {name};\n"
+            ),
         );
         let password_file = self.root.join("secrets").join(format!("{name}.pw"));
         write_private(&password_file, &password);
@@ -479,22 +488,32 @@ impl Cluster {
         }
     }
 
-    /// Stop the server (if ours) and remove our directory.
-    /// Never panics: it runs at exit, where a panic would abort.
     /// Print the last `lines` lines of the server's log (a server of
-    /// ours only) to stderr.
+    /// ours only) to stderr. Never panics: it runs while a test unwinds,
+    /// where a second panic would abort the run.
     pub fn print_log_tail(&self, lines: usize) {
+        use std::io::Write as _;
         let Some(log) = &self.log_file else { return };
-        let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("(cannot read {}: {e})", log.display()));
+        let text = match std::fs::read(log) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => format!("(cannot read {}: {e})", log.display()),
+        };
         let all: Vec<&str> = text.lines().collect();
         let tail = &all[all.len().saturating_sub(lines)..];
-        eprintln!("--- the test PostgreSQL server's log, last {} lines ---", tail.len());
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "--- the test PostgreSQL server's log, last {} lines ---",
+            tail.len()
+        );
         for line in tail {
-            eprintln!("{line}");
+            let _ = writeln!(err, "{line}");
         }
-        eprintln!("--- end of the server's log ---");
+        let _ = writeln!(err, "--- end of the server's log ---");
     }
 
+    /// Stop the server (if ours) and remove our directory.
+    /// Never panics: it runs at exit, where a panic would abort.
     fn shut_down(&self) {
         if let Some(data_dir) = &self.data_dir {
             let _ = self

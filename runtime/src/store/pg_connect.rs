@@ -131,18 +131,28 @@ pub(crate) fn pool(
 }
 
 /// What a pool's `get` that ran out of time means, in words that say what
-/// to change: a free connection that did not come in time (every one of
-/// `store.pool-size` in use), or a connection that took too long to open
-/// or check (`store.connect-timeout-secs`; the database unreachable or
-/// overloaded).
-pub(crate) fn pool_timeout_text(pool: &deadpool_postgres::Pool, kind: deadpool_postgres::TimeoutType) -> String {
+/// to change: no connection came free in time (all in use, or still being
+/// opened), or one took too long to open (`store.connect-timeout-secs`;
+/// the database unreachable or overloaded). `size_setting` names the
+/// setting that sizes this pool, if one does. (deadpool opens a new
+/// connection when checking an idle one fails or times out, so the last
+/// kind is not expected; it is worded all the same.)
+pub(crate) fn pool_timeout_text(
+    pool: &deadpool_postgres::Pool,
+    kind: deadpool_postgres::TimeoutType,
+    size_setting: Option<&str>,
+) -> String {
     let timeouts = pool.timeouts();
     let secs = |t: Option<Duration>| t.map_or_else(|| "?".to_string(), |t| format!("{} s", t.as_secs_f32()));
     match kind {
         deadpool_postgres::TimeoutType::Wait => format!(
-            "PostgreSQL: all {} connections stayed in use for {} (is store.pool-size too small for this load?)",
+            "PostgreSQL: no connection came free within {} (all {} in use or being opened; {})",
+            secs(timeouts.wait),
             pool.status().max_size,
-            secs(timeouts.wait)
+            match size_setting {
+                Some(setting) => format!("is {setting} too small for this load, or the database slow?"),
+                None => "is the database slow?".to_string(),
+            }
         ),
         deadpool_postgres::TimeoutType::Create => format!(
             "PostgreSQL: opening a connection took longer than {} (store.connect-timeout-secs; is the database reachable, and not overloaded?)",
@@ -281,7 +291,6 @@ pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::settings::{PasswordSource, PgSettings, TlsMode};
 
     /// A server that accepts the connection and never answers: the pool's
     /// error names the connect timeout, not the pool's size.
@@ -310,7 +319,7 @@ mod tests {
         let Err(deadpool_postgres::PoolError::Timeout(kind)) = got else {
             panic!("expected a timeout, got {:?}", got.map(|_| ()));
         };
-        let text = pool_timeout_text(&pool, kind);
+        let text = pool_timeout_text(&pool, kind, Some("store.pool-size"));
         assert!(
             text.contains("opening a connection took longer than 0.3 s") && text.contains("store.connect-timeout-secs"),
             "{text}"

@@ -184,9 +184,11 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
 fn pool_err(pool: &Pool, e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg_err(e),
-        deadpool_postgres::PoolError::Timeout(kind) => {
-            StoreError::unreachable(super::pg_connect::pool_timeout_text(pool, kind))
-        }
+        deadpool_postgres::PoolError::Timeout(kind) => StoreError::unreachable(super::pg_connect::pool_timeout_text(
+            pool,
+            kind,
+            Some("store.pool-size"),
+        )),
         other => StoreError(format!("PostgreSQL connection pool: {other}")),
     }
 }

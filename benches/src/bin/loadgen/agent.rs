@@ -30,7 +30,7 @@
 //!
 //! A second table pairs the same blocks by on-CPU time per request of the
 //! process that serves them (this one for `in-process`, `airlock mcp`,
-//! `airlock serve`; from `/proc/PID/task/*/schedstat`): the work airlock
+//! `airlock serve`; from the process's CPU-time clock): the work airlock
 //! adds, without what the machine adds to the latency (the disk's sync,
 //! threads and processes waking). Work the service does after answering
 //! (its status rows' writer) counts here and not in the latency.
@@ -74,6 +74,22 @@ impl Stdio_ {
 /// Requests of one kind in a row: long enough for each path to be warm,
 /// short enough that every kind sees the same minute of the machine.
 const BLOCK: usize = 100;
+
+/// The pairs both tables show: a name, the kind measured, and the kind
+/// it is measured above (indexes into the kinds, `in-process` being 0).
+const PAIRS: [(&str, usize, usize); 3] = [
+    ("mcp tools/call − ping", 2, 1),
+    ("api invoke − health", 4, 3),
+    ("mcp tools/call − built-in tool", 2, 5),
+];
+
+/// Per block, kind `a` less kind `b`, and that less `in-process`; each
+/// sorted.
+fn paired(per_block: &[Vec<i64>; 6], a: usize, b: usize) -> (Vec<i64>, Vec<i64>) {
+    let d: Vec<i64> = per_block[a].iter().zip(&per_block[b]).map(|(x, y)| x - y).collect();
+    let above = d.iter().zip(&per_block[0]).map(|(d, i)| d - i).collect();
+    (sorted_us(d), sorted_us(above))
+}
 
 fn sorted_us(mut xs: Vec<i64>) -> Vec<i64> {
     xs.sort_unstable();
@@ -261,20 +277,8 @@ pub fn agent(options: &Options) -> Result<()> {
     println!();
     println!("| paired, per round (medians) | p50 µs | min / max µs | above in-process, p50 µs | target |");
     println!("|---|---|---|---|---|");
-    for (name, a, b) in [
-        ("mcp tools/call − ping", 2, 1),
-        ("api invoke − health", 4, 3),
-        ("mcp tools/call − built-in tool", 2, 5),
-    ] {
-        let d = sorted_us(blocks[a].iter().zip(&blocks[b]).map(|(x, y)| x - y).collect());
-        let above = sorted_us(
-            blocks[a]
-                .iter()
-                .zip(&blocks[b])
-                .zip(&blocks[0])
-                .map(|((x, y), i)| x - y - i)
-                .collect(),
-        );
+    for (name, a, b) in PAIRS {
+        let (d, above) = paired(&blocks, a, b);
         let gap = pct(&above, 0.5);
         // The target is judged against `ping`; the built-in tool's line is
         // the issue's other reading, shown without a verdict.
@@ -318,7 +322,7 @@ pub fn agent(options: &Options) -> Result<()> {
 fn print_cpu(names: &[&str], cpu: &[Vec<i64>; 6]) {
     if cpu.iter().any(|c| c.len() != cpu[0].len() || c.is_empty()) {
         println!();
-        println!("(no CPU figures: /proc/PID/task/*/schedstat is not readable here)");
+        println!("(no CPU figures: a process's CPU-time clock could not be read)");
         return;
     }
     let us = |ns: i64| format!("{:.1}", ns as f64 / 1000.0);
@@ -337,20 +341,8 @@ fn print_cpu(names: &[&str], cpu: &[Vec<i64>; 6]) {
     println!();
     println!("| on-CPU, paired per block | µs | above in-process, µs |");
     println!("|---|---|---|");
-    for (name, a, b) in [
-        ("mcp tools/call − ping", 2, 1),
-        ("api invoke − health", 4, 3),
-        ("mcp tools/call − built-in tool", 2, 5),
-    ] {
-        let d = sorted_us(cpu[a].iter().zip(&cpu[b]).map(|(x, y)| x - y).collect());
-        let above = sorted_us(
-            cpu[a]
-                .iter()
-                .zip(&cpu[b])
-                .zip(&cpu[0])
-                .map(|((x, y), i)| x - y - i)
-                .collect(),
-        );
+    for (name, a, b) in PAIRS {
+        let (d, above) = paired(cpu, a, b);
         println!("| {name} | {} | {} |", us(pct(&d, 0.5)), us(pct(&above, 0.5)));
     }
 }

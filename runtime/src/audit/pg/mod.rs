@@ -152,7 +152,7 @@ impl Db {
             Ok(obj) => Ok(Conn(Some(obj))),
             Err(deadpool_postgres::PoolError::Backend(e)) => Err(pg_err(e)),
             Err(deadpool_postgres::PoolError::Timeout(kind)) => {
-                Err(crate::store::pg_connect::pool_timeout_text(&self.pool, kind))
+                Err(crate::store::pg_connect::pool_timeout_text(&self.pool, kind, None))
             }
             Err(e) => Err(format!("PostgreSQL connection pool: {e}")),
         }
