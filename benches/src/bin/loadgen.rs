@@ -91,7 +91,7 @@ struct Options {
     pg_audit: bool,
 }
 
-const USAGE: &str = "usage: loadgen api|mcp|agent|startup|memory|audit|flood|all|calls|store|cluster|lookup|audit-pg|pg [--seconds S] \
+const USAGE: &str = "usage: loadgen api|mcp|agent|agents|startup|memory|audit|flood|all|calls|store|cluster|lookup|audit-pg|pg [--seconds S] \
 [--warmup S] [--concurrency 1,2,4,...] [--actions N] [--runs N] [--suspended N] [--records N] [--attackers N] \
 [--clients N] [--sources N] [--flood body|head|both] [--rounds N] [--rows N] [--server-threads N] [--pg-audit] [--airlock PATH]";
 
@@ -193,6 +193,7 @@ fn main() -> Result<()> {
         "api" => api(&options, "api")?,
         "mcp" => api(&options, "mcp")?,
         "agent" => agent::agent(&options)?,
+        "agents" => agent::agents(&options)?,
         "startup" => startup(&options)?,
         "memory" => memory(&options)?,
         "audit" => audit_growth(&options)?,

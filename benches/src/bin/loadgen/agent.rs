@@ -110,34 +110,7 @@ pub fn agent(options: &Options) -> Result<()> {
     let token = world.token("loadgen", "agent", "agent")?;
     world.start()?;
     let token_file = world.dir.path().join("loadgen.token");
-    let mut child = world
-        .airlock()
-        .arg("mcp")
-        .arg("--config")
-        .arg(&world.config)
-        .arg("--token-file")
-        .arg(&token_file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("start airlock mcp")?;
-    let mut mcp = Stdio_ {
-        to: child.stdin.take().context("stdin")?,
-        from: BufReader::new(child.stdout.take().context("stdout")?),
-        line: String::new(),
-    };
-    mcp.call(
-        &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "airlock-loadgen", "version": "0.1.0"}}}),
-        0,
-    )?;
-    writeln!(
-        mcp.to,
-        "{}",
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
-    )?;
+    let (mut child, mut mcp) = start_mcp(&world, &token_file)?;
     let tool = airlock::service::mcp::tool_name("bench", "noop");
 
     let rt = client_runtime()?;
@@ -310,6 +283,133 @@ pub fn agent(options: &Options) -> Result<()> {
                 }
             );
         }
+    }
+    Ok(())
+}
+
+/// Start `airlock mcp` on `world`'s config with the token in `token_file`,
+/// and open its session (`initialize`, then `notifications/initialized`).
+fn start_mcp(world: &World, token_file: &std::path::Path) -> Result<(std::process::Child, Stdio_)> {
+    let mut child = world
+        .airlock()
+        .arg("mcp")
+        .arg("--config")
+        .arg(&world.config)
+        .arg("--token-file")
+        .arg(token_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start airlock mcp")?;
+    let mut mcp = Stdio_ {
+        to: child.stdin.take().context("stdin")?,
+        from: BufReader::new(child.stdout.take().context("stdout")?),
+        line: String::new(),
+    };
+    mcp.call(
+        &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "airlock-loadgen", "version": "0.1.0"}}}),
+        0,
+    )?;
+    writeln!(
+        mcp.to,
+        "{}",
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    )?;
+    Ok((child, mcp))
+}
+
+/// `loadgen agents`: several agents at once, each with its own `airlock
+/// mcp` over stdio (as a stdio MCP client starts one per agent), all on
+/// one data directory and so one audit log; each agent calls
+/// `bench__noop` in a loop, one call at a time. For each number of agents
+/// (`--concurrency`, default 1, 2 and 4): the calls per second of all of
+/// them and the latency of one call. With more than one process appending
+/// to the log, each append may first have to read what the others wrote
+/// since its own last one.
+pub fn agents(options: &Options) -> Result<()> {
+    let component = airlock_benches::component("bench_component");
+    let counts = if options.concurrency_given {
+        options.concurrency.clone()
+    } else {
+        vec![1, 2, 4]
+    };
+    if counts.iter().any(|&n| n > 32) {
+        bail!("--concurrency for agents: at most 32 processes");
+    }
+    println!();
+    println!(
+        "## Agents, each with its own `airlock mcp` on one data directory ({:.0} s each, after {:.1} s warm-up)",
+        options.seconds, options.warmup
+    );
+    println!();
+    println!("| agents | calls/s | p50 µs | p90 µs | p99 µs |");
+    println!("|---|---|---|---|---|");
+    for n in counts {
+        let world = World::new(options, &bench_config(&component))?;
+        world.token("loadgen", "agent", "agent")?;
+        let token_file = world.dir.path().join("loadgen.token");
+        let mut sessions = Vec::with_capacity(n);
+        for _ in 0..n {
+            sessions.push(start_mcp(&world, &token_file)?);
+        }
+        let tool = airlock::service::mcp::tool_name("bench", "noop");
+        let start = Instant::now() + Duration::from_secs_f64(options.warmup);
+        let end = start + Duration::from_secs_f64(options.seconds);
+        let results: Vec<Result<Vec<i64>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = sessions
+                .iter_mut()
+                .map(|(_, mcp)| {
+                    let tool = &tool;
+                    scope.spawn(move || -> Result<Vec<i64>> {
+                        let mut took = Vec::new();
+                        let mut id = 1u64;
+                        loop {
+                            let now = Instant::now();
+                            if now >= end {
+                                return Ok(took);
+                            }
+                            id += 1;
+                            let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                                              "params": {"name": tool, "arguments": {}}});
+                            let answer = mcp.call(&call, id)?;
+                            if !answer["result"].is_object() || answer["result"]["isError"] == true {
+                                bail!("tools/call: {answer}");
+                            }
+                            if now >= start {
+                                took.push(now.elapsed().as_micros() as i64);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("an agent's thread panicked")))
+                })
+                .collect()
+        });
+        let mut all = Vec::new();
+        for r in results {
+            all.extend(r?);
+        }
+        for (child, mcp) in sessions {
+            drop(mcp);
+            let mut child = child;
+            let _ = child.wait();
+        }
+        let all = sorted_us(all);
+        println!(
+            "| {n} | {:.0} | {} | {} | {} |",
+            all.len() as f64 / options.seconds,
+            pct(&all, 0.5),
+            pct(&all, 0.9),
+            pct(&all, 0.99)
+        );
     }
     Ok(())
 }

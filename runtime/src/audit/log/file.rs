@@ -19,15 +19,27 @@ pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// How long to wait for another process to release the log.
 pub(super) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The first and the longest pause between two tries for the log's lock.
+/// Another process holds it for one group (a write and a sync, well under
+/// a millisecond on a local disk), so the first tries come soon after
+/// each other: a fixed 2 ms pause made every group of a process that
+/// found the lock taken wait 2 ms, and with an `airlock mcp` per agent on
+/// one data directory that was most of their latency.
+const LOCK_PAUSE_FIRST: std::time::Duration = std::time::Duration::from_micros(20);
+const LOCK_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Take the exclusive lock on the log file, waiting up to [`LOCK_WAIT`]
-/// for another process to finish its group.
+/// for another process to finish its group (trying again after a pause
+/// that doubles from [`LOCK_PAUSE_FIRST`] to [`LOCK_PAUSE_MAX`]).
 pub(super) fn lock_file(file: &File) -> Result<(), String> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut pause = LOCK_PAUSE_FIRST;
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(()),
             Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(2));
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(LOCK_PAUSE_MAX);
             }
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(format!(

@@ -913,4 +913,70 @@ mod tests {
         ));
         Ok(())
     }
+
+    #[test]
+    fn writers_taking_turns_read_only_what_the_other_appended() -> Result<(), AuditError> {
+        let tmp = tempdir()?;
+        let dir = tmp.path();
+        // Two handles on one log lock and catch up as two processes do.
+        let a = AuditLog::open(dir)?;
+        let b = AuditLog::open(dir)?;
+        for i in 0..20 {
+            a.append_durable(vec![event(i)])?;
+            b.append_durable(vec![event(100 + i), event(200 + i)])?;
+        }
+        drop((a, b));
+        let all = lines(dir);
+        assert_eq!(all.len(), 60, "every record once, no recovery records: {all:?}");
+        assert!(crate::audit::read::verify(dir, None).is_ok(), "one chain");
+
+        // What `appended_tail` makes of a region another writer appended.
+        let path = dir.join(LOG_FILE);
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let ends: Vec<u64> = memchr::memchr_iter(b'\n', &bytes).map(|i| i as u64 + 1).collect();
+        let tail_of = |n: usize| -> ([u8; 32], u64) {
+            let start = if n == 1 { 0 } else { ends[n - 2] as usize };
+            let (seq, hash) = self_checked(&bytes[start..ends[n - 1] as usize - 1]).unwrap_or_default();
+            (hash, seq + 1)
+        };
+        let file = File::open(&path).map_err(|e| AuditError::Open {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let (head, next) = tail_of(40);
+        for upto in [41, 43, 60] {
+            let got = appended_tail(&file, ends[39], ends[upto - 1], &head, next);
+            let (want_head, want_next) = tail_of(upto);
+            assert!(
+                got.as_ref().is_some_and(|t| t.good_len == ends[upto - 1]
+                    && t.head == want_head
+                    && t.next_seq == want_next
+                    && t.truncated == 0),
+                "records 41..={upto} continue the chain"
+            );
+        }
+        // Anything else is left to `recover_tail`: a region that does not
+        // continue this writer's chain, a last line cut short, nothing new.
+        assert!(
+            appended_tail(&file, ends[39], ends[59], &GENESIS, next).is_none(),
+            "another head"
+        );
+        assert!(
+            appended_tail(&file, ends[39], ends[59], &head, next + 1).is_none(),
+            "another sequence"
+        );
+        assert!(
+            appended_tail(&file, ends[38], ends[59], &head, next).is_none(),
+            "not where it ended"
+        );
+        assert!(
+            appended_tail(&file, ends[39], ends[59] - 5, &head, next).is_none(),
+            "a torn last line"
+        );
+        assert!(
+            appended_tail(&file, ends[39], ends[39], &head, next).is_none(),
+            "nothing appended"
+        );
+        Ok(())
+    }
 }

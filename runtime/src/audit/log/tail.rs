@@ -5,6 +5,9 @@
 
 use super::*;
 
+/// How much of the log's end is read to find its last intact record.
+const TAIL_WINDOW: usize = 1 << 20;
+
 /// Where the intact log ends.
 pub(super) struct Tail {
     pub(super) good_len: u64,
@@ -19,8 +22,7 @@ pub(super) struct Tail {
 /// the final 1 MiB unless the file is damaged beyond a torn write.
 pub(super) fn recover_tail(file: &mut File, dir: &Path) -> Result<Tail, String> {
     let len = file.metadata().map_err(|e| e.to_string())?.len();
-    let window = 1 << 20;
-    let start = len.saturating_sub(window);
+    let start = len.saturating_sub(TAIL_WINDOW as u64);
     file.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     file.read_to_end(&mut buf).map_err(|e| e.to_string())?;
@@ -40,9 +42,10 @@ pub(super) fn recover_tail(file: &mut File, dir: &Path) -> Result<Tail, String> 
             }
         }
     }
-    while let Some(i) = buf[pos..].iter().position(|&b| b == b'\n') {
-        lines.push((start + pos as u64, &buf[pos..pos + i]));
-        pos += i + 1;
+    let from = pos;
+    for end in memchr::memchr_iter(b'\n', &buf[from..]).map(|i| from + i) {
+        lines.push((start + pos as u64, &buf[pos..end]));
+        pos = end + 1;
     }
     let mut reason = if pos < buf.len() {
         "the last record was only partly written".to_string()
@@ -91,6 +94,43 @@ pub(super) fn recover_tail(file: &mut File, dir: &Path) -> Result<Tail, String> 
         head: GENESIS,
         truncated: len,
         reason,
+    })
+}
+
+/// What other processes appended after this writer's own last record,
+/// read from where that record ends (`from`) to `len`: `None` unless it
+/// is whole lines that continue this writer's chain (the first chains
+/// from `head` with sequence `next_seq`, the last checks out against its
+/// own `prev`, the same check [`recover_tail`] makes) and at most the
+/// window [`recover_tail`] reads. Then nothing needs repair, and the log's
+/// tail is the last of those lines; otherwise [`recover_tail`] finds it.
+/// With several processes appending in turn (an `airlock mcp` per agent
+/// beside `airlock serve`), every group of each begins here, under the
+/// log's lock: reading only the new records keeps that short.
+pub(super) fn appended_tail(file: &File, from: u64, len: u64, head: &[u8; 32], next_seq: u64) -> Option<Tail> {
+    use std::os::unix::fs::FileExt as _;
+    let size = usize::try_from(len.checked_sub(from)?).ok()?;
+    if size == 0 || size > TAIL_WINDOW {
+        return None;
+    }
+    let mut buf = vec![0u8; size];
+    file.read_exact_at(&mut buf, from).ok()?;
+    let body = buf.strip_suffix(b"\n")?;
+    let first_end = memchr::memchr(b'\n', body).unwrap_or(body.len());
+    let first = chain::decode(&body[..first_end], head).ok()?;
+    if first.entry.seq != next_seq || chain::parse_hex(first.entry.prev.as_bytes()) != Some(*head) {
+        return None;
+    }
+    let (seq, hash) = match memchr::memrchr(b'\n', body) {
+        None => (first.entry.seq, first.hash),
+        Some(i) => self_checked(&body[i + 1..]).ok()?,
+    };
+    Some(Tail {
+        good_len: len,
+        next_seq: seq.checked_add(1)?,
+        head: hash,
+        truncated: 0,
+        reason: String::new(),
     })
 }
 

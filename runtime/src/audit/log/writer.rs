@@ -212,7 +212,10 @@ impl Writer {
         if len == self.good_len {
             return Ok(());
         }
-        let tail = recover_tail(&mut self.file, &self.dir)?;
+        let tail = match appended_tail(&self.file, self.good_len, len, &self.head, self.next_seq) {
+            Some(tail) => tail,
+            None => recover_tail(&mut self.file, &self.dir)?,
+        };
         if tail.truncated > 0 {
             self.recovered = Some(Event::Recovered(Recovered {
                 truncated_bytes: tail.truncated,
