@@ -21,6 +21,9 @@
 //!   /v1/invocations`, each paired with its transport's own round trip
 //!   (`ping`, `GET /v1/health`) and the in-process invocation (see
 //!   [`agent`]).
+//! - `agents`: several agents at once, each with its own `airlock mcp`
+//!   over stdio on one data directory, each calling in a loop: how the
+//!   processes share the one audit log (see [`agent::agents`]).
 //! - `startup`: `airlock serve` with 20 actions until `/v1/ready` answers,
 //!   cold (empty compile cache) and warm. Baselines: the process start
 //!   (`airlock --version`), and bare wasmtime compiling the same 20

@@ -326,7 +326,8 @@ fn start_mcp(world: &World, token_file: &std::path::Path) -> Result<(std::proces
 /// one data directory and so one audit log; each agent calls
 /// `bench__noop` in a loop, one call at a time. For each number of agents
 /// (`--concurrency`, default 1, 2 and 4): the calls per second of all of
-/// them and the latency of one call. With more than one process appending
+/// them, of the slowest and the fastest agent (how evenly the processes
+/// share the log), and the latency of one call. With more than one process appending
 /// to the log, each append may first have to read what the others wrote
 /// since its own last one.
 pub fn agents(options: &Options) -> Result<()> {
@@ -339,21 +340,35 @@ pub fn agents(options: &Options) -> Result<()> {
     if counts.iter().any(|&n| n > 32) {
         bail!("--concurrency for agents: at most 32 processes");
     }
+    /// `airlock mcp` processes, killed when dropped.
+    struct Children(Vec<std::process::Child>);
+    impl Drop for Children {
+        fn drop(&mut self) {
+            for child in &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
     println!();
     println!(
         "## Agents, each with its own `airlock mcp` on one data directory ({:.0} s each, after {:.1} s warm-up)",
         options.seconds, options.warmup
     );
     println!();
-    println!("| agents | calls/s | p50 µs | p90 µs | p99 µs |");
-    println!("|---|---|---|---|---|");
+    println!("| agents | calls/s | one agent's, fewest / most | p50 µs | p90 µs | p99 µs |");
+    println!("|---|---|---|---|---|---|");
     for n in counts {
         let world = World::new(options, &bench_config(&component))?;
         world.token("loadgen", "agent", "agent")?;
         let token_file = world.dir.path().join("loadgen.token");
+        // Killed if this run fails; ended by closing their stdin if not.
+        let mut children = Children(Vec::with_capacity(n));
         let mut sessions = Vec::with_capacity(n);
         for _ in 0..n {
-            sessions.push(start_mcp(&world, &token_file)?);
+            let (child, session) = start_mcp(&world, &token_file)?;
+            children.0.push(child);
+            sessions.push(session);
         }
         let tool = airlock::service::mcp::tool_name("bench", "noop");
         let start = Instant::now() + Duration::from_secs_f64(options.warmup);
@@ -361,7 +376,7 @@ pub fn agents(options: &Options) -> Result<()> {
         let results: Vec<Result<Vec<i64>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = sessions
                 .iter_mut()
-                .map(|(_, mcp)| {
+                .map(|mcp| {
                     let tool = &tool;
                     scope.spawn(move || -> Result<Vec<i64>> {
                         let mut took = Vec::new();
@@ -394,18 +409,22 @@ pub fn agents(options: &Options) -> Result<()> {
                 .collect()
         });
         let mut all = Vec::new();
+        let (mut fewest, mut most) = (usize::MAX, 0);
         for r in results {
-            all.extend(r?);
+            let took = r?;
+            (fewest, most) = (fewest.min(took.len()), most.max(took.len()));
+            all.extend(took);
         }
-        for (child, mcp) in sessions {
-            drop(mcp);
-            let mut child = child;
+        drop(sessions);
+        for mut child in children.0.drain(..) {
             let _ = child.wait();
         }
         let all = sorted_us(all);
         println!(
-            "| {n} | {:.0} | {} | {} | {} |",
+            "| {n} | {:.0} | {:.0} / {:.0} | {} | {} | {} |",
             all.len() as f64 / options.seconds,
+            fewest as f64 / options.seconds,
+            most as f64 / options.seconds,
             pct(&all, 0.5),
             pct(&all, 0.9),
             pct(&all, 0.99)

@@ -20,13 +20,15 @@ pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 pub(super) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The first and the longest pause between two tries for the log's lock.
-/// Another process holds it for one group (a write and a sync, well under
-/// a millisecond on a local disk), so the first tries come soon after
-/// each other: a fixed 2 ms pause made every group of a process that
-/// found the lock taken wait 2 ms, and with an `airlock mcp` per agent on
-/// one data directory that was most of their latency.
+/// Another process holds it for one group: a write and a sync (about a
+/// millisecond or less on a local disk; longer with a slow disk, the
+/// PostgreSQL backend, or a checkpoint). A fixed 2 ms pause made each
+/// group of a process that found the lock taken wait 2 ms or more, and
+/// with an `airlock mcp` per agent on one data directory, that was most of
+/// their latency. The cap is short too, so a process that has waited long
+/// tries about as often as one that has just begun to.
 const LOCK_PAUSE_FIRST: std::time::Duration = std::time::Duration::from_micros(20);
-const LOCK_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(1);
+const LOCK_PAUSE_MAX: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Take the exclusive lock on the log file, waiting up to [`LOCK_WAIT`]
 /// for another process to finish its group (trying again after a pause

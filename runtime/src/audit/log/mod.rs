@@ -144,6 +144,10 @@ struct Shared {
     durable_appends: std::sync::atomic::AtomicU64,
     /// Test hook: when set, writes fail with this error kind.
     fault: Mutex<Option<std::io::ErrorKind>>,
+    /// Catch-ups that had to read the log's last window again (what
+    /// others appended did not simply continue this writer's chain).
+    #[cfg(test)]
+    tail_rereads: std::sync::atomic::AtomicU64,
 }
 
 /// Handle on the audit log of one data directory. Cloning shares the
@@ -246,6 +250,24 @@ impl AuditLog {
         backend: &Backend,
         checkpoint_interval: std::time::Duration,
     ) -> Result<AuditLog, AuditError> {
+        Self::open_as(dir, backend, checkpoint_interval, true)
+    }
+
+    /// A handle of its own on the log, as another process would open it
+    /// (tests of several writers taking turns).
+    #[cfg(test)]
+    fn open_unshared(dir: &Path) -> Result<AuditLog, AuditError> {
+        Self::open_as(dir, &Backend::File, CHECKPOINT_INTERVAL, false)
+    }
+
+    /// Open the log; with `share`, a handle this process already has on it
+    /// is shared, and this one is shared from now on.
+    fn open_as(
+        dir: &Path,
+        backend: &Backend,
+        checkpoint_interval: std::time::Duration,
+        share: bool,
+    ) -> Result<AuditLog, AuditError> {
         let path = dir.join(LOG_FILE);
         let open_err = |reason: String| AuditError::Open {
             path: path.display().to_string(),
@@ -254,7 +276,7 @@ impl AuditLog {
         crate::data_dir::create_private_dir(dir).map_err(|e| open_err(format!("cannot create its directory: {e}")))?;
         let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
         let mut registry = open_logs().lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(inner) = registry.get(&canonical).and_then(std::sync::Weak::upgrade) {
+        if share && let Some(inner) = registry.get(&canonical).and_then(std::sync::Weak::upgrade) {
             return Ok(AuditLog(inner));
         }
         let key = CheckpointKey::load_or_create(&dir.join(KEY_FILE)).map_err(&open_err)?;
@@ -317,6 +339,8 @@ impl AuditLog {
             epoch: std::sync::atomic::AtomicU64::new(0),
             syncs: std::sync::atomic::AtomicU64::new(0),
             durable_appends: std::sync::atomic::AtomicU64::new(0),
+            #[cfg(test)]
+            tail_rereads: std::sync::atomic::AtomicU64::new(0),
             fault: Mutex::new(None),
         });
         repair_checkpoints(&dir.join(CHECKPOINTS_FILE));
@@ -394,7 +418,9 @@ impl AuditLog {
             node,
         });
         registry.retain(|_, w| w.strong_count() > 0);
-        registry.insert(canonical, Arc::downgrade(&inner));
+        if share {
+            registry.insert(canonical, Arc::downgrade(&inner));
+        }
         Ok(AuditLog(inner))
     }
 
@@ -915,15 +941,23 @@ mod tests {
     }
 
     #[test]
-    fn writers_taking_turns_read_only_what_the_other_appended() -> Result<(), AuditError> {
+    fn writers_taking_turns_catch_up_without_reading_the_tail_again() -> Result<(), AuditError> {
         let tmp = tempdir()?;
         let dir = tmp.path();
-        // Two handles on one log lock and catch up as two processes do.
-        let a = AuditLog::open(dir)?;
-        let b = AuditLog::open(dir)?;
+        // Two handles of their own, each with its own file lock, as two
+        // processes have.
+        let a = AuditLog::open_unshared(dir)?;
+        let b = AuditLog::open_unshared(dir)?;
         for i in 0..20 {
             a.append_durable(vec![event(i)])?;
             b.append_durable(vec![event(100 + i), event(200 + i)])?;
+        }
+        for log in [&a, &b] {
+            assert_eq!(
+                log.0.shared.tail_rereads.load(Ordering::Relaxed),
+                0,
+                "each caught up with the other's records by reading only those"
+            );
         }
         drop((a, b));
         let all = lines(dir);
@@ -976,6 +1010,32 @@ mod tests {
         assert!(
             appended_tail(&file, ends[39], ends[39], &head, next).is_none(),
             "nothing appended"
+        );
+        assert!(
+            appended_tail(&file, ends[39], ends[39] + TAIL_WINDOW as u64 + 1, &head, next).is_none(),
+            "more than the window"
+        );
+        // A last line whose hash does not check out.
+        let mut damaged = bytes.clone();
+        let digit = ends[59] as usize - 4;
+        damaged[digit] = if damaged[digit] == b'0' { b'1' } else { b'0' };
+        let damaged_path = dir.join("damaged.log");
+        std::fs::write(&damaged_path, &damaged).unwrap_or_default();
+        let damaged_file = File::open(&damaged_path).map_err(|e| AuditError::Open {
+            path: damaged_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        assert!(
+            appended_tail(&damaged_file, ends[39], ends[58], &head, next).is_some(),
+            "up to before it"
+        );
+        assert!(
+            appended_tail(&damaged_file, ends[39], ends[59], &head, next).is_none(),
+            "a damaged last line"
+        );
+        assert!(
+            appended_tail(&damaged_file, ends[58], ends[59], &tail_of(59).0, tail_of(59).1).is_none(),
+            "alone"
         );
         Ok(())
     }

@@ -1,12 +1,15 @@
-//! Opening a log a crash left behind: the torn tail (a partial last line,
-//! or records whose chain does not check out) is cut off, and the cut
-//! recorded, so the log is one valid chain again before anything is
-//! appended.
+//! Finding where the log ends. Opening a log a crash left behind: the
+//! torn tail (a partial last line, or records whose chain does not check
+//! out) is cut off, and the cut recorded, so the log is one valid chain
+//! again before anything is appended ([`recover_tail`]). Catching up with
+//! what other processes appended since this one's last group: only those
+//! records are read when they simply continue its chain
+//! ([`appended_tail`]).
 
 use super::*;
 
 /// How much of the log's end is read to find its last intact record.
-const TAIL_WINDOW: usize = 1 << 20;
+pub(super) const TAIL_WINDOW: usize = 1 << 20;
 
 /// Where the intact log ends.
 pub(super) struct Tail {
@@ -32,7 +35,7 @@ pub(super) fn recover_tail(file: &mut File, dir: &Path) -> Result<Tail, String> 
     let mut lines: Vec<(u64, &[u8])> = Vec::new();
     let mut pos = 0usize;
     if start > 0 {
-        match buf.iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', &buf) {
             Some(i) => pos = i + 1,
             None => {
                 return Err(format!(
@@ -99,10 +102,10 @@ pub(super) fn recover_tail(file: &mut File, dir: &Path) -> Result<Tail, String> 
 
 /// What other processes appended after this writer's own last record,
 /// read from where that record ends (`from`) to `len`: `None` unless it
-/// is whole lines that continue this writer's chain (the first chains
-/// from `head` with sequence `next_seq`, the last checks out against its
-/// own `prev`, the same check [`recover_tail`] makes) and at most the
-/// window [`recover_tail`] reads. Then nothing needs repair, and the log's
+/// is at most the window [`recover_tail`] reads and ends with a whole
+/// line, its first line chains from `head` with sequence `next_seq`, and
+/// its last line checks out against its own `prev` (the check
+/// [`recover_tail`] makes; lines between are not read, by either). Then nothing needs repair, and the log's
 /// tail is the last of those lines; otherwise [`recover_tail`] finds it.
 /// With several processes appending in turn (an `airlock mcp` per agent
 /// beside `airlock serve`), every group of each begins here, under the

@@ -214,7 +214,11 @@ impl Writer {
         }
         let tail = match appended_tail(&self.file, self.good_len, len, &self.head, self.next_seq) {
             Some(tail) => tail,
-            None => recover_tail(&mut self.file, &self.dir)?,
+            None => {
+                #[cfg(test)]
+                self.shared.tail_rereads.fetch_add(1, Ordering::Relaxed);
+                recover_tail(&mut self.file, &self.dir)?
+            }
         };
         if tail.truncated > 0 {
             self.recovered = Some(Event::Recovered(Recovered {
