@@ -302,23 +302,33 @@ fn start_mcp(world: &World, token_file: &std::path::Path) -> Result<(std::proces
         .stderr(Stdio::inherit())
         .spawn()
         .context("start airlock mcp")?;
-    let mut mcp = Stdio_ {
-        to: child.stdin.take().context("stdin")?,
-        from: BufReader::new(child.stdout.take().context("stdout")?),
-        line: String::new(),
-    };
-    mcp.call(
-        &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "airlock-loadgen", "version": "0.1.0"}}}),
-        0,
-    )?;
-    writeln!(
-        mcp.to,
-        "{}",
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
-    )?;
-    Ok((child, mcp))
+    let opened = (|| -> Result<Stdio_> {
+        let mut mcp = Stdio_ {
+            to: child.stdin.take().context("stdin")?,
+            from: BufReader::new(child.stdout.take().context("stdout")?),
+            line: String::new(),
+        };
+        mcp.call(
+            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "airlock-loadgen", "version": "0.1.0"}}}),
+            0,
+        )?;
+        writeln!(
+            mcp.to,
+            "{}",
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        )?;
+        Ok(mcp)
+    })();
+    match opened {
+        Ok(mcp) => Ok((child, mcp)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
 }
 
 /// `loadgen agents`: several agents at once, each with its own `airlock

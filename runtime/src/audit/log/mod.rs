@@ -1011,10 +1011,30 @@ mod tests {
             appended_tail(&file, ends[39], ends[39], &head, next).is_none(),
             "nothing appended"
         );
-        assert!(
-            appended_tail(&file, ends[39], ends[39] + TAIL_WINDOW as u64 + 1, &head, next).is_none(),
-            "more than the window"
-        );
+        // A region that would continue the chain but is longer than the
+        // window `recover_tail` reads.
+        {
+            let big = tempdir()?;
+            let path = big.path().join(LOG_FILE);
+            let a = AuditLog::open_unshared(big.path())?;
+            let b = AuditLog::open_unshared(big.path())?;
+            a.append_durable(vec![event(0)])?;
+            let first = std::fs::read(&path).unwrap_or_default();
+            let (_, head) = self_checked(first.strip_suffix(b"\n").unwrap_or_default()).unwrap_or_default();
+            let records = 2 + (TAIL_WINDOW / first.len().max(1)) as u64;
+            b.append_durable((1..=records).map(event).collect::<Vec<_>>())?;
+            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+            let from = first.len() as u64;
+            assert!(len - from > TAIL_WINDOW as u64, "{len} bytes");
+            let file = File::open(&path).map_err(|e| AuditError::Open {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            assert!(
+                appended_tail(&file, from, len, &head, 1).is_none(),
+                "more than the window"
+            );
+        }
         // A last line whose hash does not check out.
         let mut damaged = bytes.clone();
         let digit = ends[59] as usize - 4;
