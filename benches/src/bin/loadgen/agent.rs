@@ -269,22 +269,28 @@ pub fn agent(options: &Options) -> Result<()> {
     }
     print_cpu(&names, &cpu);
     if let Some((before, after)) = machine {
-        let total = after.total.saturating_sub(before.total).as_secs_f64();
-        let steal = after.steal.saturating_sub(before.steal).as_secs_f64();
-        if total > 0.0 {
-            println!();
-            println!(
-                "Stolen by the hypervisor while measuring: {:.1} % of the machine's CPU time{}",
-                100.0 * steal / total,
-                if steal / total > 0.02 {
-                    " (a busy host: these figures move with it; compare only runs taken side by side)"
-                } else {
-                    ""
-                }
-            );
-        }
+        print_steal(&before, &after);
     }
     Ok(())
+}
+
+/// How much of the machine's CPU time the hypervisor stole between
+/// `before` and `after`, with a warning above 2 %.
+fn print_steal(before: &cpu::Machine, after: &cpu::Machine) {
+    let total = after.total.saturating_sub(before.total).as_secs_f64();
+    let steal = after.steal.saturating_sub(before.steal).as_secs_f64();
+    if total > 0.0 {
+        println!();
+        println!(
+            "Stolen by the hypervisor while measuring: {:.1} % of the machine's CPU time{}",
+            100.0 * steal / total,
+            if steal / total > 0.02 {
+                " (a busy host: these figures move with it; compare only runs taken side by side)"
+            } else {
+                ""
+            }
+        );
+    }
 }
 
 /// Start `airlock mcp` on `world`'s config with the token in `token_file`,
@@ -368,6 +374,7 @@ pub fn agents(options: &Options) -> Result<()> {
     println!();
     println!("| agents | calls/s | one agent's, fewest / most | p50 µs | p90 µs | p99 µs |");
     println!("|---|---|---|---|---|---|");
+    let machine = cpu::machine();
     for n in counts {
         let world = World::new(options, &bench_config(&component))?;
         world.token("loadgen", "agent", "agent")?;
@@ -440,6 +447,7 @@ pub fn agents(options: &Options) -> Result<()> {
             pct(&all, 0.99)
         );
     }
+    print_steal(&machine, &cpu::machine());
     Ok(())
 }
 
