@@ -105,8 +105,9 @@ pub(super) fn recover_tail(file: &mut File, dir: &Path) -> Result<Tail, String> 
 /// is at most the window [`recover_tail`] reads and ends with a whole
 /// line, its first line chains from `head` with sequence `next_seq`, and
 /// its last line checks out against its own `prev` (the check
-/// [`recover_tail`] makes; lines between are not read, by either). Then nothing needs repair, and the log's
-/// tail is the last of those lines; otherwise [`recover_tail`] finds it.
+/// [`recover_tail`] makes; lines between are not read, by either). Then
+/// nothing needs repair, and the log's tail is the last of those lines;
+/// otherwise [`recover_tail`] finds it.
 /// With several processes appending in turn (an `airlock mcp` per agent
 /// beside `airlock serve`), every group of each begins here, under the
 /// log's lock: reading only the new records keeps that short.
