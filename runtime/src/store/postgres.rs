@@ -62,6 +62,12 @@ trait Cached {
     async fn row(&self, sql: &str, params: Params<'_>) -> Result<Row, tokio_postgres::Error>;
 }
 
+/// A node opening the store waits this long for another node's schema
+/// migration (the session's 15 s `lock_timeout` is for the store's own
+/// short transactions): a migration's commit can take that long on a slow
+/// disk, and the nodes waiting behind it should start, not fail.
+const MIGRATION_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '120s'";
+
 impl Cached for Conn {
     async fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64, tokio_postgres::Error> {
         let statement = self.prepare_cached(sql).await?;
@@ -523,6 +529,7 @@ impl Inner {
             {
                 // Under the lock too: two nodes creating it at once collide.
                 let tx = self.begin().await?;
+                tx.c().batch_execute(MIGRATION_LOCK_TIMEOUT).await.map_err(pg_err)?;
                 tx.c()
                     .exec("SELECT pg_advisory_xact_lock($1)", &[&migrations::LOCK_KEY])
                     .await
@@ -533,6 +540,7 @@ impl Inner {
             for m in MIGRATIONS.iter().filter(|m| m.version <= target) {
                 let tx = Tx { client: Some(self.client().await?) };
                 tx.c().batch_execute("BEGIN").await.map_err(pg_err)?;
+                tx.c().batch_execute(MIGRATION_LOCK_TIMEOUT).await.map_err(pg_err)?;
                 tx.c()
                     .exec("SELECT pg_advisory_xact_lock($1)", &[&migrations::LOCK_KEY])
                     .await
