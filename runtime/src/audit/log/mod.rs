@@ -709,6 +709,13 @@ mod tests {
         }
     }
 
+    fn open_file(path: &Path) -> Result<File, AuditError> {
+        File::open(path).map_err(|e| AuditError::Open {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
     fn lines(dir: &Path) -> Vec<String> {
         std::fs::read_to_string(dir.join(LOG_FILE))
             .unwrap_or_default()
@@ -973,10 +980,7 @@ mod tests {
             let (seq, hash) = self_checked(&bytes[start..ends[n - 1] as usize - 1]).unwrap_or_default();
             (hash, seq + 1)
         };
-        let file = File::open(&path).map_err(|e| AuditError::Open {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let file = open_file(&path)?;
         let (head, next) = tail_of(40);
         for upto in [41, 43, 60] {
             let got = appended_tail(&file, ends[39], ends[upto - 1], &head, next);
@@ -1026,10 +1030,7 @@ mod tests {
             let len = std::fs::metadata(&path).map_or(0, |m| m.len());
             let from = first.len() as u64;
             assert!(len - from > TAIL_WINDOW as u64, "{len} bytes");
-            let file = File::open(&path).map_err(|e| AuditError::Open {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            let file = open_file(&path)?;
             assert!(
                 appended_tail(&file, from, len, &head, 1).is_none(),
                 "more than the window"
@@ -1041,10 +1042,7 @@ mod tests {
         damaged[digit] = if damaged[digit] == b'0' { b'1' } else { b'0' };
         let damaged_path = dir.join("damaged.log");
         std::fs::write(&damaged_path, &damaged).unwrap_or_default();
-        let damaged_file = File::open(&damaged_path).map_err(|e| AuditError::Open {
-            path: damaged_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let damaged_file = open_file(&damaged_path)?;
         assert!(
             appended_tail(&damaged_file, ends[39], ends[58], &head, next).is_some(),
             "up to before it"
