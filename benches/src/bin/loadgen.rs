@@ -190,6 +190,10 @@ fn main() -> Result<()> {
     let Some((scenario, rest)) = args.split_first() else {
         bail!("{USAGE}");
     };
+    if scenario == "floor-server" {
+        // `loadgen agent`'s child, not a scenario: see `agent::floor_server`.
+        return agent::floor_server();
+    }
     let options = parse_options(rest)?;
     println!("# loadgen {scenario} on {} cores", cores());
     match scenario.as_str() {
