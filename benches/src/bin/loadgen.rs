@@ -19,8 +19,9 @@
 //!   session per connection, against the same baseline.
 //! - `agent`: one request at a time, MCP `tools/call` over stdio and `POST
 //!   /v1/invocations`, each paired with its transport's own round trip
-//!   (`ping`, `GET /v1/health`) and the in-process invocation (see
-//!   [`agent`]).
+//!   (`ping`, `GET /v1/health`), the in-process invocation, and the same
+//!   invocation behind a bare HTTP server in another process, the host's
+//!   floor (see [`agent`]).
 //! - `agents`: several agents at once, each with its own `airlock mcp`
 //!   over stdio on one data directory, each calling in a loop: how the
 //!   processes share the one audit log (see [`agent::agents`]).
