@@ -17,16 +17,20 @@
 //! - `api health`: `GET /v1/health` on `airlock serve`, the HTTP round
 //!   trip through the service's router and middleware;
 //! - `api invoke`: `POST /v1/invocations` of `bench.noop` (sync), on the
-//!   same keep-alive connection.
+//!   same keep-alive connection;
 //! - `floor health` and `floor invoke`: the same two requests to a bare
 //!   HTTP server in a process of its own ([`floor_server`]: hyper and
 //!   nothing of airlock's service), whose `POST /invoke` runs the same
-//!   in-process invocation as `in-process`. `floor invoke − floor health`
-//!   less `in-process` is what any HTTP server in another process adds on
-//!   this host (the wake-ups of two processes, the loopback socket, the
-//!   invocation on a server's worker thread); what the service adds above
-//!   that floor is airlock's own, and that is what separates a host where
-//!   the target is out of reach from code that misses it.
+//!   in-process invocation as `in-process`.
+//!
+//! `floor invoke − floor health` less `in-process` is what running the
+//! invocation behind any HTTP server in another process costs on this host
+//! beyond the round trip itself (which `floor health` has too): the client
+//! waits idle for longer, so its wake-up and the caches it finds are
+//! colder, the invocation and its sync run on a server's worker thread,
+//! and the body is parsed and the result serialized. What the service adds
+//! above that floor is airlock's own, and that is what separates a host
+//! where the target is out of reach from code that misses it.
 //!
 //! The figures that matter are the paired differences of the blocks'
 //! medians, per round:
@@ -39,10 +43,11 @@
 //!
 //! A second table pairs the same blocks by on-CPU time per request of the
 //! process that serves them (this one for `in-process`, `airlock mcp`,
-//! `airlock serve`; from the process's CPU-time clock): the work airlock
-//! adds, without what the machine adds to the latency (the disk's sync,
-//! threads and processes waking). Work the service does after answering
-//! (its status rows' writer) counts here and not in the latency.
+//! `airlock serve`, the floor server; from the process's CPU-time clock):
+//! the work airlock adds, without what the machine adds to the latency
+//! (the disk's sync, threads and processes waking). Work the service does
+//! after answering (its status rows' writer) counts here and not in the
+//! latency.
 
 use super::{Options, World, bench_config, client_runtime};
 use airlock_benches::cpu;
@@ -96,8 +101,12 @@ const PAIRS: [(&str, usize, usize); 4] = [
 /// The kinds of request, in the order each round takes their blocks.
 const KINDS: usize = 8;
 
-/// The bare server's pair (in [`PAIRS`]): the host's floor.
-const FLOOR: (usize, usize) = (7, 6);
+/// The bare server's pair (the last of [`PAIRS`]): the host's floor.
+const FLOOR: (usize, usize) = (PAIRS[3].1, PAIRS[3].2);
+
+/// The pairs shown above the floor: the two agent paths (the first two of
+/// [`PAIRS`]).
+const ABOVE_FLOOR: [(&str, usize, usize); 2] = [PAIRS[0], PAIRS[1]];
 
 /// Per block, kind `a` less kind `b`, and that less `in-process`; each
 /// sorted.
@@ -138,9 +147,12 @@ pub fn agent(options: &Options) -> Result<()> {
     let token = world.token("loadgen", "agent", "agent")?;
     world.start()?;
     let token_file = world.dir.path().join("loadgen.token");
-    let (mut child, mut mcp) = start_mcp(&world, &token_file)?;
+    let (child, mut mcp) = start_mcp(&world, &token_file)?;
+    // Killed if the run fails; on success its stdin is closed first and it
+    // ends by itself.
+    let mut child = Children(vec![child]);
     let tool = airlock::service::mcp::tool_name("bench", "noop");
-    let (floor, floor_addr) = start_floor()?;
+    let (floor, floor_addr) = start_floor(&world, options.server_threads)?;
     let floor = Children(vec![floor]);
 
     let rt = client_runtime()?;
@@ -165,7 +177,7 @@ pub fn agent(options: &Options) -> Result<()> {
     );
     let args = json!({});
 
-    let names = [
+    let names: [&str; KINDS] = [
         "in-process",
         "mcp ping",
         "mcp tools/call",
@@ -186,15 +198,17 @@ pub fn agent(options: &Options) -> Result<()> {
         .as_ref()
         .map(|c| c.id())
         .context("airlock serve is running")?;
-    let pids = [
+    let mcp_pid = child.0[0].id();
+    let floor_pid = floor.0[0].id();
+    let pids: [u32; KINDS] = [
         std::process::id(),
-        child.id(),
-        child.id(),
+        mcp_pid,
+        mcp_pid,
         serve_pid,
         serve_pid,
-        child.id(),
-        floor.0[0].id(),
-        floor.0[0].id(),
+        mcp_pid,
+        floor_pid,
+        floor_pid,
     ];
     let mut id = 1u64;
     let mut machine = None;
@@ -259,12 +273,13 @@ pub fn agent(options: &Options) -> Result<()> {
                             bail!("floor health: {}", r.status);
                         }
                     }
-                    _ => {
+                    7 => {
                         let r = rt.block_on(floor_conn.send(&floor_invoke))?;
                         if r.status != 200 {
                             bail!("floor invoke: {}: {}", r.status, String::from_utf8_lossy(&r.body));
                         }
                     }
+                    other => bail!("no request of kind {other}"),
                 }
                 took.push(t.elapsed().as_micros() as i64);
             }
@@ -279,7 +294,9 @@ pub fn agent(options: &Options) -> Result<()> {
     }
     let machine = machine.map(|before| (before, cpu::machine()));
     drop(mcp);
-    let _ = child.wait();
+    for c in &mut child.0 {
+        let _ = c.wait();
+    }
     drop(floor);
 
     let rounds = blocks[0].len();
@@ -328,8 +345,8 @@ pub fn agent(options: &Options) -> Result<()> {
     println!();
     println!("| airlock's service above the bare server's floor, per round | p50 µs | min / max µs |");
     println!("|---|---|---|");
-    for (name, a, b) in &PAIRS[..2] {
-        let d = above_floor(&blocks, *a, *b);
+    for (name, a, b) in ABOVE_FLOOR {
+        let d = above_floor(&blocks, a, b);
         println!(
             "| {name} − (floor invoke − floor health) | {} | {} / {} |",
             pct(&d, 0.5),
@@ -375,56 +392,94 @@ impl Drop for Children {
     }
 }
 
-/// Start this program's [`floor_server`] as a child; returns it and the
-/// address it listens on.
-fn start_floor() -> Result<(std::process::Child, String)> {
-    let mut child = std::process::Command::new(std::env::current_exe().context("loadgen's own path")?)
-        .arg("floor-server")
+/// Start this program's [`floor_server`] as a child, its temporary data
+/// directory inside `world`'s (removed with it, since the child is killed
+/// and removes nothing), on `threads` tokio workers when given, as `airlock
+/// serve` is started; returns it and the address it listens on.
+fn start_floor(world: &World, threads: Option<usize>) -> Result<(std::process::Child, String)> {
+    let mut cmd = std::process::Command::new(std::env::current_exe().context("loadgen's own path")?);
+    cmd.arg("floor-server")
+        .env("TMPDIR", world.dir.path())
+        .env_remove("TOKIO_WORKER_THREADS")
         .stdin(Stdio::piped())
+        // Its address only: nothing reads it after that line.
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("start the bare floor server")?;
+        .stderr(Stdio::inherit());
+    if let Some(threads) = threads {
+        cmd.env("TOKIO_WORKER_THREADS", threads.to_string());
+    }
+    let mut child = cmd.spawn().context("start the bare floor server")?;
     let mut line = String::new();
     let read = child
         .stdout
         .take()
         .context("the floor server's stdout")
         .and_then(|out| Ok(BufReader::new(out).read_line(&mut line)?));
-    match (read, line.trim().strip_prefix("listening on ")) {
-        (Ok(_), Some(addr)) => {
-            let addr = addr.to_string();
-            Ok((child, addr))
-        }
-        (read, _) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the floor server did not start: {read:?}, it said {line:?}")
-        }
+    if let (Ok(_), Some(addr)) = (&read, line.trim().strip_prefix("listening on ")) {
+        return Ok((child, addr.to_string()));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    match read {
+        Ok(0) => bail!("the floor server ended before printing its address"),
+        Ok(_) => bail!("the floor server did not start: it said {line:?}"),
+        Err(e) => bail!("the floor server did not start: {e:#}"),
     }
 }
 
 /// `loadgen floor-server`, started by [`agent`]: a bare hyper HTTP/1.1
 /// server on loopback, on a multi-thread tokio runtime with a worker per
-/// core as `airlock serve` has, with nothing of airlock's service: `GET /health`
-/// answers `{}`, and `POST /invoke` parses its JSON body (`function`,
-/// `args`) and runs it through [`airlock_benches::InProcess`], the same
-/// in-process invocation (policy, instance, durable audit record) that
-/// `agent` measures in its own process. Prints `listening on ADDR`, and
-/// ends when its standard input closes (when `agent` ends, however it
-/// ends).
+/// core (or `TOKIO_WORKER_THREADS`) as `airlock serve` has, with nothing of
+/// airlock's service: `GET /health` answers `{}`, and `POST /invoke` parses
+/// its JSON body (`function`, `args`) and runs it through
+/// [`airlock_benches::InProcess`], the same in-process invocation (policy,
+/// instance, durable audit record) that `agent` measures in its own
+/// process; anything else is a 404, and a request it cannot run a 500
+/// saying why (also on stderr). Prints `listening on ADDR`, and ends when
+/// its standard input closes (when `agent` ends, however it ends).
 pub fn floor_server() -> Result<()> {
     use http_body_util::{BodyExt as _, Full};
     use hyper::body::Bytes;
+    use hyper::{Method, StatusCode};
     let inproc = std::sync::Arc::new(airlock_benches::InProcess::new());
     let listener = inproc.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
+
+    /// One request's answer: its status and JSON body.
+    async fn answer(
+        server: &airlock_benches::InProcess,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<(StatusCode, Value)> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/health") => Ok((StatusCode::OK, json!({}))),
+            (&Method::POST, "/invoke") => {
+                let body = req.into_body().collect().await.context("the body")?.to_bytes();
+                let request: Value = serde_json::from_slice(&body).context("the body is not JSON")?;
+                let function = request["function"].as_str().context("no function named")?;
+                let report = server.airlock.action.invoke(function, &request["args"]).await;
+                let result = report
+                    .outcome
+                    .map_err(|e| anyhow::anyhow!("the invocation failed: {e}"))?;
+                Ok((
+                    StatusCode::OK,
+                    json!({"invocation": report.invocation, "status": "succeeded", "result": result}),
+                ))
+            }
+            _ => Ok((StatusCode::NOT_FOUND, json!({"error": "GET /health or POST /invoke"}))),
+        }
+    }
+
     let server = inproc.clone();
     inproc.rt.spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    eprintln!("floor server: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let server = server.clone();
@@ -432,34 +487,23 @@ pub fn floor_server() -> Result<()> {
                 let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let server = server.clone();
                     async move {
-                        let invoke = req.uri().path() == "/invoke";
-                        let body = req.into_body().collect().await.context("body")?.to_bytes();
-                        let (status, out) = if invoke {
-                            let request: Value = serde_json::from_slice(&body)?;
-                            let function = request["function"].as_str().context("function")?;
-                            let report = server.airlock.action.invoke(function, &request["args"]).await;
-                            match report.outcome {
-                                Ok(result) => (
-                                    200,
-                                    json!({"invocation": report.invocation, "status": "succeeded", "result": result}),
-                                ),
-                                Err(e) => (500, json!({"status": "failed", "error": e.to_string()})),
-                            }
-                        } else {
-                            (200, json!({}))
-                        };
-                        Ok::<_, anyhow::Error>(
-                            hyper::Response::builder()
-                                .status(status)
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from(out.to_string())))?,
-                        )
+                        let (status, body) = answer(&server, req).await.unwrap_or_else(|e| {
+                            eprintln!("floor server: {e:#}");
+                            (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": format!("{e:#}")}))
+                        });
+                        hyper::Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(body.to_string())))
                     }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, service)
-                    .await;
+                    .await
+                {
+                    eprintln!("floor server: a connection failed: {e}");
+                }
             });
         }
     });
@@ -648,8 +692,8 @@ fn print_cpu(names: &[&str], cpu: &[Vec<i64>; KINDS]) {
         let (d, above) = paired(cpu, a, b);
         println!("| {name} | {} | {} |", us(pct(&d, 0.5)), us(pct(&above, 0.5)));
     }
-    for (name, a, b) in &PAIRS[..2] {
-        let d = above_floor(cpu, *a, *b);
+    for (name, a, b) in ABOVE_FLOOR {
+        let d = above_floor(cpu, a, b);
         println!("| {name}, above the floor's | {} | |", us(pct(&d, 0.5)));
     }
 }
